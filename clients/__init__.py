@@ -1,0 +1,1 @@
+"""The Python SDK internal services use to call yunkai."""

@@ -1,0 +1,1 @@
+"""Operator scripts and the `yunkai` command that fronts every process."""

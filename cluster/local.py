@@ -1,0 +1,115 @@
+"""Start and stop yunkai processes on this host (the demo, benchmarks and tests use it).
+
+A process is started as `python -m cluster.cli ...` with `--port 0`; it prints one JSON
+line `{"event": "serving", "port": P}` on stdout once it serves, which is how we learn
+its port without racing for a free one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+
+class ProcessFailed(RuntimeError):
+    """A process exited, or did not report serving in time; the message has its log tail."""
+
+
+class NodeProcess:
+    """A `yunkai node` child process."""
+
+    def __init__(self, data_dir: str, extra_args: Sequence[str] = (), log_path: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.extra_args = list(extra_args)
+        self.log_path = log_path or os.path.join(data_dir, "node.log")
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> NodeProcess:
+        os.makedirs(self.data_dir, exist_ok=True)
+        # Restarts keep the port, so clients' addresses stay valid across kill -9.
+        port = str(self.port) if self.port else "0"
+        command = [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "node",
+            "--data-dir",
+            self.data_dir,
+            "--port",
+            port,
+            *self.extra_args,
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
+        log.close()
+        self.port = _await_serving(self.process, timeout_s, self.log_path)
+        return self
+
+    def kill(self) -> None:
+        """kill -9: no flush, no goodbye."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        return _tail(self.log_path, lines)
+
+
+def _tail(path: str, lines: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return b"".join(handle.readlines()[-lines:]).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _await_serving(process: subprocess.Popen[bytes], timeout_s: float, log_path: str) -> int:
+    assert process.stdout is not None
+    found: list[int] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if message.get("event") == "serving":
+                found.append(int(message["port"]))
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not found:
+        if process.poll() is not None:
+            raise ProcessFailed(f"the process exited with {process.returncode}:\n{_tail(log_path, 30)}")
+        reader.join(0.05)
+    if not found:
+        process.kill()
+        raise ProcessFailed(f"the process did not report serving in {timeout_s}s:\n{_tail(log_path, 30)}")
+    return found[0]

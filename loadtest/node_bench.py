@@ -1,0 +1,161 @@
+"""`yunkai bench-node`: how many durable transfers and account lookups one node sustains.
+
+A closed-loop saturation benchmark (issue 2): `--concurrency` async callers each send a
+batch of `--batch` events, wait for the answer, and send the next, for `--duration`
+seconds after a warm-up. It reports events/s and the batch latency percentiles from an
+HDR histogram. The node runs in its own process (one core), the load generator in this
+one. The open-loop, fixed-rate harness of issue 6 builds on this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import tempfile
+import time
+
+import grpc
+import uvloop
+from hdrh.histogram import HdrHistogram
+
+from cluster.local import NodeProcess
+from proto import ledger_pb2 as pb
+from proto import ledger_pb2_grpc
+
+LEDGER = 156
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", choices=["transfers", "lookups"], default="transfers")
+    parser.add_argument("--node", help="HOST:PORT of a running node (default: start one in a temp dir)")
+    parser.add_argument("--accounts", type=int, default=10_000, help="accounts to create first (default 10,000)")
+    parser.add_argument("--batch", type=int, default=1000, help="events per request (default 1000)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default 2)")
+    parser.add_argument("--json", help="write the results here")
+
+
+def main(args: argparse.Namespace) -> int:
+    node = None
+    address = args.node
+    if address is None:
+        node = NodeProcess(tempfile.mkdtemp(prefix="yunkai-bench-"), ["--log-level", "WARNING"]).start()
+        address = node.address
+    try:
+        result = uvloop.run(_bench(args, address))
+    finally:
+        if node is not None:
+            node.stop()
+    result["machine"] = {"cpus": os.cpu_count(), "processor": _cpu_model(), "python": platform.python_version()}
+    result["command"] = "yunkai bench-node " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("run", "json") and v is not None
+    )
+    print(
+        f"{args.workload}: {result['events_per_s']:,.0f} events/s over {result['seconds']:.1f}s; batch of"
+        f" {args.batch}: p50 {result['batch_p50_ms']:.2f} ms, p99 {result['batch_p99_ms']:.2f} ms,"
+        f" p99.9 {result['batch_p999_ms']:.2f} ms; errors {result['errors']}"
+    )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return 0 if result["errors"] == 0 else 1
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        ledger = ledger_pb2_grpc.LedgerStub(channel)
+        run = f"{time.time_ns():x}"
+        ids = [f"b{run}-{i}" for i in range(args.accounts)]
+        for start in range(0, len(ids), 4096):
+            reply = await ledger.CreateAccounts(
+                pb.CreateAccountsRequest(
+                    accounts=[pb.Account(id=i, ledger=LEDGER, code=1) for i in ids[start : start + 4096]]
+                )
+            )
+            assert all(r.code == pb.OK for r in reply.results)
+
+        histogram = HdrHistogram(1, 60_000_000, 3)  # microseconds
+        counters = {"events": 0, "errors": 0}
+        measuring = asyncio.Event()
+        deadline = time.monotonic() + args.warmup + args.duration
+        sequence = iter(range(1 << 62))
+        rng = random.Random(7)
+
+        def transfers_request() -> pb.CreateTransfersRequest:
+            transfers = []
+            for _ in range(args.batch):
+                debit, credit = rng.sample(ids, 2)
+                transfers.append(
+                    pb.Transfer(
+                        id=f"t{next(sequence)}",
+                        debit_account_id=debit,
+                        credit_account_id=credit,
+                        amount=1 + rng.randrange(1000),
+                        ledger=LEDGER,
+                        code=1,
+                    )
+                )
+            return pb.CreateTransfersRequest(transfers=transfers)
+
+        lookup_requests = [pb.LookupAccountsRequest(ids=rng.sample(ids, min(args.batch, len(ids)))) for _ in range(64)]
+
+        async def caller(number: int) -> None:
+            turn = number
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                if args.workload == "transfers":
+                    transfers_reply = await ledger.CreateTransfers(transfers_request())
+                    ok = all(r.code == pb.OK for r in transfers_reply.results)
+                    events = len(transfers_reply.results)
+                else:
+                    lookups_reply = await ledger.LookupAccounts(lookup_requests[turn % len(lookup_requests)])
+                    ok = all(r.code == pb.OK for r in lookups_reply.results)
+                    events = len(lookups_reply.results)
+                turn += 1
+                if measuring.is_set():
+                    histogram.record_value(max(1, int((time.perf_counter() - started) * 1e6)))
+                    counters["events"] += events
+                    counters["errors"] += 0 if ok else 1
+
+        async def clock() -> float:
+            await asyncio.sleep(args.warmup)
+            measuring.set()
+            began = time.monotonic()
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+            return time.monotonic() - began
+
+        async with asyncio.TaskGroup() as tasks:
+            timer = tasks.create_task(clock())
+            for number in range(args.concurrency):
+                tasks.create_task(caller(number))
+        seconds = timer.result()
+        return {
+            "workload": args.workload,
+            "batch": args.batch,
+            "concurrency": args.concurrency,
+            "accounts": args.accounts,
+            "seconds": seconds,
+            "events": counters["events"],
+            "events_per_s": counters["events"] / seconds,
+            "errors": counters["errors"],
+            "batch_p50_ms": histogram.get_value_at_percentile(50) / 1000,
+            "batch_p99_ms": histogram.get_value_at_percentile(99) / 1000,
+            "batch_p999_ms": histogram.get_value_at_percentile(99.9) / 1000,
+        }

@@ -1,0 +1,1 @@
+"""The ledger node: slot actors, state machine, RocksDB storage, group commit."""

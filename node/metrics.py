@@ -1,0 +1,22 @@
+"""Prometheus metrics of a ledger node (DESIGN section 9), served on --metrics-port."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+_SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 8192, 16384)
+
+requests_total = Counter("yunkai_node_requests_total", "RPCs handled", ["method", "status"])
+events_total = Counter("yunkai_node_events_total", "Events answered, by result code", ["method", "code"])
+request_latency_s = Histogram(
+    "yunkai_node_request_latency_seconds", "RPC latency", ["method"], buckets=_LATENCY_BUCKETS_S
+)
+request_events = Histogram("yunkai_node_request_events", "Events per request", ["method"], buckets=_SIZE_BUCKETS)
+commit_events = Histogram("yunkai_node_commit_events", "Events per group commit", buckets=_SIZE_BUCKETS)
+fsync_latency_s = Histogram(
+    "yunkai_node_fsync_latency_seconds", "Duration of a synced WriteBatch write", buckets=_LATENCY_BUCKETS_S
+)
+queue_events = Gauge("yunkai_node_queue_events", "Events waiting for the next group commit")
+slots_owned = Gauge("yunkai_node_slots_owned", "Slots this node owns")
+pending_expiries = Gauge("yunkai_node_pending_expiries", "Pending transfers with a timeout, not yet resolved")

@@ -1,0 +1,344 @@
+"""The node's gRPC surface: the public Ledger service and the internal Node service.
+
+Ledger handlers take the raw request bytes so that a message that does not parse gets a
+clear INVALID_ARGUMENT instead of gRPC's generic deserialisation failure. Each handler
+checks the request as a whole (batch size, malformations, fence) before anything is
+queued, so a bad request changes nothing; answers stateless failures (ID_INVALID, ...)
+and fencing (WRONG_SLOT) itself; and hands the rest to the engine, which answers once
+the events are durable. Reads are served from committed state without the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from node import metrics
+from node import state_machine as sm
+from node.engine import CrossNodeTransfer, Engine, Overloaded
+from node.storage import account_slot
+from proto import ledger_pb2 as pb
+from proto import node_pb2, node_pb2_grpc
+
+LEDGER_SERVICE = "yunkai.ledger.v1.Ledger"
+HISTORY_PAGE_DEFAULT = 100
+
+M = TypeVar("M", bound=Message)
+E = TypeVar("E")
+
+
+class BadRequest(Exception):
+    """A malformed request: answered with INVALID_ARGUMENT naming the field."""
+
+
+def _parse(message_type: type[M], data: bytes) -> M:
+    try:
+        return message_type.FromString(data)
+    except DecodeError as error:
+        raise BadRequest(f"the request is not a valid {message_type.DESCRIPTOR.name}: {error}") from None
+
+
+def _fence(fence: pb.Fence) -> dict[int, int] | None:
+    if not fence.slots and not fence.epochs:
+        return None
+    if len(fence.slots) != len(fence.epochs):
+        raise BadRequest(f"fence: {len(fence.slots)} slots but {len(fence.epochs)} epochs")
+    return dict(zip(fence.slots, fence.epochs, strict=True))
+
+
+class LedgerService:
+    """Handlers of yunkai.ledger.v1.Ledger over an Engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.storage = engine.storage
+        self.slots_total = engine.slots_total
+        self.batch_events_max = engine.limits.batch_events_max
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods: dict[str, Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]] = {
+            "CreateAccounts": self.create_accounts,
+            "CreateTransfers": self.create_transfers,
+            "LookupAccounts": self.lookup_accounts,
+            "LookupTransfers": self.lookup_transfers,
+            "GetAccountTransfers": self.get_account_transfers,
+            "ChangeAccounts": self.change_accounts,
+        }
+        handlers = {name: grpc.unary_unary_rpc_method_handler(self._wrap(name, fn)) for name, fn in methods.items()}
+        return grpc.method_handlers_generic_handler(LEDGER_SERVICE, handlers)
+
+    def _wrap(
+        self, name: str, fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        latency = metrics.request_latency_s.labels(name)
+
+        async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            started = time.perf_counter()
+            try:
+                reply = await fn(data, context)
+            except BadRequest as error:
+                metrics.requests_total.labels(name, "INVALID_ARGUMENT").inc()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            except Overloaded as error:
+                metrics.requests_total.labels(name, "RESOURCE_EXHAUSTED").inc()
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+            except CrossNodeTransfer as error:
+                metrics.requests_total.labels(name, "UNIMPLEMENTED").inc()
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(error))
+            metrics.requests_total.labels(name, "OK").inc()
+            latency.observe(time.perf_counter() - started)
+            return reply
+
+        return handle
+
+    def _check_batch(self, field: str, count: int) -> None:
+        if count == 0:
+            raise BadRequest(f"{field}: the batch is empty")
+        if count > self.batch_events_max:
+            raise BadRequest(f"{field}: {count} events, more than the limit of {self.batch_events_max}")
+
+    def _route(
+        self,
+        field: str,
+        events: Sequence[E],
+        key_of: Callable[[E], str],
+        malformed: Callable[[E], str | None],
+        validate: Callable[[E], sm.Result | None],
+        fence: dict[int, int] | None,
+    ) -> tuple[list[sm.Result | None], list[tuple[E, int, int]], list[int]]:
+        """Answer what can be answered before commit; return the rest to submit."""
+        self._check_batch(field, len(events))
+        for index, event in enumerate(events):
+            reason = malformed(event)
+            if reason is not None:
+                raise BadRequest(f"{field}[{index}].{reason}")
+        results: list[sm.Result | None] = [None] * len(events)
+        submit: list[tuple[E, int, int]] = []
+        positions: list[int] = []
+        serves = self.engine.serves
+        total = self.slots_total
+        for index, event in enumerate(events):
+            # The state machine's own stateless checks, answered here so that an event
+            # with an invalid id never needs a slot; the committer applies the rest.
+            invalid = validate(event)
+            if invalid is not None:
+                results[index] = invalid
+                continue
+            slot = account_slot(key_of(event), total)
+            epoch = 0
+            if fence is not None:
+                fenced = fence.get(slot)
+                if fenced is None:
+                    raise BadRequest(f"fence: does not name slot {slot} of {field}[{index}]")
+                epoch = fenced
+            if not serves(slot, epoch):
+                results[index] = sm.Result(pb.WRONG_SLOT)
+                continue
+            submit.append((event, slot, epoch))
+            positions.append(index)
+        return results, submit, positions
+
+    def _results(self, method: str, key_of_slot: list[int], results: Sequence[sm.Result]) -> list[pb.EventResult]:
+        out = []
+        counter = metrics.events_total
+        for slot, r in zip(key_of_slot, results, strict=True):
+            result = pb.EventResult(code=r.code, field=r.field, timestamp=r.timestamp, state=r.state)  # type: ignore[arg-type]
+            if r.code == pb.WRONG_SLOT:
+                result.redirect.CopyFrom(self.engine.redirect(slot))
+            out.append(result)
+        for code in {r.code for r in results}:
+            counter.labels(method, pb.ResultCode.Name(code)).inc(sum(1 for r in results if r.code == code))
+        return out
+
+    async def _write(
+        self,
+        method: str,
+        field: str,
+        events: Sequence[E],
+        key_of: Callable[[E], str],
+        malformed: Callable[[E], str | None],
+        validate: Callable[[E], sm.Result | None],
+        fence_message: pb.Fence,
+        submit: Callable[[Sequence[tuple[E, int, int]]], Awaitable[list[sm.Result]]],
+    ) -> list[pb.EventResult]:
+        fence = _fence(fence_message)
+        results, queued, positions = self._route(field, events, key_of, malformed, validate, fence)
+        metrics.request_events.labels(method).observe(len(events))
+        if queued:
+            for position, result in zip(positions, await submit(queued), strict=True):
+                results[position] = result
+        slots = [
+            account_slot(key_of(e), self.slots_total) if r is not None and r.code == pb.WRONG_SLOT else 0
+            for e, r in zip(events, results, strict=True)
+        ]
+        final: list[sm.Result] = []
+        for r in results:
+            assert r is not None
+            final.append(r)
+        return self._results(method, slots, final)
+
+    # --- writes -----------------------------------------------------------------------------
+
+    async def create_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = _parse(pb.CreateTransfersRequest, data)
+        results = await self._write(
+            "CreateTransfers",
+            "transfers",
+            request.transfers,
+            _debit_of,
+            sm.malformed_transfer,
+            sm.validate_transfer,
+            request.fence,
+            self.engine.submit_transfers,
+        )
+        return pb.CreateTransfersResponse(results=results).SerializeToString()
+
+    async def create_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = _parse(pb.CreateAccountsRequest, data)
+        results = await self._write(
+            "CreateAccounts",
+            "accounts",
+            request.accounts,
+            _id_of,
+            sm.malformed_account,
+            sm.validate_account,
+            request.fence,
+            self.engine.submit_accounts,
+        )
+        return pb.CreateAccountsResponse(results=results).SerializeToString()
+
+    async def change_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = _parse(pb.ChangeAccountsRequest, data)
+        results = await self._write(
+            "ChangeAccounts",
+            "changes",
+            request.changes,
+            _account_of,
+            sm.malformed_change,
+            sm.validate_change,
+            request.fence,
+            self.engine.submit_changes,
+        )
+        return pb.ChangeAccountsResponse(results=results).SerializeToString()
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def _read_slot(self, account_id: str, fence: dict[int, int] | None, where: str) -> tuple[int, bool]:
+        slot = account_slot(account_id, self.slots_total)
+        epoch = 0
+        if fence is not None:
+            fenced = fence.get(slot)
+            if fenced is None:
+                raise BadRequest(f"fence: does not name slot {slot} of {where}")
+            epoch = fenced
+        return slot, self.engine.serves(slot, epoch)
+
+    async def lookup_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = _parse(pb.LookupAccountsRequest, data)
+        self._check_batch("ids", len(request.ids))
+        fence = _fence(request.fence)
+        response = pb.LookupAccountsResponse()
+        add = response.results.add
+        account_entry = self.storage.account_entry
+        for index, account_id in enumerate(request.ids):
+            if not sm.id_valid(account_id):
+                add(code=pb.ID_INVALID)
+                continue
+            slot, served = self._read_slot(account_id, fence, f"ids[{index}]")
+            if not served:
+                add(code=pb.WRONG_SLOT, redirect=self.engine.redirect(slot))
+                continue
+            entry = account_entry(account_id)
+            if entry is None:
+                add(code=pb.ACCOUNT_NOT_FOUND)
+            else:
+                add(code=pb.OK, account=entry[0])
+        metrics.request_events.labels("LookupAccounts").observe(len(request.ids))
+        return response.SerializeToString()
+
+    async def lookup_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = _parse(pb.LookupTransfersRequest, data)
+        self._check_batch("keys", len(request.keys))
+        fence = _fence(request.fence)
+        response = pb.LookupTransfersResponse()
+        for index, key in enumerate(request.keys):
+            result = response.results.add()
+            if not sm.id_valid(key.debit_account_id) or not sm.id_valid(key.id):
+                result.code = pb.ID_INVALID
+                continue
+            slot, served = self._read_slot(key.debit_account_id, fence, f"keys[{index}]")
+            if not served:
+                result.code = pb.WRONG_SLOT
+                result.redirect.CopyFrom(self.engine.redirect(slot))
+                continue
+            raw = self.storage.transfer_bytes(key.debit_account_id, key.id)
+            if raw is None:
+                result.code = pb.TRANSFER_NOT_FOUND
+            else:
+                result.code = pb.OK
+                result.transfer.MergeFromString(raw)
+        metrics.request_events.labels("LookupTransfers").observe(len(request.keys))
+        return response.SerializeToString()
+
+    async def get_account_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = _parse(pb.GetAccountTransfersRequest, data)
+        if request.limit > self.batch_events_max:
+            raise BadRequest(f"limit: {request.limit} is more than the limit of {self.batch_events_max}")
+        response = pb.GetAccountTransfersResponse()
+        if not sm.id_valid(request.account_id):
+            response.code = pb.ID_INVALID
+            return response.SerializeToString()
+        slot, served = self._read_slot(request.account_id, _fence(request.fence), "account_id")
+        if not served:
+            response.code = pb.WRONG_SLOT
+            response.redirect.CopyFrom(self.engine.redirect(slot))
+            return response.SerializeToString()
+        if self.storage.account_entry(request.account_id) is None:
+            response.code = pb.ACCOUNT_NOT_FOUND
+            return response.SerializeToString()
+        events, next_cursor = self.storage.history(
+            request.account_id, request.cursor, request.newest_first, request.limit or HISTORY_PAGE_DEFAULT
+        )
+        response.code = pb.OK
+        for raw in events:
+            response.transfers.add().MergeFromString(raw)
+        response.next_cursor = next_cursor
+        return response.SerializeToString()
+
+
+def _debit_of(transfer: pb.Transfer) -> str:
+    return transfer.debit_account_id
+
+
+def _id_of(account: pb.Account) -> str:
+    return account.id
+
+
+def _account_of(change: pb.AccountChange) -> str:
+    return change.account_id
+
+
+class NodeService(node_pb2_grpc.NodeServicer):
+    """The internal yunkai.node.v1.Node service: the slot table."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def GetSlots(  # noqa: N802 (gRPC method name)
+        self, request: node_pb2.GetSlotsRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.GetSlotsResponse:
+        return self.engine.slot_table()
+
+    async def AssignSlots(  # noqa: N802
+        self, request: node_pb2.AssignSlotsRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.AssignSlotsResponse:
+        error = self.engine.assign_slots(request)
+        if error is not None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, error)
+        return node_pb2.AssignSlotsResponse(slots_owned=sum(1 for a in self.engine.slots if a.owned))

@@ -1,0 +1,545 @@
+"""The ledger's state machine: pure decisions on accounts, transfers and account changes.
+
+Everything here is deterministic and free of I/O: each `create_*` function reads and
+writes records through a `Store` (an in-memory dict in tests, the node's overlay over
+RocksDB in production) and returns a result code. Nothing is mutated unless the event
+succeeds, or unless it is a stateful failure that is journaled so that the same id keeps
+failing the same way.
+
+Idempotency (DESIGN section 2). A transfer is keyed by (debit_account_id, id), an account
+change by (account_id, id), an account by its id. A replay with identical fields answers
+EXISTS (or, for a journaled failure, the same failure code); with any field different,
+EXISTS_WITH_DIFFERENT_FIELDS naming the first differing field. As with Stripe's
+idempotency keys, a request that fails *stateless* validation (an invalid id, a zero
+amount, ...) stores nothing: the same input fails the same way by construction. A
+*stateful* failure (an account missing, frozen, a limit exceeded, ...) is journaled as a
+REJECTED record, so a retry after the world changed still answers the original failure.
+
+Order of precedence for CreateTransfers, checked top to bottom; the first that applies
+is the result:
+  1. ID_INVALID                      id, debit_account_id, credit_account_id (may be empty
+                                     on post/void), pending_id (post/void); `field` says which
+  2. ACCOUNTS_MUST_BE_DIFFERENT
+  3. AMOUNT_MUST_BE_POSITIVE         amount <= 0; post/void: amount < 0 (0 means "all")
+  4. LEDGER_MUST_NOT_BE_ZERO         not for post/void (they inherit the pending's)
+  5. CODE_MUST_NOT_BE_ZERO           not for post/void
+  --- stateless checks end: nothing above is journaled ---
+  6. EXISTS, EXISTS_WITH_DIFFERENT_FIELDS, or the journaled failure of this key
+  7. post/void: PENDING_TRANSFER_NOT_FOUND, PENDING_TRANSFER_HAS_DIFFERENT_FIELDS (a
+     credit account, ledger or code other than the pending's; a void of a partial amount),
+     PENDING_TRANSFER_ALREADY_POSTED, PENDING_TRANSFER_ALREADY_VOIDED,
+     PENDING_TRANSFER_EXPIRED, EXCEEDS_PENDING_TRANSFER_AMOUNT
+  8. DEBIT_ACCOUNT_NOT_FOUND, CREDIT_ACCOUNT_NOT_FOUND
+  9. ACCOUNTS_MUST_HAVE_SAME_LEDGER  the two accounts' ledgers differ, or the transfer's
+                                     ledger is not theirs
+ 10. DEBIT_ACCOUNT_CLOSED, CREDIT_ACCOUNT_CLOSED, DEBIT_ACCOUNT_FROZEN,
+     CREDIT_ACCOUNT_FROZEN           not for void: releasing a reservation is always allowed
+ 11. OVERFLOW                        any balance, or pending + posted, past 2^63 - 1
+ 12. EXCEEDS_CREDITS, EXCEEDS_DEBITS not for post/void: the reservation already passed them
+ 13. OK
+
+CreateAccounts: ID_INVALID, LEDGER_MUST_NOT_BE_ZERO, CODE_MUST_NOT_BE_ZERO, then EXISTS /
+EXISTS_WITH_DIFFERENT_FIELDS (against the creation record, so a later change of the
+overdraft limit does not make a replay differ), then OK.
+
+ChangeAccounts: ID_INVALID (id, account_id), then EXISTS / EXISTS_WITH_DIFFERENT_FIELDS /
+the journaled failure, ACCOUNT_NOT_FOUND, ACCOUNT_CLOSED, then per kind:
+ACCOUNT_ALREADY_FROZEN (freeze), ACCOUNT_NOT_FROZEN (unfreeze),
+ACCOUNT_HAS_PENDING_TRANSFERS (close), then OK.
+
+Two-phase transfers. PENDING reserves: debits_pending and credits_pending grow by the
+amount. POST_PENDING moves `amount` (0 = all) of it to posted and releases the rest;
+VOID_PENDING releases it all; each resolves the pending transfer once. A pending transfer
+with timeout_s > 0 expires at its timestamp + timeout_s: from then on it is EXPIRED (its
+reservation released), whether the node's expiry sweep or a late post/void finds it first.
+Post and void transfers are stored with state POSTED (the event itself took effect) and
+resolved: the pending's credit account, ledger and code, and the amount they moved or
+released. A replay that leaves those fields empty is resolved the same way first.
+
+Request-level malformations (unknown flag bits, several flags at once, ledger-assigned
+fields set by the caller, ...) are not business outcomes: `malformed_*` name them and the
+service answers INVALID_ARGUMENT for the whole request, before anything is applied.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+from proto import ledger_pb2 as pb
+
+INT64_MAX = (1 << 63) - 1
+ID_LENGTH_MAX = 64
+_ID_RE = re.compile(r"[A-Za-z0-9._:{}-]{1,64}")
+
+Code = pb.ResultCode  # the generated enum type (an int)
+
+# Transfer flags.
+PENDING = pb.PENDING
+POST_PENDING = pb.POST_PENDING
+VOID_PENDING = pb.VOID_PENDING
+TRANSFER_FLAGS_ALL = PENDING | POST_PENDING | VOID_PENDING
+
+# Account flags.
+DEBITS_MUST_NOT_EXCEED_CREDITS = pb.DEBITS_MUST_NOT_EXCEED_CREDITS
+CREDITS_MUST_NOT_EXCEED_DEBITS = pb.CREDITS_MUST_NOT_EXCEED_DEBITS
+NO_HISTORY = pb.NO_HISTORY
+ACCOUNT_FLAGS_ALL = DEBITS_MUST_NOT_EXCEED_CREDITS | CREDITS_MUST_NOT_EXCEED_DEBITS | NO_HISTORY
+
+NANOS_PER_SECOND = 1_000_000_000
+
+
+class Store(Protocol):
+    """What the state machine reads and writes. Getters return records the caller may
+    mutate and then hand back with the matching put; nothing counts until it is put."""
+
+    def get_account(self, account_id: str) -> pb.Account | None: ...
+    def put_account(self, account: pb.Account) -> None: ...
+    def get_account_creation(self, account_id: str) -> pb.Account | None: ...
+    def put_account_creation(self, account: pb.Account) -> None: ...
+    def get_transfer(self, debit_account_id: str, transfer_id: str) -> pb.Transfer | None: ...
+    def put_transfer(self, transfer: pb.Transfer) -> None: ...
+    def append_history(self, account: pb.Account, transfer: pb.Transfer) -> None: ...
+    def get_change(self, account_id: str, change_id: str) -> pb.AccountChange | None: ...
+    def put_change(self, change: pb.AccountChange) -> None: ...
+    def pending_expiry_set(self, transfer: pb.Transfer, expires_at: int) -> None: ...
+    def pending_expiry_clear(self, transfer: pb.Transfer, expires_at: int) -> None: ...
+
+
+class Result:
+    """The outcome of one event: a code, the field it names, and the stored record's
+    timestamp and state (for transfers)."""
+
+    __slots__ = ("code", "field", "state", "timestamp")
+
+    def __init__(self, code: Code, field: str = "", timestamp: int = 0, state: int = 0) -> None:
+        self.code = code
+        self.field = field
+        self.timestamp = timestamp
+        self.state = state
+
+    def __repr__(self) -> str:
+        name = pb.ResultCode.Name(self.code)
+        return f"Result({name}, field={self.field!r}, timestamp={self.timestamp}, state={self.state})"
+
+
+def id_valid(value: str) -> bool:
+    """1-64 characters of [A-Za-z0-9._:-{}]."""
+    return _ID_RE.fullmatch(value) is not None
+
+
+def expires_at(transfer: pb.Transfer) -> int:
+    """When a pending transfer expires (ledger ns), or 0 if never."""
+    if transfer.timeout_s == 0:
+        return 0
+    return transfer.timestamp + transfer.timeout_s * NANOS_PER_SECOND
+
+
+# --- request-level malformations ------------------------------------------------------
+
+
+def malformed_transfer(t: pb.Transfer) -> str | None:
+    """Why a transfer is not a well-formed request (a message naming the field), or None."""
+    if t.flags & ~TRANSFER_FLAGS_ALL:
+        return f"flags: unknown bits 0x{t.flags & ~TRANSFER_FLAGS_ALL:x}"
+    if t.flags & (t.flags - 1):
+        return "flags: PENDING, POST_PENDING and VOID_PENDING are mutually exclusive"
+    for name in ("timestamp", "state", "result", "amount_posted"):
+        if getattr(t, name):
+            return f"{name}: set by the ledger, not the caller"
+    if t.timeout_s and not t.flags & PENDING:
+        return "timeout_s: only a PENDING transfer has a timeout"
+    if t.pending_id and not t.flags & (POST_PENDING | VOID_PENDING):
+        return "pending_id: only POST_PENDING and VOID_PENDING transfers name a pending transfer"
+    return None
+
+
+def malformed_account(a: pb.Account) -> str | None:
+    """Why an account is not a well-formed creation request, or None."""
+    if a.flags & ~ACCOUNT_FLAGS_ALL:
+        return f"flags: unknown bits 0x{a.flags & ~ACCOUNT_FLAGS_ALL:x}"
+    both = DEBITS_MUST_NOT_EXCEED_CREDITS | CREDITS_MUST_NOT_EXCEED_DEBITS
+    if a.flags & both == both:
+        return "flags: DEBITS_MUST_NOT_EXCEED_CREDITS and CREDITS_MUST_NOT_EXCEED_DEBITS are mutually exclusive"
+    for name in ("debits_posted", "credits_posted", "debits_pending", "credits_pending"):
+        if getattr(a, name):
+            return f"{name}: a new account starts at zero; balances change only by transfers"
+    for name in ("status", "timestamp"):
+        if getattr(a, name):
+            return f"{name}: set by the ledger, not the caller"
+    if a.overdraft_limit < 0:
+        return "overdraft_limit: must not be negative"
+    return None
+
+
+_CHANGE_KINDS = frozenset((pb.FREEZE, pb.UNFREEZE, pb.CLOSE, pb.SET_OVERDRAFT_LIMIT))
+
+
+def malformed_change(c: pb.AccountChange) -> str | None:
+    """Why an account change is not a well-formed request, or None."""
+    if c.kind not in _CHANGE_KINDS:
+        return f"kind: {c.kind} is not one of FREEZE, UNFREEZE, CLOSE, SET_OVERDRAFT_LIMIT"
+    for name in ("timestamp", "result"):
+        if getattr(c, name):
+            return f"{name}: set by the ledger, not the caller"
+    if c.overdraft_limit < 0:
+        return "overdraft_limit: must not be negative"
+    if c.overdraft_limit and c.kind != pb.SET_OVERDRAFT_LIMIT:
+        return "overdraft_limit: only SET_OVERDRAFT_LIMIT carries a limit"
+    return None
+
+
+# --- stateless checks -------------------------------------------------------------------
+
+
+def validate_transfer(t: pb.Transfer) -> Result | None:
+    """Steps 1-5 of the precedence: the stateless checks. None when they all pass."""
+    resolves = t.flags & (POST_PENDING | VOID_PENDING)
+    if not id_valid(t.id):
+        return Result(pb.ID_INVALID, "id")
+    if not id_valid(t.debit_account_id):
+        return Result(pb.ID_INVALID, "debit_account_id")
+    if not (resolves and not t.credit_account_id) and not id_valid(t.credit_account_id):
+        return Result(pb.ID_INVALID, "credit_account_id")
+    if resolves and not id_valid(t.pending_id):
+        return Result(pb.ID_INVALID, "pending_id")
+    if t.debit_account_id == t.credit_account_id:
+        return Result(pb.ACCOUNTS_MUST_BE_DIFFERENT)
+    if resolves:
+        if t.amount < 0:
+            return Result(pb.AMOUNT_MUST_BE_POSITIVE)
+        return None
+    if t.amount <= 0:
+        return Result(pb.AMOUNT_MUST_BE_POSITIVE)
+    if t.ledger == 0:
+        return Result(pb.LEDGER_MUST_NOT_BE_ZERO)
+    if t.code == 0:
+        return Result(pb.CODE_MUST_NOT_BE_ZERO)
+    return None
+
+
+def validate_account(a: pb.Account) -> Result | None:
+    """The stateless checks of an account creation."""
+    if not id_valid(a.id):
+        return Result(pb.ID_INVALID, "id")
+    if a.ledger == 0:
+        return Result(pb.LEDGER_MUST_NOT_BE_ZERO)
+    if a.code == 0:
+        return Result(pb.CODE_MUST_NOT_BE_ZERO)
+    return None
+
+
+def validate_change(c: pb.AccountChange) -> Result | None:
+    """The stateless checks of an account change."""
+    if not id_valid(c.id):
+        return Result(pb.ID_INVALID, "id")
+    if not id_valid(c.account_id):
+        return Result(pb.ID_INVALID, "account_id")
+    return None
+
+
+# --- replays ----------------------------------------------------------------------------
+
+_TRANSFER_INPUT_FIELDS = (
+    "credit_account_id",
+    "amount",
+    "ledger",
+    "code",
+    "flags",
+    "pending_id",
+    "timeout_s",
+    "user_data",
+)
+_ACCOUNT_INPUT_FIELDS = ("ledger", "code", "flags", "overdraft_limit", "user_data")
+_CHANGE_INPUT_FIELDS = ("kind", "overdraft_limit", "user_data")
+
+
+def _first_difference(stored: object, incoming: object, fields: tuple[str, ...]) -> str:
+    for name in fields:
+        if getattr(stored, name) != getattr(incoming, name):
+            return name
+    return ""
+
+
+def _replay_transfer(stored: pb.Transfer, request: pb.Transfer) -> Result:
+    incoming = request
+    if stored.state != pb.TRANSFER_REJECTED and stored.flags & (POST_PENDING | VOID_PENDING):
+        # A post/void is stored resolved (the pending's accounts, ledger, code and amount
+        # filled in). A replay that leaves those empty means the same thing, so it is
+        # resolved the same way before comparing.
+        incoming = pb.Transfer()
+        incoming.CopyFrom(request)
+        for name in ("credit_account_id", "ledger", "code", "amount"):
+            if not getattr(incoming, name):
+                setattr(incoming, name, getattr(stored, name))
+    differing = _first_difference(stored, incoming, _TRANSFER_INPUT_FIELDS)
+    if differing:
+        return Result(pb.EXISTS_WITH_DIFFERENT_FIELDS, differing, stored.timestamp, stored.state)
+    if stored.state == pb.TRANSFER_REJECTED:
+        return Result(stored.result, "", stored.timestamp, stored.state)
+    return Result(pb.EXISTS, "", stored.timestamp, stored.state)
+
+
+# --- transfers --------------------------------------------------------------------------
+
+
+def _reject(store: Store, t: pb.Transfer, code: Code, timestamp: int, field: str = "") -> Result:
+    """Journal a stateful failure so that the key keeps failing the same way."""
+    record = pb.Transfer()
+    record.CopyFrom(t)
+    record.timestamp = timestamp
+    record.state = pb.TRANSFER_REJECTED
+    record.result = code
+    store.put_transfer(record)
+    return Result(code, field, timestamp, pb.TRANSFER_REJECTED)
+
+
+def create_transfer(store: Store, t: pb.Transfer, timestamp: int) -> Result:
+    """Apply one transfer event at ledger time `timestamp` (unique and increasing)."""
+    invalid = validate_transfer(t)
+    if invalid is not None:
+        return invalid
+    return apply_transfer(store, t, timestamp)
+
+
+def apply_transfer(store: Store, t: pb.Transfer, timestamp: int) -> Result:
+    """Steps 6-13 for a transfer that passed `validate_transfer` (the node validates
+    before queueing, so the committer does not repeat the stateless checks)."""
+    stored = store.get_transfer(t.debit_account_id, t.id)
+    if stored is not None:
+        return _replay_transfer(stored, t)
+
+    if t.flags & (POST_PENDING | VOID_PENDING):
+        return _resolve_pending(store, t, timestamp)
+
+    debit = store.get_account(t.debit_account_id)
+    if debit is None:
+        return _reject(store, t, pb.DEBIT_ACCOUNT_NOT_FOUND, timestamp)
+    credit = store.get_account(t.credit_account_id)
+    if credit is None:
+        return _reject(store, t, pb.CREDIT_ACCOUNT_NOT_FOUND, timestamp)
+    if debit.ledger != credit.ledger or t.ledger != debit.ledger:
+        return _reject(store, t, pb.ACCOUNTS_MUST_HAVE_SAME_LEDGER, timestamp, "ledger")
+    status_code = _status_check(debit, credit)
+    if status_code:
+        return _reject(store, t, status_code, timestamp)
+
+    amount = t.amount
+    pending = bool(t.flags & PENDING)
+    if pending:
+        debit_after = debit.debits_pending + amount
+        credit_after = credit.credits_pending + amount
+    else:
+        debit_after = debit.debits_posted + amount
+        credit_after = credit.credits_posted + amount
+    debit_total = debit.debits_pending + debit.debits_posted + amount
+    credit_total = credit.credits_pending + credit.credits_posted + amount
+    if debit_after > INT64_MAX or credit_after > INT64_MAX or debit_total > INT64_MAX or credit_total > INT64_MAX:
+        return _reject(store, t, pb.OVERFLOW, timestamp)
+    if debit.flags & DEBITS_MUST_NOT_EXCEED_CREDITS and debit_total > debit.credits_posted + debit.overdraft_limit:
+        return _reject(store, t, pb.EXCEEDS_CREDITS, timestamp)
+    if credit.flags & CREDITS_MUST_NOT_EXCEED_DEBITS and credit_total > credit.debits_posted + credit.overdraft_limit:
+        return _reject(store, t, pb.EXCEEDS_DEBITS, timestamp)
+
+    if pending:
+        debit.debits_pending = debit_after
+        credit.credits_pending = credit_after
+    else:
+        debit.debits_posted = debit_after
+        credit.credits_posted = credit_after
+    record = pb.Transfer()
+    record.CopyFrom(t)
+    record.timestamp = timestamp
+    record.state = pb.TRANSFER_PENDING if pending else pb.TRANSFER_POSTED
+    store.put_account(debit)
+    store.put_account(credit)
+    store.put_transfer(record)
+    store.append_history(debit, record)
+    store.append_history(credit, record)
+    if pending and record.timeout_s:
+        store.pending_expiry_set(record, expires_at(record))
+    return Result(pb.OK, "", timestamp, record.state)
+
+
+def _status_check(debit: pb.Account, credit: pb.Account) -> Code:
+    if debit.status == pb.CLOSED:
+        return pb.DEBIT_ACCOUNT_CLOSED
+    if credit.status == pb.CLOSED:
+        return pb.CREDIT_ACCOUNT_CLOSED
+    if debit.status == pb.FROZEN:
+        return pb.DEBIT_ACCOUNT_FROZEN
+    if credit.status == pb.FROZEN:
+        return pb.CREDIT_ACCOUNT_FROZEN
+    return pb.RESULT_CODE_UNSPECIFIED
+
+
+def _resolved_record(t: pb.Transfer, pending: pb.Transfer, amount: int, timestamp: int) -> pb.Transfer:
+    record = pb.Transfer()
+    record.CopyFrom(t)
+    record.credit_account_id = pending.credit_account_id
+    record.ledger = pending.ledger
+    record.code = pending.code
+    record.amount = amount
+    record.timestamp = timestamp
+    record.state = pb.TRANSFER_POSTED
+    return record
+
+
+def _resolve_pending(store: Store, t: pb.Transfer, timestamp: int) -> Result:
+    pending = store.get_transfer(t.debit_account_id, t.pending_id)
+    if pending is None or not pending.flags & PENDING or pending.state == pb.TRANSFER_REJECTED:
+        return _reject(store, t, pb.PENDING_TRANSFER_NOT_FOUND, timestamp)
+    for name in ("credit_account_id", "ledger", "code"):
+        value = getattr(t, name)
+        if value and value != getattr(pending, name):
+            return _reject(store, t, pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, timestamp, name)
+    if pending.state == pb.TRANSFER_POSTED:
+        return _reject(store, t, pb.PENDING_TRANSFER_ALREADY_POSTED, timestamp)
+    if pending.state == pb.TRANSFER_VOIDED:
+        return _reject(store, t, pb.PENDING_TRANSFER_ALREADY_VOIDED, timestamp)
+    if pending.state == pb.TRANSFER_EXPIRED:
+        return _reject(store, t, pb.PENDING_TRANSFER_EXPIRED, timestamp)
+    assert pending.state == pb.TRANSFER_PENDING, pending
+    deadline = expires_at(pending)
+    if deadline and timestamp >= deadline:
+        expire_pending(store, pending, timestamp)
+        return _reject(store, t, pb.PENDING_TRANSFER_EXPIRED, timestamp)
+    void = bool(t.flags & VOID_PENDING)
+    if void and t.amount not in (0, pending.amount):
+        return _reject(store, t, pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, timestamp, "amount")
+    amount = t.amount or pending.amount
+    if amount > pending.amount:
+        return _reject(store, t, pb.EXCEEDS_PENDING_TRANSFER_AMOUNT, timestamp)
+
+    debit = store.get_account(pending.debit_account_id)
+    credit = store.get_account(pending.credit_account_id)
+    # A pending transfer holds a reservation on both accounts; they cannot have vanished.
+    assert debit is not None and credit is not None, pending
+    if not void:
+        status_code = _status_check(debit, credit)
+        if status_code:
+            return _reject(store, t, status_code, timestamp)
+    assert debit.debits_pending >= pending.amount and credit.credits_pending >= pending.amount, pending
+    debit.debits_pending -= pending.amount
+    credit.credits_pending -= pending.amount
+    if not void:
+        debit.debits_posted += amount
+        credit.credits_posted += amount
+        assert debit.debits_posted <= INT64_MAX and credit.credits_posted <= INT64_MAX
+    pending.state = pb.TRANSFER_VOIDED if void else pb.TRANSFER_POSTED
+    pending.amount_posted = 0 if void else amount
+    record = _resolved_record(t, pending, amount, timestamp)
+    store.put_account(debit)
+    store.put_account(credit)
+    store.put_transfer(pending)
+    store.put_transfer(record)
+    store.append_history(debit, record)
+    store.append_history(credit, record)
+    if deadline:
+        store.pending_expiry_clear(pending, deadline)
+    return Result(pb.OK, "", timestamp, record.state)
+
+
+def expire_pending(store: Store, pending: pb.Transfer, timestamp: int) -> bool:
+    """Release an overdue pending transfer's reservation. False if it was already resolved."""
+    if pending.state != pb.TRANSFER_PENDING:
+        return False
+    deadline = expires_at(pending)
+    assert deadline and timestamp >= deadline, (pending, timestamp)
+    debit = store.get_account(pending.debit_account_id)
+    credit = store.get_account(pending.credit_account_id)
+    assert debit is not None and credit is not None, pending
+    assert debit.debits_pending >= pending.amount and credit.credits_pending >= pending.amount, pending
+    debit.debits_pending -= pending.amount
+    credit.credits_pending -= pending.amount
+    pending.state = pb.TRANSFER_EXPIRED
+    store.put_account(debit)
+    store.put_account(credit)
+    store.put_transfer(pending)
+    event = pb.Transfer()
+    event.CopyFrom(pending)
+    event.timestamp = timestamp  # the history entry is the expiry event, at its own time
+    store.append_history(debit, event)
+    store.append_history(credit, event)
+    store.pending_expiry_clear(pending, deadline)
+    return True
+
+
+# --- accounts ---------------------------------------------------------------------------
+
+
+def create_account(store: Store, a: pb.Account, timestamp: int) -> Result:
+    """Open one account at ledger time `timestamp`."""
+    invalid = validate_account(a)
+    if invalid is not None:
+        return invalid
+    return apply_account(store, a, timestamp)
+
+
+def apply_account(store: Store, a: pb.Account, timestamp: int) -> Result:
+    """An account creation that passed `validate_account`."""
+    creation = store.get_account_creation(a.id)
+    if creation is not None:
+        differing = _first_difference(creation, a, _ACCOUNT_INPUT_FIELDS)
+        if differing:
+            return Result(pb.EXISTS_WITH_DIFFERENT_FIELDS, differing, creation.timestamp)
+        return Result(pb.EXISTS, "", creation.timestamp)
+    account = pb.Account()
+    account.CopyFrom(a)
+    account.status = pb.ACTIVE
+    account.timestamp = timestamp
+    store.put_account_creation(account)
+    store.put_account(account)
+    return Result(pb.OK, "", timestamp)
+
+
+def change_account(store: Store, c: pb.AccountChange, timestamp: int) -> Result:
+    """Apply one account change (freeze, unfreeze, close, set overdraft limit)."""
+    invalid = validate_change(c)
+    if invalid is not None:
+        return invalid
+    return apply_change(store, c, timestamp)
+
+
+def apply_change(store: Store, c: pb.AccountChange, timestamp: int) -> Result:
+    """An account change that passed `validate_change`."""
+    stored = store.get_change(c.account_id, c.id)
+    if stored is not None:
+        differing = _first_difference(stored, c, _CHANGE_INPUT_FIELDS)
+        if differing:
+            return Result(pb.EXISTS_WITH_DIFFERENT_FIELDS, differing, stored.timestamp)
+        if stored.result != pb.OK:
+            return Result(stored.result, "", stored.timestamp)
+        return Result(pb.EXISTS, "", stored.timestamp)
+
+    account = store.get_account(c.account_id)
+    code: Code = pb.OK
+    if account is None:
+        code = pb.ACCOUNT_NOT_FOUND
+    elif account.status == pb.CLOSED:
+        code = pb.ACCOUNT_CLOSED
+    elif c.kind == pb.FREEZE and account.status == pb.FROZEN:
+        code = pb.ACCOUNT_ALREADY_FROZEN
+    elif c.kind == pb.UNFREEZE and account.status != pb.FROZEN:
+        code = pb.ACCOUNT_NOT_FROZEN
+    elif c.kind == pb.CLOSE and (account.debits_pending or account.credits_pending):
+        code = pb.ACCOUNT_HAS_PENDING_TRANSFERS
+
+    record = pb.AccountChange()
+    record.CopyFrom(c)
+    record.timestamp = timestamp
+    record.result = code
+    store.put_change(record)
+    if code != pb.OK:
+        return Result(code, "", timestamp)
+    assert account is not None
+    if c.kind == pb.FREEZE:
+        account.status = pb.FROZEN
+    elif c.kind == pb.UNFREEZE:
+        account.status = pb.ACTIVE
+    elif c.kind == pb.CLOSE:
+        account.status = pb.CLOSED
+    else:
+        account.overdraft_limit = c.overdraft_limit
+    store.put_account(account)
+    return Result(pb.OK, "", timestamp)

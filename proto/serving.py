@@ -1,0 +1,136 @@
+"""Plumbing every yunkai gRPC server shares (DESIGN section 9).
+
+Configuration resolves each setting from the command-line flag, then the environment
+(`YUNKAI_<SECTION>_<NAME>`, e.g. YUNKAI_NODE_PORT), then an optional TOML file
+(`[node] port = 7001`), then the built-in default. Logs are JSON lines on stderr. Every
+server gets gRPC health and reflection, Prometheus metrics over HTTP, optional TLS, and
+a graceful stop on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tomllib
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from pythonjsonlogger.json import JsonFormatter
+
+MESSAGE_BYTES_MAX = 16 * 1024 * 1024
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags every server takes. Defaults are None so that env and TOML can fill them."""
+    parser.add_argument("--config", help="TOML file with a section per process kind ([node], [router], ...)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="gRPC port (0 picks a free one)")
+    parser.add_argument("--metrics-port", type=int, help="Prometheus HTTP port (default: none)")
+    parser.add_argument("--tls-cert", help="PEM certificate chain; with --tls-key, serve TLS")
+    parser.add_argument("--tls-key", help="PEM private key")
+    parser.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
+
+
+def resolve(args: argparse.Namespace, section: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Settings from flags, then YUNKAI_<SECTION>_<NAME>, then the TOML file, then defaults."""
+    file_values: dict[str, Any] = {}
+    config_path = getattr(args, "config", None) or os.environ.get(f"YUNKAI_{section.upper()}_CONFIG")
+    if config_path:
+        with open(config_path, "rb") as handle:
+            file_values = tomllib.load(handle).get(section, {})
+        unknown = set(file_values) - set(defaults)
+        if unknown:
+            raise SystemExit(f"{config_path}: [{section}] has unknown settings: {', '.join(sorted(unknown))}")
+    settings: dict[str, Any] = {}
+    for name, default in defaults.items():
+        value = getattr(args, name, None)
+        env = os.environ.get(f"YUNKAI_{section.upper()}_{name.upper()}")
+        if value is None and env is not None:
+            value = type(default)(env) if default is not None and not isinstance(default, bool) else env
+        if value is None:
+            value = file_values.get(name, default)
+        settings[name] = value
+    return settings
+
+
+def setup_logging(level: str = "INFO", process: str = "yunkai") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            static_fields={"process": process},
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def server_credentials(cert_path: str | None, key_path: str | None) -> grpc.ServerCredentials | None:
+    if not cert_path and not key_path:
+        return None
+    if not (cert_path and key_path):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    with open(cert_path, "rb") as cert, open(key_path, "rb") as key:
+        return grpc.ssl_server_credentials([(key.read(), cert.read())])
+
+
+def new_server() -> grpc.aio.Server:
+    return grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+            ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+
+
+class Serving:
+    """Health, reflection and metrics around a grpc.aio server."""
+
+    def __init__(self, server: grpc.aio.Server, service_names: Iterable[str]) -> None:
+        self.server = server
+        self.service_names = list(service_names)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection([*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+    def listen(self, host: str, port: int, credentials: grpc.ServerCredentials | None) -> int:
+        address = f"{host}:{port}"
+        bound = (
+            self.server.add_secure_port(address, credentials)
+            if credentials is not None
+            else self.server.add_insecure_port(address)
+        )
+        if bound == 0:
+            raise SystemExit(f"cannot listen on {address}")
+        return int(bound)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+
+def start_metrics(host: str, port: int | None) -> None:
+    if port is not None:
+        start_http_server(port, addr=host)
+
+
+def stop_signal() -> asyncio.Event:
+    """An event set on SIGTERM or SIGINT."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    return stopping

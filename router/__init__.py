@@ -1,0 +1,1 @@
+"""The routing core (hashing, placement, shard map) and, later, the router server."""

@@ -1,0 +1,1 @@
+"""Credit scoring: CatBoost training, ONNX export, the model registry and server (issue 5)."""
