@@ -1,8 +1,8 @@
 """Slot actors and group commit: the only writer of a node's ledger state.
 
 Protocol (DESIGN section 4):
-  * A slot actor is the per-slot state a node keeps: whether it owns the slot, at which
-    epoch, and the slot's committed-batch sequence number. Requests are fenced against it
+  * A slot actor is the per-slot state a node keeps: whether it owns the slot, and at
+    which epoch. Requests are fenced against it
     when they arrive and again when they are applied.
   * Writes enter one bounded mailbox (RESOURCE_EXHAUSTED when full) and are applied by one
     committer task, in arrival order, to an in-memory overlay over committed state. Events
@@ -15,7 +15,9 @@ Protocol (DESIGN section 4):
     another event in the slot's order.
   * If a durable write fails, the node stops (fail-stop): continuing could acknowledge
     state that is not on disk.
-Later issues add freezing one slot (held mailbox) for moves and the per-slot change log.
+Later issues add freezing one slot (held mailbox) for moves, and the slot change log
+with its sequence numbers (written only when something follows it, so that today's
+commits do not pay a key per touched slot).
 """
 
 from __future__ import annotations
@@ -35,13 +37,12 @@ from node import metrics
 from node import state_machine as sm
 from node.storage import (
     Storage,
-    account_key,
+    account_key_of,
     account_slot,
     change_key,
     creation_key,
     expiry_key,
-    history_prefix,
-    slot_seq_key,
+    history_prefix_of,
     transfer_key,
 )
 from proto import ledger_pb2 as pb
@@ -85,14 +86,13 @@ class Clock:
 
 
 class SlotActor:
-    __slots__ = ("epoch", "owned", "owner", "seq", "slot")
+    __slots__ = ("epoch", "owned", "owner", "slot")
 
     def __init__(self, slot: int) -> None:
         self.slot = slot
         self.epoch = 0
         self.owner = ""
         self.owned = False
-        self.seq = 0
 
 
 class Overlay:
@@ -173,41 +173,29 @@ class Overlay:
     def empty(self) -> bool:
         return not (self.dirty_accounts or self.creations or self.transfers or self.changes)
 
-    def write_batch(
-        self, clock_last: int, slots: list[SlotActor]
-    ) -> tuple[WriteBatch, dict[str, tuple[pb.Account, bytes]]]:
+    def write_batch(self, clock_last: int) -> tuple[WriteBatch, dict[str, tuple[pb.Account, bytes]]]:
         """The cycle's writes as one WriteBatch, and the accounts to publish after it."""
         total = self._slots_total
         batch = WriteBatch(raw_mode=True)
-        touched: set[int] = set()
         published: dict[str, tuple[pb.Account, bytes]] = {}
+        put = batch.put
         for account_id, account in self.dirty_accounts.items():
-            slot = account_slot(account_id, total)
             data = account.SerializeToString()
-            batch.put(account_key(slot, account_id), data)
+            put(account_key_of(account_id, total), data)
             published[account_id] = (account, data)
-            touched.add(slot)
         for account_id, creation in self.creations.items():
             batch.put(creation_key(account_slot(account_id, total), account_id), creation.SerializeToString())
         for (debit_id, transfer_id), transfer in self.transfers.items():
-            slot = account_slot(debit_id, total)
-            batch.put(transfer_key(slot, debit_id, transfer_id), transfer.SerializeToString())
-            touched.add(slot)
+            put(transfer_key(account_slot(debit_id, total), debit_id, transfer_id), transfer.SerializeToString())
         for account_id, timestamp, data in self.history:
-            slot = account_slot(account_id, total)
-            batch.put(history_prefix(slot, account_id) + timestamp.to_bytes(8, "big"), data)
+            put(history_prefix_of(account_id, total) + timestamp.to_bytes(8, "big"), data)
         for (account_id, change_id), change in self.changes.items():
             slot = account_slot(account_id, total)
             batch.put(change_key(slot, account_id, change_id), change.SerializeToString())
-            touched.add(slot)
         for expires_at, debit_id, transfer_id in self.expiry_set:
             batch.put(expiry_key(account_slot(debit_id, total), expires_at, debit_id, transfer_id), b"")
         for expires_at, debit_id, transfer_id in self.expiry_clear:
             batch.delete(expiry_key(account_slot(debit_id, total), expires_at, debit_id, transfer_id))
-        for slot in touched:
-            actor = slots[slot]
-            actor.seq += 1
-            batch.put(slot_seq_key(slot), actor.seq.to_bytes(8, "big"))
         batch.put(b"\xff\xff" + _CLOCK_KEY.encode(), clock_last.to_bytes(8, "big"))
         return batch, published
 
@@ -255,7 +243,6 @@ class Engine:
         for entry in table.slots:
             actor = self.slots[entry.slot]
             actor.epoch, actor.owner, actor.owned = entry.epoch, entry.owner, entry.owned
-            actor.seq = self.storage.slot_seq(entry.slot)
         metrics.slots_owned.set(sum(1 for a in self.slots if a.owned))
 
     def slot_table(self) -> node_pb2.GetSlotsResponse:
@@ -370,7 +357,7 @@ class Engine:
             outcomes = [self._apply(overlay, command) for command in commands]
             new_expiries = self._expire_due(overlay)
             if not overlay.empty():
-                batch, published = overlay.write_batch(self.clock.last, self.slots)
+                batch, published = overlay.write_batch(self.clock.last)
                 started = time.perf_counter()
                 self.storage.write(batch)
                 metrics.fsync_latency_s.observe(time.perf_counter() - started)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -144,88 +145,59 @@ class LedgerService:
             positions.append(index)
         return results, submit, positions
 
-    def _results(self, method: str, key_of_slot: list[int], results: Sequence[sm.Result]) -> list[pb.EventResult]:
-        out = []
-        counter = metrics.events_total
-        for slot, r in zip(key_of_slot, results, strict=True):
-            result = pb.EventResult(code=r.code, field=r.field, timestamp=r.timestamp, state=r.state)  # type: ignore[arg-type]
-            if r.code == pb.WRONG_SLOT:
+    def _fill(self, method: str, out: Any, slots: list[int], results: Sequence[sm.Result]) -> None:
+        """Append one EventResult per result to the response's repeated field `out`."""
+        add = out.add
+        wrong_slot = pb.WRONG_SLOT
+        for slot, r in zip(slots, results, strict=True):
+            result = add(code=r.code, field=r.field, timestamp=r.timestamp, state=r.state)
+            if r.code == wrong_slot:
                 result.redirect.CopyFrom(self.engine.redirect(slot))
-            out.append(result)
+        counter = metrics.events_total
         for code in {r.code for r in results}:
             counter.labels(method, pb.ResultCode.Name(code)).inc(sum(1 for r in results if r.code == code))
-        return out
 
     async def _write(
         self,
-        method: str,
-        field: str,
+        kind: _WriteKind[E],
         events: Sequence[E],
-        key_of: Callable[[E], str],
-        malformed: Callable[[E], str | None],
-        validate: Callable[[E], sm.Result | None],
         fence_message: pb.Fence,
         submit: Callable[[Sequence[tuple[E, int, int]]], Awaitable[list[sm.Result]]],
-    ) -> list[pb.EventResult]:
+        out: Any,
+    ) -> None:
         fence = _fence(fence_message)
-        results, queued, positions = self._route(field, events, key_of, malformed, validate, fence)
-        metrics.request_events.labels(method).observe(len(events))
+        results, queued, positions = self._route(kind.field, events, kind.key_of, kind.malformed, kind.validate, fence)
+        metrics.request_events.labels(kind.method).observe(len(events))
         if queued:
             for position, result in zip(positions, await submit(queued), strict=True):
                 results[position] = result
-        slots = [
-            account_slot(key_of(e), self.slots_total) if r is not None and r.code == pb.WRONG_SLOT else 0
-            for e, r in zip(events, results, strict=True)
-        ]
         final: list[sm.Result] = []
-        for r in results:
+        slots: list[int] = []
+        for event, r in zip(events, results, strict=True):
             assert r is not None
             final.append(r)
-        return self._results(method, slots, final)
+            slots.append(account_slot(kind.key_of(event), self.slots_total) if r.code == pb.WRONG_SLOT else 0)
+        self._fill(kind.method, out, slots, final)
 
     # --- writes -----------------------------------------------------------------------------
 
     async def create_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = _parse(pb.CreateTransfersRequest, data)
-        results = await self._write(
-            "CreateTransfers",
-            "transfers",
-            request.transfers,
-            _debit_of,
-            sm.malformed_transfer,
-            sm.validate_transfer,
-            request.fence,
-            self.engine.submit_transfers,
-        )
-        return pb.CreateTransfersResponse(results=results).SerializeToString()
+        response = pb.CreateTransfersResponse()
+        await self._write(_TRANSFERS, request.transfers, request.fence, self.engine.submit_transfers, response.results)
+        return response.SerializeToString()
 
     async def create_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = _parse(pb.CreateAccountsRequest, data)
-        results = await self._write(
-            "CreateAccounts",
-            "accounts",
-            request.accounts,
-            _id_of,
-            sm.malformed_account,
-            sm.validate_account,
-            request.fence,
-            self.engine.submit_accounts,
-        )
-        return pb.CreateAccountsResponse(results=results).SerializeToString()
+        response = pb.CreateAccountsResponse()
+        await self._write(_ACCOUNTS, request.accounts, request.fence, self.engine.submit_accounts, response.results)
+        return response.SerializeToString()
 
     async def change_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = _parse(pb.ChangeAccountsRequest, data)
-        results = await self._write(
-            "ChangeAccounts",
-            "changes",
-            request.changes,
-            _account_of,
-            sm.malformed_change,
-            sm.validate_change,
-            request.fence,
-            self.engine.submit_changes,
-        )
-        return pb.ChangeAccountsResponse(results=results).SerializeToString()
+        response = pb.ChangeAccountsResponse()
+        await self._write(_CHANGES, request.changes, request.fence, self.engine.submit_changes, response.results)
+        return response.SerializeToString()
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -322,6 +294,26 @@ def _id_of(account: pb.Account) -> str:
 
 def _account_of(change: pb.AccountChange) -> str:
     return change.account_id
+
+
+@dataclass(frozen=True)
+class _WriteKind(Generic[E]):
+    """How a write method's events are named, routed and checked."""
+
+    method: str
+    field: str
+    key_of: Callable[[E], str]  # the account id whose slot the event belongs to
+    malformed: Callable[[E], str | None]
+    validate: Callable[[E], sm.Result | None]
+
+
+_TRANSFERS = _WriteKind[pb.Transfer](
+    "CreateTransfers", "transfers", _debit_of, sm.malformed_transfer, sm.validate_transfer
+)
+_ACCOUNTS = _WriteKind[pb.Account]("CreateAccounts", "accounts", _id_of, sm.malformed_account, sm.validate_account)
+_CHANGES = _WriteKind[pb.AccountChange](
+    "ChangeAccounts", "changes", _account_of, sm.malformed_change, sm.validate_change
+)
 
 
 class NodeService(node_pb2_grpc.NodeServicer):

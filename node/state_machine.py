@@ -144,9 +144,10 @@ def malformed_transfer(t: pb.Transfer) -> str | None:
         return f"flags: unknown bits 0x{t.flags & ~TRANSFER_FLAGS_ALL:x}"
     if t.flags & (t.flags - 1):
         return "flags: PENDING, POST_PENDING and VOID_PENDING are mutually exclusive"
-    for name in ("timestamp", "state", "result", "amount_posted"):
-        if getattr(t, name):
-            return f"{name}: set by the ledger, not the caller"
+    if t.timestamp or t.state or t.result or t.amount_posted:
+        for name in ("timestamp", "state", "result", "amount_posted"):
+            if getattr(t, name):
+                return f"{name}: set by the ledger, not the caller"
     if t.timeout_s and not t.flags & PENDING:
         return "timeout_s: only a PENDING transfer has a timeout"
     if t.pending_id and not t.flags & (POST_PENDING | VOID_PENDING):

@@ -9,7 +9,6 @@ slot is one contiguous range to snapshot, stream and delete.
     <slot> H <account_id> 00 <timestamp:8 BE>      history event, pb.Transfer as of then
     <slot> C <account_id> 00 <change_id>           account change journal, pb.AccountChange
     <slot> X <expires_at:8 BE> <debit> 00 <id>     pending transfer expiry index
-    <slot> M seq                                   the slot's committed batch count (8 BE)
     FF FF <name>                                   node metadata (clock, slot table)
 
 Ids never contain 00, so it separates the parts. Only committed data is ever in RocksDB:
@@ -19,6 +18,7 @@ the engine writes a group's WriteBatch with sync=True and then publishes it here
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 
@@ -35,6 +35,18 @@ _U64 = 8
 def account_slot(account_id: str, slots_total: int) -> int:
     """`slot_of`, memoised: a node needs an account's slot several times per event."""
     return slot_of(account_id, slots_total)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def account_key_of(account_id: str, slots_total: int) -> bytes:
+    """`account_key` for an id, memoised: every transfer writes two accounts."""
+    return account_key(slot_of(account_id, slots_total), account_id)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def history_prefix_of(account_id: str, slots_total: int) -> bytes:
+    """`history_prefix` for an id, memoised: every transfer appends to two histories."""
+    return history_prefix(slot_of(account_id, slots_total), account_id)
 
 
 def slot_prefix(slot: int) -> bytes:
@@ -70,10 +82,6 @@ def expiry_key(slot: int, expires_at: int, debit_account_id: str, transfer_id: s
         + b"\x00"
         + transfer_id.encode()
     )
-
-
-def slot_seq_key(slot: int) -> bytes:
-    return slot.to_bytes(2, "big") + b"Mseq"
 
 
 class Storage:
@@ -128,7 +136,7 @@ class Storage:
         entry = self._accounts.get(account_id)
         if entry is not None:
             return entry
-        raw = self.db.get(account_key(account_slot(account_id, self.slots_total), account_id))
+        raw = self.db.get(account_key_of(account_id, self.slots_total))
         if raw is None:
             return None
         data = bytes(raw)
@@ -160,14 +168,10 @@ class Storage:
         raw = self.db.get(change_key(account_slot(account_id, self.slots_total), account_id, change_id))
         return None if raw is None else pb.AccountChange.FromString(bytes(raw))
 
-    def slot_seq(self, slot: int) -> int:
-        raw = self.db.get(slot_seq_key(slot))
-        return 0 if raw is None else int.from_bytes(bytes(raw), "big")
-
     def history(self, account_id: str, cursor: int, newest_first: bool, limit: int) -> tuple[list[bytes], int]:
         """Up to `limit` history events of an account after `cursor` (a timestamp, 0 =
         from the start chosen), and the cursor of the next page (0 if none)."""
-        prefix = history_prefix(account_slot(account_id, self.slots_total), account_id)
+        prefix = history_prefix_of(account_id, self.slots_total)
         it = self.db.iter()
         if newest_first:
             start = cursor - 1 if cursor else (1 << 64) - 1
@@ -219,8 +223,12 @@ class Storage:
 
     def publish_accounts(self, accounts: dict[str, tuple[pb.Account, bytes]]) -> None:
         """Make durably written accounts visible to reads."""
-        for account_id, entry in accounts.items():
-            self._cache_account(account_id, entry)
+        cache = self._accounts
+        cache.update(accounts)
+        excess = len(cache) - self._account_cache_max
+        if excess > 0:  # oldest first; every entry is committed, so any may go
+            for account_id in list(itertools.islice(cache, excess)):
+                del cache[account_id]
 
     def _cache_account(self, account_id: str, entry: tuple[pb.Account, bytes]) -> None:
         cache = self._accounts
