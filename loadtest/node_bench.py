@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default 2)")
+    parser.add_argument(
+        "--no-history", action="store_true", help="open the accounts with NO_HISTORY (measures what history costs)"
+    )
     parser.add_argument("--json", help="write the results here")
 
 
@@ -53,7 +56,9 @@ def main(args: argparse.Namespace) -> int:
             node.stop()
     result["machine"] = {"cpus": os.cpu_count(), "processor": _cpu_model(), "python": platform.python_version()}
     result["command"] = "yunkai bench-node " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("run", "json") and v is not None
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in vars(args).items()
+        if k not in ("run", "json", "command") and v not in (None, False)
     )
     print(
         f"{args.workload}: {result['events_per_s']:,.0f} events/s over {result['seconds']:.1f}s; batch of"
@@ -83,10 +88,11 @@ async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
         ledger = ledger_pb2_grpc.LedgerStub(channel)
         run = f"{time.time_ns():x}"
         ids = [f"b{run}-{i}" for i in range(args.accounts)]
+        flags = pb.NO_HISTORY if args.no_history else 0
         for start in range(0, len(ids), 4096):
             reply = await ledger.CreateAccounts(
                 pb.CreateAccountsRequest(
-                    accounts=[pb.Account(id=i, ledger=LEDGER, code=1) for i in ids[start : start + 4096]]
+                    accounts=[pb.Account(id=i, ledger=LEDGER, code=1, flags=flags) for i in ids[start : start + 4096]]
                 )
             )
             assert all(r.code == pb.OK for r in reply.results)
@@ -151,6 +157,7 @@ async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
             "batch": args.batch,
             "concurrency": args.concurrency,
             "accounts": args.accounts,
+            "history": not args.no_history,
             "seconds": seconds,
             "events": counters["events"],
             "events_per_s": counters["events"] / seconds,
