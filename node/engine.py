@@ -210,7 +210,7 @@ class _Command(Generic[E]):
 class Engine:
     """Owns a node's slot table, mailbox, committer and expiry sweep."""
 
-    def __init__(self, storage: Storage, limits: Limits, self_address: str) -> None:
+    def __init__(self, storage: Storage, limits: Limits, self_address: str, join: bool = False) -> None:
         self.storage = storage
         self.limits = limits
         self.slots_total = storage.slots_total
@@ -224,18 +224,20 @@ class Engine:
         self._wake = asyncio.Event()
         self._stopping = False
         self._expiries: list[tuple[int, int, str, str]] = []  # heap of (at, slot, debit, id)
-        self._load_slot_table()
+        self._load_slot_table(join)
         self._load_expiries()
 
     # --- slot table ----------------------------------------------------------------------
 
-    def _load_slot_table(self) -> None:
+    def _load_slot_table(self, join: bool) -> None:
         raw = self.storage.meta_get(_SLOTS_KEY)
         if raw is None:
-            # A node started alone owns every slot at epoch 1 (the router reassigns later).
             table = node_pb2.GetSlotsResponse(slots_total=self.slots_total, map_version=0)
-            for slot in range(self.slots_total):
-                table.slots.add(slot=slot, epoch=1, owner=self.self_address, owned=True)
+            if not join:
+                # A node started alone owns every slot at epoch 1. A node started to join a
+                # cluster owns nothing until the controller assigns it slots.
+                for slot in range(self.slots_total):
+                    table.slots.add(slot=slot, epoch=1, owner=self.self_address, owned=True)
             self.storage.meta_put_now(_SLOTS_KEY, table.SerializeToString())
         else:
             table = node_pb2.GetSlotsResponse.FromString(raw)

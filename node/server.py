@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_events_max": Limits.batch_events_max,
     "queue_events_max": Limits.queue_events_max,
     "account_cache_max": 1_000_000,
+    "join": False,
 }
 
 
@@ -47,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slots-total", type=int, help=f"S, the cluster's slot count (default {SLOTS_TOTAL_DEFAULT})")
     parser.add_argument("--batch-events-max", type=int, help="most events in one request (default 8192)")
     parser.add_argument("--queue-events-max", type=int, help="most events waiting for commit (default 65536)")
+    parser.add_argument(
+        "--join",
+        action="store_true",
+        default=None,
+        help="a new data directory starts owning no slots, waiting for a router to assign them"
+        " (without it, a new node owns every slot: a standalone ledger)",
+    )
     parser.add_argument("--account-cache-max", type=int, help="committed accounts kept in memory (default 1,000,000)")
 
 
@@ -77,7 +85,7 @@ async def _serve(settings: dict[str, Any]) -> None:
     credentials = serving.server_credentials(settings["tls_cert"], settings["tls_key"])
     port = frame.listen(host, int(settings["port"]), credentials)
     advertise = str(settings["advertise"] or f"{host}:{port}")
-    engine = Engine(storage, limits, advertise)
+    engine = Engine(storage, limits, advertise, join=bool(settings["join"]))
     server.add_generic_rpc_handlers([LedgerService(engine).handler()])
     node_pb2_grpc.add_NodeServicer_to_server(NodeService(engine), server)
     metrics_port = settings["metrics_port"]

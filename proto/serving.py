@@ -54,11 +54,26 @@ def resolve(args: argparse.Namespace, section: str, defaults: dict[str, Any]) ->
         value = getattr(args, name, None)
         env = os.environ.get(f"YUNKAI_{section.upper()}_{name.upper()}")
         if value is None and env is not None:
-            value = type(default)(env) if default is not None and not isinstance(default, bool) else env
+            value = _from_env(f"YUNKAI_{section.upper()}_{name.upper()}", env, default)
         if value is None:
             value = file_values.get(name, default)
         settings[name] = value
     return settings
+
+
+def _from_env(variable: str, text: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SystemExit(f"{variable}={text!r}: expected true or false")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise SystemExit(f"{variable}={text!r}: expected a whole number") from None
+    return text
 
 
 def setup_logging(level: str = "INFO", process: str = "yunkai") -> None:
