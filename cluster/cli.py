@@ -27,13 +27,33 @@ def build_parser() -> argparse.ArgumentParser:
     node_server.add_arguments(node)
     node.set_defaults(run=node_server.main)
 
+    from router import server as router_server
+
+    router = commands.add_parser(
+        "router",
+        help="run a router (and the cluster's controller)",
+        description="Serve yunkai.ledger.v1.Ledger by routing each batch to the nodes that own its slots, "
+        "and yunkai.cluster.v1.Cluster (shard map, status). A new cluster's map is seeded from --nodes.",
+    )
+    router_server.add_arguments(router)
+    router.set_defaults(run=router_server.main)
+
+    from cluster import commands as cluster_commands
+
+    cluster = commands.add_parser(
+        "cluster",
+        help="run a local cluster, or look at one",
+        description="Operator commands: `up` runs a router and N nodes on loopback; `status` shows any cluster.",
+    )
+    cluster_commands.add_arguments(cluster)
+
     from cluster import demo
 
     demo_parser = commands.add_parser(
         "demo",
-        help="start a node in a temporary directory and walk through the ledger",
-        description="Start a local node, open two accounts, move money, show balances and history; "
-        "then keep the node running until Ctrl-C (unless --exit).",
+        help="start a local cluster and walk through the ledger with the SDK",
+        description="Start a router and 3 nodes on loopback, open accounts, move money (within a node and "
+        "across nodes), show balances and history; then keep the cluster running until Ctrl-C (unless --exit).",
     )
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(run=demo.main)

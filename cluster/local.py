@@ -15,19 +15,22 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Self
 
 
 class ProcessFailed(RuntimeError):
     """A process exited, or did not report serving in time; the message has its log tail."""
 
 
-class NodeProcess:
-    """A `yunkai node` child process."""
+class ServiceProcess:
+    """A `yunkai <kind>` child process (node, router, ...) with its own data directory."""
+
+    kind = ""
 
     def __init__(self, data_dir: str, extra_args: Sequence[str] = (), log_path: str | None = None) -> None:
         self.data_dir = data_dir
         self.extra_args = list(extra_args)
-        self.log_path = log_path or os.path.join(data_dir, "node.log")
+        self.log_path = log_path or os.path.join(data_dir, f"{self.kind}.log")
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -35,7 +38,7 @@ class NodeProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 30.0) -> NodeProcess:
+    def start(self, timeout_s: float = 30.0) -> Self:
         os.makedirs(self.data_dir, exist_ok=True)
         # Restarts keep the port, so clients' addresses stay valid across kill -9.
         port = str(self.port) if self.port else "0"
@@ -43,7 +46,7 @@ class NodeProcess:
             sys.executable,
             "-m",
             "cluster.cli",
-            "node",
+            self.kind,
             "--data-dir",
             self.data_dir,
             "--port",
@@ -77,6 +80,18 @@ class NodeProcess:
 
     def log_tail(self, lines: int = 30) -> str:
         return _tail(self.log_path, lines)
+
+
+class NodeProcess(ServiceProcess):
+    """A `yunkai node`."""
+
+    kind = "node"
+
+
+class RouterProcess(ServiceProcess):
+    """A `yunkai router` (give it `--nodes ...` in extra_args for a new cluster)."""
+
+    kind = "router"
 
 
 def _tail(path: str, lines: int) -> str:

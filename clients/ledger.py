@@ -1,0 +1,470 @@
+"""The ledger SDK: a typed async client (and a thin sync wrapper) for yunkai.
+
+    async with await LedgerClient.connect("127.0.0.1:7000") as ledger:
+        await ledger.create_accounts([Account("{c42}:deposit", ledger=156, code=2001)])
+        [result] = await ledger.create_transfers([Transfer("t1", "bank:funding", "{c42}:deposit", 500, 156, 1)])
+        assert result.code is ResultCode.OK
+
+By default the client is smart: it fetches the shard map from the router once, then
+sends each batch straight to the nodes that own its slots, coalescing concurrent calls per
+node (the routing core in router/routing.py), and refreshes the map when a node answers
+WRONG_SLOT. With `via_router=True` every call goes through the router instead. Either way
+every call has a deadline (`timeout_s`), UNAVAILABLE is retried with jittered backoff
+within it, and writes are safe to retry: resend the same ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2_grpc
+from proto import ledger_pb2 as pb
+from router.routing import CHANNEL_OPTIONS, LedgerRouter, RoutingError
+from router.shardmap import ShardMap
+
+T = TypeVar("T")
+TIMEOUT_DEFAULT_S = 10.0
+
+
+# The enums mirror proto/ledger.proto value for value (tests/test_sdk.py checks that they do).
+class ResultCode(enum.IntEnum):
+    RESULT_CODE_UNSPECIFIED = 0
+    OK = 1
+    EXISTS = 2
+    EXISTS_WITH_DIFFERENT_FIELDS = 3
+    ID_INVALID = 4
+    ACCOUNTS_MUST_BE_DIFFERENT = 5
+    AMOUNT_MUST_BE_POSITIVE = 6
+    LEDGER_MUST_NOT_BE_ZERO = 7
+    CODE_MUST_NOT_BE_ZERO = 8
+    DEBIT_ACCOUNT_NOT_FOUND = 9
+    CREDIT_ACCOUNT_NOT_FOUND = 10
+    ACCOUNTS_MUST_HAVE_SAME_LEDGER = 11
+    EXCEEDS_CREDITS = 12
+    EXCEEDS_DEBITS = 13
+    DEBIT_ACCOUNT_FROZEN = 14
+    CREDIT_ACCOUNT_FROZEN = 15
+    DEBIT_ACCOUNT_CLOSED = 16
+    CREDIT_ACCOUNT_CLOSED = 17
+    PENDING_TRANSFER_NOT_FOUND = 18
+    PENDING_TRANSFER_ALREADY_POSTED = 19
+    PENDING_TRANSFER_ALREADY_VOIDED = 20
+    PENDING_TRANSFER_EXPIRED = 21
+    EXCEEDS_PENDING_TRANSFER_AMOUNT = 22
+    OVERFLOW = 23
+    IN_FLIGHT = 24
+    WRONG_SLOT = 25
+    ACCOUNT_NOT_FOUND = 26
+    TRANSFER_NOT_FOUND = 27
+    PENDING_TRANSFER_HAS_DIFFERENT_FIELDS = 28
+    ACCOUNT_CLOSED = 29
+    ACCOUNT_ALREADY_FROZEN = 30
+    ACCOUNT_NOT_FROZEN = 31
+    ACCOUNT_HAS_PENDING_TRANSFERS = 32
+
+
+class TransferState(enum.IntEnum):
+    STATE_UNSPECIFIED = 0
+    POSTED = 1
+    PENDING = 2
+    VOIDED = 3
+    REJECTED = 4
+    IN_FLIGHT = 5
+    EXPIRED = 6
+
+
+class AccountStatus(enum.IntEnum):
+    ACCOUNT_STATUS_UNSPECIFIED = 0
+    ACTIVE = 1
+    FROZEN = 2
+    CLOSED = 3
+
+
+class ChangeKind(enum.IntEnum):
+    CHANGE_KIND_UNSPECIFIED = 0
+    FREEZE = 1
+    UNFREEZE = 2
+    CLOSE = 3
+    SET_OVERDRAFT_LIMIT = 4
+
+
+class AccountFlags(enum.IntFlag):
+    NONE = 0
+    DEBITS_MUST_NOT_EXCEED_CREDITS = pb.DEBITS_MUST_NOT_EXCEED_CREDITS
+    CREDITS_MUST_NOT_EXCEED_DEBITS = pb.CREDITS_MUST_NOT_EXCEED_DEBITS
+    NO_HISTORY = pb.NO_HISTORY
+
+
+class TransferFlags(enum.IntFlag):
+    NONE = 0
+    PENDING = pb.PENDING
+    POST_PENDING = pb.POST_PENDING
+    VOID_PENDING = pb.VOID_PENDING
+
+
+class LedgerError(Exception):
+    """A call failed as a whole (bad request, deadline, overload); `code` is the gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+
+
+@dataclass(slots=True)
+class Account:
+    id: str
+    ledger: int
+    code: int
+    flags: AccountFlags = AccountFlags.NONE
+    overdraft_limit: int = 0
+    user_data: int = 0
+    # Set by the ledger:
+    debits_posted: int = 0
+    credits_posted: int = 0
+    debits_pending: int = 0
+    credits_pending: int = 0
+    status: AccountStatus = field(default=AccountStatus.ACCOUNT_STATUS_UNSPECIFIED)
+    timestamp: int = 0
+
+    @property
+    def balance(self) -> int:
+        """credits_posted - debits_posted: what a deposit account holds."""
+        return self.credits_posted - self.debits_posted
+
+    def _to_proto(self) -> pb.Account:
+        return pb.Account(
+            id=self.id,
+            ledger=self.ledger,
+            code=self.code,
+            flags=int(self.flags),
+            overdraft_limit=self.overdraft_limit,
+            user_data=self.user_data,
+        )
+
+    @staticmethod
+    def _from_proto(a: pb.Account) -> Account:
+        return Account(
+            a.id,
+            a.ledger,
+            a.code,
+            AccountFlags(a.flags),
+            a.overdraft_limit,
+            a.user_data,
+            a.debits_posted,
+            a.credits_posted,
+            a.debits_pending,
+            a.credits_pending,
+            AccountStatus(a.status),
+            a.timestamp,
+        )
+
+
+@dataclass(slots=True)
+class Transfer:
+    id: str
+    debit_account_id: str
+    credit_account_id: str = ""
+    amount: int = 0
+    ledger: int = 0
+    code: int = 0
+    flags: TransferFlags = TransferFlags.NONE
+    pending_id: str = ""
+    timeout_s: int = 0
+    user_data: int = 0
+    # Set by the ledger:
+    timestamp: int = 0
+    state: TransferState = field(default=TransferState.STATE_UNSPECIFIED)
+    result: ResultCode = field(default=ResultCode.RESULT_CODE_UNSPECIFIED)
+    amount_posted: int = 0
+
+    def _to_proto(self) -> pb.Transfer:
+        return pb.Transfer(
+            id=self.id,
+            debit_account_id=self.debit_account_id,
+            credit_account_id=self.credit_account_id,
+            amount=self.amount,
+            ledger=self.ledger,
+            code=self.code,
+            flags=int(self.flags),
+            pending_id=self.pending_id,
+            timeout_s=self.timeout_s,
+            user_data=self.user_data,
+        )
+
+    @staticmethod
+    def _from_proto(t: pb.Transfer) -> Transfer:
+        return Transfer(
+            t.id,
+            t.debit_account_id,
+            t.credit_account_id,
+            t.amount,
+            t.ledger,
+            t.code,
+            TransferFlags(t.flags),
+            t.pending_id,
+            t.timeout_s,
+            t.user_data,
+            t.timestamp,
+            TransferState(t.state),
+            ResultCode(t.result),
+            t.amount_posted,
+        )
+
+
+@dataclass(slots=True)
+class AccountChange:
+    id: str
+    account_id: str
+    kind: ChangeKind
+    overdraft_limit: int = 0
+    user_data: int = 0
+
+    def _to_proto(self) -> pb.AccountChange:
+        return pb.AccountChange(
+            id=self.id,
+            account_id=self.account_id,
+            kind=int(self.kind),  # type: ignore[arg-type]
+            overdraft_limit=self.overdraft_limit,
+            user_data=self.user_data,
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class Result:
+    """The outcome of one event."""
+
+    code: ResultCode
+    field: str = ""  # which field, for EXISTS_WITH_DIFFERENT_FIELDS and ID_INVALID
+    timestamp: int = 0
+    state: TransferState = TransferState.STATE_UNSPECIFIED
+
+    @property
+    def ok(self) -> bool:
+        return self.code is ResultCode.OK
+
+    @staticmethod
+    def _from_proto(r: pb.EventResult) -> Result:
+        return Result(ResultCode(r.code), r.field, r.timestamp, TransferState(r.state))
+
+
+@dataclass(slots=True, frozen=True)
+class HistoryPage:
+    transfers: list[Transfer]
+    next_cursor: int  # 0: no more pages
+
+
+class RouterMapSource:
+    """The shard map as the router serves it, refreshed on demand."""
+
+    def __init__(self, stub: cluster_pb2_grpc.ClusterStub, timeout_s: float) -> None:
+        self._stub = stub
+        self._timeout_s = timeout_s
+        self._map: ShardMap | None = None
+        self._lock = asyncio.Lock()
+
+    def current(self) -> ShardMap:
+        assert self._map is not None, "fetch() first"
+        return self._map
+
+    async def fetch(self) -> ShardMap:
+        reply = await self._stub.GetShardMap(cluster_pb2.GetShardMapRequest(), timeout=self._timeout_s)
+        fetched = ShardMap.from_proto(reply)
+        if self._map is None or fetched.version >= self._map.version:
+            self._map = fetched
+        return self._map
+
+    async def refresh(self, seen_version: int) -> ShardMap:
+        async with self._lock:  # many callers hitting WRONG_SLOT at once share one fetch
+            if self._map is not None and self._map.version > seen_version:
+                return self._map
+            try:
+                return await self.fetch()
+            except grpc.aio.AioRpcError:
+                return self.current()  # the router is away: keep routing with what we know
+
+
+class LedgerClient:
+    """Async client of the yunkai ledger. Create with `await LedgerClient.connect(router)`."""
+
+    def __init__(self, router: str, via_router: bool, timeout_s: float) -> None:
+        self.router_address = router
+        self.via_router = via_router
+        self.timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(router, options=CHANNEL_OPTIONS)
+        self._ledger = ledger_pb2_grpc.LedgerStub(self._channel)
+        self._maps = RouterMapSource(cluster_pb2_grpc.ClusterStub(self._channel), timeout_s)
+        self._routing = LedgerRouter(self._maps)
+
+    @staticmethod
+    async def connect(router: str, *, via_router: bool = False, timeout_s: float = TIMEOUT_DEFAULT_S) -> LedgerClient:
+        client = LedgerClient(router, via_router, timeout_s)
+        if not via_router:
+            try:
+                await client._maps.fetch()
+            except grpc.aio.AioRpcError as error:
+                await client.close()
+                raise LedgerError(
+                    error.code(), f"cannot fetch the shard map from {router}: {error.details()}"
+                ) from None
+        return client
+
+    async def close(self) -> None:
+        await self._routing.close()
+        await self._channel.close()
+
+    async def __aenter__(self) -> LedgerClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- calls ------------------------------------------------------------------------------
+
+    async def create_accounts(self, accounts: Sequence[Account], timeout_s: float | None = None) -> list[Result]:
+        events = [a._to_proto() for a in accounts]
+        results = await self._batched("CreateAccounts", "accounts", events, timeout_s)
+        return [Result._from_proto(r) for r in results]
+
+    async def create_transfers(self, transfers: Sequence[Transfer], timeout_s: float | None = None) -> list[Result]:
+        events = [t._to_proto() for t in transfers]
+        results = await self._batched("CreateTransfers", "transfers", events, timeout_s)
+        return [Result._from_proto(r) for r in results]
+
+    async def change_accounts(self, changes: Sequence[AccountChange], timeout_s: float | None = None) -> list[Result]:
+        events = [c._to_proto() for c in changes]
+        results = await self._batched("ChangeAccounts", "changes", events, timeout_s)
+        return [Result._from_proto(r) for r in results]
+
+    async def lookup_accounts(self, ids: Sequence[str], timeout_s: float | None = None) -> list[Account | None]:
+        """The accounts, in order; None where an id names no account."""
+        results = await self._batched("LookupAccounts", "ids", list(ids), timeout_s)
+        return [Account._from_proto(r.account) if r.code == pb.OK else None for r in results]
+
+    async def lookup_transfers(
+        self, keys: Sequence[tuple[str, str]], timeout_s: float | None = None
+    ) -> list[Transfer | None]:
+        """Transfers by (debit_account_id, id), in order; None where there is none."""
+        events = [pb.TransferKey(debit_account_id=d, id=i) for d, i in keys]
+        results = await self._batched("LookupTransfers", "keys", events, timeout_s)
+        return [Transfer._from_proto(r.transfer) if r.code == pb.OK else None for r in results]
+
+    async def get_account_transfers(
+        self,
+        account_id: str,
+        *,
+        limit: int = 100,
+        newest_first: bool = False,
+        cursor: int = 0,
+        timeout_s: float | None = None,
+    ) -> HistoryPage:
+        request = pb.GetAccountTransfersRequest(
+            account_id=account_id, limit=limit, newest_first=newest_first, cursor=cursor
+        )
+        timeout = timeout_s or self.timeout_s
+        if self.via_router:
+            reply = await self._via_router("GetAccountTransfers", request, timeout)
+        else:
+            reply = await self._guard(self._routing.get_account_transfers(request, timeout))
+        if reply.code != pb.OK:
+            raise LedgerError(grpc.StatusCode.NOT_FOUND, f"{account_id}: {pb.ResultCode.Name(reply.code)}")
+        return HistoryPage([Transfer._from_proto(t) for t in reply.transfers], reply.next_cursor)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    async def _batched(self, method: str, field_name: str, events: list[Any], timeout_s: float | None) -> list[Any]:
+        timeout = timeout_s or self.timeout_s
+        if not events:
+            return []
+        if self.via_router:
+            request_type: Any = getattr(pb, f"{method}Request")
+            request = request_type(**{field_name: events})
+            reply = await self._via_router(method, request, timeout)
+            return list(reply.results)
+        calls: dict[str, Callable[..., Coroutine[Any, Any, list[Any]]]] = {
+            "CreateAccounts": self._routing.create_accounts,
+            "CreateTransfers": self._routing.create_transfers,
+            "ChangeAccounts": self._routing.change_accounts,
+            "LookupAccounts": self._routing.lookup_accounts,
+            "LookupTransfers": self._routing.lookup_transfers,
+        }
+        return await self._guard(calls[method](events, timeout))
+
+    async def _guard(self, call: Coroutine[Any, Any, T]) -> T:
+        try:
+            return await call
+        except RoutingError as error:
+            raise LedgerError(error.code, str(error)) from None
+
+    async def _via_router(self, method: str, request: Any, timeout_s: float) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        attempt = 0
+        call = getattr(self._ledger, method)
+        while True:
+            try:
+                return await call(request, timeout=max(0.001, deadline - loop.time()))
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise LedgerError(error.code(), str(error.details())) from None
+                attempt += 1
+                pause = min(0.5, 0.01 * 2**attempt) * random.uniform(0.5, 1.0)
+                if loop.time() + pause >= deadline:
+                    raise LedgerError(error.code(), f"the router stayed unavailable: {error.details()}") from None
+                await asyncio.sleep(pause)
+
+
+class SyncLedgerClient:
+    """The same client for code without an event loop: each call blocks until answered."""
+
+    def __init__(self, router: str, *, via_router: bool = False, timeout_s: float = TIMEOUT_DEFAULT_S) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="yunkai-sdk", daemon=True)
+        self._thread.start()
+        self._client = self._run(LedgerClient.connect(router, via_router=via_router, timeout_s=timeout_s))
+
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
+
+    def create_accounts(self, accounts: Sequence[Account], timeout_s: float | None = None) -> list[Result]:
+        return self._run(self._client.create_accounts(accounts, timeout_s))
+
+    def create_transfers(self, transfers: Sequence[Transfer], timeout_s: float | None = None) -> list[Result]:
+        return self._run(self._client.create_transfers(transfers, timeout_s))
+
+    def change_accounts(self, changes: Sequence[AccountChange], timeout_s: float | None = None) -> list[Result]:
+        return self._run(self._client.change_accounts(changes, timeout_s))
+
+    def lookup_accounts(self, ids: Sequence[str], timeout_s: float | None = None) -> list[Account | None]:
+        return self._run(self._client.lookup_accounts(ids, timeout_s))
+
+    def lookup_transfers(
+        self, keys: Sequence[tuple[str, str]], timeout_s: float | None = None
+    ) -> list[Transfer | None]:
+        return self._run(self._client.lookup_transfers(keys, timeout_s))
+
+    def get_account_transfers(self, account_id: str, **options: Any) -> HistoryPage:
+        return self._run(self._client.get_account_transfers(account_id, **options))
+
+    def close(self) -> None:
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+    def __enter__(self) -> SyncLedgerClient:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()

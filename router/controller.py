@@ -1,0 +1,235 @@
+"""The controller: the shard map's only writer, and the one that tells nodes about it.
+
+Protocol:
+  * Start. Load the map from the metastore. If there is none, seed one from the node list:
+    `placement.place(S, nodes)`, every slot at epoch 1, map version 1, stored with
+    compare-and-swap from version 0 (if that fails, another controller won: load its map).
+    A persisted map always wins over the node list given on a restart.
+  * Publish. After every change, and at start, each node in the map gets the whole slot
+    table (`Node.AssignSlots`: every slot's owner and epoch, and the node's own address),
+    so a node knows which slots it owns and where the others live (for redirects and its
+    outbox). A node refuses an assignment that would lower an epoch; the controller logs
+    that as an error and reports it in status: a standalone node (started without
+    `--join`) already owns every slot at epoch 1 and must not be adopted.
+  * Reconcile. Every `reconcile_interval_s`, each node's table version is read
+    (`Node.GetSlots`); a node behind the map (it was down during a publish, or restarted
+    from an old disk) gets the table again. A router that meets WRONG_SLOT asks for the
+    same check at once (`refresh`).
+  * Watch. WatchShardMap streams wake on each new version.
+Later issues add migrations (add-node, drain-node) as further compare-and-swaps here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+
+from proto import cluster_pb2, node_pb2, node_pb2_grpc
+from router import placement
+from router.metastore import Metastore
+from router.routing import CHANNEL_OPTIONS
+from router.shardmap import ShardMap
+
+log = logging.getLogger("yunkai.router.controller")
+
+RPC_TIMEOUT_S = 5.0
+
+
+class ControllerError(Exception):
+    """The controller cannot do what it was asked (a clear message for the operator)."""
+
+
+class Controller:
+    def __init__(
+        self,
+        metastore: Metastore,
+        seed_nodes: Sequence[str],
+        slots_total: int,
+        reconcile_interval_s: float = 1.0,
+    ) -> None:
+        self.metastore = metastore
+        self.seed_nodes = list(seed_nodes)
+        self.slots_total = slots_total
+        self.reconcile_interval_s = reconcile_interval_s
+        self._map: ShardMap | None = None
+        self._changed = asyncio.Condition()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._node_versions: dict[str, int] = {}  # what each node said its table version is
+        self._node_errors: dict[str, str] = {}
+        self._reconcile_now = asyncio.Event()
+
+    # --- the map ----------------------------------------------------------------------------
+
+    def current(self) -> ShardMap:
+        assert self._map is not None, "the controller has not started"
+        return self._map
+
+    async def refresh(self, seen_version: int) -> ShardMap:
+        """A router saw WRONG_SLOT: a node may be behind the map; check them now."""
+        if self.current().version <= seen_version:
+            self._reconcile_now.set()
+            await asyncio.sleep(0)
+        return self.current()
+
+    async def load_or_seed(self) -> ShardMap:
+        stored = self.metastore.load()
+        if stored is None:
+            if not self.seed_nodes:
+                raise ControllerError("no shard map is stored yet: give the nodes with --nodes HOST:PORT,...")
+            await self._check_seed_nodes()
+            seeded = ShardMap.initial(placement.place(self.slots_total, self.seed_nodes))
+            if self.metastore.compare_and_swap(0, seeded):
+                log.info("seeded a new shard map", extra={"nodes": self.seed_nodes, "slots": self.slots_total})
+                stored = seeded
+            else:
+                stored = self.metastore.load()
+                assert stored is not None
+        elif self.seed_nodes and set(self.seed_nodes) != set(stored.nodes):
+            log.warning(
+                "the stored shard map wins over --nodes",
+                extra={"stored": sorted(stored.nodes), "given": self.seed_nodes},
+            )
+        if stored.slots_total != self.slots_total:
+            raise ControllerError(
+                f"the stored shard map has {stored.slots_total} slots, not {self.slots_total}: S is fixed"
+            )
+        self._map = stored
+        return stored
+
+    async def _check_seed_nodes(self) -> None:
+        """A new map may only take nodes that own nothing yet (started with --join)."""
+        for address in self.seed_nodes:
+            table = await self.node_table(address)
+            if table is None:
+                raise ControllerError(f"cannot reach node {address} to seed the shard map; is it running?")
+            if table.slots_total != self.slots_total:
+                raise ControllerError(f"node {address} has {table.slots_total} slots, the cluster {self.slots_total}")
+            owned = sum(1 for s in table.slots if s.owned)
+            if table.map_version == 0 and owned:
+                raise ControllerError(
+                    f"node {address} owns {owned} slots by itself (a standalone node): a new cluster takes only"
+                    " empty nodes; start cluster nodes with --join"
+                )
+
+    async def swap(self, new_map: ShardMap) -> bool:
+        """Store a new map version (compare-and-swap) and publish it to every node."""
+        current = self.current()
+        if not self.metastore.compare_and_swap(current.version, new_map):
+            self._map = self.metastore.load()
+            return False
+        self._map = new_map
+        async with self._changed:
+            self._changed.notify_all()
+        await self.publish()
+        return True
+
+    async def watch(self, known_version: int) -> AsyncIterator[ShardMap]:
+        """Each map newer than `known_version`, as it appears."""
+        while True:
+            current = self.current()
+            if current.version > known_version:
+                known_version = current.version
+                yield current
+                continue
+            async with self._changed:
+                await self._changed.wait_for(functools.partial(self._newer_than, known_version))
+
+    def _newer_than(self, version: int) -> bool:
+        return self.current().version > version
+
+    # --- talking to nodes -------------------------------------------------------------------
+
+    def _stub(self, address: str) -> node_pb2_grpc.NodeStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return node_pb2_grpc.NodeStub(channel)
+
+    def _table(self, shard_map: ShardMap, address: str) -> node_pb2.AssignSlotsRequest:
+        return node_pb2.AssignSlotsRequest(
+            map_version=shard_map.version,
+            self_address=address,
+            slots=[
+                node_pb2.SlotOwnership(slot=slot, epoch=epoch, owner=owner)
+                for slot, (owner, epoch) in enumerate(zip(shard_map.owners, shard_map.epochs, strict=True))
+            ],
+        )
+
+    async def publish(self, only: Sequence[str] | None = None) -> None:
+        shard_map = self.current()
+        targets = list(only) if only is not None else sorted(shard_map.nodes)
+        await asyncio.gather(*(self._assign(shard_map, address) for address in targets))
+
+    async def _assign(self, shard_map: ShardMap, address: str) -> None:
+        try:
+            await self._stub(address).AssignSlots(self._table(shard_map, address), timeout=RPC_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                message = (
+                    f"{address} refused map v{shard_map.version}: {error.details()}"
+                    " (a node started without --join owns every slot by itself; start cluster nodes with --join)"
+                )
+                log.error("node refused the shard map", extra={"node": address, "error": message})
+            else:
+                message = f"{address}: {error.code().name} {error.details()}"
+                log.warning("could not publish the shard map", extra={"node": address, "error": message})
+            self._node_errors[address] = message
+            return
+        self._node_versions[address] = shard_map.version
+        self._node_errors.pop(address, None)
+
+    async def node_table(self, address: str) -> node_pb2.GetSlotsResponse | None:
+        try:
+            reply: node_pb2.GetSlotsResponse = await self._stub(address).GetSlots(
+                node_pb2.GetSlotsRequest(), timeout=RPC_TIMEOUT_S
+            )
+            return reply
+        except grpc.aio.AioRpcError:
+            return None
+
+    async def reconcile_once(self) -> None:
+        shard_map = self.current()
+        for address in sorted(shard_map.nodes):
+            table = await self.node_table(address)
+            if table is None:
+                self._node_versions.pop(address, None)
+                continue
+            self._node_versions[address] = table.map_version
+            if table.map_version < shard_map.version:
+                log.info("node behind the map; publishing", extra={"node": address, "node_version": table.map_version})
+                await self._assign(shard_map, address)
+
+    async def run(self) -> None:
+        """Reconcile nodes with the map until cancelled (the caller publishes once first)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile_now.wait(), self.reconcile_interval_s)
+            self._reconcile_now.clear()
+            await self.reconcile_once()
+
+    async def status(self) -> cluster_pb2.StatusResponse:
+        shard_map = self.current()
+        counts = shard_map.counts()
+        tables = await asyncio.gather(*(self.node_table(a) for a in sorted(shard_map.nodes)))
+        response = cluster_pb2.StatusResponse(map_version=shard_map.version, slots_total=shard_map.slots_total)
+        for address, table in zip(sorted(shard_map.nodes), tables, strict=True):
+            response.nodes.add(
+                address=address,
+                state=shard_map.nodes[address],
+                slots=counts[address],
+                reachable=table is not None,
+                slots_owned=0 if table is None else sum(1 for s in table.slots if s.owned),
+            )
+        return response
+
+    def errors(self) -> dict[str, str]:
+        return dict(self._node_errors)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()

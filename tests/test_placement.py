@@ -1,0 +1,102 @@
+"""Placement, the shard map and its metastore: balance, minimal movement, determinism."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from router import placement
+from router.metastore import LocalMetastore
+from router.shardmap import ShardMap
+from router.slots import routing_key, slot_of
+
+S = 4096
+
+
+def nodes(n: int) -> list[str]:
+    return [f"10.1.0.{i}:7001" for i in range(1, n + 1)]  # names only; nothing connects
+
+
+@pytest.mark.parametrize("n", range(3, 17))
+def test_placement_is_balanced_within_ten_percent(n: int) -> None:
+    counts = Counter(placement.place(S, nodes(n)))
+    assert set(counts) == set(nodes(n))
+    assert max(counts.values()) / (S / n) <= 1.1
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
+@pytest.mark.parametrize("n", range(1, 16))
+def test_adding_a_node_moves_about_s_over_n_plus_one_slots_all_onto_it(n: int) -> None:
+    before = placement.place(S, nodes(n))
+    new = f"10.2.0.{n}:7001"
+    after = placement.add_node(before, new)
+    moved = placement.moves(before, after)
+    assert len(moved) == S // (n + 1)
+    assert all(target == new for _, _, target in moved)
+    assert max(Counter(after).values()) - min(Counter(after).values()) <= 1
+
+
+@pytest.mark.parametrize("n", range(2, 16))
+def test_removing_a_node_moves_only_its_slots_and_stays_balanced(n: int) -> None:
+    before = placement.place(S, nodes(n))
+    gone = nodes(n)[n // 2]
+    after = placement.remove_node(before, gone)
+    moved = placement.moves(before, after)
+    assert {source for _, source, _ in moved} == {gone}
+    assert len(moved) == before.count(gone)
+    counts = Counter(after)
+    assert gone not in counts and max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_the_same_inputs_place_the_same_way_in_another_process() -> None:
+    here = placement.place(S, nodes(5))
+    script = "import sys; from router import placement; print(','.join(placement.place(4096, sys.argv[1:])))"
+    there = subprocess.run(
+        [sys.executable, "-c", script, *nodes(5)], capture_output=True, text=True, check=True, env=None
+    ).stdout.strip()
+    assert there.split(",") == here
+    assert slot_of("{c42}:deposit", S) == slot_of("{c42}:loan", S) == slot_of("c42", S)
+    assert routing_key("a{}b") == "a{}b" and routing_key("x{y}z{w}") == "y"
+
+
+def test_bad_placements_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least one node"):
+        placement.place(S, [])
+    with pytest.raises(ValueError, match="distinct"):
+        placement.place(S, ["a:1", "a:1"])
+    with pytest.raises(ValueError, match="last node"):
+        placement.remove_node(["a:1"] * 8, "a:1")
+
+
+def test_the_metastore_swaps_only_from_the_expected_version_and_survives_restarts(tmp_path: Path) -> None:
+    store = LocalMetastore(str(tmp_path / "meta"))
+    assert store.load() is None
+    first = ShardMap.initial(placement.place(S, nodes(3)))
+    assert store.compare_and_swap(0, first)
+    assert not store.compare_and_swap(0, first)  # someone else already created it
+    second = first.reassign({0: nodes(3)[1], 1: nodes(3)[2]})
+    assert second.version == 2 and second.epochs[0] == first.epochs[0] + (first.owners[0] != nodes(3)[1])
+    assert store.compare_and_swap(1, second)
+    assert not store.compare_and_swap(1, second.reassign({2: nodes(3)[0]}))
+    reopened = LocalMetastore(str(tmp_path / "meta")).load()
+    assert reopened == second
+
+
+def test_concurrent_swaps_from_one_version_have_exactly_one_winner(tmp_path: Path) -> None:
+    store = LocalMetastore(str(tmp_path / "meta"))
+    base = ShardMap.initial(placement.place(64, nodes(2)))
+    assert store.compare_and_swap(0, base)
+    wins: list[bool] = []
+    candidates = [base.reassign({slot: nodes(2)[0]}) for slot in range(16)]
+    threads = [threading.Thread(target=lambda m=m: wins.append(store.compare_and_swap(1, m))) for m in candidates]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(wins) == [False] * 15 + [True]
+    assert store.load() in candidates

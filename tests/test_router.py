@@ -1,0 +1,205 @@
+"""One ledger over many nodes: the router, the SDK, the shard map and fencing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from clients.ledger import (
+    Account,
+    AccountChange,
+    AccountFlags,
+    AccountStatus,
+    ChangeKind,
+    LedgerClient,
+    ResultCode,
+    SyncLedgerClient,
+    Transfer,
+    TransferFlags,
+    TransferState,
+)
+from cluster.commands import LocalCluster
+from cluster.local import NodeProcess, ProcessFailed, RouterProcess
+from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2_grpc
+from proto import ledger_pb2 as pb
+from router.shardmap import ShardMap
+from tests.conftest import fresh
+
+CNY = 156
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    running = LocalCluster(str(tmp_path_factory.mktemp("cluster")), nodes=3, port=0).start()
+    yield running
+    running.stop()
+
+
+def customer(tag: str) -> tuple[str, str]:
+    """A customer's deposit and loan accounts: one hash tag, so one slot."""
+    return f"{{{tag}}}:deposit", f"{{{tag}}}:loan"
+
+
+def test_sdk_enums_mirror_the_proto() -> None:
+    assert {c.name: c.value for c in ResultCode} == dict(pb.ResultCode.items())
+    assert {f"TRANSFER_{s.name}": s.value for s in TransferState} == dict(pb.TransferState.items())
+    assert {s.name: s.value for s in AccountStatus} == dict(pb.AccountStatus.items())
+    assert {k.name: k.value for k in ChangeKind} == dict(pb.ChangeKind.items())
+
+
+def test_the_router_seeds_a_balanced_map_and_reports_status(cluster: LocalCluster) -> None:
+    with grpc.insecure_channel(cluster.address) as channel:
+        status = cluster_pb2_grpc.ClusterStub(channel).Status(cluster_pb2.StatusRequest(), timeout=10)
+    assert status.slots_total == 4096
+    assert sorted(n.slots for n in status.nodes) == [1365, 1365, 1366]
+    assert all(n.reachable and n.slots_owned == n.slots for n in status.nodes)
+    printed = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "cluster", "status", "--router", cluster.address, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert {n["address"] for n in json.loads(printed.stdout)["nodes"]} == {n.address for n in cluster.nodes}
+
+
+@pytest.mark.parametrize("via_router", [False, True])
+def test_the_sdk_opens_accounts_moves_money_and_reads_history(cluster: LocalCluster, via_router: bool) -> None:
+    async def scenario() -> None:
+        async with await LedgerClient.connect(cluster.address, via_router=via_router) as ledger:
+            tags = [fresh("c") for _ in range(12)]  # spread over the three nodes
+            accounts = []
+            for tag in tags:
+                deposit, loan = customer(tag)
+                accounts += [
+                    Account(deposit, CNY, 2001, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
+                    Account(loan, CNY, 1301),
+                ]
+            assert [r.code for r in await ledger.create_accounts(accounts)] == [ResultCode.OK] * 24
+            transfers = [
+                Transfer(f"draw-{t}", customer(t)[1], customer(t)[0], 1000 + i, CNY, 1) for i, t in enumerate(tags)
+            ]
+            results = await ledger.create_transfers(transfers)
+            assert all(r.ok and r.state is TransferState.POSTED for r in results)
+            assert [r.code for r in await ledger.create_transfers(transfers)] == [ResultCode.EXISTS] * 12
+            deposits = await ledger.lookup_accounts([customer(t)[0] for t in tags] + ["nobody"])
+            assert [a.balance if a else None for a in deposits] == [1000 + i for i in range(12)] + [None]
+            hold = Transfer(
+                "hold", customer(tags[0])[0], customer(tags[0])[1], 600, CNY, 2, flags=TransferFlags.PENDING
+            )
+            post = Transfer(
+                "post", customer(tags[0])[0], pending_id="hold", flags=TransferFlags.POST_PENDING, amount=250
+            )
+            assert [r.code for r in await ledger.create_transfers([hold, post])] == [ResultCode.OK, ResultCode.OK]
+            page = await ledger.get_account_transfers(customer(tags[0])[0], newest_first=True)
+            assert [(t.id, t.state) for t in page.transfers] == [
+                ("post", TransferState.POSTED),
+                ("hold", TransferState.PENDING),
+                (f"draw-{tags[0]}", TransferState.POSTED),
+            ]
+            [looked] = await ledger.lookup_transfers([(customer(tags[0])[0], "hold")])
+            assert looked is not None and (looked.state, looked.amount_posted) == (TransferState.POSTED, 250)
+            freeze = AccountChange(fresh("chg"), customer(tags[1])[0], ChangeKind.FREEZE)
+            assert (await ledger.change_accounts([freeze]))[0].ok
+            [blocked] = await ledger.create_transfers(
+                [Transfer("late", customer(tags[1])[1], customer(tags[1])[0], 1, CNY, 1)]
+            )
+            assert blocked.code is ResultCode.CREDIT_ACCOUNT_FROZEN
+
+    asyncio.run(scenario())
+
+
+def test_a_client_with_a_stale_map_is_corrected_and_never_applies_twice(cluster: LocalCluster) -> None:
+    async def scenario() -> None:
+        async with await LedgerClient.connect(cluster.address) as ledger:
+            real = ledger._maps.current()
+            tags = [fresh("s") for _ in range(9)]
+            accounts = [Account(a, CNY, 1) for t in tags for a in customer(t)]
+            assert all(r.ok for r in await ledger.create_accounts(accounts))
+            # A stale map: every slot on the wrong node, and at an older version and epoch.
+            nodes = sorted(real.nodes)
+            wrong = tuple(nodes[(nodes.index(owner) + 1) % len(nodes)] for owner in real.owners)
+            ledger._maps._map = ShardMap(0, wrong, tuple(e - 1 for e in real.epochs), dict(real.nodes))
+            transfers = [Transfer(f"stale-{t}", customer(t)[1], customer(t)[0], 7, CNY, 1) for t in tags]
+            assert [r.code for r in await ledger.create_transfers(transfers)] == [ResultCode.OK] * 9
+            assert ledger._maps.current().version == real.version  # refreshed from the router
+            assert [a.balance for a in await ledger.lookup_accounts([customer(t)[0] for t in tags])] == [7] * 9
+            # Fenced with an old epoch on the right node: still refused, then corrected.
+            ledger._maps._map = ShardMap(0, real.owners, tuple(e - 1 for e in real.epochs), dict(real.nodes))
+            assert [r.code for r in await ledger.create_transfers(transfers)] == [ResultCode.EXISTS] * 9
+            assert [a.balance for a in await ledger.lookup_accounts([customer(t)[0] for t in tags])] == [7] * 9
+
+    asyncio.run(scenario())
+
+
+def test_the_router_refuses_a_malformed_batch_before_any_node_applies_part(cluster: LocalCluster) -> None:
+    with SyncLedgerClient(cluster.address) as ledger:
+        tags = [fresh("m") for _ in range(6)]
+        assert all(r.ok for r in ledger.create_accounts([Account(a, CNY, 1) for t in tags for a in customer(t)]))
+    good = [
+        pb.Transfer(
+            id=f"g{t}", debit_account_id=customer(t)[1], credit_account_id=customer(t)[0], amount=1, ledger=CNY, code=1
+        )
+        for t in tags
+    ]
+    bad = pb.Transfer(
+        id="bad",
+        debit_account_id=customer(tags[0])[1],
+        credit_account_id=customer(tags[0])[0],
+        amount=1,
+        ledger=CNY,
+        code=1,
+        flags=1 << 7,
+    )
+    with grpc.insecure_channel(cluster.address) as channel:
+        stub = ledger_pb2_grpc.LedgerStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CreateTransfers(pb.CreateTransfersRequest(transfers=[*good, bad]), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "transfers[6].flags: unknown bits 0x80" in str(caught.value.details())
+        looked = stub.LookupAccounts(pb.LookupAccountsRequest(ids=[customer(t)[0] for t in tags]), timeout=10)
+        assert [r.account.credits_posted for r in looked.results] == [0] * 6
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.LookupAccounts(pb.LookupAccountsRequest(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_restarted_router_keeps_its_map_and_clients_carry_on(tmp_path: Path) -> None:
+    running = LocalCluster(str(tmp_path), nodes=2, port=0).start()
+    try:
+        assert running.router is not None
+        with SyncLedgerClient(running.address) as ledger:
+            deposit, loan = customer("r1")
+            ledger.create_accounts([Account(deposit, CNY, 1), Account(loan, CNY, 1)])
+            assert ledger.create_transfers([Transfer("a", loan, deposit, 5, CNY, 1)])[0].ok
+            version = ledger._run(ledger._client._maps.fetch()).version
+            running.router.stop()
+            # Smart clients do not need the router to keep working.
+            assert ledger.create_transfers([Transfer("b", loan, deposit, 5, CNY, 1)])[0].ok
+            running.router.start()
+            assert ledger._run(ledger._client._maps.fetch()).version == version
+            with SyncLedgerClient(running.address, via_router=True) as routed:
+                assert routed.create_transfers([Transfer("c", loan, deposit, 5, CNY, 1)])[0].ok
+                account = routed.lookup_accounts([deposit])[0]
+                assert account is not None and account.balance == 15
+    finally:
+        running.stop()
+
+
+def test_a_router_given_standalone_nodes_says_why_it_cannot_adopt_them(tmp_path: Path) -> None:
+    # Two nodes started without --join each own every slot at epoch 1: a map that gives
+    # half of them to the other node would take slots away without moving their data.
+    first, second = NodeProcess(str(tmp_path / "a")).start(), NodeProcess(str(tmp_path / "b")).start()
+    try:
+        router = RouterProcess(str(tmp_path / "r"), ["--nodes", f"{first.address},{second.address}"])
+        with pytest.raises(ProcessFailed, match="start cluster nodes with --join"):
+            router.start()
+    finally:
+        first.stop()
+        second.stop()
