@@ -58,16 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(run=demo.main)
 
-    from loadtest import node_bench
+    from loadtest import ledger_bench
 
     bench = commands.add_parser(
         "bench-node",
         help="measure one node: durable transfers/s and account lookups/s",
-        description="Open-loop-free saturation benchmark of one node with batched async clients; "
+        description="Closed-loop saturation benchmark of one node with batched async callers; "
         "starts its own node unless --node is given. Writes JSON with --json.",
     )
-    node_bench.add_arguments(bench)
-    bench.set_defaults(run=node_bench.main)
+    ledger_bench.add_node_arguments(bench)
+    bench.set_defaults(run=ledger_bench.main)
+    bench_cluster = commands.add_parser(
+        "bench-cluster",
+        help="measure a router and its nodes: transfers/s (part cross-slot) and lookups/s",
+        description="Closed-loop benchmark through a router; starts a router and --nodes nodes unless --router "
+        "is given. Writes JSON with --json.",
+    )
+    ledger_bench.add_cluster_arguments(bench_cluster)
+    bench_cluster.set_defaults(run=ledger_bench.main)
     return parser
 
 

@@ -24,11 +24,15 @@ is the result:
   4. LEDGER_MUST_NOT_BE_ZERO         not for post/void (they inherit the pending's)
   5. CODE_MUST_NOT_BE_ZERO           not for post/void
   --- stateless checks end: nothing above is journaled ---
-  6. EXISTS, EXISTS_WITH_DIFFERENT_FIELDS, or the journaled failure of this key
-  7. post/void: PENDING_TRANSFER_NOT_FOUND, PENDING_TRANSFER_HAS_DIFFERENT_FIELDS (a
-     credit account, ledger or code other than the pending's; a void of a partial amount),
-     PENDING_TRANSFER_ALREADY_POSTED, PENDING_TRANSFER_ALREADY_VOIDED,
-     PENDING_TRANSFER_EXPIRED, EXCEEDS_PENDING_TRANSFER_AMOUNT
+  6. EXISTS, EXISTS_WITH_DIFFERENT_FIELDS, or the journaled failure of this key (IN_FLIGHT
+     for a cross-node transfer not yet resolved: see node/outbox.py)
+  7. post/void: PENDING_TRANSFER_NOT_FOUND (also while a cross-node pending's reservation
+     is not yet confirmed), PENDING_TRANSFER_HAS_DIFFERENT_FIELDS (a credit account, ledger
+     or code other than the pending's), PENDING_TRANSFER_ALREADY_POSTED (also while a
+     cross-node post of it is in flight), PENDING_TRANSFER_ALREADY_VOIDED,
+     PENDING_TRANSFER_EXPIRED (already expired, or overdue: then it expires now),
+     PENDING_TRANSFER_HAS_DIFFERENT_FIELDS (a void of a partial amount),
+     EXCEEDS_PENDING_TRANSFER_AMOUNT
   8. DEBIT_ACCOUNT_NOT_FOUND, CREDIT_ACCOUNT_NOT_FOUND
   9. ACCOUNTS_MUST_HAVE_SAME_LEDGER  the two accounts' ledgers differ, or the transfer's
                                      ledger is not theirs
@@ -56,6 +60,9 @@ Post and void transfers are stored with state POSTED (the event itself took effe
 resolved: the pending's credit account, ledger and code, and the amount they moved or
 released. A replay that leaves those fields empty is resolved the same way first.
 
+Transfers whose credit account lives on another node follow the same order, split
+between the two nodes; node/outbox.py specifies how.
+
 Request-level malformations (unknown flag bits, several flags at once, ledger-assigned
 fields set by the caller, ...) are not business outcomes: `malformed_*` name them and the
 service answers INVALID_ARGUMENT for the whole request, before anything is applied.
@@ -64,6 +71,7 @@ service answers INVALID_ARGUMENT for the whole request, before anything is appli
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Protocol
 
 from proto import ledger_pb2 as pb
@@ -262,7 +270,8 @@ def _first_difference(stored: object, incoming: object, fields: tuple[str, ...])
     return ""
 
 
-def _replay_transfer(stored: pb.Transfer, request: pb.Transfer) -> Result:
+def replay_transfer(stored: pb.Transfer, request: pb.Transfer) -> Result:
+    """The answer to a transfer whose key is already stored."""
     incoming = request
     if stored.state != pb.TRANSFER_REJECTED and stored.flags & (POST_PENDING | VOID_PENDING):
         # A post/void is stored resolved (the pending's accounts, ledger, code and amount
@@ -278,13 +287,15 @@ def _replay_transfer(stored: pb.Transfer, request: pb.Transfer) -> Result:
         return Result(pb.EXISTS_WITH_DIFFERENT_FIELDS, differing, stored.timestamp, stored.state)
     if stored.state == pb.TRANSFER_REJECTED:
         return Result(stored.result, "", stored.timestamp, stored.state)
+    if stored.state == pb.TRANSFER_IN_FLIGHT:
+        return Result(pb.IN_FLIGHT, "", stored.timestamp, stored.state)
     return Result(pb.EXISTS, "", stored.timestamp, stored.state)
 
 
 # --- transfers --------------------------------------------------------------------------
 
 
-def _reject(store: Store, t: pb.Transfer, code: Code, timestamp: int, field: str = "") -> Result:
+def reject(store: Store, t: pb.Transfer, code: Code, timestamp: int, field: str = "") -> Result:
     """Journal a stateful failure so that the key keeps failing the same way."""
     record = pb.Transfer()
     record.CopyFrom(t)
@@ -308,22 +319,22 @@ def apply_transfer(store: Store, t: pb.Transfer, timestamp: int) -> Result:
     before queueing, so the committer does not repeat the stateless checks)."""
     stored = store.get_transfer(t.debit_account_id, t.id)
     if stored is not None:
-        return _replay_transfer(stored, t)
+        return replay_transfer(stored, t)
 
     if t.flags & (POST_PENDING | VOID_PENDING):
         return _resolve_pending(store, t, timestamp)
 
     debit = store.get_account(t.debit_account_id)
     if debit is None:
-        return _reject(store, t, pb.DEBIT_ACCOUNT_NOT_FOUND, timestamp)
+        return reject(store, t, pb.DEBIT_ACCOUNT_NOT_FOUND, timestamp)
     credit = store.get_account(t.credit_account_id)
     if credit is None:
-        return _reject(store, t, pb.CREDIT_ACCOUNT_NOT_FOUND, timestamp)
+        return reject(store, t, pb.CREDIT_ACCOUNT_NOT_FOUND, timestamp)
     if debit.ledger != credit.ledger or t.ledger != debit.ledger:
-        return _reject(store, t, pb.ACCOUNTS_MUST_HAVE_SAME_LEDGER, timestamp, "ledger")
+        return reject(store, t, pb.ACCOUNTS_MUST_HAVE_SAME_LEDGER, timestamp, "ledger")
     status_code = _status_check(debit, credit)
     if status_code:
-        return _reject(store, t, status_code, timestamp)
+        return reject(store, t, status_code, timestamp)
 
     amount = t.amount
     pending = bool(t.flags & PENDING)
@@ -336,11 +347,11 @@ def apply_transfer(store: Store, t: pb.Transfer, timestamp: int) -> Result:
     debit_total = debit.debits_pending + debit.debits_posted + amount
     credit_total = credit.credits_pending + credit.credits_posted + amount
     if debit_after > INT64_MAX or credit_after > INT64_MAX or debit_total > INT64_MAX or credit_total > INT64_MAX:
-        return _reject(store, t, pb.OVERFLOW, timestamp)
+        return reject(store, t, pb.OVERFLOW, timestamp)
     if debit.flags & DEBITS_MUST_NOT_EXCEED_CREDITS and debit_total > debit.credits_posted + debit.overdraft_limit:
-        return _reject(store, t, pb.EXCEEDS_CREDITS, timestamp)
+        return reject(store, t, pb.EXCEEDS_CREDITS, timestamp)
     if credit.flags & CREDITS_MUST_NOT_EXCEED_DEBITS and credit_total > credit.debits_posted + credit.overdraft_limit:
-        return _reject(store, t, pb.EXCEEDS_DEBITS, timestamp)
+        return reject(store, t, pb.EXCEEDS_DEBITS, timestamp)
 
     if pending:
         debit.debits_pending = debit_after
@@ -374,7 +385,7 @@ def _status_check(debit: pb.Account, credit: pb.Account) -> Code:
     return pb.RESULT_CODE_UNSPECIFIED
 
 
-def _resolved_record(t: pb.Transfer, pending: pb.Transfer, amount: int, timestamp: int) -> pb.Transfer:
+def resolved_record(t: pb.Transfer, pending: pb.Transfer, amount: int, timestamp: int) -> pb.Transfer:
     record = pb.Transfer()
     record.CopyFrom(t)
     record.credit_account_id = pending.credit_account_id
@@ -386,31 +397,58 @@ def _resolved_record(t: pb.Transfer, pending: pb.Transfer, amount: int, timestam
     return record
 
 
-def _resolve_pending(store: Store, t: pb.Transfer, timestamp: int) -> Result:
-    pending = store.get_transfer(t.debit_account_id, t.pending_id)
-    if pending is None or not pending.flags & PENDING or pending.state == pb.TRANSFER_REJECTED:
-        return _reject(store, t, pb.PENDING_TRANSFER_NOT_FOUND, timestamp)
+ExpireFn = Callable[[Store, pb.Transfer, int], bool]
+
+
+def resolution_refused(
+    store: Store,
+    t: pb.Transfer,
+    pending: pb.Transfer | None,
+    timestamp: int,
+    expire: ExpireFn,
+    claimed: bool = False,
+) -> Result | None:
+    """Step 7 for a post/void `t` of `pending` (journaled when it fails), or None when
+    `t` may resolve it. An overdue pending is expired with `expire` first. `claimed`:
+    a cross-node post of it is in flight (node/outbox.py)."""
+    if (
+        pending is None
+        or not pending.flags & PENDING
+        or pending.state in (pb.TRANSFER_REJECTED, pb.TRANSFER_IN_FLIGHT)
+    ):
+        return reject(store, t, pb.PENDING_TRANSFER_NOT_FOUND, timestamp)
     for name in ("credit_account_id", "ledger", "code"):
         value = getattr(t, name)
         if value and value != getattr(pending, name):
-            return _reject(store, t, pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, timestamp, name)
-    if pending.state == pb.TRANSFER_POSTED:
-        return _reject(store, t, pb.PENDING_TRANSFER_ALREADY_POSTED, timestamp)
+            return reject(store, t, pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, timestamp, name)
+    if pending.state == pb.TRANSFER_POSTED or claimed:
+        return reject(store, t, pb.PENDING_TRANSFER_ALREADY_POSTED, timestamp)
     if pending.state == pb.TRANSFER_VOIDED:
-        return _reject(store, t, pb.PENDING_TRANSFER_ALREADY_VOIDED, timestamp)
+        return reject(store, t, pb.PENDING_TRANSFER_ALREADY_VOIDED, timestamp)
     if pending.state == pb.TRANSFER_EXPIRED:
-        return _reject(store, t, pb.PENDING_TRANSFER_EXPIRED, timestamp)
+        return reject(store, t, pb.PENDING_TRANSFER_EXPIRED, timestamp)
     assert pending.state == pb.TRANSFER_PENDING, pending
     deadline = expires_at(pending)
     if deadline and timestamp >= deadline:
-        expire_pending(store, pending, timestamp)
-        return _reject(store, t, pb.PENDING_TRANSFER_EXPIRED, timestamp)
+        expired = expire(store, pending, timestamp)
+        assert expired, pending
+        return reject(store, t, pb.PENDING_TRANSFER_EXPIRED, timestamp)
+    if t.flags & VOID_PENDING and t.amount not in (0, pending.amount):
+        return reject(store, t, pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, timestamp, "amount")
+    if (t.amount or pending.amount) > pending.amount:
+        return reject(store, t, pb.EXCEEDS_PENDING_TRANSFER_AMOUNT, timestamp)
+    return None
+
+
+def _resolve_pending(store: Store, t: pb.Transfer, timestamp: int) -> Result:
+    pending = store.get_transfer(t.debit_account_id, t.pending_id)
+    refused = resolution_refused(store, t, pending, timestamp, expire_pending)
+    if refused is not None:
+        return refused
+    assert pending is not None
+    deadline = expires_at(pending)
     void = bool(t.flags & VOID_PENDING)
-    if void and t.amount not in (0, pending.amount):
-        return _reject(store, t, pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, timestamp, "amount")
     amount = t.amount or pending.amount
-    if amount > pending.amount:
-        return _reject(store, t, pb.EXCEEDS_PENDING_TRANSFER_AMOUNT, timestamp)
 
     debit = store.get_account(pending.debit_account_id)
     credit = store.get_account(pending.credit_account_id)
@@ -419,7 +457,7 @@ def _resolve_pending(store: Store, t: pb.Transfer, timestamp: int) -> Result:
     if not void:
         status_code = _status_check(debit, credit)
         if status_code:
-            return _reject(store, t, status_code, timestamp)
+            return reject(store, t, status_code, timestamp)
     assert debit.debits_pending >= pending.amount and credit.credits_pending >= pending.amount, pending
     debit.debits_pending -= pending.amount
     credit.credits_pending -= pending.amount
@@ -429,7 +467,7 @@ def _resolve_pending(store: Store, t: pb.Transfer, timestamp: int) -> Result:
         assert debit.debits_posted <= INT64_MAX and credit.credits_posted <= INT64_MAX
     pending.state = pb.TRANSFER_VOIDED if void else pb.TRANSFER_POSTED
     pending.amount_posted = 0 if void else amount
-    record = _resolved_record(t, pending, amount, timestamp)
+    record = resolved_record(t, pending, amount, timestamp)
     store.put_account(debit)
     store.put_account(credit)
     store.put_transfer(pending)

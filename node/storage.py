@@ -9,7 +9,11 @@ slot is one contiguous range to snapshot, stream and delete.
     <slot> H <account_id> 00 <timestamp:8 BE>      history event, pb.Transfer as of then
     <slot> C <account_id> 00 <change_id>           account change journal, pb.AccountChange
     <slot> X <expires_at:8 BE> <debit> 00 <id>     pending transfer expiry index
+    <slot> B <debit> 00 <subject> 00 <kind:1>      outbox entry (debit slot), node.v1.CreditLeg
+    <slot> L <debit> 00 <transfer_id> 00 <kind:1>  applied credit leg (credit slot), node.v1.AppliedLeg
     FF FF <name>                                   node metadata (clock, slot table)
+
+The outbox and applied-leg records are node/outbox.py's; `kind` is the LegKind number.
 
 Ids never contain 00, so it separates the parts. Only committed data is ever in RocksDB:
 the engine writes a group's WriteBatch with sync=True and then publishes it here.
@@ -25,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 from proto import ledger_pb2 as pb
+from proto import node_pb2
 from router.slots import slot_of
 
 NODE_META = b"\xff\xff"
@@ -81,6 +86,30 @@ def expiry_key(slot: int, expires_at: int, debit_account_id: str, transfer_id: s
         + debit_account_id.encode()
         + b"\x00"
         + transfer_id.encode()
+    )
+
+
+def outbox_key(slot: int, debit_account_id: str, subject_id: str, kind: int) -> bytes:
+    return (
+        slot.to_bytes(2, "big")
+        + b"B"
+        + debit_account_id.encode()
+        + b"\x00"
+        + subject_id.encode()
+        + b"\x00"
+        + kind.to_bytes(1, "big")
+    )
+
+
+def applied_leg_key(slot: int, debit_account_id: str, transfer_id: str, kind: int) -> bytes:
+    return (
+        slot.to_bytes(2, "big")
+        + b"L"
+        + debit_account_id.encode()
+        + b"\x00"
+        + transfer_id.encode()
+        + b"\x00"
+        + kind.to_bytes(1, "big")
     )
 
 
@@ -210,6 +239,27 @@ class Storage:
                 debit, _, transfer_id = rest[_U64:].partition(b"\x00")
                 yield int.from_bytes(rest[:_U64], "big"), slot, debit.decode(), transfer_id.decode()
                 it.next()
+
+    def outbox_entry(self, key: bytes) -> node_pb2.CreditLeg | None:
+        raw = self.db.get(key)
+        return None if raw is None else node_pb2.CreditLeg.FromString(bytes(raw))
+
+    def outbox_entries(self, slots: Iterable[int]) -> Iterator[tuple[bytes, node_pb2.CreditLeg]]:
+        """(key, leg) of every outbox entry of the slots."""
+        it = self.db.iter()
+        for slot in slots:
+            prefix = slot_prefix(slot) + b"B"
+            it.seek(prefix)
+            while it.valid():
+                key = bytes(it.key())
+                if not key.startswith(prefix):
+                    break
+                yield key, node_pb2.CreditLeg.FromString(bytes(it.value()))
+                it.next()
+
+    def applied_leg(self, key: bytes) -> node_pb2.AppliedLeg | None:
+        raw = self.db.get(key)
+        return None if raw is None else node_pb2.AppliedLeg.FromString(bytes(raw))
 
     # --- writes -------------------------------------------------------------------------
 

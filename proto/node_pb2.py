@@ -22,25 +22,36 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from proto import ledger_pb2 as proto_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/node.proto\x12\x0eyunkai.node.v1\"J\n\rSlotOwnership\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\r\n\x05owner\x18\x03 \x01(\t\x12\r\n\x05owned\x18\x04 \x01(\x08\"\x11\n\x0fGetSlotsRequest\"{\n\x10GetSlotsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bslots_total\x18\x02 \x01(\r\x12\x13\n\x0bmap_version\x18\x03 \x01(\x04\x12,\n\x05slots\x18\x04 \x03(\x0b\x32\x1d.yunkai.node.v1.SlotOwnership\"m\n\x12\x41ssignSlotsRequest\x12\x13\n\x0bmap_version\x18\x01 \x01(\x04\x12\x14\n\x0cself_address\x18\x02 \x01(\t\x12,\n\x05slots\x18\x03 \x03(\x0b\x32\x1d.yunkai.node.v1.SlotOwnership\"*\n\x13\x41ssignSlotsResponse\x12\x13\n\x0bslots_owned\x18\x01 \x01(\r2\xad\x01\n\x04Node\x12M\n\x08GetSlots\x12\x1f.yunkai.node.v1.GetSlotsRequest\x1a .yunkai.node.v1.GetSlotsResponse\x12V\n\x0b\x41ssignSlots\x12\".yunkai.node.v1.AssignSlotsRequest\x1a#.yunkai.node.v1.AssignSlotsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/node.proto\x12\x0eyunkai.node.v1\x1a\x12proto/ledger.proto\"J\n\rSlotOwnership\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\r\n\x05owner\x18\x03 \x01(\t\x12\r\n\x05owned\x18\x04 \x01(\x08\"\x11\n\x0fGetSlotsRequest\"{\n\x10GetSlotsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bslots_total\x18\x02 \x01(\r\x12\x13\n\x0bmap_version\x18\x03 \x01(\x04\x12,\n\x05slots\x18\x04 \x03(\x0b\x32\x1d.yunkai.node.v1.SlotOwnership\"m\n\x12\x41ssignSlotsRequest\x12\x13\n\x0bmap_version\x18\x01 \x01(\x04\x12\x14\n\x0cself_address\x18\x02 \x01(\t\x12,\n\x05slots\x18\x03 \x03(\x0b\x32\x1d.yunkai.node.v1.SlotOwnership\"*\n\x13\x41ssignSlotsResponse\x12\x13\n\x0bslots_owned\x18\x01 \x01(\r\"\xed\x01\n\tCreditLeg\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.yunkai.node.v1.LegKind\x12\x18\n\x10\x64\x65\x62it_account_id\x18\x02 \x01(\t\x12\x13\n\x0btransfer_id\x18\x03 \x01(\t\x12\x19\n\x11\x63redit_account_id\x18\x04 \x01(\t\x12\x0e\n\x06ledger\x18\x05 \x01(\r\x12\x0e\n\x06\x61mount\x18\x06 \x01(\x03\x12\x10\n\x08reserved\x18\x07 \x01(\x03\x12\x12\n\npending_id\x18\x08 \x01(\t\x12)\n\x05\x65vent\x18\t \x01(\x0b\x32\x1a.yunkai.ledger.v1.Transfer\"i\n\x16\x41pplyCreditLegsRequest\x12\'\n\x04legs\x18\x01 \x03(\x0b\x32\x19.yunkai.node.v1.CreditLeg\x12&\n\x05\x66\x65nce\x18\x0f \x01(\x0b\x32\x17.yunkai.ledger.v1.Fence\"I\n\x17\x41pplyCreditLegsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.yunkai.ledger.v1.EventResult\"s\n\nAppliedLeg\x12&\n\x03leg\x18\x01 \x01(\x0b\x32\x19.yunkai.node.v1.CreditLeg\x12*\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1c.yunkai.ledger.v1.ResultCode\x12\x11\n\ttimestamp\x18\x03 \x01(\x04*c\n\x07LegKind\x12\x18\n\x14LEG_KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nLEG_CREDIT\x10\x01\x12\x0f\n\x0bLEG_RESERVE\x10\x02\x12\x0c\n\x08LEG_POST\x10\x03\x12\x0f\n\x0bLEG_RELEASE\x10\x04\x32\x91\x02\n\x04Node\x12M\n\x08GetSlots\x12\x1f.yunkai.node.v1.GetSlotsRequest\x1a .yunkai.node.v1.GetSlotsResponse\x12V\n\x0b\x41ssignSlots\x12\".yunkai.node.v1.AssignSlotsRequest\x1a#.yunkai.node.v1.AssignSlotsResponse\x12\x62\n\x0f\x41pplyCreditLegs\x12&.yunkai.node.v1.ApplyCreditLegsRequest\x1a\'.yunkai.node.v1.ApplyCreditLegsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SLOTOWNERSHIP']._serialized_start=36
-  _globals['_SLOTOWNERSHIP']._serialized_end=110
-  _globals['_GETSLOTSREQUEST']._serialized_start=112
-  _globals['_GETSLOTSREQUEST']._serialized_end=129
-  _globals['_GETSLOTSRESPONSE']._serialized_start=131
-  _globals['_GETSLOTSRESPONSE']._serialized_end=254
-  _globals['_ASSIGNSLOTSREQUEST']._serialized_start=256
-  _globals['_ASSIGNSLOTSREQUEST']._serialized_end=365
-  _globals['_ASSIGNSLOTSRESPONSE']._serialized_start=367
-  _globals['_ASSIGNSLOTSRESPONSE']._serialized_end=409
-  _globals['_NODE']._serialized_start=412
-  _globals['_NODE']._serialized_end=585
+  _globals['_LEGKIND']._serialized_start=970
+  _globals['_LEGKIND']._serialized_end=1069
+  _globals['_SLOTOWNERSHIP']._serialized_start=56
+  _globals['_SLOTOWNERSHIP']._serialized_end=130
+  _globals['_GETSLOTSREQUEST']._serialized_start=132
+  _globals['_GETSLOTSREQUEST']._serialized_end=149
+  _globals['_GETSLOTSRESPONSE']._serialized_start=151
+  _globals['_GETSLOTSRESPONSE']._serialized_end=274
+  _globals['_ASSIGNSLOTSREQUEST']._serialized_start=276
+  _globals['_ASSIGNSLOTSREQUEST']._serialized_end=385
+  _globals['_ASSIGNSLOTSRESPONSE']._serialized_start=387
+  _globals['_ASSIGNSLOTSRESPONSE']._serialized_end=429
+  _globals['_CREDITLEG']._serialized_start=432
+  _globals['_CREDITLEG']._serialized_end=669
+  _globals['_APPLYCREDITLEGSREQUEST']._serialized_start=671
+  _globals['_APPLYCREDITLEGSREQUEST']._serialized_end=776
+  _globals['_APPLYCREDITLEGSRESPONSE']._serialized_start=778
+  _globals['_APPLYCREDITLEGSRESPONSE']._serialized_end=851
+  _globals['_APPLIEDLEG']._serialized_start=853
+  _globals['_APPLIEDLEG']._serialized_end=968
+  _globals['_NODE']._serialized_start=1072
+  _globals['_NODE']._serialized_end=1345
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,25 @@
+from proto import ledger_pb2 as _ledger_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class LegKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LEG_KIND_UNSPECIFIED: _ClassVar[LegKind]
+    LEG_CREDIT: _ClassVar[LegKind]
+    LEG_RESERVE: _ClassVar[LegKind]
+    LEG_POST: _ClassVar[LegKind]
+    LEG_RELEASE: _ClassVar[LegKind]
+LEG_KIND_UNSPECIFIED: LegKind
+LEG_CREDIT: LegKind
+LEG_RESERVE: LegKind
+LEG_POST: LegKind
+LEG_RELEASE: LegKind
 
 class SlotOwnership(_message.Message):
     __slots__ = ("slot", "epoch", "owner", "owned")
@@ -49,3 +64,49 @@ class AssignSlotsResponse(_message.Message):
     SLOTS_OWNED_FIELD_NUMBER: _ClassVar[int]
     slots_owned: int
     def __init__(self, slots_owned: _Optional[int] = ...) -> None: ...
+
+class CreditLeg(_message.Message):
+    __slots__ = ("kind", "debit_account_id", "transfer_id", "credit_account_id", "ledger", "amount", "reserved", "pending_id", "event")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DEBIT_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    kind: LegKind
+    debit_account_id: str
+    transfer_id: str
+    credit_account_id: str
+    ledger: int
+    amount: int
+    reserved: int
+    pending_id: str
+    event: _ledger_pb2.Transfer
+    def __init__(self, kind: _Optional[_Union[LegKind, str]] = ..., debit_account_id: _Optional[str] = ..., transfer_id: _Optional[str] = ..., credit_account_id: _Optional[str] = ..., ledger: _Optional[int] = ..., amount: _Optional[int] = ..., reserved: _Optional[int] = ..., pending_id: _Optional[str] = ..., event: _Optional[_Union[_ledger_pb2.Transfer, _Mapping]] = ...) -> None: ...
+
+class ApplyCreditLegsRequest(_message.Message):
+    __slots__ = ("legs", "fence")
+    LEGS_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    legs: _containers.RepeatedCompositeFieldContainer[CreditLeg]
+    fence: _ledger_pb2.Fence
+    def __init__(self, legs: _Optional[_Iterable[_Union[CreditLeg, _Mapping]]] = ..., fence: _Optional[_Union[_ledger_pb2.Fence, _Mapping]] = ...) -> None: ...
+
+class ApplyCreditLegsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[_ledger_pb2.EventResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.EventResult, _Mapping]]] = ...) -> None: ...
+
+class AppliedLeg(_message.Message):
+    __slots__ = ("leg", "code", "timestamp")
+    LEG_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    leg: CreditLeg
+    code: _ledger_pb2.ResultCode
+    timestamp: int
+    def __init__(self, leg: _Optional[_Union[CreditLeg, _Mapping]] = ..., code: _Optional[_Union[_ledger_pb2.ResultCode, str]] = ..., timestamp: _Optional[int] = ...) -> None: ...

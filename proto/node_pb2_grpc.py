@@ -44,6 +44,11 @@ class NodeStub:
                 request_serializer=proto_dot_node__pb2.AssignSlotsRequest.SerializeToString,
                 response_deserializer=proto_dot_node__pb2.AssignSlotsResponse.FromString,
                 _registered_method=True)
+        self.ApplyCreditLegs = channel.unary_unary(
+                '/yunkai.node.v1.Node/ApplyCreditLegs',
+                request_serializer=proto_dot_node__pb2.ApplyCreditLegsRequest.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.ApplyCreditLegsResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -61,6 +66,13 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyCreditLegs(self, request, context):
+        """Apply credit legs sent by other nodes' outbox relays (node/relay.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.AssignSlots,
                     request_deserializer=proto_dot_node__pb2.AssignSlotsRequest.FromString,
                     response_serializer=proto_dot_node__pb2.AssignSlotsResponse.SerializeToString,
+            ),
+            'ApplyCreditLegs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyCreditLegs,
+                    request_deserializer=proto_dot_node__pb2.ApplyCreditLegsRequest.FromString,
+                    response_serializer=proto_dot_node__pb2.ApplyCreditLegsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +146,33 @@ class Node:
             '/yunkai.node.v1.Node/AssignSlots',
             proto_dot_node__pb2.AssignSlotsRequest.SerializeToString,
             proto_dot_node__pb2.AssignSlotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyCreditLegs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.node.v1.Node/ApplyCreditLegs',
+            proto_dot_node__pb2.ApplyCreditLegsRequest.SerializeToString,
+            proto_dot_node__pb2.ApplyCreditLegsResponse.FromString,
             options,
             channel_credentials,
             insecure,

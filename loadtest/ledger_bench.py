@@ -1,10 +1,14 @@
-"""`yunkai bench-node`: how many durable transfers and account lookups one node sustains.
+"""`yunkai bench-node` and `yunkai bench-cluster`: durable transfers/s and lookups/s.
 
-A closed-loop saturation benchmark (issue 2): `--concurrency` async callers each send a
-batch of `--batch` events, wait for the answer, and send the next, for `--duration`
-seconds after a warm-up. It reports events/s and the batch latency percentiles from an
-HDR histogram. The node runs in its own process (one core), the load generator in this
-one. The open-loop, fixed-rate harness of issue 6 builds on this.
+A closed-loop saturation benchmark: `--concurrency` async callers each send a batch of
+`--batch` events, wait for the answer, and send the next, for `--duration` seconds after
+a warm-up. It reports events/s and per-batch latency percentiles from an HDR histogram.
+`bench-node` measures one standalone node; `bench-cluster` a router and `--nodes` nodes
+(the load goes through the router, which speaks the same Ledger API). Accounts come in
+customer pairs that share a slot by hash tag (`{cN}:a`, `{cN}:b`); `--cross-slot F` makes
+that fraction of transfers go between different customers (other slots, often other
+nodes), the rest within one customer. With `--batch 1` every transfer is its own RPC.
+The open-loop, fixed-rate harness of issue 6 builds on this.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import grpc
 import uvloop
 from hdrh.histogram import HdrHistogram
 
+from cluster.commands import LocalCluster
 from cluster.local import NodeProcess
 from proto import ledger_pb2 as pb
 from proto import ledger_pb2_grpc
@@ -29,9 +34,23 @@ from proto import ledger_pb2_grpc
 LEDGER = 156
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", dest="target", help="HOST:PORT of a running node (default: start one)")
+    parser.set_defaults(nodes=0, cross_slot=1.0)
+    _add_common(parser)
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--router", dest="target", help="HOST:PORT of a running router (default: start a cluster)")
+    parser.add_argument("--nodes", type=int, default=2, help="nodes of the cluster it starts (default 2)")
+    parser.add_argument(
+        "--cross-slot", type=float, default=0.5, help="fraction of transfers between customers (default 0.5)"
+    )
+    _add_common(parser)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workload", choices=["transfers", "lookups"], default="transfers")
-    parser.add_argument("--node", help="HOST:PORT of a running node (default: start one in a temp dir)")
     parser.add_argument("--accounts", type=int, default=10_000, help="accounts to create first (default 10,000)")
     parser.add_argument("--batch", type=int, default=1000, help="events per request (default 1000)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
@@ -44,21 +63,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    node = None
-    address = args.node
+    started: NodeProcess | LocalCluster | None = None
+    address = args.target
     if address is None:
-        node = NodeProcess(tempfile.mkdtemp(prefix="yunkai-bench-"), ["--log-level", "WARNING"]).start()
-        address = node.address
+        data_dir = tempfile.mkdtemp(prefix="yunkai-bench-")
+        if args.nodes == 0:
+            started = NodeProcess(data_dir, ["--log-level", "WARNING"]).start()
+        else:
+            started = LocalCluster(data_dir, args.nodes, port=0).start()
+        address = started.address
     try:
         result = uvloop.run(_bench(args, address))
     finally:
-        if node is not None:
-            node.stop()
+        if started is not None:
+            started.stop()
     result["machine"] = {"cpus": os.cpu_count(), "processor": _cpu_model(), "python": platform.python_version()}
-    result["command"] = "yunkai bench-node " + " ".join(
+    result["command"] = f"yunkai {args.command} " + " ".join(
         f"--{k.replace('_', '-')} {v}"
         for k, v in vars(args).items()
-        if k not in ("run", "json", "command") and v not in (None, False)
+        if k not in ("run", "json", "command", "target") and v not in (None, False)
     )
     print(
         f"{args.workload}: {result['events_per_s']:,.0f} events/s over {result['seconds']:.1f}s; batch of"
@@ -87,7 +110,8 @@ async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         ledger = ledger_pb2_grpc.LedgerStub(channel)
         run = f"{time.time_ns():x}"
-        ids = [f"b{run}-{i}" for i in range(args.accounts)]
+        customers = max(1, args.accounts // 2)
+        ids = [f"{{b{run}-{c}}}:{side}" for c in range(customers) for side in "ab"]
         flags = pb.NO_HISTORY if args.no_history else 0
         for start in range(0, len(ids), 4096):
             reply = await ledger.CreateAccounts(
@@ -107,7 +131,11 @@ async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
         def transfers_request() -> pb.CreateTransfersRequest:
             transfers = []
             for _ in range(args.batch):
-                debit, credit = rng.sample(ids, 2)
+                if rng.random() < args.cross_slot:
+                    debit, credit = rng.sample(ids, 2)
+                else:
+                    pair = 2 * rng.randrange(customers)
+                    debit, credit = (ids[pair], ids[pair + 1]) if rng.random() < 0.5 else (ids[pair + 1], ids[pair])
                 transfers.append(
                     pb.Transfer(
                         id=f"t{next(sequence)}",
@@ -154,6 +182,8 @@ async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
         seconds = timer.result()
         return {
             "workload": args.workload,
+            "target": "node" if args.nodes == 0 else f"router + {args.nodes} nodes",
+            "cross_slot": args.cross_slot if args.workload == "transfers" else None,
             "batch": args.batch,
             "concurrency": args.concurrency,
             "accounts": args.accounts,
