@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from proto import cluster_pb2, node_pb2, node_pb2_grpc
-from router import placement
+from router import metrics, placement
 from router.metastore import Metastore
 from router.routing import CHANNEL_OPTIONS
 from router.shardmap import ShardMap
@@ -99,6 +99,7 @@ class Controller:
                 f"the stored shard map has {stored.slots_total} slots, not {self.slots_total}: S is fixed"
             )
         self._map = stored
+        metrics.map_version.set(stored.version)
         return stored
 
     async def _check_seed_nodes(self) -> None:
@@ -123,6 +124,7 @@ class Controller:
             self._map = self.metastore.load()
             return False
         self._map = new_map
+        metrics.map_version.set(new_map.version)
         async with self._changed:
             self._changed.notify_all()
         await self.publish()

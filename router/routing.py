@@ -31,6 +31,7 @@ import grpc
 
 from proto import ledger_pb2 as pb
 from proto import ledger_pb2_grpc
+from router import metrics
 from router.shardmap import ShardMap
 from router.slots import slot_of
 
@@ -241,7 +242,10 @@ class LedgerRouter:
             call = getattr(self.stub(address), method.name)
             timeout_s = self._rpc_timeout_s
 
+            batch_events = metrics.node_batch_events.labels(method.name)
+
             async def send(events: list[Any], fence: dict[int, int]) -> Sequence[Any]:
+                batch_events.observe(len(events))
                 request = method.request(
                     **{method.field: events}, fence=pb.Fence(slots=list(fence), epochs=list(fence.values()))
                 )
@@ -323,6 +327,7 @@ class LedgerRouter:
                         results[index] = result
             if not todo:
                 break
+            metrics.retries_total.labels("wrong_slot" if stale else "unavailable").inc(len(todo))
             attempt += 1
             if stale:
                 await self.maps.refresh(shard_map.version)

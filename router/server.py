@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from google.protobuf.message import DecodeError, Message
 from node.state_machine import malformed_account, malformed_change, malformed_transfer
 from proto import cluster_pb2, cluster_pb2_grpc, serving
 from proto import ledger_pb2 as pb
+from router import metrics
 from router.controller import Controller, ControllerError
 from router.metastore import LocalMetastore
 from router.routing import LedgerRouter, RoutingError
@@ -113,13 +115,21 @@ class RouterService:
     def _wrap(
         self, fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]
     ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        name = fn.__name__
+        latency = metrics.request_latency_s.labels(name)
+
         async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            started = time.perf_counter()
             try:
                 reply = await fn(data, context)
             except BadRequest as error:
+                metrics.requests_total.labels(name, "INVALID_ARGUMENT").inc()
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             except RoutingError as error:
+                metrics.requests_total.labels(name, error.code.name).inc()
                 await context.abort(error.code, str(error))
+            metrics.requests_total.labels(name, "OK").inc()
+            latency.observe(time.perf_counter() - started)
             return reply.SerializeToString()
 
         return handle

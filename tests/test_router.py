@@ -203,3 +203,14 @@ def test_a_router_given_standalone_nodes_says_why_it_cannot_adopt_them(tmp_path:
     finally:
         first.stop()
         second.stop()
+
+
+def test_watch_shard_map_sends_the_current_map_to_a_new_watcher(cluster: LocalCluster) -> None:
+    with grpc.insecure_channel(cluster.address) as channel:
+        stream = cluster_pb2_grpc.ClusterStub(channel).WatchShardMap(
+            cluster_pb2.WatchShardMapRequest(known_version=0), timeout=10
+        )
+        first = next(iter(stream))
+        stream.cancel()
+    watched = ShardMap.from_proto(first)
+    assert watched.version >= 1 and set(watched.nodes) == {n.address for n in cluster.nodes}

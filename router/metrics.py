@@ -1,0 +1,18 @@
+"""Prometheus metrics of the router and the routing core (DESIGN section 9)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 8192)
+
+requests_total = Counter("yunkai_router_requests_total", "Ledger RPCs answered", ["method", "status"])
+request_latency_s = Histogram(
+    "yunkai_router_request_latency_seconds", "Ledger RPC latency at the router", ["method"], buckets=_LATENCY_BUCKETS_S
+)
+node_batch_events = Histogram(
+    "yunkai_routing_node_batch_events", "Events per coalesced request to a node", ["method"], buckets=_SIZE_BUCKETS
+)
+retries_total = Counter("yunkai_routing_retries_total", "Events routed again", ["reason"])
+map_version = Gauge("yunkai_router_map_version", "The shard map version this process routes with")
