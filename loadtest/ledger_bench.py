@@ -21,28 +21,37 @@ import platform
 import random
 import tempfile
 import time
+from collections.abc import Sequence
 
 import grpc
 import uvloop
 from hdrh.histogram import HdrHistogram
 
+from clients.ledger import RouterMapSource
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess
+from proto import cluster_pb2_grpc, ledger_pb2_grpc
 from proto import ledger_pb2 as pb
-from proto import ledger_pb2_grpc
+from router.routing import LedgerRouter
 
 LEDGER = 156
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", dest="target", help="HOST:PORT of a running node (default: start one)")
-    parser.set_defaults(nodes=0, cross_slot=1.0)
+    parser.set_defaults(nodes=0, cross_slot=1.0, smart=False)
     _add_common(parser)
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router", dest="target", help="HOST:PORT of a running router (default: start a cluster)")
     parser.add_argument("--nodes", type=int, default=2, help="nodes of the cluster it starts (default 2)")
+    parser.add_argument(
+        "--smart",
+        action="store_true",
+        help="route in the load generator with the SDK's routing core, straight to the nodes (the router only"
+        " serves the shard map)",
+    )
     parser.add_argument(
         "--cross-slot", type=float, default=0.5, help="fraction of transfers between customers (default 0.5)"
     )
@@ -108,13 +117,31 @@ def _cpu_model() -> str:
 async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
-        ledger = ledger_pb2_grpc.LedgerStub(channel)
+        stub = ledger_pb2_grpc.LedgerStub(channel)
+        smart: LedgerRouter | None = None
+        if args.smart:
+            maps = RouterMapSource(cluster_pb2_grpc.ClusterStub(channel), 10.0)
+            await maps.fetch()
+            smart = LedgerRouter(maps)
+
+        async def create_transfers(transfers: list[pb.Transfer]) -> Sequence[pb.EventResult]:
+            if smart is not None:
+                return await smart.create_transfers(transfers, 30.0)
+            reply = await stub.CreateTransfers(pb.CreateTransfersRequest(transfers=transfers), timeout=30)
+            return reply.results  # type: ignore[no-any-return]
+
+        async def lookup_accounts(ids: list[str]) -> Sequence[pb.AccountResult]:
+            if smart is not None:
+                return await smart.lookup_accounts(ids, 30.0)
+            reply = await stub.LookupAccounts(pb.LookupAccountsRequest(ids=ids), timeout=30)
+            return reply.results  # type: ignore[no-any-return]
+
         run = f"{time.time_ns():x}"
         customers = max(1, args.accounts // 2)
         ids = [f"{{b{run}-{c}}}:{side}" for c in range(customers) for side in "ab"]
         flags = pb.NO_HISTORY if args.no_history else 0
         for start in range(0, len(ids), 4096):
-            reply = await ledger.CreateAccounts(
+            reply = await stub.CreateAccounts(
                 pb.CreateAccountsRequest(
                     accounts=[pb.Account(id=i, ledger=LEDGER, code=1, flags=flags) for i in ids[start : start + 4096]]
                 )
@@ -128,7 +155,7 @@ async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
         sequence = iter(range(1 << 62))
         rng = random.Random(7)
 
-        def transfers_request() -> pb.CreateTransfersRequest:
+        def transfers_batch() -> list[pb.Transfer]:
             transfers = []
             for _ in range(args.batch):
                 if rng.random() < args.cross_slot:
@@ -146,22 +173,22 @@ async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
                         code=1,
                     )
                 )
-            return pb.CreateTransfersRequest(transfers=transfers)
+            return transfers
 
-        lookup_requests = [pb.LookupAccountsRequest(ids=rng.sample(ids, min(args.batch, len(ids)))) for _ in range(64)]
+        lookup_batches = [rng.sample(ids, min(args.batch, len(ids))) for _ in range(64)]
 
         async def caller(number: int) -> None:
             turn = number
             while time.monotonic() < deadline:
                 started = time.perf_counter()
                 if args.workload == "transfers":
-                    transfers_reply = await ledger.CreateTransfers(transfers_request())
-                    ok = all(r.code == pb.OK for r in transfers_reply.results)
-                    events = len(transfers_reply.results)
+                    transfer_results = await create_transfers(transfers_batch())
+                    ok = all(r.code == pb.OK for r in transfer_results)
+                    events = len(transfer_results)
                 else:
-                    lookups_reply = await ledger.LookupAccounts(lookup_requests[turn % len(lookup_requests)])
-                    ok = all(r.code == pb.OK for r in lookups_reply.results)
-                    events = len(lookups_reply.results)
+                    lookup_results = await lookup_accounts(lookup_batches[turn % len(lookup_batches)])
+                    ok = all(r.code == pb.OK for r in lookup_results)
+                    events = len(lookup_results)
                 turn += 1
                 if measuring.is_set():
                     histogram.record_value(max(1, int((time.perf_counter() - started) * 1e6)))
@@ -180,9 +207,13 @@ async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
             for number in range(args.concurrency):
                 tasks.create_task(caller(number))
         seconds = timer.result()
+        if smart is not None:
+            await smart.close()
         return {
             "workload": args.workload,
-            "target": "node" if args.nodes == 0 else f"router + {args.nodes} nodes",
+            "target": "node"
+            if args.nodes == 0
+            else f"{'smart client' if args.smart else 'router'} + {args.nodes} nodes",
             "cross_slot": args.cross_slot if args.workload == "transfers" else None,
             "batch": args.batch,
             "concurrency": args.concurrency,
