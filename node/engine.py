@@ -15,6 +15,12 @@ Protocol (DESIGN section 4):
     another event in the slot's order.
   * If a durable write fails, the node stops (fail-stop): continuing could acknowledge
     state that is not on disk.
+  * A transfer whose credit account's slot this node does not own when the committer
+    applies it goes through the outbox (node/outbox.py): its debit half and its outbox
+    entry commit here, the relay (node/relay.py, supervised by run()) delivers the credit
+    leg, and the leg's result comes back through the mailbox. Everything else commits in
+    one batch, whatever its slots. The outbox is bounded: a request that could add
+    entries past `outbox_entries_max` is refused whole (RESOURCE_EXHAUSTED).
 Later issues add freezing one slot (held mailbox) for moves, and the slot change log
 with its sequence numbers (written only when something follows it, so that today's
 commits do not pay a key per touched slot).
@@ -33,16 +39,19 @@ from typing import Generic, TypeVar
 
 from rocksdict import WriteBatch
 
-from node import metrics
+from node import metrics, outbox
 from node import state_machine as sm
+from node.relay import Relay, RelayLimits
 from node.storage import (
     Storage,
     account_key_of,
     account_slot,
+    applied_leg_key,
     change_key,
     creation_key,
     expiry_key,
     history_prefix_of,
+    outbox_key,
     transfer_key,
 )
 from proto import ledger_pb2 as pb
@@ -51,7 +60,8 @@ from proto import node_pb2
 log = logging.getLogger("yunkai.node.engine")
 
 E = TypeVar("E")
-ApplyFn = Callable[[sm.Store, E, int], sm.Result]
+ApplyFn = Callable[["Overlay", E, int], sm.Result]
+_RESOLVES = sm.POST_PENDING | sm.VOID_PENDING
 
 _CLOCK_KEY = "clock"
 _SLOTS_KEY = "slots"
@@ -61,16 +71,13 @@ class Overloaded(Exception):
     """The mailbox is full: the caller should back off (RESOURCE_EXHAUSTED)."""
 
 
-class CrossNodeTransfer(Exception):
-    """A transfer's credit slot lives on another node; that needs the outbox (issue 3)."""
-
-
 @dataclass(frozen=True)
 class Limits:
     batch_events_max: int = 8192
     queue_events_max: int = 65536
     commit_events_max: int = 16384
     expiries_per_commit_max: int = 4096
+    outbox_entries_max: int = 65536
 
 
 class Clock:
@@ -112,6 +119,9 @@ class Overlay:
         self._history_last: tuple[pb.Transfer, bytes] | None = None
         self.expiry_set: list[tuple[int, str, str]] = []
         self.expiry_clear: list[tuple[int, str, str]] = []
+        self.outbox: dict[bytes, node_pb2.CreditLeg | None] = {}  # None: deleted
+        self.applied_legs: dict[bytes, node_pb2.AppliedLeg] = {}
+        self.settled: list[pb.Transfer] = []
 
     def get_account(self, account_id: str) -> pb.Account | None:
         account = self.accounts.get(account_id)
@@ -170,8 +180,51 @@ class Overlay:
     def pending_expiry_clear(self, transfer: pb.Transfer, expires_at: int) -> None:
         self.expiry_clear.append((expires_at, transfer.debit_account_id, transfer.id))
 
+    def append_history_at(self, account: pb.Account, event: pb.Transfer, at: int) -> None:
+        """A history entry keyed by this node's time `at` rather than the event's own
+        timestamp (a cross-node event: the two nodes' clocks are not one sequence)."""
+        if not account.flags & sm.NO_HISTORY:
+            self.history.append((account.id, at, event.SerializeToString()))
+
+    def get_outbox(self, debit_account_id: str, subject_id: str, kind: int) -> node_pb2.CreditLeg | None:
+        key = outbox_key(account_slot(debit_account_id, self._slots_total), debit_account_id, subject_id, kind)
+        if key in self.outbox:
+            return self.outbox[key]
+        return self._storage.outbox_entry(key)
+
+    def _outbox_key(self, leg: node_pb2.CreditLeg) -> bytes:
+        slot = account_slot(leg.debit_account_id, self._slots_total)
+        return outbox_key(slot, leg.debit_account_id, outbox.subject_of(leg), leg.kind)
+
+    def put_outbox(self, leg: node_pb2.CreditLeg) -> None:
+        key = self._outbox_key(leg)
+        # Paired with apply_leg_result's check: an entry is written only over nothing.
+        assert self.get_outbox(leg.debit_account_id, outbox.subject_of(leg), leg.kind) is None, leg
+        self.outbox[key] = leg
+
+    def delete_outbox(self, leg: node_pb2.CreditLeg) -> None:
+        self.outbox[self._outbox_key(leg)] = None
+
+    def get_applied_leg(
+        self, credit_account_id: str, debit_account_id: str, transfer_id: str, kind: int
+    ) -> node_pb2.AppliedLeg | None:
+        slot = account_slot(credit_account_id, self._slots_total)
+        key = applied_leg_key(slot, debit_account_id, transfer_id, kind)
+        applied = self.applied_legs.get(key)
+        return applied if applied is not None else self._storage.applied_leg(key)
+
+    def put_applied_leg(self, applied: node_pb2.AppliedLeg) -> None:
+        leg = applied.leg
+        slot = account_slot(leg.credit_account_id, self._slots_total)
+        self.applied_legs[applied_leg_key(slot, leg.debit_account_id, leg.transfer_id, leg.kind)] = applied
+
+    def transfer_settled(self, transfer: pb.Transfer) -> None:
+        self.settled.append(transfer)
+
     def empty(self) -> bool:
-        return not (self.dirty_accounts or self.creations or self.transfers or self.changes)
+        return not (
+            self.dirty_accounts or self.creations or self.transfers or self.changes or self.outbox or self.applied_legs
+        )
 
     def write_batch(self, clock_last: int) -> tuple[WriteBatch, dict[str, tuple[pb.Account, bytes]]]:
         """The cycle's writes as one WriteBatch, and the accounts to publish after it."""
@@ -196,6 +249,13 @@ class Overlay:
             batch.put(expiry_key(account_slot(debit_id, total), expires_at, debit_id, transfer_id), b"")
         for expires_at, debit_id, transfer_id in self.expiry_clear:
             batch.delete(expiry_key(account_slot(debit_id, total), expires_at, debit_id, transfer_id))
+        for key, leg in self.outbox.items():
+            if leg is None:
+                batch.delete(key)
+            else:
+                put(key, leg.SerializeToString())
+        for key, applied in self.applied_legs.items():
+            put(key, applied.SerializeToString())
         batch.put(b"\xff\xff" + _CLOCK_KEY.encode(), clock_last.to_bytes(8, "big"))
         return batch, published
 
@@ -205,12 +265,20 @@ class _Command(Generic[E]):
     apply: ApplyFn[E]
     events: Sequence[tuple[E, int, int]]  # (event, slot, fenced epoch or 0)
     future: asyncio.Future[list[sm.Result]]
+    outbox_reserved: int = 0  # outbox entries its events may add (counted against the bound)
 
 
 class Engine:
-    """Owns a node's slot table, mailbox, committer and expiry sweep."""
+    """Owns a node's slot table, mailbox, committer, expiry sweep and outbox relay."""
 
-    def __init__(self, storage: Storage, limits: Limits, self_address: str, join: bool = False) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        limits: Limits,
+        self_address: str,
+        join: bool = False,
+        relay_limits: RelayLimits | None = None,
+    ) -> None:
         self.storage = storage
         self.limits = limits
         self.slots_total = storage.slots_total
@@ -224,8 +292,11 @@ class Engine:
         self._wake = asyncio.Event()
         self._stopping = False
         self._expiries: list[tuple[int, int, str, str]] = []  # heap of (at, slot, debit, id)
+        self._outbox_reserved = 0  # entries that queued commands may still add
         self._load_slot_table(join)
         self._load_expiries()
+        self.relay = Relay(storage, self._route, self.submit_leg_results, relay_limits or RelayLimits())
+        self.relay.load(storage.outbox_entries(actor.slot for actor in self.slots if actor.owned))
 
     # --- slot table ----------------------------------------------------------------------
 
@@ -272,6 +343,9 @@ class Engine:
             actor.epoch, actor.owner = entry.epoch, entry.owner
             actor.owned = entry.owner == self.self_address
         self.map_version = max(self.map_version, request.map_version)
+        for command in self._mailbox:
+            if command.apply is sm.apply_transfer:  # queued as all-local under the old table
+                command.apply = self._apply_transfer  # type: ignore[assignment]
         self.storage.meta_put_now(_SLOTS_KEY, self.slot_table().SerializeToString())
         owned = sum(1 for a in self.slots if a.owned)
         metrics.slots_owned.set(owned)
@@ -280,6 +354,10 @@ class Engine:
     def redirect(self, slot: int) -> pb.SlotRedirect:
         actor = self.slots[slot]
         return pb.SlotRedirect(slot=slot, epoch=actor.epoch, owner=actor.owner)
+
+    def _route(self, slot: int) -> tuple[int, str]:
+        actor = self.slots[slot]
+        return actor.epoch, actor.owner
 
     def serves(self, slot: int, epoch: int) -> bool:
         """Whether this node applies a request for `slot` routed at `epoch` (0: unfenced)."""
@@ -292,15 +370,24 @@ class Engine:
     # validate_* checks (the service answers those itself); the committer applies the rest.
 
     def submit_transfers(self, events: Sequence[tuple[pb.Transfer, int, int]]) -> asyncio.Future[list[sm.Result]]:
+        # Bound the outbox before queueing: count every event that may add an entry (a
+        # credit account on another node, or a post/void naming none, whose pending's may
+        # be). Where each event goes is decided again, for good, when it is applied.
+        slots, total = self.slots, self.slots_total
+        legs = 0
         for transfer, _slot, _epoch in events:
-            if transfer.credit_account_id:
-                credit_slot = account_slot(transfer.credit_account_id, self.slots_total)
-                if not self.slots[credit_slot].owned:
-                    raise CrossNodeTransfer(
-                        f"credit account {transfer.credit_account_id!r} lives in slot {credit_slot},"
-                        " which this node does not own; cross-node transfers need the outbox"
-                    )
-        return self._submit(sm.apply_transfer, events)
+            credit = transfer.credit_account_id
+            if not credit or not slots[account_slot(credit, total)].owned:
+                legs += 1
+        if legs and len(self.relay) + self._outbox_reserved + legs > self.limits.outbox_entries_max:
+            raise Overloaded(
+                f"the outbox holds {len(self.relay)} credit legs for other nodes ({self._outbox_reserved} more"
+                f" queued) and the limit is {self.limits.outbox_entries_max}; retry with backoff"
+            )
+        # A command with no event that can leave the node skips the router (about 1 us an
+        # event); assign_slots re-routes it if ownership changes while it is queued.
+        apply = self._apply_transfer if legs else sm.apply_transfer
+        return self._submit(apply, events, outbox_reserved=legs)
 
     def submit_accounts(self, events: Sequence[tuple[pb.Account, int, int]]) -> asyncio.Future[list[sm.Result]]:
         return self._submit(sm.apply_account, events)
@@ -308,16 +395,38 @@ class Engine:
     def submit_changes(self, events: Sequence[tuple[pb.AccountChange, int, int]]) -> asyncio.Future[list[sm.Result]]:
         return self._submit(sm.apply_change, events)
 
-    def _submit(self, apply: ApplyFn[E], events: Sequence[tuple[E, int, int]]) -> asyncio.Future[list[sm.Result]]:
+    def submit_credit_legs(
+        self, events: Sequence[tuple[node_pb2.CreditLeg, int, int]]
+    ) -> asyncio.Future[list[sm.Result]]:
+        """Legs other nodes' relays sent (well formed, fenced at their credit slots)."""
+        return self._submit(outbox.apply_credit_leg, events)
+
+    def submit_leg_results(
+        self, events: Sequence[tuple[outbox.LegResult, int, int]]
+    ) -> asyncio.Future[list[sm.Result]] | None:
+        """The relay's final leg results; None once the node is stopping (they are re-driven
+        after the restart). Not held to the queue limit: the outbox bound holds them."""
+        if self._stopping:
+            return None
+        return self._submit(outbox.apply_leg_result, events, bounded=False)
+
+    def _submit(
+        self,
+        apply: ApplyFn[E],
+        events: Sequence[tuple[E, int, int]],
+        outbox_reserved: int = 0,
+        bounded: bool = True,
+    ) -> asyncio.Future[list[sm.Result]]:
         if self._stopping:
             raise Overloaded("the node is shutting down")
-        if self._queued_events + len(events) > self.limits.queue_events_max:
+        if bounded and self._queued_events + len(events) > self.limits.queue_events_max:
             raise Overloaded(
                 f"{self._queued_events} events are queued for commit and the limit is"
                 f" {self.limits.queue_events_max}; retry with backoff"
             )
         future: asyncio.Future[list[sm.Result]] = asyncio.get_running_loop().create_future()
-        self._mailbox.append(_Command(apply, events, future))  # type: ignore[arg-type]
+        self._mailbox.append(_Command(apply, events, future, outbox_reserved))  # type: ignore[arg-type]
+        self._outbox_reserved += outbox_reserved
         self._queued_events += len(events)
         metrics.queue_events.set(self._queued_events)
         self._wake.set()
@@ -326,11 +435,13 @@ class Engine:
     # --- the committer --------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Commit until stop() is called and the mailbox is drained."""
+        """Commit until stop() is called and the mailbox is drained; relay the outbox meanwhile."""
         async with asyncio.TaskGroup() as tasks:
             ticker = tasks.create_task(self._expiry_ticker())
+            relay = tasks.create_task(self.relay.run())
             await self._commit_loop()
             ticker.cancel()
+            relay.cancel()
 
     def stop(self) -> None:
         """Refuse new writes; run() returns once everything queued is committed."""
@@ -367,7 +478,10 @@ class Engine:
                 for expires_at, debit_id, transfer_id in overlay.expiry_set:
                     slot = account_slot(debit_id, self.slots_total)
                     heapq.heappush(self._expiries, (expires_at, slot, debit_id, transfer_id))
+                if overlay.outbox or overlay.settled:
+                    self.relay.committed(overlay.outbox, overlay.settled)
             self._queued_events -= taken
+            self._outbox_reserved -= sum(command.outbox_reserved for command in commands)
             metrics.queue_events.set(self._queued_events)
             metrics.commit_events.observe(taken + new_expiries)
             metrics.pending_expiries.set(len(self._expiries))
@@ -389,17 +503,36 @@ class Engine:
             results.append(apply(overlay, event, clock.next()))
         return results
 
+    def _apply_transfer(self, overlay: Overlay, t: pb.Transfer, timestamp: int) -> sm.Result:
+        """Route a transfer by where its credit account lives now: here, in one batch by the
+        state machine; elsewhere, through the outbox."""
+        slots, total = self.slots, self.slots_total
+        if not t.flags & _RESOLVES:
+            if slots[account_slot(t.credit_account_id, total)].owned:
+                return sm.apply_transfer(overlay, t, timestamp)
+            return outbox.accept_transfer(overlay, t, timestamp)
+        pending = overlay.get_transfer(t.debit_account_id, t.pending_id)
+        if pending is None or slots[account_slot(pending.credit_account_id, total)].owned:
+            return sm.apply_transfer(overlay, t, timestamp)
+        return outbox.resolve_pending(overlay, t, timestamp)
+
     def _expire_due(self, overlay: Overlay) -> int:
         expired = 0
         now = time.time_ns()
         heap = self._expiries
+        slots, total = self.slots, self.slots_total
         while heap and heap[0][0] <= now and expired < self.limits.expiries_per_commit_max:
             _at, slot, debit_id, transfer_id = heapq.heappop(heap)
-            if not self.slots[slot].owned:
+            if not slots[slot].owned:
                 continue
             pending = overlay.get_transfer(debit_id, transfer_id)
-            if pending is not None and sm.expire_pending(overlay, pending, self.clock.next()):
-                expired += 1
+            if pending is None:
+                continue
+            if slots[account_slot(pending.credit_account_id, total)].owned:
+                done = sm.expire_pending(overlay, pending, self.clock.next())
+            else:
+                done = outbox.expire_pending(overlay, pending, self.clock.next())
+            expired += done
         return expired
 
     def _load_expiries(self) -> None:

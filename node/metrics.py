@@ -20,3 +20,11 @@ fsync_latency_s = Histogram(
 queue_events = Gauge("yunkai_node_queue_events", "Events waiting for the next group commit")
 slots_owned = Gauge("yunkai_node_slots_owned", "Slots this node owns")
 pending_expiries = Gauge("yunkai_node_pending_expiries", "Pending transfers with a timeout, not yet resolved")
+outbox_entries = Gauge("yunkai_node_outbox_entries", "Credit legs in this node's outbox, not yet answered")
+legs_sent = Counter("yunkai_node_legs_sent_total", "Credit legs delivered to another node (answered)")
+legs_failed = Counter(
+    "yunkai_node_legs_failed_total", "Credit leg deliveries without a final result, to be retried", ["reason"]
+)
+leg_round_trip_s = Histogram(
+    "yunkai_node_leg_round_trip_seconds", "ApplyCreditLegs round trip, per call", buckets=_LATENCY_BUCKETS_S
+)

@@ -1,6 +1,7 @@
 """The ledger node process: `yunkai node --data-dir D --port P`.
 
-Startup opens RocksDB, reloads the slot table, clock and pending expiries, then serves.
+Startup opens RocksDB, reloads the slot table, clock, pending expiries and the outbox (whose
+relay then re-drives every credit leg not yet answered), then serves.
 Shutdown (SIGTERM/SIGINT): report NOT_SERVING, stop accepting, let in-flight RPCs finish,
 commit everything queued, close RocksDB, exit 0.
 """
@@ -17,7 +18,7 @@ from typing import Any
 import uvloop
 
 from node.engine import Engine, Limits
-from node.service import LEDGER_SERVICE, LedgerService, NodeService
+from node.service import IN_FLIGHT_WAIT_S_DEFAULT, LEDGER_SERVICE, LedgerService, NodeService
 from node.storage import Storage
 from proto import node_pb2_grpc, serving
 from router.slots import SLOTS_TOTAL_DEFAULT, SLOTS_TOTAL_MAX
@@ -38,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "queue_events_max": Limits.queue_events_max,
     "account_cache_max": 1_000_000,
     "join": False,
+    "outbox_max": Limits.outbox_entries_max,
+    "in_flight_wait_ms": int(IN_FLIGHT_WAIT_S_DEFAULT * 1000),
 }
 
 
@@ -56,6 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " (without it, a new node owns every slot: a standalone ledger)",
     )
     parser.add_argument("--account-cache-max", type=int, help="committed accounts kept in memory (default 1,000,000)")
+    parser.add_argument(
+        "--outbox-max",
+        type=int,
+        help=f"most credit legs waiting for other nodes; beyond, cross-node transfers get RESOURCE_EXHAUSTED"
+        f" (default {Limits.outbox_entries_max:,})",
+    )
+    parser.add_argument(
+        "--in-flight-wait-ms",
+        type=int,
+        help="longest a cross-node transfer's caller waits for its outcome before IN_FLIGHT, within the"
+        f" caller's deadline (default {int(IN_FLIGHT_WAIT_S_DEFAULT * 1000)})",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -77,7 +92,9 @@ async def _serve(settings: dict[str, Any]) -> None:
     storage = Storage(str(settings["data_dir"]), slots_total, int(settings["account_cache_max"]))
     _check_slots_total(storage, slots_total)
     limits = Limits(
-        batch_events_max=int(settings["batch_events_max"]), queue_events_max=int(settings["queue_events_max"])
+        batch_events_max=int(settings["batch_events_max"]),
+        queue_events_max=int(settings["queue_events_max"]),
+        outbox_entries_max=int(settings["outbox_max"]),
     )
     server = serving.new_server()
     frame = serving.Serving(server, [LEDGER_SERVICE, "yunkai.node.v1.Node"])
@@ -86,7 +103,8 @@ async def _serve(settings: dict[str, Any]) -> None:
     port = frame.listen(host, int(settings["port"]), credentials)
     advertise = str(settings["advertise"] or f"{host}:{port}")
     engine = Engine(storage, limits, advertise, join=bool(settings["join"]))
-    server.add_generic_rpc_handlers([LedgerService(engine).handler()])
+    in_flight_wait_s = int(settings["in_flight_wait_ms"]) / 1000
+    server.add_generic_rpc_handlers([LedgerService(engine, in_flight_wait_s).handler()])
     node_pb2_grpc.add_NodeServicer_to_server(NodeService(engine), server)
     metrics_port = settings["metrics_port"]
     serving.start_metrics(host, None if metrics_port is None else int(metrics_port))

@@ -6,10 +6,17 @@ checks the request as a whole (batch size, malformations, fence) before anything
 queued, so a bad request changes nothing; answers stateless failures (ID_INVALID, ...)
 and fencing (WRONG_SLOT) itself; and hands the rest to the engine, which answers once
 the events are durable. Reads are served from committed state without the engine.
+
+A transfer whose credit account lives on another node is answered IN_FLIGHT by the engine
+(node/outbox.py); CreateTransfers then waits for its outcome within the caller's deadline
+(less a margin, at most `in_flight_wait_s`; that long when the caller set none) and
+answers the outcome if it arrives in time, else IN_FLIGHT. The internal ApplyCreditLegs
+applies the legs other nodes' relays send, fenced and through the same group commit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,15 +25,20 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from node import metrics
+from node import metrics, outbox
 from node import state_machine as sm
-from node.engine import CrossNodeTransfer, Engine, Overloaded
+from node.engine import Engine, Overloaded
 from node.storage import account_slot
 from proto import ledger_pb2 as pb
 from proto import node_pb2, node_pb2_grpc
 
 LEDGER_SERVICE = "yunkai.ledger.v1.Ledger"
 HISTORY_PAGE_DEFAULT = 100
+IN_FLIGHT_WAIT_S_DEFAULT = 3.0
+# Kept from the caller's deadline to build and send the answer after waiting: a fixed part
+# and a share of what remains (a loaded node is slower to answer).
+IN_FLIGHT_WAIT_MARGIN_S = 0.05
+IN_FLIGHT_WAIT_MARGIN_SHARE = 0.1
 
 M = TypeVar("M", bound=Message)
 E = TypeVar("E")
@@ -54,11 +66,12 @@ def _fence(fence: pb.Fence) -> dict[int, int] | None:
 class LedgerService:
     """Handlers of yunkai.ledger.v1.Ledger over an Engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, in_flight_wait_s: float = IN_FLIGHT_WAIT_S_DEFAULT) -> None:
         self.engine = engine
         self.storage = engine.storage
         self.slots_total = engine.slots_total
         self.batch_events_max = engine.limits.batch_events_max
+        self.in_flight_wait_s = in_flight_wait_s
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -89,9 +102,6 @@ class LedgerService:
             except Overloaded as error:
                 metrics.requests_total.labels(name, "RESOURCE_EXHAUSTED").inc()
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-            except CrossNodeTransfer as error:
-                metrics.requests_total.labels(name, "UNIMPLEMENTED").inc()
-                await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(error))
             metrics.requests_total.labels(name, "OK").inc()
             latency.observe(time.perf_counter() - started)
             return reply
@@ -164,6 +174,7 @@ class LedgerService:
         fence_message: pb.Fence,
         submit: Callable[[Sequence[tuple[E, int, int]]], Awaitable[list[sm.Result]]],
         out: Any,
+        settle: Callable[[Sequence[E], list[sm.Result]], Awaitable[None]] | None = None,
     ) -> None:
         fence = _fence(fence_message)
         results, queued, positions = self._route(kind.field, events, kind.key_of, kind.malformed, kind.validate, fence)
@@ -177,6 +188,8 @@ class LedgerService:
             assert r is not None
             final.append(r)
             slots.append(account_slot(kind.key_of(event), self.slots_total) if r.code == pb.WRONG_SLOT else 0)
+        if settle is not None and queued:
+            await settle(events, final)
         self._fill(kind.method, out, slots, final)
 
     # --- writes -----------------------------------------------------------------------------
@@ -184,8 +197,40 @@ class LedgerService:
     async def create_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = _parse(pb.CreateTransfersRequest, data)
         response = pb.CreateTransfersResponse()
-        await self._write(_TRANSFERS, request.transfers, request.fence, self.engine.submit_transfers, response.results)
+        await self._write(
+            _TRANSFERS,
+            request.transfers,
+            request.fence,
+            self.engine.submit_transfers,
+            response.results,
+            lambda transfers, results: self._settle(transfers, results, context),
+        )
         return response.SerializeToString()
+
+    async def _settle(
+        self, transfers: Sequence[pb.Transfer], results: list[sm.Result], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Replace IN_FLIGHT results by the outcomes that arrive within the caller's deadline."""
+        in_flight = pb.IN_FLIGHT
+        positions = [index for index, r in enumerate(results) if r.code == in_flight]
+        if not positions:
+            return
+        remaining = context.time_remaining()
+        budget = self.in_flight_wait_s
+        if remaining is not None:
+            budget = min(budget, remaining * (1 - IN_FLIGHT_WAIT_MARGIN_SHARE) - IN_FLIGHT_WAIT_MARGIN_S)
+        if budget <= 0:
+            return
+        relay = self.engine.relay
+        futures = [relay.wait_for(transfers[i].debit_account_id, transfers[i].id) for i in positions]
+        try:
+            await asyncio.wait(futures, timeout=budget)
+        finally:
+            for future in futures:
+                future.cancel()  # those still waiting; a settled one keeps its result
+        for index, future in zip(positions, futures, strict=True):
+            if not future.cancelled():
+                results[index] = outbox.settled_result(future.result(), isinstance(results[index], outbox.Accepted))
 
     async def create_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = _parse(pb.CreateAccountsRequest, data)
@@ -317,7 +362,7 @@ _CHANGES = _WriteKind[pb.AccountChange](
 
 
 class NodeService(node_pb2_grpc.NodeServicer):
-    """The internal yunkai.node.v1.Node service: the slot table."""
+    """The internal yunkai.node.v1.Node service: the slot table and credit legs."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -334,3 +379,60 @@ class NodeService(node_pb2_grpc.NodeServicer):
         if error is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, error)
         return node_pb2.AssignSlotsResponse(slots_owned=sum(1 for a in self.engine.slots if a.owned))
+
+    async def ApplyCreditLegs(  # noqa: N802
+        self, request: node_pb2.ApplyCreditLegsRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.ApplyCreditLegsResponse:
+        started = time.perf_counter()
+        try:
+            response = await self._apply_credit_legs(request)
+        except BadRequest as error:
+            metrics.requests_total.labels("ApplyCreditLegs", "INVALID_ARGUMENT").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except Overloaded as error:
+            metrics.requests_total.labels("ApplyCreditLegs", "RESOURCE_EXHAUSTED").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        metrics.requests_total.labels("ApplyCreditLegs", "OK").inc()
+        metrics.request_latency_s.labels("ApplyCreditLegs").observe(time.perf_counter() - started)
+        return response
+
+    async def _apply_credit_legs(self, request: node_pb2.ApplyCreditLegsRequest) -> node_pb2.ApplyCreditLegsResponse:
+        engine = self.engine
+        legs = request.legs
+        if not legs:
+            raise BadRequest("legs: the batch is empty")
+        if len(legs) > engine.limits.batch_events_max:
+            raise BadRequest(f"legs: {len(legs)} legs, more than the limit of {engine.limits.batch_events_max}")
+        fence = _fence(request.fence)
+        if fence is None:
+            raise BadRequest("fence: credit legs are always fenced")
+        for index, leg in enumerate(legs):
+            reason = outbox.malformed_leg(leg)
+            if reason is not None:
+                raise BadRequest(f"legs[{index}].{reason}")
+        slots: list[int] = []
+        submit: list[tuple[node_pb2.CreditLeg, int, int]] = []
+        positions: list[int] = []
+        results: list[sm.Result | None] = [None] * len(legs)
+        for index, leg in enumerate(legs):
+            slot = account_slot(leg.credit_account_id, engine.slots_total)
+            epoch = fence.get(slot)
+            if not epoch:
+                raise BadRequest(f"fence: does not name slot {slot} of legs[{index}] at an epoch")
+            slots.append(slot)
+            if not engine.serves(slot, epoch):
+                results[index] = sm.Result(pb.WRONG_SLOT)
+                continue
+            submit.append((leg, slot, epoch))
+            positions.append(index)
+        if submit:
+            for position, result in zip(positions, await engine.submit_credit_legs(submit), strict=True):
+                results[position] = result
+        response = node_pb2.ApplyCreditLegsResponse()
+        for slot, r in zip(slots, results, strict=True):
+            assert r is not None
+            added = response.results.add(code=r.code, timestamp=r.timestamp)
+            if r.code == pb.WRONG_SLOT:
+                added.redirect.CopyFrom(engine.redirect(slot))
+        metrics.request_events.labels("ApplyCreditLegs").observe(len(legs))
+        return response

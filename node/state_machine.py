@@ -28,11 +28,11 @@ is the result:
      for a cross-node transfer not yet resolved: see node/outbox.py)
   7. post/void: PENDING_TRANSFER_NOT_FOUND (also while a cross-node pending's reservation
      is not yet confirmed), PENDING_TRANSFER_HAS_DIFFERENT_FIELDS (a credit account, ledger
-     or code other than the pending's), PENDING_TRANSFER_ALREADY_POSTED (also while a
-     cross-node post of it is in flight), PENDING_TRANSFER_ALREADY_VOIDED,
-     PENDING_TRANSFER_EXPIRED (already expired, or overdue: then it expires now),
-     PENDING_TRANSFER_HAS_DIFFERENT_FIELDS (a void of a partial amount),
-     EXCEEDS_PENDING_TRANSFER_AMOUNT
+     or code other than the pending's, or a void of part of its amount),
+     PENDING_TRANSFER_ALREADY_POSTED (also while a cross-node post of it is in flight),
+     PENDING_TRANSFER_ALREADY_VOIDED, PENDING_TRANSFER_EXPIRED (already expired, or
+     overdue: then it expires now), EXCEEDS_PENDING_TRANSFER_AMOUNT (a post, or a void,
+     of more than the pending amount)
   8. DEBIT_ACCOUNT_NOT_FOUND, CREDIT_ACCOUNT_NOT_FOUND
   9. ACCOUNTS_MUST_HAVE_SAME_LEDGER  the two accounts' ledgers differ, or the transfer's
                                      ledger is not theirs
@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from proto import ledger_pb2 as pb
 
@@ -397,30 +397,29 @@ def resolved_record(t: pb.Transfer, pending: pb.Transfer, amount: int, timestamp
     return record
 
 
-ExpireFn = Callable[[Store, pb.Transfer, int], bool]
+S = TypeVar("S", bound=Store)
 
 
 def resolution_refused(
-    store: Store,
+    store: S,
     t: pb.Transfer,
     pending: pb.Transfer | None,
     timestamp: int,
-    expire: ExpireFn,
+    expire: Callable[[S, pb.Transfer, int], bool],
     claimed: bool = False,
 ) -> Result | None:
     """Step 7 for a post/void `t` of `pending` (journaled when it fails), or None when
     `t` may resolve it. An overdue pending is expired with `expire` first. `claimed`:
     a cross-node post of it is in flight (node/outbox.py)."""
-    if (
-        pending is None
-        or not pending.flags & PENDING
-        or pending.state in (pb.TRANSFER_REJECTED, pb.TRANSFER_IN_FLIGHT)
-    ):
+    if pending is None or not pending.flags & PENDING or pending.state in (pb.TRANSFER_REJECTED, pb.TRANSFER_IN_FLIGHT):
         return reject(store, t, pb.PENDING_TRANSFER_NOT_FOUND, timestamp)
     for name in ("credit_account_id", "ledger", "code"):
         value = getattr(t, name)
         if value and value != getattr(pending, name):
             return reject(store, t, pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, timestamp, name)
+    if t.flags & VOID_PENDING and 0 < t.amount < pending.amount:
+        # A void releases the whole reservation; naming part of it names another amount.
+        return reject(store, t, pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, timestamp, "amount")
     if pending.state == pb.TRANSFER_POSTED or claimed:
         return reject(store, t, pb.PENDING_TRANSFER_ALREADY_POSTED, timestamp)
     if pending.state == pb.TRANSFER_VOIDED:
@@ -433,8 +432,6 @@ def resolution_refused(
         expired = expire(store, pending, timestamp)
         assert expired, pending
         return reject(store, t, pb.PENDING_TRANSFER_EXPIRED, timestamp)
-    if t.flags & VOID_PENDING and t.amount not in (0, pending.amount):
-        return reject(store, t, pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, timestamp, "amount")
     if (t.amount or pending.amount) > pending.amount:
         return reject(store, t, pb.EXCEEDS_PENDING_TRANSFER_AMOUNT, timestamp)
     return None

@@ -72,7 +72,7 @@ def test_a_slot_given_away_answers_wrong_slot_and_changes_nothing(tmp_path_facto
         node.process.stop()
 
 
-def test_a_transfer_to_a_slot_on_another_node_is_refused_until_the_outbox_exists(
+def test_a_transfer_to_a_slot_on_an_unreachable_node_is_held_in_flight(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     node = start_node(tmp_path_factory)
@@ -80,12 +80,16 @@ def test_a_transfer_to_a_slot_on_another_node_is_refused_until_the_outbox_exists
         a, b = fresh("x"), fresh("x")
         node.accounts(pb.Account(id=a, ledger=LEDGER, code=1), pb.Account(id=b, ledger=LEDGER, code=1))
         assign(node, slot_of_account(node, b), 2, ELSEWHERE)
-        with pytest.raises(grpc.RpcError) as caught:
-            node.transfers(
-                pb.Transfer(id="t", debit_account_id=a, credit_account_id=b, amount=1, ledger=LEDGER, code=1)
-            )
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert node.account(a).debits_posted == 0
+        t = pb.Transfer(id="t", debit_account_id=a, credit_account_id=b, amount=1, ledger=LEDGER, code=1)
+        reply = node.ledger.CreateTransfers(pb.CreateTransfersRequest(transfers=[t]), timeout=2)
+        assert (reply.results[0].code, reply.results[0].state) == (pb.IN_FLIGHT, pb.TRANSFER_IN_FLIGHT)
+        # The amount waits in debits_pending until the credit node answers; nothing is posted.
+        debit = node.account(a)
+        assert (debit.debits_pending, debit.debits_posted) == (1, 0)
+        assert node.transfer(a, "t").transfer.state == pb.TRANSFER_IN_FLIGHT
+        replay = node.ledger.CreateTransfers(pb.CreateTransfersRequest(transfers=[t]), timeout=1).results[0]
+        assert (replay.code, replay.timestamp) == (pb.IN_FLIGHT, reply.results[0].timestamp)
     finally:
         node.close()
-        node.process.stop()
+        code = node.process.stop()
+    assert code == 0, node.process.log_tail()

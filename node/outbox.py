@@ -1,0 +1,515 @@
+"""Transfers whose two accounts live on different nodes: the durable outbox (DESIGN section 5).
+
+This module is the protocol and its decisions, as pure functions over the committer's
+overlay: every transition below is one event applied by node/engine.py's committer, so
+each is part of one durable group-commit batch. node/relay.py carries the legs between
+nodes; node/service.py answers callers.
+
+Terms
+  cross-node   An event is cross-node when the slot of its credit account (for a post or
+               void: the pending transfer's credit account) is not owned by this node when
+               the committer applies it. Everything else, cross-slot or not, is applied in
+               one batch by node/state_machine.py, as before.
+  debit node   Owns the debit account's slot: it takes the transfer, keeps its record and
+               owns the outbox entry. It alone decides the transfer's state.
+  credit node  Owns the credit account's slot, by the debit node's slot table.
+  leg          The credit half of an event, a node.v1.CreditLeg of one kind:
+                 CREDIT   a plain transfer T      credits_posted += amount
+                 RESERVE  a pending transfer P    credits_pending += amount
+                 POST     a post R of P           credits_pending -= reserved,
+                                                  credits_posted += amount (<= reserved)
+                 RELEASE  a void V of P, or       credits_pending -= reserved
+                          P's expiry
+               Its idempotency key is (debit_account_id, transfer_id, kind); transfer_id
+               is T, P, R, V, or P again for an expiry.
+  outbox entry `<debit slot> B <debit> 00 <subject> 00 <kind>` holding a leg not yet
+               answered; the subject is T for CREDIT and P for the others. A key holds at
+               most one entry at a time (P has one RESERVE, then at most one POST at a
+               time, and one RELEASE).
+  applied leg  `<credit slot> L <debit> 00 <transfer_id> 00 <kind>`: the credit node's
+               journal of a leg's result (node.v1.AppliedLeg).
+  claim        P's POST entry, while it exists: a post of P is in flight.
+
+States of a cross-node transfer on the debit node, and what moves them
+  T  IN_FLIGHT --CREDIT OK--> POSTED
+               --CREDIT refused(code)--> REJECTED(code)
+  P  IN_FLIGHT --RESERVE OK--> PENDING --R accepted--> PENDING, claimed --POST OK--> POSTED
+                                                                       --POST refused--> PENDING
+                                       --V--> VOIDED            (at once; RELEASE sent)
+                                       --timeout--> EXPIRED     (at once; RELEASE sent)
+               --RESERVE refused(code)--> REJECTED(code)
+  R  IN_FLIGHT --POST OK--> POSTED;  --POST refused(code)--> REJECTED(code)
+  V  POSTED at once: the credit side cannot refuse a release.
+
+Transitions ("debit" is the debit account, "credit" the credit account)
+  A1 accept T or P (debit node, CreateTransfers). After the stateless checks and the
+     replay check (a stored IN_FLIGHT transfer answers IN_FLIGHT), checked in order and
+     journaled REJECTED like any stateful failure: DEBIT_ACCOUNT_NOT_FOUND,
+     ACCOUNTS_MUST_HAVE_SAME_LEDGER (the transfer's ledger is not the debit's),
+     DEBIT_ACCOUNT_CLOSED, DEBIT_ACCOUNT_FROZEN, OVERFLOW, EXCEEDS_CREDITS (counting the
+     amount). Then: debit.debits_pending += amount; the record, state IN_FLIGHT; outbox
+     entry CREDIT or RESERVE. Answer IN_FLIGHT.
+  A2 post R of P (debit node). Step 7 of node/state_machine.py, where a claimed P answers
+     PENDING_TRANSFER_ALREADY_POSTED; then DEBIT_ACCOUNT_CLOSED, DEBIT_ACCOUNT_FROZEN.
+     Then: R stored IN_FLIGHT as the caller sent it; outbox entry POST (the claim), whose
+     event is R resolved (the pending's accounts, ledger, code, the amount posted). No
+     balance moves yet. Answer IN_FLIGHT. A replay of R is compared with R resolved, as
+     for a post on one node.
+  A3 void V of P (debit node). Step 7 as for A2. Then: debit.debits_pending -= P.amount;
+     P VOIDED; V POSTED; debit history; outbox entry RELEASE. Answer OK.
+  A4 expiry of P (the expiry sweep, or a post/void finding P overdue), unless claimed:
+     debit.debits_pending -= P.amount; P EXPIRED; debit history (the expiry event);
+     outbox entry RELEASE (transfer_id P).
+  C  apply a leg (credit node, ApplyCreditLegs). Fenced: only the owner of the credit
+     slot at the fenced epoch applies it, else WRONG_SLOT. A leg whose applied-leg record
+     exists gets the stored result and changes nothing. Otherwise:
+       CREDIT, RESERVE: CREDIT_ACCOUNT_NOT_FOUND, ACCOUNTS_MUST_HAVE_SAME_LEDGER,
+         CREDIT_ACCOUNT_CLOSED, CREDIT_ACCOUNT_FROZEN, OVERFLOW, EXCEEDS_DEBITS (counting
+         the amount), else OK and the balance moves.
+       POST: CREDIT_ACCOUNT_CLOSED, CREDIT_ACCOUNT_FROZEN, else OK and it moves. (The
+         reservation already passed the limits; a reserved account cannot be closed.)
+       RELEASE: always OK.
+     The result and, on OK, the credit account's history entry are journaled in the
+     batch; the answer is sent after it is durable.
+  R  a leg's result arrives (debit node; OK or a refusal, never WRONG_SLOT, which the
+     relay retries). The outbox entry is deleted, and:
+       CREDIT OK:        debits_pending -= amount, debits_posted += amount, T POSTED
+       CREDIT refused:   debits_pending -= amount, T REJECTED(code)
+       RESERVE OK:       P PENDING, its expiry armed (from P's own timestamp)
+       RESERVE refused:  debits_pending -= amount, P REJECTED(code)
+       POST OK:          debits_pending -= P.amount, debits_posted += amount,
+                         P POSTED (amount_posted), R POSTED and resolved, P's expiry
+                         cleared
+       POST refused:     R REJECTED(code), as sent (so replays compare as on one node);
+                         P PENDING again, its expiry re-armed
+       RELEASE OK:       nothing more (A3/A4 released the debit side and wrote its
+                         history)
+     An OK of CREDIT, RESERVE or POST appends the debit account's history entry.
+
+What callers see (decided here, answered by node/service.py)
+  * IN_FLIGHT (state TRANSFER_IN_FLIGHT) means durably accepted and not yet resolved; the
+    node answers the final outcome instead when it arrives within the caller's deadline.
+    A replay of the id answers IN_FLIGHT until the transfer resolves, then the stored
+    outcome as for any replay (EXISTS, or the refusal code).
+  * While a post of P is in flight, LookupTransfers shows P PENDING and R IN_FLIGHT, and
+    every other post or void of P fails (journaled) with PENDING_TRANSFER_ALREADY_POSTED:
+    the first post claims P, so P can never be resolved twice. Only a post can be refused
+    by the credit node (its account frozen since the reservation); then P is PENDING again
+    and a post or void with a new id may resolve it. A claimed P does not expire; once
+    unclaimed it expires at the next sweep if overdue.
+  * A post or void of P while P's own reservation is still IN_FLIGHT fails (journaled)
+    with PENDING_TRANSFER_NOT_FOUND: P is not a reservation until it is confirmed.
+  * The order of precedence is node/state_machine.py's, split between the nodes: the
+    debit node's checks come first. With a frozen debit account and a missing credit
+    account, a cross-node transfer fails DEBIT_ACCOUNT_FROZEN where a single-node one
+    fails CREDIT_ACCOUNT_NOT_FOUND.
+  * History: the credit account's entry is keyed by the credit node's time of applying
+    the leg, the debit account's entry of a resolution by the time of the resolution; the
+    event inside keeps the transfer's own timestamp (assigned at A1/A2).
+
+Bounds and what is not done yet
+  * The engine refuses a whole CreateTransfers (RESOURCE_EXHAUSTED) that could take the
+    outbox past its bound (--outbox-max). RELEASE entries of expiries are not refused (an
+    expiry cannot wait for room), so they alone may pass it.
+  * Slot moves (DESIGN section 6) must carry a slot's B and L ranges along; routing by
+    ownership at apply time then keeps working, but a claim or an IN_FLIGHT reservation
+    whose credit slot moves onto the debit node is not specially handled yet.
+
+Invariants (asserted where records are written and read back)
+  * An outbox entry exists exactly while its transfer is IN_FLIGHT (RELEASE: while the
+    credit side still holds the reservation); a result resolves the entry that was sent.
+  * debits_pending of a debit account covers the amount of each of its IN_FLIGHT plain and
+    pending transfers and of each PENDING cross-node pending.
+  * A POST or RELEASE leg is applied only after its RESERVE was applied OK, for the same
+    reserved amount; credits_pending never goes negative.
+  * At quiescence (empty outboxes): sum of debits_posted = sum of credits_posted over all
+    nodes, and no pending amount remains from a cross-node transfer that is not PENDING.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+from node import state_machine as sm
+from proto import ledger_pb2 as pb
+from proto import node_pb2
+
+LEG_KINDS = frozenset((node_pb2.LEG_CREDIT, node_pb2.LEG_RESERVE, node_pb2.LEG_POST, node_pb2.LEG_RELEASE))
+# The results a credit node may give a leg, WRONG_SLOT aside: each one is final.
+LEG_OUTCOMES = frozenset(
+    (
+        pb.OK,
+        pb.CREDIT_ACCOUNT_NOT_FOUND,
+        pb.ACCOUNTS_MUST_HAVE_SAME_LEDGER,
+        pb.CREDIT_ACCOUNT_CLOSED,
+        pb.CREDIT_ACCOUNT_FROZEN,
+        pb.OVERFLOW,
+        pb.EXCEEDS_DEBITS,
+    )
+)
+
+
+class OutboxStore(sm.Store, Protocol):
+    """What the outbox reads and writes on top of the state machine's `Store`."""
+
+    def get_outbox(self, debit_account_id: str, subject_id: str, kind: int) -> node_pb2.CreditLeg | None: ...
+    def put_outbox(self, leg: node_pb2.CreditLeg) -> None: ...
+    def delete_outbox(self, leg: node_pb2.CreditLeg) -> None: ...
+    def get_applied_leg(
+        self, credit_account_id: str, debit_account_id: str, transfer_id: str, kind: int
+    ) -> node_pb2.AppliedLeg | None: ...
+    def put_applied_leg(self, applied: node_pb2.AppliedLeg) -> None: ...
+    def append_history_at(self, account: pb.Account, event: pb.Transfer, at: int) -> None: ...
+    def transfer_settled(self, transfer: pb.Transfer) -> None: ...
+
+
+class Accepted(sm.Result):
+    """IN_FLIGHT for a transfer accepted by this very event (not a replay): when it settles
+    while the caller waits, the caller gets OK rather than EXISTS."""
+
+    __slots__ = ()
+
+
+class LegResult(NamedTuple):
+    """A leg's final result, as the credit node answered it."""
+
+    leg: node_pb2.CreditLeg
+    code: sm.Code
+
+
+def subject_of(leg: node_pb2.CreditLeg) -> str:
+    """The transfer whose outbox entry the leg is: T for CREDIT, the pending for the rest."""
+    return leg.pending_id or leg.transfer_id
+
+
+def _copy(transfer: pb.Transfer) -> pb.Transfer:
+    duplicate = pb.Transfer()
+    duplicate.CopyFrom(transfer)
+    return duplicate
+
+
+def _debit_status(debit: pb.Account) -> sm.Code:
+    if debit.status == pb.CLOSED:
+        return pb.DEBIT_ACCOUNT_CLOSED
+    if debit.status == pb.FROZEN:
+        return pb.DEBIT_ACCOUNT_FROZEN
+    return pb.RESULT_CODE_UNSPECIFIED
+
+
+# --- the debit node ------------------------------------------------------------------------
+
+
+def accept_transfer(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Result:
+    """A1: a plain or pending transfer whose credit account lives on another node."""
+    assert not t.flags & (sm.POST_PENDING | sm.VOID_PENDING), t
+    stored = store.get_transfer(t.debit_account_id, t.id)
+    if stored is not None:
+        return sm.replay_transfer(stored, t)
+    debit = store.get_account(t.debit_account_id)
+    if debit is None:
+        return sm.reject(store, t, pb.DEBIT_ACCOUNT_NOT_FOUND, timestamp)
+    if t.ledger != debit.ledger:
+        return sm.reject(store, t, pb.ACCOUNTS_MUST_HAVE_SAME_LEDGER, timestamp, "ledger")
+    status = _debit_status(debit)
+    if status:
+        return sm.reject(store, t, status, timestamp)
+    # The amount waits in debits_pending until the credit node answers, so the limits
+    # count it from now on.
+    total = debit.debits_pending + debit.debits_posted + t.amount
+    if total > sm.INT64_MAX:
+        return sm.reject(store, t, pb.OVERFLOW, timestamp)
+    if debit.flags & sm.DEBITS_MUST_NOT_EXCEED_CREDITS and total > debit.credits_posted + debit.overdraft_limit:
+        return sm.reject(store, t, pb.EXCEEDS_CREDITS, timestamp)
+
+    pending = bool(t.flags & sm.PENDING)
+    debit.debits_pending += t.amount
+    record = _copy(t)
+    record.timestamp = timestamp
+    record.state = pb.TRANSFER_IN_FLIGHT
+    event = _copy(record)
+    event.state = pb.TRANSFER_PENDING if pending else pb.TRANSFER_POSTED
+    leg = node_pb2.CreditLeg(
+        kind=node_pb2.LEG_RESERVE if pending else node_pb2.LEG_CREDIT,
+        debit_account_id=t.debit_account_id,
+        transfer_id=t.id,
+        credit_account_id=t.credit_account_id,
+        ledger=t.ledger,
+        amount=t.amount,
+        event=event,
+    )
+    store.put_account(debit)
+    store.put_transfer(record)
+    store.put_outbox(leg)
+    return Accepted(pb.IN_FLIGHT, "", timestamp, pb.TRANSFER_IN_FLIGHT)
+
+
+def resolve_pending(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Result:
+    """A2 and A3: a post or void of a pending transfer whose credit account lives on
+    another node."""
+    assert t.flags & (sm.POST_PENDING | sm.VOID_PENDING), t
+    stored = store.get_transfer(t.debit_account_id, t.id)
+    if stored is not None:
+        if stored.state == pb.TRANSFER_IN_FLIGHT:
+            # A post in flight is stored as sent; a replay compares with it resolved.
+            entry = store.get_outbox(stored.debit_account_id, stored.pending_id, node_pb2.LEG_POST)
+            assert entry is not None and entry.transfer_id == stored.id, (stored, entry)
+            stored = _copy(entry.event)
+            stored.state = pb.TRANSFER_IN_FLIGHT
+        return sm.replay_transfer(stored, t)
+    pending = store.get_transfer(t.debit_account_id, t.pending_id)
+    claimed = pending is not None and store.get_outbox(t.debit_account_id, t.pending_id, node_pb2.LEG_POST) is not None
+    refused = sm.resolution_refused(store, t, pending, timestamp, expire_pending, claimed)
+    if refused is not None:
+        return refused
+    assert pending is not None and pending.state == pb.TRANSFER_PENDING, pending
+    debit = store.get_account(pending.debit_account_id)
+    assert debit is not None and debit.debits_pending >= pending.amount, (debit, pending)
+    amount = t.amount or pending.amount
+    record = sm.resolved_record(t, pending, amount, timestamp)
+
+    if t.flags & sm.VOID_PENDING:
+        debit.debits_pending -= pending.amount
+        pending.state = pb.TRANSFER_VOIDED
+        pending.amount_posted = 0
+        store.put_account(debit)
+        store.put_transfer(pending)
+        store.put_transfer(record)
+        store.append_history(debit, record)
+        deadline = sm.expires_at(pending)
+        if deadline:
+            store.pending_expiry_clear(pending, deadline)
+        store.put_outbox(_release(pending, record))
+        return sm.Result(pb.OK, "", timestamp, record.state)
+
+    status = _debit_status(debit)
+    if status:
+        return sm.reject(store, t, status, timestamp)
+    held = _copy(t)
+    held.timestamp = timestamp
+    held.state = pb.TRANSFER_IN_FLIGHT
+    store.put_transfer(held)
+    store.put_outbox(
+        node_pb2.CreditLeg(
+            kind=node_pb2.LEG_POST,
+            debit_account_id=pending.debit_account_id,
+            transfer_id=t.id,
+            credit_account_id=pending.credit_account_id,
+            amount=amount,
+            reserved=pending.amount,
+            pending_id=pending.id,
+            event=record,  # resolved and POSTED: R once the credit node applies it
+        )
+    )
+    return Accepted(pb.IN_FLIGHT, "", timestamp, pb.TRANSFER_IN_FLIGHT)
+
+
+def expire_pending(store: OutboxStore, pending: pb.Transfer, timestamp: int) -> bool:
+    """A4: release an overdue cross-node pending transfer. False if it was already
+    resolved, or is claimed by a post in flight (which decides its fate)."""
+    if pending.state != pb.TRANSFER_PENDING:
+        return False
+    if store.get_outbox(pending.debit_account_id, pending.id, node_pb2.LEG_POST) is not None:
+        return False
+    deadline = sm.expires_at(pending)
+    assert deadline and timestamp >= deadline, (pending, timestamp)
+    debit = store.get_account(pending.debit_account_id)
+    assert debit is not None and debit.debits_pending >= pending.amount, (debit, pending)
+    debit.debits_pending -= pending.amount
+    pending.state = pb.TRANSFER_EXPIRED
+    store.put_account(debit)
+    store.put_transfer(pending)
+    event = _copy(pending)
+    event.timestamp = timestamp  # the history entry is the expiry event, at its own time
+    store.append_history(debit, event)
+    store.pending_expiry_clear(pending, deadline)
+    store.put_outbox(_release(pending, event))
+    return True
+
+
+def _release(pending: pb.Transfer, event: pb.Transfer) -> node_pb2.CreditLeg:
+    return node_pb2.CreditLeg(
+        kind=node_pb2.LEG_RELEASE,
+        debit_account_id=pending.debit_account_id,
+        transfer_id=event.id,
+        credit_account_id=pending.credit_account_id,
+        reserved=pending.amount,
+        pending_id=pending.id,
+        event=event,
+    )
+
+
+def apply_leg_result(store: OutboxStore, result: LegResult, timestamp: int) -> sm.Result:
+    """R: settle the transfer a leg belongs to, and delete its outbox entry."""
+    leg, code = result
+    assert code in LEG_OUTCOMES, (leg, code)
+    entry = store.get_outbox(leg.debit_account_id, subject_of(leg), leg.kind)
+    # Paired with put_outbox: a result settles the very entry that was sent, once.
+    assert entry is not None and entry.transfer_id == leg.transfer_id, (entry, leg)
+    store.delete_outbox(entry)
+    if leg.kind == node_pb2.LEG_RELEASE:
+        assert code == pb.OK, (leg, code)  # the debit side already released its half
+        return sm.Result(pb.OK, "", timestamp)
+
+    debit = store.get_account(leg.debit_account_id)
+    transfer = store.get_transfer(leg.debit_account_id, leg.transfer_id)
+    assert debit is not None and transfer is not None and transfer.state == pb.TRANSFER_IN_FLIGHT, (debit, transfer)
+    ok = code == pb.OK
+    if leg.kind == node_pb2.LEG_POST:
+        pending = store.get_transfer(leg.debit_account_id, leg.pending_id)
+        assert pending is not None and pending.state == pb.TRANSFER_PENDING, pending
+        assert pending.amount == leg.reserved and debit.debits_pending >= pending.amount, (debit, pending, leg)
+        deadline = sm.expires_at(pending)
+        if ok:
+            resolved = leg.event
+            assert (resolved.id, resolved.timestamp, resolved.amount) == (transfer.id, transfer.timestamp, leg.amount)
+            transfer.CopyFrom(resolved)
+            debit.debits_pending -= pending.amount
+            debit.debits_posted += leg.amount
+            pending.state = pb.TRANSFER_POSTED
+            pending.amount_posted = leg.amount
+            store.put_transfer(pending)
+            if deadline:
+                store.pending_expiry_clear(pending, deadline)
+        elif deadline:
+            # The sweep passed P over while it was claimed; P may expire again.
+            store.pending_expiry_set(pending, deadline)
+    else:
+        assert debit.debits_pending >= leg.amount == transfer.amount, (debit, leg, transfer)
+        if leg.kind == node_pb2.LEG_CREDIT or not ok:
+            debit.debits_pending -= leg.amount
+        if ok and leg.kind == node_pb2.LEG_CREDIT:
+            debit.debits_posted += leg.amount
+        if ok and leg.kind == node_pb2.LEG_RESERVE and transfer.timeout_s:
+            store.pending_expiry_set(transfer, sm.expires_at(transfer))
+    assert debit.debits_posted <= sm.INT64_MAX, debit
+
+    if ok:
+        transfer.state = pb.TRANSFER_PENDING if leg.kind == node_pb2.LEG_RESERVE else pb.TRANSFER_POSTED
+    else:
+        transfer.state = pb.TRANSFER_REJECTED
+        transfer.result = code
+    store.put_account(debit)
+    store.put_transfer(transfer)
+    if ok:
+        store.append_history_at(debit, transfer, timestamp)
+    store.transfer_settled(_copy(transfer))
+    return sm.Result(pb.OK, "", timestamp)
+
+
+def settled_result(record: pb.Transfer, fresh: bool) -> sm.Result:
+    """What a caller who got IN_FLIGHT is answered once the transfer settled: the outcome
+    for the request that created it (`fresh`), else what a replay answers."""
+    assert record.state != pb.TRANSFER_IN_FLIGHT, record
+    if record.state == pb.TRANSFER_REJECTED:
+        field = "ledger" if fresh and record.result == pb.ACCOUNTS_MUST_HAVE_SAME_LEDGER else ""
+        return sm.Result(record.result, field, record.timestamp, record.state)
+    return sm.Result(pb.OK if fresh else pb.EXISTS, "", record.timestamp, record.state)
+
+
+# --- the credit node -----------------------------------------------------------------------
+
+
+def malformed_leg(leg: node_pb2.CreditLeg) -> str | None:
+    """Why a received leg is not well formed (a message naming the field), or None."""
+    if leg.kind not in LEG_KINDS:
+        return f"kind: {leg.kind} is not a leg kind"
+    for name in ("debit_account_id", "transfer_id", "credit_account_id"):
+        if not sm.id_valid(getattr(leg, name)):
+            return f"{name}: not a valid id"
+    if leg.debit_account_id == leg.credit_account_id:
+        return "credit_account_id: equal to debit_account_id"
+    event = leg.event
+    if (event.id, event.debit_account_id, event.credit_account_id) != (
+        leg.transfer_id,
+        leg.debit_account_id,
+        leg.credit_account_id,
+    ):
+        return "event: not the leg's transfer"
+    if leg.kind in (node_pb2.LEG_CREDIT, node_pb2.LEG_RESERVE):
+        if leg.amount <= 0 or leg.ledger == 0 or leg.reserved or leg.pending_id:
+            return "amount: CREDIT and RESERVE move a positive amount on a ledger, and resolve no pending"
+        return None
+    if not sm.id_valid(leg.pending_id):
+        return "pending_id: not a valid id"
+    if leg.reserved <= 0:
+        return "reserved: POST and RELEASE release a positive reservation"
+    if leg.kind == node_pb2.LEG_POST and not 0 < leg.amount <= leg.reserved:
+        return "amount: a POST posts a positive amount, at most the reservation"
+    if leg.kind == node_pb2.LEG_RELEASE and leg.amount:
+        return "amount: a RELEASE moves nothing"
+    return None
+
+
+def _credit_refusal(credit: pb.Account | None, leg: node_pb2.CreditLeg) -> sm.Code:
+    """The checks of a CREDIT or RESERVE leg, in order; OK when it may move."""
+    if credit is None:
+        return pb.CREDIT_ACCOUNT_NOT_FOUND
+    if credit.ledger != leg.ledger:
+        return pb.ACCOUNTS_MUST_HAVE_SAME_LEDGER
+    if credit.status == pb.CLOSED:
+        return pb.CREDIT_ACCOUNT_CLOSED
+    if credit.status == pb.FROZEN:
+        return pb.CREDIT_ACCOUNT_FROZEN
+    total = credit.credits_pending + credit.credits_posted + leg.amount
+    if total > sm.INT64_MAX:
+        return pb.OVERFLOW
+    if credit.flags & sm.CREDITS_MUST_NOT_EXCEED_DEBITS and total > credit.debits_posted + credit.overdraft_limit:
+        return pb.EXCEEDS_DEBITS
+    return pb.OK
+
+
+def _same_leg(stored: node_pb2.CreditLeg, leg: node_pb2.CreditLeg) -> bool:
+    return (stored.credit_account_id, stored.amount, stored.reserved, stored.pending_id, stored.ledger) == (
+        leg.credit_account_id,
+        leg.amount,
+        leg.reserved,
+        leg.pending_id,
+        leg.ledger,
+    )
+
+
+def apply_credit_leg(store: OutboxStore, leg: node_pb2.CreditLeg, timestamp: int) -> sm.Result:
+    """C: apply a leg that passed `malformed_leg` and the fence, once."""
+    applied = store.get_applied_leg(leg.credit_account_id, leg.debit_account_id, leg.transfer_id, leg.kind)
+    if applied is not None:
+        # Paired with put_applied_leg below: a key always names the same leg, because the
+        # debit node never changes an outbox entry.
+        assert _same_leg(applied.leg, leg), (applied, leg)
+        return sm.Result(applied.code, "", applied.timestamp)
+
+    credit = store.get_account(leg.credit_account_id)
+    if leg.kind in (node_pb2.LEG_CREDIT, node_pb2.LEG_RESERVE):
+        code = _credit_refusal(credit, leg)
+        if code == pb.OK:
+            assert credit is not None
+            if leg.kind == node_pb2.LEG_CREDIT:
+                credit.credits_posted += leg.amount
+            else:
+                credit.credits_pending += leg.amount
+    else:
+        reserve = store.get_applied_leg(
+            leg.credit_account_id, leg.debit_account_id, leg.pending_id, node_pb2.LEG_RESERVE
+        )
+        # A POST or RELEASE follows its pending's RESERVE, which reserved exactly this.
+        assert reserve is not None and reserve.code == pb.OK and reserve.leg.amount == leg.reserved, (reserve, leg)
+        assert credit is not None and credit.credits_pending >= leg.reserved, (credit, leg)
+        code = pb.OK
+        if leg.kind == node_pb2.LEG_POST:
+            if credit.status == pb.CLOSED:
+                code = pb.CREDIT_ACCOUNT_CLOSED
+            elif credit.status == pb.FROZEN:
+                code = pb.CREDIT_ACCOUNT_FROZEN
+        if code == pb.OK:
+            credit.credits_pending -= leg.reserved
+            credit.credits_posted += leg.amount  # 0 for a RELEASE
+            assert credit.credits_posted <= sm.INT64_MAX, credit
+
+    if code == pb.OK:
+        assert credit is not None
+        store.put_account(credit)
+        store.append_history_at(credit, leg.event, timestamp)
+    journaled = node_pb2.CreditLeg()
+    journaled.CopyFrom(leg)
+    journaled.ClearField("event")  # the history entry keeps it; the journal needs the key and amounts
+    store.put_applied_leg(node_pb2.AppliedLeg(leg=journaled, code=code, timestamp=timestamp))
+    return sm.Result(code, "", timestamp)

@@ -1,0 +1,336 @@
+"""The outbox relay: delivers the credit legs of cross-node transfers and wakes their callers.
+
+The protocol is node/outbox.py's; this is its I/O. Delivery rules:
+  * Only durable entries are sent. The engine hands the relay each batch's new outbox
+    entries after the batch is written, and every entry of its slots at startup, so a leg
+    is re-driven after any restart (kill -9 included) and never sent for a debit that the
+    disk does not have.
+  * A leg goes to the owner of its credit account's slot in this node's slot table (every
+    node learns every slot's owner through AssignSlots), or in a WRONG_SLOT redirect that
+    names a newer epoch than the table's, fenced with that epoch.
+  * Legs for one owner travel together: at most `legs_per_rpc_max` per ApplyCreditLegs,
+    at most `legs_in_flight_max` in all, each call with a deadline.
+  * A leg without a final result (the call failed, WRONG_SLOT, no known owner) is tried
+    again after a jittered exponential backoff. That is always safe: the credit node
+    applies a leg once and answers every replay with the stored result.
+  * A final result goes back through the committer (outbox.apply_leg_result), which
+    settles the transfer and deletes the entry in one batch; the entry leaves memory once
+    that batch is durable, and callers waiting for the transfer are woken then.
+Channels to other nodes are plaintext for now: a cluster serving TLS needs client
+credentials here (mutual TLS between cluster processes is DESIGN section 9's next step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import heapq
+import itertools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from node import metrics
+from node import state_machine as sm
+from node.outbox import LEG_OUTCOMES, LegResult, subject_of
+from node.storage import Storage, account_slot, outbox_key
+from proto import ledger_pb2 as pb
+from proto import node_pb2, node_pb2_grpc
+
+log = logging.getLogger("yunkai.node.relay")
+
+# Reconnect quickly to a node that comes back: gRPC's default backoff grows to 120 s.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+_WARN_EVERY_S = 10.0
+
+# (event, slot, fenced epoch) as the engine's mailbox takes them.
+SettleEvents = list[tuple[LegResult, int, int]]
+SettleFn = Callable[[SettleEvents], "asyncio.Future[list[sm.Result]] | None"]
+RouteFn = Callable[[int], tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    legs_per_rpc_max: int = 1024
+    legs_in_flight_max: int = 4096
+    rpc_timeout_s: float = 5.0
+    backoff_s_min: float = 0.05
+    backoff_s_max: float = 1.0
+
+
+_READY, _SENT, _SETTLING, _BACKOFF = range(4)
+
+
+class _Entry:
+    """One outbox entry in memory: the leg and where it is in its delivery."""
+
+    __slots__ = ("attempts", "key", "leg", "state")
+
+    def __init__(self, key: bytes, leg: node_pb2.CreditLeg) -> None:
+        self.key = key
+        self.leg = leg
+        self.state = _READY
+        self.attempts = 0
+
+
+class Relay:
+    """The outbox entries of this node's slots, their delivery, and the callers waiting."""
+
+    def __init__(self, storage: Storage, route: RouteFn, settle: SettleFn, limits: RelayLimits) -> None:
+        self._storage = storage
+        self._slots_total = storage.slots_total
+        self._route = route
+        self._settle = settle
+        self.limits = limits
+        self._entries: dict[bytes, _Entry] = {}
+        self._ready: deque[_Entry] = deque()
+        self._backoff: list[tuple[float, int, _Entry]] = []  # heap of (due, tie-break, entry)
+        self._tie = itertools.count()
+        self._learned: dict[int, tuple[int, str]] = {}  # slot -> (epoch, owner) from redirects
+        self._stubs: dict[str, tuple[grpc.aio.Channel, node_pb2_grpc.NodeStub]] = {}
+        self._waiters: dict[tuple[str, str], list[asyncio.Future[pb.Transfer]]] = {}
+        self._in_flight = 0
+        self._wake = asyncio.Event()
+        self._warned_at: dict[str, float] = {}
+        self._rng = random.Random()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- entries, from the engine ---------------------------------------------------------
+
+    def load(self, entries: Iterable[tuple[bytes, node_pb2.CreditLeg]]) -> None:
+        """Startup: every outbox entry of the node's slots, checked against its transfers."""
+        for key, leg in entries:
+            _check_loaded(self._storage, key, leg)
+            self._add(key, leg)
+        metrics.outbox_entries.set(len(self._entries))
+        if self._entries:
+            log.info("outbox reloaded", extra={"entries": len(self._entries)})
+
+    def committed(self, outbox: Mapping[bytes, node_pb2.CreditLeg | None], settled: Sequence[pb.Transfer]) -> None:
+        """A batch is durable: send its new entries, forget its deleted ones, wake callers."""
+        for key, leg in outbox.items():
+            if leg is None:
+                self._entries.pop(key, None)
+            else:
+                self._add(key, leg)
+        for transfer in settled:
+            for future in self._waiters.pop((transfer.debit_account_id, transfer.id), ()):
+                if not future.done():
+                    future.set_result(transfer)
+        metrics.outbox_entries.set(len(self._entries))
+        self._wake.set()
+
+    def _add(self, key: bytes, leg: node_pb2.CreditLeg) -> None:
+        entry = _Entry(key, leg)
+        self._entries[key] = entry
+        self._ready.append(entry)
+
+    # --- callers --------------------------------------------------------------------------
+
+    def wait_for(self, debit_account_id: str, transfer_id: str) -> asyncio.Future[pb.Transfer]:
+        """A future of the transfer's record once it is no longer IN_FLIGHT (committed)."""
+        future: asyncio.Future[pb.Transfer] = asyncio.get_running_loop().create_future()
+        record = self._storage.transfer(debit_account_id, transfer_id)
+        assert record is not None, (debit_account_id, transfer_id)  # it was answered IN_FLIGHT
+        if record.state != pb.TRANSFER_IN_FLIGHT:
+            future.set_result(record)
+            return future
+        key = (debit_account_id, transfer_id)
+        self._waiters.setdefault(key, []).append(future)
+        future.add_done_callback(functools.partial(self._forget, key))
+        return future
+
+    def _forget(self, key: tuple[str, str], future: asyncio.Future[pb.Transfer]) -> None:
+        waiters = self._waiters.get(key)
+        if waiters is not None and future in waiters:
+            waiters.remove(future)
+            if not waiters:
+                del self._waiters[key]
+
+    # --- delivery -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver until cancelled (the engine cancels it once the committer has stopped)."""
+        try:
+            async with asyncio.TaskGroup() as sends:
+                while True:
+                    self._wake.clear()
+                    self._dispatch(sends)
+                    if self._in_flight >= self.limits.legs_in_flight_max or not self._backoff:
+                        await self._wake.wait()
+                        continue
+                    delay = self._backoff[0][0] - time.monotonic()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, delay)):
+                            await self._wake.wait()
+        finally:
+            stubs = list(self._stubs.values())
+            self._stubs.clear()
+            for channel, _stub in stubs:
+                await channel.close()
+
+    def _dispatch(self, sends: asyncio.TaskGroup) -> None:
+        now = time.monotonic()
+        heap = self._backoff
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)[2]
+            if entry.state == _BACKOFF and self._entries.get(entry.key) is entry:
+                entry.state = _READY
+                self._ready.append(entry)
+        groups: dict[str, _Group] = {}
+        room = self.limits.legs_in_flight_max - self._in_flight
+        while self._ready and room > 0:
+            entry = self._ready.popleft()
+            if entry.state != _READY or self._entries.get(entry.key) is not entry:
+                continue  # settled (or replaced) meanwhile
+            slot = account_slot(entry.leg.credit_account_id, self._slots_total)
+            epoch, owner = self._owner_of(slot)
+            if not owner or not epoch:
+                metrics.legs_failed.labels("NO_OWNER").inc()
+                self._warn(f"slot {slot}", "no known owner for the credit slot", 1)
+                self._retry(entry, now)
+                continue
+            entry.state = _SENT
+            room -= 1
+            self._in_flight += 1
+            group = groups.setdefault(owner, _Group())
+            group.add(entry, slot, epoch)
+            if len(group.entries) >= self.limits.legs_per_rpc_max:
+                sends.create_task(self._send(owner, groups.pop(owner)))
+        for owner, group in groups.items():
+            sends.create_task(self._send(owner, group))
+
+    def _owner_of(self, slot: int) -> tuple[int, str]:
+        epoch, owner = self._route(slot)
+        learned = self._learned.get(slot)
+        if learned is not None and learned[0] > epoch:
+            return learned
+        return epoch, owner
+
+    def _learn(self, slot: int, redirect: pb.SlotRedirect) -> None:
+        if redirect.slot == slot and redirect.owner and redirect.epoch > self._owner_of(slot)[0]:
+            self._learned[slot] = (redirect.epoch, redirect.owner)
+
+    def _retry(self, entry: _Entry, now: float) -> None:
+        entry.attempts += 1
+        limits = self.limits
+        backoff = min(limits.backoff_s_max, limits.backoff_s_min * 2 ** min(entry.attempts - 1, 30))
+        entry.state = _BACKOFF
+        heapq.heappush(self._backoff, (now + backoff * self._rng.uniform(0.5, 1.0), next(self._tie), entry))
+
+    def _stub(self, owner: str) -> node_pb2_grpc.NodeStub:
+        pair = self._stubs.get(owner)
+        if pair is None:
+            channel = grpc.aio.insecure_channel(owner, options=_CHANNEL_OPTIONS)
+            pair = (channel, node_pb2_grpc.NodeStub(channel))
+            self._stubs[owner] = pair
+        return pair[1]
+
+    def _warn(self, about: str, message: str, legs: int) -> None:
+        now = time.monotonic()
+        if now - self._warned_at.get(about, -_WARN_EVERY_S) >= _WARN_EVERY_S:
+            self._warned_at[about] = now
+            log.warning("credit legs not delivered", extra={"to": about, "reason": message, "legs": legs})
+
+    async def _send(self, owner: str, group: _Group) -> None:
+        request = node_pb2.ApplyCreditLegsRequest(
+            legs=[entry.leg for entry in group.entries], fence=pb.Fence(slots=group.slots, epochs=group.epochs)
+        )
+        started = time.perf_counter()
+        reply: node_pb2.ApplyCreditLegsResponse | None = None
+        failure = ""
+        try:
+            reply = await self._stub(owner).ApplyCreditLegs(request, timeout=self.limits.rpc_timeout_s)
+        except grpc.aio.AioRpcError as error:
+            failure = error.code().name
+            self._warn(owner, f"{failure}: {error.details()}", len(group.entries))
+        finally:
+            self._in_flight -= len(group.entries)
+            self._wake.set()
+        now = time.monotonic()
+        if reply is not None and len(reply.results) != len(group.entries):
+            log.error("ApplyCreditLegs answered the wrong number of results", extra={"to": owner})
+            reply, failure = None, "BAD_REPLY"
+        if reply is None:
+            metrics.legs_failed.labels(failure).inc(len(group.entries))
+            for entry in group.entries:
+                self._retry(entry, now)
+            return
+        metrics.leg_round_trip_s.observe(time.perf_counter() - started)
+        metrics.legs_sent.inc(len(group.entries))
+        final: list[tuple[_Entry, sm.Code]] = []
+        for entry, slot, result in zip(group.entries, group.slots, reply.results, strict=True):
+            if result.code in LEG_OUTCOMES:
+                entry.state = _SETTLING
+                final.append((entry, result.code))
+                continue
+            if result.code == pb.WRONG_SLOT:
+                self._learn(slot, result.redirect)
+            else:
+                log.error("unexpected credit leg result", extra={"to": owner, "code": pb.ResultCode.Name(result.code)})
+            metrics.legs_failed.labels(pb.ResultCode.Name(result.code)).inc()
+            self._retry(entry, now)
+        if final:
+            await self._settle_results(final)
+
+    async def _settle_results(self, final: list[tuple[_Entry, sm.Code]]) -> None:
+        total = self._slots_total
+        events = [
+            (LegResult(entry.leg, code), account_slot(entry.leg.debit_account_id, total), 0) for entry, code in final
+        ]
+        future = self._settle(events)
+        if future is None:
+            return  # the node is stopping: the entries are re-driven after the restart
+        results = await future
+        for (entry, _code), result in zip(final, results, strict=True):
+            if result.code == pb.WRONG_SLOT and self._entries.get(entry.key) is entry:
+                # The debit slot is no longer this node's: its new owner drives the entry.
+                del self._entries[entry.key]
+        metrics.outbox_entries.set(len(self._entries))
+
+
+class _Group:
+    """Legs bound for one owner in one ApplyCreditLegs call, with their fence."""
+
+    __slots__ = ("entries", "epochs", "slots")
+
+    def __init__(self) -> None:
+        self.entries: list[_Entry] = []
+        self.slots: list[int] = []
+        self.epochs: list[int] = []
+
+    def add(self, entry: _Entry, slot: int, epoch: int) -> None:
+        self.entries.append(entry)
+        self.slots.append(slot)
+        self.epochs.append(epoch)
+
+
+def _check_loaded(storage: Storage, key: bytes, leg: node_pb2.CreditLeg) -> None:
+    """An entry read back at startup is paired with its key and the transfers it was
+    written with (node/outbox.py's invariants)."""
+    slot = account_slot(leg.debit_account_id, storage.slots_total)
+    assert key == outbox_key(slot, leg.debit_account_id, subject_of(leg), leg.kind), (key, leg)
+    transfer = storage.transfer(leg.debit_account_id, leg.transfer_id)
+    assert transfer is not None, leg
+    if leg.kind == node_pb2.LEG_RELEASE:
+        pending = storage.transfer(leg.debit_account_id, leg.pending_id)
+        assert pending is not None and pending.state in (pb.TRANSFER_VOIDED, pb.TRANSFER_EXPIRED), (leg, pending)
+        return
+    assert transfer.state == pb.TRANSFER_IN_FLIGHT, (leg, transfer)
+    if leg.kind == node_pb2.LEG_POST:
+        pending = storage.transfer(leg.debit_account_id, leg.pending_id)
+        assert pending is not None and pending.state == pb.TRANSFER_PENDING, (leg, pending)
