@@ -26,8 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2_grpc
-from proto import ledger_pb2 as pb
+from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
 from router.routing import CHANNEL_OPTIONS, LedgerRouter, RoutingError
 from router.shardmap import ShardMap
 

@@ -1,10 +1,11 @@
 """`yunkai demo` (what `make run` starts): a local cluster and a short walk through the ledger.
 
 It starts a router and three nodes on loopback, then, through the SDK: opens a customer's
-deposit and loan accounts (one slot, by their hash tag), draws the loan down into the
-deposit, reserves and posts a two-phase repayment, shows a refused overdraft and an
-idempotent replay, prints balances and history, and leaves the cluster serving for you
-to call until Ctrl-C.
+deposit and loan accounts (one slot, by their hash tag) and a bank fee account (another
+slot, often on another node), draws the loan down into the deposit, reserves and posts a
+two-phase repayment, charges a fee across nodes (the durable outbox), shows a refused
+overdraft and an idempotent replay, prints balances and history, and leaves the cluster
+serving for you to call until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -59,12 +60,13 @@ def main(args: argparse.Namespace) -> int:
 
 async def _walk_through(router: str) -> None:
     run = str(time.time_ns())  # fresh ids per run, so the demo can be repeated on one cluster
-    deposit, loan = f"{{c42:{run}}}:deposit", f"{{c42:{run}}}:loan"
+    deposit, loan, fees = f"{{c42:{run}}}:deposit", f"{{c42:{run}}}:loan", f"bank:fees:{run}"
     async with await LedgerClient.connect(router) as ledger:
         opened = await ledger.create_accounts(
             [
                 Account(deposit, ledger=CNY, code=2001, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
                 Account(loan, ledger=CNY, code=1301),
+                Account(fees, ledger=CNY, code=6021),
             ]
         )
         print("open accounts:", [r.code.name for r in opened])
@@ -73,13 +75,14 @@ async def _walk_through(router: str) -> None:
                 Transfer("drawdown-1", loan, deposit, amount=500_000, ledger=CNY, code=1),
                 Transfer("repay-1", deposit, loan, 120_000, CNY, 2, flags=TransferFlags.PENDING, timeout_s=3600),
                 Transfer("repay-1-post", deposit, pending_id="repay-1", flags=TransferFlags.POST_PENDING),
+                Transfer("fee-1", deposit, fees, amount=1_500, ledger=CNY, code=3),
                 Transfer("too-much", deposit, loan, amount=10_000_000, ledger=CNY, code=2),
             ]
         )
         print("transfers:", [r.code.name for r in moved])
         [replay] = await ledger.create_transfers([Transfer("drawdown-1", loan, deposit, 500_000, CNY, 1)])
         print("replayed drawdown-1:", replay.code.name, "(no money moved twice)")
-        for account in await ledger.lookup_accounts([deposit, loan]):
+        for account in await ledger.lookup_accounts([deposit, loan, fees]):
             assert account is not None
             credits, debits = _fen(account.credits_posted), _fen(account.debits_posted)
             print(f"  {account.id:40} credits {credits:>16}  debits {debits:>16}")

@@ -30,8 +30,7 @@ from hdrh.histogram import HdrHistogram
 from clients.ledger import RouterMapSource
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess
-from proto import cluster_pb2_grpc, ledger_pb2_grpc
-from proto import ledger_pb2 as pb
+from proto import cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
 from router.routing import LedgerRouter
 
 LEDGER = 156

@@ -39,8 +39,7 @@ from typing import Generic, TypeVar
 
 from rocksdict import WriteBatch
 
-from node import metrics, outbox
-from node import state_machine as sm
+from node import metrics, outbox, state_machine as sm
 from node.relay import Relay, RelayLimits
 from node.storage import (
     Storage,
@@ -54,8 +53,7 @@ from node.storage import (
     outbox_key,
     transfer_key,
 )
-from proto import ledger_pb2 as pb
-from proto import node_pb2
+from proto import ledger_pb2 as pb, node_pb2
 
 log = logging.getLogger("yunkai.node.engine")
 

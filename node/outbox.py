@@ -131,8 +131,7 @@ from __future__ import annotations
 from typing import NamedTuple, Protocol
 
 from node import state_machine as sm
-from proto import ledger_pb2 as pb
-from proto import node_pb2
+from proto import ledger_pb2 as pb, node_pb2
 
 LEG_KINDS = frozenset((node_pb2.LEG_CREDIT, node_pb2.LEG_RESERVE, node_pb2.LEG_POST, node_pb2.LEG_RELEASE))
 # The results a credit node may give a leg, WRONG_SLOT aside: each one is final.

@@ -36,12 +36,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from node import metrics
-from node import state_machine as sm
+from node import metrics, state_machine as sm
 from node.outbox import LEG_OUTCOMES, LegResult, subject_of
 from node.storage import Storage, account_slot, outbox_key
-from proto import ledger_pb2 as pb
-from proto import node_pb2, node_pb2_grpc
+from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
 
 log = logging.getLogger("yunkai.node.relay")
 

@@ -25,12 +25,10 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from node import metrics, outbox
-from node import state_machine as sm
+from node import metrics, outbox, state_machine as sm
 from node.engine import Engine, Overloaded
 from node.storage import account_slot
-from proto import ledger_pb2 as pb
-from proto import node_pb2, node_pb2_grpc
+from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
 
 LEDGER_SERVICE = "yunkai.ledger.v1.Ledger"
 HISTORY_PAGE_DEFAULT = 100

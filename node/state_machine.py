@@ -70,30 +70,30 @@ service answers INVALID_ARGUMENT for the whole request, before anything is appli
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from proto import ledger_pb2 as pb
 
+# The API contract's vocabulary, re-exported: the state machine's callers use it as sm.*.
+from proto.contract import (
+    ACCOUNT_FLAGS_ALL as ACCOUNT_FLAGS_ALL,
+    CREDITS_MUST_NOT_EXCEED_DEBITS as CREDITS_MUST_NOT_EXCEED_DEBITS,
+    DEBITS_MUST_NOT_EXCEED_CREDITS as DEBITS_MUST_NOT_EXCEED_CREDITS,
+    ID_LENGTH_MAX as ID_LENGTH_MAX,
+    NO_HISTORY as NO_HISTORY,
+    PENDING as PENDING,
+    POST_PENDING as POST_PENDING,
+    TRANSFER_FLAGS_ALL as TRANSFER_FLAGS_ALL,
+    VOID_PENDING as VOID_PENDING,
+    id_valid as id_valid,
+    malformed_account as malformed_account,
+    malformed_change as malformed_change,
+    malformed_transfer as malformed_transfer,
+)
+
 INT64_MAX = (1 << 63) - 1
-ID_LENGTH_MAX = 64
-_ID_RE = re.compile(r"[A-Za-z0-9._:{}-]{1,64}")
-
 Code = pb.ResultCode  # the generated enum type (an int)
-
-# Transfer flags.
-PENDING = pb.PENDING
-POST_PENDING = pb.POST_PENDING
-VOID_PENDING = pb.VOID_PENDING
-TRANSFER_FLAGS_ALL = PENDING | POST_PENDING | VOID_PENDING
-
-# Account flags.
-DEBITS_MUST_NOT_EXCEED_CREDITS = pb.DEBITS_MUST_NOT_EXCEED_CREDITS
-CREDITS_MUST_NOT_EXCEED_DEBITS = pb.CREDITS_MUST_NOT_EXCEED_DEBITS
-NO_HISTORY = pb.NO_HISTORY
-ACCOUNT_FLAGS_ALL = DEBITS_MUST_NOT_EXCEED_CREDITS | CREDITS_MUST_NOT_EXCEED_DEBITS | NO_HISTORY
-
 NANOS_PER_SECOND = 1_000_000_000
 
 
@@ -131,71 +131,11 @@ class Result:
         return f"Result({name}, field={self.field!r}, timestamp={self.timestamp}, state={self.state})"
 
 
-def id_valid(value: str) -> bool:
-    """1-64 characters of [A-Za-z0-9._:-{}]."""
-    return _ID_RE.fullmatch(value) is not None
-
-
 def expires_at(transfer: pb.Transfer) -> int:
     """When a pending transfer expires (ledger ns), or 0 if never."""
     if transfer.timeout_s == 0:
         return 0
     return transfer.timestamp + transfer.timeout_s * NANOS_PER_SECOND
-
-
-# --- request-level malformations ------------------------------------------------------
-
-
-def malformed_transfer(t: pb.Transfer) -> str | None:
-    """Why a transfer is not a well-formed request (a message naming the field), or None."""
-    if t.flags & ~TRANSFER_FLAGS_ALL:
-        return f"flags: unknown bits 0x{t.flags & ~TRANSFER_FLAGS_ALL:x}"
-    if t.flags & (t.flags - 1):
-        return "flags: PENDING, POST_PENDING and VOID_PENDING are mutually exclusive"
-    if t.timestamp or t.state or t.result or t.amount_posted:
-        for name in ("timestamp", "state", "result", "amount_posted"):
-            if getattr(t, name):
-                return f"{name}: set by the ledger, not the caller"
-    if t.timeout_s and not t.flags & PENDING:
-        return "timeout_s: only a PENDING transfer has a timeout"
-    if t.pending_id and not t.flags & (POST_PENDING | VOID_PENDING):
-        return "pending_id: only POST_PENDING and VOID_PENDING transfers name a pending transfer"
-    return None
-
-
-def malformed_account(a: pb.Account) -> str | None:
-    """Why an account is not a well-formed creation request, or None."""
-    if a.flags & ~ACCOUNT_FLAGS_ALL:
-        return f"flags: unknown bits 0x{a.flags & ~ACCOUNT_FLAGS_ALL:x}"
-    both = DEBITS_MUST_NOT_EXCEED_CREDITS | CREDITS_MUST_NOT_EXCEED_DEBITS
-    if a.flags & both == both:
-        return "flags: DEBITS_MUST_NOT_EXCEED_CREDITS and CREDITS_MUST_NOT_EXCEED_DEBITS are mutually exclusive"
-    for name in ("debits_posted", "credits_posted", "debits_pending", "credits_pending"):
-        if getattr(a, name):
-            return f"{name}: a new account starts at zero; balances change only by transfers"
-    for name in ("status", "timestamp"):
-        if getattr(a, name):
-            return f"{name}: set by the ledger, not the caller"
-    if a.overdraft_limit < 0:
-        return "overdraft_limit: must not be negative"
-    return None
-
-
-_CHANGE_KINDS = frozenset((pb.FREEZE, pb.UNFREEZE, pb.CLOSE, pb.SET_OVERDRAFT_LIMIT))
-
-
-def malformed_change(c: pb.AccountChange) -> str | None:
-    """Why an account change is not a well-formed request, or None."""
-    if c.kind not in _CHANGE_KINDS:
-        return f"kind: {c.kind} is not one of FREEZE, UNFREEZE, CLOSE, SET_OVERDRAFT_LIMIT"
-    for name in ("timestamp", "result"):
-        if getattr(c, name):
-            return f"{name}: set by the ledger, not the caller"
-    if c.overdraft_limit < 0:
-        return "overdraft_limit: must not be negative"
-    if c.overdraft_limit and c.kind != pb.SET_OVERDRAFT_LIMIT:
-        return "overdraft_limit: only SET_OVERDRAFT_LIMIT carries a limit"
-    return None
 
 
 # --- stateless checks -------------------------------------------------------------------

@@ -28,8 +28,7 @@ from collections.abc import Iterable, Iterator
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
-from proto import ledger_pb2 as pb
-from proto import node_pb2
+from proto import ledger_pb2 as pb, node_pb2
 from router.slots import slot_of
 
 NODE_META = b"\xff\xff"

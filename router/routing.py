@@ -29,8 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from proto import ledger_pb2 as pb
-from proto import ledger_pb2_grpc
+from proto import ledger_pb2 as pb, ledger_pb2_grpc
 from router import metrics
 from router.shardmap import ShardMap
 from router.slots import slot_of

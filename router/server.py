@@ -23,9 +23,8 @@ import grpc
 import uvloop
 from google.protobuf.message import DecodeError, Message
 
-from node.state_machine import malformed_account, malformed_change, malformed_transfer
-from proto import cluster_pb2, cluster_pb2_grpc, serving
-from proto import ledger_pb2 as pb
+from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, serving
+from proto.contract import malformed_account, malformed_change, malformed_transfer
 from router import metrics
 from router.controller import Controller, ControllerError
 from router.metastore import LocalMetastore

@@ -34,8 +34,7 @@ from typing import Protocol, TypeVar
 import grpc
 
 from clients.ledger import Account, LedgerError, Result, SyncLedgerClient, Transfer, TransferFlags
-from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2_grpc
-from proto import ledger_pb2 as pb
+from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
 from router.shardmap import ShardMap
 from router.slots import slot_of
 

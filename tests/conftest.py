@@ -9,8 +9,7 @@ import grpc
 import pytest
 
 from cluster.local import NodeProcess
-from proto import ledger_pb2 as pb
-from proto import ledger_pb2_grpc, node_pb2_grpc
+from proto import ledger_pb2 as pb, ledger_pb2_grpc, node_pb2_grpc
 
 _ids = itertools.count(1)
 

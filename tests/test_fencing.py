@@ -6,8 +6,7 @@ import grpc
 import pytest
 
 from node.storage import account_slot
-from proto import ledger_pb2 as pb
-from proto import node_pb2
+from proto import ledger_pb2 as pb, node_pb2
 from tests.conftest import NodeHandle, fresh, start_node
 
 LEDGER = 156

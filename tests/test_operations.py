@@ -14,8 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cluster.local import NodeProcess
-from proto import ledger_pb2 as pb
-from proto import ledger_pb2_grpc
+from proto import ledger_pb2 as pb, ledger_pb2_grpc
 from tests.conftest import NodeHandle, fresh, start_node
 
 LEDGER = 156

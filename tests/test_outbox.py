@@ -22,8 +22,7 @@ import grpc
 import pytest
 
 from node.storage import account_slot
-from proto import ledger_pb2 as pb
-from proto import ledger_pb2_grpc, node_pb2
+from proto import ledger_pb2 as pb, ledger_pb2_grpc, node_pb2
 from tests.conftest import NodeHandle, fresh, start_node
 
 pytestmark = pytest.mark.timeout(180)

@@ -8,8 +8,7 @@ import pytest
 
 from node.state_machine import INT64_MAX
 from node.storage import account_slot
-from proto import ledger_pb2 as pb
-from proto import node_pb2
+from proto import ledger_pb2 as pb, node_pb2
 from tests.conftest import NodeHandle, fresh
 
 LEDGER = 156

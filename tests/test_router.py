@@ -27,8 +27,7 @@ from clients.ledger import (
 )
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess, ProcessFailed, RouterProcess
-from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2_grpc
-from proto import ledger_pb2 as pb
+from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
 from router.shardmap import ShardMap
 from tests.conftest import fresh
 
