@@ -139,7 +139,8 @@ class Account:
         """credits_posted - debits_posted: what a deposit account holds."""
         return self.credits_posted - self.debits_posted
 
-    def _to_proto(self) -> pb.Account:
+    def to_proto(self) -> pb.Account:
+        """The creation request for this account (ledger-assigned fields left out)."""
         return pb.Account(
             id=self.id,
             ledger=self.ledger,
@@ -150,7 +151,7 @@ class Account:
         )
 
     @staticmethod
-    def _from_proto(a: pb.Account) -> Account:
+    def from_proto(a: pb.Account) -> Account:
         return Account(
             a.id,
             a.ledger,
@@ -185,7 +186,8 @@ class Transfer:
     result: ResultCode = field(default=ResultCode.RESULT_CODE_UNSPECIFIED)
     amount_posted: int = 0
 
-    def _to_proto(self) -> pb.Transfer:
+    def to_proto(self) -> pb.Transfer:
+        """The request for this transfer (ledger-assigned fields left out)."""
         return pb.Transfer(
             id=self.id,
             debit_account_id=self.debit_account_id,
@@ -200,7 +202,7 @@ class Transfer:
         )
 
     @staticmethod
-    def _from_proto(t: pb.Transfer) -> Transfer:
+    def from_proto(t: pb.Transfer) -> Transfer:
         return Transfer(
             t.id,
             t.debit_account_id,
@@ -227,7 +229,7 @@ class AccountChange:
     overdraft_limit: int = 0
     user_data: int = 0
 
-    def _to_proto(self) -> pb.AccountChange:
+    def to_proto(self) -> pb.AccountChange:
         return pb.AccountChange(
             id=self.id,
             account_id=self.account_id,
@@ -251,7 +253,7 @@ class Result:
         return self.code is ResultCode.OK
 
     @staticmethod
-    def _from_proto(r: pb.EventResult) -> Result:
+    def from_proto(r: pb.EventResult) -> Result:
         return Result(ResultCode(r.code), r.field, r.timestamp, TransferState(r.state))
 
 
@@ -331,24 +333,24 @@ class LedgerClient:
     # --- calls ------------------------------------------------------------------------------
 
     async def create_accounts(self, accounts: Sequence[Account], timeout_s: float | None = None) -> list[Result]:
-        events = [a._to_proto() for a in accounts]
+        events = [a.to_proto() for a in accounts]
         results = await self._batched("CreateAccounts", "accounts", events, timeout_s)
-        return [Result._from_proto(r) for r in results]
+        return [Result.from_proto(r) for r in results]
 
     async def create_transfers(self, transfers: Sequence[Transfer], timeout_s: float | None = None) -> list[Result]:
-        events = [t._to_proto() for t in transfers]
+        events = [t.to_proto() for t in transfers]
         results = await self._batched("CreateTransfers", "transfers", events, timeout_s)
-        return [Result._from_proto(r) for r in results]
+        return [Result.from_proto(r) for r in results]
 
     async def change_accounts(self, changes: Sequence[AccountChange], timeout_s: float | None = None) -> list[Result]:
-        events = [c._to_proto() for c in changes]
+        events = [c.to_proto() for c in changes]
         results = await self._batched("ChangeAccounts", "changes", events, timeout_s)
-        return [Result._from_proto(r) for r in results]
+        return [Result.from_proto(r) for r in results]
 
     async def lookup_accounts(self, ids: Sequence[str], timeout_s: float | None = None) -> list[Account | None]:
         """The accounts, in order; None where an id names no account."""
         results = await self._batched("LookupAccounts", "ids", list(ids), timeout_s)
-        return [Account._from_proto(r.account) if r.code == pb.OK else None for r in results]
+        return [Account.from_proto(r.account) if r.code == pb.OK else None for r in results]
 
     async def lookup_transfers(
         self, keys: Sequence[tuple[str, str]], timeout_s: float | None = None
@@ -356,7 +358,7 @@ class LedgerClient:
         """Transfers by (debit_account_id, id), in order; None where there is none."""
         events = [pb.TransferKey(debit_account_id=d, id=i) for d, i in keys]
         results = await self._batched("LookupTransfers", "keys", events, timeout_s)
-        return [Transfer._from_proto(r.transfer) if r.code == pb.OK else None for r in results]
+        return [Transfer.from_proto(r.transfer) if r.code == pb.OK else None for r in results]
 
     async def get_account_transfers(
         self,
@@ -377,7 +379,7 @@ class LedgerClient:
             reply = await self._guard(self._routing.get_account_transfers(request, timeout))
         if reply.code != pb.OK:
             raise LedgerError(grpc.StatusCode.NOT_FOUND, f"{account_id}: {pb.ResultCode.Name(reply.code)}")
-        return HistoryPage([Transfer._from_proto(t) for t in reply.transfers], reply.next_cursor)
+        return HistoryPage([Transfer.from_proto(t) for t in reply.transfers], reply.next_cursor)
 
     # --- plumbing ---------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from typing import Any
@@ -112,19 +111,10 @@ async def _serve(settings: dict[str, Any]) -> None:
     try:
         async with asyncio.TaskGroup() as tasks:
             committer = tasks.create_task(engine.run())
-            await server.start()
-            await frame.set_serving(True)
             owned = sum(1 for a in engine.slots if a.owned)
-            log.info(
-                "serving",
-                extra={"port": port, "advertise": advertise, "slots_owned": owned, "data_dir": settings["data_dir"]},
-            )
-            # One machine-readable line on stdout for scripts and tests that start nodes.
-            print(json.dumps({"event": "serving", "port": port}), flush=True)
+            await frame.start(port, log, advertise=advertise, slots_owned=owned, data_dir=settings["data_dir"])
             await stopping.wait()
-            log.info("stopping")
-            await frame.set_serving(False)
-            await server.stop(grace=10)
+            await frame.stop(log)
             engine.stop()
             await committer
     finally:

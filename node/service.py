@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError, Message
 
 from node import metrics, outbox, state_machine as sm
 from node.engine import Engine, Overloaded
 from node.storage import account_slot
 from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
+from proto.serving import BadRequest, parse_request
 
 LEDGER_SERVICE = "yunkai.ledger.v1.Ledger"
 HISTORY_PAGE_DEFAULT = 100
@@ -38,19 +38,7 @@ IN_FLIGHT_WAIT_S_DEFAULT = 3.0
 IN_FLIGHT_WAIT_MARGIN_S = 0.05
 IN_FLIGHT_WAIT_MARGIN_SHARE = 0.1
 
-M = TypeVar("M", bound=Message)
 E = TypeVar("E")
-
-
-class BadRequest(Exception):
-    """A malformed request: answered with INVALID_ARGUMENT naming the field."""
-
-
-def _parse(message_type: type[M], data: bytes) -> M:
-    try:
-        return message_type.FromString(data)
-    except DecodeError as error:
-        raise BadRequest(f"the request is not a valid {message_type.DESCRIPTOR.name}: {error}") from None
 
 
 def _fence(fence: pb.Fence) -> dict[int, int] | None:
@@ -193,7 +181,7 @@ class LedgerService:
     # --- writes -----------------------------------------------------------------------------
 
     async def create_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        request = _parse(pb.CreateTransfersRequest, data)
+        request = parse_request(pb.CreateTransfersRequest, data)
         response = pb.CreateTransfersResponse()
         await self._write(
             _TRANSFERS,
@@ -231,13 +219,13 @@ class LedgerService:
                 results[index] = outbox.settled_result(future.result(), isinstance(results[index], outbox.Accepted))
 
     async def create_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        request = _parse(pb.CreateAccountsRequest, data)
+        request = parse_request(pb.CreateAccountsRequest, data)
         response = pb.CreateAccountsResponse()
         await self._write(_ACCOUNTS, request.accounts, request.fence, self.engine.submit_accounts, response.results)
         return response.SerializeToString()
 
     async def change_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        request = _parse(pb.ChangeAccountsRequest, data)
+        request = parse_request(pb.ChangeAccountsRequest, data)
         response = pb.ChangeAccountsResponse()
         await self._write(_CHANGES, request.changes, request.fence, self.engine.submit_changes, response.results)
         return response.SerializeToString()
@@ -255,7 +243,7 @@ class LedgerService:
         return slot, self.engine.serves(slot, epoch)
 
     async def lookup_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        request = _parse(pb.LookupAccountsRequest, data)
+        request = parse_request(pb.LookupAccountsRequest, data)
         self._check_batch("ids", len(request.ids))
         fence = _fence(request.fence)
         response = pb.LookupAccountsResponse()
@@ -278,7 +266,7 @@ class LedgerService:
         return response.SerializeToString()
 
     async def lookup_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        request = _parse(pb.LookupTransfersRequest, data)
+        request = parse_request(pb.LookupTransfersRequest, data)
         self._check_batch("keys", len(request.keys))
         fence = _fence(request.fence)
         response = pb.LookupTransfersResponse()
@@ -302,7 +290,7 @@ class LedgerService:
         return response.SerializeToString()
 
     async def get_account_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        request = _parse(pb.GetAccountTransfersRequest, data)
+        request = parse_request(pb.GetAccountTransfersRequest, data)
         if request.limit > self.batch_events_max:
             raise BadRequest(f"limit: {request.limit} is more than the limit of {self.batch_events_max}")
         response = pb.GetAccountTransfersResponse()

@@ -11,21 +11,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
 import tomllib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from pythonjsonlogger.json import JsonFormatter
 
 MESSAGE_BYTES_MAX = 16 * 1024 * 1024
+STOP_GRACE_S = 10.0
+
+M = TypeVar("M", bound=Message)
+
+
+class BadRequest(Exception):
+    """A malformed request: answered with INVALID_ARGUMENT naming the field, nothing applied."""
+
+
+def parse_request(message_type: type[M], data: bytes) -> M:
+    """A request from its wire bytes; BadRequest (not gRPC's generic error) if they do not parse."""
+    try:
+        return message_type.FromString(data)
+    except DecodeError as error:
+        raise BadRequest(f"the request is not a valid {message_type.DESCRIPTOR.name}: {error}") from None
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +147,20 @@ class Serving:
         if bound == 0:
             raise SystemExit(f"cannot listen on {address}")
         return int(bound)
+
+    async def start(self, port: int, log: logging.Logger, **details: object) -> None:
+        """Serve, report SERVING, and say so: a JSON log line, and one machine-readable line
+        on stdout (`{"event": "serving", "port": P}`) for the scripts and tests that start us."""
+        await self.server.start()
+        await self.set_serving(True)
+        log.info("serving", extra={"port": port, **details})
+        print(json.dumps({"event": "serving", "port": port}), flush=True)
+
+    async def stop(self, log: logging.Logger) -> None:
+        """Report NOT_SERVING, stop accepting, and let in-flight RPCs finish (bounded)."""
+        log.info("stopping")
+        await self.set_serving(False)
+        await self.server.stop(grace=STOP_GRACE_S)
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING

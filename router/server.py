@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 import time
@@ -21,10 +20,11 @@ from typing import Any
 
 import grpc
 import uvloop
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, serving
 from proto.contract import malformed_account, malformed_change, malformed_transfer
+from proto.serving import BadRequest, parse_request
 from router import metrics
 from router.controller import Controller, ControllerError
 from router.metastore import LocalMetastore
@@ -72,17 +72,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"yunkai router: {error}", file=sys.stderr)
         return 2
     return 0
-
-
-class BadRequest(Exception):
-    pass
-
-
-def _parse(message_type: Any, data: bytes) -> Any:
-    try:
-        return message_type.FromString(data)
-    except DecodeError as error:
-        raise BadRequest(f"the request is not a valid {message_type.DESCRIPTOR.name}: {error}") from None
 
 
 def _timeout(context: grpc.aio.ServicerContext) -> float:
@@ -145,33 +134,33 @@ class RouterService:
                     raise BadRequest(f"{field}[{index}].{reason}")
 
     async def create_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
-        request = _parse(pb.CreateTransfersRequest, data)
+        request = parse_request(pb.CreateTransfersRequest, data)
         self._check("transfers", request.transfers, malformed_transfer)
         results = await self.router.create_transfers(request.transfers, _timeout(context))
         return pb.CreateTransfersResponse(results=results)
 
     async def create_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
-        request = _parse(pb.CreateAccountsRequest, data)
+        request = parse_request(pb.CreateAccountsRequest, data)
         self._check("accounts", request.accounts, malformed_account)
         return pb.CreateAccountsResponse(results=await self.router.create_accounts(request.accounts, _timeout(context)))
 
     async def change_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
-        request = _parse(pb.ChangeAccountsRequest, data)
+        request = parse_request(pb.ChangeAccountsRequest, data)
         self._check("changes", request.changes, malformed_change)
         return pb.ChangeAccountsResponse(results=await self.router.change_accounts(request.changes, _timeout(context)))
 
     async def lookup_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
-        request = _parse(pb.LookupAccountsRequest, data)
+        request = parse_request(pb.LookupAccountsRequest, data)
         self._check("ids", request.ids, None)
         return pb.LookupAccountsResponse(results=await self.router.lookup_accounts(request.ids, _timeout(context)))
 
     async def lookup_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
-        request = _parse(pb.LookupTransfersRequest, data)
+        request = parse_request(pb.LookupTransfersRequest, data)
         self._check("keys", request.keys, None)
         return pb.LookupTransfersResponse(results=await self.router.lookup_transfers(request.keys, _timeout(context)))
 
     async def get_account_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
-        request = _parse(pb.GetAccountTransfersRequest, data)
+        request = parse_request(pb.GetAccountTransfersRequest, data)
         return await self.router.get_account_transfers(request, _timeout(context))
 
 
@@ -218,16 +207,9 @@ async def _serve(settings: dict[str, Any]) -> None:
     try:
         async with asyncio.TaskGroup() as tasks:
             reconciler = tasks.create_task(controller.run())
-            await server.start()
-            await frame.set_serving(True)
-            log.info(
-                "serving", extra={"port": port, "map_version": shard_map.version, "nodes": sorted(shard_map.nodes)}
-            )
-            print(json.dumps({"event": "serving", "port": port}), flush=True)
+            await frame.start(port, log, map_version=shard_map.version, nodes=sorted(shard_map.nodes))
             await stopping.wait()
-            log.info("stopping")
-            await frame.set_serving(False)
-            await server.stop(grace=10)
+            await frame.stop(log)
             reconciler.cancel()
     finally:
         await router.close()

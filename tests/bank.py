@@ -33,7 +33,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from clients.ledger import Account, LedgerError, Result, SyncLedgerClient, Transfer, TransferFlags
+from clients.ledger import Account, LedgerError, Result, SyncLedgerClient, Transfer
 from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
 from router.shardmap import ShardMap
 from router.slots import slot_of
@@ -313,7 +313,7 @@ class Sdk:
 
     def create_transfers(self, transfers: Sequence[pb.Transfer], timeout_s: float) -> list[pb.EventResult]:
         try:
-            results = self.client.create_transfers([_sdk_transfer(t) for t in transfers], timeout_s)
+            results = self.client.create_transfers([Transfer.from_proto(t) for t in transfers], timeout_s)
         except LedgerError as error:
             if error.code in _FATAL:
                 raise AssertionError(f"CreateTransfers failed: {error}") from error
@@ -334,21 +334,6 @@ class Sdk:
 
     def close(self) -> None:
         pass
-
-
-def _sdk_transfer(t: pb.Transfer) -> Transfer:
-    return Transfer(
-        t.id,
-        t.debit_account_id,
-        t.credit_account_id,
-        t.amount,
-        t.ledger,
-        t.code,
-        TransferFlags(t.flags),
-        t.pending_id,
-        t.timeout_s,
-        t.user_data,
-    )
 
 
 def _event_result(r: Result) -> pb.EventResult:

@@ -353,9 +353,9 @@ class ReferenceLedger:
                 return pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, name
         void = req["flags"] == pb.VOID_PENDING
         reserved = pending.fields["amount"]
-        # As documented: HAS_DIFFERENT_FIELDS covers "a void of a partial amount" and comes
-        # before ALREADY_POSTED, ALREADY_VOIDED, EXPIRED and EXCEEDS_PENDING_TRANSFER_AMOUNT.
-        # A void of more than the pending holds is not partial: EXCEEDS_... below answers it.
+        # Step 7: HAS_DIFFERENT_FIELDS covers "a void of part of its amount" and comes before
+        # ALREADY_POSTED, ALREADY_VOIDED and EXPIRED; a void of more than the pending amount is
+        # not part of it: EXCEEDS_PENDING_TRANSFER_AMOUNT, below, answers that.
         if void and 0 < req["amount"] < reserved:
             return pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, "amount"
         if pending.state == pb.TRANSFER_POSTED:
@@ -925,11 +925,13 @@ def test_state_machine_agrees_with_reference_model_on_random_event_sequences() -
     )
 
 
-# --- the shortest event sequences for the disagreements the model test finds -------------------
+# --- step 7 for voids, on the shortest event sequences ------------------------------------------
 #
-# The module docstring lists, in step 7, PENDING_TRANSFER_HAS_DIFFERENT_FIELDS ("... a void of
-# a partial amount") before PENDING_TRANSFER_ALREADY_POSTED, _ALREADY_VOIDED, _EXPIRED and
-# EXCEEDS_PENDING_TRANSFER_AMOUNT. These pin the documented answers on minimal sequences.
+# The module docstring's step 7 puts PENDING_TRANSFER_HAS_DIFFERENT_FIELDS for "a void of part
+# of its amount" before PENDING_TRANSFER_ALREADY_POSTED, _ALREADY_VOIDED and _EXPIRED, and
+# answers a void of more than the pending amount with EXCEEDS_PENDING_TRANSFER_AMOUNT. The
+# model test above once found the state machine answering both otherwise; these pin the
+# documented answers on the shortest sequences that show them.
 
 
 def _two_accounts_and_a_pending(store: DictStore, amount: int = 10, timeout_s: int = 1) -> None:
@@ -972,7 +974,7 @@ def test_void_of_a_partial_amount_answers_has_different_fields_before_the_pendin
 
 
 def test_void_of_more_than_the_pending_amount_answers_exceeds_pending_transfer_amount() -> None:
-    """More than the pending holds is not "a partial amount": EXCEEDS_PENDING_TRANSFER_AMOUNT."""
+    """More than the pending holds is not "part of its amount": EXCEEDS_PENDING_TRANSFER_AMOUNT."""
     store = DictStore()
     _two_accounts_and_a_pending(store)
     result = sm.create_transfer(store, _void(11), 11)
