@@ -538,6 +538,3 @@ class Engine:
         self._expiries.extend(self.storage.pending_expiries(owned))
         heapq.heapify(self._expiries)
         metrics.pending_expiries.set(len(self._expiries))
-
-    def close(self) -> None:
-        """Nothing to release today; kept so the server's shutdown order stays explicit."""

@@ -118,7 +118,6 @@ async def _serve(settings: dict[str, Any]) -> None:
             engine.stop()
             await committer
     finally:
-        engine.close()
         storage.close()
     log.info("stopped")
 
