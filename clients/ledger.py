@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
+from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc, serving
 from router.routing import CHANNEL_OPTIONS, LedgerRouter, RoutingError
 from router.shardmap import ShardMap
 
@@ -296,18 +296,23 @@ class RouterMapSource:
 class LedgerClient:
     """Async client of the yunkai ledger. Create with `await LedgerClient.connect(router)`."""
 
-    def __init__(self, router: str, via_router: bool, timeout_s: float) -> None:
+    def __init__(
+        self, router: str, via_router: bool, timeout_s: float, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
         self.router_address = router
         self.via_router = via_router
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(router, options=CHANNEL_OPTIONS)
+        self._channel = serving.channel(router, credentials, CHANNEL_OPTIONS)
         self._ledger = ledger_pb2_grpc.LedgerStub(self._channel)
         self._maps = RouterMapSource(cluster_pb2_grpc.ClusterStub(self._channel), timeout_s)
-        self._routing = LedgerRouter(self._maps)
+        self._routing = LedgerRouter(self._maps, credentials=credentials)
 
     @staticmethod
-    async def connect(router: str, *, via_router: bool = False, timeout_s: float = TIMEOUT_DEFAULT_S) -> LedgerClient:
-        client = LedgerClient(router, via_router, timeout_s)
+    async def connect(
+        router: str, *, via_router: bool = False, timeout_s: float = TIMEOUT_DEFAULT_S, tls_ca: str | None = None
+    ) -> LedgerClient:
+        """A client of the cluster behind `router` (TLS trusting the roots in `tls_ca`, if given)."""
+        client = LedgerClient(router, via_router, timeout_s, serving.client_credentials(tls_ca))
         if not via_router:
             try:
                 await client._maps.fetch()
@@ -428,11 +433,15 @@ class LedgerClient:
 class SyncLedgerClient:
     """The same client for code without an event loop: each call blocks until answered."""
 
-    def __init__(self, router: str, *, via_router: bool = False, timeout_s: float = TIMEOUT_DEFAULT_S) -> None:
+    def __init__(
+        self, router: str, *, via_router: bool = False, timeout_s: float = TIMEOUT_DEFAULT_S, tls_ca: str | None = None
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="yunkai-sdk", daemon=True)
         self._thread.start()
-        self._client = self._run(LedgerClient.connect(router, via_router=via_router, timeout_s=timeout_s))
+        self._client = self._run(
+            LedgerClient.connect(router, via_router=via_router, timeout_s=timeout_s, tls_ca=tls_ca)
+        )
 
     def _run(self, call: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(call, self._loop).result()

@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import grpc
 from rocksdict import WriteBatch
 
 from node import metrics, outbox, state_machine as sm
@@ -276,6 +277,7 @@ class Engine:
         self_address: str,
         join: bool = False,
         relay_limits: RelayLimits | None = None,
+        peer_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.storage = storage
         self.limits = limits
@@ -293,7 +295,9 @@ class Engine:
         self._outbox_reserved = 0  # entries that queued commands may still add
         self._load_slot_table(join)
         self._load_expiries()
-        self.relay = Relay(storage, self._route, self.submit_leg_results, relay_limits or RelayLimits())
+        self.relay = Relay(
+            storage, self._route, self.submit_leg_results, relay_limits or RelayLimits(), peer_credentials
+        )
         self.relay.load(storage.outbox_entries(actor.slot for actor in self.slots if actor.owned))
 
     # --- slot table ----------------------------------------------------------------------

@@ -39,7 +39,7 @@ import grpc
 from node import metrics, state_machine as sm
 from node.outbox import LEG_OUTCOMES, LegResult, subject_of
 from node.storage import Storage, account_slot, outbox_key
-from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
+from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc, serving
 
 log = logging.getLogger("yunkai.node.relay")
 
@@ -86,8 +86,16 @@ class _Entry:
 class Relay:
     """The outbox entries of this node's slots, their delivery, and the callers waiting."""
 
-    def __init__(self, storage: Storage, route: RouteFn, settle: SettleFn, limits: RelayLimits) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        route: RouteFn,
+        settle: SettleFn,
+        limits: RelayLimits,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self._storage = storage
+        self._credentials = credentials
         self._slots_total = storage.slots_total
         self._route = route
         self._settle = settle
@@ -233,7 +241,7 @@ class Relay:
     def _stub(self, owner: str) -> node_pb2_grpc.NodeStub:
         pair = self._stubs.get(owner)
         if pair is None:
-            channel = grpc.aio.insecure_channel(owner, options=_CHANNEL_OPTIONS)
+            channel = serving.channel(owner, self._credentials, _CHANNEL_OPTIONS)
             pair = (channel, node_pb2_grpc.NodeStub(channel))
             self._stubs[owner] = pair
         return pair[1]

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "metrics_port": None,
     "tls_cert": None,
     "tls_key": None,
+    "tls_ca": None,
     "log_level": "INFO",
     "advertise": None,
     "slots_total": SLOTS_TOTAL_DEFAULT,
@@ -101,7 +102,13 @@ async def _serve(settings: dict[str, Any]) -> None:
     credentials = serving.server_credentials(settings["tls_cert"], settings["tls_key"])
     port = frame.listen(host, int(settings["port"]), credentials)
     advertise = str(settings["advertise"] or f"{host}:{port}")
-    engine = Engine(storage, limits, advertise, join=bool(settings["join"]))
+    engine = Engine(
+        storage,
+        limits,
+        advertise,
+        join=bool(settings["join"]),
+        peer_credentials=serving.client_credentials(settings["tls_ca"]),
+    )
     in_flight_wait_s = int(settings["in_flight_wait_ms"]) / 1000
     server.add_generic_rpc_handlers([LedgerService(engine, in_flight_wait_s).handler()])
     node_pb2_grpc.add_NodeServicer_to_server(NodeService(engine), server)

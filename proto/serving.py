@@ -53,6 +53,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, help="Prometheus HTTP port (default: none)")
     parser.add_argument("--tls-cert", help="PEM certificate chain; with --tls-key, serve TLS")
     parser.add_argument("--tls-key", help="PEM private key")
+    parser.add_argument(
+        "--tls-ca", help="PEM root certificates: call other yunkai processes over TLS, trusting these roots"
+    )
     parser.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
 
 
@@ -115,6 +118,23 @@ def server_credentials(cert_path: str | None, key_path: str | None) -> grpc.Serv
         raise SystemExit("--tls-cert and --tls-key go together")
     with open(cert_path, "rb") as cert, open(key_path, "rb") as key:
         return grpc.ssl_server_credentials([(key.read(), cert.read())])
+
+
+def client_credentials(ca_path: str | None) -> grpc.ChannelCredentials | None:
+    """Credentials for calls to other yunkai processes: TLS trusting `ca_path`, or None (plaintext)."""
+    if not ca_path:
+        return None
+    with open(ca_path, "rb") as handle:
+        return grpc.ssl_channel_credentials(root_certificates=handle.read())
+
+
+def channel(
+    address: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
+) -> grpc.aio.Channel:
+    """An outgoing channel: TLS when credentials are given, else plaintext."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options)
 
 
 def new_server() -> grpc.aio.Server:

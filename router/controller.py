@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
-from proto import cluster_pb2, node_pb2, node_pb2_grpc
+from proto import cluster_pb2, node_pb2, node_pb2_grpc, serving
 from router import metrics, placement
 from router.metastore import Metastore
 from router.routing import CHANNEL_OPTIONS
@@ -51,8 +51,10 @@ class Controller:
         seed_nodes: Sequence[str],
         slots_total: int,
         reconcile_interval_s: float = 1.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.metastore = metastore
+        self._credentials = credentials
         self.seed_nodes = list(seed_nodes)
         self.slots_total = slots_total
         self.reconcile_interval_s = reconcile_interval_s
@@ -149,7 +151,7 @@ class Controller:
     def _stub(self, address: str) -> node_pb2_grpc.NodeStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = self._channels[address] = serving.channel(address, self._credentials, CHANNEL_OPTIONS)
         return node_pb2_grpc.NodeStub(channel)
 
     def _table(self, shard_map: ShardMap, address: str) -> node_pb2.AssignSlotsRequest:

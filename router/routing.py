@@ -29,7 +29,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from proto import ledger_pb2 as pb, ledger_pb2_grpc
+from proto import ledger_pb2 as pb, ledger_pb2_grpc, serving
 from router import metrics
 from router.shardmap import ShardMap
 from router.slots import slot_of
@@ -226,10 +226,7 @@ class LedgerRouter:
     def stub(self, address: str) -> ledger_pb2_grpc.LedgerStub:
         stub = self._stubs.get(address)
         if stub is None:
-            if self._credentials is None:
-                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            else:
-                channel = grpc.aio.secure_channel(address, self._credentials, options=CHANNEL_OPTIONS)
+            channel = serving.channel(address, self._credentials, CHANNEL_OPTIONS)
             self._channels[address] = channel
             stub = self._stubs[address] = ledger_pb2_grpc.LedgerStub(channel)
         return stub

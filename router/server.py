@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "metrics_port": None,
     "tls_cert": None,
     "tls_key": None,
+    "tls_ca": None,
     "log_level": "INFO",
     "slots_total": SLOTS_TOTAL_DEFAULT,
     "batch_events_max": 8192,
@@ -189,10 +190,13 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
 
 async def _serve(settings: dict[str, Any]) -> None:
     nodes = [n.strip() for n in str(settings["nodes"] or "").split(",") if n.strip()]
-    controller = Controller(LocalMetastore(str(settings["data_dir"])), nodes, int(settings["slots_total"]))
+    peers = serving.client_credentials(settings["tls_ca"])
+    controller = Controller(
+        LocalMetastore(str(settings["data_dir"])), nodes, int(settings["slots_total"]), credentials=peers
+    )
     shard_map = await controller.load_or_seed()
     await controller.publish()  # nodes know the map before anyone is told the router serves
-    router = LedgerRouter(controller)
+    router = LedgerRouter(controller, credentials=peers)
     server = serving.new_server()
     frame = serving.Serving(server, [LEDGER_SERVICE, CLUSTER_SERVICE])
     host = str(settings["host"])

@@ -13,8 +13,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from cluster.local import NodeProcess
+from clients.ledger import Account, ResultCode, SyncLedgerClient, Transfer
+from cluster.local import NodeProcess, RouterProcess
 from proto import ledger_pb2 as pb, ledger_pb2_grpc
+from router.slots import slot_of
 from tests.conftest import NodeHandle, fresh, start_node
 
 LEDGER = 156
@@ -123,3 +125,51 @@ def test_tls_serves_clients_that_trust_its_certificate(tmp_path: Path) -> None:
             ledger_pb2_grpc.LedgerStub(plain).LookupAccounts(pb.LookupAccountsRequest(ids=["tls"]), timeout=5)
     finally:
         process.stop()
+
+
+def test_a_tls_cluster_moves_money_across_nodes(tmp_path: Path) -> None:
+    """Nodes, router and client all speak TLS, to clients and to each other (--tls-ca)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    tls = ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(cert)]
+    nodes = [NodeProcess(str(tmp_path / f"n{i}"), ["--join", *tls]).start() for i in (1, 2)]
+    router = None
+    try:
+        router = RouterProcess(str(tmp_path / "r"), ["--nodes", ",".join(n.address for n in nodes), *tls]).start()
+        with SyncLedgerClient(router.address, tls_ca=str(cert)) as ledger:
+            shard_map = ledger._run(ledger._client._maps.fetch())
+            # Two accounts whose slots live on different nodes, so the credit goes through the outbox.
+            ids = [f"tls-{i}" for i in range(64)]
+            owner = {i: shard_map.owners[slot_of(i, shard_map.slots_total)] for i in ids}
+            debit = ids[0]
+            credit = next(i for i in ids if owner[i] != owner[debit])
+            assert all(r.ok for r in ledger.create_accounts([Account(debit, 1, 1), Account(credit, 1, 1)]))
+            [moved] = ledger.create_transfers([Transfer("t", debit, credit, 42, 1, 1)])
+            assert moved.code is ResultCode.OK
+            assert [a.credits_posted if a else None for a in ledger.lookup_accounts([credit])] == [42]
+    finally:
+        if router is not None:
+            router.stop()
+        for node in nodes:
+            node.stop()
