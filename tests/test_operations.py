@@ -28,6 +28,34 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate and key for localhost / 127.0.0.1 (openssl, one day)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
 def test_health_reports_serving_and_reflection_lists_the_services(node: NodeHandle) -> None:
     health = health_pb2_grpc.HealthStub(node.channel)
     for service in ("", "yunkai.ledger.v1.Ledger"):
@@ -90,29 +118,7 @@ def test_a_data_directory_keeps_its_slot_count(tmp_path: Path) -> None:
 
 
 def test_tls_serves_clients_that_trust_its_certificate(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path)
     process = NodeProcess(str(tmp_path / "n"), ["--tls-cert", str(cert), "--tls-key", str(key)]).start()
     try:
         credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
@@ -129,29 +135,7 @@ def test_tls_serves_clients_that_trust_its_certificate(tmp_path: Path) -> None:
 
 def test_a_tls_cluster_moves_money_across_nodes(tmp_path: Path) -> None:
     """Nodes, router and client all speak TLS, to clients and to each other (--tls-ca)."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path)
     tls = ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(cert)]
     nodes = [NodeProcess(str(tmp_path / f"n{i}"), ["--join", *tls]).start() for i in (1, 2)]
     router = None
