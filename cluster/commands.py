@@ -111,7 +111,11 @@ def up_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
         while not stopping.wait(0.5):
-            dead = [p for p in [cluster.router, *cluster.nodes] if p is not None and p.process and p.process.poll()]
+            dead = [
+                p
+                for p in [cluster.router, *cluster.nodes]
+                if p is not None and p.process is not None and p.process.poll() is not None
+            ]
             if dead:
                 print(f"yunkai cluster up: {dead[0].kind} {dead[0].address} exited:\n{dead[0].log_tail()}")
                 return 1
