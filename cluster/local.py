@@ -64,6 +64,7 @@ class ServiceProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+        self._release()
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code."""
@@ -76,7 +77,13 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._release()
         return self.process.returncode
+
+    def _release(self) -> None:
+        """Close our end of the exited child's stdout (one pipe per start otherwise leaks)."""
+        if self.process is not None and self.process.poll() is not None and self.process.stdout is not None:
+            self.process.stdout.close()
 
     def log_tail(self, lines: int = 30) -> str:
         return _tail(self.log_path, lines)
