@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     scoring = commands.add_parser(
         "scoring",
-        help="credit scoring models: train them into a registry",
+        help="credit scoring models: train them into a registry, serve them",
         description="Scoring models (CatBoost exported to ONNX) and their registry.",
     )
     scoring_commands = scoring.add_subparsers(dest="scoring_command", required=True, metavar="SUBCOMMAND")
@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scoring_train.add_arguments(scoring_train_parser)
     scoring_train_parser.set_defaults(run=scoring_train.main)
+    from scoring import server as scoring_server
+
+    scoring_serve_parser = scoring_commands.add_parser(
+        "serve",
+        help="serve the registry's models over the Open Inference Protocol v2 (gRPC)",
+        description="Load every version of every model in DIR (onnxruntime, one intra-op thread) and serve "
+        "inference.GRPCInferenceService, so standard clients such as tritonclient.grpc work: input `features` "
+        "FP32 [N, F], output `probability` FP32 [N]. The highest version of a model is its default.",
+    )
+    scoring_server.add_arguments(scoring_serve_parser)
+    scoring_serve_parser.set_defaults(run=scoring_server.main)
 
     from cluster import demo
 

@@ -1,0 +1,85 @@
+"""A client of the scoring server: feature dicts in, positive-class probabilities out.
+
+It learns each model's feature order from ModelMetadata (the `feature_names` extension), so
+callers name features instead of remembering column positions, and sends one binary
+(`raw_input_contents`) FP32 [N, F] tensor per call over the Open Inference Protocol v2.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import grpc
+
+from proto import inference_pb2 as pb, inference_pb2_grpc
+
+DEADLINE_DEFAULT_S = 5.0
+INPUT_NAME = "features"
+OUTPUT_NAME = "probability"
+
+
+class ScoringClient:
+    def __init__(
+        self,
+        address: str,
+        deadline_s: float = DEADLINE_DEFAULT_S,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(address)
+        else:
+            self.channel = grpc.aio.secure_channel(address, credentials)
+        self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.deadline_s = deadline_s
+        self.feature_names: dict[tuple[str, str], list[str]] = {}
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> ScoringClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def features_of(self, model: str, version: int | None = None) -> list[str]:
+        """The model's feature names in column order (asked once per model and version)."""
+        key = (model, "" if version is None else str(version))
+        if key not in self.feature_names:
+            reply = await self.stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=model, version=key[1]), timeout=self.deadline_s
+            )
+            self.feature_names[key] = list(reply.feature_names)
+        return self.feature_names[key]
+
+    async def score(self, model: str, rows: list[dict[str, float]], version: int | None = None) -> list[float]:
+        """Probabilities of the positive class, one per row. ValueError naming any missing or
+        unknown feature (nothing is sent); grpc.aio.AioRpcError for what the server refuses."""
+        if not rows:
+            return []
+        names = await self.features_of(model, version)
+        expected = set(names)
+        for index, row in enumerate(rows):
+            missing = [n for n in names if n not in row]
+            unknown = sorted(set(row) - expected)
+            if missing or unknown:
+                parts = []
+                if missing:
+                    parts.append(f"missing {', '.join(missing)}")
+                if unknown:
+                    parts.append(f"unknown {', '.join(unknown)}")
+                raise ValueError(f"rows[{index}] of model {model!r}: {'; '.join(parts)}")
+        values = [float(row[n]) for row in rows for n in names]
+        request = pb.ModelInferRequest(
+            model_name=model,
+            model_version="" if version is None else str(version),
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(name=INPUT_NAME, datatype="FP32", shape=[len(rows), len(names)])
+            ],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=OUTPUT_NAME)],
+            raw_input_contents=[struct.pack(f"<{len(values)}f", *values)],
+        )
+        reply = await self.stub.ModelInfer(request, timeout=self.deadline_s)
+        scores = list(struct.unpack(f"<{len(rows)}f", reply.raw_output_contents[0]))
+        assert len(scores) == len(rows), f"{len(scores)} scores for {len(rows)} rows"
+        return scores

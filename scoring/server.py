@@ -1,0 +1,302 @@
+"""The scoring process: `yunkai scoring serve --registry DIR --port P`.
+
+It speaks the Open Inference Protocol v2 over gRPC (`inference.GRPCInferenceService`, as Triton
+does), so unmodified clients such as `tritonclient.grpc` work: live/ready, server and model
+metadata, ModelInfer with typed (`contents.fp32_contents`) or binary (`raw_input_contents`)
+inputs, answered in the same form, and the repository index/load/unload calls. The model is
+fed one input, `features` FP32 [N, F], and answers `probability` FP32 [N] (positive class).
+Checked calls to one version that arrive together share one onnxruntime run (scoring/batching.py).
+Sessions run on the event loop: one intra-op thread each, and a single row scores in tens of
+microseconds, so a thread hop would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+import uvloop
+from google.protobuf.message import Message
+from prometheus_client import Counter, Gauge, Histogram
+
+from proto import inference_pb2 as pb, serving
+from proto.serving import BadRequest, parse_request
+from scoring import service
+from scoring.batching import DELAY_S_MAX, ROWS_MAX_DEFAULT, Batcher
+from scoring.service import InvalidInput, LoadFailed, ModelStore, NotFound
+
+log = logging.getLogger("yunkai.scoring")
+
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+INPUT_NAME = "features"
+OUTPUT_NAME = "probability"
+DATATYPE = "FP32"
+PLATFORM = "onnxruntime_onnx"
+SERVER_VERSION = "1"
+
+DEFAULTS: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "port": 8001,
+    "registry": None,
+    "metrics_port": None,
+    "tls_cert": None,
+    "tls_key": None,
+    "tls_ca": None,
+    "log_level": "INFO",
+    "batch_delay_us": 0,
+    "batch_rows_max": ROWS_MAX_DEFAULT,
+}
+
+_LATENCY_BUCKETS_S = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
+_ROWS_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+requests_total = Counter("yunkai_scoring_requests_total", "Inference-protocol RPCs answered", ["method", "status"])
+request_latency_s = Histogram(
+    "yunkai_scoring_request_latency_seconds", "RPC latency in the server", ["method"], buckets=_LATENCY_BUCKETS_S
+)
+queue_latency_s = Histogram(
+    "yunkai_scoring_queue_latency_seconds", "Time a batch stayed open", ["model"], buckets=_LATENCY_BUCKETS_S
+)
+compute_latency_s = Histogram(
+    "yunkai_scoring_compute_latency_seconds", "onnxruntime time per batch", ["model"], buckets=_LATENCY_BUCKETS_S
+)
+batch_rows = Histogram("yunkai_scoring_batch_rows", "Rows per onnxruntime run", ["model"], buckets=_ROWS_BUCKETS)
+drift_psi = Gauge("yunkai_scoring_drift_psi", "PSI of served scores vs the reference histogram", ["model", "version"])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    serving.add_common_arguments(parser)
+    parser.add_argument("--registry", type=Path, metavar="DIR", help="model registry folder (required)")
+    parser.add_argument(
+        "--batch-delay-us",
+        type=int,
+        help=f"how long a batch waits for concurrent calls, 0 to {int(DELAY_S_MAX * 1e6)} µs "
+        "(default 0: only calls that arrive together share a run)",
+    )
+    parser.add_argument("--batch-rows-max", type=int, help=f"most rows in one run (default {ROWS_MAX_DEFAULT})")
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = serving.resolve(args, "scoring", DEFAULTS)
+    if not settings["registry"]:
+        print("yunkai scoring serve: --registry is required (or YUNKAI_SCORING_REGISTRY)", file=sys.stderr)
+        return 2
+    delay_us, rows_max = int(settings["batch_delay_us"]), int(settings["batch_rows_max"])
+    if not 0 <= delay_us <= DELAY_S_MAX * 1e6 or rows_max < 1:
+        print(
+            f"yunkai scoring serve: --batch-delay-us must be 0 to {int(DELAY_S_MAX * 1e6)}, "
+            "--batch-rows-max at least 1",
+            file=sys.stderr,
+        )
+        return 2
+    serving.setup_logging(str(settings["log_level"]), "scoring")
+    store = ModelStore(Path(settings["registry"]))
+    try:
+        store.load_all()
+    except LoadFailed as error:
+        print(f"yunkai scoring serve: {error}", file=sys.stderr)
+        return 2
+    uvloop.run(_serve(settings, store))
+    return 0
+
+
+async def _serve(settings: dict[str, Any], store: ModelStore) -> None:
+    server = serving.new_server()
+    frame = serving.Serving(server, [INFERENCE_SERVICE])
+    host = str(settings["host"])
+    credentials = serving.server_credentials(settings["tls_cert"], settings["tls_key"])
+    port = frame.listen(host, int(settings["port"]), credentials)
+    batcher = Batcher(int(settings["batch_delay_us"]) / 1e6, int(settings["batch_rows_max"]), observe_batch)
+    server.add_generic_rpc_handlers([InferenceService(store, batcher).handler()])
+    metrics_port = settings["metrics_port"]
+    serving.start_metrics(host, None if metrics_port is None else int(metrics_port))
+    stopping = serving.stop_signal()
+    models = {name: sorted(m.versions) for name, m in store.models.items()}
+    await frame.start(port, log, registry=str(store.root), models=models)
+    await stopping.wait()
+    await frame.stop(log)
+    log.info("stopped")
+
+
+def observe_batch(model: service.LoadedVersion, rows: int, waited_s: float, compute_s: float) -> None:
+    queue_latency_s.labels(model.name).observe(waited_s)
+    compute_latency_s.labels(model.name).observe(compute_s)
+    batch_rows.labels(model.name).observe(rows)
+    drift_psi.labels(model.name, str(model.version)).set(model.psi())
+
+
+def decode_features(tensor: Any, raw: list[bytes] | None) -> npt.NDArray[np.float32]:
+    """The `features` input as a [N, F] array; BadRequest (naming the input) if it is malformed."""
+    if tensor.name != INPUT_NAME:
+        raise BadRequest(f"unknown input {tensor.name!r}; the model takes one input, {INPUT_NAME!r}")
+    if tensor.datatype != DATATYPE:
+        raise BadRequest(f"input {INPUT_NAME!r} has datatype {tensor.datatype or 'none'}, expected {DATATYPE}")
+    shape = list(tensor.shape)
+    if len(shape) != 2 or any(d < 0 for d in shape):
+        raise BadRequest(f"input {INPUT_NAME!r} has shape {shape}, expected [N, F]")
+    count = shape[0] * shape[1]
+    if count > service.ROWS_MAX * 4096:
+        raise BadRequest(f"input {INPUT_NAME!r} with shape {shape} is too large")
+    if raw is not None:
+        data = raw[0]
+        if len(data) != count * 4:
+            raise BadRequest(
+                f"input {INPUT_NAME!r}: raw_input_contents has {len(data)} bytes; shape {shape} of {DATATYPE} "
+                f"needs {count * 4} (a value is missing or extra)"
+            )
+        return np.frombuffer(data, dtype="<f4").reshape(shape)
+    values = tensor.contents.fp32_contents
+    if len(values) != count:
+        others = [f.name for f, _ in tensor.contents.ListFields() if f.name != "fp32_contents"]
+        hint = f" (it sent {', '.join(others)}; send fp32_contents)" if others else " (a value is missing or extra)"
+        raise BadRequest(f"input {INPUT_NAME!r} has {len(values)} FP32 values; shape {shape} needs {count}{hint}")
+    return np.asarray(values, dtype=np.float32).reshape(shape)
+
+
+class InferenceService:
+    """inference.GRPCInferenceService over a ModelStore."""
+
+    def __init__(self, store: ModelStore, batcher: Batcher) -> None:
+        self.store = store
+        self.batcher = batcher
+        self.reloading = asyncio.Lock()  # one load/unload at a time; inference never waits on it
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods: dict[str, Callable[[bytes], Awaitable[Message]]] = {
+            "ServerLive": self.server_live,
+            "ServerReady": self.server_ready,
+            "ModelReady": self.model_ready,
+            "ServerMetadata": self.server_metadata,
+            "ModelMetadata": self.model_metadata,
+            "ModelInfer": self.model_infer,
+            "RepositoryIndex": self.repository_index,
+            "RepositoryModelLoad": self.repository_model_load,
+            "RepositoryModelUnload": self.repository_model_unload,
+        }
+        return grpc.method_handlers_generic_handler(
+            INFERENCE_SERVICE,
+            {name: grpc.unary_unary_rpc_method_handler(self._wrap(name, fn)) for name, fn in methods.items()},
+        )
+
+    def _wrap(
+        self, name: str, fn: Callable[[bytes], Awaitable[Message]]
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        latency = request_latency_s.labels(name)
+
+        async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            started = time.perf_counter()
+            code, message = grpc.StatusCode.OK, ""
+            try:
+                reply = await fn(data)
+            except (BadRequest, InvalidInput) as error:
+                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
+            except NotFound as error:
+                code, message = grpc.StatusCode.NOT_FOUND, str(error)
+            except LoadFailed as error:
+                code, message = grpc.StatusCode.FAILED_PRECONDITION, str(error)
+            requests_total.labels(name, code.name).inc()
+            if code is not grpc.StatusCode.OK:
+                await context.abort(code, message)
+            latency.observe(time.perf_counter() - started)
+            return reply.SerializeToString()
+
+        return handle
+
+    async def server_live(self, data: bytes) -> Message:
+        parse_request(pb.ServerLiveRequest, data)
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, data: bytes) -> Message:
+        parse_request(pb.ServerReadyRequest, data)
+        return pb.ServerReadyResponse(ready=True)
+
+    async def model_ready(self, data: bytes) -> Message:
+        request = parse_request(pb.ModelReadyRequest, data)
+        try:
+            self.store.get(request.name, request.version)
+        except NotFound:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def server_metadata(self, data: bytes) -> Message:
+        parse_request(pb.ServerMetadataRequest, data)
+        return pb.ServerMetadataResponse(name="yunkai-scoring", version=SERVER_VERSION, extensions=["model_repository"])
+
+    async def model_metadata(self, data: bytes) -> Message:
+        request = parse_request(pb.ModelMetadataRequest, data)
+        model = self.store.get(request.name, request.version)
+        versions = sorted(self.store.models[request.name].versions)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=model.name,
+            versions=[str(v) for v in versions],
+            platform=PLATFORM,
+            inputs=[tensor(name=INPUT_NAME, datatype=DATATYPE, shape=[-1, len(model.feature_names)])],
+            outputs=[tensor(name=OUTPUT_NAME, datatype=DATATYPE, shape=[-1])],
+            feature_names=model.feature_names,
+        )
+
+    async def model_infer(self, data: bytes) -> Message:
+        request = parse_request(pb.ModelInferRequest, data)
+        model = self.store.get(request.model_name, request.model_version)
+        if len(request.inputs) != 1:
+            raise BadRequest(f"{len(request.inputs)} inputs; the model takes one, {INPUT_NAME!r} FP32 [N, F]")
+        for asked in request.outputs:
+            if asked.name != OUTPUT_NAME:
+                raise BadRequest(f"unknown output {asked.name!r}; the model has one, {OUTPUT_NAME!r}")
+        raw = list(request.raw_input_contents) or None
+        if raw is not None and len(raw) != 1:
+            raise BadRequest(f"{len(raw)} raw_input_contents for 1 input")
+        features = decode_features(request.inputs[0], raw)
+        service.check_features(features, model)
+        scores = await self.batcher.score(model, features)
+        output = pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype=DATATYPE, shape=[len(scores)])
+        reply = pb.ModelInferResponse(
+            model_name=model.name, model_version=str(model.version), id=request.id, outputs=[output]
+        )
+        # Answer in the form asked: Triton's clients read raw_output_contents when they sent raw.
+        if raw is not None:
+            reply.raw_output_contents.append(scores.astype("<f4").tobytes())
+        else:
+            reply.outputs[0].contents.fp32_contents.extend(scores.tolist())
+        return reply
+
+    async def repository_index(self, data: bytes) -> Message:
+        parse_request(pb.RepositoryIndexRequest, data)
+        entry = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[
+                entry(name=name, version=str(v), state="READY")
+                for name, model in sorted(self.store.models.items())
+                for v in sorted(model.versions)
+            ]
+        )
+
+    async def repository_model_load(self, data: bytes) -> Message:
+        """Read every version of the model from disk and swap them in at once; on any failure the
+        versions that served before keep serving and the caller gets the reason."""
+        request = parse_request(pb.RepositoryModelLoadRequest, data)
+        async with self.reloading:
+            try:
+                loaded = await asyncio.to_thread(self.store.read, request.model_name)
+            except LoadFailed as error:
+                log.warning("load failed", extra={"model": request.model_name, "error": str(error)})
+                raise
+            self.store.install(request.model_name, loaded)
+        log.info("loaded", extra={"model": request.model_name, "versions": sorted(loaded.versions)})
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, data: bytes) -> Message:
+        request = parse_request(pb.RepositoryModelUnloadRequest, data)
+        async with self.reloading:
+            self.store.unload(request.model_name)
+        log.info("unloaded", extra={"model": request.model_name})
+        return pb.RepositoryModelUnloadResponse()

@@ -1,0 +1,162 @@
+"""The models a scoring server holds, and the decisions about a request to them.
+
+`ModelStore` owns the loaded versions of every model (onnxruntime sessions, one intra-op thread)
+and swaps a model's whole set of versions in one assignment, so a reload is atomic and a failed
+load leaves the old set serving. `check_features` validates a [N, F] float32 block against a
+version's input schema (a pure function); `LoadedVersion.score` runs it. No gRPC here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from scoring import parity, registry
+
+ROWS_MAX = 65_536  # one request's rows: bounded so one caller cannot stall every other
+PSI_EPSILON = 1e-4  # floor of a bin's share, so an empty bin does not make PSI infinite
+
+
+class NotFound(Exception):
+    """An unknown model or version (NOT_FOUND)."""
+
+
+class InvalidInput(Exception):
+    """Features that do not fit the schema (INVALID_ARGUMENT); the message names the feature."""
+
+
+class LoadFailed(Exception):
+    """A model could not be (re)loaded from disk; whatever served before still serves."""
+
+
+@dataclass
+class LoadedVersion:
+    name: str
+    version: int
+    feature_names: list[str]
+    rejects_non_finite: bool  # the schema's missing-value policy: NaN/inf are invalid input
+    reference_fractions: npt.NDArray[np.float64]
+    histogram_edges: npt.NDArray[np.float64]
+    session: Any
+    served_counts: npt.NDArray[np.float64] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.served_counts = np.zeros(len(self.reference_fractions), dtype=np.float64)
+
+    def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Positive-class probabilities of checked features, and the drift histogram updated."""
+        scores = parity.onnx_probabilities(self.session, features).astype(np.float32)
+        counts, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=self.histogram_edges)
+        self.served_counts += counts
+        return scores
+
+    def psi(self) -> float:
+        """Population stability index of served scores against the reference histogram."""
+        total = self.served_counts.sum()
+        if total == 0:
+            return 0.0
+        actual = np.maximum(self.served_counts / total, PSI_EPSILON)
+        expected = np.maximum(self.reference_fractions, PSI_EPSILON)
+        return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def load_version(root: Path, name: str, version: int) -> LoadedVersion:
+    """One version from the registry, opened and smoke-tested on one row; LoadFailed if unusable."""
+    try:
+        metadata = registry.load_metadata(root, name, version)
+        schema = metadata["input_schema"]
+        names = [f["name"] for f in sorted(schema["features"], key=lambda f: f["index"])]
+        histogram = metadata["reference_histogram"]
+        session = parity.open_session(registry.model_path(root, name, version))
+        loaded = LoadedVersion(
+            name=name,
+            version=version,
+            feature_names=names,
+            rejects_non_finite=str(schema.get("missing_value_policy", "reject")).startswith("reject"),
+            reference_fractions=np.asarray(histogram["fractions"], dtype=np.float64),
+            histogram_edges=np.asarray(histogram["edges"], dtype=np.float64),
+            session=session,
+        )
+        # A model that loads but cannot score one row must not replace one that can.
+        parity.onnx_probabilities(session, np.zeros((1, len(names)), dtype=np.float32))
+    except Exception as error:
+        raise LoadFailed(f"cannot load {name} version {version}: {type(error).__name__}: {error}") from None
+    return loaded
+
+
+@dataclass(frozen=True)
+class ModelVersions:
+    """Every loaded version of one model; the default is the highest."""
+
+    versions: dict[int, LoadedVersion]
+
+    @property
+    def default(self) -> LoadedVersion:
+        return self.versions[max(self.versions)]
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.models: dict[str, ModelVersions] = {}
+
+    def load_all(self) -> None:
+        for name in registry.list_models(self.root):
+            self.models[name] = self.read(name)
+
+    def read(self, name: str) -> ModelVersions:
+        """Every version of `name` on disk, loaded; LoadFailed if any one fails (nothing swapped)."""
+        try:
+            versions = registry.list_versions(self.root, name)
+        except registry.RegistryError as error:
+            raise LoadFailed(str(error)) from None
+        if not versions:
+            raise LoadFailed(f"no versions of model {name!r} in {self.root}")
+        return ModelVersions({v: load_version(self.root, name, v) for v in versions})
+
+    def install(self, name: str, loaded: ModelVersions) -> None:
+        # One assignment: a request sees the old set or the new one, never a mixture.
+        self.models = {**self.models, name: loaded}
+
+    def unload(self, name: str) -> None:
+        if name not in self.models:
+            raise NotFound(f"model {name!r} is not loaded")
+        self.models = {k: v for k, v in self.models.items() if k != name}
+
+    def get(self, name: str, version: str = "") -> LoadedVersion:
+        """The version asked for ("" means the default); NotFound naming what is missing."""
+        model = self.models.get(name)
+        if model is None:
+            raise NotFound(f"unknown model {name!r} (loaded: {', '.join(sorted(self.models)) or 'none'})")
+        if not version:
+            return model.default
+        if not version.isdigit() or int(version) not in model.versions:
+            have = ", ".join(str(v) for v in sorted(model.versions))
+            raise NotFound(f"model {name!r} has no version {version!r} (loaded: {have})")
+        return model.versions[int(version)]
+
+
+def check_features(block: npt.NDArray[np.float32], model: LoadedVersion) -> None:
+    """Refuse a block that is not [N, F] with 1 <= N <= ROWS_MAX, or that holds NaN/inf where
+    the schema forbids them; the message names the feature (column) and the row."""
+    width = len(model.feature_names)
+    if block.ndim != 2 or block.shape[1] != width:
+        raise InvalidInput(f"input 'features' has shape {list(block.shape)}, expected [N, {width}]")
+    rows = block.shape[0]
+    if not 1 <= rows <= ROWS_MAX:
+        raise InvalidInput(f"input 'features' has {rows} rows; 1 to {ROWS_MAX} are accepted")
+    if model.rejects_non_finite:
+        bad = ~np.isfinite(block)
+        if bad.any():
+            row, column = (int(i) for i in np.argwhere(bad)[0])
+            value = float(block[row, column])
+            kind = "NaN" if math.isnan(value) else str(value)
+            raise InvalidInput(
+                f"feature {model.feature_names[column]!r} (column {column}) of row {row} is {kind}; "
+                f"model {model.name!r} rejects missing and non-finite values"
+            )
