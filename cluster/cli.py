@@ -107,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ledger_bench.add_cluster_arguments(bench_cluster)
     bench_cluster.set_defaults(run=ledger_bench.main)
+
+    from loadtest import scoring_bench
+
+    bench_scoring = commands.add_parser(
+        "bench-scoring",
+        help="measure a scoring server: one-row p99 at a fixed rate, batched rows/s, model load time",
+        description="Open-loop one-row inference at --rate, batched throughput, and reload time; trains a model "
+        "and starts its own server unless --server is given. Writes JSON with --json.",
+    )
+    scoring_bench.add_arguments(bench_scoring)
+    bench_scoring.set_defaults(run=scoring_bench.main)
     return parser
 
 

@@ -26,6 +26,8 @@ class ServiceProcess:
     """A `yunkai <kind>` child process (node, router, ...) with its own data directory."""
 
     kind = ""
+    subcommand: tuple[str, ...] = ()  # the `yunkai` words that start it; (kind,) when empty
+    directory_flag = "--data-dir"
 
     def __init__(self, data_dir: str, extra_args: Sequence[str] = (), log_path: str | None = None) -> None:
         self.data_dir = data_dir
@@ -46,8 +48,8 @@ class ServiceProcess:
             sys.executable,
             "-m",
             "cluster.cli",
-            self.kind,
-            "--data-dir",
+            *(self.subcommand or (self.kind,)),
+            self.directory_flag,
             self.data_dir,
             "--port",
             port,
@@ -93,6 +95,17 @@ class NodeProcess(ServiceProcess):
     """A `yunkai node`."""
 
     kind = "node"
+
+
+class ScoringProcess(ServiceProcess):
+    """A `yunkai scoring serve` on a model registry (data_dir is the registry)."""
+
+    kind = "scoring"
+    subcommand = ("scoring", "serve")
+    directory_flag = "--registry"
+
+    def __init__(self, registry: str, extra_args: Sequence[str] = (), log_path: str | None = None) -> None:
+        super().__init__(registry, extra_args, log_path or os.path.join(registry, "..", "scoring.log"))
 
 
 class RouterProcess(ServiceProcess):

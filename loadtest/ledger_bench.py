@@ -85,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if started is not None:
             started.stop()
-    result["machine"] = {"cpus": os.cpu_count(), "processor": _cpu_model(), "python": platform.python_version()}
+    result["machine"] = machine()
     result["command"] = f"yunkai {args.command} " + " ".join(
         f"--{k.replace('_', '-')} {v}"
         for k, v in vars(args).items()
@@ -100,6 +100,11 @@ def main(args: argparse.Namespace) -> int:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)
     return 0 if result["errors"] == 0 else 1
+
+
+def machine() -> dict[str, object]:
+    """What the numbers were measured on."""
+    return {"cpus": os.cpu_count(), "processor": _cpu_model(), "python": platform.python_version()}
 
 
 def _cpu_model() -> str:
