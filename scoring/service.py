@@ -42,7 +42,8 @@ class LoadedVersion:
     rejects_non_finite: bool  # the schema's missing-value policy: NaN/inf are invalid input
     reference_fractions: npt.NDArray[np.float64]
     histogram_edges: npt.NDArray[np.float64]
-    session: Any
+    session: Any  # the graph without its ZipMap (parity.open_tensor_session)
+    output: str
     served_counts: npt.NDArray[np.float64] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -50,7 +51,7 @@ class LoadedVersion:
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Positive-class probabilities of checked features, and the drift histogram updated."""
-        scores = parity.onnx_probabilities(self.session, features).astype(np.float32)
+        scores = parity.tensor_probabilities(self.session, self.output, features)
         counts, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=self.histogram_edges)
         self.served_counts += counts
         return scores
@@ -72,7 +73,8 @@ def load_version(root: Path, name: str, version: int) -> LoadedVersion:
         schema = metadata["input_schema"]
         names = [f["name"] for f in sorted(schema["features"], key=lambda f: f["index"])]
         histogram = metadata["reference_histogram"]
-        session = parity.open_session(registry.model_path(root, name, version))
+        path = registry.model_path(root, name, version)
+        session, output = parity.open_tensor_session(path)
         loaded = LoadedVersion(
             name=name,
             version=version,
@@ -81,9 +83,16 @@ def load_version(root: Path, name: str, version: int) -> LoadedVersion:
             reference_fractions=np.asarray(histogram["fractions"], dtype=np.float64),
             histogram_edges=np.asarray(histogram["edges"], dtype=np.float64),
             session=session,
+            output=output,
         )
-        # A model that loads but cannot score one row must not replace one that can.
-        parity.onnx_probabilities(session, np.zeros((1, len(names)), dtype=np.float32))
+        # A model that loads but cannot score must not replace one that can; and the served
+        # graph (ZipMap stripped) must answer exactly as the exported one the gate admitted.
+        probe = np.random.default_rng(0).random((8, len(names)), dtype=np.float32)
+        probe[0] = 0.0
+        served = parity.tensor_probabilities(session, output, probe)
+        exported = parity.onnx_probabilities(parity.open_session(path), probe).astype(np.float32)
+        if not np.array_equal(served, exported):
+            raise ValueError("the graph without ZipMap disagrees with the exported graph")
     except Exception as error:
         raise LoadFailed(f"cannot load {name} version {version}: {type(error).__name__}: {error}") from None
     return loaded

@@ -57,6 +57,18 @@ def test_registry_onnx_scores_a_held_out_row_like_catboost(admitted: train.Outco
     assert abs(float(onnx_p[0]) - float(catboost_p[0])) <= 1e-5
 
 
+def test_the_served_graph_without_zipmap_scores_exactly_as_the_exported_one(
+    admitted: train.Outcome, credit: datasets.Dataset
+) -> None:
+    assert admitted.path is not None
+    path = registry.model_path(admitted.path.parent.parent, "credit_risk")
+    rows = train.split(credit, train.SEED_DEFAULT).test_x
+    exported = parity.onnx_probabilities(parity.open_session(path), rows).astype(np.float32)
+    session, output = parity.open_tensor_session(path)
+    assert output == "probability_tensor"
+    assert np.array_equal(parity.tensor_probabilities(session, output, rows), exported)
+
+
 def test_model_that_fails_the_gate_is_not_written(credit: datasets.Dataset, tmp_path: Path) -> None:
     # A zero tolerance is a gate the real float32 ONNX model cannot meet (it differs by ~1e-7).
     outcome = train.train_one("credit_risk", credit, tmp_path, 1, iterations=ITERATIONS, tolerance=0.0)
