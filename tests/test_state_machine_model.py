@@ -614,15 +614,18 @@ class LedgerMachine(RuleBasedStateMachine):
         for _ in range(count):
             self.transfer(data, pending=True)
 
-    @rule(data=st.data(), pending=st.booleans())
-    def transfer_between_any_two_accounts(self, data: st.DataObject, pending: bool) -> None:
+    @rule(data=st.data(), pending=st.booleans(), count=st.integers(1, 3))
+    def transfers_between_any_two_accounts(self, data: st.DataObject, pending: bool, count: int) -> None:
         """Whatever their ledgers and statuses (closed, frozen): steps 8-12 in every combination."""
-        self.transfer(data, pending, anywhere=True)
+        for _ in range(count):
+            self.transfer(data, pending, anywhere=True)
 
     def transfer(self, data: st.DataObject, pending: bool, anywhere: bool = False) -> None:
         if anywhere:
             debit = data.draw(st.sampled_from(list(self.model.accounts)), "debit")
-            credit = data.draw(st.sampled_from([a for a in self.model.accounts if a != debit]), "credit")
+            others = [a for a in self.model.accounts if a != debit]
+            alike = [a for a in others if self.model.accounts[a].ledger == self.model.accounts[debit].ledger]
+            credit = data.draw(st.sampled_from(alike * 3 + others), "credit")
         else:
             debit = data.draw(self.mostly_open(), "debit")
             credit = data.draw(self.mostly_open(excluding=debit), "credit")
