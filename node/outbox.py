@@ -203,7 +203,7 @@ def accept_transfer(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Re
     assert not t.flags & (sm.POST_PENDING | sm.VOID_PENDING), t
     stored = store.get_transfer(t.debit_account_id, t.id)
     if stored is not None:
-        return sm.replay_transfer(stored, t)
+        return sm.replay_transfer(store, stored, t)
     debit = store.get_account(t.debit_account_id)
     if debit is None:
         return sm.reject(store, t, pb.DEBIT_ACCOUNT_NOT_FOUND, timestamp)
@@ -254,7 +254,7 @@ def resolve_pending(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Re
             assert entry is not None and entry.transfer_id == stored.id, (stored, entry)
             stored = _copy(entry.event)
             stored.state = pb.TRANSFER_IN_FLIGHT
-        return sm.replay_transfer(stored, t)
+        return sm.replay_transfer(store, stored, t)
     pending = store.get_transfer(t.debit_account_id, t.pending_id)
     claimed = pending is not None and store.get_outbox(t.debit_account_id, t.pending_id, node_pb2.LEG_POST) is not None
     refused = sm.resolution_refused(store, t, pending, timestamp, expire_pending, claimed)
@@ -400,7 +400,7 @@ def settled_result(record: pb.Transfer, fresh: bool) -> sm.Result:
     for the request that created it (`fresh`), else what a replay answers."""
     assert record.state != pb.TRANSFER_IN_FLIGHT, record
     if record.state == pb.TRANSFER_REJECTED:
-        field = "ledger" if fresh and record.result == pb.ACCOUNTS_MUST_HAVE_SAME_LEDGER else ""
+        field = "ledger" if record.result == pb.ACCOUNTS_MUST_HAVE_SAME_LEDGER else ""  # as replays name it
         return sm.Result(record.result, field, record.timestamp, record.state)
     return sm.Result(pb.OK if fresh else pb.EXISTS, "", record.timestamp, record.state)
 

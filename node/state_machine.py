@@ -210,7 +210,7 @@ def _first_difference(stored: object, incoming: object, fields: tuple[str, ...])
     return ""
 
 
-def replay_transfer(stored: pb.Transfer, request: pb.Transfer) -> Result:
+def replay_transfer(store: Store, stored: pb.Transfer, request: pb.Transfer) -> Result:
     """The answer to a transfer whose key is already stored."""
     incoming = request
     if stored.state != pb.TRANSFER_REJECTED and stored.flags & (POST_PENDING | VOID_PENDING):
@@ -226,10 +226,27 @@ def replay_transfer(stored: pb.Transfer, request: pb.Transfer) -> Result:
     if differing:
         return Result(pb.EXISTS_WITH_DIFFERENT_FIELDS, differing, stored.timestamp, stored.state)
     if stored.state == pb.TRANSFER_REJECTED:
-        return Result(stored.result, "", stored.timestamp, stored.state)
+        return Result(stored.result, rejection_field(store, stored), stored.timestamp, stored.state)
     if stored.state == pb.TRANSFER_IN_FLIGHT:
         return Result(pb.IN_FLIGHT, "", stored.timestamp, stored.state)
     return Result(pb.EXISTS, "", stored.timestamp, stored.state)
+
+
+def rejection_field(store: Store, rejected: pb.Transfer) -> str:
+    """The field a journaled rejection named when it was first answered, derived again for
+    its replays (the record keeps the code, not the field): the pending's credit account,
+    ledger and code never change, so the first one the request contradicted is still it."""
+    if rejected.result == pb.ACCOUNTS_MUST_HAVE_SAME_LEDGER:
+        return "ledger"
+    if rejected.result == pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS:
+        pending = store.get_transfer(rejected.debit_account_id, rejected.pending_id)
+        assert pending is not None, rejected  # found before this check; never deleted
+        for name in ("credit_account_id", "ledger", "code"):
+            value = getattr(rejected, name)
+            if value and value != getattr(pending, name):
+                return name
+        return "amount"
+    return ""
 
 
 # --- transfers --------------------------------------------------------------------------
@@ -259,7 +276,7 @@ def apply_transfer(store: Store, t: pb.Transfer, timestamp: int) -> Result:
     before queueing, so the committer does not repeat the stateless checks)."""
     stored = store.get_transfer(t.debit_account_id, t.id)
     if stored is not None:
-        return replay_transfer(stored, t)
+        return replay_transfer(store, stored, t)
 
     if t.flags & (POST_PENDING | VOID_PENDING):
         return _resolve_pending(store, t, timestamp)

@@ -131,3 +131,29 @@ def test_account_creation_and_changes_are_idempotent(node: NodeHandle) -> None:
     assert (reply.results[0].code, reply.results[0].field) == (pb.EXISTS_WITH_DIFFERENT_FIELDS, "code")
     stored = node.account(account.id)
     assert (stored.status, stored.overdraft_limit, stored.code) == (pb.FROZEN, 99, 7)
+
+
+def test_a_replayed_failure_names_the_same_field_as_the_first_answer(node: NodeHandle) -> None:
+    debit, credit, other, usd = fresh("d"), fresh("c"), fresh("o"), fresh("usd")
+    node.accounts(
+        *(pb.Account(id=i, ledger=LEDGER, code=1) for i in (debit, credit, other)),
+        pb.Account(id=usd, ledger=840, code=1),
+    )
+    hold = pb.Transfer(
+        id="h", debit_account_id=debit, credit_account_id=credit, amount=10, ledger=LEDGER, code=1, flags=pb.PENDING
+    )
+    wrong_account = pb.Transfer(
+        id="w", debit_account_id=debit, credit_account_id=other, pending_id="h", flags=pb.POST_PENDING
+    )
+    partial_void = pb.Transfer(id="v", debit_account_id=debit, pending_id="h", flags=pb.VOID_PENDING, amount=4)
+    cross_ledger = pb.Transfer(id="x", debit_account_id=debit, credit_account_id=usd, amount=1, ledger=LEDGER, code=1)
+    expected = [
+        (pb.OK, ""),
+        (pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, "credit_account_id"),
+        (pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, "amount"),
+        (pb.ACCOUNTS_MUST_HAVE_SAME_LEDGER, "ledger"),
+    ]
+    first = node.transfers(hold, wrong_account, partial_void, cross_ledger)
+    assert [(r.code, r.field) for r in first] == expected
+    again = node.transfers(hold, wrong_account, partial_void, cross_ledger)
+    assert [(r.code, r.field) for r in again] == [(pb.EXISTS, ""), *expected[1:]]
