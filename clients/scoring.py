@@ -11,7 +11,7 @@ import struct
 
 import grpc
 
-from proto import inference_pb2 as pb, inference_pb2_grpc
+from proto import inference_pb2 as pb, inference_pb2_grpc, serving
 
 DEADLINE_DEFAULT_S = 5.0
 INPUT_NAME = "features"
@@ -25,10 +25,7 @@ class ScoringClient:
         deadline_s: float = DEADLINE_DEFAULT_S,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(address)
-        else:
-            self.channel = grpc.aio.secure_channel(address, credentials)
+        self.channel = serving.channel(address, credentials, [])
         self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.deadline_s = deadline_s
         self.feature_names: dict[tuple[str, str], list[str]] = {}

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import random
 import tempfile
 import time
@@ -30,6 +27,7 @@ from hdrh.histogram import HdrHistogram
 from clients.ledger import RouterMapSource
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess
+from loadtest import report
 from proto import cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
 from router.routing import LedgerRouter
 
@@ -85,37 +83,13 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if started is not None:
             started.stop()
-    result["machine"] = machine()
-    result["command"] = f"yunkai {args.command} " + " ".join(
-        f"--{k.replace('_', '-')} {v}"
-        for k, v in vars(args).items()
-        if k not in ("run", "json", "command", "target") and v not in (None, False)
-    )
+    report.record(args, result)
     print(
         f"{args.workload}: {result['events_per_s']:,.0f} events/s over {result['seconds']:.1f}s; batch of"
         f" {args.batch}: p50 {result['batch_p50_ms']:.2f} ms, p99 {result['batch_p99_ms']:.2f} ms,"
         f" p99.9 {result['batch_p999_ms']:.2f} ms; errors {result['errors']}"
     )
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
     return 0 if result["errors"] == 0 else 1
-
-
-def machine() -> dict[str, object]:
-    """What the numbers were measured on."""
-    return {"cpus": os.cpu_count(), "processor": _cpu_model(), "python": platform.python_version()}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:

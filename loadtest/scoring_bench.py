@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import uvloop
 from hdrh.histogram import HdrHistogram
 
 from cluster.local import ScoringProcess
-from loadtest.ledger_bench import machine
+from loadtest import report
 from proto import inference_pb2 as pb, inference_pb2_grpc
 
 
@@ -61,19 +60,13 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
-    result["machine"] = machine()
-    result["command"] = "yunkai bench-scoring " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("run", "json", "command") and v
-    )
+    report.record(args, result)
     print(
         f"{args.model}: one row at {result['offered_per_s']:,}/s: p50 {result['p50_ms']:.2f} ms, p99"
         f" {result['p99_ms']:.2f} ms, p99.9 {result['p999_ms']:.2f} ms (from due: p99"
         f" {result['p99_from_due_ms']:.2f} ms), errors {result['errors']};"
         f" batched {result['rows_per_s']:,.0f} rows/s; load {result['load_ms_median']:.1f} ms (median)"
     )
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
     return 0 if result["errors"] == 0 else 1
 
 
