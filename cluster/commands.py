@@ -1,4 +1,5 @@
-"""`yunkai cluster up | status`: run a local cluster, and look at any cluster.
+"""`yunkai cluster up | status | add-node | drain-node | rebalance`: run a local cluster,
+look at any cluster, and grow or shrink it online.
 
 `up` starts a router on --port P and N ledger nodes on P+1 .. P+N, all on loopback, each
 with its own directory under --data-dir, and keeps them in the foreground until Ctrl-C
@@ -6,7 +7,11 @@ or SIGTERM, when it stops the router and then the nodes (each finishes what it h
 flight). Run it again on the same --data-dir and the same cluster comes back: the nodes
 keep their data and ports, and the router its shard map.
 
-`status` asks a router (any host) for the map and each node's health.
+`status` asks a router (any host) for the map, each node's health, the slot moves in
+flight and the operator jobs. `add-node`, `drain-node` and `rebalance` start a job in the
+router (router/migration.py moves the slots, a few at a time, while the cluster serves)
+and show its progress until it is done; with --no-wait they return once it has started.
+They work against nodes on any host: a node is named by the address the cluster reaches it at.
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cluster.local import NodeProcess, ProcessFailed, RouterProcess
 from proto import cluster_pb2, cluster_pb2_grpc
+
+PROGRESS_EVERY_S = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,17 +54,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     status.add_argument("--router", default="127.0.0.1:7000", help="HOST:PORT of a router (default 127.0.0.1:7000)")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--tls-ca", help="CA certificate (PEM) when the router serves TLS")
     status.set_defaults(run=status_main)
+
+    add = actions.add_parser(
+        "add-node",
+        help="add a running node (started with --join) and move about S/(n+1) slots onto it",
+        description="Wait until the node at --address answers health checks, add it to the cluster, and move "
+        "slots onto it while the cluster serves (a few at a time; each slot pauses its writes for a moment). "
+        "Shows progress and exits 0 when every slot has moved. Start the node first, on its host: "
+        "`yunkai node --join --data-dir D --host 0.0.0.0 --advertise HOST:PORT --port PORT`.",
+    )
+    _job_arguments(add, node=True)
+    add.add_argument(
+        "--wait-node-s", type=float, default=60.0, help="how long to wait for the node to be healthy (default 60)"
+    )
+    add.set_defaults(run=add_node_main)
+
+    drain = actions.add_parser(
+        "drain-node",
+        help="move every slot away from a node, then remove it from the cluster",
+        description="Move the node's slots onto the others (counts stay within one) while the cluster serves, "
+        "then remove it from the map. The node can be stopped once this exits 0.",
+    )
+    _job_arguments(drain, node=True)
+    drain.set_defaults(run=drain_node_main)
+
+    rebalance = actions.add_parser(
+        "rebalance",
+        help="move slots so that every node owns its share",
+        description="Move slots so that each active node owns floor(S/n) or ceil(S/n) of them (balanced "
+        "rendezvous placement), while the cluster serves.",
+    )
+    _job_arguments(rebalance, node=False)
+    rebalance.set_defaults(run=rebalance_main)
+
+
+def _job_arguments(parser: argparse.ArgumentParser, node: bool) -> None:
+    parser.add_argument("--router", default="127.0.0.1:7000", help="HOST:PORT of the router (default 127.0.0.1:7000)")
+    if node:
+        parser.add_argument("--address", required=True, help="HOST:PORT of the node, as the cluster reaches it")
+    parser.add_argument("--no-wait", action="store_true", help="return once the job has started")
+    parser.add_argument("--tls-ca", help="CA certificate (PEM) when the router serves TLS")
 
 
 class LocalCluster:
     """A router and N nodes as child processes of this one."""
 
-    def __init__(self, data_dir: str, nodes: int, port: int, metrics: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        nodes: int,
+        port: int,
+        metrics: bool = False,
+        slots_total: int | None = None,
+        router_env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
+        self.router_env = dict(router_env or {})
         self.nodes: list[NodeProcess] = []
+        self.sizing = ["--slots-total", str(slots_total)] if slots_total else []
         for i in range(1, nodes + 1):
-            extra = ["--join", "--log-level", "WARNING"]
+            extra = ["--join", "--log-level", "WARNING", *self.sizing]
             if metrics:
                 extra += ["--metrics-port", str(port + 100 + i)]
             node = NodeProcess(os.path.join(data_dir, f"node-{i}"), extra)
@@ -69,10 +129,11 @@ class LocalCluster:
         try:
             for node in self.nodes:
                 node.start()
-            extra = ["--nodes", ",".join(n.address for n in self.nodes), "--log-level", "WARNING"]
+            extra = ["--nodes", ",".join(n.address for n in self.nodes), "--log-level", "WARNING", *self.sizing]
             if self.metrics:
                 extra += ["--metrics-port", str(self.router_port + 100)]
             self.router = RouterProcess(os.path.join(self.data_dir, "router"), extra)
+            self.router.env = self.router_env
             self.router.port = self.router_port
             self.router.start()
         except BaseException:
@@ -84,6 +145,10 @@ class LocalCluster:
     def address(self) -> str:
         assert self.router is not None
         return self.router.address
+
+    def new_node(self, name: str) -> NodeProcess:
+        """A node process for this cluster, not started (for add-node)."""
+        return NodeProcess(os.path.join(self.data_dir, name), ["--join", "--log-level", "WARNING", *self.sizing])
 
     def stop(self) -> None:
         if self.router is not None:
@@ -127,9 +192,119 @@ def up_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _channel(address: str, tls_ca: str | None) -> grpc.Channel:
+    if tls_ca is None:
+        return grpc.insecure_channel(address)
+    with open(tls_ca, "rb") as handle:
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=handle.read()))
+
+
+def _wait_healthy(address: str, tls_ca: str | None, wait_s: float) -> str | None:
+    """None once the node answers SERVING, else why not."""
+    deadline = time.monotonic() + wait_s
+    why = "no answer"
+    with _channel(address, tls_ca) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return None
+                why = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as error:
+                why = f"{error.code().name} {error.details()}"
+            if time.monotonic() >= deadline:
+                return why
+            time.sleep(0.5)
+
+
+def add_node_main(args: argparse.Namespace) -> int:
+    print(f"waiting for {args.address} to be healthy ...", flush=True)
+    why = _wait_healthy(args.address, args.tls_ca, args.wait_node_s)
+    if why is not None:
+        print(
+            f"yunkai cluster add-node: {args.address} is not healthy after {args.wait_node_s:g}s: {why}",
+            file=sys.stderr,
+        )
+        return 1
+    return _run_job(args, "add-node", lambda stub: stub.AddNode(cluster_pb2.AddNodeRequest(address=args.address)))
+
+
+def drain_node_main(args: argparse.Namespace) -> int:
+    return _run_job(args, "drain-node", lambda stub: stub.DrainNode(cluster_pb2.DrainNodeRequest(address=args.address)))
+
+
+def rebalance_main(args: argparse.Namespace) -> int:
+    return _run_job(args, "rebalance", lambda stub: stub.Rebalance(cluster_pb2.RebalanceRequest()))
+
+
+def _run_job(args: argparse.Namespace, name: str, start: object) -> int:
+    with _channel(args.router, args.tls_ca) as channel:
+        stub = cluster_pb2_grpc.ClusterStub(channel)
+        try:
+            job = start(stub)  # type: ignore[operator]
+        except grpc.RpcError as error:
+            print(f"yunkai cluster {name}: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+        print(f"job {job.id}: {name} {job.node}".rstrip(), flush=True)
+        if args.no_wait:
+            print(f"started; follow it with `yunkai cluster status --router {args.router}`")
+            return 0
+        return _follow(stub, job.id, name)
+
+
+def _follow(stub: cluster_pb2_grpc.ClusterStub, job_id: str, name: str) -> int:
+    tty = sys.stdout.isatty()
+    shown = 0.0
+    misses = 0
+    while True:
+        try:
+            status = stub.Status(cluster_pb2.StatusRequest(), timeout=10)
+            misses = 0
+        except grpc.RpcError as error:
+            misses += 1
+            if misses >= 20:
+                print(f"\nyunkai cluster {name}: the router stopped answering: {error.details()}", file=sys.stderr)
+                return 1
+            time.sleep(PROGRESS_EVERY_S)
+            continue
+        job = next((j for j in status.jobs if j.id == job_id), None)
+        if job is None:
+            print(
+                f"\nyunkai cluster {name}: the router no longer knows job {job_id} (was it restarted?); "
+                "run the same command again to resume",
+                file=sys.stderr,
+            )
+            return 1
+        now = time.monotonic()
+        if job.state != cluster_pb2.JOB_RUNNING or tty or now - shown >= 5:
+            print(("\r" if tty else "") + _progress(job), end="" if tty else "\n", flush=True)
+            shown = now
+        if job.state == cluster_pb2.JOB_DONE:
+            print(
+                f"\ndone: {job.slots_moved} slots moved in {job.finished_unix_s - job.started_unix_s:.1f}s; "
+                f"write pause per slot p50 {job.freeze_ms_p50:.0f} ms, p99 {job.freeze_ms_p99:.0f} ms, "
+                f"max {job.freeze_ms_max:.0f} ms"
+            )
+            return 0
+        if job.state == cluster_pb2.JOB_FAILED:
+            print(f"\nyunkai cluster {name}: job {job_id} failed: {job.error}", file=sys.stderr)
+            return 1
+        time.sleep(PROGRESS_EVERY_S)
+
+
+def _progress(job: cluster_pb2.Job) -> str:
+    elapsed = max(1e-3, (job.finished_unix_s or time.time()) - job.started_unix_s)
+    rate = job.slots_moved / elapsed
+    left = job.slots_planned - job.slots_moved
+    eta = f"~{left / rate:.0f}s left" if rate > 0 and left else ("planning" if not job.slots_planned else "")
+    aborted = f", {job.moves_aborted} retried" if job.moves_aborted else ""
+    return f"moved {job.slots_moved}/{job.slots_planned} slots, {rate:.1f} slots/s, {eta}{aborted}    "
+
+
 def status_main(args: argparse.Namespace) -> int:
     try:
-        with grpc.insecure_channel(args.router) as channel:
+        with _channel(args.router, args.tls_ca) as channel:
             status = cluster_pb2_grpc.ClusterStub(channel).Status(cluster_pb2.StatusRequest(), timeout=10)
     except grpc.RpcError as error:
         print(f"yunkai cluster status: {args.router}: {error.code().name} {error.details()}", file=sys.stderr)
@@ -144,12 +319,45 @@ def status_main(args: argparse.Namespace) -> int:
         }
         for n in status.nodes
     ]
+    moves = [{"slot": m.slot, "source": m.source, "target": m.target, "id": m.id} for m in status.migrations]
+    jobs = [
+        {
+            "id": j.id,
+            "kind": j.kind,
+            "node": j.node,
+            "state": cluster_pb2.JobState.Name(j.state).removeprefix("JOB_").lower(),
+            "slots_planned": j.slots_planned,
+            "slots_moved": j.slots_moved,
+            "moves_aborted": j.moves_aborted,
+            "freeze_ms_p99": j.freeze_ms_p99,
+            "error": j.error,
+        }
+        for j in status.jobs
+    ]
     if args.json:
-        print(json.dumps({"map_version": status.map_version, "slots_total": status.slots_total, "nodes": rows}))
+        print(
+            json.dumps(
+                {
+                    "map_version": status.map_version,
+                    "slots_total": status.slots_total,
+                    "nodes": rows,
+                    "migrations": moves,
+                    "jobs": jobs,
+                }
+            )
+        )
         return 0
     print(f"map version {status.map_version}, {status.slots_total} slots, {len(rows)} nodes")
     print(f"{'node':24} {'state':9} {'slots':>6} {'owned':>6}  health")
     for row in rows:
         health = "ok" if row["reachable"] else "UNREACHABLE"
         print(f"{row['address']:24} {row['state']:9} {row['slots']:>6} {row['slots_owned']:>6}  {health}")
+    if moves:
+        print(f"{len(moves)} slot moves in flight:")
+        for move in moves:
+            print(f"  slot {move['slot']:>5}  {move['source']} -> {move['target']}  ({move['id']})")
+    for job, raw in zip(jobs, status.jobs, strict=True):
+        print(f"job {job['id']} {job['kind']} {job['node']}: {job['state']}, {_progress(raw).strip()}")
+        if job["error"]:
+            print(f"  error: {job['error']}")
     return 0 if all(row["reachable"] for row in rows) else 1

@@ -35,6 +35,7 @@ class ServiceProcess:
         self.log_path = log_path or os.path.join(data_dir, f"{self.kind}.log")
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}  # added to this process's environment at each start
 
     @property
     def address(self) -> str:
@@ -56,7 +57,8 @@ class ServiceProcess:
             *self.extra_args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
+        env = {**os.environ, **self.env} if self.env else None
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, env=env)
         log.close()
         self.port = _await_serving(self.process, timeout_s, self.log_path)
         return self

@@ -21,14 +21,19 @@ Protocol (DESIGN section 4):
     leg, and the leg's result comes back through the mailbox. Everything else commits in
     one batch, whatever its slots. The outbox is bounded: a request that could add
     entries past `outbox_entries_max` is refused whole (RESOURCE_EXHAUSTED).
-Later issues add freezing one slot (held mailbox) for moves, and the slot change log
-with its sequence numbers (written only when something follows it, so that today's
-commits do not pay a key per touched slot).
+  * Slot moves (node/slotmove.py): a slot being exported is followed by the change log,
+    which the committer feeds with each batch's writes to it just before the write. A
+    frozen slot takes no new writes of its own: they wait upstream (node/service.py, the
+    relay's results, the expiry sweep), and `barrier()` returns once everything queued
+    before the freeze is durable; the slot is then sealed, and from then on a credit
+    account in it counts as remote (its leg goes through the outbox and follows the slot).
+    The slot table's batch that takes a slot away also deletes its range.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
@@ -42,6 +47,7 @@ from rocksdict import WriteBatch
 
 from node import metrics, outbox, state_machine as sm
 from node.relay import Relay, RelayLimits
+from node.slotmove import ChangeLog, Op, SlotMoves, move_key, slot_range
 from node.storage import (
     Storage,
     account_key_of,
@@ -92,13 +98,14 @@ class Clock:
 
 
 class SlotActor:
-    __slots__ = ("epoch", "owned", "owner", "slot")
+    __slots__ = ("epoch", "frozen", "owned", "owner", "slot")
 
     def __init__(self, slot: int) -> None:
         self.slot = slot
         self.epoch = 0
         self.owner = ""
         self.owned = False
+        self.frozen = False  # writes held for a move (node/slotmove.py)
 
 
 class Overlay:
@@ -225,11 +232,16 @@ class Overlay:
             self.dirty_accounts or self.creations or self.transfers or self.changes or self.outbox or self.applied_legs
         )
 
-    def write_batch(self, clock_last: int) -> tuple[WriteBatch, dict[str, tuple[pb.Account, bytes]]]:
-        """The cycle's writes as one WriteBatch, and the accounts to publish after it."""
+    def write_batch(
+        self, clock_last: int, ops: list[Op] | None = None
+    ) -> tuple[WriteBatch, dict[str, tuple[pb.Account, bytes]]]:
+        """The cycle's writes as one WriteBatch, and the accounts to publish after it; with
+        `ops`, every slot key written is also appended there, in order (the change log's)."""
         total = self._slots_total
         batch = WriteBatch(raw_mode=True)
         published: dict[str, tuple[pb.Account, bytes]] = {}
+        if ops is not None:
+            batch = _Recording(batch, ops)  # type: ignore[assignment]
         put = batch.put
         for account_id, account in self.dirty_accounts.items():
             data = account.SerializeToString()
@@ -255,8 +267,28 @@ class Overlay:
                 put(key, leg.SerializeToString())
         for key, applied in self.applied_legs.items():
             put(key, applied.SerializeToString())
+        if ops is not None:
+            batch = batch.batch  # type: ignore[attr-defined]
         batch.put(b"\xff\xff" + _CLOCK_KEY.encode(), clock_last.to_bytes(8, "big"))
         return batch, published
+
+
+class _Recording:
+    """A WriteBatch that also lists its operations (only while slots are followed)."""
+
+    __slots__ = ("batch", "ops")
+
+    def __init__(self, batch: WriteBatch, ops: list[Op]) -> None:
+        self.batch = batch
+        self.ops = ops
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.batch.put(key, value)
+        self.ops.append((key, value))
+
+    def delete(self, key: bytes) -> None:
+        self.batch.delete(key)
+        self.ops.append((key, None))
 
 
 @dataclass
@@ -293,12 +325,20 @@ class Engine:
         self._stopping = False
         self._expiries: list[tuple[int, int, str, str]] = []  # heap of (at, slot, debit, id)
         self._outbox_reserved = 0  # entries that queued commands may still add
+        self.changelog = ChangeLog()
+        self._frozen: dict[int, tuple[node_pb2.SlotMove, asyncio.Event]] = {}
         self._load_slot_table(join)
         self._load_expiries()
         self.relay = Relay(
             storage, self._route, self.submit_leg_results, relay_limits or RelayLimits(), peer_credentials
         )
         self.relay.load(storage.outbox_entries(actor.slot for actor in self.slots if actor.owned))
+        self.moves = SlotMoves(self, peer_credentials)
+        for record in self.moves.durable_records():
+            if record.role == node_pb2.FROZEN:
+                # Frozen before a restart: the move may have committed; only the controller knows.
+                self.freeze(record.slot, record)
+                self.seal(record.slot)
 
     # --- slot table ----------------------------------------------------------------------
 
@@ -320,15 +360,30 @@ class Engine:
             actor.epoch, actor.owner, actor.owned = entry.epoch, entry.owner, entry.owned
         metrics.slots_owned.set(sum(1 for a in self.slots if a.owned))
 
-    def slot_table(self) -> node_pb2.GetSlotsResponse:
+    def slot_table(self, moves: bool = True) -> node_pb2.GetSlotsResponse:
         table = node_pb2.GetSlotsResponse(slots_total=self.slots_total, map_version=self.map_version)
         for a in self.slots:
             if a.epoch:
                 table.slots.add(slot=a.slot, epoch=a.epoch, owner=a.owner, owned=a.owned)
+        if moves:
+            table.moves.extend(self.moves.report())
         return table
 
     def assign_slots(self, request: node_pb2.AssignSlotsRequest) -> str | None:
-        """Apply new ownership; an error message (and no change) if any epoch regresses."""
+        """Apply new ownership; an error message (and no change) if any epoch regresses.
+
+        Slots gained by a move were staged by it (IMPORTED): they are served from now on.
+        Slots lost by a move (frozen here) are deleted in the same durable batch as the new
+        table, and the writes held for them are answered WRONG_SLOT. A slot taken away
+        without a move keeps its data."""
+        if request.base_map_version and self.map_version < request.base_map_version:
+            return (
+                f"map_version: this node's table is at v{self.map_version}, older than the change's base"
+                f" v{request.base_map_version}; send the whole table"
+            )
+        self_address = request.self_address or self.self_address
+        gained: list[int] = []
+        lost: list[int] = []
         for entry in request.slots:
             if entry.slot >= self.slots_total:
                 return f"slots: slot {entry.slot} is not below slots_total {self.slots_total}"
@@ -338,8 +393,15 @@ class Engine:
                     f"slots: slot {entry.slot} is at epoch {actor.epoch} owned by {actor.owner!r};"
                     f" epoch {entry.epoch} owned by {entry.owner!r} would go backwards"
                 )
-        if request.self_address:
-            self.self_address = request.self_address
+            owned = entry.owner == self_address
+            if owned and not actor.owned:
+                staged = self.moves.imported(entry.slot)
+                if staged is not None and staged.role != node_pb2.IMPORTED:
+                    return f"slots: slot {entry.slot} is still being staged by migration {staged.migration_id!r}"
+                gained.append(entry.slot)
+            elif actor.owned and not owned:
+                lost.append(entry.slot)
+        self.self_address = self_address
         for entry in request.slots:
             actor = self.slots[entry.slot]
             actor.epoch, actor.owner = entry.epoch, entry.owner
@@ -348,10 +410,96 @@ class Engine:
         for command in self._mailbox:
             if command.apply is sm.apply_transfer:  # queued as all-local under the old table
                 command.apply = self._apply_transfer  # type: ignore[assignment]
-        self.storage.meta_put_now(_SLOTS_KEY, self.slot_table().SerializeToString())
-        owned = sum(1 for a in self.slots if a.owned)
-        metrics.slots_owned.set(owned)
+        batch = WriteBatch(raw_mode=True)
+        batch.put(b"\xff\xff" + _SLOTS_KEY.encode(), self.slot_table(moves=False).SerializeToString())
+        moved_in = [slot for slot in gained if self.moves.imported(slot) is not None]
+        for slot in moved_in:
+            self.moves.forget_import(slot, batch)
+        moved_out = [slot for slot in lost if slot in self._frozen]
+        for slot in moved_out:
+            # A committed move: the target has the range (checked by digest) and serves it.
+            batch.delete_range(*slot_range(slot))
+            batch.delete(move_key(slot))
+        if len(moved_out) != len(lost):
+            # Not by a move (an operator's AssignSlots): keep the data, it may come back.
+            log.warning("slots taken away without a move; their data is kept", extra={"slots": len(lost)})
+        self.storage.write(batch)
+        if moved_in or lost:
+            self.storage.forget_accounts()
+        for slot in lost:
+            self.relay.forget_slot(slot)
+            self.changelog.sealed.discard(slot)
+            self.changelog.unfollow(slot)
+            self._release_frozen(slot)
+        if moved_in:
+            self.relay.load(self.storage.outbox_entries(moved_in))
+            for expiry in self.storage.pending_expiries(moved_in):
+                heapq.heappush(self._expiries, expiry)
+            metrics.pending_expiries.set(len(self._expiries))
+            self._wake.set()
+        if gained or lost:
+            log.debug("slot table changed", extra={"gained": len(gained), "lost": len(lost), "moved_in": len(moved_in)})
+        metrics.slots_owned.set(sum(1 for a in self.slots if a.owned))
         return None
+
+    # --- frozen slots (node/slotmove.py) ---------------------------------------------------
+
+    def freeze(self, slot: int, record: node_pb2.SlotMove) -> None:
+        """Hold every new write to `slot` (the caller has recorded the freeze durably)."""
+        actor = self.slots[slot]
+        assert actor.owned and not actor.frozen, (slot, actor.owned, actor.frozen)
+        actor.frozen = True
+        self._frozen[slot] = (record, asyncio.Event())
+        metrics.slots_frozen.set(len(self._frozen))
+
+    def thaw(self, slot: int, migration_id: str) -> bool:
+        """An aborted move: serve `slot` again. False if it is not frozen for that move."""
+        frozen = self._frozen.get(slot)
+        if frozen is None or frozen[0].migration_id != migration_id:
+            return False
+        self.storage.write(_delete(move_key(slot)))
+        self._release_frozen(slot)
+        return True
+
+    def _release_frozen(self, slot: int) -> None:
+        frozen = self._frozen.pop(slot, None)
+        self.slots[slot].frozen = False
+        if frozen is not None:
+            frozen[1].set()
+        metrics.slots_frozen.set(len(self._frozen))
+        self._wake.set()  # expiries held for it
+
+    def frozen_records(self) -> list[node_pb2.SlotMove]:
+        return [record for record, _event in self._frozen.values()]
+
+    async def wait_thawed(self, slots: set[int], timeout_s: float) -> None:
+        """Wait (at most timeout_s) until none of `slots` is frozen."""
+        events = [self._frozen[slot][1].wait() for slot in slots if slot in self._frozen]
+        if events:
+            started = time.perf_counter()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.gather(*events)
+            metrics.held_writes_s.observe(time.perf_counter() - started)
+
+    async def barrier(self) -> None:
+        """Return once every command queued before this call is durable (or answered)."""
+        await self._submit(_nothing, [], bounded=False)
+
+    def seal(self, slot: int) -> None:
+        """The frozen slot's last batch is durable and followed: from now on no batch writes it
+        (asserted by the change log), so transfers crediting it go through the outbox."""
+        assert self.slots[slot].frozen, slot
+        self.changelog.sealed.add(slot)
+        for command in self._mailbox:
+            if command.apply is sm.apply_transfer:  # queued as all-local before the seal
+                command.apply = self._apply_transfer  # type: ignore[assignment]
+
+    def _local(self, slot: int) -> bool:
+        """Whether this node applies writes to `slot` in its own batches right now. A frozen
+        slot still is until it is sealed: writes queued before its freeze, and the credit
+        sides of transfers, go into its change log and travel with it."""
+        return self.slots[slot].owned and slot not in self.changelog.sealed
 
     def redirect(self, slot: int) -> pb.SlotRedirect:
         actor = self.slots[slot]
@@ -375,20 +523,23 @@ class Engine:
         # Bound the outbox before queueing: count every event that may add an entry (a
         # credit account on another node, or a post/void naming none, whose pending's may
         # be). Where each event goes is decided again, for good, when it is applied.
-        slots, total = self.slots, self.slots_total
+        local, total = self._local, self.slots_total
         legs = 0
+        pendings = False
         for transfer, _slot, _epoch in events:
             credit = transfer.credit_account_id
-            if not credit or not slots[account_slot(credit, total)].owned:
+            if not credit or not local(account_slot(credit, total)):
                 legs += 1
+            pendings = pendings or bool(transfer.flags & sm.PENDING)
         if legs and len(self.relay) + self._outbox_reserved + legs > self.limits.outbox_entries_max:
             raise Overloaded(
                 f"the outbox holds {len(self.relay)} credit legs for other nodes ({self._outbox_reserved} more"
                 f" queued) and the limit is {self.limits.outbox_entries_max}; retry with backoff"
             )
-        # A command with no event that can leave the node skips the router (about 1 us an
+        # A command with no event that can leave the node, and no pending (whose reservation
+        # _apply_transfer journals when it spans two slots), skips the router (about 1 us an
         # event); assign_slots re-routes it if ownership changes while it is queued.
-        apply = self._apply_transfer if legs else sm.apply_transfer
+        apply = self._apply_transfer if legs or pendings else sm.apply_transfer
         return self._submit(apply, events, outbox_reserved=legs)
 
     def submit_accounts(self, events: Sequence[tuple[pb.Account, int, int]]) -> asyncio.Future[list[sm.Result]]:
@@ -410,7 +561,19 @@ class Engine:
         after the restart). Not held to the queue limit: the outbox bound holds them."""
         if self._stopping:
             return None
+        if any(self.slots[slot].frozen for _event, slot, _epoch in events):
+            return asyncio.ensure_future(self._leg_results_after_thaw(events))
         return self._submit(outbox.apply_leg_result, events, bounded=False)
+
+    async def _leg_results_after_thaw(self, events: Sequence[tuple[outbox.LegResult, int, int]]) -> list[sm.Result]:
+        """Results for a frozen debit slot wait for the move's end; if the slot moved, they
+        are answered WRONG_SLOT and its new owner re-drives the entries."""
+        slots = {slot for _event, slot, _epoch in events}
+        while any(self.slots[slot].frozen for slot in slots) and not self._stopping:
+            await self.wait_thawed(slots, 1.0)
+        if self._stopping:
+            return [sm.Result(pb.WRONG_SLOT)] * len(events)  # re-driven after the restart
+        return await self._submit(outbox.apply_leg_result, events, bounded=False)
 
     def _submit(
         self,
@@ -444,11 +607,15 @@ class Engine:
             await self._commit_loop()
             ticker.cancel()
             relay.cancel()
+        await self.moves.close()
 
     def stop(self) -> None:
         """Refuse new writes; run() returns once everything queued is committed."""
         self._stopping = True
+        self.moves.stopping = True
         self._wake.set()
+        for _record, thawed in self._frozen.values():
+            thawed.set()  # held callers stop waiting (the slot stays frozen on disk)
 
     async def _expiry_ticker(self) -> None:
         while True:
@@ -472,7 +639,11 @@ class Engine:
             outcomes = [self._apply(overlay, command) for command in commands]
             new_expiries = self._expire_due(overlay)
             if not overlay.empty():
-                batch, published = overlay.write_batch(self.clock.last)
+                changelog = self.changelog
+                ops: list[Op] | None = [] if changelog.watching() else None
+                batch, published = overlay.write_batch(self.clock.last, ops)
+                if ops:
+                    changelog.capture(ops, self.storage.raw_get)
                 started = time.perf_counter()
                 self.storage.write(batch)
                 metrics.fsync_latency_s.observe(time.perf_counter() - started)
@@ -508,13 +679,19 @@ class Engine:
     def _apply_transfer(self, overlay: Overlay, t: pb.Transfer, timestamp: int) -> sm.Result:
         """Route a transfer by where its credit account lives now: here, in one batch by the
         state machine; elsewhere, through the outbox."""
-        slots, total = self.slots, self.slots_total
+        local, total = self._local, self.slots_total
         if not t.flags & _RESOLVES:
-            if slots[account_slot(t.credit_account_id, total)].owned:
-                return sm.apply_transfer(overlay, t, timestamp)
-            return outbox.accept_transfer(overlay, t, timestamp)
+            credit_slot = account_slot(t.credit_account_id, total)
+            if not local(credit_slot):
+                return outbox.accept_transfer(overlay, t, timestamp)
+            result = sm.apply_transfer(overlay, t, timestamp)
+            if t.flags & sm.PENDING and result.code == pb.OK and credit_slot != account_slot(t.debit_account_id, total):
+                outbox.journal_local_reserve(overlay, t, timestamp)
+            return result
         pending = overlay.get_transfer(t.debit_account_id, t.pending_id)
-        if pending is None or slots[account_slot(pending.credit_account_id, total)].owned:
+        if pending is None or (
+            local(account_slot(pending.credit_account_id, total)) and not outbox.crossing(overlay, pending)
+        ):
             return sm.apply_transfer(overlay, t, timestamp)
         return outbox.resolve_pending(overlay, t, timestamp)
 
@@ -522,19 +699,26 @@ class Engine:
         expired = 0
         now = time.time_ns()
         heap = self._expiries
-        slots, total = self.slots, self.slots_total
+        slots, total, local = self.slots, self.slots_total, self._local
+        held: list[tuple[int, int, str, str]] = []
         while heap and heap[0][0] <= now and expired < self.limits.expiries_per_commit_max:
-            _at, slot, debit_id, transfer_id = heapq.heappop(heap)
+            due = heapq.heappop(heap)
+            _at, slot, debit_id, transfer_id = due
             if not slots[slot].owned:
+                continue
+            if slots[slot].frozen:
+                held.append(due)  # expires after the move: here if it aborts, else on the target
                 continue
             pending = overlay.get_transfer(debit_id, transfer_id)
             if pending is None:
                 continue
-            if slots[account_slot(pending.credit_account_id, total)].owned:
+            if local(account_slot(pending.credit_account_id, total)) and not outbox.crossing(overlay, pending):
                 done = sm.expire_pending(overlay, pending, self.clock.next())
             else:
                 done = outbox.expire_pending(overlay, pending, self.clock.next())
             expired += done
+        for due in held:
+            heapq.heappush(heap, due)
         return expired
 
     def _load_expiries(self) -> None:
@@ -542,3 +726,13 @@ class Engine:
         self._expiries.extend(self.storage.pending_expiries(owned))
         heapq.heapify(self._expiries)
         metrics.pending_expiries.set(len(self._expiries))
+
+
+def _nothing(overlay: Overlay, event: object, timestamp: int) -> sm.Result:
+    raise AssertionError("a barrier has no events")
+
+
+def _delete(key: bytes) -> WriteBatch:
+    batch = WriteBatch(raw_mode=True)
+    batch.delete(key)
+    return batch

@@ -28,3 +28,13 @@ legs_failed = Counter(
 leg_round_trip_s = Histogram(
     "yunkai_node_leg_round_trip_seconds", "ApplyCreditLegs round trip, per call", buckets=_LATENCY_BUCKETS_S
 )
+slots_frozen = Gauge("yunkai_node_slots_frozen", "Slots whose writes are held for a move")
+move_snapshot_s = Histogram(
+    "yunkai_node_move_snapshot_seconds", "A move's snapshot and catch-up, per slot (source)", buckets=_LATENCY_BUCKETS_S
+)
+move_tail_s = Histogram(
+    "yunkai_node_move_tail_seconds", "From freezing a slot to the target's check, per slot", buckets=_LATENCY_BUCKETS_S
+)
+held_writes_s = Histogram(
+    "yunkai_node_held_writes_seconds", "How long writes to a frozen slot waited", buckets=_LATENCY_BUCKETS_S
+)

@@ -111,9 +111,12 @@ Bounds and what is not done yet
   * The engine refuses a whole CreateTransfers (RESOURCE_EXHAUSTED) that could take the
     outbox past its bound (--outbox-max). RELEASE entries of expiries are not refused (an
     expiry cannot wait for room), so they alone may pass it.
-  * Slot moves (DESIGN section 6) must carry a slot's B and L ranges along; routing by
-    ownership at apply time then keeps working, but a claim or an IN_FLIGHT reservation
-    whose credit slot moves onto the debit node is not specially handled yet.
+  * Slot moves (node/slotmove.py) carry a slot's B and L ranges along, so routing by
+    ownership at apply time keeps working: a leg whose credit slot moved is redirected
+    (WRONG_SLOT) to the new owner, which has the slot's applied-leg records. A pending whose
+    reservation or post is still in flight (`crossing`) is resolved and expired only through
+    this module, even when its credit slot has moved onto the debit node; its legs then go
+    to this node itself.
 
 Invariants (asserted where records are written and read back)
   * An outbox entry exists exactly while its transfer is IN_FLIGHT (RELEASE: while the
@@ -300,6 +303,32 @@ def resolve_pending(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Re
         )
     )
     return Accepted(pb.IN_FLIGHT, "", timestamp, pb.TRANSFER_IN_FLIGHT)
+
+
+def journal_local_reserve(store: OutboxStore, t: pb.Transfer, timestamp: int) -> None:
+    """A pending transfer between two slots of this node was just reserved in one batch:
+    journal it in the credit slot as an applied RESERVE, as if a leg had carried it. If the
+    credit slot moves to another node before the pending is resolved, its POST or RELEASE
+    leg then finds the reservation it resolves (C's pairing) on the slot's new owner."""
+    assert t.flags & sm.PENDING, t
+    leg = node_pb2.CreditLeg(
+        kind=node_pb2.LEG_RESERVE,
+        debit_account_id=t.debit_account_id,
+        transfer_id=t.id,
+        credit_account_id=t.credit_account_id,
+        ledger=t.ledger,
+        amount=t.amount,
+    )
+    store.put_applied_leg(node_pb2.AppliedLeg(leg=leg, code=pb.OK, timestamp=timestamp))
+
+
+def crossing(store: OutboxStore, pending: pb.Transfer) -> bool:
+    """Whether a pending transfer still has a leg on its way (its reservation not yet
+    confirmed, or a post of it in flight): then only this module may resolve it, even once
+    its credit slot has moved onto this node."""
+    return pending.state == pb.TRANSFER_IN_FLIGHT or (
+        store.get_outbox(pending.debit_account_id, pending.id, node_pb2.LEG_POST) is not None
+    )
 
 
 def expire_pending(store: OutboxStore, pending: pb.Transfer, timestamp: int) -> bool:

@@ -140,6 +140,14 @@ class Relay:
         metrics.outbox_entries.set(len(self._entries))
         self._wake.set()
 
+    def forget_slot(self, slot: int) -> None:
+        """A debit slot moved away: its entries moved with it and its new owner drives them.
+        (A leg of it already sent is answered as usual; its result then finds the slot gone.)"""
+        prefix = slot.to_bytes(2, "big")
+        for key in [key for key in self._entries if key.startswith(prefix)]:
+            del self._entries[key]
+        metrics.outbox_entries.set(len(self._entries))
+
     def _add(self, key: bytes, leg: node_pb2.CreditLeg) -> None:
         entry = _Entry(key, leg)
         self._entries[key] = entry
@@ -148,10 +156,15 @@ class Relay:
     # --- callers --------------------------------------------------------------------------
 
     def wait_for(self, debit_account_id: str, transfer_id: str) -> asyncio.Future[pb.Transfer]:
-        """A future of the transfer's record once it is no longer IN_FLIGHT (committed)."""
+        """A future of the transfer's record once it is no longer IN_FLIGHT (committed);
+        cancelled if this node no longer has the transfer (its slot moved away)."""
         future: asyncio.Future[pb.Transfer] = asyncio.get_running_loop().create_future()
         record = self._storage.transfer(debit_account_id, transfer_id)
-        assert record is not None, (debit_account_id, transfer_id)  # it was answered IN_FLIGHT
+        if record is None:
+            # It was answered IN_FLIGHT, and its debit slot has moved to another node since
+            # (node/slotmove.py): the outcome is the new owner's to tell. Cancelled: no outcome.
+            future.cancel()
+            return future
         if record.state != pb.TRANSFER_IN_FLIGHT:
             future.set_result(record)
             return future

@@ -7,6 +7,11 @@ queued, so a bad request changes nothing; answers stateless failures (ID_INVALID
 and fencing (WRONG_SLOT) itself; and hands the rest to the engine, which answers once
 the events are durable. Reads are served from committed state without the engine.
 
+Writes (and credit legs) for a slot frozen by a move wait until the move ends, at most the
+caller's deadline less a margin (HOLD_S_MAX without one), while the request's other events
+go ahead; then they are submitted, or answered WRONG_SLOT naming the slot's new owner.
+The Node service's move calls are node/slotmove.py's protocol.
+
 A transfer whose credit account lives on another node is answered IN_FLIGHT by the engine
 (node/outbox.py); CreateTransfers then waits for its outcome within the caller's deadline
 (less a margin, at most `in_flight_wait_s`; that long when the caller set none) and
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -26,6 +31,7 @@ import grpc
 
 from node import metrics, outbox, state_machine as sm
 from node.engine import Engine, Overloaded
+from node.slotmove import MoveError
 from node.storage import account_slot
 from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
 from proto.serving import BadRequest, parse_request
@@ -37,8 +43,48 @@ IN_FLIGHT_WAIT_S_DEFAULT = 3.0
 # and a share of what remains (a loaded node is slower to answer).
 IN_FLIGHT_WAIT_MARGIN_S = 0.05
 IN_FLIGHT_WAIT_MARGIN_SHARE = 0.1
+HOLD_S_MAX = 5.0
 
 E = TypeVar("E")
+
+
+def _hold_budget_s(context: grpc.aio.ServicerContext) -> float:
+    remaining: float | None = context.time_remaining()
+    if remaining is None:
+        return HOLD_S_MAX
+    return max(0.0, min(HOLD_S_MAX, remaining * (1 - IN_FLIGHT_WAIT_MARGIN_SHARE) - IN_FLIGHT_WAIT_MARGIN_S))
+
+
+async def submit_holding(
+    engine: Engine,
+    submit: Callable[[Sequence[tuple[E, int, int]]], Awaitable[list[sm.Result]]],
+    queued: Sequence[tuple[E, int, int]],
+    context: grpc.aio.ServicerContext,
+) -> list[sm.Result]:
+    """Submit `queued`, holding the events of frozen slots until their move ends."""
+    slots = engine.slots
+    held = [i for i, (_event, slot, _epoch) in enumerate(queued) if slots[slot].frozen]
+    if not held:
+        return await submit(queued)
+    results: list[sm.Result | None] = [None] * len(queued)
+    ready = [i for i, (_event, slot, _epoch) in enumerate(queued) if not slots[slot].frozen]
+    ready_results = submit([queued[i] for i in ready]) if ready else None  # queued now, awaited below
+    await engine.wait_thawed({queued[i][1] for i in held}, _hold_budget_s(context))
+    again: list[int] = []
+    for i in held:
+        _event, slot, epoch = queued[i]
+        if slots[slot].frozen or not engine.serves(slot, epoch):
+            results[i] = sm.Result(pb.WRONG_SLOT)
+        else:
+            again.append(i)
+    if again:
+        for i, result in zip(again, await submit([queued[i] for i in again]), strict=True):
+            results[i] = result
+    if ready_results is not None:
+        for i, result in zip(ready, await ready_results, strict=True):
+            results[i] = result
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
 
 
 def _fence(fence: pb.Fence) -> dict[int, int] | None:
@@ -160,13 +206,15 @@ class LedgerService:
         fence_message: pb.Fence,
         submit: Callable[[Sequence[tuple[E, int, int]]], Awaitable[list[sm.Result]]],
         out: Any,
+        context: grpc.aio.ServicerContext,
         settle: Callable[[Sequence[E], list[sm.Result]], Awaitable[None]] | None = None,
     ) -> None:
         fence = _fence(fence_message)
         results, queued, positions = self._route(kind.field, events, kind.key_of, kind.malformed, kind.validate, fence)
         metrics.request_events.labels(kind.method).observe(len(events))
         if queued:
-            for position, result in zip(positions, await submit(queued), strict=True):
+            answers = await submit_holding(self.engine, submit, queued, context)
+            for position, result in zip(positions, answers, strict=True):
                 results[position] = result
         final: list[sm.Result] = []
         slots: list[int] = []
@@ -189,6 +237,7 @@ class LedgerService:
             request.fence,
             self.engine.submit_transfers,
             response.results,
+            context,
             lambda transfers, results: self._settle(transfers, results, context),
         )
         return response.SerializeToString()
@@ -221,13 +270,17 @@ class LedgerService:
     async def create_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = parse_request(pb.CreateAccountsRequest, data)
         response = pb.CreateAccountsResponse()
-        await self._write(_ACCOUNTS, request.accounts, request.fence, self.engine.submit_accounts, response.results)
+        await self._write(
+            _ACCOUNTS, request.accounts, request.fence, self.engine.submit_accounts, response.results, context
+        )
         return response.SerializeToString()
 
     async def change_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = parse_request(pb.ChangeAccountsRequest, data)
         response = pb.ChangeAccountsResponse()
-        await self._write(_CHANGES, request.changes, request.fence, self.engine.submit_changes, response.results)
+        await self._write(
+            _CHANGES, request.changes, request.fence, self.engine.submit_changes, response.results, context
+        )
         return response.SerializeToString()
 
     # --- reads ------------------------------------------------------------------------------
@@ -371,7 +424,7 @@ class NodeService(node_pb2_grpc.NodeServicer):
     ) -> node_pb2.ApplyCreditLegsResponse:
         started = time.perf_counter()
         try:
-            response = await self._apply_credit_legs(request)
+            response = await self._apply_credit_legs(request, context)
         except BadRequest as error:
             metrics.requests_total.labels("ApplyCreditLegs", "INVALID_ARGUMENT").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
@@ -382,7 +435,9 @@ class NodeService(node_pb2_grpc.NodeServicer):
         metrics.request_latency_s.labels("ApplyCreditLegs").observe(time.perf_counter() - started)
         return response
 
-    async def _apply_credit_legs(self, request: node_pb2.ApplyCreditLegsRequest) -> node_pb2.ApplyCreditLegsResponse:
+    async def _apply_credit_legs(
+        self, request: node_pb2.ApplyCreditLegsRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.ApplyCreditLegsResponse:
         engine = self.engine
         legs = request.legs
         if not legs:
@@ -412,7 +467,8 @@ class NodeService(node_pb2_grpc.NodeServicer):
             submit.append((leg, slot, epoch))
             positions.append(index)
         if submit:
-            for position, result in zip(positions, await engine.submit_credit_legs(submit), strict=True):
+            answers = await submit_holding(engine, engine.submit_credit_legs, submit, context)
+            for position, result in zip(positions, answers, strict=True):
                 results[position] = result
         response = node_pb2.ApplyCreditLegsResponse()
         for slot, r in zip(slots, results, strict=True):
@@ -422,3 +478,50 @@ class NodeService(node_pb2_grpc.NodeServicer):
                 added.redirect.CopyFrom(engine.redirect(slot))
         metrics.request_events.labels("ApplyCreditLegs").observe(len(legs))
         return response
+
+    # --- slot moves (node/slotmove.py) -----------------------------------------------------
+
+    async def PrepareImport(  # noqa: N802
+        self, request: node_pb2.PrepareImportRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.PrepareImportResponse:
+        try:
+            self.engine.moves.prepare_import(request.migration_id, request.slot, request.source)
+        except MoveError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        return node_pb2.PrepareImportResponse()
+
+    async def ImportSlot(  # noqa: N802
+        self, request_iterator: AsyncIterator[node_pb2.SlotChunk], context: grpc.aio.ServicerContext
+    ) -> node_pb2.ImportSlotResponse:
+        try:
+            return await self.engine.moves.import_slot(request_iterator)
+        except MoveError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        raise AssertionError("unreachable")
+
+    async def StartExport(  # noqa: N802
+        self, request: node_pb2.StartExportRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.StartExportResponse:
+        try:
+            return await self.engine.moves.start_export(request.migration_id, request.slot, request.target)
+        except MoveError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        raise AssertionError("unreachable")
+
+    async def FreezeSlot(  # noqa: N802
+        self, request: node_pb2.FreezeSlotRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.FreezeSlotResponse:
+        try:
+            return await self.engine.moves.freeze(request.migration_id, request.slot)
+        except MoveError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        raise AssertionError("unreachable")
+
+    async def AbortMove(  # noqa: N802
+        self, request: node_pb2.AbortMoveRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.AbortMoveResponse:
+        try:
+            return node_pb2.AbortMoveResponse(was_active=self.engine.moves.abort(request.migration_id, request.slot))
+        except MoveError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        raise AssertionError("unreachable")

@@ -11,7 +11,8 @@ slot is one contiguous range to snapshot, stream and delete.
     <slot> X <expires_at:8 BE> <debit> 00 <id>     pending transfer expiry index
     <slot> B <debit> 00 <subject> 00 <kind:1>      outbox entry (debit slot), node.v1.CreditLeg
     <slot> L <debit> 00 <transfer_id> 00 <kind:1>  applied credit leg (credit slot), node.v1.AppliedLeg
-    FF FF <name>                                   node metadata (clock, slot table)
+    FF FF <name>                                   node metadata (clock, slot table,
+                                                   slot moves: node/slotmove.py)
 
 The outbox and applied-leg records are node/outbox.py's; `kind` is the LegKind number.
 
@@ -269,6 +270,19 @@ class Storage:
         (measured: a spinning thread got 2% of its solo rate during 80k-key writes), so a
         writer thread would only add GIL hand-offs and make each write ~3x slower."""
         self.db.write(batch, self._sync)
+
+    def write_unsynced(self, batch: WriteBatch) -> None:
+        """Write without waiting for the disk: only for a slot being staged by a move, which
+        is made durable by a later synced write before anything depends on it."""
+        self.db.write(batch)
+
+    def raw_get(self, key: bytes) -> bytes | None:
+        value = self.db.get(key)
+        return None if value is None else bytes(value)
+
+    def forget_accounts(self) -> None:
+        """Drop every cached account: a slot's range was replaced or deleted by a move."""
+        self._accounts.clear()
 
     def publish_accounts(self, accounts: dict[str, tuple[pb.Account, bytes]]) -> None:
         """Make durably written accounts visible to reads."""

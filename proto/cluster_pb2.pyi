@@ -13,10 +13,21 @@ class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_ACTIVE: _ClassVar[NodeState]
     NODE_JOINING: _ClassVar[NodeState]
     NODE_DRAINING: _ClassVar[NodeState]
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_RUNNING: _ClassVar[JobState]
+    JOB_DONE: _ClassVar[JobState]
+    JOB_FAILED: _ClassVar[JobState]
 NODE_STATE_UNSPECIFIED: NodeState
 NODE_ACTIVE: NodeState
 NODE_JOINING: NodeState
 NODE_DRAINING: NodeState
+JOB_STATE_UNSPECIFIED: JobState
+JOB_RUNNING: JobState
+JOB_DONE: JobState
+JOB_FAILED: JobState
 
 class NodeInfo(_message.Message):
     __slots__ = ("address", "state")
@@ -27,18 +38,32 @@ class NodeInfo(_message.Message):
     def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ...) -> None: ...
 
 class ShardMap(_message.Message):
-    __slots__ = ("version", "slots_total", "nodes", "slot_owner", "slot_epoch")
+    __slots__ = ("version", "slots_total", "nodes", "slot_owner", "slot_epoch", "migrations")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     SLOT_OWNER_FIELD_NUMBER: _ClassVar[int]
     SLOT_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
     version: int
     slots_total: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     slot_owner: _containers.RepeatedScalarFieldContainer[int]
     slot_epoch: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., slot_owner: _Optional[_Iterable[int]] = ..., slot_epoch: _Optional[_Iterable[int]] = ...) -> None: ...
+    migrations: _containers.RepeatedCompositeFieldContainer[Migration]
+    def __init__(self, version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., slot_owner: _Optional[_Iterable[int]] = ..., slot_epoch: _Optional[_Iterable[int]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ...) -> None: ...
+
+class Migration(_message.Message):
+    __slots__ = ("id", "slot", "source", "target")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    slot: int
+    source: str
+    target: str
+    def __init__(self, id: _Optional[str] = ..., slot: _Optional[int] = ..., source: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
 
 class GetShardMapRequest(_message.Message):
     __slots__ = ()
@@ -69,11 +94,61 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("map_version", "slots_total", "nodes")
+    __slots__ = ("map_version", "slots_total", "nodes", "migrations", "jobs")
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
     map_version: int
     slots_total: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
-    def __init__(self, map_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
+    migrations: _containers.RepeatedCompositeFieldContainer[Migration]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, map_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+
+class Job(_message.Message):
+    __slots__ = ("id", "kind", "node", "state", "slots_planned", "slots_moved", "moves_aborted", "started_unix_s", "finished_unix_s", "error", "freeze_ms_p50", "freeze_ms_p99", "freeze_ms_max")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_PLANNED_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_MOVED_FIELD_NUMBER: _ClassVar[int]
+    MOVES_ABORTED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_MS_P50_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_MS_P99_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_MS_MAX_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    node: str
+    state: JobState
+    slots_planned: int
+    slots_moved: int
+    moves_aborted: int
+    started_unix_s: float
+    finished_unix_s: float
+    error: str
+    freeze_ms_p50: float
+    freeze_ms_p99: float
+    freeze_ms_max: float
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., node: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., slots_planned: _Optional[int] = ..., slots_moved: _Optional[int] = ..., moves_aborted: _Optional[int] = ..., started_unix_s: _Optional[float] = ..., finished_unix_s: _Optional[float] = ..., error: _Optional[str] = ..., freeze_ms_p50: _Optional[float] = ..., freeze_ms_p99: _Optional[float] = ..., freeze_ms_max: _Optional[float] = ...) -> None: ...
+
+class AddNodeRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class DrainNodeRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class RebalanceRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -49,6 +49,21 @@ class ClusterStub:
                 request_serializer=proto_dot_cluster__pb2.StatusRequest.SerializeToString,
                 response_deserializer=proto_dot_cluster__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.AddNode = channel.unary_unary(
+                '/yunkai.cluster.v1.Cluster/AddNode',
+                request_serializer=proto_dot_cluster__pb2.AddNodeRequest.SerializeToString,
+                response_deserializer=proto_dot_cluster__pb2.Job.FromString,
+                _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/yunkai.cluster.v1.Cluster/DrainNode',
+                request_serializer=proto_dot_cluster__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=proto_dot_cluster__pb2.Job.FromString,
+                _registered_method=True)
+        self.Rebalance = channel.unary_unary(
+                '/yunkai.cluster.v1.Cluster/Rebalance',
+                request_serializer=proto_dot_cluster__pb2.RebalanceRequest.SerializeToString,
+                response_deserializer=proto_dot_cluster__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -72,6 +87,25 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddNode(self, request, context):
+        """Operator jobs: each starts (or resumes) a job and answers at once; Status shows progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rebalance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +123,21 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=proto_dot_cluster__pb2.StatusRequest.FromString,
                     response_serializer=proto_dot_cluster__pb2.StatusResponse.SerializeToString,
+            ),
+            'AddNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddNode,
+                    request_deserializer=proto_dot_cluster__pb2.AddNodeRequest.FromString,
+                    response_serializer=proto_dot_cluster__pb2.Job.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=proto_dot_cluster__pb2.DrainNodeRequest.FromString,
+                    response_serializer=proto_dot_cluster__pb2.Job.SerializeToString,
+            ),
+            'Rebalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rebalance,
+                    request_deserializer=proto_dot_cluster__pb2.RebalanceRequest.FromString,
+                    response_serializer=proto_dot_cluster__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +221,87 @@ class Cluster:
             '/yunkai.cluster.v1.Cluster/Status',
             proto_dot_cluster__pb2.StatusRequest.SerializeToString,
             proto_dot_cluster__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.cluster.v1.Cluster/AddNode',
+            proto_dot_cluster__pb2.AddNodeRequest.SerializeToString,
+            proto_dot_cluster__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.cluster.v1.Cluster/DrainNode',
+            proto_dot_cluster__pb2.DrainNodeRequest.SerializeToString,
+            proto_dot_cluster__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rebalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.cluster.v1.Cluster/Rebalance',
+            proto_dot_cluster__pb2.RebalanceRequest.SerializeToString,
+            proto_dot_cluster__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

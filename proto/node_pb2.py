@@ -25,33 +25,59 @@ _sym_db = _symbol_database.Default()
 from proto import ledger_pb2 as proto_dot_ledger__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/node.proto\x12\x0eyunkai.node.v1\x1a\x12proto/ledger.proto\"J\n\rSlotOwnership\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\r\n\x05owner\x18\x03 \x01(\t\x12\r\n\x05owned\x18\x04 \x01(\x08\"\x11\n\x0fGetSlotsRequest\"{\n\x10GetSlotsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bslots_total\x18\x02 \x01(\r\x12\x13\n\x0bmap_version\x18\x03 \x01(\x04\x12,\n\x05slots\x18\x04 \x03(\x0b\x32\x1d.yunkai.node.v1.SlotOwnership\"m\n\x12\x41ssignSlotsRequest\x12\x13\n\x0bmap_version\x18\x01 \x01(\x04\x12\x14\n\x0cself_address\x18\x02 \x01(\t\x12,\n\x05slots\x18\x03 \x03(\x0b\x32\x1d.yunkai.node.v1.SlotOwnership\"*\n\x13\x41ssignSlotsResponse\x12\x13\n\x0bslots_owned\x18\x01 \x01(\r\"\xed\x01\n\tCreditLeg\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.yunkai.node.v1.LegKind\x12\x18\n\x10\x64\x65\x62it_account_id\x18\x02 \x01(\t\x12\x13\n\x0btransfer_id\x18\x03 \x01(\t\x12\x19\n\x11\x63redit_account_id\x18\x04 \x01(\t\x12\x0e\n\x06ledger\x18\x05 \x01(\r\x12\x0e\n\x06\x61mount\x18\x06 \x01(\x03\x12\x10\n\x08reserved\x18\x07 \x01(\x03\x12\x12\n\npending_id\x18\x08 \x01(\t\x12)\n\x05\x65vent\x18\t \x01(\x0b\x32\x1a.yunkai.ledger.v1.Transfer\"i\n\x16\x41pplyCreditLegsRequest\x12\'\n\x04legs\x18\x01 \x03(\x0b\x32\x19.yunkai.node.v1.CreditLeg\x12&\n\x05\x66\x65nce\x18\x0f \x01(\x0b\x32\x17.yunkai.ledger.v1.Fence\"I\n\x17\x41pplyCreditLegsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.yunkai.ledger.v1.EventResult\"s\n\nAppliedLeg\x12&\n\x03leg\x18\x01 \x01(\x0b\x32\x19.yunkai.node.v1.CreditLeg\x12*\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1c.yunkai.ledger.v1.ResultCode\x12\x11\n\ttimestamp\x18\x03 \x01(\x04*c\n\x07LegKind\x12\x18\n\x14LEG_KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nLEG_CREDIT\x10\x01\x12\x0f\n\x0bLEG_RESERVE\x10\x02\x12\x0c\n\x08LEG_POST\x10\x03\x12\x0f\n\x0bLEG_RELEASE\x10\x04\x32\x91\x02\n\x04Node\x12M\n\x08GetSlots\x12\x1f.yunkai.node.v1.GetSlotsRequest\x1a .yunkai.node.v1.GetSlotsResponse\x12V\n\x0b\x41ssignSlots\x12\".yunkai.node.v1.AssignSlotsRequest\x1a#.yunkai.node.v1.AssignSlotsResponse\x12\x62\n\x0f\x41pplyCreditLegs\x12&.yunkai.node.v1.ApplyCreditLegsRequest\x1a\'.yunkai.node.v1.ApplyCreditLegsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/node.proto\x12\x0eyunkai.node.v1\x1a\x12proto/ledger.proto\"J\n\rSlotOwnership\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\r\n\x05owner\x18\x03 \x01(\t\x12\r\n\x05owned\x18\x04 \x01(\x08\"\x11\n\x0fGetSlotsRequest\"\xa4\x01\n\x10GetSlotsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bslots_total\x18\x02 \x01(\r\x12\x13\n\x0bmap_version\x18\x03 \x01(\x04\x12,\n\x05slots\x18\x04 \x03(\x0b\x32\x1d.yunkai.node.v1.SlotOwnership\x12\'\n\x05moves\x18\x05 \x03(\x0b\x32\x18.yunkai.node.v1.SlotMove\"\x87\x01\n\x12\x41ssignSlotsRequest\x12\x13\n\x0bmap_version\x18\x01 \x01(\x04\x12\x14\n\x0cself_address\x18\x02 \x01(\t\x12,\n\x05slots\x18\x03 \x03(\x0b\x32\x1d.yunkai.node.v1.SlotOwnership\x12\x18\n\x10\x62\x61se_map_version\x18\x04 \x01(\x04\"*\n\x13\x41ssignSlotsResponse\x12\x13\n\x0bslots_owned\x18\x01 \x01(\r\"\xed\x01\n\tCreditLeg\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.yunkai.node.v1.LegKind\x12\x18\n\x10\x64\x65\x62it_account_id\x18\x02 \x01(\t\x12\x13\n\x0btransfer_id\x18\x03 \x01(\t\x12\x19\n\x11\x63redit_account_id\x18\x04 \x01(\t\x12\x0e\n\x06ledger\x18\x05 \x01(\r\x12\x0e\n\x06\x61mount\x18\x06 \x01(\x03\x12\x10\n\x08reserved\x18\x07 \x01(\x03\x12\x12\n\npending_id\x18\x08 \x01(\t\x12)\n\x05\x65vent\x18\t \x01(\x0b\x32\x1a.yunkai.ledger.v1.Transfer\"i\n\x16\x41pplyCreditLegsRequest\x12\'\n\x04legs\x18\x01 \x03(\x0b\x32\x19.yunkai.node.v1.CreditLeg\x12&\n\x05\x66\x65nce\x18\x0f \x01(\x0b\x32\x17.yunkai.ledger.v1.Fence\"I\n\x17\x41pplyCreditLegsResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.yunkai.ledger.v1.EventResult\"s\n\nAppliedLeg\x12&\n\x03leg\x18\x01 \x01(\x0b\x32\x19.yunkai.node.v1.CreditLeg\x12*\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1c.yunkai.ledger.v1.ResultCode\x12\x11\n\ttimestamp\x18\x03 \x01(\x04\"\x86\x01\n\x08SlotMove\x12\x0c\n\x04slot\x18\x01 \x01(\r\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12&\n\x04role\x18\x03 \x01(\x0e\x32\x18.yunkai.node.v1.MoveRole\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x10\n\x08last_seq\x18\x05 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x06 \x01(\x04\"J\n\x14PrepareImportRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\x0e\n\x06source\x18\x03 \x01(\t\"\x17\n\x15PrepareImportResponse\"4\n\x05KeyOp\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\"~\n\tSlotChunk\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\"\n\x03ops\x18\x04 \x03(\x0b\x32\x15.yunkai.node.v1.KeyOp\x12\x0c\n\x04last\x18\x06 \x01(\x08\x12\x0e\n\x06\x64igest\x18\x07 \x01(\x04\"D\n\x12ImportSlotResponse\x12\x10\n\x08last_seq\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x04\x12\x0c\n\x04keys\x18\x03 \x01(\x04\"H\n\x12StartExportRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\x0e\n\x06target\x18\x03 \x01(\t\"?\n\x13StartExportResponse\x12\x0c\n\x04keys\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"7\n\x11\x46reezeSlotRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\"6\n\x12\x46reezeSlotResponse\x12\x10\n\x08last_seq\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x04\"6\n\x10\x41\x62ortMoveRequest\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\"\'\n\x11\x41\x62ortMoveResponse\x12\x12\n\nwas_active\x18\x01 \x01(\x08*c\n\x07LegKind\x12\x18\n\x14LEG_KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nLEG_CREDIT\x10\x01\x12\x0f\n\x0bLEG_RESERVE\x10\x02\x12\x0c\n\x08LEG_POST\x10\x03\x12\x0f\n\x0bLEG_RELEASE\x10\x04*]\n\x08MoveRole\x12\x19\n\x15MOVE_ROLE_UNSPECIFIED\x10\x00\x12\r\n\tEXPORTING\x10\x01\x12\n\n\x06\x46ROZEN\x10\x02\x12\r\n\tIMPORTING\x10\x03\x12\x0c\n\x08IMPORTED\x10\x04\x32\xbd\x05\n\x04Node\x12M\n\x08GetSlots\x12\x1f.yunkai.node.v1.GetSlotsRequest\x1a .yunkai.node.v1.GetSlotsResponse\x12V\n\x0b\x41ssignSlots\x12\".yunkai.node.v1.AssignSlotsRequest\x1a#.yunkai.node.v1.AssignSlotsResponse\x12\x62\n\x0f\x41pplyCreditLegs\x12&.yunkai.node.v1.ApplyCreditLegsRequest\x1a\'.yunkai.node.v1.ApplyCreditLegsResponse\x12\\\n\rPrepareImport\x12$.yunkai.node.v1.PrepareImportRequest\x1a%.yunkai.node.v1.PrepareImportResponse\x12M\n\nImportSlot\x12\x19.yunkai.node.v1.SlotChunk\x1a\".yunkai.node.v1.ImportSlotResponse(\x01\x12V\n\x0bStartExport\x12\".yunkai.node.v1.StartExportRequest\x1a#.yunkai.node.v1.StartExportResponse\x12S\n\nFreezeSlot\x12!.yunkai.node.v1.FreezeSlotRequest\x1a\".yunkai.node.v1.FreezeSlotResponse\x12P\n\tAbortMove\x12 .yunkai.node.v1.AbortMoveRequest\x1a!.yunkai.node.v1.AbortMoveResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEGKIND']._serialized_start=970
-  _globals['_LEGKIND']._serialized_end=1069
+  _globals['_LEGKIND']._serialized_start=1878
+  _globals['_LEGKIND']._serialized_end=1977
+  _globals['_MOVEROLE']._serialized_start=1979
+  _globals['_MOVEROLE']._serialized_end=2072
   _globals['_SLOTOWNERSHIP']._serialized_start=56
   _globals['_SLOTOWNERSHIP']._serialized_end=130
   _globals['_GETSLOTSREQUEST']._serialized_start=132
   _globals['_GETSLOTSREQUEST']._serialized_end=149
-  _globals['_GETSLOTSRESPONSE']._serialized_start=151
-  _globals['_GETSLOTSRESPONSE']._serialized_end=274
-  _globals['_ASSIGNSLOTSREQUEST']._serialized_start=276
-  _globals['_ASSIGNSLOTSREQUEST']._serialized_end=385
-  _globals['_ASSIGNSLOTSRESPONSE']._serialized_start=387
-  _globals['_ASSIGNSLOTSRESPONSE']._serialized_end=429
-  _globals['_CREDITLEG']._serialized_start=432
-  _globals['_CREDITLEG']._serialized_end=669
-  _globals['_APPLYCREDITLEGSREQUEST']._serialized_start=671
-  _globals['_APPLYCREDITLEGSREQUEST']._serialized_end=776
-  _globals['_APPLYCREDITLEGSRESPONSE']._serialized_start=778
-  _globals['_APPLYCREDITLEGSRESPONSE']._serialized_end=851
-  _globals['_APPLIEDLEG']._serialized_start=853
-  _globals['_APPLIEDLEG']._serialized_end=968
-  _globals['_NODE']._serialized_start=1072
-  _globals['_NODE']._serialized_end=1345
+  _globals['_GETSLOTSRESPONSE']._serialized_start=152
+  _globals['_GETSLOTSRESPONSE']._serialized_end=316
+  _globals['_ASSIGNSLOTSREQUEST']._serialized_start=319
+  _globals['_ASSIGNSLOTSREQUEST']._serialized_end=454
+  _globals['_ASSIGNSLOTSRESPONSE']._serialized_start=456
+  _globals['_ASSIGNSLOTSRESPONSE']._serialized_end=498
+  _globals['_CREDITLEG']._serialized_start=501
+  _globals['_CREDITLEG']._serialized_end=738
+  _globals['_APPLYCREDITLEGSREQUEST']._serialized_start=740
+  _globals['_APPLYCREDITLEGSREQUEST']._serialized_end=845
+  _globals['_APPLYCREDITLEGSRESPONSE']._serialized_start=847
+  _globals['_APPLYCREDITLEGSRESPONSE']._serialized_end=920
+  _globals['_APPLIEDLEG']._serialized_start=922
+  _globals['_APPLIEDLEG']._serialized_end=1037
+  _globals['_SLOTMOVE']._serialized_start=1040
+  _globals['_SLOTMOVE']._serialized_end=1174
+  _globals['_PREPAREIMPORTREQUEST']._serialized_start=1176
+  _globals['_PREPAREIMPORTREQUEST']._serialized_end=1250
+  _globals['_PREPAREIMPORTRESPONSE']._serialized_start=1252
+  _globals['_PREPAREIMPORTRESPONSE']._serialized_end=1275
+  _globals['_KEYOP']._serialized_start=1277
+  _globals['_KEYOP']._serialized_end=1329
+  _globals['_SLOTCHUNK']._serialized_start=1331
+  _globals['_SLOTCHUNK']._serialized_end=1457
+  _globals['_IMPORTSLOTRESPONSE']._serialized_start=1459
+  _globals['_IMPORTSLOTRESPONSE']._serialized_end=1527
+  _globals['_STARTEXPORTREQUEST']._serialized_start=1529
+  _globals['_STARTEXPORTREQUEST']._serialized_end=1601
+  _globals['_STARTEXPORTRESPONSE']._serialized_start=1603
+  _globals['_STARTEXPORTRESPONSE']._serialized_end=1666
+  _globals['_FREEZESLOTREQUEST']._serialized_start=1668
+  _globals['_FREEZESLOTREQUEST']._serialized_end=1723
+  _globals['_FREEZESLOTRESPONSE']._serialized_start=1725
+  _globals['_FREEZESLOTRESPONSE']._serialized_end=1779
+  _globals['_ABORTMOVEREQUEST']._serialized_start=1781
+  _globals['_ABORTMOVEREQUEST']._serialized_end=1835
+  _globals['_ABORTMOVERESPONSE']._serialized_start=1837
+  _globals['_ABORTMOVERESPONSE']._serialized_end=1876
+  _globals['_NODE']._serialized_start=2075
+  _globals['_NODE']._serialized_end=2776
 # @@protoc_insertion_point(module_scope)

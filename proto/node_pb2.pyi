@@ -15,11 +15,24 @@ class LegKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LEG_RESERVE: _ClassVar[LegKind]
     LEG_POST: _ClassVar[LegKind]
     LEG_RELEASE: _ClassVar[LegKind]
+
+class MoveRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MOVE_ROLE_UNSPECIFIED: _ClassVar[MoveRole]
+    EXPORTING: _ClassVar[MoveRole]
+    FROZEN: _ClassVar[MoveRole]
+    IMPORTING: _ClassVar[MoveRole]
+    IMPORTED: _ClassVar[MoveRole]
 LEG_KIND_UNSPECIFIED: LegKind
 LEG_CREDIT: LegKind
 LEG_RESERVE: LegKind
 LEG_POST: LegKind
 LEG_RELEASE: LegKind
+MOVE_ROLE_UNSPECIFIED: MoveRole
+EXPORTING: MoveRole
+FROZEN: MoveRole
+IMPORTING: MoveRole
+IMPORTED: MoveRole
 
 class SlotOwnership(_message.Message):
     __slots__ = ("slot", "epoch", "owner", "owned")
@@ -38,26 +51,30 @@ class GetSlotsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetSlotsResponse(_message.Message):
-    __slots__ = ("node_id", "slots_total", "map_version", "slots")
+    __slots__ = ("node_id", "slots_total", "map_version", "slots", "moves")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    MOVES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     slots_total: int
     map_version: int
     slots: _containers.RepeatedCompositeFieldContainer[SlotOwnership]
-    def __init__(self, node_id: _Optional[str] = ..., slots_total: _Optional[int] = ..., map_version: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ...) -> None: ...
+    moves: _containers.RepeatedCompositeFieldContainer[SlotMove]
+    def __init__(self, node_id: _Optional[str] = ..., slots_total: _Optional[int] = ..., map_version: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[SlotMove, _Mapping]]] = ...) -> None: ...
 
 class AssignSlotsRequest(_message.Message):
-    __slots__ = ("map_version", "self_address", "slots")
+    __slots__ = ("map_version", "self_address", "slots", "base_map_version")
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SELF_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    BASE_MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     map_version: int
     self_address: str
     slots: _containers.RepeatedCompositeFieldContainer[SlotOwnership]
-    def __init__(self, map_version: _Optional[int] = ..., self_address: _Optional[str] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ...) -> None: ...
+    base_map_version: int
+    def __init__(self, map_version: _Optional[int] = ..., self_address: _Optional[str] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., base_map_version: _Optional[int] = ...) -> None: ...
 
 class AssignSlotsResponse(_message.Message):
     __slots__ = ("slots_owned",)
@@ -110,3 +127,119 @@ class AppliedLeg(_message.Message):
     code: _ledger_pb2.ResultCode
     timestamp: int
     def __init__(self, leg: _Optional[_Union[CreditLeg, _Mapping]] = ..., code: _Optional[_Union[_ledger_pb2.ResultCode, str]] = ..., timestamp: _Optional[int] = ...) -> None: ...
+
+class SlotMove(_message.Message):
+    __slots__ = ("slot", "migration_id", "role", "peer", "last_seq", "digest")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    migration_id: str
+    role: MoveRole
+    peer: str
+    last_seq: int
+    digest: int
+    def __init__(self, slot: _Optional[int] = ..., migration_id: _Optional[str] = ..., role: _Optional[_Union[MoveRole, str]] = ..., peer: _Optional[str] = ..., last_seq: _Optional[int] = ..., digest: _Optional[int] = ...) -> None: ...
+
+class PrepareImportRequest(_message.Message):
+    __slots__ = ("migration_id", "slot", "source")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    slot: int
+    source: str
+    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+
+class PrepareImportResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class KeyOp(_message.Message):
+    __slots__ = ("key", "value", "deleted")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    value: bytes
+    deleted: bool
+    def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., deleted: _Optional[bool] = ...) -> None: ...
+
+class SlotChunk(_message.Message):
+    __slots__ = ("migration_id", "slot", "seq", "ops", "last", "digest")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    slot: int
+    seq: int
+    ops: _containers.RepeatedCompositeFieldContainer[KeyOp]
+    last: bool
+    digest: int
+    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ..., seq: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[KeyOp, _Mapping]]] = ..., last: _Optional[bool] = ..., digest: _Optional[int] = ...) -> None: ...
+
+class ImportSlotResponse(_message.Message):
+    __slots__ = ("last_seq", "digest", "keys")
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    last_seq: int
+    digest: int
+    keys: int
+    def __init__(self, last_seq: _Optional[int] = ..., digest: _Optional[int] = ..., keys: _Optional[int] = ...) -> None: ...
+
+class StartExportRequest(_message.Message):
+    __slots__ = ("migration_id", "slot", "target")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    slot: int
+    target: str
+    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ..., target: _Optional[str] = ...) -> None: ...
+
+class StartExportResponse(_message.Message):
+    __slots__ = ("keys", "bytes", "seq")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    keys: int
+    bytes: int
+    seq: int
+    def __init__(self, keys: _Optional[int] = ..., bytes: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class FreezeSlotRequest(_message.Message):
+    __slots__ = ("migration_id", "slot")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    slot: int
+    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ...) -> None: ...
+
+class FreezeSlotResponse(_message.Message):
+    __slots__ = ("last_seq", "digest")
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    last_seq: int
+    digest: int
+    def __init__(self, last_seq: _Optional[int] = ..., digest: _Optional[int] = ...) -> None: ...
+
+class AbortMoveRequest(_message.Message):
+    __slots__ = ("migration_id", "slot")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    slot: int
+    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ...) -> None: ...
+
+class AbortMoveResponse(_message.Message):
+    __slots__ = ("was_active",)
+    WAS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    was_active: bool
+    def __init__(self, was_active: _Optional[bool] = ...) -> None: ...

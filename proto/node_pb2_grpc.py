@@ -49,6 +49,31 @@ class NodeStub:
                 request_serializer=proto_dot_node__pb2.ApplyCreditLegsRequest.SerializeToString,
                 response_deserializer=proto_dot_node__pb2.ApplyCreditLegsResponse.FromString,
                 _registered_method=True)
+        self.PrepareImport = channel.unary_unary(
+                '/yunkai.node.v1.Node/PrepareImport',
+                request_serializer=proto_dot_node__pb2.PrepareImportRequest.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.PrepareImportResponse.FromString,
+                _registered_method=True)
+        self.ImportSlot = channel.stream_unary(
+                '/yunkai.node.v1.Node/ImportSlot',
+                request_serializer=proto_dot_node__pb2.SlotChunk.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.ImportSlotResponse.FromString,
+                _registered_method=True)
+        self.StartExport = channel.unary_unary(
+                '/yunkai.node.v1.Node/StartExport',
+                request_serializer=proto_dot_node__pb2.StartExportRequest.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.StartExportResponse.FromString,
+                _registered_method=True)
+        self.FreezeSlot = channel.unary_unary(
+                '/yunkai.node.v1.Node/FreezeSlot',
+                request_serializer=proto_dot_node__pb2.FreezeSlotRequest.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.FreezeSlotResponse.FromString,
+                _registered_method=True)
+        self.AbortMove = channel.unary_unary(
+                '/yunkai.node.v1.Node/AbortMove',
+                request_serializer=proto_dot_node__pb2.AbortMoveRequest.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.AbortMoveResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -73,6 +98,37 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareImport(self, request, context):
+        """Slot moves (node/slotmove.py), driven by the controller; ImportSlot is the source's stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSlot(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartExport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FreezeSlot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortMove(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +146,31 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.ApplyCreditLegs,
                     request_deserializer=proto_dot_node__pb2.ApplyCreditLegsRequest.FromString,
                     response_serializer=proto_dot_node__pb2.ApplyCreditLegsResponse.SerializeToString,
+            ),
+            'PrepareImport': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareImport,
+                    request_deserializer=proto_dot_node__pb2.PrepareImportRequest.FromString,
+                    response_serializer=proto_dot_node__pb2.PrepareImportResponse.SerializeToString,
+            ),
+            'ImportSlot': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportSlot,
+                    request_deserializer=proto_dot_node__pb2.SlotChunk.FromString,
+                    response_serializer=proto_dot_node__pb2.ImportSlotResponse.SerializeToString,
+            ),
+            'StartExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartExport,
+                    request_deserializer=proto_dot_node__pb2.StartExportRequest.FromString,
+                    response_serializer=proto_dot_node__pb2.StartExportResponse.SerializeToString,
+            ),
+            'FreezeSlot': grpc.unary_unary_rpc_method_handler(
+                    servicer.FreezeSlot,
+                    request_deserializer=proto_dot_node__pb2.FreezeSlotRequest.FromString,
+                    response_serializer=proto_dot_node__pb2.FreezeSlotResponse.SerializeToString,
+            ),
+            'AbortMove': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortMove,
+                    request_deserializer=proto_dot_node__pb2.AbortMoveRequest.FromString,
+                    response_serializer=proto_dot_node__pb2.AbortMoveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +254,141 @@ class Node:
             '/yunkai.node.v1.Node/ApplyCreditLegs',
             proto_dot_node__pb2.ApplyCreditLegsRequest.SerializeToString,
             proto_dot_node__pb2.ApplyCreditLegsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareImport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.node.v1.Node/PrepareImport',
+            proto_dot_node__pb2.PrepareImportRequest.SerializeToString,
+            proto_dot_node__pb2.PrepareImportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSlot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/yunkai.node.v1.Node/ImportSlot',
+            proto_dot_node__pb2.SlotChunk.SerializeToString,
+            proto_dot_node__pb2.ImportSlotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.node.v1.Node/StartExport',
+            proto_dot_node__pb2.StartExportRequest.SerializeToString,
+            proto_dot_node__pb2.StartExportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FreezeSlot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.node.v1.Node/FreezeSlot',
+            proto_dot_node__pb2.FreezeSlotRequest.SerializeToString,
+            proto_dot_node__pb2.FreezeSlotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortMove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.node.v1.Node/AbortMove',
+            proto_dot_node__pb2.AbortMoveRequest.SerializeToString,
+            proto_dot_node__pb2.AbortMoveResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,8 +15,16 @@ Protocol:
     (`Node.GetSlots`); a node behind the map (it was down during a publish, or restarted
     from an old disk) gets the table again. A router that meets WRONG_SLOT asks for the
     same check at once (`refresh`).
+    A change of a few slots (a committed move) is sent as a delta over the previous
+    version; a node whose table is older refuses it and gets the whole table instead. One
+    lock orders every AssignSlots, so a node never sees versions out of order from here.
+  * Moves. The map records slot moves in flight (router/migration.py runs them). After a
+    restart the controller cannot know how far a recorded move got, so it aborts every
+    recorded move: one swap forgets them, then both nodes of each are told (AbortMove).
+    Reconcile also reads the moves each node reports: one that the map no longer records
+    is aborted on that node if the map still gives the slot to its source (the move did
+    not commit); otherwise the node is behind the map and gets the table.
   * Watch. WatchShardMap streams wake on each new version.
-Later issues add migrations (add-node, drain-node) as further compare-and-swaps here.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
@@ -64,6 +72,7 @@ class Controller:
         self._node_versions: dict[str, int] = {}  # what each node said its table version is
         self._node_errors: dict[str, str] = {}
         self._reconcile_now = asyncio.Event()
+        self._assigning = asyncio.Lock()
 
     # --- the map ----------------------------------------------------------------------------
 
@@ -119,8 +128,14 @@ class Controller:
                     " empty nodes; start cluster nodes with --join"
                 )
 
-    async def swap(self, new_map: ShardMap) -> bool:
-        """Store a new map version (compare-and-swap) and publish it to every node."""
+    async def swap(
+        self,
+        new_map: ShardMap,
+        changed: Sequence[int] | None = None,
+        before_publish: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
+        """Store a new map version (compare-and-swap) and publish it to every node: the
+        whole table, or with `changed` only those slots (a delta over the previous version)."""
         current = self.current()
         if not self.metastore.compare_and_swap(current.version, new_map):
             self._map = self.metastore.load()
@@ -129,8 +144,47 @@ class Controller:
         metrics.map_version.set(new_map.version)
         async with self._changed:
             self._changed.notify_all()
-        await self.publish()
+        if before_publish is not None:
+            await before_publish()
+        if changed is None:
+            await self.publish()
+        else:
+            await self._publish_delta(new_map, current.version, changed)
         return True
+
+    async def _publish_delta(self, shard_map: ShardMap, base: int, changed: Sequence[int]) -> None:
+        slots = [
+            node_pb2.SlotOwnership(slot=slot, epoch=shard_map.epochs[slot], owner=shard_map.owners[slot])
+            for slot in changed
+        ]
+        targets = sorted(shard_map.nodes)
+        await asyncio.gather(*(self._assign(shard_map, a, slots, base) for a in targets))
+
+    async def recover_moves(self) -> None:
+        """At start: abort every move the map records (their progress died with the
+        controller that ran them). The abort is recorded before any node is told."""
+        recorded = self.current().migrations
+        if not recorded:
+            return
+        forgotten = self.current().with_migrations(remove=[m.id for m in recorded])
+        if not await self.swap(forgotten, changed=[]):
+            raise ControllerError("the shard map changed while recovering recorded moves; restart the router")
+        for move in recorded:
+            log.warning("aborting a move recorded before a restart", extra={"slot": move.slot, "id": move.id})
+            await asyncio.gather(
+                self.abort_move(move.source, move.id, move.slot), self.abort_move(move.target, move.id, move.slot)
+            )
+
+    async def abort_move(self, address: str, migration_id: str, slot: int) -> bool:
+        """Tell one node to forget a move; False if it could not be reached (reconcile retries)."""
+        try:
+            await self.stub(address).AbortMove(
+                node_pb2.AbortMoveRequest(migration_id=migration_id, slot=slot), timeout=RPC_TIMEOUT_S
+            )
+            return True
+        except grpc.aio.AioRpcError as error:
+            log.warning("could not abort a move on a node", extra={"node": address, "error": error.details()})
+            return False
 
     async def watch(self, known_version: int) -> AsyncIterator[ShardMap]:
         """Each map newer than `known_version`, as it appears."""
@@ -148,7 +202,7 @@ class Controller:
 
     # --- talking to nodes -------------------------------------------------------------------
 
-    def _stub(self, address: str) -> node_pb2_grpc.NodeStub:
+    def stub(self, address: str) -> node_pb2_grpc.NodeStub:
         channel = self._channels.get(address)
         if channel is None:
             channel = self._channels[address] = serving.channel(address, self._credentials, CHANNEL_OPTIONS)
@@ -169,9 +223,35 @@ class Controller:
         targets = list(only) if only is not None else sorted(shard_map.nodes)
         await asyncio.gather(*(self._assign(shard_map, address) for address in targets))
 
-    async def _assign(self, shard_map: ShardMap, address: str) -> None:
+    async def _assign(
+        self,
+        shard_map: ShardMap,
+        address: str,
+        delta: Sequence[node_pb2.SlotOwnership] | None = None,
+        base: int = 0,
+    ) -> None:
+        async with self._assigning:
+            if shard_map.version < self.current().version:
+                shard_map, delta = self.current(), None  # a newer map was stored meanwhile: send it whole
+            if delta is not None:
+                request = node_pb2.AssignSlotsRequest(
+                    map_version=shard_map.version, self_address=address, slots=delta, base_map_version=base
+                )
+                try:
+                    await self.stub(address).AssignSlots(request, timeout=RPC_TIMEOUT_S)
+                    self._node_versions[address] = shard_map.version
+                    self._node_errors.pop(address, None)
+                    return
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                        self._node_errors[address] = f"{address}: {error.code().name} {error.details()}"
+                        return
+                    # The node's table is older than the delta's base: send the whole table.
+            await self._assign_whole(shard_map, address)
+
+    async def _assign_whole(self, shard_map: ShardMap, address: str) -> None:
         try:
-            await self._stub(address).AssignSlots(self._table(shard_map, address), timeout=RPC_TIMEOUT_S)
+            await self.stub(address).AssignSlots(self._table(shard_map, address), timeout=RPC_TIMEOUT_S)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 message = (
@@ -189,7 +269,7 @@ class Controller:
 
     async def node_table(self, address: str) -> node_pb2.GetSlotsResponse | None:
         try:
-            reply: node_pb2.GetSlotsResponse = await self._stub(address).GetSlots(
+            reply: node_pb2.GetSlotsResponse = await self.stub(address).GetSlots(
                 node_pb2.GetSlotsRequest(), timeout=RPC_TIMEOUT_S
             )
             return reply
@@ -197,16 +277,29 @@ class Controller:
             return None
 
     async def reconcile_once(self) -> None:
-        shard_map = self.current()
-        for address in sorted(shard_map.nodes):
+        for address in sorted(self.current().nodes):
             table = await self.node_table(address)
             if table is None:
                 self._node_versions.pop(address, None)
                 continue
+            shard_map = self.current()  # read after the await: a move may have been recorded meanwhile
             self._node_versions[address] = table.map_version
             if table.map_version < shard_map.version:
                 log.info("node behind the map; publishing", extra={"node": address, "node_version": table.map_version})
                 await self._assign(shard_map, address)
+            await self._reconcile_moves(address, table)
+
+    async def _reconcile_moves(self, address: str, table: node_pb2.GetSlotsResponse) -> None:
+        shard_map = self.current()
+        active = {m.id for m in shard_map.migrations}
+        for move in table.moves:
+            if move.migration_id in active:
+                continue
+            source_side = move.role in (node_pb2.EXPORTING, node_pb2.FROZEN)
+            still_source = shard_map.owners[move.slot] == address
+            if source_side == still_source:  # a source that still owns it, or a target that does not
+                log.info("aborting a move the map no longer records", extra={"node": address, "slot": move.slot})
+                await self.abort_move(address, move.migration_id, move.slot)
 
     async def run(self) -> None:
         """Reconcile nodes with the map until cancelled (the caller publishes once first)."""

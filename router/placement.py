@@ -9,6 +9,8 @@ holds ~15% more than the mean. We keep HRW's scores and add quotas:
     time from whichever old node holds the most (ties: smallest address), choosing that
     node's slot with the highest score for the new node. Only slots onto the new node
     move, none between old nodes, and afterwards every count is within one of the others.
+    If the new node already owns some (an add-node that was interrupted), it takes only
+    the rest of its share.
   * remove_node(owners, gone): each of its slots goes, in score order, to the remaining
     node with the fewest slots among its best-scoring candidates (counts stay within one).
   * place(S, nodes) = add the nodes one by one, in the order given, to an empty map, so the
@@ -46,15 +48,16 @@ def place(slots_total: int, nodes: Sequence[str]) -> list[str]:
 
 def add_node(owners: Sequence[str], new: str) -> list[str]:
     """Owners after `new` joins: floor(S/n) slots move onto it, none between old nodes."""
-    if new in owners:
-        raise ValueError(f"{new} already owns slots")
     result = list(owners)
-    counts = Counter(owners)
-    take = len(owners) // (len(counts) + 1)
+    counts = Counter(owner for owner in owners if owner != new)
+    if not counts:
+        return result  # it owns everything already
+    take = len(owners) // (len(counts) + 1) - (len(owners) - sum(counts.values()))
     # Per old node, its slots ordered by the new node's score (best first).
     candidates: dict[str, list[int]] = {node: [] for node in counts}
     for slot, owner in enumerate(owners):
-        candidates[owner].append(slot)
+        if owner != new:
+            candidates[owner].append(slot)
     for slots in candidates.values():
         slots.sort(key=lambda s: (-score(new, s), s))
     # Take one at a time from the fullest node: a max-heap on (count, then address).
@@ -73,9 +76,7 @@ def add_node(owners: Sequence[str], new: str) -> list[str]:
 def remove_node(owners: Sequence[str], gone: str) -> list[str]:
     """Owners after `gone` leaves: its slots spread over the others, counts within one."""
     counts = Counter(owners)
-    if gone not in counts:
-        raise ValueError(f"{gone} owns no slots")
-    del counts[gone]
+    counts.pop(gone, None)
     if not counts:
         raise ValueError("cannot remove the last node")
     result = list(owners)

@@ -28,6 +28,7 @@ from proto.serving import BadRequest, parse_request
 from router import metrics
 from router.controller import Controller, ControllerError
 from router.metastore import LocalMetastore
+from router.migration import CONCURRENCY_DEFAULT, Job, Mover
 from router.routing import LedgerRouter, RoutingError
 from router.slots import SLOTS_TOTAL_DEFAULT
 
@@ -49,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "INFO",
     "slots_total": SLOTS_TOTAL_DEFAULT,
     "batch_events_max": 8192,
+    "move_concurrency": CONCURRENCY_DEFAULT,
 }
 
 
@@ -58,12 +60,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodes", help="HOST:PORT,... of the ledger nodes; seeds a new shard map")
     parser.add_argument("--slots-total", type=int, help=f"S for a new cluster (default {SLOTS_TOTAL_DEFAULT})")
     parser.add_argument("--batch-events-max", type=int, help="most events in one request (default 8192)")
+    parser.add_argument(
+        "--move-concurrency",
+        type=int,
+        help=f"slots moved at once by add-node, drain-node and rebalance (default {CONCURRENCY_DEFAULT})",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     settings = serving.resolve(args, "router", DEFAULTS)
     if not settings["data_dir"]:
         print("yunkai router: --data-dir is required (or YUNKAI_ROUTER_DATA_DIR)", file=sys.stderr)
+        return 2
+    if int(settings["move_concurrency"]) < 1:
+        print("yunkai router: --move-concurrency must be at least 1", file=sys.stderr)
         return 2
     serving.setup_logging(str(settings["log_level"]), "router")
     try:
@@ -166,10 +176,11 @@ class RouterService:
 
 
 class ClusterService(cluster_pb2_grpc.ClusterServicer):
-    """yunkai.cluster.v1.Cluster: the shard map and the cluster's status."""
+    """yunkai.cluster.v1.Cluster: the shard map, the cluster's status, and operator jobs."""
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, mover: Mover) -> None:
         self.controller = controller
+        self.mover = mover
 
     async def GetShardMap(  # noqa: N802 (gRPC method name)
         self, request: cluster_pb2.GetShardMapRequest, context: grpc.aio.ServicerContext
@@ -185,7 +196,41 @@ class ClusterService(cluster_pb2_grpc.ClusterServicer):
     async def Status(  # noqa: N802
         self, request: cluster_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> cluster_pb2.StatusResponse:
-        return await self.controller.status()
+        response = await self.controller.status()
+        response.migrations.extend(self.controller.current().to_proto().migrations)
+        response.jobs.extend(job.to_proto() for job in self.mover.jobs)
+        return response
+
+    async def AddNode(  # noqa: N802
+        self, request: cluster_pb2.AddNodeRequest, context: grpc.aio.ServicerContext
+    ) -> cluster_pb2.Job:
+        return await self._job(context, self.mover.add_node(_address(request.address)))
+
+    async def DrainNode(  # noqa: N802
+        self, request: cluster_pb2.DrainNodeRequest, context: grpc.aio.ServicerContext
+    ) -> cluster_pb2.Job:
+        return await self._job(context, self.mover.drain_node(_address(request.address)))
+
+    async def Rebalance(  # noqa: N802
+        self, request: cluster_pb2.RebalanceRequest, context: grpc.aio.ServicerContext
+    ) -> cluster_pb2.Job:
+        return await self._job(context, self.mover.rebalance())
+
+    async def _job(self, context: grpc.aio.ServicerContext, start: Awaitable[Job]) -> cluster_pb2.Job:
+        try:
+            job = await start
+        except BadRequest as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except ControllerError as error:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        return job.to_proto()
+
+
+def _address(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadRequest(f"address: {text!r} is not HOST:PORT")
+    return text
 
 
 async def _serve(settings: dict[str, Any]) -> None:
@@ -196,6 +241,8 @@ async def _serve(settings: dict[str, Any]) -> None:
     )
     shard_map = await controller.load_or_seed()
     await controller.publish()  # nodes know the map before anyone is told the router serves
+    await controller.recover_moves()
+    mover = Mover(controller, int(settings["move_concurrency"]))
     router = LedgerRouter(controller, credentials=peers)
     server = serving.new_server()
     frame = serving.Serving(server, [LEDGER_SERVICE, CLUSTER_SERVICE])
@@ -204,17 +251,19 @@ async def _serve(settings: dict[str, Any]) -> None:
         host, int(settings["port"]), serving.server_credentials(settings["tls_cert"], settings["tls_key"])
     )
     server.add_generic_rpc_handlers([RouterService(router, int(settings["batch_events_max"])).handler()])
-    cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(controller), server)
+    cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(controller, mover), server)
     metrics_port = settings["metrics_port"]
     serving.start_metrics(host, None if metrics_port is None else int(metrics_port))
     stopping = serving.stop_signal()
     try:
         async with asyncio.TaskGroup() as tasks:
             reconciler = tasks.create_task(controller.run())
+            jobs = tasks.create_task(mover.run())
             await frame.start(port, log, map_version=shard_map.version, nodes=sorted(shard_map.nodes))
             await stopping.wait()
             await frame.stop(log)
             reconciler.cancel()
+            jobs.cancel()
     finally:
         await router.close()
         await controller.close()

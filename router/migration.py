@@ -1,0 +1,292 @@
+"""Slot moves, the controller's half: operator jobs (add-node, drain-node, rebalance) made of
+waves of slot moves, each move driven through node/slotmove.py's protocol.
+
+A wave moves up to `concurrency` slots, each from its owner A to its target B:
+  1. Record. One compare-and-swap records every move of the wave in the shard map
+     (`Migration{id, slot, A, B}`); a move's id is fresh for every attempt.
+  2. Copy. For each move: B.PrepareImport, then A.StartExport (snapshot and catch-up;
+     answered once A's change log for the slot is drained).
+  3. Freeze. For each copied move: A.FreezeSlot (A holds writes to the slot, ships the tail,
+     and B checks the digest and makes the staged range durable).
+  4. Commit. One compare-and-swap gives each frozen slot to its B at epoch + 1 and forgets
+     every move of the wave (the ones that failed are aborted by it). This swap is the
+     single point of truth: before it, a move aborts; after it, it only rolls forward.
+     The change of owners is published to every node at once (a delta); A answers the
+     writes it held with WRONG_SLOT naming B, B serves.
+  5. Abort. For each move that failed: AbortMove to A (unfreeze) and B (drop the staged
+     range), only after step 4 recorded it. A node that misses it is told by reconcile.
+A failed move is tried again in a later wave with a new id, at most `attempts_max` times.
+Each slot's freeze pause (step 3 to the end of step 4) is recorded for the job's report.
+
+Jobs run one at a time in the router process; Status shows their progress. A router
+restart aborts the moves in flight (router/controller.py) and forgets its jobs: running
+the same command again resumes the plan from the map as it stands.
+
+Fault points, for the crash tests: with YUNKAI_MOVE_PAUSE_AT set to `recorded`, `copied`,
+`frozen` or `committed` (the commit stored, not yet published), the first wave that
+reaches that point logs "paused at a fault point" and sleeps YUNKAI_MOVE_PAUSE_S seconds,
+so that a test can kill a process exactly there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from proto import cluster_pb2, node_pb2
+from router import placement
+from router.controller import Controller, ControllerError
+from router.shardmap import ACTIVE, DRAINING, JOINING, Migration, ShardMap
+
+log = logging.getLogger("yunkai.router.migration")
+
+CONCURRENCY_DEFAULT = 8
+ATTEMPTS_MAX = 5
+COPY_TIMEOUT_S = 120.0
+FREEZE_TIMEOUT_S = 10.0
+PREPARE_TIMEOUT_S = 10.0
+JOBS_KEPT = 20
+PAUSE_AT_ENV = "YUNKAI_MOVE_PAUSE_AT"
+PAUSE_S_ENV = "YUNKAI_MOVE_PAUSE_S"
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    node: str
+    planned: int = 0
+    moved: int = 0
+    aborted: int = 0
+    state: int = cluster_pb2.JOB_RUNNING
+    error: str = ""
+    started_unix_s: float = field(default_factory=time.time)
+    finished_unix_s: float = 0.0
+    freeze_ms: list[float] = field(default_factory=list)
+
+    def to_proto(self) -> cluster_pb2.Job:
+        pauses = sorted(self.freeze_ms)
+
+        def quantile(q: float) -> float:
+            return pauses[min(len(pauses) - 1, int(q * len(pauses)))] if pauses else 0.0
+
+        return cluster_pb2.Job(
+            id=self.id,
+            kind=self.kind,
+            node=self.node,
+            state=self.state,  # type: ignore[arg-type]
+            slots_planned=self.planned,
+            slots_moved=self.moved,
+            moves_aborted=self.aborted,
+            started_unix_s=self.started_unix_s,
+            finished_unix_s=self.finished_unix_s,
+            error=self.error,
+            freeze_ms_p50=quantile(0.5),
+            freeze_ms_p99=quantile(0.99),
+            freeze_ms_max=pauses[-1] if pauses else 0.0,
+        )
+
+
+class Mover:
+    """Runs operator jobs against the controller's map, one job at a time."""
+
+    def __init__(self, controller: Controller, concurrency: int = CONCURRENCY_DEFAULT) -> None:
+        assert concurrency >= 1
+        self.controller = controller
+        self.concurrency = concurrency
+        self.jobs: list[Job] = []
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self._pause_at = os.environ.get(PAUSE_AT_ENV, "")
+        self._pause_s = float(os.environ.get(PAUSE_S_ENV, "5"))
+
+    async def _fault_point(self, name: str) -> None:
+        if name == self._pause_at:
+            self._pause_at = ""  # once per process
+            log.warning("paused at a fault point", extra={"point": name, "seconds": self._pause_s})
+            await asyncio.sleep(self._pause_s)
+
+    # --- starting jobs ----------------------------------------------------------------------
+
+    async def add_node(self, address: str) -> Job:
+        await self._check_joining(address)
+        return self._start("add-node", address)
+
+    async def drain_node(self, address: str) -> Job:
+        shard_map = self.controller.current()
+        if address not in shard_map.nodes:
+            raise ControllerError(f"{address} is not in the cluster (nodes: {', '.join(sorted(shard_map.nodes))})")
+        if len(shard_map.nodes) == 1:
+            raise ControllerError(f"{address} is the cluster's only node: there is nowhere to move its slots")
+        return self._start("drain-node", address)
+
+    async def rebalance(self) -> Job:
+        return self._start("rebalance", "")
+
+    def _start(self, kind: str, node: str) -> Job:
+        running = self.running()
+        if running is not None:
+            if (running.kind, running.node) == (kind, node):
+                return running  # the same request again: report the job already running
+            raise ControllerError(f"job {running.id} ({running.kind} {running.node}) is still running; wait for it")
+        job = Job(id=uuid.uuid4().hex[:8], kind=kind, node=node)
+        self.jobs.append(job)
+        del self.jobs[:-JOBS_KEPT]
+        self._queue.put_nowait(job)
+        return job
+
+    def running(self) -> Job | None:
+        return next((job for job in self.jobs if job.state == cluster_pb2.JOB_RUNNING), None)
+
+    async def run(self) -> None:
+        """Run queued jobs, one at a time, until cancelled (the router's task group owns it)."""
+        while True:
+            job = await self._queue.get()
+            await self._run(job)
+
+    async def _check_joining(self, address: str) -> None:
+        controller = self.controller
+        table = await controller.node_table(address)
+        if table is None:
+            raise ControllerError(f"cannot reach node {address}; is `yunkai node --join` running there?")
+        if table.slots_total != controller.slots_total:
+            raise ControllerError(f"node {address} has {table.slots_total} slots, the cluster {controller.slots_total}")
+        shard_map = controller.current()
+        owned = sum(1 for s in table.slots if s.owned)
+        if address not in shard_map.nodes and (owned or table.map_version):
+            raise ControllerError(
+                f"node {address} owns {owned} slots at map v{table.map_version} of another cluster or by itself;"
+                " add only a new node started with --join and an empty data directory"
+            )
+
+    # --- running them -------------------------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        try:
+            await self._run_job(job)
+            job.state = cluster_pb2.JOB_DONE
+            log.info("job done", extra={"job": job.id, "kind": job.kind, "moved": job.moved})
+        except asyncio.CancelledError:
+            job.state, job.error = cluster_pb2.JOB_FAILED, "the router stopped"
+            raise
+        except Exception as error:  # recorded for the operator; the map is consistent after any failure
+            job.state, job.error = cluster_pb2.JOB_FAILED, str(error) or type(error).__name__
+            log.error("job failed", extra={"job": job.id, "kind": job.kind, "error": job.error})
+        finally:
+            job.finished_unix_s = time.time()
+
+    async def _run_job(self, job: Job) -> None:
+        controller = self.controller
+        if job.kind == "add-node":
+            if job.node not in controller.current().nodes:
+                await self._swap(controller.current().with_node(job.node, JOINING), changed=None)
+            after = placement.add_node(self._owners_without_moves(), job.node)
+        elif job.kind == "drain-node":
+            if controller.current().nodes[job.node] != DRAINING:
+                await self._swap(controller.current().with_node(job.node, DRAINING), changed=[])
+            after = placement.remove_node(self._owners_without_moves(), job.node)
+        else:
+            active = sorted(a for a, state in controller.current().nodes.items() if state != DRAINING)
+            after = placement.place(controller.slots_total, active)
+        plan = placement.moves(controller.current().owners, after)
+        job.planned = len(plan)
+        log.info("job planned", extra={"job": job.id, "kind": job.kind, "node": job.node, "slots": len(plan)})
+        await self._move_all(job, [(slot, target) for slot, _source, target in plan])
+        if job.kind == "add-node":
+            await self._swap(controller.current().with_node(job.node, ACTIVE), changed=[])
+        elif job.kind == "drain-node":
+            await self._swap(controller.current().without_node(job.node), changed=[])
+
+    def _owners_without_moves(self) -> list[str]:
+        return list(self.controller.current().owners)
+
+    async def _move_all(self, job: Job, plan: list[tuple[int, str]]) -> None:
+        attempts: dict[int, int] = {}
+        todo = list(plan)
+        while todo:
+            wave, todo = todo[: self.concurrency], todo[self.concurrency :]
+            failed = await self._wave(job, wave)
+            for slot, target in failed:
+                attempts[slot] = attempts.get(slot, 0) + 1
+                if attempts[slot] >= ATTEMPTS_MAX:
+                    raise ControllerError(f"slot {slot} could not be moved to {target} in {ATTEMPTS_MAX} attempts")
+                todo.append((slot, target))
+
+    async def _wave(self, job: Job, wave: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
+        """Move up to `concurrency` slots; returns the moves that failed (aborted)."""
+        controller = self.controller
+        shard_map = controller.current()
+        moves = [
+            Migration(uuid.uuid4().hex[:12], slot, shard_map.owners[slot], target)
+            for slot, target in wave
+            if shard_map.owners[slot] != target
+        ]
+        if not moves:
+            return []
+        await self._swap(shard_map.with_migrations(add=moves), changed=[])
+        await self._fault_point("recorded")
+        copied = await asyncio.gather(*(self._copy(m) for m in moves))
+        await self._fault_point("copied")
+        frozen_at: dict[str, float] = {}
+        ready = [m for m, ok in zip(moves, copied, strict=True) if ok]
+        frozen = await asyncio.gather(*(self._freeze(m, frozen_at) for m in ready))
+        committed = [m for m, ok in zip(ready, frozen, strict=True) if ok]
+        await self._fault_point("frozen")
+        failed = [m for m in moves if m not in committed]
+        # The commit point: owners change and the wave's moves are forgotten, in one swap.
+        current = controller.current()
+        new_map = current.reassign({m.slot: m.target for m in committed}, forget=[m.id for m in moves])
+        await self._swap(new_map, changed=[m.slot for m in committed], committing=True)
+        now = time.perf_counter()
+        for m in committed:
+            job.freeze_ms.append((now - frozen_at[m.id]) * 1000)
+        job.moved += len(committed)
+        job.aborted += len(failed)
+        for m in failed:
+            await asyncio.gather(
+                controller.abort_move(m.source, m.id, m.slot), controller.abort_move(m.target, m.id, m.slot)
+            )
+        return [(m.slot, m.target) for m in failed]
+
+    async def _copy(self, move: Migration) -> bool:
+        controller = self.controller
+        try:
+            await controller.stub(move.target).PrepareImport(
+                node_pb2.PrepareImportRequest(migration_id=move.id, slot=move.slot, source=move.source),
+                timeout=PREPARE_TIMEOUT_S,
+            )
+            await controller.stub(move.source).StartExport(
+                node_pb2.StartExportRequest(migration_id=move.id, slot=move.slot, target=move.target),
+                timeout=COPY_TIMEOUT_S,
+            )
+            return True
+        except grpc.aio.AioRpcError as error:
+            log.warning("slot copy failed", extra={"slot": move.slot, "id": move.id, "error": error.details()})
+            return False
+
+    async def _freeze(self, move: Migration, frozen_at: dict[str, float]) -> bool:
+        frozen_at[move.id] = time.perf_counter()
+        try:
+            await self.controller.stub(move.source).FreezeSlot(
+                node_pb2.FreezeSlotRequest(migration_id=move.id, slot=move.slot), timeout=FREEZE_TIMEOUT_S
+            )
+            return True
+        except grpc.aio.AioRpcError as error:
+            log.warning("slot freeze failed", extra={"slot": move.slot, "id": move.id, "error": error.details()})
+            return False
+
+    async def _swap(self, new_map: ShardMap, changed: Sequence[int] | None, committing: bool = False) -> None:
+        current = self.controller.current()
+        assert new_map.version == current.version + 1, (new_map.version, current.version)
+
+        async def committed() -> None:
+            await self._fault_point("committed")
+
+        if not await self.controller.swap(new_map, changed, committed if committing else None):
+            raise ControllerError("the shard map changed under the job (another controller?); run it again")
