@@ -78,6 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
     scoring_server.add_arguments(scoring_serve_parser)
     scoring_serve_parser.set_defaults(run=scoring_server.main)
 
+    from lending import cli as lending_cli, server as lending_server
+
+    lending = commands.add_parser(
+        "lending",
+        help="run the lending service (the product factory)",
+        description="Lending on the ledger: `serve` runs yunkai.lending.v1.ProductService over gRPC.",
+    )
+    lending_commands = lending.add_subparsers(dest="lending_command", required=True, metavar="SUBCOMMAND")
+    lending_serve = lending_commands.add_parser(
+        "serve",
+        help="serve the product factory over gRPC",
+        description="Serve yunkai.lending.v1.ProductService: credit products as versioned parameter sets "
+        "(draft -> published -> retired), stored durably in --data-dir.",
+    )
+    lending_server.add_arguments(lending_serve)
+    lending_serve.set_defaults(run=lending_server.main)
+    product = commands.add_parser(
+        "product",
+        help="create, publish, retire, list and show credit products",
+        description="The product factory's commands, over gRPC to `yunkai lending serve`.",
+    )
+    lending_cli.add_arguments(product)
+
     from cluster import demo
 
     demo_parser = commands.add_parser(

@@ -110,6 +110,13 @@ class ScoringProcess(ServiceProcess):
         super().__init__(registry, extra_args, log_path or os.path.join(registry, "..", "scoring.log"))
 
 
+class LendingProcess(ServiceProcess):
+    """A `yunkai lending serve` (the product factory) with its own data directory."""
+
+    kind = "lending"
+    subcommand = ("lending", "serve")
+
+
 class RouterProcess(ServiceProcess):
     """A `yunkai router` (give it `--nodes ...` in extra_args for a new cluster)."""
 

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"proto", "node", "router", "scoring", "clients", "cluster", "loadtest"}
+PACKAGES = {"proto", "node", "router", "scoring", "clients", "cluster", "loadtest", "lending"}
 # What each package may import among ours. cluster/ and loadtest/ sit on top together:
 # the `yunkai` command (cluster/cli.py) fronts the benchmarks, which start local clusters.
 ALLOWED = {
@@ -15,6 +15,8 @@ ALLOWED = {
     "node": {"proto", "node", "router"},
     "clients": {"proto", "router", "clients"},
     "scoring": {"proto", "scoring"},
+    # Lending is the bank's business on top of the ledger: it calls the ledger through the SDK.
+    "lending": {"proto", "clients", "lending"},
     "cluster": PACKAGES,
     "loadtest": PACKAGES,
 }

@@ -1,0 +1,283 @@
+"""The product factory: product parameters, their validation, their lifecycle, their store.
+
+Lifecycle of one version of a product code (DESIGN section 8):
+
+    (none) --save--> DRAFT --save--> DRAFT (parameters replaced)
+                     DRAFT --publish--> PUBLISHED (immutable from here on)
+                     PUBLISHED --retire--> RETIRED (no new loans; existing loans keep it)
+
+Saving a code whose newest version is published or retired opens the draft of the next
+version (n + 1); saving exactly the parameters of the newest draft or published version
+answers that version and changes nothing, so a catalogue can be loaded again. Publishing
+or retiring twice answers the version unchanged, so callers may retry; publishing a
+retired version or retiring a draft is refused.
+
+`validate` is pure and names every bad parameter. `ProductStore` keeps every version in
+its own RocksDB (rocksdict), each change one synchronous (fsync'd) write: the catalogue
+is small and changes rarely, so a write per change costs nothing, and RocksDB is what
+the rest of yunkai already trusts with durability.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from rocksdict import Options, Rdict, WriteOptions
+
+from lending.schedule import ANNUAL_RATE_BPS_MAX, PRINCIPAL_MAX, TERM_MONTHS_MAX
+from proto import lending_pb2 as pb
+
+CODE_PATTERN = re.compile(r"[A-Z][A-Z0-9-]{1,23}")
+GL_PATTERN = re.compile(r"[0-9]{4}(\.[0-9]{2,4}){0,3}")
+NAME_CHARS_MAX = 80
+# ISO 4217: alphabetic code -> numeric code, which is the ledger number of the currency's book.
+CURRENCIES = {"CNY": 156, "HKD": 344, "USD": 840, "EUR": 978}
+GRACE_DAYS_MAX = 30
+# The PBOC lets penalty interest run 30-50% above the contract rate (银发[2003]251号);
+# a penalty rate of 1.5 x the highest contract rate we accept is the ceiling.
+PENALTY_RATE_BPS_MAX = ANNUAL_RATE_BPS_MAX * 3 // 2
+FEE_AMOUNT_MAX = 10_000_000  # fen: 100,000 yuan
+FEE_RATE_BPS_MAX = 1_000  # 10%
+OVERRIDABLE = ("annual_rate_bps", "term_months", "repayment_method", "grace_days")
+VERSIONS_MAX = 10_000  # every version of every code the store will hold
+SAMPLE_CATALOGUE = Path(__file__).parent / "catalogue" / "products.toml"
+
+
+class InvalidProduct(ValueError):
+    """Bad parameters: each line names one parameter."""
+
+
+class ProductNotFound(LookupError):
+    pass
+
+
+class LifecycleRefused(RuntimeError):
+    """A lifecycle step not allowed from the version's state."""
+
+
+class StoreFull(RuntimeError):
+    pass
+
+
+def validate(p: pb.ProductParameters) -> list[str]:
+    """Every problem with the parameters, each as `name: what is wrong`; empty when they are valid."""
+    errors: list[str] = []
+    if not CODE_PATTERN.fullmatch(p.code):
+        errors.append(f"code: {p.code!r} is not 2-24 characters of A-Z, 0-9 and -, starting with a letter")
+    if not p.name.strip() or len(p.name) > NAME_CHARS_MAX:
+        errors.append(f"name: must be 1-{NAME_CHARS_MAX} characters, not blank")
+    if p.currency not in CURRENCIES:
+        errors.append(f"currency: {p.currency!r} is not one of {', '.join(CURRENCIES)}")
+    errors += _range("amount_min", p.amount_min, 1, PRINCIPAL_MAX)
+    errors += _range("amount_max", p.amount_max, max(1, p.amount_min), PRINCIPAL_MAX, "amount_min")
+    overridable = list(p.overridable)
+    for name in overridable:
+        if name not in OVERRIDABLE:
+            errors.append(f"overridable: {name!r} is not one of {', '.join(OVERRIDABLE)}")
+    if len(set(overridable)) != len(overridable):
+        errors.append("overridable: names a parameter twice")
+    errors += _range("annual_rate_bps", p.annual_rate_bps, 0, ANNUAL_RATE_BPS_MAX)
+    errors += _bounds(p, "annual_rate_bps", p.annual_rate_bps, p.annual_rate_bps_min, p.annual_rate_bps_max)
+    errors += _range("term_months", p.term_months, 1, TERM_MONTHS_MAX)
+    errors += _bounds(p, "term_months", p.term_months, p.term_months_min, p.term_months_max)
+    if p.repayment_method == pb.REPAYMENT_METHOD_UNSPECIFIED:
+        errors.append("repayment_method: must be EQUAL_INSTALMENT, EQUAL_PRINCIPAL or INTEREST_ONLY")
+    if p.day_count == pb.DAY_COUNT_UNSPECIFIED:
+        errors.append("day_count: must be ACT_360 or ACT_365")
+    errors += _range("grace_days", p.grace_days, 0, GRACE_DAYS_MAX)
+    # A penalty below the contract rate would make paying late cheaper than paying on time.
+    highest_rate = max(p.annual_rate_bps, p.annual_rate_bps_max)
+    errors += _range("penalty_rate_bps", p.penalty_rate_bps, highest_rate, PENALTY_RATE_BPS_MAX, "the highest rate")
+    kinds: set[int] = set()
+    for index, fee in enumerate(p.fees):
+        where = f"fees[{index}]"
+        if fee.kind == pb.FEE_KIND_UNSPECIFIED:
+            errors.append(f"{where}.kind: must be ORIGINATION, LATE_PAYMENT or EARLY_REPAYMENT")
+        elif fee.kind in kinds:
+            errors.append(f"{where}.kind: {pb.FeeKind.Name(fee.kind)} appears twice")
+        kinds.add(fee.kind)
+        if (fee.amount != 0) == (fee.rate_bps != 0):
+            errors.append(f"{where}: set exactly one of amount and rate_bps")
+        errors += _range(f"{where}.amount", fee.amount, 0, FEE_AMOUNT_MAX)
+        errors += _range(f"{where}.rate_bps", fee.rate_bps, 0, FEE_RATE_BPS_MAX)
+        if fee.kind == pb.LATE_PAYMENT and fee.rate_bps:
+            errors.append(f"{where}.rate_bps: a late-payment fee is a fixed amount")
+    for field in pb.GlMapping.DESCRIPTOR.fields:
+        code = getattr(p.gl, field.name)
+        if not GL_PATTERN.fullmatch(code):
+            errors.append(f"gl.{field.name}: {code!r} is not a general-ledger code such as 1303 or 6011.01")
+    return errors
+
+
+def _range(name: str, value: int, low: int, high: int, low_name: str = "") -> list[str]:
+    if value < low:
+        return [f"{name}: {value} is below the minimum {low}" + (f" ({low_name})" if low_name else "")]
+    if value > high:
+        return [f"{name}: {value} is above the maximum {high}"]
+    return []
+
+
+def _bounds(p: pb.ProductParameters, name: str, value: int, low: int, high: int) -> list[str]:
+    """A loan's own value must lie in [low, high], and the product's value with it."""
+    if name not in p.overridable:
+        return [f"{name}_{end}: set, but {name} is not overridable" for end, v in (("min", low), ("max", high)) if v]
+    if not low <= value <= high:
+        return [f"{name}: {value} is outside its override bounds {name}_min..{name}_max, {low}..{high}"]
+    return []
+
+
+def check(p: pb.ProductParameters) -> None:
+    errors = validate(p)
+    if errors:
+        raise InvalidProduct(f"{p.code or 'product'}: " + "; ".join(errors))
+
+
+def ledger_of(currency: str) -> int:
+    """The ledger (book) a currency's accounts live in: its ISO 4217 numeric code."""
+    return CURRENCIES[currency]
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+def parameters_from_dict(values: dict[str, Any], where: str) -> pb.ProductParameters:
+    """Parameters from a TOML table (fields named as in proto/lending.proto, enums by name)."""
+    try:
+        return json_format.ParseDict(values, pb.ProductParameters())
+    except json_format.ParseError as error:
+        raise InvalidProduct(f"{where}: {error}") from None
+
+
+def read_catalogue(path: Path) -> list[pb.ProductParameters]:
+    """The `[[product]]` tables of a TOML file, in order."""
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise InvalidProduct(f"{path}: {error}") from None
+    tables = document.get("product")
+    if not isinstance(tables, list) or not tables:
+        raise InvalidProduct(f"{path}: no [[product]] tables")
+    return [parameters_from_dict(t, f"{path}: product[{i}]") for i, t in enumerate(tables)]
+
+
+# --- the store ---------------------------------------------------------------------------
+
+
+def _key(code: str, version: int) -> bytes:
+    return b"product/" + code.encode() + b"/" + version.to_bytes(4, "big")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ProductStore:
+    """Every version of every product, durable in a RocksDB directory of its own.
+
+    Methods are synchronous and each makes at most one write, so on one event loop they
+    are atomic with respect to each other.
+    """
+
+    def __init__(self, data_dir: str) -> None:
+        os.makedirs(data_dir, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self._db = Rdict(os.path.join(data_dir, "products"), options)
+        self._sync = WriteOptions()
+        self._sync.sync = True
+        # code -> versions in order (index v-1 is version v): the whole catalogue is small.
+        self._versions: dict[str, list[pb.Product]] = {}
+        count = 0
+        for key, value in self._db.items():
+            product = pb.Product.FromString(value)
+            assert key == _key(product.code, product.version), key  # the record is where its key says
+            versions = self._versions.setdefault(product.code, [])
+            assert product.version == len(versions) + 1, (product.code, product.version)
+            versions.append(product)
+            count += 1
+        self._count = count
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, product: pb.Product) -> pb.Product:
+        self._db.put(_key(product.code, product.version), product.SerializeToString(), self._sync)
+        versions = self._versions.setdefault(product.code, [])
+        if product.version > len(versions):
+            versions.append(product)
+            self._count += 1
+        else:
+            versions[product.version - 1] = product
+        return product
+
+    def save_draft(self, parameters: pb.ProductParameters) -> pb.Product:
+        check(parameters)
+        versions = self._versions.get(parameters.code, [])
+        newest = versions[-1] if versions else None
+        if newest is not None and newest.state != pb.RETIRED and newest.parameters == parameters:
+            return newest  # nothing new to save: loading a catalogue twice changes nothing
+        if newest is not None and newest.state == pb.DRAFT:
+            version = newest.version
+        else:
+            if self._count >= VERSIONS_MAX:
+                raise StoreFull(f"the store holds {VERSIONS_MAX} product versions, its limit")
+            version = len(versions) + 1
+        return self._write(
+            pb.Product(code=parameters.code, version=version, state=pb.DRAFT, parameters=parameters, saved_ms=_now_ms())
+        )
+
+    def publish(self, code: str, version: int) -> pb.Product:
+        product = self.get(code, version)
+        if product.state == pb.PUBLISHED:
+            return product
+        if product.state == pb.RETIRED:
+            raise LifecycleRefused(f"{code} version {version} is retired: it cannot be published again")
+        check(product.parameters)  # the rules may have tightened since it was saved
+        published = pb.Product()
+        published.CopyFrom(product)
+        published.state = pb.PUBLISHED
+        published.published_ms = _now_ms()
+        return self._write(published)
+
+    def retire(self, code: str, version: int) -> pb.Product:
+        product = self.get(code, version)
+        if product.state == pb.RETIRED:
+            return product
+        if product.state == pb.DRAFT:
+            raise LifecycleRefused(f"{code} version {version} is a draft: only a published version is retired")
+        retired = pb.Product()
+        retired.CopyFrom(product)
+        retired.state = pb.RETIRED
+        retired.retired_ms = _now_ms()
+        return self._write(retired)
+
+    def get(self, code: str, version: int = 0) -> pb.Product:
+        """One version; version 0 is the newest published one (what new loans use)."""
+        versions = self._versions.get(code)
+        if not versions:
+            raise ProductNotFound(f"code: no product {code!r}")
+        if version == 0:
+            for product in reversed(versions):
+                if product.state == pb.PUBLISHED:
+                    return product
+            raise ProductNotFound(f"code: {code} has no published version")
+        if not 1 <= version <= len(versions):
+            raise ProductNotFound(f"version: {code} has versions 1..{len(versions)}, not {version}")
+        return versions[version - 1]
+
+    def list(self, include_drafts: bool = False, include_retired: bool = False) -> list[pb.Product]:
+        shown = (
+            {pb.PUBLISHED} | ({pb.DRAFT} if include_drafts else set()) | ({pb.RETIRED} if include_retired else set())
+        )
+        return [p for code in sorted(self._versions) for p in self._versions[code] if p.state in shown]
+
+    def codes(self) -> Iterable[str]:
+        return sorted(self._versions)
