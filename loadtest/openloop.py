@@ -174,12 +174,29 @@ Operation = Callable[[int], Awaitable[tuple[str, str | None]]]
 """Runs operation number i; answers (its kind, None or what went wrong). Must not raise for
 an outcome of the system under test (a refusal, a deadline): that is an error to count."""
 
+Outcomes = list[tuple[int, str, str | None]]  # (operation number, kind, None or what went wrong)
+Group = Callable[[list[int]], list[Awaitable[Outcomes]]]
+"""Runs operations that fell due together as a few calls (one per kind of call); each
+awaitable answers for the operations of its call, as soon as that call is answered."""
+
 
 async def drive(
-    operation: Operation, *, rate: float, duration_s: float, start: float, worker: int, procs: int
+    operation: Operation,
+    *,
+    rate: float,
+    duration_s: float,
+    start: float,
+    worker: int,
+    procs: int,
+    group: Group | None = None,
 ) -> Recorder:
     """Issue this driver's share of `rate * duration_s` operations on schedule from `start`
-    (a `clock()` value), wait for every answer, and return what was recorded."""
+    (a `clock()` value), wait for every answer, and return what was recorded.
+
+    With `group`, the operations that are due when the loop wakes (within its ~1 ms timer
+    resolution) go out together through `group`, the way the SDK's coalescer would merge
+    those callers' calls anyway, without one task and one SDK call per operation; each
+    operation's latency still counts from its own due time."""
     recorder = Recorder()
     total = int(rate * duration_s)
 
@@ -187,17 +204,28 @@ async def drive(
         kind, error = await operation(index)
         recorder.done(kind, due - start, clock() - start, error)
 
+    async def together(call: Awaitable[Outcomes]) -> None:
+        for index, kind, error in await call:
+            recorder.done(kind, index / rate, clock() - start, error)
+
     index = worker
-    async with asyncio.TaskGroup() as group:
+    async with asyncio.TaskGroup() as tasks:
         while index < total:
             now = clock()
             due = start + index / rate
             if due > now:
                 await asyncio.sleep(due - now)
                 continue
-            # Everything already due goes out now, each on its own task.
+            # Everything already due goes out now: each on its own task, or grouped.
+            burst = []
             while index < total and (due := start + index / rate) <= now:
                 recorder.sent(due - start, now - due)
-                group.create_task(one(index, due))
+                if group is None:
+                    tasks.create_task(one(index, due))
+                else:
+                    burst.append(index)
                 index += procs
+            if group is not None:
+                for call in group(burst):
+                    tasks.create_task(together(call))
     return recorder

@@ -24,11 +24,13 @@ transfers in postgres_peer.py.
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from clients.ledger import Account, LedgerClient, LedgerError, ResultCode, Transfer
 from clients.scoring import ScoringClient
+from loadtest.openloop import Outcomes
 
 LEDGER = 156  # CNY, in fen
 CODE_DEPOSIT, CODE_LOAN = 2001, 1301
@@ -46,6 +48,7 @@ MIXES: dict[str, dict[str, float]] = {
     "scale": {"balance": 0.7, "drawdown": 0.15, "repayment": 0.15},
 }
 SCENARIOS = tuple(MIXES)
+TRANSFER_KINDS = ("drawdown", "repayment", "payment")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Plan:
     scoring: str | None = None
     postgres: str | None = None  # conninfo: the PostgreSQL peer is the target
     postgres_pool: int = 32
+    batch_due: bool = False  # send the operations due together as one SDK call per kind (openloop.drive)
 
 
 def deposit(run: str, customer: int) -> str:
@@ -154,26 +158,74 @@ class YunkaiTarget:
         kind = self.choose.kind()
         try:
             return kind, await self._run(kind, index)
-        except LedgerError as error:
-            return kind, error.code.name
         except Exception as error:  # a refused or timed-out call of the system under test
-            code = getattr(error, "code", None)
-            return kind, code().name if callable(code) else type(error).__name__
+            return kind, _error_name(error)
+
+    def group(self, indices: list[int]) -> list[Awaitable[Outcomes]]:
+        """The operations due together: their transfers as one SDK call, their balance queries
+        as another, the rest one call each."""
+        transfers: list[tuple[int, str, Transfer]] = []
+        lookups: list[tuple[int, str]] = []
+        calls: list[Awaitable[Outcomes]] = []
+        for index in indices:
+            kind = self.choose.kind()
+            if kind in TRANSFER_KINDS:
+                transfers.append((index, kind, self._transfer(kind, index)))
+            elif kind == "balance":
+                lookups.append((index, deposit(self.plan.run, self.choose.customer())))
+            else:
+                calls.append(self._alone(index, kind))
+        if transfers:
+            calls.append(self._transfers(transfers))
+        if lookups:
+            calls.append(self._lookups(lookups))
+        return calls
+
+    async def _alone(self, index: int, kind: str) -> Outcomes:
+        try:
+            return [(index, kind, await self._run(kind, index))]
+        except Exception as error:
+            return [(index, kind, _error_name(error))]
+
+    async def _transfers(self, items: list[tuple[int, str, Transfer]]) -> Outcomes:
+        assert self.ledger is not None
+        try:
+            results = await self.ledger.create_transfers([transfer for _, _, transfer in items])
+        except Exception as error:
+            return [(index, kind, _error_name(error)) for index, kind, _ in items]
+        return [
+            (index, kind, None if result.code is ResultCode.OK else result.code.name)
+            for (index, kind, _), result in zip(items, results, strict=True)
+        ]
+
+    async def _lookups(self, items: list[tuple[int, str]]) -> Outcomes:
+        assert self.ledger is not None
+        try:
+            accounts = await self.ledger.lookup_accounts([account_id for _, account_id in items])
+        except Exception as error:
+            return [(index, "balance", _error_name(error)) for index, _ in items]
+        return [
+            (index, "balance", None if account is not None else "ACCOUNT_NOT_FOUND")
+            for (index, _), account in zip(items, accounts, strict=True)
+        ]
+
+    def _transfer(self, kind: str, index: int) -> Transfer:
+        run, c = self.plan.run, self.choose.customer()
+        if kind == "drawdown":
+            debit, credit, code = loan(run, c), deposit(run, c), CODE_DRAWDOWN
+        elif kind == "repayment":
+            debit, credit, code = deposit(run, c), loan(run, c), CODE_REPAYMENT
+        else:
+            other = (c + 1 + self.choose.rng.randrange(self.plan.customers - 1)) % self.plan.customers
+            debit, credit, code = deposit(run, c), deposit(run, other), CODE_PAYMENT
+        return Transfer(f"t{self.plan.series}.{index}", debit, credit, self.choose.amount(), LEDGER, code)
 
     async def _run(self, kind: str, index: int) -> str | None:
-        run, c = self.plan.run, self.choose.customer()
-        if kind in ("drawdown", "repayment", "payment"):
+        if kind in TRANSFER_KINDS:
             assert self.ledger is not None
-            if kind == "drawdown":
-                debit, credit, code = loan(run, c), deposit(run, c), CODE_DRAWDOWN
-            elif kind == "repayment":
-                debit, credit, code = deposit(run, c), loan(run, c), CODE_REPAYMENT
-            else:
-                other = (c + 1 + self.choose.rng.randrange(self.plan.customers - 1)) % self.plan.customers
-                debit, credit, code = deposit(run, c), deposit(run, other), CODE_PAYMENT
-            transfer = Transfer(f"t{self.plan.series}.{index}", debit, credit, self.choose.amount(), LEDGER, code)
-            [result] = await self.ledger.create_transfers([transfer])
+            [result] = await self.ledger.create_transfers([self._transfer(kind, index)])
             return None if result.code is ResultCode.OK else result.code.name
+        run, c = self.plan.run, self.choose.customer()
         if kind == "balance":
             assert self.ledger is not None
             [account] = await self.ledger.lookup_accounts([deposit(run, c)])
@@ -194,6 +246,14 @@ class YunkaiTarget:
         )
         wrong = [r.code.name for r in results if not r.ok]
         return wrong[0] if wrong else None
+
+
+def _error_name(error: Exception) -> str:
+    """What went wrong with a call, for the error count: the SDK's or gRPC's status, else the type."""
+    if isinstance(error, LedgerError):
+        return error.code.name
+    code = getattr(error, "code", None)
+    return str(code().name) if callable(code) else type(error).__name__
 
 
 async def open_target(plan: Plan, worker: int) -> Any:
