@@ -67,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " merges anyway) instead of one call each: a driver then offers far more per core. Latency still counts"
         " from each operation's due time. Not for the PostgreSQL peer (one transaction per transfer)",
     )
+    parser.add_argument(
+        "--inflight-max",
+        type=int,
+        default=openloop.INFLIGHT_MAX_DEFAULT,
+        help="operations a driver keeps waiting for answers; one due beyond that is not sent and counts as an"
+        f" error (default {openloop.INFLIGHT_MAX_DEFAULT:,})",
+    )
     parser.add_argument("--customers", type=int, default=10_000, help="customers (2 accounts each; default 10,000)")
     parser.add_argument(
         "--cross-slot", type=float, default=0.0, help="write scenario: share of payments between customers (0)"
@@ -93,6 +100,7 @@ def main(args: argparse.Namespace) -> int:
         print("yunkai bench: --peer runs the write scenario's transfers: use --scenario write", file=sys.stderr)
         return 2
     kinds = set(MIXES[args.scenario])
+    load_average = os.getloadavg()  # what else the machine was doing: these runs share it
     started: list[Any] = []
     directory = tempfile.mkdtemp(prefix="yunkai-bench-")
     try:
@@ -120,6 +128,7 @@ def main(args: argparse.Namespace) -> int:
             via_router=args.via_router,
             scoring=scoring,
             batch_due=args.batch_due,
+            inflight_max=args.inflight_max,
         )
         if router is not None:
             uvloop.run(_open_accounts(plan))
@@ -130,6 +139,7 @@ def main(args: argparse.Namespace) -> int:
             "procs": args.procs,
             "calls": "one SDK call per kind for the operations due together" if args.batch_due else "one per operation",
             "customers": args.customers,
+            "load_average_at_start": [round(x, 2) for x in load_average],
             "cross_slot": args.cross_slot if args.scenario == "write" else None,
         } | _measure(args, plan, scale)
         if args.peer:
@@ -225,6 +235,7 @@ async def _driver(plan: Plan, worker: int, ready: Any, starts: Any) -> dict[str,
             worker=worker,
             procs=plan.procs,
             group=getattr(target, "group", None) if plan.batch_due else None,
+            inflight_max=plan.inflight_max,
         )
     finally:
         await target.close()

@@ -25,6 +25,8 @@ from hdrh.histogram import HdrHistogram
 
 LATENCY_US_MAX = 120_000_000  # two minutes: anything slower is recorded as this
 LATE_MS = 5.0  # a send issued later than this after its due time counts as late
+INFLIGHT_MAX_DEFAULT = 20_000  # operations of one driver awaiting answers (2 s of 10,000/s)
+SHED = "SHED_INFLIGHT_MAX"
 clock = time.monotonic  # CLOCK_MONOTONIC on Linux: one clock for every process of a run
 
 
@@ -189,6 +191,7 @@ async def drive(
     worker: int,
     procs: int,
     group: Group | None = None,
+    inflight_max: int = INFLIGHT_MAX_DEFAULT,
 ) -> Recorder:
     """Issue this driver's share of `rate * duration_s` operations on schedule from `start`
     (a `clock()` value), wait for every answer, and return what was recorded.
@@ -196,16 +199,28 @@ async def drive(
     With `group`, the operations that are due when the loop wakes (within its ~1 ms timer
     resolution) go out together through `group`, the way the SDK's coalescer would merge
     those callers' calls anyway, without one task and one SDK call per operation; each
-    operation's latency still counts from its own due time."""
+    operation's latency still counts from its own due time.
+
+    At most `inflight_max` operations wait for answers: one due beyond that is not sent and
+    counts as an error (`SHED_INFLIGHT_MAX`), so a system that stops answering cannot make the
+    driver grow without bound and fall behind its own schedule."""
     recorder = Recorder()
     total = int(rate * duration_s)
+    inflight = 0
 
     async def one(index: int, due: float) -> None:
-        kind, error = await operation(index)
+        nonlocal inflight
+        try:
+            kind, error = await operation(index)
+        finally:
+            inflight -= 1
         recorder.done(kind, due - start, clock() - start, error)
 
     async def together(call: Awaitable[Outcomes]) -> None:
-        for index, kind, error in await call:
+        nonlocal inflight
+        outcomes = await call
+        inflight -= len(outcomes)
+        for index, kind, error in outcomes:
             recorder.done(kind, index / rate, clock() - start, error)
 
     index = worker
@@ -220,6 +235,11 @@ async def drive(
             burst = []
             while index < total and (due := start + index / rate) <= now:
                 recorder.sent(due - start, now - due)
+                if inflight >= inflight_max:
+                    recorder.done("shed", due - start, now - start, SHED)
+                    index += procs
+                    continue
+                inflight += 1
                 if group is None:
                     tasks.create_task(one(index, due))
                 else:

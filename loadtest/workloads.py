@@ -71,6 +71,7 @@ class Plan:
     postgres: str | None = None  # conninfo: the PostgreSQL peer is the target
     postgres_pool: int = 32
     batch_due: bool = False  # send the operations due together as one SDK call per kind (openloop.drive)
+    inflight_max: int = 20_000  # per driver (openloop.drive)
 
 
 def deposit(run: str, customer: int) -> str:
