@@ -6,6 +6,7 @@ installed). Speed decides nothing here: these check that the tools work and coun
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from cluster.commands import LocalCluster
 from cluster.local import ScoringProcess
-from loadtest import postgres_peer
+from loadtest import openloop, postgres_peer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "credit_risk"
@@ -103,3 +104,45 @@ def test_bench_runs_the_same_transfers_on_a_postgresql_peer(cluster: LocalCluste
     assert peer["transfers_stored"] == 200  # and its books balanced (the bench checks Σ debits = Σ credits)
     assert result["ratio_to_peer"] is not None
     assert (tmp_path / "peer.png").exists()  # both ledgers' lines on one plot
+
+
+def test_open_loop_sends_on_schedule_while_an_earlier_operation_waits() -> None:
+    """No coordinated omission: one stuck answer holds back no later send."""
+    total = 50
+    finished: list[int] = []
+
+    async def scenario() -> openloop.Recorder:
+        everyone_else = asyncio.Event()
+
+        async def operation(index: int) -> tuple[str, str | None]:
+            if index == 0:
+                await everyone_else.wait()  # answered only after every later operation
+            finished.append(index)
+            if len(finished) == total - 1:
+                everyone_else.set()
+            return "op", None
+
+        start = openloop.clock()
+        return await openloop.drive(operation, rate=1000, duration_s=total / 1000, start=start, worker=0, procs=1)
+
+    recorder = asyncio.run(scenario())
+    assert finished[-1] == 0 and sorted(finished) == list(range(total))
+    summary = recorder.summary(1000, total / 1000)
+    assert summary["ops"] == total and summary["errors"] == 0
+
+
+def test_open_loop_sheds_beyond_the_in_flight_limit_and_counts_it_as_errors() -> None:
+    async def operation(index: int) -> tuple[str, str | None]:
+        return "op", None
+
+    async def scenario() -> openloop.Recorder:
+        # A start in the past: all 20 operations are due at once, and 4 may be in flight.
+        start = openloop.clock() - 1.0
+        return await openloop.drive(
+            operation, rate=1000, duration_s=0.02, start=start, worker=0, procs=1, inflight_max=4
+        )
+
+    summary = asyncio.run(scenario()).summary(1000, 0.02)
+    assert summary["by_kind"]["op"]["ops"] == 4
+    assert summary["by_kind"]["shed"]["ops"] == summary["errors"] == 16
+    assert summary["error_samples"][0] == f"shed: {openloop.SHED}"
