@@ -50,11 +50,12 @@ def _series(path: str, result: dict[str, Any], runs: list[tuple[str, dict[str, A
             if points:
                 xs, ys = zip(*points, strict=True)
                 latency_axes.plot(xs, ys, style, color=colour, label=f"{label} {key.removesuffix('_ms')}")
-    for event in result.get("events", []):
+    for number, event in enumerate(result.get("events", [])):
         for axes in (rate_axes, latency_axes):
             axes.axvline(event["t_s"], color="tab:red", linestyle="--", linewidth=1)
+        height = 0.04 + 0.1 * number  # one line of text per event, so that close events stay legible
         rate_axes.annotate(
-            event["what"], (event["t_s"], 0.02), xycoords=("data", "axes fraction"), fontsize=7, color="tab:red"
+            f" {event['what']}", (event["t_s"], height), xycoords=("data", "axes fraction"), fontsize=7, color="tab:red"
         )
     rate_axes.set_ylabel("operations/s (dashed: offered)")
     rate_axes.set_ylim(bottom=0)
