@@ -141,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scoring_bench.add_arguments(bench_scoring)
     bench_scoring.set_defaults(run=scoring_bench.main)
+
+    from loadtest import bench as open_loop_bench
+
+    bench_open = commands.add_parser(
+        "bench",
+        help="open-loop benchmark: a fixed offered rate, HDR latencies, JSON and PNG plots",
+        description="Offer --rate operations per second of a scenario for --duration seconds, whatever the "
+        "answers do (latency counts from each operation's due time), from --procs driver processes; starts a "
+        "router and 2 nodes (and a scoring node where needed) unless --router is given. --sweep finds the "
+        "highest rate holding --p99-target-ms; --peer postgres runs the write load against a PostgreSQL "
+        "ledger too. Writes JSON with --json and a PNG beside it.",
+    )
+    open_loop_bench.add_arguments(bench_open)
+    bench_open.set_defaults(run=open_loop_bench.main)
     return parser
 
 

@@ -1,0 +1,452 @@
+"""`yunkai bench`: the open-loop benchmark harness (issue 6) — runs, sweeps, the peer, the output.
+
+    yunkai bench --scenario write|query|mixed|scoring|scale --rate R --duration S [--router HOST:PORT]
+                 [--procs N] [--sweep --p99-target-ms T] [--peer postgres] --json FILE
+
+Without `--router` it starts a local cluster (a router and 2 nodes; none for `scoring`), and
+a scoring node (trained `credit_risk`) for `mixed` and `scoring` unless `--scoring` is given.
+It opens the customers' accounts, then offers `--rate` operations per second for
+`--duration` seconds from `--procs` driver processes (openloop.py; workloads.py has the
+mixes), merges their HDR histograms and prints a summary table. `--json` writes the figures
+(overall, per kind, per second, events), and a PNG beside it (plots.py).
+
+`scale` starts with 2 nodes; at the middle of the run it starts a third (`yunkai node
+--join`) and runs `yunkai cluster add-node`, marking both moments. `--sweep` looks for the
+highest rate whose p99 holds `--p99-target-ms` (doubling, then bisecting, with runs of
+`--duration`). `--peer postgres` runs the same write load against a PostgreSQL ledger
+(postgres_peer.py) and reports yunkai's rate as a ratio to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import multiprocessing
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvloop
+
+from cluster.commands import LocalCluster
+from cluster.local import NodeProcess, ScoringProcess
+from loadtest import openloop, plots, report, workloads
+from loadtest.workloads import MIXES, SCENARIOS, Plan
+
+READY_TIMEOUT_S = 120.0
+START_MARGIN_S = 0.5  # between telling the drivers the start time and the first due operation
+SWEEP_SLACK = 0.95  # a probe holds when it achieves this share of its offered rate
+SETTLE_S = 1.0  # between sweep probes, for queues to drain and compactions to calm
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenario", choices=SCENARIOS, required=True, help="the operation mix (see below)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="offered operations per second (default 1000)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of offered load (default 10)")
+    parser.add_argument("--router", help="HOST:PORT of a running router (default: start a router and 2 nodes)")
+    parser.add_argument("--scoring", help="HOST:PORT of a running scoring server (default: train and start one)")
+    parser.add_argument(
+        "--via-router", action="store_true", help="send every call through the router (default: smart SDK routing)"
+    )
+    parser.add_argument(
+        "--procs", type=int, default=1, help="driver processes sharing the rate (default 1; see docs/benchmarks.md)"
+    )
+    parser.add_argument(
+        "--batch-due",
+        action="store_true",
+        help="send the operations that fall due together as one SDK call per kind (what the SDK's coalescer"
+        " merges anyway) instead of one call each: a driver then offers far more per core. Latency still counts"
+        " from each operation's due time. Not for the PostgreSQL peer (one transaction per transfer)",
+    )
+    parser.add_argument(
+        "--inflight-max",
+        type=int,
+        default=openloop.INFLIGHT_MAX_DEFAULT,
+        help="operations a driver keeps waiting for answers; one due beyond that is not sent and counts as an"
+        f" error (default {openloop.INFLIGHT_MAX_DEFAULT:,})",
+    )
+    parser.add_argument("--customers", type=int, default=10_000, help="customers (2 accounts each; default 10,000)")
+    parser.add_argument(
+        "--cross-slot", type=float, default=0.0, help="write scenario: share of payments between customers (0)"
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each operation, s (default 10)")
+    parser.add_argument("--sweep", action="store_true", help="find the highest rate whose p99 holds the target")
+    parser.add_argument("--p99-target-ms", type=float, default=50.0, help="the sweep's p99 target (default 50)")
+    parser.add_argument("--sweep-probes", type=int, default=8, help="most runs of a sweep (default 8)")
+    parser.add_argument("--rate-max", type=float, default=400_000.0, help="the sweep goes no higher (400,000)")
+    parser.add_argument("--peer", choices=["postgres"], help="also run the write load against a PostgreSQL ledger")
+    parser.add_argument("--peer-pool", type=int, default=64, help="PostgreSQL connections in all (default 64)")
+    parser.add_argument("--json", help="write the results here (and the plot beside it, as .png)")
+    parser.add_argument("--plot", help="where to write the PNG (default: the --json path with .png)")
+    parser.epilog = "scenarios: " + "; ".join(
+        f"{name} = {', '.join(f'{kind} {share:.0%}' for kind, share in mix.items())}" for name, mix in MIXES.items()
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.procs < 1 or args.rate <= 0 or args.duration <= 0 or args.customers < 2:
+        print("yunkai bench: --procs, --rate and --duration must be positive, --customers at least 2", file=sys.stderr)
+        return 2
+    if args.peer and args.scenario != "write":
+        print("yunkai bench: --peer runs the write scenario's transfers: use --scenario write", file=sys.stderr)
+        return 2
+    kinds = set(MIXES[args.scenario])
+    load_average = os.getloadavg()  # what else the machine was doing: these runs share it
+    started: list[Any] = []
+    directory = tempfile.mkdtemp(prefix="yunkai-bench-")
+    try:
+        router = args.router
+        if router is None and kinds - {"score"}:
+            cluster = LocalCluster(os.path.join(directory, "cluster"), 2, port=0)
+            started.append(cluster)
+            router = cluster.start().address
+        scoring = args.scoring
+        if scoring is None and kinds & {"score", "application"}:
+            scoring = _start_scoring(directory, started)
+        run = f"{time.time_ns() // 1_000_000 % (1 << 40):x}"
+        plan = Plan(
+            scenario=args.scenario,
+            rate=args.rate,
+            duration_s=args.duration,
+            procs=args.procs,
+            start=0.0,
+            run=run,
+            series=run,
+            customers=args.customers,
+            cross_slot=args.cross_slot,
+            timeout_s=args.timeout,
+            router=router,
+            via_router=args.via_router,
+            scoring=scoring,
+            batch_due=args.batch_due,
+            inflight_max=args.inflight_max,
+        )
+        if router is not None:
+            uvloop.run(_open_accounts(plan))
+        scale = _Scale(router, os.path.join(directory, "node-3")) if args.scenario == "scale" else None
+        result = {
+            "scenario": args.scenario,
+            "target": _describe(args, router),
+            "procs": args.procs,
+            "calls": "one SDK call per kind for the operations due together" if args.batch_due else "one per operation",
+            "customers": args.customers,
+            "load_average_at_start": [round(x, 2) for x in load_average],
+            "cross_slot": args.cross_slot if args.scenario == "write" else None,
+        } | _measure(args, plan, scale)
+        if args.peer:
+            result["peer"] = _run_peer(args, plan)
+            if "achieved_per_s" in result["peer"]:
+                mine, theirs = _headline(result), _headline(result["peer"])
+                result["ratio_to_peer"] = mine / theirs if theirs else None
+    finally:
+        for process in reversed(started):
+            process.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    report.record(args, result)
+    _print_summary(args, result)
+    plot_path = args.plot or (os.path.splitext(args.json)[0] + ".png" if args.json else None)
+    if plot_path:
+        plots.draw(plot_path, result)
+        print(f"plot: {plot_path}")
+    return 0 if result["errors"] == 0 else 1
+
+
+# --- one run, many processes -----------------------------------------------------------------
+
+
+def run_once(plan: Plan, on_start: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """Offer plan.rate for plan.duration_s from plan.procs driver processes; merged summary."""
+    context = multiprocessing.get_context("spawn")  # gRPC does not survive fork
+    ready: Any = context.Queue()
+    starts: Any = context.Queue()
+    results: Any = context.Queue()
+    drivers = [
+        context.Process(target=_driver_main, args=(plan, worker, ready, starts, results), daemon=True)
+        for worker in range(plan.procs)
+    ]
+    for driver in drivers:
+        driver.start()
+    try:
+        _collect(ready, drivers, plan.procs, READY_TIMEOUT_S, "ready")
+        start = openloop.clock() + START_MARGIN_S
+        for _ in drivers:
+            starts.put(start)
+        if on_start is not None:
+            on_start(start)
+        encoded = _collect(results, drivers, plan.procs, plan.duration_s + 4 * plan.timeout_s + 60, "results")
+    finally:
+        for driver in drivers:
+            driver.join(10)
+            if driver.is_alive():
+                driver.kill()
+    recorder = openloop.Recorder()
+    for item in encoded:
+        recorder.merge(item)
+    return recorder.summary(plan.rate, plan.duration_s)
+
+
+def _collect(channel: Any, drivers: list[Any], count: int, timeout_s: float, what: str) -> list[Any]:
+    items: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(items) < count:
+        try:
+            item = channel.get(timeout=0.5)
+        except queue.Empty:
+            if time.monotonic() > deadline or any(d.exitcode not in (None, 0) for d in drivers):
+                raise RuntimeError(f"a driver process failed or hung before sending its {what}") from None
+            continue
+        if isinstance(item, str):
+            raise RuntimeError(f"a driver process failed: {item}")
+        items.append(item)
+    return items
+
+
+def _driver_main(plan: Plan, worker: int, ready: Any, starts: Any, results: Any) -> None:
+    try:
+        results.put(uvloop.run(_driver(plan, worker, ready, starts)))
+    except BaseException as error:
+        message = f"driver {worker}: {type(error).__name__}: {error}"
+        ready.put(message)
+        results.put(message)
+        raise
+
+
+async def _driver(plan: Plan, worker: int, ready: Any, starts: Any) -> dict[str, Any]:
+    target = await workloads.open_target(plan, worker)
+    try:
+        gc.collect()
+        gc.freeze()  # what setup built is not garbage: keep the collector's pauses short
+        ready.put(worker)
+        start = await asyncio.to_thread(starts.get)
+        recorder = await openloop.drive(
+            target.operation,
+            rate=plan.rate,
+            duration_s=plan.duration_s,
+            start=start,
+            worker=worker,
+            procs=plan.procs,
+            group=getattr(target, "group", None) if plan.batch_due else None,
+            inflight_max=plan.inflight_max,
+        )
+    finally:
+        await target.close()
+    return recorder.encode()
+
+
+# --- what runs around the load ---------------------------------------------------------------
+
+
+def _start_scoring(directory: str, started: list[Any]) -> str:
+    registry = os.path.join(directory, "models")
+    print(f"training {workloads.MODEL} for the scoring node ...", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "scoring", "train", "--registry", registry, "--model", workloads.MODEL],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    server = ScoringProcess(registry, ["--log-level", "WARNING"])
+    started.append(server)
+    return server.start().address
+
+
+async def _open_accounts(plan: Plan) -> None:
+    from clients.ledger import LedgerClient
+
+    assert plan.router is not None
+    accounts = workloads.accounts_of(plan.run, plan.customers)
+    async with await LedgerClient.connect(plan.router, timeout_s=60) as ledger:
+        for first in range(0, len(accounts), 4096):
+            results = await ledger.create_accounts(accounts[first : first + 4096])
+            wrong = [r.code.name for r in results if not r.ok]
+            assert not wrong, f"opening the accounts: {wrong[:3]}"
+
+
+class _Scale:
+    """The scale scenario's event: a third node joins at the middle of the run."""
+
+    def __init__(self, router: str | None, data_dir: str) -> None:
+        assert router is not None
+        self.router = router
+        self.node = NodeProcess(data_dir, ["--join", "--log-level", "WARNING"])
+        self.events: list[dict[str, Any]] = []
+        self.thread: threading.Thread | None = None
+        self.start = 0.0
+
+    def schedule(self, start: float, at_s: float) -> None:
+        self.start = start
+        self.thread = threading.Thread(target=self._run, args=(at_s,), daemon=True)
+        self.thread.start()
+
+    def _now_s(self) -> float:
+        return round(openloop.clock() - self.start, 3)
+
+    def _run(self, at_s: float) -> None:
+        time.sleep(max(0.0, self.start + at_s - openloop.clock()))
+        began_s = self._now_s()
+        self.node.start()
+        self.events.append({"t_s": began_s, "what": "node 3 started", "ready_s": self._now_s()})
+        began_s = self._now_s()
+        command = [sys.executable, "-m", "cluster.cli", "cluster", "add-node", "--router", self.router]
+        added = subprocess.run(
+            [*command, "--address", self.node.address], capture_output=True, text=True, timeout=600, check=False
+        )
+        event: dict[str, Any] = {"t_s": began_s, "what": "add-node", "done_s": self._now_s()}
+        if added.returncode == 2:  # argparse's exit: this build has no `cluster add-node`
+            event["what"] = "add-node unavailable"
+        elif added.returncode != 0:
+            event["what"] = f"add-node failed (exit {added.returncode})"
+        if added.returncode != 0:
+            event["detail"] = (added.stderr.strip().splitlines() or [""])[-1][:200]
+        self.events.append(event)
+
+    def finish(self) -> list[dict[str, Any]]:
+        if self.thread is not None:
+            self.thread.join()
+        self.node.stop()
+        return self.events
+
+
+def _measure(args: argparse.Namespace, plan: Plan, scale: _Scale | None) -> dict[str, Any]:
+    if not args.sweep:
+        on_start = None
+        if scale is not None:
+
+            def on_start(start: float) -> None:
+                scale.schedule(start, plan.duration_s / 2)
+
+        result = run_once(plan, on_start)
+        result["events"] = scale.finish() if scale is not None else []
+        return result
+    if scale is not None:
+        print("yunkai bench: --sweep ignores the scale event (it needs one long run)", file=sys.stderr)
+        scale.finish()
+    return sweep(plan, args.p99_target_ms, args.sweep_probes, args.rate_max)
+
+
+def sweep(plan: Plan, p99_target_ms: float, probes_max: int, rate_max: float) -> dict[str, Any]:
+    """Double the rate while it holds, then bisect: the highest rate whose p99 holds the target,
+    with no errors and SWEEP_SLACK of the offered rate achieved. Returns that run's summary
+    with the probes in "sweep"."""
+    probes: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    low, high, rate = 0.0, None, plan.rate
+    for number in range(probes_max):
+        probe = dataclasses.replace(plan, rate=rate, series=f"{plan.run}p{number}")
+        summary = run_once(probe)
+        holds = (
+            summary["errors"] == 0
+            and summary["p99_ms"] is not None
+            and summary["p99_ms"] <= p99_target_ms
+            and summary["achieved_per_s"] >= SWEEP_SLACK * rate
+        )
+        probes.append({k: summary[k] for k in _HEADLINE} | {"holds": holds})
+        print(
+            f"  probe {number + 1}: {rate:,.0f}/s -> {summary['achieved_per_s']:,.0f}/s,"
+            f" p99 {_fmt(summary['p99_ms'])} ms, errors {summary['errors']}: {'holds' if holds else 'does not hold'}",
+            flush=True,
+        )
+        if holds:
+            low, best = rate, summary
+        else:
+            high = rate
+        if high is None:
+            if rate >= rate_max:
+                break
+            rate = min(rate * 2, rate_max)
+        else:
+            if high - low <= max(1.0, 0.05 * high):
+                break
+            rate = float(round((low + high) / 2))
+        time.sleep(SETTLE_S)
+    result = dict(best if best is not None else summary)
+    result["events"] = []
+    result["sweep"] = {"p99_target_ms": p99_target_ms, "best_rate_per_s": low or None, "probes": probes}
+    return result
+
+
+def _run_peer(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+    from loadtest import postgres_peer
+
+    bin_dir = postgres_peer.binaries()
+    if bin_dir is None:
+        why = "PostgreSQL is not installed (cluster/install-postgres.sh installs it): the peer was skipped"
+        print(f"yunkai bench: {why}", file=sys.stderr)
+        return {"name": "postgres", "skipped": why}
+    server = postgres_peer.PostgresServer(bin_dir).start()
+    try:
+        postgres_peer.create_ledger(server.conninfo, plan.run, plan.customers)
+        # One transaction per transfer, as a user's ledger on PostgreSQL would run it.
+        peer_plan = dataclasses.replace(plan, postgres=server.conninfo, postgres_pool=args.peer_pool, batch_due=False)
+        print("running the same load against the PostgreSQL peer ...", flush=True)
+        result = _measure(args, peer_plan, None)
+        debits, credits, transfers = postgres_peer.totals(server.conninfo)
+        assert debits == credits, f"the peer's books do not balance: {debits} != {credits}"
+        result["transfers_stored"] = transfers
+    finally:
+        server.stop()
+    version = os.path.basename(os.path.dirname(bin_dir))
+    return {"name": "postgres", "version": version, "pool": args.peer_pool} | result
+
+
+# --- output ----------------------------------------------------------------------------------
+
+_HEADLINE = ("offered_per_s", "achieved_per_s", "p50_ms", "p99_ms", "p999_ms", "errors")
+
+
+def _headline(result: dict[str, Any]) -> float:
+    """The rate to compare: the sweep's best rate, else what a single run achieved."""
+    sweep_result = result.get("sweep")
+    if sweep_result is not None:
+        return float(sweep_result["best_rate_per_s"] or 0.0)
+    return float(result["achieved_per_s"])
+
+
+def _describe(args: argparse.Namespace, router: str | None) -> str:
+    if router is None:
+        return "scoring node"
+    cluster = "a running cluster" if args.router else "router + 2 nodes (local)"
+    return f"{cluster}, {'through the router' if args.via_router else 'smart SDK routing'}"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _print_summary(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    for label, figures in (("yunkai", result), ("postgres", result.get("peer"))):
+        if figures is None:
+            continue
+        if "skipped" in figures:
+            print(f"{label}: {figures['skipped']}")
+            continue
+        print(
+            f"{label} {args.scenario}: offered {figures['offered_per_s']:,.0f}/s for {figures['duration_s']:g} s,"
+            f" achieved {figures['achieved_per_s']:,.0f}/s, errors {figures['errors']},"
+            f" late sends {figures['late_sends']} ({args.procs} driver process{'es' if args.procs > 1 else ''})"
+        )
+        print(f"  {'kind':<12} {'ops':>9} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}")
+        rows = [*figures["by_kind"].items(), ("all", figures | {"ops": figures["ops"]})]
+        for kind, k in rows:
+            print(
+                f"  {kind:<12} {k['ops']:>9,} {k['errors']:>7} {_fmt(k['p50_ms']):>8} {_fmt(k['p99_ms']):>8}"
+                f" {_fmt(k['p999_ms']):>9}"
+            )
+        if "sweep" in figures:
+            best = figures["sweep"]["best_rate_per_s"]
+            target = figures["sweep"]["p99_target_ms"]
+            print(f"  sweep: highest rate holding p99 <= {target:g} ms: {'none' if best is None else f'{best:,.0f}/s'}")
+        for sample in figures.get("error_samples", []):
+            print(f"  error: {sample}")
+    for event in result.get("events", []):
+        print(f"  event at {event['t_s']:.1f} s: {event['what']} {event.get('detail', '')}".rstrip())
+    if result.get("ratio_to_peer") is not None:
+        print(f"yunkai / postgres: {result['ratio_to_peer']:.1f}x")

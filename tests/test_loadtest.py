@@ -1,0 +1,148 @@
+"""The load tests run: Locust's partner-platform day, `yunkai bench`, and its PostgreSQL peer.
+
+Real processes on loopback (a router and 2 nodes, a scoring server, Locust, PostgreSQL when
+installed). Speed decides nothing here: these check that the tools work and count right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.commands import LocalCluster
+from cluster.local import ScoringProcess
+from loadtest import openloop, postgres_peer
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "credit_risk"
+HEADLINE = ("offered_per_s", "achieved_per_s", "p50_ms", "p99_ms", "p999_ms", "errors")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    running = LocalCluster(str(tmp_path_factory.mktemp("cluster")), nodes=2, port=0).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def scoring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScoringProcess]:
+    registry = tmp_path_factory.mktemp("scoring") / "models"
+    subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "scoring", "train", "--registry", str(registry), "--model", MODEL],
+        check=True,
+        capture_output=True,
+    )
+    server = ScoringProcess(str(registry), ["--log-level", "WARNING"]).start()
+    yield server
+    server.stop()
+
+
+def yunkai(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_locust_partner_day_reports_every_call_and_no_failures(
+    cluster: LocalCluster, scoring: ScoringProcess, tmp_path: Path
+) -> None:
+    locust = Path(sys.executable).parent / "locust"
+    command = [str(locust), "--headless", "-f", str(ROOT / "loadtest" / "locustfile.py"), "-u", "8", "-r", "8"]
+    command += ["-t", "5s", "--host", cluster.address, "--scoring-host", scoring.address]
+    command += ["--csv", str(tmp_path / "day"), "--only-summary"]
+    ran = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    with open(tmp_path / "day_stats.csv") as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    total = rows.pop("Aggregated")
+    assert int(total["Request Count"]) > 0
+    assert int(total["Failure Count"]) == 0, (tmp_path / "day_failures.csv").read_text()
+    # Every user onboards customers (scored, then accounts opened) and then queries and moves money.
+    assert {"ModelInfer application", "CreateAccounts open accounts", "LookupAccounts balance"} <= set(rows)
+    assert any(name.startswith("CreateTransfers") for name in rows)
+
+
+def test_bench_write_offers_the_rate_and_writes_json_per_second_and_a_plot(tmp_path: Path) -> None:
+    output = tmp_path / "write.json"
+    args = ["--scenario", "write", "--rate", "200", "--duration", "3", "--json", str(output)]
+    ran = yunkai("bench", *args, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    result = json.loads(output.read_text())
+    assert all(key in result for key in HEADLINE)
+    assert result["errors"] == 0
+    assert result["ops"] == 600  # every scheduled operation was sent and answered, none dropped
+    assert result["offered_per_s"] == 200
+    assert result["command"].startswith("yunkai bench --scenario write")
+    assert len(result["per_second"]) >= 3
+    assert all(all(key in second for key in ("t_s", *HEADLINE)) for second in result["per_second"])
+    assert sum(second["offered_per_s"] for second in result["per_second"]) == 600
+    assert set(result["by_kind"]) == {"drawdown", "repayment"}
+    assert (tmp_path / "write.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "achieved" in ran.stdout and "p99" in ran.stdout  # the summary table
+
+
+@pytest.mark.skipif(postgres_peer.binaries() is None, reason="no PostgreSQL server (cluster/install-postgres.sh)")
+def test_bench_runs_the_same_transfers_on_a_postgresql_peer(cluster: LocalCluster, tmp_path: Path) -> None:
+    output = tmp_path / "peer.json"
+    ran = yunkai(
+        "bench", "--scenario", "write", "--rate", "100", "--duration", "2", "--router", cluster.address,
+        "--customers", "500", "--peer", "postgres", "--peer-pool", "8", "--json", str(output), cwd=tmp_path,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    result = json.loads(output.read_text())
+    peer = result["peer"]
+    assert peer["name"] == "postgres" and peer["errors"] == 0, peer.get("error_samples")
+    assert peer["ops"] == result["ops"] == 200
+    assert peer["transfers_stored"] == 200  # and its books balanced (the bench checks Σ debits = Σ credits)
+    assert result["ratio_to_peer"] is not None
+    assert (tmp_path / "peer.png").exists()  # both ledgers' lines on one plot
+
+
+def test_open_loop_sends_on_schedule_while_an_earlier_operation_waits() -> None:
+    """No coordinated omission: one stuck answer holds back no later send."""
+    total = 50
+    finished: list[int] = []
+
+    async def scenario() -> openloop.Recorder:
+        everyone_else = asyncio.Event()
+
+        async def operation(index: int) -> tuple[str, str | None]:
+            if index == 0:
+                await everyone_else.wait()  # answered only after every later operation
+            finished.append(index)
+            if len(finished) == total - 1:
+                everyone_else.set()
+            return "op", None
+
+        start = openloop.clock()
+        return await openloop.drive(operation, rate=1000, duration_s=total / 1000, start=start, worker=0, procs=1)
+
+    recorder = asyncio.run(scenario())
+    assert finished[-1] == 0 and sorted(finished) == list(range(total))
+    summary = recorder.summary(1000, total / 1000)
+    assert summary["ops"] == total and summary["errors"] == 0
+
+
+def test_open_loop_sheds_beyond_the_in_flight_limit_and_counts_it_as_errors() -> None:
+    async def operation(index: int) -> tuple[str, str | None]:
+        return "op", None
+
+    async def scenario() -> openloop.Recorder:
+        # A start in the past: all 20 operations are due at once, and 4 may be in flight.
+        start = openloop.clock() - 1.0
+        return await openloop.drive(
+            operation, rate=1000, duration_s=0.02, start=start, worker=0, procs=1, inflight_max=4
+        )
+
+    summary = asyncio.run(scenario()).summary(1000, 0.02)
+    assert summary["by_kind"]["op"]["ops"] == 4
+    assert summary["by_kind"]["shed"]["ops"] == summary["errors"] == 16
+    assert summary["error_samples"][0] == f"shed: {openloop.SHED}"
