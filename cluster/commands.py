@@ -329,7 +329,10 @@ def status_main(args: argparse.Namespace) -> int:
             "slots_planned": j.slots_planned,
             "slots_moved": j.slots_moved,
             "moves_aborted": j.moves_aborted,
-            "freeze_ms_p99": j.freeze_ms_p99,
+            "freeze_ms_p50": round(j.freeze_ms_p50, 1),
+            "freeze_ms_p99": round(j.freeze_ms_p99, 1),
+            "freeze_ms_max": round(j.freeze_ms_max, 1),
+            "elapsed_s": round((j.finished_unix_s or time.time()) - j.started_unix_s, 3),
             "error": j.error,
         }
         for j in status.jobs

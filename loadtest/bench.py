@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import json
 import multiprocessing
 import os
 import queue
@@ -306,13 +307,45 @@ class _Scale:
             event["what"] = f"add-node failed (exit {added.returncode})"
         if added.returncode != 0:
             event["detail"] = (added.stderr.strip().splitlines() or [""])[-1][:200]
+        else:
+            event["job"] = self._job()
         self.events.append(event)
+
+    def _job(self) -> dict[str, Any]:
+        """The add-node job as the router reports it: slots moved, time, freeze pauses."""
+        command = [sys.executable, "-m", "cluster.cli", "cluster", "status", "--router", self.router, "--json"]
+        status = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        jobs = json.loads(status.stdout).get("jobs", []) if status.stdout.strip() else []
+        return dict(jobs[-1]) if jobs else {}
 
     def finish(self) -> list[dict[str, Any]]:
         if self.thread is not None:
             self.thread.join()
         self.node.stop()
         return self.events
+
+
+def move_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """What callers saw while add-node ran: the seconds from its start to its end."""
+    added = next((e for e in result.get("events", []) if e.get("what") == "add-node"), None)
+    if added is None:
+        return {}
+    window = [s for s in result["per_second"] if added["t_s"] - 1 < s["t_s"] < added["done_s"]]
+    job = added.get("job", {})
+    moved = job.get("slots_moved", 0)
+    elapsed_s = job.get("elapsed_s", 0.0)
+    return {
+        "seconds": len(window),
+        "errors": sum(s["errors"] for s in window),
+        "achieved_per_s_min": min((s["achieved_per_s"] for s in window), default=0),
+        "p99_ms_max": max((s["p99_ms"] for s in window), default=0.0),
+        "slots_moved": moved,
+        "move_s": elapsed_s,
+        "slots_per_s": round(moved / elapsed_s, 1) if elapsed_s else 0.0,
+        "freeze_ms_p50": job.get("freeze_ms_p50"),
+        "freeze_ms_p99": job.get("freeze_ms_p99"),
+        "freeze_ms_max": job.get("freeze_ms_max"),
+    }
 
 
 def _measure(args: argparse.Namespace, plan: Plan, scale: _Scale | None) -> dict[str, Any]:
@@ -325,6 +358,8 @@ def _measure(args: argparse.Namespace, plan: Plan, scale: _Scale | None) -> dict
 
         result = run_once(plan, on_start)
         result["events"] = scale.finish() if scale is not None else []
+        if scale is not None:
+            result["move"] = move_summary(result)
         return result
     if scale is not None:
         print("yunkai bench: --sweep ignores the scale event (it needs one long run)", file=sys.stderr)
@@ -448,5 +483,13 @@ def _print_summary(args: argparse.Namespace, result: dict[str, Any]) -> None:
             print(f"  error: {sample}")
     for event in result.get("events", []):
         print(f"  event at {event['t_s']:.1f} s: {event['what']} {event.get('detail', '')}".rstrip())
+    move = result.get("move")
+    if move:
+        print(
+            f"  during add-node ({move['seconds']} s): errors {move['errors']}, p99 up to {move['p99_ms_max']:.1f} ms,"
+            f" throughput down to {move['achieved_per_s_min']:,}/s; {move['slots_moved']} slots in"
+            f" {move['move_s']:.1f} s ({move['slots_per_s']} slots/s); write pause per slot p50"
+            f" {move['freeze_ms_p50']} ms, p99 {move['freeze_ms_p99']} ms, max {move['freeze_ms_max']} ms"
+        )
     if result.get("ratio_to_peer") is not None:
         print(f"yunkai / postgres: {result['ratio_to_peer']:.1f}x")

@@ -118,11 +118,13 @@ class Relay:
     # --- entries, from the engine ---------------------------------------------------------
 
     def load(self, entries: Iterable[tuple[bytes, node_pb2.CreditLeg]]) -> None:
-        """Startup: every outbox entry of the node's slots, checked against its transfers."""
+        """Every outbox entry of some slots, checked against its transfers: the node's slots
+        at startup, and a slot that has moved onto this node."""
         for key, leg in entries:
             _check_loaded(self._storage, key, leg)
             self._add(key, leg)
         metrics.outbox_entries.set(len(self._entries))
+        self._wake.set()  # also when a slot moved in while the relay sleeps
         if self._entries:
             log.info("outbox reloaded", extra={"entries": len(self._entries)})
 

@@ -142,6 +142,7 @@ class Controller:
             return False
         self._map = new_map
         metrics.map_version.set(new_map.version)
+        metrics.moves_in_flight.set(len(new_map.migrations))
         async with self._changed:
             self._changed.notify_all()
         if before_publish is not None:

@@ -16,3 +16,11 @@ node_batch_events = Histogram(
 )
 retries_total = Counter("yunkai_routing_retries_total", "Events routed again", ["reason"])
 map_version = Gauge("yunkai_router_map_version", "The shard map version this process routes with")
+slots_moved_total = Counter("yunkai_router_slots_moved_total", "Slot moves committed by operator jobs")
+moves_aborted_total = Counter("yunkai_router_moves_aborted_total", "Slot moves aborted (and retried)")
+moves_in_flight = Gauge("yunkai_router_moves_in_flight", "Slot moves recorded in the shard map, not yet committed")
+freeze_pause_s = Histogram(
+    "yunkai_router_freeze_pause_seconds",
+    "Per slot moved: from freezing its writes on the source to the commit reaching the nodes",
+    buckets=_LATENCY_BUCKETS_S,
+)

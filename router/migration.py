@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from proto import cluster_pb2, node_pb2
-from router import placement
+from router import metrics, placement
 from router.controller import Controller, ControllerError
 from router.shardmap import ACTIVE, DRAINING, JOINING, Migration, ShardMap
 
@@ -246,8 +246,11 @@ class Mover:
         now = time.perf_counter()
         for m in committed:
             job.freeze_ms.append((now - frozen_at[m.id]) * 1000)
+            metrics.freeze_pause_s.observe(now - frozen_at[m.id])
         job.moved += len(committed)
         job.aborted += len(failed)
+        metrics.slots_moved_total.inc(len(committed))
+        metrics.moves_aborted_total.inc(len(failed))
         for m in failed:
             await asyncio.gather(
                 controller.abort_move(m.source, m.id, m.slot), controller.abort_move(m.target, m.id, m.slot)

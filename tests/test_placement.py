@@ -53,6 +53,25 @@ def test_removing_a_node_moves_only_its_slots_and_stays_balanced(n: int) -> None
     assert gone not in counts and max(counts.values()) - min(counts.values()) <= 1
 
 
+@pytest.mark.parametrize("done", [0.0, 0.3, 0.9, 1.0])
+def test_an_interrupted_add_node_resumes_to_the_same_balance_moving_only_onto_the_new_node(done: float) -> None:
+    before = placement.place(S, nodes(4))
+    new = "10.2.0.9:7001"
+    planned = placement.moves(before, placement.add_node(before, new))
+    halfway = list(before)
+    for slot, _source, target in planned[: int(len(planned) * done)]:
+        halfway[slot] = target
+    after = placement.add_node(halfway, new)
+    rest = placement.moves(halfway, after)
+    assert all(target == new for _, _, target in rest)
+    assert len(rest) == len(planned) - int(len(planned) * done)
+    counts = Counter(after)
+    assert counts[new] == S // 5 and max(counts.values()) - min(counts.values()) <= 1
+    # A drain that was interrupted after its last slot moved has nothing left to move.
+    drained = placement.remove_node(after, new)
+    assert placement.remove_node(drained, new) == drained
+
+
 def test_the_same_inputs_place_the_same_way_in_another_process() -> None:
     here = placement.place(S, nodes(5))
     script = "import sys; from router import placement; print(','.join(placement.place(4096, sys.argv[1:])))"
