@@ -330,7 +330,9 @@ def move_summary(result: dict[str, Any]) -> dict[str, Any]:
     added = next((e for e in result.get("events", []) if e.get("what") == "add-node"), None)
     if added is None:
         return {}
-    window = [s for s in result["per_second"] if added["t_s"] - 1 < s["t_s"] < added["done_s"]]
+    # Whole seconds only: the run's last second is partial (the tail of answers).
+    end_s = min(added["done_s"], result["duration_s"] - 1)
+    window = [s for s in result["per_second"] if added["t_s"] - 1 < s["t_s"] < end_s]
     job = added.get("job", {})
     moved = job.get("slots_moved", 0)
     elapsed_s = job.get("elapsed_s", 0.0)
@@ -338,7 +340,7 @@ def move_summary(result: dict[str, Any]) -> dict[str, Any]:
         "seconds": len(window),
         "errors": sum(s["errors"] for s in window),
         "achieved_per_s_min": min((s["achieved_per_s"] for s in window), default=0),
-        "p99_ms_max": max((s["p99_ms"] for s in window), default=0.0),
+        "p99_ms_max": max((s["p99_ms"] for s in window if s["p99_ms"] is not None), default=0.0),
         "slots_moved": moved,
         "move_s": elapsed_s,
         "slots_per_s": round(moved / elapsed_s, 1) if elapsed_s else 0.0,

@@ -312,7 +312,7 @@ class SlotMoves:
             elif staged is not current:
                 raise MoveError("one stream carries one slot")
             if chunk.last:
-                return self._finish_import(current, chunk)
+                return await self._finish_import(current, chunk)
             self._apply_chunk(current, chunk)
         raise MoveError("the stream ended without its last chunk")
 
@@ -348,15 +348,24 @@ class SlotMoves:
             record.last_seq = chunk.seq
         self._storage.write_unsynced(batch)
 
-    def _finish_import(self, staged: _Import, chunk: node_pb2.SlotChunk) -> node_pb2.ImportSlotResponse:
+    async def _finish_import(self, staged: _Import, chunk: node_pb2.SlotChunk) -> node_pb2.ImportSlotResponse:
         record = staged.record
         if chunk.seq != record.last_seq or chunk.digest != record.digest:
             raise MoveError(
                 f"slot {record.slot}: staged seq {record.last_seq} digest {record.digest:016x}, the source has"
                 f" seq {chunk.seq} digest {chunk.digest:016x}: the copies differ"
             )
+        imported = node_pb2.SlotMove()
+        imported.CopyFrom(record)
+        imported.role = node_pb2.IMPORTED
+        # Synced in the committer's next group commit (shared with the wave's other imports),
+        # which makes everything staged before it durable too: one WAL.
+        await self._engine.barrier([(move_key(record.slot), imported.SerializeToString())])
+        if self._imports.get(record.slot) is not staged:
+            if record.slot not in self._imports:  # aborted meanwhile: the record written is stale
+                self._storage.write(_deletion(move_key(record.slot)))
+            raise StaleMove(f"slot {record.slot}: migration {record.migration_id!r} was aborted meanwhile")
         record.role = node_pb2.IMPORTED
-        self._write_record(record)  # sync=True: everything staged before it is durable too
         log.debug(
             "import staged",
             extra={"slot": record.slot, "migration_id": record.migration_id, "seq": record.last_seq},
@@ -468,11 +477,16 @@ class SlotMoves:
             raise StaleMove(f"slot {slot}: migration {migration_id!r} is not exporting here")
         engine = self._engine
         record = node_pb2.SlotMove(slot=slot, migration_id=migration_id, role=node_pb2.FROZEN, peer=export.target)
-        self._write_record(record)
         engine.freeze(slot, record)
         started = time.perf_counter()
         async with export.lock:
-            await engine.barrier()
+            # The FROZEN record is durable with the barrier's group commit (one fsync for the
+            # freezes of a whole wave), before anything is shipped or answered.
+            await engine.barrier([(move_key(slot), record.SerializeToString())])
+            if engine.frozen_for(slot) != migration_id:
+                if engine.frozen_for(slot) is None:  # aborted meanwhile: the record written is stale
+                    self._storage.write(_deletion(move_key(slot)))
+                raise StaleMove(f"slot {slot}: migration {migration_id!r} was aborted while freezing")
             engine.seal(slot)
             self.changelog.unfollow(slot)
             await self._send_log(export)
@@ -541,3 +555,9 @@ class SlotMoves:
             self._stop_export(export)
         for channel in self._channels.values():
             await channel.close()
+
+
+def _deletion(key: bytes) -> WriteBatch:
+    batch = WriteBatch(raw_mode=True)
+    batch.delete(key)
+    return batch

@@ -152,6 +152,14 @@ class Storage:
         value = self.db.get(NODE_META + name.encode())
         return None if value is None else bytes(value)
 
+    def meta_range(self, begin: bytes, end: bytes) -> Iterator[bytes]:
+        """The values of the metadata keys in [begin, end)."""
+        it = self.db.iter()
+        it.seek(begin)
+        while it.valid() and bytes(it.key()) < end:
+            yield bytes(it.value())
+            it.next()
+
     def meta_put_now(self, name: str, value: bytes) -> None:
         """Write one metadata value durably, outside the group commit (startup, admin)."""
         batch = WriteBatch(raw_mode=True)

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
@@ -133,13 +134,19 @@ class Controller:
         new_map: ShardMap,
         changed: Sequence[int] | None = None,
         before_publish: Callable[[], Awaitable[None]] | None = None,
+        first: Sequence[str] = (),
+        after_first: Callable[[], None] | None = None,
     ) -> bool:
         """Store a new map version (compare-and-swap) and publish it to every node: the
-        whole table, or with `changed` only those slots (a delta over the previous version)."""
+        whole table, or with `changed` only those slots (a delta over the previous version).
+        A delta goes to the nodes in `first` (a move's sources and targets, which callers
+        wait on) before the others, and `after_first` is called between."""
         current = self.current()
+        started = time.perf_counter()
         if not self.metastore.compare_and_swap(current.version, new_map):
             self._map = self.metastore.load()
             return False
+        metrics.map_swap_s.observe(time.perf_counter() - started)
         self._map = new_map
         metrics.map_version.set(new_map.version)
         metrics.moves_in_flight.set(len(new_map.migrations))
@@ -150,16 +157,27 @@ class Controller:
         if changed is None:
             await self.publish()
         else:
-            await self._publish_delta(new_map, current.version, changed)
+            await self._publish_delta(new_map, current.version, changed, first, after_first)
         return True
 
-    async def _publish_delta(self, shard_map: ShardMap, base: int, changed: Sequence[int]) -> None:
+    async def _publish_delta(
+        self,
+        shard_map: ShardMap,
+        base: int,
+        changed: Sequence[int],
+        first: Sequence[str] = (),
+        after_first: Callable[[], None] | None = None,
+    ) -> None:
         slots = [
             node_pb2.SlotOwnership(slot=slot, epoch=shard_map.epochs[slot], owner=shard_map.owners[slot])
             for slot in changed
         ]
-        targets = sorted(shard_map.nodes)
-        await asyncio.gather(*(self._assign(shard_map, a, slots, base) for a in targets))
+        leading = sorted(set(first) & set(shard_map.nodes))
+        await asyncio.gather(*(self._assign(shard_map, a, slots, base) for a in leading))
+        if after_first is not None:
+            after_first()
+        rest = sorted(set(shard_map.nodes) - set(leading))
+        await asyncio.gather(*(self._assign(shard_map, a, slots, base) for a in rest))
 
     async def recover_moves(self) -> None:
         """At start: abort every move the map records (their progress died with the

@@ -45,12 +45,18 @@ class LocalMetastore:
             return None
         return ShardMap.from_proto(cluster_pb2.ShardMap.FromString(data))
 
+    def _stored_version(self) -> int:
+        try:
+            with open(self.path, "rb") as handle:
+                return int(cluster_pb2.ShardMap.FromString(handle.read()).version)
+        except FileNotFoundError:
+            return 0
+
     def compare_and_swap(self, expected_version: int, new_map: ShardMap) -> bool:
         assert new_map.version > expected_version, (expected_version, new_map.version)
         with open(self._lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            current = self.load()
-            if (current.version if current is not None else 0) != expected_version:
+            if self._stored_version() != expected_version:
                 return False
             temporary = self.path + ".tmp"
             with open(temporary, "wb") as handle:

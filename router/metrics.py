@@ -24,3 +24,8 @@ freeze_pause_s = Histogram(
     "Per slot moved: from freezing its writes on the source to the commit reaching the nodes",
     buckets=_LATENCY_BUCKETS_S,
 )
+map_swap_s = Histogram(
+    "yunkai_router_map_swap_seconds",
+    "A shard map compare-and-swap on the metastore (durable)",
+    buckets=_LATENCY_BUCKETS_S,
+)
