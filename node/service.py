@@ -484,44 +484,44 @@ class NodeService(node_pb2_grpc.NodeServicer):
     async def PrepareImport(  # noqa: N802
         self, request: node_pb2.PrepareImportRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.PrepareImportResponse:
-        try:
-            self.engine.moves.prepare_import(request.migration_id, request.slot, request.source)
-        except MoveError as error:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        moves = self.engine.moves
+        await _move(context, _now(moves.prepare_import, request.migration_id, request.slot, request.source))
         return node_pb2.PrepareImportResponse()
 
     async def ImportSlot(  # noqa: N802
         self, request_iterator: AsyncIterator[node_pb2.SlotChunk], context: grpc.aio.ServicerContext
     ) -> node_pb2.ImportSlotResponse:
-        try:
-            return await self.engine.moves.import_slot(request_iterator)
-        except MoveError as error:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
-        raise AssertionError("unreachable")
+        return await _move(context, self.engine.moves.import_slot(request_iterator))
 
     async def StartExport(  # noqa: N802
         self, request: node_pb2.StartExportRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.StartExportResponse:
-        try:
-            return await self.engine.moves.start_export(request.migration_id, request.slot, request.target)
-        except MoveError as error:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
-        raise AssertionError("unreachable")
+        return await _move(context, self.engine.moves.start_export(request.migration_id, request.slot, request.target))
 
     async def FreezeSlot(  # noqa: N802
         self, request: node_pb2.FreezeSlotRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.FreezeSlotResponse:
-        try:
-            return await self.engine.moves.freeze(request.migration_id, request.slot)
-        except MoveError as error:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
-        raise AssertionError("unreachable")
+        return await _move(context, self.engine.moves.freeze(request.migration_id, request.slot))
 
     async def AbortMove(  # noqa: N802
         self, request: node_pb2.AbortMoveRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.AbortMoveResponse:
-        try:
-            return node_pb2.AbortMoveResponse(was_active=self.engine.moves.abort(request.migration_id, request.slot))
-        except MoveError as error:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
-        raise AssertionError("unreachable")
+        was_active = await _move(context, _now(self.engine.moves.abort, request.migration_id, request.slot))
+        return node_pb2.AbortMoveResponse(was_active=was_active)
+
+
+T = TypeVar("T")
+
+
+async def _now(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
+
+
+async def _move(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
+    """A move call's answer; a MoveError (a stale id, a slot in the wrong state) is the
+    controller's FAILED_PRECONDITION, with the reason."""
+    try:
+        return await call
+    except MoveError as error:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        raise AssertionError("abort raises") from error

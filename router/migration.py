@@ -194,7 +194,7 @@ class Mover:
             after = placement.remove_node(self._owners_without_moves(), job.node)
         else:
             active = sorted(a for a, state in controller.current().nodes.items() if state != DRAINING)
-            after = placement.place(controller.slots_total, active)
+            after = placement.rebalance(self._owners_without_moves(), active)
         plan = placement.moves(controller.current().owners, after)
         job.planned = len(plan)
         log.info("job planned", extra={"job": job.id, "kind": job.kind, "node": job.node, "slots": len(plan)})
@@ -203,6 +203,10 @@ class Mover:
             await self._swap(controller.current().with_node(job.node, ACTIVE), changed=[])
         elif job.kind == "drain-node":
             await self._swap(controller.current().without_node(job.node), changed=[])
+        else:  # a node an interrupted add-node left joining has its share now
+            for node, state in sorted(controller.current().nodes.items()):
+                if state == JOINING:
+                    await self._swap(controller.current().with_node(node, ACTIVE), changed=[])
 
     def _owners_without_moves(self) -> list[str]:
         return list(self.controller.current().owners)

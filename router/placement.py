@@ -13,6 +13,8 @@ holds ~15% more than the mean. We keep HRW's scores and add quotas:
     the rest of its share.
   * remove_node(owners, gone): each of its slots goes, in score order, to the remaining
     node with the fewest slots among its best-scoring candidates (counts stay within one).
+  * rebalance(owners, nodes): the fewest moves that bring every node within one slot of
+    the others (from the fullest to the emptiest, best-scoring slot first).
   * place(S, nodes) = add the nodes one by one, in the order given, to an empty map, so the
     same inputs give the same placement in every process and after every restart.
 
@@ -89,6 +91,32 @@ def remove_node(owners: Sequence[str], gone: str) -> list[str]:
         result[slot] = best
         counts[best] += 1
     return result
+
+
+def rebalance(owners: Sequence[str], nodes: Sequence[str]) -> list[str]:
+    """Owners with every node in `nodes` within one slot of the others, moving the fewest
+    slots: one at a time from the fullest node to the emptiest, the slot that scores highest
+    on the receiving node. Slots of nodes not in `nodes` (draining ones) go first."""
+    if not nodes:
+        raise ValueError("a cluster needs at least one node")
+    result = list(owners)
+    counts = Counter({node: 0 for node in nodes})
+    counts.update(owner for owner in owners if owner in counts)
+    outside = [slot for slot, owner in enumerate(owners) if owner not in counts]
+    for slot in outside:
+        fewest = min(counts.values())
+        best = max((n for n in sorted(counts) if counts[n] == fewest), key=lambda n: (score(n, slot), n))
+        result[slot] = best
+        counts[best] += 1
+    while True:
+        fullest = max(sorted(counts), key=lambda n: counts[n])
+        emptiest = min(sorted(counts), key=lambda n: counts[n])
+        if counts[fullest] - counts[emptiest] <= 1:
+            return result
+        slot = max((s for s, owner in enumerate(result) if owner == fullest), key=lambda s: (score(emptiest, s), s))
+        result[slot] = emptiest
+        counts[fullest] -= 1
+        counts[emptiest] += 1
 
 
 def moves(before: Sequence[str], after: Sequence[str]) -> list[tuple[int, str, str]]:

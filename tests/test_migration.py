@@ -27,7 +27,7 @@ from cluster.commands import LocalCluster
 from cluster.local import NodeProcess, ServiceProcess
 from node.slotmove import key_digest
 from node.storage import NODE_META, account_key
-from proto import ledger_pb2 as pb, ledger_pb2_grpc, node_pb2, node_pb2_grpc
+from proto import cluster_pb2, ledger_pb2 as pb, ledger_pb2_grpc, node_pb2, node_pb2_grpc
 from router.shardmap import ShardMap
 from router.slots import slot_of
 from tests.bank import BankRun, fetch_shard_map
@@ -248,3 +248,35 @@ def test_stream_messages_of_an_aborted_move_are_refused_and_change_nothing(
             assert node.AbortMove(node_pb2.AbortMoveRequest(migration_id="new", slot=slot)).was_active
         # The target never served the slot, and the source still does.
         assert fetch_shard_map(cluster.address).owners[slot] == source.address
+
+
+def test_rebalance_gives_a_node_left_empty_by_an_interrupted_add_node_its_share(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    pause = {"YUNKAI_MOVE_PAUSE_AT": "recorded", "YUNKAI_MOVE_PAUSE_S": "30"}
+    with cluster_of(tmp_path_factory, 2, slots_total=SMALL_SLOTS, router_env=pause) as cluster:
+        assert cluster.router is not None
+        balanced = yunkai("cluster", "rebalance", "--router", cluster.address)
+        assert balanced.returncode == 0 and "done: 0 slots moved" in balanced.stdout, balanced.stdout
+        third = cluster.new_node("node-3").start()
+        cluster.nodes.append(third)
+        started = yunkai("cluster", "add-node", "--router", cluster.address, "--address", third.address, "--no-wait")
+        assert started.returncode == 0, started.stderr
+        wait_for_log(cluster.router, "paused at a fault point")
+        cluster.router.kill()  # the job dies with its router; its recorded moves are aborted at restart
+        cluster.router.env = {}
+        cluster.router.start()
+        before = fetch_shard_map(cluster.address)
+        assert third.address in before.nodes and not before.slots_of(third.address) and not before.migrations
+        status = yunkai("cluster", "status", "--router", cluster.address)
+        assert third.address in status.stdout, status.stdout
+        done = yunkai("cluster", "rebalance", "--router", cluster.address)
+        assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+        after = fetch_shard_map(cluster.address)
+        assert sorted(after.counts().values()) == [85, 85, 86], after.counts()
+        moved = [slot for slot in range(SMALL_SLOTS) if before.owners[slot] != after.owners[slot]]
+        assert all(after.owners[slot] == third.address for slot in moved)
+        assert after.nodes[third.address] == cluster_pb2.NODE_ACTIVE
+        codes = [p.stop() for p in [cluster.router, *cluster.nodes]]
+        assert codes == [0, 0, 0, 0], codes
+        assert not keys_off_their_owner(cluster.nodes, after)

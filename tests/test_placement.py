@@ -72,6 +72,18 @@ def test_an_interrupted_add_node_resumes_to_the_same_balance_moving_only_onto_th
     assert placement.remove_node(drained, new) == drained
 
 
+def test_rebalance_evens_out_counts_with_the_fewest_moves() -> None:
+    balanced = placement.place(S, nodes(3))
+    assert placement.rebalance(balanced, nodes(3)) == balanced  # nothing to do
+    # A fourth node that joined without its slots: exactly its share moves onto it.
+    fourth = "10.2.0.4:7001"
+    after = placement.rebalance(balanced, [*nodes(3), fourth])
+    moved = placement.moves(balanced, after)
+    assert len(moved) == S // 4 and all(target == fourth for _, _, target in moved)
+    counts = Counter(after)
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
 def test_the_same_inputs_place_the_same_way_in_another_process() -> None:
     here = placement.place(S, nodes(5))
     script = "import sys; from router import placement; print(','.join(placement.place(4096, sys.argv[1:])))"
