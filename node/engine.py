@@ -494,6 +494,10 @@ class Engine:
         metrics.slots_frozen.set(len(self._frozen))
         self._wake.set()  # expiries held for it
 
+    def frozen_slots(self) -> int:
+        """How many slots are frozen now (0 on the hot path: reads check it first)."""
+        return len(self._frozen)
+
     def frozen_for(self, slot: int) -> str | None:
         """The migration id `slot` is frozen for, if it is."""
         frozen = self._frozen.get(slot)

@@ -10,6 +10,7 @@ the events are durable. Reads are served from committed state without the engine
 Writes (and credit legs) for a slot frozen by a move wait until the move ends, at most the
 caller's deadline less a margin (HOLD_S_MAX without one), while the request's other events
 go ahead; then they are submitted, or answered WRONG_SLOT naming the slot's new owner.
+Reads of a frozen slot wait likewise, so that no read misses a write its new owner took.
 The Node service's move calls are node/slotmove.py's protocol.
 
 A transfer whose credit account lives on another node is answered IN_FLIGHT by the engine
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -293,12 +294,22 @@ class LedgerService:
             if fenced is None:
                 raise BadRequest(f"fence: does not name slot {slot} of {where}")
             epoch = fenced
-        return slot, self.engine.serves(slot, epoch)
+        return slot, self.engine.serves(slot, epoch) and not self.engine.slots[slot].frozen
+
+    async def _hold_reads(self, account_ids: Iterable[str], context: grpc.aio.ServicerContext) -> None:
+        """Reads of a frozen slot wait for its move to end, as writes do: once the move
+        commits, its target may take writes that this node would not see. (Still frozen
+        after the wait: answered WRONG_SLOT by _read_slot.)"""
+        if self.engine.frozen_slots():
+            total = self.slots_total
+            slots = {account_slot(a, total) for a in account_ids if sm.id_valid(a)}
+            await self.engine.wait_thawed(slots, _hold_budget_s(context))
 
     async def lookup_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         request = parse_request(pb.LookupAccountsRequest, data)
         self._check_batch("ids", len(request.ids))
         fence = _fence(request.fence)
+        await self._hold_reads(request.ids, context)
         response = pb.LookupAccountsResponse()
         add = response.results.add
         account_entry = self.storage.account_entry
@@ -322,6 +333,7 @@ class LedgerService:
         request = parse_request(pb.LookupTransfersRequest, data)
         self._check_batch("keys", len(request.keys))
         fence = _fence(request.fence)
+        await self._hold_reads((key.debit_account_id for key in request.keys), context)
         response = pb.LookupTransfersResponse()
         for index, key in enumerate(request.keys):
             result = response.results.add()
@@ -350,7 +362,9 @@ class LedgerService:
         if not sm.id_valid(request.account_id):
             response.code = pb.ID_INVALID
             return response.SerializeToString()
-        slot, served = self._read_slot(request.account_id, _fence(request.fence), "account_id")
+        fence = _fence(request.fence)
+        await self._hold_reads([request.account_id], context)
+        slot, served = self._read_slot(request.account_id, fence, "account_id")
         if not served:
             response.code = pb.WRONG_SLOT
             response.redirect.CopyFrom(self.engine.redirect(slot))
