@@ -42,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cluster = commands.add_parser(
         "cluster",
-        help="run a local cluster, or look at one",
-        description="Operator commands: `up` runs a router and N nodes on loopback; `status` shows any cluster.",
+        help="run a local cluster, look at one, grow or shrink one online",
+        description="Operator commands: `up` runs a router and N nodes on loopback; `status` shows any cluster "
+        "(nodes, slot moves in flight, jobs); `add-node`, `drain-node` and `rebalance` move slots between nodes "
+        "while the cluster serves.",
     )
     cluster_commands.add_arguments(cluster)
 
