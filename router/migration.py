@@ -32,6 +32,7 @@ so that a test can kill a process exactly there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -235,6 +236,34 @@ class Mover:
         if not moves:
             return []
         await self._swap(shard_map.with_migrations(add=moves), changed=[])
+        try:
+            return await self._run_wave(job, moves)
+        except BaseException:
+            await self._abandon(moves)
+            raise
+
+    async def _abandon(self, moves: Sequence[Migration]) -> None:
+        """A wave failed unexpectedly (or the router is stopping): forget its moves that are
+        still recorded, and tell the nodes, but only of moves that did not commit (their slot
+        is still their source's): a committed move only rolls forward."""
+        controller = self.controller
+        with contextlib.suppress(Exception):
+            current = controller.current()
+            recorded = {m.id for m in current.migrations}
+            forget = [m.id for m in moves if m.id in recorded]
+            if forget:
+                await controller.swap(current.with_migrations(remove=forget), changed=[])
+            current = controller.current()
+            if {m.id for m in current.migrations} & {m.id for m in moves}:
+                return  # not recorded as aborted: a restarted controller will abort them
+            for m in moves:
+                if current.owners[m.slot] == m.source:
+                    await asyncio.gather(
+                        controller.abort_move(m.source, m.id, m.slot), controller.abort_move(m.target, m.id, m.slot)
+                    )
+
+    async def _run_wave(self, job: Job, moves: Sequence[Migration]) -> list[tuple[int, str]]:
+        controller = self.controller
         await self._fault_point("recorded")
         copied = await asyncio.gather(*(self._copy(m) for m in moves))
         await self._fault_point("copied")
