@@ -296,12 +296,15 @@ class LoanService:
                     repayment=self._repayment(request.loan_id, previous.repayment_id),
                     loan=self.store.loan(loan.loan_id),
                 )
+            for unfinished in [r for r in loan.repayments if not r.done]:
+                await self._settle(loan, unfinished)  # a crash left it half made: finish it before the next
             if loan.status not in rules.OPEN:
                 raise rules.LoanRefused(f"loan_id: {loan.loan_id} is {pb.LoanStatus.Name(loan.status)}")
             if on < date.fromisoformat(loan.drawdown_date):
                 raise rules.BadLoanRequest(f"date: {on} is before the drawdown on {loan.drawdown_date}")
+            fee_charged = 0
             if payoff:
-                dues = rules.payoff_dues(loan, on)
+                dues, fee_charged = rules.payoff_dues(loan, on)
                 amount = sum(d.total for d in dues)
             else:
                 dues, amount = rules.dues_on(loan, on), request.amount
@@ -324,6 +327,7 @@ class LoanService:
                 principal=sum(d.principal for d in paid),
                 unapplied=unapplied,
                 payoff=payoff,
+                fee_charged=fee_charged,
             )
             rules.apply_paid(loan, paid)
             if rules.fully_repaid(loan):
@@ -345,6 +349,19 @@ class LoanService:
         """Make a stored repayment's transfers, restore the limits, and mark it done (each step replays)."""
         names, book = rules.accounts_of(loan), self._book(loan)
         prefix = f"{loan.loan_id}:{repayment.repayment_id}"
+        if repayment.fee_charged:  # charged before it is paid, so the fee receivable never goes below zero
+            await self._transfer(
+                [
+                    Transfer(
+                        f"{loan.loan_id}:e",
+                        names.fees,
+                        names.clearing("fee"),
+                        repayment.fee_charged,
+                        book,
+                        rules.Code.CHARGE_FEE,
+                    )
+                ]
+            )
         parts = (
             ("f", repayment.fees, names.fees, rules.Code.REPAY_FEES),
             ("n", repayment.penalty, names.penalty, rules.Code.REPAY_PENALTY),
@@ -456,15 +473,14 @@ class LoanService:
                 result.loans += 1
                 postings = rules.end_of_day(loan, day)
                 names, book = rules.accounts_of(loan), self._book(loan)
+                receivables = {"int": names.interest, "pen": names.penalty, "fee": names.fees}
+                codes = {
+                    "int": rules.Code.ACCRUE_INTEREST,
+                    "pen": rules.Code.CHARGE_PENALTY,
+                    "fee": rules.Code.CHARGE_FEE,
+                }
                 transfers = [
-                    Transfer(
-                        p.transfer_id,
-                        names.interest if p.part == "int" else names.penalty,
-                        names.clearing(p.part),
-                        p.amount,
-                        book,
-                        rules.Code.ACCRUE_INTEREST if p.part == "int" else rules.Code.CHARGE_PENALTY,
-                    )
+                    Transfer(p.transfer_id, receivables[p.part], names.clearing(p.part), p.amount, book, codes[p.part])
                     for p in postings
                 ]
                 # Transfers first, then the loan: a crash between replays the same ids and amounts.

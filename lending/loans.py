@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from fractions import Fraction
@@ -166,8 +167,9 @@ def terms_of(loan: pb.Loan) -> sched.LoanTerms:
     )
 
 
-def _fee(product: pb.ProductParameters, kind: int, base: int) -> int:
-    for fee in product.fees:
+def fee_of(fees: Sequence[pb.Fee], kind: int, base: int) -> int:
+    """The fee of `kind` on `base` fen: a fixed amount, or its rate rounded half up once (schedule.round_fen)."""
+    for fee in fees:
         if fee.kind == kind:
             return fee.amount or sched.round_fen(Fraction(base * fee.rate_bps, sched.BPS))
     return 0
@@ -214,6 +216,7 @@ def new_loan(request: pb.DrawdownRequest, product: pb.Product) -> pb.Loan:
         status=pb.PENDING,
         principal_outstanding=request.amount,
         bucket="M0",
+        fees=p.fees,
     )
     try:
         instalments = sched.build_schedule(terms_of(loan))
@@ -230,7 +233,7 @@ def new_loan(request: pb.DrawdownRequest, product: pb.Product) -> pb.Loan:
             )
         )
     # The origination fee is billed with the first instalment (the product says how much).
-    loan.schedule[0].fees = _fee(p, pb.ORIGINATION, request.amount)
+    loan.schedule[0].fees = fee_of(p.fees, pb.ORIGINATION, request.amount)
     return loan
 
 
@@ -289,8 +292,12 @@ def apply_paid(loan: pb.Loan, paid: list[Due]) -> None:
     assert loan.principal_outstanding >= 0, loan
 
 
-def payoff_dues(loan: pb.Loan, on: date) -> list[Due]:
-    """Everything a full early repayment on `on` pays: the arrears, then interest to `on` and all principal left.
+def payoff_dues(loan: pb.Loan, on: date) -> tuple[list[Due], int]:
+    """Everything a full early repayment on `on` pays, and the early-repayment fee it charges.
+
+    The arrears, then interest to `on` and all principal left, and the product's
+    EARLY_REPAYMENT fee on the principal repaid before its due date (billed with the current
+    instalment).
 
     The current period's interest runs by actual days from its start to the day before `on`
     (schedule.early_repayment, the PBOC's 算头不算尾). The unbilled instalments are rewritten to
@@ -299,13 +306,15 @@ def payoff_dues(loan: pb.Loan, on: date) -> list[Due]:
     dues = dues_on(loan, on)
     unbilled = [i for i in loan.schedule if date.fromisoformat(i.due) > on]
     if not unbilled:
-        return dues
+        return dues, 0
     current = unbilled[0]
     early = sched.early_repayment(terms_of(loan), paid=current.number - 1, on=on)
     assert early.principal == sum(i.principal for i in unbilled), (early, loan.loan_id)
     for i in unbilled:
         i.interest = early.interest if i is current else 0
-    return dues + [owed(i) for i in unbilled if owed(i).total > 0]
+    fee = fee_of(loan.fees, pb.EARLY_REPAYMENT, early.principal)
+    current.fees += fee
+    return dues + [owed(i) for i in unbilled if owed(i).total > 0], fee
 
 
 def interest_paid(loan: pb.Loan) -> int:
@@ -321,7 +330,7 @@ def fully_repaid(loan: pb.Loan) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Posting:
-    """One ledger transfer end of day makes: `part` is int (accrual) or pen (penalty)."""
+    """One ledger transfer end of day makes: `part` is int (accrual), pen (penalty) or fee (late payment)."""
 
     part: str
     amount: int
@@ -385,7 +394,7 @@ def end_of_day(loan: pb.Loan, business_date: date) -> list[Posting]:
         if accrued > 0:
             postings.append(Posting("int", accrued, f"{loan.loan_id}:a:{stamp}"))
             loan.interest_accrued += accrued
-        charged = 0
+        charged = fees = 0
         for i in loan.schedule:
             due = date.fromisoformat(i.due)
             unpaid = (i.principal - i.paid_principal) + (i.interest - i.paid_interest)
@@ -397,6 +406,12 @@ def end_of_day(loan: pb.Loan, business_date: date) -> list[Posting]:
             amount = sched.round_fen(sched.days_interest(unpaid, loan.penalty_rate_bps, days, basis))
             i.penalty += amount
             charged += amount
+            if late == loan.grace_days + 1:  # the product's LATE_PAYMENT fee: once per instalment that falls overdue
+                fee = fee_of(loan.fees, pb.LATE_PAYMENT, unpaid)
+                i.fees += fee
+                fees += fee
+        if fees:
+            postings.append(Posting("fee", fees, f"{loan.loan_id}:f:{stamp}"))
         if charged:
             postings.append(Posting("pen", charged, f"{loan.loan_id}:p:{stamp}"))
             loan.penalty_charged += charged

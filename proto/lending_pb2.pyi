@@ -255,7 +255,7 @@ class Instalment(_message.Message):
     def __init__(self, number: _Optional[int] = ..., start: _Optional[str] = ..., due: _Optional[str] = ..., principal: _Optional[int] = ..., interest: _Optional[int] = ..., fees: _Optional[int] = ..., penalty: _Optional[int] = ..., paid_principal: _Optional[int] = ..., paid_interest: _Optional[int] = ..., paid_fees: _Optional[int] = ..., paid_penalty: _Optional[int] = ...) -> None: ...
 
 class Repayment(_message.Message):
-    __slots__ = ("repayment_id", "date", "amount", "fees", "penalty", "interest", "principal", "unapplied", "payoff", "done")
+    __slots__ = ("repayment_id", "date", "amount", "fees", "penalty", "interest", "principal", "unapplied", "payoff", "done", "fee_charged")
     REPAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     DATE_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +266,7 @@ class Repayment(_message.Message):
     UNAPPLIED_FIELD_NUMBER: _ClassVar[int]
     PAYOFF_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    FEE_CHARGED_FIELD_NUMBER: _ClassVar[int]
     repayment_id: str
     date: str
     amount: int
@@ -276,10 +277,11 @@ class Repayment(_message.Message):
     unapplied: int
     payoff: bool
     done: bool
-    def __init__(self, repayment_id: _Optional[str] = ..., date: _Optional[str] = ..., amount: _Optional[int] = ..., fees: _Optional[int] = ..., penalty: _Optional[int] = ..., interest: _Optional[int] = ..., principal: _Optional[int] = ..., unapplied: _Optional[int] = ..., payoff: _Optional[bool] = ..., done: _Optional[bool] = ...) -> None: ...
+    fee_charged: int
+    def __init__(self, repayment_id: _Optional[str] = ..., date: _Optional[str] = ..., amount: _Optional[int] = ..., fees: _Optional[int] = ..., penalty: _Optional[int] = ..., interest: _Optional[int] = ..., principal: _Optional[int] = ..., unapplied: _Optional[int] = ..., payoff: _Optional[bool] = ..., done: _Optional[bool] = ..., fee_charged: _Optional[int] = ...) -> None: ...
 
 class Loan(_message.Message):
-    __slots__ = ("loan_id", "customer", "product_code", "product_version", "principal", "annual_rate_bps", "term_months", "repayment_method", "day_count", "grace_days", "penalty_rate_bps", "drawdown_date", "repayment_day", "status", "schedule", "repayments", "principal_outstanding", "interest_accrued", "penalty_charged", "bucket", "days_past_due", "last_eod_date", "closed_date", "written_off")
+    __slots__ = ("loan_id", "customer", "product_code", "product_version", "principal", "annual_rate_bps", "term_months", "repayment_method", "day_count", "grace_days", "penalty_rate_bps", "drawdown_date", "repayment_day", "status", "schedule", "repayments", "principal_outstanding", "interest_accrued", "penalty_charged", "bucket", "days_past_due", "last_eod_date", "closed_date", "written_off", "fees")
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +306,7 @@ class Loan(_message.Message):
     LAST_EOD_DATE_FIELD_NUMBER: _ClassVar[int]
     CLOSED_DATE_FIELD_NUMBER: _ClassVar[int]
     WRITTEN_OFF_FIELD_NUMBER: _ClassVar[int]
+    FEES_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
     customer: str
     product_code: str
@@ -328,7 +331,8 @@ class Loan(_message.Message):
     last_eod_date: str
     closed_date: str
     written_off: int
-    def __init__(self, loan_id: _Optional[str] = ..., customer: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., principal: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ..., term_months: _Optional[int] = ..., repayment_method: _Optional[_Union[RepaymentMethod, str]] = ..., day_count: _Optional[_Union[DayCount, str]] = ..., grace_days: _Optional[int] = ..., penalty_rate_bps: _Optional[int] = ..., drawdown_date: _Optional[str] = ..., repayment_day: _Optional[int] = ..., status: _Optional[_Union[LoanStatus, str]] = ..., schedule: _Optional[_Iterable[_Union[Instalment, _Mapping]]] = ..., repayments: _Optional[_Iterable[_Union[Repayment, _Mapping]]] = ..., principal_outstanding: _Optional[int] = ..., interest_accrued: _Optional[int] = ..., penalty_charged: _Optional[int] = ..., bucket: _Optional[str] = ..., days_past_due: _Optional[int] = ..., last_eod_date: _Optional[str] = ..., closed_date: _Optional[str] = ..., written_off: _Optional[int] = ...) -> None: ...
+    fees: _containers.RepeatedCompositeFieldContainer[Fee]
+    def __init__(self, loan_id: _Optional[str] = ..., customer: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., principal: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ..., term_months: _Optional[int] = ..., repayment_method: _Optional[_Union[RepaymentMethod, str]] = ..., day_count: _Optional[_Union[DayCount, str]] = ..., grace_days: _Optional[int] = ..., penalty_rate_bps: _Optional[int] = ..., drawdown_date: _Optional[str] = ..., repayment_day: _Optional[int] = ..., status: _Optional[_Union[LoanStatus, str]] = ..., schedule: _Optional[_Iterable[_Union[Instalment, _Mapping]]] = ..., repayments: _Optional[_Iterable[_Union[Repayment, _Mapping]]] = ..., principal_outstanding: _Optional[int] = ..., interest_accrued: _Optional[int] = ..., penalty_charged: _Optional[int] = ..., bucket: _Optional[str] = ..., days_past_due: _Optional[int] = ..., last_eod_date: _Optional[str] = ..., closed_date: _Optional[str] = ..., written_off: _Optional[int] = ..., fees: _Optional[_Iterable[_Union[Fee, _Mapping]]] = ...) -> None: ...
 
 class LoanRef(_message.Message):
     __slots__ = ("loan_id",)

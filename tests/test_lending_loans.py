@@ -60,13 +60,25 @@ class Lending:
         self.product = self.products.PublishProduct(pb.ProductRef(code=draft.code, version=draft.version), timeout=10)
         self.code = self.product.code
 
-    def customer(self, customer_limit: int = 50_000_000, product_limit: int = 30_000_000) -> str:
+    def variant(self, *fees: pb.Fee) -> str:
+        """Publish this server's product again under a new code, with other fees; its code."""
+        parameters = pb.ProductParameters()
+        parameters.CopyFrom(self.product.parameters)
+        parameters.code = fresh("FEE").replace("-", "")
+        del parameters.fees[:]
+        parameters.fees.extend(fees)
+        draft = self.products.SaveDraft(pb.SaveDraftRequest(parameters=parameters), timeout=10)
+        return str(self.products.PublishProduct(pb.ProductRef(code=draft.code, version=draft.version)).code)
+
+    def customer(
+        self, customer_limit: int = 50_000_000, product_limit: int = 30_000_000, product: str | None = None
+    ) -> str:
         customer = fresh("c").replace("-", "")
         self.loans.ApproveCreditLine(
             pb.ApproveCreditLineRequest(
                 customer=customer,
                 line_id=f"L{customer}",
-                product_code=self.code,
+                product_code=product or self.code,
                 customer_limit=customer_limit,
                 product_limit=product_limit,
             ),
@@ -81,9 +93,9 @@ class Lending:
         )
         assert result.code is ResultCode.OK, result
 
-    def draw(self, customer: str, loan_id: str, amount: int, day: str, **fields: int) -> pb.Loan:
+    def draw(self, customer: str, loan_id: str, amount: int, day: str, product: str = "", **fields: int) -> pb.Loan:
         request = pb.DrawdownRequest(
-            customer=customer, loan_id=loan_id, product_code=self.code, amount=amount, date=day, **fields
+            customer=customer, loan_id=loan_id, product_code=product or self.code, amount=amount, date=day, **fields
         )
         return self.loans.Drawdown(request, timeout=30)
 
@@ -282,6 +294,31 @@ def test_overdue_loans_move_through_buckets_are_charged_penalty_and_can_be_writt
     with pytest.raises(grpc.RpcError) as caught:
         lending.loans.WriteOff(pb.WriteOffRequest(loan_id="cured", date="2025-02-21"), timeout=30)
     assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_late_payment_and_early_repayment_fees_are_charged_and_paid_first(lending: Lending) -> None:
+    product = lending.variant(pb.Fee(kind=pb.LATE_PAYMENT, amount=5_000), pb.Fee(kind=pb.EARLY_REPAYMENT, rate_bps=100))
+    customer = lending.customer(product=product)
+    lending.fund(customer, 1_000_000)
+    loan = lending.draw(customer, "fees", 6_000_000, "2025-01-10", product=product, term_months=3)
+    names = Accounts(customer, "fees", product)
+    lending.eod("2025-02-13")
+    assert lending.loan("fees").schedule[0].fees == 0  # within the grace: no fee yet
+    lending.eod("2025-02-14")
+    assert lending.loan("fees").schedule[0].fees == 5_000  # fell overdue today: the late-payment fee, once
+    lending.eod("2025-02-19")
+    assert lending.loan("fees").schedule[0].fees == 5_000
+    assert lending.balance(names.fees) == 5_000
+    paid = lending.payoff("fees", "off", "2025-02-20")
+    # 1% of the principal repaid before its due date (instalments 2 and 3).
+    early_fee = (6_000_000 - loan.schedule[0].principal + 50) // 100
+    assert paid.repayment.fee_charged == early_fee
+    assert paid.repayment.fees == 5_000 + early_fee
+    assert paid.loan.status == pb.PAID_OFF
+    assert lending.balance(names.fees) == 0
+    assert lending.balance(names.clearing("fee")) == -(5_000 + early_fee)
+    report = lending.loans.GetGlReport(pb.GlReportRequest(), timeout=30)
+    assert report.total_debit == report.total_credit
 
 
 def test_the_trial_balance_balances_after_drawdowns_repayments_and_an_end_of_day(lending: Lending) -> None:
