@@ -133,6 +133,12 @@ class Lending:
         balances = {i: (a.debits_posted, a.credits_posted) for i, a in zip(ids, accounts, strict=True) if a}
         return balances, [loan.SerializeToString(deterministic=True) for loan in loans]
 
+    def reconnect(self) -> None:
+        self.channel.close()
+        self.channel = grpc.insecure_channel(self.process.address)
+        self.products = lending_pb2_grpc.ProductServiceStub(self.channel)
+        self.loans = lending_pb2_grpc.LoanServiceStub(self.channel)
+
     def close(self) -> None:
         self.channel.close()
 
@@ -408,3 +414,28 @@ def test_end_of_day_partitions_loans_by_the_ledger_slot_of_their_customer() -> N
         for slots_total in (1, 16, SLOTS_TOTAL_DEFAULT):
             slot = slot_of_customer(customer, slots_total)
             assert slot == slot_of(names.deposit, slots_total) == slot_of(names.clearing("int"), slots_total)
+
+
+def test_end_of_day_resumes_after_a_restart_from_its_checkpoints(lending: Lending) -> None:
+    customers = [lending.customer() for _ in range(4)]
+    for n, customer in enumerate(customers):
+        lending.draw(customer, f"rs{n}", 2_000_000, "2026-08-03")
+    plan = lending.loans.PlanEod(pb.EodSlotsRequest(date="2026-08-10"))
+    assert len(plan.slots) >= 2 and list(plan.slots_done) == []
+    first = lending.loans.RunEodSlot(pb.EodSlotRequest(date="2026-08-10", slot=plan.slots[0]), timeout=60)
+    assert first.loans >= 1 and first.transfers >= 1
+    # kill -9 between slots: loans and the checkpoint are durable, the rest of the run resumes.
+    lending.process.kill()
+    lending.process.start()
+    lending.reconnect()
+    assert list(lending.loans.PlanEod(pb.EodSlotsRequest(date="2026-08-10")).slots_done) == [plan.slots[0]]
+    resumed = cli("eod", "run", "--lending", lending.process.address, "--date", "2026-08-10")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 done before" in resumed.stdout
+    loans = [lending.loan(f"rs{n}") for n in range(4)]
+    assert {loan.last_eod_date for loan in loans} == {"2026-08-10"}
+    # Every loan accrued 2026-08-03 .. 2026-08-10 exactly once.
+    for loan in loans:
+        names = Accounts(loan.customer, loan.loan_id, loan.product_code)
+        assert lending.balance(names.interest) == loan.interest_accrued > 0
+    assert len({loan.interest_accrued for loan in loans}) == 1
