@@ -107,7 +107,7 @@ class LoanStore:
         """A copy of the stored loan (callers change copies, then store them)."""
         stored = self.loans.get(loan_id)
         if stored is None:
-            raise KeyError(loan_id)
+            raise rules.LoanNotFound(f"loan_id: no loan {loan_id!r}")
         copy = pb.Loan()
         copy.CopyFrom(stored)
         return copy
@@ -279,7 +279,7 @@ class LoanService:
         on = rules.parse_date("date", request.date)
         if not payoff and request.amount <= 0:
             raise rules.BadLoanRequest(f"amount: {request.amount} fen must be positive")
-        loan = self.store.loan(request.loan_id)  # KeyError: NOT_FOUND
+        loan = self.store.loan(request.loan_id)  # LoanNotFound: NOT_FOUND
         async with self._locks[loan.customer]:
             loan = self.store.loan(request.loan_id)
             previous = next((r for r in loan.repayments if r.repayment_id == request.repayment_id), None)

@@ -41,6 +41,10 @@ class BadLoanRequest(ValueError):
     """A malformed request: INVALID_ARGUMENT; the message starts with the field's name."""
 
 
+class LoanNotFound(LookupError):
+    """No loan with the id: NOT_FOUND."""
+
+
 class LoanRefused(RuntimeError):
     """A well-formed request the loan's state or the limits refuse: FAILED_PRECONDITION."""
 

@@ -26,7 +26,7 @@ from prometheus_client import Counter, Histogram
 
 from clients.ledger import LedgerClient, LedgerError
 from lending.loan_service import LedgerFailed, LoanService, LoanStore
-from lending.loans import SLOTS_TOTAL_DEFAULT, BadLoanRequest, LoanRefused
+from lending.loans import SLOTS_TOTAL_DEFAULT, BadLoanRequest, LoanNotFound, LoanRefused
 from lending.products import InvalidProduct, LifecycleRefused, ProductNotFound, ProductStore, StoreFull
 from proto import lending_pb2 as pb, serving
 from proto.serving import BadRequest, parse_request
@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
 # How each refusal is answered; anything else is a bug and crashes the call loudly.
 REFUSALS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], grpc.StatusCode], ...] = (
     ((BadRequest, InvalidProduct, BadLoanRequest), grpc.StatusCode.INVALID_ARGUMENT),
-    ((ProductNotFound, KeyError), grpc.StatusCode.NOT_FOUND),
+    ((ProductNotFound, LoanNotFound), grpc.StatusCode.NOT_FOUND),
     ((LifecycleRefused, LoanRefused), grpc.StatusCode.FAILED_PRECONDITION),
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ((LedgerFailed, LedgerError), grpc.StatusCode.UNAVAILABLE),
@@ -187,7 +187,7 @@ def _wrap(
             code = next((status for kinds, status in REFUSALS if isinstance(error, kinds)), None)
             if code is None:
                 raise
-            message = f"loan_id: no loan {error.args[0]!r}" if isinstance(error, KeyError) else str(error)
+            message = str(error)
         requests_total.labels(name, code.name).inc()
         if code is not grpc.StatusCode.OK:
             log.info("refused", extra={"method": name, "status": code.name, "reason": message})

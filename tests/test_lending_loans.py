@@ -392,6 +392,7 @@ def test_refusals_by_the_limits_or_the_loan_state_are_clear_and_change_nothing(l
     with pytest.raises(grpc.RpcError) as caught:
         lending.loans.GetLoan(pb.LoanRef(loan_id="nosuchloan"), timeout=10)
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+    assert caught.value.details() == "loan_id: no loan 'nosuchloan'"
     lending.draw(customer, "ok", 1_000_000, "2026-01-05")
     for amount, day, field in ((-5, "2026-02-05", "amount:"), (100, "2025-12-31", "date:"), (100, "x", "date:")):
         with pytest.raises(grpc.RpcError) as caught:
