@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lending = commands.add_parser(
         "lending",
-        help="run the lending service (the product factory)",
+        help="run the lending service (the product factory and, with --router, loans)",
         description="Lending on the ledger: `serve` runs yunkai.lending.v1.ProductService over gRPC.",
     )
     lending_commands = lending.add_subparsers(dest="lending_command", required=True, metavar="SUBCOMMAND")
@@ -102,6 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="The product factory's commands, over gRPC to `yunkai lending serve`.",
     )
     lending_cli.add_arguments(product)
+    from lending import loan_cli
+
+    loan_cli.add_loan_arguments(
+        commands.add_parser(
+            "loan",
+            help="approve credit lines; draw, show, list, repay, pay off and write off loans",
+            description="Loans, over gRPC to `yunkai lending serve --router ...` (yunkai.lending.v1.LoanService).",
+        )
+    )
+    loan_cli.add_eod_arguments(
+        commands.add_parser(
+            "eod",
+            help="end of day: accrue interest, charge penalty, classify overdue loans",
+            description="End of day of the lending server, slot by slot, resumable and idempotent.",
+        )
+    )
+    loan_cli.add_gl_arguments(
+        commands.add_parser(
+            "gl",
+            help="the general ledger aggregated from the ledger's balances, and the trial balance",
+            description="General-ledger view of the lending server's accounts.",
+        )
+    )
 
     from cluster import demo
 

@@ -1,10 +1,13 @@
-"""The lending process: `yunkai lending serve --data-dir D --port P`.
+"""The lending process: `yunkai lending serve --data-dir D --port P [--router HOST:PORT]`.
 
-Serves yunkai.lending.v1.ProductService (the product factory) over gRPC with the shared
+Serves yunkai.lending.v1.ProductService (the product factory) and, given the ledger's
+router, yunkai.lending.v1.LoanService (lending/loan_service.py) over gRPC with the shared
 plumbing of proto/serving.py: settings from flags, YUNKAI_LENDING_* and `[lending]` in a
 TOML file; JSON logs; health and reflection; graceful stop on SIGTERM. Bad parameters are
 answered INVALID_ARGUMENT naming them, unknown products NOT_FOUND, lifecycle steps not
-allowed FAILED_PRECONDITION; none of them changes anything.
+allowed FAILED_PRECONDITION; none of them changes anything. Loans answer the same way
+(a refusal by the limits or the loan's state is FAILED_PRECONDITION, an unknown loan
+NOT_FOUND), and UNAVAILABLE when the ledger could not finish a step: retry with the same id.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import uvloop
 from google.protobuf.message import Message
 from prometheus_client import Counter, Histogram
 
+from clients.ledger import LedgerClient, LedgerError
+from lending.loan_service import LedgerFailed, LoanService, LoanStore
+from lending.loans import SLOTS_TOTAL_DEFAULT, BadLoanRequest, LoanNotFound, LoanRefused
 from lending.products import InvalidProduct, LifecycleRefused, ProductNotFound, ProductStore, StoreFull
 from proto import lending_pb2 as pb, serving
 from proto.serving import BadRequest, parse_request
@@ -28,6 +34,7 @@ from proto.serving import BadRequest, parse_request
 log = logging.getLogger("yunkai.lending")
 
 PRODUCT_SERVICE = "yunkai.lending.v1.ProductService"
+LOAN_SERVICE = "yunkai.lending.v1.LoanService"
 
 DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
@@ -38,7 +45,18 @@ DEFAULTS: dict[str, Any] = {
     "tls_key": None,
     "tls_ca": None,
     "log_level": "INFO",
+    "router": None,
+    "slots_total": SLOTS_TOTAL_DEFAULT,
 }
+
+# How each refusal is answered; anything else is a bug and crashes the call loudly.
+REFUSALS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], grpc.StatusCode], ...] = (
+    ((BadRequest, InvalidProduct, BadLoanRequest), grpc.StatusCode.INVALID_ARGUMENT),
+    ((ProductNotFound, LoanNotFound), grpc.StatusCode.NOT_FOUND),
+    ((LifecycleRefused, LoanRefused), grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ((LedgerFailed, LedgerError), grpc.StatusCode.UNAVAILABLE),
+)
 
 requests_total = Counter("yunkai_lending_requests_total", "Lending RPCs answered", ["method", "status"])
 request_latency_s = Histogram("yunkai_lending_request_latency_seconds", "RPC latency in the server", ["method"])
@@ -46,7 +64,13 @@ request_latency_s = Histogram("yunkai_lending_request_latency_seconds", "RPC lat
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     serving.add_common_arguments(parser)
-    parser.add_argument("--data-dir", help="directory of the product catalogue's RocksDB (required)")
+    parser.add_argument("--data-dir", help="directory of the product catalogue's and loans' RocksDB (required)")
+    parser.add_argument("--router", help="HOST:PORT of the ledger's router: serve LoanService over the ledger")
+    parser.add_argument(
+        "--slots-total",
+        type=int,
+        help=f"the ledger's slot count, which end of day partitions loans by (default {SLOTS_TOTAL_DEFAULT})",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -64,13 +88,21 @@ def main(args: argparse.Namespace) -> int:
 
 async def _serve(settings: dict[str, Any]) -> None:
     store = ProductStore(str(settings["data_dir"]))
+    loans: LoanStore | None = None
+    ledger: LedgerClient | None = None
     try:
         server = serving.new_server()
-        frame = serving.Serving(server, [PRODUCT_SERVICE])
+        router = settings["router"]
+        frame = serving.Serving(server, [PRODUCT_SERVICE] + ([LOAN_SERVICE] if router else []))
         host = str(settings["host"])
         credentials = serving.server_credentials(settings["tls_cert"], settings["tls_key"])
         port = frame.listen(host, int(settings["port"]), credentials)
         server.add_generic_rpc_handlers([ProductService(store).handler()])
+        if router:
+            loans = LoanStore(str(settings["data_dir"]))
+            ledger = await LedgerClient.connect(str(router), tls_ca=settings["tls_ca"])
+            service = LoanService(loans, store, ledger, int(settings["slots_total"]))
+            server.add_generic_rpc_handlers([loan_handler(service)])
         metrics_port = settings["metrics_port"]
         serving.start_metrics(host, None if metrics_port is None else int(metrics_port))
         stopping = serving.stop_signal()
@@ -78,6 +110,10 @@ async def _serve(settings: dict[str, Any]) -> None:
         await stopping.wait()
         await frame.stop(log)
     finally:
+        if ledger is not None:
+            await ledger.close()
+        if loans is not None:
+            loans.close()
         store.close()
     log.info("stopped")
 
@@ -104,29 +140,7 @@ class ProductService:
     def _wrap(
         self, name: str, fn: Callable[[bytes], Awaitable[Message]]
     ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-        latency = request_latency_s.labels(name)
-
-        async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            started = time.perf_counter()
-            code, message = grpc.StatusCode.OK, ""
-            try:
-                reply = await fn(data)
-            except (BadRequest, InvalidProduct) as error:
-                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
-            except ProductNotFound as error:
-                code, message = grpc.StatusCode.NOT_FOUND, str(error)
-            except LifecycleRefused as error:
-                code, message = grpc.StatusCode.FAILED_PRECONDITION, str(error)
-            except StoreFull as error:
-                code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
-            requests_total.labels(name, code.name).inc()
-            if code is not grpc.StatusCode.OK:
-                log.info("refused", extra={"method": name, "status": code.name, "reason": message})
-                await context.abort(code, message)
-            latency.observe(time.perf_counter() - started)
-            return reply.SerializeToString()
-
-        return handle
+        return _wrap(name, fn)
 
     async def save_draft(self, data: bytes) -> Message:
         request = parse_request(pb.SaveDraftRequest, data)
@@ -158,6 +172,32 @@ class ProductService:
         return pb.ListProductsResponse(products=products)
 
 
+def _wrap(
+    name: str, fn: Callable[[bytes], Awaitable[Message]]
+) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+    """Answer one method: its reply, or the status its refusal maps to (REFUSALS), logged and counted."""
+    latency = request_latency_s.labels(name)
+
+    async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
+        code, message = grpc.StatusCode.OK, ""
+        try:
+            reply = await fn(data)
+        except Exception as error:
+            code = next((status for kinds, status in REFUSALS if isinstance(error, kinds)), None)
+            if code is None:
+                raise
+            message = str(error)
+        requests_total.labels(name, code.name).inc()
+        if code is not grpc.StatusCode.OK:
+            log.info("refused", extra={"method": name, "status": code.name, "reason": message})
+            await context.abort(code, message)
+        latency.observe(time.perf_counter() - started)
+        return reply.SerializeToString()
+
+    return handle
+
+
 def _ref(data: bytes, version_required: bool) -> pb.ProductRef:
     ref = parse_request(pb.ProductRef, data)
     if not ref.code:
@@ -166,3 +206,54 @@ def _ref(data: bytes, version_required: bool) -> pb.ProductRef:
         # Publishing or retiring "the latest" could act on a version the caller never reviewed.
         raise BadRequest("version: missing; name the version to act on")
     return ref
+
+
+def loan_handler(service: LoanService) -> grpc.GenericRpcHandler:
+    """yunkai.lending.v1.LoanService: each method parses its request and calls the service."""
+
+    async def approve(data: bytes) -> Message:
+        return await service.approve(parse_request(pb.ApproveCreditLineRequest, data))
+
+    async def drawdown(data: bytes) -> Message:
+        return await service.drawdown(parse_request(pb.DrawdownRequest, data))
+
+    async def get(data: bytes) -> Message:
+        return service.get(parse_request(pb.LoanRef, data).loan_id)
+
+    async def list_loans(data: bytes) -> Message:
+        return pb.ListLoansResponse(loans=service.list(parse_request(pb.ListLoansRequest, data).customer))
+
+    async def repay(data: bytes) -> Message:
+        return await service.repay(parse_request(pb.RepayRequest, data), payoff=False)
+
+    async def pay_off(data: bytes) -> Message:
+        return await service.repay(parse_request(pb.RepayRequest, data), payoff=True)
+
+    async def write_off(data: bytes) -> Message:
+        return await service.write_off(parse_request(pb.WriteOffRequest, data))
+
+    async def plan_eod(data: bytes) -> Message:
+        return service.plan_eod(parse_request(pb.EodSlotsRequest, data))
+
+    async def run_eod_slot(data: bytes) -> Message:
+        return await service.run_eod_slot(parse_request(pb.EodSlotRequest, data))
+
+    async def gl_report(data: bytes) -> Message:
+        parse_request(pb.GlReportRequest, data)
+        return await service.gl_report()
+
+    methods: dict[str, Callable[[bytes], Awaitable[Message]]] = {
+        "ApproveCreditLine": approve,
+        "Drawdown": drawdown,
+        "GetLoan": get,
+        "ListLoans": list_loans,
+        "Repay": repay,
+        "PayOff": pay_off,
+        "WriteOff": write_off,
+        "PlanEod": plan_eod,
+        "RunEodSlot": run_eod_slot,
+        "GetGlReport": gl_report,
+    }
+    return grpc.method_handlers_generic_handler(
+        LOAN_SERVICE, {name: grpc.unary_unary_rpc_method_handler(_wrap(name, fn)) for name, fn in methods.items()}
+    )

@@ -33,6 +33,15 @@ class ProductState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DRAFT: _ClassVar[ProductState]
     PUBLISHED: _ClassVar[ProductState]
     RETIRED: _ClassVar[ProductState]
+
+class LoanStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOAN_STATUS_UNSPECIFIED: _ClassVar[LoanStatus]
+    PENDING: _ClassVar[LoanStatus]
+    ACTIVE: _ClassVar[LoanStatus]
+    OVERDUE: _ClassVar[LoanStatus]
+    PAID_OFF: _ClassVar[LoanStatus]
+    WRITTEN_OFF: _ClassVar[LoanStatus]
 REPAYMENT_METHOD_UNSPECIFIED: RepaymentMethod
 EQUAL_INSTALMENT: RepaymentMethod
 EQUAL_PRINCIPAL: RepaymentMethod
@@ -48,6 +57,12 @@ PRODUCT_STATE_UNSPECIFIED: ProductState
 DRAFT: ProductState
 PUBLISHED: ProductState
 RETIRED: ProductState
+LOAN_STATUS_UNSPECIFIED: LoanStatus
+PENDING: LoanStatus
+ACTIVE: LoanStatus
+OVERDUE: LoanStatus
+PAID_OFF: LoanStatus
+WRITTEN_OFF: LoanStatus
 
 class Fee(_message.Message):
     __slots__ = ("kind", "amount", "rate_bps")
@@ -160,3 +175,273 @@ class ListProductsResponse(_message.Message):
     PRODUCTS_FIELD_NUMBER: _ClassVar[int]
     products: _containers.RepeatedCompositeFieldContainer[Product]
     def __init__(self, products: _Optional[_Iterable[_Union[Product, _Mapping]]] = ...) -> None: ...
+
+class ApproveCreditLineRequest(_message.Message):
+    __slots__ = ("customer", "line_id", "product_code", "product_version", "customer_limit", "product_limit")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    LINE_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    line_id: str
+    product_code: str
+    product_version: int
+    customer_limit: int
+    product_limit: int
+    def __init__(self, customer: _Optional[str] = ..., line_id: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., customer_limit: _Optional[int] = ..., product_limit: _Optional[int] = ...) -> None: ...
+
+class CreditLine(_message.Message):
+    __slots__ = ("customer", "line_id", "product_code", "product_version", "customer_limit", "product_limit")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    LINE_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    line_id: str
+    product_code: str
+    product_version: int
+    customer_limit: int
+    product_limit: int
+    def __init__(self, customer: _Optional[str] = ..., line_id: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., customer_limit: _Optional[int] = ..., product_limit: _Optional[int] = ...) -> None: ...
+
+class DrawdownRequest(_message.Message):
+    __slots__ = ("customer", "loan_id", "product_code", "amount", "date", "annual_rate_bps", "term_months", "repayment_day")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    LOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    ANNUAL_RATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    TERM_MONTHS_FIELD_NUMBER: _ClassVar[int]
+    REPAYMENT_DAY_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    loan_id: str
+    product_code: str
+    amount: int
+    date: str
+    annual_rate_bps: int
+    term_months: int
+    repayment_day: int
+    def __init__(self, customer: _Optional[str] = ..., loan_id: _Optional[str] = ..., product_code: _Optional[str] = ..., amount: _Optional[int] = ..., date: _Optional[str] = ..., annual_rate_bps: _Optional[int] = ..., term_months: _Optional[int] = ..., repayment_day: _Optional[int] = ...) -> None: ...
+
+class Instalment(_message.Message):
+    __slots__ = ("number", "start", "due", "principal", "interest", "fees", "penalty", "paid_principal", "paid_interest", "paid_fees", "paid_penalty")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    DUE_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    INTEREST_FIELD_NUMBER: _ClassVar[int]
+    FEES_FIELD_NUMBER: _ClassVar[int]
+    PENALTY_FIELD_NUMBER: _ClassVar[int]
+    PAID_PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    PAID_INTEREST_FIELD_NUMBER: _ClassVar[int]
+    PAID_FEES_FIELD_NUMBER: _ClassVar[int]
+    PAID_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    start: str
+    due: str
+    principal: int
+    interest: int
+    fees: int
+    penalty: int
+    paid_principal: int
+    paid_interest: int
+    paid_fees: int
+    paid_penalty: int
+    def __init__(self, number: _Optional[int] = ..., start: _Optional[str] = ..., due: _Optional[str] = ..., principal: _Optional[int] = ..., interest: _Optional[int] = ..., fees: _Optional[int] = ..., penalty: _Optional[int] = ..., paid_principal: _Optional[int] = ..., paid_interest: _Optional[int] = ..., paid_fees: _Optional[int] = ..., paid_penalty: _Optional[int] = ...) -> None: ...
+
+class Repayment(_message.Message):
+    __slots__ = ("repayment_id", "date", "amount", "fees", "penalty", "interest", "principal", "unapplied", "payoff", "done", "fee_charged")
+    REPAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    FEES_FIELD_NUMBER: _ClassVar[int]
+    PENALTY_FIELD_NUMBER: _ClassVar[int]
+    INTEREST_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    UNAPPLIED_FIELD_NUMBER: _ClassVar[int]
+    PAYOFF_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    FEE_CHARGED_FIELD_NUMBER: _ClassVar[int]
+    repayment_id: str
+    date: str
+    amount: int
+    fees: int
+    penalty: int
+    interest: int
+    principal: int
+    unapplied: int
+    payoff: bool
+    done: bool
+    fee_charged: int
+    def __init__(self, repayment_id: _Optional[str] = ..., date: _Optional[str] = ..., amount: _Optional[int] = ..., fees: _Optional[int] = ..., penalty: _Optional[int] = ..., interest: _Optional[int] = ..., principal: _Optional[int] = ..., unapplied: _Optional[int] = ..., payoff: _Optional[bool] = ..., done: _Optional[bool] = ..., fee_charged: _Optional[int] = ...) -> None: ...
+
+class Loan(_message.Message):
+    __slots__ = ("loan_id", "customer", "product_code", "product_version", "principal", "annual_rate_bps", "term_months", "repayment_method", "day_count", "grace_days", "penalty_rate_bps", "drawdown_date", "repayment_day", "status", "schedule", "repayments", "principal_outstanding", "interest_accrued", "penalty_charged", "bucket", "days_past_due", "last_eod_date", "closed_date", "written_off", "fees")
+    LOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ANNUAL_RATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    TERM_MONTHS_FIELD_NUMBER: _ClassVar[int]
+    REPAYMENT_METHOD_FIELD_NUMBER: _ClassVar[int]
+    DAY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    GRACE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    PENALTY_RATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    DRAWDOWN_DATE_FIELD_NUMBER: _ClassVar[int]
+    REPAYMENT_DAY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    REPAYMENTS_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    INTEREST_ACCRUED_FIELD_NUMBER: _ClassVar[int]
+    PENALTY_CHARGED_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    DAYS_PAST_DUE_FIELD_NUMBER: _ClassVar[int]
+    LAST_EOD_DATE_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_DATE_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_OFF_FIELD_NUMBER: _ClassVar[int]
+    FEES_FIELD_NUMBER: _ClassVar[int]
+    loan_id: str
+    customer: str
+    product_code: str
+    product_version: int
+    principal: int
+    annual_rate_bps: int
+    term_months: int
+    repayment_method: RepaymentMethod
+    day_count: DayCount
+    grace_days: int
+    penalty_rate_bps: int
+    drawdown_date: str
+    repayment_day: int
+    status: LoanStatus
+    schedule: _containers.RepeatedCompositeFieldContainer[Instalment]
+    repayments: _containers.RepeatedCompositeFieldContainer[Repayment]
+    principal_outstanding: int
+    interest_accrued: int
+    penalty_charged: int
+    bucket: str
+    days_past_due: int
+    last_eod_date: str
+    closed_date: str
+    written_off: int
+    fees: _containers.RepeatedCompositeFieldContainer[Fee]
+    def __init__(self, loan_id: _Optional[str] = ..., customer: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., principal: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ..., term_months: _Optional[int] = ..., repayment_method: _Optional[_Union[RepaymentMethod, str]] = ..., day_count: _Optional[_Union[DayCount, str]] = ..., grace_days: _Optional[int] = ..., penalty_rate_bps: _Optional[int] = ..., drawdown_date: _Optional[str] = ..., repayment_day: _Optional[int] = ..., status: _Optional[_Union[LoanStatus, str]] = ..., schedule: _Optional[_Iterable[_Union[Instalment, _Mapping]]] = ..., repayments: _Optional[_Iterable[_Union[Repayment, _Mapping]]] = ..., principal_outstanding: _Optional[int] = ..., interest_accrued: _Optional[int] = ..., penalty_charged: _Optional[int] = ..., bucket: _Optional[str] = ..., days_past_due: _Optional[int] = ..., last_eod_date: _Optional[str] = ..., closed_date: _Optional[str] = ..., written_off: _Optional[int] = ..., fees: _Optional[_Iterable[_Union[Fee, _Mapping]]] = ...) -> None: ...
+
+class LoanRef(_message.Message):
+    __slots__ = ("loan_id",)
+    LOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    loan_id: str
+    def __init__(self, loan_id: _Optional[str] = ...) -> None: ...
+
+class ListLoansRequest(_message.Message):
+    __slots__ = ("customer",)
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    def __init__(self, customer: _Optional[str] = ...) -> None: ...
+
+class ListLoansResponse(_message.Message):
+    __slots__ = ("loans",)
+    LOANS_FIELD_NUMBER: _ClassVar[int]
+    loans: _containers.RepeatedCompositeFieldContainer[Loan]
+    def __init__(self, loans: _Optional[_Iterable[_Union[Loan, _Mapping]]] = ...) -> None: ...
+
+class RepayRequest(_message.Message):
+    __slots__ = ("loan_id", "repayment_id", "amount", "date")
+    LOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    REPAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    loan_id: str
+    repayment_id: str
+    amount: int
+    date: str
+    def __init__(self, loan_id: _Optional[str] = ..., repayment_id: _Optional[str] = ..., amount: _Optional[int] = ..., date: _Optional[str] = ...) -> None: ...
+
+class RepayResponse(_message.Message):
+    __slots__ = ("repayment", "loan")
+    REPAYMENT_FIELD_NUMBER: _ClassVar[int]
+    LOAN_FIELD_NUMBER: _ClassVar[int]
+    repayment: Repayment
+    loan: Loan
+    def __init__(self, repayment: _Optional[_Union[Repayment, _Mapping]] = ..., loan: _Optional[_Union[Loan, _Mapping]] = ...) -> None: ...
+
+class WriteOffRequest(_message.Message):
+    __slots__ = ("loan_id", "date")
+    LOAN_ID_FIELD_NUMBER: _ClassVar[int]
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    loan_id: str
+    date: str
+    def __init__(self, loan_id: _Optional[str] = ..., date: _Optional[str] = ...) -> None: ...
+
+class EodSlotsRequest(_message.Message):
+    __slots__ = ("date",)
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    def __init__(self, date: _Optional[str] = ...) -> None: ...
+
+class EodPlan(_message.Message):
+    __slots__ = ("date", "slots", "slots_done")
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_DONE_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    slots_done: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, date: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ..., slots_done: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class EodSlotRequest(_message.Message):
+    __slots__ = ("date", "slot")
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    slot: int
+    def __init__(self, date: _Optional[str] = ..., slot: _Optional[int] = ...) -> None: ...
+
+class EodSlotResult(_message.Message):
+    __slots__ = ("date", "slot", "loans", "transfers", "already_done")
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    LOANS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_DONE_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    slot: int
+    loans: int
+    transfers: int
+    already_done: bool
+    def __init__(self, date: _Optional[str] = ..., slot: _Optional[int] = ..., loans: _Optional[int] = ..., transfers: _Optional[int] = ..., already_done: _Optional[bool] = ...) -> None: ...
+
+class GlLine(_message.Message):
+    __slots__ = ("gl_code", "name", "debit", "credit")
+    GL_CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEBIT_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    gl_code: str
+    name: str
+    debit: int
+    credit: int
+    def __init__(self, gl_code: _Optional[str] = ..., name: _Optional[str] = ..., debit: _Optional[int] = ..., credit: _Optional[int] = ...) -> None: ...
+
+class GlReportRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GlReport(_message.Message):
+    __slots__ = ("lines", "total_debit", "total_credit", "accounts")
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_DEBIT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CREDIT_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[GlLine]
+    total_debit: int
+    total_credit: int
+    accounts: int
+    def __init__(self, lines: _Optional[_Iterable[_Union[GlLine, _Mapping]]] = ..., total_debit: _Optional[int] = ..., total_credit: _Optional[int] = ..., accounts: _Optional[int] = ...) -> None: ...

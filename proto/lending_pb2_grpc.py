@@ -273,3 +273,469 @@ class ProductService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class LoanServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ApproveCreditLine = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/ApproveCreditLine',
+                request_serializer=proto_dot_lending__pb2.ApproveCreditLineRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.CreditLine.FromString,
+                _registered_method=True)
+        self.Drawdown = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/Drawdown',
+                request_serializer=proto_dot_lending__pb2.DrawdownRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.Loan.FromString,
+                _registered_method=True)
+        self.GetLoan = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/GetLoan',
+                request_serializer=proto_dot_lending__pb2.LoanRef.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.Loan.FromString,
+                _registered_method=True)
+        self.ListLoans = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/ListLoans',
+                request_serializer=proto_dot_lending__pb2.ListLoansRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.ListLoansResponse.FromString,
+                _registered_method=True)
+        self.Repay = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/Repay',
+                request_serializer=proto_dot_lending__pb2.RepayRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.RepayResponse.FromString,
+                _registered_method=True)
+        self.PayOff = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/PayOff',
+                request_serializer=proto_dot_lending__pb2.RepayRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.RepayResponse.FromString,
+                _registered_method=True)
+        self.WriteOff = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/WriteOff',
+                request_serializer=proto_dot_lending__pb2.WriteOffRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.Loan.FromString,
+                _registered_method=True)
+        self.PlanEod = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/PlanEod',
+                request_serializer=proto_dot_lending__pb2.EodSlotsRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.EodPlan.FromString,
+                _registered_method=True)
+        self.RunEodSlot = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/RunEodSlot',
+                request_serializer=proto_dot_lending__pb2.EodSlotRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.EodSlotResult.FromString,
+                _registered_method=True)
+        self.GetGlReport = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/GetGlReport',
+                request_serializer=proto_dot_lending__pb2.GlReportRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.GlReport.FromString,
+                _registered_method=True)
+
+
+class LoanServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def ApproveCreditLine(self, request, context):
+        """Grant (raise) the customer's limit and the product's sub-limit, pinning the product version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drawdown(self, request, context):
+        """Consume the limits, open the loan's accounts, move the principal to the deposit.
+        FAILED_PRECONDITION when the limits refuse (nothing is stored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLoan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLoans(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Repay(self, request, context):
+        """Allocate the amount to fees, penalty, interest, principal of what is due on `date`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PayOff(self, request, context):
+        """Early repayment in full: everything due, the principal outstanding and interest to `date`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteOff(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlanEod(self, request, context):
+        """End of day, partitioned by slot: the CLI asks for the slots, then runs each one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunEodSlot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGlReport(self, request, context):
+        """The general ledger aggregated from the ledger's balances, off the transaction path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LoanServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ApproveCreditLine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveCreditLine,
+                    request_deserializer=proto_dot_lending__pb2.ApproveCreditLineRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.CreditLine.SerializeToString,
+            ),
+            'Drawdown': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drawdown,
+                    request_deserializer=proto_dot_lending__pb2.DrawdownRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.Loan.SerializeToString,
+            ),
+            'GetLoan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLoan,
+                    request_deserializer=proto_dot_lending__pb2.LoanRef.FromString,
+                    response_serializer=proto_dot_lending__pb2.Loan.SerializeToString,
+            ),
+            'ListLoans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLoans,
+                    request_deserializer=proto_dot_lending__pb2.ListLoansRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.ListLoansResponse.SerializeToString,
+            ),
+            'Repay': grpc.unary_unary_rpc_method_handler(
+                    servicer.Repay,
+                    request_deserializer=proto_dot_lending__pb2.RepayRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.RepayResponse.SerializeToString,
+            ),
+            'PayOff': grpc.unary_unary_rpc_method_handler(
+                    servicer.PayOff,
+                    request_deserializer=proto_dot_lending__pb2.RepayRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.RepayResponse.SerializeToString,
+            ),
+            'WriteOff': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteOff,
+                    request_deserializer=proto_dot_lending__pb2.WriteOffRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.Loan.SerializeToString,
+            ),
+            'PlanEod': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanEod,
+                    request_deserializer=proto_dot_lending__pb2.EodSlotsRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.EodPlan.SerializeToString,
+            ),
+            'RunEodSlot': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunEodSlot,
+                    request_deserializer=proto_dot_lending__pb2.EodSlotRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.EodSlotResult.SerializeToString,
+            ),
+            'GetGlReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGlReport,
+                    request_deserializer=proto_dot_lending__pb2.GlReportRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.GlReport.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'yunkai.lending.v1.LoanService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('yunkai.lending.v1.LoanService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class LoanService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ApproveCreditLine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/ApproveCreditLine',
+            proto_dot_lending__pb2.ApproveCreditLineRequest.SerializeToString,
+            proto_dot_lending__pb2.CreditLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drawdown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/Drawdown',
+            proto_dot_lending__pb2.DrawdownRequest.SerializeToString,
+            proto_dot_lending__pb2.Loan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLoan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/GetLoan',
+            proto_dot_lending__pb2.LoanRef.SerializeToString,
+            proto_dot_lending__pb2.Loan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLoans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/ListLoans',
+            proto_dot_lending__pb2.ListLoansRequest.SerializeToString,
+            proto_dot_lending__pb2.ListLoansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Repay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/Repay',
+            proto_dot_lending__pb2.RepayRequest.SerializeToString,
+            proto_dot_lending__pb2.RepayResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PayOff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/PayOff',
+            proto_dot_lending__pb2.RepayRequest.SerializeToString,
+            proto_dot_lending__pb2.RepayResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteOff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/WriteOff',
+            proto_dot_lending__pb2.WriteOffRequest.SerializeToString,
+            proto_dot_lending__pb2.Loan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanEod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/PlanEod',
+            proto_dot_lending__pb2.EodSlotsRequest.SerializeToString,
+            proto_dot_lending__pb2.EodPlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunEodSlot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/RunEodSlot',
+            proto_dot_lending__pb2.EodSlotRequest.SerializeToString,
+            proto_dot_lending__pb2.EodSlotResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGlReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/GetGlReport',
+            proto_dot_lending__pb2.GlReportRequest.SerializeToString,
+            proto_dot_lending__pb2.GlReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

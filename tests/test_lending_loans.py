@@ -1,0 +1,442 @@
+"""Loans end to end: a router and two ledger nodes, and `yunkai lending serve --router` as real processes.
+
+Each test has a lending server of its own (its own store and end-of-day checkpoints) on the
+shared cluster, and customers of its own, so the business dates one test runs never advance
+another test's loans.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import date
+
+import grpc
+import pytest
+
+from clients.ledger import Account, ResultCode, SyncLedgerClient, Transfer
+from cluster.commands import LocalCluster
+from cluster.local import LendingProcess
+from lending import schedule as sched
+from lending.loans import Accounts, slot_of_customer
+from lending.products import SAMPLE_CATALOGUE, read_catalogue
+from proto import lending_pb2 as pb, lending_pb2_grpc
+from router.slots import SLOTS_TOTAL_DEFAULT, slot_of
+from tests.conftest import fresh
+
+CNY = 156
+FUNDING_CODE = 3201  # a payment arriving from the rails: settle -> deposit
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    running = LocalCluster(str(tmp_path_factory.mktemp("cluster")), nodes=2, port=0).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def ledger(cluster: LocalCluster) -> Iterator[SyncLedgerClient]:
+    client = SyncLedgerClient(cluster.address)
+    yield client
+    client.close()
+
+
+class Lending:
+    """A lending server with LoanService over the cluster, and blocking stubs."""
+
+    def __init__(self, process: LendingProcess, ledger: SyncLedgerClient) -> None:
+        self.process = process
+        self.ledger = ledger
+        self.channel = grpc.insecure_channel(process.address)
+        self.products = lending_pb2_grpc.ProductServiceStub(self.channel)
+        self.loans = lending_pb2_grpc.LoanServiceStub(self.channel)
+        # SME-TAX-LOAN of the sample catalogue under a code of this server's own: 7.20%, 12 months
+        # (3..24), 4.30%..12.00%, equal instalments, ACT/360, 3 grace days, penalty 18%, 0.5% origination fee.
+        [parameters] = [p for p in read_catalogue(SAMPLE_CATALOGUE) if p.code == "SME-TAX-LOAN"]
+        parameters.code = fresh("TAX").replace("-", "")
+        draft = self.products.SaveDraft(pb.SaveDraftRequest(parameters=parameters), timeout=10)
+        self.product = self.products.PublishProduct(pb.ProductRef(code=draft.code, version=draft.version), timeout=10)
+        self.code = self.product.code
+
+    def variant(self, *fees: pb.Fee) -> str:
+        """Publish this server's product again under a new code, with other fees; its code."""
+        parameters = pb.ProductParameters()
+        parameters.CopyFrom(self.product.parameters)
+        parameters.code = fresh("FEE").replace("-", "")
+        del parameters.fees[:]
+        parameters.fees.extend(fees)
+        draft = self.products.SaveDraft(pb.SaveDraftRequest(parameters=parameters), timeout=10)
+        return str(self.products.PublishProduct(pb.ProductRef(code=draft.code, version=draft.version)).code)
+
+    def customer(
+        self, customer_limit: int = 50_000_000, product_limit: int = 30_000_000, product: str | None = None
+    ) -> str:
+        customer = fresh("c").replace("-", "")
+        self.loans.ApproveCreditLine(
+            pb.ApproveCreditLineRequest(
+                customer=customer,
+                line_id=f"L{customer}",
+                product_code=product or self.code,
+                customer_limit=customer_limit,
+                product_limit=product_limit,
+            ),
+            timeout=30,
+        )
+        return customer
+
+    def fund(self, customer: str, amount: int) -> None:
+        names = Accounts(customer, "-", self.code)
+        [result] = self.ledger.create_transfers(
+            [Transfer(fresh("fund"), names.settle, names.deposit, amount, CNY, FUNDING_CODE)]
+        )
+        assert result.code is ResultCode.OK, result
+
+    def draw(self, customer: str, loan_id: str, amount: int, day: str, product: str = "", **fields: int) -> pb.Loan:
+        request = pb.DrawdownRequest(
+            customer=customer, loan_id=loan_id, product_code=product or self.code, amount=amount, date=day, **fields
+        )
+        return self.loans.Drawdown(request, timeout=30)
+
+    def repay(self, loan_id: str, repayment_id: str, amount: int, day: str) -> pb.RepayResponse:
+        request = pb.RepayRequest(loan_id=loan_id, repayment_id=repayment_id, amount=amount, date=day)
+        return self.loans.Repay(request, timeout=30)
+
+    def payoff(self, loan_id: str, repayment_id: str, day: str) -> pb.RepayResponse:
+        return self.loans.PayOff(pb.RepayRequest(loan_id=loan_id, repayment_id=repayment_id, date=day), timeout=30)
+
+    def eod(self, day: str) -> list[pb.EodSlotResult]:
+        plan = self.loans.PlanEod(pb.EodSlotsRequest(date=day), timeout=30)
+        return [self.loans.RunEodSlot(pb.EodSlotRequest(date=day, slot=s), timeout=60) for s in plan.slots]
+
+    def loan(self, loan_id: str) -> pb.Loan:
+        return self.loans.GetLoan(pb.LoanRef(loan_id=loan_id), timeout=10)
+
+    def balance(self, account_id: str) -> int:
+        """debits - credits: positive for assets (loans, receivables), negative for deposits and income."""
+        [account] = self.ledger.lookup_accounts([account_id])
+        assert account is not None, account_id
+        return account.debits_posted - account.credits_posted
+
+    def snapshot(self, customers: list[str]) -> tuple[dict[str, tuple[int, int]], list[bytes]]:
+        """Every balance lending's accounts hold, and every loan's stored state."""
+        loans = [loan for c in customers for loan in self.loans.ListLoans(pb.ListLoansRequest(customer=c)).loans]
+        ids: list[str] = []
+        for customer in customers:
+            names = Accounts(customer, "-", self.code)
+            ids += [names.deposit, names.settle, *(names.clearing(p) for p in ("int", "pen", "fee", "loss"))]
+        for loan in loans:
+            names = Accounts(loan.customer, loan.loan_id, loan.product_code)
+            ids += [names.principal, names.interest, names.penalty, names.fees]
+        accounts: list[Account | None] = self.ledger.lookup_accounts(ids)
+        balances = {i: (a.debits_posted, a.credits_posted) for i, a in zip(ids, accounts, strict=True) if a}
+        return balances, [loan.SerializeToString(deterministic=True) for loan in loans]
+
+    def reconnect(self) -> None:
+        self.channel.close()
+        self.channel = grpc.insecure_channel(self.process.address)
+        self.products = lending_pb2_grpc.ProductServiceStub(self.channel)
+        self.loans = lending_pb2_grpc.LoanServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@pytest.fixture
+def lending(
+    cluster: LocalCluster, ledger: SyncLedgerClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Lending]:
+    process = LendingProcess(str(tmp_path_factory.mktemp("lending")), ["--router", cluster.address])
+    handle = Lending(process.start(), ledger)
+    yield handle
+    handle.close()
+    assert process.stop() == 0, process.log_tail()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def terms(amount: int, drawn: date, months: int = 12, rate_bps: int = 720) -> sched.LoanTerms:
+    return sched.LoanTerms(amount, rate_bps, months, sched.Method.EQUAL_INSTALMENT, drawn)
+
+
+def test_drawdown_schedule_and_repayment_allocation_end_to_end(lending: Lending) -> None:
+    customer = lending.customer()
+    loan = lending.draw(customer, "loan1", 12_000_000, "2026-01-15")
+    assert loan.status == pb.ACTIVE and loan.product_version == lending.product.version
+    expected = sched.build_schedule(terms(12_000_000, date(2026, 1, 15)))
+    assert [(i.due, i.principal, i.interest) for i in loan.schedule] == [
+        (i.due.isoformat(), i.principal, i.interest) for i in expected
+    ]
+    assert loan.schedule[0].fees == 60_000  # 0.5% origination fee, billed with the first instalment
+    names = Accounts(customer, "loan1", lending.code)
+    assert lending.balance(names.deposit) == -12_000_000  # the principal is in the deposit
+    assert lending.balance(names.principal) == 12_000_000
+    assert lending.balance(names.clearing("fee")) == -60_000
+    # A replayed drawdown answers the loan and moves nothing.
+    assert lending.draw(customer, "loan1", 12_000_000, "2026-01-15") == lending.loan("loan1")
+    assert lending.balance(names.deposit) == -12_000_000
+
+    # On the first due date the customer pays 100 fen short of the first instalment.
+    first = loan.schedule[0]
+    owed = first.fees + first.interest + first.principal
+    paid = lending.repay("loan1", "r1", owed - 100, "2026-02-15")
+    assert (paid.repayment.fees, paid.repayment.penalty) == (60_000, 0)
+    assert paid.repayment.interest == first.interest
+    assert paid.repayment.principal == first.principal - 100
+    assert paid.repayment.unapplied == 0 and paid.repayment.done
+    assert paid.loan.principal_outstanding == 12_000_000 - first.principal + 100
+    assert lending.balance(names.principal) == 12_000_000 - first.principal + 100
+    assert lending.balance(names.fees) == 0
+    assert lending.balance(names.deposit) == -12_000_000 + owed - 100
+    # The principal repaid restores the limits (lending/limits.py's accounts).
+    assert lending.balance(f"{{c{customer}}}:limit:{lending.code}") == -(
+        30_000_000 - 12_000_000 + first.principal - 100
+    )
+    # A replay answers the same repayment and moves nothing; the id with another amount is refused.
+    assert lending.repay("loan1", "r1", owed - 100, "2026-02-15") == paid
+    with pytest.raises(grpc.RpcError) as caught:
+        lending.repay("loan1", "r1", owed, "2026-02-15")
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.details().startswith("repayment_id:")
+    # Paying more than is due leaves the rest in the deposit.
+    rest = lending.repay("loan1", "r2", 1_000, "2026-02-16")
+    assert (rest.repayment.principal, rest.repayment.unapplied) == (100, 900)
+
+    listed = cli("loan", "list", "--lending", lending.process.address, "--customer", customer)
+    assert listed.returncode == 0, listed.stderr
+    assert '"loan_id": "loan1"' in listed.stdout
+
+
+def test_early_repayment_pays_interest_to_date_and_the_principal_and_closes_the_loan(lending: Lending) -> None:
+    customer = lending.customer()
+    lending.fund(customer, 1_000_000)
+    lending.draw(customer, "early", 10_000_000, "2026-03-10")
+    lending.eod("2026-03-20")  # accrues 2026-03-10 .. 2026-03-20: 11 days
+    names = Accounts(customer, "early", lending.code)
+    accrued = lending.balance(names.interest)
+    assert accrued == lending.loan("early").interest_accrued > 0
+    paid = lending.payoff("early", "off", "2026-03-25")
+    # Interest by actual days from the drawdown up to the day before the payoff (15 days), at 7.20% / 360.
+    interest = sched.round_fen(sched.days_interest(10_000_000, 720, 15, sched.DayBasis.ACT_360))
+    assert (paid.repayment.fees, paid.repayment.interest, paid.repayment.principal) == (50_000, interest, 10_000_000)
+    assert paid.loan.status == pb.PAID_OFF and paid.loan.principal_outstanding == 0
+    assert lending.balance(names.principal) == 0
+    assert lending.balance(names.interest) == 0  # recognised exactly what was paid (the true-up)
+    assert lending.balance(names.clearing("int")) == -interest
+    assert lending.balance(f"{{c{customer}}}:limit") == -50_000_000  # the whole limit is back
+    assert sum(r.transfers for r in lending.eod("2026-03-26")) == 0  # a closed loan accrues nothing
+
+
+def test_a_second_end_of_day_for_the_same_date_changes_nothing(lending: Lending) -> None:
+    customers = [lending.customer() for _ in range(3)]
+    for n, customer in enumerate(customers):
+        lending.draw(customer, f"eod{n}", 5_000_000 + n, "2026-04-01")
+    address = lending.process.address
+    first = cli("eod", "run", "--lending", address, "--date", "2026-05-06")
+    assert first.returncode == 0, first.stderr
+    assert "done before" in first.stdout and "slot" in first.stdout
+    before = lending.snapshot(customers)
+    assert all(pb.Loan.FromString(b).bucket == "M1" for b in before[1])  # due 05-01, unpaid, 5 days late
+    second = cli("eod", "run", "--lending", address, "--date", "2026-05-06")
+    assert second.returncode == 0, second.stderr
+    assert "0 loans, 0 transfers" in second.stdout
+    assert lending.snapshot(customers) == before
+    # Even a slot run again on its own (its checkpoint answers) changes nothing.
+    plan = lending.loans.PlanEod(pb.EodSlotsRequest(date="2026-05-06"))
+    assert set(plan.slots) == set(plan.slots_done)
+    assert all(r.already_done for r in lending.eod("2026-05-06"))
+    assert lending.snapshot(customers) == before
+
+
+def test_overdue_loans_move_through_buckets_are_charged_penalty_and_can_be_written_off(lending: Lending) -> None:
+    customer = lending.customer()
+    loan = lending.draw(customer, "late", 6_000_000, "2025-01-10", term_months=3)
+    first = loan.schedule[0]
+    names = Accounts(customer, "late", lending.code)
+    states = {}
+    for day in ("2025-02-10", "2025-02-13", "2025-02-14", "2025-03-13", "2025-04-13"):
+        lending.eod(day)
+        current = lending.loan("late")
+        states[day] = (pb.LoanStatus.Name(current.status), current.bucket, current.days_past_due)
+    assert states == {
+        "2025-02-10": ("ACTIVE", "M0", 0),  # due today: not late yet
+        "2025-02-13": ("ACTIVE", "M0", 3),  # within the 3 grace days
+        "2025-02-14": ("OVERDUE", "M1", 4),
+        "2025-03-13": ("OVERDUE", "M2", 31),
+        "2025-04-13": ("OVERDUE", "M3", 62),
+    }
+    late = lending.loan("late")
+    # The first day past the grace charged penalty from the due date: 4 days on principal and interest.
+    unpaid = first.principal + first.interest
+    four_days = sched.round_fen(sched.days_interest(unpaid, 1800, 4, sched.DayBasis.ACT_360))
+    assert late.schedule[0].penalty > four_days
+    assert lending.balance(names.penalty) == late.penalty_charged == sum(i.penalty for i in late.schedule)
+    assert lending.balance(names.clearing("pen")) == -late.penalty_charged
+
+    written = lending.loans.WriteOff(pb.WriteOffRequest(loan_id="late", date="2025-04-14"), timeout=30)
+    assert written.status == pb.WRITTEN_OFF
+    assert written.written_off == 6_000_000 + late.interest_accrued + late.penalty_charged + first.fees
+    for account in (names.principal, names.interest, names.penalty, names.fees):
+        assert lending.balance(account) == 0
+    assert lending.balance(names.clearing("loss")) == written.written_off
+    assert sum(r.transfers for r in lending.eod("2025-04-20")) == 0
+
+    # A current loan is not written off; paying its arrears brings an overdue loan back to M0.
+    other = lending.customer()
+    lending.fund(other, 10_000_000)
+    lending.draw(other, "cured", 3_000_000, "2025-01-10", term_months=3)
+    lending.eod("2025-02-20")
+    assert lending.loan("cured").bucket == "M1"
+    arrears = sum(
+        i.fees + i.penalty + i.interest + i.principal for i in lending.loan("cured").schedule if i.due <= "2025-02-21"
+    )
+    cured = lending.repay("cured", "pay", arrears, "2025-02-21")
+    assert (pb.LoanStatus.Name(cured.loan.status), cured.loan.bucket) == ("ACTIVE", "M0")
+    with pytest.raises(grpc.RpcError) as caught:
+        lending.loans.WriteOff(pb.WriteOffRequest(loan_id="cured", date="2025-02-21"), timeout=30)
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_late_payment_and_early_repayment_fees_are_charged_and_paid_first(lending: Lending) -> None:
+    product = lending.variant(pb.Fee(kind=pb.LATE_PAYMENT, amount=5_000), pb.Fee(kind=pb.EARLY_REPAYMENT, rate_bps=100))
+    customer = lending.customer(product=product)
+    lending.fund(customer, 1_000_000)
+    loan = lending.draw(customer, "fees", 6_000_000, "2025-01-10", product=product, term_months=3)
+    names = Accounts(customer, "fees", product)
+    lending.eod("2025-02-13")
+    assert lending.loan("fees").schedule[0].fees == 0  # within the grace: no fee yet
+    lending.eod("2025-02-14")
+    assert lending.loan("fees").schedule[0].fees == 5_000  # fell overdue today: the late-payment fee, once
+    lending.eod("2025-02-19")
+    assert lending.loan("fees").schedule[0].fees == 5_000
+    assert lending.balance(names.fees) == 5_000
+    paid = lending.payoff("fees", "off", "2025-02-20")
+    # 1% of the principal repaid before its due date (instalments 2 and 3).
+    early_fee = (6_000_000 - loan.schedule[0].principal + 50) // 100
+    assert paid.repayment.fee_charged == early_fee
+    assert paid.repayment.fees == 5_000 + early_fee
+    assert paid.loan.status == pb.PAID_OFF
+    assert lending.balance(names.fees) == 0
+    assert lending.balance(names.clearing("fee")) == -(5_000 + early_fee)
+    report = lending.loans.GetGlReport(pb.GlReportRequest(), timeout=30)
+    assert report.total_debit == report.total_credit
+
+
+def test_the_trial_balance_balances_after_drawdowns_repayments_and_an_end_of_day(lending: Lending) -> None:
+    customers = [lending.customer() for _ in range(2)]
+    for n, customer in enumerate(customers):
+        lending.fund(customer, 2_000_000)
+        lending.draw(customer, f"tb{n}", 8_000_000, "2026-06-05")
+    lending.eod("2026-07-04")
+    loan = lending.loan("tb0")
+    first = loan.schedule[0]
+    lending.repay("tb0", "r1", first.fees + first.interest + first.principal, "2026-07-05")
+    lending.eod("2026-07-10")
+    lending.payoff("tb1", "off", "2026-07-11")
+    report = lending.loans.GetGlReport(pb.GlReportRequest(), timeout=30)
+    assert report.total_debit == report.total_credit > 0
+    lines = {line.gl_code: line for line in report.lines}
+    gl = lending.product.parameters.gl
+    assert lines[gl.loan_principal].debit == lending.loan("tb0").principal_outstanding
+    assert lines["2011"].credit > 0  # deposits are a liability
+    income = sum(lending.loan(i).interest_accrued for i in ("tb0", "tb1"))
+    assert lines[gl.interest_income].credit == income
+    printed = cli("gl", "report", "--lending", lending.process.address)
+    assert printed.returncode == 0, printed.stdout + printed.stderr
+
+
+BAD_DRAWDOWNS: list[tuple[dict[str, object], str]] = [
+    ({"amount": 0}, "amount: 0 fen is outside"),
+    ({"loan_id": "bad id!"}, "loan_id: 'bad id!' is not 1-16 characters"),
+    ({"date": "2026-13-01"}, "date: '2026-13-01' is not a date"),
+    ({"annual_rate_bps": 5_000}, "annual_rate_bps: 5000 is outside 430..1200"),
+    ({"term_months": 36}, "term_months: 36 is outside 3..24"),
+    ({"repayment_day": 40}, "repayment_day: 40 is outside 1..31"),
+    ({"customer": "x y"}, "customer: 'x y' is not 1-20 letters and digits"),
+    ({"product_code": "NOPE"}, "product_code: customer"),
+]
+
+
+def test_a_bad_drawdown_is_refused_naming_the_field_and_leaves_nothing_behind(lending: Lending) -> None:
+    customer = lending.customer()
+    for fields, error in BAD_DRAWDOWNS:
+        request = pb.DrawdownRequest(
+            customer=customer, loan_id="bad", product_code=lending.code, amount=1_000_000, date="2026-01-05"
+        )
+        for name, value in fields.items():
+            setattr(request, name, value)
+        with pytest.raises(grpc.RpcError) as caught:
+            lending.loans.Drawdown(request, timeout=30)
+        expected = grpc.StatusCode.FAILED_PRECONDITION if "product_code" in fields else grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.code() is expected, fields
+        assert caught.value.details().startswith(error), caught.value.details()
+    assert list(lending.loans.ListLoans(pb.ListLoansRequest(customer=customer)).loans) == []
+    assert lending.ledger.lookup_accounts([Accounts(customer, "bad", lending.code).principal]) == [None]
+    assert lending.balance(Accounts(customer, "-", lending.code).deposit) == 0
+    assert lending.balance(f"{{c{customer}}}:limit") == -50_000_000  # nothing consumed
+
+
+def test_refusals_by_the_limits_or_the_loan_state_are_clear_and_change_nothing(lending: Lending) -> None:
+    customer = lending.customer(customer_limit=20_000_000, product_limit=10_000_000)
+    with pytest.raises(grpc.RpcError) as caught:
+        lending.draw(customer, "big", 10_000_001, "2026-01-05")
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.details().startswith("amount: the credit limits refuse")
+    assert list(lending.loans.ListLoans(pb.ListLoansRequest(customer=customer)).loans) == []
+    assert lending.ledger.lookup_accounts([Accounts(customer, "big", lending.code).principal]) == [None]
+    with pytest.raises(grpc.RpcError) as caught:
+        lending.loans.GetLoan(pb.LoanRef(loan_id="nosuchloan"), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+    assert caught.value.details() == "loan_id: no loan 'nosuchloan'"
+    lending.draw(customer, "ok", 1_000_000, "2026-01-05")
+    for amount, day, field in ((-5, "2026-02-05", "amount:"), (100, "2025-12-31", "date:"), (100, "x", "date:")):
+        with pytest.raises(grpc.RpcError) as caught:
+            lending.repay("ok", "bad", amount, day)
+        assert caught.value.details().startswith(field), caught.value.details()
+    names = Accounts(customer, "ok", lending.code)
+    [spent] = lending.ledger.create_transfers(
+        [Transfer("spent", names.deposit, names.settle, 990_000, CNY, FUNDING_CODE)]
+    )
+    assert spent.ok
+    with pytest.raises(grpc.RpcError) as caught:
+        lending.repay("ok", "poor", 100_000, "2026-02-05")  # the deposit holds 10,000 fen
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert list(lending.loan("ok").repayments) == []
+
+
+def test_end_of_day_partitions_loans_by_the_ledger_slot_of_their_customer() -> None:
+    for customer in ("42", "c7", "ABCdef123", "x" * 20):
+        names = Accounts(customer, "loan", "P")
+        for slots_total in (1, 16, SLOTS_TOTAL_DEFAULT):
+            slot = slot_of_customer(customer, slots_total)
+            assert slot == slot_of(names.deposit, slots_total) == slot_of(names.clearing("int"), slots_total)
+
+
+def test_end_of_day_resumes_after_a_restart_from_its_checkpoints(lending: Lending) -> None:
+    customers = [lending.customer() for _ in range(4)]
+    for n, customer in enumerate(customers):
+        lending.draw(customer, f"rs{n}", 2_000_000, "2026-08-03")
+    plan = lending.loans.PlanEod(pb.EodSlotsRequest(date="2026-08-10"))
+    assert len(plan.slots) >= 2 and list(plan.slots_done) == []
+    first = lending.loans.RunEodSlot(pb.EodSlotRequest(date="2026-08-10", slot=plan.slots[0]), timeout=60)
+    assert first.loans >= 1 and first.transfers >= 1
+    # kill -9 between slots: loans and the checkpoint are durable, the rest of the run resumes.
+    lending.process.kill()
+    lending.process.start()
+    lending.reconnect()
+    assert list(lending.loans.PlanEod(pb.EodSlotsRequest(date="2026-08-10")).slots_done) == [plan.slots[0]]
+    resumed = cli("eod", "run", "--lending", lending.process.address, "--date", "2026-08-10")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 done before" in resumed.stdout
+    loans = [lending.loan(f"rs{n}") for n in range(4)]
+    assert {loan.last_eod_date for loan in loans} == {"2026-08-10"}
+    # Every loan accrued 2026-08-03 .. 2026-08-10 exactly once.
+    for loan in loans:
+        names = Accounts(loan.customer, loan.loan_id, loan.product_code)
+        assert lending.balance(names.interest) == loan.interest_accrued > 0
+    assert len({loan.interest_accrued for loan in loans}) == 1
