@@ -29,6 +29,7 @@ import grpc
 from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc, serving
 from router.routing import CHANNEL_OPTIONS, LedgerRouter, RoutingError
 from router.shardmap import ShardMap
+from router.slots import slot_of as slot_of  # re-exported: where an account lives (group work by slot)
 
 T = TypeVar("T")
 TIMEOUT_DEFAULT_S = 10.0

@@ -20,12 +20,12 @@ transfer makes the interest recognised equal to the interest the customer paid.
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from fractions import Fraction
 
+from clients.ledger import slot_of
 from lending import schedule as sched
 from lending.allocation import Due
 from proto import lending_pb2 as pb
@@ -121,12 +121,8 @@ def accounts_of(loan: pb.Loan) -> Accounts:
 
 
 def slot_of_customer(customer: str, slots_total: int) -> int:
-    """The ledger slot of every account of `customer`: CRC32 of the hash tag's inside, mod S.
-
-    DESIGN section 3's documented stable hash, as router/slots.py computes it; lending may not
-    import router/ (tests/test_layering.py), so it is restated here and a test checks the two agree.
-    """
-    return zlib.crc32(f"c{customer}".encode()) % slots_total
+    """The ledger slot of every account of `customer` (they share the hash tag `{c<id>}`)."""
+    return slot_of(f"{{c{customer}}}:deposit", slots_total)
 
 
 # --- parsing ---------------------------------------------------------------------------
