@@ -101,6 +101,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lending_cli.add_arguments(product)
 
+    from risk import cli as risk_cli, server as risk_server
+
+    risk = commands.add_parser(
+        "risk",
+        help="run the decision service, or look at its decisions",
+        description="Credit decisions: `serve` runs yunkai.risk.v1.DecisionService (decision tables over model "
+        "scores); `get` and `replay` show and re-evaluate a stored decision.",
+    )
+    risk_commands = risk.add_subparsers(dest="risk_command", required=True, metavar="SUBCOMMAND")
+    risk_serve = risk_commands.add_parser(
+        "serve",
+        help="serve credit decisions over gRPC",
+        description="Serve yunkai.risk.v1.DecisionService: score each application with the models its product's "
+        "flow pins (on --scoring), evaluate the flow's decision table (zen-engine), store the decision in "
+        "--data-dir, and with --router open approved credit lines on the ledger.",
+    )
+    risk_server.add_arguments(risk_serve)
+    risk_serve.set_defaults(run=risk_server.main)
+    risk_cli.add_risk_actions(risk_commands)
+    decide = commands.add_parser(
+        "decide",
+        help="decide a credit application",
+        description="Send one credit application to `yunkai risk serve` and print the decision as JSON.",
+    )
+    risk_cli.add_decide_arguments(decide)
+
     from cluster import demo
 
     demo_parser = commands.add_parser(
