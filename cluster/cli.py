@@ -120,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     risk_server.add_arguments(risk_serve)
     risk_serve.set_defaults(run=risk_server.main)
     risk_cli.add_risk_actions(risk_commands)
+    from risk import behaviour as risk_behaviour
+
+    behaviour = risk_commands.add_parser(
+        "behaviour",
+        help="score existing borrowers and raise, lower, freeze, unfreeze or warn (idempotent per run)",
+        description="Behavioural limit management: score each borrower in --borrowers (early_warning, "
+        "repayment_willingness), evaluate the behaviour policy table, record why, and apply the action to the "
+        "customer's limit on the ledger. A rerun with the same --run-id changes nothing.",
+    )
+    risk_behaviour.add_arguments(behaviour)
+    behaviour.set_defaults(run=risk_behaviour.main)
     decide = commands.add_parser(
         "decide",
         help="decide a credit application",
