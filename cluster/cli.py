@@ -131,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     risk_behaviour.add_arguments(behaviour)
     behaviour.set_defaults(run=risk_behaviour.main)
+    from risk import telemarketing
+
+    calls = risk_commands.add_parser(
+        "telemarketing",
+        help="rank prospects by marketing_response and allocate a day's calls across agents",
+        description="Score --prospects with marketing_response, allocate calls to --agents (each with a daily "
+        "capacity) to maximise expected conversions, and print the plan with its lift over random allocation.",
+    )
+    telemarketing.add_arguments(calls)
+    calls.set_defaults(run=telemarketing.main)
     decide = commands.add_parser(
         "decide",
         help="decide a credit application",
@@ -178,6 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scoring_bench.add_arguments(bench_scoring)
     bench_scoring.set_defaults(run=scoring_bench.main)
+
+    from loadtest import risk_bench
+
+    bench_risk = commands.add_parser(
+        "bench-risk",
+        help="measure full credit decisions (scoring plus rules plus the decision log): p99 at a rate, decisions/s",
+        description="Open-loop Decide calls at --rate (new applications, each scored and evaluated and stored), "
+        "then --concurrency callers back to back; trains credit_risk and starts its own scoring and risk servers "
+        "unless --risk is given. Writes JSON with --json.",
+    )
+    risk_bench.add_arguments(bench_risk)
+    bench_risk.set_defaults(run=risk_bench.main)
 
     from loadtest import bench as open_loop_bench
 
