@@ -131,7 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     risk_behaviour.add_arguments(behaviour)
     behaviour.set_defaults(run=risk_behaviour.main)
-    from risk import telemarketing
+    from risk import early_warning, telemarketing
+
+    for name, text, add in (
+        (
+            "followups",
+            "list the open early-warning follow-ups (visits, then calls)",
+            early_warning.add_followups_arguments,
+        ),
+        ("followup-outcome", "record what a follow-up call or visit found", early_warning.add_outcome_arguments),
+        ("coverage", "share of a book of borrowers with a current assessment", early_warning.add_coverage_arguments),
+    ):
+        add(risk_commands.add_parser(name, help=text, description=text))
 
     calls = risk_commands.add_parser(
         "telemarketing",

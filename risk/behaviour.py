@@ -19,6 +19,8 @@ evaluated by zen-engine, with the models it pins):
 3. Apply the action through lending/limits.py under the operation id `bh-<run>-<customer>`
    (so a repeat is a replay, never a second action), and store the ledger's answer with it.
    `warn` and `none` change nothing on the ledger; the assessment and level are the record.
+4. Hand the assessment to early warning (risk/early_warning.py): the customer's current
+   level, and a follow-up call (amber) or visit (red), once per run.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import asyncio
 import hashlib
 import json
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -36,12 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import zen
-from rocksdict import Options, Rdict, WriteOptions
 
 from clients.ledger import LedgerClient
 from clients.scoring import ScoringClient
 from lending.limits import CUSTOMER_PATTERN, OK, BadLimitRequest, CreditLimits, LevelView, Outcome
 from proto import serving
+from risk import early_warning
+from risk.assessments import AssessmentStore
 
 FLOWS_DIR = Path(__file__).resolve().parent / "flows" / "BEHAVIOUR"
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,16}")
@@ -113,33 +115,6 @@ def decide(policy: Policy, context: dict[str, Any]) -> dict[str, Any]:
     return {"action": action, "amount_fen": amount, "warning_level": level, "reasons": reasons}
 
 
-class AssessmentStore:
-    """Assessments by run and customer: `<run>/<customer>` -> JSON, each write fsync'd."""
-
-    def __init__(self, data_dir: str) -> None:
-        os.makedirs(data_dir, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self._db = Rdict(os.path.join(data_dir, "behaviour"), options)
-        self._sync = WriteOptions()
-        self._sync.sync = True
-
-    def close(self) -> None:
-        self._db.close()
-
-    def get(self, run_id: str, customer: str) -> dict[str, Any] | None:
-        raw: bytes | None = self._db.get(f"{run_id}/{customer}".encode())
-        if raw is None:
-            return None
-        record: dict[str, Any] = json.loads(raw)
-        assert record["run_id"] == run_id and record["customer"] == customer, (run_id, customer)
-        return record
-
-    def put(self, record: dict[str, Any]) -> None:
-        key = f"{record['run_id']}/{record['customer']}".encode()
-        self._db.put(key, json.dumps(record, sort_keys=True).encode(), self._sync)
-
-
 class BehaviourJob:
     """One policy applied to borrowers, run by run."""
 
@@ -157,7 +132,7 @@ class BehaviourJob:
             raise BadBorrower("customer: a borrower appears twice in one run")
         records: dict[str, dict[str, Any]] = {}
         for borrower in borrowers:
-            stored = self.store.get(run_id, borrower.customer)
+            stored = self.store.get(f"a/{run_id}/{borrower.customer}")
             if stored is not None:
                 records[borrower.customer] = stored
         new = [b for b in borrowers if b.customer not in records]
@@ -177,13 +152,15 @@ class BehaviourJob:
                 "input": context,
                 **decide(self.policy, context),
                 "applied": None,
+                "assessed_at_unix_ms": early_warning.now_ms(),
             }
-            self.store.put(record)  # why, before acting
+            self.store.put(f"a/{run_id}/{borrower.customer}", record)  # why, before acting
             records[borrower.customer] = record
         for borrower in borrowers:
             record = records[borrower.customer]
             record["applied"] = (await self._apply(record)).code.name
-            self.store.put(record)
+            self.store.put(f"a/{run_id}/{borrower.customer}", record)
+            early_warning.note_assessment(self.store, record)
         return [records[b.customer] for b in borrowers]
 
     async def _score(self, borrowers: list[Borrower]) -> list[dict[str, float]]:

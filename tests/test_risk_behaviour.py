@@ -84,6 +84,15 @@ def run_job(
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
+def yunkai(tmp: Path, action: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "risk", action, "--data-dir", str(tmp / "risk"), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def ledger(cluster: LocalCluster, work: Any) -> Any:
     async def main() -> Any:
         async with await LedgerClient.connect(cluster.address) as client:
@@ -128,6 +137,14 @@ def test_a_deteriorating_borrower_is_frozen_then_unfrozen_after_recovery_each_ru
     again = run_job(tmp_path, "r1", [{"customer": customer, **profiles["recovered"]}], scoring, cluster)
     assert again == [frozen]
     assert view(cluster, customer) == LevelView(GRANTED_FEN, 0, 0, GRANTED_FEN, True)
+    # Early warning: a red level opens a visit, once, whose outcome is recorded; the book is covered.
+    [visit] = [json.loads(line) for line in yunkai(tmp_path, "followups").splitlines()]
+    assert (visit["task"], visit["kind"], visit["reasons"]) == (f"r1/{customer}", "visit", ["EARLY_WARNING_HIGH"])
+    yunkai(tmp_path, "followup-outcome", visit["task"], "--outcome", "visited_tax_arrears_found")
+    assert yunkai(tmp_path, "followups") == ""
+    (tmp_path / "book.jsonl").write_text(json.dumps({"customer": customer}) + "\n" + '{"customer": "never1"}\n')
+    covered = json.loads(yunkai(tmp_path, "coverage", "--borrowers", str(tmp_path / "book.jsonl")))
+    assert (covered["coverage"], covered["by_level"]["red"]) == (0.5, 1)
 
     [thawed] = run_job(tmp_path, "r2", [{"customer": customer, **profiles["recovered"]}], scoring, cluster)
     assert (thawed["action"], thawed["warning_level"], thawed["reasons"], thawed["applied"]) == (
