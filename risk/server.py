@@ -240,7 +240,7 @@ class DecisionService:
             table_input_json=json.dumps(table_input, sort_keys=True),
             decided_at_unix_ms=int(time.time() * 1000),
         )
-        self.store.put(request, decision)
+        await self.store.put(request, decision)
         decisions_total.labels(chosen.product, result.decision).inc()
         log.info(
             "decided",

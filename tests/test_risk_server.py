@@ -220,3 +220,26 @@ def test_yunkai_decide_prints_the_decision(risk: RiskProcess, applicants: dict[s
         timeout=60,
     )
     assert bad.returncode == 2 and "Age: 'old' is not a number" in bad.stderr
+
+
+def test_concurrent_applications_are_each_decided_once_and_all_stored(
+    risk: RiskProcess, cluster: LocalCluster, applicants: dict[str, dict[str, float]]
+) -> None:
+    distinct = [request(applicants["safe" if i % 2 else "risky"]) for i in range(40)]
+    repeated = request(applicants["safe"])
+
+    async def decide_all() -> list[pb.Decision]:
+        async with grpc.aio.insecure_channel(risk.address) as channel:
+            decisions = risk_pb2_grpc.DecisionServiceStub(channel)
+            calls = [decisions.Decide(r, timeout=30) for r in [*distinct, *[repeated] * 10]]
+            return list(await asyncio.gather(*calls))
+
+    answers = asyncio.run(decide_all())
+    assert [a.application_id for a in answers[:40]] == [r.application_id for r in distinct]
+    assert [a.outcome for a in answers[:40]] == [pb.APPROVE if i % 2 else pb.DECLINE for i in range(40)]
+    assert all(a == answers[40] for a in answers[40:])  # one decision for the repeated application
+    granted = LevelView(AMOUNT_FEN, 0, 0, AMOUNT_FEN, False)
+    assert views(cluster, repeated.customer) == (granted, granted)
+    decisions = stub(risk)
+    for request_sent, answer in zip(distinct, answers, strict=False):
+        assert decisions.GetDecision(pb.DecisionRef(application_id=request_sent.application_id), timeout=30) == answer
