@@ -243,3 +243,16 @@ def test_concurrent_applications_are_each_decided_once_and_all_stored(
     decisions = stub(risk)
     for request_sent, answer in zip(distinct, answers, strict=False):
         assert decisions.GetDecision(pb.DecisionRef(application_id=request_sent.application_id), timeout=30) == answer
+
+
+def test_bench_risk_offers_decisions_and_writes_json(risk: RiskProcess, tmp_path: Path) -> None:
+    out = tmp_path / "risk.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "bench-risk", "--risk", risk.address, "--rate", "20", "--duration", "1",
+         "--throughput-s", "0.5", "--concurrency", "2", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert (result["calls"], result["errors"], sum(result["outcomes"].values())) == (20, 0, 20)
+    assert result["command"].startswith("yunkai bench-risk") and result["decisions_per_s"] > 0
