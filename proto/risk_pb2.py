@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/risk.proto\x12\x0eyunkai.risk.v1\"\xe8\x01\n\rDecideRequest\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x1c\n\x14\x61mount_requested_fen\x18\x04 \x01(\x03\x12\x39\n\x06\x66ields\x18\x05 \x03(\x0b\x32).yunkai.risk.v1.DecideRequest.FieldsEntry\x12\x14\n\x0c\x66low_version\x18\x06 \x01(\r\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"%\n\x0b\x44\x65\x63isionRef\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\";\n\nModelScore\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x01\"\xd4\x02\n\x08\x44\x65\x63ision\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x04 \x01(\r\x12\x13\n\x0b\x66low_sha256\x18\x05 \x01(\t\x12(\n\x07outcome\x18\x06 \x01(\x0e\x32\x17.yunkai.risk.v1.Outcome\x12\x11\n\tlimit_fen\x18\x07 \x01(\x03\x12\x11\n\tprice_bps\x18\x08 \x01(\x05\x12\x14\n\x0creason_codes\x18\t \x03(\t\x12*\n\x06scores\x18\n \x03(\x0b\x32\x1a.yunkai.risk.v1.ModelScore\x12\x18\n\x10table_input_json\x18\x0b \x01(\t\x12\x1a\n\x12\x64\x65\x63ided_at_unix_ms\x18\x0c \x01(\x03\x12\x1a\n\x12\x63redit_line_opened\x18\r \x01(\x08\"\xb3\x01\n\x0eReplayResponse\x12(\n\x06stored\x18\x01 \x01(\x0b\x32\x18.yunkai.risk.v1.Decision\x12(\n\x07outcome\x18\x02 \x01(\x0e\x32\x17.yunkai.risk.v1.Outcome\x12\x11\n\tlimit_fen\x18\x03 \x01(\x03\x12\x11\n\tprice_bps\x18\x04 \x01(\x05\x12\x14\n\x0creason_codes\x18\x05 \x03(\t\x12\x11\n\tidentical\x18\x06 \x01(\x08*G\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPROVE\x10\x01\x12\x0b\n\x07\x44\x45\x43LINE\x10\x02\x12\t\n\x05REFER\x10\x03\x32\xe9\x01\n\x0f\x44\x65\x63isionService\x12\x41\n\x06\x44\x65\x63ide\x12\x1d.yunkai.risk.v1.DecideRequest\x1a\x18.yunkai.risk.v1.Decision\x12\x44\n\x0bGetDecision\x12\x1b.yunkai.risk.v1.DecisionRef\x1a\x18.yunkai.risk.v1.Decision\x12M\n\x0eReplayDecision\x12\x1b.yunkai.risk.v1.DecisionRef\x1a\x1e.yunkai.risk.v1.ReplayResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/risk.proto\x12\x0eyunkai.risk.v1\"\xe8\x01\n\rDecideRequest\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x1c\n\x14\x61mount_requested_fen\x18\x04 \x01(\x03\x12\x39\n\x06\x66ields\x18\x05 \x03(\x0b\x32).yunkai.risk.v1.DecideRequest.FieldsEntry\x12\x14\n\x0c\x66low_version\x18\x06 \x01(\r\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"%\n\x0b\x44\x65\x63isionRef\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\"8\n\rReplayRequest\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0f\n\x07rescore\x18\x02 \x01(\x08\";\n\nModelScore\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x01\"\xd4\x02\n\x08\x44\x65\x63ision\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x04 \x01(\r\x12\x13\n\x0b\x66low_sha256\x18\x05 \x01(\t\x12(\n\x07outcome\x18\x06 \x01(\x0e\x32\x17.yunkai.risk.v1.Outcome\x12\x11\n\tlimit_fen\x18\x07 \x01(\x03\x12\x11\n\tprice_bps\x18\x08 \x01(\x05\x12\x14\n\x0creason_codes\x18\t \x03(\t\x12*\n\x06scores\x18\n \x03(\x0b\x32\x1a.yunkai.risk.v1.ModelScore\x12\x18\n\x10table_input_json\x18\x0b \x01(\t\x12\x1a\n\x12\x64\x65\x63ided_at_unix_ms\x18\x0c \x01(\x03\x12\x1a\n\x12\x63redit_line_opened\x18\r \x01(\x08\"\xfb\x01\n\x0eReplayResponse\x12(\n\x06stored\x18\x01 \x01(\x0b\x32\x18.yunkai.risk.v1.Decision\x12(\n\x07outcome\x18\x02 \x01(\x0e\x32\x17.yunkai.risk.v1.Outcome\x12\x11\n\tlimit_fen\x18\x03 \x01(\x03\x12\x11\n\tprice_bps\x18\x04 \x01(\x05\x12\x14\n\x0creason_codes\x18\x05 \x03(\t\x12\x11\n\tidentical\x18\x06 \x01(\x08\x12,\n\x08rescored\x18\x07 \x03(\x0b\x32\x1a.yunkai.risk.v1.ModelScore\x12\x18\n\x10scores_identical\x18\x08 \x01(\x08*G\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPROVE\x10\x01\x12\x0b\n\x07\x44\x45\x43LINE\x10\x02\x12\t\n\x05REFER\x10\x03\x32\xeb\x01\n\x0f\x44\x65\x63isionService\x12\x41\n\x06\x44\x65\x63ide\x12\x1d.yunkai.risk.v1.DecideRequest\x1a\x18.yunkai.risk.v1.Decision\x12\x44\n\x0bGetDecision\x12\x1b.yunkai.risk.v1.DecisionRef\x1a\x18.yunkai.risk.v1.Decision\x12O\n\x0eReplayDecision\x12\x1d.yunkai.risk.v1.ReplayRequest\x1a\x1e.yunkai.risk.v1.ReplayResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,20 +33,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DECIDEREQUEST_FIELDSENTRY']._loaded_options = None
   _globals['_DECIDEREQUEST_FIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_OUTCOME']._serialized_start=896
-  _globals['_OUTCOME']._serialized_end=967
+  _globals['_OUTCOME']._serialized_start=1026
+  _globals['_OUTCOME']._serialized_end=1097
   _globals['_DECIDEREQUEST']._serialized_start=37
   _globals['_DECIDEREQUEST']._serialized_end=269
   _globals['_DECIDEREQUEST_FIELDSENTRY']._serialized_start=224
   _globals['_DECIDEREQUEST_FIELDSENTRY']._serialized_end=269
   _globals['_DECISIONREF']._serialized_start=271
   _globals['_DECISIONREF']._serialized_end=308
-  _globals['_MODELSCORE']._serialized_start=310
-  _globals['_MODELSCORE']._serialized_end=369
-  _globals['_DECISION']._serialized_start=372
-  _globals['_DECISION']._serialized_end=712
-  _globals['_REPLAYRESPONSE']._serialized_start=715
-  _globals['_REPLAYRESPONSE']._serialized_end=894
-  _globals['_DECISIONSERVICE']._serialized_start=970
-  _globals['_DECISIONSERVICE']._serialized_end=1203
+  _globals['_REPLAYREQUEST']._serialized_start=310
+  _globals['_REPLAYREQUEST']._serialized_end=366
+  _globals['_MODELSCORE']._serialized_start=368
+  _globals['_MODELSCORE']._serialized_end=427
+  _globals['_DECISION']._serialized_start=430
+  _globals['_DECISION']._serialized_end=770
+  _globals['_REPLAYRESPONSE']._serialized_start=773
+  _globals['_REPLAYRESPONSE']._serialized_end=1024
+  _globals['_DECISIONSERVICE']._serialized_start=1100
+  _globals['_DECISIONSERVICE']._serialized_end=1335
 # @@protoc_insertion_point(module_scope)

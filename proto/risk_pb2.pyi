@@ -47,6 +47,14 @@ class DecisionRef(_message.Message):
     application_id: str
     def __init__(self, application_id: _Optional[str] = ...) -> None: ...
 
+class ReplayRequest(_message.Message):
+    __slots__ = ("application_id", "rescore")
+    APPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_FIELD_NUMBER: _ClassVar[int]
+    application_id: str
+    rescore: bool
+    def __init__(self, application_id: _Optional[str] = ..., rescore: _Optional[bool] = ...) -> None: ...
+
 class ModelScore(_message.Message):
     __slots__ = ("model", "version", "score")
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -88,17 +96,21 @@ class Decision(_message.Message):
     def __init__(self, application_id: _Optional[str] = ..., product: _Optional[str] = ..., customer: _Optional[str] = ..., flow_version: _Optional[int] = ..., flow_sha256: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., limit_fen: _Optional[int] = ..., price_bps: _Optional[int] = ..., reason_codes: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., table_input_json: _Optional[str] = ..., decided_at_unix_ms: _Optional[int] = ..., credit_line_opened: _Optional[bool] = ...) -> None: ...
 
 class ReplayResponse(_message.Message):
-    __slots__ = ("stored", "outcome", "limit_fen", "price_bps", "reason_codes", "identical")
+    __slots__ = ("stored", "outcome", "limit_fen", "price_bps", "reason_codes", "identical", "rescored", "scores_identical")
     STORED_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FEN_FIELD_NUMBER: _ClassVar[int]
     PRICE_BPS_FIELD_NUMBER: _ClassVar[int]
     REASON_CODES_FIELD_NUMBER: _ClassVar[int]
     IDENTICAL_FIELD_NUMBER: _ClassVar[int]
+    RESCORED_FIELD_NUMBER: _ClassVar[int]
+    SCORES_IDENTICAL_FIELD_NUMBER: _ClassVar[int]
     stored: Decision
     outcome: Outcome
     limit_fen: int
     price_bps: int
     reason_codes: _containers.RepeatedScalarFieldContainer[str]
     identical: bool
-    def __init__(self, stored: _Optional[_Union[Decision, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., limit_fen: _Optional[int] = ..., price_bps: _Optional[int] = ..., reason_codes: _Optional[_Iterable[str]] = ..., identical: _Optional[bool] = ...) -> None: ...
+    rescored: _containers.RepeatedCompositeFieldContainer[ModelScore]
+    scores_identical: bool
+    def __init__(self, stored: _Optional[_Union[Decision, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., limit_fen: _Optional[int] = ..., price_bps: _Optional[int] = ..., reason_codes: _Optional[_Iterable[str]] = ..., identical: _Optional[bool] = ..., rescored: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., scores_identical: _Optional[bool] = ...) -> None: ...

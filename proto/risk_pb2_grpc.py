@@ -46,7 +46,7 @@ class DecisionServiceStub:
                 _registered_method=True)
         self.ReplayDecision = channel.unary_unary(
                 '/yunkai.risk.v1.DecisionService/ReplayDecision',
-                request_serializer=proto_dot_risk__pb2.DecisionRef.SerializeToString,
+                request_serializer=proto_dot_risk__pb2.ReplayRequest.SerializeToString,
                 response_deserializer=proto_dot_risk__pb2.ReplayResponse.FromString,
                 _registered_method=True)
 
@@ -67,7 +67,8 @@ class DecisionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReplayDecision(self, request, context):
-        """Re-evaluates the stored table input with the stored flow version (no re-scoring).
+        """Re-evaluates the stored table input with the stored flow version; with rescore, also
+        scores the stored application again with each pinned model version and compares.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,7 +89,7 @@ def add_DecisionServiceServicer_to_server(servicer, server):
             ),
             'ReplayDecision': grpc.unary_unary_rpc_method_handler(
                     servicer.ReplayDecision,
-                    request_deserializer=proto_dot_risk__pb2.DecisionRef.FromString,
+                    request_deserializer=proto_dot_risk__pb2.ReplayRequest.FromString,
                     response_serializer=proto_dot_risk__pb2.ReplayResponse.SerializeToString,
             ),
     }
@@ -171,7 +172,7 @@ class DecisionService:
             request,
             target,
             '/yunkai.risk.v1.DecisionService/ReplayDecision',
-            proto_dot_risk__pb2.DecisionRef.SerializeToString,
+            proto_dot_risk__pb2.ReplayRequest.SerializeToString,
             proto_dot_risk__pb2.ReplayResponse.FromString,
             options,
             channel_credentials,

@@ -3,7 +3,7 @@
     yunkai decide --risk HOST:PORT --product SME-TAX-LOAN --applicant '{"customer": "c1",
         "amount_requested_fen": 5000000, "Income": 150, ...}' [--application-id ID] [--flow-version N]
     yunkai risk get --risk HOST:PORT ID
-    yunkai risk replay --risk HOST:PORT ID
+    yunkai risk replay --risk HOST:PORT ID [--rescore]
 
 The applicant JSON holds `customer`, `amount_requested_fen` (an integer) and the flow's
 numeric fields by name; a field left out is missing data. Each command prints the decision
@@ -51,6 +51,8 @@ def add_risk_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser
         sub = actions.add_parser(name, help=text, description=text)
         _common(sub)
         sub.add_argument("application_id")
+        if name == "replay":
+            sub.add_argument("--rescore", action="store_true", help="also score the application again and compare")
         sub.set_defaults(run=get_main if name == "get" else replay_main)
 
 
@@ -112,4 +114,4 @@ def get_main(args: argparse.Namespace) -> int:
 
 
 def replay_main(args: argparse.Namespace) -> int:
-    return _call(args, "ReplayDecision", pb.DecisionRef(application_id=args.application_id))
+    return _call(args, "ReplayDecision", pb.ReplayRequest(application_id=args.application_id, rescore=args.rescore))

@@ -76,6 +76,14 @@ request_latency_s = Histogram(
 decisions_total = Counter("yunkai_risk_decisions_total", "Decisions made", ["product", "outcome"])
 
 
+class _Deciding:
+    """The lock of one application id, and how many requests hold or await it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class Conflict(Exception):
     """Another request was decided under this application id."""
 
@@ -155,7 +163,7 @@ class DecisionService:
         self.flows = flows
         self.scoring = scoring
         self.limits = limits
-        self.deciding: dict[str, asyncio.Lock] = {}
+        self.deciding: dict[str, _Deciding] = {}
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, Callable[[bytes], Awaitable[Message]]] = {
@@ -202,12 +210,17 @@ class DecisionService:
     async def decide(self, data: bytes) -> Message:
         request = parse_request(pb.DecideRequest, data)
         _check_request(request)
-        lock = self.deciding.setdefault(request.application_id, asyncio.Lock())
+        # One decision at a time per application id: repeats wait for the first and get its answer.
+        # The lock lives while anyone holds or awaits it (counted), so a failed first attempt
+        # cannot let a waiter and a newcomer decide the same application side by side.
+        entry = self.deciding.setdefault(request.application_id, _Deciding())
+        entry.users += 1
         try:
-            async with lock:
+            async with entry.lock:
                 return await self._decide(request)
         finally:
-            if not lock.locked() and self.deciding.get(request.application_id) is lock:
+            entry.users -= 1
+            if entry.users == 0:
                 del self.deciding[request.application_id]
 
     async def _decide(self, request: pb.DecideRequest) -> pb.Decision:
@@ -280,17 +293,19 @@ class DecisionService:
         return self._stored(data)[1]
 
     async def replay(self, data: bytes) -> Message:
-        _, decision = self._stored(data)
+        ask = parse_request(pb.ReplayRequest, data)
+        _, decision = self._lookup(ask.application_id)
         chosen = self.flows.get(decision.product, decision.flow_version)
         if chosen.sha256 != decision.flow_sha256:
             raise flow.FlowError(
                 f"flow {decision.product} v{decision.flow_version} changed since the decision "
                 f"(sha256 {chosen.sha256[:12]} != {decision.flow_sha256[:12]}): published flows must not change"
             )
-        result = flow.evaluate(chosen, json.loads(decision.table_input_json))
+        table_input = json.loads(decision.table_input_json)
+        result = flow.evaluate(chosen, table_input)
         replayed = (outcome_of(result), result.limit_fen, result.price_bps, list(result.reasons))
         original = (decision.outcome, decision.limit_fen, decision.price_bps, list(decision.reason_codes))
-        return pb.ReplayResponse(
+        reply = pb.ReplayResponse(
             stored=decision,
             outcome=replayed[0],
             limit_fen=replayed[1],
@@ -298,14 +313,24 @@ class DecisionService:
             reason_codes=replayed[3],
             identical=replayed == original,
         )
+        if ask.rescore:
+            application = table_input["application"]
+            for stored in decision.scores:
+                names = await self.scoring.features_of(stored.model, stored.version)
+                [score] = await self.scoring.score(stored.model, [{n: application[n] for n in names}], stored.version)
+                reply.rescored.append(pb.ModelScore(model=stored.model, version=stored.version, score=score))
+            reply.scores_identical = [s.score for s in reply.rescored] == [s.score for s in decision.scores]
+        return reply
 
     def _stored(self, data: bytes) -> tuple[pb.DecideRequest, pb.Decision]:
-        ref = parse_request(pb.DecisionRef, data)
-        if not APPLICATION_ID_PATTERN.fullmatch(ref.application_id):
-            raise BadRequest(f"application_id: {ref.application_id!r} is not 1-32 of A-Z a-z 0-9 . _ -")
-        stored = self.store.get(ref.application_id)
+        return self._lookup(parse_request(pb.DecisionRef, data).application_id)
+
+    def _lookup(self, application_id: str) -> tuple[pb.DecideRequest, pb.Decision]:
+        if not APPLICATION_ID_PATTERN.fullmatch(application_id):
+            raise BadRequest(f"application_id: {application_id!r} is not 1-32 of A-Z a-z 0-9 . _ -")
+        stored = self.store.get(application_id)
         if stored is None:
-            raise NotFound(f"application_id: no decision for {ref.application_id}")
+            raise NotFound(f"application_id: no decision for {application_id}")
         return stored
 
 

@@ -176,8 +176,12 @@ def test_a_stored_decision_survives_a_restart_and_replays_exactly(
     for decision in decided:
         ref = pb.DecisionRef(application_id=decision.application_id)
         assert decisions.GetDecision(ref, timeout=30) == decision
-        replay = decisions.ReplayDecision(ref, timeout=30)
-        assert replay.identical and replay.stored == decision
+        replay = decisions.ReplayDecision(pb.ReplayRequest(application_id=decision.application_id), timeout=30)
+        assert replay.identical and replay.stored == decision and not replay.rescored
+        rescored = decisions.ReplayDecision(
+            pb.ReplayRequest(application_id=decision.application_id, rescore=True), timeout=30
+        )
+        assert rescored.identical and rescored.scores_identical and list(rescored.rescored) == list(decision.scores)
         assert (replay.outcome, replay.limit_fen, replay.price_bps, replay.reason_codes) == (
             decision.outcome,
             decision.limit_fen,
