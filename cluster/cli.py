@@ -126,6 +126,64 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
+    from risk import cli as risk_cli, server as risk_server
+
+    risk = commands.add_parser(
+        "risk",
+        help="run the decision service, or look at its decisions",
+        description="Credit decisions: `serve` runs yunkai.risk.v1.DecisionService (decision tables over model "
+        "scores); `get` and `replay` show and re-evaluate a stored decision.",
+    )
+    risk_commands = risk.add_subparsers(dest="risk_command", required=True, metavar="SUBCOMMAND")
+    risk_serve = risk_commands.add_parser(
+        "serve",
+        help="serve credit decisions over gRPC",
+        description="Serve yunkai.risk.v1.DecisionService: score each application with the models its product's "
+        "flow pins (on --scoring), evaluate the flow's decision table (zen-engine), store the decision in "
+        "--data-dir, and with --router open approved credit lines on the ledger.",
+    )
+    risk_server.add_arguments(risk_serve)
+    risk_serve.set_defaults(run=risk_server.main)
+    risk_cli.add_risk_actions(risk_commands)
+    from risk import behaviour as risk_behaviour
+
+    behaviour = risk_commands.add_parser(
+        "behaviour",
+        help="score existing borrowers and raise, lower, freeze, unfreeze or warn (idempotent per run)",
+        description="Behavioural limit management: score each borrower in --borrowers (early_warning, "
+        "repayment_willingness), evaluate the behaviour policy table, record why, and apply the action to the "
+        "customer's limit on the ledger. A rerun with the same --run-id changes nothing.",
+    )
+    risk_behaviour.add_arguments(behaviour)
+    behaviour.set_defaults(run=risk_behaviour.main)
+    from risk import early_warning, telemarketing
+
+    for name, text, add in (
+        (
+            "followups",
+            "list the open early-warning follow-ups (visits, then calls)",
+            early_warning.add_followups_arguments,
+        ),
+        ("followup-outcome", "record what a follow-up call or visit found", early_warning.add_outcome_arguments),
+        ("coverage", "share of a book of borrowers with a current assessment", early_warning.add_coverage_arguments),
+    ):
+        add(risk_commands.add_parser(name, help=text, description=text))
+
+    calls = risk_commands.add_parser(
+        "telemarketing",
+        help="rank prospects by marketing_response and allocate a day's calls across agents",
+        description="Score --prospects with marketing_response, allocate calls to --agents (each with a daily "
+        "capacity) to maximise expected conversions, and print the plan with its lift over random allocation.",
+    )
+    telemarketing.add_arguments(calls)
+    calls.set_defaults(run=telemarketing.main)
+    decide = commands.add_parser(
+        "decide",
+        help="decide a credit application",
+        description="Send one credit application to `yunkai risk serve` and print the decision as JSON.",
+    )
+    risk_cli.add_decide_arguments(decide)
+
     from cluster import demo
 
     demo_parser = commands.add_parser(
@@ -166,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scoring_bench.add_arguments(bench_scoring)
     bench_scoring.set_defaults(run=scoring_bench.main)
+
+    from loadtest import risk_bench
+
+    bench_risk = commands.add_parser(
+        "bench-risk",
+        help="measure full credit decisions (scoring plus rules plus the decision log): p99 at a rate, decisions/s",
+        description="Open-loop Decide calls at --rate (new applications, each scored and evaluated and stored), "
+        "then --concurrency callers back to back; trains credit_risk and starts its own scoring and risk servers "
+        "unless --risk is given. Writes JSON with --json.",
+    )
+    risk_bench.add_arguments(bench_risk)
+    bench_risk.set_defaults(run=risk_bench.main)
 
     from loadtest import bench as open_loop_bench
 

@@ -117,6 +117,13 @@ class LendingProcess(ServiceProcess):
     subcommand = ("lending", "serve")
 
 
+class RiskProcess(ServiceProcess):
+    """A `yunkai risk serve` (give it `--scoring HOST:PORT`, and `--router HOST:PORT` to open credit lines)."""
+
+    kind = "risk"
+    subcommand = ("risk", "serve")
+
+
 class RouterProcess(ServiceProcess):
     """A `yunkai router` (give it `--nodes ...` in extra_args for a new cluster)."""
 

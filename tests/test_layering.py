@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"proto", "node", "router", "scoring", "clients", "cluster", "loadtest", "lending"}
+PACKAGES = {"proto", "node", "router", "scoring", "clients", "cluster", "loadtest", "lending", "risk"}
 # What each package may import among ours. cluster/ and loadtest/ sit on top together:
 # the `yunkai` command (cluster/cli.py) fronts the benchmarks, which start local clusters.
 ALLOWED = {
@@ -17,6 +17,8 @@ ALLOWED = {
     "scoring": {"proto", "scoring"},
     # Lending is the bank's business on top of the ledger: it calls the ledger through the SDK.
     "lending": {"proto", "clients", "lending"},
+    # Risk decides on top of lending: it scores through clients/, and opens credit lines with lending/limits.py.
+    "risk": {"proto", "clients", "lending", "risk"},
     "cluster": PACKAGES,
     "loadtest": PACKAGES,
 }

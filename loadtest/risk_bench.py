@@ -1,0 +1,176 @@
+"""`yunkai bench-risk`: full credit decisions (scoring plus rules plus the durable decision log) over gRPC.
+
+Issue 8's benchmark, on loopback:
+  1. Open loop: Decide calls at `--rate` per second for `--duration` seconds, each on its own
+     schedule whatever the answers do (latency counts from the send, and from when the call
+     was due). Each call is a new application (a new id), so each is scored on the scoring
+     server, evaluated by the SME-TAX-LOAN table and fsync'd to the decision log. HDR histogram.
+  2. Throughput: `--concurrency` callers sending Decide back to back for 5 s.
+Without `--risk` it trains credit_risk into a temporary registry, starts `yunkai scoring serve`
+and `yunkai risk serve` (without a ledger: opening credit lines is the ledger's benchmark).
+Applicants are the first rows of the credit_risk training data, so the outcomes are a real mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+import uvloop
+from hdrh.histogram import HdrHistogram
+
+from cluster.local import RiskProcess, ScoringProcess
+from loadtest import report
+from proto import risk_pb2 as pb, risk_pb2_grpc
+from scoring import datasets
+
+PRODUCT = "SME-TAX-LOAN"
+APPLICANTS = 256
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--risk", help="HOST:PORT of a running risk server (default: start scoring and risk)")
+    parser.add_argument("--rate", type=int, default=200, help="decisions per second offered (default 200)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of the open loop (default 10)")
+    parser.add_argument("--concurrency", type=int, default=8, help="callers, throughput part (default 8)")
+    parser.add_argument("--throughput-s", type=float, default=5.0, help="seconds of the throughput part")
+    parser.add_argument("--json", help="write the results here")
+
+
+def main(args: argparse.Namespace) -> int:
+    processes: list[RiskProcess | ScoringProcess] = []
+    address = args.risk
+    try:
+        if address is None:
+            work = tempfile.mkdtemp(prefix="yunkai-bench-risk-")
+            registry = os.path.join(work, "models")
+            print(f"training credit_risk into {registry} ...", flush=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cluster.cli",
+                    "scoring",
+                    "train",
+                    "--registry",
+                    registry,
+                    "--model",
+                    "credit_risk",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            scoring = ScoringProcess(registry, ["--log-level", "WARNING"]).start()
+            processes.append(scoring)
+            risk = RiskProcess(os.path.join(work, "risk"), ["--scoring", scoring.address, "--log-level", "WARNING"])
+            processes.append(risk.start())
+            address = risk.address
+        result = uvloop.run(_bench(args, address))
+    finally:
+        for process in reversed(processes):
+            process.stop()
+    report.record(args, result)
+    print(
+        f"Decide at {result['offered_per_s']:,}/s: p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
+        f"p99.9 {result['p999_ms']:.2f} ms (from due: p99 {result['p99_from_due_ms']:.2f} ms), errors "
+        f"{result['errors']}; closed loop x{args.concurrency}: {result['decisions_per_s']:,.0f} decisions/s, "
+        f"outcomes {result['outcomes']}"
+    )
+    return 0 if result["errors"] == 0 else 1
+
+
+def _applicants() -> list[dict[str, float]]:
+    data = datasets.credit_risk()
+    return [dict(zip(data.feature_names, map(float, row), strict=True)) for row in data.features[:APPLICANTS]]
+
+
+async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
+    applicants = _applicants()
+    run = f"{int(time.time()) % 100_000}"
+    outcomes: dict[str, int] = {}
+
+    def request(index: int) -> pb.DecideRequest:
+        return pb.DecideRequest(
+            application_id=f"b{run}-{index}",
+            product=PRODUCT,
+            customer=f"bench{index % 1000}",
+            amount_requested_fen=5_000_000,
+            fields=applicants[index % len(applicants)],
+        )
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = risk_pb2_grpc.DecisionServiceStub(channel)
+        counter = 0
+        for _ in range(50):  # warm up the channels, the model session and the table
+            await stub.Decide(request(counter), timeout=10)
+            counter += 1
+
+        sent = HdrHistogram(1, 60_000_000, 3)  # microseconds
+        due_based = HdrHistogram(1, 60_000_000, 3)
+        errors = 0
+        clock = time.perf_counter
+
+        async def call(decide: pb.DecideRequest, due: float) -> None:
+            nonlocal errors
+            began = clock()
+            try:
+                decision = await stub.Decide(decide, timeout=5)
+                name = pb.Outcome.Name(decision.outcome)
+                outcomes[name] = outcomes.get(name, 0) + 1
+            except grpc.aio.AioRpcError:
+                errors += 1
+            ended = clock()
+            sent.record_value(max(1, int((ended - began) * 1e6)))
+            due_based.record_value(max(1, int((ended - due) * 1e6)))
+
+        calls = int(args.rate * args.duration)
+        start = clock() + 0.05
+        async with asyncio.TaskGroup() as tasks:
+            for index in range(calls):
+                due = start + index / args.rate
+                delay = due - clock()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.create_task(call(request(counter + index), due))
+        seconds = clock() - start
+        counter += calls
+
+        done = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.throughput_s
+
+        async def caller(lane: int) -> None:
+            nonlocal done
+            index = 0
+            while loop.time() < deadline:
+                await stub.Decide(request(counter + lane * 1_000_000 + index), timeout=10)
+                index += 1
+                done += 1
+
+        began = loop.time()
+        async with asyncio.TaskGroup() as tasks:
+            for lane in range(args.concurrency):
+                tasks.create_task(caller(lane))
+        decisions_per_s = done / (loop.time() - began)
+
+    return {
+        "product": PRODUCT,
+        "offered_per_s": args.rate,
+        "achieved_per_s": calls / seconds,
+        "calls": calls,
+        "errors": errors,
+        "outcomes": outcomes,
+        "p50_ms": sent.get_value_at_percentile(50) / 1000,
+        "p99_ms": sent.get_value_at_percentile(99) / 1000,
+        "p999_ms": sent.get_value_at_percentile(99.9) / 1000,
+        "p50_from_due_ms": due_based.get_value_at_percentile(50) / 1000,
+        "p99_from_due_ms": due_based.get_value_at_percentile(99) / 1000,
+        "concurrency": args.concurrency,
+        "decisions_per_s": decisions_per_s,
+    }

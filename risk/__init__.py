@@ -1,0 +1,1 @@
+"""Risk decisions on the ledger: decision tables over model scores (issue 8)."""

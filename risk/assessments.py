@@ -1,0 +1,55 @@
+"""The behavioural side's durable records, in one RocksDB (rocksdict) under --data-dir, as JSON.
+
+Keys: `a/<run>/<customer>` an assessment (what the behaviour job decided and why, and the
+ledger's answer); `w/<customer>` the customer's current warning level (their latest
+assessment); `t/<run>/<customer>` a follow-up task (a call or a visit) and its outcome.
+Run ids and customers have no '/', so keys never collide. Every write is fsync'd, and records
+are checked after they are read (the key says whose they are).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from rocksdict import Options, Rdict, WriteOptions
+
+
+class AssessmentStore:
+    """JSON records by key. Synchronous: one process, one event loop, one write at a time."""
+
+    def __init__(self, data_dir: str) -> None:
+        os.makedirs(data_dir, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self._db = Rdict(os.path.join(data_dir, "behaviour"), options)
+        self._sync = WriteOptions()
+        self._sync.sync = True
+
+    def close(self) -> None:
+        self._db.close()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        raw: bytes | None = self._db.get(key.encode())
+        if raw is None:
+            return None
+        record: dict[str, Any] = json.loads(raw)
+        assert record["key"] == key, (record["key"], key)
+        return record
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        record["key"] = key
+        self._db.put(key.encode(), json.dumps(record, sort_keys=True).encode(), self._sync)
+
+    def scan(self, prefix: str) -> Iterator[dict[str, Any]]:
+        """Records whose key starts with `prefix`, in key order."""
+        start = prefix.encode()
+        for key, value in self._db.items(from_key=start):
+            assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
+            if not key.startswith(start):
+                return
+            record: dict[str, Any] = json.loads(value)
+            assert record["key"] == key.decode(), key
+            yield record

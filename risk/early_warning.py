@@ -1,0 +1,171 @@
+"""Early warning: each borrower's current warning level, a follow-up queue, and coverage.
+
+- Level: every assessment of the behaviour job (risk/behaviour.py) becomes the customer's
+  current level (green, amber, red) with when and why; a newer assessment replaces it.
+- Follow-ups: an amber assessment opens a call, a red one a visit, one task per run and
+  customer (`<run>/<customer>`: a rerun opens nothing new). A task is open until its outcome
+  is recorded; an outcome, once recorded, is final (recording the same again is a no-op;
+  another is refused), so the queue is an audit trail of who was contacted and what was found.
+- Coverage: of a book of borrowers, the share whose current assessment is younger than a
+  maximum age, and how they split by level. Borrowers never assessed count against it.
+
+    yunkai risk followups --data-dir D [--kind call|visit]          # the open queue, JSON lines
+    yunkai risk followup-outcome --data-dir D TASK --outcome O [--note N]
+    yunkai risk coverage --data-dir D --borrowers FILE.jsonl [--max-age-days N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from risk.assessments import AssessmentStore
+
+KINDS = {"amber": "call", "red": "visit"}
+OUTCOME_PATTERN = re.compile(r"[a-z][a-z_]{0,31}")
+NOTE_CHARS_MAX = 500
+MAX_AGE_DAYS_DEFAULT = 30
+DAY_MS = 86_400_000
+
+
+class FollowUpRefused(ValueError):
+    """The outcome cannot be recorded; the message says why (naming the field)."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def note_assessment(store: AssessmentStore, assessment: dict[str, Any]) -> None:
+    """Make `assessment` the customer's current level (if newer), and open its follow-up (once)."""
+    customer, run_id = assessment["customer"], assessment["run_id"]
+    level_key = f"w/{customer}"
+    current = store.get(level_key)
+    if current is None or current["assessed_at_unix_ms"] <= assessment["assessed_at_unix_ms"]:
+        store.put(
+            level_key,
+            {
+                "customer": customer,
+                "level": assessment["warning_level"],
+                "reasons": assessment["reasons"],
+                "run_id": run_id,
+                "assessed_at_unix_ms": assessment["assessed_at_unix_ms"],
+            },
+        )
+    kind = KINDS.get(assessment["warning_level"])
+    task_key = f"t/{run_id}/{customer}"
+    if kind is not None and store.get(task_key) is None:
+        store.put(
+            task_key,
+            {
+                "task": f"{run_id}/{customer}",
+                "customer": customer,
+                "kind": kind,
+                "level": assessment["warning_level"],
+                "reasons": assessment["reasons"],
+                "opened_at_unix_ms": assessment["assessed_at_unix_ms"],
+                "outcome": None,
+                "note": "",
+                "closed_at_unix_ms": None,
+            },
+        )
+
+
+def open_tasks(store: AssessmentStore, kind: str | None = None) -> list[dict[str, Any]]:
+    """Open follow-ups, visits (red) before calls (amber), oldest first."""
+    tasks = [t for t in store.scan("t/") if t["outcome"] is None and (kind is None or t["kind"] == kind)]
+    return sorted(tasks, key=lambda t: (t["kind"] != "visit", t["opened_at_unix_ms"], t["task"]))
+
+
+def record_outcome(store: AssessmentStore, task: str, outcome: str, note: str = "") -> dict[str, Any]:
+    """Close a follow-up with what was found; final once recorded."""
+    if not OUTCOME_PATTERN.fullmatch(outcome):
+        raise FollowUpRefused(f"outcome: {outcome!r} is not a lower_case code of up to 32 characters")
+    if len(note) > NOTE_CHARS_MAX:
+        raise FollowUpRefused(f"note: longer than {NOTE_CHARS_MAX} characters")
+    record = store.get(f"t/{task}")
+    if record is None:
+        raise FollowUpRefused(f"task: no follow-up {task!r}")
+    if record["outcome"] is not None:
+        if (record["outcome"], record["note"]) == (outcome, note):
+            return record  # a repeat
+        raise FollowUpRefused(f"task: {task} already has the outcome {record['outcome']!r}")
+    record.update(outcome=outcome, note=note, closed_at_unix_ms=now_ms())
+    store.put(f"t/{task}", record)
+    return record
+
+
+def coverage(store: AssessmentStore, customers: list[str], as_of_ms: int, max_age_ms: int) -> dict[str, Any]:
+    """Share of `customers` with a current assessment (younger than max_age_ms at as_of_ms)."""
+    by_level = {"green": 0, "amber": 0, "red": 0}
+    current = 0
+    for customer in customers:
+        level = store.get(f"w/{customer}")
+        if level is not None and as_of_ms - level["assessed_at_unix_ms"] < max_age_ms:
+            current += 1
+            by_level[level["level"]] += 1
+    return {
+        "borrowers": len(customers),
+        "assessed_current": current,
+        "coverage": current / len(customers) if customers else 0.0,
+        "by_level": by_level,
+        "max_age_days": max_age_ms / DAY_MS,
+    }
+
+
+def add_followups_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", required=True, help="the behaviour job's --data-dir")
+    parser.add_argument("--kind", choices=sorted(set(KINDS.values())), help="only calls or only visits")
+    parser.set_defaults(run=followups_main)
+
+
+def add_outcome_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", required=True, help="the behaviour job's --data-dir")
+    parser.add_argument("task", help="RUN/CUSTOMER, as `yunkai risk followups` lists it")
+    parser.add_argument("--outcome", required=True, help="what was found, e.g. promised_to_pay, not_reached")
+    parser.add_argument("--note", default="", help="free text, up to 500 characters")
+    parser.set_defaults(run=outcome_main)
+
+
+def add_coverage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", required=True, help="the behaviour job's --data-dir")
+    parser.add_argument("--borrowers", type=Path, required=True, help="the book: JSON lines with `customer`")
+    parser.add_argument("--max-age-days", type=float, default=MAX_AGE_DAYS_DEFAULT, help="what counts as current")
+    parser.set_defaults(run=coverage_main)
+
+
+def followups_main(args: argparse.Namespace) -> int:
+    store = AssessmentStore(args.data_dir)
+    try:
+        for task in open_tasks(store, args.kind):
+            print(json.dumps(task, sort_keys=True))
+    finally:
+        store.close()
+    return 0
+
+
+def outcome_main(args: argparse.Namespace) -> int:
+    store = AssessmentStore(args.data_dir)
+    try:
+        print(json.dumps(record_outcome(store, args.task, args.outcome, args.note), sort_keys=True))
+    except FollowUpRefused as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def coverage_main(args: argparse.Namespace) -> int:
+    customers = [json.loads(line)["customer"] for line in args.borrowers.read_text().splitlines() if line.strip()]
+    store = AssessmentStore(args.data_dir)
+    try:
+        print(json.dumps(coverage(store, customers, now_ms(), int(args.max_age_days * DAY_MS)), sort_keys=True))
+    finally:
+        store.close()
+    return 0

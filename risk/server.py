@@ -1,0 +1,345 @@
+"""The risk process: `yunkai risk serve --data-dir D --port P --scoring HOST:PORT [--router HOST:PORT]`.
+
+Serves yunkai.risk.v1.DecisionService with the shared plumbing of proto/serving.py (settings
+from flags, YUNKAI_RISK_* and `[risk]` in a TOML file; JSON logs; health and reflection;
+graceful stop on SIGTERM).
+
+Decide, for one application (the flow's own protocol is in risk/flow.py):
+  1. a stored decision under the application id answers a repeat of the same request (and a
+     different request under that id is ALREADY_EXISTS); concurrent repeats wait for the first;
+  2. check the application against the product's flow (INVALID_ARGUMENT naming a bad field);
+  3. score it on the scoring server with the models the flow pins, at their pinned versions;
+  4. evaluate the flow's decision table;
+  5. store the decision, fsync'd, before anything acts on it;
+  6. with --router, an approval opens the credit line through lending/limits.py: the customer's
+     limit accounts and the product's, then grants of the approved limit at both levels, under
+     operation ids derived from the application id, so a retry grants once; the stored
+     decision is then marked `credit_line_opened`. If the ledger fails meanwhile, the caller
+     gets UNAVAILABLE and repeats the same request, which finishes the opening.
+Nothing but step 5 writes; a refused request changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import uvloop
+from google.protobuf.message import Message
+from prometheus_client import Counter, Histogram
+
+from clients.ledger import LedgerClient, ResultCode
+from clients.scoring import ScoringClient
+from lending.limits import CUSTOMER_PATTERN, CreditLimits
+from proto import risk_pb2 as pb, serving
+from proto.serving import BadRequest, parse_request
+from risk import flow
+from risk.store import DecisionStore
+
+log = logging.getLogger("yunkai.risk")
+
+DECISION_SERVICE = "yunkai.risk.v1.DecisionService"
+APPLICATION_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,32}")
+CURRENCY_LEDGER_CNY = 156  # the ISO 4217 numeric code of the limit book credit lines are granted in
+OUTCOMES: dict[str, pb.Outcome] = {"approve": pb.APPROVE, "decline": pb.DECLINE, "refer": pb.REFER}
+
+DEFAULTS: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "port": 7400,
+    "data_dir": None,
+    "scoring": None,
+    "router": None,
+    "flows_dir": None,
+    "metrics_port": None,
+    "tls_cert": None,
+    "tls_key": None,
+    "tls_ca": None,
+    "log_level": "INFO",
+}
+
+requests_total = Counter("yunkai_risk_requests_total", "Risk RPCs answered", ["method", "status"])
+request_latency_s = Histogram(
+    "yunkai_risk_request_latency_seconds",
+    "RPC latency in the server",
+    ["method"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+)
+decisions_total = Counter("yunkai_risk_decisions_total", "Decisions made", ["product", "outcome"])
+
+
+class _Deciding:
+    """The lock of one application id, and how many requests hold or await it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+class Conflict(Exception):
+    """Another request was decided under this application id."""
+
+
+class NotFound(Exception):
+    """No decision under this application id."""
+
+
+class LedgerUnavailable(Exception):
+    """The decision is stored but its credit line could not be opened yet; repeat the request."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    serving.add_common_arguments(parser)
+    parser.add_argument("--data-dir", help="directory of the decision log's RocksDB (required)")
+    parser.add_argument("--scoring", help="HOST:PORT of `yunkai scoring serve` (required)")
+    parser.add_argument("--router", help="HOST:PORT of a ledger router: approvals open their credit lines there")
+    parser.add_argument("--flows-dir", help="folder of <product>/<version>.json flows (default: risk/flows)")
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = serving.resolve(args, "risk", DEFAULTS)
+    for name in ("data_dir", "scoring"):
+        if not settings[name]:
+            flag = name.replace("_", "-")
+            print(f"yunkai risk serve: --{flag} is required (or YUNKAI_RISK_{name.upper()})", file=sys.stderr)
+            return 2
+    serving.setup_logging(str(settings["log_level"]), "risk")
+    uvloop.run(_serve(settings))
+    return 0
+
+
+async def _serve(settings: dict[str, Any]) -> None:
+    store = DecisionStore(str(settings["data_dir"]))
+    credentials_out = serving.client_credentials(settings["tls_ca"])
+    scoring = ScoringClient(str(settings["scoring"]), credentials=credentials_out)
+    ledger = None
+    try:
+        if settings["router"]:
+            ledger = await LedgerClient.connect(str(settings["router"]), tls_ca=settings["tls_ca"])
+        flows = flow.Flows(Path(settings["flows_dir"])) if settings["flows_dir"] else flow.Flows()
+        service = DecisionService(store, flows, scoring, CreditLimits(ledger, CURRENCY_LEDGER_CNY) if ledger else None)
+        server = serving.new_server()
+        frame = serving.Serving(server, [DECISION_SERVICE])
+        host = str(settings["host"])
+        port = frame.listen(
+            host, int(settings["port"]), serving.server_credentials(settings["tls_cert"], settings["tls_key"])
+        )
+        server.add_generic_rpc_handlers([service.handler()])
+        metrics_port = settings["metrics_port"]
+        serving.start_metrics(host, None if metrics_port is None else int(metrics_port))
+        stopping = serving.stop_signal()
+        await frame.start(
+            port, log, data_dir=settings["data_dir"], scoring=settings["scoring"], router=settings["router"]
+        )
+        await stopping.wait()
+        await frame.stop(log)
+    finally:
+        await scoring.close()
+        if ledger is not None:
+            await ledger.close()
+        store.close()
+    log.info("stopped")
+
+
+def outcome_of(result: flow.Outcome) -> pb.Outcome:
+    return OUTCOMES[result.decision]
+
+
+class DecisionService:
+    """yunkai.risk.v1.DecisionService over a decision store, the flows, a scoring client and the ledger."""
+
+    def __init__(
+        self, store: DecisionStore, flows: flow.Flows, scoring: ScoringClient, limits: CreditLimits | None
+    ) -> None:
+        self.store = store
+        self.flows = flows
+        self.scoring = scoring
+        self.limits = limits
+        self.deciding: dict[str, _Deciding] = {}
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods: dict[str, Callable[[bytes], Awaitable[Message]]] = {
+            "Decide": self.decide,
+            "GetDecision": self.get,
+            "ReplayDecision": self.replay,
+        }
+        return grpc.method_handlers_generic_handler(
+            DECISION_SERVICE,
+            {name: grpc.unary_unary_rpc_method_handler(self._wrap(name, fn)) for name, fn in methods.items()},
+        )
+
+    def _wrap(
+        self, name: str, fn: Callable[[bytes], Awaitable[Message]]
+    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        latency = request_latency_s.labels(name)
+
+        async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            started = time.perf_counter()
+            code, message = grpc.StatusCode.OK, ""
+            try:
+                reply = await fn(data)
+            except (BadRequest, flow.BadApplication) as error:
+                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
+            except (NotFound, flow.FlowNotFound) as error:
+                code, message = grpc.StatusCode.NOT_FOUND, str(error)
+            except Conflict as error:
+                code, message = grpc.StatusCode.ALREADY_EXISTS, str(error)
+            except (LedgerUnavailable, grpc.aio.AioRpcError) as error:
+                # The scoring server or the ledger did not answer: nothing decided, or the opening to finish.
+                code, message = grpc.StatusCode.UNAVAILABLE, str(error)
+            except flow.FlowError as error:
+                log.error("flow error", extra={"method": name, "reason": str(error)})
+                code, message = grpc.StatusCode.INTERNAL, str(error)
+            requests_total.labels(name, code.name).inc()
+            if code is not grpc.StatusCode.OK:
+                log.info("refused", extra={"method": name, "status": code.name, "reason": message})
+                await context.abort(code, message)
+            latency.observe(time.perf_counter() - started)
+            return reply.SerializeToString()
+
+        return handle
+
+    async def decide(self, data: bytes) -> Message:
+        request = parse_request(pb.DecideRequest, data)
+        _check_request(request)
+        # One decision at a time per application id: repeats wait for the first and get its answer.
+        # The lock lives while anyone holds or awaits it (counted), so a failed first attempt
+        # cannot let a waiter and a newcomer decide the same application side by side.
+        entry = self.deciding.setdefault(request.application_id, _Deciding())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                return await self._decide(request)
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self.deciding[request.application_id]
+
+    async def _decide(self, request: pb.DecideRequest) -> pb.Decision:
+        stored = self.store.get(request.application_id)
+        if stored is not None:
+            stored_request, decision = stored
+            if stored_request != request:
+                raise Conflict(f"application_id: {request.application_id} was decided for another request")
+            await self._open_credit_line(decision)
+            return decision
+        chosen = self.flows.get(request.product, request.flow_version or None)
+        features = {pin.name: await self.scoring.features_of(pin.name, pin.version) for pin in chosen.models}
+        prepared = flow.prepare(chosen, request.amount_requested_fen, dict(request.fields), features)
+        pins = [pin for pin in chosen.models if pin.name in prepared.rows]
+        scored = await asyncio.gather(*(self.scoring.score(p.name, [prepared.rows[p.name]], p.version) for p in pins))
+        scores = {pin.name: result[0] for pin, result in zip(pins, scored, strict=True)}
+        table_input = flow.context(request.amount_requested_fen, prepared, scores)
+        result = flow.evaluate(chosen, table_input)
+        decision = pb.Decision(
+            application_id=request.application_id,
+            product=chosen.product,
+            customer=request.customer,
+            flow_version=chosen.version,
+            flow_sha256=chosen.sha256,
+            outcome=outcome_of(result),
+            limit_fen=result.limit_fen,
+            price_bps=result.price_bps,
+            reason_codes=result.reasons,
+            scores=[pb.ModelScore(model=p.name, version=p.version, score=scores[p.name]) for p in pins],
+            table_input_json=json.dumps(table_input, sort_keys=True),
+            decided_at_unix_ms=int(time.time() * 1000),
+        )
+        await self.store.put(request, decision)
+        decisions_total.labels(chosen.product, result.decision).inc()
+        log.info(
+            "decided",
+            extra={
+                "application_id": request.application_id,
+                "product": chosen.product,
+                "flow_version": chosen.version,
+                "outcome": result.decision,
+                "limit_fen": result.limit_fen,
+                "reasons": list(result.reasons),
+            },
+        )
+        await self._open_credit_line(decision)
+        return decision
+
+    async def _open_credit_line(self, decision: pb.Decision) -> None:
+        if self.limits is None or decision.outcome != pb.APPROVE or decision.credit_line_opened:
+            return
+        op = f"risk-{decision.application_id}"
+        try:
+            opened = await self.limits.open(decision.customer, [decision.product])
+            refused = [r.code for r in opened if r.code not in (ResultCode.OK, ResultCode.EXISTS)]
+            if refused:
+                raise LedgerUnavailable(f"credit line: opening the limit accounts was refused: {refused[0].name}")
+            for product, suffix in ((None, ""), (decision.product, "-p")):
+                granted = await self.limits.raise_limit(decision.customer, product, decision.limit_fen, op + suffix)
+                if not granted.ok:
+                    raise LedgerUnavailable(f"credit line: the grant was refused: {granted.code.name}")
+        except grpc.aio.AioRpcError as error:
+            raise LedgerUnavailable(f"credit line: the ledger did not answer: {error.code().name}") from None
+        self.store.mark_opened(decision)
+        log.info(
+            "credit line opened", extra={"application_id": decision.application_id, "limit_fen": decision.limit_fen}
+        )
+
+    async def get(self, data: bytes) -> Message:
+        return self._stored(data)[1]
+
+    async def replay(self, data: bytes) -> Message:
+        ask = parse_request(pb.ReplayRequest, data)
+        _, decision = self._lookup(ask.application_id)
+        chosen = self.flows.get(decision.product, decision.flow_version)
+        if chosen.sha256 != decision.flow_sha256:
+            raise flow.FlowError(
+                f"flow {decision.product} v{decision.flow_version} changed since the decision "
+                f"(sha256 {chosen.sha256[:12]} != {decision.flow_sha256[:12]}): published flows must not change"
+            )
+        table_input = json.loads(decision.table_input_json)
+        result = flow.evaluate(chosen, table_input)
+        replayed = (outcome_of(result), result.limit_fen, result.price_bps, list(result.reasons))
+        original = (decision.outcome, decision.limit_fen, decision.price_bps, list(decision.reason_codes))
+        reply = pb.ReplayResponse(
+            stored=decision,
+            outcome=replayed[0],
+            limit_fen=replayed[1],
+            price_bps=replayed[2],
+            reason_codes=replayed[3],
+            identical=replayed == original,
+        )
+        if ask.rescore:
+            application = table_input["application"]
+            for stored in decision.scores:
+                names = await self.scoring.features_of(stored.model, stored.version)
+                [score] = await self.scoring.score(stored.model, [{n: application[n] for n in names}], stored.version)
+                reply.rescored.append(pb.ModelScore(model=stored.model, version=stored.version, score=score))
+            reply.scores_identical = [s.score for s in reply.rescored] == [s.score for s in decision.scores]
+        return reply
+
+    def _stored(self, data: bytes) -> tuple[pb.DecideRequest, pb.Decision]:
+        return self._lookup(parse_request(pb.DecisionRef, data).application_id)
+
+    def _lookup(self, application_id: str) -> tuple[pb.DecideRequest, pb.Decision]:
+        if not APPLICATION_ID_PATTERN.fullmatch(application_id):
+            raise BadRequest(f"application_id: {application_id!r} is not 1-32 of A-Z a-z 0-9 . _ -")
+        stored = self.store.get(application_id)
+        if stored is None:
+            raise NotFound(f"application_id: no decision for {application_id}")
+        return stored
+
+
+def _check_request(request: pb.DecideRequest) -> None:
+    if not APPLICATION_ID_PATTERN.fullmatch(request.application_id):
+        raise BadRequest(f"application_id: {request.application_id!r} is not 1-32 of A-Z a-z 0-9 . _ -")
+    if not request.product:
+        raise BadRequest("product: missing")
+    if not CUSTOMER_PATTERN.fullmatch(request.customer):
+        raise BadRequest(f"customer: {request.customer!r} is not 1-20 letters and digits")
+    if request.amount_requested_fen <= 0:
+        raise BadRequest(f"amount_requested_fen: {request.amount_requested_fen} must be positive")

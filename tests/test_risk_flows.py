@@ -1,0 +1,139 @@
+"""The SME-TAX-LOAN v1 decision table on fixtures: outcomes, boundaries, caps and missing data (no servers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from risk import flow
+
+PRODUCT = "SME-TAX-LOAN"
+CREDIT_RISK_FEATURES = [
+    "Seniority", "Home", "Time", "Age", "Marital", "Records", "Job",
+    "Expenses", "Income", "Assets", "Debt", "Amount", "Price",
+]  # fmt: skip
+MODELS = {"credit_risk": CREDIT_RISK_FEATURES}
+APPLICANT = {
+    "Seniority": 9.0, "Home": 5.0, "Time": 60.0, "Age": 30.0, "Marital": 1.0, "Records": 0.0, "Job": 1.0,
+    "Expenses": 73.0, "Income": 129.0, "Assets": 0.0, "Debt": 0.0, "Amount": 800.0, "Price": 846.0,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def table() -> flow.Flow:
+    return flow.Flows().get(PRODUCT, 1)
+
+
+def decide(table: flow.Flow, pd: float, amount_fen: int = 5_000_000, **fields: float) -> flow.Outcome:
+    prepared = flow.prepare(table, amount_fen, APPLICANT | fields, MODELS)
+    return flow.evaluate(table, flow.context(amount_fen, prepared, {"credit_risk": pd}))
+
+
+def test_the_flow_pins_its_model_versions_and_is_the_newest(table: flow.Flow) -> None:
+    assert table.models == (flow.ModelPin("credit_risk", 1),)
+    assert flow.Flows().get(PRODUCT).version == 1
+    assert len(table.sha256) == 64
+
+
+def test_low_risk_is_approved_at_the_amount_asked_with_a_risk_priced_rate(table: flow.Flow) -> None:
+    assert decide(table, 0.05) == flow.Outcome("approve", 5_000_000, 800, ("LOW_DEFAULT_RISK",))
+
+
+def test_medium_risk_is_approved_with_a_lower_cap_and_a_higher_price(table: flow.Flow) -> None:
+    assert decide(table, 0.2) == flow.Outcome("approve", 5_000_000, 2100, ("MEDIUM_DEFAULT_RISK",))
+    capped = decide(table, 0.2, amount_fen=30_000_000)
+    assert capped == flow.Outcome("approve", 20_000_000, 2100, ("MEDIUM_DEFAULT_RISK", "LIMIT_CAPPED"))
+
+
+def test_high_risk_is_declined_and_borderline_risk_referred(table: flow.Flow) -> None:
+    assert decide(table, 0.9) == flow.Outcome("decline", 0, 0, ("HIGH_DEFAULT_RISK",))
+    assert decide(table, 0.35) == flow.Outcome("refer", 0, 0, ("BORDERLINE_DEFAULT_RISK",))
+
+
+def test_cut_offs_are_inclusive_on_the_stricter_side(table: flow.Flow) -> None:
+    assert decide(table, 0.5).decision == "decline"
+    assert decide(table, 0.4999).decision == "refer"
+    assert decide(table, 0.3).decision == "refer"
+    assert decide(table, 0.1).reasons == ("MEDIUM_DEFAULT_RISK",)
+    assert decide(table, 0.0999).reasons == ("LOW_DEFAULT_RISK",)
+
+
+def test_adverse_records_decline_moderate_risk_that_would_otherwise_pass(table: flow.Flow) -> None:
+    assert decide(table, 0.27, Records=1.0) == flow.Outcome(
+        "decline", 0, 0, ("ADVERSE_RECORDS", "ELEVATED_DEFAULT_RISK")
+    )
+    assert decide(table, 0.27).decision == "approve"
+    assert decide(table, 0.05, Records=1.0).decision == "approve"
+
+
+def test_an_amount_above_automatic_authority_is_referred_whatever_the_risk(table: flow.Flow) -> None:
+    assert decide(table, 0.01, amount_fen=100_000_001).reasons == ("AMOUNT_ABOVE_AUTOMATIC_AUTHORITY",)
+    assert decide(table, 0.01, amount_fen=100_000_000) == flow.Outcome(
+        "approve", 50_000_000, 640, ("LOW_DEFAULT_RISK", "LIMIT_CAPPED")
+    )
+
+
+def test_missing_data_the_policy_refers_is_referred_naming_each_field(table: flow.Flow) -> None:
+    fields = {k: v for k, v in APPLICANT.items() if k not in ("Income", "Debt")}
+    prepared = flow.prepare(table, 5_000_000, fields, MODELS)
+    assert prepared.missing == ("Debt", "Income")
+    assert prepared.rows == {}  # credit_risk cannot be scored without them: no score is made up
+    outcome = flow.evaluate(table, flow.context(5_000_000, prepared, {}))
+    assert outcome == flow.Outcome("refer", 0, 0, ("MISSING_DEBT", "MISSING_INCOME"))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"Age": None}, "Age: missing, and SME-TAX-LOAN v1 requires it"),
+        ({"Age": 17.0}, "Age: 17 is outside [18, 100]"),
+        ({"Records": 2.0}, "Records: 2 is outside [-1, 1]"),
+        ({"Income": float("nan")}, "Income: nan is not a finite number"),
+        ({"Income": float("inf")}, "Income: inf is not a finite number"),
+        ({"Shoe size": 42.0}, "Shoe size: not a field of SME-TAX-LOAN v1"),
+    ],
+)
+def test_bad_application_data_is_refused_naming_the_field(
+    table: flow.Flow, change: dict[str, float | None], message: str
+) -> None:
+    fields: dict[str, Any] = {k: v for k, v in (APPLICANT | change).items() if v is not None}
+    with pytest.raises(flow.BadApplication) as refused:
+        flow.prepare(table, 5_000_000, fields, MODELS)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("amount", [0, 99_999, 1_000_000_001])
+def test_an_amount_outside_the_product_range_is_refused(table: flow.Flow, amount: int) -> None:
+    with pytest.raises(flow.BadApplication, match=r"^amount_requested_fen: "):
+        flow.prepare(table, amount, APPLICANT, MODELS)
+
+
+def test_unknown_products_and_versions_are_not_found() -> None:
+    with pytest.raises(flow.FlowNotFound, match=r"^product: "):
+        flow.Flows().get("SME-NOTHING")
+    with pytest.raises(flow.FlowNotFound, match=r"^flow_version: "):
+        flow.Flows().get(PRODUCT, 99)
+    with pytest.raises(flow.BadApplication, match=r"^product: "):
+        flow.Flows().get("../etc")
+
+
+def test_a_table_whose_output_breaks_the_contract_is_a_flow_error(tmp_path: Path, table: flow.Flow) -> None:
+    document = json.loads((flow.FLOWS_DIR / PRODUCT / "1.json").read_text())
+    rules = document["nodes"][1]["content"]["rules"]
+    rules[-1]["limit"] = "application.amount_requested_fen / 3"  # a fraction of a fen
+    (tmp_path / PRODUCT).mkdir()
+    (tmp_path / PRODUCT / "1.json").write_text(json.dumps(document))
+    broken = flow.Flows(tmp_path).get(PRODUCT, 1)
+    with pytest.raises(flow.FlowError, match="limit_fen"):
+        decide(broken, 0.2, amount_fen=5_000_000 - 1)
+    assert broken.sha256 != table.sha256
+
+
+def test_the_same_input_gives_the_same_output(table: flow.Flow) -> None:
+    prepared = flow.prepare(table, 7_654_321, APPLICANT, MODELS)
+    stored = json.dumps(flow.context(7_654_321, prepared, {"credit_risk": 0.123456789}), sort_keys=True)
+    first = flow.evaluate(table, json.loads(stored))
+    assert all(flow.evaluate(flow.Flows().get(PRODUCT, 1), json.loads(stored)) == first for _ in range(5))

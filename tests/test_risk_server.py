@@ -1,0 +1,262 @@
+"""Credit decisions end to end, on real processes: a scoring server with a trained credit_risk model,
+a router and two ledger nodes, and `yunkai risk serve` deciding applications, storing them,
+opening approved credit lines on the ledger, and replaying stored decisions exactly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from clients.ledger import LedgerClient
+from clients.scoring import ScoringClient
+from cluster.commands import LocalCluster
+from cluster.local import RiskProcess, ScoringProcess
+from lending.limits import BadLimitRequest, CreditLimits, LevelView
+from proto import risk_pb2 as pb, risk_pb2_grpc
+from scoring import datasets, train
+from tests.conftest import fresh
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCT = "SME-TAX-LOAN"
+CNY = 156
+AMOUNT_FEN = 5_000_000
+
+
+@pytest.fixture(scope="module")
+def credit_data() -> datasets.Dataset:
+    return datasets.credit_risk()
+
+
+@pytest.fixture(scope="module")
+def scoring(tmp_path_factory: pytest.TempPathFactory, credit_data: datasets.Dataset) -> Iterator[ScoringProcess]:
+    registry = tmp_path_factory.mktemp("scoring") / "models"
+    assert train.train_one("credit_risk", credit_data, registry, 1, iterations=60).admitted
+    server = ScoringProcess(str(registry), ["--log-level", "WARNING"]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    running = LocalCluster(str(tmp_path_factory.mktemp("cluster")), nodes=2, port=0).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def risk(
+    tmp_path_factory: pytest.TempPathFactory, scoring: ScoringProcess, cluster: LocalCluster
+) -> Iterator[RiskProcess]:
+    server = RiskProcess(
+        str(tmp_path_factory.mktemp("risk")), ["--scoring", scoring.address, "--router", cluster.address]
+    ).start()
+    yield server
+    assert server.stop() == 0, server.log_tail()
+
+
+@pytest.fixture(scope="module")
+def applicants(scoring: ScoringProcess, credit_data: datasets.Dataset) -> dict[str, dict[str, float]]:
+    """The real applicants the model finds safest and riskiest."""
+    rows = [dict(zip(credit_data.feature_names, map(float, row), strict=True)) for row in credit_data.features[:400]]
+
+    async def score() -> list[float]:
+        async with ScoringClient(scoring.address) as client:
+            return await client.score("credit_risk", rows, version=1)
+
+    scores = asyncio.run(score())
+    ranked = sorted(range(len(rows)), key=scores.__getitem__)
+    assert scores[ranked[0]] < 0.1 and scores[ranked[-1]] >= 0.5, (scores[ranked[0]], scores[ranked[-1]])
+    return {"safe": rows[ranked[0]], "risky": rows[ranked[-1]]}
+
+
+def stub(risk: RiskProcess) -> risk_pb2_grpc.DecisionServiceStub:
+    return risk_pb2_grpc.DecisionServiceStub(grpc.insecure_channel(risk.address))
+
+
+def request(fields: dict[str, float], amount_fen: int = AMOUNT_FEN) -> pb.DecideRequest:
+    return pb.DecideRequest(
+        application_id=fresh("app"),
+        product=PRODUCT,
+        customer=fresh("c").replace("-", ""),
+        amount_requested_fen=amount_fen,
+        fields=fields,
+    )
+
+
+def views(cluster: LocalCluster, customer: str) -> tuple[LevelView, LevelView]:
+    async def look() -> tuple[LevelView, LevelView]:
+        async with await LedgerClient.connect(cluster.address) as ledger:
+            limits = CreditLimits(ledger, CNY)
+            return await limits.view(customer), await limits.view(customer, PRODUCT)
+
+    return asyncio.run(look())
+
+
+def test_an_approved_application_opens_its_credit_line_once(
+    risk: RiskProcess, cluster: LocalCluster, applicants: dict[str, dict[str, float]]
+) -> None:
+    decisions = stub(risk)
+    application = request(applicants["safe"])
+    decision = decisions.Decide(application, timeout=30)
+    assert decision.outcome == pb.APPROVE
+    assert decision.limit_fen == AMOUNT_FEN and decision.reason_codes == ["LOW_DEFAULT_RISK"]
+    assert 600 <= decision.price_bps < 1000
+    assert [(s.model, s.version) for s in decision.scores] == [("credit_risk", 1)]
+    assert decision.flow_version == 1 and decision.credit_line_opened
+    opened = LevelView(AMOUNT_FEN, 0, 0, AMOUNT_FEN, False)
+    assert views(cluster, application.customer) == (opened, opened)
+    # The same application again: the stored decision, and the line is not granted twice.
+    assert decisions.Decide(application, timeout=30) == decision
+    assert views(cluster, application.customer) == (opened, opened)
+    # Another request under a used application id is refused, and changes nothing.
+    other = pb.DecideRequest()
+    other.CopyFrom(application)
+    other.amount_requested_fen += 1
+    with pytest.raises(grpc.RpcError) as refused:
+        decisions.Decide(other, timeout=30)
+    assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert decisions.GetDecision(pb.DecisionRef(application_id=application.application_id), timeout=30) == decision
+
+
+def test_a_declined_application_opens_nothing(
+    risk: RiskProcess, cluster: LocalCluster, applicants: dict[str, dict[str, float]]
+) -> None:
+    application = request(applicants["risky"])
+    decision = stub(risk).Decide(application, timeout=30)
+    assert (decision.outcome, decision.limit_fen, list(decision.reason_codes)) == (
+        pb.DECLINE,
+        0,
+        ["HIGH_DEFAULT_RISK"],
+    )
+    assert not decision.credit_line_opened
+    with pytest.raises(BadLimitRequest, match="has no limit accounts"):
+        views(cluster, application.customer)
+
+
+def test_missing_data_is_refused_or_referred_as_the_flow_says(
+    risk: RiskProcess, applicants: dict[str, dict[str, float]]
+) -> None:
+    decisions = stub(risk)
+    without_age = {k: v for k, v in applicants["safe"].items() if k != "Age"}
+    with pytest.raises(grpc.RpcError) as refused:
+        decisions.Decide(request(without_age), timeout=30)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "Age: missing, and SME-TAX-LOAN v1 requires it"
+    with pytest.raises(grpc.RpcError) as out_of_range:
+        decisions.Decide(request(applicants["safe"] | {"Age": 150.0}), timeout=30)
+    assert out_of_range.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert out_of_range.value.details().startswith("Age: 150 is outside")
+    without_income = {k: v for k, v in applicants["safe"].items() if k != "Income"}
+    referred = decisions.Decide(request(without_income), timeout=30)
+    assert (referred.outcome, list(referred.reason_codes), list(referred.scores)) == (
+        pb.REFER,
+        ["MISSING_INCOME"],
+        [],
+    )
+
+
+def test_a_stored_decision_survives_a_restart_and_replays_exactly(
+    risk: RiskProcess, applicants: dict[str, dict[str, float]]
+) -> None:
+    decided = [
+        stub(risk).Decide(request(applicants[kind], amount), timeout=30)
+        for kind, amount in (("safe", 77_777_777), ("risky", AMOUNT_FEN))
+    ]
+    assert decided[0].reason_codes == ["LOW_DEFAULT_RISK", "LIMIT_CAPPED"]
+    assert risk.stop() == 0, risk.log_tail()
+    risk.start()
+    decisions = stub(risk)
+    for decision in decided:
+        ref = pb.DecisionRef(application_id=decision.application_id)
+        assert decisions.GetDecision(ref, timeout=30) == decision
+        replay = decisions.ReplayDecision(pb.ReplayRequest(application_id=decision.application_id), timeout=30)
+        assert replay.identical and replay.stored == decision and not replay.rescored
+        rescored = decisions.ReplayDecision(
+            pb.ReplayRequest(application_id=decision.application_id, rescore=True), timeout=30
+        )
+        assert rescored.identical and rescored.scores_identical and list(rescored.rescored) == list(decision.scores)
+        assert (replay.outcome, replay.limit_fen, replay.price_bps, replay.reason_codes) == (
+            decision.outcome,
+            decision.limit_fen,
+            decision.price_bps,
+            decision.reason_codes,
+        )
+        table_input = json.loads(decision.table_input_json)
+        assert table_input["scores"]["credit_risk"] == decision.scores[0].score
+    with pytest.raises(grpc.RpcError) as missing:
+        decisions.GetDecision(pb.DecisionRef(application_id="never"), timeout=30)
+    assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_yunkai_decide_prints_the_decision(risk: RiskProcess, applicants: dict[str, dict[str, float]]) -> None:
+    applicant = {"customer": "cliapplicant1", "amount_requested_fen": 3_000_000, **applicants["safe"]}
+    command = [sys.executable, "-m", "cluster.cli", "decide", "--risk", risk.address, "--product", PRODUCT]
+    done = subprocess.run(
+        [*command, "--applicant", json.dumps(applicant), "--application-id", "cli-1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    assert (printed["outcome"], printed["limit_fen"], printed["credit_line_opened"]) == ("APPROVE", "3000000", True)
+    replayed = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "risk", "replay", "--risk", risk.address, "cli-1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replayed.returncode == 0 and json.loads(replayed.stdout)["identical"] is True, replayed.stderr
+    bad = subprocess.run(
+        [*command, "--applicant", json.dumps(applicant | {"Age": "old"})],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "Age: 'old' is not a number" in bad.stderr
+
+
+def test_concurrent_applications_are_each_decided_once_and_all_stored(
+    risk: RiskProcess, cluster: LocalCluster, applicants: dict[str, dict[str, float]]
+) -> None:
+    distinct = [request(applicants["safe" if i % 2 else "risky"]) for i in range(40)]
+    repeated = request(applicants["safe"])
+
+    async def decide_all() -> list[pb.Decision]:
+        async with grpc.aio.insecure_channel(risk.address) as channel:
+            decisions = risk_pb2_grpc.DecisionServiceStub(channel)
+            calls = [decisions.Decide(r, timeout=30) for r in [*distinct, *[repeated] * 10]]
+            return list(await asyncio.gather(*calls))
+
+    answers = asyncio.run(decide_all())
+    assert [a.application_id for a in answers[:40]] == [r.application_id for r in distinct]
+    assert [a.outcome for a in answers[:40]] == [pb.APPROVE if i % 2 else pb.DECLINE for i in range(40)]
+    assert all(a == answers[40] for a in answers[40:])  # one decision for the repeated application
+    granted = LevelView(AMOUNT_FEN, 0, 0, AMOUNT_FEN, False)
+    assert views(cluster, repeated.customer) == (granted, granted)
+    decisions = stub(risk)
+    for request_sent, answer in zip(distinct, answers, strict=False):
+        assert decisions.GetDecision(pb.DecisionRef(application_id=request_sent.application_id), timeout=30) == answer
+
+
+def test_bench_risk_offers_decisions_and_writes_json(risk: RiskProcess, tmp_path: Path) -> None:
+    out = tmp_path / "risk.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "bench-risk", "--risk", risk.address, "--rate", "20", "--duration", "1",
+         "--throughput-s", "0.5", "--concurrency", "2", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert (result["calls"], result["errors"], sum(result["outcomes"].values())) == (20, 0, 20)
+    assert result["command"].startswith("yunkai bench-risk") and result["decisions_per_s"] > 0
