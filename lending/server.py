@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -50,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # How each refusal is answered; anything else is a bug and crashes the call loudly.
-REFUSALS: tuple[tuple[type[Exception] | tuple[type[Exception], ...], grpc.StatusCode], ...] = (
+REFUSALS: serving.Refusals = (
     ((BadRequest, InvalidProduct, BadLoanRequest), grpc.StatusCode.INVALID_ARGUMENT),
     ((ProductNotFound, LoanNotFound), grpc.StatusCode.NOT_FOUND),
     ((LifecycleRefused, LoanRefused), grpc.StatusCode.FAILED_PRECONDITION),
@@ -132,15 +131,7 @@ class ProductService:
             "GetProduct": self.get,
             "ListProducts": self.list,
         }
-        return grpc.method_handlers_generic_handler(
-            PRODUCT_SERVICE,
-            {name: grpc.unary_unary_rpc_method_handler(self._wrap(name, fn)) for name, fn in methods.items()},
-        )
-
-    def _wrap(
-        self, name: str, fn: Callable[[bytes], Awaitable[Message]]
-    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-        return _wrap(name, fn)
+        return serving.unary_service(PRODUCT_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)
 
     async def save_draft(self, data: bytes) -> Message:
         request = parse_request(pb.SaveDraftRequest, data)
@@ -170,32 +161,6 @@ class ProductService:
         request = parse_request(pb.ListProductsRequest, data)
         products = self.store.list(request.include_drafts, request.include_retired)
         return pb.ListProductsResponse(products=products)
-
-
-def _wrap(
-    name: str, fn: Callable[[bytes], Awaitable[Message]]
-) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-    """Answer one method: its reply, or the status its refusal maps to (REFUSALS), logged and counted."""
-    latency = request_latency_s.labels(name)
-
-    async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        started = time.perf_counter()
-        code, message = grpc.StatusCode.OK, ""
-        try:
-            reply = await fn(data)
-        except Exception as error:
-            code = next((status for kinds, status in REFUSALS if isinstance(error, kinds)), None)
-            if code is None:
-                raise
-            message = str(error)
-        requests_total.labels(name, code.name).inc()
-        if code is not grpc.StatusCode.OK:
-            log.info("refused", extra={"method": name, "status": code.name, "reason": message})
-            await context.abort(code, message)
-        latency.observe(time.perf_counter() - started)
-        return reply.SerializeToString()
-
-    return handle
 
 
 def _ref(data: bytes, version_required: bool) -> pb.ProductRef:
@@ -254,6 +219,4 @@ def loan_handler(service: LoanService) -> grpc.GenericRpcHandler:
         "RunEodSlot": run_eod_slot,
         "GetGlReport": gl_report,
     }
-    return grpc.method_handlers_generic_handler(
-        LOAN_SERVICE, {name: grpc.unary_unary_rpc_method_handler(_wrap(name, fn)) for name, fn in methods.items()}
-    )
+    return serving.unary_service(LOAN_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)

@@ -16,15 +16,16 @@ import logging
 import os
 import signal
 import sys
+import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from prometheus_client import Counter, Histogram, start_http_server
 from pythonjsonlogger.json import JsonFormatter
 
 MESSAGE_BYTES_MAX = 16 * 1024 * 1024
@@ -200,3 +201,47 @@ def stop_signal() -> asyncio.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     return stopping
+
+
+# (exception types, the status a refusal of that kind is answered with)
+Refusals = Sequence[tuple[type[Exception] | tuple[type[Exception], ...], grpc.StatusCode]]
+
+
+def unary_service(
+    service: str,
+    methods: Mapping[str, Callable[[bytes], Awaitable[Message]]],
+    refusals: Refusals,
+    requests_total: Counter,
+    request_latency_s: Histogram,
+    log: logging.Logger,
+) -> grpc.GenericRpcHandler:
+    """A service of unary methods that take the raw request bytes (so a request that does
+    not parse gets a clear INVALID_ARGUMENT from parse_request, not gRPC's generic failure).
+    Each answer is its method's reply, or the status its refusal maps to in `refusals`,
+    counted and logged (an INTERNAL one as an error); any other exception is a bug and fails
+    the call loudly."""
+
+    def wrap(name: str, fn: Callable[[bytes], Awaitable[Message]]) -> Callable[..., Awaitable[bytes]]:
+        latency = request_latency_s.labels(name)
+
+        async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            started = time.perf_counter()
+            try:
+                reply = await fn(data)
+            except Exception as error:
+                code = next((status for kinds, status in refusals if isinstance(error, kinds)), None)
+                if code is None:
+                    raise
+                requests_total.labels(name, code.name).inc()
+                level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.INFO
+                log.log(level, "refused", extra={"method": name, "status": code.name, "reason": str(error)})
+                await context.abort(code, str(error))
+            requests_total.labels(name, grpc.StatusCode.OK.name).inc()
+            latency.observe(time.perf_counter() - started)
+            return reply.SerializeToString()
+
+        return handle
+
+    return grpc.method_handlers_generic_handler(
+        service, {name: grpc.unary_unary_rpc_method_handler(wrap(name, fn)) for name, fn in methods.items()}
+    )

@@ -153,6 +153,18 @@ def outcome_of(result: flow.Outcome) -> pb.Outcome:
     return OUTCOMES[result.decision]
 
 
+# How each refusal is answered; anything else is a bug and fails the call loudly. A flow that
+# breaks its own rules (a fractional limit, an approval without one) is INTERNAL, logged as an error.
+REFUSALS: serving.Refusals = (
+    ((BadRequest, flow.BadApplication), grpc.StatusCode.INVALID_ARGUMENT),
+    ((NotFound, flow.FlowNotFound), grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
+    # The scoring server or the ledger did not answer: nothing decided, or the opening to finish.
+    ((LedgerUnavailable, grpc.aio.AioRpcError), grpc.StatusCode.UNAVAILABLE),
+    (flow.FlowError, grpc.StatusCode.INTERNAL),
+)
+
+
 class DecisionService:
     """yunkai.risk.v1.DecisionService over a decision store, the flows, a scoring client and the ledger."""
 
@@ -171,41 +183,7 @@ class DecisionService:
             "GetDecision": self.get,
             "ReplayDecision": self.replay,
         }
-        return grpc.method_handlers_generic_handler(
-            DECISION_SERVICE,
-            {name: grpc.unary_unary_rpc_method_handler(self._wrap(name, fn)) for name, fn in methods.items()},
-        )
-
-    def _wrap(
-        self, name: str, fn: Callable[[bytes], Awaitable[Message]]
-    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-        latency = request_latency_s.labels(name)
-
-        async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            started = time.perf_counter()
-            code, message = grpc.StatusCode.OK, ""
-            try:
-                reply = await fn(data)
-            except (BadRequest, flow.BadApplication) as error:
-                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
-            except (NotFound, flow.FlowNotFound) as error:
-                code, message = grpc.StatusCode.NOT_FOUND, str(error)
-            except Conflict as error:
-                code, message = grpc.StatusCode.ALREADY_EXISTS, str(error)
-            except (LedgerUnavailable, grpc.aio.AioRpcError) as error:
-                # The scoring server or the ledger did not answer: nothing decided, or the opening to finish.
-                code, message = grpc.StatusCode.UNAVAILABLE, str(error)
-            except flow.FlowError as error:
-                log.error("flow error", extra={"method": name, "reason": str(error)})
-                code, message = grpc.StatusCode.INTERNAL, str(error)
-            requests_total.labels(name, code.name).inc()
-            if code is not grpc.StatusCode.OK:
-                log.info("refused", extra={"method": name, "status": code.name, "reason": message})
-                await context.abort(code, message)
-            latency.observe(time.perf_counter() - started)
-            return reply.SerializeToString()
-
-        return handle
+        return serving.unary_service(DECISION_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)
 
     async def decide(self, data: bytes) -> Message:
         request = parse_request(pb.DecideRequest, data)

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,12 @@ DEFAULTS: dict[str, Any] = {
 
 _LATENCY_BUCKETS_S = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
 _ROWS_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+# How each refusal is answered; anything else is a bug and fails the call loudly.
+REFUSALS: serving.Refusals = (
+    ((BadRequest, InvalidInput), grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (LoadFailed, grpc.StatusCode.FAILED_PRECONDITION),
+)
 requests_total = Counter("yunkai_scoring_requests_total", "Inference-protocol RPCs answered", ["method", "status"])
 request_latency_s = Histogram(
     "yunkai_scoring_request_latency_seconds", "RPC latency in the server", ["method"], buckets=_LATENCY_BUCKETS_S
@@ -181,34 +186,7 @@ class InferenceService:
             "RepositoryModelLoad": self.repository_model_load,
             "RepositoryModelUnload": self.repository_model_unload,
         }
-        return grpc.method_handlers_generic_handler(
-            INFERENCE_SERVICE,
-            {name: grpc.unary_unary_rpc_method_handler(self._wrap(name, fn)) for name, fn in methods.items()},
-        )
-
-    def _wrap(
-        self, name: str, fn: Callable[[bytes], Awaitable[Message]]
-    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-        latency = request_latency_s.labels(name)
-
-        async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            started = time.perf_counter()
-            code, message = grpc.StatusCode.OK, ""
-            try:
-                reply = await fn(data)
-            except (BadRequest, InvalidInput) as error:
-                code, message = grpc.StatusCode.INVALID_ARGUMENT, str(error)
-            except NotFound as error:
-                code, message = grpc.StatusCode.NOT_FOUND, str(error)
-            except LoadFailed as error:
-                code, message = grpc.StatusCode.FAILED_PRECONDITION, str(error)
-            requests_total.labels(name, code.name).inc()
-            if code is not grpc.StatusCode.OK:
-                await context.abort(code, message)
-            latency.observe(time.perf_counter() - started)
-            return reply.SerializeToString()
-
-        return handle
+        return serving.unary_service(INFERENCE_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)
 
     async def server_live(self, data: bytes) -> Message:
         parse_request(pb.ServerLiveRequest, data)
