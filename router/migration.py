@@ -54,6 +54,7 @@ ATTEMPTS_MAX = 5
 COPY_TIMEOUT_S = 120.0
 FREEZE_TIMEOUT_S = 10.0
 PREPARE_TIMEOUT_S = 10.0
+NODE_REACH_S = 10.0
 JOBS_KEPT = 20
 PAUSE_AT_ENV = "YUNKAI_MOVE_PAUSE_AT"
 PAUSE_S_ENV = "YUNKAI_MOVE_PAUSE_S"
@@ -154,7 +155,13 @@ class Mover:
 
     async def _check_joining(self, address: str) -> None:
         controller = self.controller
+        # The caller saw the node healthy; this process's channel to it may still be backing
+        # off from an earlier connection (a node restarted at the same address): try a while.
+        deadline = time.monotonic() + NODE_REACH_S
         table = await controller.node_table(address)
+        while table is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            table = await controller.node_table(address)
         if table is None:
             raise ControllerError(f"cannot reach node {address}; is `yunkai node --join` running there?")
         if table.slots_total != controller.slots_total:
