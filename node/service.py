@@ -63,6 +63,8 @@ async def submit_holding(
     context: grpc.aio.ServicerContext,
 ) -> list[sm.Result]:
     """Submit `queued`, holding the events of frozen slots until their move ends."""
+    if not engine.frozen_slots():  # the hot path: no move is freezing anything
+        return await submit(queued)
     slots = engine.slots
     held = [i for i, (_event, slot, _epoch) in enumerate(queued) if slots[slot].frozen]
     if not held:
