@@ -258,5 +258,6 @@ def test_bench_risk_offers_decisions_and_writes_json(risk: RiskProcess, tmp_path
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert (result["calls"], result["errors"], sum(result["outcomes"].values())) == (20, 0, 20)
+    assert (result["ops"], result["errors"], sum(result["outcomes"].values())) == (20, 0, 20)
+    assert sum(second["achieved_per_s"] for second in result["per_second"]) == 20
     assert result["command"].startswith("yunkai bench-risk") and result["decisions_per_s"] > 0
