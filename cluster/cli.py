@@ -131,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     risk = commands.add_parser(
         "risk",
         help="run the decision service, or look at its decisions",
-        description="Credit decisions: `serve` runs yunkai.risk.v1.DecisionService (decision tables over model "
-        "scores); `get` and `replay` show and re-evaluate a stored decision.",
+        description="Credit decisions and behavioural limit management: `serve` runs yunkai.risk.v1."
+        "DecisionService (decision tables over model scores) and BehaviourService; `get` and `replay` show and "
+        "re-evaluate a stored decision; `behaviour`, `followups`, `followup-outcome` and `coverage` call "
+        "BehaviourService.",
     )
     risk_commands = risk.add_subparsers(dest="risk_command", required=True, metavar="SUBCOMMAND")
     risk_serve = risk_commands.add_parser(
@@ -140,34 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve credit decisions over gRPC",
         description="Serve yunkai.risk.v1.DecisionService: score each application with the models its product's "
         "flow pins (on --scoring), evaluate the flow's decision table (zen-engine), store the decision in "
-        "--data-dir, and with --router open approved credit lines on the ledger.",
+        "--data-dir, and with --router open approved credit lines on the ledger; with --router and --lending, "
+        "also assess existing borrowers (BehaviourService).",
     )
     risk_server.add_arguments(risk_serve)
     risk_serve.set_defaults(run=risk_server.main)
     risk_cli.add_risk_actions(risk_commands)
-    from risk import behaviour as risk_behaviour
-
-    behaviour = risk_commands.add_parser(
-        "behaviour",
-        help="score existing borrowers and raise, lower, freeze, unfreeze or warn (idempotent per run)",
-        description="Behavioural limit management: score each borrower in --borrowers (early_warning, "
-        "repayment_willingness), evaluate the behaviour policy table, record why, and apply the action to the "
-        "customer's limit on the ledger. A rerun with the same --run-id changes nothing.",
-    )
-    risk_behaviour.add_arguments(behaviour)
-    behaviour.set_defaults(run=risk_behaviour.main)
-    from risk import early_warning, telemarketing
-
-    for name, text, add in (
-        (
-            "followups",
-            "list the open early-warning follow-ups (visits, then calls)",
-            early_warning.add_followups_arguments,
-        ),
-        ("followup-outcome", "record what a follow-up call or visit found", early_warning.add_outcome_arguments),
-        ("coverage", "share of a book of borrowers with a current assessment", early_warning.add_coverage_arguments),
-    ):
-        add(risk_commands.add_parser(name, help=text, description=text))
+    risk_cli.add_behaviour_actions(risk_commands)
+    from risk import telemarketing
 
     calls = risk_commands.add_parser(
         "telemarketing",

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/risk.proto\x12\x0eyunkai.risk.v1\"\xe8\x01\n\rDecideRequest\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x1c\n\x14\x61mount_requested_fen\x18\x04 \x01(\x03\x12\x39\n\x06\x66ields\x18\x05 \x03(\x0b\x32).yunkai.risk.v1.DecideRequest.FieldsEntry\x12\x14\n\x0c\x66low_version\x18\x06 \x01(\r\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"%\n\x0b\x44\x65\x63isionRef\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\"8\n\rReplayRequest\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0f\n\x07rescore\x18\x02 \x01(\x08\";\n\nModelScore\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x01\"\xd4\x02\n\x08\x44\x65\x63ision\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x04 \x01(\r\x12\x13\n\x0b\x66low_sha256\x18\x05 \x01(\t\x12(\n\x07outcome\x18\x06 \x01(\x0e\x32\x17.yunkai.risk.v1.Outcome\x12\x11\n\tlimit_fen\x18\x07 \x01(\x03\x12\x11\n\tprice_bps\x18\x08 \x01(\x05\x12\x14\n\x0creason_codes\x18\t \x03(\t\x12*\n\x06scores\x18\n \x03(\x0b\x32\x1a.yunkai.risk.v1.ModelScore\x12\x18\n\x10table_input_json\x18\x0b \x01(\t\x12\x1a\n\x12\x64\x65\x63ided_at_unix_ms\x18\x0c \x01(\x03\x12\x1a\n\x12\x63redit_line_opened\x18\r \x01(\x08\"\xfb\x01\n\x0eReplayResponse\x12(\n\x06stored\x18\x01 \x01(\x0b\x32\x18.yunkai.risk.v1.Decision\x12(\n\x07outcome\x18\x02 \x01(\x0e\x32\x17.yunkai.risk.v1.Outcome\x12\x11\n\tlimit_fen\x18\x03 \x01(\x03\x12\x11\n\tprice_bps\x18\x04 \x01(\x05\x12\x14\n\x0creason_codes\x18\x05 \x03(\t\x12\x11\n\tidentical\x18\x06 \x01(\x08\x12,\n\x08rescored\x18\x07 \x03(\x0b\x32\x1a.yunkai.risk.v1.ModelScore\x12\x18\n\x10scores_identical\x18\x08 \x01(\x08*G\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPROVE\x10\x01\x12\x0b\n\x07\x44\x45\x43LINE\x10\x02\x12\t\n\x05REFER\x10\x03\x32\xeb\x01\n\x0f\x44\x65\x63isionService\x12\x41\n\x06\x44\x65\x63ide\x12\x1d.yunkai.risk.v1.DecideRequest\x1a\x18.yunkai.risk.v1.Decision\x12\x44\n\x0bGetDecision\x12\x1b.yunkai.risk.v1.DecisionRef\x1a\x18.yunkai.risk.v1.Decision\x12O\n\x0eReplayDecision\x12\x1d.yunkai.risk.v1.ReplayRequest\x1a\x1e.yunkai.risk.v1.ReplayResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/risk.proto\x12\x0eyunkai.risk.v1\"\xe8\x01\n\rDecideRequest\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x1c\n\x14\x61mount_requested_fen\x18\x04 \x01(\x03\x12\x39\n\x06\x66ields\x18\x05 \x03(\x0b\x32).yunkai.risk.v1.DecideRequest.FieldsEntry\x12\x14\n\x0c\x66low_version\x18\x06 \x01(\r\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"%\n\x0b\x44\x65\x63isionRef\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\"8\n\rReplayRequest\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0f\n\x07rescore\x18\x02 \x01(\x08\";\n\nModelScore\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x01\"\xd4\x02\n\x08\x44\x65\x63ision\x12\x16\n\x0e\x61pplication_id\x18\x01 \x01(\t\x12\x0f\n\x07product\x18\x02 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x03 \x01(\t\x12\x14\n\x0c\x66low_version\x18\x04 \x01(\r\x12\x13\n\x0b\x66low_sha256\x18\x05 \x01(\t\x12(\n\x07outcome\x18\x06 \x01(\x0e\x32\x17.yunkai.risk.v1.Outcome\x12\x11\n\tlimit_fen\x18\x07 \x01(\x03\x12\x11\n\tprice_bps\x18\x08 \x01(\x05\x12\x14\n\x0creason_codes\x18\t \x03(\t\x12*\n\x06scores\x18\n \x03(\x0b\x32\x1a.yunkai.risk.v1.ModelScore\x12\x18\n\x10table_input_json\x18\x0b \x01(\t\x12\x1a\n\x12\x64\x65\x63ided_at_unix_ms\x18\x0c \x01(\x03\x12\x1a\n\x12\x63redit_line_opened\x18\r \x01(\x08\"\xfb\x01\n\x0eReplayResponse\x12(\n\x06stored\x18\x01 \x01(\x0b\x32\x18.yunkai.risk.v1.Decision\x12(\n\x07outcome\x18\x02 \x01(\x0e\x32\x17.yunkai.risk.v1.Outcome\x12\x11\n\tlimit_fen\x18\x03 \x01(\x03\x12\x11\n\tprice_bps\x18\x04 \x01(\x05\x12\x14\n\x0creason_codes\x18\x05 \x03(\t\x12\x11\n\tidentical\x18\x06 \x01(\x08\x12,\n\x08rescored\x18\x07 \x03(\x0b\x32\x1a.yunkai.risk.v1.ModelScore\x12\x18\n\x10scores_identical\x18\x08 \x01(\x08\"\x84\x01\n\x08\x42orrower\x12\x10\n\x08\x63ustomer\x18\x01 \x01(\t\x12\x36\n\x07profile\x18\x02 \x03(\x0b\x32%.yunkai.risk.v1.Borrower.ProfileEntry\x1a.\n\x0cProfileEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Z\n\rAssessRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x02 \x01(\t\x12+\n\tborrowers\x18\x03 \x03(\x0b\x32\x18.yunkai.risk.v1.Borrower\"\xfb\x02\n\nAssessment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61te\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x12\n\namount_fen\x18\x05 \x01(\x03\x12\x15\n\rwarning_level\x18\x06 \x01(\t\x12\x14\n\x0creason_codes\x18\x07 \x03(\t\x12\x0f\n\x07\x61pplied\x18\x08 \x01(\t\x12\x16\n\x0epolicy_version\x18\t \x01(\r\x12\x15\n\rpolicy_sha256\x18\n \x01(\t\x12*\n\x06scores\x18\x0b \x03(\x0b\x32\x1a.yunkai.risk.v1.ModelScore\x12:\n\x08\x66\x65\x61tures\x18\x0c \x03(\x0b\x32(.yunkai.risk.v1.Assessment.FeaturesEntry\x12\x13\n\x0brecord_json\x18\r \x01(\t\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"A\n\x0e\x41ssessResponse\x12/\n\x0b\x61ssessments\x18\x01 \x03(\x0b\x32\x1a.yunkai.risk.v1.Assessment\"$\n\x14ListFollowUpsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\"\xb2\x01\n\x08\x46ollowUp\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x10\n\x08\x63ustomer\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05level\x18\x04 \x01(\t\x12\x14\n\x0creason_codes\x18\x05 \x03(\t\x12\x19\n\x11opened_at_unix_ms\x18\x06 \x01(\x03\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\x0c\n\x04note\x18\x08 \x01(\t\x12\x19\n\x11\x63losed_at_unix_ms\x18\t \x01(\x03\"E\n\x15ListFollowUpsResponse\x12,\n\nfollow_ups\x18\x01 \x03(\x0b\x32\x18.yunkai.risk.v1.FollowUp\">\n\x0f\x46ollowUpOutcome\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\":\n\x0f\x43overageRequest\x12\x11\n\tcustomers\x18\x01 \x03(\t\x12\x14\n\x0cmax_age_days\x18\x02 \x01(\x01\"\xc8\x01\n\x08\x43overage\x12\x11\n\tborrowers\x18\x01 \x01(\r\x12\x18\n\x10\x61ssessed_current\x18\x02 \x01(\r\x12\x10\n\x08\x63overage\x18\x03 \x01(\x01\x12\x37\n\x08\x62y_level\x18\x04 \x03(\x0b\x32%.yunkai.risk.v1.Coverage.ByLevelEntry\x12\x14\n\x0cmax_age_days\x18\x05 \x01(\x01\x1a.\n\x0c\x42yLevelEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01*G\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x41PPROVE\x10\x01\x12\x0b\n\x07\x44\x45\x43LINE\x10\x02\x12\t\n\x05REFER\x10\x03\x32\xeb\x01\n\x0f\x44\x65\x63isionService\x12\x41\n\x06\x44\x65\x63ide\x12\x1d.yunkai.risk.v1.DecideRequest\x1a\x18.yunkai.risk.v1.Decision\x12\x44\n\x0bGetDecision\x12\x1b.yunkai.risk.v1.DecisionRef\x1a\x18.yunkai.risk.v1.Decision\x12O\n\x0eReplayDecision\x12\x1d.yunkai.risk.v1.ReplayRequest\x1a\x1e.yunkai.risk.v1.ReplayResponse2\xd7\x02\n\x10\x42\x65haviourService\x12G\n\x06\x41ssess\x12\x1d.yunkai.risk.v1.AssessRequest\x1a\x1e.yunkai.risk.v1.AssessResponse\x12\\\n\rListFollowUps\x12$.yunkai.risk.v1.ListFollowUpsRequest\x1a%.yunkai.risk.v1.ListFollowUpsResponse\x12R\n\x15RecordFollowUpOutcome\x12\x1f.yunkai.risk.v1.FollowUpOutcome\x1a\x18.yunkai.risk.v1.FollowUp\x12H\n\x0bGetCoverage\x12\x1f.yunkai.risk.v1.CoverageRequest\x1a\x18.yunkai.risk.v1.Coverageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DECIDEREQUEST_FIELDSENTRY']._loaded_options = None
   _globals['_DECIDEREQUEST_FIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_OUTCOME']._serialized_start=1026
-  _globals['_OUTCOME']._serialized_end=1097
+  _globals['_BORROWER_PROFILEENTRY']._loaded_options = None
+  _globals['_BORROWER_PROFILEENTRY']._serialized_options = b'8\001'
+  _globals['_ASSESSMENT_FEATURESENTRY']._loaded_options = None
+  _globals['_ASSESSMENT_FEATURESENTRY']._serialized_options = b'8\001'
+  _globals['_COVERAGE_BYLEVELENTRY']._loaded_options = None
+  _globals['_COVERAGE_BYLEVELENTRY']._serialized_options = b'8\001'
+  _globals['_OUTCOME']._serialized_start=2319
+  _globals['_OUTCOME']._serialized_end=2390
   _globals['_DECIDEREQUEST']._serialized_start=37
   _globals['_DECIDEREQUEST']._serialized_end=269
   _globals['_DECIDEREQUEST_FIELDSENTRY']._serialized_start=224
@@ -49,6 +55,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECISION']._serialized_end=770
   _globals['_REPLAYRESPONSE']._serialized_start=773
   _globals['_REPLAYRESPONSE']._serialized_end=1024
-  _globals['_DECISIONSERVICE']._serialized_start=1100
-  _globals['_DECISIONSERVICE']._serialized_end=1335
+  _globals['_BORROWER']._serialized_start=1027
+  _globals['_BORROWER']._serialized_end=1159
+  _globals['_BORROWER_PROFILEENTRY']._serialized_start=1113
+  _globals['_BORROWER_PROFILEENTRY']._serialized_end=1159
+  _globals['_ASSESSREQUEST']._serialized_start=1161
+  _globals['_ASSESSREQUEST']._serialized_end=1251
+  _globals['_ASSESSMENT']._serialized_start=1254
+  _globals['_ASSESSMENT']._serialized_end=1633
+  _globals['_ASSESSMENT_FEATURESENTRY']._serialized_start=1586
+  _globals['_ASSESSMENT_FEATURESENTRY']._serialized_end=1633
+  _globals['_ASSESSRESPONSE']._serialized_start=1635
+  _globals['_ASSESSRESPONSE']._serialized_end=1700
+  _globals['_LISTFOLLOWUPSREQUEST']._serialized_start=1702
+  _globals['_LISTFOLLOWUPSREQUEST']._serialized_end=1738
+  _globals['_FOLLOWUP']._serialized_start=1741
+  _globals['_FOLLOWUP']._serialized_end=1919
+  _globals['_LISTFOLLOWUPSRESPONSE']._serialized_start=1921
+  _globals['_LISTFOLLOWUPSRESPONSE']._serialized_end=1990
+  _globals['_FOLLOWUPOUTCOME']._serialized_start=1992
+  _globals['_FOLLOWUPOUTCOME']._serialized_end=2054
+  _globals['_COVERAGEREQUEST']._serialized_start=2056
+  _globals['_COVERAGEREQUEST']._serialized_end=2114
+  _globals['_COVERAGE']._serialized_start=2117
+  _globals['_COVERAGE']._serialized_end=2317
+  _globals['_COVERAGE_BYLEVELENTRY']._serialized_start=2271
+  _globals['_COVERAGE_BYLEVELENTRY']._serialized_end=2317
+  _globals['_DECISIONSERVICE']._serialized_start=2393
+  _globals['_DECISIONSERVICE']._serialized_end=2628
+  _globals['_BEHAVIOURSERVICE']._serialized_start=2631
+  _globals['_BEHAVIOURSERVICE']._serialized_end=2974
 # @@protoc_insertion_point(module_scope)

@@ -114,3 +114,144 @@ class ReplayResponse(_message.Message):
     rescored: _containers.RepeatedCompositeFieldContainer[ModelScore]
     scores_identical: bool
     def __init__(self, stored: _Optional[_Union[Decision, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., limit_fen: _Optional[int] = ..., price_bps: _Optional[int] = ..., reason_codes: _Optional[_Iterable[str]] = ..., identical: _Optional[bool] = ..., rescored: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., scores_identical: _Optional[bool] = ...) -> None: ...
+
+class Borrower(_message.Message):
+    __slots__ = ("customer", "profile")
+    class ProfileEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    profile: _containers.ScalarMap[str, float]
+    def __init__(self, customer: _Optional[str] = ..., profile: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class AssessRequest(_message.Message):
+    __slots__ = ("run_id", "date", "borrowers")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    BORROWERS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    date: str
+    borrowers: _containers.RepeatedCompositeFieldContainer[Borrower]
+    def __init__(self, run_id: _Optional[str] = ..., date: _Optional[str] = ..., borrowers: _Optional[_Iterable[_Union[Borrower, _Mapping]]] = ...) -> None: ...
+
+class Assessment(_message.Message):
+    __slots__ = ("run_id", "customer", "date", "action", "amount_fen", "warning_level", "reason_codes", "applied", "policy_version", "policy_sha256", "scores", "features", "record_json")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FEN_FIELD_NUMBER: _ClassVar[int]
+    WARNING_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_CODES_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    RECORD_JSON_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    customer: str
+    date: str
+    action: str
+    amount_fen: int
+    warning_level: str
+    reason_codes: _containers.RepeatedScalarFieldContainer[str]
+    applied: str
+    policy_version: int
+    policy_sha256: str
+    scores: _containers.RepeatedCompositeFieldContainer[ModelScore]
+    features: _containers.ScalarMap[str, float]
+    record_json: str
+    def __init__(self, run_id: _Optional[str] = ..., customer: _Optional[str] = ..., date: _Optional[str] = ..., action: _Optional[str] = ..., amount_fen: _Optional[int] = ..., warning_level: _Optional[str] = ..., reason_codes: _Optional[_Iterable[str]] = ..., applied: _Optional[str] = ..., policy_version: _Optional[int] = ..., policy_sha256: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., features: _Optional[_Mapping[str, float]] = ..., record_json: _Optional[str] = ...) -> None: ...
+
+class AssessResponse(_message.Message):
+    __slots__ = ("assessments",)
+    ASSESSMENTS_FIELD_NUMBER: _ClassVar[int]
+    assessments: _containers.RepeatedCompositeFieldContainer[Assessment]
+    def __init__(self, assessments: _Optional[_Iterable[_Union[Assessment, _Mapping]]] = ...) -> None: ...
+
+class ListFollowUpsRequest(_message.Message):
+    __slots__ = ("kind",)
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    def __init__(self, kind: _Optional[str] = ...) -> None: ...
+
+class FollowUp(_message.Message):
+    __slots__ = ("task", "customer", "kind", "level", "reason_codes", "opened_at_unix_ms", "outcome", "note", "closed_at_unix_ms")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_CODES_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    customer: str
+    kind: str
+    level: str
+    reason_codes: _containers.RepeatedScalarFieldContainer[str]
+    opened_at_unix_ms: int
+    outcome: str
+    note: str
+    closed_at_unix_ms: int
+    def __init__(self, task: _Optional[str] = ..., customer: _Optional[str] = ..., kind: _Optional[str] = ..., level: _Optional[str] = ..., reason_codes: _Optional[_Iterable[str]] = ..., opened_at_unix_ms: _Optional[int] = ..., outcome: _Optional[str] = ..., note: _Optional[str] = ..., closed_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ListFollowUpsResponse(_message.Message):
+    __slots__ = ("follow_ups",)
+    FOLLOW_UPS_FIELD_NUMBER: _ClassVar[int]
+    follow_ups: _containers.RepeatedCompositeFieldContainer[FollowUp]
+    def __init__(self, follow_ups: _Optional[_Iterable[_Union[FollowUp, _Mapping]]] = ...) -> None: ...
+
+class FollowUpOutcome(_message.Message):
+    __slots__ = ("task", "outcome", "note")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    outcome: str
+    note: str
+    def __init__(self, task: _Optional[str] = ..., outcome: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class CoverageRequest(_message.Message):
+    __slots__ = ("customers", "max_age_days")
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    customers: _containers.RepeatedScalarFieldContainer[str]
+    max_age_days: float
+    def __init__(self, customers: _Optional[_Iterable[str]] = ..., max_age_days: _Optional[float] = ...) -> None: ...
+
+class Coverage(_message.Message):
+    __slots__ = ("borrowers", "assessed_current", "coverage", "by_level", "max_age_days")
+    class ByLevelEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    BORROWERS_FIELD_NUMBER: _ClassVar[int]
+    ASSESSED_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    BY_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    borrowers: int
+    assessed_current: int
+    coverage: float
+    by_level: _containers.ScalarMap[str, int]
+    max_age_days: float
+    def __init__(self, borrowers: _Optional[int] = ..., assessed_current: _Optional[int] = ..., coverage: _Optional[float] = ..., by_level: _Optional[_Mapping[str, int]] = ..., max_age_days: _Optional[float] = ...) -> None: ...

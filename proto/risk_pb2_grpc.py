@@ -183,3 +183,244 @@ class DecisionService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class BehaviourServiceStub:
+    """--- behavioural limit management and early warning (BehaviourService) --------------------
+
+    Existing borrowers, scored with the models the behaviour policy pins (risk/flows/BEHAVIOUR)
+    from their profile (features from outside the ledger: tax, invoices, court records, the
+    owner's age) and their repayment records (read from the lending server's loans as of the
+    business date, risk/repayment.py), with their limit on the ledger, decide an action: freeze,
+    unfreeze, raise, lower, warn or none (risk/behaviour.py has the protocol). The batch job
+    (`yunkai risk behaviour`) sends its book in chunks under one run id; the per-event path
+    (a repayment missed or made) sends one borrower under the event's id. Every assessment is
+    stored with why, before its action is applied; a borrower already assessed under a run id
+    answers the stored assessment and its action is applied again, which the ledger answers as
+    a replay: idempotent per run. Early warning keeps each borrower's current level and opens a
+    follow-up (a call for amber, a visit for red) once per run.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Assess = channel.unary_unary(
+                '/yunkai.risk.v1.BehaviourService/Assess',
+                request_serializer=proto_dot_risk__pb2.AssessRequest.SerializeToString,
+                response_deserializer=proto_dot_risk__pb2.AssessResponse.FromString,
+                _registered_method=True)
+        self.ListFollowUps = channel.unary_unary(
+                '/yunkai.risk.v1.BehaviourService/ListFollowUps',
+                request_serializer=proto_dot_risk__pb2.ListFollowUpsRequest.SerializeToString,
+                response_deserializer=proto_dot_risk__pb2.ListFollowUpsResponse.FromString,
+                _registered_method=True)
+        self.RecordFollowUpOutcome = channel.unary_unary(
+                '/yunkai.risk.v1.BehaviourService/RecordFollowUpOutcome',
+                request_serializer=proto_dot_risk__pb2.FollowUpOutcome.SerializeToString,
+                response_deserializer=proto_dot_risk__pb2.FollowUp.FromString,
+                _registered_method=True)
+        self.GetCoverage = channel.unary_unary(
+                '/yunkai.risk.v1.BehaviourService/GetCoverage',
+                request_serializer=proto_dot_risk__pb2.CoverageRequest.SerializeToString,
+                response_deserializer=proto_dot_risk__pb2.Coverage.FromString,
+                _registered_method=True)
+
+
+class BehaviourServiceServicer:
+    """--- behavioural limit management and early warning (BehaviourService) --------------------
+
+    Existing borrowers, scored with the models the behaviour policy pins (risk/flows/BEHAVIOUR)
+    from their profile (features from outside the ledger: tax, invoices, court records, the
+    owner's age) and their repayment records (read from the lending server's loans as of the
+    business date, risk/repayment.py), with their limit on the ledger, decide an action: freeze,
+    unfreeze, raise, lower, warn or none (risk/behaviour.py has the protocol). The batch job
+    (`yunkai risk behaviour`) sends its book in chunks under one run id; the per-event path
+    (a repayment missed or made) sends one borrower under the event's id. Every assessment is
+    stored with why, before its action is applied; a borrower already assessed under a run id
+    answers the stored assessment and its action is applied again, which the ledger answers as
+    a replay: idempotent per run. Early warning keeps each borrower's current level and opens a
+    follow-up (a call for amber, a visit for red) once per run.
+    """
+
+    def Assess(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFollowUps(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordFollowUpOutcome(self, request, context):
+        """Final once recorded: the same outcome again answers the task; another is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCoverage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_BehaviourServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Assess': grpc.unary_unary_rpc_method_handler(
+                    servicer.Assess,
+                    request_deserializer=proto_dot_risk__pb2.AssessRequest.FromString,
+                    response_serializer=proto_dot_risk__pb2.AssessResponse.SerializeToString,
+            ),
+            'ListFollowUps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFollowUps,
+                    request_deserializer=proto_dot_risk__pb2.ListFollowUpsRequest.FromString,
+                    response_serializer=proto_dot_risk__pb2.ListFollowUpsResponse.SerializeToString,
+            ),
+            'RecordFollowUpOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFollowUpOutcome,
+                    request_deserializer=proto_dot_risk__pb2.FollowUpOutcome.FromString,
+                    response_serializer=proto_dot_risk__pb2.FollowUp.SerializeToString,
+            ),
+            'GetCoverage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCoverage,
+                    request_deserializer=proto_dot_risk__pb2.CoverageRequest.FromString,
+                    response_serializer=proto_dot_risk__pb2.Coverage.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'yunkai.risk.v1.BehaviourService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('yunkai.risk.v1.BehaviourService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class BehaviourService:
+    """--- behavioural limit management and early warning (BehaviourService) --------------------
+
+    Existing borrowers, scored with the models the behaviour policy pins (risk/flows/BEHAVIOUR)
+    from their profile (features from outside the ledger: tax, invoices, court records, the
+    owner's age) and their repayment records (read from the lending server's loans as of the
+    business date, risk/repayment.py), with their limit on the ledger, decide an action: freeze,
+    unfreeze, raise, lower, warn or none (risk/behaviour.py has the protocol). The batch job
+    (`yunkai risk behaviour`) sends its book in chunks under one run id; the per-event path
+    (a repayment missed or made) sends one borrower under the event's id. Every assessment is
+    stored with why, before its action is applied; a borrower already assessed under a run id
+    answers the stored assessment and its action is applied again, which the ledger answers as
+    a replay: idempotent per run. Early warning keeps each borrower's current level and opens a
+    follow-up (a call for amber, a visit for red) once per run.
+    """
+
+    @staticmethod
+    def Assess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.risk.v1.BehaviourService/Assess',
+            proto_dot_risk__pb2.AssessRequest.SerializeToString,
+            proto_dot_risk__pb2.AssessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFollowUps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.risk.v1.BehaviourService/ListFollowUps',
+            proto_dot_risk__pb2.ListFollowUpsRequest.SerializeToString,
+            proto_dot_risk__pb2.ListFollowUpsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFollowUpOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.risk.v1.BehaviourService/RecordFollowUpOutcome',
+            proto_dot_risk__pb2.FollowUpOutcome.SerializeToString,
+            proto_dot_risk__pb2.FollowUp.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCoverage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.risk.v1.BehaviourService/GetCoverage',
+            proto_dot_risk__pb2.CoverageRequest.SerializeToString,
+            proto_dot_risk__pb2.Coverage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,21 +1,26 @@
 """Behavioural limit management: score existing borrowers and act on their limits on the ledger.
 
-`yunkai risk behaviour --run-id R --borrowers FILE.jsonl --scoring A --router A --data-dir D`
-(the batch job), and `BehaviourJob.run(event_id, [borrower])` (the per-event path: one
-borrower, the event's id as the run id). Until the loan layer keeps repayment records on the
-ledger (issue 7), a borrower's behavioural features come in the borrowers file, one JSON
-object a line: {"customer": "...", <early_warning and repayment_willingness features>}.
+`BehaviourJob.run(run_id, as_of, borrowers)` serves yunkai.risk.v1.BehaviourService.Assess
+(risk/server.py): the batch job (`yunkai risk behaviour`, risk/cli.py) sends its book in
+chunks under one run id, the per-event path one borrower under the event's id. A borrower's
+features are their profile (what the bank knows from outside the ledger: tax, invoices,
+court records, the owner's age; sent with the request) and their repayment features, read
+from their loans on the lending server as of the run's business date (risk/repayment.py);
+the profile may not carry a repayment feature (the records are the only source of those).
 
 Protocol of a run, per borrower (the policy is the JDM table `risk/flows/BEHAVIOUR/<v>.json`,
-evaluated by zen-engine, with the models it pins):
+evaluated by zen-engine, with the models it pins). One run at a time per customer (a lock
+per customer, taken in order); the whole request is checked and read before anything is
+written, so a refused request changes nothing:
 
 1. If the run already assessed this borrower, its stored assessment is used as it is (no new
    scores, no new reading of the ledger): a rerun re-applies the same action, which the ledger
    answers as a replay. So a run is idempotent however often it is repeated or resumed.
-2. Otherwise: score the borrower with the pinned models, read the customer's limit from the
-   ledger (granted, used, available, frozen), evaluate the table -> action (freeze, unfreeze,
-   raise, lower, warn, none), amount in fen, warning level, reason codes; store the
-   assessment (why, on what, by which flow) before acting.
+2. Otherwise: read the customer's loans and compute the repayment features as of the date,
+   score the borrower with the pinned models, read the customer's limit from the ledger
+   (granted, used, available, frozen), evaluate the table -> action (freeze, unfreeze, raise,
+   lower, warn, none), amount in fen, warning level, reason codes; store the assessment
+   (why, on what, by which flow) before acting.
 3. Apply the action through lending/limits.py under the operation id `bh-<run>-<customer>`
    (so a repeat is a replay, never a second action), and store the ledger's answer with it.
    `warn` and `none` change nothing on the ledger; the assessment and level are the record.
@@ -25,36 +30,38 @@ evaluated by zen-engine, with the models it pins):
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import hashlib
 import json
 import math
 import re
-import sys
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import zen
 
-from clients.ledger import LedgerClient
 from clients.scoring import ScoringClient
 from lending.limits import CUSTOMER_PATTERN, OK, BadLimitRequest, CreditLimits, LevelView, Outcome
-from proto import serving
-from risk import early_warning
+from proto import lending_pb2
+from risk import early_warning, repayment
 from risk.assessments import AssessmentStore
+from risk.locks import KeyedLocks
 
 FLOWS_DIR = Path(__file__).resolve().parent / "flows" / "BEHAVIOUR"
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,16}")
 ACTIONS = ("freeze", "unfreeze", "raise", "lower", "warn", "none")
 LEVELS = ("green", "amber", "red")
-BORROWERS_MAX = 100_000  # one run's file: fail fast on anything bigger, it is not one run
-CURRENCY_LEDGER_CNY = 156
+BORROWERS_PER_CALL_MAX = 1_000  # one Assess call; the batch job sends its book in chunks
+
+LoansOf = Callable[[str], Awaitable[Sequence[lending_pb2.Loan]]]
+"""A customer's loans (the lending server's ListLoans)."""
 
 
 class BadBorrower(ValueError):
-    """A borrower line is malformed; the message names the line and the field."""
+    """A borrower or the request is malformed; the message names the field (and the customer)."""
 
 
 class PolicyError(RuntimeError):
@@ -64,7 +71,7 @@ class PolicyError(RuntimeError):
 @dataclass(frozen=True)
 class Borrower:
     customer: str
-    features: dict[str, float]
+    profile: dict[str, float]  # features from outside the ledger, by the models' names
 
 
 @dataclass(frozen=True)
@@ -115,40 +122,78 @@ def decide(policy: Policy, context: dict[str, Any]) -> dict[str, Any]:
     return {"action": action, "amount_fen": amount, "warning_level": level, "reasons": reasons}
 
 
-class BehaviourJob:
-    """One policy applied to borrowers, run by run."""
+def check(run_id: str, borrowers: Sequence[Borrower]) -> None:
+    """Refuse a malformed request (BadBorrower naming the field) before anything is read or written."""
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise BadBorrower(f"run_id: {run_id!r} is not 1-16 of A-Z a-z 0-9 . _ -")
+    if not 1 <= len(borrowers) <= BORROWERS_PER_CALL_MAX:
+        raise BadBorrower(f"borrowers: {len(borrowers)} in one call, 1 to {BORROWERS_PER_CALL_MAX} are accepted")
+    if len({b.customer for b in borrowers}) != len(borrowers):
+        raise BadBorrower("customer: a borrower appears twice in one call")
+    for borrower in borrowers:
+        if not CUSTOMER_PATTERN.fullmatch(borrower.customer):
+            raise BadBorrower(f"customer: {borrower.customer!r} is not 1-20 letters and digits")
+        for name, value in borrower.profile.items():
+            if name in repayment.FEATURES:
+                raise BadBorrower(
+                    f"{name}: read from {borrower.customer}'s repayment records, not given in the profile"
+                )
+            if not math.isfinite(value):
+                raise BadBorrower(f"{name}: {value!r} is not a finite number (customer {borrower.customer})")
 
-    def __init__(self, scoring: ScoringClient, limits: CreditLimits, store: AssessmentStore, policy: Policy) -> None:
+
+class BehaviourJob:
+    """One policy applied to borrowers, run by run (the module's protocol)."""
+
+    def __init__(
+        self, scoring: ScoringClient, limits: CreditLimits, loans_of: LoansOf, store: AssessmentStore, policy: Policy
+    ) -> None:
         self.scoring = scoring
         self.limits = limits
+        self.loans_of = loans_of
         self.store = store
         self.policy = policy
+        self.locks = KeyedLocks()
 
-    async def run(self, run_id: str, borrowers: list[Borrower]) -> list[dict[str, Any]]:
-        """Assess and act on each borrower once per run (the module's protocol); the records, in order."""
-        if not RUN_ID_PATTERN.fullmatch(run_id):
-            raise BadBorrower(f"run_id: {run_id!r} is not 1-16 of A-Z a-z 0-9 . _ -")
-        if len({b.customer for b in borrowers}) != len(borrowers):
-            raise BadBorrower("customer: a borrower appears twice in one run")
+    async def run(self, run_id: str, as_of: date, borrowers: Sequence[Borrower]) -> list[dict[str, Any]]:
+        """Assess and act on each borrower once per run; the records, in the borrowers' order."""
+        check(run_id, borrowers)
+        async with AsyncExitStack() as held:
+            for customer in sorted(b.customer for b in borrowers):  # in order: two calls never deadlock
+                await held.enter_async_context(self.locks.hold(customer))
+            return await self._run(run_id, as_of, borrowers)
+
+    async def _run(self, run_id: str, as_of: date, borrowers: Sequence[Borrower]) -> list[dict[str, Any]]:
         records: dict[str, dict[str, Any]] = {}
         for borrower in borrowers:
             stored = self.store.get(f"a/{run_id}/{borrower.customer}")
             if stored is not None:
                 records[borrower.customer] = stored
         new = [b for b in borrowers if b.customer not in records]
-        scores = await self._score(new)
-        for borrower, borrower_scores in zip(new, scores, strict=True):
+        # Read everything first: a refusal (a missing feature, no credit line) changes nothing.
+        histories = [await self.loans_of(b.customer) for b in new]
+        derived = [repayment.features(loans, as_of) for loans in histories]
+        features = [b.profile | d for b, d in zip(new, derived, strict=True)]
+        scores = await self._score(new, features)
+        views = []
+        for borrower in new:
             try:
-                view = await self.limits.view(borrower.customer)
+                views.append(await self.limits.view(borrower.customer))
             except BadLimitRequest:
                 raise BadBorrower(f"customer: {borrower.customer} has no credit line") from None
+        for borrower, used, from_records, borrower_scores, view in zip(
+            new, features, derived, scores, views, strict=True
+        ):
             context = table_input(borrower_scores, view)
             record = {
                 "run_id": run_id,
                 "customer": borrower.customer,
+                "date": as_of.isoformat(),
                 "policy_version": self.policy.version,
                 "policy_sha256": self.policy.sha256,
                 "models": [list(m) for m in self.policy.models],
+                "features": used,
+                "repayment_features": sorted(from_records),
                 "input": context,
                 **decide(self.policy, context),
                 "applied": None,
@@ -163,18 +208,17 @@ class BehaviourJob:
             early_warning.note_assessment(self.store, record)
         return [records[b.customer] for b in borrowers]
 
-    async def _score(self, borrowers: list[Borrower]) -> list[dict[str, float]]:
+    async def _score(self, borrowers: list[Borrower], features: list[dict[str, float]]) -> list[dict[str, float]]:
         if not borrowers:
             return []
         per_model = []
         for name, version in self.policy.models:
             names = await self.scoring.features_of(name, version)
-            for borrower in borrowers:
-                missing = [n for n in names if n not in borrower.features]
+            for borrower, row in zip(borrowers, features, strict=True):
+                missing = [n for n in names if n not in row]
                 if missing:
-                    raise BadBorrower(f"{missing[0]}: missing for customer {borrower.customer} (model {name})")
-            rows = [{n: b.features[n] for n in names} for b in borrowers]
-            per_model.append(await self.scoring.score(name, rows, version))
+                    raise BadBorrower(f"{missing[0]}: missing from {borrower.customer}'s profile (model {name})")
+            per_model.append(await self.scoring.score(name, [{n: row[n] for n in names} for row in features], version))
         return [
             {name: per_model[m][i] for m, (name, _) in enumerate(self.policy.models)} for i in range(len(borrowers))
         ]
@@ -191,68 +235,3 @@ class BehaviourJob:
         if action == "lower":
             return await self.limits.lower_limit(customer, None, amount, op)
         return OK  # warn, none: the stored assessment is the whole action
-
-
-def read_borrowers(path: Path) -> list[Borrower]:
-    borrowers: list[Borrower] = []
-    with path.open() as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            if len(borrowers) >= BORROWERS_MAX:
-                raise BadBorrower(f"{path}: more than {BORROWERS_MAX} borrowers in one run")
-            try:
-                item = json.loads(line)
-            except ValueError as error:
-                raise BadBorrower(f"{path}:{number}: not JSON: {error}") from None
-            customer = item.pop("customer", None) if isinstance(item, dict) else None
-            if not isinstance(customer, str) or not CUSTOMER_PATTERN.fullmatch(customer):
-                raise BadBorrower(f"{path}:{number}: customer: {customer!r} is not 1-20 letters and digits")
-            features = {}
-            for name, value in item.items():
-                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                    raise BadBorrower(f"{path}:{number}: {name}: {value!r} is not a finite number")
-                features[name] = float(value)
-            borrowers.append(Borrower(customer, features))
-    return borrowers
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-id", required=True, help="the run's id: a rerun with the same id changes nothing")
-    parser.add_argument("--borrowers", type=Path, required=True, help="JSON lines: customer and features")
-    parser.add_argument("--scoring", required=True, help="HOST:PORT of yunkai scoring serve")
-    parser.add_argument("--router", required=True, help="HOST:PORT of the ledger's router")
-    parser.add_argument("--data-dir", required=True, help="directory of the assessments' RocksDB")
-    parser.add_argument("--policy-version", type=int, help="behaviour policy version (default: the newest)")
-    parser.add_argument("--tls-ca", help="PEM root certificates: call the services over TLS, trusting these roots")
-
-
-def main(args: argparse.Namespace) -> int:
-    try:
-        borrowers = read_borrowers(args.borrowers)
-        policy = load_policy(args.policy_version)
-    except (BadBorrower, PolicyError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-    async def run() -> list[dict[str, Any]]:
-        store = AssessmentStore(args.data_dir)
-        try:
-            credentials = serving.client_credentials(args.tls_ca)
-            async with (
-                ScoringClient(args.scoring, credentials=credentials) as scoring,
-                await LedgerClient.connect(args.router, tls_ca=args.tls_ca) as ledger,
-            ):
-                job = BehaviourJob(scoring, CreditLimits(ledger, CURRENCY_LEDGER_CNY), store, policy)
-                return await job.run(args.run_id, borrowers)
-        finally:
-            store.close()
-
-    try:
-        records = asyncio.run(run())
-    except BadBorrower as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for record in records:
-        print(json.dumps(record, sort_keys=True))
-    return 0

@@ -4,6 +4,15 @@
         "amount_requested_fen": 5000000, "Income": 150, ...}' [--application-id ID] [--flow-version N]
     yunkai risk get --risk HOST:PORT ID
     yunkai risk replay --risk HOST:PORT ID [--rescore]
+    yunkai risk behaviour --risk HOST:PORT --run-id R --date YYYY-MM-DD --profiles FILE.jsonl
+    yunkai risk followups --risk HOST:PORT [--kind call|visit]
+    yunkai risk followup-outcome --risk HOST:PORT TASK --outcome O [--note N]
+    yunkai risk coverage --risk HOST:PORT --borrowers FILE.jsonl [--max-age-days N]
+
+`behaviour` is the batch job of behavioural limit management (risk/behaviour.py): it sends the
+profiles file (JSON lines: `customer` and the borrower's features from outside the ledger)
+to BehaviourService.Assess in chunks under one run id, shows progress on stderr and prints
+each stored assessment as a JSON line; a rerun with the same run id changes nothing.
 
 The applicant JSON holds `customer`, `amount_requested_fen` (an integer) and the flow's
 numeric fields by name; a field left out is missing data. Each command prints the decision
@@ -15,8 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,6 +39,8 @@ from proto import risk_pb2 as pb, risk_pb2_grpc, serving
 
 RISK_DEFAULT = "127.0.0.1:7400"
 TIMEOUT_S = 10.0
+CHUNK_DEFAULT = 500
+CHUNK_TIMEOUT_S_PER_BORROWER = 0.1
 EXIT_REFUSED = 1
 EXIT_BAD_ARGUMENTS = 2
 
@@ -56,6 +70,70 @@ def add_risk_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser
         sub.set_defaults(run=get_main if name == "get" else replay_main)
 
 
+def add_behaviour_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`yunkai risk behaviour | followups | followup-outcome | coverage` (BehaviourService)."""
+    text = "score existing borrowers and raise, lower, freeze, unfreeze or warn (idempotent per run)"
+    job = actions.add_parser(
+        "behaviour",
+        help=text,
+        description="Behavioural limit management: the risk server scores each borrower of --profiles "
+        "(early_warning, repayment_willingness) from their profile and their repayment records as of --date, "
+        "evaluates the behaviour policy table, records why and applies the action to the customer's limit on "
+        "the ledger. A rerun with the same --run-id changes nothing.",
+    )
+    _common(job)
+    job.add_argument("--run-id", required=True, help="the run's id, 1-16 of A-Z a-z 0-9 . _ -")
+    job.add_argument("--date", required=True, help="business date YYYY-MM-DD the repayment records are read as of")
+    job.add_argument(
+        "--profiles", type=Path, required=True, help="JSON lines: customer and features from outside the ledger"
+    )
+    job.add_argument(
+        "--chunk", type=int, default=CHUNK_DEFAULT, help=f"borrowers per call (default {CHUNK_DEFAULT}, at most 1,000)"
+    )
+    job.set_defaults(run=behaviour_main)
+    text = "list the open early-warning follow-ups (visits, then calls)"
+    follow_ups = actions.add_parser("followups", help=text, description=text)
+    _common(follow_ups)
+    follow_ups.add_argument("--kind", choices=("call", "visit"), help="only calls or only visits")
+    follow_ups.set_defaults(run=followups_main)
+    text = "record what a follow-up call or visit found (final once recorded)"
+    outcome = actions.add_parser("followup-outcome", help=text, description=text)
+    _common(outcome)
+    outcome.add_argument("task", help="RUN/CUSTOMER, as `yunkai risk followups` lists it")
+    outcome.add_argument("--outcome", required=True, help="what was found, e.g. promised_to_pay, not_reached")
+    outcome.add_argument("--note", default="", help="free text, up to 500 characters")
+    outcome.set_defaults(run=outcome_main)
+    text = "share of a book of borrowers with a current assessment"
+    coverage = actions.add_parser("coverage", help=text, description=text)
+    _common(coverage)
+    coverage.add_argument("--borrowers", type=Path, required=True, help="the book: JSON lines with `customer`")
+    coverage.add_argument("--max-age-days", type=float, default=30.0, help="what counts as current (default 30)")
+    coverage.set_defaults(run=coverage_main)
+
+
+def read_profiles(path: Path) -> list[pb.Borrower]:
+    """Borrowers of a JSON-lines file; ValueError naming the file, line and field."""
+    borrowers: list[pb.Borrower] = []
+    with path.open() as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{path}:{number}: not JSON: {error}") from None
+            if not isinstance(item, dict) or not isinstance(item.get("customer"), str):
+                raise ValueError(f"{path}:{number}: customer: missing or not a string")
+            customer = item.pop("customer")
+            profile = {}
+            for name, value in item.items():
+                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                    raise ValueError(f"{path}:{number}: {name}: {value!r} is not a finite number")
+                profile[name] = float(value)
+            borrowers.append(pb.Borrower(customer=customer, profile=profile))
+    return borrowers
+
+
 def decide_request(product: str, applicant_json: str, application_id: str, flow_version: int) -> pb.DecideRequest:
     """The request for an applicant given as JSON; ValueError naming what is wrong."""
     applicant: Any = json.loads(applicant_json)
@@ -83,11 +161,19 @@ def decide_request(product: str, applicant_json: str, application_id: str, flow_
     )
 
 
-def _call(args: argparse.Namespace, method: str, request: Message) -> int:
+def _call(
+    args: argparse.Namespace,
+    method: str,
+    request: Message,
+    stub_class: Any = risk_pb2_grpc.DecisionServiceStub,
+    lines: str | None = None,
+) -> int:
+    """Call `method` and print the reply as JSON, or with `lines`, each item of that repeated
+    field as a JSON line; a refusal is printed on stderr (exit 1)."""
+
     async def run() -> Message:
         async with serving.channel(args.risk, serving.client_credentials(args.tls_ca), []) as channel:
-            stub = risk_pb2_grpc.DecisionServiceStub(channel)
-            reply: Message = await getattr(stub, method)(request, timeout=TIMEOUT_S)
+            reply: Message = await getattr(stub_class(channel), method)(request, timeout=TIMEOUT_S)
             return reply
 
     try:
@@ -95,7 +181,10 @@ def _call(args: argparse.Namespace, method: str, request: Message) -> int:
     except grpc.aio.AioRpcError as error:
         print(f"refused ({error.code().name}): {error.details()}", file=sys.stderr)
         return EXIT_REFUSED
-    print(json_format.MessageToJson(reply, preserving_proto_field_name=True, indent=2))
+    if lines is None:
+        print(json_format.MessageToJson(reply, preserving_proto_field_name=True, indent=2))
+    for item in getattr(reply, lines) if lines else ():
+        print(json.dumps(json_format.MessageToDict(item, preserving_proto_field_name=True), sort_keys=True))
     return 0
 
 
@@ -107,6 +196,57 @@ def decide_main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
     return _call(args, "Decide", request)
+
+
+def behaviour_main(args: argparse.Namespace) -> int:
+    try:
+        if not 1 <= args.chunk <= 1_000:
+            raise ValueError(f"--chunk: {args.chunk} is not 1 to 1,000")
+        borrowers = read_profiles(args.profiles)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENTS
+
+    async def run() -> None:
+        async with serving.channel(args.risk, serving.client_credentials(args.tls_ca), []) as channel:
+            stub = risk_pb2_grpc.BehaviourServiceStub(channel)
+            started = time.monotonic()
+            for first in range(0, len(borrowers), args.chunk):
+                chunk = borrowers[first : first + args.chunk]
+                request = pb.AssessRequest(run_id=args.run_id, date=args.date, borrowers=chunk)
+                reply = await stub.Assess(request, timeout=TIMEOUT_S + CHUNK_TIMEOUT_S_PER_BORROWER * len(chunk))
+                for assessment in reply.assessments:
+                    print(assessment.record_json, flush=True)
+                done = first + len(chunk)
+                rate = done / max(time.monotonic() - started, 1e-9)
+                print(f"assessed {done:,}/{len(borrowers):,} borrowers ({rate:,.0f}/s)", file=sys.stderr, flush=True)
+
+    try:
+        asyncio.run(run())
+    except grpc.aio.AioRpcError as error:
+        print(f"refused ({error.code().name}): {error.details()}", file=sys.stderr)
+        return EXIT_REFUSED
+    return 0
+
+
+def followups_main(args: argparse.Namespace) -> int:
+    request = pb.ListFollowUpsRequest(kind=args.kind or "")
+    return _call(args, "ListFollowUps", request, stub_class=risk_pb2_grpc.BehaviourServiceStub, lines="follow_ups")
+
+
+def outcome_main(args: argparse.Namespace) -> int:
+    request = pb.FollowUpOutcome(task=args.task, outcome=args.outcome, note=args.note)
+    return _call(args, "RecordFollowUpOutcome", request, stub_class=risk_pb2_grpc.BehaviourServiceStub)
+
+
+def coverage_main(args: argparse.Namespace) -> int:
+    try:
+        customers = [str(b.customer) for b in read_profiles(args.borrowers)]
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENTS
+    request = pb.CoverageRequest(customers=customers, max_age_days=args.max_age_days)
+    return _call(args, "GetCoverage", request, stub_class=risk_pb2_grpc.BehaviourServiceStub)
 
 
 def get_main(args: argparse.Namespace) -> int:

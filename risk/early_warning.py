@@ -9,19 +9,15 @@
 - Coverage: of a book of borrowers, the share whose current assessment is younger than a
   maximum age, and how they split by level. Borrowers never assessed count against it.
 
-    yunkai risk followups --data-dir D [--kind call|visit]          # the open queue, JSON lines
-    yunkai risk followup-outcome --data-dir D TASK --outcome O [--note N]
-    yunkai risk coverage --data-dir D --borrowers FILE.jsonl [--max-age-days N]
+Served by yunkai.risk.v1.BehaviourService (risk/server.py): ListFollowUps,
+RecordFollowUpOutcome, GetCoverage; `yunkai risk followups | followup-outcome | coverage`
+(risk/cli.py) call them.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from risk.assessments import AssessmentStore
@@ -35,6 +31,14 @@ DAY_MS = 86_400_000
 
 class FollowUpRefused(ValueError):
     """The outcome cannot be recorded; the message says why (naming the field)."""
+
+
+class TaskNotFound(FollowUpRefused):
+    """No follow-up under that task."""
+
+
+class OutcomeFinal(FollowUpRefused):
+    """The follow-up already has another outcome."""
 
 
 def now_ms() -> int:
@@ -90,11 +94,11 @@ def record_outcome(store: AssessmentStore, task: str, outcome: str, note: str = 
         raise FollowUpRefused(f"note: longer than {NOTE_CHARS_MAX} characters")
     record = store.get(f"t/{task}")
     if record is None:
-        raise FollowUpRefused(f"task: no follow-up {task!r}")
+        raise TaskNotFound(f"task: no follow-up {task!r}")
     if record["outcome"] is not None:
         if (record["outcome"], record["note"]) == (outcome, note):
             return record  # a repeat
-        raise FollowUpRefused(f"task: {task} already has the outcome {record['outcome']!r}")
+        raise OutcomeFinal(f"task: {task} already has the outcome {record['outcome']!r}")
     record.update(outcome=outcome, note=note, closed_at_unix_ms=now_ms())
     store.put(f"t/{task}", record)
     return record
@@ -116,56 +120,3 @@ def coverage(store: AssessmentStore, customers: list[str], as_of_ms: int, max_ag
         "by_level": by_level,
         "max_age_days": max_age_ms / DAY_MS,
     }
-
-
-def add_followups_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", required=True, help="the behaviour job's --data-dir")
-    parser.add_argument("--kind", choices=sorted(set(KINDS.values())), help="only calls or only visits")
-    parser.set_defaults(run=followups_main)
-
-
-def add_outcome_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", required=True, help="the behaviour job's --data-dir")
-    parser.add_argument("task", help="RUN/CUSTOMER, as `yunkai risk followups` lists it")
-    parser.add_argument("--outcome", required=True, help="what was found, e.g. promised_to_pay, not_reached")
-    parser.add_argument("--note", default="", help="free text, up to 500 characters")
-    parser.set_defaults(run=outcome_main)
-
-
-def add_coverage_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", required=True, help="the behaviour job's --data-dir")
-    parser.add_argument("--borrowers", type=Path, required=True, help="the book: JSON lines with `customer`")
-    parser.add_argument("--max-age-days", type=float, default=MAX_AGE_DAYS_DEFAULT, help="what counts as current")
-    parser.set_defaults(run=coverage_main)
-
-
-def followups_main(args: argparse.Namespace) -> int:
-    store = AssessmentStore(args.data_dir)
-    try:
-        for task in open_tasks(store, args.kind):
-            print(json.dumps(task, sort_keys=True))
-    finally:
-        store.close()
-    return 0
-
-
-def outcome_main(args: argparse.Namespace) -> int:
-    store = AssessmentStore(args.data_dir)
-    try:
-        print(json.dumps(record_outcome(store, args.task, args.outcome, args.note), sort_keys=True))
-    except FollowUpRefused as error:
-        print(f"refused: {error}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-    return 0
-
-
-def coverage_main(args: argparse.Namespace) -> int:
-    customers = [json.loads(line)["customer"] for line in args.borrowers.read_text().splitlines() if line.strip()]
-    store = AssessmentStore(args.data_dir)
-    try:
-        print(json.dumps(coverage(store, customers, now_ms(), int(args.max_age_days * DAY_MS)), sort_keys=True))
-    finally:
-        store.close()
-    return 0

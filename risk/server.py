@@ -17,6 +17,11 @@ Decide, for one application (the flow's own protocol is in risk/flow.py):
      decision is then marked `credit_line_opened`. If the ledger fails meanwhile, the caller
      gets UNAVAILABLE and repeats the same request, which finishes the opening.
 Nothing but step 5 writes; a refused request changes nothing.
+
+It also serves yunkai.risk.v1.BehaviourService (BehaviourServiceHandler below): behavioural
+assessments (risk/behaviour.py has their protocol; they need --router for the limits and
+--lending for the borrowers' repayment records) and early warning's follow-ups and coverage
+(risk/early_warning.py), over the assessments' RocksDB in the same --data-dir.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +46,19 @@ from prometheus_client import Counter, Histogram
 from clients.ledger import LedgerClient, ResultCode
 from clients.scoring import ScoringClient
 from lending.limits import CUSTOMER_PATTERN, CreditLimits
-from proto import risk_pb2 as pb, serving
+from proto import lending_pb2, lending_pb2_grpc, risk_pb2 as pb, serving
 from proto.serving import BadRequest, parse_request
-from risk import flow
+from risk import behaviour, early_warning, flow
+from risk.assessments import AssessmentStore
+from risk.locks import KeyedLocks
 from risk.store import DecisionStore
 
 log = logging.getLogger("yunkai.risk")
 
 DECISION_SERVICE = "yunkai.risk.v1.DecisionService"
+BEHAVIOUR_SERVICE = "yunkai.risk.v1.BehaviourService"
+LENDING_TIMEOUT_S = 10.0
+CUSTOMERS_PER_COVERAGE_MAX = 1_000_000
 APPLICATION_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,32}")
 CURRENCY_LEDGER_CNY = 156  # the ISO 4217 numeric code of the limit book credit lines are granted in
 OUTCOMES: dict[str, pb.Outcome] = {"approve": pb.APPROVE, "decline": pb.DECLINE, "refer": pb.REFER}
@@ -58,6 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": None,
     "scoring": None,
     "router": None,
+    "lending": None,
     "flows_dir": None,
     "metrics_port": None,
     "tls_cert": None,
@@ -76,14 +88,6 @@ request_latency_s = Histogram(
 decisions_total = Counter("yunkai_risk_decisions_total", "Decisions made", ["product", "outcome"])
 
 
-class _Deciding:
-    """The lock of one application id, and how many requests hold or await it."""
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
-
-
 class Conflict(Exception):
     """Another request was decided under this application id."""
 
@@ -96,11 +100,18 @@ class LedgerUnavailable(Exception):
     """The decision is stored but its credit line could not be opened yet; repeat the request."""
 
 
+class NotConfigured(Exception):
+    """The server was started without what this call needs (a flag names it)."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     serving.add_common_arguments(parser)
     parser.add_argument("--data-dir", help="directory of the decision log's RocksDB (required)")
     parser.add_argument("--scoring", help="HOST:PORT of `yunkai scoring serve` (required)")
     parser.add_argument("--router", help="HOST:PORT of a ledger router: approvals open their credit lines there")
+    parser.add_argument(
+        "--lending", help="HOST:PORT of `yunkai lending serve`: behavioural assessments read repayment records there"
+    )
     parser.add_argument("--flows-dir", help="folder of <product>/<version>.json flows (default: risk/flows)")
 
 
@@ -118,21 +129,27 @@ def main(args: argparse.Namespace) -> int:
 
 async def _serve(settings: dict[str, Any]) -> None:
     store = DecisionStore(str(settings["data_dir"]))
+    assessments = AssessmentStore(str(settings["data_dir"]))
     credentials_out = serving.client_credentials(settings["tls_ca"])
     scoring = ScoringClient(str(settings["scoring"]), credentials=credentials_out)
     ledger = None
+    lending = serving.channel(str(settings["lending"]), credentials_out, []) if settings["lending"] else None
     try:
         if settings["router"]:
             ledger = await LedgerClient.connect(str(settings["router"]), tls_ca=settings["tls_ca"])
+        limits = CreditLimits(ledger, CURRENCY_LEDGER_CNY) if ledger else None
         flows = flow.Flows(Path(settings["flows_dir"])) if settings["flows_dir"] else flow.Flows()
-        service = DecisionService(store, flows, scoring, CreditLimits(ledger, CURRENCY_LEDGER_CNY) if ledger else None)
+        service = DecisionService(store, flows, scoring, limits)
+        job = None
+        if limits is not None and lending is not None:
+            job = behaviour.BehaviourJob(scoring, limits, loans_reader(lending), assessments, behaviour.load_policy())
         server = serving.new_server()
-        frame = serving.Serving(server, [DECISION_SERVICE])
+        frame = serving.Serving(server, [DECISION_SERVICE, BEHAVIOUR_SERVICE])
         host = str(settings["host"])
         port = frame.listen(
             host, int(settings["port"]), serving.server_credentials(settings["tls_cert"], settings["tls_key"])
         )
-        server.add_generic_rpc_handlers([service.handler()])
+        server.add_generic_rpc_handlers([service.handler(), BehaviourServiceHandler(assessments, job).handler()])
         metrics_port = settings["metrics_port"]
         serving.start_metrics(host, None if metrics_port is None else int(metrics_port))
         stopping = serving.stop_signal()
@@ -145,6 +162,9 @@ async def _serve(settings: dict[str, Any]) -> None:
         await scoring.close()
         if ledger is not None:
             await ledger.close()
+        if lending is not None:
+            await lending.close()
+        assessments.close()
         store.close()
     log.info("stopped")
 
@@ -164,6 +184,16 @@ REFUSALS: serving.Refusals = (
     (flow.FlowError, grpc.StatusCode.INTERNAL),
 )
 
+BEHAVIOUR_REFUSALS: serving.Refusals = (
+    (early_warning.TaskNotFound, grpc.StatusCode.NOT_FOUND),
+    (early_warning.OutcomeFinal, grpc.StatusCode.FAILED_PRECONDITION),
+    ((BadRequest, behaviour.BadBorrower, early_warning.FollowUpRefused), grpc.StatusCode.INVALID_ARGUMENT),
+    (NotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
+    # The scoring server, the ledger or the lending server did not answer: repeat the call.
+    (grpc.aio.AioRpcError, grpc.StatusCode.UNAVAILABLE),
+    (behaviour.PolicyError, grpc.StatusCode.INTERNAL),
+)
+
 
 class DecisionService:
     """yunkai.risk.v1.DecisionService over a decision store, the flows, a scoring client and the ledger."""
@@ -175,7 +205,7 @@ class DecisionService:
         self.flows = flows
         self.scoring = scoring
         self.limits = limits
-        self.deciding: dict[str, _Deciding] = {}
+        self.deciding = KeyedLocks()
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, Callable[[bytes], Awaitable[Message]]] = {
@@ -189,17 +219,8 @@ class DecisionService:
         request = parse_request(pb.DecideRequest, data)
         _check_request(request)
         # One decision at a time per application id: repeats wait for the first and get its answer.
-        # The lock lives while anyone holds or awaits it (counted), so a failed first attempt
-        # cannot let a waiter and a newcomer decide the same application side by side.
-        entry = self.deciding.setdefault(request.application_id, _Deciding())
-        entry.users += 1
-        try:
-            async with entry.lock:
-                return await self._decide(request)
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self.deciding[request.application_id]
+        async with self.deciding.hold(request.application_id):
+            return await self._decide(request)
 
     async def _decide(self, request: pb.DecideRequest) -> pb.Decision:
         stored = self.store.get(request.application_id)
@@ -321,3 +342,116 @@ def _check_request(request: pb.DecideRequest) -> None:
         raise BadRequest(f"customer: {request.customer!r} is not 1-20 letters and digits")
     if request.amount_requested_fen <= 0:
         raise BadRequest(f"amount_requested_fen: {request.amount_requested_fen} must be positive")
+
+
+def loans_reader(channel: grpc.aio.Channel) -> behaviour.LoansOf:
+    """A customer's loans from the lending server (LoanService.ListLoans)."""
+    stub = lending_pb2_grpc.LoanServiceStub(channel)
+
+    async def loans_of(customer: str) -> list[lending_pb2.Loan]:
+        reply = await stub.ListLoans(lending_pb2.ListLoansRequest(customer=customer), timeout=LENDING_TIMEOUT_S)
+        return list(reply.loans)
+
+    return loans_of
+
+
+class BehaviourServiceHandler:
+    """yunkai.risk.v1.BehaviourService over the assessments' store and the behaviour job (None:
+    the server has no --router or no --lending, and Assess is refused)."""
+
+    def __init__(self, store: AssessmentStore, job: behaviour.BehaviourJob | None) -> None:
+        self.store = store
+        self.job = job
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods: dict[str, Callable[[bytes], Awaitable[Message]]] = {
+            "Assess": self.assess,
+            "ListFollowUps": self.list_follow_ups,
+            "RecordFollowUpOutcome": self.record_outcome,
+            "GetCoverage": self.coverage,
+        }
+        return serving.unary_service(
+            BEHAVIOUR_SERVICE, methods, BEHAVIOUR_REFUSALS, requests_total, request_latency_s, log
+        )
+
+    async def assess(self, data: bytes) -> Message:
+        request = parse_request(pb.AssessRequest, data)
+        if self.job is None:
+            raise NotConfigured("Assess: the risk server was started without --router and --lending (both needed)")
+        try:
+            as_of = date.fromisoformat(request.date)
+        except ValueError:
+            raise BadRequest(f"date: {request.date!r} is not a YYYY-MM-DD business date") from None
+        borrowers = [behaviour.Borrower(b.customer, dict(b.profile)) for b in request.borrowers]
+        records = await self.job.run(request.run_id, as_of, borrowers)
+        log.info("assessed", extra={"run_id": request.run_id, "borrowers": len(records)})
+        return pb.AssessResponse(assessments=[assessment_message(record) for record in records])
+
+    async def list_follow_ups(self, data: bytes) -> Message:
+        request = parse_request(pb.ListFollowUpsRequest, data)
+        if request.kind not in ("", *early_warning.KINDS.values()):
+            raise BadRequest(f"kind: {request.kind!r} is not call, visit or empty")
+        tasks = early_warning.open_tasks(self.store, request.kind or None)
+        return pb.ListFollowUpsResponse(follow_ups=[follow_up_message(task) for task in tasks])
+
+    async def record_outcome(self, data: bytes) -> Message:
+        request = parse_request(pb.FollowUpOutcome, data)
+        task = early_warning.record_outcome(self.store, request.task, request.outcome, request.note)
+        return follow_up_message(task)
+
+    async def coverage(self, data: bytes) -> Message:
+        request = parse_request(pb.CoverageRequest, data)
+        days = request.max_age_days or early_warning.MAX_AGE_DAYS_DEFAULT
+        if not 0 < days <= 36_500:
+            raise BadRequest(f"max_age_days: {request.max_age_days} is not between 0 and 36,500")
+        if len(request.customers) > CUSTOMERS_PER_COVERAGE_MAX:
+            raise BadRequest(f"customers: more than {CUSTOMERS_PER_COVERAGE_MAX:,} in one call")
+        bad = next((c for c in request.customers if not CUSTOMER_PATTERN.fullmatch(c)), None)
+        if bad is not None:
+            raise BadRequest(f"customers: {bad!r} is not 1-20 letters and digits")
+        found = early_warning.coverage(
+            self.store, list(request.customers), early_warning.now_ms(), int(days * early_warning.DAY_MS)
+        )
+        return pb.Coverage(
+            borrowers=found["borrowers"],
+            assessed_current=found["assessed_current"],
+            coverage=found["coverage"],
+            by_level=found["by_level"],
+            max_age_days=found["max_age_days"],
+        )
+
+
+def assessment_message(record: dict[str, Any]) -> pb.Assessment:
+    pins = dict((name, version) for name, version in record["models"])
+    return pb.Assessment(
+        run_id=record["run_id"],
+        customer=record["customer"],
+        date=record["date"],
+        action=record["action"],
+        amount_fen=record["amount_fen"],
+        warning_level=record["warning_level"],
+        reason_codes=record["reasons"],
+        applied=record["applied"],
+        policy_version=record["policy_version"],
+        policy_sha256=record["policy_sha256"],
+        scores=[
+            pb.ModelScore(model=name, version=pins[name], score=score)
+            for name, score in record["input"]["scores"].items()
+        ],
+        features=record["features"],
+        record_json=json.dumps(record, sort_keys=True),
+    )
+
+
+def follow_up_message(task: dict[str, Any]) -> pb.FollowUp:
+    return pb.FollowUp(
+        task=task["task"],
+        customer=task["customer"],
+        kind=task["kind"],
+        level=task["level"],
+        reason_codes=task["reasons"],
+        opened_at_unix_ms=task["opened_at_unix_ms"],
+        outcome=task["outcome"] or "",
+        note=task["note"],
+        closed_at_unix_ms=task["closed_at_unix_ms"] or 0,
+    )

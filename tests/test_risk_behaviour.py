@@ -1,6 +1,10 @@
 """Behavioural limit management on real processes: a scoring server with early_warning and
-repayment_willingness, a router and two nodes, and `yunkai risk behaviour` runs that freeze a
-deteriorating borrower, unfreeze them after recovery and raise a good one, each run idempotent."""
+repayment_willingness, a router and two nodes, a lending server keeping the loans, and a risk
+server whose BehaviourService reads each borrower's repayment records from the lending server.
+
+A borrower who stops paying is frozen (and can draw no more); once they have repaid on time
+for a year they are unfrozen; a good borrower using their limit gets a raise; every run is
+idempotent, and a refused request changes nothing."""
 
 from __future__ import annotations
 
@@ -9,31 +13,37 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
 from clients.ledger import LedgerClient
 from clients.scoring import ScoringClient
 from cluster.commands import LocalCluster
-from cluster.local import ScoringProcess
+from cluster.local import LendingProcess, RiskProcess, ScoringProcess
 from lending.limits import CreditLimits, LevelView
-from scoring import datasets, synthetic, train
+from lending.products import SAMPLE_CATALOGUE, read_catalogue
+from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as pb, risk_pb2_grpc
+from scoring import synthetic, train
+from scoring.datasets import LOADERS
 from tests.conftest import fresh
 
 ROOT = Path(__file__).resolve().parent.parent
 CNY = 156
-PRODUCT = "SME-TAX-LOAN"
-GRANTED_FEN = 1_000_000
+LIMIT_FEN = 2_000_000
+REPAYMENT_FEATURES = ("late_payments_12m", "months_on_book")  # early_warning's, read from the loans
+AGE = 45.0  # the owner's age: repayment_willingness's only profile feature
 
 
 @pytest.fixture(scope="module")
 def scoring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScoringProcess]:
     registry = tmp_path_factory.mktemp("scoring") / "models"
     for name in ("early_warning", "repayment_willingness"):
-        assert train.train_one(name, datasets.LOADERS[name](), registry, 1, iterations=60).admitted
+        assert train.train_one(name, LOADERS[name](), registry, 1, iterations=60).admitted
     server = ScoringProcess(str(registry), ["--log-level", "WARNING"]).start()
     yield server
     server.stop()
@@ -46,126 +56,251 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     running.stop()
 
 
+class Lending:
+    """A lending server with a product of its own (SME-TAX-LOAN's terms: 7.20%, 3 grace days)."""
+
+    def __init__(self, process: LendingProcess) -> None:
+        self.process = process
+        self.channel = grpc.insecure_channel(process.address)
+        self.loans = lending_pb2_grpc.LoanServiceStub(self.channel)
+        products = lending_pb2_grpc.ProductServiceStub(self.channel)
+        [parameters] = [p for p in read_catalogue(SAMPLE_CATALOGUE) if p.code == "SME-TAX-LOAN"]
+        parameters.code = fresh("BH").replace("-", "")
+        draft = products.SaveDraft(lpb.SaveDraftRequest(parameters=parameters), timeout=10)
+        self.code = products.PublishProduct(lpb.ProductRef(code=draft.code, version=draft.version), timeout=10).code
+
+    def customer(self) -> str:
+        customer = fresh("b").replace("-", "")
+        line = lpb.ApproveCreditLineRequest(
+            customer=customer,
+            line_id=f"L{customer}",
+            product_code=self.code,
+            customer_limit=LIMIT_FEN,
+            product_limit=LIMIT_FEN,
+        )
+        self.loans.ApproveCreditLine(line, timeout=30)
+        return customer
+
+    def draw(self, customer: str, amount: int, day: str, term_months: int) -> lpb.Loan:
+        request = lpb.DrawdownRequest(
+            customer=customer,
+            loan_id=fresh("l").replace("-", ""),
+            product_code=self.code,
+            amount=amount,
+            date=day,
+            term_months=term_months,
+        )
+        return self.loans.Drawdown(request, timeout=30)
+
+    def repay(self, loan: lpb.Loan, numbers: range, day: str) -> None:
+        """Pay instalments `numbers` (what they owe) on `day`."""
+        owed = sum(i.principal + i.interest + i.fees for i in loan.schedule if i.number in numbers)
+        request = lpb.RepayRequest(
+            loan_id=loan.loan_id, repayment_id=fresh("r").replace("-", ""), amount=owed, date=day
+        )
+        paid = self.loans.Repay(request, timeout=30).repayment
+        assert paid.unapplied == 0 and paid.amount == owed, paid
+
+
+@pytest.fixture(scope="module")
+def lending(tmp_path_factory: pytest.TempPathFactory, cluster: LocalCluster) -> Iterator[Lending]:
+    process = LendingProcess(str(tmp_path_factory.mktemp("lending")), ["--router", cluster.address]).start()
+    yield Lending(process)
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def risk(
+    tmp_path_factory: pytest.TempPathFactory, scoring: ScoringProcess, cluster: LocalCluster, lending: Lending
+) -> Iterator[RiskProcess]:
+    server = RiskProcess(
+        str(tmp_path_factory.mktemp("risk")),
+        ["--scoring", scoring.address, "--router", cluster.address, "--lending", lending.process.address],
+    ).start()
+    yield server
+    server.stop()
+
+
+def scores(scoring: ScoringProcess, model: str, rows: list[dict[str, float]]) -> list[float]:
+    async def score() -> list[float]:
+        async with ScoringClient(scoring.address) as client:
+            return await client.score(model, rows, 1)
+
+    return asyncio.run(score())
+
+
 @pytest.fixture(scope="module")
 def profiles(scoring: ScoringProcess) -> dict[str, dict[str, float]]:
-    """Real feature rows: a deteriorating business, a recovered one, and a model borrower."""
+    """Real businesses of the synthetic book, chosen with the trained models.
+
+    `wavering`: deteriorates (early_warning >= 0.45) with 4 late instalments in half a year on
+    book, and is well below 0.15 with a clean year after 19 months. `model`: early_warning
+    < 0.03 with a clean first month on book. The owner's age keeps repayment_willingness low
+    while no instalment is late."""
     data = synthetic.generate(2_000)
-    order = np.argsort(data.probabilities)
-    worst, best = (
-        dict(zip(synthetic.FEATURES, map(float, data.features[i]), strict=True)) for i in (order[-1], order[0])
-    )
-    cards = datasets.repayment_willingness()
-    rows = [dict(zip(cards.feature_names, map(float, r), strict=True)) for r in cards.features[:300]]
+    rows = [dict(zip(synthetic.FEATURES, map(float, r), strict=True)) for r in data.features]
+    late = scores(scoring, "early_warning", [r | {"late_payments_12m": 4.0, "months_on_book": 6.0} for r in rows])
+    clean = scores(scoring, "early_warning", [r | {"late_payments_12m": 0.0, "months_on_book": 19.0} for r in rows])
+    first = scores(scoring, "early_warning", [r | {"late_payments_12m": 0.0, "months_on_book": 1.0} for r in rows])
+    wavering = [i for i in range(len(rows)) if late[i] >= 0.45 and clean[i] < 0.1]
+    model = [i for i in range(len(rows)) if first[i] < 0.03]
+    assert wavering and model, (max(np.array(late) - np.array(clean)), min(first))
+    bills = (0.4, 0.5, 1.2, 1.5)  # thousands of yuan billed in the month before each test's date
+    willing = scores(scoring, "repayment_willingness", [{"LateApril": 0.0, "BillApril": b, "AGE": AGE} for b in bills])
+    assert max(willing) < 0.2, willing
 
-    async def score() -> tuple[list[float], list[float]]:
-        async with ScoringClient(scoring.address) as client:
-            return await client.score("early_warning", [worst, best], 1), await client.score(
-                "repayment_willingness", rows, 1
-            )
+    def profile(i: int) -> dict[str, float]:
+        return {k: v for k, v in rows[i].items() if k not in REPAYMENT_FEATURES} | {"AGE": AGE}
 
-    early, willingness = asyncio.run(score())
-    assert early[0] >= 0.4 and early[1] < 0.05, early
-    payer = rows[int(np.argmin(willingness))]
-    assert min(willingness) < 0.2, min(willingness)
-    return {"deteriorating": worst | payer, "recovered": best | payer}
+    return {"wavering": profile(wavering[0]), "model": profile(model[0])}
 
 
-def run_job(
-    tmp: Path, run_id: str, borrowers: list[dict[str, Any]], scoring: ScoringProcess, cluster: LocalCluster
-) -> list[dict[str, Any]]:
-    path = tmp / f"{run_id}.jsonl"
-    path.write_text("".join(json.dumps(b) + "\n" for b in borrowers))
+def assess(risk: RiskProcess, run_id: str, day: str, *borrowers: tuple[str, dict[str, float]]) -> list[dict[str, Any]]:
+    with grpc.insecure_channel(risk.address) as channel:
+        request = pb.AssessRequest(
+            run_id=run_id, date=day, borrowers=[pb.Borrower(customer=c, profile=p) for c, p in borrowers]
+        )
+        reply = risk_pb2_grpc.BehaviourServiceStub(channel).Assess(request, timeout=60)
+    for assessment in reply.assessments:
+        record = json.loads(assessment.record_json)
+        assert (assessment.action, assessment.applied, dict(assessment.features)) == (
+            record["action"], record["applied"], record["features"],
+        )  # fmt: skip
+    return [json.loads(a.record_json) for a in reply.assessments]
+
+
+def cli(risk: RiskProcess, action: str, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "risk", "behaviour", "--run-id", run_id, "--borrowers", str(path),
-         "--scoring", scoring.address, "--router", cluster.address, "--data-dir", str(tmp / "risk")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
-
-
-def yunkai(tmp: Path, action: str, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "risk", action, "--data-dir", str(tmp / "risk"), *args],
+        [sys.executable, "-m", "cluster.cli", "risk", action, "--risk", risk.address, *args],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
-def ledger(cluster: LocalCluster, work: Any) -> Any:
-    async def main() -> Any:
-        async with await LedgerClient.connect(cluster.address) as client:
-            return await work(CreditLimits(client, CNY))
-
-    return asyncio.run(main())
-
-
-def open_line(cluster: LocalCluster, drawn_fen: int = 0) -> str:
-    customer = fresh("b").replace("-", "")
-
-    async def work(limits: CreditLimits) -> None:
-        assert all(r.ok for r in await limits.open(customer, [PRODUCT]))
-        assert (await limits.raise_limit(customer, None, GRANTED_FEN, "grant")).ok
-        assert (await limits.raise_limit(customer, PRODUCT, GRANTED_FEN, "grant-p")).ok
-        if drawn_fen:
-            assert (await limits.consume(customer, PRODUCT, drawn_fen, "draw")).ok
-
-    ledger(cluster, work)
-    return customer
-
-
 def view(cluster: LocalCluster, customer: str) -> LevelView:
-    async def work(limits: CreditLimits) -> LevelView:
-        return await limits.view(customer)
+    async def read() -> LevelView:
+        async with await LedgerClient.connect(cluster.address) as client:
+            return await CreditLimits(client, CNY).view(customer)
 
-    result: LevelView = ledger(cluster, work)
-    return result
+    return asyncio.run(read())
 
 
-def test_a_deteriorating_borrower_is_frozen_then_unfrozen_after_recovery_each_run_once(
-    tmp_path: Path, scoring: ScoringProcess, cluster: LocalCluster, profiles: dict[str, dict[str, float]]
+def test_a_borrower_who_stops_paying_is_frozen_and_unfrozen_after_a_year_on_time(
+    tmp_path: Path, risk: RiskProcess, lending: Lending, cluster: LocalCluster, profiles: dict[str, dict[str, float]]
 ) -> None:
-    customer = open_line(cluster)
-    [frozen] = run_job(tmp_path, "r1", [{"customer": customer, **profiles["deteriorating"]}], scoring, cluster)
+    customer = lending.customer()
+    loan = lending.draw(customer, 1_000_000, "2026-01-15", term_months=24)
+    for number in (1, 2):  # February and March on their due dates; April to July never
+        lending.repay(loan, range(number, number + 1), loan.schedule[number - 1].due)
+    borrower = (customer, profiles["wavering"])
+
+    [frozen] = assess(risk, "r1", "2026-07-20", borrower)
     assert (frozen["action"], frozen["warning_level"], frozen["reasons"], frozen["applied"]) == (
         "freeze", "red", ["EARLY_WARNING_HIGH"], "OK",
     )  # fmt: skip
-    assert frozen["input"]["scores"]["early_warning"] >= 0.4 and frozen["policy_version"] == 1
+    assert {k: frozen["features"][k] for k in ("late_payments_12m", "months_on_book", "LateApril")} == {
+        "late_payments_12m": 4.0, "months_on_book": 6.0, "LateApril": 1.0,
+    }  # fmt: skip
+    assert frozen["input"]["scores"]["early_warning"] >= 0.4 and frozen["date"] == "2026-07-20"
     assert view(cluster, customer).frozen
-    # The same run again, even with other data: the stored assessment, re-applied as a replay.
-    again = run_job(tmp_path, "r1", [{"customer": customer, **profiles["recovered"]}], scoring, cluster)
-    assert again == [frozen]
-    assert view(cluster, customer) == LevelView(GRANTED_FEN, 0, 0, GRANTED_FEN, True)
+    with pytest.raises(grpc.RpcError) as refused:
+        lending.draw(customer, 100_000, "2026-07-21", term_months=12)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
+    # The same run again, even after the records changed: the stored assessment, re-applied as a replay.
+    lending.repay(loan, range(3, 7), "2026-07-25")  # the arrears, caught up
+    assert assess(risk, "r1", "2026-07-25", borrower) == [frozen]
     # Early warning: a red level opens a visit, once, whose outcome is recorded; the book is covered.
-    [visit] = [json.loads(line) for line in yunkai(tmp_path, "followups").splitlines()]
-    assert (visit["task"], visit["kind"], visit["reasons"]) == (f"r1/{customer}", "visit", ["EARLY_WARNING_HIGH"])
-    yunkai(tmp_path, "followup-outcome", visit["task"], "--outcome", "visited_tax_arrears_found")
-    assert yunkai(tmp_path, "followups") == ""
-    (tmp_path / "book.jsonl").write_text(json.dumps({"customer": customer}) + "\n" + '{"customer": "never1"}\n')
-    covered = json.loads(yunkai(tmp_path, "coverage", "--borrowers", str(tmp_path / "book.jsonl")))
-    assert (covered["coverage"], covered["by_level"]["red"]) == (0.5, 1)
+    [visit] = [json.loads(line) for line in cli(risk, "followups").splitlines()]
+    assert (visit["task"], visit["kind"], visit["reason_codes"]) == (f"r1/{customer}", "visit", ["EARLY_WARNING_HIGH"])
+    closed = json.loads(cli(risk, "followup-outcome", visit["task"], "--outcome", "visited_tax_arrears_found"))
+    assert closed["outcome"] == "visited_tax_arrears_found"
+    assert f"r1/{customer}" not in cli(risk, "followups")
+    book = tmp_path / "book.jsonl"
+    book.write_text(json.dumps({"customer": customer}) + "\n" + '{"customer": "never1"}\n')
+    covered = json.loads(cli(risk, "coverage", "--borrowers", str(book)))
+    assert (covered["borrowers"], covered["assessed_current"], covered["by_level"]["red"]) == (2, 1, 1)
 
-    [thawed] = run_job(tmp_path, "r2", [{"customer": customer, **profiles["recovered"]}], scoring, cluster)
+    for number in range(7, 20):  # August 2026 to August 2027, each on its due date
+        lending.repay(loan, range(number, number + 1), loan.schedule[number - 1].due)
+    as_of = (date.fromisoformat(loan.schedule[18].due) + timedelta(days=5)).isoformat()  # 2027-08-20
+    [thawed] = assess(risk, "r2", as_of, borrower)
     assert (thawed["action"], thawed["warning_level"], thawed["reasons"], thawed["applied"]) == (
         "unfreeze", "green", ["RECOVERED"], "OK",
     )  # fmt: skip
-    assert thawed["input"]["limit"]["frozen"] is True
+    assert (thawed["features"]["late_payments_12m"], thawed["input"]["limit"]["frozen"]) == (0.0, True)
     assert not view(cluster, customer).frozen
     for run_id, record in (("r2", thawed), ("r1", frozen)):  # an old run replayed later does not re-freeze
-        assert run_job(tmp_path, run_id, [{"customer": customer, **profiles["recovered"]}], scoring, cluster) == [
-            record
-        ]
-    assert view(cluster, customer) == LevelView(GRANTED_FEN, 0, 0, GRANTED_FEN, False)
+        assert assess(risk, run_id, as_of, borrower) == [record]
+    assert not view(cluster, customer).frozen
 
 
-def test_a_good_borrower_using_their_limit_gets_a_raise_once(
-    tmp_path: Path, scoring: ScoringProcess, cluster: LocalCluster, profiles: dict[str, dict[str, float]]
+def test_a_good_borrower_using_their_limit_gets_a_raise_once_through_the_batch_job(
+    tmp_path: Path, risk: RiskProcess, lending: Lending, cluster: LocalCluster, profiles: dict[str, dict[str, float]]
 ) -> None:
-    customer = open_line(cluster, drawn_fen=600_000)
+    customer = lending.customer()
+    loan = lending.draw(customer, 1_400_000, "2026-01-15", term_months=12)
+    lending.repay(loan, range(1, 2), "2026-02-15")
+    used = view(cluster, customer).used
+    assert used > LIMIT_FEN // 2, used
+    book = tmp_path / "profiles.jsonl"
+    book.write_text(json.dumps({"customer": customer, **profiles["model"]}) + "\n")
+    job = [sys.executable, "-m", "cluster.cli", "risk", "behaviour", "--risk", risk.address, "--run-id", "r1"]
+    job += ["--date", "2026-02-20", "--profiles", str(book)]
     for _ in range(2):
-        [raised] = run_job(tmp_path, "r1", [{"customer": customer, **profiles["recovered"]}], scoring, cluster)
+        done = subprocess.run(
+            [*job, "--date", "2026-02-20", "--profiles", str(book)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0 and "assessed 1/1 borrowers" in done.stderr, done.stderr
+        [raised] = [json.loads(line) for line in done.stdout.splitlines()]
         assert (raised["action"], raised["amount_fen"], raised["reasons"], raised["applied"]) == (
-            "raise", 200_000, ["GOOD_BEHAVIOUR_HIGH_USE"], "OK",
+            "raise", LIMIT_FEN // 5, ["GOOD_BEHAVIOUR_HIGH_USE"], "OK",
         )  # fmt: skip
-    assert view(cluster, customer) == LevelView(1_200_000, 600_000, 0, 600_000, False)
+        assert raised["features"]["months_on_book"] == 1.0 and raised["repayment_features"] == [
+            "BillApril", "LateApril", "late_payments_12m", "months_on_book",
+        ]  # fmt: skip
+    assert view(cluster, customer).granted == LIMIT_FEN + LIMIT_FEN // 5
+    book.write_text('{"customer": "c1", "AGE": "forty"}\n')
+    done = subprocess.run(
+        [*job, "--date", "2026-02-20", "--profiles", str(book)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "profiles.jsonl:1: AGE: 'forty' is not a finite number" in done.stderr, done.stderr
+
+
+def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
+    risk: RiskProcess, lending: Lending, cluster: LocalCluster, profiles: dict[str, dict[str, float]]
+) -> None:
+    customer = lending.customer()
+    before = view(cluster, customer)
+    good = profiles["model"]
+    cases = [
+        ("bad/run", "2026-02-20", [(customer, good)], "run_id: "),
+        ("r1", "2026-02-30", [(customer, good)], "date: "),
+        ("r1", "2026-02-20", [(customer, good), (customer, good)], "customer: a borrower appears twice"),
+        ("r1", "2026-02-20", [(customer, good | {"late_payments_12m": 0.0})], "late_payments_12m: read from"),
+        ("r1", "2026-02-20", [(customer, {k: v for k, v in good.items() if k != "AGE"})], "AGE: missing"),
+        ("r1", "2026-02-20", [(customer, good), ("nobody1", good)], "customer: nobody1 has no credit line"),
+        ("r1", "2026-02-20", [], "borrowers: 0 in one call"),
+    ]
+    with grpc.insecure_channel(risk.address) as channel:
+        stub = risk_pb2_grpc.BehaviourServiceStub(channel)
+        for run_id, day, borrowers, message in cases:
+            request = pb.AssessRequest(
+                run_id=run_id, date=day, borrowers=[pb.Borrower(customer=c, profile=p) for c, p in borrowers]
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Assess(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (message, refused.value.details())
+            assert message in refused.value.details()
+        assert stub.ListFollowUps(pb.ListFollowUpsRequest(kind="visit"), timeout=10) is not None
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RecordFollowUpOutcome(pb.FollowUpOutcome(task="r9/nobody", outcome="not_reached"), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert view(cluster, customer) == before
+    # Nothing was stored: the same run id assesses the customer afresh now.
+    [fresh_record] = assess(risk, "r1", "2026-02-20", (customer, good))
+    assert fresh_record["action"] == "none" and fresh_record["customer"] == customer

@@ -1,0 +1,97 @@
+"""Repayment features (risk/repayment.py) on hand-made loan records: lateness replayed from
+repayments, the 12-month window, the last month, payoffs, write-offs and as-of dates."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from proto import lending_pb2 as pb
+from risk.repayment import features
+
+# Four monthly instalments of 100 principal + 10 interest, due on the 10th, 3 grace days.
+DUES = ("2026-02-10", "2026-03-10", "2026-04-10", "2026-05-10")
+
+
+def loan(*repayments: tuple[str, int, int], status: int = pb.ACTIVE, closed: str = "", payoff: str = "") -> pb.Loan:
+    """A loan drawn on 2026-01-10; repayments as (date, interest, principal) in the order they were made."""
+    made = pb.Loan(
+        loan_id="l1",
+        customer="c1",
+        drawdown_date="2026-01-10",
+        grace_days=3,
+        status=status,
+        closed_date=closed,
+        schedule=[pb.Instalment(number=n, due=due, principal=100, interest=10) for n, due in enumerate(DUES, 1)],
+    )
+    for number, (day, interest, principal) in enumerate(repayments):
+        made.repayments.append(
+            pb.Repayment(
+                repayment_id=f"r{number}", date=day, interest=interest, principal=principal, payoff=day == payoff
+            )
+        )
+    return made
+
+
+def test_an_on_time_payer_has_no_late_instalment_and_last_month_bill() -> None:
+    paid = loan(("2026-02-10", 10, 100), ("2026-03-12", 10, 100))  # the second within its grace
+    assert features([paid], date(2026, 3, 20)) == {
+        "late_payments_12m": 0.0,
+        "months_on_book": 2.0,
+        "LateApril": 0.0,
+        "BillApril": 110 / 100_000,  # the instalment due 2026-03-10, in thousands of yuan
+    }
+
+
+def test_missed_instalments_are_late_once_their_grace_is_over() -> None:
+    missed = loan(("2026-02-10", 10, 100))
+    assert features([missed], date(2026, 3, 13))["late_payments_12m"] == 0.0  # the last day of grace
+    on = features([missed], date(2026, 4, 14))
+    assert (on["late_payments_12m"], on["LateApril"]) == (2.0, 1.0)
+
+
+def test_a_late_payment_stays_late_after_catching_up_but_the_last_month_can_be_clean() -> None:
+    caught_up = loan(("2026-02-10", 10, 100), ("2026-03-20", 10, 100), ("2026-04-10", 10, 100))
+    on = features([caught_up], date(2026, 4, 30))
+    assert (on["late_payments_12m"], on["LateApril"]) == (1.0, 0.0)
+
+
+def test_interest_is_spread_before_principal_earliest_due_first() -> None:
+    # On 2026-03-20 both February's and March's instalments are due: 20 interest covers both,
+    # 100 principal covers February's only, so February is paid then (late) and March is not.
+    partly = loan(("2026-03-20", 20, 100))
+    assert features([partly], date(2026, 3, 25))["late_payments_12m"] == 2.0
+    assert features([partly, loan(("2026-03-21", 0, 100))], date(2026, 3, 25))["late_payments_12m"] == 4.0
+    finished = loan(("2026-03-20", 20, 100), ("2026-03-21", 0, 100))
+    assert features([finished], date(2026, 3, 25))["late_payments_12m"] == 2.0
+    assert features([finished], date(2026, 3, 25))["LateApril"] == 1.0  # March's was paid late
+
+
+def test_features_as_of_a_date_ignore_later_records() -> None:
+    record = loan(("2026-02-10", 10, 100), ("2026-03-20", 10, 100))
+    assert features([record], date(2026, 3, 15)) == features([loan(("2026-02-10", 10, 100))], date(2026, 3, 15))
+    assert features([record], date(2025, 12, 31)) == {
+        "late_payments_12m": 0.0,
+        "months_on_book": 0.0,
+        "LateApril": 0.0,
+        "BillApril": 0.0,
+    }
+
+
+def test_a_payoff_settles_everything_and_a_write_off_ends_what_is_owed() -> None:
+    paid_off = loan(("2026-02-10", 10, 100), ("2026-02-20", 5, 300), status=pb.PAID_OFF, payoff="2026-02-20")
+    paid_off.schedule[1].interest, paid_off.schedule[2].interest, paid_off.schedule[3].interest = 5, 0, 0
+    assert features([paid_off], date(2026, 6, 1))["late_payments_12m"] == 0.0
+    written_off = loan(status=pb.WRITTEN_OFF, closed="2026-03-20")
+    on = features([written_off], date(2026, 6, 1))
+    assert (on["late_payments_12m"], on["LateApril"]) == (2.0, 1.0)  # February's and March's, never paid
+
+
+def test_the_window_is_twelve_months_and_pending_loans_do_not_count() -> None:
+    missed = loan()
+    assert features([missed], date(2026, 12, 1))["late_payments_12m"] == 4.0
+    assert features([missed], date(2027, 3, 15))["late_payments_12m"] == 2.0  # April's and May's
+    assert features([missed], date(2027, 3, 15))["months_on_book"] == 14.0
+    pending = loan()
+    pending.status = pb.PENDING
+    assert features([pending], date(2026, 12, 1))["late_payments_12m"] == 0.0
+    assert features([], date(2026, 12, 1))["months_on_book"] == 0.0
