@@ -1,19 +1,30 @@
-"""`yunkai demo` (what `make run` starts): a local cluster and a short walk through the ledger.
+"""`yunkai demo` (what `make run` starts): a whole local yunkai and a short walk through it.
 
-It starts a router and three nodes on loopback, then, through the SDK: opens a customer's
-deposit and loan accounts (one slot, by their hash tag) and a bank fee account (another
-slot, often on another node), draws the loan down into the deposit, reserves and posts a
-two-phase repayment, charges a fee across nodes (the durable outbox), shows a refused
-overdraft and an idempotent replay, prints balances and history, and leaves the cluster
-serving for you to call until Ctrl-C.
+1. The ledger: a router and three nodes on loopback; through the SDK it opens a customer's
+   deposit and loan accounts (one slot, by their hash tag) and a bank fee account (another
+   slot, often on another node), draws the loan down into the deposit, reserves and posts a
+   two-phase repayment, charges a fee across nodes (the durable outbox), shows a refused
+   overdraft and an idempotent replay, and prints balances and history.
+2. The business on top (skipped with --ledger-only): it trains the credit_risk,
+   early_warning and repayment_willingness models into a registry (CatBoost exported to
+   ONNX), starts a scoring node, a lending server (with the sample product catalogue) and a
+   risk server, then decides a credit application (scored, decided by the product's
+   decision table, the credit line opened on the ledger), draws a loan, repays its first
+   instalment and assesses the borrower's behaviour from their repayment records.
+Everything keeps serving for you to call until Ctrl-C (unless --exit).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import tempfile
 import time
+from pathlib import Path
+
+import grpc
 
 from clients.ledger import (
     Account,
@@ -23,14 +34,35 @@ from clients.ledger import (
     TransferFlags,
 )
 from cluster.commands import LocalCluster
+from cluster.local import LendingProcess, RiskProcess, ScoringProcess, ServiceProcess
+from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb, risk_pb2_grpc
 
 CNY = 156  # ISO 4217 numeric code, used as the ledger (book) number
+MODELS = ("credit_risk", "early_warning", "repayment_willingness")
+PRODUCT = "SME-TAX-LOAN"
+DEMO_CUSTOMER = "demo42"
+# An application in the SME-TAX-LOAN flow's fields (the credit data's columns, scoring/datasets.py).
+APPLICANT = {
+    "Seniority": 9, "Home": 5, "Time": 60, "Age": 30, "Marital": 1, "Records": 0, "Job": 1, "Expenses": 73,
+    "Income": 129, "Assets": 0, "Debt": 0, "Amount": 800, "Price": 846,
+}  # fmt: skip
+# What the bank knows of the business from outside the ledger (tax, invoices, courts, the owner's age).
+PROFILE = {
+    "tax_paid_12m_k": 48.0, "invoices_12m": 140.0, "invoice_growth_pct": 12.0, "registration_age_years": 7.5,
+    "judicial_records": 0.0, "industry_code": 2.0, "AGE": 45.0,
+}  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="keep the cluster's data here (default: a new temporary directory)")
-    parser.add_argument("--port", type=int, default=7000, help="router port; nodes take the next 3 (default 7000)")
-    parser.add_argument("--exit", action="store_true", help="stop the cluster after the walk-through")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=7000,
+        help="router port; nodes take the next 3, scoring +200, lending +300, risk +400 (default 7000; 0: any free)",
+    )
+    parser.add_argument("--exit", action="store_true", help="stop everything after the walk-through")
+    parser.add_argument("--ledger-only", action="store_true", help="only the ledger: no models, lending or risk")
 
 
 def _fen(amount: int) -> str:
@@ -42,19 +74,29 @@ def main(args: argparse.Namespace) -> int:
     cluster = LocalCluster(data_dir, nodes=3, port=args.port)
     print(f"starting a router and 3 ledger nodes (data in {data_dir}) ...")
     cluster.start()
+    services: list[ServiceProcess] = []
     try:
         print(f"router serving on {cluster.address}; nodes on {', '.join(n.address for n in cluster.nodes)}\n")
         asyncio.run(_walk_through(cluster.address))
+        if not args.ledger_only:
+            services = _start_business(data_dir, cluster.address, args.port)
+            _business_walk_through(*services)
         if args.exit:
             return 0
-        print(f"\nThe cluster keeps serving; the router is {cluster.address}. Ctrl-C stops it.")
+        print(f"\nEverything keeps serving; the router is {cluster.address}. Ctrl-C stops it.")
         print(f"Try: yunkai cluster status --router {cluster.address}")
-        while all(p.process is not None and p.process.poll() is None for p in [cluster.router, *cluster.nodes] if p):
+        if services:
+            print(f"     yunkai loan list --lending {services[1].address} --customer {DEMO_CUSTOMER}")
+            print(f"     yunkai risk followups --risk {services[2].address}")
+        running = [cluster.router, *cluster.nodes, *services]
+        while all(p.process is not None and p.process.poll() is None for p in running if p):
             time.sleep(0.5)
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
+        for service in reversed(services):
+            service.stop()
         cluster.stop()
 
 
@@ -90,3 +132,111 @@ async def _walk_through(router: str) -> None:
         print(f"history of {deposit}, newest first:")
         for t in page.transfers:
             print(f"  {t.id:12} {t.state.name:10} {_fen(t.amount):>16}")
+
+
+def _start_business(data_dir: str, router: str, port: int) -> list[ServiceProcess]:
+    """Train the models, then start scoring, lending and risk (in that order): [scoring, lending, risk]."""
+    from scoring import datasets, train  # heavy (catboost, pandas): only here
+
+    registry = Path(data_dir) / "models"
+    for name in MODELS:
+        if not (registry / name / "1").exists():
+            print(f"\ntraining {name} (CatBoost, exported to ONNX behind the parity gate) ...", flush=True)
+            outcome = train.train_one(name, datasets.LOADERS[name](), registry, 1)
+            assert outcome.admitted, outcome
+    offset = (lambda n: port + n) if port else (lambda n: 0)
+    scoring = ScoringProcess(str(registry), ["--log-level", "WARNING"])
+    lending = LendingProcess(os.path.join(data_dir, "lending"), ["--router", router, "--log-level", "WARNING"])
+    risk = RiskProcess(os.path.join(data_dir, "risk"), ["--router", router, "--log-level", "WARNING"])
+    started: list[ServiceProcess] = []
+    try:
+        order: list[tuple[ServiceProcess, int]] = [(scoring, 200), (lending, 300), (risk, 400)]
+        for process, shift in order:
+            process.port = offset(shift)
+            if process is risk:
+                process.extra_args += ["--scoring", scoring.address, "--lending", lending.address]
+            started.append(process.start())
+    except BaseException:
+        for running in reversed(started):
+            running.stop()
+        raise
+    print(f"scoring on {scoring.address}, lending on {lending.address}, risk on {risk.address}\n")
+    return started
+
+
+def _business_walk_through(scoring: ServiceProcess, lending: ServiceProcess, risk: ServiceProcess) -> None:
+    from lending.products import SAMPLE_CATALOGUE, read_catalogue
+
+    run = str(time.time_ns())[-9:]  # fresh ids per run
+    with grpc.insecure_channel(lending.address) as to_lending, grpc.insecure_channel(risk.address) as to_risk:
+        products = lending_pb2_grpc.ProductServiceStub(to_lending)
+        loans = lending_pb2_grpc.LoanServiceStub(to_lending)
+        [parameters] = [p for p in read_catalogue(SAMPLE_CATALOGUE) if p.code == PRODUCT]
+        draft = products.SaveDraft(lpb.SaveDraftRequest(parameters=parameters), timeout=10)
+        product = products.PublishProduct(lpb.ProductRef(code=draft.code, version=draft.version), timeout=10)
+        print(f"product {product.code} v{product.version}: {product.parameters.name}")
+
+        application = rpb.DecideRequest(
+            application_id=f"app{run}",
+            product=PRODUCT,
+            customer=DEMO_CUSTOMER,
+            amount_requested_fen=5_000_000,
+            fields={k: float(v) for k, v in APPLICANT.items()},
+        )
+        decision = risk_pb2_grpc.DecisionServiceStub(to_risk).Decide(application, timeout=30)
+        scores = ", ".join(f"{s.model} v{s.version} {s.score:.3f}" for s in decision.scores)
+        print(
+            f"decision on {application.application_id}: {rpb.Outcome.Name(decision.outcome)}, limit "
+            f"{_fen(decision.limit_fen)} at {decision.price_bps / 100:.2f}% ({scores}; reasons "
+            f"{list(decision.reason_codes)}); credit line opened on the ledger: {decision.credit_line_opened}"
+        )
+        limit = max(decision.limit_fen, 5_000_000)  # declined or referred: the bank grants a line by hand
+        loans.ApproveCreditLine(
+            lpb.ApproveCreditLineRequest(
+                customer=DEMO_CUSTOMER,
+                line_id=f"L{run}",
+                product_code=PRODUCT,
+                customer_limit=limit,
+                product_limit=limit,
+            ),
+            timeout=30,
+        )
+        loan = loans.Drawdown(
+            lpb.DrawdownRequest(
+                customer=DEMO_CUSTOMER, loan_id=f"d{run}", product_code=PRODUCT, amount=3_000_000, date="2026-01-15"
+            ),
+            timeout=30,
+        )
+        first = loan.schedule[0]
+        print(
+            f"loan {loan.loan_id}: {_fen(loan.principal)} over {loan.term_months} months at "
+            f"{loan.annual_rate_bps / 100:.2f}%, first instalment {_fen(first.principal + first.interest + first.fees)}"
+            f" due {first.due}"
+        )
+        paid = loans.Repay(
+            lpb.RepayRequest(
+                loan_id=loan.loan_id,
+                repayment_id=f"r{run}",
+                amount=first.principal + first.interest + first.fees,
+                date=first.due,
+            ),
+            timeout=30,
+        ).repayment
+        print(
+            f"repaid {_fen(paid.amount)} on {paid.date}: principal {_fen(paid.principal)}, interest "
+            f"{_fen(paid.interest)}, fees {_fen(paid.fees)}"
+        )
+        assessed = risk_pb2_grpc.BehaviourServiceStub(to_risk).Assess(
+            rpb.AssessRequest(
+                run_id=f"demo{run}",
+                date="2026-02-20",
+                borrowers=[rpb.Borrower(customer=DEMO_CUSTOMER, profile=PROFILE)],
+            ),
+            timeout=30,
+        )
+        [assessment] = assessed.assessments
+        from_records = {k: v for k, v in assessment.features.items() if k not in PROFILE}
+        print(
+            f"behaviour as of {assessment.date}: {assessment.action} ({assessment.warning_level}; reasons "
+            f"{list(assessment.reason_codes)}), from repayment records {json.dumps(from_records, sort_keys=True)}"
+        )

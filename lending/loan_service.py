@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date
-
-from rocksdict import Options, Rdict, WriteOptions
 
 from clients.ledger import Account, AccountFlags, LedgerClient, Result, ResultCode, Transfer, TransferState
 from lending import loans as rules
 from lending.allocation import allocate
 from lending.limits import CreditLimits
 from lending.products import ProductStore, ledger_of
-from proto import lending_pb2 as pb
+from proto import lending_pb2 as pb, serving
 
 log = logging.getLogger("yunkai.lending")
 
@@ -57,12 +54,7 @@ class LoanStore:
     """
 
     def __init__(self, data_dir: str) -> None:
-        os.makedirs(data_dir, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self._db = Rdict(os.path.join(data_dir, "loans"), options)
-        self._sync = WriteOptions()
-        self._sync.sync = True
+        self._db, self._sync = serving.open_store(data_dir, "loans")
         self.loans: dict[str, pb.Loan] = {}
         self.lines: dict[tuple[str, str], pb.CreditLine] = {}
         self.checkpoints: set[tuple[str, int]] = set()

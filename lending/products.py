@@ -20,7 +20,6 @@ the rest of yunkai already trusts with durability.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 import tomllib
@@ -29,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
-from rocksdict import Options, Rdict, WriteOptions
 
 from lending.schedule import ANNUAL_RATE_BPS_MAX, PRINCIPAL_MAX, TERM_MONTHS_MAX
-from proto import lending_pb2 as pb
+from proto import lending_pb2 as pb, serving
 
 CODE_PATTERN = re.compile(r"[A-Z][A-Z0-9-]{1,23}")
 GL_PATTERN = re.compile(r"[0-9]{4}(\.[0-9]{2,4}){0,3}")
@@ -187,12 +185,7 @@ class ProductStore:
     """
 
     def __init__(self, data_dir: str) -> None:
-        os.makedirs(data_dir, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self._db = Rdict(os.path.join(data_dir, "products"), options)
-        self._sync = WriteOptions()
-        self._sync.sync = True
+        self._db, self._sync = serving.open_store(data_dir, "products")
         # code -> versions in order (index v-1 is version v): the whole catalogue is small.
         self._versions: dict[str, list[pb.Product]] = {}
         count = 0

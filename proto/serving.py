@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 from pythonjsonlogger.json import JsonFormatter
+from rocksdict import Options, Rdict, WriteOptions
 
 MESSAGE_BYTES_MAX = 16 * 1024 * 1024
 STOP_GRACE_S = 10.0
@@ -194,6 +195,18 @@ class Serving:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
+
+
+def open_store(data_dir: str, name: str) -> tuple[Rdict, WriteOptions]:
+    """An application server's own small RocksDB (`<data_dir>/<name>`, raw bytes), and the
+    write options that fsync before returning: what the lending and risk stores write with,
+    so nothing they acknowledge is lost."""
+    os.makedirs(data_dir, exist_ok=True)
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    sync = WriteOptions()
+    sync.sync = True
+    return Rdict(os.path.join(data_dir, name), options), sync
 
 
 def start_metrics(host: str, port: int | None) -> None:

@@ -10,23 +10,17 @@ are checked after they are read (the key says whose they are).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
-from rocksdict import Options, Rdict, WriteOptions
+from proto import serving
 
 
 class AssessmentStore:
     """JSON records by key. Synchronous: one process, one event loop, one write at a time."""
 
     def __init__(self, data_dir: str) -> None:
-        os.makedirs(data_dir, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self._db = Rdict(os.path.join(data_dir, "behaviour"), options)
-        self._sync = WriteOptions()
-        self._sync.sync = True
+        self._db, self._sync = serving.open_store(data_dir, "behaviour")
 
     def close(self) -> None:
         self._db.close()

@@ -16,11 +16,10 @@ in one batch.
 from __future__ import annotations
 
 import asyncio
-import os
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import WriteBatch
 
-from proto import risk_pb2 as pb
+from proto import risk_pb2 as pb, serving
 
 DECISIONS_PER_BATCH_MAX = 512
 
@@ -33,12 +32,7 @@ class DecisionStore:
     """Stored decisions by application id. Synchronous: one event loop calls it, one write at a time."""
 
     def __init__(self, data_dir: str) -> None:
-        os.makedirs(data_dir, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self._db = Rdict(os.path.join(data_dir, "decisions"), options)
-        self._sync = WriteOptions()
-        self._sync.sync = True
+        self._db, self._sync = serving.open_store(data_dir, "decisions")
         self._queued: list[tuple[pb.DecideRequest, pb.Decision, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
