@@ -30,6 +30,7 @@ written, so a refused request changes nothing:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -171,16 +172,11 @@ class BehaviourJob:
                 records[borrower.customer] = stored
         new = [b for b in borrowers if b.customer not in records]
         # Read everything first: a refusal (a missing feature, no credit line) changes nothing.
-        histories = [await self.loans_of(b.customer) for b in new]
+        histories = await asyncio.gather(*(self.loans_of(b.customer) for b in new))
         derived = [repayment.features(loans, as_of) for loans in histories]
         features = [b.profile | d for b, d in zip(new, derived, strict=True)]
         scores = await self._score(new, features)
-        views = []
-        for borrower in new:
-            try:
-                views.append(await self.limits.view(borrower.customer))
-            except BadLimitRequest:
-                raise BadBorrower(f"customer: {borrower.customer} has no credit line") from None
+        views = await asyncio.gather(*(self._view(b.customer) for b in new))
         for borrower, used, from_records, borrower_scores, view in zip(
             new, features, derived, scores, views, strict=True
         ):
@@ -207,6 +203,12 @@ class BehaviourJob:
             self.store.put(f"a/{run_id}/{borrower.customer}", record)
             early_warning.note_assessment(self.store, record)
         return [records[b.customer] for b in borrowers]
+
+    async def _view(self, customer: str) -> LevelView:
+        try:
+            return await self.limits.view(customer)
+        except BadLimitRequest:
+            raise BadBorrower(f"customer: {customer} has no credit line") from None
 
     async def _score(self, borrowers: list[Borrower], features: list[dict[str, float]]) -> list[dict[str, float]]:
         if not borrowers:
