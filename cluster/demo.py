@@ -9,8 +9,10 @@
    early_warning and repayment_willingness models into a registry (CatBoost exported to
    ONNX), starts a scoring node, a lending server (with the sample product catalogue) and a
    risk server, then decides a credit application (scored, decided by the product's
-   decision table, the credit line opened on the ledger), draws a loan, repays its first
-   instalment and assesses the borrower's behaviour from their repayment records.
+   decision table; when approved, the credit line is opened on the ledger; otherwise the
+   demo grants one as a banker would by hand), draws a loan, repays its first instalment
+   and assesses the borrower's behaviour from their repayment records. Each run uses a new
+   customer, so the demo can be repeated on one data directory.
 Everything keeps serving for you to call until Ctrl-C (unless --exit).
 """
 
@@ -40,7 +42,6 @@ from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb, risk_pb
 CNY = 156  # ISO 4217 numeric code, used as the ledger (book) number
 MODELS = ("credit_risk", "early_warning", "repayment_willingness")
 PRODUCT = "SME-TAX-LOAN"
-DEMO_CUSTOMER = "demo42"
 # An application in the SME-TAX-LOAN flow's fields (the credit data's columns, scoring/datasets.py).
 APPLICANT = {
     "Seniority": 9, "Home": 5, "Time": 60, "Age": 30, "Marital": 1, "Records": 0, "Job": 1, "Expenses": 73,
@@ -78,20 +79,25 @@ def main(args: argparse.Namespace) -> int:
     try:
         print(f"router serving on {cluster.address}; nodes on {', '.join(n.address for n in cluster.nodes)}\n")
         asyncio.run(_walk_through(cluster.address))
+        customer = ""
         if not args.ledger_only:
             services = _start_business(data_dir, cluster.address, args.port)
-            _business_walk_through(*services)
+            customer = _business_walk_through(*services)
         if args.exit:
             return 0
         print(f"\nEverything keeps serving; the router is {cluster.address}. Ctrl-C stops it.")
         print(f"Try: yunkai cluster status --router {cluster.address}")
         if services:
-            print(f"     yunkai loan list --lending {services[1].address} --customer {DEMO_CUSTOMER}")
+            print(f"     yunkai loan list --lending {services[1].address} --customer {customer}")
             print(f"     yunkai risk followups --risk {services[2].address}")
-        running = [cluster.router, *cluster.nodes, *services]
-        while all(p.process is not None and p.process.poll() is None for p in running if p):
+        running = [p for p in [cluster.router, *cluster.nodes, *services] if p is not None]
+        while True:
+            stopped = [p for p in running if p.process is None or p.process.poll() is not None]
+            if stopped:
+                for process in stopped:
+                    print(f"{process.kind} {process.address} stopped; its log: {process.log_path}")
+                return 1
             time.sleep(0.5)
-        return 1
     except KeyboardInterrupt:
         return 0
     finally:
@@ -164,10 +170,12 @@ def _start_business(data_dir: str, router: str, port: int) -> list[ServiceProces
     return started
 
 
-def _business_walk_through(scoring: ServiceProcess, lending: ServiceProcess, risk: ServiceProcess) -> None:
+def _business_walk_through(scoring: ServiceProcess, lending: ServiceProcess, risk: ServiceProcess) -> str:
+    """The lending walk-through; answers the demo's customer."""
     from lending.products import SAMPLE_CATALOGUE, read_catalogue
 
-    run = str(time.time_ns())[-9:]  # fresh ids per run
+    run = str(time.time_ns())[-9:]  # fresh ids and a new customer per run
+    customer = f"demo{run}"
     with grpc.insecure_channel(lending.address) as to_lending, grpc.insecure_channel(risk.address) as to_risk:
         products = lending_pb2_grpc.ProductServiceStub(to_lending)
         loans = lending_pb2_grpc.LoanServiceStub(to_lending)
@@ -179,7 +187,7 @@ def _business_walk_through(scoring: ServiceProcess, lending: ServiceProcess, ris
         application = rpb.DecideRequest(
             application_id=f"app{run}",
             product=PRODUCT,
-            customer=DEMO_CUSTOMER,
+            customer=customer,
             amount_requested_fen=5_000_000,
             fields={k: float(v) for k, v in APPLICANT.items()},
         )
@@ -193,7 +201,7 @@ def _business_walk_through(scoring: ServiceProcess, lending: ServiceProcess, ris
         limit = max(decision.limit_fen, 5_000_000)  # declined or referred: the bank grants a line by hand
         loans.ApproveCreditLine(
             lpb.ApproveCreditLineRequest(
-                customer=DEMO_CUSTOMER,
+                customer=customer,
                 line_id=f"L{run}",
                 product_code=PRODUCT,
                 customer_limit=limit,
@@ -203,7 +211,7 @@ def _business_walk_through(scoring: ServiceProcess, lending: ServiceProcess, ris
         )
         loan = loans.Drawdown(
             lpb.DrawdownRequest(
-                customer=DEMO_CUSTOMER, loan_id=f"d{run}", product_code=PRODUCT, amount=3_000_000, date="2026-01-15"
+                customer=customer, loan_id=f"d{run}", product_code=PRODUCT, amount=3_000_000, date="2026-01-15"
             ),
             timeout=30,
         )
@@ -230,7 +238,7 @@ def _business_walk_through(scoring: ServiceProcess, lending: ServiceProcess, ris
             rpb.AssessRequest(
                 run_id=f"demo{run}",
                 date="2026-02-20",
-                borrowers=[rpb.Borrower(customer=DEMO_CUSTOMER, profile=PROFILE)],
+                borrowers=[rpb.Borrower(customer=customer, profile=PROFILE)],
             ),
             timeout=30,
         )
@@ -240,3 +248,4 @@ def _business_walk_through(scoring: ServiceProcess, lending: ServiceProcess, ris
             f"behaviour as of {assessment.date}: {assessment.action} ({assessment.warning_level}; reasons "
             f"{list(assessment.reason_codes)}), from repayment records {json.dumps(from_records, sort_keys=True)}"
         )
+    return customer

@@ -56,6 +56,7 @@ class LoanStore:
     def __init__(self, data_dir: str) -> None:
         self._db, self._sync = serving.open_store(data_dir, "loans")
         self.loans: dict[str, pb.Loan] = {}
+        self.by_customer: defaultdict[str, set[str]] = defaultdict(set)  # customer -> loan ids
         self.lines: dict[tuple[str, str], pb.CreditLine] = {}
         self.checkpoints: set[tuple[str, int]] = set()
         for key, value in self._db.items():
@@ -65,6 +66,7 @@ class LoanStore:
                 loan = pb.Loan.FromString(value)
                 assert loan.loan_id == name, key  # the record is where its key says
                 self.loans[name] = loan
+                self.by_customer[loan.customer].add(name)
             elif kind == "line":
                 line = pb.CreditLine.FromString(value)
                 assert name == f"{line.customer}/{line.product_code}", key
@@ -82,10 +84,15 @@ class LoanStore:
         stored.CopyFrom(loan)
         self._db.put(f"loan/{loan.loan_id}".encode(), stored.SerializeToString(), self._sync)
         self.loans[loan.loan_id] = stored
+        self.by_customer[loan.customer].add(loan.loan_id)
 
     def delete_loan(self, loan_id: str) -> None:
         self._db.delete(f"loan/{loan_id}".encode(), self._sync)
-        self.loans.pop(loan_id, None)
+        removed = self.loans.pop(loan_id, None)
+        if removed is not None:
+            self.by_customer[removed.customer].discard(loan_id)
+            if not self.by_customer[removed.customer]:
+                del self.by_customer[removed.customer]
 
     def put_line(self, line: pb.CreditLine) -> None:
         self._db.put(f"line/{line.customer}/{line.product_code}".encode(), line.SerializeToString(), self._sync)
@@ -261,7 +268,7 @@ class LoanService:
 
     def list(self, customer: str) -> list[pb.Loan]:
         rules.check_customer(customer)
-        return [self.store.loan(i) for i in sorted(self.store.loans) if self.store.loans[i].customer == customer]
+        return [self.store.loan(i) for i in sorted(self.store.by_customer.get(customer, ()))]
 
     # --- repayments -----------------------------------------------------------------------
 

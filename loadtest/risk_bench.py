@@ -99,6 +99,7 @@ def _applicants() -> list[dict[str, float]]:
 
 async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
     applicants = _applicants()
+    gc.collect()
     gc.freeze()  # the training data (pandas) is not garbage: keep the driver's collections short
     run = f"{int(time.time()) % 100_000}"
     outcomes: dict[str, int] = {}

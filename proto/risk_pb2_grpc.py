@@ -194,7 +194,9 @@ class BehaviourServiceStub:
     business date, risk/repayment.py), with their limit on the ledger, decide an action: freeze,
     unfreeze, raise, lower, warn or none (risk/behaviour.py has the protocol). The batch job
     (`yunkai risk behaviour`) sends its book in chunks under one run id; the per-event path
-    (a repayment missed or made) sends one borrower under the event's id. Every assessment is
+    is the service that learns of an event (a repayment missed or made) sending one borrower
+    under the event's id. A run has one business date: the same run id as of another date is
+    ALREADY_EXISTS. Every assessment is
     stored with why, before its action is applied; a borrower already assessed under a run id
     answers the stored assessment and its action is applied again, which the ledger answers as
     a replay: idempotent per run. Early warning keeps each borrower's current level and opens a
@@ -238,7 +240,9 @@ class BehaviourServiceServicer:
     business date, risk/repayment.py), with their limit on the ledger, decide an action: freeze,
     unfreeze, raise, lower, warn or none (risk/behaviour.py has the protocol). The batch job
     (`yunkai risk behaviour`) sends its book in chunks under one run id; the per-event path
-    (a repayment missed or made) sends one borrower under the event's id. Every assessment is
+    is the service that learns of an event (a repayment missed or made) sending one borrower
+    under the event's id. A run has one business date: the same run id as of another date is
+    ALREADY_EXISTS. Every assessment is
     stored with why, before its action is applied; a borrower already assessed under a run id
     answers the stored assessment and its action is applied again, which the ledger answers as
     a replay: idempotent per run. Early warning keeps each borrower's current level and opens a
@@ -310,7 +314,9 @@ class BehaviourService:
     business date, risk/repayment.py), with their limit on the ledger, decide an action: freeze,
     unfreeze, raise, lower, warn or none (risk/behaviour.py has the protocol). The batch job
     (`yunkai risk behaviour`) sends its book in chunks under one run id; the per-event path
-    (a repayment missed or made) sends one borrower under the event's id. Every assessment is
+    is the service that learns of an event (a repayment missed or made) sending one borrower
+    under the event's id. A run has one business date: the same run id as of another date is
+    ALREADY_EXISTS. Every assessment is
     stored with why, before its action is applied; a borrower already assessed under a run id
     answers the stored assessment and its action is applied again, which the ledger answers as
     a replay: idempotent per run. Early warning keeps each borrower's current level and opens a

@@ -179,6 +179,7 @@ class Serving:
         moved out of the collector's sight (gc.freeze), so a full collection while serving
         walks only what requests made (a full walk of a scoring or risk process took ~14 ms
         and showed up as the 30-40 ms p99.9 of a decision; docs/benchmarks.md)."""
+        gc.collect()  # setup's own garbage is collected, not kept forever by the freeze
         gc.freeze()
         await self.server.start()
         await self.set_serving(True)

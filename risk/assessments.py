@@ -9,9 +9,12 @@ are checked after they are read (the key says whose they are).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
+
+from rocksdict import WriteBatch
 
 from proto import serving
 
@@ -36,6 +39,17 @@ class AssessmentStore:
     def put(self, key: str, record: dict[str, Any]) -> None:
         record["key"] = key
         self._db.put(key.encode(), json.dumps(record, sort_keys=True).encode(), self._sync)
+
+    async def write(self, records: dict[str, dict[str, Any]]) -> None:
+        """Store records by key in one fsync'd batch, written in a worker thread (the event
+        loop keeps serving decisions while the disk syncs)."""
+        if not records:
+            return
+        batch = WriteBatch(raw_mode=True)
+        for key, record in records.items():
+            record["key"] = key
+            batch.put(key.encode(), json.dumps(record, sort_keys=True).encode())
+        await asyncio.to_thread(self._db.write, batch, self._sync)
 
     def scan(self, prefix: str) -> Iterator[dict[str, Any]]:
         """Records whose key starts with `prefix`, in key order."""

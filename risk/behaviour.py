@@ -15,14 +15,16 @@ written, so a refused request changes nothing:
 
 1. If the run already assessed this borrower, its stored assessment is used as it is (no new
    scores, no new reading of the ledger): a rerun re-applies the same action, which the ledger
-   answers as a replay. So a run is idempotent however often it is repeated or resumed.
+   answers as a replay. So a run is idempotent however often it is repeated or resumed. A
+   rerun as of another date is refused (RunConflict): a run has one date.
 2. Otherwise: read the customer's loans and compute the repayment features as of the date,
    score the borrower with the pinned models, read the customer's limit from the ledger
    (granted, used, available, frozen), evaluate the table -> action (freeze, unfreeze, raise,
-   lower, warn, none), amount in fen, warning level, reason codes; store the assessment
-   (why, on what, by which flow) before acting.
-3. Apply the action through lending/limits.py under the operation id `bh-<run>-<customer>`
-   (so a repeat is a replay, never a second action), and store the ledger's answer with it.
+   lower, warn, none), amount in fen, warning level, reason codes; store the call's new
+   assessments (why, on what, by which flow) in one fsync'd batch before acting.
+3. Apply the actions through lending/limits.py under the operation ids `bh-<run>-<customer>`
+   (so a repeat is a replay, never a second action), and store the ledger's answers with
+   them, with step 4's level and follow-up, in one more batch.
    `warn` and `none` change nothing on the ledger; the assessment and level are the record.
 4. Hand the assessment to early warning (risk/early_warning.py): the customer's current
    level, and a follow-up call (amber) or visit (red), once per run.
@@ -56,6 +58,7 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,16}")
 ACTIONS = ("freeze", "unfreeze", "raise", "lower", "warn", "none")
 LEVELS = ("green", "amber", "red")
 BORROWERS_PER_CALL_MAX = 1_000  # one Assess call; the batch job sends its book in chunks
+READS_IN_FLIGHT_MAX = 32  # loan histories asked of the lending server at once, per call
 
 LoansOf = Callable[[str], Awaitable[Sequence[lending_pb2.Loan]]]
 """A customer's loans (the lending server's ListLoans)."""
@@ -63,6 +66,10 @@ LoansOf = Callable[[str], Awaitable[Sequence[lending_pb2.Loan]]]
 
 class BadBorrower(ValueError):
     """A borrower or the request is malformed; the message names the field (and the customer)."""
+
+
+class RunConflict(Exception):
+    """The run already assessed a borrower as of another date."""
 
 
 class PolicyError(RuntimeError):
@@ -165,26 +172,39 @@ class BehaviourJob:
             return await self._run(run_id, as_of, borrowers)
 
     async def _run(self, run_id: str, as_of: date, borrowers: Sequence[Borrower]) -> list[dict[str, Any]]:
+        day = as_of.isoformat()
         records: dict[str, dict[str, Any]] = {}
         for borrower in borrowers:
             stored = self.store.get(f"a/{run_id}/{borrower.customer}")
             if stored is not None:
+                if stored.get("date") != day:
+                    raise RunConflict(
+                        f"run_id: {run_id} assessed {borrower.customer} as of {stored.get('date')}, not {day}"
+                    )
                 records[borrower.customer] = stored
         new = [b for b in borrowers if b.customer not in records]
-        # Read everything first: a refusal (a missing feature, no credit line) changes nothing.
-        histories = await asyncio.gather(*(self.loans_of(b.customer) for b in new))
+        # Read and decide everything first: a refusal (a missing feature, no credit line, a
+        # policy error) changes nothing.
+        reading = asyncio.Semaphore(READS_IN_FLIGHT_MAX)
+
+        async def loans_of(customer: str) -> Sequence[lending_pb2.Loan]:
+            async with reading:
+                return await self.loans_of(customer)
+
+        histories = await asyncio.gather(*(loans_of(b.customer) for b in new))
         derived = [repayment.features(loans, as_of) for loans in histories]
         features = [b.profile | d for b, d in zip(new, derived, strict=True)]
         scores = await self._score(new, features)
         views = await asyncio.gather(*(self._view(b.customer) for b in new))
+        assessed = {}
         for borrower, used, from_records, borrower_scores, view in zip(
             new, features, derived, scores, views, strict=True
         ):
             context = table_input(borrower_scores, view)
-            record = {
+            assessed[f"a/{run_id}/{borrower.customer}"] = records[borrower.customer] = {
                 "run_id": run_id,
                 "customer": borrower.customer,
-                "date": as_of.isoformat(),
+                "date": day,
                 "policy_version": self.policy.version,
                 "policy_sha256": self.policy.sha256,
                 "models": [list(m) for m in self.policy.models],
@@ -195,14 +215,20 @@ class BehaviourJob:
                 "applied": None,
                 "assessed_at_unix_ms": early_warning.now_ms(),
             }
-            self.store.put(f"a/{run_id}/{borrower.customer}", record)  # why, before acting
-            records[borrower.customer] = record
-        for borrower in borrowers:
-            record = records[borrower.customer]
-            record["applied"] = (await self._apply(record)).code.name
-            self.store.put(f"a/{run_id}/{borrower.customer}", record)
-            early_warning.note_assessment(self.store, record)
-        return [records[b.customer] for b in borrowers]
+        await self.store.write(assessed)  # why, before acting: one fsync'd batch
+        ordered = [records[b.customer] for b in borrowers]
+        outcomes = await asyncio.gather(*(self._apply(record) for record in ordered), return_exceptions=True)
+        done: dict[str, dict[str, Any]] = {}
+        for record, outcome in zip(ordered, outcomes, strict=True):
+            if isinstance(outcome, Outcome):
+                record["applied"] = outcome.code.name
+                done[f"a/{run_id}/{record['customer']}"] = record
+                done |= early_warning.updates(self.store, record)
+        await self.store.write(done)
+        failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if failed is not None:
+            raise failed  # the ledger did not answer: a repeat of the call applies the rest
+        return ordered
 
     async def _view(self, customer: str) -> LevelView:
         try:

@@ -45,39 +45,42 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def note_assessment(store: AssessmentStore, assessment: dict[str, Any]) -> None:
-    """Make `assessment` the customer's current level (if newer), and open its follow-up (once)."""
+def updates(store: AssessmentStore, assessment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The writes that make `assessment` the customer's current level (if newer) and open its
+    follow-up (once): key -> record, for the caller to store (with the assessment)."""
     customer, run_id = assessment["customer"], assessment["run_id"]
+    writes: dict[str, dict[str, Any]] = {}
     level_key = f"w/{customer}"
     current = store.get(level_key)
     if current is None or current["assessed_at_unix_ms"] <= assessment["assessed_at_unix_ms"]:
-        store.put(
-            level_key,
-            {
-                "customer": customer,
-                "level": assessment["warning_level"],
-                "reasons": assessment["reasons"],
-                "run_id": run_id,
-                "assessed_at_unix_ms": assessment["assessed_at_unix_ms"],
-            },
-        )
+        writes[level_key] = {
+            "customer": customer,
+            "level": assessment["warning_level"],
+            "reasons": assessment["reasons"],
+            "run_id": run_id,
+            "assessed_at_unix_ms": assessment["assessed_at_unix_ms"],
+        }
     kind = KINDS.get(assessment["warning_level"])
     task_key = f"t/{run_id}/{customer}"
     if kind is not None and store.get(task_key) is None:
-        store.put(
-            task_key,
-            {
-                "task": f"{run_id}/{customer}",
-                "customer": customer,
-                "kind": kind,
-                "level": assessment["warning_level"],
-                "reasons": assessment["reasons"],
-                "opened_at_unix_ms": assessment["assessed_at_unix_ms"],
-                "outcome": None,
-                "note": "",
-                "closed_at_unix_ms": None,
-            },
-        )
+        writes[task_key] = {
+            "task": f"{run_id}/{customer}",
+            "customer": customer,
+            "kind": kind,
+            "level": assessment["warning_level"],
+            "reasons": assessment["reasons"],
+            "opened_at_unix_ms": assessment["assessed_at_unix_ms"],
+            "outcome": None,
+            "note": "",
+            "closed_at_unix_ms": None,
+        }
+    return writes
+
+
+def note_assessment(store: AssessmentStore, assessment: dict[str, Any]) -> None:
+    """Store `updates` at once (one fsync'd write each)."""
+    for key, record in updates(store, assessment).items():
+        store.put(key, record)
 
 
 def open_tasks(store: AssessmentStore, kind: str | None = None) -> list[dict[str, Any]]:

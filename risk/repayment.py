@@ -12,18 +12,22 @@ repayment columns are fed from the customer's loans as of a business date, like 
 - `LateApril` (repayment_willingness; the card data's "paid late in April", the month
   before the one it predicts): 1.0 if an instalment due in the month up to the date was
   late, or if any instalment is unpaid past its grace days on the date; else 0.0.
-- `BillApril` (repayment_willingness; the card data's April statement amount): principal,
-  interest and fees of the instalments due in the month up to the date, in thousands of
-  yuan (fen / 100,000). The card data's unit is the source's, so this scale is a stand-in:
-  a model trained on our own repayment history would replace it.
+- `BillApril` (repayment_willingness; the card data's April statement amount): principal
+  and interest of the instalments due in the month up to the date, in thousands of yuan
+  (fen / 100,000). Fees are left out: a late fee lands on the record only when end of day
+  runs past the grace days, so counting it would make the feature depend on when end of
+  day ran. The card data's unit is the source's, so this scale is a stand-in: a model
+  trained on our own repayment history would replace it.
 
 When an instalment was paid is replayed from the loan's repayments: each repayment records
 how much of it went to interest and to principal, and lending/allocation.py spreads each
 part over the instalments due on the repayment's date (all of them for a payoff), earliest
 due first; the same spreading is replayed here. Repayments after the date, and loans drawn
 after it or never drawn (PENDING), are not looked at, so the features as of a date do not
-change when later records arrive. A written-off loan's instalments due after its write-off
-are not owed; those due before and unpaid count as unpaid. Pure: no I/O.
+change when later records arrive. A closed loan's instalments due after it closed are not
+owed (a payoff settled them; a write-off gave up on them); those of a written-off loan due
+before and unpaid count as unpaid. An instalment that owes no principal and no interest (a
+0% interest-only loan's) is paid on its due date. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -54,11 +58,11 @@ def instalments_of(loan: pb.Loan, as_of: date) -> list[Instalment]:
     """The loan's instalments due on or before `as_of`, with the day each was paid (replayed)."""
     if loan.status == pb.PENDING or date.fromisoformat(loan.drawdown_date) > as_of:
         return []
-    closed = date.fromisoformat(loan.closed_date) if loan.status == pb.WRITTEN_OFF else None
+    closed = date.fromisoformat(loan.closed_date) if loan.status in (pb.PAID_OFF, pb.WRITTEN_OFF) else None
     schedule = sorted(loan.schedule, key=lambda i: (i.due, i.number))
     # Principal and interest each instalment owes, taken down as repayments are replayed.
     left = {i.number: [i.interest, i.principal] for i in schedule}
-    paid_on: dict[int, date] = {}
+    paid_on = {i.number: date.fromisoformat(i.due) for i in schedule if i.interest == i.principal == 0}
     for repayment in loan.repayments:
         on = date.fromisoformat(repayment.date)
         if on > as_of:
@@ -78,7 +82,7 @@ def instalments_of(loan: pb.Loan, as_of: date) -> list[Instalment]:
         due_day = date.fromisoformat(i.due)
         if due_day > as_of or (closed is not None and due_day > closed):
             continue
-        facts.append(Instalment(due_day, loan.grace_days, i.principal + i.interest + i.fees, paid_on.get(i.number)))
+        facts.append(Instalment(due_day, loan.grace_days, i.principal + i.interest, paid_on.get(i.number)))
     return facts
 
 

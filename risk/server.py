@@ -58,7 +58,8 @@ log = logging.getLogger("yunkai.risk")
 DECISION_SERVICE = "yunkai.risk.v1.DecisionService"
 BEHAVIOUR_SERVICE = "yunkai.risk.v1.BehaviourService"
 LENDING_TIMEOUT_S = 10.0
-CUSTOMERS_PER_COVERAGE_MAX = 1_000_000
+CUSTOMERS_PER_COVERAGE_MAX = 200_000  # ~4.4 MB of ids: well inside a message; the CLI sends a book in parts
+YEAR_MIN, YEAR_MAX = 1970, 9998  # business dates, with room for a year's window either side
 APPLICATION_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,32}")
 CURRENCY_LEDGER_CNY = 156  # the ISO 4217 numeric code of the limit book credit lines are granted in
 OUTCOMES: dict[str, pb.Outcome] = {"approve": pb.APPROVE, "decline": pb.DECLINE, "refer": pb.REFER}
@@ -102,6 +103,15 @@ class LedgerUnavailable(Exception):
 
 class NotConfigured(Exception):
     """The server was started without what this call needs (a flag names it)."""
+
+
+class UpstreamUnavailable(Exception):
+    """The scoring server, the ledger or the lending server did not answer in time: repeat the call."""
+
+
+class UpstreamRefused(Exception):
+    """The scoring server, the ledger or the lending server refused a call (e.g. a model or a
+    service is missing there): repeating will not help until that is put right."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -188,11 +198,13 @@ BEHAVIOUR_REFUSALS: serving.Refusals = (
     (early_warning.TaskNotFound, grpc.StatusCode.NOT_FOUND),
     (early_warning.OutcomeFinal, grpc.StatusCode.FAILED_PRECONDITION),
     ((BadRequest, behaviour.BadBorrower, early_warning.FollowUpRefused), grpc.StatusCode.INVALID_ARGUMENT),
-    (NotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
+    (behaviour.RunConflict, grpc.StatusCode.ALREADY_EXISTS),
+    ((NotConfigured, UpstreamRefused), grpc.StatusCode.FAILED_PRECONDITION),
     # The scoring server, the ledger or the lending server did not answer: repeat the call.
-    (grpc.aio.AioRpcError, grpc.StatusCode.UNAVAILABLE),
+    (UpstreamUnavailable, grpc.StatusCode.UNAVAILABLE),
     (behaviour.PolicyError, grpc.StatusCode.INTERNAL),
 )
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class DecisionService:
@@ -382,8 +394,16 @@ class BehaviourServiceHandler:
             as_of = date.fromisoformat(request.date)
         except ValueError:
             raise BadRequest(f"date: {request.date!r} is not a YYYY-MM-DD business date") from None
+        if not YEAR_MIN <= as_of.year <= YEAR_MAX:
+            raise BadRequest(f"date: {request.date} is not between {YEAR_MIN} and {YEAR_MAX}")
         borrowers = [behaviour.Borrower(b.customer, dict(b.profile)) for b in request.borrowers]
-        records = await self.job.run(request.run_id, as_of, borrowers)
+        try:
+            records = await self.job.run(request.run_id, as_of, borrowers)
+        except grpc.aio.AioRpcError as error:
+            said = f"{error.code().name}: {error.details()}"
+            if error.code() in RETRYABLE:
+                raise UpstreamUnavailable(f"the scoring server, the ledger or the lending server: {said}") from None
+            raise UpstreamRefused(f"the scoring server, the ledger or the lending server refused: {said}") from None
         log.info("assessed", extra={"run_id": request.run_id, "borrowers": len(records)})
         return pb.AssessResponse(assessments=[assessment_message(record) for record in records])
 
@@ -409,8 +429,12 @@ class BehaviourServiceHandler:
         bad = next((c for c in request.customers if not CUSTOMER_PATTERN.fullmatch(c)), None)
         if bad is not None:
             raise BadRequest(f"customers: {bad!r} is not 1-20 letters and digits")
-        found = early_warning.coverage(
-            self.store, list(request.customers), early_warning.now_ms(), int(days * early_warning.DAY_MS)
+        found = await asyncio.to_thread(  # up to 200,000 reads: off the event loop that serves decisions
+            early_warning.coverage,
+            self.store,
+            list(request.customers),
+            early_warning.now_ms(),
+            int(days * early_warning.DAY_MS),
         )
         return pb.Coverage(
             borrowers=found["borrowers"],
@@ -426,7 +450,7 @@ def assessment_message(record: dict[str, Any]) -> pb.Assessment:
     return pb.Assessment(
         run_id=record["run_id"],
         customer=record["customer"],
-        date=record["date"],
+        date=record.get("date", ""),  # records the file-fed job wrote before BehaviourService have none
         action=record["action"],
         amount_fen=record["amount_fen"],
         warning_level=record["warning_level"],
@@ -438,7 +462,7 @@ def assessment_message(record: dict[str, Any]) -> pb.Assessment:
             pb.ModelScore(model=name, version=pins[name], score=score)
             for name, score in record["input"]["scores"].items()
         ],
-        features=record["features"],
+        features=record.get("features", {}),
         record_json=json.dumps(record, sort_keys=True),
     )
 

@@ -209,7 +209,11 @@ def test_a_borrower_who_stops_paying_is_frozen_and_unfrozen_after_a_year_on_time
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
     # The same run again, even after the records changed: the stored assessment, re-applied as a replay.
     lending.repay(loan, range(3, 7), "2026-07-25")  # the arrears, caught up
-    assert assess(risk, "r1", "2026-07-25", borrower) == [frozen]
+    assert assess(risk, "r1", "2026-07-20", borrower) == [frozen]
+    with pytest.raises(grpc.RpcError) as refused:  # a run has one date
+        assess(risk, "r1", "2026-07-25", borrower)
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS, refused.value.details()
+    assert f"run_id: r1 assessed {customer} as of 2026-07-20, not 2026-07-25" in str(refused.value.details())
     # Early warning: a red level opens a visit, once, whose outcome is recorded; the book is covered.
     [visit] = [json.loads(line) for line in cli(risk, "followups").splitlines()]
     assert (visit["task"], visit["kind"], visit["reason_codes"]) == (f"r1/{customer}", "visit", ["EARLY_WARNING_HIGH"])
@@ -231,7 +235,7 @@ def test_a_borrower_who_stops_paying_is_frozen_and_unfrozen_after_a_year_on_time
     assert (thawed["features"]["late_payments_12m"], thawed["input"]["limit"]["frozen"]) == (0.0, True)
     assert not view(cluster, customer).frozen
     for run_id, record in (("r2", thawed), ("r1", frozen)):  # an old run replayed later does not re-freeze
-        assert assess(risk, run_id, as_of, borrower) == [record]
+        assert assess(risk, run_id, record["date"], borrower) == [record]
     assert not view(cluster, customer).frozen
 
 
@@ -248,13 +252,7 @@ def test_a_good_borrower_using_their_limit_gets_a_raise_once_through_the_batch_j
     job = [sys.executable, "-m", "cluster.cli", "risk", "behaviour", "--risk", risk.address, "--run-id", "r1"]
     job += ["--date", "2026-02-20", "--profiles", str(book)]
     for _ in range(2):
-        done = subprocess.run(
-            [*job, "--date", "2026-02-20", "--profiles", str(book)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = subprocess.run(job, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and "assessed 1/1 borrowers" in done.stderr, done.stderr
         [raised] = [json.loads(line) for line in done.stdout.splitlines()]
         assert (raised["action"], raised["amount_fen"], raised["reasons"], raised["applied"]) == (
@@ -265,10 +263,15 @@ def test_a_good_borrower_using_their_limit_gets_a_raise_once_through_the_batch_j
         ]  # fmt: skip
     assert view(cluster, customer).granted == LIMIT_FEN + LIMIT_FEN // 5
     book.write_text('{"customer": "c1", "AGE": "forty"}\n')
-    done = subprocess.run(
-        [*job, "--date", "2026-02-20", "--profiles", str(book)], cwd=ROOT, capture_output=True, text=True
-    )
+    done = subprocess.run(job, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "profiles.jsonl:1: AGE: 'forty' is not a finite number" in done.stderr, done.stderr
+    for lines, said in (
+        ('{"customer": "c1", "AGE": 40}\n{"customer": "c1", "AGE": 41}\n', "profiles.jsonl:2: customer: c1 is also"),
+        ('{"customer": "c1", "months_on_book": 3}\n', "profiles.jsonl:1: months_on_book: read from the repayment"),
+    ):
+        book.write_text(lines)
+        done = subprocess.run(job, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and said in done.stderr, done.stderr
 
 
 def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
@@ -280,6 +283,7 @@ def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
     cases = [
         ("bad/run", "2026-02-20", [(customer, good)], "run_id: "),
         ("r1", "2026-02-30", [(customer, good)], "date: "),
+        ("r1", "0001-01-15", [(customer, good)], "date: 0001-01-15 is not between"),
         ("r1", "2026-02-20", [(customer, good), (customer, good)], "customer: a borrower appears twice"),
         ("r1", "2026-02-20", [(customer, good | {"late_payments_12m": 0.0})], "late_payments_12m: read from"),
         ("r1", "2026-02-20", [(customer, {k: v for k, v in good.items() if k != "AGE"})], "AGE: missing"),
@@ -301,6 +305,7 @@ def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
             stub.RecordFollowUpOutcome(pb.FollowUpOutcome(task="r9/nobody", outcome="not_reached"), timeout=10)
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     assert view(cluster, customer) == before
-    # Nothing was stored: the same run id assesses the customer afresh now.
-    [fresh_record] = assess(risk, "r1", "2026-02-20", (customer, good))
-    assert fresh_record["action"] == "none" and fresh_record["customer"] == customer
+    # Nothing was stored: had a refused call stored the customer's assessment as of 2026-02-20,
+    # the run could not assess them as of another date now (ALREADY_EXISTS).
+    [fresh_record] = assess(risk, "r1", "2026-02-21", (customer, good))
+    assert (fresh_record["date"], fresh_record["customer"]) == ("2026-02-21", customer)

@@ -55,20 +55,29 @@ def test_a_late_payment_stays_late_after_catching_up_but_the_last_month_can_be_c
     assert (on["late_payments_12m"], on["LateApril"]) == (1.0, 0.0)
 
 
-def test_interest_is_spread_before_principal_earliest_due_first() -> None:
-    # On 2026-03-20 both February's and March's instalments are due: 20 interest covers both,
-    # 100 principal covers February's only, so February is paid then (late) and March is not.
-    partly = loan(("2026-03-20", 20, 100))
-    assert features([partly], date(2026, 3, 25))["late_payments_12m"] == 2.0
-    assert features([partly, loan(("2026-03-21", 0, 100))], date(2026, 3, 25))["late_payments_12m"] == 4.0
-    finished = loan(("2026-03-20", 20, 100), ("2026-03-21", 0, 100))
-    assert features([finished], date(2026, 3, 25))["late_payments_12m"] == 2.0
-    assert features([finished], date(2026, 3, 25))["LateApril"] == 1.0  # March's was paid late
+def test_each_part_is_spread_over_the_dues_earliest_due_first() -> None:
+    # On 2026-03-12 February's and March's instalments are due: 20 interest covers both, 100
+    # principal covers February's only, so February is paid then (late) and March, paid on
+    # 03-25, is late too. Spread latest first, March would be on time and February late.
+    two = loan(("2026-03-12", 20, 100), ("2026-03-25", 0, 100))
+    assert features([two], date(2026, 3, 25))["late_payments_12m"] == 2.0
+    # An instalment is paid when its last fen is: half on its due date, half after its grace, is late.
+    halves = loan(("2026-02-10", 10, 50), ("2026-02-20", 0, 50))
+    assert features([halves], date(2026, 2, 25))["late_payments_12m"] == 1.0
+    assert features([halves], date(2026, 2, 12))["late_payments_12m"] == 0.0  # within its grace
 
 
 def test_features_as_of_a_date_ignore_later_records() -> None:
+    # As of 03-12 March's instalment is unpaid within its grace: the repayment of 03-20,
+    # after its grace, has not happened yet.
     record = loan(("2026-02-10", 10, 100), ("2026-03-20", 10, 100))
-    assert features([record], date(2026, 3, 15)) == features([loan(("2026-02-10", 10, 100))], date(2026, 3, 15))
+    assert features([record], date(2026, 3, 12)) == {
+        "late_payments_12m": 0.0,
+        "months_on_book": 2.0,
+        "LateApril": 0.0,
+        "BillApril": 110 / 100_000,
+    }
+    assert features([record], date(2026, 3, 20))["late_payments_12m"] == 1.0
     assert features([record], date(2025, 12, 31)) == {
         "late_payments_12m": 0.0,
         "months_on_book": 0.0,
@@ -77,10 +86,25 @@ def test_features_as_of_a_date_ignore_later_records() -> None:
     }
 
 
+def test_fees_are_not_billed_and_instalments_owing_nothing_are_never_late() -> None:
+    with_fees = loan(("2026-02-10", 10, 100))
+    with_fees.schedule[1].fees = 5_000  # a late fee end of day may or may not have charged yet
+    assert features([with_fees], date(2026, 3, 12))["BillApril"] == 110 / 100_000
+    free = loan()
+    for instalment in free.schedule[:3]:  # a 0% interest-only loan's instalments before the bullet
+        instalment.principal = instalment.interest = 0
+    on = features([free], date(2026, 4, 30))
+    assert (on["late_payments_12m"], on["LateApril"], on["BillApril"]) == (0.0, 0.0, 0.0)
+
+
 def test_a_payoff_settles_everything_and_a_write_off_ends_what_is_owed() -> None:
-    paid_off = loan(("2026-02-10", 10, 100), ("2026-02-20", 5, 300), status=pb.PAID_OFF, payoff="2026-02-20")
+    paid_off = loan(
+        ("2026-02-10", 10, 100), ("2026-02-20", 5, 300), status=pb.PAID_OFF, closed="2026-02-20", payoff="2026-02-20"
+    )
     paid_off.schedule[1].interest, paid_off.schedule[2].interest, paid_off.schedule[3].interest = 5, 0, 0
-    assert features([paid_off], date(2026, 6, 1))["late_payments_12m"] == 0.0
+    for day in (date(2026, 3, 15), date(2026, 6, 1)):  # nothing is owed or billed after a payoff
+        on = features([paid_off], day)
+        assert (on["late_payments_12m"], on["LateApril"], on["BillApril"]) == (0.0, 0.0, 0.0)
     written_off = loan(status=pb.WRITTEN_OFF, closed="2026-03-20")
     on = features([written_off], date(2026, 6, 1))
     assert (on["late_payments_12m"], on["LateApril"]) == (2.0, 1.0)  # February's and March's, never paid
