@@ -219,6 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     risk_bench.add_arguments(bench_risk)
     bench_risk.set_defaults(run=risk_bench.main)
 
+    from loadtest import behaviour_bench
+
+    bench_behaviour = commands.add_parser(
+        "bench-behaviour",
+        help="measure the behavioural batch job: borrowers assessed per second, first pass and rerun",
+        description="Build a book of --borrowers customers with credit lines and loans (half repay on time), "
+        "then assess it as of a date in chunks of --chunk through BehaviourService.Assess, twice under one run "
+        "id. Starts its own scoring, ledger, lending and risk processes. Writes JSON with --json.",
+    )
+    behaviour_bench.add_arguments(bench_behaviour)
+    bench_behaviour.set_defaults(run=behaviour_bench.main)
+
     from loadtest import bench as open_loop_bench
 
     bench_open = commands.add_parser(

@@ -309,3 +309,17 @@ def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
     # the run could not assess them as of another date now (ALREADY_EXISTS).
     [fresh_record] = assess(risk, "r1", "2026-02-21", (customer, good))
     assert (fresh_record["date"], fresh_record["customer"]) == ("2026-02-21", customer)
+
+
+def test_bench_behaviour_assesses_a_book_twice_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "behaviour.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "bench-behaviour", "--borrowers", "20", "--chunk", "8",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert (result["borrowers"], sum(result["actions"].values())) == (20, 20)
+    assert result["first_pass"]["borrowers_per_s"] > 0 and result["rerun"]["borrowers_per_s"] > 0
+    assert result["command"].startswith("yunkai bench-behaviour")
