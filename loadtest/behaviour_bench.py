@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -76,6 +77,7 @@ def main(args: argparse.Namespace) -> int:
         for process in reversed(started):
             process.stop()
         cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
     result["load_average_at_start"] = [round(x, 2) for x in load_average]
     report.record(args, result)
     first, again = result["first_pass"], result["rerun"]

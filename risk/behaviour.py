@@ -37,12 +37,12 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zen
 
@@ -58,8 +58,10 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,16}")
 ACTIONS = ("freeze", "unfreeze", "raise", "lower", "warn", "none")
 LEVELS = ("green", "amber", "red")
 BORROWERS_PER_CALL_MAX = 1_000  # one Assess call; the batch job sends its book in chunks
-READS_IN_FLIGHT_MAX = 32  # loan histories asked of the lending server at once, per call
+READS_IN_FLIGHT_MAX = 32  # loan histories (and limits) asked for at once, per call
+SUPERSEDED = "SUPERSEDED"  # `applied` of an action a newer assessment made moot before it took effect
 
+T = TypeVar("T")
 LoansOf = Callable[[str], Awaitable[Sequence[lending_pb2.Loan]]]
 """A customer's loans (the lending server's ListLoans)."""
 
@@ -150,6 +152,20 @@ def check(run_id: str, borrowers: Sequence[Borrower]) -> None:
                 raise BadBorrower(f"{name}: {value!r} is not a finite number (customer {borrower.customer})")
 
 
+async def _all(work: Iterable[Awaitable[T]]) -> list[T]:
+    """Await all; on the first failure cancel the rest and raise that failure (not a group)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_wrap(w)) for w in work]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+async def _wrap(work: Awaitable[T]) -> T:
+    return await work
+
+
 class BehaviourJob:
     """One policy applied to borrowers, run by run (the module's protocol)."""
 
@@ -173,34 +189,42 @@ class BehaviourJob:
 
     async def _run(self, run_id: str, as_of: date, borrowers: Sequence[Borrower]) -> list[dict[str, Any]]:
         day = as_of.isoformat()
+        run = self.store.get(f"r/{run_id}")
+        if run is not None and run["date"] != day:
+            raise RunConflict(f"run_id: {run_id} is a run as of {run['date']}, not {day}")
         records: dict[str, dict[str, Any]] = {}
         for borrower in borrowers:
             stored = self.store.get(f"a/{run_id}/{borrower.customer}")
             if stored is not None:
-                if stored.get("date") != day:
+                # Records written before runs kept their date (the file-fed job) have none.
+                if stored.get("date", day) != day:
                     raise RunConflict(
-                        f"run_id: {run_id} assessed {borrower.customer} as of {stored.get('date')}, not {day}"
+                        f"run_id: {run_id} assessed {borrower.customer} as of {stored['date']}, not {day}"
                     )
                 records[borrower.customer] = stored
         new = [b for b in borrowers if b.customer not in records]
         # Read and decide everything first: a refusal (a missing feature, no credit line, a
-        # policy error) changes nothing.
+        # policy error) changes nothing, and the other reads of the call are cancelled.
         reading = asyncio.Semaphore(READS_IN_FLIGHT_MAX)
 
         async def loans_of(customer: str) -> Sequence[lending_pb2.Loan]:
             async with reading:
                 return await self.loans_of(customer)
 
-        histories = await asyncio.gather(*(loans_of(b.customer) for b in new))
+        async def view(customer: str) -> LevelView:
+            async with reading:
+                return await self._view(customer)
+
+        histories = await _all(loans_of(b.customer) for b in new)
         derived = [repayment.features(loans, as_of) for loans in histories]
         features = [b.profile | d for b, d in zip(new, derived, strict=True)]
         scores = await self._score(new, features)
-        views = await asyncio.gather(*(self._view(b.customer) for b in new))
-        assessed = {}
-        for borrower, used, from_records, borrower_scores, view in zip(
+        views = await _all(view(b.customer) for b in new)
+        assessed: dict[str, dict[str, Any]] = {f"r/{run_id}": {"run_id": run_id, "date": day}}
+        for borrower, used, from_records, borrower_scores, view_of in zip(
             new, features, derived, scores, views, strict=True
         ):
-            context = table_input(borrower_scores, view)
+            context = table_input(borrower_scores, view_of)
             assessed[f"a/{run_id}/{borrower.customer}"] = records[borrower.customer] = {
                 "run_id": run_id,
                 "customer": borrower.customer,
@@ -220,14 +244,15 @@ class BehaviourJob:
         outcomes = await asyncio.gather(*(self._apply(record) for record in ordered), return_exceptions=True)
         done: dict[str, dict[str, Any]] = {}
         for record, outcome in zip(ordered, outcomes, strict=True):
-            if isinstance(outcome, Outcome):
-                record["applied"] = outcome.code.name
+            if isinstance(outcome, Outcome | str):
+                record["applied"] = outcome if isinstance(outcome, str) else outcome.code.name
                 done[f"a/{run_id}/{record['customer']}"] = record
-                done |= early_warning.updates(self.store, record)
+                if record["applied"] != SUPERSEDED:  # a superseded assessment is history, not the level
+                    done |= early_warning.updates(self.store, record)
         await self.store.write(done)
-        failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
-        if failed is not None:
-            raise failed  # the ledger did not answer: a repeat of the call applies the rest
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:  # the ledger did not answer: a repeat of the call applies the rest
+            raise next((o for o in failed if not isinstance(o, asyncio.CancelledError)), failed[0])
         return ordered
 
     async def _view(self, customer: str) -> LevelView:
@@ -251,8 +276,19 @@ class BehaviourJob:
             {name: per_model[m][i] for m, (name, _) in enumerate(self.policy.models)} for i in range(len(borrowers))
         ]
 
-    async def _apply(self, record: dict[str, Any]) -> Outcome:
+    async def _apply(self, record: dict[str, Any]) -> Outcome | str:
+        """Apply the record's action (a replay if it was applied before); SUPERSEDED instead when
+        it never took effect and a newer assessment of the customer has been made since: an old
+        run resumed late must not act against what a newer run decided."""
         customer, action, amount = record["customer"], record["action"], record["amount_fen"]
+        if record["applied"] != "OK":
+            current = self.store.get(f"w/{customer}")
+            if (
+                current is not None
+                and current["run_id"] != record["run_id"]
+                and current["assessed_at_unix_ms"] > record["assessed_at_unix_ms"]
+            ):
+                return SUPERSEDED
         op = f"bh-{record['run_id']}-{customer}"
         if action == "freeze":
             return await self.limits.freeze(customer, None, op)

@@ -77,12 +77,6 @@ def updates(store: AssessmentStore, assessment: dict[str, Any]) -> dict[str, dic
     return writes
 
 
-def note_assessment(store: AssessmentStore, assessment: dict[str, Any]) -> None:
-    """Store `updates` at once (one fsync'd write each)."""
-    for key, record in updates(store, assessment).items():
-        store.put(key, record)
-
-
 def open_tasks(store: AssessmentStore, kind: str | None = None) -> list[dict[str, Any]]:
     """Open follow-ups, visits (red) before calls (amber), oldest first."""
     tasks = [t for t in store.scan("t/") if t["outcome"] is None and (kind is None or t["kind"] == kind)]

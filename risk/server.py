@@ -43,7 +43,7 @@ import uvloop
 from google.protobuf.message import Message
 from prometheus_client import Counter, Histogram
 
-from clients.ledger import LedgerClient, ResultCode
+from clients.ledger import LedgerClient, LedgerError, ResultCode
 from clients.scoring import ScoringClient
 from lending.limits import CUSTOMER_PATTERN, CreditLimits
 from proto import lending_pb2, lending_pb2_grpc, risk_pb2 as pb, serving
@@ -59,6 +59,7 @@ DECISION_SERVICE = "yunkai.risk.v1.DecisionService"
 BEHAVIOUR_SERVICE = "yunkai.risk.v1.BehaviourService"
 LENDING_TIMEOUT_S = 10.0
 CUSTOMERS_PER_COVERAGE_MAX = 200_000  # ~4.4 MB of ids: well inside a message; the CLI sends a book in parts
+DATE_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 YEAR_MIN, YEAR_MAX = 1970, 9998  # business dates, with room for a year's window either side
 APPLICATION_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,32}")
 CURRENCY_LEDGER_CNY = 156  # the ISO 4217 numeric code of the limit book credit lines are granted in
@@ -295,6 +296,8 @@ class DecisionService:
                     raise LedgerUnavailable(f"credit line: the grant was refused: {granted.code.name}")
         except grpc.aio.AioRpcError as error:
             raise LedgerUnavailable(f"credit line: the ledger did not answer: {error.code().name}") from None
+        except LedgerError as error:
+            raise LedgerUnavailable(f"credit line: the ledger did not answer: {error}") from None
         self.store.mark_opened(decision)
         log.info(
             "credit line opened", extra={"application_id": decision.application_id, "limit_fen": decision.limit_fen}
@@ -391,6 +394,8 @@ class BehaviourServiceHandler:
         if self.job is None:
             raise NotConfigured("Assess: the risk server was started without --router and --lending (both needed)")
         try:
+            if not DATE_PATTERN.fullmatch(request.date):
+                raise ValueError(request.date)
             as_of = date.fromisoformat(request.date)
         except ValueError:
             raise BadRequest(f"date: {request.date!r} is not a YYYY-MM-DD business date") from None
@@ -399,9 +404,10 @@ class BehaviourServiceHandler:
         borrowers = [behaviour.Borrower(b.customer, dict(b.profile)) for b in request.borrowers]
         try:
             records = await self.job.run(request.run_id, as_of, borrowers)
-        except grpc.aio.AioRpcError as error:
-            said = f"{error.code().name}: {error.details()}"
-            if error.code() in RETRYABLE:
+        except (grpc.aio.AioRpcError, LedgerError) as error:
+            code = error.code if isinstance(error, LedgerError) else error.code()
+            said = str(error) if isinstance(error, LedgerError) else f"{code.name}: {error.details()}"
+            if code in RETRYABLE:
                 raise UpstreamUnavailable(f"the scoring server, the ledger or the lending server: {said}") from None
             raise UpstreamRefused(f"the scoring server, the ledger or the lending server refused: {said}") from None
         log.info("assessed", extra={"run_id": request.run_id, "borrowers": len(records)})
@@ -429,7 +435,7 @@ class BehaviourServiceHandler:
         bad = next((c for c in request.customers if not CUSTOMER_PATTERN.fullmatch(c)), None)
         if bad is not None:
             raise BadRequest(f"customers: {bad!r} is not 1-20 letters and digits")
-        found = await asyncio.to_thread(  # up to 200,000 reads: off the event loop that serves decisions
+        found = await self.store.run(  # up to 200,000 reads: off the event loop that serves decisions
             early_warning.coverage,
             self.store,
             list(request.customers),

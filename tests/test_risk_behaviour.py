@@ -28,6 +28,7 @@ from cluster.local import LendingProcess, RiskProcess, ScoringProcess
 from lending.limits import CreditLimits, LevelView
 from lending.products import SAMPLE_CATALOGUE, read_catalogue
 from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as pb, risk_pb2_grpc
+from risk.assessments import AssessmentStore
 from scoring import synthetic, train
 from scoring.datasets import LOADERS
 from tests.conftest import fresh
@@ -213,7 +214,7 @@ def test_a_borrower_who_stops_paying_is_frozen_and_unfrozen_after_a_year_on_time
     with pytest.raises(grpc.RpcError) as refused:  # a run has one date
         assess(risk, "r1", "2026-07-25", borrower)
     assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS, refused.value.details()
-    assert f"run_id: r1 assessed {customer} as of 2026-07-20, not 2026-07-25" in str(refused.value.details())
+    assert "run_id: r1 is a run as of 2026-07-20, not 2026-07-25" in str(refused.value.details())
     # Early warning: a red level opens a visit, once, whose outcome is recorded; the book is covered.
     [visit] = [json.loads(line) for line in cli(risk, "followups").splitlines()]
     assert (visit["task"], visit["kind"], visit["reason_codes"]) == (f"r1/{customer}", "visit", ["EARLY_WARNING_HIGH"])
@@ -237,6 +238,20 @@ def test_a_borrower_who_stops_paying_is_frozen_and_unfrozen_after_a_year_on_time
     for run_id, record in (("r2", thawed), ("r1", frozen)):  # an old run replayed later does not re-freeze
         assert assess(risk, run_id, record["date"], borrower) == [record]
     assert not view(cluster, customer).frozen
+    # A crash between r1's two batches would have left its freeze stored but not applied
+    # (kill -9 of the risk server, as if): resumed after r2, it must not freeze him again.
+    risk.kill()
+    store = AssessmentStore(risk.data_dir)
+    stored = store.get(f"a/r1/{customer}")
+    assert stored is not None
+    stored["applied"] = None
+    store.put(f"a/r1/{customer}", stored)
+    store.close()
+    risk.start()
+    [resumed] = assess(risk, "r1", "2026-07-20", borrower)
+    assert (resumed["action"], resumed["applied"]) == ("freeze", "SUPERSEDED")
+    assert not view(cluster, customer).frozen
+    assert json.loads(cli(risk, "coverage", "--borrowers", str(book)))["by_level"]["green"] == 1
 
 
 def test_a_good_borrower_using_their_limit_gets_a_raise_once_through_the_batch_job(
@@ -249,7 +264,7 @@ def test_a_good_borrower_using_their_limit_gets_a_raise_once_through_the_batch_j
     assert used > LIMIT_FEN // 2, used
     book = tmp_path / "profiles.jsonl"
     book.write_text(json.dumps({"customer": customer, **profiles["model"]}) + "\n")
-    job = [sys.executable, "-m", "cluster.cli", "risk", "behaviour", "--risk", risk.address, "--run-id", "r1"]
+    job = [sys.executable, "-m", "cluster.cli", "risk", "behaviour", "--risk", risk.address, "--run-id", "g1"]
     job += ["--date", "2026-02-20", "--profiles", str(book)]
     for _ in range(2):
         done = subprocess.run(job, cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -282,13 +297,13 @@ def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
     good = profiles["model"]
     cases = [
         ("bad/run", "2026-02-20", [(customer, good)], "run_id: "),
-        ("r1", "2026-02-30", [(customer, good)], "date: "),
-        ("r1", "0001-01-15", [(customer, good)], "date: 0001-01-15 is not between"),
-        ("r1", "2026-02-20", [(customer, good), (customer, good)], "customer: a borrower appears twice"),
-        ("r1", "2026-02-20", [(customer, good | {"late_payments_12m": 0.0})], "late_payments_12m: read from"),
-        ("r1", "2026-02-20", [(customer, {k: v for k, v in good.items() if k != "AGE"})], "AGE: missing"),
-        ("r1", "2026-02-20", [(customer, good), ("nobody1", good)], "customer: nobody1 has no credit line"),
-        ("r1", "2026-02-20", [], "borrowers: 0 in one call"),
+        ("x1", "2026-02-30", [(customer, good)], "date: "),
+        ("x1", "0001-01-15", [(customer, good)], "date: 0001-01-15 is not between"),
+        ("x1", "2026-02-20", [(customer, good), (customer, good)], "customer: a borrower appears twice"),
+        ("x1", "2026-02-20", [(customer, good | {"late_payments_12m": 0.0})], "late_payments_12m: read from"),
+        ("x1", "2026-02-20", [(customer, {k: v for k, v in good.items() if k != "AGE"})], "AGE: missing"),
+        ("x1", "2026-02-20", [(customer, good), ("nobody1", good)], "customer: nobody1 has no credit line"),
+        ("x1", "2026-02-20", [], "borrowers: 0 in one call"),
     ]
     with grpc.insecure_channel(risk.address) as channel:
         stub = risk_pb2_grpc.BehaviourServiceStub(channel)
@@ -307,8 +322,15 @@ def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
     assert view(cluster, customer) == before
     # Nothing was stored: had a refused call stored the customer's assessment as of 2026-02-20,
     # the run could not assess them as of another date now (ALREADY_EXISTS).
-    [fresh_record] = assess(risk, "r1", "2026-02-21", (customer, good))
+    [fresh_record] = assess(risk, "x1", "2026-02-21", (customer, good))
     assert (fresh_record["date"], fresh_record["customer"]) == ("2026-02-21", customer)
+    # A run has one date, for the customers of its later chunks too.
+    other = lending.customer()
+    with pytest.raises(grpc.RpcError) as refused:
+        assess(risk, "x1", "2026-02-22", (other, good))
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS, refused.value.details()
+    assert "run_id: x1 is a run as of 2026-02-21, not 2026-02-22" in str(refused.value.details())
+    assert assess(risk, "x1", "2026-02-21", (other, good))[0]["customer"] == other
 
 
 def test_bench_behaviour_assesses_a_book_twice_and_writes_json(tmp_path: Path) -> None:
