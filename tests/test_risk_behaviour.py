@@ -345,3 +345,33 @@ def test_bench_behaviour_assesses_a_book_twice_and_writes_json(tmp_path: Path) -
     assert (result["borrowers"], sum(result["actions"].values())) == (20, 20)
     assert result["first_pass"]["borrowers_per_s"] > 0 and result["rerun"]["borrowers_per_s"] > 0
     assert result["command"].startswith("yunkai bench-behaviour")
+
+
+def test_a_ledger_outage_is_unavailable_and_changes_nothing(
+    tmp_path: Path, scoring: ScoringProcess, profiles: dict[str, dict[str, float]]
+) -> None:
+    """A cluster of its own, whose only node is killed: Assess answers UNAVAILABLE (repeat the
+    call), not an unhandled error, and stores nothing, so the repeat assesses afresh."""
+    ledger = LocalCluster(str(tmp_path / "cluster"), nodes=1, port=0).start()
+    started: list[Any] = [ledger]
+    try:
+        lending = Lending(LendingProcess(str(tmp_path / "lending"), ["--router", ledger.address]).start())
+        started.append(lending.process)
+        risk = RiskProcess(
+            str(tmp_path / "risk"),
+            ["--scoring", scoring.address, "--router", ledger.address, "--lending", lending.process.address],
+        ).start()
+        started.append(risk)
+        customer = lending.customer()
+        [node] = ledger.nodes
+        node.kill()
+        with pytest.raises(grpc.RpcError) as refused:
+            assess(risk, "o1", "2026-02-20", (customer, profiles["model"]))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+        assert "the ledger or the lending server" in str(refused.value.details())
+        node.start()
+        [record] = assess(risk, "o1", "2026-02-21", (customer, profiles["model"]))  # no run o1 was stored
+        assert (record["date"], record["applied"]) == ("2026-02-21", "OK")
+    finally:
+        for process in reversed(started):
+            process.stop()
