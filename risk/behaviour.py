@@ -37,7 +37,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import date
@@ -152,18 +152,14 @@ def check(run_id: str, borrowers: Sequence[Borrower]) -> None:
                 raise BadBorrower(f"{name}: {value!r} is not a finite number (customer {borrower.customer})")
 
 
-async def _all(work: Iterable[Awaitable[T]]) -> list[T]:
+async def _all(work: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """Await all; on the first failure cancel the rest and raise that failure (not a group)."""
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_wrap(w)) for w in work]
+            tasks = [group.create_task(w) for w in work]
     except BaseExceptionGroup as failed:
         raise failed.exceptions[0] from None
     return [task.result() for task in tasks]
-
-
-async def _wrap(work: Awaitable[T]) -> T:
-    return await work
 
 
 class BehaviourJob:

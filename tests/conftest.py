@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
+from cluster.commands import LocalCluster
 from cluster.local import NodeProcess
 from proto import ledger_pb2 as pb, ledger_pb2_grpc, node_pb2_grpc
 
@@ -17,6 +18,14 @@ _ids = itertools.count(1)
 def fresh(prefix: str) -> str:
     """An id no other test in this session uses."""
     return f"{prefix}-{next(_ids)}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A router and two ledger nodes for one test module (a module may define its own)."""
+    running = LocalCluster(str(tmp_path_factory.mktemp("cluster")), nodes=2, port=0).start()
+    yield running
+    running.stop()
 
 
 class NodeHandle:

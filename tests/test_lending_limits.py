@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,13 +13,6 @@ from lending.limits import RESERVE_TIMEOUT_S, BadLimitRequest, Code, CreditLimit
 from tests.conftest import fresh
 
 CNY = 156
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = LocalCluster(str(tmp_path_factory.mktemp("cluster")), nodes=2, port=0).start()
-    yield running
-    running.stop()
 
 
 def customer_id() -> str:

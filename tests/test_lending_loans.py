@@ -30,13 +30,6 @@ FUNDING_CODE = 3201  # a payment arriving from the rails: settle -> deposit
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = LocalCluster(str(tmp_path_factory.mktemp("cluster")), nodes=2, port=0).start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def ledger(cluster: LocalCluster) -> Iterator[SyncLedgerClient]:
     client = SyncLedgerClient(cluster.address)
     yield client

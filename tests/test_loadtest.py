@@ -26,13 +26,6 @@ HEADLINE = ("offered_per_s", "achieved_per_s", "p50_ms", "p99_ms", "p999_ms", "e
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = LocalCluster(str(tmp_path_factory.mktemp("cluster")), nodes=2, port=0).start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def scoring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScoringProcess]:
     registry = tmp_path_factory.mktemp("scoring") / "models"
     subprocess.run(

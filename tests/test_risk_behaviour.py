@@ -50,13 +50,6 @@ def scoring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScoringProcess
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = LocalCluster(str(tmp_path_factory.mktemp("cluster")), nodes=2, port=0).start()
-    yield running
-    running.stop()
-
-
 class Lending:
     """A lending server with a product of its own (SME-TAX-LOAN's terms: 7.20%, 3 grace days)."""
 

@@ -44,13 +44,6 @@ def scoring(tmp_path_factory: pytest.TempPathFactory, credit_data: datasets.Data
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    running = LocalCluster(str(tmp_path_factory.mktemp("cluster")), nodes=2, port=0).start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
 def risk(
     tmp_path_factory: pytest.TempPathFactory, scoring: ScoringProcess, cluster: LocalCluster
 ) -> Iterator[RiskProcess]:
