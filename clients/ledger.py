@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import random
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 
-from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc, serving
+import serving
+from proto import cluster_pb2, cluster_pb2_grpc, contract, ledger_pb2 as pb, ledger_pb2_grpc
+from proto.contract import LedgerMethod
 from router.routing import CHANNEL_OPTIONS, LedgerRouter, RoutingError
 from router.shardmap import ShardMap
 from router.slots import slot_of as slot_of  # re-exported: where an account lives (group work by slot)
@@ -35,7 +36,7 @@ T = TypeVar("T")
 TIMEOUT_DEFAULT_S = 10.0
 
 
-# The enums mirror proto/ledger.proto value for value (tests/test_sdk.py checks that they do).
+# The enums mirror proto/ledger.proto value for value (tests/test_router.py checks that they do).
 class ResultCode(enum.IntEnum):
     RESULT_CODE_UNSPECIFIED = 0
     OK = 1
@@ -340,22 +341,22 @@ class LedgerClient:
 
     async def create_accounts(self, accounts: Sequence[Account], timeout_s: float | None = None) -> list[Result]:
         events = [a.to_proto() for a in accounts]
-        results = await self._batched("CreateAccounts", "accounts", events, timeout_s)
+        results = await self._batched(contract.CREATE_ACCOUNTS, events, timeout_s)
         return [Result.from_proto(r) for r in results]
 
     async def create_transfers(self, transfers: Sequence[Transfer], timeout_s: float | None = None) -> list[Result]:
         events = [t.to_proto() for t in transfers]
-        results = await self._batched("CreateTransfers", "transfers", events, timeout_s)
+        results = await self._batched(contract.CREATE_TRANSFERS, events, timeout_s)
         return [Result.from_proto(r) for r in results]
 
     async def change_accounts(self, changes: Sequence[AccountChange], timeout_s: float | None = None) -> list[Result]:
         events = [c.to_proto() for c in changes]
-        results = await self._batched("ChangeAccounts", "changes", events, timeout_s)
+        results = await self._batched(contract.CHANGE_ACCOUNTS, events, timeout_s)
         return [Result.from_proto(r) for r in results]
 
     async def lookup_accounts(self, ids: Sequence[str], timeout_s: float | None = None) -> list[Account | None]:
         """The accounts, in order; None where an id names no account."""
-        results = await self._batched("LookupAccounts", "ids", list(ids), timeout_s)
+        results = await self._batched(contract.LOOKUP_ACCOUNTS, list(ids), timeout_s)
         return [Account.from_proto(r.account) if r.code == pb.OK else None for r in results]
 
     async def lookup_transfers(
@@ -363,7 +364,7 @@ class LedgerClient:
     ) -> list[Transfer | None]:
         """Transfers by (debit_account_id, id), in order; None where there is none."""
         events = [pb.TransferKey(debit_account_id=d, id=i) for d, i in keys]
-        results = await self._batched("LookupTransfers", "keys", events, timeout_s)
+        results = await self._batched(contract.LOOKUP_TRANSFERS, events, timeout_s)
         return [Transfer.from_proto(r.transfer) if r.code == pb.OK else None for r in results]
 
     async def get_account_transfers(
@@ -380,7 +381,7 @@ class LedgerClient:
         )
         timeout = timeout_s or self.timeout_s
         if self.via_router:
-            reply = await self._via_router("GetAccountTransfers", request, timeout)
+            reply = await self._via_router(contract.GET_ACCOUNT_TRANSFERS.name, request, timeout)
         else:
             reply = await self._guard(self._routing.get_account_transfers(request, timeout))
         if reply.code != pb.OK:
@@ -389,23 +390,14 @@ class LedgerClient:
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    async def _batched(self, method: str, field_name: str, events: list[Any], timeout_s: float | None) -> list[Any]:
+    async def _batched(self, method: LedgerMethod[Any], events: list[Any], timeout_s: float | None) -> list[Any]:
         timeout = timeout_s or self.timeout_s
         if not events:
             return []
         if self.via_router:
-            request_type: Any = getattr(pb, f"{method}Request")
-            request = request_type(**{field_name: events})
-            reply = await self._via_router(method, request, timeout)
+            reply = await self._via_router(method.name, method.request(**{method.field: events}), timeout)
             return list(reply.results)
-        calls: dict[str, Callable[..., Coroutine[Any, Any, list[Any]]]] = {
-            "CreateAccounts": self._routing.create_accounts,
-            "CreateTransfers": self._routing.create_transfers,
-            "ChangeAccounts": self._routing.change_accounts,
-            "LookupAccounts": self._routing.lookup_accounts,
-            "LookupTransfers": self._routing.lookup_transfers,
-        }
-        return await self._guard(calls[method](events, timeout))
+        return await self._guard(self._routing.route(method, events, timeout))
 
     async def _guard(self, call: Coroutine[Any, Any, T]) -> T:
         try:
@@ -425,7 +417,7 @@ class LedgerClient:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     raise LedgerError(error.code(), str(error.details())) from None
                 attempt += 1
-                pause = min(0.5, 0.01 * 2**attempt) * random.uniform(0.5, 1.0)
+                pause = serving.backoff_s(attempt, 0.01, 0.5)
                 if loop.time() + pause >= deadline:
                     raise LedgerError(error.code(), f"the router stayed unavailable: {error.details()}") from None
                 await asyncio.sleep(pause)

@@ -11,7 +11,8 @@ import struct
 
 import grpc
 
-from proto import inference_pb2 as pb, inference_pb2_grpc, serving
+import serving
+from proto import inference_pb2 as pb, inference_pb2_grpc
 
 DEADLINE_DEFAULT_S = 5.0
 INPUT_NAME = "features"

@@ -20,8 +20,9 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+import serving
 from lending.products import SAMPLE_CATALOGUE, InvalidProduct, read_catalogue
-from proto import lending_pb2 as pb, lending_pb2_grpc, serving
+from proto import lending_pb2 as pb, lending_pb2_grpc
 
 SERVER_DEFAULT = "127.0.0.1:7300"
 TIMEOUT_S = 10.0

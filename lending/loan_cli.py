@@ -23,7 +23,8 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from proto import lending_pb2 as pb, lending_pb2_grpc, serving
+import serving
+from proto import lending_pb2 as pb, lending_pb2_grpc
 
 SERVER_DEFAULT = "127.0.0.1:7300"
 TIMEOUT_S = 30.0

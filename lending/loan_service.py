@@ -21,12 +21,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date
 
+import serving
 from clients.ledger import Account, AccountFlags, LedgerClient, Result, ResultCode, Transfer, TransferState
 from lending import loans as rules
 from lending.allocation import allocate
 from lending.limits import CreditLimits
 from lending.products import ProductStore, ledger_of
-from proto import lending_pb2 as pb, serving
+from proto import lending_pb2 as pb
 
 log = logging.getLogger("yunkai.lending")
 

@@ -29,8 +29,9 @@ from typing import Any
 
 from google.protobuf import json_format
 
+import serving
 from lending.schedule import ANNUAL_RATE_BPS_MAX, PRINCIPAL_MAX, TERM_MONTHS_MAX
-from proto import lending_pb2 as pb, serving
+from proto import lending_pb2 as pb
 
 CODE_PATTERN = re.compile(r"[A-Z][A-Z0-9-]{1,23}")
 GL_PATTERN = re.compile(r"[0-9]{4}(\.[0-9]{2,4}){0,3}")

@@ -13,22 +13,22 @@ NOT_FOUND), and UNAVAILABLE when the ledger could not finish a step: retry with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
-import uvloop
 from google.protobuf.message import Message
 from prometheus_client import Counter, Histogram
 
+import serving
 from clients.ledger import LedgerClient, LedgerError
 from lending.loan_service import LedgerFailed, LoanService, LoanStore
 from lending.loans import SLOTS_TOTAL_DEFAULT, BadLoanRequest, LoanNotFound, LoanRefused
 from lending.products import InvalidProduct, LifecycleRefused, ProductNotFound, ProductStore, StoreFull
-from proto import lending_pb2 as pb, serving
-from proto.serving import BadRequest, parse_request
+from proto import lending_pb2 as pb
+from serving import BadRequest, Context, parse_request
 
 log = logging.getLogger("yunkai.lending")
 
@@ -73,48 +73,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = serving.resolve(args, "lending", DEFAULTS)
+    return serving.main(args, command="lending serve", section="lending", defaults=DEFAULTS, check=_check, serve=_serve)
+
+
+def _check(settings: dict[str, Any]) -> str | None:
     if not settings["data_dir"]:
-        print(
-            "yunkai lending serve: --data-dir is required (or YUNKAI_LENDING_DATA_DIR, or data_dir in [lending])",
-            file=sys.stderr,
-        )
-        return 2
-    serving.setup_logging(str(settings["log_level"]), "lending")
-    uvloop.run(_serve(settings))
-    return 0
+        return "--data-dir is required (or YUNKAI_LENDING_DATA_DIR, or data_dir in [lending])"
+    return None
 
 
 async def _serve(settings: dict[str, Any]) -> None:
+    services = [PRODUCT_SERVICE] + ([LOAN_SERVICE] if settings["router"] else [])
+    await serving.serve(settings, services=services, app=lambda server, port: _lending(settings, server), log=log)
+
+
+@contextlib.asynccontextmanager
+async def _lending(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIterator[Mapping[str, object]]:
+    """The product factory, and with --router the loans over the ledger."""
     store = ProductStore(str(settings["data_dir"]))
     loans: LoanStore | None = None
     ledger: LedgerClient | None = None
     try:
-        server = serving.new_server()
-        router = settings["router"]
-        frame = serving.Serving(server, [PRODUCT_SERVICE] + ([LOAN_SERVICE] if router else []))
-        host = str(settings["host"])
-        credentials = serving.server_credentials(settings["tls_cert"], settings["tls_key"])
-        port = frame.listen(host, int(settings["port"]), credentials)
         server.add_generic_rpc_handlers([ProductService(store).handler()])
-        if router:
+        if settings["router"]:
             loans = LoanStore(str(settings["data_dir"]))
-            ledger = await LedgerClient.connect(str(router), tls_ca=settings["tls_ca"])
+            ledger = await LedgerClient.connect(str(settings["router"]), tls_ca=settings["tls_ca"])
             service = LoanService(loans, store, ledger, int(settings["slots_total"]))
             server.add_generic_rpc_handlers([loan_handler(service)])
-        metrics_port = settings["metrics_port"]
-        serving.start_metrics(host, None if metrics_port is None else int(metrics_port))
-        stopping = serving.stop_signal()
-        await frame.start(port, log, data_dir=settings["data_dir"], products=len(list(store.codes())))
-        await stopping.wait()
-        await frame.stop(log)
+        yield {"data_dir": settings["data_dir"], "products": len(list(store.codes()))}
     finally:
         if ledger is not None:
             await ledger.close()
         if loans is not None:
             loans.close()
         store.close()
-    log.info("stopped")
 
 
 class ProductService:
@@ -124,7 +116,7 @@ class ProductService:
         self.store = store
 
     def handler(self) -> grpc.GenericRpcHandler:
-        methods: dict[str, Callable[[bytes], Awaitable[Message]]] = {
+        methods: dict[str, serving.Handler] = {
             "SaveDraft": self.save_draft,
             "PublishProduct": self.publish,
             "RetireProduct": self.retire,
@@ -133,7 +125,7 @@ class ProductService:
         }
         return serving.unary_service(PRODUCT_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)
 
-    async def save_draft(self, data: bytes) -> Message:
+    async def save_draft(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.SaveDraftRequest, data)
         if not request.HasField("parameters"):
             raise BadRequest("parameters: missing")
@@ -141,23 +133,23 @@ class ProductService:
         log.info("draft saved", extra={"code": product.code, "version": product.version})
         return product
 
-    async def publish(self, data: bytes) -> Message:
+    async def publish(self, data: bytes, context: Context) -> Message:
         ref = _ref(data, version_required=True)
         product = self.store.publish(ref.code, ref.version)
         log.info("published", extra={"code": product.code, "version": product.version})
         return product
 
-    async def retire(self, data: bytes) -> Message:
+    async def retire(self, data: bytes, context: Context) -> Message:
         ref = _ref(data, version_required=True)
         product = self.store.retire(ref.code, ref.version)
         log.info("retired", extra={"code": product.code, "version": product.version})
         return product
 
-    async def get(self, data: bytes) -> Message:
+    async def get(self, data: bytes, context: Context) -> Message:
         ref = _ref(data, version_required=False)
         return self.store.get(ref.code, ref.version)
 
-    async def list(self, data: bytes) -> Message:
+    async def list(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.ListProductsRequest, data)
         products = self.store.list(request.include_drafts, request.include_retired)
         return pb.ListProductsResponse(products=products)
@@ -176,38 +168,38 @@ def _ref(data: bytes, version_required: bool) -> pb.ProductRef:
 def loan_handler(service: LoanService) -> grpc.GenericRpcHandler:
     """yunkai.lending.v1.LoanService: each method parses its request and calls the service."""
 
-    async def approve(data: bytes) -> Message:
+    async def approve(data: bytes, context: Context) -> Message:
         return await service.approve(parse_request(pb.ApproveCreditLineRequest, data))
 
-    async def drawdown(data: bytes) -> Message:
+    async def drawdown(data: bytes, context: Context) -> Message:
         return await service.drawdown(parse_request(pb.DrawdownRequest, data))
 
-    async def get(data: bytes) -> Message:
+    async def get(data: bytes, context: Context) -> Message:
         return service.get(parse_request(pb.LoanRef, data).loan_id)
 
-    async def list_loans(data: bytes) -> Message:
+    async def list_loans(data: bytes, context: Context) -> Message:
         return pb.ListLoansResponse(loans=service.list(parse_request(pb.ListLoansRequest, data).customer))
 
-    async def repay(data: bytes) -> Message:
+    async def repay(data: bytes, context: Context) -> Message:
         return await service.repay(parse_request(pb.RepayRequest, data), payoff=False)
 
-    async def pay_off(data: bytes) -> Message:
+    async def pay_off(data: bytes, context: Context) -> Message:
         return await service.repay(parse_request(pb.RepayRequest, data), payoff=True)
 
-    async def write_off(data: bytes) -> Message:
+    async def write_off(data: bytes, context: Context) -> Message:
         return await service.write_off(parse_request(pb.WriteOffRequest, data))
 
-    async def plan_eod(data: bytes) -> Message:
+    async def plan_eod(data: bytes, context: Context) -> Message:
         return service.plan_eod(parse_request(pb.EodSlotsRequest, data))
 
-    async def run_eod_slot(data: bytes) -> Message:
+    async def run_eod_slot(data: bytes, context: Context) -> Message:
         return await service.run_eod_slot(parse_request(pb.EodSlotRequest, data))
 
-    async def gl_report(data: bytes) -> Message:
+    async def gl_report(data: bytes, context: Context) -> Message:
         parse_request(pb.GlReportRequest, data)
         return await service.gl_report()
 
-    methods: dict[str, Callable[[bytes], Awaitable[Message]]] = {
+    methods: dict[str, serving.Handler] = {
         "ApproveCreditLine": approve,
         "Drawdown": drawdown,
         "GetLoan": get,

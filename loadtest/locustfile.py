@@ -45,7 +45,7 @@ CUSTOMERS_AT_START = 3
 DEADLINE_S = 10.0
 
 
-@events.init_command_line_parser.add_listener
+@events.init_command_line_parser.add_listener  # type: ignore[untyped-decorator]  # locust's hooks are untyped
 def _arguments(parser: Any) -> None:
     parser.add_argument(
         "--scoring-host",
@@ -70,7 +70,7 @@ class Reporting(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         if response is not None:
             exception = _business_failure(response)
         method = details.method.rsplit("/", 1)[-1]
-        self.environment.events.request.fire(
+        self.environment.events.request.fire(  # type: ignore[no-untyped-call]
             request_type="grpc",
             name=f"{method} {self.label}".rstrip(),
             response_time=(time.perf_counter() - started) * 1000,
@@ -106,6 +106,8 @@ class PartnerPlatform(User):
         super().__init__(environment)
         self.reporting = Reporting(environment)
         self.channels: list[grpc.Channel] = []
+        if not self.host:
+            raise ValueError("give the router's HOST:PORT with --host")
         self.ledger = ledger_pb2_grpc.LedgerStub(self._channel(self.host))
         scoring_host = getattr(environment.parsed_options, "scoring_host", "") if environment.parsed_options else ""
         self.scoring = None

@@ -70,7 +70,10 @@ Transitions ("debit" is the debit account, "credit" the credit account)
          reservation already passed the limits; a reserved account cannot be closed.)
        RELEASE: always OK.
      The result and, on OK, the credit account's history entry are journaled in the
-     batch; the answer is sent after it is durable.
+     batch; the answer is sent after it is durable. A leg no debit node following this
+     protocol sends is a peer's bad input, refused without a change or a journal entry:
+     the same key with other amounts (EXISTS_WITH_DIFFERENT_FIELDS), a POST or RELEASE
+     with no matching reservation (PENDING_TRANSFER_NOT_FOUND).
   R  a leg's result arrives (debit node; OK or a refusal, never WRONG_SLOT, which the
      relay retries). The outbox entry is deleted, and:
        CREDIT OK:        debits_pending -= amount, debits_posted += amount, T POSTED
@@ -124,7 +127,7 @@ Invariants (asserted where records are written and read back)
   * debits_pending of a debit account covers the amount of each of its IN_FLIGHT plain and
     pending transfers and of each PENDING cross-node pending.
   * A POST or RELEASE leg is applied only after its RESERVE was applied OK, for the same
-    reserved amount; credits_pending never goes negative.
+    reserved amount (refused otherwise); credits_pending never goes negative.
   * At quiescence (empty outboxes): sum of debits_posted = sum of credits_posted over all
     nodes, and no pending amount remains from a cross-node transfer that is not PENDING.
 """
@@ -137,6 +140,9 @@ from node import state_machine as sm
 from proto import ledger_pb2 as pb, node_pb2
 
 LEG_KINDS = frozenset((node_pb2.LEG_CREDIT, node_pb2.LEG_RESERVE, node_pb2.LEG_POST, node_pb2.LEG_RELEASE))
+# A credit node's refusals of a leg that breaks this protocol (a peer's bad input): not
+# journaled, not final; a debit node that gets one logs it as a bug and retries.
+PROTOCOL_REFUSALS = frozenset((pb.EXISTS_WITH_DIFFERENT_FIELDS, pb.PENDING_TRANSFER_NOT_FOUND))
 # The results a credit node may give a leg, WRONG_SLOT aside: each one is final.
 LEG_OUTCOMES = frozenset(
     (
@@ -220,7 +226,7 @@ def accept_transfer(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Re
     total = debit.debits_pending + debit.debits_posted + t.amount
     if total > sm.INT64_MAX:
         return sm.reject(store, t, pb.OVERFLOW, timestamp)
-    if debit.flags & sm.DEBITS_MUST_NOT_EXCEED_CREDITS and total > debit.credits_posted + debit.overdraft_limit:
+    if sm.debits_past_limit(debit, total):
         return sm.reject(store, t, pb.EXCEEDS_CREDITS, timestamp)
 
     pending = bool(t.flags & sm.PENDING)
@@ -481,7 +487,7 @@ def _credit_refusal(credit: pb.Account | None, leg: node_pb2.CreditLeg) -> sm.Co
     total = credit.credits_pending + credit.credits_posted + leg.amount
     if total > sm.INT64_MAX:
         return pb.OVERFLOW
-    if credit.flags & sm.CREDITS_MUST_NOT_EXCEED_DEBITS and total > credit.debits_posted + credit.overdraft_limit:
+    if sm.credits_past_limit(credit, total):
         return pb.EXCEEDS_DEBITS
     return pb.OK
 
@@ -497,12 +503,16 @@ def _same_leg(stored: node_pb2.CreditLeg, leg: node_pb2.CreditLeg) -> bool:
 
 
 def apply_credit_leg(store: OutboxStore, leg: node_pb2.CreditLeg, timestamp: int) -> sm.Result:
-    """C: apply a leg that passed `malformed_leg` and the fence, once."""
+    """C: apply a leg that passed `malformed_leg` and the fence, once.
+
+    A leg that no debit node following this protocol sends (the same key with other amounts,
+    a POST or RELEASE with no reservation to resolve) is a peer's bad input: it is refused
+    with PROTOCOL_REFUSALS' codes, changes nothing and is not journaled."""
     applied = store.get_applied_leg(leg.credit_account_id, leg.debit_account_id, leg.transfer_id, leg.kind)
     if applied is not None:
-        # Paired with put_applied_leg below: a key always names the same leg, because the
-        # debit node never changes an outbox entry.
-        assert _same_leg(applied.leg, leg), (applied, leg)
+        # A key always names the same leg, because a debit node never changes an outbox entry.
+        if not _same_leg(applied.leg, leg):
+            return sm.Result(pb.EXISTS_WITH_DIFFERENT_FIELDS)
         return sm.Result(applied.code, "", applied.timestamp)
 
     credit = store.get_account(leg.credit_account_id)
@@ -519,8 +529,10 @@ def apply_credit_leg(store: OutboxStore, leg: node_pb2.CreditLeg, timestamp: int
             leg.credit_account_id, leg.debit_account_id, leg.pending_id, node_pb2.LEG_RESERVE
         )
         # A POST or RELEASE follows its pending's RESERVE, which reserved exactly this.
-        assert reserve is not None and reserve.code == pb.OK and reserve.leg.amount == leg.reserved, (reserve, leg)
-        assert credit is not None and credit.credits_pending >= leg.reserved, (credit, leg)
+        if reserve is None or reserve.code != pb.OK or reserve.leg.amount != leg.reserved:
+            return sm.Result(pb.PENDING_TRANSFER_NOT_FOUND)
+        if credit is None or credit.credits_pending < leg.reserved:
+            return sm.Result(pb.PENDING_TRANSFER_NOT_FOUND)
         code = pb.OK
         if leg.kind == node_pb2.LEG_POST:
             if credit.status == pb.CLOSED:
@@ -528,9 +540,10 @@ def apply_credit_leg(store: OutboxStore, leg: node_pb2.CreditLeg, timestamp: int
             elif credit.status == pb.FROZEN:
                 code = pb.CREDIT_ACCOUNT_FROZEN
         if code == pb.OK:
+            if credit.credits_posted + leg.amount > sm.INT64_MAX:
+                return sm.Result(pb.OVERFLOW)  # cannot happen after a valid reservation of the amount
             credit.credits_pending -= leg.reserved
             credit.credits_posted += leg.amount  # 0 for a RELEASE
-            assert credit.credits_posted <= sm.INT64_MAX, credit
 
     if code == pb.OK:
         assert credit is not None

@@ -13,11 +13,12 @@ The protocol is node/outbox.py's; this is its I/O. Delivery rules:
   * A leg without a final result (the call failed, WRONG_SLOT, no known owner) is tried
     again after a jittered exponential backoff. That is always safe: the credit node
     applies a leg once and answers every replay with the stored result.
-  * A final result goes back through the committer (outbox.apply_leg_result), which
-    settles the transfer and deletes the entry in one batch; the entry leaves memory once
-    that batch is durable, and callers waiting for the transfer are woken then.
-Channels to other nodes are plaintext for now: a cluster serving TLS needs client
-credentials here (mutual TLS between cluster processes is DESIGN section 9's next step).
+  * A final result is queued for the committer (node/engine.py), which takes the queue at
+    its next cycle and applies each result (outbox.apply_leg_result): the transfer settles
+    and the entry is deleted in one batch; the entry leaves memory once that batch is
+    durable, and callers waiting for the transfer are woken then.
+Channels to other nodes use the node's peer credentials (TLS trusting --tls-ca) when it has
+them, else plaintext.
 """
 
 from __future__ import annotations
@@ -33,13 +34,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import grpc
 
-from node import metrics, state_machine as sm
-from node.outbox import LEG_OUTCOMES, LegResult, subject_of
-from node.storage import Storage, account_slot, outbox_key
-from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc, serving
+import serving
+from node import keys, metrics, state_machine as sm
+from node.keys import account_slot
+from node.outbox import LEG_OUTCOMES, subject_of
+from node.storage import Storage
+from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
 
 log = logging.getLogger("yunkai.node.relay")
 
@@ -53,9 +57,6 @@ _CHANNEL_OPTIONS = [
 ]
 _WARN_EVERY_S = 10.0
 
-# (event, slot, fenced epoch) as the engine's mailbox takes them.
-SettleEvents = list[tuple[LegResult, int, int]]
-SettleFn = Callable[[SettleEvents], "asyncio.Future[list[sm.Result]] | None"]
 RouteFn = Callable[[int], tuple[int, str]]
 
 
@@ -83,6 +84,17 @@ class _Entry:
         self.attempts = 0
 
 
+class TakenResult(NamedTuple):
+    """A leg's final result, as the credit node answered it, for the entry that was sent."""
+
+    entry: _Entry
+    code: sm.Code
+
+    @property
+    def leg(self) -> node_pb2.CreditLeg:
+        return self.entry.leg
+
+
 class Relay:
     """The outbox entries of this node's slots, their delivery, and the callers waiting."""
 
@@ -90,15 +102,18 @@ class Relay:
         self,
         storage: Storage,
         route: RouteFn,
-        settle: SettleFn,
+        on_results: Callable[[], None],
         limits: RelayLimits,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        assert 0 < limits.legs_per_rpc_max <= limits.legs_in_flight_max, limits
+        assert 0 < limits.backoff_s_min <= limits.backoff_s_max, limits
         self._storage = storage
         self._credentials = credentials
         self._slots_total = storage.slots_total
         self._route = route
-        self._settle = settle
+        self._on_results = on_results
+        self._results: list[TakenResult] = []
         self.limits = limits
         self._entries: dict[bytes, _Entry] = {}
         self._ready: deque[_Entry] = deque()
@@ -117,11 +132,16 @@ class Relay:
 
     # --- entries, from the engine ---------------------------------------------------------
 
-    def load(self, entries: Iterable[tuple[bytes, node_pb2.CreditLeg]]) -> None:
+    def load(self, entries: Iterable[tuple[bytes, node_pb2.CreditLeg]], moved_in: bool = False) -> None:
         """Every outbox entry of some slots, checked against its transfers: the node's slots
-        at startup, and a slot that has moved onto this node."""
+        at startup (our own disk: a mismatch is our bug), and slots that moved onto this node
+        (a peer's data: a mismatch is logged and the entry left alone)."""
         for key, leg in entries:
-            _check_loaded(self._storage, key, leg)
+            problem = _loaded_problem(self._storage, key, leg)
+            if problem is not None:
+                assert moved_in, problem
+                log.error("outbox entry of a moved-in slot not loaded", extra={"problem": problem})
+                continue
             self._add(key, leg)
         metrics.outbox_entries.set(len(self._entries))
         self._wake.set()  # also when a slot moved in while the relay sleeps
@@ -142,10 +162,25 @@ class Relay:
         metrics.outbox_entries.set(len(self._entries))
         self._wake.set()
 
+    def take_results(self) -> list[TakenResult]:
+        """The final results received since the last call (the committer's, each cycle)."""
+        taken, self._results = self._results, []
+        return taken
+
+    def current(self, result: TakenResult) -> bool:
+        """Whether the entry a result answers is still the one this relay delivers."""
+        return self._entries.get(result.entry.key) is result.entry
+
+    def discard(self, result: TakenResult) -> None:
+        """A result that will not be applied here (its debit slot moved away)."""
+        if self.current(result):
+            del self._entries[result.entry.key]
+        metrics.outbox_entries.set(len(self._entries))
+
     def forget_slot(self, slot: int) -> None:
         """A debit slot moved away: its entries moved with it and its new owner drives them.
         (A leg of it already sent is answered as usual; its result then finds the slot gone.)"""
-        prefix = slot.to_bytes(2, "big")
+        prefix = keys.slot_prefix(slot)
         for key in [key for key in self._entries if key.startswith(prefix)]:
             del self._entries[key]
         metrics.outbox_entries.set(len(self._entries))
@@ -249,9 +284,9 @@ class Relay:
     def _retry(self, entry: _Entry, now: float) -> None:
         entry.attempts += 1
         limits = self.limits
-        backoff = min(limits.backoff_s_max, limits.backoff_s_min * 2 ** min(entry.attempts - 1, 30))
+        pause = serving.backoff_s(entry.attempts - 1, limits.backoff_s_min, limits.backoff_s_max, self._rng)
         entry.state = _BACKOFF
-        heapq.heappush(self._backoff, (now + backoff * self._rng.uniform(0.5, 1.0), next(self._tie), entry))
+        heapq.heappush(self._backoff, (now + pause, next(self._tie), entry))
 
     def _stub(self, owner: str) -> node_pb2_grpc.NodeStub:
         pair = self._stubs.get(owner)
@@ -293,11 +328,12 @@ class Relay:
             return
         metrics.leg_round_trip_s.observe(time.perf_counter() - started)
         metrics.legs_sent.inc(len(group.entries))
-        final: list[tuple[_Entry, sm.Code]] = []
+        final = 0
         for entry, slot, result in zip(group.entries, group.slots, reply.results, strict=True):
             if result.code in LEG_OUTCOMES:
                 entry.state = _SETTLING
-                final.append((entry, result.code))
+                self._results.append(TakenResult(entry, result.code))
+                final += 1
                 continue
             if result.code == pb.WRONG_SLOT:
                 self._learn(slot, result.redirect)
@@ -306,22 +342,7 @@ class Relay:
             metrics.legs_failed.labels(pb.ResultCode.Name(result.code)).inc()
             self._retry(entry, now)
         if final:
-            await self._settle_results(final)
-
-    async def _settle_results(self, final: list[tuple[_Entry, sm.Code]]) -> None:
-        total = self._slots_total
-        events = [
-            (LegResult(entry.leg, code), account_slot(entry.leg.debit_account_id, total), 0) for entry, code in final
-        ]
-        future = self._settle(events)
-        if future is None:
-            return  # the node is stopping: the entries are re-driven after the restart
-        results = await future
-        for (entry, _code), result in zip(final, results, strict=True):
-            if result.code == pb.WRONG_SLOT and self._entries.get(entry.key) is entry:
-                # The debit slot is no longer this node's: its new owner drives the entry.
-                del self._entries[entry.key]
-        metrics.outbox_entries.set(len(self._entries))
+            self._on_results()
 
 
 class _Group:
@@ -340,18 +361,24 @@ class _Group:
         self.epochs.append(epoch)
 
 
-def _check_loaded(storage: Storage, key: bytes, leg: node_pb2.CreditLeg) -> None:
-    """An entry read back at startup is paired with its key and the transfers it was
-    written with (node/outbox.py's invariants)."""
+def _loaded_problem(storage: Storage, key: bytes, leg: node_pb2.CreditLeg) -> str | None:
+    """Why an entry read back does not pair with its key and the transfers it was written with
+    (node/outbox.py's invariants), or None."""
     slot = account_slot(leg.debit_account_id, storage.slots_total)
-    assert key == outbox_key(slot, leg.debit_account_id, subject_of(leg), leg.kind), (key, leg)
+    if key != keys.outbox_key(slot, leg.debit_account_id, subject_of(leg), leg.kind):
+        return f"key {key!r} does not name leg {leg}"
     transfer = storage.transfer(leg.debit_account_id, leg.transfer_id)
-    assert transfer is not None, leg
+    if transfer is None:
+        return f"no transfer for leg {leg}"
     if leg.kind == node_pb2.LEG_RELEASE:
         pending = storage.transfer(leg.debit_account_id, leg.pending_id)
-        assert pending is not None and pending.state in (pb.TRANSFER_VOIDED, pb.TRANSFER_EXPIRED), (leg, pending)
-        return
-    assert transfer.state == pb.TRANSFER_IN_FLIGHT, (leg, transfer)
+        if pending is None or pending.state not in (pb.TRANSFER_VOIDED, pb.TRANSFER_EXPIRED):
+            return f"a RELEASE of a pending that is not voided or expired: {leg} {pending}"
+        return None
+    if transfer.state != pb.TRANSFER_IN_FLIGHT:
+        return f"leg {leg} of a transfer that is not in flight: {transfer}"
     if leg.kind == node_pb2.LEG_POST:
         pending = storage.transfer(leg.debit_account_id, leg.pending_id)
-        assert pending is not None and pending.state == pb.TRANSFER_PENDING, (leg, pending)
+        if pending is None or pending.state != pb.TRANSFER_PENDING:
+            return f"a POST of a pending that is not pending: {leg} {pending}"
+    return None

@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
-import sys
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import uvloop
+import grpc
 
+import serving
+from node import keys
+from node.changelog import ChangeLog
 from node.engine import Engine, Limits
-from node.service import IN_FLIGHT_WAIT_S_DEFAULT, LEDGER_SERVICE, LedgerService, NodeService
+from node.ledger_service import IN_FLIGHT_WAIT_S_DEFAULT, LedgerService
+from node.node_service import NODE_SERVICE, NodeService
+from node.slotmove import SlotMoves
+from node.slots import SlotTable
 from node.storage import Storage
-from proto import node_pb2_grpc, serving
+from proto import contract
+from proto.contract import LEDGER_SERVICE
 from router.slots import SLOTS_TOTAL_DEFAULT, SLOTS_TOTAL_MAX
 
 log = logging.getLogger("yunkai.node")
-
 DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
     "port": 7001,
@@ -74,67 +81,78 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = serving.resolve(args, "node", DEFAULTS)
+    return serving.main(args, command="node", section="node", defaults=DEFAULTS, check=_check, serve=_serve)
+
+
+def _check(settings: dict[str, Any]) -> str | None:
     if not settings["data_dir"]:
-        print("yunkai node: --data-dir is required (or YUNKAI_NODE_DATA_DIR, or data_dir in [node])", file=sys.stderr)
-        return 2
-    slots_total = int(settings["slots_total"])
-    if not 1 <= slots_total <= SLOTS_TOTAL_MAX:
-        print(f"yunkai node: --slots-total must be in 1..{SLOTS_TOTAL_MAX}", file=sys.stderr)
-        return 2
-    serving.setup_logging(str(settings["log_level"]), "node")
-    uvloop.run(_serve(settings))
-    return 0
+        return "--data-dir is required (or YUNKAI_NODE_DATA_DIR, or data_dir in [node])"
+    if not 1 <= int(settings["slots_total"]) <= SLOTS_TOTAL_MAX:
+        return f"--slots-total must be in 1..{SLOTS_TOTAL_MAX}"
+    batch = int(settings["batch_events_max"])
+    batch_max = serving.MESSAGE_BYTES_MAX // contract.EVENT_BYTES_MAX
+    if not 0 < batch <= batch_max:
+        return f"--batch-events-max must be 1 to {batch_max} (a batch of the largest events must fit one message)"
+    if int(settings["queue_events_max"]) < 1:
+        return "--queue-events-max must be at least 1"
+    if int(settings["outbox_max"]) < 1:
+        return "--outbox-max must be at least 1"
+    return None
 
 
 async def _serve(settings: dict[str, Any]) -> None:
+    await serving.serve(
+        settings,
+        services=[LEDGER_SERVICE, NODE_SERVICE],
+        app=lambda server, port: _node(settings, server, port),
+        log=log,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _node(settings: dict[str, Any], server: grpc.aio.Server, port: int) -> AsyncIterator[Mapping[str, object]]:
+    """A node's parts, wired: storage, slot table, change log, engine (with its relay), slot
+    moves and the two services. Serves while suspended at the yield; then commits everything
+    queued and closes the store."""
     slots_total = int(settings["slots_total"])
     storage = Storage(str(settings["data_dir"]), slots_total, int(settings["account_cache_max"]))
-    _check_slots_total(storage, slots_total)
-    limits = Limits(
-        batch_events_max=int(settings["batch_events_max"]),
-        queue_events_max=int(settings["queue_events_max"]),
-        outbox_entries_max=int(settings["outbox_max"]),
-    )
-    server = serving.new_server()
-    frame = serving.Serving(server, [LEDGER_SERVICE, "yunkai.node.v1.Node"])
-    host = str(settings["host"])
-    credentials = serving.server_credentials(settings["tls_cert"], settings["tls_key"])
-    port = frame.listen(host, int(settings["port"]), credentials)
-    advertise = str(settings["advertise"] or f"{host}:{port}")
-    engine = Engine(
-        storage,
-        limits,
-        advertise,
-        join=bool(settings["join"]),
-        peer_credentials=serving.client_credentials(settings["tls_ca"]),
-    )
-    in_flight_wait_s = int(settings["in_flight_wait_ms"]) / 1000
-    server.add_generic_rpc_handlers([LedgerService(engine, in_flight_wait_s).handler()])
-    node_pb2_grpc.add_NodeServicer_to_server(NodeService(engine), server)
-    metrics_port = settings["metrics_port"]
-    serving.start_metrics(host, None if metrics_port is None else int(metrics_port))
-    stopping = serving.stop_signal()
     try:
+        _check_slots_total(storage, slots_total)
+        advertise = str(settings["advertise"] or f"{settings['host']}:{port}")
+        limits = Limits(
+            batch_events_max=int(settings["batch_events_max"]),
+            queue_events_max=int(settings["queue_events_max"]),
+            outbox_entries_max=int(settings["outbox_max"]),
+        )
+        peers = serving.client_credentials(settings["tls_ca"])
+        slots = SlotTable.load(storage, advertise, join=bool(settings["join"]))
+        changelog = ChangeLog()
+        engine = Engine(storage, slots, changelog, limits, peer_credentials=peers)
+        moves = SlotMoves(engine, slots, storage, changelog, peers)
+        in_flight_wait_s = int(settings["in_flight_wait_ms"]) / 1000
+        server.add_generic_rpc_handlers(
+            [
+                LedgerService(engine, slots, storage, in_flight_wait_s).handler(),
+                NodeService(engine, slots, moves).handler(),
+            ]
+        )
         async with asyncio.TaskGroup() as tasks:
             committer = tasks.create_task(engine.run())
-            owned = sum(1 for a in engine.slots if a.owned)
-            await frame.start(port, log, advertise=advertise, slots_owned=owned, data_dir=settings["data_dir"])
-            await stopping.wait()
-            await frame.stop(log)
+            yield {"advertise": advertise, "slots_owned": slots.owned_count(), "data_dir": settings["data_dir"]}
             engine.stop()
+            moves.stopping = True
             await committer
+            await moves.close()
     finally:
         storage.close()
-    log.info("stopped")
 
 
 def _check_slots_total(storage: Storage, slots_total: int) -> None:
-    stored = storage.meta_get("slots_total")
+    stored = storage.get(keys.SLOTS_TOTAL)
     if stored is None:
-        storage.meta_put_now("slots_total", slots_total.to_bytes(4, "big"))
+        storage.put_now(keys.SLOTS_TOTAL, slots_total.to_bytes(4, "big"))
     elif int.from_bytes(stored, "big") != slots_total:
-        raise SystemExit(
+        raise serving.StartupError(
             f"this data directory was created with --slots-total {int.from_bytes(stored, 'big')},"
             f" not {slots_total}: S is fixed for a cluster's life"
         )

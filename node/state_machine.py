@@ -138,6 +138,22 @@ def expires_at(transfer: pb.Transfer) -> int:
     return transfer.timestamp + transfer.timeout_s * NANOS_PER_SECOND
 
 
+def debits_past_limit(account: pb.Account, debits_total: int) -> bool:
+    """Whether debits of `debits_total` (pending and posted, the new amount counted) break an
+    account's DEBITS_MUST_NOT_EXCEED_CREDITS rule: more than its credits posted plus its
+    overdraft limit. (EXCEEDS_CREDITS, on one node or across two.)"""
+    return bool(account.flags & DEBITS_MUST_NOT_EXCEED_CREDITS) and (
+        debits_total > account.credits_posted + account.overdraft_limit
+    )
+
+
+def credits_past_limit(account: pb.Account, credits_total: int) -> bool:
+    """The mirror rule, CREDITS_MUST_NOT_EXCEED_DEBITS (EXCEEDS_DEBITS)."""
+    return bool(account.flags & CREDITS_MUST_NOT_EXCEED_DEBITS) and (
+        credits_total > account.debits_posted + account.overdraft_limit
+    )
+
+
 # --- stateless checks -------------------------------------------------------------------
 
 
@@ -305,9 +321,9 @@ def apply_transfer(store: Store, t: pb.Transfer, timestamp: int) -> Result:
     credit_total = credit.credits_pending + credit.credits_posted + amount
     if debit_after > INT64_MAX or credit_after > INT64_MAX or debit_total > INT64_MAX or credit_total > INT64_MAX:
         return reject(store, t, pb.OVERFLOW, timestamp)
-    if debit.flags & DEBITS_MUST_NOT_EXCEED_CREDITS and debit_total > debit.credits_posted + debit.overdraft_limit:
+    if debits_past_limit(debit, debit_total):
         return reject(store, t, pb.EXCEEDS_CREDITS, timestamp)
-    if credit.flags & CREDITS_MUST_NOT_EXCEED_DEBITS and credit_total > credit.debits_posted + credit.overdraft_limit:
+    if credits_past_limit(credit, credit_total):
         return reject(store, t, pb.EXCEEDS_DEBITS, timestamp)
 
     if pending:

@@ -1,116 +1,21 @@
-"""The node's RocksDB: key layout, committed reads, and durable batch writes.
+"""The node's RocksDB: committed reads, range reads, and durable batch writes.
 
-Key layout (DESIGN section 4): everything of a slot lives under `<slot:2 bytes BE>` so a
-slot is one contiguous range to snapshot, stream and delete.
-
-    <slot> A <account_id>                          account (current balances), pb.Account
-    <slot> O <account_id>                          account as opened (for create replays)
-    <slot> T <debit_account_id> 00 <transfer_id>   transfer, pb.Transfer
-    <slot> H <account_id> 00 <timestamp:8 BE>      history event, pb.Transfer as of then
-    <slot> C <account_id> 00 <change_id>           account change journal, pb.AccountChange
-    <slot> X <expires_at:8 BE> <debit> 00 <id>     pending transfer expiry index
-    <slot> B <debit> 00 <subject> 00 <kind:1>      outbox entry (debit slot), node.v1.CreditLeg
-    <slot> L <debit> 00 <transfer_id> 00 <kind:1>  applied credit leg (credit slot), node.v1.AppliedLeg
-    FF FF <name>                                   node metadata (clock, slot table,
-                                                   slot moves: node/slotmove.py)
-
-The outbox and applied-leg records are node/outbox.py's; `kind` is the LegKind number.
-
-Ids never contain 00, so it separates the parts. Only committed data is ever in RocksDB:
-the engine writes a group's WriteBatch with sync=True and then publishes it here.
+Only committed data is ever in RocksDB: the engine writes a group's WriteBatch with
+sync=True and then publishes it here. Keys are node/keys.py's; this module never builds
+one of its own.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 from collections.abc import Iterable, Iterator
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, RdictIter, WriteBatch, WriteOptions
 
+from node import keys
+from node.keys import account_key_of, account_slot, history_prefix_of
 from proto import ledger_pb2 as pb, node_pb2
-from router.slots import slot_of
-
-NODE_META = b"\xff\xff"
-_U64 = 8
-
-
-@functools.lru_cache(maxsize=1 << 18)
-def account_slot(account_id: str, slots_total: int) -> int:
-    """`slot_of`, memoised: a node needs an account's slot several times per event."""
-    return slot_of(account_id, slots_total)
-
-
-@functools.lru_cache(maxsize=1 << 18)
-def account_key_of(account_id: str, slots_total: int) -> bytes:
-    """`account_key` for an id, memoised: every transfer writes two accounts."""
-    return account_key(slot_of(account_id, slots_total), account_id)
-
-
-@functools.lru_cache(maxsize=1 << 18)
-def history_prefix_of(account_id: str, slots_total: int) -> bytes:
-    """`history_prefix` for an id, memoised: every transfer appends to two histories."""
-    return history_prefix(slot_of(account_id, slots_total), account_id)
-
-
-def slot_prefix(slot: int) -> bytes:
-    return slot.to_bytes(2, "big")
-
-
-def account_key(slot: int, account_id: str) -> bytes:
-    return slot.to_bytes(2, "big") + b"A" + account_id.encode()
-
-
-def creation_key(slot: int, account_id: str) -> bytes:
-    return slot.to_bytes(2, "big") + b"O" + account_id.encode()
-
-
-def transfer_key(slot: int, debit_account_id: str, transfer_id: str) -> bytes:
-    return slot.to_bytes(2, "big") + b"T" + debit_account_id.encode() + b"\x00" + transfer_id.encode()
-
-
-def history_prefix(slot: int, account_id: str) -> bytes:
-    return slot.to_bytes(2, "big") + b"H" + account_id.encode() + b"\x00"
-
-
-def change_key(slot: int, account_id: str, change_id: str) -> bytes:
-    return slot.to_bytes(2, "big") + b"C" + account_id.encode() + b"\x00" + change_id.encode()
-
-
-def expiry_key(slot: int, expires_at: int, debit_account_id: str, transfer_id: str) -> bytes:
-    return (
-        slot.to_bytes(2, "big")
-        + b"X"
-        + expires_at.to_bytes(_U64, "big")
-        + debit_account_id.encode()
-        + b"\x00"
-        + transfer_id.encode()
-    )
-
-
-def outbox_key(slot: int, debit_account_id: str, subject_id: str, kind: int) -> bytes:
-    return (
-        slot.to_bytes(2, "big")
-        + b"B"
-        + debit_account_id.encode()
-        + b"\x00"
-        + subject_id.encode()
-        + b"\x00"
-        + kind.to_bytes(1, "big")
-    )
-
-
-def applied_leg_key(slot: int, debit_account_id: str, transfer_id: str, kind: int) -> bytes:
-    return (
-        slot.to_bytes(2, "big")
-        + b"L"
-        + debit_account_id.encode()
-        + b"\x00"
-        + transfer_id.encode()
-        + b"\x00"
-        + kind.to_bytes(1, "big")
-    )
 
 
 class Storage:
@@ -148,23 +53,36 @@ class Storage:
 
     # --- node metadata -----------------------------------------------------------------
 
-    def meta_get(self, name: str) -> bytes | None:
-        value = self.db.get(NODE_META + name.encode())
+    def get(self, key: bytes) -> bytes | None:
+        """One committed value by its key (node/keys.py), or None."""
+        value = self.db.get(key)
         return None if value is None else bytes(value)
 
-    def meta_range(self, begin: bytes, end: bytes) -> Iterator[bytes]:
-        """The values of the metadata keys in [begin, end)."""
+    def put_now(self, key: bytes, value: bytes) -> None:
+        """Write one value durably, outside the group commit (startup, admin)."""
+        batch = WriteBatch(raw_mode=True)
+        batch.put(key, value)
+        self.db.write(batch, self._sync)
+
+    def delete_now(self, key: bytes) -> None:
+        """Delete one key durably, outside the group commit."""
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(key)
+        self.db.write(batch, self._sync)
+
+    # --- ranges --------------------------------------------------------------------------
+
+    def items(self, begin: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The committed (key, value) pairs in [begin, end), in key order. The view is
+        RocksDB's as of the call (the iterator is opened before this returns), so a caller can
+        pair it exactly with whatever it starts in the same step of the event loop."""
         it = self.db.iter()
         it.seek(begin)
-        while it.valid() and bytes(it.key()) < end:
-            yield bytes(it.value())
-            it.next()
+        return _walk(it, end)
 
-    def meta_put_now(self, name: str, value: bytes) -> None:
-        """Write one metadata value durably, outside the group commit (startup, admin)."""
-        batch = WriteBatch(raw_mode=True)
-        batch.put(NODE_META + name.encode(), value)
-        self.db.write(batch, self._sync)
+    def slot_items(self, slot: int) -> Iterator[tuple[bytes, bytes]]:
+        """Every committed key of a slot's range, opened now (see `items`)."""
+        return self.items(*keys.slot_range(slot))
 
     # --- committed reads ---------------------------------------------------------------
 
@@ -184,25 +102,24 @@ class Storage:
         return entry
 
     def account_creation(self, account_id: str) -> pb.Account | None:
-        raw = self.db.get(creation_key(account_slot(account_id, self.slots_total), account_id))
+        raw = self.db.get(keys.creation_key(account_slot(account_id, self.slots_total), account_id))
         return None if raw is None else pb.Account.FromString(bytes(raw))
 
     def transfer(self, debit_account_id: str, transfer_id: str) -> pb.Transfer | None:
-        slot = account_slot(debit_account_id, self.slots_total)
-        raw = self.db.get(transfer_key(slot, debit_account_id, transfer_id))
+        raw = self.transfer_bytes(debit_account_id, transfer_id)
         if raw is None:
             return None
-        transfer = pb.Transfer.FromString(bytes(raw))
+        transfer = pb.Transfer.FromString(raw)
         assert transfer.debit_account_id == debit_account_id and transfer.id == transfer_id
         return transfer
 
     def transfer_bytes(self, debit_account_id: str, transfer_id: str) -> bytes | None:
         slot = account_slot(debit_account_id, self.slots_total)
-        raw = self.db.get(transfer_key(slot, debit_account_id, transfer_id))
+        raw = self.db.get(keys.transfer_key(slot, debit_account_id, transfer_id))
         return None if raw is None else bytes(raw)
 
     def change(self, account_id: str, change_id: str) -> pb.AccountChange | None:
-        raw = self.db.get(change_key(account_slot(account_id, self.slots_total), account_id, change_id))
+        raw = self.db.get(keys.change_key(account_slot(account_id, self.slots_total), account_id, change_id))
         return None if raw is None else pb.AccountChange.FromString(bytes(raw))
 
     def history(self, account_id: str, cursor: int, newest_first: bool, limit: int) -> tuple[list[bytes], int]:
@@ -214,19 +131,19 @@ class Storage:
             start = cursor - 1 if cursor else (1 << 64) - 1
             if start < 0:
                 return [], 0
-            it.seek_for_prev(prefix + start.to_bytes(_U64, "big"))
+            it.seek_for_prev(keys.history_key(prefix, start))
         else:
-            it.seek(prefix + (cursor + 1 if cursor else 0).to_bytes(_U64, "big"))
+            it.seek(keys.history_key(prefix, cursor + 1 if cursor else 0))
         events: list[bytes] = []
         last = 0
         while it.valid():
-            key = bytes(it.key())
-            if not key.startswith(prefix) or len(key) != len(prefix) + _U64:
+            timestamp = keys.history_timestamp(prefix, bytes(it.key()))
+            if timestamp is None:
                 break
             if len(events) == limit:
                 return events, last
             events.append(bytes(it.value()))
-            last = int.from_bytes(key[len(prefix) :], "big")
+            last = timestamp
             if newest_first:
                 it.prev()
             else:
@@ -235,18 +152,13 @@ class Storage:
 
     def pending_expiries(self, slots: Iterable[int]) -> Iterator[tuple[int, int, str, str]]:
         """(expires_at, slot, debit_account_id, transfer_id) of the slots' expiring pendings."""
-        it = self.db.iter()
         for slot in slots:
-            prefix = slot_prefix(slot) + b"X"
-            it.seek(prefix)
-            while it.valid():
-                key = bytes(it.key())
+            prefix = keys.expiry_prefix(slot)
+            for key, _value in self.items(prefix, keys.slot_range(slot)[1]):
                 if not key.startswith(prefix):
                     break
-                rest = key[len(prefix) :]
-                debit, _, transfer_id = rest[_U64:].partition(b"\x00")
-                yield int.from_bytes(rest[:_U64], "big"), slot, debit.decode(), transfer_id.decode()
-                it.next()
+                expires_at, debit, transfer_id = keys.parse_expiry(prefix, key)
+                yield expires_at, slot, debit, transfer_id
 
     def outbox_entry(self, key: bytes) -> node_pb2.CreditLeg | None:
         raw = self.db.get(key)
@@ -254,16 +166,12 @@ class Storage:
 
     def outbox_entries(self, slots: Iterable[int]) -> Iterator[tuple[bytes, node_pb2.CreditLeg]]:
         """(key, leg) of every outbox entry of the slots."""
-        it = self.db.iter()
         for slot in slots:
-            prefix = slot_prefix(slot) + b"B"
-            it.seek(prefix)
-            while it.valid():
-                key = bytes(it.key())
+            prefix = keys.outbox_prefix(slot)
+            for key, value in self.items(prefix, keys.slot_range(slot)[1]):
                 if not key.startswith(prefix):
                     break
-                yield key, node_pb2.CreditLeg.FromString(bytes(it.value()))
-                it.next()
+                yield key, node_pb2.CreditLeg.FromString(value)
 
     def applied_leg(self, key: bytes) -> node_pb2.AppliedLeg | None:
         raw = self.db.get(key)
@@ -284,10 +192,6 @@ class Storage:
         is made durable by a later synced write before anything depends on it."""
         self.db.write(batch)
 
-    def raw_get(self, key: bytes) -> bytes | None:
-        value = self.db.get(key)
-        return None if value is None else bytes(value)
-
     def forget_accounts(self) -> None:
         """Drop every cached account: a slot's range was replaced or deleted by a move."""
         self._accounts.clear()
@@ -306,3 +210,12 @@ class Storage:
         if account_id not in cache and len(cache) >= self._account_cache_max:
             del cache[next(iter(cache))]  # oldest first; every entry is committed
         cache[account_id] = entry
+
+
+def _walk(it: RdictIter, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+    while it.valid():
+        key = bytes(it.key())
+        if key >= end:
+            return
+        yield key, bytes(it.value())
+        it.next()

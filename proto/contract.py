@@ -1,17 +1,28 @@
 """The contract of the public ledger API that every process checks the same way.
 
-What a well-formed request is (flags known and not contradictory, ledger-assigned
-fields left unset, limits non-negative) and what a valid id is. A router refuses a
-malformed batch whole before forwarding any part of it; a node refuses it before
-applying any part. Business outcomes (result codes) are the state machine's, in
-node/state_machine.py; this module only says what may be asked.
+The table of the Ledger service's methods (what each carries, which account id decides an
+event's slot) that the node, the router and the SDK all serve or call from; what a
+well-formed request is (flags known and not contradictory, ledger-assigned fields left
+unset, limits non-negative) and what a valid id is. A router refuses a malformed batch
+whole before forwarding any part of it; a node refuses it before applying any part.
+Business outcomes (result codes) are the state machine's, in node/state_machine.py; this
+module only says what may be asked.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from google.protobuf.message import Message
 
 from proto import ledger_pb2 as pb
+
+E = TypeVar("E")
+
+LEDGER_SERVICE = "yunkai.ledger.v1.Ledger"
 
 ID_LENGTH_MAX = 64
 _ID_RE = re.compile(r"[A-Za-z0-9._:{}-]{1,64}")
@@ -84,3 +95,143 @@ def malformed_change(c: pb.AccountChange) -> str | None:
     if c.overdraft_limit and c.kind != pb.SET_OVERDRAFT_LIMIT:
         return "overdraft_limit: only SET_OVERDRAFT_LIMIT carries a limit"
     return None
+
+
+def _largest_event_bytes() -> int:
+    """The most bytes one well-formed event or its result takes on the wire: ids at their
+    longest, every number at its widest (ledger-assigned fields included, as results carry
+    them). A batch limit times this must fit a message (checked once where limits are set)."""
+    longest = "x" * ID_LENGTH_MAX
+    wide = (1 << 63) - 1
+    transfer = pb.Transfer(
+        id=longest,
+        debit_account_id=longest,
+        credit_account_id=longest,
+        amount=wide,
+        ledger=(1 << 32) - 1,
+        code=(1 << 32) - 1,
+        flags=(1 << 32) - 1,
+        pending_id=longest,
+        timeout_s=(1 << 32) - 1,
+        user_data=(1 << 64) - 1,
+        timestamp=(1 << 64) - 1,
+        state=pb.TRANSFER_IN_FLIGHT,
+        result=pb.ACCOUNT_HAS_PENDING_TRANSFERS,
+        amount_posted=wide,
+    )
+    account = pb.Account(
+        id=longest,
+        ledger=(1 << 32) - 1,
+        code=(1 << 32) - 1,
+        flags=(1 << 32) - 1,
+        debits_posted=wide,
+        credits_posted=wide,
+        debits_pending=wide,
+        credits_pending=wide,
+        overdraft_limit=wide,
+        status=pb.CLOSED,
+        user_data=(1 << 64) - 1,
+        timestamp=(1 << 64) - 1,
+    )
+    redirect = pb.SlotRedirect(slot=(1 << 32) - 1, epoch=(1 << 63) - 1, owner="x" * 255)
+    transfer_result = pb.TransferResult(code=pb.ACCOUNT_HAS_PENDING_TRANSFERS, transfer=transfer, redirect=redirect)
+    account_result = pb.AccountResult(code=pb.ACCOUNT_HAS_PENDING_TRANSFERS, account=account, redirect=redirect)
+    framing = 16  # a repeated field's tag and length, and the fence's share
+    return max(transfer_result.ByteSize(), account_result.ByteSize()) + framing
+
+
+EVENT_BYTES_MAX = _largest_event_bytes()
+
+
+# --- the Ledger service's methods --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerMethod(Generic[E]):
+    """One method of yunkai.ledger.v1.Ledger. A batched method carries its events in the
+    repeated field `field` and answers one result per event, in order; `key_of` is the
+    account id whose slot an event belongs to; `malformed` says why an event is not a
+    well-formed request (None: every value may be asked)."""
+
+    name: str
+    request: type[Message]
+    response: type[Message]
+    field: str
+    key_of: Callable[[E], str]
+    malformed: Callable[[E], str | None] | None
+    writes: bool
+
+    def events(self, request: Any) -> Any:
+        """The request's repeated field of events."""
+        return getattr(request, self.field)
+
+
+def _transfer_key(t: pb.Transfer) -> str:
+    return t.debit_account_id
+
+
+def _account_key(a: pb.Account) -> str:
+    return a.id
+
+
+def _change_key(c: pb.AccountChange) -> str:
+    return c.account_id
+
+
+def _id_key(account_id: str) -> str:
+    return account_id
+
+
+def _lookup_key(k: pb.TransferKey) -> str:
+    return k.debit_account_id
+
+
+def _history_key(r: pb.GetAccountTransfersRequest) -> str:
+    return r.account_id
+
+
+CREATE_ACCOUNTS = LedgerMethod[pb.Account](
+    "CreateAccounts",
+    pb.CreateAccountsRequest,
+    pb.CreateAccountsResponse,
+    "accounts",
+    _account_key,
+    malformed_account,
+    writes=True,
+)
+CREATE_TRANSFERS = LedgerMethod[pb.Transfer](
+    "CreateTransfers",
+    pb.CreateTransfersRequest,
+    pb.CreateTransfersResponse,
+    "transfers",
+    _transfer_key,
+    malformed_transfer,
+    writes=True,
+)
+CHANGE_ACCOUNTS = LedgerMethod[pb.AccountChange](
+    "ChangeAccounts",
+    pb.ChangeAccountsRequest,
+    pb.ChangeAccountsResponse,
+    "changes",
+    _change_key,
+    malformed_change,
+    writes=True,
+)
+LOOKUP_ACCOUNTS = LedgerMethod[str](
+    "LookupAccounts", pb.LookupAccountsRequest, pb.LookupAccountsResponse, "ids", _id_key, None, writes=False
+)
+LOOKUP_TRANSFERS = LedgerMethod[pb.TransferKey](
+    "LookupTransfers", pb.LookupTransfersRequest, pb.LookupTransfersResponse, "keys", _lookup_key, None, writes=False
+)
+# Not batched: one account's history page (the request itself is its one "event").
+GET_ACCOUNT_TRANSFERS = LedgerMethod[pb.GetAccountTransfersRequest](
+    "GetAccountTransfers",
+    pb.GetAccountTransfersRequest,
+    pb.GetAccountTransfersResponse,
+    "",
+    _history_key,
+    None,
+    writes=False,
+)
+BATCHED = (CREATE_ACCOUNTS, CREATE_TRANSFERS, CHANGE_ACCOUNTS, LOOKUP_ACCOUNTS, LOOKUP_TRANSFERS)
+LEDGER_METHODS = (*BATCHED, GET_ACCOUNT_TRANSFERS)

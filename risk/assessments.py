@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from rocksdict import WriteBatch
 
-from proto import serving
+import serving
 
 T = TypeVar("T")
 

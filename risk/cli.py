@@ -35,8 +35,9 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+import serving
 from lending.limits import CUSTOMER_PATTERN
-from proto import risk_pb2 as pb, risk_pb2_grpc, serving
+from proto import risk_pb2 as pb, risk_pb2_grpc
 from risk import repayment
 
 RISK_DEFAULT = "127.0.0.1:7400"

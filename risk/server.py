@@ -28,30 +28,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import re
-import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import grpc
-import uvloop
 from google.protobuf.message import Message
 from prometheus_client import Counter, Histogram
 
+import serving
 from clients.ledger import LedgerClient, LedgerError, ResultCode
 from clients.scoring import ScoringClient
 from lending.limits import CUSTOMER_PATTERN, CreditLimits
-from proto import lending_pb2, lending_pb2_grpc, risk_pb2 as pb, serving
-from proto.serving import BadRequest, parse_request
+from proto import lending_pb2, lending_pb2_grpc, risk_pb2 as pb
 from risk import behaviour, early_warning, flow
 from risk.assessments import AssessmentStore
 from risk.locks import KeyedLocks
 from risk.store import DecisionStore
+from serving import BadRequest, Context, parse_request
 
 log = logging.getLogger("yunkai.risk")
 
@@ -127,18 +127,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = serving.resolve(args, "risk", DEFAULTS)
+    return serving.main(args, command="risk serve", section="risk", defaults=DEFAULTS, check=_check, serve=_serve)
+
+
+def _check(settings: dict[str, Any]) -> str | None:
     for name in ("data_dir", "scoring"):
         if not settings[name]:
-            flag = name.replace("_", "-")
-            print(f"yunkai risk serve: --{flag} is required (or YUNKAI_RISK_{name.upper()})", file=sys.stderr)
-            return 2
-    serving.setup_logging(str(settings["log_level"]), "risk")
-    uvloop.run(_serve(settings))
-    return 0
+            return f"--{name.replace('_', '-')} is required (or YUNKAI_RISK_{name.upper()})"
+    return None
 
 
 async def _serve(settings: dict[str, Any]) -> None:
+    services = [DECISION_SERVICE, BEHAVIOUR_SERVICE]
+    await serving.serve(settings, services=services, app=lambda server, port: _risk(settings, server), log=log)
+
+
+@contextlib.asynccontextmanager
+async def _risk(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIterator[Mapping[str, object]]:
+    """Decisions over the scoring server, credit lines on the ledger (--router), behavioural
+    assessments over the lending server's records (--router and --lending)."""
     store = DecisionStore(str(settings["data_dir"]))
     assessments = AssessmentStore(str(settings["data_dir"]))
     credentials_out = serving.client_credentials(settings["tls_ca"])
@@ -154,21 +161,8 @@ async def _serve(settings: dict[str, Any]) -> None:
         job = None
         if limits is not None and lending is not None:
             job = behaviour.BehaviourJob(scoring, limits, loans_reader(lending), assessments, behaviour.load_policy())
-        server = serving.new_server()
-        frame = serving.Serving(server, [DECISION_SERVICE, BEHAVIOUR_SERVICE])
-        host = str(settings["host"])
-        port = frame.listen(
-            host, int(settings["port"]), serving.server_credentials(settings["tls_cert"], settings["tls_key"])
-        )
         server.add_generic_rpc_handlers([service.handler(), BehaviourServiceHandler(assessments, job).handler()])
-        metrics_port = settings["metrics_port"]
-        serving.start_metrics(host, None if metrics_port is None else int(metrics_port))
-        stopping = serving.stop_signal()
-        await frame.start(
-            port, log, data_dir=settings["data_dir"], scoring=settings["scoring"], router=settings["router"]
-        )
-        await stopping.wait()
-        await frame.stop(log)
+        yield {"data_dir": settings["data_dir"], "scoring": settings["scoring"], "router": settings["router"]}
     finally:
         await scoring.close()
         if ledger is not None:
@@ -177,7 +171,6 @@ async def _serve(settings: dict[str, Any]) -> None:
             await lending.close()
         assessments.close()
         store.close()
-    log.info("stopped")
 
 
 def outcome_of(result: flow.Outcome) -> pb.Outcome:
@@ -221,14 +214,14 @@ class DecisionService:
         self.deciding = KeyedLocks()
 
     def handler(self) -> grpc.GenericRpcHandler:
-        methods: dict[str, Callable[[bytes], Awaitable[Message]]] = {
+        methods: dict[str, serving.Handler] = {
             "Decide": self.decide,
             "GetDecision": self.get,
             "ReplayDecision": self.replay,
         }
         return serving.unary_service(DECISION_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)
 
-    async def decide(self, data: bytes) -> Message:
+    async def decide(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.DecideRequest, data)
         _check_request(request)
         # One decision at a time per application id: repeats wait for the first and get its answer.
@@ -303,10 +296,10 @@ class DecisionService:
             "credit line opened", extra={"application_id": decision.application_id, "limit_fen": decision.limit_fen}
         )
 
-    async def get(self, data: bytes) -> Message:
+    async def get(self, data: bytes, context: Context) -> Message:
         return self._stored(data)[1]
 
-    async def replay(self, data: bytes) -> Message:
+    async def replay(self, data: bytes, context: Context) -> Message:
         ask = parse_request(pb.ReplayRequest, data)
         _, decision = self._lookup(ask.application_id)
         chosen = self.flows.get(decision.product, decision.flow_version)
@@ -379,7 +372,7 @@ class BehaviourServiceHandler:
         self.job = job
 
     def handler(self) -> grpc.GenericRpcHandler:
-        methods: dict[str, Callable[[bytes], Awaitable[Message]]] = {
+        methods: dict[str, serving.Handler] = {
             "Assess": self.assess,
             "ListFollowUps": self.list_follow_ups,
             "RecordFollowUpOutcome": self.record_outcome,
@@ -389,7 +382,7 @@ class BehaviourServiceHandler:
             BEHAVIOUR_SERVICE, methods, BEHAVIOUR_REFUSALS, requests_total, request_latency_s, log
         )
 
-    async def assess(self, data: bytes) -> Message:
+    async def assess(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.AssessRequest, data)
         if self.job is None:
             raise NotConfigured("Assess: the risk server was started without --router and --lending (both needed)")
@@ -413,19 +406,19 @@ class BehaviourServiceHandler:
         log.info("assessed", extra={"run_id": request.run_id, "borrowers": len(records)})
         return pb.AssessResponse(assessments=[assessment_message(record) for record in records])
 
-    async def list_follow_ups(self, data: bytes) -> Message:
+    async def list_follow_ups(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.ListFollowUpsRequest, data)
         if request.kind not in ("", *early_warning.KINDS.values()):
             raise BadRequest(f"kind: {request.kind!r} is not call, visit or empty")
         tasks = early_warning.open_tasks(self.store, request.kind or None)
         return pb.ListFollowUpsResponse(follow_ups=[follow_up_message(task) for task in tasks])
 
-    async def record_outcome(self, data: bytes) -> Message:
+    async def record_outcome(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.FollowUpOutcome, data)
         task = early_warning.record_outcome(self.store, request.task, request.outcome, request.note)
         return follow_up_message(task)
 
-    async def coverage(self, data: bytes) -> Message:
+    async def coverage(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.CoverageRequest, data)
         days = request.max_age_days or early_warning.MAX_AGE_DAYS_DEFAULT
         if not 0 < days <= 36_500:

@@ -19,7 +19,8 @@ import asyncio
 
 from rocksdict import WriteBatch
 
-from proto import risk_pb2 as pb, serving
+import serving
+from proto import risk_pb2 as pb
 
 DECISIONS_PER_BATCH_MAX = 512
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import serving
 from clients.scoring import ScoringClient
-from proto import serving
 
 MODEL = "marketing_response"
 PROSPECTS_MAX = 1_000_000

@@ -38,7 +38,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 
-from proto import cluster_pb2, node_pb2, node_pb2_grpc, serving
+import serving
+from proto import cluster_pb2, node_pb2, node_pb2_grpc
 from router import metrics, placement
 from router.metastore import Metastore
 from router.routing import CHANNEL_OPTIONS

@@ -22,20 +22,19 @@ Used by the router's server and by the SDK alike (DESIGN section 3). For each ca
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from proto import ledger_pb2 as pb, ledger_pb2_grpc, serving
+import serving
+from proto import contract, ledger_pb2 as pb, ledger_pb2_grpc
+from proto.contract import LedgerMethod
 from router import metrics
 from router.shardmap import ShardMap
 from router.slots import slot_of
 
 E = TypeVar("E")
-R = TypeVar("R")
 
 RETRYABLE = frozenset((grpc.StatusCode.UNAVAILABLE,))
 BACKOFF_FIRST_S = 0.01
@@ -58,64 +57,11 @@ class MapSource(Protocol):
         ...
 
 
-class RoutingError(Exception):
+class RoutingError(serving.Refused):
     """The call could not complete within its deadline; `code` says why."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class Method(Generic[E, R]):
-    """How one batched Ledger method is routed."""
-
-    name: str
-    request: Callable[..., Any]  # the request message class
-    field: str  # the repeated field of events in the request
-    key_of: Callable[[E], str]  # the account id that decides an event's slot
-    wrong_slot: Callable[[R], bool]
-
-
-def _transfer_key(t: pb.Transfer) -> str:
-    return t.debit_account_id
-
-
-def _account_key(a: pb.Account) -> str:
-    return a.id
-
-
-def _change_key(c: pb.AccountChange) -> str:
-    return c.account_id
-
-
-def _id_key(i: str) -> str:
-    return i
-
-
-def _lookup_key(k: pb.TransferKey) -> str:
-    return k.debit_account_id
-
-
-def _is_wrong_slot(result: Any) -> bool:
-    return bool(result.code == pb.WRONG_SLOT)
-
-
-CREATE_TRANSFERS = Method[pb.Transfer, pb.EventResult](
-    "CreateTransfers", pb.CreateTransfersRequest, "transfers", _transfer_key, _is_wrong_slot
-)
-CREATE_ACCOUNTS = Method[pb.Account, pb.EventResult](
-    "CreateAccounts", pb.CreateAccountsRequest, "accounts", _account_key, _is_wrong_slot
-)
-CHANGE_ACCOUNTS = Method[pb.AccountChange, pb.EventResult](
-    "ChangeAccounts", pb.ChangeAccountsRequest, "changes", _change_key, _is_wrong_slot
-)
-LOOKUP_ACCOUNTS = Method[str, pb.AccountResult](
-    "LookupAccounts", pb.LookupAccountsRequest, "ids", _id_key, _is_wrong_slot
-)
-LOOKUP_TRANSFERS = Method[pb.TransferKey, pb.TransferResult](
-    "LookupTransfers", pb.LookupTransfersRequest, "keys", _lookup_key, _is_wrong_slot
-)
+        super().__init__(message, code)
 
 
 class Coalescer:
@@ -231,7 +177,7 @@ class LedgerRouter:
             stub = self._stubs[address] = ledger_pb2_grpc.LedgerStub(channel)
         return stub
 
-    def _coalescer(self, address: str, method: Method[Any, Any]) -> Coalescer:
+    def _coalescer(self, address: str, method: LedgerMethod[Any]) -> Coalescer:
         key = (address, method.name)
         coalescer = self._coalescers.get(key)
         if coalescer is None:
@@ -246,7 +192,7 @@ class LedgerRouter:
                     **{method.field: events}, fence=pb.Fence(slots=list(fence), epochs=list(fence.values()))
                 )
                 reply = await call(request, timeout=timeout_s)
-                return reply.results  # type: ignore[no-any-return]
+                return reply.results  # type: ignore[no-any-return]  # every batched response has results
 
             coalescer = Coalescer(send, self._events_max, self._delay_s, self._inflight_max)
             self._coalescers[key] = coalescer
@@ -261,24 +207,26 @@ class LedgerRouter:
     # --- batched calls --------------------------------------------------------------------
 
     async def create_transfers(self, transfers: Sequence[pb.Transfer], timeout_s: float) -> list[pb.EventResult]:
-        return await self.route(CREATE_TRANSFERS, transfers, timeout_s)
+        return await self.route(contract.CREATE_TRANSFERS, transfers, timeout_s)
 
     async def create_accounts(self, accounts: Sequence[pb.Account], timeout_s: float) -> list[pb.EventResult]:
-        return await self.route(CREATE_ACCOUNTS, accounts, timeout_s)
+        return await self.route(contract.CREATE_ACCOUNTS, accounts, timeout_s)
 
     async def change_accounts(self, changes: Sequence[pb.AccountChange], timeout_s: float) -> list[pb.EventResult]:
-        return await self.route(CHANGE_ACCOUNTS, changes, timeout_s)
+        return await self.route(contract.CHANGE_ACCOUNTS, changes, timeout_s)
 
     async def lookup_accounts(self, ids: Sequence[str], timeout_s: float) -> list[pb.AccountResult]:
-        return await self.route(LOOKUP_ACCOUNTS, ids, timeout_s)
+        return await self.route(contract.LOOKUP_ACCOUNTS, ids, timeout_s)
 
     async def lookup_transfers(self, keys: Sequence[pb.TransferKey], timeout_s: float) -> list[pb.TransferResult]:
-        return await self.route(LOOKUP_TRANSFERS, keys, timeout_s)
+        return await self.route(contract.LOOKUP_TRANSFERS, keys, timeout_s)
 
-    async def route(self, method: Method[E, R], events: Sequence[E], timeout_s: float) -> list[R]:
+    async def route(self, method: LedgerMethod[E], events: Sequence[E], timeout_s: float) -> list[Any]:
+        """Each event's result from the node that owns its slot, in order (see the module's docstring)."""
+        assert method in contract.BATCHED, method
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        results: list[R | None] = [None] * len(events)
+        results: list[Any] = [None] * len(events)
         todo = list(range(len(events)))
         attempt = 0
         while todo:
@@ -316,7 +264,7 @@ class LedgerRouter:
                 if isinstance(outcome, BaseException):
                     raise outcome
                 for index, result in zip(indices, outcome, strict=True):
-                    if method.wrong_slot(result):
+                    if result.code == pb.WRONG_SLOT:
                         todo.append(index)
                         stale = True
                     else:
@@ -327,7 +275,7 @@ class LedgerRouter:
             attempt += 1
             if stale:
                 await self.maps.refresh(shard_map.version)
-            pause = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+            pause = serving.backoff_s(attempt, BACKOFF_FIRST_S, BACKOFF_MAX_S)
             if loop.time() + pause >= deadline:
                 why = f"{unavailable} is unavailable" if unavailable else "slots kept moving (WRONG_SLOT)"
                 code = grpc.StatusCode.UNAVAILABLE if unavailable else grpc.StatusCode.DEADLINE_EXCEEDED
@@ -335,7 +283,7 @@ class LedgerRouter:
             await asyncio.sleep(pause)
             todo.sort()
         assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+        return results
 
     async def get_account_transfers(
         self, request: pb.GetAccountTransfersRequest, timeout_s: float
@@ -365,7 +313,7 @@ class LedgerRouter:
                     raise RoutingError(error.code(), f"{owner}: {error.details()}") from error
                 retry = f"{owner} is unavailable"
             attempt += 1
-            pause = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)
+            pause = serving.backoff_s(attempt, BACKOFF_FIRST_S, BACKOFF_MAX_S)
             if loop.time() + pause >= deadline:
                 raise RoutingError(grpc.StatusCode.UNAVAILABLE, f"GetAccountTransfers: {retry} for {timeout_s:.3f}s")
             await asyncio.sleep(pause)

@@ -12,29 +12,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
-import uvloop
 from google.protobuf.message import Message
 
-from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, serving
-from proto.contract import malformed_account, malformed_change, malformed_transfer
-from proto.serving import BadRequest, parse_request
+import serving
+from proto import cluster_pb2, contract, ledger_pb2 as pb
 from router import metrics
 from router.controller import Controller, ControllerError
 from router.metastore import LocalMetastore
 from router.migration import CONCURRENCY_DEFAULT, Job, Mover
-from router.routing import LedgerRouter, RoutingError
+from router.routing import LedgerRouter
 from router.slots import SLOTS_TOTAL_DEFAULT
+from serving import BadRequest, Context, parse_request
 
 log = logging.getLogger("yunkai.router")
 
-LEDGER_SERVICE = "yunkai.ledger.v1.Ledger"
 CLUSTER_SERVICE = "yunkai.cluster.v1.Cluster"
 DEADLINE_DEFAULT_S = 10.0
 
@@ -68,24 +65,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = serving.resolve(args, "router", DEFAULTS)
+    return serving.main(args, command="router", section="router", defaults=DEFAULTS, check=_check, serve=_serve)
+
+
+def _check(settings: dict[str, Any]) -> str | None:
     if not settings["data_dir"]:
-        print("yunkai router: --data-dir is required (or YUNKAI_ROUTER_DATA_DIR)", file=sys.stderr)
-        return 2
+        return "--data-dir is required (or YUNKAI_ROUTER_DATA_DIR)"
     if int(settings["move_concurrency"]) < 1:
-        print("yunkai router: --move-concurrency must be at least 1", file=sys.stderr)
-        return 2
-    serving.setup_logging(str(settings["log_level"]), "router")
-    try:
-        uvloop.run(_serve(settings))
-    except ControllerError as error:
-        log.error("cannot start", extra={"error": str(error)})
-        print(f"yunkai router: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return "--move-concurrency must be at least 1"
+    batch_max = serving.MESSAGE_BYTES_MAX // contract.EVENT_BYTES_MAX
+    if not 0 < int(settings["batch_events_max"]) <= batch_max:
+        return f"--batch-events-max must be 1 to {batch_max} (a batch of the largest events must fit one message)"
+    return None
 
 
-def _timeout(context: grpc.aio.ServicerContext) -> float:
+def _timeout(context: Context) -> float:
     remaining = context.time_remaining()
     return DEADLINE_DEFAULT_S if remaining is None else max(0.0, remaining)
 
@@ -98,131 +92,94 @@ class RouterService:
         self.batch_events_max = batch_events_max
 
     def handler(self) -> grpc.GenericRpcHandler:
-        methods: dict[str, Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]] = {
-            "CreateAccounts": self.create_accounts,
-            "CreateTransfers": self.create_transfers,
-            "ChangeAccounts": self.change_accounts,
-            "LookupAccounts": self.lookup_accounts,
-            "LookupTransfers": self.lookup_transfers,
-            "GetAccountTransfers": self.get_account_transfers,
-        }
-        return grpc.method_handlers_generic_handler(
-            LEDGER_SERVICE,
-            {name: grpc.unary_unary_rpc_method_handler(self._wrap(fn)) for name, fn in methods.items()},
+        methods: dict[str, serving.Handler] = {method.name: self._batched(method) for method in contract.BATCHED}
+        methods[contract.GET_ACCOUNT_TRANSFERS.name] = self.get_account_transfers
+        return serving.unary_service(
+            contract.LEDGER_SERVICE, methods, (), metrics.requests_total, metrics.request_latency_s, log
         )
 
-    def _wrap(
-        self, fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]
-    ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-        name = fn.__name__
-        latency = metrics.request_latency_s.labels(name)
+    def _batched(self, method: contract.LedgerMethod[Any]) -> serving.Handler:
+        """A batched method: refused whole if malformed, else routed event by event."""
 
-        async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            started = time.perf_counter()
-            try:
-                reply = await fn(data, context)
-            except BadRequest as error:
-                metrics.requests_total.labels(name, "INVALID_ARGUMENT").inc()
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            except RoutingError as error:
-                metrics.requests_total.labels(name, error.code.name).inc()
-                await context.abort(error.code, str(error))
-            metrics.requests_total.labels(name, "OK").inc()
-            latency.observe(time.perf_counter() - started)
-            return reply.SerializeToString()
+        async def handle(data: bytes, context: Context) -> Message:
+            request = parse_request(method.request, data)
+            events = method.events(request)
+            if not events:
+                raise BadRequest(f"{method.field}: the batch is empty")
+            if len(events) > self.batch_events_max:
+                raise BadRequest(
+                    f"{method.field}: {len(events)} events, more than the limit of {self.batch_events_max}"
+                )
+            if method.malformed is not None:
+                for index, event in enumerate(events):
+                    reason = method.malformed(event)
+                    if reason is not None:
+                        raise BadRequest(f"{method.field}[{index}].{reason}")
+            results = await self.router.route(method, events, _timeout(context))
+            return method.response(results=results)
 
         return handle
 
-    def _check(self, field: str, events: Any, malformed: Callable[[Any], str | None] | None) -> None:
-        if not events:
-            raise BadRequest(f"{field}: the batch is empty")
-        if len(events) > self.batch_events_max:
-            raise BadRequest(f"{field}: {len(events)} events, more than the limit of {self.batch_events_max}")
-        if malformed is not None:
-            for index, event in enumerate(events):
-                reason = malformed(event)
-                if reason is not None:
-                    raise BadRequest(f"{field}[{index}].{reason}")
-
-    async def create_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
-        request = parse_request(pb.CreateTransfersRequest, data)
-        self._check("transfers", request.transfers, malformed_transfer)
-        results = await self.router.create_transfers(request.transfers, _timeout(context))
-        return pb.CreateTransfersResponse(results=results)
-
-    async def create_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
-        request = parse_request(pb.CreateAccountsRequest, data)
-        self._check("accounts", request.accounts, malformed_account)
-        return pb.CreateAccountsResponse(results=await self.router.create_accounts(request.accounts, _timeout(context)))
-
-    async def change_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
-        request = parse_request(pb.ChangeAccountsRequest, data)
-        self._check("changes", request.changes, malformed_change)
-        return pb.ChangeAccountsResponse(results=await self.router.change_accounts(request.changes, _timeout(context)))
-
-    async def lookup_accounts(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
-        request = parse_request(pb.LookupAccountsRequest, data)
-        self._check("ids", request.ids, None)
-        return pb.LookupAccountsResponse(results=await self.router.lookup_accounts(request.ids, _timeout(context)))
-
-    async def lookup_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
-        request = parse_request(pb.LookupTransfersRequest, data)
-        self._check("keys", request.keys, None)
-        return pb.LookupTransfersResponse(results=await self.router.lookup_transfers(request.keys, _timeout(context)))
-
-    async def get_account_transfers(self, data: bytes, context: grpc.aio.ServicerContext) -> Message:
+    async def get_account_transfers(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.GetAccountTransfersRequest, data)
         return await self.router.get_account_transfers(request, _timeout(context))
 
 
-class ClusterService(cluster_pb2_grpc.ClusterServicer):
+class ClusterService:
     """yunkai.cluster.v1.Cluster: the shard map, the cluster's status, and operator jobs."""
+
+    REFUSALS: serving.Refusals = ((ControllerError, grpc.StatusCode.FAILED_PRECONDITION),)
 
     def __init__(self, controller: Controller, mover: Mover) -> None:
         self.controller = controller
         self.mover = mover
 
-    async def GetShardMap(  # noqa: N802 (gRPC method name)
-        self, request: cluster_pb2.GetShardMapRequest, context: grpc.aio.ServicerContext
-    ) -> cluster_pb2.ShardMap:
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods: dict[str, serving.Handler] = {
+            "GetShardMap": self.get_shard_map,
+            "Status": self.status,
+            "AddNode": self.add_node,
+            "DrainNode": self.drain_node,
+            "Rebalance": self.rebalance,
+        }
+        streams = {"WatchShardMap": grpc.unary_stream_rpc_method_handler(self.watch_shard_map)}
+        return serving.unary_service(
+            CLUSTER_SERVICE, methods, self.REFUSALS, metrics.requests_total, metrics.request_latency_s, log, streams
+        )
+
+    async def get_shard_map(self, data: bytes, context: Context) -> Message:
+        parse_request(cluster_pb2.GetShardMapRequest, data)
         return self.controller.current().to_proto()
 
-    async def WatchShardMap(  # noqa: N802
-        self, request: cluster_pb2.WatchShardMapRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[cluster_pb2.ShardMap]:
+    async def watch_shard_map(self, data: bytes, context: Context) -> AsyncIterator[bytes]:
+        try:
+            request = parse_request(cluster_pb2.WatchShardMapRequest, data)
+        except BadRequest as error:
+            await context.abort(error.code, str(error))
+            return
         async for shard_map in self.controller.watch(request.known_version):
-            yield shard_map.to_proto()
+            yield shard_map.to_proto().SerializeToString()
 
-    async def Status(  # noqa: N802
-        self, request: cluster_pb2.StatusRequest, context: grpc.aio.ServicerContext
-    ) -> cluster_pb2.StatusResponse:
+    async def status(self, data: bytes, context: Context) -> Message:
+        parse_request(cluster_pb2.StatusRequest, data)
         response = await self.controller.status()
         response.migrations.extend(self.controller.current().to_proto().migrations)
         response.jobs.extend(job.to_proto() for job in self.mover.jobs)
         return response
 
-    async def AddNode(  # noqa: N802
-        self, request: cluster_pb2.AddNodeRequest, context: grpc.aio.ServicerContext
-    ) -> cluster_pb2.Job:
-        return await self._job(context, self.mover.add_node(_address(request.address)))
+    async def add_node(self, data: bytes, context: Context) -> Message:
+        request = parse_request(cluster_pb2.AddNodeRequest, data)
+        job: Job = await self.mover.add_node(_address(request.address))
+        return job.to_proto()
 
-    async def DrainNode(  # noqa: N802
-        self, request: cluster_pb2.DrainNodeRequest, context: grpc.aio.ServicerContext
-    ) -> cluster_pb2.Job:
-        return await self._job(context, self.mover.drain_node(_address(request.address)))
+    async def drain_node(self, data: bytes, context: Context) -> Message:
+        request = parse_request(cluster_pb2.DrainNodeRequest, data)
+        job: Job = await self.mover.drain_node(_address(request.address))
+        return job.to_proto()
 
-    async def Rebalance(  # noqa: N802
-        self, request: cluster_pb2.RebalanceRequest, context: grpc.aio.ServicerContext
-    ) -> cluster_pb2.Job:
-        return await self._job(context, self.mover.rebalance())
-
-    async def _job(self, context: grpc.aio.ServicerContext, start: Awaitable[Job]) -> cluster_pb2.Job:
-        try:
-            job = await start
-        except BadRequest as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        except ControllerError as error:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+    async def rebalance(self, data: bytes, context: Context) -> Message:
+        parse_request(cluster_pb2.RebalanceRequest, data)
+        job: Job = await self.mover.rebalance()
         return job.to_proto()
 
 
@@ -234,37 +191,44 @@ def _address(text: str) -> str:
 
 
 async def _serve(settings: dict[str, Any]) -> None:
+    await serving.serve(
+        settings,
+        services=[contract.LEDGER_SERVICE, CLUSTER_SERVICE],
+        app=lambda server, port: _router(settings, server),
+        log=log,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _router(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIterator[Mapping[str, object]]:
+    """The router's parts: the controller (the map's one writer, with its metastore), the job
+    mover, and the routing core; nodes know the map before anyone is told the router serves."""
     nodes = [n.strip() for n in str(settings["nodes"] or "").split(",") if n.strip()]
     peers = serving.client_credentials(settings["tls_ca"])
     controller = Controller(
         LocalMetastore(str(settings["data_dir"])), nodes, int(settings["slots_total"]), credentials=peers
     )
-    shard_map = await controller.load_or_seed()
-    await controller.publish()  # nodes know the map before anyone is told the router serves
-    await controller.recover_moves()
-    mover = Mover(controller, int(settings["move_concurrency"]))
     router = LedgerRouter(controller, credentials=peers)
-    server = serving.new_server()
-    frame = serving.Serving(server, [LEDGER_SERVICE, CLUSTER_SERVICE])
-    host = str(settings["host"])
-    port = frame.listen(
-        host, int(settings["port"]), serving.server_credentials(settings["tls_cert"], settings["tls_key"])
-    )
-    server.add_generic_rpc_handlers([RouterService(router, int(settings["batch_events_max"])).handler()])
-    cluster_pb2_grpc.add_ClusterServicer_to_server(ClusterService(controller, mover), server)
-    metrics_port = settings["metrics_port"]
-    serving.start_metrics(host, None if metrics_port is None else int(metrics_port))
-    stopping = serving.stop_signal()
     try:
+        try:
+            shard_map = await controller.load_or_seed()
+            await controller.publish()
+            await controller.recover_moves()
+        except ControllerError as error:
+            raise serving.StartupError(str(error)) from error
+        mover = Mover(controller, int(settings["move_concurrency"]))
+        server.add_generic_rpc_handlers(
+            [
+                RouterService(router, int(settings["batch_events_max"])).handler(),
+                ClusterService(controller, mover).handler(),
+            ]
+        )
         async with asyncio.TaskGroup() as tasks:
             reconciler = tasks.create_task(controller.run())
             jobs = tasks.create_task(mover.run())
-            await frame.start(port, log, map_version=shard_map.version, nodes=sorted(shard_map.nodes))
-            await stopping.wait()
-            await frame.stop(log)
+            yield {"map_version": shard_map.version, "nodes": sorted(shard_map.nodes)}
             reconciler.cancel()
             jobs.cancel()
     finally:
         await router.close()
         await controller.close()
-    log.info("stopped")

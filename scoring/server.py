@@ -14,24 +14,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
-import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import numpy.typing as npt
-import uvloop
 from google.protobuf.message import Message
 from prometheus_client import Counter, Gauge, Histogram
 
-from proto import inference_pb2 as pb, serving
-from proto.serving import BadRequest, parse_request
+import serving
+from proto import inference_pb2 as pb
 from scoring import service
 from scoring.batching import DELAY_S_MAX, ROWS_MAX_DEFAULT, Batcher
 from scoring.service import InvalidInput, LoadFailed, ModelStore, NotFound
+from serving import BadRequest, Context, parse_request
 
 log = logging.getLogger("yunkai.scoring")
 
@@ -90,45 +90,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = serving.resolve(args, "scoring", DEFAULTS)
+    return serving.main(args, command="scoring serve", section="scoring", defaults=DEFAULTS, check=_check, serve=_serve)
+
+
+def _check(settings: dict[str, Any]) -> str | None:
     if not settings["registry"]:
-        print("yunkai scoring serve: --registry is required (or YUNKAI_SCORING_REGISTRY)", file=sys.stderr)
-        return 2
+        return "--registry is required (or YUNKAI_SCORING_REGISTRY)"
     delay_us, rows_max = int(settings["batch_delay_us"]), int(settings["batch_rows_max"])
     if not 0 <= delay_us <= DELAY_S_MAX * 1e6 or rows_max < 1:
-        print(
-            f"yunkai scoring serve: --batch-delay-us must be 0 to {int(DELAY_S_MAX * 1e6)}, "
-            "--batch-rows-max at least 1",
-            file=sys.stderr,
-        )
-        return 2
-    serving.setup_logging(str(settings["log_level"]), "scoring")
+        return f"--batch-delay-us must be 0 to {int(DELAY_S_MAX * 1e6)}, --batch-rows-max at least 1"
+    return None
+
+
+async def _serve(settings: dict[str, Any]) -> None:
     store = ModelStore(Path(settings["registry"]))
     try:
         store.load_all()
     except LoadFailed as error:
-        print(f"yunkai scoring serve: {error}", file=sys.stderr)
-        return 2
-    uvloop.run(_serve(settings, store))
-    return 0
+        raise serving.StartupError(str(error)) from error
+    await serving.serve(
+        settings, services=[INFERENCE_SERVICE], app=lambda server, port: _scoring(settings, store, server), log=log
+    )
 
 
-async def _serve(settings: dict[str, Any], store: ModelStore) -> None:
-    server = serving.new_server()
-    frame = serving.Serving(server, [INFERENCE_SERVICE])
-    host = str(settings["host"])
-    credentials = serving.server_credentials(settings["tls_cert"], settings["tls_key"])
-    port = frame.listen(host, int(settings["port"]), credentials)
+@contextlib.asynccontextmanager
+async def _scoring(
+    settings: dict[str, Any], store: ModelStore, server: grpc.aio.Server
+) -> AsyncIterator[Mapping[str, object]]:
     batcher = Batcher(int(settings["batch_delay_us"]) / 1e6, int(settings["batch_rows_max"]), observe_batch)
     server.add_generic_rpc_handlers([InferenceService(store, batcher).handler()])
-    metrics_port = settings["metrics_port"]
-    serving.start_metrics(host, None if metrics_port is None else int(metrics_port))
-    stopping = serving.stop_signal()
-    models = {name: sorted(m.versions) for name, m in store.models.items()}
-    await frame.start(port, log, registry=str(store.root), models=models)
-    await stopping.wait()
-    await frame.stop(log)
-    log.info("stopped")
+    yield {"registry": str(store.root), "models": {name: sorted(m.versions) for name, m in store.models.items()}}
 
 
 def observe_batch(model: service.LoadedVersion, rows: int, waited_s: float, compute_s: float) -> None:
@@ -175,7 +166,7 @@ class InferenceService:
         self.reloading = asyncio.Lock()  # one load/unload at a time; inference never waits on it
 
     def handler(self) -> grpc.GenericRpcHandler:
-        methods: dict[str, Callable[[bytes], Awaitable[Message]]] = {
+        methods: dict[str, serving.Handler] = {
             "ServerLive": self.server_live,
             "ServerReady": self.server_ready,
             "ModelReady": self.model_ready,
@@ -188,15 +179,15 @@ class InferenceService:
         }
         return serving.unary_service(INFERENCE_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)
 
-    async def server_live(self, data: bytes) -> Message:
+    async def server_live(self, data: bytes, context: Context) -> Message:
         parse_request(pb.ServerLiveRequest, data)
         return pb.ServerLiveResponse(live=True)
 
-    async def server_ready(self, data: bytes) -> Message:
+    async def server_ready(self, data: bytes, context: Context) -> Message:
         parse_request(pb.ServerReadyRequest, data)
         return pb.ServerReadyResponse(ready=True)
 
-    async def model_ready(self, data: bytes) -> Message:
+    async def model_ready(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.ModelReadyRequest, data)
         try:
             self.store.get(request.name, request.version)
@@ -204,11 +195,11 @@ class InferenceService:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
-    async def server_metadata(self, data: bytes) -> Message:
+    async def server_metadata(self, data: bytes, context: Context) -> Message:
         parse_request(pb.ServerMetadataRequest, data)
         return pb.ServerMetadataResponse(name="yunkai-scoring", version=SERVER_VERSION, extensions=["model_repository"])
 
-    async def model_metadata(self, data: bytes) -> Message:
+    async def model_metadata(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.ModelMetadataRequest, data)
         model = self.store.get(request.name, request.version)
         versions = sorted(self.store.models[request.name].versions)
@@ -222,7 +213,7 @@ class InferenceService:
             feature_names=model.feature_names,
         )
 
-    async def model_infer(self, data: bytes) -> Message:
+    async def model_infer(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.ModelInferRequest, data)
         model = self.store.get(request.model_name, request.model_version)
         if len(request.inputs) != 1:
@@ -247,7 +238,7 @@ class InferenceService:
             reply.outputs[0].contents.fp32_contents.extend(scores.tolist())
         return reply
 
-    async def repository_index(self, data: bytes) -> Message:
+    async def repository_index(self, data: bytes, context: Context) -> Message:
         parse_request(pb.RepositoryIndexRequest, data)
         entry = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(
@@ -258,7 +249,7 @@ class InferenceService:
             ]
         )
 
-    async def repository_model_load(self, data: bytes) -> Message:
+    async def repository_model_load(self, data: bytes, context: Context) -> Message:
         """Read every version of the model from disk and swap them in at once; on any failure the
         versions that served before keep serving and the caller gets the reason."""
         request = parse_request(pb.RepositoryModelLoadRequest, data)
@@ -272,7 +263,7 @@ class InferenceService:
         log.info("loaded", extra={"model": request.model_name, "versions": sorted(loaded.versions)})
         return pb.RepositoryModelLoadResponse()
 
-    async def repository_model_unload(self, data: bytes) -> Message:
+    async def repository_model_unload(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.RepositoryModelUnloadRequest, data)
         async with self.reloading:
             self.store.unload(request.model_name)

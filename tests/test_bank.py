@@ -26,7 +26,7 @@ import pytest
 from clients.ledger import SyncLedgerClient
 from cluster.commands import LocalCluster
 from cluster.local import ServiceProcess
-from node.service import IN_FLIGHT_WAIT_S_DEFAULT
+from node.ledger_service import IN_FLIGHT_WAIT_S_DEFAULT
 from tests.bank import (
     CALL_TIMEOUT_S,
     BankRun,

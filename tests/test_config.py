@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import serving
 from node import server
-from proto import serving
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from node.storage import account_slot
+from node.keys import account_slot
 from proto import ledger_pb2 as pb, node_pb2
 from tests.conftest import NodeHandle, fresh, start_node
 

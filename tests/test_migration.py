@@ -25,8 +25,8 @@ from rocksdict import Options, Rdict
 
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess, ServiceProcess
-from node.slotmove import key_digest
-from node.storage import NODE_META, account_key
+from node.changelog import key_digest
+from node.keys import account_key, slot_of_key
 from proto import cluster_pb2, ledger_pb2 as pb, ledger_pb2_grpc, node_pb2, node_pb2_grpc
 from router.shardmap import ShardMap
 from router.slots import slot_of
@@ -60,10 +60,9 @@ def keys_off_their_owner(processes: list[NodeProcess], shard_map: ShardMap) -> l
         try:
             foreign: dict[int, int] = {}
             for raw in db.keys():  # noqa: SIM118 (rocksdict iterates its keys here, not a dict)
-                key = bytes(raw)
-                if key.startswith(NODE_META):
+                slot = slot_of_key(bytes(raw))
+                if slot is None:  # node metadata
                     continue
-                slot = int.from_bytes(key[:2], "big")
                 if shard_map.owners[slot] != node.address:
                     foreign[slot] = foreign.get(slot, 0) + 1
             problems += [

@@ -21,7 +21,7 @@ from typing import TypeVar
 import grpc
 import pytest
 
-from node.storage import account_slot
+from node.keys import account_slot
 from proto import ledger_pb2 as pb, ledger_pb2_grpc, node_pb2
 from tests.conftest import NodeHandle, fresh, start_node
 

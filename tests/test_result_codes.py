@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from node.keys import account_slot
 from node.state_machine import INT64_MAX
-from node.storage import account_slot
 from proto import ledger_pb2 as pb, node_pb2
 from tests.conftest import NodeHandle, fresh
 

@@ -1,0 +1,154 @@
+"""The node's internal yunkai.node.v1.Node service: its slot table, credit legs from other nodes, slot moves.
+
+Everything here arrives from another cluster process and is checked like a client's
+request: a message that does not parse, a malformed leg, an unfenced leg or a table that
+would move an epoch backwards is refused with a status naming what is wrong, and changes
+nothing. The move calls are node/slotmove.py's protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.message import Message
+
+import serving
+from node import metrics, outbox, state_machine as sm
+from node.engine import Engine, Overloaded
+from node.holding import fence_of, submit_holding
+from node.keys import account_slot
+from node.slotmove import MoveError, SlotMoves
+from node.slots import SlotTable
+from proto import ledger_pb2 as pb, node_pb2
+from serving import BadRequest, Context, Refused, parse_request
+
+log = logging.getLogger("yunkai.node.internal")
+
+NODE_SERVICE = "yunkai.node.v1.Node"
+
+REFUSALS: serving.Refusals = (
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    # A stale migration id, a slot in the wrong state: the controller aborts the move.
+    (MoveError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+class NodeService:
+    """Handlers of yunkai.node.v1.Node over a node's engine, slot table and slot moves."""
+
+    def __init__(self, engine: Engine, slots: SlotTable, moves: SlotMoves) -> None:
+        self.engine = engine
+        self.slots = slots
+        self.moves = moves
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods: dict[str, serving.Handler] = {
+            "GetSlots": self.get_slots,
+            "AssignSlots": self.assign_slots,
+            "ApplyCreditLegs": self.apply_credit_legs,
+            "PrepareImport": self.prepare_import,
+            "StartExport": self.start_export,
+            "FreezeSlot": self.freeze_slot,
+            "AbortMove": self.abort_move,
+        }
+        streams = {"ImportSlot": grpc.stream_unary_rpc_method_handler(self.import_slot)}
+        return serving.unary_service(
+            NODE_SERVICE, methods, REFUSALS, metrics.requests_total, metrics.request_latency_s, log, streams
+        )
+
+    # --- the slot table -------------------------------------------------------------------
+
+    async def get_slots(self, data: bytes, context: Context) -> Message:
+        parse_request(node_pb2.GetSlotsRequest, data)
+        table = self.slots.to_proto()
+        table.moves.extend(self.moves.report())
+        return table
+
+    async def assign_slots(self, data: bytes, context: Context) -> Message:
+        request = parse_request(node_pb2.AssignSlotsRequest, data)
+        error = self.engine.assign_slots(request)
+        if error is not None:
+            raise Refused(error)
+        return node_pb2.AssignSlotsResponse(slots_owned=self.slots.owned_count())
+
+    # --- credit legs (node/outbox.py, transition C) ------------------------------------------
+
+    async def apply_credit_legs(self, data: bytes, context: Context) -> Message:
+        request = parse_request(node_pb2.ApplyCreditLegsRequest, data)
+        legs = request.legs
+        limit = self.engine.limits.batch_events_max
+        if not legs:
+            raise BadRequest("legs: the batch is empty")
+        if len(legs) > limit:
+            raise BadRequest(f"legs: {len(legs)} legs, more than the limit of {limit}")
+        fence = fence_of(request.fence)
+        if fence is None:
+            raise BadRequest("fence: credit legs are always fenced")
+        for index, leg in enumerate(legs):
+            reason = outbox.malformed_leg(leg)
+            if reason is not None:
+                raise BadRequest(f"legs[{index}].{reason}")
+        slots: list[int] = []
+        submit: list[tuple[node_pb2.CreditLeg, int, int]] = []
+        positions: list[int] = []
+        results: list[sm.Result | None] = [None] * len(legs)
+        for index, leg in enumerate(legs):
+            slot = account_slot(leg.credit_account_id, self.slots.slots_total)
+            epoch = fence.get(slot)
+            if not epoch:
+                raise BadRequest(f"fence: does not name slot {slot} of legs[{index}] at an epoch")
+            slots.append(slot)
+            if not self.slots.serves(slot, epoch):
+                results[index] = sm.Result(pb.WRONG_SLOT)
+                continue
+            submit.append((leg, slot, epoch))
+            positions.append(index)
+        if submit:
+            answers = await submit_holding(self.slots, self.engine.submit_credit_legs, submit, context)
+            for position, result in zip(positions, answers, strict=True):
+                results[position] = result
+        response = node_pb2.ApplyCreditLegsResponse()
+        for leg, slot, r in zip(legs, slots, results, strict=True):
+            assert r is not None
+            added = response.results.add(code=r.code, timestamp=r.timestamp)
+            if r.code == pb.WRONG_SLOT:
+                added.redirect.CopyFrom(self.slots.redirect(slot))
+            elif r.code in outbox.PROTOCOL_REFUSALS:
+                log.warning(
+                    "a credit leg that breaks the outbox protocol was refused",
+                    extra={"code": pb.ResultCode.Name(r.code), "leg": str(leg)[:500], "peer": context.peer()},
+                )
+        metrics.request_events.labels("ApplyCreditLegs").observe(len(legs))
+        return response
+
+    # --- slot moves (node/slotmove.py) -----------------------------------------------------
+
+    async def prepare_import(self, data: bytes, context: Context) -> Message:
+        request = parse_request(node_pb2.PrepareImportRequest, data)
+        self.moves.prepare_import(request.migration_id, request.slot, request.source)
+        return node_pb2.PrepareImportResponse()
+
+    async def import_slot(self, chunks: AsyncIterator[bytes], context: Context) -> bytes:
+        try:
+            reply = await self.moves.import_slot(parse_request(node_pb2.SlotChunk, raw) async for raw in chunks)
+        except Exception as error:
+            code = serving.refusal(error, REFUSALS)
+            if code is None:
+                raise
+            log.info("import refused", extra={"status": code.name, "reason": str(error)})
+            await context.abort(code, str(error))
+        return reply.SerializeToString()
+
+    async def start_export(self, data: bytes, context: Context) -> Message:
+        request = parse_request(node_pb2.StartExportRequest, data)
+        return await self.moves.start_export(request.migration_id, request.slot, request.target)
+
+    async def freeze_slot(self, data: bytes, context: Context) -> Message:
+        request = parse_request(node_pb2.FreezeSlotRequest, data)
+        return await self.moves.freeze(request.migration_id, request.slot)
+
+    async def abort_move(self, data: bytes, context: Context) -> Message:
+        request = parse_request(node_pb2.AbortMoveRequest, data)
+        return node_pb2.AbortMoveResponse(was_active=self.moves.abort(request.migration_id, request.slot))
