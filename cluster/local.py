@@ -36,6 +36,7 @@ class ServiceProcess:
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}  # added to this process's environment at each start
+        self.python_options: list[str] = []  # the interpreter's, before `-m`: ["-X", "importtime"]
 
     @property
     def address(self) -> str:
@@ -47,6 +48,7 @@ class ServiceProcess:
         port = str(self.port) if self.port else "0"
         command = [
             sys.executable,
+            *self.python_options,
             "-m",
             "cluster.cli",
             *(self.subcommand or (self.kind,)),

@@ -40,7 +40,7 @@ import uvloop
 
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess, ScoringProcess
-from loadtest import openloop, plots, report, workloads
+from loadtest import openloop, plots, postgres_peer, report, workloads
 from loadtest.workloads import MIXES, SCENARIOS, Plan
 
 READY_TIMEOUT_S = 120.0
@@ -221,8 +221,15 @@ def _driver_main(plan: Plan, worker: int, ready: Any, starts: Any, results: Any)
         raise
 
 
+async def _open_target(plan: Plan, worker: int) -> workloads.Target:
+    """The target this plan measures, connected: the PostgreSQL peer when the plan names one."""
+    if plan.postgres is not None:
+        return await postgres_peer.PostgresTarget.open(plan, worker)
+    return await workloads.YunkaiTarget.open(plan, worker)
+
+
 async def _driver(plan: Plan, worker: int, ready: Any, starts: Any) -> dict[str, Any]:
-    target = await workloads.open_target(plan, worker)
+    target = await _open_target(plan, worker)
     try:
         gc.collect()
         gc.freeze()  # what setup built is not garbage: keep the collector's pauses short
@@ -411,8 +418,6 @@ def sweep(plan: Plan, p99_target_ms: float, probes_max: int, rate_max: float) ->
 
 
 def _run_peer(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
-    from loadtest import postgres_peer
-
     bin_dir = postgres_peer.binaries()
     if bin_dir is None:
         why = "PostgreSQL is not installed (cluster/install-postgres.sh installs it): the peer was skipped"

@@ -138,6 +138,7 @@ class PostgresTarget:
     async def open(plan: Plan, worker: int) -> PostgresTarget:
         from psycopg_pool import AsyncConnectionPool
 
+        assert plan.postgres is not None, "a plan for the peer names its server"
         size = max(1, plan.postgres_pool // plan.procs)
         pool = AsyncConnectionPool(plan.postgres, min_size=size, max_size=size, timeout=plan.timeout_s, open=False)
         await pool.open(wait=True)

@@ -18,7 +18,7 @@ repayment the reverse. Kinds of operation:
 Every operation is one caller's call; the SDK coalesces concurrent calls into batches per
 node, as it does for any service. `Target` implementations own their connections and turn
 one operation into (kind, error or None); the PostgreSQL peer answers the write scenario's
-transfers in postgres_peer.py.
+transfers in postgres_peer.py, which builds on this module (bench.py picks the target).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from clients.ledger import Account, LedgerClient, LedgerError, ResultCode, Transfer
 from clients.scoring import ScoringClient
@@ -253,15 +253,6 @@ class YunkaiTarget:
 def _error_name(error: Exception) -> str:
     """What went wrong with a call, for the error count: the SDK's or gRPC's status, else the type."""
     if isinstance(error, LedgerError):
-        return error.code.name
+        return str(error.code.name)
     code = getattr(error, "code", None)
     return str(code().name) if callable(code) else type(error).__name__
-
-
-async def open_target(plan: Plan, worker: int) -> Any:
-    """The target this plan measures, connected."""
-    if plan.postgres is not None:
-        from loadtest import postgres_peer
-
-        return await postgres_peer.PostgresTarget.open(plan, worker)
-    return await YunkaiTarget.open(plan, worker)
