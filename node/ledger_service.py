@@ -88,11 +88,15 @@ class LedgerService:
         if count > self.batch_events_max:
             raise BadRequest(f"{field}: {count} events, more than the limit of {self.batch_events_max}")
 
-    def _fenced_epoch(self, slot: int, fence: dict[int, int] | None, where: str) -> int:
+    @staticmethod
+    def _fenced_epoch(slot: int, fence: dict[int, int] | None, field: str, index: int) -> int:
+        """The epoch the request routed `slot` with (0: unfenced); `field[index]` names the
+        event in the refusal of a fence that leaves its slot out (index -1: the field alone)."""
         if fence is None:
             return 0
         epoch = fence.get(slot)
         if epoch is None:
+            where = f"{field}[{index}]" if index >= 0 else field
             raise BadRequest(f"fence: does not name slot {slot} of {where}")
         return epoch
 
@@ -118,7 +122,7 @@ class LedgerService:
                 results[index] = invalid
                 continue
             slot = account_slot(key_of(event), total)
-            epoch = self._fenced_epoch(slot, fence, f"{method.field}[{index}]")
+            epoch = self._fenced_epoch(slot, fence, method.field, index)
             if not serves(slot, epoch):
                 results[index] = sm.Result(pb.WRONG_SLOT)
                 continue
@@ -206,11 +210,10 @@ class LedgerService:
 
     # --- reads ------------------------------------------------------------------------------
 
-    def _readable(self, account_id: str, fence: dict[int, int] | None, where: str) -> int | None:
-        """The account's slot if this node answers a read of it now, else None (WRONG_SLOT)."""
+    def _readable(self, account_id: str, fence: dict[int, int] | None, field: str, index: int) -> bool:
+        """Whether this node answers a read of the account now (else WRONG_SLOT)."""
         slot = account_slot(account_id, self.slots_total)
-        epoch = self._fenced_epoch(slot, fence, where)
-        return slot if self.slots.serves(slot, epoch) and not self.slots[slot].frozen else None
+        return self.slots.readable(slot, self._fenced_epoch(slot, fence, field, index))
 
     def _redirect(self, account_id: str) -> pb.SlotRedirect:
         return self.slots.redirect(account_slot(account_id, self.slots_total))
@@ -228,11 +231,12 @@ class LedgerService:
         response = pb.LookupAccountsResponse()
         add = response.results.add
         account_entry = self.storage.account_entry
+        readable = self._readable
         for index, account_id in enumerate(request.ids):
             if not sm.id_valid(account_id):
                 add(code=pb.ID_INVALID)
                 continue
-            if self._readable(account_id, fence, f"ids[{index}]") is None:
+            if not readable(account_id, fence, "ids", index):
                 add(code=pb.WRONG_SLOT, redirect=self._redirect(account_id))
                 continue
             entry = account_entry(account_id)
@@ -254,7 +258,7 @@ class LedgerService:
             if not sm.id_valid(key.debit_account_id) or not sm.id_valid(key.id):
                 result.code = pb.ID_INVALID
                 continue
-            if self._readable(key.debit_account_id, fence, f"keys[{index}]") is None:
+            if not self._readable(key.debit_account_id, fence, "keys", index):
                 result.code = pb.WRONG_SLOT
                 result.redirect.CopyFrom(self._redirect(key.debit_account_id))
                 continue
@@ -277,7 +281,7 @@ class LedgerService:
             return response
         fence = fence_of(request.fence)
         await self._hold_reads([request.account_id], context)
-        if self._readable(request.account_id, fence, "account_id") is None:
+        if not self._readable(request.account_id, fence, "account_id", -1):
             response.code = pb.WRONG_SLOT
             response.redirect.CopyFrom(self._redirect(request.account_id))
             return response

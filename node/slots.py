@@ -104,33 +104,23 @@ STAGED = frozenset((IMPORTING, IMPORTED))
 
 
 class Slot:
-    """One slot as this node knows it. Its state changes only through `to`."""
+    """One slot as this node knows it. Its state changes only through `to`, which also keeps
+    the booleans the hot paths read (plain attributes: an enum's hash is a Python call)."""
 
-    __slots__ = ("_thawed", "epoch", "move", "number", "owner", "state")
+    __slots__ = ("_thawed", "epoch", "frozen", "local", "move", "number", "owned", "owner", "state")
 
     def __init__(self, number: int) -> None:
         self.number = number
         self.state = ABSENT
+        self.owned = False  # SERVING, FROZEN or SEALED
+        self.frozen = False  # FROZEN or SEALED: its writes are held
+        self.local = False  # SERVING or FROZEN: this node applies writes to it in its own batches
         self.epoch = 0  # the epoch of the slot table's entry (0: none yet)
         self.owner = ""  # the owner's address by the table
         # The move this slot takes part in: the FROZEN record (FROZEN, SEALED), or the
         # staging record (IMPORTING, IMPORTED), whose last_seq and digest grow as it stages.
         self.move: node_pb2.SlotMove | None = None
         self._thawed: asyncio.Event | None = None  # set when a FROZEN or SEALED slot stops being so
-
-    @property
-    def owned(self) -> bool:
-        return self.state in OWNED
-
-    @property
-    def frozen(self) -> bool:
-        """Its writes are held (FROZEN or SEALED)."""
-        return self.state in HELD
-
-    @property
-    def local(self) -> bool:
-        """This node applies writes to it in its own batches (SERVING, or FROZEN before its seal)."""
-        return self.state is SERVING or self.state is FROZEN
 
     def to(self, state: State) -> None:
         assert (self.state, state) in TRANSITIONS, f"slot {self.number}: {self.state.value} -> {state.value}"
@@ -143,6 +133,9 @@ class Slot:
         if state not in HELD and state not in STAGED:
             self.move = None
         self.state = state
+        self.owned = state in OWNED
+        self.frozen = state in HELD
+        self.local = state is SERVING or state is FROZEN
 
     def thawed(self) -> asyncio.Event | None:
         """An event set when this frozen slot stops being frozen; None if it is not frozen."""
@@ -231,7 +224,12 @@ class SlotTable:
     def serves(self, slot: int, epoch: int) -> bool:
         """Whether this node answers a request for `slot` routed at `epoch` (0: unfenced)."""
         entry = self._slots[slot]
-        return entry.state in OWNED and (epoch == 0 or epoch == entry.epoch)
+        return entry.owned and (epoch == 0 or epoch == entry.epoch)
+
+    def readable(self, slot: int, epoch: int) -> bool:
+        """Whether this node answers a read of `slot` routed at `epoch` now: served and not frozen."""
+        entry = self._slots[slot]
+        return entry.owned and not entry.frozen and (epoch == 0 or epoch == entry.epoch)
 
     def local(self, slot: int) -> bool:
         """Whether this node applies writes to `slot` in its own batches right now."""
@@ -247,10 +245,10 @@ class SlotTable:
         return entry.epoch, entry.owner
 
     def owned(self) -> list[int]:
-        return [slot.number for slot in self._slots if slot.state in OWNED]
+        return [slot.number for slot in self._slots if slot.owned]
 
     def owned_count(self) -> int:
-        return sum(1 for slot in self._slots if slot.state in OWNED)
+        return sum(1 for slot in self._slots if slot.owned)
 
     def held_count(self) -> int:
         """How many slots are frozen or sealed now (0 on the hot path: callers check it first)."""
