@@ -17,6 +17,9 @@ slot (which is why a cluster has at most 0xFFFF slots: slot 0xFFFF's prefix woul
     FF FF slots                                    the whole slot table, node.v1.GetSlotsResponse
     FF FF slot:<slot>                              one slot's entry newer than the whole table
     FF FF move:<slot>                              a slot move this node takes part in, node.v1.SlotMove
+    FF FF node_id                                  this node's id (node/identity.py)
+    FF FF cluster_id                               the cluster it joined
+    FF FF term                                     the newest controller term it has seen (8 BE)
 
 The outbox and applied-leg records are node/outbox.py's; `kind` is the LegKind number.
 Ids never contain 00 (node/state_machine.py's id rule), so it separates the parts.
@@ -52,6 +55,9 @@ SLOT_TABLE = NODE_META + b"slots"
 # last whole table, instead of rewriting all S entries (~3 ms at S = 4096, on the freeze's path).
 SLOT_DELTA_BEGIN = NODE_META + b"slot:"
 SLOT_DELTA_END = NODE_META + b"slot;"
+NODE_ID = NODE_META + b"node_id"
+CLUSTER_ID = NODE_META + b"cluster_id"
+TERM = NODE_META + b"term"
 MOVE_BEGIN = NODE_META + b"move:"
 MOVE_END = NODE_META + b"move;"
 

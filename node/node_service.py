@@ -18,6 +18,7 @@ import serving
 from node import metrics, outbox, state_machine as sm
 from node.engine import Engine, Overloaded
 from node.holding import fence_of, submit_holding
+from node.identity import Identity
 from node.keys import account_slot
 from node.slotmove import MoveError, SlotMoves
 from node.slots import SlotTable
@@ -38,10 +39,11 @@ REFUSALS: serving.Refusals = (
 class NodeService:
     """Handlers of yunkai.node.v1.Node over a node's engine, slot table and slot moves."""
 
-    def __init__(self, engine: Engine, slots: SlotTable, moves: SlotMoves) -> None:
+    def __init__(self, engine: Engine, slots: SlotTable, moves: SlotMoves, identity: Identity) -> None:
         self.engine = engine
         self.slots = slots
         self.moves = moves
+        self.identity = identity
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, serving.Handler] = {
@@ -64,10 +66,18 @@ class NodeService:
         parse_request(node_pb2.GetSlotsRequest, data)
         table = self.slots.to_proto()
         table.moves.extend(self.moves.report())
+        table.node_id = self.identity.node_id
+        table.cluster_id = self.identity.cluster_id
+        table.controller_term = self.identity.term
         return table
 
     async def assign_slots(self, data: bytes, context: Context) -> Message:
         request = parse_request(node_pb2.AssignSlotsRequest, data)
+        error = self.identity.refusal(request.controller_term, request.cluster_id, request.node_id)
+        error = error or self.slots.check(request)
+        if error is not None:
+            raise Refused(error)
+        self.identity.accept(request.controller_term, request.cluster_id)
         error = self.engine.assign_slots(request)
         if error is not None:
             raise Refused(error)
@@ -127,8 +137,16 @@ class NodeService:
 
     async def prepare_import(self, data: bytes, context: Context) -> Message:
         request = parse_request(node_pb2.PrepareImportRequest, data)
+        self._fence(request.controller_term)
         self.moves.prepare_import(request.migration_id, request.slot, request.source)
         return node_pb2.PrepareImportResponse()
+
+    def _fence(self, term: int) -> None:
+        """A move step from a deposed controller is refused; a newer term is recorded first."""
+        error = self.identity.refusal(term)
+        if error is not None:
+            raise Refused(error)
+        self.identity.accept(term)
 
     async def import_slot(self, chunks: AsyncIterator[bytes], context: Context) -> bytes:
         try:
@@ -143,12 +161,15 @@ class NodeService:
 
     async def start_export(self, data: bytes, context: Context) -> Message:
         request = parse_request(node_pb2.StartExportRequest, data)
+        self._fence(request.controller_term)
         return await self.moves.start_export(request.migration_id, request.slot, request.target)
 
     async def freeze_slot(self, data: bytes, context: Context) -> Message:
         request = parse_request(node_pb2.FreezeSlotRequest, data)
+        self._fence(request.controller_term)
         return await self.moves.freeze(request.migration_id, request.slot)
 
     async def abort_move(self, data: bytes, context: Context) -> Message:
         request = parse_request(node_pb2.AbortMoveRequest, data)
+        self._fence(request.controller_term)
         return node_pb2.AbortMoveResponse(was_active=self.moves.abort(request.migration_id, request.slot))

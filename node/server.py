@@ -21,6 +21,7 @@ import serving
 from node import keys
 from node.changelog import ChangeLog
 from node.engine import Engine, Limits
+from node.identity import Identity
 from node.ledger_service import IN_FLIGHT_WAIT_S_DEFAULT, LedgerService
 from node.node_service import NODE_SERVICE, NodeService
 from node.slotmove import SlotMoves
@@ -125,6 +126,7 @@ async def _node(settings: dict[str, Any], server: grpc.aio.Server, port: int) ->
             outbox_entries_max=int(settings["outbox_max"]),
         )
         peers = serving.client_credentials(settings["tls_ca"])
+        identity = Identity(storage)
         slots = SlotTable.load(storage, advertise, join=bool(settings["join"]))
         changelog = ChangeLog()
         engine = Engine(storage, slots, changelog, limits, peer_credentials=peers)
@@ -133,12 +135,17 @@ async def _node(settings: dict[str, Any], server: grpc.aio.Server, port: int) ->
         server.add_generic_rpc_handlers(
             [
                 LedgerService(engine, slots, storage, in_flight_wait_s).handler(),
-                NodeService(engine, slots, moves).handler(),
+                NodeService(engine, slots, moves, identity).handler(),
             ]
         )
         async with asyncio.TaskGroup() as tasks:
             committer = tasks.create_task(engine.run())
-            yield {"advertise": advertise, "slots_owned": slots.owned_count(), "data_dir": settings["data_dir"]}
+            yield {
+                "advertise": advertise,
+                "node_id": identity.node_id,
+                "slots_owned": slots.owned_count(),
+                "data_dir": settings["data_dir"],
+            }
             engine.stop()
             moves.stopping = True
             await committer

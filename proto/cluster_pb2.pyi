@@ -13,6 +13,7 @@ class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_ACTIVE: _ClassVar[NodeState]
     NODE_JOINING: _ClassVar[NodeState]
     NODE_DRAINING: _ClassVar[NodeState]
+    NODE_LOST: _ClassVar[NodeState]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,34 +25,43 @@ NODE_STATE_UNSPECIFIED: NodeState
 NODE_ACTIVE: NodeState
 NODE_JOINING: NodeState
 NODE_DRAINING: NodeState
+NODE_LOST: NodeState
 JOB_STATE_UNSPECIFIED: JobState
 JOB_RUNNING: JobState
 JOB_DONE: JobState
 JOB_FAILED: JobState
 
 class NodeInfo(_message.Message):
-    __slots__ = ("address", "state")
+    __slots__ = ("address", "state", "id")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     address: str
     state: NodeState
-    def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ...) -> None: ...
+    id: str
+    def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., id: _Optional[str] = ...) -> None: ...
 
 class ShardMap(_message.Message):
-    __slots__ = ("version", "slots_total", "nodes", "slot_owner", "slot_epoch", "migrations")
+    __slots__ = ("version", "slots_total", "nodes", "slot_owner", "slot_epoch", "migrations", "controller_term", "cluster_id", "jobs")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     SLOT_OWNER_FIELD_NUMBER: _ClassVar[int]
     SLOT_EPOCH_FIELD_NUMBER: _ClassVar[int]
     MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TERM_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
     version: int
     slots_total: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     slot_owner: _containers.RepeatedScalarFieldContainer[int]
     slot_epoch: _containers.RepeatedScalarFieldContainer[int]
     migrations: _containers.RepeatedCompositeFieldContainer[Migration]
-    def __init__(self, version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., slot_owner: _Optional[_Iterable[int]] = ..., slot_epoch: _Optional[_Iterable[int]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ...) -> None: ...
+    controller_term: int
+    cluster_id: str
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., slot_owner: _Optional[_Iterable[int]] = ..., slot_epoch: _Optional[_Iterable[int]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., controller_term: _Optional[int] = ..., cluster_id: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
 
 class Migration(_message.Message):
     __slots__ = ("id", "slot", "source", "target")
@@ -76,36 +86,48 @@ class WatchShardMapRequest(_message.Message):
     def __init__(self, known_version: _Optional[int] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("address", "state", "slots", "reachable", "slots_owned")
+    __slots__ = ("address", "state", "slots", "reachable", "slots_owned", "id", "reported_id")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     REACHABLE_FIELD_NUMBER: _ClassVar[int]
     SLOTS_OWNED_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_ID_FIELD_NUMBER: _ClassVar[int]
     address: str
     state: NodeState
     slots: int
     reachable: bool
     slots_owned: int
-    def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., slots: _Optional[int] = ..., reachable: _Optional[bool] = ..., slots_owned: _Optional[int] = ...) -> None: ...
+    id: str
+    reported_id: str
+    def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., slots: _Optional[int] = ..., reachable: _Optional[bool] = ..., slots_owned: _Optional[int] = ..., id: _Optional[str] = ..., reported_id: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("map_version", "slots_total", "nodes", "migrations", "jobs")
+    __slots__ = ("map_version", "slots_total", "nodes", "migrations", "jobs", "controller_term", "leader", "slots_without_copy", "cluster_id")
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TERM_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_WITHOUT_COPY_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     map_version: int
     slots_total: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     migrations: _containers.RepeatedCompositeFieldContainer[Migration]
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
-    def __init__(self, map_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+    controller_term: int
+    leader: str
+    slots_without_copy: _containers.RepeatedScalarFieldContainer[int]
+    cluster_id: str
+    def __init__(self, map_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., controller_term: _Optional[int] = ..., leader: _Optional[str] = ..., slots_without_copy: _Optional[_Iterable[int]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "kind", "node", "state", "slots_planned", "slots_moved", "moves_aborted", "started_unix_s", "finished_unix_s", "error", "freeze_ms_p50", "freeze_ms_p99", "freeze_ms_max")

@@ -51,30 +51,40 @@ class GetSlotsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetSlotsResponse(_message.Message):
-    __slots__ = ("node_id", "slots_total", "map_version", "slots", "moves")
+    __slots__ = ("node_id", "slots_total", "map_version", "slots", "moves", "cluster_id", "controller_term")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     MOVES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TERM_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     slots_total: int
     map_version: int
     slots: _containers.RepeatedCompositeFieldContainer[SlotOwnership]
     moves: _containers.RepeatedCompositeFieldContainer[SlotMove]
-    def __init__(self, node_id: _Optional[str] = ..., slots_total: _Optional[int] = ..., map_version: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[SlotMove, _Mapping]]] = ...) -> None: ...
+    cluster_id: str
+    controller_term: int
+    def __init__(self, node_id: _Optional[str] = ..., slots_total: _Optional[int] = ..., map_version: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[SlotMove, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., controller_term: _Optional[int] = ...) -> None: ...
 
 class AssignSlotsRequest(_message.Message):
-    __slots__ = ("map_version", "self_address", "slots", "base_map_version")
+    __slots__ = ("map_version", "self_address", "slots", "base_map_version", "controller_term", "cluster_id", "node_id")
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SELF_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     BASE_MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TERM_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     map_version: int
     self_address: str
     slots: _containers.RepeatedCompositeFieldContainer[SlotOwnership]
     base_map_version: int
-    def __init__(self, map_version: _Optional[int] = ..., self_address: _Optional[str] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., base_map_version: _Optional[int] = ...) -> None: ...
+    controller_term: int
+    cluster_id: str
+    node_id: str
+    def __init__(self, map_version: _Optional[int] = ..., self_address: _Optional[str] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., base_map_version: _Optional[int] = ..., controller_term: _Optional[int] = ..., cluster_id: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class AssignSlotsResponse(_message.Message):
     __slots__ = ("slots_owned",)
@@ -145,14 +155,16 @@ class SlotMove(_message.Message):
     def __init__(self, slot: _Optional[int] = ..., migration_id: _Optional[str] = ..., role: _Optional[_Union[MoveRole, str]] = ..., peer: _Optional[str] = ..., last_seq: _Optional[int] = ..., digest: _Optional[int] = ...) -> None: ...
 
 class PrepareImportRequest(_message.Message):
-    __slots__ = ("migration_id", "slot", "source")
+    __slots__ = ("migration_id", "slot", "source", "controller_term")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TERM_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     slot: int
     source: str
-    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+    controller_term: int
+    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ..., source: _Optional[str] = ..., controller_term: _Optional[int] = ...) -> None: ...
 
 class PrepareImportResponse(_message.Message):
     __slots__ = ()
@@ -195,14 +207,16 @@ class ImportSlotResponse(_message.Message):
     def __init__(self, last_seq: _Optional[int] = ..., digest: _Optional[int] = ..., keys: _Optional[int] = ...) -> None: ...
 
 class StartExportRequest(_message.Message):
-    __slots__ = ("migration_id", "slot", "target")
+    __slots__ = ("migration_id", "slot", "target", "controller_term")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TERM_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     slot: int
     target: str
-    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ..., target: _Optional[str] = ...) -> None: ...
+    controller_term: int
+    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ..., target: _Optional[str] = ..., controller_term: _Optional[int] = ...) -> None: ...
 
 class StartExportResponse(_message.Message):
     __slots__ = ("keys", "bytes", "seq")
@@ -215,12 +229,14 @@ class StartExportResponse(_message.Message):
     def __init__(self, keys: _Optional[int] = ..., bytes: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class FreezeSlotRequest(_message.Message):
-    __slots__ = ("migration_id", "slot")
+    __slots__ = ("migration_id", "slot", "controller_term")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TERM_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     slot: int
-    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ...) -> None: ...
+    controller_term: int
+    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ..., controller_term: _Optional[int] = ...) -> None: ...
 
 class FreezeSlotResponse(_message.Message):
     __slots__ = ("last_seq", "digest")
@@ -231,12 +247,14 @@ class FreezeSlotResponse(_message.Message):
     def __init__(self, last_seq: _Optional[int] = ..., digest: _Optional[int] = ...) -> None: ...
 
 class AbortMoveRequest(_message.Message):
-    __slots__ = ("migration_id", "slot")
+    __slots__ = ("migration_id", "slot", "controller_term")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TERM_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     slot: int
-    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ...) -> None: ...
+    controller_term: int
+    def __init__(self, migration_id: _Optional[str] = ..., slot: _Optional[int] = ..., controller_term: _Optional[int] = ...) -> None: ...
 
 class AbortMoveResponse(_message.Message):
     __slots__ = ("was_active",)
