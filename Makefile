@@ -1,11 +1,12 @@
 # The two commands of the README: `make run` and `make test`. Each creates .venv/ and
-# installs the project (with its development tools) on first use, and is quick after.
+# installs the project (with its development tools) on first use, and is quick after;
+# `make test` also installs the servers its tests start (etcd, PostgreSQL).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit proto bench clean
+.PHONY: run test services lint typecheck unit proto bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "yunkai needs Python 3.11 or newer" or 0)'
@@ -17,8 +18,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/yunkai demo
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) services lint typecheck
 	$(BIN)/python -m pytest -q
+
+# The servers some tests start throwaway copies of: etcd (the control plane) and PostgreSQL
+# (the benchmark's peer). Debian packages, installed once (the scripts are quick after).
+services:
+	bash cluster/install-etcd.sh
+	bash cluster/install-postgres.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

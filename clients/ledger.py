@@ -28,12 +28,13 @@ import grpc
 import serving
 from proto import cluster_pb2, cluster_pb2_grpc, contract, ledger_pb2 as pb, ledger_pb2_grpc
 from proto.contract import LedgerMethod
-from router.routing import CHANNEL_OPTIONS, LedgerRouter, RoutingError
+from router.routing import CHANNEL_OPTIONS, NO_LIVE_COPY, LedgerRouter, RoutingError
 from router.shardmap import ShardMap
 from router.slots import slot_of as slot_of  # re-exported: where an account lives (group work by slot)
 
 T = TypeVar("T")
 TIMEOUT_DEFAULT_S = 10.0
+_ROUTER_AWAY = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
 
 
 # The enums mirror proto/ledger.proto value for value (tests/test_router.py checks that they do).
@@ -265,11 +266,41 @@ class HistoryPage:
     next_cursor: int  # 0: no more pages
 
 
-class RouterMapSource:
-    """The shard map as the router serves it, refreshed on demand."""
+class Routers:
+    """The routers a client may use, in order: calls go to the current one and move on to the
+    next when it is unavailable (any router serves the map and routes)."""
 
-    def __init__(self, stub: cluster_pb2_grpc.ClusterStub, timeout_s: float) -> None:
-        self._stub = stub
+    def __init__(self, addresses: str, credentials: grpc.ChannelCredentials | None) -> None:
+        self.addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+        if not self.addresses:
+            raise ValueError(f"{addresses!r}: no router address")
+        self._channels = [serving.channel(a, credentials, CHANNEL_OPTIONS) for a in self.addresses]
+        self._current = 0
+
+    @property
+    def current(self) -> str:
+        return self.addresses[self._current]
+
+    def cluster(self) -> cluster_pb2_grpc.ClusterStub:
+        return cluster_pb2_grpc.ClusterStub(self._channels[self._current])
+
+    def ledger(self) -> ledger_pb2_grpc.LedgerStub:
+        return ledger_pb2_grpc.LedgerStub(self._channels[self._current])
+
+    def next(self) -> None:
+        self._current = (self._current + 1) % len(self.addresses)
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+
+class RouterMapSource:
+    """The shard map as the routers serve it, refreshed on demand (from the next router when
+    one is away)."""
+
+    def __init__(self, routers: Routers, timeout_s: float) -> None:
+        self._routers = routers
         self._timeout_s = timeout_s
         self._map: ShardMap | None = None
         self._lock = asyncio.Lock()
@@ -279,7 +310,17 @@ class RouterMapSource:
         return self._map
 
     async def fetch(self) -> ShardMap:
-        reply = await self._stub.GetShardMap(cluster_pb2.GetShardMapRequest(), timeout=self._timeout_s)
+        """The newest map the routers serve; the last router's error if none answers."""
+        for attempt in range(len(self._routers.addresses)):
+            try:
+                reply = await self._routers.cluster().GetShardMap(
+                    cluster_pb2.GetShardMapRequest(), timeout=self._timeout_s
+                )
+                break
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in _ROUTER_AWAY or attempt == len(self._routers.addresses) - 1:
+                    raise
+                self._routers.next()
         fetched = ShardMap.from_proto(reply)
         if self._map is None or fetched.version >= self._map.version:
             self._map = fetched
@@ -304,16 +345,16 @@ class LedgerClient:
         self.router_address = router
         self.via_router = via_router
         self.timeout_s = timeout_s
-        self._channel = serving.channel(router, credentials, CHANNEL_OPTIONS)
-        self._ledger = ledger_pb2_grpc.LedgerStub(self._channel)
-        self._maps = RouterMapSource(cluster_pb2_grpc.ClusterStub(self._channel), timeout_s)
+        self._routers = Routers(router, credentials)
+        self._maps = RouterMapSource(self._routers, timeout_s)
         self._routing = LedgerRouter(self._maps, credentials=credentials)
 
     @staticmethod
     async def connect(
         router: str, *, via_router: bool = False, timeout_s: float = TIMEOUT_DEFAULT_S, tls_ca: str | None = None
     ) -> LedgerClient:
-        """A client of the cluster behind `router` (TLS trusting the roots in `tls_ca`, if given)."""
+        """A client of the cluster behind `router`: one HOST:PORT or several, comma-separated
+        (the next is used when one is away). TLS trusting the roots in `tls_ca`, if given."""
         client = LedgerClient(router, via_router, timeout_s, serving.client_credentials(tls_ca))
         if not via_router:
             try:
@@ -327,7 +368,7 @@ class LedgerClient:
 
     async def close(self) -> None:
         await self._routing.close()
-        await self._channel.close()
+        await self._routers.close()
 
     async def __aenter__(self) -> LedgerClient:
         return self
@@ -409,13 +450,14 @@ class LedgerClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         attempt = 0
-        call = getattr(self._ledger, method)
         while True:
+            call = getattr(self._routers.ledger(), method)
             try:
                 return await call(request, timeout=max(0.001, deadline - loop.time()))
             except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or NO_LIVE_COPY in str(error.details()):
                     raise LedgerError(error.code(), str(error.details())) from None
+                self._routers.next()  # this router is away: try the next
                 attempt += 1
                 pause = serving.backoff_s(attempt, 0.01, 0.5)
                 if loop.time() + pause >= deadline:

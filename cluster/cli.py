@@ -213,6 +213,14 @@ COMMANDS: tuple[Command | Group, ...] = (
         add="add_cluster_arguments",
     ),
     Command(
+        "bench-failover",
+        help="measure how long a cluster is without a controller when its controller's router is killed",
+        description="Start an etcd, two routers and --nodes nodes, kill the controller's router --rounds times "
+        "under an open-loop transfer load, and report each failover's time and what callers saw. Writes JSON "
+        "with --json.",
+        module="loadtest.failover_bench",
+    ),
+    Command(
         "bench-scoring",
         help="measure a scoring server: one-row p99 at a fixed rate, batched rows/s, model load time",
         description="Open-loop one-row inference at --rate, batched throughput, and reload time; trains a model "

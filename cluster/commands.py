@@ -3,15 +3,21 @@ look at any cluster, and grow or shrink it online.
 
 `up` starts a router on --port P and N ledger nodes on P+1 .. P+N, all on loopback, each
 with its own directory under --data-dir, and keeps them in the foreground until Ctrl-C
-or SIGTERM, when it stops the router and then the nodes (each finishes what it has in
-flight). Run it again on the same --data-dir and the same cluster comes back: the nodes
-keep their data and ports, and the router its shard map.
+or SIGTERM, when it stops the routers and then the nodes (each finishes what it has in
+flight). With --routers R (R > 1) it also starts a one-member etcd in --data-dir and R
+routers on P, P+N+1, ... that elect one controller among them: the shape that survives the
+loss of a router. Run it again on the same --data-dir and the same cluster comes back: the
+nodes keep their data and ports, and the metastore its shard map.
 
-`status` asks a router (any host) for the map, each node's health, the slot moves in
-flight and the operator jobs. `add-node`, `drain-node` and `rebalance` start a job in the
-router (router/migration.py moves the slots, a few at a time, while the cluster serves)
-and show its progress until it is done; with --no-wait they return once it has started.
-They work against nodes on any host: a node is named by the address the cluster reaches it at.
+`status` asks a router (any host) for the map, each node's id, state and health, the slots
+with no live copy, the controller, the slot moves in flight and the operator jobs.
+`add-node`, `drain-node` and `rebalance` start a job (any router passes it to the
+controller; router/migration.py moves the slots, a few at a time, while the cluster
+serves) and show its progress until it is done; with --no-wait they return once it has
+started. --router takes several routers (HOST:PORT,HOST:PORT): each command goes to the
+first that answers, and carries on through the next when one stops answering (a job
+survives a change of controller). They work against nodes on any host: a node is named by
+the address the cluster reaches it at.
 """
 
 from __future__ import annotations
@@ -19,18 +25,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cluster.local import NodeProcess, ProcessFailed, RouterProcess
+from cluster.local import EtcdProcess, NodeProcess, ProcessFailed, RouterProcess
 from proto import cluster_pb2, cluster_pb2_grpc
 
 PROGRESS_EVERY_S = 0.5
+JOB_UNSEEN_S = 10.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--data-dir", required=True, help="directory for every process's data and log")
     up.add_argument("--port", type=int, default=7000, help="router port; nodes take the next ones (default 7000)")
     up.add_argument("--metrics", action="store_true", help="serve Prometheus metrics on port+100 and up")
+    up.add_argument(
+        "--routers",
+        type=int,
+        default=1,
+        help="how many routers (default 1, with the shard map in a file); more than 1 starts a local etcd"
+        " for the map and the controller's election (cluster/install-etcd.sh installs etcd)",
+    )
     up.set_defaults(run=up_main)
 
     status = actions.add_parser(
@@ -52,7 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="show nodes, slots per node and the map version",
         description="Ask a router for the shard map and every node's health.",
     )
-    status.add_argument("--router", default="127.0.0.1:7000", help="HOST:PORT of a router (default 127.0.0.1:7000)")
+    status.add_argument(
+        "--router",
+        default="127.0.0.1:7000",
+        help="HOST:PORT of a router, or several, comma-separated (default 127.0.0.1:7000)",
+    )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument("--tls-ca", help="CA certificate (PEM) when the router serves TLS")
     status.set_defaults(run=status_main)
@@ -91,7 +111,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _job_arguments(parser: argparse.ArgumentParser, node: bool) -> None:
-    parser.add_argument("--router", default="127.0.0.1:7000", help="HOST:PORT of the router (default 127.0.0.1:7000)")
+    parser.add_argument(
+        "--router",
+        default="127.0.0.1:7000",
+        help="HOST:PORT of a router, or several, comma-separated: the next is used when one stops answering"
+        " (default 127.0.0.1:7000)",
+    )
+    parser.add_argument(
+        "--wait-controller-s",
+        type=float,
+        default=60.0,
+        help="how long to retry while no router is the controller (an election) (default 60)",
+    )
     if node:
         parser.add_argument("--address", required=True, help="HOST:PORT of the node, as the cluster reaches it")
     parser.add_argument("--no-wait", action="store_true", help="return once the job has started")
@@ -99,7 +130,7 @@ def _job_arguments(parser: argparse.ArgumentParser, node: bool) -> None:
 
 
 class LocalCluster:
-    """A router and N nodes as child processes of this one."""
+    """Routers and N nodes as child processes of this one (and an etcd, with several routers)."""
 
     def __init__(
         self,
@@ -109,9 +140,13 @@ class LocalCluster:
         metrics: bool = False,
         slots_total: int | None = None,
         router_env: dict[str, str] | None = None,
+        routers: int = 1,
+        router_args: Sequence[str] = (),
     ) -> None:
+        assert routers >= 1
         self.data_dir = data_dir
         self.router_env = dict(router_env or {})
+        self.router_args = list(router_args)
         self.nodes: list[NodeProcess] = []
         self.sizing = ["--slots-total", str(slots_total)] if slots_total else []
         for i in range(1, nodes + 1):
@@ -122,53 +157,97 @@ class LocalCluster:
             node.port = port + i if port else 0
             self.nodes.append(node)
         self.router_port = port
+        self.router_count = routers
         self.metrics = metrics
-        self.router: RouterProcess | None = None
+        self.routers: list[RouterProcess] = []
+        self.etcd = (
+            EtcdProcess(os.path.join(data_dir, "etcd"), os.path.join(data_dir, "etcd.log")) if routers > 1 else None
+        )
+
+    @property
+    def router(self) -> RouterProcess | None:
+        """The first router (the only one without --routers)."""
+        return self.routers[0] if self.routers else None
 
     def start(self) -> LocalCluster:
         try:
+            if self.etcd is not None:
+                self.etcd.start()
             for node in self.nodes:
                 node.start()
-            extra = ["--nodes", ",".join(n.address for n in self.nodes), "--log-level", "WARNING", *self.sizing]
-            if self.metrics:
-                extra += ["--metrics-port", str(self.router_port + 100)]
-            self.router = RouterProcess(os.path.join(self.data_dir, "router"), extra)
-            self.router.env = self.router_env
-            self.router.port = self.router_port
-            self.router.start()
+            for index in range(self.router_count):
+                self.routers.append(self._start_router(index))
         except BaseException:
             self.stop()
             raise
         return self
+
+    def router_process(self, index: int) -> RouterProcess:
+        """Router `index` (0-based), not started: its directory, flags and port."""
+        extra = ["--nodes", ",".join(n.address for n in self.nodes), "--log-level", "WARNING", *self.sizing]
+        extra += self.router_args
+        if self.etcd is not None:
+            extra += ["--metastore", self.etcd.url]
+        if self.metrics:
+            extra += ["--metrics-port", str(self.router_port + 100 - index)]
+        router = RouterProcess(os.path.join(self.data_dir, "router" if index == 0 else f"router-{index + 1}"), extra)
+        router.env = self.router_env
+        if self.router_port:
+            router.port = self.router_port if index == 0 else self.router_port + len(self.nodes) + index
+        return router
+
+    def _start_router(self, index: int) -> RouterProcess:
+        return self.router_process(index).start()
 
     @property
     def address(self) -> str:
         assert self.router is not None
         return self.router.address
 
+    @property
+    def addresses(self) -> str:
+        """Every router, comma-separated (what --router takes)."""
+        return ",".join(router.address for router in self.routers)
+
     def new_node(self, name: str) -> NodeProcess:
         """A node process for this cluster, not started (for add-node)."""
         return NodeProcess(os.path.join(self.data_dir, name), ["--join", "--log-level", "WARNING", *self.sizing])
 
     def stop(self) -> None:
-        if self.router is not None:
-            self.router.stop()
+        for router in self.routers:
+            router.stop()
         for node in self.nodes:
             node.stop()
+        if self.etcd is not None:
+            self.etcd.stop()
 
 
 def up_main(args: argparse.Namespace) -> int:
     if args.nodes < 1:
         print("yunkai cluster up: --nodes must be at least 1", file=sys.stderr)
         return 2
-    cluster = LocalCluster(args.data_dir, args.nodes, args.port, args.metrics)
-    print(f"starting a router and {args.nodes} nodes (data in {args.data_dir}) ...", flush=True)
+    if args.routers < 1:
+        print("yunkai cluster up: --routers must be at least 1", file=sys.stderr)
+        return 2
+    if args.routers > 1 and shutil.which("etcd") is None:
+        print(
+            "yunkai cluster up: --routers above 1 keeps the shard map in etcd, which is not installed here;"
+            " run cluster/install-etcd.sh",
+            file=sys.stderr,
+        )
+        return 2
+    cluster = LocalCluster(args.data_dir, args.nodes, args.port, args.metrics, routers=args.routers)
+    routers = "a router" if args.routers == 1 else f"{args.routers} routers, an etcd"
+    print(f"starting {routers} and {args.nodes} nodes (data in {args.data_dir}) ...", flush=True)
     try:
         cluster.start()
     except ProcessFailed as error:
         print(f"yunkai cluster up: a process failed to start:\n{error}", file=sys.stderr)
         return 1
-    print(f"router  {cluster.address}")
+    if cluster.etcd is not None:
+        print(f"etcd    {cluster.etcd.endpoint}   data {cluster.etcd.data_dir}")
+    for router in cluster.routers:
+        print(f"router  {router.address}")
     for node in cluster.nodes:
         print(f"node    {node.address}   data {node.data_dir}")
     print("serving; Ctrl-C or SIGTERM stops the cluster", flush=True)
@@ -177,9 +256,7 @@ def up_main(args: argparse.Namespace) -> int:
     try:
         while not stopping.wait(0.5):
             dead = [
-                p
-                for p in [cluster.router, *cluster.nodes]
-                if p is not None and p.process is not None and p.process.poll() is not None
+                p for p in [*cluster.routers, *cluster.nodes] if p.process is not None and p.process.poll() is not None
             ]
             if dead:
                 print(f"yunkai cluster up: {dead[0].kind} {dead[0].address} exited:\n{dead[0].log_tail()}")
@@ -238,40 +315,98 @@ def rebalance_main(args: argparse.Namespace) -> int:
     return _run_job(args, "rebalance", lambda stub: stub.Rebalance(cluster_pb2.RebalanceRequest()))
 
 
+class _Routers:
+    """The routers a command may use, in order: a call goes to the current one and, when it
+    stops answering, to the next."""
+
+    def __init__(self, addresses: str, tls_ca: str | None) -> None:
+        self.addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+        self._tls_ca = tls_ca
+        self._current = 0
+        self._channel: grpc.Channel | None = None
+
+    def stub(self) -> cluster_pb2_grpc.ClusterStub:
+        if self._channel is None:
+            self._channel = _channel(self.addresses[self._current], self._tls_ca)
+        return cluster_pb2_grpc.ClusterStub(self._channel)
+
+    @property
+    def current(self) -> str:
+        return self.addresses[self._current]
+
+    def next(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        self._current = (self._current + 1) % len(self.addresses)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+
 def _run_job(args: argparse.Namespace, name: str, start: object) -> int:
-    with _channel(args.router, args.tls_ca) as channel:
-        stub = cluster_pb2_grpc.ClusterStub(channel)
-        try:
-            job = start(stub)  # type: ignore[operator]
-        except grpc.RpcError as error:
-            print(f"yunkai cluster {name}: {error.code().name}: {error.details()}", file=sys.stderr)
+    routers = _Routers(args.router, args.tls_ca)
+    try:
+        job = _start_job(routers, name, start, args.wait_controller_s)
+        if job is None:
             return 1
         print(f"job {job.id}: {name} {job.node}".rstrip(), flush=True)
         if args.no_wait:
             print(f"started; follow it with `yunkai cluster status --router {args.router}`")
             return 0
-        return _follow(stub, job.id, name)
+        return _follow(routers, job.id, name)
+    finally:
+        routers.close()
 
 
-def _follow(stub: cluster_pb2_grpc.ClusterStub, job_id: str, name: str) -> int:
+def _start_job(routers: _Routers, name: str, start: object, wait_s: float) -> cluster_pb2.Job | None:
+    """Start the job on whichever router answers; while no router is the controller (an
+    election), try again for up to `wait_s`. The same request twice starts one job."""
+    deadline = time.monotonic() + wait_s
+    waited = False
+    while True:
+        try:
+            job: cluster_pb2.Job = start(routers.stub())  # type: ignore[operator]
+            return job
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                print(f"yunkai cluster {name}: {error.code().name}: {error.details()}", file=sys.stderr)
+                return None
+            if not waited:
+                print(f"waiting for a controller ({routers.current}: {error.details()}) ...", flush=True)
+                waited = True
+            if "controller" not in str(error.details()):
+                routers.next()  # this router itself does not answer
+            time.sleep(1.0)
+
+
+def _follow(routers: _Routers, job_id: str, name: str) -> int:
     tty = sys.stdout.isatty()
     shown = 0.0
     misses = 0
+    # A router that is not the controller sees the job once it has followed the map that
+    # records it: a moment after the job started.
+    unseen_until = time.monotonic() + JOB_UNSEEN_S
     while True:
         try:
-            status = stub.Status(cluster_pb2.StatusRequest(), timeout=10)
+            status = routers.stub().Status(cluster_pb2.StatusRequest(), timeout=10)
             misses = 0
         except grpc.RpcError as error:
             misses += 1
-            if misses >= 20:
-                print(f"\nyunkai cluster {name}: the router stopped answering: {error.details()}", file=sys.stderr)
+            if misses >= 20 * len(routers.addresses):
+                print(f"\nyunkai cluster {name}: no router answers: {error.details()}", file=sys.stderr)
                 return 1
+            routers.next()
             time.sleep(PROGRESS_EVERY_S)
             continue
         job = next((j for j in status.jobs if j.id == job_id), None)
+        if job is None and time.monotonic() < unseen_until:
+            time.sleep(PROGRESS_EVERY_S / 5)
+            continue
         if job is None:
             print(
-                f"\nyunkai cluster {name}: the router no longer knows job {job_id} (was it restarted?); "
+                f"\nyunkai cluster {name}: the cluster no longer records job {job_id}; "
                 "run the same command again to resume",
                 file=sys.stderr,
             )
@@ -303,15 +438,25 @@ def _progress(job: cluster_pb2.Job) -> str:
 
 
 def status_main(args: argparse.Namespace) -> int:
-    try:
-        with _channel(args.router, args.tls_ca) as channel:
-            status = cluster_pb2_grpc.ClusterStub(channel).Status(cluster_pb2.StatusRequest(), timeout=10)
-    except grpc.RpcError as error:
-        print(f"yunkai cluster status: {args.router}: {error.code().name} {error.details()}", file=sys.stderr)
+    routers = _Routers(args.router, args.tls_ca)
+    status: cluster_pb2.StatusResponse | None = None
+    failures = []
+    for _router in routers.addresses:
+        try:
+            status = routers.stub().Status(cluster_pb2.StatusRequest(), timeout=10)
+            break
+        except grpc.RpcError as error:
+            failures.append(f"{routers.current}: {error.code().name} {error.details()}")
+            routers.next()
+    routers.close()
+    if status is None:
+        print(f"yunkai cluster status: no router answered: {'; '.join(failures)}", file=sys.stderr)
         return 1
     rows = [
         {
             "address": n.address,
+            "id": n.id,
+            "reported_id": n.reported_id,
             "state": cluster_pb2.NodeState.Name(n.state).removeprefix("NODE_").lower(),
             "slots": n.slots,
             "reachable": n.reachable,
@@ -343,6 +488,10 @@ def status_main(args: argparse.Namespace) -> int:
                 {
                     "map_version": status.map_version,
                     "slots_total": status.slots_total,
+                    "cluster_id": status.cluster_id,
+                    "controller_term": status.controller_term,
+                    "leader": status.leader,
+                    "slots_without_copy": list(status.slots_without_copy),
                     "nodes": rows,
                     "migrations": moves,
                     "jobs": jobs,
@@ -350,11 +499,24 @@ def status_main(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print(f"map version {status.map_version}, {status.slots_total} slots, {len(rows)} nodes")
-    print(f"{'node':24} {'state':9} {'slots':>6} {'owned':>6}  health")
+    controller = status.leader or "NONE (an election is under way, or the metastore is unreachable)"
+    print(
+        f"cluster {status.cluster_id or '?'}: map version {status.map_version}, {status.slots_total} slots,"
+        f" {len(rows)} nodes; controller {controller}, term {status.controller_term}"
+    )
+    print(f"{'node':24} {'id':16} {'state':9} {'slots':>6} {'owned':>6}  health")
     for row in rows:
         health = "ok" if row["reachable"] else "UNREACHABLE"
-        print(f"{row['address']:24} {row['state']:9} {row['slots']:>6} {row['slots_owned']:>6}  {health}")
+        if row["reported_id"] and row["id"] and row["reported_id"] != row["id"]:
+            health = f"LOST: the process there is node {row['reported_id']} (an empty or replaced data directory)"
+        print(
+            f"{row['address']:24} {row['id'] or '?':16} {row['state']:9} {row['slots']:>6} {row['slots_owned']:>6}"
+            f"  {health}"
+        )
+    if status.slots_without_copy:
+        shown = ", ".join(str(s) for s in status.slots_without_copy[:20])
+        more = f" and {len(status.slots_without_copy) - 20} more" if len(status.slots_without_copy) > 20 else ""
+        print(f"{len(status.slots_without_copy)} slots have NO LIVE COPY (refused until restored): {shown}{more}")
     if moves:
         print(f"{len(moves)} slot moves in flight:")
         for move in moves:
@@ -363,4 +525,5 @@ def status_main(args: argparse.Namespace) -> int:
         print(f"job {job['id']} {job['kind']} {job['node']}: {job['state']}, {_progress(raw).strip()}")
         if job["error"]:
             print(f"  error: {job['error']}")
-    return 0 if all(row["reachable"] for row in rows) else 1
+    healthy = all(row["reachable"] for row in rows) and not status.slots_without_copy and status.leader
+    return 0 if healthy else 1

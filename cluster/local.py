@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from typing import Self
 
@@ -130,6 +133,80 @@ class RouterProcess(ServiceProcess):
     """A `yunkai router` (give it `--nodes ...` in extra_args for a new cluster)."""
 
     kind = "router"
+
+
+class EtcdProcess:
+    """A throwaway one-member etcd on loopback (Debian's etcd-server; cluster/install-etcd.sh),
+    with its data in `data_dir`. Restarts keep its ports and its data."""
+
+    def __init__(self, data_dir: str, log_path: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path or os.path.join(os.path.dirname(data_dir.rstrip("/")) or ".", "etcd.log")
+        self.client_port = 0
+        self.peer_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def url(self) -> str:
+        """The router's --metastore for this etcd."""
+        return f"etcd://{self.endpoint}"
+
+    def start(self, timeout_s: float = 30.0) -> Self:
+        binary = shutil.which("etcd")
+        if binary is None:
+            raise ProcessFailed("etcd is not installed: run cluster/install-etcd.sh (Debian's etcd-server)")
+        if not self.client_port:
+            self.client_port, self.peer_port = _free_port(), _free_port()
+        client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
+        command = [
+            binary, "--name", "yunkai", "--data-dir", self.data_dir,
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"yunkai={peer}", "--logger", "zap", "--log-outputs", "stderr",
+        ]  # fmt: skip
+        log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
+        self.process = subprocess.Popen(command, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ProcessFailed(f"etcd exited with {self.process.returncode}:\n{_tail(self.log_path, 30)}")
+            try:
+                with urllib.request.urlopen(f"{client}/health", timeout=1) as reply:
+                    if json.loads(reply.read()).get("health") == "true":
+                        return self
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        self.process.kill()
+        raise ProcessFailed(f"etcd did not become healthy in {timeout_s}s:\n{_tail(self.log_path, 30)}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _tail(path: str, lines: int) -> str:

@@ -1,107 +1,150 @@
-"""The controller: the shard map's only writer, and the one that tells nodes about it.
+"""The controller: while its router leads, the shard map's only writer, and the one that tells nodes about it.
 
-Protocol:
-  * Start. Load the map from the metastore. If there is none, seed one from the node list:
-    `placement.place(S, nodes)`, every slot at epoch 1, map version 1, stored with
-    compare-and-swap from version 0 (if that fails, another controller won: load its map).
-    A persisted map always wins over the node list given on a restart.
-  * Publish. After every change, and at start, each node in the map gets the whole slot
-    table (`Node.AssignSlots`: every slot's owner and epoch, and the node's own address),
-    so a node knows which slots it owns and where the others live (for redirects and its
-    outbox). A node refuses an assignment that would lower an epoch; the controller logs
-    that as an error and reports it in status: a standalone node (started without
-    `--join`) already owns every slot at epoch 1 and must not be adopted.
-  * Reconcile. Every `reconcile_interval_s`, each node's table version is read
-    (`Node.GetSlots`); a node behind the map (it was down during a publish, or restarted
-    from an old disk) gets the table again. A router that meets WRONG_SLOT asks for the
-    same check at once (`refresh`).
-    A change of a few slots (a committed move) is sent as a delta over the previous
-    version; a node whose table is older refuses it and gets the whole table instead. One
-    lock orders every AssignSlots, so a node never sees versions out of order from here.
-  * Moves. The map records slot moves in flight (router/migration.py runs them). After a
-    restart the controller cannot know how far a recorded move got, so it aborts every
+Protocol (DESIGN sections 3 and 6a; router/leadership.py decides who leads):
+  * Take office. Load the map from the metastore. If there is none, seed one from the node
+    list: each node must answer with its id and own nothing yet (started with --join);
+    `placement.place(S, nodes)`, every slot at epoch 1, a new cluster id, version 1, stored
+    with compare-and-swap from version 0 (if that fails, another controller won: load its
+    map). A persisted map always wins over the node list given on a restart. Then store the
+    map once more with controller term + 1: the term is this controller's fencing token.
+    Every message to a node carries it; a node refuses a slot table or a move step from a
+    term older than the newest it has seen (node/identity.py), so a deposed controller that
+    wakes up changes nothing on a node that has heard from its successor, and its map
+    swaps fail (the version moved on).
+  * Act only while leading. Every swap first checks the lease (`Leadership.leading`); a
+    controller whose lease may have lapsed raises ControllerError and its router stops it.
+  * Publish. After every change, and on taking office, each node in the map gets the whole
+    slot table (`Node.AssignSlots`: every slot's owner and epoch, the node's own address,
+    its id, the cluster id, the term), so a node knows which slots it owns and where the
+    others live (for redirects and its outbox). A table meant for one id is refused by a
+    process with another (its data directory is not that node's). A node refuses a table
+    that would lower an epoch; the controller logs that as an error and reports it in
+    status: a standalone node (started without `--join`) owns every slot at epoch 1 and
+    must not be adopted. A lost node is never sent a table.
+  * Reconcile. Every `reconcile_interval_s`, each node's table is read (`Node.GetSlots`):
+    - its id: a node recorded without one gets it (a map from before ids); one that
+      reports another id than the map's is marked LOST (one swap): the process there has
+      an empty or another's data directory, the slots the map gives the node have no live
+      copy, routers refuse them loudly (UNAVAILABLE naming the slot), and nothing is sent
+      to the process. A lost node that reports its own id again (its directory came back)
+      is ACTIVE again.
+    - its table version: a node behind the map (it was down during a publish, or restarted
+      from an old disk) gets the table again. A router that meets WRONG_SLOT asks for the
+      same check at once (`reconcile_now`).
+    - its moves: one the map no longer records is aborted on that node if the map still
+      gives the slot to its source (the move did not commit); otherwise the node is behind
+      the map and gets the table.
+    A change of a few slots (a committed move) is sent as a delta over the previous version;
+    a node whose table is older refuses it and gets the whole table instead. One lock
+    orders every AssignSlots, so a node never sees versions out of order from here.
+  * Moves. The map records slot moves in flight (router/migration.py runs them). On taking
+    office the controller cannot know how far a recorded move got, so it aborts every
     recorded move: one swap forgets them, then both nodes of each are told (AbortMove).
-    Reconcile also reads the moves each node reports: one that the map no longer records
-    is aborted on that node if the map still gives the slot to its source (the move did
-    not commit); otherwise the node is behind the map and gets the table.
-  * Watch. WatchShardMap streams wake on each new version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
 import serving
-from proto import cluster_pb2, node_pb2, node_pb2_grpc
+from proto import node_pb2, node_pb2_grpc
 from router import metrics, placement
+from router.leadership import Leadership
+from router.mapview import MapView
 from router.metastore import Metastore
 from router.routing import CHANNEL_OPTIONS
-from router.shardmap import ShardMap
+from router.shardmap import ACTIVE, LOST, ShardMap
 
 log = logging.getLogger("yunkai.router.controller")
 
 RPC_TIMEOUT_S = 5.0
+TERM_ATTEMPTS_MAX = 5
 
 
 class ControllerError(Exception):
     """The controller cannot do what it was asked (a clear message for the operator)."""
 
 
+class NodeClients:
+    """Channels to the ledger nodes, and the one read every router may make of them."""
+
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._credentials = credentials
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def stub(self, address: str) -> node_pb2_grpc.NodeStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = serving.channel(address, self._credentials, CHANNEL_OPTIONS)
+        return node_pb2_grpc.NodeStub(channel)
+
+    async def table(self, address: str) -> node_pb2.GetSlotsResponse | None:
+        """The node's own slot table and identity, or None if it did not answer."""
+        try:
+            reply: node_pb2.GetSlotsResponse = await self.stub(address).GetSlots(
+                node_pb2.GetSlotsRequest(), timeout=RPC_TIMEOUT_S
+            )
+            return reply
+        except grpc.aio.AioRpcError:
+            return None
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
 class Controller:
+    """The map's writer while this router leads (see the module's docstring)."""
+
     def __init__(
         self,
         metastore: Metastore,
+        view: MapView,
+        nodes: NodeClients,
+        leadership: Leadership,
         seed_nodes: Sequence[str],
         slots_total: int,
         reconcile_interval_s: float = 1.0,
-        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.metastore = metastore
-        self._credentials = credentials
+        self.view = view
+        self.nodes = nodes
+        self.leadership = leadership
         self.seed_nodes = list(seed_nodes)
         self.slots_total = slots_total
         self.reconcile_interval_s = reconcile_interval_s
-        self._map: ShardMap | None = None
-        self._changed = asyncio.Condition()
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self.term = 0  # set on taking office
         self._node_versions: dict[str, int] = {}  # what each node said its table version is
         self._node_errors: dict[str, str] = {}
         self._reconcile_now = asyncio.Event()
         self._assigning = asyncio.Lock()
+        self._changing = asyncio.Lock()
 
     # --- the map ----------------------------------------------------------------------------
 
     def current(self) -> ShardMap:
-        assert self._map is not None, "the controller has not started"
-        return self._map
+        return self.view.current()
 
-    async def refresh(self, seen_version: int) -> ShardMap:
+    def stub(self, address: str) -> node_pb2_grpc.NodeStub:
+        return self.nodes.stub(address)
+
+    def reconcile_now(self) -> None:
         """A router saw WRONG_SLOT: a node may be behind the map; check them now."""
-        if self.current().version <= seen_version:
-            self._reconcile_now.set()
-            await asyncio.sleep(0)
-        return self.current()
+        self._reconcile_now.set()
 
-    async def load_or_seed(self) -> ShardMap:
-        stored = self.metastore.load()
+    async def take_office(self) -> ShardMap:
+        """Load or seed the map, then store it with this controller's term (see above)."""
+        stored = await self.metastore.load()
         if stored is None:
-            if not self.seed_nodes:
-                raise ControllerError("no shard map is stored yet: give the nodes with --nodes HOST:PORT,...")
-            await self._check_seed_nodes()
-            seeded = ShardMap.initial(placement.place(self.slots_total, self.seed_nodes))
-            if self.metastore.compare_and_swap(0, seeded):
-                log.info("seeded a new shard map", extra={"nodes": self.seed_nodes, "slots": self.slots_total})
-                stored = seeded
-            else:
-                stored = self.metastore.load()
-                assert stored is not None
+            stored = await self._seed()
         elif self.seed_nodes and set(self.seed_nodes) != set(stored.nodes):
             log.warning(
                 "the stored shard map wins over --nodes",
@@ -111,14 +154,39 @@ class Controller:
             raise ControllerError(
                 f"the stored shard map has {stored.slots_total} slots, not {self.slots_total}: S is fixed"
             )
-        self._map = stored
-        metrics.map_version.set(stored.version)
+        await self.view.offer(stored)
+        for _attempt in range(TERM_ATTEMPTS_MAX):
+            current = self.current()
+            self._check_leading()
+            elected = current.with_term(current.term + 1)
+            if await self.metastore.compare_and_swap(current.version, elected):
+                self.term = elected.term
+                await self.view.offer(elected)
+                metrics.controller_term.set(self.term)
+                log.info("took office", extra={"term": self.term, "map_version": elected.version})
+                return elected
+            reloaded = await self.metastore.load()
+            assert reloaded is not None
+            await self.view.offer(reloaded)
+        raise ControllerError("the shard map kept changing while taking office (another controller?)")
+
+    async def _seed(self) -> ShardMap:
+        if not self.seed_nodes:
+            raise ControllerError("no shard map is stored yet: give the nodes with --nodes HOST:PORT,...")
+        ids = await self._check_seed_nodes()
+        seeded = ShardMap.initial(placement.place(self.slots_total, self.seed_nodes), ids, secrets.token_hex(8))
+        if await self.metastore.compare_and_swap(0, seeded):
+            log.info("seeded a new shard map", extra={"nodes": self.seed_nodes, "slots": self.slots_total})
+            return seeded
+        stored = await self.metastore.load()
+        assert stored is not None
         return stored
 
-    async def _check_seed_nodes(self) -> None:
-        """A new map may only take nodes that own nothing yet (started with --join)."""
+    async def _check_seed_nodes(self) -> dict[str, str]:
+        """A new map may only take nodes that own nothing yet (started with --join); their ids."""
+        ids: dict[str, str] = {}
         for address in self.seed_nodes:
-            table = await self.node_table(address)
+            table = await self.nodes.table(address)
             if table is None:
                 raise ControllerError(f"cannot reach node {address} to seed the shard map; is it running?")
             if table.slots_total != self.slots_total:
@@ -129,37 +197,56 @@ class Controller:
                     f"node {address} owns {owned} slots by itself (a standalone node): a new cluster takes only"
                     " empty nodes; start cluster nodes with --join"
                 )
+            if table.cluster_id:
+                raise ControllerError(
+                    f"node {address} belongs to cluster {table.cluster_id} already: a new cluster takes only new nodes"
+                )
+            ids[address] = table.node_id
+        return ids
 
-    async def swap(
+    def _check_leading(self) -> None:
+        if not self.leadership.leading():
+            raise ControllerError("this router is no longer the controller (its lease may have lapsed)")
+
+    async def change(
         self,
-        new_map: ShardMap,
+        change: Callable[[ShardMap], ShardMap],
         changed: Sequence[int] | None = None,
         before_publish: Callable[[], Awaitable[None]] | None = None,
         first: Sequence[str] = (),
         after_first: Callable[[], None] | None = None,
-    ) -> bool:
-        """Store a new map version (compare-and-swap) and publish it to every node: the
-        whole table, or with `changed` only those slots (a delta over the previous version).
-        A delta goes to the nodes in `first` (a move's sources and targets, which callers
-        wait on) before the others, and `after_first` is called between."""
-        current = self.current()
-        started = time.perf_counter()
-        if not self.metastore.compare_and_swap(current.version, new_map):
-            self._map = self.metastore.load()
-            return False
-        metrics.map_swap_s.observe(time.perf_counter() - started)
-        self._map = new_map
-        metrics.map_version.set(new_map.version)
-        metrics.moves_in_flight.set(len(new_map.migrations))
-        async with self._changed:
-            self._changed.notify_all()
+    ) -> ShardMap:
+        """Store the next map version, `change(current)`, with one compare-and-swap, and publish
+        it to every node: the whole table, or with `changed` only those slots (a delta over the
+        previous version). A delta goes to the nodes in `first` (a move's sources and targets,
+        which callers wait on) before the others, and `after_first` is called between. Changes
+        are made one at a time, each from the map the previous one stored; ControllerError if
+        the metastore holds another map (another controller stored it)."""
+        async with self._changing:
+            self._check_leading()
+            current = self.current()
+            new_map = change(current)
+            assert new_map.version == current.version + 1 and new_map.term == self.term, (new_map, current)
+            started = time.perf_counter()
+            if not await self.metastore.compare_and_swap(current.version, new_map):
+                stored = await self.metastore.load()
+                if stored != new_map:  # not our own swap whose answer was lost and retried
+                    if stored is not None:
+                        await self.view.offer(stored)
+                    raise ControllerError(
+                        f"the shard map changed under this controller (v{current.version} ->"
+                        f" v{stored.version if stored else 0}; another controller?)"
+                    )
+            metrics.map_swap_s.observe(time.perf_counter() - started)
+            await self.view.offer(new_map)
+            metrics.moves_in_flight.set(len(new_map.migrations))
         if before_publish is not None:
             await before_publish()
         if changed is None:
             await self.publish()
         else:
             await self._publish_delta(new_map, current.version, changed, first, after_first)
-        return True
+        return new_map
 
     async def _publish_delta(
         self,
@@ -173,24 +260,27 @@ class Controller:
             node_pb2.SlotOwnership(slot=slot, epoch=shard_map.epochs[slot], owner=shard_map.owners[slot])
             for slot in changed
         ]
-        leading = sorted(set(first) & set(shard_map.nodes))
+        leading = sorted(set(first) & set(self._reachable(shard_map)))
         await asyncio.gather(*(self._assign(shard_map, a, slots, base) for a in leading))
         if after_first is not None:
             after_first()
-        rest = sorted(set(shard_map.nodes) - set(leading))
+        rest = sorted(set(self._reachable(shard_map)) - set(leading))
         await asyncio.gather(*(self._assign(shard_map, a, slots, base) for a in rest))
 
+    @staticmethod
+    def _reachable(shard_map: ShardMap) -> list[str]:
+        """The nodes that may be told about the map: all but the lost ones."""
+        return sorted(address for address, state in shard_map.nodes.items() if state != LOST)
+
     async def recover_moves(self) -> None:
-        """At start: abort every move the map records (their progress died with the
+        """On taking office: abort every move the map records (their progress died with the
         controller that ran them). The abort is recorded before any node is told."""
         recorded = self.current().migrations
         if not recorded:
             return
-        forgotten = self.current().with_migrations(remove=[m.id for m in recorded])
-        if not await self.swap(forgotten, changed=[]):
-            raise ControllerError("the shard map changed while recovering recorded moves; restart the router")
+        await self.change(lambda m: m.with_migrations(remove=[move.id for move in recorded]), changed=[])
         for move in recorded:
-            log.warning("aborting a move recorded before a restart", extra={"slot": move.slot, "id": move.id})
+            log.warning("aborting a move recorded before a change of controller", extra={"slot": move.slot})
             await asyncio.gather(
                 self.abort_move(move.source, move.id, move.slot), self.abort_move(move.target, move.id, move.slot)
             )
@@ -199,48 +289,36 @@ class Controller:
         """Tell one node to forget a move; False if it could not be reached (reconcile retries)."""
         try:
             await self.stub(address).AbortMove(
-                node_pb2.AbortMoveRequest(migration_id=migration_id, slot=slot), timeout=RPC_TIMEOUT_S
+                node_pb2.AbortMoveRequest(migration_id=migration_id, slot=slot, controller_term=self.term),
+                timeout=RPC_TIMEOUT_S,
             )
             return True
         except grpc.aio.AioRpcError as error:
             log.warning("could not abort a move on a node", extra={"node": address, "error": error.details()})
             return False
 
-    async def watch(self, known_version: int) -> AsyncIterator[ShardMap]:
-        """Each map newer than `known_version`, as it appears."""
-        while True:
-            current = self.current()
-            if current.version > known_version:
-                known_version = current.version
-                yield current
-                continue
-            async with self._changed:
-                await self._changed.wait_for(functools.partial(self._newer_than, known_version))
-
-    def _newer_than(self, version: int) -> bool:
-        return self.current().version > version
-
     # --- talking to nodes -------------------------------------------------------------------
 
-    def stub(self, address: str) -> node_pb2_grpc.NodeStub:
-        channel = self._channels.get(address)
-        if channel is None:
-            channel = self._channels[address] = serving.channel(address, self._credentials, CHANNEL_OPTIONS)
-        return node_pb2_grpc.NodeStub(channel)
-
     def _table(self, shard_map: ShardMap, address: str) -> node_pb2.AssignSlotsRequest:
+        request = self._request(shard_map, address)
+        request.slots.extend(
+            node_pb2.SlotOwnership(slot=slot, epoch=epoch, owner=owner)
+            for slot, (owner, epoch) in enumerate(zip(shard_map.owners, shard_map.epochs, strict=True))
+        )
+        return request
+
+    def _request(self, shard_map: ShardMap, address: str) -> node_pb2.AssignSlotsRequest:
         return node_pb2.AssignSlotsRequest(
             map_version=shard_map.version,
             self_address=address,
-            slots=[
-                node_pb2.SlotOwnership(slot=slot, epoch=epoch, owner=owner)
-                for slot, (owner, epoch) in enumerate(zip(shard_map.owners, shard_map.epochs, strict=True))
-            ],
+            controller_term=self.term,
+            cluster_id=shard_map.cluster_id,
+            node_id=shard_map.ids.get(address, ""),
         )
 
     async def publish(self, only: Sequence[str] | None = None) -> None:
         shard_map = self.current()
-        targets = list(only) if only is not None else sorted(shard_map.nodes)
+        targets = list(only) if only is not None else self._reachable(shard_map)
         await asyncio.gather(*(self._assign(shard_map, address) for address in targets))
 
     async def _assign(
@@ -253,10 +331,13 @@ class Controller:
         async with self._assigning:
             if shard_map.version < self.current().version:
                 shard_map, delta = self.current(), None  # a newer map was stored meanwhile: send it whole
+            if shard_map.nodes.get(address) == LOST:
+                return
+            self._check_leading()
             if delta is not None:
-                request = node_pb2.AssignSlotsRequest(
-                    map_version=shard_map.version, self_address=address, slots=delta, base_map_version=base
-                )
+                request = self._request(shard_map, address)
+                request.slots.extend(delta)
+                request.base_map_version = base
                 try:
                     await self.stub(address).AssignSlots(request, timeout=RPC_TIMEOUT_S)
                     self._node_versions[address] = shard_map.version
@@ -288,19 +369,15 @@ class Controller:
         self._node_errors.pop(address, None)
 
     async def node_table(self, address: str) -> node_pb2.GetSlotsResponse | None:
-        try:
-            reply: node_pb2.GetSlotsResponse = await self.stub(address).GetSlots(
-                node_pb2.GetSlotsRequest(), timeout=RPC_TIMEOUT_S
-            )
-            return reply
-        except grpc.aio.AioRpcError:
-            return None
+        return await self.nodes.table(address)
 
     async def reconcile_once(self) -> None:
         for address in sorted(self.current().nodes):
-            table = await self.node_table(address)
+            table = await self.nodes.table(address)
             if table is None:
                 self._node_versions.pop(address, None)
+                continue
+            if not await self._check_identity(address, table):
                 continue
             shard_map = self.current()  # read after the await: a move may have been recorded meanwhile
             self._node_versions[address] = table.map_version
@@ -308,6 +385,32 @@ class Controller:
                 log.info("node behind the map; publishing", extra={"node": address, "node_version": table.map_version})
                 await self._assign(shard_map, address)
             await self._reconcile_moves(address, table)
+
+    async def _check_identity(self, address: str, table: node_pb2.GetSlotsResponse) -> bool:
+        """Compare the id the process at `address` reports with the map's: learn it, mark the
+        node lost, or find it back. True if the process is the map's node."""
+        shard_map = self.current()
+        if address not in shard_map.nodes:
+            return False  # removed meanwhile
+        recorded = shard_map.ids.get(address, "")
+        state = shard_map.nodes[address]
+        if not recorded and table.node_id:
+            await self.change(lambda m: _set_node(m, address, node_id=table.node_id), changed=[])
+            return True
+        if table.node_id == recorded:
+            if state == LOST:
+                log.warning("a lost node is back with its own data directory", extra={"node": address, "id": recorded})
+                await self.change(lambda m: _set_node(m, address, state=ACTIVE), changed=None)
+            return True
+        if state != LOST:
+            lost = len(shard_map.slots_of(address))
+            log.error(
+                "node lost: the process at its address is another node (an empty or replaced data directory);"
+                " its slots have no live copy",
+                extra={"node": address, "id": recorded, "reported_id": table.node_id, "slots": lost},
+            )
+            await self.change(lambda m: _set_node(m, address, state=LOST), changed=[])
+        return False
 
     async def _reconcile_moves(self, address: str, table: node_pb2.GetSlotsResponse) -> None:
         shard_map = self.current()
@@ -329,24 +432,12 @@ class Controller:
             self._reconcile_now.clear()
             await self.reconcile_once()
 
-    async def status(self) -> cluster_pb2.StatusResponse:
-        shard_map = self.current()
-        counts = shard_map.counts()
-        tables = await asyncio.gather(*(self.node_table(a) for a in sorted(shard_map.nodes)))
-        response = cluster_pb2.StatusResponse(map_version=shard_map.version, slots_total=shard_map.slots_total)
-        for address, table in zip(sorted(shard_map.nodes), tables, strict=True):
-            response.nodes.add(
-                address=address,
-                state=shard_map.nodes[address],
-                slots=counts[address],
-                reachable=table is not None,
-                slots_owned=0 if table is None else sum(1 for s in table.slots if s.owned),
-            )
-        return response
-
     def errors(self) -> dict[str, str]:
         return dict(self._node_errors)
 
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
+
+def _set_node(shard_map: ShardMap, address: str, state: int | None = None, node_id: str | None = None) -> ShardMap:
+    """The next version with a node's state or id changed (unchanged if the node left meanwhile)."""
+    if address not in shard_map.nodes:
+        return shard_map.next_version()
+    return shard_map.with_node(address, shard_map.nodes[address] if state is None else state, node_id)

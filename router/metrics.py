@@ -29,3 +29,5 @@ map_swap_s = Histogram(
     "A shard map compare-and-swap on the metastore (durable)",
     buckets=_LATENCY_BUCKETS_S,
 )
+controller_term = Gauge("yunkai_router_controller_term", "The controller term while this router leads (0: following)")
+leading = Gauge("yunkai_router_leading", "1 while this router process is the cluster's controller")

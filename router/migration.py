@@ -19,9 +19,11 @@ A failed move is tried again in a later wave with a new id, at most `attempts_ma
 Each slot's freeze pause (from step 3 until its source and target have the commit; the
 other nodes get it right after) is recorded for the job's report.
 
-Jobs run one at a time in the router process; Status shows their progress. A router
-restart aborts the moves in flight (router/controller.py) and forgets its jobs: running
-the same command again resumes the plan from the map as it stands.
+Jobs run one at a time, in the controller's router. Each job's record (kind, node, state,
+progress) lives in the shard map and rides the swaps that make its progress, so every
+router's Status shows it, and a new controller (after a restart, or another router's
+election) aborts the moves that were in flight (router/controller.py) and resumes the
+running job: its plan is computed again from the map as it stands.
 
 Fault points, for the crash tests: with YUNKAI_MOVE_PAUSE_AT set to `recorded`, `copied`,
 `frozen` or `committed` (the commit stored, not yet published), the first wave that
@@ -33,11 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -45,7 +48,7 @@ import grpc
 from proto import cluster_pb2, node_pb2
 from router import metrics, placement
 from router.controller import Controller, ControllerError
-from router.shardmap import ACTIVE, DRAINING, JOINING, Migration, ShardMap
+from router.shardmap import ACTIVE, DRAINING, JOINING, LOST, Migration, ShardMap
 
 log = logging.getLogger("yunkai.router.migration")
 
@@ -55,7 +58,6 @@ COPY_TIMEOUT_S = 120.0
 FREEZE_TIMEOUT_S = 10.0
 PREPARE_TIMEOUT_S = 10.0
 NODE_REACH_S = 10.0
-JOBS_KEPT = 20
 PAUSE_AT_ENV = "YUNKAI_MOVE_PAUSE_AT"
 PAUSE_S_ENV = "YUNKAI_MOVE_PAUSE_S"
 
@@ -73,6 +75,22 @@ class Job:
     started_unix_s: float = field(default_factory=time.time)
     finished_unix_s: float = 0.0
     freeze_ms: list[float] = field(default_factory=list)
+
+    @staticmethod
+    def from_proto(record: cluster_pb2.Job) -> Job:
+        """A job recorded in the map (by this controller or an earlier one)."""
+        return Job(
+            id=record.id,
+            kind=record.kind,
+            node=record.node,
+            planned=record.slots_planned,
+            moved=record.slots_moved,
+            aborted=record.moves_aborted,
+            state=record.state,
+            error=record.error,
+            started_unix_s=record.started_unix_s,
+            finished_unix_s=record.finished_unix_s,
+        )
 
     def to_proto(self) -> cluster_pb2.Job:
         pauses = sorted(self.freeze_ms)
@@ -104,7 +122,7 @@ class Mover:
         assert concurrency >= 1
         self.controller = controller
         self.concurrency = concurrency
-        self.jobs: list[Job] = []
+        self._job: Job | None = None  # the job running here
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._pause_at = os.environ.get(PAUSE_AT_ENV, "")
         self._pause_s = float(os.environ.get(PAUSE_S_ENV, "5"))
@@ -115,11 +133,18 @@ class Mover:
             log.warning("paused at a fault point", extra={"point": name, "seconds": self._pause_s})
             await asyncio.sleep(self._pause_s)
 
+    def resume(self) -> None:
+        """On taking office: run again the job an earlier controller left running."""
+        record = self.controller.current().running_job()
+        if record is not None:
+            log.warning("resuming a job left running", extra={"job": record.id, "kind": record.kind})
+            self._queue.put_nowait(Job.from_proto(record))
+
     # --- starting jobs ----------------------------------------------------------------------
 
     async def add_node(self, address: str) -> Job:
-        await self._check_joining(address)
-        return self._start("add-node", address)
+        node_id = await self._check_joining(address)
+        return await self._start("add-node", address, node_id)
 
     async def drain_node(self, address: str) -> Job:
         shard_map = self.controller.current()
@@ -127,33 +152,40 @@ class Mover:
             raise ControllerError(f"{address} is not in the cluster (nodes: {', '.join(sorted(shard_map.nodes))})")
         if len(shard_map.nodes) == 1:
             raise ControllerError(f"{address} is the cluster's only node: there is nowhere to move its slots")
-        return self._start("drain-node", address)
+        if shard_map.nodes[address] == LOST:
+            raise ControllerError(
+                f"{address} is lost (its data directory is not there): its slots have no live copy to move"
+            )
+        return await self._start("drain-node", address)
 
     async def rebalance(self) -> Job:
-        return self._start("rebalance", "")
+        return await self._start("rebalance", "")
 
-    def _start(self, kind: str, node: str) -> Job:
-        running = self.running()
+    async def _start(self, kind: str, node: str, node_id: str = "") -> Job:
+        running = self.controller.current().running_job()
         if running is not None:
             if (running.kind, running.node) == (kind, node):
-                return running  # the same request again: report the job already running
+                return Job.from_proto(running)  # the same request again: report the job already running
             raise ControllerError(f"job {running.id} ({running.kind} {running.node}) is still running; wait for it")
         job = Job(id=uuid.uuid4().hex[:8], kind=kind, node=node)
-        self.jobs.append(job)
-        del self.jobs[:-JOBS_KEPT]
+        if kind == "add-node":
+            # The node enters the map (with its id) in the swap that records the job.
+            await self.controller.change(
+                lambda m: m.with_node(node, JOINING, node_id).with_job(job.to_proto()), changed=None
+            )
+        else:
+            await self.controller.change(lambda m: m.next_version().with_job(job.to_proto()), changed=[])
         self._queue.put_nowait(job)
         return job
 
-    def running(self) -> Job | None:
-        return next((job for job in self.jobs if job.state == cluster_pb2.JOB_RUNNING), None)
-
     async def run(self) -> None:
-        """Run queued jobs, one at a time, until cancelled (the router's task group owns it)."""
+        """Run queued jobs, one at a time, until cancelled (the controller's supervisor owns it)."""
         while True:
             job = await self._queue.get()
             await self._run(job)
 
-    async def _check_joining(self, address: str) -> None:
+    async def _check_joining(self, address: str) -> str:
+        """The id of the node to add, after checking it may join."""
         controller = self.controller
         # The caller saw the node healthy; this process's channel to it may still be backing
         # off from an earlier connection (a node restarted at the same address): try a while.
@@ -168,53 +200,68 @@ class Mover:
             raise ControllerError(f"node {address} has {table.slots_total} slots, the cluster {controller.slots_total}")
         shard_map = controller.current()
         owned = sum(1 for s in table.slots if s.owned)
-        if address not in shard_map.nodes and (owned or table.map_version):
+        if address in shard_map.nodes:
+            recorded = shard_map.ids.get(address, "")
+            if recorded and table.node_id != recorded:
+                raise ControllerError(
+                    f"{address} is in the map as node {recorded}, but the process there is node {table.node_id}"
+                    " (an empty or replaced data directory): it cannot take node {recorded}'s place; node"
+                    f" {recorded}'s slots have no live copy until its data directory is back"
+                )
+            return table.node_id
+        if owned or table.map_version or (table.cluster_id and table.cluster_id != shard_map.cluster_id):
             raise ControllerError(
                 f"node {address} owns {owned} slots at map v{table.map_version} of another cluster or by itself;"
                 " add only a new node started with --join and an empty data directory"
             )
+        return table.node_id
 
     # --- running them -------------------------------------------------------------------------
 
     async def _run(self, job: Job) -> None:
+        self._job = job
         try:
             await self._run_job(job)
             job.state = cluster_pb2.JOB_DONE
             log.info("job done", extra={"job": job.id, "kind": job.kind, "moved": job.moved})
         except asyncio.CancelledError:
-            job.state, job.error = cluster_pb2.JOB_FAILED, "the router stopped"
-            raise
+            raise  # the controller stepped down: the job stays RUNNING in the map for the next one
         except Exception as error:  # recorded for the operator; the map is consistent after any failure
             job.state, job.error = cluster_pb2.JOB_FAILED, str(error) or type(error).__name__
             log.error("job failed", extra={"job": job.id, "kind": job.kind, "error": job.error})
         finally:
-            job.finished_unix_s = time.time()
+            self._job = None
+        job.finished_unix_s = time.time()
+        with contextlib.suppress(ControllerError):  # not the controller any more: the next one finishes it
+            await self.controller.change(lambda m: m.next_version().with_job(job.to_proto()), changed=[])
 
     async def _run_job(self, job: Job) -> None:
         controller = self.controller
         if job.kind == "add-node":
-            if job.node not in controller.current().nodes:
-                await self._swap(controller.current().with_node(job.node, JOINING), changed=None)
+            if controller.current().nodes.get(job.node) is None:
+                raise ControllerError(f"{job.node} left the map while its add-node job waited")
             after = placement.add_node(self._owners_without_moves(), job.node)
         elif job.kind == "drain-node":
+            if controller.current().nodes.get(job.node) is None:
+                return  # drained already (an earlier controller finished the moves and removed it)
             if controller.current().nodes[job.node] != DRAINING:
-                await self._swap(controller.current().with_node(job.node, DRAINING), changed=[])
+                await self._swap(job, lambda m: m.with_node(job.node, DRAINING), changed=[])
             after = placement.remove_node(self._owners_without_moves(), job.node)
         else:
-            active = sorted(a for a, state in controller.current().nodes.items() if state != DRAINING)
+            active = sorted(a for a, state in controller.current().nodes.items() if state not in (DRAINING, LOST))
             after = placement.rebalance(self._owners_without_moves(), active)
         plan = placement.moves(controller.current().owners, after)
-        job.planned = len(plan)
+        job.planned = job.moved + len(plan)
         log.info("job planned", extra={"job": job.id, "kind": job.kind, "node": job.node, "slots": len(plan)})
         await self._move_all(job, [(slot, target) for slot, _source, target in plan])
         if job.kind == "add-node":
-            await self._swap(controller.current().with_node(job.node, ACTIVE), changed=[])
+            await self._swap(job, lambda m: m.with_node(job.node, ACTIVE), changed=[])
         elif job.kind == "drain-node":
-            await self._swap(controller.current().without_node(job.node), changed=[])
+            await self._swap(job, lambda m: m.without_node(job.node), changed=[])
         else:  # a node an interrupted add-node left joining has its share now
             for node, state in sorted(controller.current().nodes.items()):
                 if state == JOINING:
-                    await self._swap(controller.current().with_node(node, ACTIVE), changed=[])
+                    await self._swap(job, functools.partial(_activate, node), changed=[])
 
     def _owners_without_moves(self) -> list[str]:
         return list(self.controller.current().owners)
@@ -242,7 +289,7 @@ class Mover:
         ]
         if not moves:
             return []
-        await self._swap(shard_map.with_migrations(add=moves), changed=[])
+        await self._swap(job, lambda m: m.with_migrations(add=moves), changed=[])
         try:
             return await self._run_wave(job, moves)
         except BaseException:
@@ -250,19 +297,17 @@ class Mover:
             raise
 
     async def _abandon(self, moves: Sequence[Migration]) -> None:
-        """A wave failed unexpectedly (or the router is stopping): forget its moves that are
+        """A wave failed unexpectedly (or the controller is stopping): forget its moves that are
         still recorded, and tell the nodes, but only of moves that did not commit (their slot
         is still their source's): a committed move only rolls forward."""
         controller = self.controller
         with contextlib.suppress(Exception):
+            ids = {m.id for m in moves}
+            if ids & {m.id for m in controller.current().migrations}:
+                await controller.change(lambda m: m.with_migrations(remove=sorted(ids)), changed=[])
             current = controller.current()
-            recorded = {m.id for m in current.migrations}
-            forget = [m.id for m in moves if m.id in recorded]
-            if forget:
-                await controller.swap(current.with_migrations(remove=forget), changed=[])
-            current = controller.current()
-            if {m.id for m in current.migrations} & {m.id for m in moves}:
-                return  # not recorded as aborted: a restarted controller will abort them
+            if {m.id for m in current.migrations} & ids:
+                return  # not recorded as aborted: the next controller will abort them
             for m in moves:
                 if current.owners[m.slot] == m.source:
                     await asyncio.gather(
@@ -281,14 +326,19 @@ class Mover:
         committed = [m for m, ok in zip(ready, frozen, strict=True) if ok]
         await self._fault_point("frozen")
         failed = [m for m in moves if m not in committed]
+        job.moved += len(committed)
+        job.aborted += len(failed)
         # The commit point: owners change and the wave's moves are forgotten, in one swap.
-        current = controller.current()
-        new_map = current.reassign({m.slot: m.target for m in committed}, forget=[m.id for m in moves])
         learned: list[float] = []  # when the wave's sources and targets had the commit
+
+        async def stored() -> None:
+            await self._fault_point("committed")
+
         await self._swap(
-            new_map,
+            job,
+            lambda m: m.reassign({move.slot: move.target for move in committed}, forget=[move.id for move in moves]),
             changed=[m.slot for m in committed],
-            committing=True,
+            before_publish=stored,
             first=sorted({m.source for m in committed} | {m.target for m in committed}),
             after_first=lambda: learned.append(time.perf_counter()),
         )
@@ -304,8 +354,6 @@ class Mover:
         for m in committed:
             job.freeze_ms.append((now - frozen_at[m.id]) * 1000)
             metrics.freeze_pause_s.observe(now - frozen_at[m.id])
-        job.moved += len(committed)
-        job.aborted += len(failed)
         metrics.slots_moved_total.inc(len(committed))
         metrics.moves_aborted_total.inc(len(failed))
         for m in failed:
@@ -316,13 +364,18 @@ class Mover:
 
     async def _copy(self, move: Migration) -> bool:
         controller = self.controller
+        term = controller.term
         try:
             await controller.stub(move.target).PrepareImport(
-                node_pb2.PrepareImportRequest(migration_id=move.id, slot=move.slot, source=move.source),
+                node_pb2.PrepareImportRequest(
+                    migration_id=move.id, slot=move.slot, source=move.source, controller_term=term
+                ),
                 timeout=PREPARE_TIMEOUT_S,
             )
             await controller.stub(move.source).StartExport(
-                node_pb2.StartExportRequest(migration_id=move.id, slot=move.slot, target=move.target),
+                node_pb2.StartExportRequest(
+                    migration_id=move.id, slot=move.slot, target=move.target, controller_term=term
+                ),
                 timeout=COPY_TIMEOUT_S,
             )
             return True
@@ -334,7 +387,8 @@ class Mover:
         frozen_at[move.id] = time.perf_counter()
         try:
             await self.controller.stub(move.source).FreezeSlot(
-                node_pb2.FreezeSlotRequest(migration_id=move.id, slot=move.slot), timeout=FREEZE_TIMEOUT_S
+                node_pb2.FreezeSlotRequest(migration_id=move.id, slot=move.slot, controller_term=self.controller.term),
+                timeout=FREEZE_TIMEOUT_S,
             )
             return True
         except grpc.aio.AioRpcError as error:
@@ -343,19 +397,20 @@ class Mover:
 
     async def _swap(
         self,
-        new_map: ShardMap,
+        job: Job,
+        change: Callable[[ShardMap], ShardMap],
         changed: Sequence[int] | None,
-        committing: bool = False,
+        before_publish: Callable[[], Awaitable[None]] | None = None,
         first: Sequence[str] = (),
         after_first: Callable[[], None] | None = None,
     ) -> None:
-        current = self.controller.current()
-        assert new_map.version == current.version + 1, (new_map.version, current.version)
+        """A change of the map that also records the job's progress."""
 
-        async def committed() -> None:
-            await self._fault_point("committed")
+        def recorded(shard_map: ShardMap) -> ShardMap:
+            return change(shard_map).with_job(job.to_proto())
 
-        if not await self.controller.swap(
-            new_map, changed, committed if committing else None, first=first, after_first=after_first
-        ):
-            raise ControllerError("the shard map changed under the job (another controller?); run it again")
+        await self.controller.change(recorded, changed, before_publish, first=first, after_first=after_first)
+
+
+def _activate(node: str, shard_map: ShardMap) -> ShardMap:
+    return shard_map.with_node(node, ACTIVE)

@@ -10,7 +10,9 @@ Used by the router's server and by the SDK alike (DESIGN section 3). For each ca
      fence naming every slot's epoch. At most `inflight_max` requests per node are in
      flight; beyond that, events wait and batches grow (backpressure, not more RPCs).
   3. Split: the node answers one result per event, in order; each caller gets its own.
-  4. Retry: events answered WRONG_SLOT are routed again after the map is refreshed; a node
+  4. Refuse: a slot whose owner the map marks LOST (its data directory is gone) has no
+     live copy: the call is refused UNAVAILABLE naming the slot, at once.
+  5. Retry: events answered WRONG_SLOT are routed again after the map is refreshed; a node
      that is UNAVAILABLE is retried with jittered exponential backoff. Both only within the
      caller's deadline. Writes are idempotent by id, so a retry can only answer EXISTS (or
      the journaled outcome) for what a lost reply had already applied. Any other error of
@@ -31,12 +33,13 @@ import serving
 from proto import contract, ledger_pb2 as pb, ledger_pb2_grpc
 from proto.contract import LedgerMethod
 from router import metrics
-from router.shardmap import ShardMap
+from router.shardmap import LOST, ShardMap
 from router.slots import slot_of
 
 E = TypeVar("E")
 
 RETRYABLE = frozenset((grpc.StatusCode.UNAVAILABLE,))
+NO_LIVE_COPY = "has no live copy"  # in the refusal of a slot whose owner is lost: not worth retrying
 BACKOFF_FIRST_S = 0.01
 BACKOFF_MAX_S = 0.5
 CHANNEL_OPTIONS = [
@@ -237,6 +240,8 @@ class LedgerRouter:
                 event = events[index]
                 slot = slot_of(method.key_of(event), total)
                 owner = shard_map.owners[slot]
+                if shard_map.nodes[owner] == LOST:
+                    raise _no_copy(method.name, slot, owner, shard_map)
                 group = groups.get(owner)
                 if group is None:
                     group = groups[owner] = ([], [], {})
@@ -296,6 +301,8 @@ class LedgerRouter:
             shard_map = self.maps.current()
             slot = slot_of(request.account_id, shard_map.slots_total)
             owner = shard_map.owners[slot]
+            if shard_map.nodes[owner] == LOST:
+                raise _no_copy("GetAccountTransfers", slot, owner, shard_map)
             fenced = pb.GetAccountTransfersRequest()
             fenced.CopyFrom(request)
             fenced.fence.CopyFrom(pb.Fence(slots=[slot], epochs=[shard_map.epochs[slot]]))
@@ -317,3 +324,12 @@ class LedgerRouter:
             if loop.time() + pause >= deadline:
                 raise RoutingError(grpc.StatusCode.UNAVAILABLE, f"GetAccountTransfers: {retry} for {timeout_s:.3f}s")
             await asyncio.sleep(pause)
+
+
+def _no_copy(method: str, slot: int, owner: str, shard_map: ShardMap) -> RoutingError:
+    """A slot whose only copy was on a lost node: refused loudly, never retried or served empty."""
+    return RoutingError(
+        grpc.StatusCode.UNAVAILABLE,
+        f"{method}: slot {slot} {NO_LIVE_COPY}: its owner, node {shard_map.ids.get(owner, '?')} at {owner}, lost its"
+        " data directory (the process there now is another node); it is served again when that directory is back",
+    )

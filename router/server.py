@@ -3,9 +3,15 @@
 It serves the public yunkai.ledger.v1.Ledger service by routing each batch through the
 routing core (split by owner node, fenced, coalesced with concurrent callers, merged back
 in order, WRONG_SLOT and UNAVAILABLE retried within the caller's deadline), and the admin
-service yunkai.cluster.v1.Cluster from its controller. A malformed request is refused
-whole before any part of it is forwarded, so no node applies part of a bad batch.
-The shard map lives in D (the local metastore); a stored map wins over --nodes.
+service yunkai.cluster.v1.Cluster. A malformed request is refused whole before any part of
+it is forwarded, so no node applies part of a bad batch.
+
+The shard map lives in a metastore (router/metastore.py): a file in D on one host (the
+default; one router process is its controller, and a second one on D refuses to start), or
+etcd (`--metastore etcd://HOST:PORT,...`), where any number of routers on any hosts elect
+one controller among them (router/control.py). Every router routes and answers status; an
+admin call reaching a router that is not the controller is forwarded to the controller's
+admin address (`--advertise`). A stored map wins over --nodes.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -21,19 +28,24 @@ import grpc
 from google.protobuf.message import Message
 
 import serving
-from proto import cluster_pb2, contract, ledger_pb2 as pb
-from router import metrics
-from router.controller import Controller, ControllerError
-from router.metastore import LocalMetastore
+from proto import cluster_pb2, cluster_pb2_grpc, contract, ledger_pb2 as pb
+from router import metrics, workers
+from router.control import ControlPlane
+from router.controller import ControllerError, NodeClients
+from router.etcd import Etcd, EtcdUnavailable, parse_endpoints
+from router.leadership import TTL_S_DEFAULT, EtcdLeadership, Leadership, LocalLeadership
+from router.metastore import EtcdMetastore, LocalMetastore, Metastore
 from router.migration import CONCURRENCY_DEFAULT, Job, Mover
 from router.routing import LedgerRouter
 from router.slots import SLOTS_TOTAL_DEFAULT
-from serving import BadRequest, Context, parse_request
+from serving import BadRequest, Context, Refused, parse_request
 
 log = logging.getLogger("yunkai.router")
 
 CLUSTER_SERVICE = "yunkai.cluster.v1.Cluster"
 DEADLINE_DEFAULT_S = 10.0
+FORWARD_TIMEOUT_S = 30.0
+WORKERS_MAX = 64
 
 DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
@@ -48,12 +60,40 @@ DEFAULTS: dict[str, Any] = {
     "slots_total": SLOTS_TOTAL_DEFAULT,
     "batch_events_max": 8192,
     "move_concurrency": CONCURRENCY_DEFAULT,
+    "metastore": "",
+    "lease_ttl": TTL_S_DEFAULT,
+    "advertise": None,
+    "workers": 1,
+    "worker": None,  # set by the supervisor of --workers N in each worker it starts
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     serving.add_common_arguments(parser)
-    parser.add_argument("--data-dir", help="where the router keeps the shard map (required)")
+    parser.add_argument(
+        "--data-dir", help="where the router keeps the shard map (required unless --metastore etcd://...)"
+    )
+    parser.add_argument(
+        "--metastore",
+        help="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]: keep the shard map in etcd and elect one controller among"
+        " every router using it (default: a file in --data-dir, this router the only controller)",
+    )
+    parser.add_argument(
+        "--lease-ttl",
+        type=int,
+        help=f"seconds a controller's etcd lease lasts without renewal: how fast another router takes over"
+        f" (default {TTL_S_DEFAULT})",
+    )
+    parser.add_argument(
+        "--advertise", help="host:port other routers reach this one at, for forwarded admin calls (default host:port)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="router processes serving --port together (SO_REUSEPORT), one per core; at most one of them is the"
+        " controller (default 1)",
+    )
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--nodes", help="HOST:PORT,... of the ledger nodes; seeds a new shard map")
     parser.add_argument("--slots-total", type=int, help=f"S for a new cluster (default {SLOTS_TOTAL_DEFAULT})")
     parser.add_argument("--batch-events-max", type=int, help="most events in one request (default 8192)")
@@ -65,12 +105,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    settings = serving.resolve(args, "router", DEFAULTS)
+    if int(settings["workers"]) > 1 and settings["worker"] is None:
+        problem = _check(settings)
+        if problem is not None:
+            print(f"yunkai router: {problem}", file=sys.stderr)
+            return 2
+        return workers.supervise(settings, _worker_flags(settings))
     return serving.main(args, command="router", section="router", defaults=DEFAULTS, check=_check, serve=_serve)
 
 
+def _worker_flags(settings: dict[str, Any]) -> list[str]:
+    """The settings as flags, for each worker (they were resolved once, from every source)."""
+    flags: list[str] = []
+    for name, value in settings.items():
+        if name in ("port", "workers", "worker") or value is None or value == "":
+            continue
+        flags += [f"--{name.replace('_', '-')}", str(value)]
+    return flags
+
+
 def _check(settings: dict[str, Any]) -> str | None:
-    if not settings["data_dir"]:
-        return "--data-dir is required (or YUNKAI_ROUTER_DATA_DIR)"
+    metastore = str(settings["metastore"] or "")
+    if metastore:
+        try:
+            parse_endpoints(metastore)
+        except ValueError as error:
+            return f"--metastore {error}"
+    elif not settings["data_dir"]:
+        return "--data-dir is required (or YUNKAI_ROUTER_DATA_DIR), or give --metastore etcd://..."
+    if int(settings["lease_ttl"]) < 2:
+        return "--lease-ttl must be at least 2 seconds (etcd's own minimum is about 1.5)"
+    if not 1 <= int(settings["workers"]) <= WORKERS_MAX:
+        return f"--workers must be 1 to {WORKERS_MAX}"
     if int(settings["move_concurrency"]) < 1:
         return "--move-concurrency must be at least 1"
     batch_max = serving.MESSAGE_BYTES_MAX // contract.EVENT_BYTES_MAX
@@ -126,13 +193,19 @@ class RouterService:
 
 
 class ClusterService:
-    """yunkai.cluster.v1.Cluster: the shard map, the cluster's status, and operator jobs."""
+    """yunkai.cluster.v1.Cluster: the shard map, the cluster's status, and operator jobs
+    (run by the controller; forwarded to it by any other router)."""
 
-    REFUSALS: serving.Refusals = ((ControllerError, grpc.StatusCode.FAILED_PRECONDITION),)
+    REFUSALS: serving.Refusals = (
+        (ControllerError, grpc.StatusCode.FAILED_PRECONDITION),
+        # The metastore is away: nothing can change the map now; the caller retries.
+        (EtcdUnavailable, grpc.StatusCode.UNAVAILABLE),
+    )
 
-    def __init__(self, controller: Controller, mover: Mover) -> None:
-        self.controller = controller
-        self.mover = mover
+    def __init__(self, control: ControlPlane, credentials: grpc.ChannelCredentials | None) -> None:
+        self.control = control
+        self._credentials = credentials
+        self._channels: dict[str, grpc.aio.Channel] = {}
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, serving.Handler] = {
@@ -149,7 +222,7 @@ class ClusterService:
 
     async def get_shard_map(self, data: bytes, context: Context) -> Message:
         parse_request(cluster_pb2.GetShardMapRequest, data)
-        return self.controller.current().to_proto()
+        return self.control.view.current().to_proto()
 
     async def watch_shard_map(self, data: bytes, context: Context) -> AsyncIterator[bytes]:
         try:
@@ -157,30 +230,67 @@ class ClusterService:
         except BadRequest as error:
             await context.abort(error.code, str(error))
             return
-        async for shard_map in self.controller.watch(request.known_version):
+        async for shard_map in self.control.view.watch(request.known_version):
             yield shard_map.to_proto().SerializeToString()
 
     async def status(self, data: bytes, context: Context) -> Message:
         parse_request(cluster_pb2.StatusRequest, data)
-        response = await self.controller.status()
-        response.migrations.extend(self.controller.current().to_proto().migrations)
-        response.jobs.extend(job.to_proto() for job in self.mover.jobs)
-        return response
+        return await self.control.status()
 
     async def add_node(self, data: bytes, context: Context) -> Message:
         request = parse_request(cluster_pb2.AddNodeRequest, data)
-        job: Job = await self.mover.add_node(_address(request.address))
+        mover = self._mover()
+        if mover is None:
+            return await self._forward("AddNode", request, context)
+        job: Job = await mover.add_node(_address(request.address))
         return job.to_proto()
 
     async def drain_node(self, data: bytes, context: Context) -> Message:
         request = parse_request(cluster_pb2.DrainNodeRequest, data)
-        job: Job = await self.mover.drain_node(_address(request.address))
+        mover = self._mover()
+        if mover is None:
+            return await self._forward("DrainNode", request, context)
+        job: Job = await mover.drain_node(_address(request.address))
         return job.to_proto()
 
     async def rebalance(self, data: bytes, context: Context) -> Message:
-        parse_request(cluster_pb2.RebalanceRequest, data)
-        job: Job = await self.mover.rebalance()
+        request = parse_request(cluster_pb2.RebalanceRequest, data)
+        mover = self._mover()
+        if mover is None:
+            return await self._forward("Rebalance", request, context)
+        job: Job = await mover.rebalance()
         return job.to_proto()
+
+    def _mover(self) -> Mover | None:
+        """This router's job runner if it is the controller now."""
+        if self.control.mover is not None and self.control.leadership.leading():
+            return self.control.mover
+        return None
+
+    async def _forward(self, method: str, request: Message, context: Context) -> Message:
+        """An admin call for the controller, made on it: its answer, or its refusal, as it gave it."""
+        leader = await self.control.leader()
+        if not leader or leader == self.control.leadership.admin_address:
+            raise Refused(
+                "no router is the controller right now (an election is under way, or the metastore is"
+                " unreachable); retry in a few seconds",
+                grpc.StatusCode.UNAVAILABLE,
+            )
+        channel = self._channels.get(leader)
+        if channel is None:
+            channel = self._channels[leader] = serving.channel(leader, self._credentials, [])
+        remaining = context.time_remaining()
+        try:
+            reply: Message = await getattr(cluster_pb2_grpc.ClusterStub(channel), method)(
+                request, timeout=FORWARD_TIMEOUT_S if remaining is None else remaining
+            )
+        except grpc.aio.AioRpcError as error:
+            raise Refused(f"the controller at {leader}: {error.details()}", error.code()) from None
+        return reply
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
 
 
 def _address(text: str) -> str:
@@ -194,41 +304,80 @@ async def _serve(settings: dict[str, Any]) -> None:
     await serving.serve(
         settings,
         services=[contract.LEDGER_SERVICE, CLUSTER_SERVICE],
-        app=lambda server, port: _router(settings, server),
+        app=lambda server, port: _router(settings, server, port),
         log=log,
+        reuse_port=settings["worker"] is not None,
+    )
+
+
+def _admin_address(settings: dict[str, Any], server: grpc.aio.Server, port: int) -> str:
+    """Where other routers reach this one with forwarded admin calls: its port, or for a
+    worker (whose port is shared) a private port of its own."""
+    advertised = str(settings["advertise"] or f"{settings['host']}:{port}")
+    if settings["worker"] is None:
+        return advertised
+    address = f"{settings['host']}:0"
+    credentials = serving.server_credentials(settings["tls_cert"], settings["tls_key"])
+    private = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    return f"{advertised.rpartition(':')[0]}:{private}"
+
+
+def _control_plane(settings: dict[str, Any], admin_address: str, peers: grpc.ChannelCredentials | None) -> ControlPlane:
+    """The metastore and election this router uses: etcd's, or a local directory's."""
+    metastore: Metastore
+    leadership: Leadership
+    if settings["metastore"]:
+        endpoints, prefix = parse_endpoints(str(settings["metastore"]))
+        etcd = Etcd(endpoints)
+        metastore = EtcdMetastore(etcd, prefix)
+        leadership = EtcdLeadership(etcd, prefix, admin_address, int(settings["lease_ttl"]))
+    else:
+        metastore = LocalMetastore(str(settings["data_dir"]))
+        # Of a router's workers, worker 0 stands for controller; the others follow the map.
+        candidate = settings["worker"] is None or int(settings["worker"]) == 0
+        leadership = LocalLeadership(str(settings["data_dir"]), admin_address, candidate)
+    nodes = [n.strip() for n in str(settings["nodes"] or "").split(",") if n.strip()]
+    return ControlPlane(
+        metastore,
+        leadership,
+        NodeClients(peers),
+        nodes,
+        int(settings["slots_total"]),
+        int(settings["move_concurrency"]),
     )
 
 
 @contextlib.asynccontextmanager
-async def _router(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIterator[Mapping[str, object]]:
-    """The router's parts: the controller (the map's one writer, with its metastore), the job
-    mover, and the routing core; nodes know the map before anyone is told the router serves."""
-    nodes = [n.strip() for n in str(settings["nodes"] or "").split(",") if n.strip()]
+async def _router(settings: dict[str, Any], server: grpc.aio.Server, port: int) -> AsyncIterator[Mapping[str, object]]:
+    """The router's parts: its control plane (the map it follows, the controller when it
+    leads) and the routing core. It serves once it has a map."""
     peers = serving.client_credentials(settings["tls_ca"])
-    controller = Controller(
-        LocalMetastore(str(settings["data_dir"])), nodes, int(settings["slots_total"]), credentials=peers
-    )
-    router = LedgerRouter(controller, credentials=peers)
+    admin_address = _admin_address(settings, server, port)
+    control = _control_plane(settings, admin_address, peers)
+    router = LedgerRouter(control.view, credentials=peers)
+    cluster = ClusterService(control, peers)
     try:
-        try:
-            shard_map = await controller.load_or_seed()
-            await controller.publish()
-            await controller.recover_moves()
-        except ControllerError as error:
-            raise serving.StartupError(str(error)) from error
-        mover = Mover(controller, int(settings["move_concurrency"]))
         server.add_generic_rpc_handlers(
-            [
-                RouterService(router, int(settings["batch_events_max"])).handler(),
-                ClusterService(controller, mover).handler(),
-            ]
+            [RouterService(router, int(settings["batch_events_max"])).handler(), cluster.handler()]
         )
         async with asyncio.TaskGroup() as tasks:
-            reconciler = tasks.create_task(controller.run())
-            jobs = tasks.create_task(mover.run())
-            yield {"map_version": shard_map.version, "nodes": sorted(shard_map.nodes)}
-            reconciler.cancel()
-            jobs.cancel()
+            plane = tasks.create_task(control.run())
+            ready = tasks.create_task(control.ready.wait())
+            await asyncio.wait({plane, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if plane.done():
+                ready.cancel()
+                error = plane.exception()
+                raise serving.StartupError(str(error) if error else "the control plane stopped") from error
+            shard_map = control.view.current()
+            yield {
+                "map_version": shard_map.version,
+                "nodes": sorted(shard_map.nodes),
+                "metastore": str(settings["metastore"] or settings["data_dir"]),
+                "admin": admin_address,
+                "worker": settings["worker"],
+            }
+            plane.cancel()
     finally:
         await router.close()
-        await controller.close()
+        await cluster.close()
+        await control.close()

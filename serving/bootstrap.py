@@ -79,9 +79,12 @@ def main(
     return 0
 
 
-async def serve(settings: Settings, *, services: Iterable[str], app: App, log: logging.Logger) -> None:
-    """Serve `services` as built by `app` until SIGTERM or SIGINT (see the module's docstring)."""
-    server = new_server()
+async def serve(
+    settings: Settings, *, services: Iterable[str], app: App, log: logging.Logger, reuse_port: bool = False
+) -> None:
+    """Serve `services` as built by `app` until SIGTERM or SIGINT (see the module's docstring);
+    with `reuse_port`, on a port shared with sibling worker processes."""
+    server = new_server(reuse_port)
     frame = Serving(server, services)
     host = str(settings["host"])
     credentials = server_credentials(settings["tls_cert"], settings["tls_key"])

@@ -35,11 +35,13 @@ def channel(
     return grpc.aio.secure_channel(address, credentials, options=options)
 
 
-def new_server() -> grpc.aio.Server:
+def new_server(reuse_port: bool = False) -> grpc.aio.Server:
+    """A server; with `reuse_port`, its ports are shared (SO_REUSEPORT) with the other worker
+    processes of the same service, and the kernel spreads connections among them."""
     return grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
             ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
 from cluster.commands import LocalCluster
-from cluster.local import NodeProcess
+from cluster.local import EtcdProcess, NodeProcess
 from proto import ledger_pb2 as pb, ledger_pb2_grpc, node_pb2_grpc
 
 _ids = itertools.count(1)
@@ -26,6 +27,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     running = LocalCluster(str(tmp_path_factory.mktemp("cluster")), nodes=2, port=0).start()
     yield running
     running.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
+    """A throwaway etcd on loopback for one test (cluster/install-etcd.sh installs it; .ci/run does)."""
+    process = EtcdProcess(str(tmp_path / "etcd-data"), str(tmp_path / "etcd.log")).start()
+    yield process
+    process.stop()
 
 
 class NodeHandle:

@@ -33,7 +33,17 @@ ALLOWED = {
 }
 # Within router/, the server and controller are not the routing core: nothing below them
 # (node/, clients/) may use them.
-ROUTER_SERVER_SIDE = {"router.server", "router.controller", "router.metastore"}
+ROUTER_SERVER_SIDE = {
+    "router.server",
+    "router.controller",
+    "router.metastore",
+    "router.control",
+    "router.leadership",
+    "router.etcd",
+    "router.mapview",
+    "router.migration",
+    "router.workers",
+}
 
 
 def imports_of(path: Path) -> set[str]:

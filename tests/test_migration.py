@@ -11,13 +11,16 @@ into each node's RocksDB: every key lives on its slot's owner only.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import grpc
 import pytest
@@ -207,6 +210,7 @@ def test_stream_messages_of_an_aborted_move_are_refused_and_change_nothing(
         source, target = cluster.nodes
         shard_map = fetch_shard_map(cluster.address)
         slot = shard_map.slots_of(source.address)[0]
+        term = shard_map.term  # the controller's: older terms are refused as a deposed controller's
         key, value = account_key(slot, "planted"), b"not an account"
         with grpc.insecure_channel(target.address) as channel:
             node = node_pb2_grpc.NodeStub(channel)
@@ -221,15 +225,25 @@ def test_stream_messages_of_an_aborted_move_are_refused_and_change_nothing(
                 return node_pb2.SlotChunk(migration_id=migration_id, slot=slot, **fields)  # type: ignore[arg-type]
 
             planted = chunk("old", ops=[node_pb2.KeyOp(key=key, value=value)])
-            node.PrepareImport(node_pb2.PrepareImportRequest(migration_id="old", slot=slot, source=source.address))
-            assert node.AbortMove(node_pb2.AbortMoveRequest(migration_id="old", slot=slot)).was_active
+            node.PrepareImport(
+                node_pb2.PrepareImportRequest(
+                    migration_id="old", slot=slot, source=source.address, controller_term=term
+                )
+            )
+            assert node.AbortMove(
+                node_pb2.AbortMoveRequest(migration_id="old", slot=slot, controller_term=term)
+            ).was_active
             refused = stream("old", planted, chunk("old", last=True, digest=key_digest(key, value)))
             assert isinstance(refused, grpc.RpcError)
             assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "'old' is not staged here" in str(refused.details())
 
             # A newer move of the slot: the old id's messages are still refused...
-            node.PrepareImport(node_pb2.PrepareImportRequest(migration_id="new", slot=slot, source=source.address))
+            node.PrepareImport(
+                node_pb2.PrepareImportRequest(
+                    migration_id="new", slot=slot, source=source.address, controller_term=term
+                )
+            )
             refused = stream("old", planted)
             assert isinstance(refused, grpc.RpcError) and "superseded" in str(refused.details())
             # ...and left nothing: the new stream's digest counts only its own key.
@@ -244,38 +258,46 @@ def test_stream_messages_of_an_aborted_move_are_refused_and_change_nothing(
             # One stream per move: a replay of the whole stream is refused too.
             replay = stream("new", chunk("new", last=True, digest=key_digest(mine, b"1")))
             assert isinstance(replay, grpc.RpcError) and "already had its stream" in str(replay.details())
-            assert node.AbortMove(node_pb2.AbortMoveRequest(migration_id="new", slot=slot)).was_active
+            assert node.AbortMove(
+                node_pb2.AbortMoveRequest(migration_id="new", slot=slot, controller_term=term)
+            ).was_active
         # The target never served the slot, and the source still does.
         assert fetch_shard_map(cluster.address).owners[slot] == source.address
 
 
-def test_rebalance_gives_a_node_left_empty_by_an_interrupted_add_node_its_share(
+def test_an_add_node_interrupted_by_its_router_is_resumed_by_the_restarted_controller(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     pause = {"YUNKAI_MOVE_PAUSE_AT": "recorded", "YUNKAI_MOVE_PAUSE_S": "30"}
     with cluster_of(tmp_path_factory, 2, slots_total=SMALL_SLOTS, router_env=pause) as cluster:
         assert cluster.router is not None
-        balanced = yunkai("cluster", "rebalance", "--router", cluster.address)
-        assert balanced.returncode == 0 and "done: 0 slots moved" in balanced.stdout, balanced.stdout
+        before = fetch_shard_map(cluster.address)
         third = cluster.new_node("node-3").start()
         cluster.nodes.append(third)
         started = yunkai("cluster", "add-node", "--router", cluster.address, "--address", third.address, "--no-wait")
         assert started.returncode == 0, started.stderr
+        job_id = re.search(r"^job (\w+): add-node", started.stdout, re.M).group(1)  # type: ignore[union-attr]
         wait_for_log(cluster.router, "paused at a fault point")
-        cluster.router.kill()  # the job dies with its router; its recorded moves are aborted at restart
+        cluster.router.kill()  # kill -9 in the middle of a wave: its recorded moves are aborted at restart
         cluster.router.env = {}
         cluster.router.start()
-        before = fetch_shard_map(cluster.address)
-        assert third.address in before.nodes and not before.slots_of(third.address) and not before.migrations
-        status = yunkai("cluster", "status", "--router", cluster.address)
-        assert third.address in status.stdout, status.stdout
-        done = yunkai("cluster", "rebalance", "--router", cluster.address)
-        assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+        # The job is in the map: the restarted controller resumes it and finishes the add-node.
+        deadline = time.monotonic() + 120
+        state = ""
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = json.loads(yunkai("cluster", "status", "--router", cluster.address, "--json").stdout)
+            state = next(job["state"] for job in status["jobs"] if job["id"] == job_id)
+            if state != "running":
+                break
+            time.sleep(0.5)
+        assert state == "done", status
         after = fetch_shard_map(cluster.address)
         assert sorted(after.counts().values()) == [85, 85, 86], after.counts()
         moved = [slot for slot in range(SMALL_SLOTS) if before.owners[slot] != after.owners[slot]]
-        assert all(after.owners[slot] == third.address for slot in moved)
-        assert after.nodes[third.address] == cluster_pb2.NODE_ACTIVE
+        assert moved and all(after.owners[slot] == third.address for slot in moved)
+        assert after.nodes[third.address] == cluster_pb2.NODE_ACTIVE and not after.migrations
+        assert after.term == before.term + 1  # the restarted controller's
         codes = [p.stop() for p in [cluster.router, *cluster.nodes]]
         assert codes == [0, 0, 0, 0], codes
         assert not keys_off_their_owner(cluster.nodes, after)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
-import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from cluster.local import EtcdProcess
 from router import placement
-from router.metastore import LocalMetastore
+from router.etcd import Etcd
+from router.metastore import EtcdMetastore, LocalMetastore, Metastore
 from router.shardmap import ShardMap
 from router.slots import routing_key, slot_of
 
@@ -104,30 +107,83 @@ def test_bad_placements_are_refused() -> None:
         placement.remove_node(["a:1"] * 8, "a:1")
 
 
-def test_the_metastore_swaps_only_from_the_expected_version_and_survives_restarts(tmp_path: Path) -> None:
-    store = LocalMetastore(str(tmp_path / "meta"))
-    assert store.load() is None
-    first = ShardMap.initial(placement.place(S, nodes(3)))
-    assert store.compare_and_swap(0, first)
-    assert not store.compare_and_swap(0, first)  # someone else already created it
-    second = first.reassign({0: nodes(3)[1], 1: nodes(3)[2]})
-    assert second.version == 2 and second.epochs[0] == first.epochs[0] + (first.owners[0] != nodes(3)[1])
-    assert store.compare_and_swap(1, second)
-    assert not store.compare_and_swap(1, second.reassign({2: nodes(3)[0]}))
-    reopened = LocalMetastore(str(tmp_path / "meta")).load()
-    assert reopened == second
+@pytest.fixture(params=["local", "etcd"])
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Metastore]]:
+    """Both metastores behind one interface: a local directory, and a throwaway etcd."""
+    if request.param == "local":
+        yield lambda: LocalMetastore(str(tmp_path / "meta"))
+        return
+    etcd = EtcdProcess(str(tmp_path / "etcd-data"), str(tmp_path / "etcd.log")).start()
+    try:
+        yield lambda: EtcdMetastore(Etcd([etcd.endpoint]), "/test")
+    finally:
+        etcd.stop()
 
 
-def test_concurrent_swaps_from_one_version_have_exactly_one_winner(tmp_path: Path) -> None:
-    store = LocalMetastore(str(tmp_path / "meta"))
-    base = ShardMap.initial(placement.place(64, nodes(2)))
-    assert store.compare_and_swap(0, base)
-    wins: list[bool] = []
-    candidates = [base.reassign({slot: nodes(2)[0]}) for slot in range(16)]
-    threads = [threading.Thread(target=lambda m=m: wins.append(store.compare_and_swap(1, m))) for m in candidates]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(wins) == [False] * 15 + [True]
-    assert store.load() in candidates
+def seeded(owners: list[str]) -> ShardMap:
+    return ShardMap.initial(owners, {}, "cluster-1")
+
+
+def test_the_metastore_swaps_only_from_the_expected_version_and_survives_restarts(
+    store_factory: Callable[[], Metastore],
+) -> None:
+    async def scenario() -> None:
+        store = store_factory()
+        assert await store.load() is None
+        first = seeded(placement.place(S, nodes(3)))
+        assert await store.compare_and_swap(0, first)
+        assert not await store.compare_and_swap(0, first)  # someone else already created it
+        second = first.reassign({0: nodes(3)[1], 1: nodes(3)[2]})
+        assert second.version == 2 and second.epochs[0] == first.epochs[0] + (first.owners[0] != nodes(3)[1])
+        assert await store.compare_and_swap(1, second)
+        assert not await store.compare_and_swap(1, second.reassign({2: nodes(3)[0]}))
+        await store.close()
+        reopened = store_factory()
+        assert await reopened.load() == second
+        await reopened.close()
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_swaps_from_one_version_have_exactly_one_winner(store_factory: Callable[[], Metastore]) -> None:
+    async def scenario() -> None:
+        stores = [store_factory() for _ in range(4)]  # four controllers' connections
+        base = seeded(placement.place(64, nodes(2)))
+        assert await stores[0].compare_and_swap(0, base)
+        for store in stores[1:]:
+            assert await store.load() == base
+        candidates = [base.reassign({slot: nodes(2)[0]}).with_term(1) for slot in range(16)]
+        wins = await asyncio.gather(*(stores[i % len(stores)].compare_and_swap(1, m) for i, m in enumerate(candidates)))
+        assert sorted(wins) == [False] * 15 + [True]
+        assert await stores[0].load() in candidates
+        for store in stores:
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_watcher_sees_every_newer_map_a_swap_stores(store_factory: Callable[[], Metastore]) -> None:
+    async def scenario() -> None:
+        writer, reader = store_factory(), store_factory()
+        current = seeded(placement.place(64, nodes(2)))
+        assert await writer.compare_and_swap(0, current)
+        seen: list[int] = []
+
+        async def watch() -> None:
+            async for shard_map in reader.watch(0):
+                seen.append(shard_map.version)
+                if shard_map.version == 4:
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        for _ in range(3):
+            await asyncio.sleep(0.1)
+            following = current.with_term(current.term + 1)
+            assert await writer.compare_and_swap(current.version, following)
+            current = following
+        await asyncio.wait_for(watcher, 10)
+        assert seen[-1] == 4 and seen == sorted(seen)
+        await writer.close()
+        await reader.close()
+
+    asyncio.run(scenario())

@@ -177,12 +177,15 @@ def test_a_restarted_router_keeps_its_map_and_clients_carry_on(tmp_path: Path) -
             deposit, loan = customer("r1")
             ledger.create_accounts([Account(deposit, CNY, 1), Account(loan, CNY, 1)])
             assert ledger.create_transfers([Transfer("a", loan, deposit, 5, CNY, 1)])[0].ok
-            version = ledger._run(ledger._client._maps.fetch()).version
+            before = ledger._run(ledger._client._maps.fetch())
             running.router.stop()
             # Smart clients do not need the router to keep working.
             assert ledger.create_transfers([Transfer("b", loan, deposit, 5, CNY, 1)])[0].ok
             running.router.start()
-            assert ledger._run(ledger._client._maps.fetch()).version == version
+            after = ledger._run(ledger._client._maps.fetch())
+            # The same map, stored once more by the restarted controller under its new term.
+            assert (after.owners, after.epochs, after.cluster_id) == (before.owners, before.epochs, before.cluster_id)
+            assert (after.version, after.term) == (before.version + 1, before.term + 1)
             with SyncLedgerClient(running.address, via_router=True) as routed:
                 assert routed.create_transfers([Transfer("c", loan, deposit, 5, CNY, 1)])[0].ok
                 account = routed.lookup_accounts([deposit])[0]
