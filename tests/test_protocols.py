@@ -1,0 +1,1138 @@
+"""Deterministic, in-process tests of the node's cross-node protocols (DESIGN sections 5, 6 and 10).
+
+Two hypothesis state machines drive the production code over real RocksDB stores (`Storage`
+in temporary directories) with no process, socket or timer. The test supplies only the
+transport (queues that reorder, duplicate and drop) and the committer's loop, so a protocol
+bug shows as a failing, shrunk example within seconds.
+
+1. The durable outbox (node/outbox.py). Two nodes split S = 8 slots (A: 0-3, B: 4-7). Each
+   commits with the real steps of node/engine.py's committer (`_apply_leg_results`,
+   `_apply_transfer`, `_expire_due`, `_commit`) and keeps its outbox in the real relay's
+   bookkeeping (node/relay.py: `committed`, `take_results`, `current`); a leg travels to the
+   other node as a message, is applied there behind the fence by `outbox.apply_credit_leg`,
+   and its result travels back. Clients open accounts (limits, flags, another ledger),
+   freeze, unfreeze and close them, send plain and pending transfers within and across
+   nodes, post and void them, replay them, and let pendings expire on a virtual clock; a node
+   may restart (kill -9) between any two steps and reload its outbox from disk. After every
+   step: no balance is negative; each account's debits_pending is exactly what
+   its in-flight and pending transfers hold, and its credits_pending lies between what the
+   debit side says is surely and possibly reserved; the money credited but not yet posted on
+   the debit side is exactly the amount of the outbox entries whose leg was applied; an
+   outbox entry exists exactly while its transfer is IN_FLIGHT (a RELEASE: while its pending
+   is voided or expired); the relay holds exactly the durable outbox; every transfer's record
+   agrees with its first answer, and every replay answers the stored outcome; no leg is ever
+   refused as a protocol violation. At quiescence (everything delivered, both outboxes
+   empty; in a rule and at the end of every example): Σ debits_posted = Σ credits_posted,
+   every account's posted and pending balances are what the final records of its transfers
+   add up to, every transfer exists once, on its debit node, in a final state, and a replay
+   of each answers its stored outcome and moves nothing.
+2. The slot change log and digests (node/changelog.py) under a slot move (node/slotmove.py).
+   A source node commits random batches through the same committer while it exports one
+   slot: the real `SlotMoves.start_export` opens the snapshot and follows the slot in one
+   step, then streams it one chunk per step while batches keep committing; the chunks reach
+   the target's real `SlotMoves._apply_chunk` through a queue that reorders and duplicates
+   the log entries. After every step: the source's range digest is the snapshot's plus the
+   change log's incremental digest; the target's staged digest is the digest of what it
+   staged, and once the snapshot is in, what it staged is the source's range as of the last
+   log entry it applied; an entry after a gap is refused and changes nothing. At the end
+   the real `SlotMoves.freeze` ships the tail, the target's real `_finish_import` compares
+   seq and digest, and both ranges are equal, key for key.
+
+An AssertionError raised inside production code is a protocol bug, never something to
+weaken here. Private members of node/engine.py, node/relay.py and node/slotmove.py are used
+on purpose: they are the code under test, driven one step at a time instead of by their
+asyncio loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable, Coroutine, Generator
+from dataclasses import dataclass
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import HealthCheck, event, settings, strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from node import engine as engine_module, keys, outbox, slotmove, state_machine as sm
+from node.changelog import MASK, ChangeLog, Followed, key_digest, range_digest
+from node.engine import Engine, Limits
+from node.keys import account_slot
+from node.overlay import Overlay
+from node.relay import _SETTLING, Relay, RelayLimits, TakenResult, _Entry
+from node.slotmove import MoveError, SlotMoves
+from node.slots import IMPORTED, SEALED, SlotTable
+from node.storage import Storage
+from proto import ledger_pb2 as pb, node_pb2
+
+# A passing run takes seconds; a failing one spends up to five minutes (hypothesis' own cap)
+# shrinking its example, since each example opens two RocksDB stores.
+pytestmark = pytest.mark.timeout(600)
+
+SLOTS_TOTAL = 8
+LEDGER = 1
+OTHER_LEDGER = 2
+CODE = 1
+NS_PER_S = 1_000_000_000
+# RocksDB directories go to a RAM-backed file system where there is one: opening and closing two
+# stores per example is most of an example's time, and nothing here depends on the disk.
+SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+ROUNDS_MAX = 20  # delivery rounds a drain may take before the test calls it stuck
+RESOLVES = sm.POST_PENDING | sm.VOID_PENDING
+
+
+def ids_in(slots: range | list[int], count: int, prefix: str) -> list[str]:
+    """The first `count` ids `<prefix>0`, `<prefix>1`, ... whose slot is one of `slots`."""
+    found: list[str] = []
+    for number in itertools.count():
+        candidate = f"{prefix}{number}"
+        if account_slot(candidate, SLOTS_TOTAL) in slots:
+            found.append(candidate)
+            if len(found) == count:
+                return found
+    raise AssertionError("unreachable")
+
+
+def copy_of(message: Any) -> Any:
+    duplicate = type(message)()
+    duplicate.CopyFrom(message)
+    return duplicate
+
+
+def name_of(code: int) -> str:
+    return pb.ResultCode.Name(code)
+
+
+def bucket(count: int) -> str:
+    """A count as a coarse range, for hypothesis' statistics."""
+    for low, high in ((0, 0), (1, 4), (5, 9), (10, 29)):
+        if count <= high:
+            return f"{low}-{high}" if high else "0"
+    return "30+"
+
+
+# Account specs: (flags, overdraft_limit, ledger). Limits make EXCEEDS_CREDITS / EXCEEDS_DEBITS
+# reachable on either side of a cross-node transfer; another ledger makes the ledger checks so.
+AccountSpec = tuple[int, int, int]
+ACCOUNT_SPECS = st.tuples(
+    st.sampled_from((0, 0, 0, sm.DEBITS_MUST_NOT_EXCEED_CREDITS, sm.CREDITS_MUST_NOT_EXCEED_DEBITS)),
+    st.sampled_from((0, 40, 200)),
+    st.sampled_from((LEDGER,) * 7 + (OTHER_LEDGER,)),
+)
+# One account in six is not opened at the start.
+MAYBE_ACCOUNT_SPECS = st.tuples(st.integers(0, 5), ACCOUNT_SPECS).map(lambda drawn: None if drawn[0] == 0 else drawn[1])
+TRANSFER_KINDS = ("plain", "plain", "pending", "pending with timeout")
+RESOLVE_AMOUNTS = ("all", "the pending's", "part", "more")
+PICK = st.integers(0, 1 << 16)  # an index into a list the machine holds (taken modulo its length)
+
+
+class VirtualTime:
+    """Stands in for the `time` module inside node/engine.py: the ledger clock (`Clock.next`)
+    and the expiry sweep (`_expire_due`) read `time_ns`, which moves only when a rule says so."""
+
+    def __init__(self) -> None:
+        self.now_ns = 1_700_000_000 * NS_PER_S
+
+    def time_ns(self) -> int:
+        return self.now_ns
+
+    @staticmethod
+    def perf_counter() -> float:
+        return time.perf_counter()
+
+
+# --- one node in-process ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LegDelivery:
+    """A credit leg as the credit node's ApplyCreditLegs takes it: fenced at `epoch`; its final
+    result goes back to `debit_node` for the relay entry `entry` that was sent."""
+
+    leg: node_pb2.CreditLeg
+    epoch: int
+    debit_node: str
+    entry: _Entry
+
+
+Event = pb.Account | pb.AccountChange | pb.Transfer | LegDelivery
+
+
+class NetworkRelay(Relay):
+    """node/relay.py's relay with the test's network in place of gRPC: its bookkeeping (entries
+    added by `committed`, results handed to the committer by `take_results`, `current`) is the
+    real one; `run` is never started, the test sends and answers the entries instead."""
+
+    def undelivered(self) -> list[_Entry]:
+        """The entries still waiting for a final result (the relay would send or retry them)."""
+        return [entry for entry in self._entries.values() if entry.state != _SETTLING]
+
+    def answered(self, entry: _Entry, code: sm.Code) -> None:
+        """A final result arrived for `entry`. The real relay has one call per entry at a time and
+        takes one result from it; a further copy here is the network's duplicate of a call whose
+        answer was already taken, which the real relay never sees."""
+        if entry.state == _SETTLING:
+            return
+        entry.state = _SETTLING
+        self._results.append(TakenResult(entry, code))
+
+    def legs(self) -> dict[bytes, node_pb2.CreditLeg]:
+        return {key: entry.leg for key, entry in self._entries.items()}
+
+
+class Node:
+    """A node in-process: a real Storage, SlotTable and Engine, a mailbox, and `commit`, one cycle
+    of Engine._commit_loop (without the futures that answer callers)."""
+
+    def __init__(self, name: str, directory: str, owners: dict[int, str]) -> None:
+        self.name = name
+        self.storage = Storage(directory, SLOTS_TOTAL)
+        self.changelog = ChangeLog()
+        self.slots = SlotTable.load(self.storage, name, join=True)
+        self.engine = Engine(self.storage, self.slots, self.changelog, Limits())
+        self.relay = NetworkRelay(self.storage, self.slots.route, lambda: None, RelayLimits())
+        self.engine.relay = self.relay
+        table = [node_pb2.SlotOwnership(slot=slot, epoch=1, owner=owner) for slot, owner in sorted(owners.items())]
+        error = self.engine.assign_slots(node_pb2.AssignSlotsRequest(map_version=1, self_address=name, slots=table))
+        assert error is None, error
+        # After a restart, as Engine.__init__ does for its own relay: every durable entry, checked
+        # against its transfer (a mismatch asserts: our own disk).
+        self.relay.load(self.storage.outbox_entries(self.slots.owned()))
+        self.mailbox: list[Event] = []
+
+    def commit(self) -> list[tuple[Event, sm.Result]]:
+        """Apply the credit nodes' results, then the mailbox, then due expiries, to one overlay,
+        and write it durably, in the order and with the calls of Engine._commit_loop."""
+        events, self.mailbox = self.mailbox, []
+        engine = self.engine
+        overlay = Overlay(self.storage)
+        engine._apply_leg_results(overlay)
+        outcomes = [(event, self._apply(overlay, event)) for event in events]
+        engine._expire_due(overlay)
+        if not overlay.empty():
+            engine._commit(overlay, [])
+        return outcomes
+
+    def _apply(self, overlay: Overlay, event: Event) -> sm.Result:
+        """One event as the services check it and Engine._apply applies it: the request's
+        checks, the fence, then the state machine or the outbox."""
+        clock = self.engine.clock
+        if isinstance(event, LegDelivery):
+            leg = event.leg
+            assert outbox.malformed_leg(leg) is None, leg  # our own debit node wrote it
+            if not self.slots.serves(account_slot(leg.credit_account_id, SLOTS_TOTAL), event.epoch):
+                return sm.Result(pb.WRONG_SLOT)
+            return outbox.apply_credit_leg(overlay, leg, clock.next())
+        if isinstance(event, pb.Transfer):
+            assert sm.malformed_transfer(event) is None and sm.validate_transfer(event) is None, event
+            assert self.slots.serves(account_slot(event.debit_account_id, SLOTS_TOTAL), 0), event
+            return self.engine._apply_transfer(overlay, event, clock.next())
+        if isinstance(event, pb.Account):
+            assert sm.malformed_account(event) is None and sm.validate_account(event) is None, event
+            assert self.slots.serves(account_slot(event.id, SLOTS_TOTAL), 0), event
+            return sm.apply_account(overlay, event, clock.next())
+        assert sm.validate_change(event) is None, event
+        assert self.slots.serves(account_slot(event.account_id, SLOTS_TOTAL), 0), event
+        return sm.apply_change(overlay, event, clock.next())
+
+    def account(self, account_id: str) -> pb.Account | None:
+        """The committed account; the published copy readers get must be the durable one."""
+        entry = self.storage.account_entry(account_id)
+        durable = self.storage.get(keys.account_key_of(account_id, SLOTS_TOTAL))
+        assert (entry is None) == (durable is None), (account_id, entry, durable)
+        if entry is None:
+            return None
+        assert entry[1] == durable, (account_id, entry[0])
+        return entry[0]
+
+    def outbox(self) -> dict[bytes, node_pb2.CreditLeg]:
+        return dict(self.storage.outbox_entries(self.slots.owned()))
+
+    def idle(self, now_ns: int) -> bool:
+        """Nothing to commit, nothing in the outbox, and no expiry due for which the engine's
+        ticker (Engine._expiry_ticker) would wake the committer: a node that would sleep."""
+        expiries = self.engine._expiries
+        return not (self.mailbox or len(self.relay) or (expiries and expiries[0][0] <= now_ns))
+
+
+# --- clients, shared by both machines --------------------------------------------------------------
+
+TransferKey = tuple[str, str]  # (debit_account_id, transfer_id)
+
+
+def replay_answer(record: pb.Transfer) -> int:
+    """What a replay of a stored transfer answers (node/state_machine.py step 6, node/outbox.py)."""
+    if record.state == pb.TRANSFER_IN_FLIGHT:
+        return pb.IN_FLIGHT
+    if record.state == pb.TRANSFER_REJECTED:
+        return record.result
+    return pb.EXISTS
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Clients of in-process nodes: accounts, transfers, posts and voids, account changes,
+    replays and the clock. Subclasses build the nodes and say which node owns an account."""
+
+    accounts: list[str]  # the pool the rules pick from (some are opened only by a rule)
+    committers: list[str]  # the nodes the `commit` rule may run
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directory = tempfile.mkdtemp(prefix="yunkai-protocols-", dir=SCRATCH)
+        self.clock = VirtualTime()
+        self._patches: list[Any] = [mock.patch.object(engine_module, "time", self.clock)]
+        for patch in self._patches:
+            patch.start()
+        self.nodes: dict[str, Node] = {}
+        self.requests: dict[TransferKey, pb.Transfer] = {}  # every transfer sent, as first sent
+        self.answers: dict[TransferKey, sm.Result] = {}  # the first answer of each applied one
+        self.pendings: list[TransferKey] = []
+        self._numbers = itertools.count(1)
+
+    def node_of(self, account_id: str) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            node.storage.close()
+        for patch in reversed(self._patches):
+            patch.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # --- sending requests -----------------------------------------------------------------------
+
+    def submit(self, event: Event, commit: bool) -> None:
+        if isinstance(event, pb.Transfer):
+            account_id = event.debit_account_id
+        elif isinstance(event, pb.Account):
+            account_id = event.id
+        else:
+            assert isinstance(event, pb.AccountChange)
+            account_id = event.account_id
+        name = self.node_of(account_id)
+        self.nodes[name].mailbox.append(event)
+        if commit:
+            self.commit_node(name)
+
+    def commit_node(self, name: str) -> None:
+        replays: list[tuple[TransferKey, sm.Result]] = []
+        for applied, result in self.nodes[name].commit():
+            if isinstance(applied, LegDelivery):
+                self.leg_answered(applied, result)
+            elif isinstance(applied, pb.Transfer):
+                key = (applied.debit_account_id, applied.id)
+                if key in self.answers:
+                    replays.append((key, result))
+                else:
+                    self.first_answer(key, result)
+        # A replay is checked against the record once durable: nothing in the rest of its cycle
+        # changes what a replay answers (results are applied first; expiries, posts and voids
+        # only move a pending between states that all answer EXISTS).
+        for key, result in replays:
+            record = self.record(key)
+            assert record is not None, key
+            expected = replay_answer(record)
+            assert result.code == expected, (
+                f"a replay of {key} answered {name_of(result.code)}; its record says {name_of(expected)}: {record}"
+            )
+        self.committed(name)
+
+    def committed(self, name: str) -> None:
+        """Called after each cycle of node `name` (subclasses watch what it wrote)."""
+
+    def leg_answered(self, delivery: LegDelivery, result: sm.Result) -> None:
+        raise AssertionError(f"no legs travel in this machine: {delivery}")
+
+    def first_answer(self, key: TransferKey, result: sm.Result) -> None:
+        assert result.code not in (pb.EXISTS, pb.EXISTS_WITH_DIFFERENT_FIELDS), (key, result)
+        # Only an event that was just accepted into the outbox is Accepted (its caller then
+        # gets OK, not EXISTS, when it settles).
+        assert (result.code == pb.IN_FLIGHT) == isinstance(result, outbox.Accepted), (key, result)
+        self.answers[key] = result
+        event(f"first answer {name_of(result.code)}")
+
+    def record(self, key: TransferKey) -> pb.Transfer | None:
+        debit, transfer_id = key
+        return self.nodes[self.node_of(debit)].storage.transfer(debit, transfer_id)
+
+    def records(self) -> dict[TransferKey, pb.Transfer]:
+        """The record of every transfer applied so far (each one is stored or journaled)."""
+        records: dict[TransferKey, pb.Transfer] = {}
+        for key in self.answers:
+            record = self.record(key)
+            assert record is not None, f"{key} was answered {self.answers[key]} but is not stored"
+            records[key] = record
+        return records
+
+    def account_at(self, index: int) -> str:
+        return self.accounts[index % len(self.accounts)]
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}{next(self._numbers)}"
+
+    def check_first_answers(self, records: dict[TransferKey, pb.Transfer]) -> None:
+        """Every record agrees with the first answer its transfer got."""
+        for key, record in records.items():
+            first = self.answers[key].code
+            if first == pb.OK:
+                assert record.state not in (pb.TRANSFER_REJECTED, pb.TRANSFER_IN_FLIGHT), (key, record)
+            elif first != pb.IN_FLIGHT:
+                assert record.state == pb.TRANSFER_REJECTED and record.result == first, (key, name_of(first), record)
+
+    # --- rules ----------------------------------------------------------------------------------
+
+    def open(self, account_id: str, spec: AccountSpec, commit: bool) -> None:
+        flags, limit, ledger = spec
+        self.submit(pb.Account(id=account_id, ledger=ledger, code=CODE, flags=flags, overdraft_limit=limit), commit)
+
+    @rule(account=PICK, spec=ACCOUNT_SPECS, commit=st.booleans())
+    def open_account(self, account: int, spec: AccountSpec, commit: bool) -> None:
+        self.open(self.account_at(account), spec, commit)
+
+    @rule(
+        batch=st.lists(
+            st.tuples(PICK, PICK, st.integers(1, 60), st.sampled_from(TRANSFER_KINDS), st.integers(1, 3)),
+            min_size=1,
+            max_size=3,
+        ),
+        commit=st.booleans(),
+    )
+    def transfer(self, batch: list[tuple[int, int, int, str, int]], commit: bool) -> None:
+        """1-3 plain or pending transfers, each within a node or across (committed together when
+        their debit accounts share a node)."""
+        for debit, credit, amount, kind, timeout_s in batch:
+            debit_id = self.account_at(debit)
+            credit_id = self.account_at(credit)
+            if credit_id == debit_id:
+                credit_id = self.account_at(credit + 1)
+            t = pb.Transfer(
+                id=self.new_id("t"),
+                debit_account_id=debit_id,
+                credit_account_id=credit_id,
+                amount=amount,
+                ledger=LEDGER,
+                code=CODE,
+                flags=sm.PENDING if kind != "plain" else 0,
+                timeout_s=timeout_s if kind == "pending with timeout" else 0,
+            )
+            key = (debit_id, t.id)
+            self.requests[key] = t
+            if t.flags & sm.PENDING:
+                self.pendings.append(key)
+            self.submit(copy_of(t), commit=False)
+        if commit:
+            for name in self.committers:
+                self.commit_node(name)
+
+    @precondition(lambda self: bool(self.pendings))
+    @rule(
+        batch=st.lists(
+            st.tuples(PICK, st.booleans(), st.sampled_from(RESOLVE_AMOUNTS), st.booleans()), min_size=1, max_size=2
+        ),
+        confirmed=st.booleans(),
+        commit=st.booleans(),
+    )
+    def resolve(self, batch: list[tuple[int, bool, str, bool]], confirmed: bool, commit: bool) -> None:
+        """Posts or voids of pending transfers: of any (`confirmed` False) or of one its client
+        has seen PENDING; two in a batch may resolve the same one."""
+        candidates = self.pendings
+        if confirmed:
+            candidates = [key for key in self.pendings if self.state_of(key) == pb.TRANSFER_PENDING] or candidates
+        for pick, void, amount, name_credit in batch:
+            debit_id, pending_id = candidates[pick % len(candidates)]
+            pending = self.requests[(debit_id, pending_id)]
+            amounts = {"all": 0, "the pending's": pending.amount, "part": max(1, pending.amount // 2)}
+            t = pb.Transfer(
+                id=self.new_id("r"),
+                debit_account_id=debit_id,
+                credit_account_id=pending.credit_account_id if name_credit else "",
+                pending_id=pending_id,
+                amount=amounts.get(amount, pending.amount + 1),
+                flags=sm.VOID_PENDING if void else sm.POST_PENDING,
+            )
+            self.requests[(debit_id, t.id)] = t
+            self.submit(copy_of(t), commit=False)
+        if commit:
+            self.commit_node(self.node_of(debit_id))
+
+    def state_of(self, key: TransferKey) -> int:
+        record = self.record(key)
+        return pb.TRANSFER_STATE_UNSPECIFIED if record is None else record.state
+
+    @rule(
+        account=PICK,
+        kind=st.sampled_from((pb.FREEZE, pb.UNFREEZE, pb.FREEZE, pb.UNFREEZE, pb.CLOSE)),
+        commit=st.booleans(),
+    )
+    def change_account(self, account: int, kind: pb.ChangeKind, commit: bool) -> None:
+        change = pb.AccountChange(id=self.new_id("c"), account_id=self.account_at(account), kind=kind)
+        self.submit(change, commit)
+
+    @precondition(lambda self: bool(self.requests))
+    @rule(pick=PICK, commit=st.booleans())
+    def replay(self, pick: int, commit: bool) -> None:
+        request = list(self.requests.values())[pick % len(self.requests)]
+        self.submit(copy_of(request), commit)
+
+    @rule(seconds=st.integers(1, 3))
+    def advance_time(self, seconds: int) -> None:
+        self.clock.now_ns += seconds * NS_PER_S
+
+    @rule(which=st.integers(0, 1))
+    def commit(self, which: int) -> None:
+        self.commit_node(self.committers[which % len(self.committers)])
+
+
+# --- 1. the durable outbox ---------------------------------------------------------------------
+
+OWNERS = {"A": range(0, 4), "B": range(4, 8)}
+OWNER_OF_SLOT = {slot: name for name, slots in OWNERS.items() for slot in slots}
+# Three accounts per node, opened at the start unless the example says otherwise (then transfers
+# with them fail DEBIT_ACCOUNT_NOT_FOUND or CREDIT_ACCOUNT_NOT_FOUND until a rule opens them).
+OUTBOX_ACCOUNTS = {name: ids_in(slots, 3, name.lower()) for name, slots in OWNERS.items()}
+
+
+@dataclass(frozen=True)
+class LegMessage:
+    """A leg on its way from the debit node's relay to the owner of its credit slot."""
+
+    debit_node: str
+    credit_node: str
+    entry: _Entry
+    leg: node_pb2.CreditLeg
+    epoch: int
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    """A leg's final result on its way back to the debit node."""
+
+    debit_node: str
+    entry: _Entry
+    code: sm.Code
+
+
+Message = LegMessage | ResultMessage
+
+
+class OutboxMachine(LedgerMachine):
+    """Two nodes and the network between them; see the module docstring, part 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accounts = [account_id for ids in OUTBOX_ACCOUNTS.values() for account_id in ids]
+        self.committers = sorted(OWNERS)
+        self.network: list[Message] = []
+        self.violations: list[str] = []
+        try:
+            for name in OWNERS:
+                self.nodes[name] = Node(name, os.path.join(self.directory, name), OWNER_OF_SLOT)
+        except BaseException:
+            self.close()
+            raise
+
+    def node_of(self, account_id: str) -> str:
+        return OWNER_OF_SLOT[account_slot(account_id, SLOTS_TOTAL)]
+
+    def teardown(self) -> None:
+        try:
+            # An example that already failed is not drained: its own failure is the report.
+            if sys.exc_info()[0] is None:
+                self.quiesce()
+        finally:
+            self.close()
+
+    @initialize(specs=st.lists(MAYBE_ACCOUNT_SPECS, min_size=6, max_size=6))
+    def open_accounts(self, specs: list[AccountSpec | None]) -> None:
+        for account_id, spec in zip(self.accounts, specs, strict=True):
+            if spec is not None:
+                self.open(account_id, spec, commit=False)
+        for name in self.committers:
+            self.commit_node(name)
+
+    # --- the transport ----------------------------------------------------------------------------
+
+    def send(self, debit_node: str, entry: _Entry) -> None:
+        """What the relay does with an entry: route its leg by the slot table and send it."""
+        leg = node_pb2.CreditLeg.FromString(entry.leg.SerializeToString())  # what the wire carries
+        epoch, owner = self.nodes[debit_node].slots.route(account_slot(leg.credit_account_id, SLOTS_TOTAL))
+        self.network.append(LegMessage(debit_node, owner, entry, leg, epoch))
+
+    def deliver(self, message: Message) -> None:
+        if isinstance(message, LegMessage):
+            delivery = LegDelivery(message.leg, message.epoch, message.debit_node, message.entry)
+            self.nodes[message.credit_node].mailbox.append(delivery)
+        else:
+            self.nodes[message.debit_node].relay.answered(message.entry, message.code)
+
+    def leg_answered(self, delivery: LegDelivery, result: sm.Result) -> None:
+        event(f"leg {node_pb2.LegKind.Name(delivery.leg.kind)} answered {name_of(result.code)}")
+        if result.code in outbox.LEG_OUTCOMES:
+            self.network.append(ResultMessage(delivery.debit_node, delivery.entry, result.code))
+        else:  # WRONG_SLOT cannot happen with one table, and the rest are protocol refusals
+            self.violations.append(f"leg refused {name_of(result.code)}: {delivery.leg}")
+
+    def undelivered(self) -> list[tuple[str, _Entry]]:
+        return [(name, entry) for name, node in self.nodes.items() for entry in node.relay.undelivered()]
+
+    @precondition(lambda self: bool(self.undelivered()))
+    @rule(pick=PICK)
+    def send_leg(self, pick: int) -> None:
+        """The relay sends (or, after a loss, re-sends) an entry that has no final result yet."""
+        entries = self.undelivered()
+        self.send(*entries[pick % len(entries)])
+
+    @precondition(lambda self: bool(self.network))
+    @rule(pick=PICK, commit=st.booleans())
+    def deliver_message(self, pick: int, commit: bool) -> None:
+        """Any message may overtake the others."""
+        message = self.network.pop(pick % len(self.network))
+        self.deliver(message)
+        if commit and isinstance(message, LegMessage):
+            self.commit_node(message.credit_node)
+
+    @precondition(lambda self: bool(self.network))
+    @rule(pick=PICK)
+    def duplicate_message(self, pick: int) -> None:
+        self.network.append(self.network[pick % len(self.network)])
+
+    @precondition(lambda self: bool(self.network))
+    @rule(pick=PICK)
+    def drop_message(self, pick: int) -> None:
+        del self.network[pick % len(self.network)]
+
+    @rule(which=st.integers(0, 1))
+    def restart(self, which: int) -> None:
+        """A node stops at once (kill -9) and starts again from its data directory: what was not
+        durable is gone (its mailbox, the relay's memory and the results it had not applied yet);
+        its outbox is reloaded and re-driven, and answers to legs its old relay sent are no longer
+        `current`. A client request lost in the mailbox was never answered: it is forgotten."""
+        name = self.committers[which % len(self.committers)]
+        node = self.nodes[name]
+        for lost in node.mailbox:
+            if isinstance(lost, pb.Transfer) and (lost.debit_account_id, lost.id) not in self.answers:
+                key = (lost.debit_account_id, lost.id)
+                self.requests.pop(key, None)
+                if key in self.pendings:
+                    self.pendings.remove(key)
+        node.storage.close()
+        self.nodes[name] = Node(name, os.path.join(self.directory, name), OWNER_OF_SLOT)
+        event("restarted a node")
+
+    @rule(seed=st.integers(0, 1 << 16))
+    def relay_round(self, seed: int) -> None:
+        """Both relays send every entry without a result; the network delivers everything in a
+        random order; both nodes commit. (Progress, so that posts, voids and expiries find their
+        pendings confirmed; the rules above make the adversarial interleavings.)"""
+        order = random.Random(seed)
+        for name, entry in self.undelivered():
+            self.send(name, entry)
+        order.shuffle(self.network)
+        while self.network:
+            self.deliver(self.network.pop())
+        for name in order.sample(self.committers, len(self.committers)):
+            self.commit_node(name)
+
+    @rule()
+    def settle(self) -> None:
+        self.quiesce()
+
+    # --- quiescence --------------------------------------------------------------------------------
+
+    def quiesce(self) -> None:
+        """Deliver everything, the relays re-sending what has no result, until both outboxes are
+        empty; then check what must hold at quiescence."""
+        for _round in range(ROUNDS_MAX):
+            for name in self.committers:
+                self.commit_node(name)
+            if not self.network and all(node.idle(self.clock.now_ns) for node in self.nodes.values()):
+                break
+            for name, entry in self.undelivered():
+                self.send(name, entry)
+            while self.network:
+                self.deliver(self.network.pop(0))
+        else:
+            raise AssertionError(f"not quiescent after {ROUNDS_MAX} rounds; violations: {self.violations}")
+        self.check_quiescent()
+
+    def check_quiescent(self) -> None:
+        for node in self.nodes.values():
+            assert node.outbox() == {} and len(node.relay) == 0, (node.name, node.outbox())
+        records = self.records()
+        debits_posted = credits_posted = 0
+        for account_id in self.accounts:
+            account = self.nodes[self.node_of(account_id)].account(account_id)
+            if account is None:
+                continue
+            debits_posted += account.debits_posted
+            credits_posted += account.credits_posted
+            # What the final records say, one record at a time: a plain transfer or a post moved
+            # its amount once, a pending in state PENDING holds its amount on both sides.
+            expected = pb.Account(id=account_id)
+            for r in records.values():
+                posts = r.state == pb.TRANSFER_POSTED and not r.flags & (sm.PENDING | sm.VOID_PENDING)
+                holds = r.state == pb.TRANSFER_PENDING
+                if r.debit_account_id == account_id:
+                    expected.debits_posted += r.amount if posts else 0
+                    expected.debits_pending += r.amount if holds else 0
+                if r.credit_account_id == account_id:
+                    expected.credits_posted += r.amount if posts else 0
+                    expected.credits_pending += r.amount if holds else 0
+            balances = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
+            assert [getattr(account, b) for b in balances] == [getattr(expected, b) for b in balances], (
+                account,
+                expected,
+            )
+        assert debits_posted == credits_posted, (debits_posted, credits_posted)
+        for key, record in records.items():
+            assert record.state != pb.TRANSFER_IN_FLIGHT, record
+            event(f"settled {pb.TransferState.Name(record.state)}")
+            other = next(name for name in self.nodes if name != self.node_of(key[0]))
+            assert self.nodes[other].storage.transfer(*key) is None, (other, record)
+        self.replay_everything()
+
+    def replay_everything(self) -> None:
+        """Every transfer sent, sent again: each answers its stored outcome (checked in
+        commit_node) and nothing moves."""
+        before = {account_id: self.nodes[self.node_of(account_id)].account(account_id) for account_id in self.accounts}
+        stored = self.records()
+        for request in self.requests.values():
+            self.submit(copy_of(request), commit=False)
+        for name in self.committers:
+            self.commit_node(name)
+        after = {account_id: self.nodes[self.node_of(account_id)].account(account_id) for account_id in self.accounts}
+        assert before == after
+        assert self.records() == stored
+
+    # --- invariants ---------------------------------------------------------------------------------
+
+    @invariant()
+    def outbox_protocol_holds(self) -> None:
+        """Every invariant of part 1 of the module docstring, over one read of both nodes."""
+        assert not self.violations, self.violations
+        records = self.records()
+        self.check_first_answers(records)
+        legs: dict[tuple[str, str, int], node_pb2.CreditLeg] = {}
+        for node in self.nodes.values():
+            durable = node.outbox()
+            assert node.relay.legs() == durable, f"{node.name}'s relay does not hold its durable outbox"
+            for leg in durable.values():
+                legs[(leg.debit_account_id, outbox.subject_of(leg), leg.kind)] = leg
+        accounts = {
+            account_id: self.nodes[self.node_of(account_id)].account(account_id) for account_id in self.accounts
+        }
+        opened = {account_id: account for account_id, account in accounts.items() if account is not None}
+        self.check_entries_match_states(records, legs)
+        self.check_balances_covered(records, legs, opened)
+        self.check_credited_money_in_the_outbox(legs, opened)
+
+    def check_entries_match_states(
+        self, records: dict[TransferKey, pb.Transfer], legs: dict[tuple[str, str, int], node_pb2.CreditLeg]
+    ) -> None:
+        """An outbox entry exists exactly while its transfer is IN_FLIGHT; a RELEASE, while its
+        pending is voided or expired."""
+        for (debit, transfer_id), record in records.items():
+            if record.state != pb.TRANSFER_IN_FLIGHT:
+                continue
+            if record.flags & sm.POST_PENDING:
+                entry = legs.get((debit, record.pending_id, node_pb2.LEG_POST))
+                assert entry is not None and entry.transfer_id == transfer_id, (record, entry)
+            else:
+                leg_kind = node_pb2.LEG_RESERVE if record.flags & sm.PENDING else node_pb2.LEG_CREDIT
+                assert (debit, transfer_id, leg_kind) in legs, record
+        for (debit, subject, kind), leg in legs.items():
+            subject_record = records[(debit, subject)]
+            if kind == node_pb2.LEG_RELEASE:
+                assert subject_record.state in (pb.TRANSFER_VOIDED, pb.TRANSFER_EXPIRED), (leg, subject_record)
+            elif kind == node_pb2.LEG_POST:
+                assert subject_record.state == pb.TRANSFER_PENDING, (leg, subject_record)
+                assert records[(debit, leg.transfer_id)].state == pb.TRANSFER_IN_FLIGHT, leg
+            else:
+                assert subject_record.state == pb.TRANSFER_IN_FLIGHT, (leg, subject_record)
+
+    def check_balances_covered(
+        self,
+        records: dict[TransferKey, pb.Transfer],
+        legs: dict[tuple[str, str, int], node_pb2.CreditLeg],
+        accounts: dict[str, pb.Account],
+    ) -> None:
+        """No balance is negative; debits_pending is exactly what the account's in-flight and
+        pending transfers hold; credits_pending lies between what is surely and possibly reserved."""
+        for account_id, account in accounts.items():
+            balances = (account.debits_posted, account.credits_posted, account.debits_pending, account.credits_pending)
+            assert min(balances) >= 0, account
+            held = surely = possibly = 0
+            for (debit, transfer_id), r in records.items():
+                if r.debit_account_id == account_id and (
+                    r.state == pb.TRANSFER_PENDING or (r.state == pb.TRANSFER_IN_FLIGHT and not r.flags & RESOLVES)
+                ):
+                    held += r.amount
+                if r.credit_account_id != account_id or not r.flags & sm.PENDING:
+                    continue
+                # The credit side reserves when its RESERVE is applied, before the debit side
+                # learns it, and releases when a POST or RELEASE is applied, before or after.
+                claimed = (debit, transfer_id, node_pb2.LEG_POST) in legs
+                releasing = (debit, transfer_id, node_pb2.LEG_RELEASE) in legs
+                if r.state == pb.TRANSFER_PENDING and not claimed:
+                    surely += r.amount
+                if r.state in (pb.TRANSFER_IN_FLIGHT, pb.TRANSFER_PENDING) or (
+                    releasing and r.state in (pb.TRANSFER_VOIDED, pb.TRANSFER_EXPIRED)
+                ):
+                    possibly += r.amount
+            assert account.debits_pending == held, (account, held)
+            assert surely <= account.credits_pending <= possibly, (account, surely, possibly)
+
+    def check_credited_money_in_the_outbox(
+        self, legs: dict[tuple[str, str, int], node_pb2.CreditLeg], accounts: dict[str, pb.Account]
+    ) -> None:
+        """Σ credits_posted - Σ debits_posted is exactly the amount of the CREDIT and POST
+        entries whose leg the credit node has applied OK (the debit side posts on the result)."""
+        posted = sum(account.credits_posted - account.debits_posted for account in accounts.values())
+        applied = 0
+        for leg in legs.values():
+            if leg.kind not in (node_pb2.LEG_CREDIT, node_pb2.LEG_POST):
+                continue
+            credit_slot = account_slot(leg.credit_account_id, SLOTS_TOTAL)
+            key = keys.applied_leg_key(credit_slot, leg.debit_account_id, leg.transfer_id, leg.kind)
+            result = self.nodes[OWNER_OF_SLOT[credit_slot]].storage.applied_leg(key)
+            if result is not None and result.code == pb.OK:
+                applied += leg.amount
+        assert posted == applied, (posted, applied)
+
+
+OUTBOX_SETTINGS = settings(
+    max_examples=60,
+    stateful_step_count=50,
+    deadline=None,
+    # One failure, shrunk to the smallest example of any of them: far quicker than shrinking
+    # each distinct failure (an example opens two RocksDB stores).
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+# Collected by pytest as unittest cases (so that `--hypothesis-show-statistics` shows the events
+# above: which outcomes and leg results each run reached).
+TestCrossNodeTransfersSettleExactlyOnceOverALossyNetwork = OutboxMachine.TestCase
+TestCrossNodeTransfersSettleExactlyOnceOverALossyNetwork.settings = OUTBOX_SETTINGS
+
+
+# --- 2. the slot change log, digests and a slot move's import -------------------------------------
+
+MOVED_SLOT = 6
+MIGRATION_ID = "m-1"
+CHUNK_KEYS_MAX = 3  # small, so that the snapshot takes several chunks and writes fall between them
+DELIVERIES_MAX = 2000  # deliveries of the tail in random order before the harness re-sends it in order
+# Three accounts in the moved slot, two elsewhere: transfers between them write the slot's
+# accounts, transfers, history, expiry index (puts and deletes) and applied-leg journal.
+MOVE_ACCOUNTS = ids_in([MOVED_SLOT], 3, "m") + ids_in([1], 1, "n") + ids_in([3], 1, "q")
+
+
+@types.coroutine
+def _pause() -> Generator[None, None, None]:
+    """Suspend the coroutine that awaits this: the test's `send(None)` resumes it (and under
+    asyncio it is `sleep(0)`)."""
+    yield
+
+
+class ImportStream:
+    """The ImportSlot call as the exporter sees it (grpc.aio's StreamUnaryCall): each chunk written
+    goes on the machine's queue and suspends the exporter, so the test decides what happens
+    between two chunks; awaiting the call runs the target's end of the stream."""
+
+    def __init__(self, machine: SlotMoveMachine) -> None:
+        self.machine = machine
+
+    async def write(self, chunk: node_pb2.SlotChunk) -> None:
+        self.machine.shipped(node_pb2.SlotChunk.FromString(chunk.SerializeToString()))
+        await _pause()
+
+    async def done_writing(self) -> None:
+        return None
+
+    def cancel(self) -> bool:
+        self.machine.export_cancelled = True  # the export failed: its own error is the report
+        return True
+
+    def __await__(self) -> Generator[Any, None, node_pb2.ImportSlotResponse]:
+        return self.machine.import_rest().__await__()
+
+
+class ImportChannel:
+    """Just enough of a grpc.aio channel for node_pb2_grpc.NodeStub: only ImportSlot is called."""
+
+    def __init__(self, stream: ImportStream) -> None:
+        self.stream = stream
+
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        return self._unexpected
+
+    def stream_unary(self, *args: Any, **kwargs: Any) -> Callable[..., ImportStream]:
+        return lambda **call: self.stream
+
+    def _unexpected(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the exporter calls only ImportSlot")
+
+
+class SlotMoveMachine(LedgerMachine):
+    """A source node exporting MOVED_SLOT to a target while it commits; see the module docstring, part 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accounts = list(MOVE_ACCOUNTS)
+        self.committers = ["source"]
+        self._patches.append(mock.patch.object(slotmove, "CHUNK_KEYS_MAX", CHUNK_KEYS_MAX))
+        self._patches[-1].start()
+        try:
+            owners = dict.fromkeys(range(SLOTS_TOTAL), "source")
+            for name in ("source", "target"):
+                self.nodes[name] = Node(name, os.path.join(self.directory, name), owners)
+        except BaseException:
+            self.close()
+            raise
+        self.source, self.target = self.nodes["source"], self.nodes["target"]
+        self.source_moves = SlotMoves(self.source.engine, self.source.slots, self.source.storage, self.source.changelog)
+        self.target_moves = SlotMoves(self.target.engine, self.target.slots, self.target.storage, self.target.changelog)
+        # The exporter's channel to the target (SlotMoves keeps one per address): the test's stream.
+        self.source_moves._channels["target"] = ImportChannel(ImportStream(self))
+        self.exporter: Coroutine[Any, Any, node_pb2.StartExportResponse] | None = None
+        self.exported: node_pb2.StartExportResponse | None = None
+        self.wire: list[node_pb2.SlotChunk] = []  # chunks shipped and not yet applied
+        self.log_shipped: list[node_pb2.SlotChunk] = []  # every log entry shipped (for duplicates)
+        self.last_chunk: node_pb2.SlotChunk | None = None
+        self.snapshot_staged = 0  # snapshot keys the target staged
+        self.at_seq: dict[int, dict[bytes, bytes]] = {}  # the source's range after each log entry; 0: the snapshot
+        self.rng = random.Random(0)
+        self.export_cancelled = False
+        self.log: Followed | None = None
+        self.source_commits = 0
+        self.start_after = 0
+
+    def node_of(self, account_id: str) -> str:
+        return "source"
+
+    def teardown(self) -> None:
+        try:
+            if sys.exc_info()[0] is None:  # an example that already failed keeps its own report
+                self.finish_move()
+        finally:
+            self.close()
+
+    @initialize(
+        specs=st.lists(MAYBE_ACCOUNT_SPECS, min_size=5, max_size=5),
+        start_after=st.integers(0, 12),
+        seed=st.integers(0, 1 << 16),
+    )
+    def open_accounts(self, specs: list[AccountSpec | None], start_after: int, seed: int) -> None:
+        self.start_after = start_after  # source commits before the export starts
+        self.rng = random.Random(seed)  # the order the tail arrives in at the end
+        for account_id, spec in zip(self.accounts, specs, strict=True):
+            if spec is not None:
+                self.open(account_id, spec, commit=False)
+        self.commit_node("source")
+
+    # --- the source -------------------------------------------------------------------------------
+
+    def followed(self) -> Followed:
+        """The change log's record of the moved slot (kept past the freeze, which stops following)."""
+        assert self.log is not None
+        return self.log
+
+    def committed(self, name: str) -> None:
+        self.source_commits += 1
+        if not self.at_seq:
+            if self.source_commits > self.start_after:
+                self.start_export()
+            return
+        seq = self.followed().seq
+        if seq not in self.at_seq:
+            assert seq == max(self.at_seq) + 1, (seq, sorted(self.at_seq))  # one entry per batch
+            self.at_seq[seq] = dict(self.source.storage.slot_items(MOVED_SLOT))
+
+    def shipped(self, chunk: node_pb2.SlotChunk) -> None:
+        assert (chunk.migration_id, chunk.slot) == (MIGRATION_ID, MOVED_SLOT), chunk
+        if chunk.last:
+            assert self.last_chunk is None, chunk
+            self.last_chunk = chunk
+            return
+        self.wire.append(chunk)
+        if chunk.seq:
+            self.log_shipped.append(chunk)
+
+    def step_exporter(self) -> None:
+        assert self.exporter is not None
+        try:
+            self.exporter.send(None)
+        except StopIteration as done:
+            self.exporter = None
+            self.exported = done.value
+            assert self.exported is not None and self.exported.keys == len(self.at_seq[0]), self.exported
+
+    def start_export(self) -> None:
+        self.target_moves.prepare_import(MIGRATION_ID, MOVED_SLOT, "source")
+        # No batch commits before the exporter's first step, which opens its snapshot and follows
+        # the slot (and ships at most one chunk): the range now is the snapshot's.
+        self.at_seq[0] = dict(self.source.storage.slot_items(MOVED_SLOT))
+        self.exporter = self.source_moves.start_export(MIGRATION_ID, MOVED_SLOT, "target")
+        self.step_exporter()
+        self.log = self.source_moves._exports[MOVED_SLOT].followed
+        assert self.log.seq == 0
+
+    @precondition(lambda self: self.exporter is not None)
+    @rule()
+    def export_step(self) -> None:
+        self.step_exporter()
+
+    # --- the target ---------------------------------------------------------------------------------
+
+    def staged(self) -> node_pb2.SlotMove:
+        record = self.target.slots.staged(MOVED_SLOT)
+        assert record is not None
+        return record
+
+    def staged_state(self) -> tuple[int, int, dict[bytes, bytes]]:
+        record = self.staged()
+        return record.last_seq, record.digest, dict(self.target.storage.slot_items(MOVED_SLOT))
+
+    def deliverable(self) -> list[int]:
+        """The queued chunks that may arrive next: the snapshot's in any order (the keys of a
+        snapshot commute); log entries, in any order and again, once the snapshot is in (one
+        stream carries the snapshot before the log)."""
+        snapshot = [index for index, chunk in enumerate(self.wire) if chunk.seq == 0]
+        return snapshot or list(range(len(self.wire)))
+
+    def apply_chunk(self, index: int) -> None:
+        """The target takes queued chunk `index` with SlotMoves._apply_chunk (private: it is the
+        import's rule for one chunk, which import_slot runs for each chunk of its stream)."""
+        chunk = self.wire[index]
+        before = self.staged_state()
+        if chunk.seq > before[0] + 1:
+            with pytest.raises(MoveError, match="a gap"):
+                self.target_moves._apply_chunk(self.staged(), chunk)
+            assert self.staged_state() == before, "a refused entry changed the staging"
+            event("log entry after a gap refused")
+            return  # it stays queued: the harness delivers it again after the entries before it
+        del self.wire[index]
+        staged = self.target_moves._apply_chunk(self.staged(), chunk)
+        if chunk.seq == 0:
+            assert staged == len(chunk.ops), (staged, chunk)
+            self.snapshot_staged += staged
+        elif chunk.seq <= before[0]:
+            assert self.staged_state() == before, f"entry {chunk.seq} applied twice"
+            event("log entry applied already skipped")
+        else:
+            assert self.staged().last_seq == chunk.seq
+
+    @precondition(lambda self: bool(self.wire))
+    @rule(pick=PICK)
+    def deliver_chunk(self, pick: int) -> None:
+        choices = self.deliverable()
+        self.apply_chunk(choices[pick % len(choices)])
+
+    @precondition(lambda self: bool(self.log_shipped))
+    @rule(pick=PICK)
+    def duplicate_entry(self, pick: int) -> None:
+        self.wire.append(self.log_shipped[pick % len(self.log_shipped)])
+
+    async def import_rest(self) -> node_pb2.ImportSlotResponse:
+        """The target's end of the stream, once the source has shipped its tail: the queued
+        chunks arrive in a random order, some twice, until none is left; then the last chunk,
+        which the real `_finish_import` checks."""
+        for _delivery in range(DELIVERIES_MAX):
+            if not self.wire:
+                break
+            self.apply_chunk(self.rng.choice(self.deliverable()))
+            if self.log_shipped and self.rng.random() < 0.2:
+                self.wire.append(self.rng.choice(self.log_shipped))
+        while self.wire:  # the harness re-sends in order
+            first = min(range(len(self.wire)), key=lambda index: self.wire[index].seq)
+            waiting = len(self.wire)
+            self.apply_chunk(first)
+            assert len(self.wire) < waiting, f"log entry {self.staged().last_seq + 1} was never shipped"
+        assert self.last_chunk is not None
+        return await self.target_moves._finish_import(self.staged(), self.last_chunk, self.snapshot_staged)
+
+    # --- the end of the move --------------------------------------------------------------------------
+
+    def finish_move(self) -> None:
+        if not self.at_seq:
+            self.start_export()
+        while self.exporter is not None:
+            self.step_exporter()
+        reply = asyncio.run(self.freeze())
+        assert not self.export_cancelled
+        source = dict(self.source.storage.slot_items(MOVED_SLOT))
+        target = dict(self.target.storage.slot_items(MOVED_SLOT))
+        assert target == source, {key: (source.get(key), target.get(key)) for key in source.keys() ^ target.keys()}
+        digest, _count = range_digest(self.source.storage, MOVED_SLOT)
+        assert range_digest(self.target.storage, MOVED_SLOT)[0] == digest == reply.digest
+        # The log may have grown during the freeze (writes queued before it, expiries), past at_seq.
+        assert reply.last_seq == self.followed().seq and self.snapshot_staged == len(self.at_seq[0]), reply
+        assert self.source.slots[MOVED_SLOT].state is SEALED
+        assert self.target.slots[MOVED_SLOT].state is IMPORTED
+        event(f"moved: snapshot of {bucket(len(self.at_seq[0]))} keys, {bucket(self.followed().seq)} log entries")
+
+    async def freeze(self) -> node_pb2.FreezeSlotResponse:
+        """The real FreezeSlot on the source, with both committers running (its barrier, and the
+        target's in _finish_import, wait for a group commit)."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for node in (self.source, self.target):
+                    tasks.create_task(node.engine.run())
+                try:
+                    return await self.source_moves.freeze(MIGRATION_ID, MOVED_SLOT)
+                finally:
+                    for node in (self.source, self.target):
+                        node.engine.stop()
+        except ExceptionGroup as group:
+            if len(group.exceptions) == 1:  # report the failure itself, not the task group's wrapper
+                raise group.exceptions[0] from None
+            raise
+
+    # --- invariants ------------------------------------------------------------------------------------
+
+    @invariant()
+    def slot_copies_agree(self) -> None:
+        """The source's range digest is the snapshot's plus the change log's; the target's staged
+        digest is the digest of what it staged, and once the snapshot is in, what it staged is the
+        source's range as of the last log entry it applied."""
+        self.check_first_answers(self.records())
+        if not self.at_seq:
+            return
+        snapshot = sum(key_digest(key, value) for key, value in self.at_seq[0].items()) & MASK
+        assert range_digest(self.source.storage, MOVED_SLOT)[0] == (snapshot + self.followed().digest) & MASK
+        last_seq, digest, staged = self.staged_state()
+        assert digest == sum(key_digest(key, value) for key, value in staged.items()) & MASK, last_seq
+        if self.snapshot_staged == len(self.at_seq[0]):
+            assert staged == self.at_seq[last_seq], last_seq
+
+
+MOVE_SETTINGS = settings(
+    max_examples=50,
+    stateful_step_count=40,
+    deadline=None,
+    # One failure, shrunk to the smallest example of any of them: far quicker than shrinking
+    # each distinct failure (an example opens two RocksDB stores).
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+TestAMovedSlotArrivesWholeThroughALogThatReordersAndDuplicates = SlotMoveMachine.TestCase
+TestAMovedSlotArrivesWholeThroughALogThatReordersAndDuplicates.settings = MOVE_SETTINGS
