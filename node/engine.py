@@ -347,19 +347,22 @@ class Engine:
 
     def _apply_transfer(self, overlay: Overlay, t: pb.Transfer, timestamp: int) -> sm.Result:
         """A transfer where its credit account is written now: here, in this batch, by the
-        state machine; elsewhere, through the outbox."""
-        local, total = self.slots.local, self.slots_total
+        state machine; elsewhere, through the outbox. (The hot path: a plain transfer whose
+        credit slot is written in the same batch as its debit slot.)"""
+        total, same_batch = self.slots_total, self.slots.same_batch
         if not t.flags & _RESOLVES:
+            debit_slot = account_slot(t.debit_account_id, total)
             credit_slot = account_slot(t.credit_account_id, total)
-            if not local(credit_slot):
+            if not same_batch(debit_slot, credit_slot):
                 return outbox.accept_transfer(overlay, t, timestamp)
             result = sm.apply_transfer(overlay, t, timestamp)
-            if t.flags & sm.PENDING and result.code == pb.OK and credit_slot != account_slot(t.debit_account_id, total):
+            if t.flags & sm.PENDING and result.code == pb.OK and credit_slot != debit_slot:
                 outbox.journal_local_reserve(overlay, t, timestamp)
             return result
         pending = overlay.get_transfer(t.debit_account_id, t.pending_id)
         if pending is None or (
-            local(account_slot(pending.credit_account_id, total)) and not outbox.crossing(overlay, pending)
+            same_batch(account_slot(t.debit_account_id, total), account_slot(pending.credit_account_id, total))
+            and not outbox.crossing(overlay, pending)
         ):
             return sm.apply_transfer(overlay, t, timestamp)
         return outbox.resolve_pending(overlay, t, timestamp)
@@ -384,7 +387,7 @@ class Engine:
         expired = 0
         now = time.time_ns()
         heap = self._expiries
-        total, local = self.slots_total, self.slots.local
+        total, same_batch = self.slots_total, self.slots.same_batch
         held: list[tuple[int, int, str, str]] = []
         while heap and heap[0][0] <= now and expired < self.limits.expiries_per_commit_max:
             due = heapq.heappop(heap)
@@ -397,7 +400,9 @@ class Engine:
             pending = overlay.get_transfer(debit_id, transfer_id)
             if pending is None:
                 continue
-            if local(account_slot(pending.credit_account_id, total)) and not outbox.crossing(overlay, pending):
+            if same_batch(slot, account_slot(pending.credit_account_id, total)) and not outbox.crossing(
+                overlay, pending
+            ):
                 done = sm.expire_pending(overlay, pending, self.clock.next())
             else:
                 done = outbox.expire_pending(overlay, pending, self.clock.next())

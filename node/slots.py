@@ -235,6 +235,14 @@ class SlotTable:
         """Whether this node applies writes to `slot` in its own batches right now."""
         return self._slots[slot].local
 
+    def same_batch(self, a: int, b: int) -> bool:
+        """Whether one event may write slots `a` and `b` in one batch of this node: both are
+        written here now (node/replication.py adds: with the same followers)."""
+        if a == b:
+            return self._slots[a].local
+        slots = self._slots
+        return slots[a].local and slots[b].local
+
     def redirect(self, slot: int) -> pb.SlotRedirect:
         entry = self._slots[slot]
         return pb.SlotRedirect(slot=slot, epoch=entry.epoch, owner=entry.owner)
