@@ -169,9 +169,11 @@ class Mover:
             raise ControllerError(f"job {running.id} ({running.kind} {running.node}) is still running; wait for it")
         job = Job(id=uuid.uuid4().hex[:8], kind=kind, node=node)
         if kind == "add-node":
-            # The node enters the map (with its id) in the swap that records the job.
+            # A new node enters the map (with its id) in the swap that records the job; one
+            # already there (an add-node run again) keeps its state.
             await self.controller.change(
-                lambda m: m.with_node(node, JOINING, node_id).with_job(job.to_proto()), changed=None
+                lambda m: m.with_node(node, m.nodes.get(node, JOINING), node_id).with_job(job.to_proto()),
+                changed=None,
             )
         else:
             await self.controller.change(lambda m: m.next_version().with_job(job.to_proto()), changed=[])

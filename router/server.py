@@ -353,6 +353,11 @@ async def _router(settings: dict[str, Any], server: grpc.aio.Server, port: int) 
     leads) and the routing core. It serves once it has a map."""
     peers = serving.client_credentials(settings["tls_ca"])
     admin_address = _admin_address(settings, server, port)
+    if settings["metastore"] and not settings["advertise"] and str(settings["host"]) in ("0.0.0.0", "::", ""):
+        log.warning(
+            "no --advertise: other routers will forward admin calls to an address they cannot reach",
+            extra={"admin": admin_address},
+        )
     control = _control_plane(settings, admin_address, peers)
     router = LedgerRouter(control.view, credentials=peers)
     cluster = ClusterService(control, peers)
