@@ -24,6 +24,11 @@ Protocol (DESIGN section 4):
   * Slot moves (node/slotmove.py): the committer hands each batch to the change log just
     before writing it, while any slot is followed, and asserts that no batch writes a sealed
     slot. `barrier()` returns once everything queued before it is durable.
+  * Replicated slots (node/replication.py): a cycle that writes slots with followers gives
+    each its next sequence, writes locally, ships the entries and waits, before answering
+    anyone, until every follower of each slot's current configuration has them; reads of
+    those slots wait too (`settled`). A slot this node is no longer the primary of when the
+    wait ends failed: its events are answered WRONG_SLOT (the new primary tells their fate).
   * If a durable write fails, the node stops (fail-stop): continuing could acknowledge
     state that is not on disk.
 """
@@ -31,6 +36,7 @@ Protocol (DESIGN section 4):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import time
@@ -45,9 +51,11 @@ from rocksdict import WriteBatch
 import serving
 from node import keys, metrics, outbox, state_machine as sm
 from node.changelog import ChangeLog, Op
+from node.clock import Clock
 from node.keys import account_slot
 from node.overlay import Overlay
 from node.relay import Relay, RelayLimits, TakenResult
+from node.replication import Replicator, parse_seq, seq_value
 from node.slots import SlotTable
 from node.storage import Storage
 from proto import contract, ledger_pb2 as pb, node_pb2
@@ -81,18 +89,6 @@ class Limits:
         assert self.batch_events_max * contract.EVENT_BYTES_MAX <= serving.MESSAGE_BYTES_MAX, self
 
 
-class Clock:
-    """Ledger timestamps: unique, increasing nanoseconds, never behind a previous run."""
-
-    def __init__(self, last: int) -> None:
-        self.last = last
-
-    def next(self) -> int:
-        now = time.time_ns()
-        self.last = now if now > self.last else self.last + 1
-        return self.last
-
-
 @dataclass
 class _Command(Generic[E]):
     apply: ApplyFn[E] | None  # None: a barrier
@@ -113,6 +109,8 @@ class Engine:
         limits: Limits,
         relay_limits: RelayLimits | None = None,
         peer_credentials: grpc.ChannelCredentials | None = None,
+        replicator: Replicator | None = None,
+        clock: Clock | None = None,
     ) -> None:
         assert slots.slots_total == storage.slots_total, (slots.slots_total, storage.slots_total)
         self.storage = storage
@@ -120,8 +118,7 @@ class Engine:
         self.changelog = changelog
         self.limits = limits
         self.slots_total = storage.slots_total
-        clock_raw = storage.get(keys.CLOCK)
-        self.clock = Clock(int.from_bytes(clock_raw, "big") if clock_raw else 0)
+        self.clock = clock if clock is not None else load_clock(storage)
         self._mailbox: deque[_Command[object]] = deque()
         self._queued_events = 0
         self._wake = asyncio.Event()
@@ -129,6 +126,16 @@ class Engine:
         self._expiries: list[tuple[int, int, str, str]] = []  # heap of (at, slot, debit, id)
         self._outbox_reserved = 0  # entries that queued commands may still add
         self._held_results: list[TakenResult] = []  # leg results of frozen debit slots
+        self.replicator = replicator
+        self._in_flight: frozenset[int] = frozenset()  # slots of the cycle awaiting its followers
+        self._flushed = asyncio.Event()  # set whenever no cycle awaits its followers
+        self._flushed.set()
+        # The last cycle, if its followers may not have it (node/replication.py 1b): shipped
+        # again before anything else is committed, and its slots' reads wait until then.
+        self._resume = replicator.unfinished(storage.get(keys.REPLICATING)) if replicator is not None else {}
+        if self._resume:
+            self._in_flight = frozenset(self._resume)
+            self._flushed.clear()
         self._load_expiries(slots.owned())
         self.relay = Relay(storage, slots.route, self._wake.set, relay_limits or RelayLimits(), peer_credentials)
         self.relay.load(storage.outbox_entries(slots.owned()))
@@ -173,6 +180,21 @@ class Engine:
         callers share one fsync."""
         assert all(keys.slot_of_key(key) is None for key, _value in meta_puts), meta_puts
         await self._submit(None, [], bounded=False, meta_puts=meta_puts)
+
+    def replicating(self) -> bool:
+        """Whether a cycle awaits its followers now (0 cost on the hot path otherwise)."""
+        return bool(self._in_flight)
+
+    async def settled(self, slots: set[int], timeout_s: float) -> None:
+        """Return once no write to `slots` awaits its followers (reads read only what survives),
+        or after `timeout_s` (the reader then answers WRONG_SLOT for those still waiting)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._in_flight and not self._in_flight.isdisjoint(slots):
+                    await self._flushed.wait()
+
+    def awaiting_followers(self, slot: int) -> bool:
+        return slot in self._in_flight
 
     def outcome(self, debit_account_id: str, transfer_id: str) -> asyncio.Future[pb.Transfer]:
         """The transfer's record once it is no longer IN_FLIGHT; cancelled if this node no
@@ -226,15 +248,27 @@ class Engine:
         batch = WriteBatch(raw_mode=True)
         done = self.slots.assign(request, batch)
         self.storage.write(batch)
+        if self.replicator is not None:
+            self.replicator.configured()
         if done.moved_in or done.lost:
             self.storage.forget_accounts()
         for slot in done.lost:
             self.relay.forget_slot(slot)
             self.changelog.unfollow(slot)
-        if done.moved_in:
-            self.relay.load(self.storage.outbox_entries(done.moved_in))
-            self._load_expiries(done.moved_in)
-        if done.gained or done.lost:
+        for slot in done.moved_in:
+            # A copy made by a move carries the slot's replication (epoch, seq) in its range.
+            value = self.storage.get(keys.seq_key(slot))
+            if value is not None:
+                self.slots[slot].seq_epoch, self.slots[slot].seq = parse_seq(value)
+        promoted = [slot for slot, _old in done.promoted]
+        if promoted:
+            log.warning("promoted to primary", extra={"slots": len(promoted)})
+            self.storage.forget_accounts()
+        arrived = [slot for slot in done.moved_in if self.slots[slot].owned] + promoted
+        if arrived:
+            self.relay.load(self.storage.outbox_entries(arrived), moved_in=True)
+            self._load_expiries(arrived)
+        if done.gained or done.lost or done.kept:
             self._wake.set()  # expiries and leg results held for the slots
             log.debug(
                 "slot table changed",
@@ -258,14 +292,31 @@ class Engine:
         async with asyncio.TaskGroup() as tasks:
             ticker = tasks.create_task(self._expiry_ticker())
             relay = tasks.create_task(self.relay.run())
+            heartbeats = tasks.create_task(self.replicator.run()) if self.replicator is not None else None
+            if self._resume:
+                await self._ship_again()
             await self._commit_loop()
             ticker.cancel()
             relay.cancel()
+            if heartbeats is not None:
+                heartbeats.cancel()
+
+    async def _ship_again(self) -> None:
+        assert self.replicator is not None
+        entries, self._resume = self._resume, {}
+        try:
+            failed = await self.replicator.replicate(entries)
+        finally:
+            self._in_flight = frozenset()
+            self._flushed.set()
+        log.warning("shipped the last cycle again at startup", extra={"slots": len(entries), "failed": len(failed)})
 
     def stop(self) -> None:
         """Refuse new writes; run() returns once everything queued is committed."""
         self._stopping = True
         self._wake.set()
+        if self.replicator is not None:
+            self.replicator.stop()
         self.slots.release_all()  # held callers stop waiting (the slots stay frozen on disk)
 
     async def _expiry_ticker(self) -> None:
@@ -292,7 +343,9 @@ class Engine:
             expired = self._expire_due(overlay)
             meta_puts = [put for command in commands for put in command.meta_puts]
             if not overlay.empty() or meta_puts:
-                self._commit(overlay, meta_puts)
+                failed = await self._commit(overlay, meta_puts)
+                if failed:
+                    self._fail(commands, outcomes, failed)
             self._queued_events -= taken
             self._outbox_reserved -= sum(command.outbox_reserved for command in commands)
             assert self._queued_events >= 0 and self._outbox_reserved >= 0, (self._queued_events, self._outbox_reserved)
@@ -303,26 +356,91 @@ class Engine:
                 if not command.future.done():  # the caller may have been cancelled
                     command.future.set_result(results)
 
-    def _commit(self, overlay: Overlay, meta_puts: Sequence[tuple[bytes, bytes]]) -> None:
-        """Write the cycle durably, then make it visible: readers, the relay, the expiry heap."""
-        recording = self.changelog.following() or self.slots.sealed_count() > 0
+    async def _commit(self, overlay: Overlay, meta_puts: Sequence[tuple[bytes, bytes]]) -> set[int]:
+        """Write the cycle durably (and to the followers of its replicated slots), then make it
+        visible: readers, the relay, the expiry heap. Returns the slots that failed."""
+        replicating = self.replicator is not None and bool(self.slots.follower_nodes())
+        recording = self.changelog.following() or self.slots.sealed_count() > 0 or replicating
         ops: list[Op] | None = [] if recording else None
         batch, published = overlay.write_batch(self.clock.last, ops)
+        entries: dict[int, tuple[int, int, list[Op]]] = {}
         if ops:
             self._check_unsealed(ops)
+            if replicating:
+                entries = self._entries(ops, batch)
             if self.changelog.following():
                 self.changelog.capture(ops, self.storage.get)
         for key, value in meta_puts:
             batch.put(key, value)
+        if entries:
+            assert self.replicator is not None
+            batch.put(keys.REPLICATING, self.replicator.record(entries))
         started = time.perf_counter()
         self.storage.write(batch)
         metrics.fsync_latency_s.observe(time.perf_counter() - started)
+        failed: set[int] = set()
+        if entries:
+            for slot, (epoch, seq, _ops) in entries.items():
+                self.slots[slot].seq_epoch, self.slots[slot].seq = epoch, seq
+            assert self.replicator is not None
+            self._in_flight = frozenset(entries)
+            self._flushed.clear()
+            started = time.perf_counter()
+            try:
+                failed = await self.replicator.replicate(entries)
+            finally:
+                self._in_flight = frozenset()
+                self._flushed.set()
+            metrics.replication_wait_s.observe(time.perf_counter() - started)
+        total = self.slots_total
+        if failed:
+            published = {a: e for a, e in published.items() if account_slot(a, total) not in failed}
         self.storage.publish_accounts(published)
         for expires_at, debit_id, transfer_id in overlay.expiry_set:
-            slot = account_slot(debit_id, self.slots_total)
-            heapq.heappush(self._expiries, (expires_at, slot, debit_id, transfer_id))
+            slot = account_slot(debit_id, total)
+            if slot not in failed:
+                heapq.heappush(self._expiries, (expires_at, slot, debit_id, transfer_id))
         if overlay.outbox or overlay.settled:
-            self.relay.committed(overlay.outbox, overlay.settled)
+            outbox_changes, settled = overlay.outbox, overlay.settled
+            if failed:
+                outbox_changes = {k: v for k, v in outbox_changes.items() if keys.slot_of_key(k) not in failed}
+                settled = [t for t in settled if account_slot(t.debit_account_id, total) not in failed]
+            self.relay.committed(outbox_changes, settled)
+        return failed
+
+    def _entries(self, ops: list[Op], batch: WriteBatch) -> dict[int, tuple[int, int, list[Op]]]:
+        """The cycle's replication entries (slot -> epoch, seq, its ops) for the slots this node
+        leads with followers; each one's next (epoch, seq) is written in the batch too."""
+        by_slot: dict[int, list[Op]] = {}
+        slots = self.slots
+        for op in ops:
+            slot = keys.slot_of_key(op[0])
+            if slot is not None and slots[slot].followers and slots[slot].owned:
+                by_slot.setdefault(slot, []).append(op)
+        entries: dict[int, tuple[int, int, list[Op]]] = {}
+        for slot, slot_ops in by_slot.items():
+            entry = slots[slot]
+            seq = entry.seq + 1
+            key, value = keys.seq_key(slot), seq_value(entry.epoch, seq)
+            batch.put(key, value)
+            slot_ops.append((key, value))
+            ops.append((key, value))
+            entries[slot] = (entry.epoch, seq, slot_ops)
+        return entries
+
+    def _fail(self, commands: Sequence[_Command[object]], outcomes: list[list[sm.Result]], failed: set[int]) -> None:
+        """Answer WRONG_SLOT for every event that wrote a failed slot: this node is no longer its
+        primary, and whether the write survived is the new primary's to tell."""
+        total = self.slots_total
+        for command, results in zip(commands, outcomes, strict=True):
+            if command.apply is None:
+                continue
+            for index, (event, slot, _epoch) in enumerate(command.events):
+                touched = slot in failed
+                if not touched and isinstance(event, pb.Transfer) and event.credit_account_id:
+                    touched = account_slot(event.credit_account_id, total) in failed
+                if touched:
+                    results[index] = sm.Result(pb.WRONG_SLOT)
 
     def _check_unsealed(self, ops: Sequence[Op]) -> None:
         if not self.slots.sealed_count():
@@ -415,3 +533,9 @@ class Engine:
         for expiry in self.storage.pending_expiries(slots):
             heapq.heappush(self._expiries, expiry)
         metrics.pending_expiries.set(len(self._expiries))
+
+
+def load_clock(storage: Storage) -> Clock:
+    """The ledger clock as durably recorded (never behind what was stamped before)."""
+    raw = storage.get(keys.CLOCK)
+    return Clock(int.from_bytes(raw, "big") if raw else 0)

@@ -51,6 +51,7 @@ APPLIED_LEG = b"L"
 SEQ = b"S"
 
 CLOCK = NODE_META + b"clock"
+REPLICATING = NODE_META + b"replicating"  # the last replicated cycle's entries (node/replication.py)
 SLOTS_TOTAL = NODE_META + b"slots_total"
 SLOT_TABLE = NODE_META + b"slots"
 # A delta of the slot table (a committed move) is stored as one key per changed slot over the

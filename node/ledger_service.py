@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 import serving
 from node import metrics, outbox, state_machine as sm
 from node.engine import Engine, Overloaded
-from node.holding import Submit, fence_of, hold_reads, submit_holding, wait_budget_s
+from node.holding import HOLD_S_MAX, Submit, fence_of, hold_reads, submit_holding, wait_budget_s
 from node.keys import account_slot
 from node.slots import SlotTable
 from node.storage import Storage
@@ -213,15 +213,21 @@ class LedgerService:
     def _readable(self, account_id: str, fence: dict[int, int] | None, field: str, index: int) -> bool:
         """Whether this node answers a read of the account now (else WRONG_SLOT)."""
         slot = account_slot(account_id, self.slots_total)
-        return self.slots.readable(slot, self._fenced_epoch(slot, fence, field, index))
+        readable = self.slots.readable(slot, self._fenced_epoch(slot, fence, field, index))
+        return readable and not self.engine.awaiting_followers(slot)
 
     def _redirect(self, account_id: str) -> pb.SlotRedirect:
         return self.slots.redirect(account_slot(account_id, self.slots_total))
 
     async def _hold_reads(self, account_ids: Sequence[str], context: Context) -> None:
-        if self.slots.held_count():
+        """Reads of a frozen slot wait for its move to end; reads of a slot whose last write
+        awaits its followers wait for them (nobody reads a write that may not survive)."""
+        if self.slots.held_count() or self.engine.replicating():
             total = self.slots_total
-            await hold_reads(self.slots, {account_slot(a, total) for a in account_ids if sm.id_valid(a)}, context)
+            read_slots = {account_slot(a, total) for a in account_ids if sm.id_valid(a)}
+            await hold_reads(self.slots, read_slots, context)
+            if self.engine.replicating():
+                await self.engine.settled(read_slots, wait_budget_s(context, HOLD_S_MAX))
 
     async def lookup_accounts(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.LookupAccountsRequest, data)

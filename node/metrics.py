@@ -38,3 +38,13 @@ move_tail_s = Histogram(
 held_writes_s = Histogram(
     "yunkai_node_held_writes_seconds", "How long writes to a frozen slot waited", buckets=_LATENCY_BUCKETS_S
 )
+replication_wait_s = Histogram(
+    "yunkai_node_replication_wait_seconds",
+    "From a cycle's local write until every follower has it (primary)",
+    buckets=_LATENCY_BUCKETS_S,
+)
+replication_round_trip_s = Histogram(
+    "yunkai_node_replication_round_trip_seconds", "One Replicate call, per follower node", buckets=_LATENCY_BUCKETS_S
+)
+replication_retries = Counter("yunkai_node_replication_retries_total", "Replication rounds retried (primary)")
+replication_refused = Counter("yunkai_node_replication_refused_total", "Replication calls refused (follower)")

@@ -20,6 +20,7 @@ from node.engine import Engine, Overloaded
 from node.holding import fence_of, submit_holding
 from node.identity import Identity
 from node.keys import account_slot
+from node.replication import Replica, ReplicaRefused
 from node.slotmove import MoveError, SlotMoves
 from node.slots import SlotTable
 from proto import ledger_pb2 as pb, node_pb2
@@ -33,17 +34,23 @@ REFUSALS: serving.Refusals = (
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     # A stale migration id, a slot in the wrong state: the controller aborts the move.
     (MoveError, grpc.StatusCode.FAILED_PRECONDITION),
+    # A replication call from a node this one's table marks down.
+    (ReplicaRefused, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
 
 class NodeService:
     """Handlers of yunkai.node.v1.Node over a node's engine, slot table and slot moves."""
 
-    def __init__(self, engine: Engine, slots: SlotTable, moves: SlotMoves, identity: Identity) -> None:
+    def __init__(
+        self, engine: Engine, slots: SlotTable, moves: SlotMoves, identity: Identity, replica: Replica, zone: str = ""
+    ) -> None:
+        self.zone = zone
         self.engine = engine
         self.slots = slots
         self.moves = moves
         self.identity = identity
+        self.replica = replica
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, serving.Handler] = {
@@ -54,6 +61,8 @@ class NodeService:
             "StartExport": self.start_export,
             "FreezeSlot": self.freeze_slot,
             "AbortMove": self.abort_move,
+            "Replicate": self.replicate,
+            "SilentFollowers": self.silent_followers,
         }
         streams = {"ImportSlot": grpc.stream_unary_rpc_method_handler(self.import_slot)}
         return serving.unary_service(
@@ -69,6 +78,7 @@ class NodeService:
         table.node_id = self.identity.node_id
         table.cluster_id = self.identity.cluster_id
         table.controller_term = self.identity.term
+        table.zone = self.zone
         return table
 
     async def assign_slots(self, data: bytes, context: Context) -> Message:
@@ -78,6 +88,7 @@ class NodeService:
         if error is not None:
             raise Refused(error)
         self.identity.accept(request.controller_term, request.cluster_id)
+        self.replica.down = frozenset(request.down_nodes)
         error = self.engine.assign_slots(request)
         if error is not None:
             raise Refused(error)
@@ -132,6 +143,20 @@ class NodeService:
                 )
         metrics.request_events.labels("ApplyCreditLegs").observe(len(legs))
         return response
+
+    # --- replication (node/replication.py) ----------------------------------------------------
+
+    async def replicate(self, data: bytes, context: Context) -> Message:
+        request = parse_request(node_pb2.ReplicateRequest, data)
+        return self.replica.apply(request)
+
+    async def silent_followers(self, data: bytes, context: Context) -> Message:
+        request = parse_request(node_pb2.SilentFollowersRequest, data)
+        if request.silent_after_ms == 0:
+            raise BadRequest("silent_after_ms must be positive")
+        replicator = self.engine.replicator
+        followers = replicator.silent(request.silent_after_ms / 1000) if replicator is not None else []
+        return node_pb2.SilentFollowersResponse(followers=followers)
 
     # --- slot moves (node/slotmove.py) -----------------------------------------------------
 

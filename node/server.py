@@ -20,10 +20,19 @@ import grpc
 import serving
 from node import keys
 from node.changelog import ChangeLog
-from node.engine import Engine, Limits
+from node.engine import Engine, Limits, load_clock
 from node.identity import Identity
 from node.ledger_service import IN_FLIGHT_WAIT_S_DEFAULT, LedgerService
 from node.node_service import NODE_SERVICE, NodeService
+from node.replication import (
+    LEASE_MS_DEFAULT,
+    LEASE_MS_MAX,
+    LEASE_MS_MIN,
+    Replica,
+    Replicator,
+    load_seqs,
+    wait_out_leases,
+)
 from node.slotmove import SlotMoves
 from node.slots import SlotTable
 from node.storage import Storage
@@ -49,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
     "join": False,
     "outbox_max": Limits.outbox_entries_max,
     "in_flight_wait_ms": int(IN_FLIGHT_WAIT_S_DEFAULT * 1000),
+    "lease_ms": LEASE_MS_DEFAULT,
+    "zone": "",
 }
 
 
@@ -72,6 +83,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help=f"most credit legs waiting for other nodes; beyond, cross-node transfers get RESOURCE_EXHAUSTED"
         f" (default {Limits.outbox_entries_max:,})",
+    )
+    parser.add_argument(
+        "--zone", help="this node's failure domain (a rack, a room): a slot's copies go to different zones"
+    )
+    parser.add_argument(
+        "--lease-ms",
+        type=int,
+        help="how long a follower's acknowledgement lets this node serve a slot it leads; a follower promoted"
+        f" waits it out (default {LEASE_MS_DEFAULT})",
     )
     parser.add_argument(
         "--in-flight-wait-ms",
@@ -98,6 +118,8 @@ def _check(settings: dict[str, Any]) -> str | None:
         return "--queue-events-max must be at least 1"
     if int(settings["outbox_max"]) < 1:
         return "--outbox-max must be at least 1"
+    if not LEASE_MS_MIN <= int(settings["lease_ms"]) <= LEASE_MS_MAX:
+        return f"--lease-ms must be {LEASE_MS_MIN} to {LEASE_MS_MAX}"
     return None
 
 
@@ -128,14 +150,21 @@ async def _node(settings: dict[str, Any], server: grpc.aio.Server, port: int) ->
         peers = serving.client_credentials(settings["tls_ca"])
         identity = Identity(storage)
         slots = SlotTable.load(storage, advertise, join=bool(settings["join"]))
+        load_seqs(storage, slots)
+        wait_out_leases(slots, int(settings["lease_ms"]))
         changelog = ChangeLog()
-        engine = Engine(storage, slots, changelog, limits, peer_credentials=peers)
+        clock = load_clock(storage)
+        replicator = Replicator(lambda: slots.self_address, slots, clock, int(settings["lease_ms"]), peers)
+        replica = Replica(storage, slots, clock)
+        slots.lease_ok = replicator.lease_ok
+        slots.promotion_wait_until = replica.promotion_wait_until
+        engine = Engine(storage, slots, changelog, limits, peer_credentials=peers, replicator=replicator, clock=clock)
         moves = SlotMoves(engine, slots, storage, changelog, peers)
         in_flight_wait_s = int(settings["in_flight_wait_ms"]) / 1000
         server.add_generic_rpc_handlers(
             [
                 LedgerService(engine, slots, storage, in_flight_wait_s).handler(),
-                NodeService(engine, slots, moves, identity).handler(),
+                NodeService(engine, slots, moves, identity, replica, str(settings["zone"] or "")).handler(),
             ]
         )
         async with asyncio.TaskGroup() as tasks:
@@ -150,6 +179,7 @@ async def _node(settings: dict[str, Any], server: grpc.aio.Server, port: int) ->
             moves.stopping = True
             await committer
             await moves.close()
+            await replicator.close()
     finally:
         storage.close()
 

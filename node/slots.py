@@ -18,6 +18,13 @@ States
   SEALED     Frozen, and everything queued before the freeze is durable: no batch writes the
              slot any more (asserted at every commit), and a transfer crediting it goes
              through the outbox, whose leg follows the slot to its owner.
+  FOLLOWING  A follower of the slot's primary (node/replication.py): its range takes only the
+             primary's replicated batches, in order. Not served.
+
+A slot this node serves as primary (SERVING, FROZEN, SEALED) may have followers, from the
+table: its writes are then replicated before they are answered, and it is served only while
+its lease holds (every follower acknowledged within the lease) and, just after a promotion,
+once the old primary's lease has surely lapsed (`serve_after`).
 
 Transitions (from -> to: what does it)
   ABSENT    -> SERVING    assigned: a slot table names this node without a move (a new
@@ -35,7 +42,15 @@ Transitions (from -> to: what does it)
   SEALED    -> SERVING    AbortMove (thaw)
   SEALED    -> ABSENT     the move committed: the table names the target
   FROZEN    -> ABSENT     taken away by a table while freezing (an operator's AssignSlots)
-  SERVING   -> ABSENT     taken away by a table without a move (the data is kept)
+  SERVING   -> ABSENT     taken away by a table without a move (failed over: its data is
+                          dropped when the table says so, else kept)
+  SEALED    -> SERVING    also: a move committed that keeps this node primary (a follower
+                          was added or replaced)
+  ABSENT    -> FOLLOWING  assigned as a follower of a slot that is empty everywhere (a new
+                          cluster's seed)
+  IMPORTED  -> FOLLOWING  a move committed that makes this node a follower (repair)
+  FOLLOWING -> SERVING    promoted: the table names this follower the primary (failover)
+  FOLLOWING -> ABSENT     released from the configuration (its range is dropped)
   After a restart a slot starts ABSENT and takes the transitions its durable records say:
   a FROZEN record -> SERVING, FROZEN, SEALED (the move may have committed: only the
   controller knows, so it stays sealed until told); IMPORTING and IMPORTED records ->
@@ -56,7 +71,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from rocksdict import WriteBatch
@@ -76,9 +91,10 @@ class State(enum.Enum):
     SERVING = "serving"
     FROZEN = "frozen"
     SEALED = "sealed"
+    FOLLOWING = "following"
 
 
-ABSENT, IMPORTING, IMPORTED, SERVING, FROZEN, SEALED = State
+ABSENT, IMPORTING, IMPORTED, SERVING, FROZEN, SEALED, FOLLOWING = State
 
 TRANSITIONS: dict[tuple[State, State], str] = {
     (ABSENT, SERVING): "assigned",
@@ -96,6 +112,10 @@ TRANSITIONS: dict[tuple[State, State], str] = {
     (SEALED, ABSENT): "move committed away",
     (FROZEN, ABSENT): "taken away while frozen",
     (SERVING, ABSENT): "taken away",
+    (ABSENT, FOLLOWING): "assigned as a follower",
+    (IMPORTED, FOLLOWING): "joined as a follower",
+    (FOLLOWING, SERVING): "promoted",
+    (FOLLOWING, ABSENT): "released",
 }
 
 OWNED = frozenset((SERVING, FROZEN, SEALED))
@@ -107,7 +127,22 @@ class Slot:
     """One slot as this node knows it. Its state changes only through `to`, which also keeps
     the booleans the hot paths read (plain attributes: an enum's hash is a Python call)."""
 
-    __slots__ = ("_thawed", "epoch", "frozen", "local", "move", "number", "owned", "owner", "state")
+    __slots__ = (
+        "_thawed",
+        "epoch",
+        "followers",
+        "following",
+        "frozen",
+        "local",
+        "move",
+        "number",
+        "owned",
+        "owner",
+        "seq",
+        "seq_epoch",
+        "serve_after",
+        "state",
+    )
 
     def __init__(self, number: int) -> None:
         self.number = number
@@ -115,8 +150,13 @@ class Slot:
         self.owned = False  # SERVING, FROZEN or SEALED
         self.frozen = False  # FROZEN or SEALED: its writes are held
         self.local = False  # SERVING or FROZEN: this node applies writes to it in its own batches
+        self.following = False  # FOLLOWING
         self.epoch = 0  # the epoch of the slot table's entry (0: none yet)
-        self.owner = ""  # the owner's address by the table
+        self.owner = ""  # the owner's (the primary's) address by the table
+        self.followers: tuple[str, ...] = ()  # the configuration's followers by the table
+        self.seq_epoch = 0  # how far this node's copy is: the last replicated batch's epoch
+        self.seq = 0  # and sequence (node/replication.py)
+        self.serve_after = 0.0  # monotonic time a promoted slot may be served from (0: now)
         # The move this slot takes part in: the FROZEN record (FROZEN, SEALED), or the
         # staging record (IMPORTING, IMPORTED), whose last_seq and digest grow as it stages.
         self.move: node_pb2.SlotMove | None = None
@@ -136,6 +176,7 @@ class Slot:
         self.owned = state in OWNED
         self.frozen = state in HELD
         self.local = state is SERVING or state is FROZEN
+        self.following = state is FOLLOWING
 
     def thawed(self) -> asyncio.Event | None:
         """An event set when this frozen slot stops being frozen; None if it is not frozen."""
@@ -150,6 +191,9 @@ class Assignment:
     lost: list[int] = field(default_factory=list)  # owned before, not now
     moved_in: list[int] = field(default_factory=list)  # gained by a committed move (were IMPORTED)
     moved_out: list[int] = field(default_factory=list)  # lost by a committed move (were frozen)
+    promoted: list[tuple[int, str]] = field(default_factory=list)  # (slot, old primary): followers made primary
+    kept: list[int] = field(default_factory=list)  # sealed slots whose move committed with this node still primary
+    released: list[int] = field(default_factory=list)  # followed before, not now
 
 
 class SlotTable:
@@ -163,6 +207,12 @@ class SlotTable:
         self._slots = [Slot(number) for number in range(slots_total)]
         self._held = 0  # FROZEN or SEALED slots: 0 on the hot path
         self._sealed = 0
+        self._follower_nodes: frozenset[str] = frozenset()  # followers of the slots this node leads
+        # Whether a slot's followers have acknowledged within the lease (node/replication.py
+        # sets it; without replication every lease holds).
+        self.lease_ok: Callable[[int, tuple[str, ...]], bool] = _always
+        # When a slot promoted here from an old primary may be served (node/replication.py).
+        self.promotion_wait_until: Callable[[str], float] = _now
 
     def __getitem__(self, slot: int) -> Slot:
         return self._slots[slot]
@@ -197,9 +247,14 @@ class SlotTable:
                 entries[entry.slot] = entry
         for entry in entries.values():
             known = table._slots[entry.slot]
-            known.epoch, known.owner = entry.epoch, entry.owner
+            known.epoch, known.owner, known.followers = entry.epoch, entry.owner, tuple(entry.followers)
             if entry.owned:
+                # With followers, it serves again only once they acknowledge it (its lease): a
+                # follower promoted while it was down refuses it.
                 known.to(SERVING)
+            elif entry.following:
+                known.to(FOLLOWING)
+        table._recount()
         for _key, raw_record in storage.items(keys.MOVE_BEGIN, keys.MOVE_END):
             table._restore_move(node_pb2.SlotMove.FromString(raw_record))
         metrics.slots_owned.set(table.owned_count())
@@ -222,14 +277,22 @@ class SlotTable:
     # --- fencing and routing -------------------------------------------------------------
 
     def serves(self, slot: int, epoch: int) -> bool:
-        """Whether this node answers a request for `slot` routed at `epoch` (0: unfenced)."""
+        """Whether this node answers a request for `slot` routed at `epoch` (0: unfenced): it
+        is the primary at that epoch, holding its lease (with followers), not waiting out a
+        promotion."""
         entry = self._slots[slot]
-        return entry.owned and (epoch == 0 or epoch == entry.epoch)
+        if not entry.owned or (epoch and epoch != entry.epoch):
+            return False
+        if entry.serve_after:
+            if time.monotonic() < entry.serve_after:
+                return False  # the old primary's lease may not have lapsed yet
+            entry.serve_after = 0.0
+        return not entry.followers or self.lease_ok(slot, entry.followers)
 
     def readable(self, slot: int, epoch: int) -> bool:
         """Whether this node answers a read of `slot` routed at `epoch` now: served and not frozen."""
         entry = self._slots[slot]
-        return entry.owned and not entry.frozen and (epoch == 0 or epoch == entry.epoch)
+        return self.serves(slot, epoch) and not entry.frozen
 
     def local(self, slot: int) -> bool:
         """Whether this node applies writes to `slot` in its own batches right now."""
@@ -237,11 +300,19 @@ class SlotTable:
 
     def same_batch(self, a: int, b: int) -> bool:
         """Whether one event may write slots `a` and `b` in one batch of this node: both are
-        written here now (node/replication.py adds: with the same followers)."""
-        if a == b:
-            return self._slots[a].local
+        written here now, with the same followers (a follower applies a replication call all or
+        nothing, so it then holds both halves of the event or neither; node/replication.py)."""
         slots = self._slots
-        return slots[a].local and slots[b].local
+        if a == b:
+            return slots[a].local
+        return slots[a].local and slots[b].local and slots[a].followers == slots[b].followers
+
+    def follower_nodes(self) -> frozenset[str]:
+        """The nodes that follow some slot this node is primary of."""
+        return self._follower_nodes
+
+    def _recount(self) -> None:
+        self._follower_nodes = frozenset(f for slot in self._slots if slot.owned for f in slot.followers)
 
     def redirect(self, slot: int) -> pb.SlotRedirect:
         entry = self._slots[slot]
@@ -348,7 +419,16 @@ class SlotTable:
         table = node_pb2.GetSlotsResponse(slots_total=self.slots_total, map_version=self.map_version)
         for entry in self._slots:
             if entry.epoch:
-                table.slots.add(slot=entry.number, epoch=entry.epoch, owner=entry.owner, owned=entry.owned)
+                table.slots.add(
+                    slot=entry.number,
+                    epoch=entry.epoch,
+                    owner=entry.owner,
+                    owned=entry.owned,
+                    followers=entry.followers,
+                    following=entry.following,
+                    seq_epoch=entry.seq_epoch,
+                    seq=entry.seq,
+                )
         return table
 
     def check(self, request: node_pb2.AssignSlotsRequest) -> str | None:
@@ -359,6 +439,10 @@ class SlotTable:
                 f" v{request.base_map_version}; send the whole table"
             )
         self_address = request.self_address or self.self_address
+        if len({entry.slot for entry in request.slots}) != len(request.slots):
+            return "slots: a slot named twice"
+        # A replicated cluster: a slot that had a configuration is only ever led with its data.
+        replicated = request.drop_released or any(entry.followers for entry in request.slots)
         for entry in request.slots:
             if entry.slot >= self.slots_total:
                 return f"slots: slot {entry.slot} is not below slots_total {self.slots_total}"
@@ -368,33 +452,57 @@ class SlotTable:
                     f"slots: slot {entry.slot} is at epoch {current.epoch} owned by {current.owner!r};"
                     f" epoch {entry.epoch} owned by {entry.owner!r} would go backwards"
                 )
-            if entry.owner == self_address and current.state is IMPORTING:
+            leads = entry.owner == self_address
+            follows = self_address in entry.followers
+            if (leads and follows) or len(set(entry.followers)) != len(entry.followers):
+                return f"slots: slot {entry.slot}: a node twice in one configuration"
+            if (leads or follows) and current.state is IMPORTING:
                 assert current.move is not None
                 return f"slots: slot {entry.slot} is still being staged by migration {current.move.migration_id!r}"
+            if follows and current.owned:
+                return f"slots: slot {entry.slot}: this node is its primary and cannot become a follower in place"
+            if follows and not current.following and current.state is not IMPORTED and current.epoch:
+                return (
+                    f"slots: slot {entry.slot}: this node may follow it only with a copy (a move), or from a new"
+                    " cluster's seed"
+                )
+            if leads and not current.owned and current.state is ABSENT and current.epoch and replicated:
+                return f"slots: slot {entry.slot}: this node may lead it only with a copy (a move) or as its follower"
         return None
 
     def assign(self, request: node_pb2.AssignSlotsRequest, batch: WriteBatch) -> Assignment:
         """Apply a table that passed `check`, and add its durable part to `batch`: the table (or
-        its delta), the records of finished moves, and the ranges of slots moved away."""
+        its delta), the records of finished moves, and the ranges of slots moved away or (with
+        `drop_released`) released."""
         assert self.check(request) is None
         self.self_address = request.self_address or self.self_address
         self.map_version = max(self.map_version, request.map_version)
         done = Assignment()
         for entry in request.slots:
             slot = self._slots[entry.slot]
-            slot.epoch, slot.owner = entry.epoch, entry.owner
-            owned = entry.owner == self.self_address
-            if owned and not slot.owned:
+            old_owner, old_epoch = slot.owner, slot.epoch
+            slot.epoch, slot.owner, slot.followers = entry.epoch, entry.owner, tuple(entry.followers)
+            leads = entry.owner == self.self_address
+            follows = self.self_address in slot.followers
+            if leads and not slot.owned:
                 done.gained.append(slot.number)
                 if slot.state is IMPORTED:
                     done.moved_in.append(slot.number)
                     batch.delete(keys.move_key(slot.number))
-                    slot.to(SERVING)
+                elif slot.state is FOLLOWING:
+                    done.promoted.append((slot.number, old_owner))
+                    slot.serve_after = self.promotion_wait_until(old_owner)
                 else:
-                    if slot.state is not ABSENT:  # ABSENT or IMPORTED only: check() refused IMPORTING
-                        raise AssertionError(slot.state)
-                    slot.to(SERVING)
-            elif slot.owned and not owned:
+                    assert slot.state is ABSENT, slot.state  # check() refused the rest
+                slot.to(SERVING)
+            elif follows and not slot.following:
+                if slot.state is IMPORTED:
+                    done.moved_in.append(slot.number)
+                    batch.delete(keys.move_key(slot.number))
+                else:
+                    assert slot.state is ABSENT, slot.state  # check() refused the rest
+                slot.to(FOLLOWING)
+            elif slot.owned and not leads:
                 done.lost.append(slot.number)
                 if slot.frozen:
                     # A committed move: the target has the range (checked by digest) and serves it.
@@ -403,18 +511,47 @@ class SlotTable:
                     batch.delete(keys.move_key(slot.number))
                     self._unhold(slot, ABSENT)
                 else:
+                    if request.drop_released:
+                        batch.delete_range(*keys.slot_range(slot.number))
                     slot.to(ABSENT)
+            elif slot.following and not follows:
+                done.released.append(slot.number)
+                if request.drop_released:
+                    batch.delete_range(*keys.slot_range(slot.number))
+                slot.to(ABSENT)
+            elif leads and slot.frozen and entry.epoch > old_epoch:
+                # A move committed that keeps this node primary (it added or replaced a follower).
+                done.kept.append(slot.number)
+                batch.delete(keys.move_key(slot.number))
+                self._unhold(slot, SERVING)
         if request.base_map_version:
             for entry in request.slots:
                 slot = self._slots[entry.slot]
                 delta = node_pb2.GetSlotsResponse(map_version=self.map_version)
-                delta.slots.add(slot=slot.number, epoch=slot.epoch, owner=slot.owner, owned=slot.owned)
+                delta.slots.add(
+                    slot=slot.number,
+                    epoch=slot.epoch,
+                    owner=slot.owner,
+                    owned=slot.owned,
+                    followers=slot.followers,
+                    following=slot.following,
+                )
                 batch.put(keys.slot_delta_key(slot.number), delta.SerializeToString())
         else:
             batch.put(keys.SLOT_TABLE, self.to_proto().SerializeToString())
             batch.delete_range(keys.SLOT_DELTA_BEGIN, keys.SLOT_DELTA_END)
-        if len(done.moved_out) != len(done.lost):
-            # Not by a move (an operator's AssignSlots): keep the data, it may come back.
+        if len(done.moved_out) != len(done.lost) and not request.drop_released:
+            # Not by a move, in a cluster without replicas (an operator's AssignSlots): keep the
+            # data, it may come back.
             log.warning("slots taken away without a move; their data is kept", extra={"slots": len(done.lost)})
+        self._recount()
         metrics.slots_owned.set(self.owned_count())
         return done
+
+
+def _always(slot: int, followers: tuple[str, ...]) -> bool:
+    return True
+
+
+def _now(old_primary: str) -> float:
+    return time.monotonic()

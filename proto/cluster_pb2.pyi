@@ -14,6 +14,7 @@ class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_JOINING: _ClassVar[NodeState]
     NODE_DRAINING: _ClassVar[NodeState]
     NODE_LOST: _ClassVar[NodeState]
+    NODE_DOWN: _ClassVar[NodeState]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -26,23 +27,26 @@ NODE_ACTIVE: NodeState
 NODE_JOINING: NodeState
 NODE_DRAINING: NodeState
 NODE_LOST: NodeState
+NODE_DOWN: NodeState
 JOB_STATE_UNSPECIFIED: JobState
 JOB_RUNNING: JobState
 JOB_DONE: JobState
 JOB_FAILED: JobState
 
 class NodeInfo(_message.Message):
-    __slots__ = ("address", "state", "id")
+    __slots__ = ("address", "state", "id", "zone")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
     address: str
     state: NodeState
     id: str
-    def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., id: _Optional[str] = ...) -> None: ...
+    zone: str
+    def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., id: _Optional[str] = ..., zone: _Optional[str] = ...) -> None: ...
 
 class ShardMap(_message.Message):
-    __slots__ = ("version", "slots_total", "nodes", "slot_owner", "slot_epoch", "migrations", "controller_term", "cluster_id", "jobs")
+    __slots__ = ("version", "slots_total", "nodes", "slot_owner", "slot_epoch", "migrations", "controller_term", "cluster_id", "jobs", "slot_followers", "replicas")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +56,8 @@ class ShardMap(_message.Message):
     CONTROLLER_TERM_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FOLLOWERS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     version: int
     slots_total: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
@@ -61,19 +67,29 @@ class ShardMap(_message.Message):
     controller_term: int
     cluster_id: str
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
-    def __init__(self, version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., slot_owner: _Optional[_Iterable[int]] = ..., slot_epoch: _Optional[_Iterable[int]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., controller_term: _Optional[int] = ..., cluster_id: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+    slot_followers: _containers.RepeatedCompositeFieldContainer[SlotFollowers]
+    replicas: int
+    def __init__(self, version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., slot_owner: _Optional[_Iterable[int]] = ..., slot_epoch: _Optional[_Iterable[int]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., controller_term: _Optional[int] = ..., cluster_id: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., slot_followers: _Optional[_Iterable[_Union[SlotFollowers, _Mapping]]] = ..., replicas: _Optional[int] = ...) -> None: ...
+
+class SlotFollowers(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, nodes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Migration(_message.Message):
-    __slots__ = ("id", "slot", "source", "target")
+    __slots__ = ("id", "slot", "source", "target", "replaces")
     ID_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    REPLACES_FIELD_NUMBER: _ClassVar[int]
     id: str
     slot: int
     source: str
     target: str
-    def __init__(self, id: _Optional[str] = ..., slot: _Optional[int] = ..., source: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+    replaces: str
+    def __init__(self, id: _Optional[str] = ..., slot: _Optional[int] = ..., source: _Optional[str] = ..., target: _Optional[str] = ..., replaces: _Optional[str] = ...) -> None: ...
 
 class GetShardMapRequest(_message.Message):
     __slots__ = ()
@@ -86,7 +102,7 @@ class WatchShardMapRequest(_message.Message):
     def __init__(self, known_version: _Optional[int] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("address", "state", "slots", "reachable", "slots_owned", "id", "reported_id")
+    __slots__ = ("address", "state", "slots", "reachable", "slots_owned", "id", "reported_id", "follows", "zone")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +110,8 @@ class NodeStatus(_message.Message):
     SLOTS_OWNED_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     REPORTED_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWS_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
     address: str
     state: NodeState
     slots: int
@@ -101,14 +119,16 @@ class NodeStatus(_message.Message):
     slots_owned: int
     id: str
     reported_id: str
-    def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., slots: _Optional[int] = ..., reachable: _Optional[bool] = ..., slots_owned: _Optional[int] = ..., id: _Optional[str] = ..., reported_id: _Optional[str] = ...) -> None: ...
+    follows: int
+    zone: str
+    def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., slots: _Optional[int] = ..., reachable: _Optional[bool] = ..., slots_owned: _Optional[int] = ..., id: _Optional[str] = ..., reported_id: _Optional[str] = ..., follows: _Optional[int] = ..., zone: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("map_version", "slots_total", "nodes", "migrations", "jobs", "controller_term", "leader", "slots_without_copy", "cluster_id")
+    __slots__ = ("map_version", "slots_total", "nodes", "migrations", "jobs", "controller_term", "leader", "slots_without_copy", "cluster_id", "replicas", "slots_under_replicated")
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +138,8 @@ class StatusResponse(_message.Message):
     LEADER_FIELD_NUMBER: _ClassVar[int]
     SLOTS_WITHOUT_COPY_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_UNDER_REPLICATED_FIELD_NUMBER: _ClassVar[int]
     map_version: int
     slots_total: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
@@ -127,7 +149,9 @@ class StatusResponse(_message.Message):
     leader: str
     slots_without_copy: _containers.RepeatedScalarFieldContainer[int]
     cluster_id: str
-    def __init__(self, map_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., controller_term: _Optional[int] = ..., leader: _Optional[str] = ..., slots_without_copy: _Optional[_Iterable[int]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+    replicas: int
+    slots_under_replicated: int
+    def __init__(self, map_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., controller_term: _Optional[int] = ..., leader: _Optional[str] = ..., slots_without_copy: _Optional[_Iterable[int]] = ..., cluster_id: _Optional[str] = ..., replicas: _Optional[int] = ..., slots_under_replicated: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "kind", "node", "state", "slots_planned", "slots_moved", "moves_aborted", "started_unix_s", "finished_unix_s", "error", "freeze_ms_p50", "freeze_ms_p99", "freeze_ms_max")

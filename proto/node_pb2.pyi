@@ -35,23 +35,31 @@ IMPORTING: MoveRole
 IMPORTED: MoveRole
 
 class SlotOwnership(_message.Message):
-    __slots__ = ("slot", "epoch", "owner", "owned")
+    __slots__ = ("slot", "epoch", "owner", "owned", "followers", "seq_epoch", "seq", "following")
     SLOT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     OWNED_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWERS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWING_FIELD_NUMBER: _ClassVar[int]
     slot: int
     epoch: int
     owner: str
     owned: bool
-    def __init__(self, slot: _Optional[int] = ..., epoch: _Optional[int] = ..., owner: _Optional[str] = ..., owned: _Optional[bool] = ...) -> None: ...
+    followers: _containers.RepeatedScalarFieldContainer[str]
+    seq_epoch: int
+    seq: int
+    following: bool
+    def __init__(self, slot: _Optional[int] = ..., epoch: _Optional[int] = ..., owner: _Optional[str] = ..., owned: _Optional[bool] = ..., followers: _Optional[_Iterable[str]] = ..., seq_epoch: _Optional[int] = ..., seq: _Optional[int] = ..., following: _Optional[bool] = ...) -> None: ...
 
 class GetSlotsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetSlotsResponse(_message.Message):
-    __slots__ = ("node_id", "slots_total", "map_version", "slots", "moves", "cluster_id", "controller_term")
+    __slots__ = ("node_id", "slots_total", "map_version", "slots", "moves", "cluster_id", "controller_term", "zone")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +67,7 @@ class GetSlotsResponse(_message.Message):
     MOVES_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTROLLER_TERM_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     slots_total: int
     map_version: int
@@ -66,10 +75,11 @@ class GetSlotsResponse(_message.Message):
     moves: _containers.RepeatedCompositeFieldContainer[SlotMove]
     cluster_id: str
     controller_term: int
-    def __init__(self, node_id: _Optional[str] = ..., slots_total: _Optional[int] = ..., map_version: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[SlotMove, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., controller_term: _Optional[int] = ...) -> None: ...
+    zone: str
+    def __init__(self, node_id: _Optional[str] = ..., slots_total: _Optional[int] = ..., map_version: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[SlotMove, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., controller_term: _Optional[int] = ..., zone: _Optional[str] = ...) -> None: ...
 
 class AssignSlotsRequest(_message.Message):
-    __slots__ = ("map_version", "self_address", "slots", "base_map_version", "controller_term", "cluster_id", "node_id")
+    __slots__ = ("map_version", "self_address", "slots", "base_map_version", "controller_term", "cluster_id", "node_id", "drop_released", "down_nodes")
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SELF_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +87,8 @@ class AssignSlotsRequest(_message.Message):
     CONTROLLER_TERM_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DROP_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    DOWN_NODES_FIELD_NUMBER: _ClassVar[int]
     map_version: int
     self_address: str
     slots: _containers.RepeatedCompositeFieldContainer[SlotOwnership]
@@ -84,7 +96,9 @@ class AssignSlotsRequest(_message.Message):
     controller_term: int
     cluster_id: str
     node_id: str
-    def __init__(self, map_version: _Optional[int] = ..., self_address: _Optional[str] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., base_map_version: _Optional[int] = ..., controller_term: _Optional[int] = ..., cluster_id: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+    drop_released: bool
+    down_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, map_version: _Optional[int] = ..., self_address: _Optional[str] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., base_map_version: _Optional[int] = ..., controller_term: _Optional[int] = ..., cluster_id: _Optional[str] = ..., node_id: _Optional[str] = ..., drop_released: _Optional[bool] = ..., down_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AssignSlotsResponse(_message.Message):
     __slots__ = ("slots_owned",)
@@ -261,3 +275,59 @@ class AbortMoveResponse(_message.Message):
     WAS_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     was_active: bool
     def __init__(self, was_active: _Optional[bool] = ...) -> None: ...
+
+class ReplicaEntry(_message.Message):
+    __slots__ = ("slot", "epoch", "seq", "ops")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    epoch: int
+    seq: int
+    ops: _containers.RepeatedCompositeFieldContainer[KeyOp]
+    def __init__(self, slot: _Optional[int] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[KeyOp, _Mapping]]] = ...) -> None: ...
+
+class ReplicateRequest(_message.Message):
+    __slots__ = ("primary", "lease_ms", "entries", "clock_ns", "lease_slots", "lease_epochs")
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    LEASE_MS_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_NS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    primary: str
+    lease_ms: int
+    entries: _containers.RepeatedCompositeFieldContainer[ReplicaEntry]
+    clock_ns: int
+    lease_slots: _containers.RepeatedScalarFieldContainer[int]
+    lease_epochs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, primary: _Optional[str] = ..., lease_ms: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[ReplicaEntry, _Mapping]]] = ..., clock_ns: _Optional[int] = ..., lease_slots: _Optional[_Iterable[int]] = ..., lease_epochs: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ReplicaResult(_message.Message):
+    __slots__ = ("ok", "refusal")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    refusal: str
+    def __init__(self, ok: _Optional[bool] = ..., refusal: _Optional[str] = ...) -> None: ...
+
+class ReplicateResponse(_message.Message):
+    __slots__ = ("results", "refused_leases")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_LEASES_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ReplicaResult]
+    refused_leases: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, results: _Optional[_Iterable[_Union[ReplicaResult, _Mapping]]] = ..., refused_leases: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SilentFollowersRequest(_message.Message):
+    __slots__ = ("silent_after_ms",)
+    SILENT_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    silent_after_ms: int
+    def __init__(self, silent_after_ms: _Optional[int] = ...) -> None: ...
+
+class SilentFollowersResponse(_message.Message):
+    __slots__ = ("followers",)
+    FOLLOWERS_FIELD_NUMBER: _ClassVar[int]
+    followers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, followers: _Optional[_Iterable[str]] = ...) -> None: ...

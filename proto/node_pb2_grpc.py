@@ -74,6 +74,16 @@ class NodeStub:
                 request_serializer=proto_dot_node__pb2.AbortMoveRequest.SerializeToString,
                 response_deserializer=proto_dot_node__pb2.AbortMoveResponse.FromString,
                 _registered_method=True)
+        self.Replicate = channel.unary_unary(
+                '/yunkai.node.v1.Node/Replicate',
+                request_serializer=proto_dot_node__pb2.ReplicateRequest.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.ReplicateResponse.FromString,
+                _registered_method=True)
+        self.SilentFollowers = channel.unary_unary(
+                '/yunkai.node.v1.Node/SilentFollowers',
+                request_serializer=proto_dot_node__pb2.SilentFollowersRequest.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.SilentFollowersResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -129,6 +139,18 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Replicate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SilentFollowers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +193,16 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.AbortMove,
                     request_deserializer=proto_dot_node__pb2.AbortMoveRequest.FromString,
                     response_serializer=proto_dot_node__pb2.AbortMoveResponse.SerializeToString,
+            ),
+            'Replicate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Replicate,
+                    request_deserializer=proto_dot_node__pb2.ReplicateRequest.FromString,
+                    response_serializer=proto_dot_node__pb2.ReplicateResponse.SerializeToString,
+            ),
+            'SilentFollowers': grpc.unary_unary_rpc_method_handler(
+                    servicer.SilentFollowers,
+                    request_deserializer=proto_dot_node__pb2.SilentFollowersRequest.FromString,
+                    response_serializer=proto_dot_node__pb2.SilentFollowersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,6 +421,60 @@ class Node:
             '/yunkai.node.v1.Node/AbortMove',
             proto_dot_node__pb2.AbortMoveRequest.SerializeToString,
             proto_dot_node__pb2.AbortMoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Replicate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.node.v1.Node/Replicate',
+            proto_dot_node__pb2.ReplicateRequest.SerializeToString,
+            proto_dot_node__pb2.ReplicateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SilentFollowers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.node.v1.Node/SilentFollowers',
+            proto_dot_node__pb2.SilentFollowersRequest.SerializeToString,
+            proto_dot_node__pb2.SilentFollowersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,131 @@
+"""Replicated slots, node by node (node/replication.py): what a primary acknowledges is on its followers.
+
+Two or three real nodes on loopback, given slot tables directly (AssignSlots, as the
+controller would): a primary and its followers. Writes acknowledged by the primary survive its
+kill -9 on the follower promoted in its place; a follower refuses a deposed primary; a primary
+whose followers stop acknowledging stops serving within its lease.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+import pytest
+
+from node.keys import account_slot
+from proto import ledger_pb2 as pb, node_pb2
+from tests.conftest import NodeHandle, fresh, start_node
+
+LEDGER = 156
+S = 4096
+LEASE_MS = 500
+
+
+def table(epoch: int, primary: str, followers: list[str], down: list[str] | None = None) -> node_pb2.AssignSlotsRequest:
+    """The whole slot table with one configuration for every slot."""
+    return node_pb2.AssignSlotsRequest(
+        map_version=epoch,
+        slots=[node_pb2.SlotOwnership(slot=slot, epoch=epoch, owner=primary, followers=followers) for slot in range(S)],
+        drop_released=True,
+        down_nodes=down or [],
+    )
+
+
+def assign(node: NodeHandle, request: node_pb2.AssignSlotsRequest, self_address: str) -> None:
+    request = node_pb2.AssignSlotsRequest.FromString(request.SerializeToString())
+    request.self_address = self_address
+    node.admin.AssignSlots(request, timeout=10)
+
+
+@contextmanager
+def nodes(tmp_path_factory: pytest.TempPathFactory, count: int) -> Iterator[list[NodeHandle]]:
+    handles = [start_node(tmp_path_factory, "--join", "--lease-ms", str(LEASE_MS)) for _ in range(count)]
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.close()
+            handle.process.stop()
+
+
+def wait_served(node: NodeHandle, account_id: str, timeout_s: float = 10.0) -> pb.AccountResult:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = node.ledger.LookupAccounts(pb.LookupAccountsRequest(ids=[account_id]), timeout=5).results[0]
+        if result.code != pb.WRONG_SLOT or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
+def test_writes_acknowledged_by_a_killed_primary_are_on_the_follower_promoted_in_its_place(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    with nodes(tmp_path_factory, 3) as (a, b, c):
+        addresses = [n.process.address for n in (a, b, c)]
+        first = table(1, addresses[0], addresses[1:])
+        for node, address in zip((a, b, c), addresses, strict=True):
+            assign(node, first, address)
+        bank, customers = fresh("bank"), [fresh("c") for _ in range(20)]
+        assert wait_served(a, bank).code == pb.ACCOUNT_NOT_FOUND  # a holds its lease
+        accounts = [pb.Account(id=i, ledger=LEDGER, code=1) for i in [bank, *customers]]
+        assert {r.code for r in a.ledger.CreateAccounts(pb.CreateAccountsRequest(accounts=accounts)).results} == {pb.OK}
+        sent = [
+            pb.Transfer(id=f"t{i}", debit_account_id=bank, credit_account_id=customers[i % 20], amount=i + 1,
+                        ledger=LEDGER, code=1)
+            for i in range(200)
+        ]  # fmt: skip
+        results = a.ledger.CreateTransfers(pb.CreateTransfersRequest(transfers=sent), timeout=10).results
+        assert {r.code for r in results} == {pb.OK}
+        a.process.kill()  # no goodbye: what it acknowledged must be on its followers
+        second = table(2, addresses[1], [addresses[2]], down=[addresses[0]])
+        for node, address in ((b, addresses[1]), (c, addresses[2])):
+            assign(node, second, address)
+        looked = wait_served(b, bank)
+        assert looked.code == pb.OK, looked
+        assert looked.account.debits_posted == sum(t.amount for t in sent)
+        replays = b.ledger.CreateTransfers(pb.CreateTransfersRequest(transfers=sent), timeout=10).results
+        assert {r.code for r in replays} == {pb.EXISTS}
+        for r, first_answer in zip(replays, results, strict=True):
+            assert r.timestamp == first_answer.timestamp  # the same stored transfer, not a new one
+        # The new primary's writes reach its follower too, with timestamps after the old primary's.
+        more = pb.Transfer(id="after", debit_account_id=bank, credit_account_id=customers[0], amount=7,
+                           ledger=LEDGER, code=1)  # fmt: skip
+        answer = b.ledger.CreateTransfers(pb.CreateTransfersRequest(transfers=[more]), timeout=10).results[0]
+        assert answer.code == pb.OK and answer.timestamp > max(r.timestamp for r in results)
+        b.process.kill()
+        third = table(3, addresses[2], [], down=addresses[:2])
+        assign(c, third, addresses[2])
+        looked = wait_served(c, bank)
+        assert looked.code == pb.OK and looked.account.debits_posted == sum(t.amount for t in sent) + 7
+
+
+def test_a_follower_refuses_a_deposed_primary_which_then_stops_serving(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    with nodes(tmp_path_factory, 2) as (a, b):
+        addresses = [a.process.address, b.process.address]
+        first = table(1, addresses[0], [addresses[1]])
+        assign(a, first, addresses[0])
+        assign(b, first, addresses[1])
+        account = fresh("z")
+        assert wait_served(a, account).code == pb.ACCOUNT_NOT_FOUND  # a holds its lease
+        assert a.accounts(pb.Account(id=account, ledger=LEDGER, code=1)) == [pb.OK]
+        # The controller makes b the primary (a is cut off from it, say) and tells b only.
+        assign(b, table(2, addresses[1], [], down=[addresses[0]]), addresses[1])
+        t = pb.Transfer(id="late", debit_account_id=account, credit_account_id=fresh("y"), amount=1, ledger=LEDGER,
+                        code=1)  # fmt: skip
+        # a cannot replicate a write any more (b refuses it): not acknowledged ...
+        with pytest.raises(grpc.RpcError) as caught:
+            a.ledger.CreateTransfers(pb.CreateTransfersRequest(transfers=[t]), timeout=1.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # ... and once its lease has lapsed it serves no read either.
+        time.sleep(LEASE_MS / 1000 * 1.5)
+        stale = a.ledger.LookupAccounts(pb.LookupAccountsRequest(ids=[account]), timeout=5).results[0]
+        assert stale.code == pb.WRONG_SLOT
+        served = wait_served(b, account)
+        assert served.code == pb.OK
+        slot = account_slot(account, S)
+        assert b.admin.GetSlots(node_pb2.GetSlotsRequest(), timeout=5).slots[slot].owned
