@@ -22,16 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 
 from proto import cluster_pb2
 from router import metrics
-from router.controller import Controller, ControllerError, NodeClients
+from router.controller import DOWN_AFTER_S_DEFAULT, Controller, ControllerError, NodeClients
 from router.leadership import Leadership
 from router.mapview import MapView
 from router.metastore import Metastore
 from router.migration import Mover
-from router.shardmap import LOST
+from router.shardmap import DOWN, LOST
 
 log = logging.getLogger("yunkai.router.control")
 
@@ -47,6 +48,8 @@ class ControlPlane:
         seed_nodes: Sequence[str],
         slots_total: int,
         move_concurrency: int,
+        replicas: int = 1,
+        down_after_s: float = DOWN_AFTER_S_DEFAULT,
     ) -> None:
         self.metastore = metastore
         self.leadership = leadership
@@ -54,6 +57,8 @@ class ControlPlane:
         self.seed_nodes = list(seed_nodes)
         self.slots_total = slots_total
         self.move_concurrency = move_concurrency
+        self.replicas = replicas
+        self.down_after_s = down_after_s
         self.view = MapView()
         self.view.on_stale = self._stale
         self.controller: Controller | None = None  # while this router leads
@@ -100,7 +105,14 @@ class ControlPlane:
 
     async def _lead(self) -> None:
         controller = Controller(
-            self.metastore, self.view, self.nodes, self.leadership, self.seed_nodes, self.slots_total
+            self.metastore,
+            self.view,
+            self.nodes,
+            self.leadership,
+            self.seed_nodes,
+            self.slots_total,
+            replicas=self.replicas,
+            down_after_s=self.down_after_s,
         )
         await controller.take_office()
         await controller.publish()  # nodes know the map (and the new term) before any job acts
@@ -113,10 +125,12 @@ class ControlPlane:
         metrics.leading.set(1)
         async with asyncio.TaskGroup() as tasks:
             reconciler = tasks.create_task(controller.run())
+            health = tasks.create_task(controller.watch_health())
             jobs = tasks.create_task(mover.run())
             await self.leadership.lost()
             log.warning("leadership lost: the controller stops", extra={"term": controller.term})
             reconciler.cancel()
+            health.cancel()
             jobs.cancel()
 
     async def _stale(self, seen_version: int) -> None:
@@ -159,7 +173,10 @@ class ControlPlane:
             leader=await self.leader(),
             cluster_id=shard_map.cluster_id,
             slots_without_copy=shard_map.without_copy(),
+            replicas=shard_map.replicas,
+            slots_under_replicated=len(shard_map.under_replicated()),
         )
+        follows: Counter[str] = Counter(f for following in shard_map.followers for f in following)
         for address, table in zip(addresses, tables, strict=True):
             recorded = shard_map.ids.get(address, "")
             same = table is not None and (not recorded or table.node_id == recorded)
@@ -167,10 +184,12 @@ class ControlPlane:
                 address=address,
                 state=shard_map.nodes[address],
                 slots=counts[address],
-                reachable=table is not None and shard_map.nodes[address] != LOST,
+                reachable=table is not None and shard_map.nodes[address] not in (LOST, DOWN),
                 slots_owned=sum(1 for s in table.slots if s.owned) if table is not None and same else 0,
                 id=recorded,
                 reported_id="" if table is None else table.node_id,
+                follows=follows[address],
+                zone=shard_map.zones.get(address, ""),
             )
         response.migrations.extend(shard_map.to_proto().migrations)
         response.jobs.extend(shard_map.jobs)

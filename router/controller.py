@@ -49,22 +49,25 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import serving
 from proto import node_pb2, node_pb2_grpc
-from router import metrics, placement
+from router import metrics, placement, replicas
 from router.leadership import Leadership
 from router.mapview import MapView
 from router.metastore import Metastore
 from router.routing import CHANNEL_OPTIONS
-from router.shardmap import ACTIVE, LOST, ShardMap
+from router.shardmap import ACTIVE, DOWN, LOST, ShardMap
 
 log = logging.getLogger("yunkai.router.controller")
 
 RPC_TIMEOUT_S = 5.0
+DOWN_AFTER_S_DEFAULT = 1.5
+RETRY_FAIL_OVER_S = 1.0  # a failover left unfinished (the map moved on meanwhile) is tried again this often
 TERM_ATTEMPTS_MAX = 5
 
 
@@ -95,6 +98,29 @@ class NodeClients:
         except grpc.aio.AioRpcError:
             return None
 
+    async def healthy(self, address: str, timeout_s: float) -> bool:
+        """Whether the node answers a health check as SERVING within `timeout_s`."""
+        if address not in self._channels:
+            self.stub(address)
+        try:
+            reply = await health_pb2_grpc.HealthStub(self._channels[address]).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def silent_followers(self, address: str, after_s: float, timeout_s: float) -> list[str]:
+        """The follower nodes the node (as a primary) has heard nothing from for `after_s`."""
+        request = node_pb2.SilentFollowersRequest(silent_after_ms=max(1, int(after_s * 1000)))
+        try:
+            reply: node_pb2.SilentFollowersResponse = await self.stub(address).SilentFollowers(
+                request, timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            return []
+        return list(reply.followers)
+
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
@@ -113,6 +139,8 @@ class Controller:
         seed_nodes: Sequence[str],
         slots_total: int,
         reconcile_interval_s: float = 1.0,
+        replicas: int = 1,
+        down_after_s: float = DOWN_AFTER_S_DEFAULT,
     ) -> None:
         self.metastore = metastore
         self.view = view
@@ -121,6 +149,10 @@ class Controller:
         self.seed_nodes = list(seed_nodes)
         self.slots_total = slots_total
         self.reconcile_interval_s = reconcile_interval_s
+        self.replicas = replicas  # R for a new cluster (a stored map keeps its own)
+        self.down_after_s = down_after_s
+        self._last_seen: dict[str, float] = {}  # monotonic time each node last answered a health check
+        self._failed_over_at = 0.0  # monotonic time of the last failover (retries are spaced)
         self.term = 0  # set on taking office
         self._node_versions: dict[str, int] = {}  # what each node said its table version is
         self._node_errors: dict[str, str] = {}
@@ -173,8 +205,11 @@ class Controller:
     async def _seed(self) -> ShardMap:
         if not self.seed_nodes:
             raise ControllerError("no shard map is stored yet: give the nodes with --nodes HOST:PORT,...")
-        ids = await self._check_seed_nodes()
-        seeded = ShardMap.initial(placement.place(self.slots_total, self.seed_nodes), ids, secrets.token_hex(8))
+        ids, zones = await self._check_seed_nodes()
+        owners = placement.place(self.slots_total, self.seed_nodes)
+        copies = min(self.replicas, len(self.seed_nodes))
+        followers = [f for _primary, f in replicas.seed(owners, self.seed_nodes, copies, zones)] if copies > 1 else []
+        seeded = ShardMap.initial(owners, ids, secrets.token_hex(8), followers, max(1, self.replicas), zones)
         if await self.metastore.compare_and_swap(0, seeded):
             log.info("seeded a new shard map", extra={"nodes": self.seed_nodes, "slots": self.slots_total})
             return seeded
@@ -182,9 +217,10 @@ class Controller:
         assert stored is not None
         return stored
 
-    async def _check_seed_nodes(self) -> dict[str, str]:
-        """A new map may only take nodes that own nothing yet (started with --join); their ids."""
+    async def _check_seed_nodes(self) -> tuple[dict[str, str], dict[str, str]]:
+        """A new map may only take nodes that own nothing yet (started with --join); their ids and zones."""
         ids: dict[str, str] = {}
+        zones: dict[str, str] = {}
         for address in self.seed_nodes:
             table = await self.nodes.table(address)
             if table is None:
@@ -202,7 +238,9 @@ class Controller:
                     f"node {address} belongs to cluster {table.cluster_id} already: a new cluster takes only new nodes"
                 )
             ids[address] = table.node_id
-        return ids
+            if table.zone:
+                zones[address] = table.zone
+        return ids, zones
 
     def _check_leading(self) -> None:
         if not self.leadership.leading():
@@ -256,10 +294,7 @@ class Controller:
         first: Sequence[str] = (),
         after_first: Callable[[], None] | None = None,
     ) -> None:
-        slots = [
-            node_pb2.SlotOwnership(slot=slot, epoch=shard_map.epochs[slot], owner=shard_map.owners[slot])
-            for slot in changed
-        ]
+        slots = [_ownership(shard_map, slot) for slot in changed]
         leading = sorted(set(first) & set(self._reachable(shard_map)))
         await asyncio.gather(*(self._assign(shard_map, a, slots, base) for a in leading))
         if after_first is not None:
@@ -269,8 +304,8 @@ class Controller:
 
     @staticmethod
     def _reachable(shard_map: ShardMap) -> list[str]:
-        """The nodes that may be told about the map: all but the lost ones."""
-        return sorted(address for address, state in shard_map.nodes.items() if state != LOST)
+        """The nodes that may be told about the map: all but the lost and down ones."""
+        return sorted(address for address, state in shard_map.nodes.items() if state not in (LOST, DOWN))
 
     async def recover_moves(self) -> None:
         """On taking office: abort every move the map records (their progress died with the
@@ -301,10 +336,7 @@ class Controller:
 
     def _table(self, shard_map: ShardMap, address: str) -> node_pb2.AssignSlotsRequest:
         request = self._request(shard_map, address)
-        request.slots.extend(
-            node_pb2.SlotOwnership(slot=slot, epoch=epoch, owner=owner)
-            for slot, (owner, epoch) in enumerate(zip(shard_map.owners, shard_map.epochs, strict=True))
-        )
+        request.slots.extend(_ownership(shard_map, slot) for slot in range(shard_map.slots_total))
         return request
 
     def _request(self, shard_map: ShardMap, address: str) -> node_pb2.AssignSlotsRequest:
@@ -314,6 +346,8 @@ class Controller:
             controller_term=self.term,
             cluster_id=shard_map.cluster_id,
             node_id=shard_map.ids.get(address, ""),
+            drop_released=shard_map.replicas > 1,
+            down_nodes=sorted(a for a, state in shard_map.nodes.items() if state in (DOWN, LOST)),
         )
 
     async def publish(self, only: Sequence[str] | None = None) -> None:
@@ -331,7 +365,7 @@ class Controller:
         async with self._assigning:
             if shard_map.version < self.current().version:
                 shard_map, delta = self.current(), None  # a newer map was stored meanwhile: send it whole
-            if shard_map.nodes.get(address) == LOST:
+            if shard_map.nodes.get(address) in (LOST, DOWN):
                 return
             self._check_leading()
             if delta is not None:
@@ -398,18 +432,30 @@ class Controller:
             await self.change(lambda m: _set_node(m, address, node_id=table.node_id), changed=[])
             return True
         if table.node_id == recorded:
-            if state == LOST:
-                log.warning("a lost node is back with its own data directory", extra={"node": address, "id": recorded})
+            if state in (LOST, DOWN):
+                log.warning("a node is back with its own data directory", extra={"node": address, "id": recorded})
+                # With replicas it holds no slot any more (failed over): it drops their ranges and
+                # repair copies slots to it again; without, its slots are served again.
                 await self.change(lambda m: _set_node(m, address, state=ACTIVE), changed=None)
             return True
         if state != LOST:
-            lost = len(shard_map.slots_of(address))
+            lost = len(shard_map.slots_with(address))
             log.error(
-                "node lost: the process at its address is another node (an empty or replaced data directory);"
-                " its slots have no live copy",
+                "node lost: the process at its address is another node (an empty or replaced data directory)",
                 extra={"node": address, "id": recorded, "reported_id": table.node_id, "slots": lost},
             )
-            await self.change(lambda m: _set_node(m, address, state=LOST), changed=[])
+            if shard_map.replicas > 1:
+                await self.fail_over({address: LOST})
+            else:
+                await self.change(lambda m: _set_node(m, address, state=LOST), changed=[])
+        elif shard_map.replicas > 1 and not shard_map.slots_with(address) and _empty(table):
+            # Its slots live on elsewhere: the newcomer at the address joins as a new node, empty.
+            log.warning(
+                "a new node at a lost node's address joins in its place",
+                extra={"node": address, "old_id": recorded, "id": table.node_id},
+            )
+            await self.change(lambda m: _set_node(m, address, state=ACTIVE, node_id=table.node_id), changed=None)
+            return True
         return False
 
     async def _reconcile_moves(self, address: str, table: node_pb2.GetSlotsResponse) -> None:
@@ -424,6 +470,112 @@ class Controller:
                 log.info("aborting a move the map no longer records", extra={"node": address, "slot": move.slot})
                 await self.abort_move(address, move.migration_id, move.slot)
 
+    async def fail_over(self, dead: Mapping[str, int]) -> None:
+        """Nodes gone (down or lost): in one map change, mark them, give each slot they led to
+        the live follower with the most of it, drop them (and followers behind) from every
+        configuration, and forget the moves they took part in; then tell the nodes."""
+        shard_map = self.current()
+        gone = set(dead) | {a for a, state in shard_map.nodes.items() if state in (DOWN, LOST)}
+        affected = {slot: shard_map.config(slot) for slot in range(shard_map.slots_total)}
+        affected = {slot: c for slot, c in affected.items() if gone & set(replicas.members(c))}
+        led = {slot: (p, tuple(f for f in fs if f not in gone)) for slot, (p, fs) in affected.items() if p in gone}
+        copies = await self._copies(shard_map, led)
+        changes = replicas.fail_over(affected, gone, copies)
+        moving = [m.id for m in shard_map.migrations if {m.source, m.target, m.replaces} & gone or m.slot in changes]
+        stranded = [slot for slot in affected if slot not in changes and affected[slot][0] in gone]
+        log.error(
+            "failing over",
+            extra={"nodes": dict(dead), "slots": len(changes), "without_copy": len(stranded), "moves": len(moving)},
+        )
+        await self.change(
+            lambda m: m.failed_over(dict(dead), _still(changes, shard_map, m), moving),
+            changed=sorted(changes),
+            first=sorted({a for c in changes.values() for a in replicas.members(c)}),
+        )
+        for move in shard_map.migrations:
+            if move.id in moving:
+                for party in {move.source, move.target} - gone:
+                    await self.abort_move(party, move.id, move.slot)
+
+    async def watch_health(self) -> None:
+        """Probe every node's health often; with replicas, one silent for down_after_s is down."""
+        interval = min(0.25, self.down_after_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            shard_map = self.current()
+            watched = sorted(a for a, state in shard_map.nodes.items() if state not in (DOWN, LOST))
+            answers = await asyncio.gather(*(self.nodes.healthy(a, interval * 2) for a in watched))
+            now = time.monotonic()
+            for address, ok in zip(watched, answers, strict=True):
+                if ok or address not in self._last_seen:
+                    self._last_seen[address] = now
+            if shard_map.replicas <= 1:
+                continue
+            silent = [a for a in watched if now - self._last_seen[a] > self.down_after_s]
+            if silent:
+                await self.fail_over(dict.fromkeys(silent, DOWN))
+                self._failed_over_at = time.monotonic()
+                continue
+            if _fail_over_pending(shard_map) and time.monotonic() - self._failed_over_at >= RETRY_FAIL_OVER_S:
+                # A change planned earlier skipped slots the map had moved on for: plan them again.
+                await self.fail_over({})
+                self._failed_over_at = time.monotonic()
+                continue
+            answering = [a for a, ok in zip(watched, answers, strict=True) if ok]
+            reports = await asyncio.gather(
+                *(self.nodes.silent_followers(a, self.down_after_s, interval * 2) for a in answering)
+            )
+            pairs = {(p, f) for p, quiet in zip(answering, reports, strict=True) for f in quiet if f in answering}
+            if pairs:
+                await self.drop_followers(pairs)
+
+    async def drop_followers(self, pairs: set[tuple[str, str]]) -> None:
+        """Primaries told us followers have not acknowledged them for the bound while both still
+        answer us: in one map change, take each such follower out of the slots that primary
+        leads, or, where the primary hears none of a slot's followers, fail the slot over to
+        one of them (router/replicas.py `silenced`); repair copies them again later."""
+        shard_map = self.current()
+        configs = {slot: shard_map.config(slot) for slot in range(shard_map.slots_total)}
+        configs = {slot: c for slot, c in configs.items() if any((c[0], f) in pairs for f in c[1])}
+        cut_off = {slot: c for slot, c in configs.items() if all((c[0], f) in pairs for f in c[1])}
+        copies = await self._copies(shard_map, cut_off)
+        changes = replicas.silenced(configs, pairs, copies)
+        if not changes:
+            return
+        moving = [m.id for m in shard_map.migrations if m.slot in changes]
+        log.error(
+            "followers silent to their primary: dropped, or the slot failed over",
+            extra={
+                "pairs": sorted(f"{p} -> {f}" for p, f in pairs),
+                "slots": len(changes),
+                "failed_over": sum(1 for slot, c in changes.items() if c[0] != configs[slot][0]),
+            },
+        )
+        await self.change(
+            lambda m: m.failed_over({}, _still(changes, shard_map, m), moving),
+            changed=sorted(changes),
+            first=sorted({a for c in configs.values() for a in replicas.members(c)}),
+        )
+        for move in shard_map.migrations:
+            if move.id in moving:
+                for party in (move.source, move.target):
+                    await self.abort_move(party, move.id, move.slot)
+
+    async def _copies(
+        self, shard_map: ShardMap, configs: Mapping[int, replicas.Config]
+    ) -> dict[tuple[int, str], tuple[int, int]]:
+        """How far each follower of `configs` is in each of those slots, by its own table (a
+        follower that does not answer, or is another node now, has none)."""
+        asked = sorted({f for _p, fs in configs.values() for f in fs})
+        tables = await asyncio.gather(*(self.nodes.table(a) for a in asked))
+        copies: dict[tuple[int, str], tuple[int, int]] = {}
+        for address, table in zip(asked, tables, strict=True):
+            if table is not None and table.node_id == shard_map.ids.get(address, table.node_id):
+                for entry in table.slots:
+                    if entry.following and entry.slot in configs:
+                        copies[(entry.slot, address)] = (entry.seq_epoch, entry.seq)
+        return copies
+
     async def run(self) -> None:
         """Reconcile nodes with the map until cancelled (the caller publishes once first)."""
         while True:
@@ -436,8 +588,41 @@ class Controller:
         return dict(self._node_errors)
 
 
+def _fail_over_pending(shard_map: ShardMap) -> bool:
+    """Whether a configuration still names a down or lost node that a failover could remove."""
+    gone = {a for a, state in shard_map.nodes.items() if state in (DOWN, LOST)}
+    if not gone:
+        return False
+    for slot in range(shard_map.slots_total):
+        primary, followers = shard_map.config(slot)
+        if primary in gone and any(f not in gone for f in followers):
+            return True
+        if primary not in gone and gone.intersection(followers):
+            return True
+    return False
+
+
+def _still(
+    changes: Mapping[int, replicas.Config], planned_on: ShardMap, current: ShardMap
+) -> dict[int, replicas.Config]:
+    """The changes whose slot is still at the epoch they were planned on (the map may have moved
+    on while the plan awaited the nodes' answers: those slots are planned again later)."""
+    return {slot: c for slot, c in changes.items() if current.epochs[slot] == planned_on.epochs[slot]}
+
+
 def _set_node(shard_map: ShardMap, address: str, state: int | None = None, node_id: str | None = None) -> ShardMap:
     """The next version with a node's state or id changed (unchanged if the node left meanwhile)."""
     if address not in shard_map.nodes:
         return shard_map.next_version()
     return shard_map.with_node(address, shard_map.nodes[address] if state is None else state, node_id)
+
+
+def _ownership(shard_map: ShardMap, slot: int) -> node_pb2.SlotOwnership:
+    return node_pb2.SlotOwnership(
+        slot=slot, epoch=shard_map.epochs[slot], owner=shard_map.owners[slot], followers=shard_map.followers_of(slot)
+    )
+
+
+def _empty(table: node_pb2.GetSlotsResponse) -> bool:
+    """A node that holds nothing of any cluster: no cluster id, no slot it owns or follows."""
+    return not table.cluster_id and not any(s.owned or s.following for s in table.slots)

@@ -1,5 +1,11 @@
-"""Slot moves, the controller's half: operator jobs (add-node, drain-node, rebalance) made of
-waves of slot moves, each move driven through node/slotmove.py's protocol.
+"""Slot moves, the controller's half: jobs (add-node, drain-node, rebalance, repair) made of
+waves of slot copies, each one driven through node/slotmove.py's protocol.
+
+A copy (a Migration) takes slot s from its primary A to a target B that takes the place of
+one member: A itself (the primary moves: B serves s from the commit, A drops it), a follower
+F (B follows from the commit, F drops s), or nobody (B is added as a follower: repair).
+With one copy per slot every move is of the first kind. What each job copies is planned by
+router/placement.py (primaries) and router/replicas.py (configurations with followers).
 
 A wave moves up to `concurrency` slots, each from its owner A to its target B:
   1. Record. One compare-and-swap records every move of the wave in the shard map
@@ -8,11 +14,12 @@ A wave moves up to `concurrency` slots, each from its owner A to its target B:
      answered once A's change log for the slot is drained).
   3. Freeze. For each copied move: A.FreezeSlot (A holds writes to the slot, ships the tail,
      and B checks the digest and makes the staged range durable).
-  4. Commit. One compare-and-swap gives each frozen slot to its B at epoch + 1 and forgets
-     every move of the wave (the ones that failed are aborted by it). This swap is the
-     single point of truth: before it, a move aborts; after it, it only rolls forward.
-     The change of owners is published to every node at once (a delta); A answers the
-     writes it held with WRONG_SLOT naming B, B serves.
+  4. Commit. One compare-and-swap gives each frozen slot its new configuration (B in the
+     replaced member's place) at epoch + 1 and forgets every move of the wave (the ones that
+     failed are aborted by it). This swap is the single point of truth: before it, a move
+     aborts; after it, it only rolls forward. The change is published to the slots' members
+     first, then to every node (a delta): a moved primary A answers the writes it held with
+     WRONG_SLOT naming B, which serves; a primary that stays thaws and replicates to B too.
   5. Abort. For each move that failed: AbortMove to A (unfreeze) and B (drop the staged
      range), only after step 4 recorded it. A node that misses it is told by reconcile.
 A failed move is tried again in a later wave with a new id, at most `attempts_max` times.
@@ -46,13 +53,15 @@ from dataclasses import dataclass, field
 import grpc
 
 from proto import cluster_pb2, node_pb2
-from router import metrics, placement
+from router import metrics, placement, replicas
 from router.controller import Controller, ControllerError
-from router.shardmap import ACTIVE, DRAINING, JOINING, LOST, Migration, ShardMap
+from router.replicas import Change
+from router.shardmap import ACTIVE, DOWN, DRAINING, JOINING, LOST, Migration, ShardMap
 
 log = logging.getLogger("yunkai.router.migration")
 
 CONCURRENCY_DEFAULT = 4  # measured: 8 moves ~20% more slots/s at a longer write pause per slot
+REPAIR_CHECK_S = 2.0  # how often an idle controller looks for slots with fewer than R copies
 ATTEMPTS_MAX = 5
 COPY_TIMEOUT_S = 120.0
 FREEZE_TIMEOUT_S = 10.0
@@ -181,10 +190,24 @@ class Mover:
         return job
 
     async def run(self) -> None:
-        """Run queued jobs, one at a time, until cancelled (the controller's supervisor owns it)."""
+        """Run queued jobs, one at a time, until cancelled (the controller's supervisor owns it).
+        When idle, with replicas, start a repair job for slots with fewer than R live copies."""
         while True:
-            job = await self._queue.get()
+            try:
+                job = await asyncio.wait_for(self._queue.get(), REPAIR_CHECK_S)
+            except TimeoutError:
+                await self._repair_if_needed()
+                continue
             await self._run(job)
+
+    async def _repair_if_needed(self) -> None:
+        shard_map = self.controller.current()
+        if shard_map.replicas <= 1 or shard_map.running_job() is not None or not shard_map.under_replicated():
+            return
+        if not self._plan(Job(id="", kind="repair", node="")):
+            return  # nowhere to copy to (too few live nodes): status shows the slots under-replicated
+        log.warning("repairing", extra={"under_replicated": len(shard_map.under_replicated())})
+        await self._start("repair", "")
 
     async def _check_joining(self, address: str) -> str:
         """The id of the node to add, after checking it may join."""
@@ -239,23 +262,18 @@ class Mover:
 
     async def _run_job(self, job: Job) -> None:
         controller = self.controller
-        if job.kind == "add-node":
-            if controller.current().nodes.get(job.node) is None:
-                raise ControllerError(f"{job.node} left the map while its add-node job waited")
-            after = placement.add_node(self._owners_without_moves(), job.node)
-        elif job.kind == "drain-node":
-            if controller.current().nodes.get(job.node) is None:
+        current = controller.current()
+        if job.kind == "add-node" and current.nodes.get(job.node) is None:
+            raise ControllerError(f"{job.node} left the map while its add-node job waited")
+        if job.kind == "drain-node":
+            if current.nodes.get(job.node) is None:
                 return  # drained already (an earlier controller finished the moves and removed it)
-            if controller.current().nodes[job.node] != DRAINING:
+            if current.nodes[job.node] not in (DRAINING, DOWN, LOST):
                 await self._swap(job, lambda m: m.with_node(job.node, DRAINING), changed=[])
-            after = placement.remove_node(self._owners_without_moves(), job.node)
-        else:
-            active = sorted(a for a, state in controller.current().nodes.items() if state not in (DRAINING, LOST))
-            after = placement.rebalance(self._owners_without_moves(), active)
-        plan = placement.moves(controller.current().owners, after)
+        plan = self._plan(job)
         job.planned = job.moved + len(plan)
         log.info("job planned", extra={"job": job.id, "kind": job.kind, "node": job.node, "slots": len(plan)})
-        await self._move_all(job, [(slot, target) for slot, _source, target in plan])
+        await self._move_all(job, plan)
         if job.kind == "add-node":
             await self._swap(job, lambda m: m.with_node(job.node, ACTIVE), changed=[])
         elif job.kind == "drain-node":
@@ -265,38 +283,66 @@ class Mover:
                 if state == JOINING:
                     await self._swap(job, functools.partial(_activate, node), changed=[])
 
-    def _owners_without_moves(self) -> list[str]:
-        return list(self.controller.current().owners)
+    def _plan(self, job: Job) -> list[Change]:
+        """The copies the job makes: with one copy per slot, primaries placed by balanced
+        rendezvous hashing (router/placement.py); with replicas, router/replicas.py's plans."""
+        shard_map = self.controller.current()
+        owners = list(shard_map.owners)
+        dead = {a for a, state in shard_map.nodes.items() if state in (DOWN, LOST)}
+        if shard_map.replicas <= 1:
+            if job.kind == "add-node":
+                after = placement.add_node(owners, job.node)
+            elif job.kind == "drain-node":
+                after = placement.remove_node(owners, job.node)
+            else:
+                active = sorted(a for a, state in shard_map.nodes.items() if state not in (DRAINING, LOST, DOWN))
+                after = placement.rebalance(owners, active)
+            return [Change(slot, target, source) for slot, source, target in placement.moves(owners, after)]
+        configs = [shard_map.config(slot) for slot in range(shard_map.slots_total)]
+        live = sorted(a for a, state in shard_map.nodes.items() if a not in dead and state != DRAINING)
+        if job.kind == "add-node":
+            return replicas.add(configs, job.node, shard_map.replicas, shard_map.zones)
+        if job.kind == "drain-node":
+            return replicas.drain(configs, job.node, [a for a in live if a != job.node], shard_map.zones)
+        return replicas.repair(configs, live, shard_map.replicas, shard_map.zones, dead)  # rebalance, repair
 
-    async def _move_all(self, job: Job, plan: list[tuple[int, str]]) -> None:
+    async def _move_all(self, job: Job, plan: list[Change]) -> None:
         attempts: dict[int, int] = {}
         todo = list(plan)
         while todo:
-            wave, todo = todo[: self.concurrency], todo[self.concurrency :]
+            wave = _one_per_slot(todo, self.concurrency)  # a slot takes one move at a time
+            todo = [change for change in todo if change not in wave]
             failed = await self._wave(job, wave)
-            for slot, target in failed:
-                attempts[slot] = attempts.get(slot, 0) + 1
-                if attempts[slot] >= ATTEMPTS_MAX:
-                    raise ControllerError(f"slot {slot} could not be moved to {target} in {ATTEMPTS_MAX} attempts")
-                todo.append((slot, target))
+            for change in failed:
+                attempts[change.slot] = attempts.get(change.slot, 0) + 1
+                if attempts[change.slot] >= ATTEMPTS_MAX:
+                    raise ControllerError(
+                        f"slot {change.slot} could not be copied to {change.target} in {ATTEMPTS_MAX} attempts"
+                    )
+                todo.append(change)
 
-    async def _wave(self, job: Job, wave: Sequence[tuple[int, str]]) -> list[tuple[int, str]]:
-        """Move up to `concurrency` slots; returns the moves that failed (aborted)."""
+    async def _wave(self, job: Job, wave: Sequence[Change]) -> list[Change]:
+        """Make up to `concurrency` copies; returns the changes that failed (aborted)."""
         controller = self.controller
         shard_map = controller.current()
+        dead = {a for a, state in shard_map.nodes.items() if state in (DOWN, LOST)}
         moves = [
-            Migration(uuid.uuid4().hex[:12], slot, shard_map.owners[slot], target)
-            for slot, target in wave
-            if shard_map.owners[slot] != target
+            Migration(uuid.uuid4().hex[:12], c.slot, shard_map.owners[c.slot], c.target, c.replaces)
+            for c in wave
+            if c.target not in shard_map.members(c.slot)
+            and shard_map.owners[c.slot] not in dead
+            and c.target not in dead
+            and (not c.replaces or c.replaces in shard_map.members(c.slot))
         ]
         if not moves:
             return []
         await self._swap(job, lambda m: m.with_migrations(add=moves), changed=[])
         try:
-            return await self._run_wave(job, moves)
+            failed = await self._run_wave(job, moves)
         except BaseException:
             await self._abandon(moves)
             raise
+        return [Change(m.slot, m.target, m.replaces) for m in failed]
 
     async def _abandon(self, moves: Sequence[Migration]) -> None:
         """A wave failed unexpectedly (or the controller is stopping): forget its moves that are
@@ -311,12 +357,12 @@ class Mover:
             if {m.id for m in current.migrations} & ids:
                 return  # not recorded as aborted: the next controller will abort them
             for m in moves:
-                if current.owners[m.slot] == m.source:
+                if m.target not in current.members(m.slot):  # not committed
                     await asyncio.gather(
                         controller.abort_move(m.source, m.id, m.slot), controller.abort_move(m.target, m.id, m.slot)
                     )
 
-    async def _run_wave(self, job: Job, moves: Sequence[Migration]) -> list[tuple[int, str]]:
+    async def _run_wave(self, job: Job, moves: Sequence[Migration]) -> list[Migration]:
         controller = self.controller
         await self._fault_point("recorded")
         copied = await asyncio.gather(*(self._copy(m) for m in moves))
@@ -336,14 +382,35 @@ class Mover:
         async def stored() -> None:
             await self._fault_point("committed")
 
+        def commit(shard_map: ShardMap) -> ShardMap:
+            # Only moves the map still records, from the primary they copied: a failover may
+            # have forgotten a move (and changed its slot) while the wave froze its slots.
+            recorded = {m.id for m in shard_map.migrations}
+            stale.extend(m for m in committed if m.id not in recorded or shard_map.owners[m.slot] != m.source)
+            changes = {
+                move.slot: replicas.apply(shard_map.config(move.slot), Change(move.slot, move.target, move.replaces))
+                for move in committed
+                if move not in stale
+            }
+            return shard_map.reconfigure(changes, forget=[move.id for move in moves if move.id in recorded])
+
+        stale: list[Migration] = []
+        before = controller.current()
+        involved = {a for m in committed for a in (*before.members(m.slot), m.target)}
         await self._swap(
             job,
-            lambda m: m.reassign({move.slot: move.target for move in committed}, forget=[move.id for move in moves]),
+            commit,
             changed=[m.slot for m in committed],
             before_publish=stored,
-            first=sorted({m.source for m in committed} | {m.target for m in committed}),
+            first=sorted(involved),
             after_first=lambda: learned.append(time.perf_counter()),
         )
+        if stale:
+            log.warning("moves forgotten while their wave froze: not committed", extra={"moves": len(stale)})
+            committed = [m for m in committed if m not in stale]
+            failed += stale
+            job.moved -= len(stale)
+            job.aborted += len(stale)
         now = learned[0] if learned else time.perf_counter()
         log.debug(
             "wave committed",
@@ -362,7 +429,7 @@ class Mover:
             await asyncio.gather(
                 controller.abort_move(m.source, m.id, m.slot), controller.abort_move(m.target, m.id, m.slot)
             )
-        return [(m.slot, m.target) for m in failed]
+        return failed
 
     async def _copy(self, move: Migration) -> bool:
         controller = self.controller
@@ -416,3 +483,17 @@ class Mover:
 
 def _activate(node: str, shard_map: ShardMap) -> ShardMap:
     return shard_map.with_node(node, ACTIVE)
+
+
+def _one_per_slot(plan: Sequence[Change], most: int) -> list[Change]:
+    """The next wave: up to `most` changes of `plan`, in order, no two of one slot (a slot
+    missing two copies gets them in two waves)."""
+    wave: list[Change] = []
+    slots: set[int] = set()
+    for change in plan:
+        if len(wave) == most:
+            break
+        if change.slot not in slots:
+            wave.append(change)
+            slots.add(change.slot)
+    return wave

@@ -10,15 +10,16 @@ Used by the router's server and by the SDK alike (DESIGN section 3). For each ca
      fence naming every slot's epoch. At most `inflight_max` requests per node are in
      flight; beyond that, events wait and batches grow (backpressure, not more RPCs).
   3. Split: the node answers one result per event, in order; each caller gets its own.
-  4. Refuse: a slot whose owner the map marks LOST (its data directory is gone) has no
-     live copy: the call is refused UNAVAILABLE naming the slot, at once.
-  5. Retry: events answered WRONG_SLOT are routed again after the map is refreshed; a node
-     that is UNAVAILABLE is retried with jittered exponential backoff. Both only within the
-     caller's deadline. Writes are idempotent by id, so a retry can only answer EXISTS (or
-     the journaled outcome) for what a lost reply had already applied. Any other error of
-     a node (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...) ends the call with that error;
-     parts already sent to other nodes may have been applied, and a retry with the same
-     ids is safe.
+  4. Refuse: a slot whose primary the map marks LOST or DOWN (the controller found no
+     follower to fail it over to) has no live copy: the call is refused UNAVAILABLE naming the
+     slot, at once.
+  5. Retry: events answered WRONG_SLOT, or sent to a node that is UNAVAILABLE (its slots may
+     have failed over), are routed again after the map is refreshed, with jittered
+     exponential backoff, within the caller's deadline. Writes are idempotent by id, so a
+     retry can only answer EXISTS (or the journaled outcome) for what a lost reply had
+     already applied. Any other error of a node (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...)
+     ends the call with that error; parts already sent to other nodes may have been applied,
+     and a retry with the same ids is safe.
 """
 
 from __future__ import annotations
@@ -33,13 +34,18 @@ import serving
 from proto import contract, ledger_pb2 as pb, ledger_pb2_grpc
 from proto.contract import LedgerMethod
 from router import metrics
-from router.shardmap import LOST, ShardMap
+from router.shardmap import DOWN, LOST, ShardMap
 from router.slots import slot_of
 
 E = TypeVar("E")
 
-RETRYABLE = frozenset((grpc.StatusCode.UNAVAILABLE,))
-NO_LIVE_COPY = "has no live copy"  # in the refusal of a slot whose owner is lost: not worth retrying
+# A node that refuses connections (UNAVAILABLE) or does not answer one attempt in time
+# (DEADLINE_EXCEEDED of that attempt: stopped, cut off) is tried again, after a fresh look
+# at the map: its slots may have failed over.
+RETRYABLE = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
+ATTEMPT_TIMEOUT_S = 3.0  # one call to a node; the caller's deadline bounds all attempts
+NO_LIVE_COPY = "has no live copy"
+_GONE = frozenset((LOST, DOWN))  # in the refusal of a slot whose owner is lost: not worth retrying
 BACKOFF_FIRST_S = 0.01
 BACKOFF_MAX_S = 0.5
 CHANNEL_OPTIONS = [
@@ -159,7 +165,7 @@ class LedgerRouter:
         events_max: int = 4096,
         delay_s: float = 0.001,
         inflight_max: int = 4,
-        rpc_timeout_s: float = 10.0,
+        rpc_timeout_s: float = ATTEMPT_TIMEOUT_S,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.maps = maps
@@ -240,7 +246,7 @@ class LedgerRouter:
                 event = events[index]
                 slot = slot_of(method.key_of(event), total)
                 owner = shard_map.owners[slot]
-                if shard_map.nodes[owner] == LOST:
+                if shard_map.nodes[owner] in _GONE:
                     raise _no_copy(method.name, slot, owner, shard_map)
                 group = groups.get(owner)
                 if group is None:
@@ -278,8 +284,9 @@ class LedgerRouter:
                 break
             metrics.retries_total.labels("wrong_slot" if stale else "unavailable").inc(len(todo))
             attempt += 1
-            if stale:
-                await self.maps.refresh(shard_map.version)
+            # A node that is away may have had its slots failed over to their followers: a
+            # newer map says where they are now (WRONG_SLOT says so for certain).
+            await self.maps.refresh(shard_map.version)
             pause = serving.backoff_s(attempt, BACKOFF_FIRST_S, BACKOFF_MAX_S)
             if loop.time() + pause >= deadline:
                 why = f"{unavailable} is unavailable" if unavailable else "slots kept moving (WRONG_SLOT)"
@@ -301,7 +308,7 @@ class LedgerRouter:
             shard_map = self.maps.current()
             slot = slot_of(request.account_id, shard_map.slots_total)
             owner = shard_map.owners[slot]
-            if shard_map.nodes[owner] == LOST:
+            if shard_map.nodes[owner] in _GONE:
                 raise _no_copy("GetAccountTransfers", slot, owner, shard_map)
             fenced = pb.GetAccountTransfersRequest()
             fenced.CopyFrom(request)
@@ -309,7 +316,7 @@ class LedgerRouter:
             retry = ""
             try:
                 reply: pb.GetAccountTransfersResponse = await self.stub(owner).GetAccountTransfers(
-                    fenced, timeout=max(0.001, deadline - loop.time())
+                    fenced, timeout=max(0.001, min(self._rpc_timeout_s, deadline - loop.time()))
                 )
                 if reply.code != pb.WRONG_SLOT:
                     return reply
@@ -318,7 +325,8 @@ class LedgerRouter:
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE:
                     raise RoutingError(error.code(), f"{owner}: {error.details()}") from error
-                retry = f"{owner} is unavailable"
+                retry = f"{owner} is unavailable ({error.code().name})"
+                await self.maps.refresh(shard_map.version)
             attempt += 1
             pause = serving.backoff_s(attempt, BACKOFF_FIRST_S, BACKOFF_MAX_S)
             if loop.time() + pause >= deadline:
@@ -327,9 +335,15 @@ class LedgerRouter:
 
 
 def _no_copy(method: str, slot: int, owner: str, shard_map: ShardMap) -> RoutingError:
-    """A slot whose only copy was on a lost node: refused loudly, never retried or served empty."""
+    """A slot whose primary is lost or down with no follower to take its place: refused loudly,
+    never retried or served empty."""
+    how = (
+        "lost its data directory (the process there now is another node)"
+        if shard_map.nodes[owner] == LOST
+        else "is down"
+    )
     return RoutingError(
         grpc.StatusCode.UNAVAILABLE,
-        f"{method}: slot {slot} {NO_LIVE_COPY}: its owner, node {shard_map.ids.get(owner, '?')} at {owner}, lost its"
-        " data directory (the process there now is another node); it is served again when that directory is back",
+        f"{method}: slot {slot} {NO_LIVE_COPY}: its primary, node {shard_map.ids.get(owner, '?')} at {owner}, {how},"
+        " and no follower holds it; it is served again when that node is back",
     )

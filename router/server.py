@@ -31,7 +31,7 @@ import serving
 from proto import cluster_pb2, cluster_pb2_grpc, contract, ledger_pb2 as pb
 from router import metrics, workers
 from router.control import ControlPlane
-from router.controller import ControllerError, NodeClients
+from router.controller import DOWN_AFTER_S_DEFAULT, ControllerError, NodeClients
 from router.etcd import Etcd, EtcdUnavailable, parse_endpoints
 from router.leadership import TTL_S_DEFAULT, EtcdLeadership, Leadership, LocalLeadership
 from router.metastore import EtcdMetastore, LocalMetastore, Metastore
@@ -46,6 +46,7 @@ CLUSTER_SERVICE = "yunkai.cluster.v1.Cluster"
 DEADLINE_DEFAULT_S = 10.0
 FORWARD_TIMEOUT_S = 30.0
 WORKERS_MAX = 64
+REPLICAS_MAX = 5
 
 DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
@@ -64,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
     "lease_ttl": TTL_S_DEFAULT,
     "advertise": None,
     "workers": 1,
+    "replicas": 1,
+    "node_down_after_ms": int(DOWN_AFTER_S_DEFAULT * 1000),
     "worker": None,  # set by the supervisor of --workers N in each worker it starts
 }
 
@@ -94,6 +97,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " controller (default 1)",
     )
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        help="R, the copies of each slot a new cluster keeps, on different nodes (and zones); a stored map keeps"
+        " its own (default 1)",
+    )
+    parser.add_argument(
+        "--node-down-after-ms",
+        type=int,
+        help="with replicas: a node that answers no health check this long is down, and its slots fail over"
+        f" (default {int(DOWN_AFTER_S_DEFAULT * 1000)})",
+    )
     parser.add_argument("--nodes", help="HOST:PORT,... of the ledger nodes; seeds a new shard map")
     parser.add_argument("--slots-total", type=int, help=f"S for a new cluster (default {SLOTS_TOTAL_DEFAULT})")
     parser.add_argument("--batch-events-max", type=int, help="most events in one request (default 8192)")
@@ -138,6 +153,10 @@ def _check(settings: dict[str, Any]) -> str | None:
         return "--lease-ttl must be at least 2 seconds (etcd's own minimum is about 1.5)"
     if not 1 <= int(settings["workers"]) <= WORKERS_MAX:
         return f"--workers must be 1 to {WORKERS_MAX}"
+    if not 1 <= int(settings["replicas"]) <= REPLICAS_MAX:
+        return f"--replicas must be 1 to {REPLICAS_MAX}"
+    if int(settings["node_down_after_ms"]) < 200:
+        return "--node-down-after-ms must be at least 200"
     if int(settings["move_concurrency"]) < 1:
         return "--move-concurrency must be at least 1"
     batch_max = serving.MESSAGE_BYTES_MAX // contract.EVENT_BYTES_MAX
@@ -344,6 +363,8 @@ def _control_plane(settings: dict[str, Any], admin_address: str, peers: grpc.Cha
         nodes,
         int(settings["slots_total"]),
         int(settings["move_concurrency"]),
+        replicas=int(settings["replicas"]),
+        down_after_s=int(settings["node_down_after_ms"]) / 1000,
     )
 
 

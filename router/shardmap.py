@@ -28,15 +28,30 @@ ACTIVE = cluster_pb2.NODE_ACTIVE
 JOINING = cluster_pb2.NODE_JOINING
 DRAINING = cluster_pb2.NODE_DRAINING
 LOST = cluster_pb2.NODE_LOST
+DOWN = cluster_pb2.NODE_DOWN
 JOBS_KEPT = 20
+
+Config = tuple[str, tuple[str, ...]]  # a slot's configuration: (primary, followers)
 
 
 @dataclass(frozen=True)
 class Migration:
+    """A copy of `slot` from its primary `source` to `target`, which takes the place of
+    `replaces`: the source itself (the primary moves), a follower, or "" (a follower is added)."""
+
     id: str
     slot: int
     source: str
     target: str
+    replaces: str = ""
+
+    def __post_init__(self) -> None:
+        if self.replaces == "" and not self.source:
+            raise ValueError("a migration needs a source")
+
+    @property
+    def moves_primary(self) -> bool:
+        return self.replaces == self.source
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,10 @@ class ShardMap:
     term: int = 0  # the controller term that stored this version
     cluster_id: str = ""
     jobs: tuple[cluster_pb2.Job, ...] = ()  # newest last; never mutated (replaced whole)
+    # Per slot: its followers besides the owner (its primary); () for every slot with R = 1.
+    followers: tuple[tuple[str, ...], ...] = ()
+    replicas: int = 1  # R: copies of each slot the cluster keeps
+    zones: Mapping[str, str] = field(default_factory=dict)  # address -> zone, for nodes that have one
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -60,10 +79,53 @@ class ShardMap:
         return len(self.owners)
 
     @staticmethod
-    def initial(owners: Sequence[str], ids: Mapping[str, str], cluster_id: str, epoch: int = 1) -> ShardMap:
+    def initial(
+        owners: Sequence[str],
+        ids: Mapping[str, str],
+        cluster_id: str,
+        followers: Sequence[Sequence[str]] = (),
+        replicas: int = 1,
+        zones: Mapping[str, str] | None = None,
+        epoch: int = 1,
+    ) -> ShardMap:
         """Version 1 of a new cluster's map."""
-        nodes = dict.fromkeys(sorted(set(owners)), ACTIVE)
-        return ShardMap(1, tuple(owners), (epoch,) * len(owners), nodes, ids=dict(ids), cluster_id=cluster_id)
+        nodes = dict.fromkeys(sorted(set(owners) | {f for slot in followers for f in slot}), ACTIVE)
+        return ShardMap(
+            1,
+            tuple(owners),
+            (epoch,) * len(owners),
+            nodes,
+            ids=dict(ids),
+            cluster_id=cluster_id,
+            followers=tuple(tuple(f) for f in followers),
+            replicas=replicas,
+            zones=dict(zones or {}),
+        )
+
+    def followers_of(self, slot: int) -> tuple[str, ...]:
+        return self.followers[slot] if self.followers else ()
+
+    def members(self, slot: int) -> tuple[str, ...]:
+        """The slot's configuration: its primary first, then its followers."""
+        return (self.owners[slot], *self.followers_of(slot))
+
+    def config(self, slot: int) -> Config:
+        return self.owners[slot], self.followers_of(slot)
+
+    def slots_with(self, address: str) -> list[int]:
+        """Slots whose configuration holds `address` (as primary or follower)."""
+        return [slot for slot in range(self.slots_total) if address in self.members(slot)]
+
+    def under_replicated(self) -> list[int]:
+        """Slots with fewer live members than R (a member on a down or lost node is not live)."""
+        if self.replicas <= 1:
+            return []
+        dead = {a for a, state in self.nodes.items() if state in (DOWN, LOST)}
+        return [
+            slot
+            for slot in range(self.slots_total)
+            if len([m for m in self.members(slot) if m not in dead]) < self.replicas
+        ]
 
     def _next(self, **changes: Any) -> ShardMap:
         return dataclasses.replace(self, version=self.version + 1, **changes)
@@ -77,9 +139,16 @@ class ShardMap:
         return counts
 
     def without_copy(self) -> list[int]:
-        """Slots whose owner is lost: no live copy of them is reachable."""
-        lost = {address for address, state in self.nodes.items() if state == LOST}
-        return [slot for slot, owner in enumerate(self.owners) if owner in lost] if lost else []
+        """Slots whose primary is lost or down and that have no follower to take its place:
+        no live copy of them is reachable."""
+        dead = {address for address, state in self.nodes.items() if state in (LOST, DOWN)}
+        if not dead:
+            return []
+        return [
+            slot
+            for slot, owner in enumerate(self.owners)
+            if owner in dead and all(f in dead for f in self.followers_of(slot))
+        ]
 
     def running_job(self) -> cluster_pb2.Job | None:
         return next((job for job in self.jobs if job.state == cluster_pb2.JOB_RUNNING), None)
@@ -88,37 +157,62 @@ class ShardMap:
 
     def reassign(self, changes: Mapping[int, str], forget: Sequence[str] = ()) -> ShardMap:
         """The next version, with the given slots owned by new nodes at epoch + 1, and
-        their moves (and the moves named in `forget`) no longer recorded."""
+        their moves (and the moves named in `forget`) no longer recorded. A new owner that was
+        a follower of the slot leaves its followers."""
+        return self.reconfigure(
+            {slot: (owner, tuple(f for f in self.followers_of(slot) if f != owner)) for slot, owner in changes.items()},
+            forget,
+        )
+
+    def reconfigure(self, changes: Mapping[int, Config], forget: Sequence[str] = ()) -> ShardMap:
+        """The next version, with the given slots' configurations (primary, followers), each
+        changed one at epoch + 1, and their moves (and those named in `forget`) forgotten."""
         owners, epochs = list(self.owners), list(self.epochs)
-        for slot, owner in changes.items():
-            assert owner in self.nodes, f"{owner} is not in the map"
-            if owners[slot] != owner:
-                owners[slot] = owner
+        empty: tuple[str, ...] = ()
+        followers = list(self.followers) if self.followers else [empty] * self.slots_total
+        for slot, (primary, following) in changes.items():
+            assert primary in self.nodes and all(f in self.nodes for f in following), (slot, primary, following)
+            if (owners[slot], followers[slot]) != (primary, tuple(following)):
+                owners[slot], followers[slot] = primary, tuple(following)
                 epochs[slot] += 1
         done, gone = set(changes), set(forget)
         migrations = tuple(m for m in self.migrations if m.slot not in done and m.id not in gone)
-        return self._next(owners=tuple(owners), epochs=tuple(epochs), migrations=migrations)
+        kept = tuple(followers) if any(followers) else ()
+        return self._next(owners=tuple(owners), epochs=tuple(epochs), migrations=migrations, followers=kept)
 
     def with_migrations(self, add: Sequence[Migration] = (), remove: Sequence[str] = ()) -> ShardMap:
         """The next version, with moves recorded (`add`) or forgotten (`remove`, by id)."""
         gone = set(remove)
         return self._next(migrations=tuple(m for m in self.migrations if m.id not in gone) + tuple(add))
 
-    def with_node(self, address: str, state: int, node_id: str | None = None) -> ShardMap:
-        """The next version, with a node added or its state (and, when given, its id) changed."""
+    def with_node(self, address: str, state: int, node_id: str | None = None, zone: str | None = None) -> ShardMap:
+        """The next version, with a node added or its state (and, when given, its id and zone) changed."""
         nodes = dict(self.nodes)
         nodes[address] = state
         ids = dict(self.ids)
         if node_id is not None:
             ids[address] = node_id
-        return self._next(nodes=nodes, ids=ids)
+        zones = dict(self.zones)
+        if zone:
+            zones[address] = zone
+        return self._next(nodes=nodes, ids=ids, zones=zones)
+
+    def failed_over(self, dead: Mapping[str, int], changes: Mapping[int, Config], forget: Sequence[str]) -> ShardMap:
+        """The next version, with nodes marked down or lost (`dead`: address -> state) and the
+        configurations of their slots changed (epoch + 1 each), the moves in `forget` forgotten."""
+        changed = self.reconfigure(changes, forget)
+        nodes = dict(changed.nodes)
+        nodes.update(dead)
+        return dataclasses.replace(changed, nodes=nodes)
 
     def without_node(self, address: str) -> ShardMap:
         assert address not in self.owners, f"{address} still owns slots"
+        assert not any(address in f for f in self.followers), f"{address} still follows slots"
         assert not any(address in (m.source, m.target) for m in self.migrations), f"{address} is in a move"
         nodes = {a: s for a, s in self.nodes.items() if a != address}
         ids = {a: i for a, i in self.ids.items() if a != address}
-        return self._next(nodes=nodes, ids=ids)
+        zones = {a: z for a, z in self.zones.items() if a != address}
+        return self._next(nodes=nodes, ids=ids, zones=zones)
 
     def next_version(self) -> ShardMap:
         """The next version with nothing else changed (a job's record alone, say)."""
@@ -144,17 +238,25 @@ class ShardMap:
             version=self.version,
             slots_total=self.slots_total,
             nodes=[
-                cluster_pb2.NodeInfo(address=a, state=self.nodes[a], id=self.ids.get(a, ""))  # type: ignore[arg-type]
+                cluster_pb2.NodeInfo(
+                    address=a,
+                    state=self.nodes[a],  # type: ignore[arg-type]
+                    id=self.ids.get(a, ""),
+                    zone=self.zones.get(a, ""),
+                )
                 for a in addresses
             ],
             slot_owner=[index[owner] for owner in self.owners],
             slot_epoch=self.epochs,
             migrations=[
-                cluster_pb2.Migration(id=m.id, slot=m.slot, source=m.source, target=m.target) for m in self.migrations
+                cluster_pb2.Migration(id=m.id, slot=m.slot, source=m.source, target=m.target, replaces=m.replaces)
+                for m in self.migrations
             ],
             controller_term=self.term,
             cluster_id=self.cluster_id,
             jobs=self.jobs,
+            slot_followers=[cluster_pb2.SlotFollowers(nodes=[index[f] for f in slot]) for slot in self.followers],
+            replicas=self.replicas,
         )
 
     @staticmethod
@@ -166,16 +268,23 @@ class ShardMap:
             raise ValueError(f"shard map v{message.version}: slot arrays do not have {message.slots_total} entries")
         if any(i >= len(addresses) for i in message.slot_owner):
             raise ValueError(f"shard map v{message.version}: a slot names an owner index past the node list")
+        if message.slot_followers and len(message.slot_followers) != message.slots_total:
+            raise ValueError(f"shard map v{message.version}: followers of {len(message.slot_followers)} slots")
+        if any(i >= len(addresses) for slot in message.slot_followers for i in slot.nodes):
+            raise ValueError(f"shard map v{message.version}: a slot names a follower index past the node list")
         fields = dict(
             version=message.version,
             owners=tuple(addresses[i] for i in message.slot_owner),
             epochs=tuple(message.slot_epoch),
             nodes={n.address: int(n.state) for n in message.nodes},
-            migrations=tuple(Migration(m.id, m.slot, m.source, m.target) for m in message.migrations),
+            migrations=tuple(Migration(m.id, m.slot, m.source, m.target, m.replaces) for m in message.migrations),
             ids={n.address: n.id for n in message.nodes if n.id},
             term=message.controller_term,
             cluster_id=message.cluster_id,
             jobs=tuple(message.jobs),
+            followers=tuple(tuple(addresses[i] for i in slot.nodes) for slot in message.slot_followers),
+            replicas=max(1, message.replicas),
+            zones={n.address: n.zone for n in message.nodes if n.zone},
         )
         problem = _problem(SimpleNamespace(**fields))
         if problem is not None:
@@ -189,8 +298,8 @@ def _problem(m: ShardMap | SimpleNamespace) -> str | None:
         return "one owner and one epoch per slot"
     if not all(owner in m.nodes for owner in set(m.owners)):
         return "every owner is a known node"
-    if not set(m.ids) <= set(m.nodes):
-        return "ids only of known nodes"
+    if not set(m.ids) <= set(m.nodes) or not set(m.zones) <= set(m.nodes):
+        return "ids and zones only of known nodes"
     moving = [move.slot for move in m.migrations]
     if len(moving) != len(set(moving)):
         return "at most one move per slot"
@@ -198,4 +307,14 @@ def _problem(m: ShardMap | SimpleNamespace) -> str | None:
         return "a move starts at the owner of its slot"
     if sum(1 for job in m.jobs if job.state == cluster_pb2.JOB_RUNNING) > 1:
         return "one job runs at a time"
+    if m.followers:
+        if len(m.followers) != len(m.owners):
+            return "followers for every slot, or for none"
+        for slot, following in enumerate(m.followers):
+            if len(set(following)) != len(following) or m.owners[slot] in following:
+                return f"slot {slot}: a node twice in its configuration"
+            if not all(f in m.nodes for f in following):
+                return f"slot {slot}: a follower that is not a known node"
+    if m.replicas < 1:
+        return "at least one copy of each slot"
     return None
