@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--port", type=int, default=7000, help="router port; nodes take the next ones (default 7000)")
     up.add_argument("--metrics", action="store_true", help="serve Prometheus metrics on port+100 and up")
     up.add_argument(
+        "--replicas",
+        type=int,
+        help="copies of each slot, on different nodes (default: min(3, --nodes)); 1 keeps one copy (development)",
+    )
+    up.add_argument(
         "--routers",
         type=int,
         default=1,
@@ -142,15 +147,18 @@ class LocalCluster:
         router_env: dict[str, str] | None = None,
         routers: int = 1,
         router_args: Sequence[str] = (),
+        replicas: int = 1,
+        node_args: Sequence[str] = (),
     ) -> None:
         assert routers >= 1
         self.data_dir = data_dir
         self.router_env = dict(router_env or {})
-        self.router_args = list(router_args)
+        self.router_args = list(router_args) + (["--replicas", str(replicas)] if replicas > 1 else [])
+        self.node_args = list(node_args)
         self.nodes: list[NodeProcess] = []
         self.sizing = ["--slots-total", str(slots_total)] if slots_total else []
         for i in range(1, nodes + 1):
-            extra = ["--join", "--log-level", "WARNING", *self.sizing]
+            extra = ["--join", "--log-level", "WARNING", *self.sizing, *self.node_args]
             if metrics:
                 extra += ["--metrics-port", str(port + 100 + i)]
             node = NodeProcess(os.path.join(data_dir, f"node-{i}"), extra)
@@ -211,7 +219,9 @@ class LocalCluster:
 
     def new_node(self, name: str) -> NodeProcess:
         """A node process for this cluster, not started (for add-node)."""
-        return NodeProcess(os.path.join(self.data_dir, name), ["--join", "--log-level", "WARNING", *self.sizing])
+        return NodeProcess(
+            os.path.join(self.data_dir, name), ["--join", "--log-level", "WARNING", *self.sizing, *self.node_args]
+        )
 
     def stop(self) -> None:
         for router in self.routers:
@@ -236,9 +246,16 @@ def up_main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    cluster = LocalCluster(args.data_dir, args.nodes, args.port, args.metrics, routers=args.routers)
+    copies = args.replicas if args.replicas is not None else min(3, args.nodes)
+    if not 1 <= copies <= args.nodes:
+        print(f"yunkai cluster up: --replicas must be 1 to --nodes ({args.nodes})", file=sys.stderr)
+        return 2
+    cluster = LocalCluster(args.data_dir, args.nodes, args.port, args.metrics, routers=args.routers, replicas=copies)
     routers = "a router" if args.routers == 1 else f"{args.routers} routers, an etcd"
-    print(f"starting {routers} and {args.nodes} nodes (data in {args.data_dir}) ...", flush=True)
+    print(
+        f"starting {routers} and {args.nodes} nodes, {copies} copies of each slot (data in {args.data_dir}) ...",
+        flush=True,
+    )
     try:
         cluster.start()
     except ProcessFailed as error:
@@ -459,12 +476,17 @@ def status_main(args: argparse.Namespace) -> int:
             "reported_id": n.reported_id,
             "state": cluster_pb2.NodeState.Name(n.state).removeprefix("NODE_").lower(),
             "slots": n.slots,
+            "follows": n.follows,
+            "zone": n.zone,
             "reachable": n.reachable,
             "slots_owned": n.slots_owned,
         }
         for n in status.nodes
     ]
-    moves = [{"slot": m.slot, "source": m.source, "target": m.target, "id": m.id} for m in status.migrations]
+    moves = [
+        {"slot": m.slot, "source": m.source, "target": m.target, "replaces": m.replaces, "id": m.id}
+        for m in status.migrations
+    ]
     jobs = [
         {
             "id": j.id,
@@ -492,6 +514,8 @@ def status_main(args: argparse.Namespace) -> int:
                     "controller_term": status.controller_term,
                     "leader": status.leader,
                     "slots_without_copy": list(status.slots_without_copy),
+                    "replicas": status.replicas,
+                    "slots_under_replicated": status.slots_under_replicated,
                     "nodes": rows,
                     "migrations": moves,
                     "jobs": jobs,
@@ -502,16 +526,22 @@ def status_main(args: argparse.Namespace) -> int:
     controller = status.leader or "NONE (an election is under way, or the metastore is unreachable)"
     print(
         f"cluster {status.cluster_id or '?'}: map version {status.map_version}, {status.slots_total} slots,"
-        f" {len(rows)} nodes; controller {controller}, term {status.controller_term}"
+        f" {status.replicas or 1} copies each, {len(rows)} nodes; controller {controller},"
+        f" term {status.controller_term}"
     )
-    print(f"{'node':24} {'id':16} {'state':9} {'slots':>6} {'owned':>6}  health")
+    print(f"{'node':24} {'id':16} {'zone':8} {'state':9} {'leads':>6} {'follows':>7} {'owned':>6}  health")
     for row in rows:
         health = "ok" if row["reachable"] else "UNREACHABLE"
         if row["reported_id"] and row["id"] and row["reported_id"] != row["id"]:
             health = f"LOST: the process there is node {row['reported_id']} (an empty or replaced data directory)"
         print(
-            f"{row['address']:24} {row['id'] or '?':16} {row['state']:9} {row['slots']:>6} {row['slots_owned']:>6}"
-            f"  {health}"
+            f"{row['address']:24} {row['id'] or '?':16} {row['zone'] or '-':8} {row['state']:9} {row['slots']:>6}"
+            f" {row['follows']:>7} {row['slots_owned']:>6}  {health}"
+        )
+    if status.slots_under_replicated:
+        print(
+            f"{status.slots_under_replicated} slots have fewer than {status.replicas} live copies"
+            " (repair copies them again; see its job below)"
         )
     if status.slots_without_copy:
         shown = ", ".join(str(s) for s in status.slots_without_copy[:20])
@@ -520,10 +550,17 @@ def status_main(args: argparse.Namespace) -> int:
     if moves:
         print(f"{len(moves)} slot moves in flight:")
         for move in moves:
-            print(f"  slot {move['slot']:>5}  {move['source']} -> {move['target']}  ({move['id']})")
+            role = "added" if not move["replaces"] else f"for {move['replaces']}"
+            role = "primary" if move["replaces"] == move["source"] else role
+            print(f"  slot {move['slot']:>5}  {move['source']} -> {move['target']} ({role}) ({move['id']})")
     for job, raw in zip(jobs, status.jobs, strict=True):
         print(f"job {job['id']} {job['kind']} {job['node']}: {job['state']}, {_progress(raw).strip()}")
         if job["error"]:
             print(f"  error: {job['error']}")
-    healthy = all(row["reachable"] for row in rows) and not status.slots_without_copy and status.leader
+    healthy = (
+        all(row["reachable"] for row in rows)
+        and not status.slots_without_copy
+        and not status.slots_under_replicated
+        and status.leader
+    )
     return 0 if healthy else 1

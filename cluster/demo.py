@@ -72,8 +72,8 @@ def _fen(amount: int) -> str:
 
 def main(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="yunkai-demo-")
-    cluster = LocalCluster(data_dir, nodes=3, port=args.port)
-    print(f"starting a router and 3 ledger nodes (data in {data_dir}) ...")
+    cluster = LocalCluster(data_dir, nodes=3, port=args.port, replicas=3)
+    print(f"starting a router and 3 ledger nodes, every slot on all three (data in {data_dir}) ...")
     cluster.start()
     services: list[ServiceProcess] = []
     try:

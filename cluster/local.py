@@ -37,19 +37,22 @@ class ServiceProcess:
         self.extra_args = list(extra_args)
         self.log_path = log_path or os.path.join(data_dir, f"{self.kind}.log")
         self.port = 0
+        self.host = "127.0.0.1"  # where it listens (--host) and is reached
+        self.launcher: list[str] = []  # runs the interpreter: ["ip", "netns", "exec", "ns1"] (tests)
         self.process: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}  # added to this process's environment at each start
         self.python_options: list[str] = []  # the interpreter's, before `-m`: ["-X", "importtime"]
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 30.0) -> Self:
         os.makedirs(self.data_dir, exist_ok=True)
         # Restarts keep the port, so clients' addresses stay valid across kill -9.
         port = str(self.port) if self.port else "0"
         command = [
+            *self.launcher,
             sys.executable,
             *self.python_options,
             "-m",
@@ -59,6 +62,7 @@ class ServiceProcess:
             self.data_dir,
             "--port",
             port,
+            *(["--host", self.host] if self.host != "127.0.0.1" else []),
             *self.extra_args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)

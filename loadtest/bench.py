@@ -3,7 +3,8 @@
     yunkai bench --scenario write|query|mixed|scoring|scale --rate R --duration S [--router HOST:PORT]
                  [--procs N] [--sweep --p99-target-ms T] [--peer postgres] --json FILE
 
-Without `--router` it starts a local cluster (a router and 2 nodes; none for `scoring`), and
+Without `--router` it starts a local cluster (a router and `--nodes` nodes, default 2, each
+slot on `--replicas` of them, default 1; none for `scoring`), and
 a scoring node (trained `credit_risk`) for `mixed` and `scoring` unless `--scoring` is given.
 It opens the customers' accounts, then offers `--rate` operations per second for
 `--duration` seconds from `--procs` driver processes (openloop.py; workloads.py has the
@@ -55,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of offered load (default 10)")
     parser.add_argument("--router", help="HOST:PORT of a running router (default: start a router and 2 nodes)")
     parser.add_argument("--scoring", help="HOST:PORT of a running scoring server (default: train and start one)")
+    parser.add_argument("--nodes", type=int, default=2, help="nodes of the local cluster (default 2)")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="copies of every slot in the local cluster (default 1; at most --nodes; not with --router)",
+    )
     parser.add_argument(
         "--via-router", action="store_true", help="send every call through the router (default: smart SDK routing)"
     )
@@ -74,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=openloop.INFLIGHT_MAX_DEFAULT,
         help="operations a driver keeps waiting for answers; one due beyond that is not sent and counts as an"
         f" error (default {openloop.INFLIGHT_MAX_DEFAULT:,})",
+    )
+    parser.add_argument(
+        "--lose-node",
+        action="store_true",
+        help="at the middle of the run, kill -9 the local cluster's first node, delete its data directory and"
+        " start it again empty (needs --replicas 2 or more): failover, then repair, under the load",
     )
     parser.add_argument("--customers", type=int, default=10_000, help="customers (2 accounts each; default 10,000)")
     parser.add_argument(
@@ -100,14 +114,24 @@ def main(args: argparse.Namespace) -> int:
     if args.peer and args.scenario != "write":
         print("yunkai bench: --peer runs the write scenario's transfers: use --scenario write", file=sys.stderr)
         return 2
+    if not 1 <= args.replicas <= args.nodes:
+        print("yunkai bench: --replicas must be between 1 and --nodes", file=sys.stderr)
+        return 2
+    if args.lose_node and (args.router or args.replicas < 2 or args.sweep or args.scenario == "scale"):
+        print("yunkai bench: --lose-node needs the local cluster with --replicas 2 or more, one run", file=sys.stderr)
+        return 2
+    if args.router and (args.nodes != 2 or args.replicas != 1):
+        print("yunkai bench: --nodes and --replicas shape the local cluster: not with --router", file=sys.stderr)
+        return 2
     kinds = set(MIXES[args.scenario])
     load_average = os.getloadavg()  # what else the machine was doing: these runs share it
     started: list[Any] = []
+    cluster: LocalCluster | None = None
     directory = tempfile.mkdtemp(prefix="yunkai-bench-")
     try:
         router = args.router
         if router is None and kinds - {"score"}:
-            cluster = LocalCluster(os.path.join(directory, "cluster"), 2, port=0)
+            cluster = LocalCluster(os.path.join(directory, "cluster"), args.nodes, port=0, replicas=args.replicas)
             started.append(cluster)
             router = cluster.start().address
         scoring = args.scoring
@@ -133,7 +157,12 @@ def main(args: argparse.Namespace) -> int:
         )
         if router is not None:
             uvloop.run(_open_accounts(plan))
-        scale = _Scale(router, os.path.join(directory, "node-3")) if args.scenario == "scale" else None
+        scale: _Scale | _Loss | None = None
+        if args.scenario == "scale":
+            scale = _Scale(router, os.path.join(directory, "node-3"))
+        elif args.lose_node:
+            assert cluster is not None
+            scale = _Loss(cluster)
         result = {
             "scenario": args.scenario,
             "target": _describe(args, router),
@@ -332,6 +361,99 @@ class _Scale:
         return self.events
 
 
+class _Loss:
+    """--lose-node: at the middle of the run the first node is killed (-9), its data directory
+    deleted, and it is started again empty once the controller noticed; then the repair job
+    is watched until every slot has R live copies again."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.events: list[dict[str, Any]] = []
+        self.thread: threading.Thread | None = None
+        self.start = 0.0
+
+    def schedule(self, start: float, at_s: float) -> None:
+        self.start = start
+        self.thread = threading.Thread(target=self._run, args=(at_s,), daemon=True)
+        self.thread.start()
+
+    def _now_s(self) -> float:
+        return round(openloop.clock() - self.start, 3)
+
+    def _status(self) -> dict[str, Any]:
+        command = [sys.executable, "-m", "cluster.cli", "cluster", "status", "--router", self.cluster.address]
+        status = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60, check=False)
+        return dict(json.loads(status.stdout)) if status.stdout.strip() else {}
+
+    def _wait(self, done: Callable[[dict[str, Any]], bool], timeout_s: float = 600.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self._status()
+            if (status and done(status)) or time.monotonic() > deadline:
+                return status
+            time.sleep(0.1)
+
+    def _run(self, at_s: float) -> None:
+        node = self.cluster.nodes[0]
+        time.sleep(max(0.0, self.start + at_s - openloop.clock()))
+        self.events.append({"t_s": self._now_s(), "what": f"node {node.address} killed, its disk lost"})
+        node.kill()
+        shutil.rmtree(node.data_dir, ignore_errors=True)
+
+        def state_of(status: dict[str, Any]) -> str:
+            return next((str(n["state"]) for n in status.get("nodes", []) if n["address"] == node.address), "")
+
+        self._wait(lambda s: state_of(s) not in ("", "active"), 60)
+        self.events.append({"t_s": self._now_s(), "what": "its slots failed over"})
+        node.start()
+        self.events.append({"t_s": self._now_s(), "what": "node started again, empty"})
+        status = self._wait(
+            lambda s: (
+                not s["slots_under_replicated"]
+                and not s["migrations"]
+                and state_of(s) == "active"
+                and all(j["state"] != "running" for j in s["jobs"])
+            )
+        )
+        repairs = [j for j in status.get("jobs", []) if j["kind"] == "repair"]
+        self.events.append({"t_s": self._now_s(), "what": "R copies restored", "jobs": repairs})
+
+    def finish(self) -> list[dict[str, Any]]:
+        if self.thread is not None:
+            self.thread.join()
+        return self.events
+
+
+def loss_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """What callers saw from the node's loss to R restored, and how fast repair copied."""
+    killed = next((e for e in result.get("events", []) if "killed" in e["what"]), None)
+    restored = next((e for e in result.get("events", []) if e["what"] == "R copies restored"), None)
+    if killed is None:
+        return {}
+    kill_s = killed["t_s"]
+    # The seconds whose operations fell due from the kill on, for five seconds: the failover.
+    window = [s for s in result["per_second"] if kill_s - 1 < s["t_s"] < kill_s + 5]
+    summary: dict[str, Any] = {
+        "killed_at_s": kill_s,
+        "failover_errors": sum(s["errors"] for s in window),
+        "failover_p99_ms_max": max((s["p99_ms"] for s in window if s["p99_ms"] is not None), default=None),
+        "failover_max_ms": max((s["max_ms"] for s in window if s["max_ms"] is not None), default=None),
+        "failover_achieved_per_s_min": min((s["achieved_per_s"] for s in window), default=0),
+    }
+    if restored is not None:
+        jobs = restored.get("jobs", [])
+        copies = sum(int(j.get("slots_moved", 0)) for j in jobs)
+        elapsed_s = sum(float(j.get("elapsed_s", 0.0)) for j in jobs)
+        summary |= {
+            "restored_at_s": restored["t_s"],
+            "repair_slots": copies,
+            "repair_s": round(elapsed_s, 2),
+            "repair_slots_per_s": round(copies / elapsed_s, 1) if elapsed_s else None,
+            "repair_jobs": len(jobs),
+        }
+    return summary
+
+
 def move_summary(result: dict[str, Any]) -> dict[str, Any]:
     """What callers saw while add-node ran: the seconds from its start to its end."""
     added = next((e for e in result.get("events", []) if e.get("what") == "add-node"), None)
@@ -357,7 +479,7 @@ def move_summary(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _measure(args: argparse.Namespace, plan: Plan, scale: _Scale | None) -> dict[str, Any]:
+def _measure(args: argparse.Namespace, plan: Plan, scale: _Scale | _Loss | None) -> dict[str, Any]:
     if not args.sweep:
         on_start = None
         if scale is not None:
@@ -367,8 +489,10 @@ def _measure(args: argparse.Namespace, plan: Plan, scale: _Scale | None) -> dict
 
         result = run_once(plan, on_start)
         result["events"] = scale.finish() if scale is not None else []
-        if scale is not None:
+        if isinstance(scale, _Scale):
             result["move"] = move_summary(result)
+        elif isinstance(scale, _Loss):
+            result["loss"] = loss_summary(result)
         return result
     if scale is not None:
         print("yunkai bench: --sweep ignores the scale event (it needs one long run)", file=sys.stderr)
@@ -455,7 +579,8 @@ def _headline(result: dict[str, Any]) -> float:
 def _describe(args: argparse.Namespace, router: str | None) -> str:
     if router is None:
         return "scoring node"
-    cluster = "a running cluster" if args.router else "router + 2 nodes (local)"
+    copies = f", {args.replicas} copies of each slot" if args.replicas > 1 else ""
+    cluster = "a running cluster" if args.router else f"router + {args.nodes} nodes (local{copies})"
     return f"{cluster}, {'through the router' if args.via_router else 'smart SDK routing'}"
 
 
@@ -498,5 +623,17 @@ def _print_summary(args: argparse.Namespace, result: dict[str, Any]) -> None:
             f" {move['move_s']:.1f} s ({move['slots_per_s']} slots/s); write pause per slot p50"
             f" {move['freeze_ms_p50']} ms, p99 {move['freeze_ms_p99']} ms, max {move['freeze_ms_max']} ms"
         )
+    loss = result.get("loss")
+    if loss:
+        print(
+            f"  node lost at {loss['killed_at_s']:.1f} s; the 5 s after: errors {loss['failover_errors']},"
+            f" p99 up to {_fmt(loss['failover_p99_ms_max'])} ms, slowest call {_fmt(loss['failover_max_ms'])} ms,"
+            f" throughput down to {loss['failover_achieved_per_s_min']:,}/s"
+        )
+        if "restored_at_s" in loss:
+            print(
+                f"  R restored at {loss['restored_at_s']:.1f} s: {loss['repair_slots']} slot copies in"
+                f" {loss['repair_s']} s of repair ({loss['repair_slots_per_s']} slots/s, {loss['repair_jobs']} jobs)"
+            )
     if result.get("ratio_to_peer") is not None:
         print(f"yunkai / postgres: {result['ratio_to_peer']:.1f}x")

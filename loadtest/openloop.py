@@ -130,6 +130,7 @@ class Recorder:
                     "p50_ms": _ms(second_histogram, 50),
                     "p99_ms": _ms(second_histogram, 99),
                     "p999_ms": _ms(second_histogram, 99.9),
+                    "max_ms": second_histogram.get_max_value() / 1000 if second_histogram else None,
                     "errors": self.errors_by_second.get(second, 0),
                 }
             )
