@@ -72,8 +72,8 @@ class NodeService:
     # --- the slot table -------------------------------------------------------------------
 
     async def get_slots(self, data: bytes, context: Context) -> Message:
-        parse_request(node_pb2.GetSlotsRequest, data)
-        table = self.slots.to_proto()
+        request = parse_request(node_pb2.GetSlotsRequest, data)
+        table = self.slots.to_proto(request.summary)
         table.moves.extend(self.moves.report())
         table.node_id = self.identity.node_id
         table.cluster_id = self.identity.cluster_id

@@ -165,6 +165,8 @@ class Replicator:
         self._credentials = credentials
         self._links: dict[str, _Link] = {}
         self._followers: frozenset[str] = frozenset()
+        # follower -> (slots, epochs) its heartbeats name: only a new table changes them (configured())
+        self._lease_lists: dict[str, tuple[list[int], list[int]]] = {}
         self._warned: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -330,6 +332,7 @@ class Replicator:
             link.since, link.last_ok, link.refusing_since = now, 0.0, 0.0
         self._followers = followers
         slots = self._slots
+        self._lease_lists.clear()
         for address, link in self._links.items():
             link.leases = {
                 slot: until
@@ -365,11 +368,13 @@ class Replicator:
                 task.cancel()
 
     async def _heartbeat(self, follower: str) -> None:
-        request = node_pb2.ReplicateRequest(primary=self._self_address(), lease_ms=self.lease_ms)
-        for slot in self._slots:
-            if slot.owned and follower in slot.followers:
-                request.lease_slots.append(slot.number)
-                request.lease_epochs.append(slot.epoch)
+        named = self._lease_lists.get(follower)
+        if named is None:
+            led = [slot for slot in self._slots if slot.owned and follower in slot.followers]
+            named = self._lease_lists[follower] = ([s.number for s in led], [s.epoch for s in led])
+        request = node_pb2.ReplicateRequest(
+            primary=self._self_address(), lease_ms=self.lease_ms, lease_slots=named[0], lease_epochs=named[1]
+        )
         await self._call(follower, request)
 
     async def close(self) -> None:
@@ -458,10 +463,12 @@ class Replica:
             for slot_number, epoch, seq in advanced:
                 slot = self._slots[slot_number]
                 slot.seq_epoch, slot.seq = epoch, seq
-        for slot_number, epoch in zip(request.lease_slots, request.lease_epochs, strict=True):
-            slot = self._slots[slot_number]
-            if not (slot.following and slot.owner == request.primary and slot.epoch == epoch):
-                reply.refused_leases.append(slot_number)
+        table, primary = self._slots.entries(), request.primary
+        reply.refused_leases.extend(
+            number
+            for number, epoch in zip(request.lease_slots, request.lease_epochs, strict=True)
+            if not ((slot := table[number]).following and slot.owner == primary and slot.epoch == epoch)
+        )
         self._last_ack[request.primary] = time.monotonic()
         if request.lease_ms:
             self._lease_s[request.primary] = max(self._lease_s.get(request.primary, 0.0), request.lease_ms / 1000)

@@ -71,7 +71,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from rocksdict import WriteBatch
@@ -219,6 +219,10 @@ class SlotTable:
 
     def __iter__(self) -> Iterator[Slot]:
         return iter(self._slots)
+
+    def entries(self) -> Sequence[Slot]:
+        """Every slot, indexed by number (for loops over many slots: no call per slot)."""
+        return self._slots
 
     # --- loading ------------------------------------------------------------------------
 
@@ -415,8 +419,16 @@ class SlotTable:
 
     # --- the table ------------------------------------------------------------------------
 
-    def to_proto(self) -> node_pb2.GetSlotsResponse:
-        table = node_pb2.GetSlotsResponse(slots_total=self.slots_total, map_version=self.map_version)
+    def to_proto(self, summary: bool = False) -> node_pb2.GetSlotsResponse:
+        """The table; with `summary`, only its version and counts (no per-slot list)."""
+        table = node_pb2.GetSlotsResponse(
+            slots_total=self.slots_total,
+            map_version=self.map_version,
+            owned_count=self.owned_count(),
+            following_count=sum(1 for slot in self._slots if slot.following),
+        )
+        if summary:
+            return table
         for entry in self._slots:
             if entry.epoch:
                 table.slots.add(

@@ -55,11 +55,13 @@ class SlotOwnership(_message.Message):
     def __init__(self, slot: _Optional[int] = ..., epoch: _Optional[int] = ..., owner: _Optional[str] = ..., owned: _Optional[bool] = ..., followers: _Optional[_Iterable[str]] = ..., seq_epoch: _Optional[int] = ..., seq: _Optional[int] = ..., following: _Optional[bool] = ...) -> None: ...
 
 class GetSlotsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("summary",)
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    summary: bool
+    def __init__(self, summary: _Optional[bool] = ...) -> None: ...
 
 class GetSlotsResponse(_message.Message):
-    __slots__ = ("node_id", "slots_total", "map_version", "slots", "moves", "cluster_id", "controller_term", "zone")
+    __slots__ = ("node_id", "slots_total", "map_version", "slots", "moves", "cluster_id", "controller_term", "zone", "owned_count", "following_count")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +70,8 @@ class GetSlotsResponse(_message.Message):
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTROLLER_TERM_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
+    OWNED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWING_COUNT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     slots_total: int
     map_version: int
@@ -76,7 +80,9 @@ class GetSlotsResponse(_message.Message):
     cluster_id: str
     controller_term: int
     zone: str
-    def __init__(self, node_id: _Optional[str] = ..., slots_total: _Optional[int] = ..., map_version: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[SlotMove, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., controller_term: _Optional[int] = ..., zone: _Optional[str] = ...) -> None: ...
+    owned_count: int
+    following_count: int
+    def __init__(self, node_id: _Optional[str] = ..., slots_total: _Optional[int] = ..., map_version: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[SlotMove, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., controller_term: _Optional[int] = ..., zone: _Optional[str] = ..., owned_count: _Optional[int] = ..., following_count: _Optional[int] = ...) -> None: ...
 
 class AssignSlotsRequest(_message.Message):
     __slots__ = ("map_version", "self_address", "slots", "base_map_version", "controller_term", "cluster_id", "node_id", "drop_released", "down_nodes")

@@ -165,7 +165,7 @@ class ControlPlane:
         shard_map = self.view.current()
         counts = shard_map.counts()
         addresses = sorted(shard_map.nodes)
-        tables = await asyncio.gather(*(self.nodes.table(a) for a in addresses))
+        tables = await asyncio.gather(*(self.nodes.table(a, summary=True) for a in addresses))
         response = cluster_pb2.StatusResponse(
             map_version=shard_map.version,
             slots_total=shard_map.slots_total,
@@ -185,7 +185,7 @@ class ControlPlane:
                 state=shard_map.nodes[address],
                 slots=counts[address],
                 reachable=table is not None and shard_map.nodes[address] not in (LOST, DOWN),
-                slots_owned=sum(1 for s in table.slots if s.owned) if table is not None and same else 0,
+                slots_owned=table.owned_count if table is not None and same else 0,
                 id=recorded,
                 reported_id="" if table is None else table.node_id,
                 follows=follows[address],

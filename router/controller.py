@@ -88,11 +88,12 @@ class NodeClients:
             channel = self._channels[address] = serving.channel(address, self._credentials, CHANNEL_OPTIONS)
         return node_pb2_grpc.NodeStub(channel)
 
-    async def table(self, address: str) -> node_pb2.GetSlotsResponse | None:
-        """The node's own slot table and identity, or None if it did not answer."""
+    async def table(self, address: str, summary: bool = False) -> node_pb2.GetSlotsResponse | None:
+        """The node's own slot table and identity (with `summary`, its counts and moves but no
+        per-slot list: cheap enough to ask every second), or None if it did not answer."""
         try:
             reply: node_pb2.GetSlotsResponse = await self.stub(address).GetSlots(
-                node_pb2.GetSlotsRequest(), timeout=RPC_TIMEOUT_S
+                node_pb2.GetSlotsRequest(summary=summary), timeout=RPC_TIMEOUT_S
             )
             return reply
         except grpc.aio.AioRpcError:
@@ -407,7 +408,7 @@ class Controller:
 
     async def reconcile_once(self) -> None:
         for address in sorted(self.current().nodes):
-            table = await self.nodes.table(address)
+            table = await self.nodes.table(address, summary=True)
             if table is None:
                 self._node_versions.pop(address, None)
                 continue
@@ -625,4 +626,4 @@ def _ownership(shard_map: ShardMap, slot: int) -> node_pb2.SlotOwnership:
 
 def _empty(table: node_pb2.GetSlotsResponse) -> bool:
     """A node that holds nothing of any cluster: no cluster id, no slot it owns or follows."""
-    return not table.cluster_id and not any(s.owned or s.following for s in table.slots)
+    return not table.cluster_id and not table.owned_count and not table.following_count

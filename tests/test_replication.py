@@ -70,6 +70,12 @@ def test_writes_acknowledged_by_a_killed_primary_are_on_the_follower_promoted_in
             assign(node, first, address)
         bank, customers = fresh("bank"), [fresh("c") for _ in range(20)]
         assert wait_served(a, bank).code == pb.ACCOUNT_NOT_FOUND  # a holds its lease
+        for node, owned, following in ((a, S, 0), (b, 0, S)):
+            # The summary the controller asks for every second: counts, no per-slot list.
+            summary = node.admin.GetSlots(node_pb2.GetSlotsRequest(summary=True), timeout=5)
+            whole = node.admin.GetSlots(node_pb2.GetSlotsRequest(), timeout=5)
+            assert (summary.owned_count, summary.following_count, len(summary.slots)) == (owned, following, 0)
+            assert sum(s.owned for s in whole.slots) == owned and sum(s.following for s in whole.slots) == following
         accounts = [pb.Account(id=i, ledger=LEDGER, code=1) for i in [bank, *customers]]
         assert {r.code for r in a.ledger.CreateAccounts(pb.CreateAccountsRequest(accounts=accounts)).results} == {pb.OK}
         sent = [
