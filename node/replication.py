@@ -37,7 +37,10 @@ The primary (node/engine.py's committer and Replicator below)
   4b. A follower that does not acknowledge (cut off from this node, its disk stuck) while the
      controller still reaches both: the controller asks each primary often which follower
      nodes have been silent longer than its bound (Node.SilentFollowers) and removes them from
-     the slots that primary leads (epoch + 1; PacificA's primary-requested removal). The
+     the slots that primary leads (epoch + 1; PacificA's primary-requested removal). Silent:
+     no call answered with every entry written, or entries refused, or one slot's lease
+     refused without a break, for the bound; a lease refused for a moment (a configuration
+     reaching the two nodes at different times, as all along a repair) is not silence. The
      waiting cycle then completes with the remaining members, and repair re-copies the slot.
      A primary cut off from every follower but not from the controller thus keeps its slots
      alone (fewer copies, shown under-replicated) rather than lose them.
@@ -138,7 +141,8 @@ class _Link:
     stub: node_pb2_grpc.NodeStub
     channel: grpc.aio.Channel
     leases: dict[int, float] = field(default_factory=dict)  # slot -> monotonic time its lease holds until
-    last_ok: float = 0.0  # when the last call it took whole was sent (entries and leases)
+    last_ok: float = 0.0  # when the last call whose entries it all wrote was sent
+    refused: dict[int, float] = field(default_factory=dict)  # slot -> since when its lease is refused
     last_heartbeat: float = 0.0  # when the last heartbeat (every lease asked again) was sent
     refusing_since: float = 0.0  # when it began refusing our entries (0: it takes them)
     since: float = field(default_factory=time.monotonic)  # when it last became a follower node of ours
@@ -189,16 +193,19 @@ class Replicator:
         return True
 
     def silent(self, after_s: float) -> list[str]:
-        """Follower nodes that have taken no call whole (every entry written, every lease
-        granted) for more than `after_s` since they became our followers, or have refused our
-        entries that long (heartbeats they take do not hide it): the controller drops them from
-        this node's slots (4b)."""
+        """Follower nodes that have answered no call (every entry written) for more than
+        `after_s` since they became our followers, have refused our entries that long
+        (heartbeats they take do not hide it), or have refused one slot's lease that long
+        without a break: the controller drops them from this node's slots (4b). A lease refused
+        for a moment (a new configuration reaching the two nodes at different times, as it
+        does all along a repair) is not silence."""
         now = time.monotonic()
         quiet: list[str] = []
         for follower in self._slots.follower_nodes():
             link = self._link(follower)
             refusing = link.refusing_since and now - link.refusing_since > after_s
-            if refusing or now - max(link.last_ok, link.since) > after_s:
+            lease_refused = link.refused and now - min(link.refused.values()) > after_s
+            if refusing or lease_refused or now - max(link.last_ok, link.since) > after_s:
                 quiet.append(follower)
         return quiet
 
@@ -295,19 +302,27 @@ class Replicator:
                 if result.ok and leases.get(entry.slot, 0.0) < until:
                     leases[entry.slot] = until
             refused = set(reply.refused_leases)
+            refused_since = link.refused
+            for entry, result in zip(request.entries, reply.results, strict=True):
+                if result.ok:
+                    refused_since.pop(entry.slot, None)
             for slot in request.lease_slots:
-                if slot not in refused and leases.get(slot, 0.0) < until:
-                    leases[slot] = until
+                if slot in refused:
+                    refused_since.setdefault(slot, sent)
+                else:
+                    refused_since.pop(slot, None)
+                    if leases.get(slot, 0.0) < until:
+                        leases[slot] = until
             written = all(r.ok for r in reply.results)
             if not written and not link.refusing_since:
                 link.refusing_since = sent
             elif written and request.entries:
                 link.refusing_since = 0.0
-            if written and not refused:
+            if written:
                 link.last_ok = max(link.last_ok, sent)
-            elif not written:
-                self._warn(follower, next(r.refusal for r in reply.results if not r.ok))
             else:
+                self._warn(follower, next(r.refusal for r in reply.results if not r.ok))
+            if refused:
                 self._warn(follower, f"leases refused for slots {sorted(refused)[:8]}")
             metrics.replication_round_trip_s.observe(time.monotonic() - sent)
             return written
@@ -330,6 +345,7 @@ class Replicator:
         for follower in followers - self._followers:
             link = self._link(follower)
             link.since, link.last_ok, link.refusing_since = now, 0.0, 0.0
+            link.refused.clear()
         self._followers = followers
         slots = self._slots
         self._lease_lists.clear()
@@ -337,6 +353,11 @@ class Replicator:
             link.leases = {
                 slot: until
                 for slot, until in link.leases.items()
+                if slots[slot].owned and address in slots[slot].followers
+            }
+            link.refused = {
+                slot: since
+                for slot, since in link.refused.items()
                 if slots[slot].owned and address in slots[slot].followers
             }
             link.last_heartbeat = 0.0
