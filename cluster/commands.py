@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cluster.local import EtcdProcess, NodeProcess, ProcessFailed, RouterProcess
+from cluster.local import EtcdProcess, NodeProcess, ProcessFailed, RouterProcess, ServiceProcess
 from proto import cluster_pb2, cluster_pb2_grpc
 
 PROGRESS_EVERY_S = 0.5
@@ -222,6 +222,11 @@ class LocalCluster:
         return NodeProcess(
             os.path.join(self.data_dir, name), ["--join", "--log-level", "WARNING", *self.sizing, *self.node_args]
         )
+
+    def log_tails(self, lines: int = 20) -> str:
+        """The last lines of every router's and node's log (for a failed check's message)."""
+        processes: list[ServiceProcess] = [*self.routers, *self.nodes]
+        return "\n".join(f"--- {p.kind} {p.address} ({p.log_path}):\n{p.log_tail(lines)}" for p in processes)
 
     def stop(self) -> None:
         for router in self.routers:

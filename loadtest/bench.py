@@ -307,13 +307,11 @@ async def _open_accounts(plan: Plan) -> None:
             assert not wrong, f"opening the accounts: {wrong[:3]}"
 
 
-class _Scale:
-    """The scale scenario's event: a third node joins at the middle of the run."""
+class _Happening:
+    """Something done to the cluster at a moment of the run, in a thread, with its events
+    timed from the run's start."""
 
-    def __init__(self, router: str | None, data_dir: str) -> None:
-        assert router is not None
-        self.router = router
-        self.node = NodeProcess(data_dir, ["--join", "--log-level", "WARNING"])
+    def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.thread: threading.Thread | None = None
         self.start = 0.0
@@ -325,6 +323,24 @@ class _Scale:
 
     def _now_s(self) -> float:
         return round(openloop.clock() - self.start, 3)
+
+    def _run(self, at_s: float) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> list[dict[str, Any]]:
+        if self.thread is not None:
+            self.thread.join()
+        return self.events
+
+
+class _Scale(_Happening):
+    """The scale scenario's event: a third node joins at the middle of the run."""
+
+    def __init__(self, router: str | None, data_dir: str) -> None:
+        super().__init__()
+        assert router is not None
+        self.router = router
+        self.node = NodeProcess(data_dir, ["--join", "--log-level", "WARNING"])
 
     def _run(self, at_s: float) -> None:
         time.sleep(max(0.0, self.start + at_s - openloop.clock()))
@@ -355,30 +371,19 @@ class _Scale:
         return dict(jobs[-1]) if jobs else {}
 
     def finish(self) -> list[dict[str, Any]]:
-        if self.thread is not None:
-            self.thread.join()
+        events = super().finish()
         self.node.stop()
-        return self.events
+        return events
 
 
-class _Loss:
+class _Loss(_Happening):
     """--lose-node: at the middle of the run the first node is killed (-9), its data directory
     deleted, and it is started again empty once the controller noticed; then the repair job
     is watched until every slot has R live copies again."""
 
     def __init__(self, cluster: LocalCluster) -> None:
+        super().__init__()
         self.cluster = cluster
-        self.events: list[dict[str, Any]] = []
-        self.thread: threading.Thread | None = None
-        self.start = 0.0
-
-    def schedule(self, start: float, at_s: float) -> None:
-        self.start = start
-        self.thread = threading.Thread(target=self._run, args=(at_s,), daemon=True)
-        self.thread.start()
-
-    def _now_s(self) -> float:
-        return round(openloop.clock() - self.start, 3)
 
     def _status(self) -> dict[str, Any]:
         command = [sys.executable, "-m", "cluster.cli", "cluster", "status", "--router", self.cluster.address]
@@ -417,11 +422,6 @@ class _Loss:
         )
         repairs = [j for j in status.get("jobs", []) if j["kind"] == "repair"]
         self.events.append({"t_s": self._now_s(), "what": "R copies restored", "jobs": repairs})
-
-    def finish(self) -> list[dict[str, Any]]:
-        if self.thread is not None:
-            self.thread.join()
-        return self.events
 
 
 def loss_summary(result: dict[str, Any]) -> dict[str, Any]:

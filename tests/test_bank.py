@@ -72,7 +72,7 @@ def _processes(cluster: LocalCluster) -> list[ServiceProcess]:
 
 
 def _logs(cluster: LocalCluster) -> str:
-    return "\n".join(f"--- {p.kind} {p.address} ({p.log_path}):\n{p.log_tail(20)}" for p in _processes(cluster))
+    return cluster.log_tails(20)
 
 
 def _bank_run(cluster: LocalCluster, cross_node_share: float, seed: int, sdks: list[SyncLedgerClient]) -> BankRun:

@@ -84,11 +84,6 @@ def ha_cluster(tmp_path: Path, nodes: int, **options: Any) -> Iterator[LocalClus
         cluster.stop()
 
 
-def _logs(cluster: LocalCluster) -> str:
-    processes: list[ServiceProcess] = [*cluster.routers, *cluster.nodes]
-    return "\n".join(f"--- {p.kind} {p.address} ({p.log_path}):\n{p.log_tail(25)}" for p in processes)
-
-
 def bank_run(cluster: LocalCluster, seed: int, sdk: SyncLedgerClient, through: str) -> BankRun:
     """The bank test's callers: raw stubs through one router (`through`), and the SDK over both."""
     accounts = dataclasses.replace(
@@ -108,7 +103,7 @@ def bank_run(cluster: LocalCluster, seed: int, sdk: SyncLedgerClient, through: s
 
 
 def assert_clean(report: Report, cluster: LocalCluster) -> None:
-    assert not report.problems, report.explain(_logs(cluster))
+    assert not report.problems, report.explain(cluster.log_tails(25))
 
 
 # --- one local directory, one controller ------------------------------------------------------------
@@ -156,7 +151,7 @@ def test_the_controller_killed_under_load_is_replaced_and_its_add_node_completes
                 first.kill()
                 killed = time.monotonic()
                 while status_of(second.address)["leader"] != second.address:
-                    assert time.monotonic() - killed < FAILOVER_S_MAX, _logs(cluster)
+                    assert time.monotonic() - killed < FAILOVER_S_MAX, cluster.log_tails(25)
                     time.sleep(0.05)
                 notes["failover_s"] = time.monotonic() - killed
                 notes["term"] = (term, status_of(second.address)["controller_term"])
@@ -205,7 +200,7 @@ def test_a_controller_stopped_past_its_lease_changes_nothing_when_it_wakes(tmp_p
             try:
                 deadline = time.monotonic() + LEASE_TTL_S + 15
                 while status_of(second.address)["leader"] != second.address:
-                    assert time.monotonic() < deadline, _logs(cluster)
+                    assert time.monotonic() < deadline, cluster.log_tails(25)
                     time.sleep(0.1)
                 successor = status_of(second.address)
                 assert successor["controller_term"] > before.term
@@ -224,7 +219,7 @@ def test_a_controller_stopped_past_its_lease_changes_nothing_when_it_wakes(tmp_p
             assert sdk.create_transfers([Transfer("w1", "{z}:a", "{z}:b", 5, CNY, 1)])[0].ok
             deadline = time.monotonic() + 120
             while fetch_shard_map(second.address).running_job() is not None:
-                assert time.monotonic() < deadline, _logs(cluster)
+                assert time.monotonic() < deadline, cluster.log_tails(25)
                 time.sleep(0.2)
             final = fetch_shard_map(second.address)
             assert sorted(final.counts().values()) == [32, 32] and not final.migrations, final.counts()

@@ -29,7 +29,7 @@ import pytest
 
 from clients.ledger import Account, SyncLedgerClient, Transfer
 from cluster.commands import LocalCluster
-from cluster.local import NodeProcess, ServiceProcess
+from cluster.local import NodeProcess
 from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
 from router.shardmap import DOWN, ShardMap
 from router.slots import slot_of
@@ -63,11 +63,6 @@ def replicated(tmp_path: Path, nodes: int = 3, **options: Any) -> Iterator[Local
         cluster.stop()
 
 
-def _logs(cluster: LocalCluster) -> str:
-    processes: list[ServiceProcess] = [*cluster.routers, *cluster.nodes]
-    return "\n".join(f"--- {p.kind} {p.address} ({p.log_path}):\n{p.log_tail(20)}" for p in processes)
-
-
 def wait_for(predicate: Any, what: str, cluster: LocalCluster, timeout_s: float = REPAIR_S_MAX) -> ShardMap:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -75,7 +70,7 @@ def wait_for(predicate: Any, what: str, cluster: LocalCluster, timeout_s: float 
         if predicate(shard_map):
             return shard_map
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen in {timeout_s}s: {shard_map.nodes}\n{_logs(cluster)}")
+            raise AssertionError(f"{what} did not happen in {timeout_s}s: {shard_map.nodes}\n{cluster.log_tails(20)}")
         time.sleep(0.2)
 
 
@@ -109,7 +104,7 @@ def bank_run(cluster: LocalCluster, seed: int, sdk: SyncLedgerClient) -> BankRun
 
 
 def assert_clean(report: Report, cluster: LocalCluster) -> None:
-    assert not report.problems, report.explain(_logs(cluster))
+    assert not report.problems, report.explain(cluster.log_tails(20))
 
 
 def lose_disk(cluster: LocalCluster, node: NodeProcess) -> None:
