@@ -75,6 +75,11 @@ class ControllerError(Exception):
     """The controller cannot do what it was asked (a clear message for the operator)."""
 
 
+class NotLeading(ControllerError):
+    """This router lost its controller lease while a change was under way: an election is
+    on, so the caller may try again (routers answer UNAVAILABLE, like while none leads)."""
+
+
 class NodeClients:
     """Channels to the ledger nodes, and the one read every router may make of them."""
 
@@ -245,7 +250,7 @@ class Controller:
 
     def _check_leading(self) -> None:
         if not self.leadership.leading():
-            raise ControllerError("this router is no longer the controller (its lease may have lapsed)")
+            raise NotLeading("this router is no longer the controller (its lease may have lapsed)")
 
     async def change(
         self,

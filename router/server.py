@@ -31,7 +31,7 @@ import serving
 from proto import cluster_pb2, cluster_pb2_grpc, contract, ledger_pb2 as pb
 from router import metrics, workers
 from router.control import ControlPlane
-from router.controller import DOWN_AFTER_S_DEFAULT, ControllerError, NodeClients
+from router.controller import DOWN_AFTER_S_DEFAULT, ControllerError, NodeClients, NotLeading
 from router.etcd import Etcd, EtcdUnavailable, parse_endpoints
 from router.leadership import TTL_S_DEFAULT, EtcdLeadership, Leadership, LocalLeadership
 from router.metastore import EtcdMetastore, LocalMetastore, Metastore
@@ -216,6 +216,8 @@ class ClusterService:
     (run by the controller; forwarded to it by any other router)."""
 
     REFUSALS: serving.Refusals = (
+        # Deposed mid-change (its lease lapsed): an election is on; the caller retries.
+        (NotLeading, grpc.StatusCode.UNAVAILABLE),
         (ControllerError, grpc.StatusCode.FAILED_PRECONDITION),
         # The metastore is away: nothing can change the map now; the caller retries.
         (EtcdUnavailable, grpc.StatusCode.UNAVAILABLE),
