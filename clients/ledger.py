@@ -30,7 +30,8 @@ from proto import cluster_pb2, cluster_pb2_grpc, contract, ledger_pb2 as pb, led
 from proto.contract import LedgerMethod
 from router.routing import CHANNEL_OPTIONS, NO_LIVE_COPY, LedgerRouter, RoutingError
 from router.shardmap import ShardMap
-from router.slots import slot_of as slot_of  # re-exported: where an account lives (group work by slot)
+from router.slots import slot_of as slot_of
+from serving.tls import Tls, resolve_tls  # re-exported: where an account lives (group work by slot)
 
 T = TypeVar("T")
 TIMEOUT_DEFAULT_S = 10.0
@@ -136,6 +137,7 @@ class Account:
     credits_pending: int = 0
     status: AccountStatus = field(default=AccountStatus.ACCOUNT_STATUS_UNSPECIFIED)
     timestamp: int = 0
+    created_by: str = ""  # the identity that opened it
 
     @property
     def balance(self) -> int:
@@ -168,6 +170,7 @@ class Account:
             a.credits_pending,
             AccountStatus(a.status),
             a.timestamp,
+            a.created_by,
         )
 
 
@@ -188,6 +191,7 @@ class Transfer:
     state: TransferState = field(default=TransferState.STATE_UNSPECIFIED)
     result: ResultCode = field(default=ResultCode.RESULT_CODE_UNSPECIFIED)
     amount_posted: int = 0
+    created_by: str = ""  # the identity that made it
 
     def to_proto(self) -> pb.Transfer:
         """The request for this transfer (ledger-assigned fields left out)."""
@@ -221,6 +225,7 @@ class Transfer:
             TransferState(t.state),
             ResultCode(t.result),
             t.amount_posted,
+            t.created_by,
         )
 
 
@@ -351,11 +356,21 @@ class LedgerClient:
 
     @staticmethod
     async def connect(
-        router: str, *, via_router: bool = False, timeout_s: float = TIMEOUT_DEFAULT_S, tls_ca: str | None = None
+        router: str,
+        *,
+        via_router: bool = False,
+        timeout_s: float = TIMEOUT_DEFAULT_S,
+        tls_dir: str | None = None,
+        tls_name: str = "service",
+        insecure: bool = False,
+        tls: Tls | None = None,
     ) -> LedgerClient:
         """A client of the cluster behind `router`: one HOST:PORT or several, comma-separated
-        (the next is used when one is away). TLS trusting the roots in `tls_ca`, if given."""
-        client = LedgerClient(router, via_router, timeout_s, serving.client_credentials(tls_ca))
+        (the next is used when one is away). Mutual TLS as `tls_name` from `tls_dir` (or
+        YUNKAI_TLS_DIR), or with `tls` already loaded; plaintext only with `insecure`."""
+        if tls is None:
+            tls = resolve_tls(tls_dir, tls_name, insecure, "service")
+        client = LedgerClient(router, via_router, timeout_s, serving.client_credentials(tls))
         if not via_router:
             try:
                 await client._maps.fetch()
@@ -469,13 +484,21 @@ class SyncLedgerClient:
     """The same client for code without an event loop: each call blocks until answered."""
 
     def __init__(
-        self, router: str, *, via_router: bool = False, timeout_s: float = TIMEOUT_DEFAULT_S, tls_ca: str | None = None
+        self,
+        router: str,
+        *,
+        via_router: bool = False,
+        timeout_s: float = TIMEOUT_DEFAULT_S,
+        tls_dir: str | None = None,
+        tls_name: str = "service",
+        insecure: bool = False,
     ) -> None:
+        tls = resolve_tls(tls_dir, tls_name, insecure, "service")  # before the thread: a TlsError is the caller's
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="yunkai-sdk", daemon=True)
         self._thread.start()
         self._client = self._run(
-            LedgerClient.connect(router, via_router=via_router, timeout_s=timeout_s, tls_ca=tls_ca)
+            LedgerClient.connect(router, via_router=via_router, timeout_s=timeout_s, tls=tls, insecure=tls is None)
         )
 
     def _run(self, call: Coroutine[Any, Any, T]) -> T:

@@ -25,7 +25,13 @@ class ScoringClient:
         address: str,
         deadline_s: float = DEADLINE_DEFAULT_S,
         credentials: grpc.ChannelCredentials | None = None,
+        *,
+        insecure: bool = False,
     ) -> None:
+        """Mutual TLS with `credentials`, else as the `service` identity of YUNKAI_TLS_DIR;
+        plaintext only with `insecure`."""
+        if credentials is None and not insecure:
+            credentials = serving.client_credentials(serving.resolve_tls(None, "service", False, "service"))
         self.channel = serving.channel(address, credentials, [])
         self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.deadline_s = deadline_s

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,6 +78,32 @@ COMMANDS: tuple[Command | Group, ...] = (
         "while the cluster serves.",
         module="cluster.commands",
         run="",
+    ),
+    Command(
+        "certs",
+        help="make a development CA and the certificates of yunkai identities",
+        description="Mutual TLS material: `init` makes a CA and a certificate per role (node, router, operator, "
+        "scoring, lending, risk, service, partner) in --dir, `issue` one more identity, `show` lists them. "
+        "Every yunkai process takes --tls-dir (or YUNKAI_TLS_DIR) and finds its certificate there.",
+        module="serving.certs",
+    ),
+    Group(
+        "audit",
+        help="check a server's audit log",
+        description="The audit log every server keeps (serving/audit.py): `verify` walks a log file and finds the "
+        "first edited, removed, reordered or unparsable entry.",
+        dest="audit_command",
+        members=(
+            Command(
+                "verify",
+                help="check an audit log's hash chain; exit 1 at the first bad line",
+                description="Recompute every entry's hash and check each entry's prev and seq against the one before "
+                "it. Prints `ok: N entries, head <hash>` (exit 0) or the first bad line and what is wrong with it "
+                "(exit 1); a file that cannot be read exits 2. Entries removed from the tail leave a valid chain: "
+                "--head HASH, a head recorded earlier elsewhere, must be in the file.",
+                module="cluster.audit",
+            ),
+        ),
     ),
     Group(
         "scoring",
@@ -289,9 +316,20 @@ def _add(subparsers: Subparsers, members: Sequence[Command | Group | Actions], a
 
 
 def main(argv: list[str] | None = None) -> int:
+    # What any yunkai command writes is its user's alone: directories 0700, files 0600 (the
+    # umask of serving/files.py, set here without importing the serving package).
+    os.umask(0o077)
     words = sys.argv[1:] if argv is None else argv
     args = build_parser(words).parse_args(words)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except Exception as error:
+        from serving.tls import TlsError  # every command that reaches the network has loaded it
+
+        if not isinstance(error, TlsError):
+            raise
+        print(f"yunkai {words[0]}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -35,8 +35,10 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import serving
 from cluster.local import EtcdProcess, NodeProcess, ProcessFailed, RouterProcess, ServiceProcess
 from proto import cluster_pb2, cluster_pb2_grpc
+from serving.tls import INSECURE_ENV, TLS_DIR_ENV
 
 PROGRESS_EVERY_S = 0.5
 JOB_UNSEEN_S = 10.0
@@ -66,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how many routers (default 1, with the shard map in a file); more than 1 starts a local etcd"
         " for the map and the controller's election (cluster/install-etcd.sh installs etcd)",
     )
+    up.add_argument(
+        "--tls-dir",
+        help=f"the cluster's certificates (made where missing; default {TLS_DIR_ENV}, else DATA_DIR/tls)",
+    )
+    up.add_argument(
+        "--insecure", action="store_true", help="plaintext, no identities, no authorization (logged as a warning)"
+    )
     up.set_defaults(run=up_main)
 
     status = actions.add_parser(
@@ -79,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HOST:PORT of a router, or several, comma-separated (default 127.0.0.1:7000)",
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    status.add_argument("--tls-ca", help="CA certificate (PEM) when the router serves TLS")
+    serving.add_tls_arguments(status)
     status.set_defaults(run=status_main)
 
     add = actions.add_parser(
@@ -131,7 +140,7 @@ def _job_arguments(parser: argparse.ArgumentParser, node: bool) -> None:
     if node:
         parser.add_argument("--address", required=True, help="HOST:PORT of the node, as the cluster reaches it")
     parser.add_argument("--no-wait", action="store_true", help="return once the job has started")
-    parser.add_argument("--tls-ca", help="CA certificate (PEM) when the router serves TLS")
+    serving.add_tls_arguments(parser)
 
 
 class LocalCluster:
@@ -149,16 +158,24 @@ class LocalCluster:
         router_args: Sequence[str] = (),
         replicas: int = 1,
         node_args: Sequence[str] = (),
+        tls_dir: str | None = None,
+        insecure: bool = False,
     ) -> None:
         assert routers >= 1
         self.data_dir = data_dir
+        # Mutual TLS unless `insecure`: certificates in `tls_dir` (else YUNKAI_TLS_DIR, else
+        # <data_dir>/tls), made by start() where missing: a CA, one per role, one per node.
+        self.tls_dir = None if insecure else (tls_dir or os.environ.get(TLS_DIR_ENV) or None)
+        if not insecure and self.tls_dir is None:
+            self.tls_dir = os.path.join(data_dir, "tls")
         self.router_env = dict(router_env or {})
         self.router_args = list(router_args) + (["--replicas", str(replicas)] if replicas > 1 else [])
         self.node_args = list(node_args)
         self.nodes: list[NodeProcess] = []
         self.sizing = ["--slots-total", str(slots_total)] if slots_total else []
         for i in range(1, nodes + 1):
-            extra = ["--join", "--log-level", "WARNING", *self.sizing, *self.node_args]
+            extra = ["--join", "--log-level", "WARNING", *self.sizing, *self.identity_args(f"node-{i}")]
+            extra += self.node_args
             if metrics:
                 extra += ["--metrics-port", str(port + 100 + i)]
             node = NodeProcess(os.path.join(data_dir, f"node-{i}"), extra)
@@ -177,8 +194,40 @@ class LocalCluster:
         """The first router (the only one without --routers)."""
         return self.routers[0] if self.routers else None
 
+    def identity_args(self, name: str) -> list[str]:
+        """The flags that give a process of this cluster the certificate `name` (or --insecure)."""
+        if self.tls_dir is None:
+            return ["--insecure"]
+        return ["--tls-dir", self.tls_dir, "--tls-name", name]
+
+    def export_identity(self) -> None:
+        """Point this process's clients (and the processes it starts) at this cluster's
+        certificates, YUNKAI_TLS_DIR, or at plaintext, YUNKAI_INSECURE=1 (benchmarks)."""
+        if self.tls_dir is None:
+            os.environ.pop(TLS_DIR_ENV, None)
+            os.environ[INSECURE_ENV] = "1"
+        else:
+            os.environ.pop(INSECURE_ENV, None)
+            os.environ[TLS_DIR_ENV] = self.tls_dir
+
+    def tls(self, role: str = "service") -> serving.Tls | None:
+        """A client's TLS material for this cluster (None when it is --insecure)."""
+        return None if self.tls_dir is None else serving.Tls.load(self.tls_dir, role)
+
+    def _make_certificates(self) -> None:
+        if self.tls_dir is None:
+            return
+        from serving import certs  # cryptography is loaded only where certificates are made
+
+        certs.init(self.tls_dir)
+        names = [f"node-{i}" for i in range(1, len(self.nodes) + 1)] + [f"router-{i}" for i in range(2, 10)]
+        for name in names:
+            if not os.path.exists(os.path.join(self.tls_dir, f"{name}.pem")):
+                certs.issue(self.tls_dir, name.partition("-")[0], name)
+
     def start(self) -> LocalCluster:
         try:
+            self._make_certificates()
             if self.etcd is not None:
                 self.etcd.start()
             for node in self.nodes:
@@ -193,6 +242,7 @@ class LocalCluster:
     def router_process(self, index: int) -> RouterProcess:
         """Router `index` (0-based), not started: its directory, flags and port."""
         extra = ["--nodes", ",".join(n.address for n in self.nodes), "--log-level", "WARNING", *self.sizing]
+        extra += self.identity_args("router" if index == 0 else f"router-{index + 1}")
         extra += self.router_args
         if self.etcd is not None:
             extra += ["--metastore", self.etcd.url]
@@ -218,10 +268,13 @@ class LocalCluster:
         return ",".join(router.address for router in self.routers)
 
     def new_node(self, name: str) -> NodeProcess:
-        """A node process for this cluster, not started (for add-node)."""
-        return NodeProcess(
-            os.path.join(self.data_dir, name), ["--join", "--log-level", "WARNING", *self.sizing, *self.node_args]
-        )
+        """A node process for this cluster, not started (for add-node), with a certificate of its own."""
+        if self.tls_dir is not None and not os.path.exists(os.path.join(self.tls_dir, f"{name}.pem")):
+            from serving import certs
+
+            certs.issue(self.tls_dir, "node", name)
+        extra = ["--join", "--log-level", "WARNING", *self.sizing, *self.identity_args(name), *self.node_args]
+        return NodeProcess(os.path.join(self.data_dir, name), extra)
 
     def log_tails(self, lines: int = 20) -> str:
         """The last lines of every router's and node's log (for a failed check's message)."""
@@ -255,7 +308,16 @@ def up_main(args: argparse.Namespace) -> int:
     if not 1 <= copies <= args.nodes:
         print(f"yunkai cluster up: --replicas must be 1 to --nodes ({args.nodes})", file=sys.stderr)
         return 2
-    cluster = LocalCluster(args.data_dir, args.nodes, args.port, args.metrics, routers=args.routers, replicas=copies)
+    cluster = LocalCluster(
+        args.data_dir,
+        args.nodes,
+        args.port,
+        args.metrics,
+        routers=args.routers,
+        replicas=copies,
+        tls_dir=args.tls_dir,
+        insecure=args.insecure,
+    )
     routers = "a router" if args.routers == 1 else f"{args.routers} routers, an etcd"
     print(
         f"starting {routers} and {args.nodes} nodes, {copies} copies of each slot (data in {args.data_dir}) ...",
@@ -272,6 +334,10 @@ def up_main(args: argparse.Namespace) -> int:
         print(f"router  {router.address}")
     for node in cluster.nodes:
         print(f"node    {node.address}   data {node.data_dir}")
+    if cluster.tls_dir is None:
+        print("PLAINTEXT (--insecure): no identities, anyone who reaches these ports is trusted")
+    else:
+        print(f"mutual TLS; identities in {cluster.tls_dir}: `export {TLS_DIR_ENV}={cluster.tls_dir}` for commands")
     print("serving; Ctrl-C or SIGTERM stops the cluster", flush=True)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -291,18 +357,11 @@ def up_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _channel(address: str, tls_ca: str | None) -> grpc.Channel:
-    if tls_ca is None:
-        return grpc.insecure_channel(address)
-    with open(tls_ca, "rb") as handle:
-        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=handle.read()))
-
-
-def _wait_healthy(address: str, tls_ca: str | None, wait_s: float) -> str | None:
+def _wait_healthy(address: str, tls: serving.Tls | None, wait_s: float) -> str | None:
     """None once the node answers SERVING, else why not."""
     deadline = time.monotonic() + wait_s
     why = "no answer"
-    with _channel(address, tls_ca) as channel:
+    with serving.sync_channel(address, tls) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -319,7 +378,7 @@ def _wait_healthy(address: str, tls_ca: str | None, wait_s: float) -> str | None
 
 def add_node_main(args: argparse.Namespace) -> int:
     print(f"waiting for {args.address} to be healthy ...", flush=True)
-    why = _wait_healthy(args.address, args.tls_ca, args.wait_node_s)
+    why = _wait_healthy(args.address, _operator_tls(args), args.wait_node_s)
     if why is not None:
         print(
             f"yunkai cluster add-node: {args.address} is not healthy after {args.wait_node_s:g}s: {why}",
@@ -341,15 +400,15 @@ class _Routers:
     """The routers a command may use, in order: a call goes to the current one and, when it
     stops answering, to the next."""
 
-    def __init__(self, addresses: str, tls_ca: str | None) -> None:
+    def __init__(self, addresses: str, tls: serving.Tls | None) -> None:
         self.addresses = [a.strip() for a in addresses.split(",") if a.strip()]
-        self._tls_ca = tls_ca
+        self._tls = tls
         self._current = 0
         self._channel: grpc.Channel | None = None
 
     def stub(self) -> cluster_pb2_grpc.ClusterStub:
         if self._channel is None:
-            self._channel = _channel(self.addresses[self._current], self._tls_ca)
+            self._channel = serving.sync_channel(self.addresses[self._current], self._tls)
         return cluster_pb2_grpc.ClusterStub(self._channel)
 
     @property
@@ -368,7 +427,7 @@ class _Routers:
 
 
 def _run_job(args: argparse.Namespace, name: str, start: object) -> int:
-    routers = _Routers(args.router, args.tls_ca)
+    routers = _Routers(args.router, _operator_tls(args))
     try:
         job = _start_job(routers, name, start, args.wait_controller_s)
         if job is None:
@@ -460,7 +519,7 @@ def _progress(job: cluster_pb2.Job) -> str:
 
 
 def status_main(args: argparse.Namespace) -> int:
-    routers = _Routers(args.router, args.tls_ca)
+    routers = _Routers(args.router, _operator_tls(args))
     status: cluster_pb2.StatusResponse | None = None
     failures = []
     for _router in routers.addresses:
@@ -485,9 +544,11 @@ def status_main(args: argparse.Namespace) -> int:
             "zone": n.zone,
             "reachable": n.reachable,
             "slots_owned": n.slots_owned,
+            "books": _node_books(n),
         }
         for n in status.nodes
     ]
+    books = _cluster_books(status.books)
     moves = [
         {"slot": m.slot, "source": m.source, "target": m.target, "replaces": m.replaces, "id": m.id}
         for m in status.migrations
@@ -524,6 +585,7 @@ def status_main(args: argparse.Namespace) -> int:
                     "nodes": rows,
                     "migrations": moves,
                     "jobs": jobs,
+                    "books": books,
                 }
             )
         )
@@ -534,15 +596,23 @@ def status_main(args: argparse.Namespace) -> int:
         f" {status.replicas or 1} copies each, {len(rows)} nodes; controller {controller},"
         f" term {status.controller_term}"
     )
-    print(f"{'node':24} {'id':16} {'zone':8} {'state':9} {'leads':>6} {'follows':>7} {'owned':>6}  health")
-    for row in rows:
+    print(
+        f"{'node':24} {'id':16} {'zone':8} {'state':9} {'leads':>6} {'follows':>7} {'owned':>6}"
+        f" {'position fen':>14}  health"
+    )
+    for row, node in zip(rows, status.nodes, strict=True):
         health = "ok" if row["reachable"] else "UNREACHABLE"
         if row["reported_id"] and row["id"] and row["reported_id"] != row["id"]:
             health = f"LOST: the process there is node {row['reported_id']} (an empty or replaced data directory)"
+        node_books = _node_books(node)
+        position = f"{node_books['position']:+,}" if node_books else "-"
+        if node_books and node_books["imbalance"]:
+            health += f"; BOOKS OFF BY {node_books['imbalance']:+,} fen (debits - credits - position)"
         print(
             f"{row['address']:24} {row['id'] or '?':16} {row['zone'] or '-':8} {row['state']:9} {row['slots']:>6}"
-            f" {row['follows']:>7} {row['slots_owned']:>6}  {health}"
+            f" {row['follows']:>7} {row['slots_owned']:>6} {position:>14}  {health}"
         )
+    print(_books_line(status.books))
     if status.slots_under_replicated:
         print(
             f"{status.slots_under_replicated} slots have fewer than {status.replicas} live copies"
@@ -567,5 +637,62 @@ def status_main(args: argparse.Namespace) -> int:
         and not status.slots_without_copy
         and not status.slots_under_replicated
         and status.leader
+        and books["state"] in ("balanced", "in_flight")
     )
     return 0 if healthy else 1
+
+
+def _fen(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _node_books(node: cluster_pb2.NodeStatus) -> dict[str, int] | None:
+    """A node's trial balance as it reported it (node/books.py), or None if it did not."""
+    if not node.HasField("books"):
+        return None
+    books = node.books
+    figures = {name: _fen(getattr(books, name)) for name in ("debits", "credits", "position", "imbalance")}
+    if any(value is None for value in figures.values()):
+        return None
+    shown = {name: value for name, value in figures.items() if value is not None}
+    shown["legs_in_flight"] = books.legs_in_flight
+    return shown
+
+
+def _cluster_books(books: cluster_pb2.ClusterBooks) -> dict[str, object]:
+    return {
+        "state": cluster_pb2.BooksState.Name(books.state).removeprefix("BOOKS_").lower(),
+        "debits": _fen(books.debits),
+        "credits": _fen(books.credits),
+        "legs_in_flight": books.legs_in_flight,
+        "unbalanced_nodes": list(books.unbalanced_nodes),
+        "unknown_nodes": list(books.unknown_nodes),
+    }
+
+
+def _books_line(books: cluster_pb2.ClusterBooks) -> str:
+    """The cluster's trial balance in one line (pending included; node/books.py)."""
+    debits, credits = _fen(books.debits), _fen(books.credits)
+    sums = (
+        f"sum of debits {debits:,} fen, of credits {credits:,} fen"
+        if debits is not None and credits is not None
+        else ""
+    )
+    if books.state == cluster_pb2.BOOKS_BALANCED:
+        return f"books: balanced: sum of debits = sum of credits = {debits:,} fen (pending included)"
+    if books.state == cluster_pb2.BOOKS_IN_FLIGHT:
+        return f"books: {books.legs_in_flight} credit legs in flight; {sums} (they agree once the legs settle)"
+    if books.state == cluster_pb2.BOOKS_UNBALANCED:
+        nodes = ", ".join(books.unbalanced_nodes)
+        off = f"nodes off their own equation: {nodes}" if nodes else "every node balances on its own"
+        return f"books: UNBALANCED: {sums}, nothing in flight; {off}"
+    unknown = ", ".join(books.unknown_nodes)
+    return f"books: unknown: {f'no books from {unknown}' if unknown else 'the router sent none'}"
+
+
+def _operator_tls(args: argparse.Namespace) -> serving.Tls | None:
+    """The operator's identity (--tls-dir/--tls-name, default the `operator` certificate)."""
+    return serving.client_tls(args, "operator")

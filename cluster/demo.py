@@ -13,7 +13,8 @@
    demo grants one as a banker would by hand), draws a loan, repays its first instalment
    and assesses the borrower's behaviour from their repayment records. Each run uses a new
    customer, so the demo can be repeated on one data directory.
-Everything keeps serving for you to call until Ctrl-C (unless --exit).
+Every process speaks mutual TLS with certificates made in DATA_DIR/tls (a development CA;
+--insecure for plaintext). Everything keeps serving for you to call until Ctrl-C (unless --exit).
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
 from clients.ledger import (
     Account,
     AccountFlags,
@@ -38,6 +37,8 @@ from clients.ledger import (
 from cluster.commands import LocalCluster
 from cluster.local import LendingProcess, RiskProcess, ScoringProcess, ServiceProcess
 from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb, risk_pb2_grpc
+from serving.tls import Tls
+from serving.transport import sync_channel
 
 CNY = 156  # ISO 4217 numeric code, used as the ledger (book) number
 MODELS = ("credit_risk", "early_warning", "repayment_willingness")
@@ -64,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--exit", action="store_true", help="stop everything after the walk-through")
     parser.add_argument("--ledger-only", action="store_true", help="only the ledger: no models, lending or risk")
+    parser.add_argument(
+        "--insecure", action="store_true", help="plaintext, no identities, no authorization (logged as a warning)"
+    )
 
 
 def _fen(amount: int) -> str:
@@ -72,20 +76,24 @@ def _fen(amount: int) -> str:
 
 def main(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="yunkai-demo-")
-    cluster = LocalCluster(data_dir, nodes=3, port=args.port, replicas=3)
+    cluster = LocalCluster(data_dir, nodes=3, port=args.port, replicas=3, insecure=args.insecure)
     print(f"starting a router and 3 ledger nodes, every slot on all three (data in {data_dir}) ...")
     cluster.start()
     services: list[ServiceProcess] = []
     try:
         print(f"router serving on {cluster.address}; nodes on {', '.join(n.address for n in cluster.nodes)}\n")
-        asyncio.run(_walk_through(cluster.address))
+        if cluster.tls_dir is not None:
+            print(f"every process speaks mutual TLS; identities in {cluster.tls_dir}\n")
+        asyncio.run(_walk_through(cluster.address, cluster.tls("service")))
         customer = ""
         if not args.ledger_only:
-            services = _start_business(data_dir, cluster.address, args.port)
-            customer = _business_walk_through(*services)
+            services = _start_business(cluster, args.port)
+            customer = _business_walk_through(services[1], services[2], cluster.tls("operator"))
         if args.exit:
             return 0
         print(f"\nEverything keeps serving; the router is {cluster.address}. Ctrl-C stops it.")
+        if cluster.tls_dir is not None:
+            print(f"First: export YUNKAI_TLS_DIR={cluster.tls_dir}   (the operator's and services' certificates)")
         print(f"Try: yunkai cluster status --router {cluster.address}")
         if services:
             print(f"     yunkai loan list --lending {services[1].address} --customer {customer}")
@@ -106,10 +114,10 @@ def main(args: argparse.Namespace) -> int:
         cluster.stop()
 
 
-async def _walk_through(router: str) -> None:
+async def _walk_through(router: str, tls: Tls | None) -> None:
     run = str(time.time_ns())  # fresh ids per run, so the demo can be repeated on one cluster
     deposit, loan, fees = f"{{c42:{run}}}:deposit", f"{{c42:{run}}}:loan", f"bank:fees:{run}"
-    async with await LedgerClient.connect(router) as ledger:
+    async with await LedgerClient.connect(router, tls=tls, insecure=tls is None) as ledger:
         opened = await ledger.create_accounts(
             [
                 Account(deposit, ledger=CNY, code=2001, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
@@ -140,10 +148,11 @@ async def _walk_through(router: str) -> None:
             print(f"  {t.id:12} {t.state.name:10} {_fen(t.amount):>16}")
 
 
-def _start_business(data_dir: str, router: str, port: int) -> list[ServiceProcess]:
+def _start_business(cluster: LocalCluster, port: int) -> list[ServiceProcess]:
     """Train the models, then start scoring, lending and risk (in that order): [scoring, lending, risk]."""
     from scoring import datasets, train  # heavy (catboost, pandas): only here
 
+    data_dir, router = cluster.data_dir, cluster.address
     registry = Path(data_dir) / "models"
     for name in MODELS:
         if not (registry / name / "1").exists():
@@ -151,9 +160,14 @@ def _start_business(data_dir: str, router: str, port: int) -> list[ServiceProces
             outcome = train.train_one(name, datasets.LOADERS[name](), registry, 1)
             assert outcome.admitted, outcome
     offset = (lambda n: port + n) if port else (lambda n: 0)
-    scoring = ScoringProcess(str(registry), ["--log-level", "WARNING"])
-    lending = LendingProcess(os.path.join(data_dir, "lending"), ["--router", router, "--log-level", "WARNING"])
-    risk = RiskProcess(os.path.join(data_dir, "risk"), ["--router", router, "--log-level", "WARNING"])
+    scoring = ScoringProcess(str(registry), ["--log-level", "WARNING", *cluster.identity_args("scoring")])
+    lending = LendingProcess(
+        os.path.join(data_dir, "lending"),
+        ["--router", router, "--log-level", "WARNING", *cluster.identity_args("lending")],
+    )
+    risk = RiskProcess(
+        os.path.join(data_dir, "risk"), ["--router", router, "--log-level", "WARNING", *cluster.identity_args("risk")]
+    )
     started: list[ServiceProcess] = []
     try:
         order: list[tuple[ServiceProcess, int]] = [(scoring, 200), (lending, 300), (risk, 400)]
@@ -170,13 +184,13 @@ def _start_business(data_dir: str, router: str, port: int) -> list[ServiceProces
     return started
 
 
-def _business_walk_through(scoring: ServiceProcess, lending: ServiceProcess, risk: ServiceProcess) -> str:
+def _business_walk_through(lending: ServiceProcess, risk: ServiceProcess, tls: Tls | None) -> str:
     """The lending walk-through; answers the demo's customer."""
     from lending.products import SAMPLE_CATALOGUE, read_catalogue
 
     run = str(time.time_ns())[-9:]  # fresh ids and a new customer per run
     customer = f"demo{run}"
-    with grpc.insecure_channel(lending.address) as to_lending, grpc.insecure_channel(risk.address) as to_risk:
+    with sync_channel(lending.address, tls) as to_lending, sync_channel(risk.address, tls) as to_risk:
         products = lending_pb2_grpc.ProductServiceStub(to_lending)
         loans = lending_pb2_grpc.LoanServiceStub(to_lending)
         [parameters] = [p for p in read_catalogue(SAMPLE_CATALOGUE) if p.code == PRODUCT]

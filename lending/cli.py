@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--server", default=SERVER_DEFAULT, help=f"HOST:PORT of yunkai lending (default {SERVER_DEFAULT})"
         )
-        sub.add_argument("--tls-ca", help="PEM root certificates: call the server over TLS, trusting these roots")
+        serving.add_tls_arguments(sub)
         return sub
 
     create = action("create", "save products from a TOML catalogue as drafts (the next version of each code)")
@@ -65,11 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, lending_pb2_grpc.ProductServiceStub]:
-    credentials = serving.client_credentials(args.tls_ca)
-    if credentials is None:
-        channel = grpc.insecure_channel(args.server)
-    else:
-        channel = grpc.secure_channel(args.server, credentials)
+    channel = serving.sync_channel(args.server, serving.client_tls(args, "operator"))
     return channel, lending_pb2_grpc.ProductServiceStub(channel)
 
 

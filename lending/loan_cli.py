@@ -32,9 +32,7 @@ EOD_SLOT_TIMEOUT_S = 300.0  # one slot's loans, each a few ledger calls
 
 
 def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, lending_pb2_grpc.LoanServiceStub]:
-    credentials = serving.client_credentials(args.tls_ca)
-    address = args.lending
-    channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    channel = serving.sync_channel(args.lending, serving.client_tls(args, "operator"))
     return channel, lending_pb2_grpc.LoanServiceStub(channel)
 
 
@@ -42,7 +40,7 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lending", "--server", default=SERVER_DEFAULT, help=f"HOST:PORT of yunkai lending (default {SERVER_DEFAULT})"
     )
-    parser.add_argument("--tls-ca", help="PEM root certificates: call the server over TLS, trusting these roots")
+    serving.add_tls_arguments(parser)
 
 
 def _print(message: Message) -> None:

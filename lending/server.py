@@ -40,9 +40,6 @@ DEFAULTS: dict[str, Any] = {
     "port": 7300,
     "data_dir": None,
     "metrics_port": None,
-    "tls_cert": None,
-    "tls_key": None,
-    "tls_ca": None,
     "log_level": "INFO",
     "router": None,
     "slots_total": SLOTS_TOTAL_DEFAULT,
@@ -84,7 +81,9 @@ def _check(settings: dict[str, Any]) -> str | None:
 
 async def _serve(settings: dict[str, Any]) -> None:
     services = [PRODUCT_SERVICE] + ([LOAN_SERVICE] if settings["router"] else [])
-    await serving.serve(settings, services=services, app=lambda server, port: _lending(settings, server), log=log)
+    await serving.serve(
+        settings, role="lending", services=services, app=lambda server, port: _lending(settings, server), log=log
+    )
 
 
 @contextlib.asynccontextmanager
@@ -97,7 +96,9 @@ async def _lending(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
         server.add_generic_rpc_handlers([ProductService(store).handler()])
         if settings["router"]:
             loans = LoanStore(str(settings["data_dir"]))
-            ledger = await LedgerClient.connect(str(settings["router"]), tls_ca=settings["tls_ca"])
+            ledger = await LedgerClient.connect(
+                str(settings["router"]), tls=settings["tls"], insecure=settings["tls"] is None
+            )
             service = LoanService(loans, store, ledger, int(settings["slots_total"]))
             server.add_generic_rpc_handlers([loan_handler(service)])
         yield {"data_dir": settings["data_dir"], "products": len(list(store.codes()))}

@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from cluster.commands import LocalCluster
 from cluster.local import LendingProcess, RiskProcess, ScoringProcess, ServiceProcess
-from loadtest import report
+from loadtest import identities, report
 from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb, risk_pb2_grpc
+from serving.transport import role_channel
 
 PRODUCT = "SME-TAX-LOAN"
 AS_OF = "2026-03-20"
@@ -59,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
         for row in rows
     ]
     load_average = os.getloadavg()
+    identities.prepare(work)
     cluster = LocalCluster(os.path.join(work, "cluster"), nodes=2, port=0)
     started: list[ServiceProcess] = []
     try:
@@ -95,7 +95,7 @@ async def _bench(
     from lending.products import SAMPLE_CATALOGUE, read_catalogue
 
     customers = [f"bh{i}" for i in range(args.borrowers)]
-    async with grpc.aio.insecure_channel(lending_address) as to_lending:
+    async with role_channel(lending_address, "operator") as to_lending:
         products = lending_pb2_grpc.ProductServiceStub(to_lending)
         loans = lending_pb2_grpc.LoanServiceStub(to_lending)
         [parameters] = [p for p in read_catalogue(SAMPLE_CATALOGUE) if p.code == PRODUCT]
@@ -132,7 +132,7 @@ async def _bench(
         print(f"book of {len(customers):,} borrowers built in {time.monotonic() - began:.1f} s", flush=True)
 
     actions: dict[str, int] = {}
-    async with grpc.aio.insecure_channel(risk_address) as to_risk:
+    async with role_channel(risk_address, "operator") as to_risk:
         stub = risk_pb2_grpc.BehaviourServiceStub(to_risk)
 
         async def one_pass() -> dict[str, Any]:

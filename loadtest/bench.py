@@ -41,7 +41,7 @@ import uvloop
 
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess, ScoringProcess
-from loadtest import openloop, plots, postgres_peer, report, workloads
+from loadtest import identities, openloop, plots, postgres_peer, report, workloads
 from loadtest.workloads import MIXES, SCENARIOS, Plan
 
 READY_TIMEOUT_S = 120.0
@@ -56,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of offered load (default 10)")
     parser.add_argument("--router", help="HOST:PORT of a running router (default: start a router and 2 nodes)")
     parser.add_argument("--scoring", help="HOST:PORT of a running scoring server (default: train and start one)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext everywhere (no mutual TLS, no identities): to measure what TLS costs",
+    )
     parser.add_argument("--nodes", type=int, default=2, help="nodes of the local cluster (default 2)")
     parser.add_argument(
         "--replicas",
@@ -128,6 +133,7 @@ def main(args: argparse.Namespace) -> int:
     started: list[Any] = []
     cluster: LocalCluster | None = None
     directory = tempfile.mkdtemp(prefix="yunkai-bench-")
+    identities.prepare(directory, args.insecure)
     try:
         router = args.router
         if router is None and kinds - {"score"}:

@@ -27,8 +27,9 @@ import uvloop
 
 from clients.ledger import Account, LedgerClient, LedgerError, Transfer
 from cluster.commands import LocalCluster
-from loadtest import openloop, report
+from loadtest import identities, openloop, report
 from proto import cluster_pb2, cluster_pb2_grpc
+from serving.transport import sync_role_channel
 
 LEDGER = 156
 CUSTOMERS = 200
@@ -48,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
         print("yunkai bench-failover: --rounds and --rate must be positive")
         return 2
     data_dir = tempfile.mkdtemp(prefix="yunkai-failover-")
+    identities.prepare(data_dir)
     cluster = LocalCluster(
         data_dir, args.nodes, port=0, routers=2, router_args=["--lease-ttl", str(args.lease_ttl)]
     ).start()
@@ -61,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _leader(address: str) -> str:
-    with grpc.insecure_channel(address) as channel:
+    with sync_role_channel(address, "operator") as channel:
         status = cluster_pb2_grpc.ClusterStub(channel).Status(cluster_pb2.StatusRequest(), timeout=2)
     return str(status.leader)
 

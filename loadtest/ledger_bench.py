@@ -27,9 +27,11 @@ from hdrh.histogram import HdrHistogram
 from clients.ledger import RouterMapSource, Routers
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess
-from loadtest import report
+from loadtest import identities, report
 from proto import ledger_pb2 as pb, ledger_pb2_grpc
 from router.routing import LedgerRouter
+from serving.tls import resolve_tls
+from serving.transport import client_credentials, role_channel
 
 LEDGER = 156
 
@@ -73,11 +75,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "--no-history", action="store_true", help="open the accounts with NO_HISTORY (measures what history costs)"
     )
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext everywhere (no mutual TLS, no identities): to measure what TLS costs",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     started: NodeProcess | LocalCluster | None = None
     address = args.target
+    identities.prepare(tempfile.mkdtemp(prefix="yunkai-bench-tls-"), args.insecure)
     if address is None:
         data_dir = tempfile.mkdtemp(prefix="yunkai-bench-")
         if args.nodes == 0:
@@ -109,7 +117,7 @@ async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
         ("grpc.max_send_message_length", 64 << 20),
         ("grpc.use_local_subchannel_pool", 1),
     ]
-    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(max(1, args.concurrency))]
+    channels = [role_channel(address, "service", options) for _ in range(max(1, args.concurrency))]
     try:
         return await _run(args, address, channels)
     finally:
@@ -123,10 +131,11 @@ async def _run(args: argparse.Namespace, address: str, channels: list[grpc.aio.C
     smart: LedgerRouter | None = None
     routers: Routers | None = None
     if args.smart:
-        routers = Routers(address, None)
+        credentials = client_credentials(resolve_tls(None, "service", False, "service"))
+        routers = Routers(address, credentials)
         maps = RouterMapSource(routers, 10.0)
         await maps.fetch()
-        smart = LedgerRouter(maps)
+        smart = LedgerRouter(maps, credentials=credentials)
 
     async def create_transfers(number: int, transfers: list[pb.Transfer]) -> Sequence[pb.EventResult]:
         if smart is not None:

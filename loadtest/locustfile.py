@@ -33,6 +33,7 @@ from locust import User, between, events, task
 from locust.env import Environment
 
 from proto import inference_pb2, inference_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
+from serving.transport import sync_role_channel
 
 grpc_gevent.init_gevent()  # before any gRPC object: gRPC's I/O then yields to gevent
 
@@ -119,7 +120,7 @@ class PartnerPlatform(User):
         self.rng = random.Random()
 
     def _channel(self, address: str) -> grpc.Channel:
-        channel = grpc.intercept_channel(grpc.insecure_channel(address), self.reporting)
+        channel = grpc.intercept_channel(sync_role_channel(address, "service"), self.reporting)
         self.channels.append(channel)
         return channel
 

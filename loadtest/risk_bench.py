@@ -31,6 +31,7 @@ from cluster.local import RiskProcess, ScoringProcess
 from loadtest import openloop, report
 from proto import risk_pb2 as pb, risk_pb2_grpc
 from scoring import datasets
+from serving.transport import role_channel
 
 PRODUCT = "SME-TAX-LOAN"
 APPLICANTS = 256
@@ -113,7 +114,7 @@ async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
             fields=applicants[index % len(applicants)],
         )
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with role_channel(address, "service") as channel:
         stub = risk_pb2_grpc.DecisionServiceStub(channel)
         for index in range(WARM_UP_CALLS):  # the channels, the model session and the table
             await stub.Decide(request(index), timeout=10)

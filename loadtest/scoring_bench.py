@@ -29,6 +29,7 @@ from hdrh.histogram import HdrHistogram
 from cluster.local import ScoringProcess
 from loadtest import report
 from proto import inference_pb2 as pb, inference_pb2_grpc
+from serving.transport import role_channel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +77,7 @@ def _request(model: str, rows: np.ndarray) -> pb.ModelInferRequest:
 
 
 async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with role_channel(address, "operator") as channel:
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name=args.model), timeout=10)
         width = int(metadata.inputs[0].shape[-1])

@@ -140,7 +140,7 @@ class YunkaiTarget:
         scoring = None
         if kinds & {"score", "application"}:
             assert plan.scoring is not None
-            scoring = ScoringClient(plan.scoring, deadline_s=plan.timeout_s)
+            scoring = ScoringClient(plan.scoring, deadline_s=plan.timeout_s)  # as YUNKAI_TLS_DIR's service
         target = YunkaiTarget(plan, worker, ledger, scoring)
         # Warm up before the clock starts: channels to every node, the model's metadata.
         if ledger is not None:

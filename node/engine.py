@@ -19,6 +19,8 @@ Protocol (DESIGN section 4):
   * Each cycle the committer turns the overlay into one RocksDB WriteBatch, writes it with
     sync=True, and only then publishes the new state to readers and resolves every waiting
     caller. Nothing is acknowledged before it is durable; reads see committed state only.
+    The written batch moves the node's trial balance (node/books.py): its account changes,
+    checked against what its cross-node transitions reported.
   * Pending transfers with a timeout are expired by the same committer, so expiry is just
     another event in the slot's order; expiries of a frozen slot wait for it to thaw.
   * Slot moves (node/slotmove.py): the committer hands each batch to the change log just
@@ -50,6 +52,7 @@ from rocksdict import WriteBatch
 
 import serving
 from node import keys, metrics, outbox, state_machine as sm
+from node.books import Books
 from node.changelog import ChangeLog, Op
 from node.clock import Clock
 from node.keys import account_slot
@@ -74,7 +77,7 @@ class Overloaded(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    batch_events_max: int = 8192
+    batch_events_max: int = contract.BATCH_EVENTS_MAX_DEFAULT
     queue_events_max: int = 65536
     commit_events_max: int = 16384
     expiries_per_commit_max: int = 4096
@@ -137,6 +140,8 @@ class Engine:
             self._in_flight = frozenset(self._resume)
             self._flushed.clear()
         self._load_expiries(slots.owned())
+        self.books = Books(storage)  # node/books.py: counted once here, then kept by each commit
+        self.books.count(slots.owned())
         self.relay = Relay(storage, slots.route, self._wake.set, relay_limits or RelayLimits(), peer_credentials)
         self.relay.load(storage.outbox_entries(slots.owned()))
 
@@ -172,7 +177,7 @@ class Engine:
         self, events: Sequence[tuple[node_pb2.CreditLeg, int, int]]
     ) -> asyncio.Future[list[sm.Result]]:
         """Legs other nodes' relays sent (well formed, fenced at their credit slots)."""
-        return self._submit(outbox.apply_credit_leg, events)
+        return self._submit(self._apply_credit_leg, events)
 
     async def barrier(self, meta_puts: Sequence[tuple[bytes, bytes]] = ()) -> None:
         """Return once every command queued before this call is durable (or answered), and
@@ -248,6 +253,8 @@ class Engine:
         batch = WriteBatch(raw_mode=True)
         done = self.slots.assign(request, batch)
         self.storage.write(batch)
+        self.books.drop(done.lost)
+        self.books.count(done.gained)
         if self.replicator is not None:
             self.replicator.configured()
         if done.moved_in or done.lost:
@@ -378,6 +385,8 @@ class Engine:
         started = time.perf_counter()
         self.storage.write(batch)
         metrics.fsync_latency_s.observe(time.perf_counter() - started)
+        # Before any wait: a slot lost meanwhile leaves the books with this batch in its sums.
+        self.books.committed(overlay.moved, overlay.across)
         failed: set[int] = set()
         if entries:
             for slot, (epoch, seq, _ops) in entries.items():
@@ -478,12 +487,27 @@ class Engine:
                 outbox.journal_local_reserve(overlay, t, timestamp)
             return result
         pending = overlay.get_transfer(t.debit_account_id, t.pending_id)
-        if pending is None or (
-            same_batch(account_slot(t.debit_account_id, total), account_slot(pending.credit_account_id, total))
-            and not outbox.crossing(overlay, pending)
-        ):
+        if pending is None:
             return sm.apply_transfer(overlay, t, timestamp)
-        return outbox.resolve_pending(overlay, t, timestamp)
+        debit_slot = account_slot(t.debit_account_id, total)
+        credit_slot = account_slot(pending.credit_account_id, total)
+        if not same_batch(debit_slot, credit_slot) or outbox.crossing(overlay, pending):
+            return outbox.resolve_pending(overlay, t, timestamp)
+        was_pending = pending.state == pb.TRANSFER_PENDING
+        result = sm.apply_transfer(overlay, t, timestamp)
+        if was_pending and credit_slot != debit_slot:  # resolved now (posted, voided or found overdue)?
+            after = overlay.get_transfer(t.debit_account_id, t.pending_id)
+            assert after is not None, t  # a transfer record is never deleted
+            outbox.journal_local_resolution(overlay, after, t.id)
+        return result
+
+    def _apply_credit_leg(self, overlay: Overlay, leg: node_pb2.CreditLeg, timestamp: int) -> sm.Result:
+        """C (node/outbox.py) with what this node's table says of the leg's debit slot now: it is
+        this node's own (the leg must then be in its outbox), or another node leads it."""
+        debit = self.slots[account_slot(leg.debit_account_id, self.slots_total)]
+        if not debit.owned and (not debit.owner or debit.owner == self.slots.self_address):
+            return sm.Result(pb.DEBIT_ACCOUNT_NOT_FOUND, "debit_account_id")
+        return outbox.apply_credit_leg(overlay, leg, timestamp, debit_here=debit.owned)
 
     def _apply_leg_results(self, overlay: Overlay) -> int:
         """The credit nodes' answers the relay has (and those held for slots now thawed)."""
@@ -518,10 +542,11 @@ class Engine:
             pending = overlay.get_transfer(debit_id, transfer_id)
             if pending is None:
                 continue
-            if same_batch(slot, account_slot(pending.credit_account_id, total)) and not outbox.crossing(
-                overlay, pending
-            ):
+            credit_slot = account_slot(pending.credit_account_id, total)
+            if same_batch(slot, credit_slot) and not outbox.crossing(overlay, pending):
                 done = sm.expire_pending(overlay, pending, self.clock.next())
+                if done and credit_slot != slot:
+                    outbox.journal_local_resolution(overlay, pending, pending.id)
             else:
                 done = outbox.expire_pending(overlay, pending, self.clock.next())
             expired += done

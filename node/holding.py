@@ -16,7 +16,7 @@ import grpc
 
 from node import state_machine as sm
 from node.slots import SlotTable
-from proto import ledger_pb2 as pb
+from proto import contract, ledger_pb2 as pb
 from serving import BadRequest
 
 HOLD_S_MAX = 5.0
@@ -41,8 +41,9 @@ def fence_of(fence: pb.Fence) -> dict[int, int] | None:
     """The request's fence as {slot: epoch}, or None for an unfenced request."""
     if not fence.slots and not fence.epochs:
         return None
-    if len(fence.slots) != len(fence.epochs):
-        raise BadRequest(f"fence: {len(fence.slots)} slots but {len(fence.epochs)} epochs")
+    problem = contract.malformed_fence(fence)
+    if problem is not None:
+        raise BadRequest(problem)
     return dict(zip(fence.slots, fence.epochs, strict=True))
 
 

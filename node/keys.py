@@ -100,6 +100,12 @@ def account_key(slot: int, account_id: str) -> bytes:
     return slot.to_bytes(SLOT_BYTES, "big") + ACCOUNT + account_id.encode()
 
 
+def account_range(slot: int) -> tuple[bytes, bytes]:
+    """[begin, end) of a slot's accounts (A sorts just before B)."""
+    prefix = slot_prefix(slot)
+    return prefix + ACCOUNT, prefix + bytes([ACCOUNT[0] + 1])
+
+
 @functools.lru_cache(maxsize=1 << 18)
 def account_key_of(account_id: str, slots_total: int) -> bytes:
     """`account_key` for an id, memoised: every transfer writes two accounts."""

@@ -31,10 +31,10 @@ from node.slots import SlotTable
 from node.storage import Storage
 from proto import contract, ledger_pb2 as pb
 from serving import BadRequest, Context, parse_request
+from serving.authz import ANONYMOUS, caller
 
 log = logging.getLogger("yunkai.node.ledger")
 
-HISTORY_PAGE_DEFAULT = 100
 IN_FLIGHT_WAIT_S_DEFAULT = 3.0
 
 E = TypeVar("E")
@@ -140,6 +140,7 @@ class LedgerService:
         submit: Submit[E],
         context: Context,
     ) -> list[sm.Result]:
+        _stamp(events)
         results, queued, positions = self._route(method, events, fence_of(fence))
         metrics.request_events.labels(method.name).observe(len(events))
         if queued:
@@ -279,8 +280,9 @@ class LedgerService:
 
     async def get_account_transfers(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.GetAccountTransfersRequest, data)
-        if request.limit > self.batch_events_max:
-            raise BadRequest(f"limit: {request.limit} is more than the limit of {self.batch_events_max}")
+        problem = contract.malformed_history(request, self.batch_events_max)
+        if problem is not None:
+            raise BadRequest(problem)
         response = pb.GetAccountTransfersResponse()
         if not sm.id_valid(request.account_id):
             response.code = pb.ID_INVALID
@@ -295,10 +297,21 @@ class LedgerService:
             response.code = pb.ACCOUNT_NOT_FOUND
             return response
         events, next_cursor = self.storage.history(
-            request.account_id, request.cursor, request.newest_first, request.limit or HISTORY_PAGE_DEFAULT
+            request.account_id, request.cursor, request.newest_first, request.limit or contract.HISTORY_PAGE_DEFAULT
         )
         response.code = pb.OK
         for raw in events:
             response.transfers.add().MergeFromString(raw)
         response.next_cursor = next_cursor
         return response
+
+
+def _stamp(events: Sequence[Any]) -> None:
+    """Each event made by the current caller carries who it is (the gate authenticated it, or
+    the router that forwarded it named it: serving/authz.py); whatever a caller wrote there is
+    replaced. Replays compare only their inputs (node/state_machine.py), so a retry by another
+    identity still answers EXISTS."""
+    who = caller()
+    uri = "" if who is ANONYMOUS else who.uri
+    for event in events:
+        event.created_by = uri

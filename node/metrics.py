@@ -21,6 +21,13 @@ queue_events = Gauge("yunkai_node_queue_events", "Events waiting for the next gr
 slots_owned = Gauge("yunkai_node_slots_owned", "Slots this node owns")
 pending_expiries = Gauge("yunkai_node_pending_expiries", "Pending transfers with a timeout, not yet resolved")
 outbox_entries = Gauge("yunkai_node_outbox_entries", "Credit legs in this node's outbox, not yet answered")
+books_fen = Gauge(
+    "yunkai_node_books_fen",
+    "This node's trial balance over the slots it leads, pending included (node/books.py): debits, credits,"
+    " position against the other nodes, and imbalance (debits - credits - position; 0 unless a commit moved"
+    " money no event accounts for)",
+    ["part"],
+)
 legs_sent = Counter("yunkai_node_legs_sent_total", "Credit legs delivered to another node (answered)")
 legs_failed = Counter(
     "yunkai_node_legs_failed_total", "Credit leg deliveries without a final result, to be retried", ["reason"]

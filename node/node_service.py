@@ -3,7 +3,11 @@
 Everything here arrives from another cluster process and is checked like a client's
 request: a message that does not parse, a malformed leg, an unfenced leg or a table that
 would move an epoch backwards is refused with a status naming what is wrong, and changes
-nothing. The move calls are node/slotmove.py's protocol.
+nothing. A well-formed leg that contradicts what this node holds (node/outbox.py, C) is
+refused alone, in its own result, with a code and the field; the other legs of its call go
+ahead. Nothing a peer sends reaches an assert: those guard this node's own invariants. The
+move calls are node/slotmove.py's protocol. GetSlots also carries the node's trial balance
+(node/books.py).
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class NodeService:
         table.cluster_id = self.identity.cluster_id
         table.controller_term = self.identity.term
         table.zone = self.zone
+        table.books.CopyFrom(self.engine.books.to_proto(len(self.engine.relay)))
         return table
 
     async def assign_slots(self, data: bytes, context: Context) -> Message:
@@ -133,13 +138,18 @@ class NodeService:
         response = node_pb2.ApplyCreditLegsResponse()
         for leg, slot, r in zip(legs, slots, results, strict=True):
             assert r is not None
-            added = response.results.add(code=r.code, timestamp=r.timestamp)
+            added = response.results.add(code=r.code, field=r.field, timestamp=r.timestamp)
             if r.code == pb.WRONG_SLOT:
                 added.redirect.CopyFrom(self.slots.redirect(slot))
             elif r.code in outbox.PROTOCOL_REFUSALS:
                 log.warning(
                     "a credit leg that breaks the outbox protocol was refused",
-                    extra={"code": pb.ResultCode.Name(r.code), "leg": str(leg)[:500], "peer": context.peer()},
+                    extra={
+                        "code": pb.ResultCode.Name(r.code),
+                        "field": r.field,
+                        "leg": str(leg)[:500],
+                        "peer": context.peer(),
+                    },
                 )
         metrics.request_events.labels("ApplyCreditLegs").observe(len(legs))
         return response

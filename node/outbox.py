@@ -60,20 +60,41 @@ Transitions ("debit" is the debit account, "credit" the credit account)
   A4 expiry of P (the expiry sweep, or a post/void finding P overdue), unless claimed:
      debit.debits_pending -= P.amount; P EXPIRED; debit history (the expiry event);
      outbox entry RELEASE (transfer_id P).
-  C  apply a leg (credit node, ApplyCreditLegs). Fenced: only the owner of the credit
-     slot at the fenced epoch applies it, else WRONG_SLOT. A leg whose applied-leg record
-     exists gets the stored result and changes nothing. Otherwise:
+  C  apply a leg (credit node, ApplyCreditLegs). A leg that is not well formed
+     (`malformed_leg`: its kind, ids, amounts and event do not agree) fails its whole call
+     with INVALID_ARGUMENT. Fenced: only the owner of the credit slot at the fenced epoch
+     applies it, else WRONG_SLOT. A leg whose applied-leg record exists gets the stored
+     result and changes nothing (EXISTS_WITH_DIFFERENT_FIELDS naming the field if the key
+     names another leg there). Otherwise, in order, first what this node can check of the
+     debit side, by its slot table when the leg is applied:
+       * the debit slot is this node's own (it sent the leg to itself: a crossing pending,
+         or a credit slot with other followers than the debit slot's): the debit account
+         exists (DEBIT_ACCOUNT_NOT_FOUND) and this node's outbox holds exactly this leg
+         (TRANSFER_NOT_FOUND);
+       * otherwise another node leads the debit slot by the table (DEBIT_ACCOUNT_NOT_FOUND
+         if none does); that node's records are its own to check.
+     Then, by kind:
        CREDIT, RESERVE: CREDIT_ACCOUNT_NOT_FOUND, ACCOUNTS_MUST_HAVE_SAME_LEDGER,
          CREDIT_ACCOUNT_CLOSED, CREDIT_ACCOUNT_FROZEN, OVERFLOW, EXCEEDS_DEBITS (counting
          the amount), else OK and the balance moves.
+       POST, RELEASE: the reservation resolved is the RESERVE record of (debit, pending_id)
+         in the credit slot: applied OK (PENDING_TRANSFER_NOT_FOUND); for this credit
+         account, this reserved amount and the event's ledger
+         (PENDING_TRANSFER_HAS_DIFFERENT_FIELDS naming which); not resolved yet
+         (PENDING_TRANSFER_ALREADY_POSTED or PENDING_TRANSFER_ALREADY_VOIDED, by what
+         resolved it); still held by the account's credits_pending
+         (PENDING_TRANSFER_NOT_FOUND). Then
        POST: CREDIT_ACCOUNT_CLOSED, CREDIT_ACCOUNT_FROZEN, else OK and it moves. (The
          reservation already passed the limits; a reserved account cannot be closed.)
-       RELEASE: always OK.
+       RELEASE: OK.
      The result and, on OK, the credit account's history entry are journaled in the
-     batch; the answer is sent after it is durable. A leg no debit node following this
-     protocol sends is a peer's bad input, refused without a change or a journal entry:
-     the same key with other amounts (EXISTS_WITH_DIFFERENT_FIELDS), a POST or RELEASE
-     with no matching reservation (PENDING_TRANSFER_NOT_FOUND).
+     batch, and a POST or RELEASE applied OK marks its reservation resolved (by its
+     transfer_id and kind); the answer is sent after it is durable. Every refusal before
+     the kind's outcomes is a peer's bad input (PROTOCOL_REFUSALS): that leg alone is
+     answered so, with the field, and changes nothing and journals nothing; a debit node
+     that gets one logs it as a bug and retries. The debit side of a leg whose debit slot
+     another node leads is that node's word: whether its debit exists is not checked here
+     (node/books.py's cluster sums show a credit no debit node sent).
   R  a leg's result arrives (debit node; OK or a refusal, never WRONG_SLOT, which the
      relay retries). The outbox entry is deleted, and:
        CREDIT OK:        debits_pending -= amount, debits_posted += amount, T POSTED
@@ -114,6 +135,10 @@ Bounds and what is not done yet
   * The engine refuses a whole CreateTransfers (RESOURCE_EXHAUSTED) that could take the
     outbox past its bound (--outbox-max). RELEASE entries of expiries are not refused (an
     expiry cannot wait for room), so they alone may pass it.
+  * A pending transfer between two slots of one node is journaled as an applied RESERVE in
+    its credit slot (journal_local_reserve) and marked resolved when that node posts,
+    voids or expires it (journal_local_resolution): a leg that comes after either slot
+    moved finds exactly the reservation that is left.
   * Slot moves (node/slotmove.py) carry a slot's B and L ranges along, so routing by
     ownership at apply time keeps working: a leg whose credit slot moved is redirected
     (WRONG_SLOT) to the new owner, which has the slot's applied-leg records. A pending whose
@@ -127,7 +152,10 @@ Invariants (asserted where records are written and read back)
   * debits_pending of a debit account covers the amount of each of its IN_FLIGHT plain and
     pending transfers and of each PENDING cross-node pending.
   * A POST or RELEASE leg is applied only after its RESERVE was applied OK, for the same
-    reserved amount (refused otherwise); credits_pending never goes negative.
+    credit account and reserved amount, and at most one of them OK per reservation (refused
+    otherwise); credits_pending never goes negative, whatever a peer sends.
+  * Each transition reports what it moved on this node's side (`moved_across`): node/books.py
+    checks every commit against it, and the cluster's books against each other.
   * At quiescence (empty outboxes): sum of debits_posted = sum of credits_posted over all
     nodes, and no pending amount remains from a cross-node transfer that is not PENDING.
 """
@@ -142,7 +170,17 @@ from proto import ledger_pb2 as pb, node_pb2
 LEG_KINDS = frozenset((node_pb2.LEG_CREDIT, node_pb2.LEG_RESERVE, node_pb2.LEG_POST, node_pb2.LEG_RELEASE))
 # A credit node's refusals of a leg that breaks this protocol (a peer's bad input): not
 # journaled, not final; a debit node that gets one logs it as a bug and retries.
-PROTOCOL_REFUSALS = frozenset((pb.EXISTS_WITH_DIFFERENT_FIELDS, pb.PENDING_TRANSFER_NOT_FOUND))
+PROTOCOL_REFUSALS = frozenset(
+    (
+        pb.EXISTS_WITH_DIFFERENT_FIELDS,
+        pb.DEBIT_ACCOUNT_NOT_FOUND,
+        pb.TRANSFER_NOT_FOUND,
+        pb.PENDING_TRANSFER_NOT_FOUND,
+        pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS,
+        pb.PENDING_TRANSFER_ALREADY_POSTED,
+        pb.PENDING_TRANSFER_ALREADY_VOIDED,
+    )
+)
 # The results a credit node may give a leg, WRONG_SLOT aside: each one is final.
 LEG_OUTCOMES = frozenset(
     (
@@ -155,6 +193,14 @@ LEG_OUTCOMES = frozenset(
         pb.EXCEEDS_DEBITS,
     )
 )
+# Which of them a leg of each kind can have (a credit node answering another is refused by
+# the relay, as a peer's bad input, before the result reaches the committer).
+LEG_OUTCOMES_OF: dict[int, frozenset[int]] = {
+    node_pb2.LEG_CREDIT: LEG_OUTCOMES,
+    node_pb2.LEG_RESERVE: LEG_OUTCOMES,
+    node_pb2.LEG_POST: frozenset((pb.OK, pb.CREDIT_ACCOUNT_CLOSED, pb.CREDIT_ACCOUNT_FROZEN, pb.OVERFLOW)),
+    node_pb2.LEG_RELEASE: frozenset((pb.OK,)),
+}
 
 
 class OutboxStore(sm.Store, Protocol):
@@ -169,6 +215,7 @@ class OutboxStore(sm.Store, Protocol):
     def put_applied_leg(self, applied: node_pb2.AppliedLeg) -> None: ...
     def append_history_at(self, account: pb.Account, event: pb.Transfer, at: int) -> None: ...
     def transfer_settled(self, transfer: pb.Transfer) -> None: ...
+    def moved_across(self, amount: int) -> None: ...
 
 
 class Accepted(sm.Result):
@@ -248,6 +295,7 @@ def accept_transfer(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Re
     store.put_account(debit)
     store.put_transfer(record)
     store.put_outbox(leg)
+    store.moved_across(t.amount)
     return Accepted(pb.IN_FLIGHT, "", timestamp, pb.TRANSFER_IN_FLIGHT)
 
 
@@ -287,6 +335,7 @@ def resolve_pending(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Re
         if deadline:
             store.pending_expiry_clear(pending, deadline)
         store.put_outbox(_release(pending, record))
+        store.moved_across(-pending.amount)
         return sm.Result(pb.OK, "", timestamp, record.state)
 
     status = _debit_status(debit)
@@ -328,13 +377,43 @@ def journal_local_reserve(store: OutboxStore, t: pb.Transfer, timestamp: int) ->
     store.put_applied_leg(node_pb2.AppliedLeg(leg=leg, code=pb.OK, timestamp=timestamp))
 
 
-def crossing(store: OutboxStore, pending: pb.Transfer) -> bool:
-    """Whether a pending transfer still has a leg on its way (its reservation not yet
-    confirmed, or a post of it in flight): then only this module may resolve it, even once
-    its credit slot has moved onto this node."""
-    return pending.state == pb.TRANSFER_IN_FLIGHT or (
-        store.get_outbox(pending.debit_account_id, pending.id, node_pb2.LEG_POST) is not None
+def journal_local_resolution(store: OutboxStore, pending: pb.Transfer, resolver_id: str) -> None:
+    """A pending transfer between two slots of this node, PENDING before this event, as the
+    state machine left it: if the event resolved it (posted or voided by `resolver_id`, or
+    expired), mark the reservation journal_local_reserve journaled resolved, so that no leg
+    resolves it again after either slot has moved."""
+    if pending.state == pb.TRANSFER_PENDING:
+        return
+    reserve = store.get_applied_leg(
+        pending.credit_account_id, pending.debit_account_id, pending.id, node_pb2.LEG_RESERVE
     )
+    if reserve is None:  # reserved before reservations were journaled
+        return
+    if pending.state == pb.TRANSFER_POSTED:
+        _mark_resolved(store, reserve, resolver_id, node_pb2.LEG_POST)
+    elif pending.state == pb.TRANSFER_EXPIRED:
+        _mark_resolved(store, reserve, pending.id, node_pb2.LEG_RELEASE)  # as an expiry's RELEASE names it
+    else:
+        assert pending.state == pb.TRANSFER_VOIDED, pending
+        _mark_resolved(store, reserve, resolver_id, node_pb2.LEG_RELEASE)
+
+
+def crossing(store: OutboxStore, pending: pb.Transfer) -> bool:
+    """Whether only this module may resolve a pending transfer, even once its credit slot
+    has moved onto this node: a leg of it is on its way (its reservation not yet confirmed,
+    or a post of it in flight), or its credit side's reservation is resolved already (by a
+    leg that came while the slots were on two nodes; the credit side answers its legs with
+    what resolved it, where the state machine would find the reservation gone)."""
+    if pending.state == pb.TRANSFER_IN_FLIGHT:
+        return True
+    if store.get_outbox(pending.debit_account_id, pending.id, node_pb2.LEG_POST) is not None:
+        return True
+    if pending.state != pb.TRANSFER_PENDING:
+        return False
+    reserve = store.get_applied_leg(
+        pending.credit_account_id, pending.debit_account_id, pending.id, node_pb2.LEG_RESERVE
+    )
+    return reserve is not None and bool(reserve.resolved_by)
 
 
 def expire_pending(store: OutboxStore, pending: pb.Transfer, timestamp: int) -> bool:
@@ -357,6 +436,7 @@ def expire_pending(store: OutboxStore, pending: pb.Transfer, timestamp: int) -> 
     store.append_history(debit, event)
     store.pending_expiry_clear(pending, deadline)
     store.put_outbox(_release(pending, event))
+    store.moved_across(-pending.amount)
     return True
 
 
@@ -375,7 +455,7 @@ def _release(pending: pb.Transfer, event: pb.Transfer) -> node_pb2.CreditLeg:
 def apply_leg_result(store: OutboxStore, result: LegResult, timestamp: int) -> sm.Result:
     """R: settle the transfer a leg belongs to, and delete its outbox entry."""
     leg, code = result
-    assert code in LEG_OUTCOMES, (leg, code)
+    assert code in LEG_OUTCOMES_OF[leg.kind], (leg, code)  # the relay refuses any other answer
     entry = store.get_outbox(leg.debit_account_id, subject_of(leg), leg.kind)
     # Paired with put_outbox: a result settles the very entry that was sent, once.
     assert entry is not None and entry.transfer_id == leg.transfer_id, (entry, leg)
@@ -399,6 +479,7 @@ def apply_leg_result(store: OutboxStore, result: LegResult, timestamp: int) -> s
             transfer.CopyFrom(resolved)
             debit.debits_pending -= pending.amount
             debit.debits_posted += leg.amount
+            store.moved_across(leg.amount - pending.amount)
             pending.state = pb.TRANSFER_POSTED
             pending.amount_posted = leg.amount
             store.put_transfer(pending)
@@ -411,6 +492,8 @@ def apply_leg_result(store: OutboxStore, result: LegResult, timestamp: int) -> s
         assert debit.debits_pending >= leg.amount == transfer.amount, (debit, leg, transfer)
         if leg.kind == node_pb2.LEG_CREDIT or not ok:
             debit.debits_pending -= leg.amount
+        if not ok:
+            store.moved_across(-leg.amount)
         if ok and leg.kind == node_pb2.LEG_CREDIT:
             debit.debits_posted += leg.amount
         if ok and leg.kind == node_pb2.LEG_RESERVE and transfer.timeout_s:
@@ -444,7 +527,9 @@ def settled_result(record: pb.Transfer, fresh: bool) -> sm.Result:
 
 
 def malformed_leg(leg: node_pb2.CreditLeg) -> str | None:
-    """Why a received leg is not well formed (a message naming the field), or None."""
+    """Why a received leg is not well formed (a message naming the field), or None: its kind,
+    ids and amounts, and its event (the credit account's history entry) as the debit node
+    builds it for that kind."""
     if leg.kind not in LEG_KINDS:
         return f"kind: {leg.kind} is not a leg kind"
     for name in ("debit_account_id", "transfer_id", "credit_account_id"):
@@ -459,18 +544,35 @@ def malformed_leg(leg: node_pb2.CreditLeg) -> str | None:
         leg.credit_account_id,
     ):
         return "event: not the leg's transfer"
+    if event.ledger == 0 or event.code == 0:
+        return "event: a transfer without a ledger or a code"
     if leg.kind in (node_pb2.LEG_CREDIT, node_pb2.LEG_RESERVE):
         if leg.amount <= 0 or leg.ledger == 0 or leg.reserved or leg.pending_id:
             return "amount: CREDIT and RESERVE move a positive amount on a ledger, and resolve no pending"
+        if (event.amount, event.ledger) != (leg.amount, leg.ledger):
+            return "event: its amount or ledger is not the leg's"
+        reserves = leg.kind == node_pb2.LEG_RESERVE
+        if event.flags & (sm.POST_PENDING | sm.VOID_PENDING) or bool(event.flags & sm.PENDING) != reserves:
+            return "event.flags: a CREDIT's event is a plain transfer, a RESERVE's a pending one"
         return None
     if not sm.id_valid(leg.pending_id):
         return "pending_id: not a valid id"
     if leg.reserved <= 0:
         return "reserved: POST and RELEASE release a positive reservation"
-    if leg.kind == node_pb2.LEG_POST and not 0 < leg.amount <= leg.reserved:
-        return "amount: a POST posts a positive amount, at most the reservation"
-    if leg.kind == node_pb2.LEG_RELEASE and leg.amount:
+    if leg.kind == node_pb2.LEG_POST:
+        if not 0 < leg.amount <= leg.reserved:
+            return "amount: a POST posts a positive amount, at most the reservation"
+        if not event.flags & sm.POST_PENDING or (event.pending_id, event.amount) != (leg.pending_id, leg.amount):
+            return "event: not a post of the leg's pending, of the leg's amount"
+        return None
+    if leg.amount:
         return "amount: a RELEASE moves nothing"
+    if leg.transfer_id == leg.pending_id:  # an expiry: the event is the pending itself
+        resolves = bool(event.flags & sm.PENDING) and not event.pending_id
+    else:
+        resolves = bool(event.flags & sm.VOID_PENDING) and event.pending_id == leg.pending_id
+    if not resolves or event.amount != leg.reserved:
+        return "event: not a void or an expiry of the leg's pending, of its reservation"
     return None
 
 
@@ -492,30 +594,76 @@ def _credit_refusal(credit: pb.Account | None, leg: node_pb2.CreditLeg) -> sm.Co
     return pb.OK
 
 
-def _same_leg(stored: node_pb2.CreditLeg, leg: node_pb2.CreditLeg) -> bool:
-    return (stored.credit_account_id, stored.amount, stored.reserved, stored.pending_id, stored.ledger) == (
-        leg.credit_account_id,
-        leg.amount,
-        leg.reserved,
-        leg.pending_id,
-        leg.ledger,
-    )
+_LEG_FIELDS = ("credit_account_id", "amount", "reserved", "pending_id", "ledger")
 
 
-def apply_credit_leg(store: OutboxStore, leg: node_pb2.CreditLeg, timestamp: int) -> sm.Result:
-    """C: apply a leg that passed `malformed_leg` and the fence, once.
+def _leg_difference(stored: node_pb2.CreditLeg, leg: node_pb2.CreditLeg) -> str:
+    """The first field in which a leg differs from the one journaled under its key ("": none)."""
+    for name in _LEG_FIELDS:
+        if getattr(stored, name) != getattr(leg, name):
+            return name
+    return ""
 
-    A leg that no debit node following this protocol sends (the same key with other amounts,
-    a POST or RELEASE with no reservation to resolve) is a peer's bad input: it is refused
-    with PROTOCOL_REFUSALS' codes, changes nothing and is not journaled."""
+
+def _unsent(store: OutboxStore, leg: node_pb2.CreditLeg) -> sm.Result | None:
+    """C's check of a leg whose debit slot is this node's own: the refusal, or None if this
+    node's outbox holds exactly this leg (it sent it to itself)."""
+    if store.get_account(leg.debit_account_id) is None:
+        return sm.Result(pb.DEBIT_ACCOUNT_NOT_FOUND, "debit_account_id")
+    entry = store.get_outbox(leg.debit_account_id, subject_of(leg), leg.kind)
+    if entry is None or entry != leg:
+        return sm.Result(pb.TRANSFER_NOT_FOUND, "transfer_id")
+    return None
+
+
+def _reservation_refusal(
+    reserve: node_pb2.AppliedLeg | None, credit: pb.Account | None, leg: node_pb2.CreditLeg
+) -> sm.Result | None:
+    """C's checks of the reservation a POST or RELEASE resolves: the refusal, or None."""
+    if reserve is None or reserve.code != pb.OK:
+        return sm.Result(pb.PENDING_TRANSFER_NOT_FOUND, "pending_id")
+    for name, reserved, named in (
+        ("credit_account_id", reserve.leg.credit_account_id, leg.credit_account_id),
+        ("reserved", reserve.leg.amount, leg.reserved),
+        ("ledger", reserve.leg.ledger, leg.event.ledger),
+    ):
+        if reserved != named:
+            return sm.Result(pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, name)
+    if reserve.resolved_by:
+        posted = reserve.resolved_kind == node_pb2.LEG_POST
+        return sm.Result(
+            pb.PENDING_TRANSFER_ALREADY_POSTED if posted else pb.PENDING_TRANSFER_ALREADY_VOIDED, "pending_id"
+        )
+    # Each reservation adds its amount once and is resolved once, so this holds whatever a
+    # peer sends; checked rather than asserted all the same, as it guards what a peer moves.
+    if credit is None or credit.credits_pending < leg.reserved:
+        return sm.Result(pb.PENDING_TRANSFER_NOT_FOUND, "reserved")
+    return None
+
+
+def apply_credit_leg(
+    store: OutboxStore, leg: node_pb2.CreditLeg, timestamp: int, debit_here: bool = False
+) -> sm.Result:
+    """C: apply a leg that passed `malformed_leg` and the fence, once. `debit_here`: this
+    node leads the leg's debit slot (the caller checked that another node does otherwise).
+
+    A leg that no debit node following this protocol sends (see C) is a peer's bad input: it
+    is refused with PROTOCOL_REFUSALS' codes and the field, changes nothing and is not
+    journaled."""
     applied = store.get_applied_leg(leg.credit_account_id, leg.debit_account_id, leg.transfer_id, leg.kind)
     if applied is not None:
         # A key always names the same leg, because a debit node never changes an outbox entry.
-        if not _same_leg(applied.leg, leg):
-            return sm.Result(pb.EXISTS_WITH_DIFFERENT_FIELDS)
+        differing = _leg_difference(applied.leg, leg)
+        if differing:
+            return sm.Result(pb.EXISTS_WITH_DIFFERENT_FIELDS, differing)
         return sm.Result(applied.code, "", applied.timestamp)
+    if debit_here:
+        unsent = _unsent(store, leg)
+        if unsent is not None:
+            return unsent
 
     credit = store.get_account(leg.credit_account_id)
+    reserve: node_pb2.AppliedLeg | None = None
     if leg.kind in (node_pb2.LEG_CREDIT, node_pb2.LEG_RESERVE):
         code = _credit_refusal(credit, leg)
         if code == pb.OK:
@@ -524,15 +672,15 @@ def apply_credit_leg(store: OutboxStore, leg: node_pb2.CreditLeg, timestamp: int
                 credit.credits_posted += leg.amount
             else:
                 credit.credits_pending += leg.amount
+            store.moved_across(-leg.amount)
     else:
         reserve = store.get_applied_leg(
             leg.credit_account_id, leg.debit_account_id, leg.pending_id, node_pb2.LEG_RESERVE
         )
-        # A POST or RELEASE follows its pending's RESERVE, which reserved exactly this.
-        if reserve is None or reserve.code != pb.OK or reserve.leg.amount != leg.reserved:
-            return sm.Result(pb.PENDING_TRANSFER_NOT_FOUND)
-        if credit is None or credit.credits_pending < leg.reserved:
-            return sm.Result(pb.PENDING_TRANSFER_NOT_FOUND)
+        refused = _reservation_refusal(reserve, credit, leg)
+        if refused is not None:
+            return refused
+        assert credit is not None and reserve is not None  # _reservation_refusal found both
         code = pb.OK
         if leg.kind == node_pb2.LEG_POST:
             if credit.status == pb.CLOSED:
@@ -544,6 +692,8 @@ def apply_credit_leg(store: OutboxStore, leg: node_pb2.CreditLeg, timestamp: int
                 return sm.Result(pb.OVERFLOW)  # cannot happen after a valid reservation of the amount
             credit.credits_pending -= leg.reserved
             credit.credits_posted += leg.amount  # 0 for a RELEASE
+            store.moved_across(leg.reserved - leg.amount)
+            _mark_resolved(store, reserve, leg.transfer_id, leg.kind)
 
     if code == pb.OK:
         assert credit is not None
@@ -554,3 +704,12 @@ def apply_credit_leg(store: OutboxStore, leg: node_pb2.CreditLeg, timestamp: int
     journaled.ClearField("event")  # the history entry keeps it; the journal needs the key and amounts
     store.put_applied_leg(node_pb2.AppliedLeg(leg=journaled, code=code, timestamp=timestamp))
     return sm.Result(code, "", timestamp)
+
+
+def _mark_resolved(store: OutboxStore, reserve: node_pb2.AppliedLeg, resolver_id: str, kind: int) -> None:
+    assert not reserve.resolved_by, reserve  # checked by the callers: a reservation resolves once
+    resolved = node_pb2.AppliedLeg()
+    resolved.CopyFrom(reserve)
+    resolved.resolved_by = resolver_id
+    resolved.resolved_kind = kind  # type: ignore[assignment]  # the generated enum type is an int
+    store.put_applied_leg(resolved)

@@ -27,6 +27,7 @@ class Overlay:
         self._slots_total = storage.slots_total
         self.accounts: dict[str, pb.Account] = {}  # read-for-write copies
         self.dirty_accounts: dict[str, pb.Account] = {}
+        self._committed: dict[str, pb.Account] = {}  # each account read, as committed (never mutated)
         self.creations: dict[str, pb.Account] = {}
         self.transfers: dict[tuple[str, str], pb.Transfer] = {}
         self.changes: dict[tuple[str, str], pb.AccountChange] = {}
@@ -39,6 +40,9 @@ class Overlay:
         self.outbox: dict[bytes, node_pb2.CreditLeg | None] = {}  # None: deleted
         self.applied_legs: dict[bytes, node_pb2.AppliedLeg] = {}
         self.settled: list[pb.Transfer] = []
+        self.across = 0  # what the cycle's cross-node transitions moved (node/books.py's position)
+        # (slot, debits, credits) by which write_batch found each account written moved: node/books.py
+        self.moved: list[tuple[int, int, int]] = []
 
     def get_account(self, account_id: str) -> pb.Account | None:
         account = self.accounts.get(account_id)
@@ -49,6 +53,7 @@ class Overlay:
             account = pb.Account()
             account.CopyFrom(entry[0])
             self.accounts[account_id] = account
+            self._committed[account_id] = entry[0]
         return account
 
     def put_account(self, account: pb.Account) -> None:
@@ -138,6 +143,9 @@ class Overlay:
     def transfer_settled(self, transfer: pb.Transfer) -> None:
         self.settled.append(transfer)
 
+    def moved_across(self, amount: int) -> None:
+        self.across += amount
+
     def empty(self) -> bool:
         return not (
             self.dirty_accounts or self.creations or self.transfers or self.changes or self.outbox or self.applied_legs
@@ -147,7 +155,9 @@ class Overlay:
         self, clock_last: int, ops: list[Op] | None = None
     ) -> tuple[WriteBatch, dict[str, tuple[pb.Account, bytes]]]:
         """The cycle's writes as one WriteBatch, and the accounts to publish after it; with
-        `ops`, every slot key written is also appended there, in order (for the change log)."""
+        `ops`, every slot key written is also appended there, in order (for the change log).
+        Also lists in `moved` how each account written moves its slot's debits and credits
+        (each side posted + pending, as written minus as committed)."""
         total = self._slots_total
         batch = WriteBatch(raw_mode=True)
         published: dict[str, tuple[pb.Account, bytes]] = {}
@@ -155,10 +165,20 @@ class Overlay:
         delete: Callable[[bytes], None] = batch.delete
         if ops is not None:
             put, delete = _recording(batch, ops)
+        committed, moved = self._committed, self.moved
         for account_id, account in self.dirty_accounts.items():
             data = account.SerializeToString()
-            put(account_key_of(account_id, total), data)
+            key = account_key_of(account_id, total)
+            put(key, data)
             published[account_id] = (account, data)
+            debits = account.debits_posted + account.debits_pending
+            credits = account.credits_posted + account.credits_pending
+            before = committed.get(account_id)
+            if before is not None:
+                debits -= before.debits_posted + before.debits_pending
+                credits -= before.credits_posted + before.credits_pending
+            if debits or credits:
+                moved.append((int.from_bytes(key[: keys.SLOT_BYTES], "big"), debits, credits))
         for account_id, creation in self.creations.items():
             put(keys.creation_key(account_slot(account_id, total), account_id), creation.SerializeToString())
         for (debit_id, transfer_id), transfer in self.transfers.items():

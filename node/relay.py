@@ -17,7 +17,7 @@ The protocol is node/outbox.py's; this is its I/O. Delivery rules:
     its next cycle and applies each result (outbox.apply_leg_result): the transfer settles
     and the entry is deleted in one batch; the entry leaves memory once that batch is
     durable, and callers waiting for the transfer are woken then.
-Channels to other nodes use the node's peer credentials (TLS trusting --tls-ca) when it has
+Channels to other nodes use the node's own certificate (mutual TLS, serving/tls.py) when it has
 them, else plaintext.
 """
 
@@ -41,7 +41,7 @@ import grpc
 import serving
 from node import keys, metrics, state_machine as sm
 from node.keys import account_slot
-from node.outbox import LEG_OUTCOMES, subject_of
+from node.outbox import LEG_OUTCOMES_OF, subject_of
 from node.storage import Storage
 from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
 
@@ -330,7 +330,7 @@ class Relay:
         metrics.legs_sent.inc(len(group.entries))
         final = 0
         for entry, slot, result in zip(group.entries, group.slots, reply.results, strict=True):
-            if result.code in LEG_OUTCOMES:
+            if result.code in LEG_OUTCOMES_OF[entry.leg.kind]:
                 entry.state = _SETTLING
                 self._results.append(TakenResult(entry, result.code))
                 final += 1
@@ -338,11 +338,29 @@ class Relay:
             if result.code == pb.WRONG_SLOT:
                 self._learn(slot, result.redirect)
             else:
-                log.error("unexpected credit leg result", extra={"to": owner, "code": pb.ResultCode.Name(result.code)})
-            metrics.legs_failed.labels(pb.ResultCode.Name(result.code)).inc()
+                # A refusal of a leg this node sent (the credit node found it breaks the protocol),
+                # or a result no leg of its kind can have (a peer's bad answer): never applied.
+                log.error(
+                    "unexpected credit leg result",
+                    extra={
+                        "to": owner,
+                        "code": _code_name(result.code),
+                        "field": result.field,
+                        "kind": node_pb2.LegKind.Name(entry.leg.kind),
+                    },
+                )
+            metrics.legs_failed.labels(_code_name(result.code)).inc()
             self._retry(entry, now)
         if final:
             self._on_results()
+
+
+def _code_name(code: int) -> str:
+    """A result code's name; a number a peer sent that is none (its answers are not trusted)."""
+    try:
+        return pb.ResultCode.Name(code)
+    except ValueError:
+        return str(code)
 
 
 class _Group:

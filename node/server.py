@@ -46,9 +46,6 @@ DEFAULTS: dict[str, Any] = {
     "port": 7001,
     "data_dir": None,
     "metrics_port": None,
-    "tls_cert": None,
-    "tls_key": None,
-    "tls_ca": None,
     "log_level": "INFO",
     "advertise": None,
     "slots_total": SLOTS_TOTAL_DEFAULT,
@@ -126,6 +123,7 @@ def _check(settings: dict[str, Any]) -> str | None:
 async def _serve(settings: dict[str, Any]) -> None:
     await serving.serve(
         settings,
+        role="node",
         services=[LEDGER_SERVICE, NODE_SERVICE],
         app=lambda server, port: _node(settings, server, port),
         log=log,
@@ -147,7 +145,7 @@ async def _node(settings: dict[str, Any], server: grpc.aio.Server, port: int) ->
             queue_events_max=int(settings["queue_events_max"]),
             outbox_entries_max=int(settings["outbox_max"]),
         )
-        peers = serving.client_credentials(settings["tls_ca"])
+        peers = serving.client_credentials(settings["tls"])
         identity = Identity(storage)
         slots = SlotTable.load(storage, advertise, join=bool(settings["join"]))
         load_seqs(storage, slots)

@@ -74,7 +74,7 @@ import serving
 from node import keys, metrics
 from node.changelog import MASK, ChangeLog, Followed, Op, digest_change, key_digest
 from node.engine import Engine
-from node.slots import SlotTable
+from node.slots import SERVING, SlotTable
 from node.storage import Storage
 from proto import node_pb2, node_pb2_grpc
 
@@ -152,6 +152,9 @@ class SlotMoves:
         self._check_slot(slot)
         if self._slots[slot].owned:
             raise MoveError(f"slot {slot} is owned by this node: it cannot be a move's target")
+        if self._slots[slot].following:
+            # A copy that leaves its configuration is dropped before it is copied again (repair).
+            raise MoveError(f"slot {slot} is followed by this node: it cannot be a move's target")
         record = node_pb2.SlotMove(slot=slot, migration_id=migration_id, role=node_pb2.IMPORTING, peer=source)
         batch = WriteBatch(raw_mode=True)
         batch.delete_range(*keys.slot_range(slot))
@@ -331,6 +334,10 @@ class SlotMoves:
         export = self._exports.get(slot)
         if export is None or export.migration_id != migration_id:
             raise StaleMove(f"slot {slot}: migration {migration_id!r} is not exporting here")
+        if self._slots[slot].state is not SERVING:
+            # Frozen already (a FreezeSlot repeated while the first one waits), or lost since
+            # the export began: only a slot served here can be frozen.
+            raise MoveError(f"slot {slot} is {self._slots[slot].state.value} here: it cannot be frozen")
         record = node_pb2.SlotMove(slot=slot, migration_id=migration_id, role=node_pb2.FROZEN, peer=export.target)
         self._slots.freeze(slot, record)
         started = time.perf_counter()

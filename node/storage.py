@@ -15,14 +15,15 @@ from rocksdict import BlockBasedOptions, Cache, Options, Rdict, RdictIter, Write
 
 from node import keys
 from node.keys import account_key_of, account_slot, history_prefix_of
-from proto import ledger_pb2 as pb, node_pb2
+from proto import contract, ledger_pb2 as pb, node_pb2
+from serving.files import private_dir
 
 
 class Storage:
     """Committed state: RocksDB plus a bounded cache of committed accounts."""
 
     def __init__(self, data_dir: str, slots_total: int, account_cache_max: int = 1_000_000) -> None:
-        os.makedirs(data_dir, exist_ok=True)
+        private_dir(data_dir)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.increase_parallelism(2)
@@ -127,6 +128,9 @@ class Storage:
     def history(self, account_id: str, cursor: int, newest_first: bool, limit: int) -> tuple[list[bytes], int]:
         """Up to `limit` history events of an account after `cursor` (a timestamp, 0 =
         from the start chosen), and the cursor of the next page (0 if none)."""
+        # A caller's cursor is checked where the request is parsed (contract.malformed_history):
+        # one past it must fit a history key's 8 bytes.
+        assert 0 <= cursor <= contract.HISTORY_CURSOR_MAX, cursor
         prefix = history_prefix_of(account_id, self.slots_total)
         it = self.db.iter()
         if newest_first:
@@ -161,6 +165,11 @@ class Storage:
                     break
                 expires_at, debit, transfer_id = keys.parse_expiry(prefix, key)
                 yield expires_at, slot, debit, transfer_id
+
+    def slot_accounts(self, slot: int) -> Iterator[pb.Account]:
+        """Every committed account of a slot (a recount of node/books.py: startup, a slot gained)."""
+        for _key, value in self.items(*keys.account_range(slot)):
+            yield pb.Account.FromString(value)
 
     def outbox_entry(self, key: bytes) -> node_pb2.CreditLeg | None:
         raw = self.db.get(key)

@@ -1,3 +1,4 @@
+from proto import node_pb2 as _node_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -16,6 +17,14 @@ class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_LOST: _ClassVar[NodeState]
     NODE_DOWN: _ClassVar[NodeState]
 
+class BooksState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BOOKS_STATE_UNSPECIFIED: _ClassVar[BooksState]
+    BOOKS_BALANCED: _ClassVar[BooksState]
+    BOOKS_IN_FLIGHT: _ClassVar[BooksState]
+    BOOKS_UNBALANCED: _ClassVar[BooksState]
+    BOOKS_UNKNOWN: _ClassVar[BooksState]
+
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
@@ -28,6 +37,11 @@ NODE_JOINING: NodeState
 NODE_DRAINING: NodeState
 NODE_LOST: NodeState
 NODE_DOWN: NodeState
+BOOKS_STATE_UNSPECIFIED: BooksState
+BOOKS_BALANCED: BooksState
+BOOKS_IN_FLIGHT: BooksState
+BOOKS_UNBALANCED: BooksState
+BOOKS_UNKNOWN: BooksState
 JOB_STATE_UNSPECIFIED: JobState
 JOB_RUNNING: JobState
 JOB_DONE: JobState
@@ -102,7 +116,7 @@ class WatchShardMapRequest(_message.Message):
     def __init__(self, known_version: _Optional[int] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("address", "state", "slots", "reachable", "slots_owned", "id", "reported_id", "follows", "zone")
+    __slots__ = ("address", "state", "slots", "reachable", "slots_owned", "id", "reported_id", "follows", "zone", "books")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +126,7 @@ class NodeStatus(_message.Message):
     REPORTED_ID_FIELD_NUMBER: _ClassVar[int]
     FOLLOWS_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
+    BOOKS_FIELD_NUMBER: _ClassVar[int]
     address: str
     state: NodeState
     slots: int
@@ -121,14 +136,31 @@ class NodeStatus(_message.Message):
     reported_id: str
     follows: int
     zone: str
-    def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., slots: _Optional[int] = ..., reachable: _Optional[bool] = ..., slots_owned: _Optional[int] = ..., id: _Optional[str] = ..., reported_id: _Optional[str] = ..., follows: _Optional[int] = ..., zone: _Optional[str] = ...) -> None: ...
+    books: _node_pb2.Books
+    def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., slots: _Optional[int] = ..., reachable: _Optional[bool] = ..., slots_owned: _Optional[int] = ..., id: _Optional[str] = ..., reported_id: _Optional[str] = ..., follows: _Optional[int] = ..., zone: _Optional[str] = ..., books: _Optional[_Union[_node_pb2.Books, _Mapping]] = ...) -> None: ...
+
+class ClusterBooks(_message.Message):
+    __slots__ = ("state", "debits", "credits", "legs_in_flight", "unbalanced_nodes", "unknown_nodes")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DEBITS_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    LEGS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    UNBALANCED_NODES_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_NODES_FIELD_NUMBER: _ClassVar[int]
+    state: BooksState
+    debits: str
+    credits: str
+    legs_in_flight: int
+    unbalanced_nodes: _containers.RepeatedScalarFieldContainer[str]
+    unknown_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, state: _Optional[_Union[BooksState, str]] = ..., debits: _Optional[str] = ..., credits: _Optional[str] = ..., legs_in_flight: _Optional[int] = ..., unbalanced_nodes: _Optional[_Iterable[str]] = ..., unknown_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("map_version", "slots_total", "nodes", "migrations", "jobs", "controller_term", "leader", "slots_without_copy", "cluster_id", "replicas", "slots_under_replicated")
+    __slots__ = ("map_version", "slots_total", "nodes", "migrations", "jobs", "controller_term", "leader", "slots_without_copy", "cluster_id", "replicas", "slots_under_replicated", "books")
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +172,7 @@ class StatusResponse(_message.Message):
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_UNDER_REPLICATED_FIELD_NUMBER: _ClassVar[int]
+    BOOKS_FIELD_NUMBER: _ClassVar[int]
     map_version: int
     slots_total: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
@@ -151,7 +184,8 @@ class StatusResponse(_message.Message):
     cluster_id: str
     replicas: int
     slots_under_replicated: int
-    def __init__(self, map_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., controller_term: _Optional[int] = ..., leader: _Optional[str] = ..., slots_without_copy: _Optional[_Iterable[int]] = ..., cluster_id: _Optional[str] = ..., replicas: _Optional[int] = ..., slots_under_replicated: _Optional[int] = ...) -> None: ...
+    books: ClusterBooks
+    def __init__(self, map_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., controller_term: _Optional[int] = ..., leader: _Optional[str] = ..., slots_without_copy: _Optional[_Iterable[int]] = ..., cluster_id: _Optional[str] = ..., replicas: _Optional[int] = ..., slots_under_replicated: _Optional[int] = ..., books: _Optional[_Union[ClusterBooks, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("id", "kind", "node", "state", "slots_planned", "slots_moved", "moves_aborted", "started_unix_s", "finished_unix_s", "error", "freeze_ms_p50", "freeze_ms_p99", "freeze_ms_max")

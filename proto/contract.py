@@ -3,8 +3,9 @@
 The table of the Ledger service's methods (what each carries, which account id decides an
 event's slot) that the node, the router and the SDK all serve or call from; what a
 well-formed request is (flags known and not contradictory, ledger-assigned fields left
-unset, limits non-negative) and what a valid id is. A router refuses a malformed batch
-whole before forwarding any part of it; a node refuses it before applying any part.
+unset, limits non-negative, cursors and page sizes in range) and what a valid id is. A
+router refuses a malformed batch whole before forwarding any part of it; a node refuses it
+before applying any part.
 Business outcomes (result codes) are the state machine's, in node/state_machine.py; this
 module only says what may be asked.
 """
@@ -25,6 +26,13 @@ E = TypeVar("E")
 LEDGER_SERVICE = "yunkai.ledger.v1.Ledger"
 
 ID_LENGTH_MAX = 64
+# The most events in one request, by default (`--batch-events-max` of a node and a router): a
+# router never merges callers' events into a request larger than a node takes.
+BATCH_EVENTS_MAX_DEFAULT = 8192
+HISTORY_PAGE_DEFAULT = 100  # a history page's size when the request's limit is 0
+# A history cursor is a ledger timestamp (ns, int64: node/clock.py): one past it must still
+# fit the 8 bytes of a history key (node/keys.py), which 2^64 - 1 + 1 did not.
+HISTORY_CURSOR_MAX = (1 << 63) - 1
 _ID_RE = re.compile(r"[A-Za-z0-9._:{}-]{1,64}")
 
 # Transfer flags.
@@ -97,6 +105,27 @@ def malformed_change(c: pb.AccountChange) -> str | None:
     return None
 
 
+def malformed_fence(f: pb.Fence) -> str | None:
+    """Why a request's fence is not well formed, or None."""
+    if len(f.slots) != len(f.epochs):
+        return f"fence: {len(f.slots)} slots but {len(f.epochs)} epochs"
+    return None
+
+
+def malformed_history(r: pb.GetAccountTransfersRequest, limit_max: int) -> str | None:
+    """Why a history page request is not well formed (`limit_max`: the server's batch limit), or None."""
+    if r.limit > limit_max:
+        return f"limit: {r.limit} is outside 0..{limit_max} (0 means {HISTORY_PAGE_DEFAULT})"
+    if r.cursor > HISTORY_CURSOR_MAX:
+        return f"cursor: {r.cursor} is outside 0..{HISTORY_CURSOR_MAX} (0, or a previous page's next_cursor)"
+    return None
+
+
+# The longest identity the ledger stamps on an event (`created_by`): spiffe://yunkai/, a role,
+# "/", a name of at most 63 characters (serving/tls.py, which checks it fits).
+CREATED_BY_LENGTH_MAX = 96
+
+
 def _largest_event_bytes() -> int:
     """The most bytes one well-formed event or its result takes on the wire: ids at their
     longest, every number at its widest (ledger-assigned fields included, as results carry
@@ -118,6 +147,7 @@ def _largest_event_bytes() -> int:
         state=pb.TRANSFER_IN_FLIGHT,
         result=pb.ACCOUNT_HAS_PENDING_TRANSFERS,
         amount_posted=wide,
+        created_by="x" * CREATED_BY_LENGTH_MAX,
     )
     account = pb.Account(
         id=longest,
@@ -132,6 +162,7 @@ def _largest_event_bytes() -> int:
         status=pb.CLOSED,
         user_data=(1 << 64) - 1,
         timestamp=(1 << 64) - 1,
+        created_by="x" * CREATED_BY_LENGTH_MAX,
     )
     redirect = pb.SlotRedirect(slot=(1 << 32) - 1, epoch=(1 << 63) - 1, owner="x" * 255)
     transfer_result = pb.TransferResult(code=pb.ACCOUNT_HAS_PENDING_TRANSFERS, transfer=transfer, redirect=redirect)

@@ -140,7 +140,7 @@ ACCOUNT_NOT_FROZEN: ResultCode
 ACCOUNT_HAS_PENDING_TRANSFERS: ResultCode
 
 class Account(_message.Message):
-    __slots__ = ("id", "ledger", "code", "flags", "debits_posted", "credits_posted", "debits_pending", "credits_pending", "overdraft_limit", "status", "user_data", "timestamp")
+    __slots__ = ("id", "ledger", "code", "flags", "debits_posted", "credits_posted", "debits_pending", "credits_pending", "overdraft_limit", "status", "user_data", "timestamp", "created_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     LEDGER_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,7 @@ class Account(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     USER_DATA_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     ledger: int
     code: int
@@ -165,10 +166,11 @@ class Account(_message.Message):
     status: AccountStatus
     user_data: int
     timestamp: int
-    def __init__(self, id: _Optional[str] = ..., ledger: _Optional[int] = ..., code: _Optional[int] = ..., flags: _Optional[int] = ..., debits_posted: _Optional[int] = ..., credits_posted: _Optional[int] = ..., debits_pending: _Optional[int] = ..., credits_pending: _Optional[int] = ..., overdraft_limit: _Optional[int] = ..., status: _Optional[_Union[AccountStatus, str]] = ..., user_data: _Optional[int] = ..., timestamp: _Optional[int] = ...) -> None: ...
+    created_by: str
+    def __init__(self, id: _Optional[str] = ..., ledger: _Optional[int] = ..., code: _Optional[int] = ..., flags: _Optional[int] = ..., debits_posted: _Optional[int] = ..., credits_posted: _Optional[int] = ..., debits_pending: _Optional[int] = ..., credits_pending: _Optional[int] = ..., overdraft_limit: _Optional[int] = ..., status: _Optional[_Union[AccountStatus, str]] = ..., user_data: _Optional[int] = ..., timestamp: _Optional[int] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class Transfer(_message.Message):
-    __slots__ = ("id", "debit_account_id", "credit_account_id", "amount", "ledger", "code", "flags", "pending_id", "timeout_s", "user_data", "timestamp", "state", "result", "amount_posted")
+    __slots__ = ("id", "debit_account_id", "credit_account_id", "amount", "ledger", "code", "flags", "pending_id", "timeout_s", "user_data", "timestamp", "state", "result", "amount_posted", "created_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     DEBIT_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     CREDIT_ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +185,7 @@ class Transfer(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_POSTED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     debit_account_id: str
     credit_account_id: str
@@ -197,10 +200,11 @@ class Transfer(_message.Message):
     state: TransferState
     result: ResultCode
     amount_posted: int
-    def __init__(self, id: _Optional[str] = ..., debit_account_id: _Optional[str] = ..., credit_account_id: _Optional[str] = ..., amount: _Optional[int] = ..., ledger: _Optional[int] = ..., code: _Optional[int] = ..., flags: _Optional[int] = ..., pending_id: _Optional[str] = ..., timeout_s: _Optional[int] = ..., user_data: _Optional[int] = ..., timestamp: _Optional[int] = ..., state: _Optional[_Union[TransferState, str]] = ..., result: _Optional[_Union[ResultCode, str]] = ..., amount_posted: _Optional[int] = ...) -> None: ...
+    created_by: str
+    def __init__(self, id: _Optional[str] = ..., debit_account_id: _Optional[str] = ..., credit_account_id: _Optional[str] = ..., amount: _Optional[int] = ..., ledger: _Optional[int] = ..., code: _Optional[int] = ..., flags: _Optional[int] = ..., pending_id: _Optional[str] = ..., timeout_s: _Optional[int] = ..., user_data: _Optional[int] = ..., timestamp: _Optional[int] = ..., state: _Optional[_Union[TransferState, str]] = ..., result: _Optional[_Union[ResultCode, str]] = ..., amount_posted: _Optional[int] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class AccountChange(_message.Message):
-    __slots__ = ("id", "account_id", "kind", "overdraft_limit", "user_data", "timestamp", "result")
+    __slots__ = ("id", "account_id", "kind", "overdraft_limit", "user_data", "timestamp", "result", "created_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +212,7 @@ class AccountChange(_message.Message):
     USER_DATA_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     account_id: str
     kind: ChangeKind
@@ -215,7 +220,8 @@ class AccountChange(_message.Message):
     user_data: int
     timestamp: int
     result: ResultCode
-    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., kind: _Optional[_Union[ChangeKind, str]] = ..., overdraft_limit: _Optional[int] = ..., user_data: _Optional[int] = ..., timestamp: _Optional[int] = ..., result: _Optional[_Union[ResultCode, str]] = ...) -> None: ...
+    created_by: str
+    def __init__(self, id: _Optional[str] = ..., account_id: _Optional[str] = ..., kind: _Optional[_Union[ChangeKind, str]] = ..., overdraft_limit: _Optional[int] = ..., user_data: _Optional[int] = ..., timestamp: _Optional[int] = ..., result: _Optional[_Union[ResultCode, str]] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class SlotRedirect(_message.Message):
     __slots__ = ("slot", "epoch", "owner")

@@ -61,7 +61,7 @@ class GetSlotsRequest(_message.Message):
     def __init__(self, summary: _Optional[bool] = ...) -> None: ...
 
 class GetSlotsResponse(_message.Message):
-    __slots__ = ("node_id", "slots_total", "map_version", "slots", "moves", "cluster_id", "controller_term", "zone", "owned_count", "following_count")
+    __slots__ = ("node_id", "slots_total", "map_version", "slots", "moves", "cluster_id", "controller_term", "zone", "owned_count", "following_count", "books")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class GetSlotsResponse(_message.Message):
     ZONE_FIELD_NUMBER: _ClassVar[int]
     OWNED_COUNT_FIELD_NUMBER: _ClassVar[int]
     FOLLOWING_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BOOKS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     slots_total: int
     map_version: int
@@ -82,7 +83,22 @@ class GetSlotsResponse(_message.Message):
     zone: str
     owned_count: int
     following_count: int
-    def __init__(self, node_id: _Optional[str] = ..., slots_total: _Optional[int] = ..., map_version: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[SlotMove, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., controller_term: _Optional[int] = ..., zone: _Optional[str] = ..., owned_count: _Optional[int] = ..., following_count: _Optional[int] = ...) -> None: ...
+    books: Books
+    def __init__(self, node_id: _Optional[str] = ..., slots_total: _Optional[int] = ..., map_version: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[SlotMove, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., controller_term: _Optional[int] = ..., zone: _Optional[str] = ..., owned_count: _Optional[int] = ..., following_count: _Optional[int] = ..., books: _Optional[_Union[Books, _Mapping]] = ...) -> None: ...
+
+class Books(_message.Message):
+    __slots__ = ("debits", "credits", "position", "imbalance", "legs_in_flight")
+    DEBITS_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    IMBALANCE_FIELD_NUMBER: _ClassVar[int]
+    LEGS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    debits: str
+    credits: str
+    position: str
+    imbalance: str
+    legs_in_flight: int
+    def __init__(self, debits: _Optional[str] = ..., credits: _Optional[str] = ..., position: _Optional[str] = ..., imbalance: _Optional[str] = ..., legs_in_flight: _Optional[int] = ...) -> None: ...
 
 class AssignSlotsRequest(_message.Message):
     __slots__ = ("map_version", "self_address", "slots", "base_map_version", "controller_term", "cluster_id", "node_id", "drop_released", "down_nodes")
@@ -149,14 +165,18 @@ class ApplyCreditLegsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[_ledger_pb2.EventResult, _Mapping]]] = ...) -> None: ...
 
 class AppliedLeg(_message.Message):
-    __slots__ = ("leg", "code", "timestamp")
+    __slots__ = ("leg", "code", "timestamp", "resolved_by", "resolved_kind")
     LEG_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_BY_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_KIND_FIELD_NUMBER: _ClassVar[int]
     leg: CreditLeg
     code: _ledger_pb2.ResultCode
     timestamp: int
-    def __init__(self, leg: _Optional[_Union[CreditLeg, _Mapping]] = ..., code: _Optional[_Union[_ledger_pb2.ResultCode, str]] = ..., timestamp: _Optional[int] = ...) -> None: ...
+    resolved_by: str
+    resolved_kind: LegKind
+    def __init__(self, leg: _Optional[_Union[CreditLeg, _Mapping]] = ..., code: _Optional[_Union[_ledger_pb2.ResultCode, str]] = ..., timestamp: _Optional[int] = ..., resolved_by: _Optional[str] = ..., resolved_kind: _Optional[_Union[LegKind, str]] = ...) -> None: ...
 
 class SlotMove(_message.Message):
     __slots__ = ("slot", "migration_id", "role", "peer", "last_seq", "digest")

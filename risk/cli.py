@@ -51,7 +51,7 @@ EXIT_BAD_ARGUMENTS = 2
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--risk", default=RISK_DEFAULT, help=f"HOST:PORT of yunkai risk serve (default {RISK_DEFAULT})")
-    parser.add_argument("--tls-ca", help="PEM root certificates: call the server over TLS, trusting these roots")
+    serving.add_tls_arguments(parser)
 
 
 def add_decide_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +185,9 @@ def _call(
     field as a JSON line; a refusal is printed on stderr (exit 1)."""
 
     async def run() -> Message:
-        async with serving.channel(args.risk, serving.client_credentials(args.tls_ca), []) as channel:
+        async with serving.channel(
+            args.risk, serving.client_credentials(serving.client_tls(args, "operator")), []
+        ) as channel:
             reply: Message = await getattr(stub_class(channel), method)(request, timeout=TIMEOUT_S)
             return reply
 
@@ -221,7 +223,9 @@ def behaviour_main(args: argparse.Namespace) -> int:
         return EXIT_BAD_ARGUMENTS
 
     async def run() -> None:
-        async with serving.channel(args.risk, serving.client_credentials(args.tls_ca), []) as channel:
+        async with serving.channel(
+            args.risk, serving.client_credentials(serving.client_tls(args, "operator")), []
+        ) as channel:
             stub = risk_pb2_grpc.BehaviourServiceStub(channel)
             started = time.monotonic()
             for first in range(0, len(borrowers), args.chunk):
@@ -261,7 +265,9 @@ def coverage_main(args: argparse.Namespace) -> int:
 
     async def run() -> dict[str, Any]:
         total: dict[str, Any] = {"borrowers": 0, "assessed_current": 0, "by_level": {}}
-        async with serving.channel(args.risk, serving.client_credentials(args.tls_ca), []) as channel:
+        async with serving.channel(
+            args.risk, serving.client_credentials(serving.client_tls(args, "operator")), []
+        ) as channel:
             stub = risk_pb2_grpc.BehaviourServiceStub(channel)
             for first in range(0, max(len(customers), 1), COVERAGE_PART):  # the server takes 200,000 a call
                 part = customers[first : first + COVERAGE_PART]

@@ -74,9 +74,6 @@ DEFAULTS: dict[str, Any] = {
     "lending": None,
     "flows_dir": None,
     "metrics_port": None,
-    "tls_cert": None,
-    "tls_key": None,
-    "tls_ca": None,
     "log_level": "INFO",
 }
 
@@ -139,7 +136,9 @@ def _check(settings: dict[str, Any]) -> str | None:
 
 async def _serve(settings: dict[str, Any]) -> None:
     services = [DECISION_SERVICE, BEHAVIOUR_SERVICE]
-    await serving.serve(settings, services=services, app=lambda server, port: _risk(settings, server), log=log)
+    await serving.serve(
+        settings, role="risk", services=services, app=lambda server, port: _risk(settings, server), log=log
+    )
 
 
 @contextlib.asynccontextmanager
@@ -148,13 +147,15 @@ async def _risk(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncItera
     assessments over the lending server's records (--router and --lending)."""
     store = DecisionStore(str(settings["data_dir"]))
     assessments = AssessmentStore(str(settings["data_dir"]))
-    credentials_out = serving.client_credentials(settings["tls_ca"])
-    scoring = ScoringClient(str(settings["scoring"]), credentials=credentials_out)
+    credentials_out = serving.client_credentials(settings["tls"])
+    scoring = ScoringClient(str(settings["scoring"]), credentials=credentials_out, insecure=settings["tls"] is None)
     ledger = None
     lending = serving.channel(str(settings["lending"]), credentials_out, []) if settings["lending"] else None
     try:
         if settings["router"]:
-            ledger = await LedgerClient.connect(str(settings["router"]), tls_ca=settings["tls_ca"])
+            ledger = await LedgerClient.connect(
+                str(settings["router"]), tls=settings["tls"], insecure=settings["tls"] is None
+            )
         limits = CreditLimits(ledger, CURRENCY_LEDGER_CNY) if ledger else None
         flows = flow.Flows(Path(settings["flows_dir"])) if settings["flows_dir"] else flow.Flows()
         service = DecisionService(store, flows, scoring, limits)

@@ -134,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prospects", type=Path, required=True, help="JSON lines: id, [converted], features")
     parser.add_argument("--agents", required=True, help="id:capacity[:skill],... (calls per day)")
     parser.add_argument("--model-version", type=int, help="marketing_response version (default: the newest)")
-    parser.add_argument("--tls-ca", help="PEM root certificates: call the scoring server over TLS")
+    serving.add_tls_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -146,7 +146,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
 
     async def score() -> list[float]:
-        async with ScoringClient(args.scoring, credentials=serving.client_credentials(args.tls_ca)) as client:
+        tls = serving.client_tls(args, "operator")
+        async with ScoringClient(
+            args.scoring, credentials=serving.client_credentials(tls), insecure=tls is None
+        ) as client:
             return await client.score(MODEL, rows, args.model_version)
 
     try:

@@ -9,7 +9,8 @@ Every router process runs one ControlPlane (DESIGN section 6a):
     the map to every node, aborts the moves an earlier controller left recorded, resumes the
     job it left running (router/migration.py), and runs the reconciler and the job runner
     until its leadership is lost; then it stops them and stands again.
-  * Answer. Status is answered by any router from its map and the nodes' own tables. An
+  * Answer. Status is answered by any router from its map and the nodes' own tables, with the
+    cluster's trial balance: the nodes' books added up (node/books.py; `add_books`). An
     admin call (add-node, drain-node, rebalance) is run by the controller; another router
     forwards it to the controller's admin address (router/server.py), or answers
     UNAVAILABLE while there is none (an election is under way).
@@ -25,7 +26,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 
-from proto import cluster_pb2
+from proto import cluster_pb2, node_pb2
 from router import metrics
 from router.controller import DOWN_AFTER_S_DEFAULT, Controller, ControllerError, NodeClients
 from router.leadership import Leadership
@@ -37,6 +38,10 @@ from router.shardmap import DOWN, LOST
 log = logging.getLogger("yunkai.router.control")
 
 RECAMPAIGN_PAUSE_S = 1.0
+# The nodes' books are read one node after another, not at one instant: a transfer between two
+# reads can make sums that differ with nothing in flight. Such sums are read again, this often.
+BOOKS_READS_MAX = 3
+BOOKS_READ_AGAIN_S = 0.1
 
 
 class ControlPlane:
@@ -165,7 +170,19 @@ class ControlPlane:
         shard_map = self.view.current()
         counts = shard_map.counts()
         addresses = sorted(shard_map.nodes)
-        tables = await asyncio.gather(*(self.nodes.table(a, summary=True) for a in addresses))
+        for read in range(BOOKS_READS_MAX):
+            if read:
+                await asyncio.sleep(BOOKS_READ_AGAIN_S)
+            tables = await asyncio.gather(*(self.nodes.table(a, summary=True) for a in addresses))
+            answered = [
+                table if table is not None and _is(table, shard_map.ids.get(address, "")) else None
+                for address, table in zip(addresses, tables, strict=True)
+            ]
+            # A node the map gives no slot holds none of the books once its slots have moved.
+            needed = [counts[address] > 0 for address in addresses]
+            books = add_books(addresses, answered, needed)
+            if books.state != cluster_pb2.BOOKS_UNBALANCED:
+                break
         response = cluster_pb2.StatusResponse(
             map_version=shard_map.version,
             slots_total=shard_map.slots_total,
@@ -175,22 +192,23 @@ class ControlPlane:
             slots_without_copy=shard_map.without_copy(),
             replicas=shard_map.replicas,
             slots_under_replicated=len(shard_map.under_replicated()),
+            books=books,
         )
         follows: Counter[str] = Counter(f for following in shard_map.followers for f in following)
-        for address, table in zip(addresses, tables, strict=True):
-            recorded = shard_map.ids.get(address, "")
-            same = table is not None and (not recorded or table.node_id == recorded)
-            response.nodes.add(
+        for address, table, own in zip(addresses, tables, answered, strict=True):
+            added = response.nodes.add(
                 address=address,
                 state=shard_map.nodes[address],
                 slots=counts[address],
                 reachable=table is not None and shard_map.nodes[address] not in (LOST, DOWN),
-                slots_owned=table.owned_count if table is not None and same else 0,
-                id=recorded,
+                slots_owned=own.owned_count if own is not None else 0,
+                id=shard_map.ids.get(address, ""),
                 reported_id="" if table is None else table.node_id,
                 follows=follows[address],
                 zone=shard_map.zones.get(address, ""),
             )
+            if own is not None and own.HasField("books"):
+                added.books.CopyFrom(own.books)
         response.migrations.extend(shard_map.to_proto().migrations)
         response.jobs.extend(shard_map.jobs)
         return response
@@ -200,3 +218,57 @@ class ControlPlane:
             await self.leadership.resign()
         await self.nodes.close()
         await self.metastore.close()
+
+
+def _is(table: node_pb2.GetSlotsResponse, recorded_id: str) -> bool:
+    """Whether the process that answered is the node the map records at its address."""
+    return not recorded_id or table.node_id == recorded_id
+
+
+def add_books(
+    addresses: Sequence[str], tables: Sequence[node_pb2.GetSlotsResponse | None], needed: Sequence[bool]
+) -> cluster_pb2.ClusterBooks:
+    """The cluster's trial balance from each node's own (None: it did not answer as itself).
+    Balanced: every node balances, no leg is in flight, and the sums of debits and credits
+    agree (node/books.py says why they must)."""
+    debits = credits = legs = 0
+    unbalanced: list[str] = []
+    unknown: list[str] = []
+    for address, table, counted in zip(addresses, tables, needed, strict=True):
+        books = table.books if table is not None and table.HasField("books") else None
+        figures = _figures(books) if books is not None else None
+        if books is None or figures is None:
+            if counted:
+                unknown.append(address)
+            continue
+        node_debits, node_credits, imbalance = figures
+        debits += node_debits
+        credits += node_credits
+        legs += books.legs_in_flight
+        if imbalance:
+            unbalanced.append(address)
+    if unknown:
+        state = cluster_pb2.BOOKS_UNKNOWN
+    elif unbalanced:
+        state = cluster_pb2.BOOKS_UNBALANCED
+    elif legs:
+        state = cluster_pb2.BOOKS_IN_FLIGHT
+    else:
+        state = cluster_pb2.BOOKS_BALANCED if debits == credits else cluster_pb2.BOOKS_UNBALANCED
+    return cluster_pb2.ClusterBooks(
+        state=state,
+        debits=str(debits),
+        credits=str(credits),
+        legs_in_flight=legs,
+        unbalanced_nodes=unbalanced,
+        unknown_nodes=unknown,
+    )
+
+
+def _figures(books: node_pb2.Books) -> tuple[int, int, int] | None:
+    """(debits, credits, imbalance) of a node's books; None if it sent no numbers (a peer's
+    answer is checked like any input)."""
+    try:
+        return int(books.debits), int(books.credits), int(books.imbalance)
+    except ValueError:
+        return None

@@ -40,6 +40,7 @@ from typing import IO, Protocol
 
 from router.etcd import DELETE, Etcd, EtcdUnavailable
 from serving import StartupError
+from serving.files import private_dir
 
 log = logging.getLogger("yunkai.router.leadership")
 
@@ -72,7 +73,7 @@ class LocalLeadership:
             _write_atomically(self._address_path, admin_address)
 
     def _take_lock(self) -> IO[str]:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        private_dir(self.directory)
         path = os.path.join(self.directory, "controller.lock")
         handle = open(path, "a+")  # noqa: SIM115 (held open for the process's life)
         try:

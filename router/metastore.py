@@ -35,6 +35,7 @@ from typing import Protocol
 from proto import cluster_pb2
 from router.etcd import PUT, Etcd
 from router.shardmap import ShardMap
+from serving.files import private_dir
 
 log = logging.getLogger("yunkai.router.metastore")
 
@@ -60,7 +61,7 @@ class LocalMetastore:
     """The shard map in `<directory>/shardmap.pb`, fsync'd, swapped under a file lock."""
 
     def __init__(self, directory: str) -> None:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        private_dir(directory)
         self.directory = directory
         self.path = os.path.join(directory, "shardmap.pb")
         self._lock_path = os.path.join(directory, "shardmap.lock")

@@ -39,6 +39,7 @@ from router.migration import CONCURRENCY_DEFAULT, Job, Mover
 from router.routing import LedgerRouter
 from router.slots import SLOTS_TOTAL_DEFAULT
 from serving import BadRequest, Context, Refused, parse_request
+from serving.authz import forwarded_metadata
 
 log = logging.getLogger("yunkai.router")
 
@@ -54,12 +55,9 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": None,
     "nodes": "",
     "metrics_port": None,
-    "tls_cert": None,
-    "tls_key": None,
-    "tls_ca": None,
     "log_level": "INFO",
     "slots_total": SLOTS_TOTAL_DEFAULT,
-    "batch_events_max": 8192,
+    "batch_events_max": contract.BATCH_EVENTS_MAX_DEFAULT,
     "move_concurrency": CONCURRENCY_DEFAULT,
     "metastore": "",
     "lease_ttl": TTL_S_DEFAULT,
@@ -134,9 +132,10 @@ def _worker_flags(settings: dict[str, Any]) -> list[str]:
     """The settings as flags, for each worker (they were resolved once, from every source)."""
     flags: list[str] = []
     for name, value in settings.items():
-        if name in ("port", "workers", "worker") or value is None or value == "":
+        if name in ("port", "workers", "worker") or value is None or value == "" or value is False:
             continue
-        flags += [f"--{name.replace('_', '-')}", str(value)]
+        flag = f"--{name.replace('_', '-')}"
+        flags += [flag] if value is True else [flag, str(value)]
     return flags
 
 
@@ -201,13 +200,16 @@ class RouterService:
                     reason = method.malformed(event)
                     if reason is not None:
                         raise BadRequest(f"{method.field}[{index}].{reason}")
-            results = await self.router.route(method, events, _timeout(context))
+            results = await self.router.route(method, events, _timeout(context), len(data))
             return method.response(results=results)
 
         return handle
 
     async def get_account_transfers(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.GetAccountTransfersRequest, data)
+        problem = contract.malformed_history(request, self.batch_events_max)
+        if problem is not None:
+            raise BadRequest(problem)
         return await self.router.get_account_transfers(request, _timeout(context))
 
 
@@ -303,7 +305,9 @@ class ClusterService:
         remaining = context.time_remaining()
         try:
             reply: Message = await getattr(cluster_pb2_grpc.ClusterStub(channel), method)(
-                request, timeout=FORWARD_TIMEOUT_S if remaining is None else remaining
+                request,
+                timeout=FORWARD_TIMEOUT_S if remaining is None else remaining,
+                metadata=forwarded_metadata(),  # the controller audits the operator, not this router
             )
         except grpc.aio.AioRpcError as error:
             raise Refused(f"the controller at {leader}: {error.details()}", error.code()) from None
@@ -324,6 +328,7 @@ def _address(text: str) -> str:
 async def _serve(settings: dict[str, Any]) -> None:
     await serving.serve(
         settings,
+        role="router",
         services=[contract.LEDGER_SERVICE, CLUSTER_SERVICE],
         app=lambda server, port: _router(settings, server, port),
         log=log,
@@ -338,7 +343,7 @@ def _admin_address(settings: dict[str, Any], server: grpc.aio.Server, port: int)
     if settings["worker"] is None:
         return advertised
     address = f"{settings['host']}:0"
-    credentials = serving.server_credentials(settings["tls_cert"], settings["tls_key"])
+    credentials = serving.server_credentials(settings["tls"])
     private = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     return f"{advertised.rpartition(':')[0]}:{private}"
 
@@ -374,7 +379,7 @@ def _control_plane(settings: dict[str, Any], admin_address: str, peers: grpc.Cha
 async def _router(settings: dict[str, Any], server: grpc.aio.Server, port: int) -> AsyncIterator[Mapping[str, object]]:
     """The router's parts: its control plane (the map it follows, the controller when it
     leads) and the routing core. It serves once it has a map."""
-    peers = serving.client_credentials(settings["tls_ca"])
+    peers = serving.client_credentials(settings["tls"])
     admin_address = _admin_address(settings, server, port)
     if settings["metastore"] and not settings["advertise"] and str(settings["host"]) in ("0.0.0.0", "::", ""):
         log.warning(
@@ -382,7 +387,7 @@ async def _router(settings: dict[str, Any], server: grpc.aio.Server, port: int) 
             extra={"admin": admin_address},
         )
     control = _control_plane(settings, admin_address, peers)
-    router = LedgerRouter(control.view, credentials=peers)
+    router = LedgerRouter(control.view, batch_events_max=int(settings["batch_events_max"]), credentials=peers)
     cluster = ClusterService(control, peers)
     try:
         server.add_generic_rpc_handlers(

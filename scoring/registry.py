@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from serving.files import private_dir
+
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "model.json"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -86,6 +88,7 @@ def write_version(root: Path, name: str, version: int, onnx_file: Path, metadata
     check_name(name)
     if version < 1:
         raise RegistryError(f"version must be a positive integer, not {version}")
+    private_dir(str(root))  # models are the bank's: 0700 directories, 0600 files
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / str(version)
@@ -98,7 +101,6 @@ def write_version(root: Path, name: str, version: int, onnx_file: Path, metadata
         for file in (staging / MODEL_FILE, staging / METADATA_FILE):
             with file.open("rb") as handle:
                 os.fsync(handle.fileno())
-        os.chmod(staging, 0o755)
         # rename(2) of a directory onto a missing name is atomic; it fails if another writer won.
         os.rename(staging, target)
     except BaseException:

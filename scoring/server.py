@@ -47,9 +47,6 @@ DEFAULTS: dict[str, Any] = {
     "port": 8001,
     "registry": None,
     "metrics_port": None,
-    "tls_cert": None,
-    "tls_key": None,
-    "tls_ca": None,
     "log_level": "INFO",
     "batch_delay_us": 0,
     "batch_rows_max": ROWS_MAX_DEFAULT,
@@ -109,7 +106,11 @@ async def _serve(settings: dict[str, Any]) -> None:
     except LoadFailed as error:
         raise serving.StartupError(str(error)) from error
     await serving.serve(
-        settings, services=[INFERENCE_SERVICE], app=lambda server, port: _scoring(settings, store, server), log=log
+        settings,
+        role="scoring",
+        services=[INFERENCE_SERVICE],
+        app=lambda server, port: _scoring(settings, store, server),
+        log=log,
     )
 
 

@@ -12,8 +12,11 @@
         ...                                   # (resources it opens, it closes after the yield)
         yield {"detail": ...}                 # serving while suspended here
 
-`serve` listens on --host/--port (TLS with --tls-cert/--tls-key), registers gRPC health and
-reflection, enters the app, starts Prometheus metrics (--metrics-port), reports SERVING (a
+`serve` finds the process's identity (--tls-dir, serving/tls.py; plaintext only with
+--insecure, logged), listens on --host/--port with mutual TLS behind the gate (who may call
+what, per-caller limits: serving/authz.py), registers gRPC health (and reflection, only with
+--reflection), puts the TLS material in `settings["tls"]` for the app's outgoing calls,
+enters the app, starts Prometheus metrics (--metrics-port), reports SERVING (a
 JSON log line and one machine-readable stdout line, `{"event": "serving", "port": P}`, for
 the scripts and tests that start us), and waits for SIGTERM or SIGINT. Then it reports
 NOT_SERVING, stops accepting, lets in-flight calls finish (at most STOP_GRACE_S), and leaves
@@ -28,6 +31,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -37,20 +41,20 @@ from typing import Any
 import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as grpc_reflection
 from prometheus_client import start_http_server
 
-from serving.config import resolve, setup_logging
+from serving.audit import AuditLog
+from serving.authz import CallerLimits, Gate
+from serving.config import check_common, resolve, setup_logging
+from serving.handlers import StartupError
+from serving.tls import TlsError, resolve_tls, warn_insecure
 from serving.transport import new_server, server_credentials
 
 STOP_GRACE_S = 10.0
 
 Settings = dict[str, Any]
 App = Callable[[grpc.aio.Server, int], AbstractAsyncContextManager[Mapping[str, object]]]
-
-
-class StartupError(Exception):
-    """The server cannot start as configured (the message says why and what to do)."""
 
 
 def main(
@@ -65,7 +69,7 @@ def main(
     """Resolve settings, refuse bad ones (exit 2 with `yunkai <command>: <why>`), set up logs,
     and run `serve` on uvloop until it returns (exit 0) or raises StartupError (exit 2)."""
     settings = resolve(args, section, defaults)
-    problem = check(settings) if check is not None else None
+    problem = check_common(settings) or (check(settings) if check is not None else None)
     if problem is not None:
         print(f"yunkai {command}: {problem}", file=sys.stderr)
         return 2
@@ -80,34 +84,85 @@ def main(
 
 
 async def serve(
-    settings: Settings, *, services: Iterable[str], app: App, log: logging.Logger, reuse_port: bool = False
+    settings: Settings,
+    *,
+    role: str,
+    services: Iterable[str],
+    app: App,
+    log: logging.Logger,
+    reuse_port: bool = False,
 ) -> None:
-    """Serve `services` as built by `app` until SIGTERM or SIGINT (see the module's docstring);
-    with `reuse_port`, on a port shared with sibling worker processes."""
-    server = new_server(reuse_port)
-    frame = Serving(server, services)
-    host = str(settings["host"])
-    credentials = server_credentials(settings["tls_cert"], settings["tls_key"])
-    port = frame.listen(host, int(settings["port"]), credentials)
-    async with app(server, port) as details:
-        metrics_port = settings["metrics_port"]
-        start_metrics(host, None if metrics_port is None else int(metrics_port))
-        stopping = stop_signal()
-        await frame.start(port, log, **details)
-        await stopping.wait()
-        await frame.stop(log)
-    log.info("stopped")
+    """Serve `services` as built by `app` until SIGTERM or SIGINT (see the module's docstring),
+    as `role` (whose certificate it presents unless --tls-name says another); with
+    `reuse_port`, on a port shared with sibling worker processes."""
+    try:
+        tls = resolve_tls(settings["tls_dir"], settings["tls_name"], bool(settings["insecure"]), role)
+    except TlsError as error:
+        raise StartupError(str(error)) from None
+    if tls is None:
+        warn_insecure(f"yunkai {role}")
+    settings["tls"] = tls
+    limits = CallerLimits(
+        calls_per_s=float(settings["caller_calls_per_s"]),
+        burst_calls=float(settings["caller_burst"]),
+        streams_per_caller_max=int(settings["caller_streams_max"]),
+        deadline_s_max=float(settings["deadline_s_max"]),
+    )
+    gate = Gate(secure=tls is not None, limits=limits)
+    audit: AuditLog | None = None
+    try:
+        server = new_server(reuse_port, [gate])
+        frame = Serving(server, services, reflection=bool(settings["reflection"]))
+        host = str(settings["host"])
+        port = frame.listen(host, int(settings["port"]), server_credentials(tls))
+        async with app(server, port) as details:
+            # Opened once the app has its data directory (and has refused to share it: that
+            # refusal says more than the audit log's own lock would), before the first call.
+            audit = gate.audit = _audit_log(settings, log)
+            metrics_port = settings["metrics_port"]
+            start_metrics(host, None if metrics_port is None else int(metrics_port))
+            stopping = stop_signal()
+            await frame.start(port, log, **details, audit_log=str(audit.path) if audit else None)
+            await stopping.wait()
+            await frame.stop(log)
+    finally:
+        if audit is not None:
+            await audit.aclose()
+    # The audit log's head, to keep off this host: `yunkai audit verify --head` finds a cut tail.
+    log.info("stopped", extra={"audit_log": str(audit.path), "audit_head": audit.head} if audit else {})
+
+
+def _audit_log(settings: Settings, log: logging.Logger) -> AuditLog | None:
+    """The server's audit log: --audit-log, else audit.log in its data directory; a router
+    worker's own file beside it (one process per log). A server with identities refuses to
+    start without one; under --insecure it only warns."""
+    path = settings["audit_log"]
+    worker = settings.get("worker")
+    if not path:
+        directory = settings.get("data_dir") or settings.get("registry")
+        if not directory:
+            if settings["tls"] is not None:
+                raise StartupError("no audit log: give --audit-log PATH (or a --data-dir to keep it in)")
+            log.warning("no audit log: give --audit-log (or a data directory); calls are not audited")
+            return None
+        path = os.path.join(str(directory), "audit.log")
+    if worker is not None:
+        root, extension = os.path.splitext(str(path))
+        path = f"{root}-{worker}{extension}"
+    return AuditLog(str(path))
 
 
 class Serving:
     """Health and reflection around a grpc.aio server, and its start and stop."""
 
-    def __init__(self, server: grpc.aio.Server, service_names: Iterable[str]) -> None:
+    def __init__(self, server: grpc.aio.Server, service_names: Iterable[str], reflection: bool = False) -> None:
         self.server = server
         self.service_names = list(service_names)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection([*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        if reflection:
+            names = [*self.service_names, health.SERVICE_NAME, grpc_reflection.SERVICE_NAME]
+            grpc_reflection.enable_server_reflection(names, server)
 
     def listen(self, host: str, port: int, credentials: grpc.ServerCredentials | None) -> int:
         address = f"{host}:{port}"

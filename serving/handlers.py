@@ -30,6 +30,10 @@ M = TypeVar("M", bound=Message)
 _LOG_EVERY_S = 1.0
 
 
+class StartupError(Exception):
+    """The server cannot start as configured (the message says why and what to do)."""
+
+
 class Refused(Exception):
     """A request this server will not carry out, answered with `code` and the message."""
 
@@ -48,11 +52,20 @@ class BadRequest(Refused):
 
 
 def parse_request(message_type: type[M], data: bytes) -> M:
-    """A request from its wire bytes; BadRequest (not gRPC's generic error) if they do not parse."""
+    """A request from its wire bytes, without the fields our contract does not define;
+    BadRequest (not gRPC's generic error) if they do not parse.
+
+    Unknown fields would otherwise ride along through every copy into what is stored and
+    forwarded: a 1-fen transfer carrying a 4 MB one was stored whole, and five of them made an
+    account's history too large to read. Dropping them (recursively) costs 1.4-2.4 ms per
+    8,192 transfers (0.2-0.3 us each, beside ~1 ms to parse them; `python -m timeit` on the
+    2-core test VM, protobuf 7.36 upb), under 1% of what a node spends on a transfer."""
     try:
-        return message_type.FromString(data)
+        request = message_type.FromString(data)
     except DecodeError as error:
         raise BadRequest(f"the request is not a valid {message_type.DESCRIPTOR.name}: {error}") from None
+    request.DiscardUnknownFields()
+    return request
 
 
 def refusal(error: BaseException, refusals: Refusals) -> grpc.StatusCode | None:

@@ -37,6 +37,7 @@ from clients.ledger import Account, LedgerError, Result, SyncLedgerClient, Trans
 from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
 from router.shardmap import ShardMap
 from router.slots import slot_of
+from tests.conftest import channel
 
 T = TypeVar("T")
 
@@ -161,8 +162,8 @@ def cluster_accounts(shard_map: ShardMap, customers: int, singles: int, funding:
 
 
 def fetch_shard_map(router: str) -> ShardMap:
-    with grpc.insecure_channel(router) as channel:
-        reply = cluster_pb2_grpc.ClusterStub(channel).GetShardMap(
+    with channel(router, "service") as to_router:
+        reply = cluster_pb2_grpc.ClusterStub(to_router).GetShardMap(
             cluster_pb2.GetShardMapRequest(), timeout=READ_TIMEOUT_S
         )
     return ShardMap.from_proto(reply)
@@ -266,7 +267,7 @@ class Stub:
         self.address = address
         self.name = f"stub {address}"
         self.retries_inside = retries_inside
-        self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        self._channel = channel(address, "service", _CHANNEL_OPTIONS)
         self._stub = ledger_pb2_grpc.LedgerStub(self._channel)
 
     def create_accounts(self, accounts: Sequence[pb.Account], timeout_s: float) -> list[pb.EventResult]:
@@ -298,7 +299,7 @@ class Stub:
 
     def reconnect(self) -> None:
         self._channel.close()
-        self._channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+        self._channel = channel(self.address, "service", _CHANNEL_OPTIONS)
         self._stub = ledger_pb2_grpc.LedgerStub(self._channel)
 
     def close(self) -> None:

@@ -1,10 +1,20 @@
-"""Fixtures: real node processes on loopback, in temporary directories."""
+"""Fixtures: real node processes on loopback, in temporary directories, speaking mutual TLS.
+
+The session makes one development CA (serving/certs.py) in a temporary directory and sets
+YUNKAI_TLS_DIR to it before any test runs: every process a test starts and every SDK client
+it opens finds its certificate there, as in production. Tests that call a server's raw
+stubs open their channel with `channel(address, role)`, as the role that may call it.
+"""
 
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -12,6 +22,39 @@ import pytest
 from cluster.commands import LocalCluster
 from cluster.local import EtcdProcess, NodeProcess
 from proto import ledger_pb2 as pb, ledger_pb2_grpc, node_pb2_grpc
+from serving import certs
+from serving.tls import INSECURE_ENV, TLS_DIR_ENV, Tls
+
+_session_tls: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.pop(INSECURE_ENV, None)
+    directory = tempfile.mkdtemp(prefix="yunkai-test-tls-")
+    certs.init(directory)
+    os.environ[TLS_DIR_ENV] = directory
+    _session_tls.append(directory)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for directory in _session_tls:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def tls(role: str = "service") -> Tls:
+    """The session's certificate of `role` (named after it)."""
+    return Tls.load(os.environ[TLS_DIR_ENV], role)
+
+
+def channel(address: str, role: str = "service", options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+    """A blocking channel to `address`, presenting the certificate of `role`."""
+    return grpc.secure_channel(address, tls(role).channel_credentials(), options=options)
+
+
+def aio_channel(address: str, role: str = "service", options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
+    """An asyncio channel to `address`, presenting the certificate of `role`."""
+    return grpc.aio.secure_channel(address, tls(role).channel_credentials(), options=options)
+
 
 _ids = itertools.count(1)
 
@@ -38,17 +81,17 @@ def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
 
 
 class NodeHandle:
-    """A running node with blocking stubs."""
+    """A running node with blocking stubs (as a router: it may call the ledger and the Node service)."""
 
     def __init__(self, process: NodeProcess) -> None:
         self.process = process
-        self.channel = grpc.insecure_channel(process.address)
+        self.channel = channel(process.address, "router")
         self.ledger = ledger_pb2_grpc.LedgerStub(self.channel)
         self.admin = node_pb2_grpc.NodeStub(self.channel)
 
     def reconnect(self) -> None:
         self.channel.close()
-        self.channel = grpc.insecure_channel(self.process.address)
+        self.channel = channel(self.process.address, "router")
         self.ledger = ledger_pb2_grpc.LedgerStub(self.channel)
         self.admin = node_pb2_grpc.NodeStub(self.channel)
 

@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 
 from proto import ledger_pb2 as pb, ledger_pb2_grpc
+from tests.conftest import channel
 
 READ_EVERY_S = 0.02
 WRITE_EVERY_S = 0.1
@@ -40,8 +41,9 @@ def main(argv: list[str]) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     lock = threading.Lock()
-    with grpc.insecure_channel(spec["node"]) as channel, open(out, "a", encoding="utf-8") as sink:
-        stub = ledger_pb2_grpc.LedgerStub(channel)
+    # Fenced calls are a router's: the prober presents the router's certificate.
+    with channel(spec["node"], "router") as to_node, open(out, "a", encoding="utf-8") as sink:
+        stub = ledger_pb2_grpc.LedgerStub(to_node)
 
         def record(line: dict[str, Any]) -> None:
             with lock:

@@ -41,6 +41,7 @@ from cluster.local import ProcessFailed, RouterProcess, ServiceProcess
 from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc, node_pb2, node_pb2_grpc
 from router.shardmap import LOST
 from tests.bank import BankRun, Load, Report, Sdk, Stub, Transport, cluster_accounts, fetch_shard_map
+from tests.conftest import channel
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -212,8 +213,8 @@ def test_a_controller_stopped_past_its_lease_changes_nothing_when_it_wakes(tmp_p
             after = fetch_shard_map(second.address)
             assert after.term == successor["controller_term"], (after.term, successor)
             for node in cluster.nodes:
-                with grpc.insecure_channel(node.address) as channel:
-                    table = node_pb2_grpc.NodeStub(channel).GetSlots(node_pb2.GetSlotsRequest(), timeout=10)
+                with channel(node.address, "router") as to_node:
+                    table = node_pb2_grpc.NodeStub(to_node).GetSlots(node_pb2.GetSlotsRequest(), timeout=10)
                 assert table.controller_term >= after.term, (node.address, table.controller_term)
             # The cluster goes on under the new controller: writes, and the job, which it resumed.
             assert sdk.create_transfers([Transfer("w1", "{z}:a", "{z}:b", 5, CNY, 1)])[0].ok
@@ -248,7 +249,7 @@ class MapWatch:
 
     def __init__(self, router: str, known_version: int) -> None:
         self.terms: list[int] = []
-        self._channel = grpc.insecure_channel(router)
+        self._channel = channel(router, "service")
         self._stream = cluster_pb2_grpc.ClusterStub(self._channel).WatchShardMap(
             cluster_pb2.WatchShardMapRequest(known_version=known_version)
         )
@@ -337,10 +338,10 @@ def test_a_node_restarted_with_an_empty_data_directory_never_answers_for_its_old
         assert lost_row["state"] == "lost" and lost_row["reported_id"] != lost_row["id"], lost_row
         assert sorted(status["slots_without_copy"]) == sorted(shard_map.slots_of(victim.address)), status
         # The process there owns nothing and serves nothing; callers are refused loudly.
-        with grpc.insecure_channel(victim.address) as channel:
-            table = node_pb2_grpc.NodeStub(channel).GetSlots(node_pb2.GetSlotsRequest(), timeout=10)
+        with channel(victim.address, "router") as to_victim:
+            table = node_pb2_grpc.NodeStub(to_victim).GetSlots(node_pb2.GetSlotsRequest(), timeout=10)
             assert not any(s.owned for s in table.slots), "the empty node took slots"
-            reply = ledger_pb2_grpc.LedgerStub(channel).LookupAccounts(pb.LookupAccountsRequest(ids=mine), timeout=10)
+            reply = ledger_pb2_grpc.LedgerStub(to_victim).LookupAccounts(pb.LookupAccountsRequest(ids=mine), timeout=10)
             assert {r.code for r in reply.results} == {pb.WRONG_SLOT}
         for via_router in (False, True):
             with SyncLedgerClient(cluster.address, via_router=via_router, timeout_s=5) as ledger:
@@ -388,6 +389,6 @@ def test_status_names_the_controller_and_every_node_id(tmp_path: Path) -> None:
         assert status_of(cluster.routers[1].address)["leader"] == cluster.routers[0].address
         done = yunkai("cluster", "rebalance", "--router", cluster.routers[1].address)
         assert done.returncode == 0 and "done: 0 slots moved" in done.stdout, done.stdout + done.stderr
-        with grpc.insecure_channel(cluster.routers[1].address) as channel:
-            table = cluster_pb2_grpc.ClusterStub(channel).GetShardMap(cluster_pb2.GetShardMapRequest(), timeout=5)
+        with channel(cluster.routers[1].address, "operator") as to_router:
+            table = cluster_pb2_grpc.ClusterStub(to_router).GetShardMap(cluster_pb2.GetShardMapRequest(), timeout=5)
             assert table.controller_term == status["controller_term"]

@@ -23,7 +23,7 @@ from lending.loans import Accounts, slot_of_customer
 from lending.products import SAMPLE_CATALOGUE, read_catalogue
 from proto import lending_pb2 as pb, lending_pb2_grpc
 from router.slots import SLOTS_TOTAL_DEFAULT, slot_of
-from tests.conftest import fresh
+from tests.conftest import channel, fresh
 
 CNY = 156
 FUNDING_CODE = 3201  # a payment arriving from the rails: settle -> deposit
@@ -42,7 +42,7 @@ class Lending:
     def __init__(self, process: LendingProcess, ledger: SyncLedgerClient) -> None:
         self.process = process
         self.ledger = ledger
-        self.channel = grpc.insecure_channel(process.address)
+        self.channel = channel(process.address, "operator")
         self.products = lending_pb2_grpc.ProductServiceStub(self.channel)
         self.loans = lending_pb2_grpc.LoanServiceStub(self.channel)
         # SME-TAX-LOAN of the sample catalogue under a code of this server's own: 7.20%, 12 months
@@ -128,7 +128,7 @@ class Lending:
 
     def reconnect(self) -> None:
         self.channel.close()
-        self.channel = grpc.insecure_channel(self.process.address)
+        self.channel = channel(self.process.address, "operator")
         self.products = lending_pb2_grpc.ProductServiceStub(self.channel)
         self.loans = lending_pb2_grpc.LoanServiceStub(self.channel)
 

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cluster.local import LendingProcess
 from lending.products import SAMPLE_CATALOGUE, read_catalogue, validate
 from proto import lending_pb2 as pb, lending_pb2_grpc
-from tests.conftest import fresh
+from tests.conftest import channel, fresh
 
 
 def sample(code: str = "SME-TAX-LOAN") -> pb.ProductParameters:
@@ -95,7 +95,7 @@ def test_a_bad_gl_mapping_is_named() -> None:
 class Lending:
     def __init__(self, process: LendingProcess) -> None:
         self.process = process
-        self.channel = grpc.insecure_channel(process.address)
+        self.channel = channel(process.address, "operator")
         self.products = lending_pb2_grpc.ProductServiceStub(self.channel)
 
     def close(self) -> None:

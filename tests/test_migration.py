@@ -34,6 +34,7 @@ from proto import cluster_pb2, ledger_pb2 as pb, ledger_pb2_grpc, node_pb2, node
 from router.shardmap import ShardMap
 from router.slots import slot_of
 from tests.bank import BankRun, fetch_shard_map
+from tests.conftest import channel
 from tests.test_bank import _assert_clean, _bank_run, _logs, sdk_clients
 
 pytestmark = pytest.mark.timeout(240)
@@ -192,8 +193,8 @@ def refused_on_the_old_owner(router: str, source: NodeProcess) -> str:
     assert shard_map.owners[lost] != source.address
     debit = next(f"probe-{i}" for i in range(100_000) if slot_of(f"probe-{i}", SMALL_SLOTS) == lost)
     transfer = pb.Transfer(id="stale", debit_account_id=debit, credit_account_id="x", amount=1, ledger=1, code=1)
-    with grpc.insecure_channel(source.address) as channel:
-        stub = ledger_pb2_grpc.LedgerStub(channel)
+    with channel(source.address, "router") as to_source:
+        stub = ledger_pb2_grpc.LedgerStub(to_source)
         request = pb.CreateTransfersRequest(transfers=[transfer], fence=pb.Fence(slots=[lost], epochs=[1]))
         result = stub.CreateTransfers(request, timeout=10).results[0]
         assert result.code == pb.WRONG_SLOT, pb.ResultCode.Name(result.code)
@@ -212,12 +213,14 @@ def test_stream_messages_of_an_aborted_move_are_refused_and_change_nothing(
         slot = shard_map.slots_of(source.address)[0]
         term = shard_map.term  # the controller's: older terms are refused as a deposed controller's
         key, value = account_key(slot, "planted"), b"not an account"
-        with grpc.insecure_channel(target.address) as channel:
-            node = node_pb2_grpc.NodeStub(channel)
+        # The controller's steps as a router, the source's stream as a node.
+        with channel(target.address, "router") as as_controller, channel(target.address, "node") as as_source:
+            node = node_pb2_grpc.NodeStub(as_controller)
+            source_stub = node_pb2_grpc.NodeStub(as_source)
 
             def stream(migration_id: str, *chunks: node_pb2.SlotChunk) -> grpc.RpcError | node_pb2.ImportSlotResponse:
                 try:
-                    return node.ImportSlot(iter(chunks), timeout=10)
+                    return source_stub.ImportSlot(iter(chunks), timeout=10)
                 except grpc.RpcError as error:
                     return error
 

@@ -22,8 +22,8 @@ import grpc
 import pytest
 
 from node.keys import account_slot
-from proto import ledger_pb2 as pb, ledger_pb2_grpc, node_pb2
-from tests.conftest import NodeHandle, fresh, start_node
+from proto import ledger_pb2 as pb, ledger_pb2_grpc, node_pb2, node_pb2_grpc
+from tests.conftest import NodeHandle, channel, fresh, start_node
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -309,19 +309,24 @@ def test_a_pending_across_nodes_expires_on_both_nodes(pair: Pair) -> None:
 
 def test_credit_legs_are_fenced_checked_and_applied_once(pair: Pair) -> None:
     credit = on(1, "c")
+    # A debit account of the other node: the credit node takes that node's word for it (one of
+    # its own slots would have to be in its own outbox: tests/test_peer_checks.py).
+    debit = on(0, "someone")
     pair.open(pb.Account(id=credit, ledger=LEDGER, code=CODE))
     slot = account_slot(credit, SLOTS)
-    event = transfer("l1", "someone", credit, 9)
+    event = transfer("l1", debit, credit, 9)
     leg = node_pb2.CreditLeg(
         kind=node_pb2.LEG_CREDIT,
-        debit_account_id="someone",
+        debit_account_id=debit,
         transfer_id="l1",
         credit_account_id=credit,
         ledger=LEDGER,
         amount=9,
         event=event,
     )
-    admin = pair.node_of(credit).admin
+    # Sent as another node sends it (only nodes may call ApplyCreditLegs).
+    peers = [channel(node.process.address, "node") for node in pair.nodes]
+    admin = node_pb2_grpc.NodeStub(peers[owner_index(credit)])
     request = node_pb2.ApplyCreditLegsRequest(legs=[leg], fence=pb.Fence(slots=[slot], epochs=[1]))
     first = admin.ApplyCreditLegs(request, timeout=10).results[0]
     again = admin.ApplyCreditLegs(request, timeout=10).results[0]
@@ -331,7 +336,7 @@ def test_credit_legs_are_fenced_checked_and_applied_once(pair: Pair) -> None:
     stale = node_pb2.ApplyCreditLegsRequest(legs=[leg], fence=pb.Fence(slots=[slot], epochs=[2]))
     wrong = admin.ApplyCreditLegs(stale, timeout=10).results[0]
     assert (wrong.code, wrong.redirect.epoch) == (pb.WRONG_SLOT, 1)
-    other = pair.nodes[0].admin.ApplyCreditLegs(request, timeout=10).results[0]
+    other = node_pb2_grpc.NodeStub(peers[0]).ApplyCreditLegs(request, timeout=10).results[0]
     assert (other.code, other.redirect.owner) == (pb.WRONG_SLOT, pair.node_of(credit).process.address)
 
     for broken in (
@@ -343,6 +348,8 @@ def test_credit_legs_are_fenced_checked_and_applied_once(pair: Pair) -> None:
             admin.ApplyCreditLegs(broken, timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert pair.account(credit).credits_posted == 9
+    for opened in peers:
+        opened.close()
 
 
 def test_a_leg_routed_with_a_stale_epoch_follows_the_redirect(pair: Pair) -> None:
@@ -528,7 +535,7 @@ class BankClient(threading.Thread):
         self.home = [[a for a in accounts if owner_index(a) == n] for n in (0, 1)]
         self.rng = random.Random(seed)
         self.until = until
-        self.channels = [grpc.insecure_channel(node.process.address) for node in pair.nodes]
+        self.channels = [channel(node.process.address, "service") for node in pair.nodes]
         self.stubs = [ledger_pb2_grpc.LedgerStub(channel) for channel in self.channels]
         self.sent: dict[tuple[str, str], Sent] = {}
         self.pool: list[pb.Transfer] = []  # pendings confirmed PENDING, not yet resolved by us

@@ -37,7 +37,9 @@ from cluster.commands import LocalCluster
 from cluster.local import NodeProcess
 from router.shardmap import DOWN
 from router.slots import slot_of
+from serving import certs
 from tests.bank import fetch_shard_map
+from tests.conftest import tls
 from tests.test_replicated_cluster import (
     CNY,
     DOWN_AFTER_MS,
@@ -101,7 +103,11 @@ class Switch:
             _ip("link", "set", "lo", "up", inside=self.namespace(i))
 
     def place(self, node: NodeProcess, i: int) -> None:
+        """Node i serves in its namespace, at its address, with a certificate naming that address."""
         node.host, node.launcher = self.address(i), ["ip", "netns", "exec", self.namespace(i)]
+        name = f"node-{self.address(i)}"
+        certs.issue(tls().directory, "node", name, [self.address(i)])
+        node.extra_args += ["--tls-name", name]
 
     def cut(self, i: int) -> None:
         """Node i's port down: packets to it vanish, its own go nowhere."""

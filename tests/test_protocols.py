@@ -21,8 +21,11 @@ bug shows as a failing, shrunk example within seconds.
    outbox entry exists exactly while its transfer is IN_FLIGHT (a RELEASE: while its pending
    is voided or expired); the relay holds exactly the durable outbox; every transfer's record
    agrees with its first answer, and every replay answers the stored outcome; no leg is ever
-   refused as a protocol violation. At quiescence (everything delivered, both outboxes
-   empty; in a rule and at the end of every example): Σ debits_posted = Σ credits_posted,
+   refused as a protocol violation (legs are applied as the engine applies them, with its
+   check of the debit slot's owner); each node's trial balance holds (node/books.py: its
+   imbalance is 0 and its sums are its accounts'). At quiescence (everything delivered, both
+   outboxes empty; in a rule and at the end of every example): the nodes' positions add up to
+   0, Σ debits_posted = Σ credits_posted,
    every account's posted and pending balances are what the final records of its transfers
    add up to, every transfer exists once, on its debit node, in a final state, and a replay
    of each answers its stored outcome and moves nothing.
@@ -254,7 +257,7 @@ class Node:
             assert outbox.malformed_leg(leg) is None, leg  # our own debit node wrote it
             if not self.slots.serves(account_slot(leg.credit_account_id, SLOTS_TOTAL), event.epoch):
                 return sm.Result(pb.WRONG_SLOT)
-            return outbox.apply_credit_leg(overlay, leg, clock.next())
+            return self.engine._apply_credit_leg(overlay, leg, clock.next())
         if isinstance(event, pb.Transfer):
             assert sm.malformed_transfer(event) is None and sm.validate_transfer(event) is None, event
             assert self.slots.serves(account_slot(event.debit_account_id, SLOTS_TOTAL), 0), event
@@ -279,6 +282,17 @@ class Node:
 
     def outbox(self) -> dict[bytes, node_pb2.CreditLeg]:
         return dict(self.storage.outbox_entries(self.slots.owned()))
+
+    def check_books(self) -> None:
+        """node/books.py's equation holds, and its sums are what the accounts add up to."""
+        books = self.engine.books
+        assert books.imbalance == 0, (self.name, books.debits, books.credits, books.position)
+        debits = credits = 0
+        for slot in self.slots.owned():
+            for account in self.storage.slot_accounts(slot):
+                debits += account.debits_posted + account.debits_pending
+                credits += account.credits_posted + account.credits_pending
+        assert (books.debits, books.credits) == (debits, credits), (self.name, books.debits, books.credits)
 
     def idle(self, now_ns: int) -> bool:
         """Nothing to commit, nothing in the outbox, and no expiry due for which the engine's
@@ -719,6 +733,8 @@ class OutboxMachine(LedgerMachine):
                 expected,
             )
         assert debits_posted == credits_posted, (debits_posted, credits_posted)
+        # node/books.py's cluster equation: with no leg in flight the positions cancel out.
+        assert sum(node.engine.books.position for node in self.nodes.values()) == 0
         for key, record in records.items():
             assert record.state != pb.TRANSFER_IN_FLIGHT, record
             event(f"settled {pb.TransferState.Name(record.state)}")
@@ -757,6 +773,8 @@ class OutboxMachine(LedgerMachine):
             account_id: self.nodes[self.node_of(account_id)].account(account_id) for account_id in self.accounts
         }
         opened = {account_id: account for account_id, account in accounts.items() if account is not None}
+        for node in self.nodes.values():
+            node.check_books()
         self.check_entries_match_states(records, legs)
         self.check_balances_covered(records, legs, opened)
         self.check_credited_money_in_the_outbox(legs, opened)

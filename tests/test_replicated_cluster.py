@@ -34,6 +34,7 @@ from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_gr
 from router.shardmap import DOWN, ShardMap
 from router.slots import slot_of
 from tests.bank import BankRun, Load, Report, Sdk, Stub, Transport, cluster_accounts, fetch_shard_map
+from tests.conftest import channel
 
 pytestmark = pytest.mark.timeout(360)
 
@@ -166,8 +167,8 @@ def test_a_zombie_primary_stopped_past_its_lease_acknowledges_nothing_and_serves
         # Straight to the zombie, with the epoch it last knew: nothing is acknowledged there, and
         # a read there never shows the balance from before the new primary's write.
         slot = slot_of(account, S)
-        with grpc.insecure_channel(zombie.address) as channel:
-            stub = ledger_pb2_grpc.LedgerStub(channel)
+        with channel(zombie.address, "router") as to_zombie:
+            stub = ledger_pb2_grpc.LedgerStub(to_zombie)
             fence = pb.Fence(slots=[slot], epochs=[shard_map.epochs[slot]])
             late = pb.Transfer(
                 id="late", debit_account_id=account, credit_account_id=other, amount=1, ledger=CNY, code=1
@@ -195,8 +196,8 @@ def test_a_node_killed_while_add_node_moves_slots_and_cross_node_transfers_fly(t
         def kill_during_a_move(rng: random.Random) -> None:
             fourth.start()
             cluster.nodes.append(fourth)
-            with grpc.insecure_channel(cluster.address) as channel:
-                cluster_pb2_grpc.ClusterStub(channel).AddNode(cluster_pb2.AddNodeRequest(address=fourth.address))
+            with channel(cluster.address, "operator") as to_router:
+                cluster_pb2_grpc.ClusterStub(to_router).AddNode(cluster_pb2.AddNodeRequest(address=fourth.address))
             wait_for(lambda m: bool(m.migrations), "a move recorded", cluster, 60)
             victim = rng.choice(cluster.nodes[:3])
             victim.kill()

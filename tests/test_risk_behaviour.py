@@ -31,7 +31,7 @@ from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as pb, risk_pb2
 from risk.assessments import AssessmentStore
 from scoring import synthetic, train
 from scoring.datasets import LOADERS
-from tests.conftest import fresh
+from tests.conftest import channel, fresh
 
 ROOT = Path(__file__).resolve().parent.parent
 CNY = 156
@@ -55,7 +55,7 @@ class Lending:
 
     def __init__(self, process: LendingProcess) -> None:
         self.process = process
-        self.channel = grpc.insecure_channel(process.address)
+        self.channel = channel(process.address, "operator")
         self.loans = lending_pb2_grpc.LoanServiceStub(self.channel)
         products = lending_pb2_grpc.ProductServiceStub(self.channel)
         [parameters] = [p for p in read_catalogue(SAMPLE_CATALOGUE) if p.code == "SME-TAX-LOAN"]
@@ -150,11 +150,11 @@ def profiles(scoring: ScoringProcess) -> dict[str, dict[str, float]]:
 
 
 def assess(risk: RiskProcess, run_id: str, day: str, *borrowers: tuple[str, dict[str, float]]) -> list[dict[str, Any]]:
-    with grpc.insecure_channel(risk.address) as channel:
+    with channel(risk.address, "operator") as to_risk:
         request = pb.AssessRequest(
             run_id=run_id, date=day, borrowers=[pb.Borrower(customer=c, profile=p) for c, p in borrowers]
         )
-        reply = risk_pb2_grpc.BehaviourServiceStub(channel).Assess(request, timeout=60)
+        reply = risk_pb2_grpc.BehaviourServiceStub(to_risk).Assess(request, timeout=60)
     for assessment in reply.assessments:
         record = json.loads(assessment.record_json)
         assert (assessment.action, assessment.applied, dict(assessment.features)) == (
@@ -298,8 +298,8 @@ def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
         ("x1", "2026-02-20", [(customer, good), ("nobody1", good)], "customer: nobody1 has no credit line"),
         ("x1", "2026-02-20", [], "borrowers: 0 in one call"),
     ]
-    with grpc.insecure_channel(risk.address) as channel:
-        stub = risk_pb2_grpc.BehaviourServiceStub(channel)
+    with channel(risk.address, "operator") as to_risk:
+        stub = risk_pb2_grpc.BehaviourServiceStub(to_risk)
         for run_id, day, borrowers, message in cases:
             request = pb.AssessRequest(
                 run_id=run_id, date=day, borrowers=[pb.Borrower(customer=c, profile=p) for c, p in borrowers]

@@ -21,7 +21,7 @@ from cluster.local import RiskProcess, ScoringProcess
 from lending.limits import BadLimitRequest, CreditLimits, LevelView
 from proto import risk_pb2 as pb, risk_pb2_grpc
 from scoring import datasets, train
-from tests.conftest import fresh
+from tests.conftest import aio_channel, channel, fresh
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = "SME-TAX-LOAN"
@@ -70,7 +70,7 @@ def applicants(scoring: ScoringProcess, credit_data: datasets.Dataset) -> dict[s
 
 
 def stub(risk: RiskProcess) -> risk_pb2_grpc.DecisionServiceStub:
-    return risk_pb2_grpc.DecisionServiceStub(grpc.insecure_channel(risk.address))
+    return risk_pb2_grpc.DecisionServiceStub(channel(risk.address, "operator"))
 
 
 def request(fields: dict[str, float], amount_fen: int = AMOUNT_FEN) -> pb.DecideRequest:
@@ -226,8 +226,8 @@ def test_concurrent_applications_are_each_decided_once_and_all_stored(
     repeated = request(applicants["safe"])
 
     async def decide_all() -> list[pb.Decision]:
-        async with grpc.aio.insecure_channel(risk.address) as channel:
-            decisions = risk_pb2_grpc.DecisionServiceStub(channel)
+        async with aio_channel(risk.address, "operator") as to_risk:
+            decisions = risk_pb2_grpc.DecisionServiceStub(to_risk)
             calls = [decisions.Decide(r, timeout=30) for r in [*distinct, *[repeated] * 10]]
             return list(await asyncio.gather(*calls))
 

@@ -29,7 +29,7 @@ from cluster.commands import LocalCluster
 from cluster.local import NodeProcess, ProcessFailed, RouterProcess
 from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
 from router.shardmap import ShardMap
-from tests.conftest import fresh
+from tests.conftest import channel, fresh
 
 CNY = 156
 
@@ -54,8 +54,8 @@ def test_sdk_enums_mirror_the_proto() -> None:
 
 
 def test_the_router_seeds_a_balanced_map_and_reports_status(cluster: LocalCluster) -> None:
-    with grpc.insecure_channel(cluster.address) as channel:
-        status = cluster_pb2_grpc.ClusterStub(channel).Status(cluster_pb2.StatusRequest(), timeout=10)
+    with channel(cluster.address, "operator") as to_router:
+        status = cluster_pb2_grpc.ClusterStub(to_router).Status(cluster_pb2.StatusRequest(), timeout=10)
     assert status.slots_total == 4096
     assert sorted(n.slots for n in status.nodes) == [1365, 1365, 1366]
     assert all(n.reachable and n.slots_owned == n.slots for n in status.nodes)
@@ -156,8 +156,8 @@ def test_the_router_refuses_a_malformed_batch_before_any_node_applies_part(clust
         code=1,
         flags=1 << 7,
     )
-    with grpc.insecure_channel(cluster.address) as channel:
-        stub = ledger_pb2_grpc.LedgerStub(channel)
+    with channel(cluster.address, "service") as to_router:
+        stub = ledger_pb2_grpc.LedgerStub(to_router)
         with pytest.raises(grpc.RpcError) as caught:
             stub.CreateTransfers(pb.CreateTransfersRequest(transfers=[*good, bad]), timeout=10)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -208,8 +208,8 @@ def test_a_router_given_standalone_nodes_says_why_it_cannot_adopt_them(tmp_path:
 
 
 def test_watch_shard_map_sends_the_current_map_to_a_new_watcher(cluster: LocalCluster) -> None:
-    with grpc.insecure_channel(cluster.address) as channel:
-        stream = cluster_pb2_grpc.ClusterStub(channel).WatchShardMap(
+    with channel(cluster.address, "service") as to_router:
+        stream = cluster_pb2_grpc.ClusterStub(to_router).WatchShardMap(
             cluster_pb2.WatchShardMapRequest(known_version=0), timeout=10
         )
         first = next(iter(stream))

@@ -26,6 +26,7 @@ from clients.scoring import ScoringClient
 from cluster.local import _await_serving
 from proto import inference_pb2 as pb, inference_pb2_grpc
 from scoring import datasets, parity, registry, train
+from tests.conftest import channel, tls
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "credit_risk"
@@ -46,7 +47,7 @@ class ScoringServer:
         )
         self.port = _await_serving(self.process, 60.0, str(log_path))
         self.address = f"127.0.0.1:{self.port}"
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = channel(self.address, "operator")
         self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.metrics_url = ""
 
@@ -173,7 +174,11 @@ TRITON_SCRIPT = """
 import json, sys
 import numpy as np
 import tritonclient.grpc as tc
-client = tc.InferenceServerClient(sys.argv[1])
+tls = sys.argv[3]  # mutual TLS as the operator (tests/conftest.py)
+client = tc.InferenceServerClient(
+    sys.argv[1], ssl=True, root_certificates=f"{tls}/ca.pem",
+    private_key=f"{tls}/operator.key", certificate_chain=f"{tls}/operator.pem",
+)
 rows = np.asarray(json.loads(sys.argv[2]), dtype=np.float32)
 features = tc.InferInput("features", list(rows.shape), "FP32")
 features.set_data_from_numpy(rows)
@@ -194,7 +199,7 @@ def test_an_unmodified_tritonclient_round_trips(
     # tritonclient registers its own `inference.*` messages; they cannot share a process with ours.
     rows = data.features[:ROWS]
     done = subprocess.run(
-        [sys.executable, "-c", TRITON_SCRIPT, server.address, json.dumps(rows.tolist())],
+        [sys.executable, "-c", TRITON_SCRIPT, server.address, json.dumps(rows.tolist()), tls("operator").directory],
         capture_output=True,
         text=True,
         timeout=60,
