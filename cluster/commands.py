@@ -165,7 +165,10 @@ class LocalCluster:
         self.data_dir = data_dir
         # Mutual TLS unless `insecure`: certificates in `tls_dir` (else YUNKAI_TLS_DIR, else
         # <data_dir>/tls), made by start() where missing: a CA, one per role, one per node.
-        self.tls_dir = None if insecure else (tls_dir or os.environ.get(TLS_DIR_ENV) or None)
+        # Like every process, it takes YUNKAI_INSECURE=1 when given no directory.
+        tls_dir = tls_dir or os.environ.get(TLS_DIR_ENV) or None
+        insecure = insecure or (tls_dir is None and os.environ.get(INSECURE_ENV, "") in ("1", "true", "yes"))
+        self.tls_dir = None if insecure else tls_dir
         if not insecure and self.tls_dir is None:
             self.tls_dir = os.path.join(data_dir, "tls")
         self.router_env = dict(router_env or {})
