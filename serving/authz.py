@@ -57,6 +57,7 @@ log = logging.getLogger("yunkai.authz")
 CALLER_METADATA = "yunkai-caller"
 _REFUSALS_AUDITED_EVERY_S = 1.0
 _REFUSALS_TRACKED_MAX = 65_536  # (caller, method) pairs remembered; past it, forgotten all at once
+_CALLERS_TRACKED_MAX = 65_536  # callers' buckets kept; past it, every bucket starts full again
 RETRY_AFTER_METADATA = "retry-after-ms"
 ANONYMOUS = Identity("service", "anonymous")
 
@@ -430,6 +431,8 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
         limits = self.limits
         bucket = self._buckets.get(who.uri)
         if bucket is None:
+            if len(self._buckets) >= _CALLERS_TRACKED_MAX:
+                self._buckets.clear()  # identities are the CA's to issue; past this many, start over
             bucket = self._buckets[who.uri] = _Bucket(limits.burst_calls)
         wait_s = bucket.take(limits.calls_per_s, limits.burst_calls)
         if wait_s > 0:

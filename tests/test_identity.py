@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from clients.ledger import LedgerClient
+from clients.ledger import Account, LedgerClient, SyncLedgerClient
 from cluster.commands import LocalCluster
 from cluster.local import LendingProcess, NodeProcess, RouterProcess
 from proto import (
@@ -37,7 +37,8 @@ from proto import (
     node_pb2_grpc,
 )
 from serving import certs
-from serving.authz import ALLOWED, RETRY_AFTER_METADATA
+from serving.audit import AuditLog
+from serving.authz import ALLOWED, RETRY_AFTER_METADATA, Gate
 from serving.tls import TLS_DIR_ENV, TlsError
 from tests.conftest import channel, fresh, tls
 
@@ -416,3 +417,46 @@ def test_every_transfer_and_account_carries_who_made_it(cluster: LocalCluster) -
         assert found.transfer.created_by == "spiffe://yunkai/service/service"
         history = ledger.GetAccountTransfers(pb.GetAccountTransfersRequest(account_id=credit), timeout=10)
         assert [t.created_by for t in history.transfers] == ["spiffe://yunkai/service/service"]
+
+
+def test_a_router_of_several_workers_serves_with_identities_and_an_audit_log_each(tmp_path: Path) -> None:
+    node = NodeProcess(str(tmp_path / "n"), ["--join"]).start()
+    router = RouterProcess(str(tmp_path / "r"), ["--nodes", node.address, "--workers", "2"])
+    try:
+        router.start()
+        with SyncLedgerClient(router.address, via_router=True) as ledger:
+            opened = ledger.create_accounts([Account(fresh("{w}:a"), CNY, 1) for _ in range(4)])
+            assert all(r.ok for r in opened)
+        assert sorted(p.name for p in (tmp_path / "r").glob("audit*.log")) == ["audit-0.log", "audit-1.log"]
+    finally:
+        router.stop()
+        node.stop()
+
+
+def test_a_call_the_audit_log_cannot_take_is_unavailable_and_says_nothing_of_the_log(tmp_path: Path) -> None:
+    async def scenario() -> grpc.aio.AioRpcError:
+        audit = AuditLog(str(tmp_path / "audit.log"))
+        audit.close()  # from now on every record is refused, as after a failed fsync
+        server = grpc.aio.server(interceptors=[Gate(secure=False, audit=audit)])
+
+        async def create_accounts(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return pb.CreateAccountsResponse().SerializeToString()
+
+        handler = grpc.unary_unary_rpc_method_handler(create_accounts)
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("yunkai.ledger.v1.Ledger", {"CreateAccounts": handler})]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as plain:
+                call = plain.unary_unary("/yunkai.ledger.v1.Ledger/CreateAccounts")
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call(pb.CreateAccountsRequest().SerializeToString(), timeout=5)
+                return caught.value
+        finally:
+            await server.stop(None)
+
+    refused = asyncio.run(scenario())
+    assert refused.code() == grpc.StatusCode.UNAVAILABLE
+    assert "audit.log" not in str(refused.details()) and str(tmp_path) not in str(refused.details())
