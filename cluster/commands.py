@@ -189,7 +189,9 @@ class LocalCluster:
         self.metrics = metrics
         self.routers: list[RouterProcess] = []
         self.etcd = (
-            EtcdProcess(os.path.join(data_dir, "etcd"), os.path.join(data_dir, "etcd.log")) if routers > 1 else None
+            EtcdProcess(os.path.join(data_dir, "etcd"), os.path.join(data_dir, "etcd.log"), self.tls_dir)
+            if routers > 1
+            else None
         )
 
     @property

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -141,10 +142,13 @@ class RouterProcess(ServiceProcess):
 
 class EtcdProcess:
     """A throwaway one-member etcd on loopback (Debian's etcd-server; cluster/install-etcd.sh),
-    with its data in `data_dir`. Restarts keep its ports and its data."""
+    with its data in `data_dir`. Restarts keep its ports and its data. With `tls_dir`, clients
+    speak mutual TLS with the etcd CA there (etcd-ca.pem, etcd-server.pem/.key; routers present
+    etcd-client.pem/.key) and etcd admits no other certificate."""
 
-    def __init__(self, data_dir: str, log_path: str | None = None) -> None:
+    def __init__(self, data_dir: str, log_path: str | None = None, tls_dir: str | None = None) -> None:
         self.data_dir = data_dir
+        self.tls_dir = tls_dir
         self.log_path = log_path or os.path.join(os.path.dirname(data_dir.rstrip("/")) or ".", "etcd.log")
         self.client_port = 0
         self.peer_port = 0
@@ -165,13 +169,21 @@ class EtcdProcess:
             raise ProcessFailed("etcd is not installed: run cluster/install-etcd.sh (Debian's etcd-server)")
         if not self.client_port:
             self.client_port, self.peer_port = _free_port(), _free_port()
-        client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
+        scheme = "http" if self.tls_dir is None else "https"
+        client, peer = f"{scheme}://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
         command = [
             binary, "--name", "yunkai", "--data-dir", self.data_dir,
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"yunkai={peer}", "--logger", "zap", "--log-outputs", "stderr",
         ]  # fmt: skip
+        if self.tls_dir is not None:
+            files = {name: os.path.join(self.tls_dir, name) for name in ("etcd-ca.pem", "etcd-server.pem")}
+            command += [
+                "--cert-file", files["etcd-server.pem"],
+                "--key-file", os.path.join(self.tls_dir, "etcd-server.key"),
+                "--client-cert-auth", "--trusted-ca-file", files["etcd-ca.pem"],
+            ]  # fmt: skip
         log = open(self.log_path, "ab")  # noqa: SIM115 (handed to the child)
         self.process = subprocess.Popen(command, stdout=log, stderr=log)
         log.close()
@@ -180,7 +192,7 @@ class EtcdProcess:
             if self.process.poll() is not None:
                 raise ProcessFailed(f"etcd exited with {self.process.returncode}:\n{_tail(self.log_path, 30)}")
             try:
-                with urllib.request.urlopen(f"{client}/health", timeout=1) as reply:
+                with urllib.request.urlopen(f"{client}/health", timeout=1, context=self._client_tls()) as reply:
                     if json.loads(reply.read()).get("health") == "true":
                         return self
             except (OSError, ValueError):
@@ -188,6 +200,16 @@ class EtcdProcess:
             time.sleep(0.1)
         self.process.kill()
         raise ProcessFailed(f"etcd did not become healthy in {timeout_s}s:\n{_tail(self.log_path, 30)}")
+
+    def _client_tls(self) -> ssl.SSLContext | None:
+        """What a client of this etcd presents (the routers' etcd client certificate)."""
+        if self.tls_dir is None:
+            return None
+        context = ssl.create_default_context(cafile=os.path.join(self.tls_dir, "etcd-ca.pem"))
+        context.load_cert_chain(
+            os.path.join(self.tls_dir, "etcd-client.pem"), os.path.join(self.tls_dir, "etcd-client.key")
+        )
+        return context
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

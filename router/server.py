@@ -40,6 +40,7 @@ from router.routing import LedgerRouter
 from router.slots import SLOTS_TOTAL_DEFAULT
 from serving import BadRequest, Context, Refused, parse_request
 from serving.authz import forwarded_metadata
+from serving.tls import etcd_credentials
 
 log = logging.getLogger("yunkai.router")
 
@@ -354,7 +355,9 @@ def _control_plane(settings: dict[str, Any], admin_address: str, peers: grpc.Cha
     leadership: Leadership
     if settings["metastore"]:
         endpoints, prefix = parse_endpoints(str(settings["metastore"]))
-        etcd = Etcd(endpoints)
+        # etcd over mutual TLS with its own CA (serving/tls.py), plaintext only under --insecure.
+        tls = settings["tls"]
+        etcd = Etcd(endpoints, None if tls is None else etcd_credentials(tls.directory))
         metastore = EtcdMetastore(etcd, prefix)
         leadership = EtcdLeadership(etcd, prefix, admin_address, int(settings["lease_ttl"]))
     else:

@@ -6,8 +6,8 @@ server (serving/bootstrap.py installs it). For each call it:
 
   1. finds the caller's identity in its client certificate (its one spiffe:// URI SAN, which
      the TLS handshake verified against the CA; gRPC names it `peer_spiffe_id`, and never
-     takes it from a common name or a DNS name); none, or not a yunkai one → UNAUTHENTICATED. A caller with no
-     certificate at all never gets this far: mutual TLS refuses the handshake (gRPC Python
+     takes it from a common name or a DNS name); none, or not a yunkai one → UNAUTHENTICATED.
+     A caller with no certificate at all never gets this far: mutual TLS refuses the handshake (gRPC Python
      can require a client certificate but cannot request one optionally), which the caller
      sees as UNAVAILABLE;
   2. looks the method up: not in the table, or the role not allowed → PERMISSION_DENIED
@@ -25,7 +25,8 @@ server (serving/bootstrap.py installs it). For each call it:
      audit log (serving/audit.py) before the answer leaves. Calls this gate refuses (no
      identity, wrong role) are audited too, at most one entry per caller and method a second
      (the entry counts those it stands for), so that no caller can fill the disk with
-     refusals; calls over their rate are counted in metrics, not audited one by one. An audit
+     refusals; calls over their rate are not audited one by one. Every refusal of the gate
+     is counted (yunkai_gate_refused_total by method and status). An audit
      log that cannot be written fails the call UNAVAILABLE (fail closed); what the handler
      had already done stays done, and attributed: the ledger stamps every event with its
      caller (`created_by`).
@@ -49,11 +50,13 @@ from typing import Any, overload
 
 import grpc
 from google.protobuf import descriptor_pool, message, message_factory
+from prometheus_client import Counter
 
 from serving.audit import IDS_LISTED_MAX, AuditLog, AuditUnavailable
 from serving.tls import Identity
 
 log = logging.getLogger("yunkai.authz")
+REFUSED = Counter("yunkai_gate_refused_total", "Calls the gate refused, by method and status", ["method", "status"])
 CALLER_METADATA = "yunkai-caller"
 _REFUSALS_AUDITED_EVERY_S = 1.0
 _REFUSALS_TRACKED_MAX = 65_536  # (caller, method) pairs remembered; past it, forgotten all at once
@@ -380,6 +383,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
             key = who.uri
             limited = self.secure and who.role not in self.limits.exempt_roles
             if limited and self._streams.get(key, 0) >= streams_max:
+                REFUSED.labels(method, grpc.StatusCode.RESOURCE_EXHAUSTED.name).inc()
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{key} has {streams_max} streams open here already: close one first",
@@ -422,12 +426,12 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
             why = f"{who.uri} may not call {method}"
             await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, why, audit, who.uri, method)
         if who.role not in self.limits.exempt_roles:
-            await self._take(who, context)
+            await self._take(who, context, method)
         if who.role == ROUTER:
             who = _forwarded_for(context) or who
         return who
 
-    async def _take(self, who: Identity, context: grpc.aio.ServicerContext) -> None:
+    async def _take(self, who: Identity, context: grpc.aio.ServicerContext, method: str) -> None:
         limits = self.limits
         bucket = self._buckets.get(who.uri)
         if bucket is None:
@@ -438,6 +442,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
         if wait_s > 0:
             wait_ms = max(1, int(wait_s * 1000))
             context.set_trailing_metadata(((RETRY_AFTER_METADATA, str(wait_ms)),))
+            REFUSED.labels(method, grpc.StatusCode.RESOURCE_EXHAUSTED.name).inc()
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{who.uri} is over {limits.calls_per_s:,.0f} calls/s here: retry in {wait_ms} ms",
@@ -454,6 +459,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
     ) -> None:
         """Refuse the call (the gate's own refusals); audited when the method is, at most once a
         second per (caller, method), the entry saying how many refusals it stands for."""
+        REFUSED.labels(method, code.name).inc()
         if audit is not None:
             key = (caller_uri, method)
             now = time.monotonic()

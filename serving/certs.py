@@ -1,6 +1,6 @@
 """`yunkai certs`: a development CA and the certificates of yunkai identities (serving/tls.py).
 
-    yunkai certs init  --dir D [--host H ...]     CA (if D has none) + one certificate per role
+    yunkai certs init  --dir D [--host H ...]     CA (if D has none) + one certificate per role + etcd's set
     yunkai certs issue --dir D --role R --name N  one more identity (a node of its own, an operator)
     yunkai certs show  --dir D                    each certificate's identity, hosts and expiry
 
@@ -39,15 +39,48 @@ _LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 def init(directory: str, hosts: Sequence[str] = (), days: int = DAYS_DEFAULT) -> list[Path]:
     """A CA in `directory` (kept if there is one) and a certificate named after each role
-    that has none yet. Returns the files written (none when all were there: quick to rerun)."""
+    that has none yet, and the etcd set (a CA of its own, etcd's server certificate and the
+    routers' client certificate). Returns the files written (none when all were there)."""
     base = _directory(directory)
     written: list[Path] = []
     if not (base / "ca.pem").exists():
-        written += _make_ca(base)
+        written += _make_ca(base, "ca", "yunkai development CA")
     for role in ROLES:
         if not (base / f"{role}.pem").exists():
             written += issue(directory, role, role, hosts, days)
+    if not (base / "etcd-ca.pem").exists():
+        written += _make_ca(base, "etcd-ca", "yunkai etcd development CA")
+    for name, serves in (("etcd-server", True), ("etcd-client", False)):
+        if not (base / f"{name}.pem").exists():
+            written += _issue_etcd(base, name, serves, hosts, days)
     return written
+
+
+def _issue_etcd(base: Path, name: str, serves: bool, hosts: Sequence[str], days: int) -> list[Path]:
+    """etcd's server certificate, or the routers' client certificate for etcd (etcd-ca signs both)."""
+    ca_cert, ca_key = _load_ca(base, "etcd-ca")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    usages = (
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        if serves
+        else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"yunkai {name}")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    )
+    if serves:
+        builder = builder.add_extension(x509.SubjectAlternativeName(_sans(hosts)), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return [_write(base / f"{name}.key", _key_pem(key)), _write(base / f"{name}.pem", _cert_pem(cert))]
 
 
 def issue(directory: str, role: str, name: str, hosts: Sequence[str] = (), days: int = DAYS_DEFAULT) -> list[Path]:
@@ -56,7 +89,7 @@ def issue(directory: str, role: str, name: str, hosts: Sequence[str] = (), days:
     if problem is not None:
         raise ValueError(problem)
     base = _directory(directory)
-    ca_cert, ca_key = _load_ca(base)
+    ca_cert, ca_key = _load_ca(base, "ca")
     key = ec.generate_private_key(ec.SECP256R1())
     uri = Identity(role, name).uri
     now = datetime.datetime.now(datetime.UTC)
@@ -99,9 +132,9 @@ def show(directory: str) -> list[str]:
     return lines
 
 
-def _make_ca(base: Path) -> list[Path]:
+def _make_ca(base: Path, file: str, title: str) -> list[Path]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"yunkai development CA ({base.resolve().name})")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{title} ({base.resolve().name})")])
     now = datetime.datetime.now(datetime.UTC)
     usage = x509.KeyUsage(
         digital_signature=True,
@@ -126,16 +159,16 @@ def _make_ca(base: Path) -> list[Path]:
         .add_extension(usage, critical=True)
         .sign(key, hashes.SHA256())
     )
-    return [_write(base / "ca.key", _key_pem(key)), _write(base / "ca.pem", _cert_pem(cert))]
+    return [_write(base / f"{file}.key", _key_pem(key)), _write(base / f"{file}.pem", _cert_pem(cert))]
 
 
-def _load_ca(base: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    if not (base / "ca.key").exists():
-        raise ValueError(f"{base / 'ca.key'}: no CA key here (certificates are issued where the CA's key is kept)")
-    cert = x509.load_pem_x509_certificate((base / "ca.pem").read_bytes())
-    key = serialization.load_pem_private_key((base / "ca.key").read_bytes(), password=None)
+def _load_ca(base: Path, file: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    if not (base / f"{file}.key").exists():
+        raise ValueError(f"{base / file}.key: no CA key here (certificates are issued where the CA's key is kept)")
+    cert = x509.load_pem_x509_certificate((base / f"{file}.pem").read_bytes())
+    key = serialization.load_pem_private_key((base / f"{file}.key").read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{base / 'ca.key'}: not an EC key")
+        raise ValueError(f"{base / file}.key: not an EC key")
     return cert, key
 
 

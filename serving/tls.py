@@ -9,6 +9,11 @@ kept there:
     <dir>/ca.key                  the CA's key (only where certificates are issued: `yunkai certs`)
     <dir>/<name>.pem, <name>.key  one identity's certificate chain and key (mode 0600)
 
+The control plane's etcd has a CA of its own in the same directory (etcd-ca.pem; the
+server's etcd-server.pem/.key, the routers' etcd-client.pem/.key): etcd admits any
+certificate its CA signed, so no yunkai identity but a router's, which holds the etcd client
+certificate, can reach the shard map.
+
 A process takes `--tls-dir DIR` (or YUNKAI_TLS_DIR) and `--tls-name NAME` (default: its role,
 so `yunkai certs init`'s set works as is). Servers require a client certificate from the CA;
 every outgoing call presents the process's own. Plaintext is only served or spoken with
@@ -80,8 +85,8 @@ def check_name(role: str, name: str) -> str | None:
         return f"role {role!r} is not one of {', '.join(ROLES)}"
     if not _NAME.fullmatch(name):
         return f"name {name!r} must be 1-63 of a-z 0-9 . _ - (starting with a letter or digit)"
-    if name == "ca":
-        return "name 'ca' is the CA's own (ca.pem, ca.key)"
+    if name in ("ca", "etcd-ca", "etcd-server", "etcd-client"):
+        return f"name {name!r} is taken: the CAs' and etcd's files (ca, etcd-ca, etcd-server, etcd-client)"
     return None
 
 
@@ -118,6 +123,22 @@ class Tls:
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
         )
+
+
+ETCD_FILES = ("etcd-ca.pem", "etcd-client.pem", "etcd-client.key")
+
+
+def etcd_credentials(directory: str) -> grpc.ChannelCredentials:
+    """A router's credentials for etcd: the etcd CA, and the etcd client certificate."""
+    paths = [Path(directory) / name for name in ETCD_FILES]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise TlsError(
+            f"{', '.join(missing)}: not found: etcd is spoken to with its own CA and client certificate"
+            f" (`yunkai certs init --dir {directory}` makes them; a bank's etcd CA issues the same files)"
+        )
+    ca, cert, key = (p.read_bytes() for p in paths)
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
 def resolve_tls(tls_dir: str | None, tls_name: str | None, insecure: bool, role: str) -> Tls | None:

@@ -75,7 +75,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
     """A throwaway etcd on loopback for one test (cluster/install-etcd.sh installs it; .ci/run does)."""
-    process = EtcdProcess(str(tmp_path / "etcd-data"), str(tmp_path / "etcd.log")).start()
+    process = EtcdProcess(str(tmp_path / "etcd-data"), str(tmp_path / "etcd.log"), os.environ[TLS_DIR_ENV]).start()
     yield process
     process.stop()
 

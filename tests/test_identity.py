@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import http.client
 import json
 import os
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from clients.ledger import Account, LedgerClient, SyncLedgerClient
 from cluster.commands import LocalCluster
-from cluster.local import LendingProcess, NodeProcess, RouterProcess
+from cluster.local import EtcdProcess, LendingProcess, NodeProcess, RouterProcess
 from proto import (
     cluster_pb2,
     cluster_pb2_grpc,
@@ -352,7 +356,7 @@ def test_certificates_are_made_once_and_kept_private(tmp_path: Path) -> None:
     assert any("spiffe://yunkai/node/node " in line and "node7.bank" in line for line in lines)
     # A certificate of a role that only calls names no host: it cannot stand in for a server.
     assert any("spiffe://yunkai/operator/operator" in line and "localhost" not in line for line in lines)
-    with pytest.raises(ValueError, match="CA's own"):
+    with pytest.raises(ValueError, match="taken"):
         certs.issue(str(tmp_path / "tls"), "node", "ca")
     with pytest.raises(ValueError, match="role"):
         certs.issue(str(tmp_path / "tls"), "admin", "x")
@@ -460,3 +464,23 @@ def test_a_call_the_audit_log_cannot_take_is_unavailable_and_says_nothing_of_the
     refused = asyncio.run(scenario())
     assert refused.code() == grpc.StatusCode.UNAVAILABLE
     assert "audit.log" not in str(refused.details()) and str(tmp_path) not in str(refused.details())
+
+
+def test_etcd_admits_only_the_routers_etcd_certificate(etcd: EtcdProcess) -> None:
+    """The shard map's store: a certificate of the cluster's CA (a service's, a partner's) is
+    not enough; only the etcd CA's client certificate, which routers hold, gets in."""
+    base = Path(tls().directory)
+    health = f"https://{etcd.endpoint}/health"
+
+    def context(cert: str, key: str) -> ssl.SSLContext:
+        made = ssl.create_default_context(cafile=str(base / "etcd-ca.pem"))
+        made.load_cert_chain(str(base / cert), str(base / key))
+        return made
+
+    with urllib.request.urlopen(health, timeout=5, context=context("etcd-client.pem", "etcd-client.key")) as reply:
+        assert json.loads(reply.read())["health"] == "true"
+    for cert, key in (("service.pem", "service.key"), ("router.pem", "router.key")):
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(health, timeout=5, context=context(cert, key)).read()
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        urllib.request.urlopen(f"http://{etcd.endpoint}/health", timeout=5).read()

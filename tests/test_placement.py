@@ -17,6 +17,8 @@ from router.etcd import Etcd
 from router.metastore import EtcdMetastore, LocalMetastore, Metastore
 from router.shardmap import ShardMap
 from router.slots import routing_key, slot_of
+from serving.tls import etcd_credentials
+from tests.conftest import tls
 
 S = 4096
 
@@ -113,9 +115,10 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
     if request.param == "local":
         yield lambda: LocalMetastore(str(tmp_path / "meta"))
         return
-    etcd = EtcdProcess(str(tmp_path / "etcd-data"), str(tmp_path / "etcd.log")).start()
+    tls_dir = tls().directory
+    etcd = EtcdProcess(str(tmp_path / "etcd-data"), str(tmp_path / "etcd.log"), tls_dir).start()
     try:
-        yield lambda: EtcdMetastore(Etcd([etcd.endpoint]), "/test")
+        yield lambda: EtcdMetastore(Etcd([etcd.endpoint], etcd_credentials(tls_dir)), "/test")
     finally:
         etcd.stop()
 
