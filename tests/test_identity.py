@@ -15,6 +15,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -335,6 +336,7 @@ def test_a_flood_of_map_watches_is_capped_per_caller(tmp_path: Path) -> None:
                     break
                 except grpc.RpcError as error:
                     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    time.sleep(0.1)
                     again = stub.WatchShardMap(cluster_pb2.WatchShardMapRequest(known_version=0), timeout=5)
             else:
                 pytest.fail("a closed watch did not free its place")
