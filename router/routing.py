@@ -53,7 +53,7 @@ from proto.contract import LedgerMethod
 from router import metrics
 from router.shardmap import DOWN, LOST, ShardMap
 from router.slots import SLOTS_TOTAL_MAX, slot_of
-from serving.authz import ANONYMOUS, CALLER_METADATA, caller
+from serving.authz import Metadata, forwarded_metadata
 
 E = TypeVar("E")
 
@@ -249,7 +249,7 @@ class LedgerRouter:
         self._credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, ledger_pb2_grpc.LedgerStub] = {}
-        self._coalescers: dict[tuple[str, str, str], Coalescer] = {}
+        self._coalescers: dict[tuple[str, str, Metadata], Coalescer] = {}
 
     def stub(self, address: str) -> ledger_pb2_grpc.LedgerStub:
         stub = self._stubs.get(address)
@@ -259,13 +259,12 @@ class LedgerRouter:
             stub = self._stubs[address] = ledger_pb2_grpc.LedgerStub(channel)
         return stub
 
-    def _coalescer(self, address: str, method: LedgerMethod[Any], caller: str) -> Coalescer:
-        key = (address, method.name, caller)
+    def _coalescer(self, address: str, method: LedgerMethod[Any], on_behalf: Metadata) -> Coalescer:
+        key = (address, method.name, on_behalf)
         coalescer = self._coalescers.get(key)
         if coalescer is None:
             call = getattr(self.stub(address), method.name)
             timeout_s = self._rpc_timeout_s
-            on_behalf = ((CALLER_METADATA, caller),) if caller else None
 
             batch_events = metrics.node_batch_events.labels(method.name)
 
@@ -274,7 +273,7 @@ class LedgerRouter:
                 request = method.request(
                     **{method.field: events}, fence=pb.Fence(slots=list(fence), epochs=list(fence.values()))
                 )
-                reply = await call(request, timeout=timeout_s, metadata=on_behalf)
+                reply = await call(request, timeout=timeout_s, metadata=on_behalf or None)
                 return reply.results  # type: ignore[no-any-return]  # every batched response has results
 
             coalescer = Coalescer(send, self._events_max, self._delay_s, self._inflight_max)
@@ -310,7 +309,7 @@ class LedgerRouter:
         """Each event's result from the node that owns its slot, in order (see the module's
         docstring). `size_bytes`: the size of the caller's request, if known (0: not known)."""
         assert method in contract.BATCHED, method
-        caller = _forwarded_caller()
+        on_behalf = forwarded_metadata()  # read here, in the caller's context, not in a flush task
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         results: list[Any] = [None] * len(events)
@@ -335,7 +334,7 @@ class LedgerRouter:
             owners = list(groups)
             self._check_sizes(method, [len(groups[o][1]) for o in owners])
             futures = [
-                self._coalescer(o, method, caller).submit(groups[o][1], groups[o][2], size_bytes) for o in owners
+                self._coalescer(o, method, on_behalf).submit(groups[o][1], groups[o][2], size_bytes) for o in owners
             ]
             remaining = deadline - loop.time()
             try:
@@ -399,8 +398,7 @@ class LedgerRouter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         attempt = 0
-        caller = _forwarded_caller()
-        on_behalf = ((CALLER_METADATA, caller),) if caller else None
+        on_behalf = forwarded_metadata()
         while True:
             shard_map = self.maps.current()
             slot = slot_of(request.account_id, shard_map.slots_total)
@@ -413,7 +411,9 @@ class LedgerRouter:
             retry = ""
             try:
                 reply: pb.GetAccountTransfersResponse = await self.stub(owner).GetAccountTransfers(
-                    fenced, timeout=max(0.001, min(self._rpc_timeout_s, deadline - loop.time())), metadata=on_behalf
+                    fenced,
+                    timeout=max(0.001, min(self._rpc_timeout_s, deadline - loop.time())),
+                    metadata=on_behalf or None,
                 )
                 if reply.code != pb.WRONG_SLOT:
                     return reply
@@ -429,12 +429,6 @@ class LedgerRouter:
             if loop.time() + pause >= deadline:
                 raise RoutingError(grpc.StatusCode.UNAVAILABLE, f"GetAccountTransfers: {retry} for {timeout_s:.3f}s")
             await asyncio.sleep(pause)
-
-
-def _forwarded_caller() -> str:
-    """The identity a router forwards for (its current call's caller), or "" (the SDK, --insecure)."""
-    who = caller()
-    return "" if who is ANONYMOUS else who.uri
 
 
 def _no_copy(method: str, slot: int, owner: str, shard_map: ShardMap) -> RoutingError:

@@ -604,7 +604,10 @@ def _forwarded_for(context: grpc.aio.ServicerContext) -> Identity | None:
     return None
 
 
-def forwarded_metadata() -> tuple[tuple[str, str], ...]:
+Metadata = tuple[tuple[str, str], ...]
+
+
+def forwarded_metadata() -> Metadata:
     """Metadata a router adds to a call it makes for the current caller."""
     who = CALLER.get()
     return () if who is ANONYMOUS else ((CALLER_METADATA, who.uri),)

@@ -56,63 +56,45 @@ def init(directory: str, hosts: Sequence[str] = (), days: int = DAYS_DEFAULT) ->
     return written
 
 
-def _issue_etcd(base: Path, name: str, serves: bool, hosts: Sequence[str], days: int) -> list[Path]:
-    """etcd's server certificate, or the routers' client certificate for etcd (etcd-ca signs both)."""
-    ca_cert, ca_key = _load_ca(base, "etcd-ca")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    usages = (
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-        if serves
-        else [ExtendedKeyUsageOID.CLIENT_AUTH]
-    )
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"yunkai {name}")]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    )
-    if serves:
-        builder = builder.add_extension(x509.SubjectAlternativeName(_sans(hosts)), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    return [_write(base / f"{name}.key", _key_pem(key)), _write(base / f"{name}.pem", _cert_pem(cert))]
-
-
 def issue(directory: str, role: str, name: str, hosts: Sequence[str] = (), days: int = DAYS_DEFAULT) -> list[Path]:
     """A certificate for spiffe://yunkai/<role>/<name>, signed by the CA in `directory`."""
     problem = check_name(role, name)
     if problem is not None:
         raise ValueError(problem)
-    base = _directory(directory)
-    ca_cert, ca_key = _load_ca(base, "ca")
-    key = ec.generate_private_key(ec.SECP256R1())
     uri = Identity(role, name).uri
-    now = datetime.datetime.now(datetime.UTC)
     serves = role in SERVER_ROLES
-    names = [x509.UniformResourceIdentifier(uri), *(_sans(hosts) if serves else [])]
-    usages = (
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-        if serves
-        else [ExtendedKeyUsageOID.CLIENT_AUTH]
-    )
-    cert = (
+    sans = [x509.UniformResourceIdentifier(uri), *(_sans(hosts) if serves else [])]
+    return _leaf(_directory(directory), "ca", name, uri, sans, serves, days)
+
+
+def _issue_etcd(base: Path, name: str, serves: bool, hosts: Sequence[str], days: int) -> list[Path]:
+    """etcd's server certificate, or the routers' client certificate for etcd (etcd-ca signs both)."""
+    return _leaf(base, "etcd-ca", name, f"yunkai {name}", _sans(hosts) if serves else [], serves, days)
+
+
+def _leaf(
+    base: Path, ca_file: str, name: str, common_name: str, sans: list[x509.GeneralName], serves: bool, days: int
+) -> list[Path]:
+    """<name>.pem and <name>.key, signed by the CA <ca_file>: good for client authentication,
+    and for server authentication too when it `serves`."""
+    ca_cert, ca_key = _load_ca(base, ca_file)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH, *([ExtendedKeyUsageOID.SERVER_AUTH] if serves else [])]
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uri)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
     return [_write(base / f"{name}.key", _key_pem(key)), _write(base / f"{name}.pem", _cert_pem(cert))]
 
 
