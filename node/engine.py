@@ -245,7 +245,12 @@ class Engine:
         if error is not None:
             return error
         self_address = request.self_address or self.slots.self_address
-        if request.base_map_version and not request.slots and self_address == self.slots.self_address:
+        if (
+            request.base_map_version
+            and not request.slots
+            and self_address == self.slots.self_address
+            and not self.slots.spiffe_ids_change(request)
+        ):
             # A map change that moves no slot (a move recorded or forgotten): nothing to store.
             # The version is kept in memory only; after a restart the controller sends the table.
             self.slots.map_version = max(self.slots.map_version, request.map_version)

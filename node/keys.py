@@ -58,6 +58,7 @@ SLOT_TABLE = NODE_META + b"slots"
 # last whole table, instead of rewriting all S entries (~3 ms at S = 4096, on the freeze's path).
 SLOT_DELTA_BEGIN = NODE_META + b"slot:"
 SLOT_DELTA_END = NODE_META + b"slot;"
+SPIFFE_IDS = NODE_META + b"spiffe_ids"  # the nodes' certificate identities, by address (node.v1.NodeSpiffeIds)
 NODE_ID = NODE_META + b"node_id"
 CLUSTER_ID = NODE_META + b"cluster_id"
 TERM = NODE_META + b"term"

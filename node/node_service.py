@@ -28,7 +28,7 @@ from node.replication import Replica, ReplicaRefused
 from node.slotmove import MoveError, SlotMoves
 from node.slots import SlotTable
 from proto import ledger_pb2 as pb, node_pb2
-from serving import BadRequest, Context, Refused, parse_request
+from serving import BadRequest, Context, Refused, authz, parse_request
 
 log = logging.getLogger("yunkai.node.internal")
 
@@ -83,6 +83,7 @@ class NodeService:
         table.cluster_id = self.identity.cluster_id
         table.controller_term = self.identity.term
         table.zone = self.zone
+        table.spiffe_id = self.slots.spiffe_id
         table.books.CopyFrom(self.engine.books.to_proto(len(self.engine.relay)))
         return table
 
@@ -116,6 +117,7 @@ class NodeService:
             reason = outbox.malformed_leg(leg)
             if reason is not None:
                 raise BadRequest(f"legs[{index}].{reason}")
+        sender = authz.caller()
         slots: list[int] = []
         submit: list[tuple[node_pb2.CreditLeg, int, int]] = []
         positions: list[int] = []
@@ -128,6 +130,9 @@ class NodeService:
             slots.append(slot)
             if not self.slots.serves(slot, epoch):
                 results[index] = sm.Result(pb.WRONG_SLOT)
+                continue
+            if sender is not authz.ANONYMOUS and not self._sent_by_debit_primary(leg, sender.uri):
+                results[index] = sm.Result(pb.DEBIT_ACCOUNT_NOT_FOUND, outbox.SENDER_FIELD)
                 continue
             submit.append((leg, slot, epoch))
             positions.append(index)
@@ -153,6 +158,12 @@ class NodeService:
                 )
         metrics.request_events.labels("ApplyCreditLegs").observe(len(legs))
         return response
+
+    def _sent_by_debit_primary(self, leg: node_pb2.CreditLeg, sender: str) -> bool:
+        """Whether the node that sent `leg` is its debit slot's primary by this node's table: no
+        other node's certificate may speak for that slot's accounts (node/outbox.py, C)."""
+        debit_slot = account_slot(leg.debit_account_id, self.slots.slots_total)
+        return self.slots.primary_spiffe_id(debit_slot) == sender
 
     # --- replication (node/replication.py) ----------------------------------------------------
 

@@ -63,10 +63,15 @@ Transitions ("debit" is the debit account, "credit" the credit account)
   C  apply a leg (credit node, ApplyCreditLegs). A leg that is not well formed
      (`malformed_leg`: its kind, ids, amounts and event do not agree) fails its whole call
      with INVALID_ARGUMENT. Fenced: only the owner of the credit slot at the fenced epoch
-     applies it, else WRONG_SLOT. A leg whose applied-leg record exists gets the stored
-     result and changes nothing (EXISTS_WITH_DIFFERENT_FIELDS naming the field if the key
-     names another leg there). Otherwise, in order, first what this node can check of the
-     debit side, by its slot table when the leg is applied:
+     applies it, else WRONG_SLOT. Sent by its debit slot's primary: with identities (mutual
+     TLS), the sender's certificate must be the one the credit node's table records for
+     the debit slot's primary, else DEBIT_ACCOUNT_NOT_FOUND with field `sender` (a node
+     cannot speak for another's accounts; the two tables may also differ for a moment
+     around a move or a failover, so the debit node retries it like any refusal). A leg
+     whose applied-leg record exists gets the stored result and changes nothing
+     (EXISTS_WITH_DIFFERENT_FIELDS naming the field if the key names another leg there).
+     Otherwise, in order, first what this node can check of the debit side, by its slot
+     table when the leg is applied:
        * the debit slot is this node's own (it sent the leg to itself: a crossing pending,
          or a credit slot with other followers than the debit slot's): the debit account
          exists (DEBIT_ACCOUNT_NOT_FOUND) and this node's outbox holds exactly this leg
@@ -181,6 +186,8 @@ PROTOCOL_REFUSALS = frozenset(
         pb.PENDING_TRANSFER_ALREADY_VOIDED,
     )
 )
+# The `field` of a leg refused because its sender is not its debit slot's primary (C).
+SENDER_FIELD = "sender"
 # The results a credit node may give a leg, WRONG_SLOT aside: each one is final.
 LEG_OUTCOMES = frozenset(
     (

@@ -41,7 +41,7 @@ import grpc
 import serving
 from node import keys, metrics, state_machine as sm
 from node.keys import account_slot
-from node.outbox import LEG_OUTCOMES_OF, subject_of
+from node.outbox import LEG_OUTCOMES_OF, SENDER_FIELD, subject_of
 from node.storage import Storage
 from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
 
@@ -337,6 +337,11 @@ class Relay:
                 continue
             if result.code == pb.WRONG_SLOT:
                 self._learn(slot, result.redirect)
+            elif result.code == pb.DEBIT_ACCOUNT_NOT_FOUND and result.field == SENDER_FIELD:
+                # The credit node's table names another primary for the debit slot: it has not
+                # heard of a move or failover yet (or this node has lost the slot; then the
+                # entry is forgotten with it).
+                self._warn(owner, "its table names another primary for the debit slot", 1)
             else:
                 # A refusal of a leg this node sent (the credit node found it breaks the protocol),
                 # or a result no leg of its kind can have (a peer's bad answer): never applied.

@@ -147,7 +147,7 @@ async def _node(settings: dict[str, Any], server: grpc.aio.Server, port: int) ->
         )
         peers = serving.client_credentials(settings["tls"])
         identity = Identity(storage)
-        slots = SlotTable.load(storage, advertise, join=bool(settings["join"]))
+        slots = SlotTable.load(storage, advertise, join=bool(settings["join"]), spiffe_id=_spiffe_id(settings["tls"]))
         load_seqs(storage, slots)
         wait_out_leases(slots, int(settings["lease_ms"]))
         changelog = ChangeLog()
@@ -180,6 +180,19 @@ async def _node(settings: dict[str, Any], server: grpc.aio.Server, port: int) ->
             await replicator.close()
     finally:
         storage.close()
+
+
+def _spiffe_id(tls: serving.Tls | None) -> str:
+    """This node's identity on the wire ("" under --insecure): its certificate must prove a node's."""
+    if tls is None:
+        return ""
+    proved = tls.identity()
+    if proved is None or proved.role != "node":
+        raise serving.StartupError(
+            f"--tls-name {tls.name}: the certificate {tls.directory}/{tls.name}.pem proves"
+            f" {proved or 'no yunkai identity'}, not a node's (`yunkai certs issue --role node --name NAME`)"
+        )
+    return proved.uri
 
 
 def _check_slots_total(storage: Storage, slots_total: int) -> None:

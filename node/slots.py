@@ -62,6 +62,11 @@ by the services until the move ends, then served or answered WRONG_SLOT.
 
 The durable table: the whole table under FF FF slots (node/keys.py), and one newer entry per
 slot changed since, under FF FF slot:<slot> (a committed move's delta).
+
+Who the primaries are on the wire: the table also keeps each node's certificate identity by
+address (AssignSlotsRequest.spiffe_ids, from the shard map, stored under FF FF spiffe_ids),
+and this node's own. `primary_spiffe_id` says which identity may send credit legs of a
+slot's debit accounts (node/node_service.py checks each leg's sender against it).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ from node import keys, metrics
 from node.storage import Storage
 from proto import ledger_pb2 as pb, node_pb2
 from router.slots import SLOTS_TOTAL_MAX
+from serving import tls
 
 log = logging.getLogger("yunkai.node.slots")
 
@@ -199,10 +205,12 @@ class Assignment:
 class SlotTable:
     """Every slot of the node, with the table's version and this node's address."""
 
-    def __init__(self, slots_total: int, self_address: str) -> None:
+    def __init__(self, slots_total: int, self_address: str, spiffe_id: str = "") -> None:
         assert 0 < slots_total <= SLOTS_TOTAL_MAX, slots_total
         self.slots_total = slots_total
         self.self_address = self_address
+        self.spiffe_id = spiffe_id  # this node's certificate identity ("" under --insecure)
+        self.spiffe_ids: dict[str, str] = {}  # every node's, by address, as the controller last said
         self.map_version = 0
         self._slots = [Slot(number) for number in range(slots_total)]
         self._held = 0  # FROZEN or SEALED slots: 0 on the hot path
@@ -227,10 +235,13 @@ class SlotTable:
     # --- loading ------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, storage: Storage, self_address: str, join: bool) -> SlotTable:
+    def load(cls, storage: Storage, self_address: str, join: bool, spiffe_id: str = "") -> SlotTable:
         """The table as durably recorded; a new data directory owns every slot at epoch 1,
         unless it joins a cluster (then nothing, until the controller assigns it slots)."""
-        table = cls(storage.slots_total, self_address)
+        table = cls(storage.slots_total, self_address, spiffe_id)
+        raw_ids = storage.get(keys.SPIFFE_IDS)
+        if raw_ids is not None:
+            table.spiffe_ids = dict(node_pb2.NodeSpiffeIds.FromString(raw_ids).by_address)
         raw = storage.get(keys.SLOT_TABLE)
         if raw is None:
             whole = node_pb2.GetSlotsResponse(slots_total=table.slots_total, map_version=0)
@@ -321,6 +332,17 @@ class SlotTable:
     def redirect(self, slot: int) -> pb.SlotRedirect:
         entry = self._slots[slot]
         return pb.SlotRedirect(slot=slot, epoch=entry.epoch, owner=entry.owner)
+
+    def primary_spiffe_id(self, slot: int) -> str | None:
+        """The certificate identity of the slot's primary by this table (None if unknown)."""
+        owner = self._slots[slot].owner
+        if owner and owner == self.self_address:
+            return self.spiffe_id or None
+        return self.spiffe_ids.get(owner)
+
+    def spiffe_ids_change(self, request: node_pb2.AssignSlotsRequest) -> bool:
+        """Whether `request` names the nodes' identities otherwise than this table has them."""
+        return bool(request.spiffe_ids) and dict(request.spiffe_ids) != self.spiffe_ids
 
     def route(self, slot: int) -> tuple[int, str]:
         """(epoch, owner) of a slot by this node's table: where its writes go."""
@@ -443,6 +465,12 @@ class SlotTable:
                 )
         return table
 
+    def learn_spiffe_ids(self, request: node_pb2.AssignSlotsRequest, batch: WriteBatch) -> None:
+        """Take the identities `request` names (if it names any), durably with `batch`."""
+        if self.spiffe_ids_change(request):
+            self.spiffe_ids = dict(request.spiffe_ids)
+            batch.put(keys.SPIFFE_IDS, node_pb2.NodeSpiffeIds(by_address=self.spiffe_ids).SerializeToString())
+
     def check(self, request: node_pb2.AssignSlotsRequest) -> str | None:
         """Why a new table cannot be applied (a message for the controller), or None. Nothing changes."""
         if request.base_map_version and self.map_version < request.base_map_version:
@@ -451,6 +479,10 @@ class SlotTable:
                 f" v{request.base_map_version}; send the whole table"
             )
         self_address = request.self_address or self.self_address
+        for address, uri in request.spiffe_ids.items():
+            named = tls.Identity.parse(uri)
+            if not address or named is None or named.role != "node":
+                return f"spiffe_ids: {address[:100]!r} -> {uri[:100]!r} is not a node's identity"
         if len({entry.slot for entry in request.slots}) != len(request.slots):
             return "slots: a slot named twice"
         # A replicated cluster: a slot that had a configuration is only ever led with its data.
@@ -488,6 +520,7 @@ class SlotTable:
         `drop_released`) released."""
         assert self.check(request) is None
         self.self_address = request.self_address or self.self_address
+        self.learn_spiffe_ids(request, batch)
         self.map_version = max(self.map_version, request.map_version)
         done = Assignment()
         for entry in request.slots:

@@ -25,47 +25,47 @@ _sym_db = _symbol_database.Default()
 from proto import node_pb2 as proto_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/cluster.proto\x12\x11yunkai.cluster.v1\x1a\x10proto/node.proto\"b\n\x08NodeInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.yunkai.cluster.v1.NodeState\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\"\xd5\x02\n\x08ShardMap\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x13\n\x0bslots_total\x18\x02 \x01(\r\x12*\n\x05nodes\x18\x03 \x03(\x0b\x32\x1b.yunkai.cluster.v1.NodeInfo\x12\x12\n\nslot_owner\x18\x04 \x03(\r\x12\x12\n\nslot_epoch\x18\x05 \x03(\x04\x12\x30\n\nmigrations\x18\x06 \x03(\x0b\x32\x1c.yunkai.cluster.v1.Migration\x12\x17\n\x0f\x63ontroller_term\x18\x07 \x01(\x04\x12\x12\n\ncluster_id\x18\x08 \x01(\t\x12$\n\x04jobs\x18\t \x03(\x0b\x32\x16.yunkai.cluster.v1.Job\x12\x38\n\x0eslot_followers\x18\n \x03(\x0b\x32 .yunkai.cluster.v1.SlotFollowers\x12\x10\n\x08replicas\x18\x0b \x01(\r\"\x1e\n\rSlotFollowers\x12\r\n\x05nodes\x18\x01 \x03(\r\"W\n\tMigration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x10\n\x08replaces\x18\x05 \x01(\t\"\x14\n\x12GetShardMapRequest\"-\n\x14WatchShardMapRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x04\"\xe7\x01\n\nNodeStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.yunkai.cluster.v1.NodeState\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x11\n\treachable\x18\x04 \x01(\x08\x12\x13\n\x0bslots_owned\x18\x05 \x01(\r\x12\n\n\x02id\x18\x06 \x01(\t\x12\x13\n\x0breported_id\x18\x07 \x01(\t\x12\x0f\n\x07\x66ollows\x18\x08 \x01(\r\x12\x0c\n\x04zone\x18\t \x01(\t\x12$\n\x05\x62ooks\x18\n \x01(\x0b\x32\x15.yunkai.node.v1.Books\"\xa6\x01\n\x0c\x43lusterBooks\x12,\n\x05state\x18\x01 \x01(\x0e\x32\x1d.yunkai.cluster.v1.BooksState\x12\x0e\n\x06\x64\x65\x62its\x18\x02 \x01(\t\x12\x0f\n\x07\x63redits\x18\x03 \x01(\t\x12\x16\n\x0elegs_in_flight\x18\x04 \x01(\r\x12\x18\n\x10unbalanced_nodes\x18\x05 \x03(\t\x12\x15\n\runknown_nodes\x18\x06 \x03(\t\"\x0f\n\rStatusRequest\"\xfb\x02\n\x0eStatusResponse\x12\x13\n\x0bmap_version\x18\x01 \x01(\x04\x12\x13\n\x0bslots_total\x18\x02 \x01(\r\x12,\n\x05nodes\x18\x03 \x03(\x0b\x32\x1d.yunkai.cluster.v1.NodeStatus\x12\x30\n\nmigrations\x18\x04 \x03(\x0b\x32\x1c.yunkai.cluster.v1.Migration\x12$\n\x04jobs\x18\x05 \x03(\x0b\x32\x16.yunkai.cluster.v1.Job\x12\x17\n\x0f\x63ontroller_term\x18\x06 \x01(\x04\x12\x0e\n\x06leader\x18\x07 \x01(\t\x12\x1a\n\x12slots_without_copy\x18\x08 \x03(\r\x12\x12\n\ncluster_id\x18\t \x01(\t\x12\x10\n\x08replicas\x18\n \x01(\r\x12\x1e\n\x16slots_under_replicated\x18\x0b \x01(\r\x12.\n\x05\x62ooks\x18\x0c \x01(\x0b\x32\x1f.yunkai.cluster.v1.ClusterBooks\"\xa1\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12*\n\x05state\x18\x04 \x01(\x0e\x32\x1b.yunkai.cluster.v1.JobState\x12\x15\n\rslots_planned\x18\x05 \x01(\r\x12\x13\n\x0bslots_moved\x18\x06 \x01(\r\x12\x15\n\rmoves_aborted\x18\x07 \x01(\r\x12\x16\n\x0estarted_unix_s\x18\x08 \x01(\x01\x12\x17\n\x0f\x66inished_unix_s\x18\t \x01(\x01\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x15\n\rfreeze_ms_p50\x18\x0b \x01(\x01\x12\x15\n\rfreeze_ms_p99\x18\x0c \x01(\x01\x12\x15\n\rfreeze_ms_max\x18\r \x01(\x01\"!\n\x0e\x41\x64\x64NodeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"#\n\x10\x44rainNodeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\x12\n\x10RebalanceRequest*{\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bNODE_ACTIVE\x10\x01\x12\x10\n\x0cNODE_JOINING\x10\x02\x12\x11\n\rNODE_DRAINING\x10\x03\x12\r\n\tNODE_LOST\x10\x04\x12\r\n\tNODE_DOWN\x10\x05*{\n\nBooksState\x12\x1b\n\x17\x42OOKS_STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x42OOKS_BALANCED\x10\x01\x12\x13\n\x0f\x42OOKS_IN_FLIGHT\x10\x02\x12\x14\n\x10\x42OOKS_UNBALANCED\x10\x03\x12\x11\n\rBOOKS_UNKNOWN\x10\x04*T\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bJOB_RUNNING\x10\x01\x12\x0c\n\x08JOB_DONE\x10\x02\x12\x0e\n\nJOB_FAILED\x10\x03\x32\xde\x03\n\x07\x43luster\x12Q\n\x0bGetShardMap\x12%.yunkai.cluster.v1.GetShardMapRequest\x1a\x1b.yunkai.cluster.v1.ShardMap\x12W\n\rWatchShardMap\x12\'.yunkai.cluster.v1.WatchShardMapRequest\x1a\x1b.yunkai.cluster.v1.ShardMap0\x01\x12M\n\x06Status\x12 .yunkai.cluster.v1.StatusRequest\x1a!.yunkai.cluster.v1.StatusResponse\x12\x44\n\x07\x41\x64\x64Node\x12!.yunkai.cluster.v1.AddNodeRequest\x1a\x16.yunkai.cluster.v1.Job\x12H\n\tDrainNode\x12#.yunkai.cluster.v1.DrainNodeRequest\x1a\x16.yunkai.cluster.v1.Job\x12H\n\tRebalance\x12#.yunkai.cluster.v1.RebalanceRequest\x1a\x16.yunkai.cluster.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/cluster.proto\x12\x11yunkai.cluster.v1\x1a\x10proto/node.proto\"u\n\x08NodeInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.yunkai.cluster.v1.NodeState\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x11\n\tspiffe_id\x18\x05 \x01(\t\"\xd5\x02\n\x08ShardMap\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x13\n\x0bslots_total\x18\x02 \x01(\r\x12*\n\x05nodes\x18\x03 \x03(\x0b\x32\x1b.yunkai.cluster.v1.NodeInfo\x12\x12\n\nslot_owner\x18\x04 \x03(\r\x12\x12\n\nslot_epoch\x18\x05 \x03(\x04\x12\x30\n\nmigrations\x18\x06 \x03(\x0b\x32\x1c.yunkai.cluster.v1.Migration\x12\x17\n\x0f\x63ontroller_term\x18\x07 \x01(\x04\x12\x12\n\ncluster_id\x18\x08 \x01(\t\x12$\n\x04jobs\x18\t \x03(\x0b\x32\x16.yunkai.cluster.v1.Job\x12\x38\n\x0eslot_followers\x18\n \x03(\x0b\x32 .yunkai.cluster.v1.SlotFollowers\x12\x10\n\x08replicas\x18\x0b \x01(\r\"\x1e\n\rSlotFollowers\x12\r\n\x05nodes\x18\x01 \x03(\r\"W\n\tMigration\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x10\n\x08replaces\x18\x05 \x01(\t\"\x14\n\x12GetShardMapRequest\"-\n\x14WatchShardMapRequest\x12\x15\n\rknown_version\x18\x01 \x01(\x04\"\xe7\x01\n\nNodeStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.yunkai.cluster.v1.NodeState\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x11\n\treachable\x18\x04 \x01(\x08\x12\x13\n\x0bslots_owned\x18\x05 \x01(\r\x12\n\n\x02id\x18\x06 \x01(\t\x12\x13\n\x0breported_id\x18\x07 \x01(\t\x12\x0f\n\x07\x66ollows\x18\x08 \x01(\r\x12\x0c\n\x04zone\x18\t \x01(\t\x12$\n\x05\x62ooks\x18\n \x01(\x0b\x32\x15.yunkai.node.v1.Books\"\xa6\x01\n\x0c\x43lusterBooks\x12,\n\x05state\x18\x01 \x01(\x0e\x32\x1d.yunkai.cluster.v1.BooksState\x12\x0e\n\x06\x64\x65\x62its\x18\x02 \x01(\t\x12\x0f\n\x07\x63redits\x18\x03 \x01(\t\x12\x16\n\x0elegs_in_flight\x18\x04 \x01(\r\x12\x18\n\x10unbalanced_nodes\x18\x05 \x03(\t\x12\x15\n\runknown_nodes\x18\x06 \x03(\t\"\x0f\n\rStatusRequest\"\xfb\x02\n\x0eStatusResponse\x12\x13\n\x0bmap_version\x18\x01 \x01(\x04\x12\x13\n\x0bslots_total\x18\x02 \x01(\r\x12,\n\x05nodes\x18\x03 \x03(\x0b\x32\x1d.yunkai.cluster.v1.NodeStatus\x12\x30\n\nmigrations\x18\x04 \x03(\x0b\x32\x1c.yunkai.cluster.v1.Migration\x12$\n\x04jobs\x18\x05 \x03(\x0b\x32\x16.yunkai.cluster.v1.Job\x12\x17\n\x0f\x63ontroller_term\x18\x06 \x01(\x04\x12\x0e\n\x06leader\x18\x07 \x01(\t\x12\x1a\n\x12slots_without_copy\x18\x08 \x03(\r\x12\x12\n\ncluster_id\x18\t \x01(\t\x12\x10\n\x08replicas\x18\n \x01(\r\x12\x1e\n\x16slots_under_replicated\x18\x0b \x01(\r\x12.\n\x05\x62ooks\x18\x0c \x01(\x0b\x32\x1f.yunkai.cluster.v1.ClusterBooks\"\xa1\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12*\n\x05state\x18\x04 \x01(\x0e\x32\x1b.yunkai.cluster.v1.JobState\x12\x15\n\rslots_planned\x18\x05 \x01(\r\x12\x13\n\x0bslots_moved\x18\x06 \x01(\r\x12\x15\n\rmoves_aborted\x18\x07 \x01(\r\x12\x16\n\x0estarted_unix_s\x18\x08 \x01(\x01\x12\x17\n\x0f\x66inished_unix_s\x18\t \x01(\x01\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x15\n\rfreeze_ms_p50\x18\x0b \x01(\x01\x12\x15\n\rfreeze_ms_p99\x18\x0c \x01(\x01\x12\x15\n\rfreeze_ms_max\x18\r \x01(\x01\"!\n\x0e\x41\x64\x64NodeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"#\n\x10\x44rainNodeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\x12\n\x10RebalanceRequest*{\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bNODE_ACTIVE\x10\x01\x12\x10\n\x0cNODE_JOINING\x10\x02\x12\x11\n\rNODE_DRAINING\x10\x03\x12\r\n\tNODE_LOST\x10\x04\x12\r\n\tNODE_DOWN\x10\x05*{\n\nBooksState\x12\x1b\n\x17\x42OOKS_STATE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x42OOKS_BALANCED\x10\x01\x12\x13\n\x0f\x42OOKS_IN_FLIGHT\x10\x02\x12\x14\n\x10\x42OOKS_UNBALANCED\x10\x03\x12\x11\n\rBOOKS_UNKNOWN\x10\x04*T\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bJOB_RUNNING\x10\x01\x12\x0c\n\x08JOB_DONE\x10\x02\x12\x0e\n\nJOB_FAILED\x10\x03\x32\xde\x03\n\x07\x43luster\x12Q\n\x0bGetShardMap\x12%.yunkai.cluster.v1.GetShardMapRequest\x1a\x1b.yunkai.cluster.v1.ShardMap\x12W\n\rWatchShardMap\x12\'.yunkai.cluster.v1.WatchShardMapRequest\x1a\x1b.yunkai.cluster.v1.ShardMap0\x01\x12M\n\x06Status\x12 .yunkai.cluster.v1.StatusRequest\x1a!.yunkai.cluster.v1.StatusResponse\x12\x44\n\x07\x41\x64\x64Node\x12!.yunkai.cluster.v1.AddNodeRequest\x1a\x16.yunkai.cluster.v1.Job\x12H\n\tDrainNode\x12#.yunkai.cluster.v1.DrainNodeRequest\x1a\x16.yunkai.cluster.v1.Job\x12H\n\tRebalance\x12#.yunkai.cluster.v1.RebalanceRequest\x1a\x16.yunkai.cluster.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.cluster_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_NODESTATE']._serialized_start=1880
-  _globals['_NODESTATE']._serialized_end=2003
-  _globals['_BOOKSSTATE']._serialized_start=2005
-  _globals['_BOOKSSTATE']._serialized_end=2128
-  _globals['_JOBSTATE']._serialized_start=2130
-  _globals['_JOBSTATE']._serialized_end=2214
+  _globals['_NODESTATE']._serialized_start=1899
+  _globals['_NODESTATE']._serialized_end=2022
+  _globals['_BOOKSSTATE']._serialized_start=2024
+  _globals['_BOOKSSTATE']._serialized_end=2147
+  _globals['_JOBSTATE']._serialized_start=2149
+  _globals['_JOBSTATE']._serialized_end=2233
   _globals['_NODEINFO']._serialized_start=60
-  _globals['_NODEINFO']._serialized_end=158
-  _globals['_SHARDMAP']._serialized_start=161
-  _globals['_SHARDMAP']._serialized_end=502
-  _globals['_SLOTFOLLOWERS']._serialized_start=504
-  _globals['_SLOTFOLLOWERS']._serialized_end=534
-  _globals['_MIGRATION']._serialized_start=536
-  _globals['_MIGRATION']._serialized_end=623
-  _globals['_GETSHARDMAPREQUEST']._serialized_start=625
-  _globals['_GETSHARDMAPREQUEST']._serialized_end=645
-  _globals['_WATCHSHARDMAPREQUEST']._serialized_start=647
-  _globals['_WATCHSHARDMAPREQUEST']._serialized_end=692
-  _globals['_NODESTATUS']._serialized_start=695
-  _globals['_NODESTATUS']._serialized_end=926
-  _globals['_CLUSTERBOOKS']._serialized_start=929
-  _globals['_CLUSTERBOOKS']._serialized_end=1095
-  _globals['_STATUSREQUEST']._serialized_start=1097
-  _globals['_STATUSREQUEST']._serialized_end=1112
-  _globals['_STATUSRESPONSE']._serialized_start=1115
-  _globals['_STATUSRESPONSE']._serialized_end=1494
-  _globals['_JOB']._serialized_start=1497
-  _globals['_JOB']._serialized_end=1786
-  _globals['_ADDNODEREQUEST']._serialized_start=1788
-  _globals['_ADDNODEREQUEST']._serialized_end=1821
-  _globals['_DRAINNODEREQUEST']._serialized_start=1823
-  _globals['_DRAINNODEREQUEST']._serialized_end=1858
-  _globals['_REBALANCEREQUEST']._serialized_start=1860
-  _globals['_REBALANCEREQUEST']._serialized_end=1878
-  _globals['_CLUSTER']._serialized_start=2217
-  _globals['_CLUSTER']._serialized_end=2695
+  _globals['_NODEINFO']._serialized_end=177
+  _globals['_SHARDMAP']._serialized_start=180
+  _globals['_SHARDMAP']._serialized_end=521
+  _globals['_SLOTFOLLOWERS']._serialized_start=523
+  _globals['_SLOTFOLLOWERS']._serialized_end=553
+  _globals['_MIGRATION']._serialized_start=555
+  _globals['_MIGRATION']._serialized_end=642
+  _globals['_GETSHARDMAPREQUEST']._serialized_start=644
+  _globals['_GETSHARDMAPREQUEST']._serialized_end=664
+  _globals['_WATCHSHARDMAPREQUEST']._serialized_start=666
+  _globals['_WATCHSHARDMAPREQUEST']._serialized_end=711
+  _globals['_NODESTATUS']._serialized_start=714
+  _globals['_NODESTATUS']._serialized_end=945
+  _globals['_CLUSTERBOOKS']._serialized_start=948
+  _globals['_CLUSTERBOOKS']._serialized_end=1114
+  _globals['_STATUSREQUEST']._serialized_start=1116
+  _globals['_STATUSREQUEST']._serialized_end=1131
+  _globals['_STATUSRESPONSE']._serialized_start=1134
+  _globals['_STATUSRESPONSE']._serialized_end=1513
+  _globals['_JOB']._serialized_start=1516
+  _globals['_JOB']._serialized_end=1805
+  _globals['_ADDNODEREQUEST']._serialized_start=1807
+  _globals['_ADDNODEREQUEST']._serialized_end=1840
+  _globals['_DRAINNODEREQUEST']._serialized_start=1842
+  _globals['_DRAINNODEREQUEST']._serialized_end=1877
+  _globals['_REBALANCEREQUEST']._serialized_start=1879
+  _globals['_REBALANCEREQUEST']._serialized_end=1897
+  _globals['_CLUSTER']._serialized_start=2236
+  _globals['_CLUSTER']._serialized_end=2714
 # @@protoc_insertion_point(module_scope)

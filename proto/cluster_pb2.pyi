@@ -48,16 +48,18 @@ JOB_DONE: JobState
 JOB_FAILED: JobState
 
 class NodeInfo(_message.Message):
-    __slots__ = ("address", "state", "id", "zone")
+    __slots__ = ("address", "state", "id", "zone", "spiffe_id")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     address: str
     state: NodeState
     id: str
     zone: str
-    def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., id: _Optional[str] = ..., zone: _Optional[str] = ...) -> None: ...
+    spiffe_id: str
+    def __init__(self, address: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., id: _Optional[str] = ..., zone: _Optional[str] = ..., spiffe_id: _Optional[str] = ...) -> None: ...
 
 class ShardMap(_message.Message):
     __slots__ = ("version", "slots_total", "nodes", "slot_owner", "slot_epoch", "migrations", "controller_term", "cluster_id", "jobs", "slot_followers", "replicas")

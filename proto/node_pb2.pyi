@@ -61,7 +61,7 @@ class GetSlotsRequest(_message.Message):
     def __init__(self, summary: _Optional[bool] = ...) -> None: ...
 
 class GetSlotsResponse(_message.Message):
-    __slots__ = ("node_id", "slots_total", "map_version", "slots", "moves", "cluster_id", "controller_term", "zone", "owned_count", "following_count", "books")
+    __slots__ = ("node_id", "slots_total", "map_version", "slots", "moves", "cluster_id", "controller_term", "zone", "owned_count", "following_count", "books", "spiffe_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class GetSlotsResponse(_message.Message):
     OWNED_COUNT_FIELD_NUMBER: _ClassVar[int]
     FOLLOWING_COUNT_FIELD_NUMBER: _ClassVar[int]
     BOOKS_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     slots_total: int
     map_version: int
@@ -84,7 +85,8 @@ class GetSlotsResponse(_message.Message):
     owned_count: int
     following_count: int
     books: Books
-    def __init__(self, node_id: _Optional[str] = ..., slots_total: _Optional[int] = ..., map_version: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[SlotMove, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., controller_term: _Optional[int] = ..., zone: _Optional[str] = ..., owned_count: _Optional[int] = ..., following_count: _Optional[int] = ..., books: _Optional[_Union[Books, _Mapping]] = ...) -> None: ...
+    spiffe_id: str
+    def __init__(self, node_id: _Optional[str] = ..., slots_total: _Optional[int] = ..., map_version: _Optional[int] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., moves: _Optional[_Iterable[_Union[SlotMove, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., controller_term: _Optional[int] = ..., zone: _Optional[str] = ..., owned_count: _Optional[int] = ..., following_count: _Optional[int] = ..., books: _Optional[_Union[Books, _Mapping]] = ..., spiffe_id: _Optional[str] = ...) -> None: ...
 
 class Books(_message.Message):
     __slots__ = ("debits", "credits", "position", "imbalance", "legs_in_flight")
@@ -101,7 +103,14 @@ class Books(_message.Message):
     def __init__(self, debits: _Optional[str] = ..., credits: _Optional[str] = ..., position: _Optional[str] = ..., imbalance: _Optional[str] = ..., legs_in_flight: _Optional[int] = ...) -> None: ...
 
 class AssignSlotsRequest(_message.Message):
-    __slots__ = ("map_version", "self_address", "slots", "base_map_version", "controller_term", "cluster_id", "node_id", "drop_released", "down_nodes")
+    __slots__ = ("map_version", "self_address", "slots", "base_map_version", "controller_term", "cluster_id", "node_id", "drop_released", "down_nodes", "spiffe_ids")
+    class SpiffeIdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
     SELF_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +120,7 @@ class AssignSlotsRequest(_message.Message):
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DROP_RELEASED_FIELD_NUMBER: _ClassVar[int]
     DOWN_NODES_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_IDS_FIELD_NUMBER: _ClassVar[int]
     map_version: int
     self_address: str
     slots: _containers.RepeatedCompositeFieldContainer[SlotOwnership]
@@ -120,7 +130,21 @@ class AssignSlotsRequest(_message.Message):
     node_id: str
     drop_released: bool
     down_nodes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, map_version: _Optional[int] = ..., self_address: _Optional[str] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., base_map_version: _Optional[int] = ..., controller_term: _Optional[int] = ..., cluster_id: _Optional[str] = ..., node_id: _Optional[str] = ..., drop_released: _Optional[bool] = ..., down_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+    spiffe_ids: _containers.ScalarMap[str, str]
+    def __init__(self, map_version: _Optional[int] = ..., self_address: _Optional[str] = ..., slots: _Optional[_Iterable[_Union[SlotOwnership, _Mapping]]] = ..., base_map_version: _Optional[int] = ..., controller_term: _Optional[int] = ..., cluster_id: _Optional[str] = ..., node_id: _Optional[str] = ..., drop_released: _Optional[bool] = ..., down_nodes: _Optional[_Iterable[str]] = ..., spiffe_ids: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class NodeSpiffeIds(_message.Message):
+    __slots__ = ("by_address",)
+    class ByAddressEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    by_address: _containers.ScalarMap[str, str]
+    def __init__(self, by_address: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AssignSlotsResponse(_message.Message):
     __slots__ = ("slots_owned",)

@@ -211,11 +211,13 @@ class Controller:
     async def _seed(self) -> ShardMap:
         if not self.seed_nodes:
             raise ControllerError("no shard map is stored yet: give the nodes with --nodes HOST:PORT,...")
-        ids, zones = await self._check_seed_nodes()
+        ids, zones, spiffe_ids = await self._check_seed_nodes()
         owners = placement.place(self.slots_total, self.seed_nodes)
         copies = min(self.replicas, len(self.seed_nodes))
         followers = [f for _primary, f in replicas.seed(owners, self.seed_nodes, copies, zones)] if copies > 1 else []
-        seeded = ShardMap.initial(owners, ids, secrets.token_hex(8), followers, max(1, self.replicas), zones)
+        seeded = ShardMap.initial(
+            owners, ids, secrets.token_hex(8), followers, max(1, self.replicas), zones, spiffe_ids=spiffe_ids
+        )
         if await self.metastore.compare_and_swap(0, seeded):
             log.info("seeded a new shard map", extra={"nodes": self.seed_nodes, "slots": self.slots_total})
             return seeded
@@ -223,10 +225,12 @@ class Controller:
         assert stored is not None
         return stored
 
-    async def _check_seed_nodes(self) -> tuple[dict[str, str], dict[str, str]]:
-        """A new map may only take nodes that own nothing yet (started with --join); their ids and zones."""
+    async def _check_seed_nodes(self) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        """A new map may only take nodes that own nothing yet (started with --join); their ids,
+        zones and certificate identities."""
         ids: dict[str, str] = {}
         zones: dict[str, str] = {}
+        spiffe_ids: dict[str, str] = {}
         for address in self.seed_nodes:
             table = await self.nodes.table(address)
             if table is None:
@@ -246,7 +250,9 @@ class Controller:
             ids[address] = table.node_id
             if table.zone:
                 zones[address] = table.zone
-        return ids, zones
+            if table.spiffe_id:
+                spiffe_ids[address] = table.spiffe_id
+        return ids, zones, spiffe_ids
 
     def _check_leading(self) -> None:
         if not self.leadership.leading():
@@ -354,6 +360,7 @@ class Controller:
             node_id=shard_map.ids.get(address, ""),
             drop_released=shard_map.replicas > 1,
             down_nodes=sorted(a for a, state in shard_map.nodes.items() if state in (DOWN, LOST)),
+            spiffe_ids=shard_map.spiffe_ids,
         )
 
     async def publish(self, only: Sequence[str] | None = None) -> None:
@@ -419,6 +426,7 @@ class Controller:
                 continue
             if not await self._check_identity(address, table):
                 continue
+            await self._learn_spiffe_id(address, table)
             shard_map = self.current()  # read after the await: a move may have been recorded meanwhile
             self._node_versions[address] = table.map_version
             if table.map_version < shard_map.version:
@@ -463,6 +471,13 @@ class Controller:
             await self.change(lambda m: _set_node(m, address, state=ACTIVE, node_id=table.node_id), changed=None)
             return True
         return False
+
+    async def _learn_spiffe_id(self, address: str, table: node_pb2.GetSlotsResponse) -> None:
+        """Record the certificate identity the map's node at `address` reports, when it is new
+        (a node whose certificate was replaced by one of another name): every node is told."""
+        if table.spiffe_id and table.spiffe_id != self.current().spiffe_ids.get(address):
+            log.info("a node's certificate identity recorded", extra={"node": address, "spiffe_id": table.spiffe_id})
+            await self.change(lambda m: _set_node(m, address, spiffe_id=table.spiffe_id), changed=[])
 
     async def _reconcile_moves(self, address: str, table: node_pb2.GetSlotsResponse) -> None:
         shard_map = self.current()
@@ -616,11 +631,16 @@ def _still(
     return {slot: c for slot, c in changes.items() if current.epochs[slot] == planned_on.epochs[slot]}
 
 
-def _set_node(shard_map: ShardMap, address: str, state: int | None = None, node_id: str | None = None) -> ShardMap:
-    """The next version with a node's state or id changed (unchanged if the node left meanwhile)."""
+def _set_node(
+    shard_map: ShardMap, address: str, state: int | None = None, node_id: str | None = None, spiffe_id: str = ""
+) -> ShardMap:
+    """The next version with a node's state, id or certificate identity changed (unchanged if
+    the node left meanwhile)."""
     if address not in shard_map.nodes:
         return shard_map.next_version()
-    return shard_map.with_node(address, shard_map.nodes[address] if state is None else state, node_id)
+    return shard_map.with_node(
+        address, shard_map.nodes[address] if state is None else state, node_id, spiffe_id=spiffe_id
+    )
 
 
 def _ownership(shard_map: ShardMap, slot: int) -> node_pb2.SlotOwnership:

@@ -152,8 +152,8 @@ class Mover:
     # --- starting jobs ----------------------------------------------------------------------
 
     async def add_node(self, address: str) -> Job:
-        node_id = await self._check_joining(address)
-        return await self._start("add-node", address, node_id)
+        table = await self._check_joining(address)
+        return await self._start("add-node", address, table.node_id, table.spiffe_id)
 
     async def drain_node(self, address: str) -> Job:
         shard_map = self.controller.current()
@@ -170,7 +170,7 @@ class Mover:
     async def rebalance(self) -> Job:
         return await self._start("rebalance", "")
 
-    async def _start(self, kind: str, node: str, node_id: str = "") -> Job:
+    async def _start(self, kind: str, node: str, node_id: str = "", spiffe_id: str = "") -> Job:
         running = self.controller.current().running_job()
         if running is not None:
             if (running.kind, running.node) == (kind, node):
@@ -181,7 +181,9 @@ class Mover:
             # A new node enters the map (with its id) in the swap that records the job; one
             # already there (an add-node run again) keeps its state.
             await self.controller.change(
-                lambda m: m.with_node(node, m.nodes.get(node, JOINING), node_id).with_job(job.to_proto()),
+                lambda m: m.with_node(node, m.nodes.get(node, JOINING), node_id, spiffe_id=spiffe_id).with_job(
+                    job.to_proto()
+                ),
                 changed=None,
             )
         else:
@@ -209,8 +211,8 @@ class Mover:
         log.warning("repairing", extra={"under_replicated": len(shard_map.under_replicated())})
         await self._start("repair", "")
 
-    async def _check_joining(self, address: str) -> str:
-        """The id of the node to add, after checking it may join."""
+    async def _check_joining(self, address: str) -> node_pb2.GetSlotsResponse:
+        """The table of the node to add (its id, its certificate's identity), after checking it may join."""
         controller = self.controller
         # The caller saw the node healthy; this process's channel to it may still be backing
         # off from an earlier connection (a node restarted at the same address): try a while.
@@ -233,13 +235,13 @@ class Mover:
                     " (an empty or replaced data directory): it cannot take node {recorded}'s place; node"
                     f" {recorded}'s slots have no live copy until its data directory is back"
                 )
-            return table.node_id
+            return table
         if owned or table.map_version or (table.cluster_id and table.cluster_id != shard_map.cluster_id):
             raise ControllerError(
                 f"node {address} owns {owned} slots at map v{table.map_version} of another cluster or by itself;"
                 " add only a new node started with --join and an empty data directory"
             )
-        return table.node_id
+        return table
 
     # --- running them -------------------------------------------------------------------------
 

@@ -7,8 +7,11 @@ Used by the router's server and by the SDK alike (DESIGN section 3). For each ca
   2. Coalesce: each (node, method, caller identity) has a Coalescer that merges the events of
      concurrent calls into one request (flushed at `events_max`, or `delay_s` after the first event
      when the node has no request of ours in flight, or as soon as one completes), with a
-     fence naming every slot's epoch. At most `inflight_max` requests per node are in
-     flight; beyond that, events wait and batches grow (backpressure, not more RPCs). A
+     fence naming every slot's epoch. At most `inflight_max` requests of one coalescer are
+     in flight; beyond that, events wait and batches grow (backpressure, not more RPCs); what
+     all callers together may ask of a node is bounded by the node (its queue limit answers
+     RESOURCE_EXHAUSTED) and by each caller's rate at the router's gate. Idle coalescers are
+     dropped once there are more than COALESCERS_KEPT (callers come and go). A
      request never grows past a node's limits: `events_max` events (at most the node's
      `batch_events_max`) and MERGE_BYTES_MAX bytes of callers' requests; a caller whose
      events would take it past either starts the next request, and one caller's events for
@@ -62,6 +65,7 @@ E = TypeVar("E")
 # at the map: its slots may have failed over.
 RETRYABLE = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
 ATTEMPT_TIMEOUT_S = 3.0  # one call to a node; the caller's deadline bounds all attempts
+COALESCERS_KEPT = 1024  # (node, method, caller) coalescers kept before idle ones are dropped
 NO_LIVE_COPY = "has no live copy"
 _GONE = frozenset((LOST, DOWN))  # in the refusal of a slot whose owner is lost: not worth retrying
 # What a node accepts in one message, less the largest fence (every slot and its epoch, as
@@ -210,6 +214,10 @@ class Coalescer:
             )
         )
 
+    def idle(self) -> bool:
+        """Nothing gathered, nothing in flight: dropping it loses nothing."""
+        return not self._events and not self._inflight and self._timer is None
+
     async def close(self) -> None:
         self._flush()
         if self._inflight:
@@ -277,6 +285,8 @@ class LedgerRouter:
                 return reply.results  # type: ignore[no-any-return]  # every batched response has results
 
             coalescer = Coalescer(send, self._events_max, self._delay_s, self._inflight_max)
+            if len(self._coalescers) >= COALESCERS_KEPT:
+                self._coalescers = {k: c for k, c in self._coalescers.items() if not c.idle()}
             self._coalescers[key] = coalescer
         return coalescer
 

@@ -69,6 +69,9 @@ class ShardMap:
     followers: tuple[tuple[str, ...], ...] = ()
     replicas: int = 1  # R: copies of each slot the cluster keeps
     zones: Mapping[str, str] = field(default_factory=dict)  # address -> zone, for nodes that have one
+    # address -> the identity in the node's certificate, as it reported it (credit nodes check
+    # legs' senders against it); none for nodes that run --insecure.
+    spiffe_ids: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -87,6 +90,7 @@ class ShardMap:
         replicas: int = 1,
         zones: Mapping[str, str] | None = None,
         epoch: int = 1,
+        spiffe_ids: Mapping[str, str] | None = None,
     ) -> ShardMap:
         """Version 1 of a new cluster's map."""
         nodes = dict.fromkeys(sorted(set(owners) | {f for slot in followers for f in slot}), ACTIVE)
@@ -100,6 +104,7 @@ class ShardMap:
             followers=tuple(tuple(f) for f in followers),
             replicas=replicas,
             zones=dict(zones or {}),
+            spiffe_ids=dict(spiffe_ids or {}),
         )
 
     def followers_of(self, slot: int) -> tuple[str, ...]:
@@ -185,8 +190,11 @@ class ShardMap:
         gone = set(remove)
         return self._next(migrations=tuple(m for m in self.migrations if m.id not in gone) + tuple(add))
 
-    def with_node(self, address: str, state: int, node_id: str | None = None, zone: str | None = None) -> ShardMap:
-        """The next version, with a node added or its state (and, when given, its id and zone) changed."""
+    def with_node(
+        self, address: str, state: int, node_id: str | None = None, zone: str | None = None, spiffe_id: str = ""
+    ) -> ShardMap:
+        """The next version, with a node added or its state (and, when given, its id, zone and
+        certificate identity) changed."""
         nodes = dict(self.nodes)
         nodes[address] = state
         ids = dict(self.ids)
@@ -195,7 +203,10 @@ class ShardMap:
         zones = dict(self.zones)
         if zone:
             zones[address] = zone
-        return self._next(nodes=nodes, ids=ids, zones=zones)
+        spiffe_ids = dict(self.spiffe_ids)
+        if spiffe_id:
+            spiffe_ids[address] = spiffe_id
+        return self._next(nodes=nodes, ids=ids, zones=zones, spiffe_ids=spiffe_ids)
 
     def failed_over(self, dead: Mapping[str, int], changes: Mapping[int, Config], forget: Sequence[str]) -> ShardMap:
         """The next version, with nodes marked down or lost (`dead`: address -> state) and the
@@ -212,7 +223,8 @@ class ShardMap:
         nodes = {a: s for a, s in self.nodes.items() if a != address}
         ids = {a: i for a, i in self.ids.items() if a != address}
         zones = {a: z for a, z in self.zones.items() if a != address}
-        return self._next(nodes=nodes, ids=ids, zones=zones)
+        spiffe_ids = {a: i for a, i in self.spiffe_ids.items() if a != address}
+        return self._next(nodes=nodes, ids=ids, zones=zones, spiffe_ids=spiffe_ids)
 
     def next_version(self) -> ShardMap:
         """The next version with nothing else changed (a job's record alone, say)."""
@@ -243,6 +255,7 @@ class ShardMap:
                     state=self.nodes[a],  # type: ignore[arg-type]
                     id=self.ids.get(a, ""),
                     zone=self.zones.get(a, ""),
+                    spiffe_id=self.spiffe_ids.get(a, ""),
                 )
                 for a in addresses
             ],
@@ -285,6 +298,7 @@ class ShardMap:
             followers=tuple(tuple(addresses[i] for i in slot.nodes) for slot in message.slot_followers),
             replicas=max(1, message.replicas),
             zones={n.address: n.zone for n in message.nodes if n.zone},
+            spiffe_ids={n.address: n.spiffe_id for n in message.nodes if n.spiffe_id},
         )
         problem = _problem(SimpleNamespace(**fields))
         if problem is not None:
@@ -298,8 +312,8 @@ def _problem(m: ShardMap | SimpleNamespace) -> str | None:
         return "one owner and one epoch per slot"
     if not all(owner in m.nodes for owner in set(m.owners)):
         return "every owner is a known node"
-    if not set(m.ids) <= set(m.nodes) or not set(m.zones) <= set(m.nodes):
-        return "ids and zones only of known nodes"
+    if not set(m.ids) <= set(m.nodes) or not set(m.zones) <= set(m.nodes) or not set(m.spiffe_ids) <= set(m.nodes):
+        return "ids, zones and identities only of known nodes"
     moving = [move.slot for move in m.migrations]
     if len(moving) != len(set(moving)):
         return "at most one move per slot"

@@ -103,15 +103,30 @@ def show(directory: str) -> list[str]:
     lines = []
     for path in sorted(Path(directory).glob("*.pem")):
         cert = x509.load_pem_x509_certificate(path.read_bytes())
-        try:
-            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            names = x509.SubjectAlternativeName([])
-        uris = [u for u in names.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(SPIFFE_PREFIX)]
+        names = _alternative_names(cert)
+        uris = _spiffe_uris(names)
         hosts = [*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress))]
         who = uris[0] if uris else cert.subject.rfc4514_string()
         lines.append(f"{path.name:<16} {who:<40} until {cert.not_valid_after_utc:%Y-%m-%d}  {' '.join(hosts)}")
     return lines
+
+
+def identity_of(pem: bytes) -> Identity | None:
+    """The yunkai identity a certificate (its first, in a PEM chain) proves: its one
+    spiffe://yunkai/ URI SAN, or None without exactly one well-formed one."""
+    uris = _spiffe_uris(_alternative_names(x509.load_pem_x509_certificate(pem)))
+    return Identity.parse(uris[0]) if len(uris) == 1 else None
+
+
+def _alternative_names(cert: x509.Certificate) -> x509.SubjectAlternativeName:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return x509.SubjectAlternativeName([])
+
+
+def _spiffe_uris(names: x509.SubjectAlternativeName) -> list[str]:
+    return [u for u in names.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(SPIFFE_PREFIX)]
 
 
 def _make_ca(base: Path, file: str, title: str) -> list[Path]:

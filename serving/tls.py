@@ -114,6 +114,12 @@ class Tls:
         ca, cert, key = (p.read_bytes() for p in paths)
         return cls(directory, name, ca, cert, key)
 
+    def identity(self) -> Identity | None:
+        """The identity this process's own certificate proves (None if it proves none)."""
+        from serving import certs  # cryptography, loaded only by the processes that need it
+
+        return certs.identity_of(self.cert)
+
     def server_credentials(self) -> grpc.ServerCredentials:
         """Serve TLS and require a client certificate signed by the CA (mutual TLS)."""
         return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True)

@@ -282,6 +282,19 @@ def test_a_server_without_certificates_refuses_to_start_unless_insecure(tmp_path
     assert "plaintext, no identities" in plain.log_tail(200)
 
 
+def test_a_node_with_another_roles_certificate_refuses_to_start(tmp_path: Path) -> None:
+    """A node speaks for its slots' accounts with its certificate: it must prove a node's identity."""
+    node = [sys.executable, "-m", "cluster.cli", "node", "--data-dir", str(tmp_path / "n"), "--port", "0"]
+    started = subprocess.run(
+        [*node, "--tls-name", "router"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0
+    assert "proves spiffe://yunkai/router/router, not a node's" in started.stderr, started.stderr
+
+
 def test_the_sdk_without_certificates_says_what_to_do(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
     elsewhere = str(Path(tls().directory) / "nowhere")
     monkeypatch.delenv(TLS_DIR_ENV)

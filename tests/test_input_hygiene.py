@@ -5,6 +5,7 @@ is its user's alone."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import threading
@@ -16,9 +17,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from clients.ledger import LedgerClient
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess
 from proto import ledger_pb2 as pb, ledger_pb2_grpc
+from router import routing
+from serving import authz
+from serving.tls import Identity
 from tests.conftest import NodeHandle, channel, fresh
 
 CNY = 156
@@ -313,3 +318,29 @@ def test_a_nodes_data_directory_is_0700_and_its_files_0600(tmp_path: Path) -> No
 def test_a_routers_data_directory_is_0700_and_its_files_0600(cluster: LocalCluster) -> None:
     assert cluster.router is not None
     assert _assert_private(cluster.router.data_dir, skip=(cluster.router.log_path,)) >= 1  # the shard map
+
+
+def test_coalescers_of_callers_gone_are_dropped(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A router keeps a coalescer per (node, method, caller); callers come and go, and the idle
+    ones are dropped past routing.COALESCERS_KEPT, so many callers over time cost no memory."""
+    monkeypatch.setattr(routing, "COALESCERS_KEPT", 4)
+    with channel(cluster.address, "service") as to_router:
+        debit, _credit = open_pair(ledger_pb2_grpc.LedgerStub(to_router))
+
+    async def many_callers() -> int:
+        client = await LedgerClient.connect(cluster.address)
+        try:
+            router = client._routing
+            for index in range(20):
+                token = authz.CALLER.set(Identity("service", f"passer-{index}"))
+                try:
+                    (found,) = await router.lookup_accounts([debit], timeout_s=10)
+                finally:
+                    authz.CALLER.reset(token)
+                assert found.code == pb.OK, found
+            return len(router._coalescers)
+        finally:
+            await client.close()
+
+    # One lookup per caller: each caller's coalescer is idle by the time the next caller comes.
+    assert asyncio.run(many_callers()) <= 4 + 1

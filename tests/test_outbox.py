@@ -61,9 +61,17 @@ class Pair:
             node_pb2.SlotOwnership(slot=slot, epoch=1, owner=self.nodes[slot * 2 // SLOTS].process.address)
             for slot in range(SLOTS)
         ]
+        # Each node's certificate identity, as a controller records it: legs are checked against it.
+        spiffe_ids = {
+            node.process.address: node.admin.GetSlots(node_pb2.GetSlotsRequest(summary=True), timeout=10).spiffe_id
+            for node in self.nodes
+        }
         for node in self.nodes:
             node.admin.AssignSlots(
-                node_pb2.AssignSlotsRequest(map_version=1, self_address=node.process.address, slots=table), timeout=10
+                node_pb2.AssignSlotsRequest(
+                    map_version=1, self_address=node.process.address, slots=table, spiffe_ids=spiffe_ids
+                ),
+                timeout=10,
             )
 
     def node_of(self, account_id: str) -> NodeHandle:

@@ -24,6 +24,8 @@ from node.keys import account_slot
 from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc, node_pb2, node_pb2_grpc
 from router.shardmap import ShardMap
 from router.slots import slot_of
+from serving import certs
+from serving.tls import Tls
 from tests.conftest import NodeHandle, channel, fresh
 from tests.test_outbox import CODE, LEDGER, SLOTS, Pair, balances, eventually, on, resolve, transfer
 
@@ -307,3 +309,58 @@ def test_the_books_balance_across_cross_node_transfers_and_cluster_status_shows_
         check=True,
     )
     assert f"books: balanced: sum of debits = sum of credits = {moved:,} fen" in table.stdout
+
+
+def test_a_node_cannot_credit_for_a_debit_slot_another_node_leads(cluster: LocalCluster) -> None:
+    """The shard map records each node's certificate identity; a credit node applies a leg only
+    from the identity of its debit slot's primary. Another node of the cluster, or a node
+    certificate the cluster has never seen, cannot move money out of accounts it does not lead."""
+    assert cluster.tls_dir is not None
+    with channel(cluster.address, "service") as to_router:
+        reply = cluster_pb2_grpc.ClusterStub(to_router).GetShardMap(cluster_pb2.GetShardMapRequest(), timeout=10)
+    shard_map = ShardMap.from_proto(reply)
+    names = {node.address: f"node-{i}" for i, node in enumerate(cluster.nodes, 1)}  # LocalCluster's certificates
+    assert dict(shard_map.spiffe_ids) == {a: f"spiffe://yunkai/node/{n}" for a, n in names.items()}
+    for node in cluster.nodes:
+        with channel(node.address, "operator") as to_node:
+            reported = node_pb2_grpc.NodeStub(to_node).GetSlots(node_pb2.GetSlotsRequest(summary=True), timeout=10)
+        assert reported.spiffe_id == shard_map.spiffe_ids[node.address]
+    first, second = sorted(shard_map.nodes)
+
+    def on_node(address: str) -> str:
+        while True:
+            account_id = fresh("s")
+            if shard_map.owners[slot_of(account_id, shard_map.slots_total)] == address:
+                return account_id
+
+    debit, credit = on_node(first), on_node(second)
+    with channel(cluster.address, "service") as to_router:
+        opened = ledger_pb2_grpc.LedgerStub(to_router).CreateAccounts(
+            pb.CreateAccountsRequest(accounts=[pb.Account(id=a, ledger=LEDGER, code=CODE) for a in (debit, credit)]),
+            timeout=10,
+        )
+    assert [r.code for r in opened.results] == [pb.OK, pb.OK]
+    before = status_of(cluster).books
+    slot = slot_of(credit, shard_map.slots_total)
+    forged = node_pb2.ApplyCreditLegsRequest(
+        legs=[leg_of(node_pb2.LEG_CREDIT, debit, fresh("t"), credit, amount=FORGED_FEN)],
+        fence=pb.Fence(slots=[slot], epochs=[shard_map.epochs[slot]]),
+    )
+    certs.issue(cluster.tls_dir, "node", "rogue")
+    # The credit node's own certificate, and a node certificate no map names: neither leads the debit slot.
+    for name in (names[second], "rogue"):
+        credentials = Tls.load(cluster.tls_dir, name).channel_credentials()
+        with grpc.secure_channel(second, credentials) as to_credit_node:
+            stub = node_pb2_grpc.NodeStub(to_credit_node)
+            for _ in range(SENT_AGAIN):
+                (result,) = stub.ApplyCreditLegs(forged, timeout=10).results
+                assert (result.code, result.field) == (pb.DEBIT_ACCOUNT_NOT_FOUND, "sender"), name
+    with channel(cluster.address, "service") as to_router:
+        looked = ledger_pb2_grpc.LedgerStub(to_router).LookupAccounts(
+            pb.LookupAccountsRequest(ids=[credit]), timeout=10
+        )
+    assert (looked.results[0].code, looked.results[0].account.credits_posted) == (pb.OK, 0)
+    after = eventually(
+        lambda: (s := status_of(cluster).books).state == cluster_pb2.BOOKS_BALANCED and s, "the books balance"
+    )
+    assert (after.debits, after.credits) == (before.debits, before.credits)
