@@ -137,6 +137,31 @@ def test_a_client_with_a_stale_map_is_corrected_and_never_applies_twice(cluster:
     asyncio.run(scenario())
 
 
+def test_callers_that_find_their_map_stale_together_share_the_fetch(cluster: LocalCluster) -> None:
+    """Hundreds of calls retrying at once (a node failed) refresh the SDK's map with a few
+    fetches, not one each in turn (which held the last of 300 callers for 6-9 s)."""
+
+    async def scenario() -> tuple[int, list[int]]:
+        async with await LedgerClient.connect(cluster.address) as ledger:
+            maps = ledger._maps
+            seen = maps.current().version
+            fetched = 0
+            fetch = maps.fetch
+
+            async def counted() -> ShardMap:
+                nonlocal fetched
+                fetched += 1
+                return await fetch()
+
+            maps.fetch = counted  # type: ignore[method-assign]  # the real fetch, counted
+            versions = await asyncio.gather(*(maps.refresh(seen) for _ in range(200)))
+            return fetched, [m.version for m in versions]
+
+    fetched, versions = asyncio.run(scenario())
+    assert 1 <= fetched <= 2, fetched  # one in flight when the rest ask: they take the next, or it
+    assert set(versions) == {versions[0]}
+
+
 def test_the_router_refuses_a_malformed_batch_before_any_node_applies_part(cluster: LocalCluster) -> None:
     with SyncLedgerClient(cluster.address) as ledger:
         tags = [fresh("m") for _ in range(6)]
