@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
@@ -237,8 +238,14 @@ def _collect(channel: Any, drivers: list[Any], count: int, timeout_s: float, wha
         try:
             item = channel.get(timeout=0.5)
         except queue.Empty:
-            if time.monotonic() > deadline or any(d.exitcode not in (None, 0) for d in drivers):
-                raise RuntimeError(f"a driver process failed or hung before sending its {what}") from None
+            failed = [d.exitcode for d in drivers if d.exitcode not in (None, 0)]
+            if time.monotonic() > deadline or failed:
+                with contextlib.suppress(queue.Empty):  # a driver that failed said why: show it
+                    while not isinstance(item := channel.get(timeout=1.0), str):
+                        items.append(item)
+                    raise RuntimeError(f"a driver process failed: {item}") from None
+                how = f"exited with {failed[0]}" if failed else f"sent nothing within {timeout_s:.0f} s"
+                raise RuntimeError(f"a driver process failed or hung before sending its {what} ({how})") from None
             continue
         if isinstance(item, str):
             raise RuntimeError(f"a driver process failed: {item}")
