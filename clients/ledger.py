@@ -343,7 +343,9 @@ class RouterMapSource:
         """A map newer than `seen_version`, or, if the routers have none, the newest they serve."""
         asked_after = self._fetches_started  # fetches started before this caller asked
         while self._map is None or self._map.version <= seen_version:
-            if self._fetching is None:
+            # A fetch that has ended is never waited on again: its callback clearing it may not
+            # have run yet, and awaiting a done future does not yield (the loop would spin).
+            if self._fetching is None or self._fetching.done():
                 self._fetches_started += 1
                 self._fetching = asyncio.ensure_future(self.fetch())
                 self._fetching.add_done_callback(self._fetched)

@@ -162,6 +162,25 @@ def test_callers_that_find_their_map_stale_together_share_the_fetch(cluster: Loc
     assert set(versions) == {versions[0]}
 
 
+def test_a_refresh_never_waits_on_a_fetch_that_has_ended(cluster: LocalCluster) -> None:
+    """A fetch ends and its callbacks are queued; a caller that refreshes before they run must
+    start a new fetch, not await the ended one again and again (that spun the SDK's loop
+    forever and hung every call, as a node failed over under load)."""
+
+    async def scenario() -> int:
+        async with await LedgerClient.connect(cluster.address) as ledger:
+            maps = ledger._maps
+            seen = maps.current().version
+            ended: asyncio.Future[ShardMap] = asyncio.get_running_loop().create_future()
+            ended.set_result(maps.current())
+            maps._fetching = ended  # ended, not yet cleared by its callback
+            maps._fetches_started += 1
+            fresh = await asyncio.wait_for(maps.refresh(seen), 10)
+            return fresh.version
+
+    assert asyncio.run(scenario()) >= 1
+
+
 def test_the_router_refuses_a_malformed_batch_before_any_node_applies_part(cluster: LocalCluster) -> None:
     with SyncLedgerClient(cluster.address) as ledger:
         tags = [fresh("m") for _ in range(6)]
