@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from serving.tls import ROLES, SERVER_ROLES, SPIFFE_PREFIX, TLS_DIR_ENV, Identity, check_name
+from serving.tls import ROLES, SERVER_ROLES, TLS_DIR_ENV, Identity, check_name, spiffe_uris
 
 DAYS_DEFAULT = 365
 CA_DAYS = 3650
@@ -104,18 +104,11 @@ def show(directory: str) -> list[str]:
     for path in sorted(Path(directory).glob("*.pem")):
         cert = x509.load_pem_x509_certificate(path.read_bytes())
         names = _alternative_names(cert)
-        uris = _spiffe_uris(names)
+        uris = spiffe_uris(cert)
         hosts = [*names.get_values_for_type(x509.DNSName), *map(str, names.get_values_for_type(x509.IPAddress))]
         who = uris[0] if uris else cert.subject.rfc4514_string()
         lines.append(f"{path.name:<16} {who:<40} until {cert.not_valid_after_utc:%Y-%m-%d}  {' '.join(hosts)}")
     return lines
-
-
-def identity_of(pem: bytes) -> Identity | None:
-    """The yunkai identity a certificate (its first, in a PEM chain) proves: its one
-    spiffe://yunkai/ URI SAN, or None without exactly one well-formed one."""
-    uris = _spiffe_uris(_alternative_names(x509.load_pem_x509_certificate(pem)))
-    return Identity.parse(uris[0]) if len(uris) == 1 else None
 
 
 def _alternative_names(cert: x509.Certificate) -> x509.SubjectAlternativeName:
@@ -123,10 +116,6 @@ def _alternative_names(cert: x509.Certificate) -> x509.SubjectAlternativeName:
         return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return x509.SubjectAlternativeName([])
-
-
-def _spiffe_uris(names: x509.SubjectAlternativeName) -> list[str]:
-    return [u for u in names.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(SPIFFE_PREFIX)]
 
 
 def _make_ca(base: Path, file: str, title: str) -> list[Path]:

@@ -116,9 +116,7 @@ class Tls:
 
     def identity(self) -> Identity | None:
         """The identity this process's own certificate proves (None if it proves none)."""
-        from serving import certs  # cryptography, loaded only by the processes that need it
-
-        return certs.identity_of(self.cert)
+        return certificate_identity(self.cert)
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Serve TLS and require a client certificate signed by the CA (mutual TLS)."""
@@ -129,6 +127,26 @@ class Tls:
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
         )
+
+
+def certificate_identity(pem: bytes) -> Identity | None:
+    """The yunkai identity a certificate (the first of a PEM chain) proves: its one
+    spiffe://yunkai/ URI SAN, or None without exactly one well-formed one."""
+    from cryptography import x509  # loaded only by the processes that read a certificate
+
+    uris = spiffe_uris(x509.load_pem_x509_certificate(pem))
+    return Identity.parse(uris[0]) if len(uris) == 1 else None
+
+
+def spiffe_uris(cert: Any) -> list[str]:
+    """The spiffe://yunkai/ URI SANs of a cryptography x509.Certificate."""
+    from cryptography import x509
+
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [u for u in names.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(SPIFFE_PREFIX)]
 
 
 ETCD_FILES = ("etcd-ca.pem", "etcd-client.pem", "etcd-client.key")
