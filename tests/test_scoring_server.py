@@ -334,15 +334,22 @@ def test_concurrent_calls_share_runs_and_each_gets_its_own_rows_scores(
     calls = 64
     rows = data.features[:calls]
     want = expected(registry_dir, 2, rows)
-    runs_before = server.metric("yunkai_scoring_batch_rows_count")
-    with ThreadPoolExecutor(16) as pool:
-        replies = list(
-            pool.map(lambda i: server.stub.ModelInfer(raw_request(rows[i : i + 1]), timeout=5), range(calls))
-        )
-    got = np.concatenate([np.frombuffer(r.raw_output_contents[0], dtype="<f4") for r in replies])
-    assert np.allclose(got, want, atol=1e-6, rtol=0)
-    runs = server.metric("yunkai_scoring_batch_rows_count") - runs_before
-    assert 1 <= runs < calls, f"{calls} concurrent calls took {runs} onnxruntime runs"
+    runs_seen: list[float] = []
+    # Whether calls overlap enough to share a run depends on the machine's pace: each burst
+    # must score every row right, and one of a few bursts must share runs.
+    for _burst in range(3):
+        runs_before = server.metric("yunkai_scoring_batch_rows_count")
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(
+                pool.map(lambda i: server.stub.ModelInfer(raw_request(rows[i : i + 1]), timeout=5), range(calls))
+            )
+        got = np.concatenate([np.frombuffer(r.raw_output_contents[0], dtype="<f4") for r in replies])
+        assert np.allclose(got, want, atol=1e-6, rtol=0)
+        runs_seen.append(server.metric("yunkai_scoring_batch_rows_count") - runs_before)
+        assert 1 <= runs_seen[-1] <= calls, runs_seen
+        if runs_seen[-1] < calls:
+            break
+    assert min(runs_seen) < calls, f"{calls} concurrent calls took {runs_seen} onnxruntime runs in each burst"
     assert server.metric('yunkai_scoring_drift_psi{model="credit_risk",version="2"}') >= 0.0
 
 
