@@ -233,6 +233,14 @@ def test_legs_with_amounts_that_do_not_match_are_refused_and_move_nothing(pair: 
 # --- the cluster's books --------------------------------------------------------------------------
 
 
+def account_on(shard_map: ShardMap, address: str, prefix: str) -> str:
+    """A fresh account id whose slot the node at `address` owns by `shard_map`."""
+    while True:
+        account_id = fresh(prefix)
+        if shard_map.owners[slot_of(account_id, shard_map.slots_total)] == address:
+            return account_id
+
+
 def status_of(cluster: LocalCluster) -> cluster_pb2.StatusResponse:
     with channel(cluster.address, "operator") as to_router:
         reply: cluster_pb2.StatusResponse = cluster_pb2_grpc.ClusterStub(to_router).Status(
@@ -247,14 +255,8 @@ def test_the_books_balance_across_cross_node_transfers_and_cluster_status_shows_
             cluster_pb2_grpc.ClusterStub(to_router).GetShardMap(cluster_pb2.GetShardMapRequest(), timeout=10)
         )
         first, second = sorted(shard_map.nodes)
-
-        def on_node(address: str) -> str:
-            while True:
-                account_id = fresh("b")
-                if shard_map.owners[slot_of(account_id, shard_map.slots_total)] == address:
-                    return account_id
-
-        a1, a2, b1, b2 = on_node(first), on_node(first), on_node(second), on_node(second)
+        a1, a2 = account_on(shard_map, first, "b"), account_on(shard_map, first, "b")
+        b1, b2 = account_on(shard_map, second, "b"), account_on(shard_map, second, "b")
         ledger = ledger_pb2_grpc.LedgerStub(to_router)
         opened = ledger.CreateAccounts(
             pb.CreateAccountsRequest(accounts=[pb.Account(id=a, ledger=LEDGER, code=CODE) for a in (a1, a2, b1, b2)]),
@@ -326,14 +328,7 @@ def test_a_node_cannot_credit_for_a_debit_slot_another_node_leads(cluster: Local
             reported = node_pb2_grpc.NodeStub(to_node).GetSlots(node_pb2.GetSlotsRequest(summary=True), timeout=10)
         assert reported.spiffe_id == shard_map.spiffe_ids[node.address]
     first, second = sorted(shard_map.nodes)
-
-    def on_node(address: str) -> str:
-        while True:
-            account_id = fresh("s")
-            if shard_map.owners[slot_of(account_id, shard_map.slots_total)] == address:
-                return account_id
-
-    debit, credit = on_node(first), on_node(second)
+    debit, credit = account_on(shard_map, first, "s"), account_on(shard_map, second, "s")
     with channel(cluster.address, "service") as to_router:
         opened = ledger_pb2_grpc.LedgerStub(to_router).CreateAccounts(
             pb.CreateAccountsRequest(accounts=[pb.Account(id=a, ledger=LEDGER, code=CODE) for a in (debit, credit)]),
