@@ -375,17 +375,19 @@ class Engine:
         recording = self.changelog.following() or self.slots.sealed_count() > 0 or replicating
         ops: list[Op] | None = [] if recording else None
         batch, published = overlay.write_batch(self.clock.last, ops)
-        entries: dict[int, tuple[int, int, list[Op]]] = {}
+        by_slot: dict[int, tuple[int, int, list[Op]]] = {}
         if ops:
             self._check_unsealed(ops)
             if replicating:
-                entries = self._entries(ops, batch)
+                by_slot = self._entries(ops, batch)
             if self.changelog.following():
                 self.changelog.capture(ops, self.storage.get)
         for key, value in meta_puts:
             batch.put(key, value)
-        if entries:
+        entries: dict[int, bytes] = {}
+        if by_slot:
             assert self.replicator is not None
+            entries = self.replicator.encode(by_slot)
             batch.put(keys.REPLICATING, self.replicator.record(entries))
         started = time.perf_counter()
         self.storage.write(batch)
@@ -394,7 +396,7 @@ class Engine:
         self.books.committed(overlay.moved, overlay.across)
         failed: set[int] = set()
         if entries:
-            for slot, (epoch, seq, _ops) in entries.items():
+            for slot, (epoch, seq, _ops) in by_slot.items():
                 self.slots[slot].seq_epoch, self.slots[slot].seq = epoch, seq
             assert self.replicator is not None
             self._in_flight = frozenset(entries)

@@ -65,10 +65,12 @@ class NodeService:
             "StartExport": self.start_export,
             "FreezeSlot": self.freeze_slot,
             "AbortMove": self.abort_move,
-            "Replicate": self.replicate,
             "SilentFollowers": self.silent_followers,
         }
-        streams = {"ImportSlot": grpc.stream_unary_rpc_method_handler(self.import_slot)}
+        streams = {
+            "ImportSlot": grpc.stream_unary_rpc_method_handler(self.import_slot),
+            "Replicate": grpc.stream_stream_rpc_method_handler(self.replicate),
+        }
         return serving.unary_service(
             NODE_SERVICE, methods, REFUSALS, metrics.requests_total, metrics.request_latency_s, log, streams
         )
@@ -167,9 +169,20 @@ class NodeService:
 
     # --- replication (node/replication.py) ----------------------------------------------------
 
-    async def replicate(self, data: bytes, context: Context) -> Message:
-        request = parse_request(node_pb2.ReplicateRequest, data)
-        return self.replica.apply(request)
+    async def replicate(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        """A primary's link (node/replication.py): each request written and answered in order.
+        A request that does not parse, or is refused whole, ends the stream."""
+        sender = authz.caller()
+        uri = "" if sender is authz.ANONYMOUS else sender.uri
+        async for data in requests:
+            try:
+                reply = self.replica.apply(parse_request(node_pb2.ReplicateRequest, data), uri)
+            except (BadRequest, ReplicaRefused) as error:
+                code = serving.refusal(error, REFUSALS)
+                assert code is not None
+                log.info("a replication request was refused", extra={"status": code.name, "reason": str(error)})
+                await context.abort(code, str(error))
+            yield reply.SerializeToString()
 
     async def silent_followers(self, data: bytes, context: Context) -> Message:
         request = parse_request(node_pb2.SilentFollowersRequest, data)

@@ -13,9 +13,14 @@ Terms
                  writes it counts: every copy of a slot says how far it is, and a copy made by
                  a move carries it along.
   entry          (slot, epoch, seq, ops): what one group commit wrote to one slot.
-  link           The primary node's calls to one follower node: one Replicate at a time,
-                 carrying the entries of every slot the two share, written by the follower
-                 all or nothing.
+  link           The primary node's stream to one follower node (Node.Replicate: one stream
+                 per node pair, kept open): one request at a time, each answered before the
+                 next is sent, carrying the entries of every slot the two share, written by
+                 the follower all or nothing. A request not answered within CALL_TIMEOUT_S,
+                 or a broken stream, ends the stream (the next request opens another): the
+                 follower may have written what it did not answer, so the next request
+                 carries it again and is taken as a resend. Each entry is encoded once per
+                 cycle and the same bytes go to every follower (and into keys.REPLICATING).
 
 The primary (node/engine.py's committer and Replicator below)
   1. Each cycle's batch gets, for every touched slot that has followers, the next seq and
@@ -58,6 +63,9 @@ The primary (node/engine.py's committer and Replicator below)
 
 The follower (Replica below, behind Node.Replicate)
   * A call from a node its table marks down is refused whole: that node's leases lapse.
+  * A call whose caller's certificate is not the identity the table records for the node it
+    names as `primary` is refused whole (the shard map records each node's identity: only
+    a slot's primary may write its copies).
   * Each entry must come from the slot's primary by the follower's table, at an epoch no
     newer than the table's (a newer one waits for AssignSlots: the primary retries), for a
     slot this node follows; its seq must be the slot's next, or be exactly the (epoch, seq)
@@ -68,6 +76,7 @@ The follower (Replica below, behind Node.Replicate)
     otherwise all entries are written in one WriteBatch with sync=True, then acknowledged.
   * A call is refused whole when it comes from a node the table marks down, asks for a lease
     outside LEASE_MS_MIN..MAX, or carries a clock more than CLOCK_AHEAD_MAX_NS past this host's.
+    A refused call ends the stream with FAILED_PRECONDITION.
   * Promoted (AssignSlots names it primary of a slot it followed): it serves the slot only
     after lease x (1 + DRIFT) has passed since it last acknowledged the old primary, by when
     the old primary's lease has lapsed; it loads the slot's outbox and pending expiries.
@@ -97,7 +106,7 @@ from node.changelog import Op
 from node.clock import Clock
 from node.slots import SlotTable
 from node.storage import Storage
-from proto import node_pb2, node_pb2_grpc
+from proto import node_pb2
 
 log = logging.getLogger("yunkai.node.replication")
 
@@ -106,6 +115,7 @@ LEASE_MS_MIN, LEASE_MS_MAX = 100, 60_000  # a peer asking for more is refused (p
 CLOCK_AHEAD_MAX_NS = 600 * 10**9  # a primary's clock this far past ours is refused (a broken host)
 DRIFT = 0.1  # clocks of two hosts may run this much apart in rate over a lease
 CALL_TIMEOUT_S = 2.0
+REPLICATE_METHOD = "/yunkai.node.v1.Node/Replicate"
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
@@ -138,7 +148,6 @@ def load_seqs(storage: Storage, slots: SlotTable) -> None:
 class _Link:
     """Calls to one follower node."""
 
-    stub: node_pb2_grpc.NodeStub
     channel: grpc.aio.Channel
     leases: dict[int, float] = field(default_factory=dict)  # slot -> monotonic time its lease holds until
     last_ok: float = 0.0  # when the last call whose entries it all wrote was sent
@@ -147,6 +156,7 @@ class _Link:
     refusing_since: float = 0.0  # when it began refusing our entries (0: it takes them)
     since: float = field(default_factory=time.monotonic)  # when it last became a follower node of ours
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stream: grpc.aio.StreamStreamCall | None = None  # the open Replicate stream, if any
 
 
 class Replicator:
@@ -179,7 +189,7 @@ class Replicator:
         link = self._links.get(address)
         if link is None:
             channel = serving.channel(address, self._credentials, _CHANNEL_OPTIONS)
-            link = self._links[address] = _Link(node_pb2_grpc.NodeStub(channel), channel)
+            link = self._links[address] = _Link(channel)
         return link
 
     def lease_ok(self, slot: int, followers: Sequence[str]) -> bool:
@@ -209,11 +219,11 @@ class Replicator:
                 quiet.append(follower)
         return quiet
 
-    async def replicate(self, by_slot: Mapping[int, tuple[int, int, list[Op]]]) -> set[int]:
-        """Ship one cycle's entries (slot -> (epoch, seq, ops)); return once every follower of
-        each slot's current configuration has them, with the slots that failed (this node is
-        no longer their primary)."""
-        pending = dict(by_slot)
+    async def replicate(self, encoded: Mapping[int, bytes]) -> set[int]:
+        """Ship one cycle's entries (slot -> its entry, `encode`d); return once every follower
+        of each slot's current configuration has them, with the slots that failed (this node
+        is no longer their primary)."""
+        pending = dict(encoded)
         failed: set[int] = set()
         acked: dict[int, set[str]] = {slot: set() for slot in pending}
         attempt = 0
@@ -238,7 +248,7 @@ class Replicator:
                 # its followers may not have (the cycle is shipped again at the next start).
                 return failed | set(pending)
             results = await asyncio.gather(
-                *(self._ship(follower, [(s, *pending[s]) for s in slots]) for follower, slots in needs.items())
+                *(self._call(follower, slots, b"".join(pending[s] for s in slots)) for follower, slots in needs.items())
             )
             for (follower, slots), ok in zip(needs.items(), results, strict=True):
                 if ok:
@@ -252,61 +262,93 @@ class Replicator:
                 attempt += 1
 
     @staticmethod
-    def record(by_slot: Mapping[int, tuple[int, int, list[Op]]]) -> bytes:
+    def encode(by_slot: Mapping[int, tuple[int, int, list[Op]]]) -> dict[int, bytes]:
+        """Each slot's entry (slot -> (epoch, seq, ops)) as the bytes of a ReplicateRequest that
+        holds just it: requests are these joined (a message's encodings concatenated are the
+        message with their repeated fields joined), so each entry is encoded once a cycle."""
+        encoded: dict[int, bytes] = {}
+        for slot, (epoch, seq, ops) in by_slot.items():
+            request = node_pb2.ReplicateRequest()
+            entry = request.entries.add(slot=slot, epoch=epoch, seq=seq)
+            for key, value in ops:
+                if value is None:
+                    entry.ops.add(key=key, deleted=True)
+                else:
+                    entry.ops.add(key=key, value=value)
+            encoded[slot] = request.SerializeToString()
+        return encoded
+
+    @staticmethod
+    def record(encoded: Mapping[int, bytes]) -> bytes:
         """The cycle's entries as kept in its own batch (keys.REPLICATING): a primary that stops
         or crashes before its followers have them ships them again when it starts (1b)."""
-        request = node_pb2.ReplicateRequest()
-        for slot, (epoch, seq, ops) in by_slot.items():
-            _add_entry(request, slot, epoch, seq, ops)
-        return request.SerializeToString()
+        return b"".join(encoded.values())
 
-    def unfinished(self, record: bytes | None) -> dict[int, tuple[int, int, list[Op]]]:
-        """The recorded cycle's entries still to ship at startup: those of slots this node
-        still leads with followers, where the entry is still the slot's latest batch (a later
-        one means this one was acknowledged)."""
+    def unfinished(self, record: bytes | None) -> dict[int, bytes]:
+        """The recorded cycle's entries still to ship at startup (`encode`d): those of slots this
+        node still leads with followers, where the entry is still the slot's latest batch (a
+        later one means this one was acknowledged)."""
         if not record:
             return {}
         request = node_pb2.ReplicateRequest.FromString(record)
-        entries: dict[int, tuple[int, int, list[Op]]] = {}
+        entries: dict[int, bytes] = {}
         for entry in request.entries:
             slot = self._slots[entry.slot]
             if slot.owned and slot.followers and (slot.seq_epoch, slot.seq) == (entry.epoch, entry.seq):
-                ops: list[Op] = [(op.key, None if op.deleted else op.value) for op in entry.ops]
-                entries[entry.slot] = (entry.epoch, entry.seq, ops)
+                entries[entry.slot] = node_pb2.ReplicateRequest(entries=[entry]).SerializeToString()
         return entries
 
-    async def _ship(self, follower: str, entries: Sequence[tuple[int, int, int, list[Op]]]) -> bool:
-        request = node_pb2.ReplicateRequest(primary=self._self_address(), lease_ms=self.lease_ms)
-        for slot, epoch, seq, ops in entries:
-            _add_entry(request, slot, epoch, seq, ops)
-        return await self._call(follower, request)
-
-    async def _call(self, follower: str, request: node_pb2.ReplicateRequest) -> bool:
-        """One call on the follower's link; whether it wrote every entry. The slots whose entries
-        it wrote and whose leases it granted are leased to us for a lease from the send."""
+    async def _call(
+        self, follower: str, slots: Sequence[int], entries: bytes = b"", lease: tuple[list[int], list[int]] = ([], [])
+    ) -> bool:
+        """One request on the follower's link: the `entries` of `slots` (`encode`d, joined) and
+        the leases asked for; whether it wrote every entry. The slots whose entries it wrote and
+        whose leases it granted are leased to us for a lease from the send."""
         link = self._link(follower)
-        async with link.busy:  # one call at a time on a link: the follower sees them in order
+        lease_slots, lease_epochs = lease
+        async with link.busy:  # one request at a time on a link: the follower sees them in order
             sent = time.monotonic()
-            request.clock_ns = self._clock.last
+            head = node_pb2.ReplicateRequest(
+                primary=self._self_address(),
+                lease_ms=self.lease_ms,
+                clock_ns=self._clock.last,
+                lease_slots=lease_slots,
+                lease_epochs=lease_epochs,
+            )
             try:
-                reply: node_pb2.ReplicateResponse = await link.stub.Replicate(request, timeout=CALL_TIMEOUT_S)
+                if link.stream is None:
+                    link.stream = link.channel.stream_stream(
+                        REPLICATE_METHOD, response_deserializer=node_pb2.ReplicateResponse.FromString
+                    )()
+                async with asyncio.timeout(CALL_TIMEOUT_S):
+                    await link.stream.write(head.SerializeToString() + entries)
+                    reply = await link.stream.read()
+                if reply is grpc.aio.EOF:
+                    raise ConnectionError("the follower ended the stream")
             except grpc.aio.AioRpcError as error:
+                _end(link)
                 self._warn(follower, f"{error.code().name}: {error.details()}")
                 return False
-            if len(reply.results) != len(request.entries):
-                self._warn(follower, f"{len(reply.results)} results for {len(request.entries)} entries")
+            except (grpc.aio.UsageError, asyncio.InvalidStateError, TimeoutError, ConnectionError) as error:
+                _end(link)
+                self._warn(follower, repr(error))
+                return False
+            assert isinstance(reply, node_pb2.ReplicateResponse)
+            if len(reply.results) != len(slots):
+                self._warn(follower, f"{len(reply.results)} results for {len(slots)} entries")
+                _end(link)
                 return False
             until = sent + self.lease_s
             leases = link.leases
-            for entry, result in zip(request.entries, reply.results, strict=True):
-                if result.ok and leases.get(entry.slot, 0.0) < until:
-                    leases[entry.slot] = until
+            for slot, result in zip(slots, reply.results, strict=True):
+                if result.ok and leases.get(slot, 0.0) < until:
+                    leases[slot] = until
             refused = set(reply.refused_leases)
             refused_since = link.refused
-            for entry, result in zip(request.entries, reply.results, strict=True):
+            for slot, result in zip(slots, reply.results, strict=True):
                 if result.ok:
-                    refused_since.pop(entry.slot, None)
-            for slot in request.lease_slots:
+                    refused_since.pop(slot, None)
+            for slot in lease_slots:
                 if slot in refused:
                     refused_since.setdefault(slot, sent)
                 else:
@@ -316,7 +358,7 @@ class Replicator:
             written = all(r.ok for r in reply.results)
             if not written and not link.refusing_since:
                 link.refusing_since = sent
-            elif written and request.entries:
+            elif written and slots:
                 link.refusing_since = 0.0
             if written:
                 link.last_ok = max(link.last_ok, sent)
@@ -393,24 +435,21 @@ class Replicator:
         if named is None:
             led = [slot for slot in self._slots if slot.owned and follower in slot.followers]
             named = self._lease_lists[follower] = ([s.number for s in led], [s.epoch for s in led])
-        request = node_pb2.ReplicateRequest(
-            primary=self._self_address(), lease_ms=self.lease_ms, lease_slots=named[0], lease_epochs=named[1]
-        )
-        await self._call(follower, request)
+        await self._call(follower, [], lease=named)
 
     async def close(self) -> None:
         for link in self._links.values():
+            _end(link)
             await link.channel.close()
         self._links.clear()
 
 
-def _add_entry(request: node_pb2.ReplicateRequest, slot: int, epoch: int, seq: int, ops: Sequence[Op]) -> None:
-    entry = request.entries.add(slot=slot, epoch=epoch, seq=seq)
-    for key, value in ops:
-        if value is None:
-            entry.ops.add(key=key, deleted=True)
-        else:
-            entry.ops.add(key=key, value=value)
+def _end(link: _Link) -> None:
+    """Give up the link's stream (broken, or a request not answered in time): the next request
+    opens another, and carries again what this one may not have delivered."""
+    if link.stream is not None:
+        link.stream.cancel()
+        link.stream = None
 
 
 def wait_out_leases(slots: SlotTable, lease_ms: int) -> None:
@@ -448,10 +487,11 @@ class Replica:
         lease = self._lease_s.get(old_primary, LEASE_MS_DEFAULT / 1000)
         return last + lease * (1 + DRIFT)
 
-    def apply(self, request: node_pb2.ReplicateRequest) -> node_pb2.ReplicateResponse:
+    def apply(self, request: node_pb2.ReplicateRequest, sender: str = "") -> node_pb2.ReplicateResponse:
         """Write a call's entries durably, all or none, and grant the leases it asks for that
-        this node's table agrees with (see the module's docstring)."""
-        whole = self._call_refusal(request)
+        this node's table agrees with (see the module's docstring). `sender`: the identity in
+        the caller's certificate ("" without TLS)."""
+        whole = self._call_refusal(request, sender)
         if whole:
             raise ReplicaRefused(whole)
         reply = node_pb2.ReplicateResponse()
@@ -495,10 +535,13 @@ class Replica:
             self._lease_s[request.primary] = max(self._lease_s.get(request.primary, 0.0), request.lease_ms / 1000)
         return reply
 
-    def _call_refusal(self, request: node_pb2.ReplicateRequest) -> str:
+    def _call_refusal(self, request: node_pb2.ReplicateRequest, sender: str) -> str:
         """Why the whole call is refused (a peer's input, checked), or ""."""
         if request.primary in self.down:
             return f"{request.primary} is down by this node's table"
+        if sender and self._slots.spiffe_ids.get(request.primary) != sender:
+            known = self._slots.spiffe_ids.get(request.primary)
+            return f"the caller is {sender}, but this node's table has {request.primary} as {known or 'no identity'}"
         if request.lease_ms and not LEASE_MS_MIN <= request.lease_ms <= LEASE_MS_MAX:
             return f"lease_ms {request.lease_ms} is not {LEASE_MS_MIN} to {LEASE_MS_MAX}"
         if request.clock_ns > time.time_ns() + CLOCK_AHEAD_MAX_NS:

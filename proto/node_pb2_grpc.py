@@ -74,7 +74,7 @@ class NodeStub:
                 request_serializer=proto_dot_node__pb2.AbortMoveRequest.SerializeToString,
                 response_deserializer=proto_dot_node__pb2.AbortMoveResponse.FromString,
                 _registered_method=True)
-        self.Replicate = channel.unary_unary(
+        self.Replicate = channel.stream_stream(
                 '/yunkai.node.v1.Node/Replicate',
                 request_serializer=proto_dot_node__pb2.ReplicateRequest.SerializeToString,
                 response_deserializer=proto_dot_node__pb2.ReplicateResponse.FromString,
@@ -139,8 +139,10 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Replicate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def Replicate(self, request_iterator, context):
+        """A primary's link to one follower node (node/replication.py): one stream, each request
+        answered in order by one response before the next is sent.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -194,7 +196,7 @@ def add_NodeServicer_to_server(servicer, server):
                     request_deserializer=proto_dot_node__pb2.AbortMoveRequest.FromString,
                     response_serializer=proto_dot_node__pb2.AbortMoveResponse.SerializeToString,
             ),
-            'Replicate': grpc.unary_unary_rpc_method_handler(
+            'Replicate': grpc.stream_stream_rpc_method_handler(
                     servicer.Replicate,
                     request_deserializer=proto_dot_node__pb2.ReplicateRequest.FromString,
                     response_serializer=proto_dot_node__pb2.ReplicateResponse.SerializeToString,
@@ -432,7 +434,7 @@ class Node:
             _registered_method=True)
 
     @staticmethod
-    def Replicate(request,
+    def Replicate(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -442,8 +444,8 @@ class Node:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
             '/yunkai.node.v1.Node/Replicate',
             proto_dot_node__pb2.ReplicateRequest.SerializeToString,

@@ -3,11 +3,13 @@
 Two or three real nodes on loopback, given slot tables directly (AssignSlots, as the
 controller would): a primary and its followers. Writes acknowledged by the primary survive its
 kill -9 on the follower promoted in its place; a follower refuses a deposed primary; a primary
-whose followers stop acknowledging stops serving within its lease.
+whose followers stop acknowledging stops serving within its lease; a follower takes a primary's
+stream only from the certificate the table names for it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,23 +17,37 @@ from contextlib import contextmanager
 import grpc
 import pytest
 
+from node import keys
 from node.keys import account_slot
-from proto import ledger_pb2 as pb, node_pb2
+from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
+from serving import certs
+from serving.tls import TLS_DIR_ENV, Tls
 from tests.conftest import NodeHandle, fresh, start_node
 
 LEDGER = 156
 S = 4096
 LEASE_MS = 500
+FORGED_FEN = 5_000_000
 
 
-def table(epoch: int, primary: str, followers: list[str], down: list[str] | None = None) -> node_pb2.AssignSlotsRequest:
-    """The whole slot table with one configuration for every slot."""
+def table(
+    epoch: int, primary: str, followers: list[str], ids: dict[str, str], down: list[str] | None = None
+) -> node_pb2.AssignSlotsRequest:
+    """The whole slot table with one configuration for every slot, and the nodes' identities
+    (`ids`: a follower takes a primary's stream only from the certificate the table names)."""
     return node_pb2.AssignSlotsRequest(
         map_version=epoch,
         slots=[node_pb2.SlotOwnership(slot=slot, epoch=epoch, owner=primary, followers=followers) for slot in range(S)],
         drop_released=True,
         down_nodes=down or [],
+        spiffe_ids=ids,
     )
+
+
+def identities(handles: list[NodeHandle]) -> dict[str, str]:
+    """Each node's address -> the identity its certificate proves (as the controller learns it)."""
+    summary = node_pb2.GetSlotsRequest(summary=True)
+    return {n.process.address: n.admin.GetSlots(summary, timeout=5).spiffe_id for n in handles}
 
 
 def assign(node: NodeHandle, request: node_pb2.AssignSlotsRequest, self_address: str) -> None:
@@ -41,8 +57,14 @@ def assign(node: NodeHandle, request: node_pb2.AssignSlotsRequest, self_address:
 
 
 @contextmanager
-def nodes(tmp_path_factory: pytest.TempPathFactory, count: int) -> Iterator[list[NodeHandle]]:
-    handles = [start_node(tmp_path_factory, "--join", "--lease-ms", str(LEASE_MS)) for _ in range(count)]
+def nodes(
+    tmp_path_factory: pytest.TempPathFactory, count: int, names: list[str] | None = None
+) -> Iterator[list[NodeHandle]]:
+    """`count` nodes; with `names`, each with its own certificate (else all share the session's "node")."""
+    extra = [["--tls-name", name] for name in names] if names else [[] for _ in range(count)]
+    for name in names or ():
+        certs.issue(os.environ[TLS_DIR_ENV], "node", name)
+    handles = [start_node(tmp_path_factory, "--join", "--lease-ms", str(LEASE_MS), *extra[i]) for i in range(count)]
     try:
         yield handles
     finally:
@@ -65,7 +87,8 @@ def test_writes_acknowledged_by_a_killed_primary_are_on_the_follower_promoted_in
 ) -> None:
     with nodes(tmp_path_factory, 3) as (a, b, c):
         addresses = [n.process.address for n in (a, b, c)]
-        first = table(1, addresses[0], addresses[1:])
+        ids = identities([a, b, c])
+        first = table(1, addresses[0], addresses[1:], ids)
         for node, address in zip((a, b, c), addresses, strict=True):
             assign(node, first, address)
         bank, customers = fresh("bank"), [fresh("c") for _ in range(20)]
@@ -86,7 +109,7 @@ def test_writes_acknowledged_by_a_killed_primary_are_on_the_follower_promoted_in
         results = a.ledger.CreateTransfers(pb.CreateTransfersRequest(transfers=sent), timeout=10).results
         assert {r.code for r in results} == {pb.OK}
         a.process.kill()  # no goodbye: what it acknowledged must be on its followers
-        second = table(2, addresses[1], [addresses[2]], down=[addresses[0]])
+        second = table(2, addresses[1], [addresses[2]], ids, down=[addresses[0]])
         for node, address in ((b, addresses[1]), (c, addresses[2])):
             assign(node, second, address)
         looked = wait_served(b, bank)
@@ -102,7 +125,7 @@ def test_writes_acknowledged_by_a_killed_primary_are_on_the_follower_promoted_in
         answer = b.ledger.CreateTransfers(pb.CreateTransfersRequest(transfers=[more]), timeout=10).results[0]
         assert answer.code == pb.OK and answer.timestamp > max(r.timestamp for r in results)
         b.process.kill()
-        third = table(3, addresses[2], [], down=addresses[:2])
+        third = table(3, addresses[2], [], ids, down=addresses[:2])
         assign(c, third, addresses[2])
         looked = wait_served(c, bank)
         assert looked.code == pb.OK and looked.account.debits_posted == sum(t.amount for t in sent) + 7
@@ -113,14 +136,15 @@ def test_a_follower_refuses_a_deposed_primary_which_then_stops_serving(
 ) -> None:
     with nodes(tmp_path_factory, 2) as (a, b):
         addresses = [a.process.address, b.process.address]
-        first = table(1, addresses[0], [addresses[1]])
+        ids = identities([a, b])
+        first = table(1, addresses[0], [addresses[1]], ids)
         assign(a, first, addresses[0])
         assign(b, first, addresses[1])
         account = fresh("z")
         assert wait_served(a, account).code == pb.ACCOUNT_NOT_FOUND  # a holds its lease
         assert a.accounts(pb.Account(id=account, ledger=LEDGER, code=1)) == [pb.OK]
         # The controller makes b the primary (a is cut off from it, say) and tells b only.
-        assign(b, table(2, addresses[1], [], down=[addresses[0]]), addresses[1])
+        assign(b, table(2, addresses[1], [], ids, down=[addresses[0]]), addresses[1])
         t = pb.Transfer(id="late", debit_account_id=account, credit_account_id=fresh("y"), amount=1, ledger=LEDGER,
                         code=1)  # fmt: skip
         # a cannot replicate a write any more (b refuses it): not acknowledged ...
@@ -135,3 +159,49 @@ def test_a_follower_refuses_a_deposed_primary_which_then_stops_serving(
         assert served.code == pb.OK
         slot = account_slot(account, S)
         assert b.admin.GetSlots(node_pb2.GetSlotsRequest(), timeout=5).slots[slot].owned
+
+
+def test_a_follower_takes_a_primarys_stream_only_from_the_certificate_its_table_names(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Another node of the cluster, or a node certificate no table names, cannot write a slot's
+    copies by naming its primary: the stream is refused whole, the copy does not move, and the
+    real primary's next write still reaches it (were the forged entry taken, that write's seq
+    would be taken for a resend and skipped)."""
+    names = [fresh("node-r") for _ in range(3)]
+    with nodes(tmp_path_factory, 3, names) as (a, b, c):
+        addresses = [n.process.address for n in (a, b, c)]
+        ids = identities([a, b, c])
+        assert ids == {address: f"spiffe://yunkai/node/{name}" for address, name in zip(addresses, names, strict=True)}
+        first = table(1, addresses[0], [addresses[1]], ids)
+        for node, address in zip((a, b, c), addresses, strict=True):
+            assign(node, first, address)
+        account, other = fresh("f"), fresh("g")
+        assert wait_served(a, account).code == pb.ACCOUNT_NOT_FOUND
+        assert a.accounts(*(pb.Account(id=i, ledger=LEDGER, code=1) for i in (account, other))) == [pb.OK, pb.OK]
+        slot = account_slot(account, S)
+        copy = b.admin.GetSlots(node_pb2.GetSlotsRequest(), timeout=5).slots[slot]
+        assert copy.following and copy.seq > 0
+        forged_account = pb.Account(id=account, ledger=LEDGER, code=1, credits_posted=FORGED_FEN)
+        entry = node_pb2.ReplicaEntry(slot=slot, epoch=1, seq=copy.seq + 1)
+        entry.ops.add(key=keys.account_key(slot, account), value=forged_account.SerializeToString())
+        forged = node_pb2.ReplicateRequest(primary=addresses[0], lease_ms=LEASE_MS, entries=[entry])
+        certs.issue(os.environ[TLS_DIR_ENV], "node", "rogue-r")
+        for name in (names[2], "rogue-r"):
+            credentials = Tls.load(os.environ[TLS_DIR_ENV], name).channel_credentials()
+            with grpc.secure_channel(addresses[1], credentials) as to_follower, pytest.raises(grpc.RpcError) as caught:
+                list(node_pb2_grpc.NodeStub(to_follower).Replicate(iter([forged]), timeout=10))
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, name
+            assert f"spiffe://yunkai/node/{name}" in (caught.value.details() or ""), caught.value.details()
+        after = b.admin.GetSlots(node_pb2.GetSlotsRequest(), timeout=5).slots[slot]
+        assert (after.seq_epoch, after.seq) == (copy.seq_epoch, copy.seq)
+        paid = pb.Transfer(id=fresh("t"), debit_account_id=other, credit_account_id=account, amount=11,
+                           ledger=LEDGER, code=1)  # fmt: skip
+        assert (
+            a.ledger.CreateTransfers(pb.CreateTransfersRequest(transfers=[paid]), timeout=10).results[0].code == pb.OK
+        )
+        a.process.kill()
+        for node, address in ((b, addresses[1]), (c, addresses[2])):
+            assign(node, table(2, addresses[1], [], ids, down=[addresses[0]]), address)
+        looked = wait_served(b, account)
+        assert looked.code == pb.OK and looked.account.credits_posted == 11, looked
