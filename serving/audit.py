@@ -34,14 +34,18 @@ The chain
 Writing (group commit)
   `record` builds and hashes its entry at once (the chain's order is the order of calls;
   the encoding is written out by hand, and verify checks it against the json module's),
-  appends it to the queue and waits. One writer at a time takes what is queued (at most
-  BATCH_ENTRIES_MAX), writes it with one write and one fsync in a worker thread (the event
-  loop keeps serving meanwhile) and answers every entry of the batch; records made during
-  that fsync go in the next batch, so concurrent callers share fsyncs. A caller cancelled
-  while waiting does not take its entry back: the chain already counts on it. More than
+  appends it to the queue and waits. One writer task at a time, started on the loop's next
+  turn, takes what is queued (at most BATCH_ENTRIES_MAX), writes it with one write and one
+  fsync, on the event loop, and answers every entry of the batch; records made until the
+  writer runs go in its batch, so concurrent callers share fsyncs. A caller cancelled while
+  waiting does not take its entry back: the chain already counts on it. More than
   QUEUED_ENTRIES_MAX entries waiting is refused (AuditUnavailable), not queued.
-  Cost: 200 callers recording back to back sustain ~27,000 entries/s, ~200 entries per
-  fsync, at ~25 µs of CPU per entry all told (`python -m loadtest.audit_bench`, 2-CPU VM).
+  On the loop, not in a worker thread: the loop stops for the fsync (as a node's group
+  commit does), but the thread's hand-offs cost more here. `python -m loadtest.audit_bench`
+  on the 2-CPU VM: 1 caller 0.29 ms p50 and 155 µs of CPU per entry (thread: 0.51 ms, 338
+  µs); 200 callers 41,771 entries/s at 20.5 µs per entry (thread: 31,363 at 26.7 µs). Under
+  a replicated cluster's write load the thread's batch took 7-9 ms to come back against
+  1.4 ms on the loop (docs/benchmarks.md).
 
 Failure
   A failed write or fsync is raised (AuditUnavailable, caused by the OSError) to every caller
@@ -71,7 +75,6 @@ import logging
 import os
 import re
 import stat
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -373,9 +376,6 @@ class AuditLog:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._fd, self._size, self.seq, self.head = _open(self.path)
-        # The file and what says how far it is written (_size, seq, head): a worker thread's
-        # write, or close(), one at a time and in seq order.
-        self._lock = threading.Lock()
         self._write_error: OSError | None = None  # no write after a failed one (see the module's docstring)
         self._seq, self._head = self.seq, self.head  # of the newest entry, durable or not
         self._clock = _UtcClock()
@@ -434,7 +434,7 @@ class AuditLog:
                 self._taken = self._queued[:BATCH_ENTRIES_MAX]
                 del self._queued[:BATCH_ENTRIES_MAX]
                 started = time.perf_counter()
-                await asyncio.to_thread(self._write, self._taken)
+                self._write(self._taken)
                 fsync_latency_s.observe(time.perf_counter() - started)
                 batch_entries.observe(len(self._taken))
                 for entry in self._taken:
@@ -450,28 +450,26 @@ class AuditLog:
 
     def _write(self, entries: Sequence[_Queued]) -> None:
         """Append those of `entries` not yet written, durably; on failure, cut the file back
-        to its last durable byte. In a worker thread, or in close() (which may have written
-        the worker's batch before the worker got the lock)."""
-        with self._lock:
-            entries = [entry for entry in entries if entry.seq > self.seq]
-            if not entries:
-                return
-            if self._write_error is not None:
-                raise self._write_error
-            assert self._fd >= 0 and entries[0].seq == self.seq + 1, (self._fd, entries[0].seq, self.seq)
-            data = b"".join(entry.line for entry in entries)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self._fd, view) :]
-                os.fsync(self._fd)
-            except OSError as error:
-                self._write_error = error
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, self._size)
-                raise
-            self._size += len(data)
-            self.seq, self.head = entries[-1].seq, entries[-1].hash
+        to its last durable byte. From the writer, or from close()."""
+        entries = [entry for entry in entries if entry.seq > self.seq]
+        if not entries:
+            return
+        if self._write_error is not None:
+            raise self._write_error
+        assert self._fd >= 0 and entries[0].seq == self.seq + 1, (self._fd, entries[0].seq, self.seq)
+        data = b"".join(entry.line for entry in entries)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as error:
+            self._write_error = error
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(data)
+        self.seq, self.head = entries[-1].seq, entries[-1].hash
 
     def _fail(self, error: BaseException) -> None:
         """Answer every entry not yet durable with `error`, and refuse every later one."""
@@ -507,9 +505,8 @@ class AuditLog:
         for entry in pending:
             if not entry.done.done():
                 entry.done.set_result(None)
-        with self._lock:
-            os.close(self._fd)
-            self._fd = -1
+        os.close(self._fd)
+        self._fd = -1
 
     async def __aenter__(self) -> AuditLog:
         return self
