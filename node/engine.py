@@ -241,6 +241,7 @@ class Engine:
         committed move are deleted in the same durable batch as the new table, and the
         writes held for them are answered WRONG_SLOT. A slot taken away without a move keeps
         its data."""
+        self.storage.flush()  # replicated batches still waiting for their fsync land under the old table
         error = self.slots.check(request)
         if error is not None:
             return error

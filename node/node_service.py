@@ -176,7 +176,7 @@ class NodeService:
         uri = "" if sender is authz.ANONYMOUS else sender.uri
         async for data in requests:
             try:
-                reply = self.replica.apply(parse_request(node_pb2.ReplicateRequest, data), uri)
+                reply = await self.replica.apply(parse_request(node_pb2.ReplicateRequest, data), uri)
             except (BadRequest, ReplicaRefused) as error:
                 code = serving.refusal(error, REFUSALS)
                 assert code is not None

@@ -73,7 +73,8 @@ The follower (Replica below, behind Node.Replicate)
     another epoch: the histories diverged, as when a copy took an old primary's last batch
     after a new primary took over; the new one's calls stay refused, so it reports this node
     silent and the controller drops the copy). One refused entry refuses the whole call;
-    otherwise all entries are written in one WriteBatch with sync=True, then acknowledged.
+    otherwise all entries are written in one WriteBatch, durably (its fsync shared with
+    the node's other writes of the moment: node/storage.py `write_soon`), then acknowledged.
   * A call is refused whole when it comes from a node the table marks down, asks for a lease
     outside LEASE_MS_MIN..MAX, or carries a clock more than CLOCK_AHEAD_MAX_NS past this host's.
     A refused call ends the stream with FAILED_PRECONDITION.
@@ -487,10 +488,13 @@ class Replica:
         lease = self._lease_s.get(old_primary, LEASE_MS_DEFAULT / 1000)
         return last + lease * (1 + DRIFT)
 
-    def apply(self, request: node_pb2.ReplicateRequest, sender: str = "") -> node_pb2.ReplicateResponse:
+    async def apply(self, request: node_pb2.ReplicateRequest, sender: str = "") -> node_pb2.ReplicateResponse:
         """Write a call's entries durably, all or none, and grant the leases it asks for that
         this node's table agrees with (see the module's docstring). `sender`: the identity in
-        the caller's certificate ("" without TLS)."""
+        the caller's certificate ("" without TLS). The write shares its fsync with others
+        (node/storage.py `write_soon`); the slots' seqs advance right after it. Two calls
+        with the same entry waiting at once (a stream given up while its call waits, and the
+        resend on the next) both pass the checks and write the same bytes: harmless."""
         whole = self._call_refusal(request, sender)
         if whole:
             raise ReplicaRefused(whole)
@@ -520,10 +524,7 @@ class Replica:
             self._clock.raise_to(request.clock_ns)
             batch.put(keys.CLOCK, self._clock.last.to_bytes(8, "big"))
         if advanced or raised:
-            self._storage.write(batch)
-            for slot_number, epoch, seq in advanced:
-                slot = self._slots[slot_number]
-                slot.seq_epoch, slot.seq = epoch, seq
+            await self._storage.write_soon(batch, functools.partial(self._advance, advanced))
         table, primary = self._slots.entries(), request.primary
         reply.refused_leases.extend(
             number
@@ -534,6 +535,12 @@ class Replica:
         if request.lease_ms:
             self._lease_s[request.primary] = max(self._lease_s.get(request.primary, 0.0), request.lease_ms / 1000)
         return reply
+
+    def _advance(self, advanced: list[tuple[int, int, int]]) -> None:
+        """The slots' (epoch, seq) once their entries are durable."""
+        for slot_number, epoch, seq in advanced:
+            slot = self._slots[slot_number]
+            slot.seq_epoch, slot.seq = epoch, seq
 
     def _call_refusal(self, request: node_pb2.ReplicateRequest, sender: str) -> str:
         """Why the whole call is refused (a peer's input, checked), or ""."""

@@ -3,13 +3,26 @@
 Only committed data is ever in RocksDB: the engine writes a group's WriteBatch with
 sync=True and then publishes it here. Keys are node/keys.py's; this module never builds
 one of its own.
+
+Shared fsyncs (`write_soon`): a follower's replicated batches wait, for two turns of the
+event loop at most, for others to share their fsync: the batches handed in meanwhile (two
+primaries' streams woken together, say) are written in order without sync and the last with
+sync=True, which makes every one of them durable (RocksDB syncs its write-ahead log up to
+that write); any synced write of the node's own (`write`, `put_now`, `delete_now`) and
+`flush()` take them the same way, ahead of its own. Each batch's `then` runs right after
+that fsync, before anything else can run: what it records (a slot's seq) is never seen
+ahead of the data, nor applied after a later table change. Nothing reads a batch still
+waiting: they are writes to slots this node follows, and whatever reads those (a promotion)
+calls `flush()` first.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, RdictIter, WriteBatch, WriteOptions
 
@@ -44,6 +57,9 @@ class Storage:
         self.slots_total = slots_total
         self._sync = WriteOptions()
         self._sync.sync = True
+        # Batches waiting to share an fsync (see the module): (batch, then, done).
+        self._soon: list[tuple[WriteBatch, Callable[[], None], asyncio.Future[None]]] = []
+        self._flush_scheduled = False
         # id -> (committed account, its serialized bytes). Entries are never mutated:
         # writers copy, and publish() replaces whole entries after the batch is durable.
         self._accounts: dict[str, tuple[pb.Account, bytes]] = {}
@@ -63,13 +79,13 @@ class Storage:
         """Write one value durably, outside the group commit (startup, admin)."""
         batch = WriteBatch(raw_mode=True)
         batch.put(key, value)
-        self.db.write(batch, self._sync)
+        self._write_synced(batch)
 
     def delete_now(self, key: bytes) -> None:
         """Delete one key durably, outside the group commit."""
         batch = WriteBatch(raw_mode=True)
         batch.delete(key)
-        self.db.write(batch, self._sync)
+        self._write_synced(batch)
 
     # --- ranges --------------------------------------------------------------------------
 
@@ -195,13 +211,58 @@ class Storage:
 
         Called on the event loop itself: rocksdict holds the GIL for the whole write
         (measured: a spinning thread got 2% of its solo rate during 80k-key writes), so a
-        writer thread would only add GIL hand-offs and make each write ~3x slower."""
-        self.db.write(batch, self._sync)
+        writer thread would only add GIL hand-offs and make each write ~3x slower. Batches
+        waiting in `write_soon` go first, in the same fsync."""
+        self._write_synced(batch)
+
+    def write_soon(self, batch: WriteBatch, then: Callable[[], None]) -> asyncio.Future[None]:
+        """Write `batch` durably, sharing its fsync (see the module): the future is done once
+        it is, and `then` has run right after that fsync. On the event loop only."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._soon.append((batch, then, done))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            # Two turns: handlers woken on the same turn as this one hand theirs in first.
+            loop.call_soon(loop.call_soon, self._flush_scheduled_now)
+        return done
+
+    def flush(self) -> None:
+        """Make every batch waiting in `write_soon` durable now (before reading what they write)."""
+        if self._soon:
+            self._write_synced(None)
 
     def write_unsynced(self, batch: WriteBatch) -> None:
         """Write without waiting for the disk: only for a slot being staged by a move, which
         is made durable by a later synced write before anything depends on it."""
+        self.flush()
         self.db.write(batch)
+
+    def _flush_scheduled_now(self) -> None:
+        self._flush_scheduled = False
+        if self._soon:
+            with contextlib.suppress(Exception):  # each waiting writer gets the error from its future
+                self._write_synced(None)
+
+    def _write_synced(self, batch: WriteBatch | None) -> None:
+        """The batches waiting in `write_soon`, then `batch`, with one fsync at the last."""
+        waiting, self._soon = self._soon, []
+        batches = [each for each, _then, _done in waiting]
+        if batch is not None:
+            batches.append(batch)
+        try:
+            for each in batches[:-1]:
+                self.db.write(each)
+            self.db.write(batches[-1], self._sync)
+        except BaseException as error:
+            for _batch, _then, done in waiting:
+                if not done.done():
+                    done.set_exception(error)
+            raise
+        for _batch, then, done in waiting:
+            then()
+            if not done.done():
+                done.set_result(None)
 
     def forget_accounts(self) -> None:
         """Drop every cached account: a slot's range was replaced or deleted by a move."""
