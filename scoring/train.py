@@ -1,9 +1,13 @@
-"""`yunkai scoring train`: train each scoring model with CatBoost, export it to ONNX, run the
-parity gate, and admit the models that pass to the registry with their model.json.
+"""`yunkai scoring train`: train each scoring model with CatBoost by its recipe, export it to
+ONNX, run the parity and quality gates, and admit the models that pass to the registry with
+their model.json.
 
-Flow per model: load data -> split (held-out test rows) -> fit -> metrics and KS cut-off ->
-ONNX export -> parity gate -> registry. A model that fails the gate is not written, and the
-command exits 1 naming it.
+Flow per model: load data -> split (held-out test rows) -> fit (scoring/recipes.py: early
+stopping on a validation split of the training rows, refit) -> metrics and KS cut-off -> ONNX
+export (with the recipe's derived features inside the graph) -> parity gate (ONNX vs CatBoost)
+-> quality gate (scoring/quality.py: no worse than the champion on the same held-out rows) ->
+registry. A model that fails a gate is not written, and the command exits 1 naming it; the
+other models of the run are still trained and gated on their own.
 """
 
 from __future__ import annotations
@@ -21,20 +25,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from scoring import datasets, metrics, parity, registry
+from scoring import datasets, derived, metrics, parity, quality, recipes, registry
 
 TEST_FRACTION = 0.25
 SEED_DEFAULT = 7
-ITERATIONS_DEFAULT = 200
-DEPTH = 6
-LEARNING_RATE = 0.1
-THREADS = 2
-EXIT_PARITY_FAILED = 1
+EXIT_REFUSED = 1  # a gate (parity or quality) refused a model
 EXIT_BAD_ARGUMENTS = 2
 
 
 @dataclass(frozen=True)
 class Split:
+    test_mask: npt.NDArray[np.bool_]  # over the dataset's rows
     train_x: npt.NDArray[np.float32]
     train_y: npt.NDArray[np.int64]
     test_x: npt.NDArray[np.float32]
@@ -48,18 +49,26 @@ class Outcome:
     metadata: dict[str, Any]
     path: Path | None
     parity: parity.ParityResult
+    quality: quality.QualityResult | None  # None when the parity gate already refused the model
     model: Any  # the fitted CatBoostClassifier, for callers that compare it with the ONNX file
+    fitted: recipes.Fitted
+
+    @property
+    def reason(self) -> str:
+        """Why the model was refused, or "ok"."""
+        if not self.parity.passed:
+            return f"parity gate: {self.parity.reason}"
+        if self.quality is not None and not self.quality.passed:
+            return f"quality gate: {self.quality.reason}"
+        return "ok"
 
 
 def split(data: datasets.Dataset, seed: int, test_fraction: float = TEST_FRACTION) -> Split:
     """Stratified random split, so a rare positive class appears in both halves in proportion."""
-    rng = np.random.default_rng(seed)
-    test_mask = np.zeros(len(data.labels), dtype=bool)
-    for label in (0, 1):
-        rows = np.flatnonzero(data.labels == label)
-        rng.shuffle(rows)
-        test_mask[rows[: round(len(rows) * test_fraction)]] = True
-    return Split(data.features[~test_mask], data.labels[~test_mask], data.features[test_mask], data.labels[test_mask])
+    test_mask = recipes.stratified_mask(data.labels, test_fraction, seed)
+    return Split(
+        test_mask, data.features[~test_mask], data.labels[~test_mask], data.features[test_mask], data.labels[test_mask]
+    )
 
 
 def fingerprint(features: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], source: str) -> dict[str, Any]:
@@ -95,43 +104,29 @@ def train_one(
     data: datasets.Dataset,
     root: Path,
     version: int,
-    iterations: int = ITERATIONS_DEFAULT,
+    iterations: int | None = None,
     seed: int = SEED_DEFAULT,
     tolerance: float = parity.TOLERANCE_MAX_ABS_DIFF,
+    auc_tolerance: float = quality.AUC_TOLERANCE,
 ) -> Outcome:
-    """Train, export and gate one model; write it to the registry only if the gate passes."""
+    """Train, export and gate one model; write it to the registry only if both gates pass.
+    `iterations` caps the recipe's tree budget (early stopping may choose fewer)."""
     import catboost
     import onnxruntime
 
+    recipe = recipes.recipe_for(name, iterations)
     parts = split(data, seed)
-    model = catboost.CatBoostClassifier(
-        iterations=iterations,
-        depth=DEPTH,
-        learning_rate=LEARNING_RATE,
-        thread_count=THREADS,
-        random_seed=seed,
-        verbose=0,
-        allow_writing_files=False,
-    )
-    model.fit(parts.train_x, parts.train_y)
-    scores = model.predict_proba(parts.test_x)[:, 1]
+    fitted = recipes.fit(recipe, parts.train_x, parts.train_y, data.feature_names, seed)
+    scores = fitted.scores(parts.test_x, data.feature_names)
     auc = metrics.auc(parts.test_y, scores)
     ks, cutoff = metrics.ks(parts.test_y, scores)
 
     with tempfile.TemporaryDirectory(prefix=f"yunkai-{name}-") as scratch:
         onnx_file = Path(scratch) / registry.MODEL_FILE
-        model.save_model(
-            str(onnx_file),
-            format="onnx",
-            export_parameters={
-                "onnx_domain": "ai.catboost",
-                "onnx_model_version": version,
-                "onnx_doc_string": f"yunkai {name} v{version}: {data.target}",
-                "onnx_graph_name": name,
-            },
-        )
+        export_onnx(fitted, data, name, version, onnx_file)
         session = parity.open_session(onnx_file)
         result = parity.check_parity(scores, parity.onnx_probabilities(session, parts.test_x), cutoff, tolerance)
+        gate = quality_gate(name, data, root, parts, session, auc_tolerance) if result.passed else None
         metadata = {
             "schema_version": registry.SCHEMA_VERSION,
             "name": name,
@@ -141,6 +136,7 @@ def train_one(
             "positive_class": parity.POSITIVE_CLASS,
             "input_schema": input_schema(data, parts.train_x),
             "categorical_encoding": data.encoding,
+            "derived_features": [feature.to_json() for feature in recipe.derived],
             "metrics": {
                 "auc": auc,
                 "ks": ks,
@@ -154,16 +150,73 @@ def train_one(
             },
             "training_data": fingerprint(parts.train_x, parts.train_y, data.source)
             | {"test_fraction": TEST_FRACTION, "split_seed": seed},
-            "training": {"iterations": iterations, "depth": DEPTH, "learning_rate": LEARNING_RATE, "seed": seed},
+            "training": recipe.to_json() | {"trees": fitted.trees, "seed": seed},
             "reference_histogram": metrics.score_histogram(scores) | {"of": "held-out CatBoost probabilities"},
             "parity": result.to_json(),
+            "quality_gate": None if gate is None else gate.to_json(),
             "onnx": parity.describe_onnx(onnx_file),
             "versions": {"catboost": catboost.__version__, "onnxruntime": onnxruntime.__version__},
         }
-        if not result.passed:
-            return Outcome(name, False, metadata, None, result, model)
+        if gate is None or not gate.passed:
+            return Outcome(name, False, metadata, None, result, gate, fitted.model, fitted)
         path = registry.write_version(root, name, version, onnx_file, metadata)
-    return Outcome(name, True, metadata, path, result, model)
+    return Outcome(name, True, metadata, path, result, gate, fitted.model, fitted)
+
+
+def export_onnx(fitted: recipes.Fitted, data: datasets.Dataset, name: str, version: int, target: Path) -> None:
+    """CatBoost's ONNX export, with the recipe's derived features computed inside the graph."""
+    import onnx
+
+    catboost_file = target.with_name("catboost.onnx")
+    fitted.model.save_model(
+        str(catboost_file),
+        format="onnx",
+        export_parameters={
+            "onnx_domain": "ai.catboost",
+            "onnx_model_version": version,
+            "onnx_doc_string": f"yunkai {name} v{version}: {data.target}",
+            "onnx_graph_name": name,
+        },
+    )
+    if not fitted.recipe.derived:
+        catboost_file.rename(target)
+        return
+    graph = derived.prepend_to_onnx(onnx.load(str(catboost_file)), fitted.recipe.derived, data.feature_names)
+    onnx.save(graph, str(target))
+    catboost_file.unlink()
+
+
+def quality_gate(
+    name: str, data: datasets.Dataset, root: Path, parts: Split, candidate: Any, tolerance: float
+) -> quality.QualityResult:
+    """Compare the candidate (its ONNX session) with the champion on held-out rows neither trained on."""
+    versions = registry.list_versions(root, name)
+    if not versions:
+        return quality.no_champion()
+    champion = versions[-1]
+    metadata = registry.load_metadata(root, name, champion)
+    if quality.champion_input_names(metadata) != data.feature_names:
+        return quality.QualityResult(
+            False, champion, None, None, tolerance, 0, "none",
+            f"champion v{champion} takes other input features than the candidate; they cannot be compared",
+        )  # fmt: skip
+    rows_mask = parts.test_mask
+    rows = "the candidate's held-out rows (the champion was trained on other data: its training rows are unknown)"
+    trained = metadata["training_data"]
+    if trained["source"] == data.source:
+        theirs = split(data, int(trained["split_seed"]), float(trained["test_fraction"]))
+        if fingerprint(theirs.train_x, theirs.train_y, data.source)["sha256"] == trained["sha256"]:
+            rows_mask = parts.test_mask & theirs.test_mask
+            rows = "rows held out by both the candidate and the champion (same data)"
+    x, y = data.features[rows_mask], data.labels[rows_mask]
+    return quality.decide(
+        y,
+        quality.champion_scores(root, name, champion, x),
+        parity.onnx_probabilities(candidate, x),
+        champion,
+        rows,
+        tolerance,
+    )
 
 
 def positive_int(text: str) -> int:
@@ -194,7 +247,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="version number to write (default: one past each model's newest); an existing version is an error",
     )
     parser.add_argument(
-        "--iterations", type=positive_int, default=ITERATIONS_DEFAULT, help="CatBoost boosting iterations"
+        "--iterations",
+        type=positive_int,
+        metavar="N",
+        help="cap each model's trees at N (default: its recipe's budget; early stopping may choose fewer)",
     )
     parser.add_argument("--seed", type=int, default=SEED_DEFAULT, help="seed of the split and of CatBoost")
 
@@ -221,18 +277,25 @@ def main(args: argparse.Namespace) -> int:
         )
         version = args.version if args.version is not None else registry.next_version(root, name)
         outcome = train_one(name, data, root, version, args.iterations, args.seed)
-        m, p = outcome.metadata["metrics"], outcome.parity
+        m, p, q = outcome.metadata["metrics"], outcome.parity, outcome.quality
         print(
             f"[{name}] AUC {m['auc']:.4f}  KS {m['ks']:.4f}  cut-off {outcome.metadata['cutoff']['value']:.4f}  "
+            f"trees {outcome.fitted.trees}  "
             f"parity max|diff| {p.max_abs_diff:.2e} over {p.rows_compared} rows, {p.decision_flips} flips",
             flush=True,
         )
+        if q is not None and q.champion_auc is not None and q.candidate_auc is not None:
+            print(
+                f"[{name}] quality gate: candidate AUC {q.candidate_auc:.4f}, champion v{q.champion_version} "
+                f"AUC {q.champion_auc:.4f} on {q.rows_compared} {q.rows}; tolerance {q.tolerance:g}",
+                flush=True,
+            )
         if outcome.admitted:
             print(f"[{name}] admitted: {outcome.path} ({time.monotonic() - started:.1f} s)", flush=True)
         else:
-            print(f"[{name}] REFUSED by the parity gate: {p.reason}; not written", file=sys.stderr, flush=True)
+            print(f"[{name}] REFUSED by the {outcome.reason}; not written", file=sys.stderr, flush=True)
             failed.append(name)
     if failed:
-        print(f"error: parity gate refused {', '.join(failed)}", file=sys.stderr)
-        return EXIT_PARITY_FAILED
+        print(f"error: refused {', '.join(failed)} (see above); nothing written for them", file=sys.stderr)
+        return EXIT_REFUSED
     return 0

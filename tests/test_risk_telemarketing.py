@@ -75,7 +75,8 @@ def test_bad_agent_lists_are_refused(text: str) -> None:
 def test_yunkai_risk_telemarketing_ranks_real_prospects_with_lift_over_random(tmp_path: Path) -> None:
     data = datasets.marketing_response()
     registry = tmp_path / "models"
-    assert train.train_one("marketing_response", data, registry, 1, iterations=60).admitted
+    # The recipe learns slowly (learning rate 0.02): a few hundred trees before its scores spread out.
+    assert train.train_one("marketing_response", data, registry, 1, iterations=400).admitted
     lines = []
     for i, row in enumerate(data.features[:1000]):
         features = dict(zip(data.feature_names, map(float, row), strict=True))
