@@ -4,15 +4,22 @@ Versions are positive integers (as Triton-style repositories number them). A ver
 written into a temporary directory beside it and renamed into place, so readers never see a
 half-written version. The reader half (list models and versions, load metadata) is what the
 inference server uses.
+
+`DIR/<name>/roles.json` records which version is the champion (what callers who name no version
+get), the challenger scored in shadow and its share of requests, and the previous champion
+(scoring/champion.py owns the transitions). It is replaced whole in one rename, so a reader sees
+the old record or the new one. A model without one serves its highest version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,7 @@ from serving.files import private_dir
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "model.json"
+ROLES_FILE = "roles.json"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 SCHEMA_VERSION = 1
 
@@ -106,9 +114,65 @@ def write_version(root: Path, name: str, version: int, onnx_file: Path, metadata
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _fsync_dir(folder)
+    return target
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Who serves a model: the champion answers; the challenger, if any, scores `share` of the
+    champion's requests in shadow; `previous` is the champion a rollback restores."""
+
+    champion: int
+    challenger: int | None = None
+    share: float = 0.0
+    previous: int | None = None
+
+    def __post_init__(self) -> None:
+        assert self.champion >= 1, self
+        assert (self.challenger is None) == (self.share == 0.0), self
+        assert 0.0 <= self.share <= 1.0 and self.challenger != self.champion, self
+        assert self.previous != self.champion, self
+
+
+def read_roles(root: Path, name: str) -> Roles | None:
+    """The model's recorded roles, or None when none was ever recorded."""
+    path = root / check_name(name) / ROLES_FILE
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as error:
+        raise RegistryError(f"{path} is not JSON: {error}") from None
+    if not isinstance(record, dict) or record.pop("schema_version", None) != SCHEMA_VERSION:
+        raise RegistryError(f"{path} is not a version {SCHEMA_VERSION} roles record")
+    try:
+        return Roles(**record)
+    except (TypeError, AssertionError) as error:
+        raise RegistryError(f"{path} holds impossible roles: {record} ({error})") from None
+
+
+def write_roles(root: Path, name: str, roles: Roles) -> None:
+    """Replace the model's roles record in one rename(2), fsync'd: durable once this returns."""
+    folder = root / check_name(name)
+    record = {"schema_version": SCHEMA_VERSION, **asdict(roles)}
+    handle, staging = tempfile.mkstemp(prefix=f".{ROLES_FILE}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(json.dumps(record, indent=2, sort_keys=True) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(staging, folder / ROLES_FILE)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
     directory = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
-    return target
