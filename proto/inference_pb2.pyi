@@ -301,3 +301,39 @@ class RepositoryModelUnloadRequest(_message.Message):
 class RepositoryModelUnloadResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RepositoryModelDeployRequest(_message.Message):
+    __slots__ = ("model_name", "version", "share")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: int
+    share: float
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., share: _Optional[float] = ...) -> None: ...
+
+class RepositoryModelPromoteRequest(_message.Message):
+    __slots__ = ("model_name",)
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    def __init__(self, model_name: _Optional[str] = ...) -> None: ...
+
+class RepositoryModelRollbackRequest(_message.Message):
+    __slots__ = ("model_name",)
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    def __init__(self, model_name: _Optional[str] = ...) -> None: ...
+
+class ModelRoles(_message.Message):
+    __slots__ = ("model_name", "champion", "challenger", "share", "previous")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGER_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    champion: int
+    challenger: int
+    share: float
+    previous: int
+    def __init__(self, model_name: _Optional[str] = ..., champion: _Optional[int] = ..., challenger: _Optional[int] = ..., share: _Optional[float] = ..., previous: _Optional[int] = ...) -> None: ...

@@ -79,6 +79,21 @@ class GRPCInferenceServiceStub:
                 request_serializer=proto_dot_inference__pb2.RepositoryModelUnloadRequest.SerializeToString,
                 response_deserializer=proto_dot_inference__pb2.RepositoryModelUnloadResponse.FromString,
                 _registered_method=True)
+        self.RepositoryModelDeploy = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelDeploy',
+                request_serializer=proto_dot_inference__pb2.RepositoryModelDeployRequest.SerializeToString,
+                response_deserializer=proto_dot_inference__pb2.ModelRoles.FromString,
+                _registered_method=True)
+        self.RepositoryModelPromote = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelPromote',
+                request_serializer=proto_dot_inference__pb2.RepositoryModelPromoteRequest.SerializeToString,
+                response_deserializer=proto_dot_inference__pb2.ModelRoles.FromString,
+                _registered_method=True)
+        self.RepositoryModelRollback = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryModelRollback',
+                request_serializer=proto_dot_inference__pb2.RepositoryModelRollbackRequest.SerializeToString,
+                response_deserializer=proto_dot_inference__pb2.ModelRoles.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -138,6 +153,26 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepositoryModelDeploy(self, request, context):
+        """yunkai extensions (no upstream RPC has these names; other clients never call them): champion
+        and challenger (scoring/champion.py). Each answers with the model's roles as they now stand.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelPromote(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RepositoryModelRollback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +220,21 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.RepositoryModelUnload,
                     request_deserializer=proto_dot_inference__pb2.RepositoryModelUnloadRequest.FromString,
                     response_serializer=proto_dot_inference__pb2.RepositoryModelUnloadResponse.SerializeToString,
+            ),
+            'RepositoryModelDeploy': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelDeploy,
+                    request_deserializer=proto_dot_inference__pb2.RepositoryModelDeployRequest.FromString,
+                    response_serializer=proto_dot_inference__pb2.ModelRoles.SerializeToString,
+            ),
+            'RepositoryModelPromote': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelPromote,
+                    request_deserializer=proto_dot_inference__pb2.RepositoryModelPromoteRequest.FromString,
+                    response_serializer=proto_dot_inference__pb2.ModelRoles.SerializeToString,
+            ),
+            'RepositoryModelRollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryModelRollback,
+                    request_deserializer=proto_dot_inference__pb2.RepositoryModelRollbackRequest.FromString,
+                    response_serializer=proto_dot_inference__pb2.ModelRoles.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +480,87 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/RepositoryModelUnload',
             proto_dot_inference__pb2.RepositoryModelUnloadRequest.SerializeToString,
             proto_dot_inference__pb2.RepositoryModelUnloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelDeploy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelDeploy',
+            proto_dot_inference__pb2.RepositoryModelDeployRequest.SerializeToString,
+            proto_dot_inference__pb2.ModelRoles.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelPromote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelPromote',
+            proto_dot_inference__pb2.RepositoryModelPromoteRequest.SerializeToString,
+            proto_dot_inference__pb2.ModelRoles.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryModelRollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryModelRollback',
+            proto_dot_inference__pb2.RepositoryModelRollbackRequest.SerializeToString,
+            proto_dot_inference__pb2.ModelRoles.FromString,
             options,
             channel_credentials,
             insecure,

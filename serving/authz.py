@@ -134,6 +134,9 @@ ALLOWED: dict[str, frozenset[str]] = {
             "RepositoryIndex": frozenset({OPERATOR, RISK}),
             "RepositoryModelLoad": frozenset({OPERATOR}),
             "RepositoryModelUnload": frozenset({OPERATOR}),
+            "RepositoryModelDeploy": frozenset({OPERATOR}),
+            "RepositoryModelPromote": frozenset({OPERATOR}),
+            "RepositoryModelRollback": frozenset({OPERATOR}),
         },
     ),
     **_service(
@@ -210,6 +213,9 @@ AUDITED: frozenset[str] = frozenset(
         # models
         "RepositoryModelLoad",
         "RepositoryModelUnload",
+        "RepositoryModelDeploy",
+        "RepositoryModelPromote",
+        "RepositoryModelRollback",
         # products
         "SaveDraft",
         "PublishProduct",
