@@ -8,6 +8,14 @@ fed one input, `features` FP32 [N, F], and answers `probability` FP32 [N] (posit
 Checked calls to one version that arrive together share one onnxruntime run (scoring/batching.py).
 Sessions run on the event loop: one intra-op thread each, and a single row scores in tens of
 microseconds, so a thread hop would cost more than it saves.
+
+Champion and challenger (scoring/champion.py): a call that names no version (or the champion's)
+is answered by the champion. When the model has a challenger, `share` of those calls are also
+queued for the challenger (Shadow): it scores the same rows after the answer has left, and its
+scores are logged beside the champion's (a `shadow` JSON log line) and counted
+(yunkai_scoring_shadow_*); a challenger that fails, or a full queue, costs the caller nothing.
+`RepositoryModelDeploy|Promote|Rollback` (yunkai extensions, operators only, audited) change
+the roles: the record on disk first (registry.write_roles), then the served set in one swap.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +38,10 @@ from prometheus_client import Counter, Gauge, Histogram
 
 import serving
 from proto import inference_pb2 as pb
-from scoring import service
+from scoring import champion, service
 from scoring.batching import DELAY_S_MAX, ROWS_MAX_DEFAULT, Batcher
-from scoring.service import InvalidInput, LoadFailed, ModelStore, NotFound
+from scoring.registry import Roles
+from scoring.service import InvalidInput, LoadFailed, ModelStore, ModelVersions, NotFound
 from serving import BadRequest, Context, parse_request
 
 log = logging.getLogger("yunkai.scoring")
@@ -54,11 +65,14 @@ DEFAULTS: dict[str, Any] = {
 
 _LATENCY_BUCKETS_S = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
 _ROWS_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536)
+_DIFFERENCE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+SHADOW_QUEUE_MAX = 1024  # calls waiting for their challenger's run; past it a shadow is dropped (counted)
+SHADOW_ROWS_LOGGED_MAX = 256  # rows of one call whose scores go into its `shadow` log line
 # How each refusal is answered; anything else is a bug and fails the call loudly.
 REFUSALS: serving.Refusals = (
-    ((BadRequest, InvalidInput), grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (LoadFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    ((BadRequest, InvalidInput, champion.BadShare), grpc.StatusCode.INVALID_ARGUMENT),
+    ((NotFound, champion.UnknownVersion), grpc.StatusCode.NOT_FOUND),
+    ((LoadFailed, champion.Conflict), grpc.StatusCode.FAILED_PRECONDITION),
 )
 requests_total = Counter("yunkai_scoring_requests_total", "Inference-protocol RPCs answered", ["method", "status"])
 request_latency_s = Histogram(
@@ -71,6 +85,17 @@ compute_latency_s = Histogram(
     "yunkai_scoring_compute_latency_seconds", "onnxruntime time per batch", ["model"], buckets=_LATENCY_BUCKETS_S
 )
 batch_rows = Histogram("yunkai_scoring_batch_rows", "Rows per onnxruntime run", ["model"], buckets=_ROWS_BUCKETS)
+shadow_total = Counter(
+    "yunkai_scoring_shadow_requests_total",
+    "Calls the challenger scored in shadow (outcome: scored, failed, dropped)",
+    ["model", "champion", "challenger", "outcome"],
+)
+shadow_difference = Histogram(
+    "yunkai_scoring_shadow_score_difference",
+    "|challenger score - champion score| per row scored in shadow",
+    ["model", "champion", "challenger"],
+    buckets=_DIFFERENCE_BUCKETS,
+)
 drift_psi = Gauge("yunkai_scoring_drift_psi", "PSI of served scores vs the reference histogram", ["model", "version"])
 
 
@@ -119,8 +144,91 @@ async def _scoring(
     settings: dict[str, Any], store: ModelStore, server: grpc.aio.Server
 ) -> AsyncIterator[Mapping[str, object]]:
     batcher = Batcher(int(settings["batch_delay_us"]) / 1e6, int(settings["batch_rows_max"]), observe_batch)
-    server.add_generic_rpc_handlers([InferenceService(store, batcher).handler()])
-    yield {"registry": str(store.root), "models": {name: sorted(m.versions) for name, m in store.models.items()}}
+    shadow = Shadow()
+    server.add_generic_rpc_handlers([InferenceService(store, batcher, shadow).handler()])
+    async with asyncio.TaskGroup() as tasks:
+        worker = tasks.create_task(shadow.run())
+        try:
+            yield {
+                "registry": str(store.root),
+                "models": {name: sorted(m.versions) for name, m in store.models.items()},
+                "champions": {name: m.roles.champion for name, m in store.models.items()},
+            }
+        finally:
+            worker.cancel()
+
+
+@dataclass(frozen=True)
+class ShadowCall:
+    """One answered call, to be scored again by the challenger of the same set."""
+
+    model: ModelVersions
+    request_id: str
+    features: npt.NDArray[np.float32]
+    scores: npt.NDArray[np.float32]  # the champion's, as answered
+
+
+class Shadow:
+    """The challenger's runs, off the callers' path: one bounded queue, one worker task."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[ShadowCall] = asyncio.Queue(SHADOW_QUEUE_MAX)
+        self.draw = random.Random()
+
+    def offer(self, call: ShadowCall) -> None:
+        """Queue `call` for its challenger, for `share` of calls; drop it (counted) if the queue is full."""
+        challenger, roles = call.model.challenger, call.model.roles
+        if challenger is None or self.draw.random() >= roles.share:
+            return
+        try:
+            self.queue.put_nowait(call)
+        except asyncio.QueueFull:
+            shadow_total.labels(challenger.name, str(roles.champion), str(challenger.version), "dropped").inc()
+
+    async def run(self) -> None:
+        while True:
+            self.score(await self.queue.get())
+
+    def score(self, call: ShadowCall) -> None:
+        challenger, roles = call.model.challenger, call.model.roles
+        assert challenger is not None, "only calls with a challenger are queued"
+        labels = (challenger.name, str(roles.champion), str(challenger.version))
+        try:
+            service.check_features(call.features, challenger)
+            scores = challenger.score(call.features)
+        except Exception as error:  # the challenger's failure is logged and counted, never the caller's
+            shadow_total.labels(*labels, "failed").inc()
+            log.warning(
+                "shadow failed", extra={"model": labels[0], "challenger": challenger.version, "error": repr(error)}
+            )
+            return
+        shadow_total.labels(*labels, "scored").inc()
+        difference = shadow_difference.labels(*labels)
+        for value in np.abs(scores - call.scores).tolist():
+            difference.observe(value)
+        shown = slice(0, SHADOW_ROWS_LOGGED_MAX)
+        log.info(
+            "shadow",
+            extra={
+                "model": challenger.name,
+                "id": call.request_id,
+                "champion": roles.champion,
+                "challenger": challenger.version,
+                "rows": len(scores),
+                "champion_scores": call.scores[shown].tolist(),
+                "challenger_scores": scores[shown].tolist(),
+            },
+        )
+
+
+def roles_reply(name: str, roles: Roles) -> pb.ModelRoles:
+    return pb.ModelRoles(
+        model_name=name,
+        champion=roles.champion,
+        challenger=roles.challenger or 0,
+        share=roles.share,
+        previous=roles.previous or 0,
+    )
 
 
 def observe_batch(model: service.LoadedVersion, rows: int, waited_s: float, compute_s: float) -> None:
@@ -161,9 +269,10 @@ def decode_features(tensor: Any, raw: list[bytes] | None) -> npt.NDArray[np.floa
 class InferenceService:
     """inference.GRPCInferenceService over a ModelStore."""
 
-    def __init__(self, store: ModelStore, batcher: Batcher) -> None:
+    def __init__(self, store: ModelStore, batcher: Batcher, shadow: Shadow) -> None:
         self.store = store
         self.batcher = batcher
+        self.shadow = shadow
         self.reloading = asyncio.Lock()  # one load/unload at a time; inference never waits on it
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -177,6 +286,9 @@ class InferenceService:
             "RepositoryIndex": self.repository_index,
             "RepositoryModelLoad": self.repository_model_load,
             "RepositoryModelUnload": self.repository_model_unload,
+            "RepositoryModelDeploy": self.repository_model_deploy,
+            "RepositoryModelPromote": self.repository_model_promote,
+            "RepositoryModelRollback": self.repository_model_rollback,
         }
         return serving.unary_service(INFERENCE_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)
 
@@ -216,7 +328,9 @@ class InferenceService:
 
     async def model_infer(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.ModelInferRequest, data)
-        model = self.store.get(request.model_name, request.model_version)
+        # One read of the store: the champion and challenger of this call belong to one set.
+        model_set = self.store.model(request.model_name)
+        model = model_set.get(request.model_name, request.model_version)
         if len(request.inputs) != 1:
             raise BadRequest(f"{len(request.inputs)} inputs; the model takes one, {INPUT_NAME!r} FP32 [N, F]")
         for asked in request.outputs:
@@ -228,6 +342,8 @@ class InferenceService:
         features = decode_features(request.inputs[0], raw)
         service.check_features(features, model)
         scores = await self.batcher.score(model, features)
+        if model is model_set.default:
+            self.shadow.offer(ShadowCall(model_set, request.id, features, scores))
         output = pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype=DATATYPE, shape=[len(scores)])
         reply = pb.ModelInferResponse(
             model_name=model.name, model_version=str(model.version), id=request.id, outputs=[output]
@@ -270,3 +386,30 @@ class InferenceService:
             self.store.unload(request.model_name)
         log.info("unloaded", extra={"model": request.model_name})
         return pb.RepositoryModelUnloadResponse()
+
+    async def repository_model_deploy(self, data: bytes, context: Context) -> Message:
+        request = parse_request(pb.RepositoryModelDeployRequest, data)
+        name, version, share = request.model_name, int(request.version), float(request.share)
+        return await self.change_roles(
+            name, lambda roles, on_disk: champion.deploy(name, roles, version, share, on_disk)
+        )
+
+    async def repository_model_promote(self, data: bytes, context: Context) -> Message:
+        request = parse_request(pb.RepositoryModelPromoteRequest, data)
+        name = request.model_name
+        return await self.change_roles(name, lambda roles, _: champion.promote(name, roles))
+
+    async def repository_model_rollback(self, data: bytes, context: Context) -> Message:
+        request = parse_request(pb.RepositoryModelRollbackRequest, data)
+        name = request.model_name
+        return await self.change_roles(name, lambda roles, _: champion.rollback(name, roles))
+
+    async def change_roles(self, name: str, change: Callable[[Roles, list[int]], Roles]) -> Message:
+        """Apply a transition of scoring/champion.py: the record is written durably, then the new
+        set swapped in at once; a refusal or a failed load leaves both as they were."""
+        async with self.reloading:
+            before = self.store.model(name).roles
+            changed = await asyncio.to_thread(self.store.change_roles, name, change)
+            self.store.install(name, changed)
+        log.info("roles changed", extra={"model": name, "before": str(before), "after": str(changed.roles)})
+        return roles_reply(name, changed.roles)

@@ -1,14 +1,16 @@
 """The models a scoring server holds, and the decisions about a request to them.
 
 `ModelStore` owns the loaded versions of every model (onnxruntime sessions, one intra-op thread)
-and swaps a model's whole set of versions in one assignment, so a reload is atomic and a failed
-load leaves the old set serving. `check_features` validates a [N, F] float32 block against a
-version's input schema (a pure function); `LoadedVersion.score` runs it. No gRPC here.
+and swaps a model's whole set of versions, with their roles (champion, challenger), in one
+assignment, so a reload or a promotion is atomic and a failed one leaves the old set serving.
+`check_features` validates a [N, F] float32 block against a version's input schema (a pure
+function); `LoadedVersion.score` runs it. No gRPC here.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from scoring import parity, registry
+from scoring import champion, parity, registry
+from scoring.registry import Roles
 
 ROWS_MAX = 65_536  # one request's rows: bounded so one caller cannot stall every other
 PSI_EPSILON = 1e-4  # floor of a bin's share, so an empty bin does not make PSI infinite
@@ -100,13 +103,33 @@ def load_version(root: Path, name: str, version: int) -> LoadedVersion:
 
 @dataclass(frozen=True)
 class ModelVersions:
-    """Every loaded version of one model; the default is the highest."""
+    """Every loaded version of one model and their roles (scoring/champion.py): the champion is
+    the default. Replaced whole, never changed in place, so one read of `ModelStore.models`
+    gives a request a champion and a challenger that belong together."""
 
     versions: dict[int, LoadedVersion]
+    roles: Roles
+
+    def __post_init__(self) -> None:
+        assert self.roles.champion in self.versions, self.roles
+        assert self.roles.challenger is None or self.roles.challenger in self.versions, self.roles
 
     @property
     def default(self) -> LoadedVersion:
-        return self.versions[max(self.versions)]
+        return self.versions[self.roles.champion]
+
+    @property
+    def challenger(self) -> LoadedVersion | None:
+        return None if self.roles.challenger is None else self.versions[self.roles.challenger]
+
+    def get(self, name: str, version: str = "") -> LoadedVersion:
+        """The version asked for ("" means the champion); NotFound naming what is missing."""
+        if not version:
+            return self.default
+        if not version.isdigit() or int(version) not in self.versions:
+            have = ", ".join(str(v) for v in sorted(self.versions))
+            raise NotFound(f"model {name!r} has no version {version!r} (loaded: {have})")
+        return self.versions[int(version)]
 
 
 class ModelStore:
@@ -119,14 +142,39 @@ class ModelStore:
             self.models[name] = self.read(name)
 
     def read(self, name: str) -> ModelVersions:
-        """Every version of `name` on disk, loaded; LoadFailed if any one fails (nothing swapped)."""
+        """Every version of `name` on disk, loaded, with its recorded roles; LoadFailed if any
+        one fails or the record names a version that is not there (nothing swapped)."""
         try:
             versions = registry.list_versions(self.root, name)
+            roles = registry.read_roles(self.root, name)
         except registry.RegistryError as error:
             raise LoadFailed(str(error)) from None
         if not versions:
             raise LoadFailed(f"no versions of model {name!r} in {self.root}")
-        return ModelVersions({v: load_version(self.root, name, v) for v in versions})
+        roles = roles or champion.initial(versions)
+        for role, version in (("champion", roles.champion), ("challenger", roles.challenger)):
+            if version is not None and version not in versions:
+                raise LoadFailed(f"model {name!r}: the recorded {role}, version {version}, is not in {self.root}")
+        return ModelVersions({v: load_version(self.root, name, v) for v in versions}, roles)
+
+    def change_roles(self, name: str, change: Callable[[Roles, list[int]], Roles]) -> ModelVersions:
+        """The model's set with `change(roles, versions on disk)` applied: a version the new roles
+        need that is not loaded yet is loaded, and the record is written durably. Blocking (disk
+        and onnxruntime); the caller installs the result. A refusal (or a failed load or write)
+        leaves the record and the served set as they were."""
+        current = self.model(name)
+        try:
+            on_disk = registry.list_versions(self.root, name)
+        except registry.RegistryError as error:
+            raise LoadFailed(str(error)) from None
+        roles = change(current.roles, on_disk)
+        versions = dict(current.versions)
+        for version in (roles.champion, roles.challenger):
+            if version is not None and version not in versions:
+                versions[version] = load_version(self.root, name, version)
+        changed = ModelVersions(versions, roles)
+        registry.write_roles(self.root, name, roles)
+        return changed
 
     def install(self, name: str, loaded: ModelVersions) -> None:
         # One assignment: a request sees the old set or the new one, never a mixture.
@@ -137,17 +185,16 @@ class ModelStore:
             raise NotFound(f"model {name!r} is not loaded")
         self.models = {k: v for k, v in self.models.items() if k != name}
 
-    def get(self, name: str, version: str = "") -> LoadedVersion:
-        """The version asked for ("" means the default); NotFound naming what is missing."""
+    def model(self, name: str) -> ModelVersions:
+        """The model's loaded set; NotFound naming the models there are."""
         model = self.models.get(name)
         if model is None:
             raise NotFound(f"unknown model {name!r} (loaded: {', '.join(sorted(self.models)) or 'none'})")
-        if not version:
-            return model.default
-        if not version.isdigit() or int(version) not in model.versions:
-            have = ", ".join(str(v) for v in sorted(model.versions))
-            raise NotFound(f"model {name!r} has no version {version!r} (loaded: {have})")
-        return model.versions[int(version)]
+        return model
+
+    def get(self, name: str, version: str = "") -> LoadedVersion:
+        """The version asked for ("" means the champion); NotFound naming what is missing."""
+        return self.model(name).get(name, version)
 
 
 def check_features(block: npt.NDArray[np.float32], model: LoadedVersion) -> None:
