@@ -107,7 +107,7 @@ COMMANDS: tuple[Command | Group, ...] = (
     ),
     Group(
         "scoring",
-        help="credit scoring models: train them into a registry, serve them",
+        help="credit scoring models: train them into a registry, serve them, deploy, promote and roll back",
         description="Scoring models (CatBoost exported to ONNX) and their registry.",
         dest="scoring_command",
         members=(
@@ -139,6 +139,34 @@ COMMANDS: tuple[Command | Group, ...] = (
                 "`features` FP32 [N, F], output `probability` FP32 [N]. The highest version of a model is its "
                 "default.",
                 module="scoring.server",
+            ),
+            Command(
+                "deploy",
+                help="deploy a version as a model's challenger: it scores a share of live calls in shadow",
+                description="On a running `yunkai scoring serve` (--scoring): the challenger also scores --share of "
+                "the calls the champion answers; callers always get the champion's score, the challenger's is "
+                "logged beside it (a `shadow` log line) and counted (yunkai_scoring_shadow_*). Recorded in "
+                "DIR/<name>/roles.json.",
+                module="scoring.lifecycle",
+                add="add_deploy_arguments",
+                run="deploy_main",
+            ),
+            Command(
+                "promote",
+                help="make a model's challenger its champion, in one atomic step",
+                description="On a running `yunkai scoring serve`: the challenger becomes the champion (what callers "
+                "who name no version get) and the old champion is kept for `rollback`.",
+                module="scoring.lifecycle",
+                add="add_model_arguments",
+                run="promote_main",
+            ),
+            Command(
+                "rollback",
+                help="restore a model's previous champion, in one atomic step",
+                description="On a running `yunkai scoring serve`: the champion before the last promotion serves again.",
+                module="scoring.lifecycle",
+                add="add_model_arguments",
+                run="rollback_main",
             ),
         ),
     ),
