@@ -1,5 +1,6 @@
 """The quality gate: a new version of a model is admitted to the registry only if its AUC on
-held-out rows is at least the champion's (the newest admitted version) on the same rows, less
+held-out rows is at least the champion's (the version DIR/<name>/roles.json records, the
+newest admitted one when there is no record: scoring/champion.py) on the same rows, less
 AUC_TOLERANCE. It runs after the parity gate; both must pass for anything to be written.
 
 Same rows: both models are scored (by their ONNX files, as served) on the rows that neither

@@ -193,7 +193,8 @@ def quality_gate(
     versions = registry.list_versions(root, name)
     if not versions:
         return quality.no_champion()
-    champion = versions[-1]
+    roles = registry.read_roles(root, name)  # after a rollback the champion is not the newest version
+    champion = roles.champion if roles else versions[-1]
     metadata = registry.load_metadata(root, name, champion)
     if quality.champion_input_names(metadata) != data.feature_names:
         return quality.QualityResult(

@@ -53,6 +53,20 @@ def test_gate_refuses_a_model_with_far_fewer_trees_and_writes_nothing(
     assert [p.name for p in (root / "credit_risk").iterdir()] == ["1"]
 
 
+def test_gate_compares_with_the_recorded_champion_not_the_newest_version(
+    credit: datasets.Dataset, champion_registry: Path, tmp_path: Path
+) -> None:
+    # A weak version 2 that was rolled back (written past the gate here): version 1 is champion again.
+    root = _copy(champion_registry, tmp_path)
+    weak = tmp_path / "weak"
+    assert train.train_one("credit_risk", credit, weak, 2, iterations=FEW_ITERATIONS).admitted
+    (weak / "credit_risk" / "2").rename(root / "credit_risk" / "2")
+    registry.write_roles(root, "credit_risk", registry.Roles(champion=1))
+    outcome = train.train_one("credit_risk", credit, root, 3, iterations=FEW_ITERATIONS)
+    assert outcome.quality is not None and outcome.quality.champion_version == 1
+    assert not outcome.admitted, "a model as weak as the rolled-back one is refused against the champion"
+
+
 def test_a_champion_trained_on_other_data_is_compared_on_all_the_candidates_held_out_rows(
     credit: datasets.Dataset, champion_registry: Path, tmp_path: Path
 ) -> None:
