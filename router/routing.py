@@ -5,17 +5,19 @@ Used by the router's server and by the SDK alike (DESIGN section 3). For each ca
   1. Route: each event's slot (from its account id) and the slot's owner and epoch come
      from the current shard map. Events are grouped by owner node.
   2. Coalesce: each (node, method, caller identity) has a Coalescer that merges the events of
-     concurrent calls into one request (flushed at `events_max`, or `delay_s` after the first event
-     when the node has no request of ours in flight, or as soon as one completes), with a
-     fence naming every slot's epoch. At most `inflight_max` requests of one coalescer are
-     in flight; beyond that, events wait and batches grow (backpressure, not more RPCs); what
-     all callers together may ask of a node is bounded by the node (its queue limit answers
-     RESOURCE_EXHAUSTED) and by each caller's rate at the router's gate. Idle coalescers are
-     dropped once there are more than COALESCERS_KEPT (callers come and go). A
-     request never grows past a node's limits: `events_max` events (at most the node's
-     `batch_events_max`) and MERGE_BYTES_MAX bytes of callers' requests; a caller whose
-     events would take it past either starts the next request, and one caller's events for
-     one node beyond `batch_events_max` are refused INVALID_ARGUMENT before anything is sent.
+     concurrent calls into one request (flushed at `events_max`; when the node has no request of
+     ours in flight, on the loop's next turn, so that a lone call waits for nothing and calls
+     of the same turn still go together; while one is in flight, `delay_s` after the first
+     event, or as soon as one completes), with a fence naming every slot's epoch. At most
+     `inflight_max` requests of one coalescer are in flight; beyond that, events wait and
+     batches grow (backpressure, not more RPCs); what all callers together may ask of a node
+     is bounded by the node (its queue limit answers RESOURCE_EXHAUSTED) and by each caller's
+     rate at the router's gate. Idle coalescers are dropped once there are more than
+     COALESCERS_KEPT (callers come and go). A request never grows past a node's limits:
+     `events_max` events (at most the node's `batch_events_max`) and MERGE_BYTES_MAX bytes of
+     callers' requests; a caller whose events would take it past either starts the next
+     request, and one caller's events for one node beyond `batch_events_max` are refused
+     INVALID_ARGUMENT before anything is sent.
   3. Split: the node answers one result per event, in order; each caller gets its own. A
      merged request the node refuses whole as malformed (INVALID_ARGUMENT, so none of it was
      applied: a limit or a check this process does not share) is sent again caller by
@@ -132,7 +134,7 @@ class Coalescer:
         self._fence: dict[int, int] = {}
         self._waiters: list[_Waiter] = []
         self._inflight: set[asyncio.Task[None]] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
 
     def submit(self, events: list[Any], fence: dict[int, int], size_bytes: int = 0) -> asyncio.Future[list[Any]]:
         """The results of a caller's `events` (routed with `fence`; `size_bytes`: the size of
@@ -147,7 +149,11 @@ class Coalescer:
         if len(self._events) >= self._events_max or self._bytes >= self._bytes_max:
             self._flush()
         elif self._timer is None and len(self._inflight) < self._inflight_max:
-            self._timer = asyncio.get_running_loop().call_later(self._delay_s, self._flush_if_room)
+            loop = asyncio.get_running_loop()
+            if self._inflight:  # under load: gather for delay_s
+                self._timer = loop.call_later(self._delay_s, self._flush_if_room)
+            else:  # idle: batching costs nothing
+                self._timer = loop.call_soon(self._flush_if_room)
         return future
 
     def _joins(self, events: list[Any], fence: dict[int, int], size_bytes: int) -> bool:

@@ -28,6 +28,7 @@ from clients.ledger import (
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess, ProcessFailed, RouterProcess
 from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
+from router.routing import Coalescer
 from router.shardmap import ShardMap
 from tests.conftest import channel, fresh
 
@@ -51,6 +52,35 @@ def test_sdk_enums_mirror_the_proto() -> None:
     assert {f"TRANSFER_{s.name}": s.value for s in TransferState} == dict(pb.TransferState.items())
     assert {s.name: s.value for s in AccountStatus} == dict(pb.AccountStatus.items())
     assert {k.name: k.value for k in ChangeKind} == dict(pb.ChangeKind.items())
+
+
+def test_a_lone_call_goes_at_once_and_calls_behind_one_in_flight_go_together() -> None:
+    """Batching costs nothing when idle: a coalescer with nothing in flight sends on the loop's
+    next turn (calls of that turn together), not `delay_s` later; behind a request in flight,
+    calls gather into the next one. (The coalescer's logic alone: `send` stands for the node.)"""
+
+    async def main() -> list[list[int]]:
+        sent: list[list[int]] = []
+        release = asyncio.Event()
+
+        async def send(events: list[int], fence: dict[int, int]) -> list[int]:
+            sent.append(list(events))
+            if len(sent) == 1:
+                await release.wait()
+            return [event * 10 for event in events]
+
+        coalescer = Coalescer(send, events_max=100, delay_s=30.0, inflight_max=1)
+        first, second = coalescer.submit([1], {}), coalescer.submit([2], {})  # one turn: one request
+        await asyncio.sleep(0.05)
+        assert sent == [[1, 2]]  # not 30 s later
+        third, fourth = coalescer.submit([3], {}), coalescer.submit([4, 5], {})
+        await asyncio.sleep(0.05)
+        assert sent == [[1, 2]]  # behind the request in flight
+        release.set()
+        assert await asyncio.gather(first, second, third, fourth) == [[10], [20], [30], [40, 50]]
+        return sent
+
+    assert asyncio.run(main()) == [[1, 2], [3, 4, 5]]
 
 
 def test_the_router_seeds_a_balanced_map_and_reports_status(cluster: LocalCluster) -> None:
