@@ -923,6 +923,9 @@ class ImportChannel:
     def stream_unary(self, *args: Any, **kwargs: Any) -> Callable[..., ImportStream]:
         return lambda **call: self.stream
 
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        return self._unexpected
+
     def _unexpected(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the exporter calls only ImportSlot")
 
