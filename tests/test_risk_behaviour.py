@@ -44,7 +44,7 @@ AGE = 45.0  # the owner's age: repayment_willingness's only profile feature
 def scoring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScoringProcess]:
     registry = tmp_path_factory.mktemp("scoring") / "models"
     for name in ("early_warning", "repayment_willingness"):
-        assert train.train_one(name, LOADERS[name](), registry, 1, iterations=60).admitted
+        assert train.train_one(name, LOADERS[name](), registry, 1, iterations=400).admitted
     server = ScoringProcess(str(registry), ["--log-level", "WARNING"]).start()
     yield server
     server.stop()

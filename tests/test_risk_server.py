@@ -37,7 +37,7 @@ def credit_data() -> datasets.Dataset:
 @pytest.fixture(scope="module")
 def scoring(tmp_path_factory: pytest.TempPathFactory, credit_data: datasets.Dataset) -> Iterator[ScoringProcess]:
     registry = tmp_path_factory.mktemp("scoring") / "models"
-    assert train.train_one("credit_risk", credit_data, registry, 1, iterations=60).admitted
+    assert train.train_one("credit_risk", credit_data, registry, 1, iterations=200).admitted
     server = ScoringProcess(str(registry), ["--log-level", "WARNING"]).start()
     yield server
     server.stop()
