@@ -163,15 +163,7 @@ def _bounded_int(low: int, high: int) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        dest="models",
-        action="extend",
-        nargs="+",
-        choices=sorted(datasets.LOADERS),
-        metavar="NAME",
-        help=f"model(s) to evaluate (default: all): {', '.join(sorted(datasets.LOADERS))}",
-    )
+    train.add_model_argument(parser, "evaluate")
     parser.add_argument("--folds", type=_bounded_int(2, FOLDS_MAX), default=FOLDS_DEFAULT, help="CV folds")
     parser.add_argument("--seed", type=int, default=train.SEED_DEFAULT, help="seed of the split, folds and CatBoost")
     parser.add_argument(

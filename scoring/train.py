@@ -230,8 +230,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", type=Path, required=True, metavar="DIR", help="model registry folder")
+def add_model_argument(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--model NAME...: which models to `verb` (default: all)."""
     parser.add_argument(
         "--model",
         dest="models",
@@ -239,8 +239,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=sorted(datasets.LOADERS),
         metavar="NAME",
-        help=f"model(s) to train (default: all): {', '.join(sorted(datasets.LOADERS))}",
+        help=f"model(s) to {verb} (default: all): {', '.join(sorted(datasets.LOADERS))}",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", type=Path, required=True, metavar="DIR", help="model registry folder")
+    add_model_argument(parser, "train")
     parser.add_argument(
         "--version",
         type=positive_int,
