@@ -16,7 +16,10 @@ within it, and writes are safe to retry: resend the same ids.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import functools
+import logging
 import threading
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ from router.slots import slot_of as slot_of
 from serving.tls import Tls, resolve_tls  # re-exported: where an account lives (group work by slot)
 
 T = TypeVar("T")
+log = logging.getLogger("yunkai.clients.ledger")
 TIMEOUT_DEFAULT_S = 10.0
 _ROUTER_AWAY = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
 
@@ -300,6 +304,16 @@ class Routers:
             await channel.close()
 
 
+def _seen(ended: asyncio.Future[None]) -> None:
+    """A map watch ends when its router goes away (the next pause opens another): that error
+    is expected; anything else is a bug, logged rather than lost with the task."""
+    if ended.cancelled():
+        return
+    error = ended.exception()
+    if error is not None and not isinstance(error, grpc.aio.AioRpcError):
+        log.error("the shard map watch failed", exc_info=error)
+
+
 class RouterMapSource:
     """The shard map as the routers serve it, refreshed on demand (from the next router when
     one is away).
@@ -309,6 +323,12 @@ class RouterMapSource:
     first fetch that started after it asked (one already under way may have left before the
     map changed). One at a time, each caller fetching for itself, 300 callers took 6-9 s to
     get through a failover (GetShardMap of 4,096 slots is ~20 ms).
+
+    A retry's pause (`newer`) ends as soon as a newer map is known: while callers wait, one
+    WatchShardMap stream follows the current router, which pushes each version the moment it
+    is stored (a failover's callers go on at once instead of up to a backoff later). The
+    stream stays open until the client closes or the router goes away (the next pause opens
+    another).
     """
 
     def __init__(self, routers: Routers, timeout_s: float) -> None:
@@ -317,6 +337,8 @@ class RouterMapSource:
         self._map: ShardMap | None = None
         self._fetching: asyncio.Future[ShardMap] | None = None
         self._fetches_started = 0
+        self._changed = asyncio.Condition()
+        self._watching: asyncio.Future[None] | None = None
 
     def current(self) -> ShardMap:
         assert self._map is not None, "fetch() first"
@@ -334,10 +356,44 @@ class RouterMapSource:
                 if error.code() not in _ROUTER_AWAY or attempt == len(self._routers.addresses) - 1:
                     raise
                 self._routers.next()
-        fetched = ShardMap.from_proto(reply)
+        await self._take(ShardMap.from_proto(reply))
+        return self.current()
+
+    async def newer(self, seen_version: int, timeout_s: float) -> ShardMap:
+        """A map newer than `seen_version` as soon as the routers have one, else the current
+        one after `timeout_s`."""
+        if self.current().version <= seen_version:
+            self._follow()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s), self._changed:
+                    await self._changed.wait_for(functools.partial(self._newer_than, seen_version))
+        return self.current()
+
+    async def close(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await self._watching
+
+    def _follow(self) -> None:
+        """Keep one WatchShardMap stream open (started again if the last one ended)."""
+        if self._watching is None or self._watching.done():
+            self._watching = asyncio.ensure_future(self._watch(self.current().version))
+            self._watching.add_done_callback(_seen)
+
+    async def _watch(self, known_version: int) -> None:
+        stream = self._routers.cluster().WatchShardMap(cluster_pb2.WatchShardMapRequest(known_version=known_version))
+        async for reply in stream:
+            await self._take(ShardMap.from_proto(reply))
+
+    async def _take(self, fetched: ShardMap) -> None:
         if self._map is None or fetched.version >= self._map.version:
             self._map = fetched
-        return self._map
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _newer_than(self, version: int) -> bool:
+        return self.current().version > version
 
     async def refresh(self, seen_version: int) -> ShardMap:
         """A map newer than `seen_version`, or, if the routers have none, the newest they serve."""
@@ -406,6 +462,7 @@ class LedgerClient:
         return client
 
     async def close(self) -> None:
+        await self._maps.close()
         await self._routing.close()
         await self._routers.close()
 

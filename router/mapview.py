@@ -4,12 +4,14 @@ Every router holds one: the controller offers each map it stores, the others off
 they see stored (router/control.py follows the metastore). A map is taken only if it is
 newer than the one held. Routing reads `current()`; a router that meets WRONG_SLOT calls
 `refresh`, which asks the control plane (through `on_stale`) to look for a newer map or to
-check the nodes now; WatchShardMap streams wake on each new version.
+check the nodes now; WatchShardMap streams and retries pausing in `newer` wake on each new
+version.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -51,6 +53,14 @@ class MapView:
         """A map newer than `seen_version` if one can be had now (else the current one)."""
         if self.current().version <= seen_version and self.on_stale is not None:
             await self.on_stale(seen_version)
+        return self.current()
+
+    async def newer(self, seen_version: int, timeout_s: float) -> ShardMap:
+        """A map newer than `seen_version` as soon as one is offered, else the current one
+        after `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s), self._changed:
+                await self._changed.wait_for(functools.partial(self._newer_than, seen_version))
         return self.current()
 
     async def watch(self, known_version: int) -> AsyncIterator[ShardMap]:

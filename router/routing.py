@@ -27,7 +27,9 @@ Used by the router's server and by the SDK alike (DESIGN section 3). For each ca
      slot, at once.
   5. Retry: events answered WRONG_SLOT, or sent to a node that is UNAVAILABLE (its slots may
      have failed over), are routed again after the map is refreshed, with jittered
-     exponential backoff, within the caller's deadline. Writes are idempotent by id, so a
+     exponential backoff, within the caller's deadline; a pause ends early when a newer map
+     arrives (a failover's callers go on as soon as the map names the new primaries, not
+     up to BACKOFF_MAX_S later). Writes are idempotent by id, so a
      retry can only answer EXISTS (or the journaled outcome) for what a lost reply had
      already applied. Any other error of a node (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, ...)
      ends the call with that error; parts already sent to other nodes may have been applied,
@@ -91,6 +93,11 @@ class MapSource(Protocol):
 
     async def refresh(self, seen_version: int) -> ShardMap:
         """A map newer than `seen_version` if one exists now (else the current one)."""
+        ...
+
+    async def newer(self, seen_version: int, timeout_s: float) -> ShardMap:
+        """A map newer than `seen_version` as soon as there is one, else the current one
+        after `timeout_s` (a retry's pause that ends when the map moves on)."""
         ...
 
 
@@ -392,7 +399,7 @@ class LedgerRouter:
                 )
                 code = grpc.StatusCode.UNAVAILABLE if unavailable else grpc.StatusCode.DEADLINE_EXCEEDED
                 raise RoutingError(code, f"{method.name}: {len(todo)} events not answered in {timeout_s:.3f}s: {why}")
-            await asyncio.sleep(pause)
+            await self.maps.newer(shard_map.version, pause)
             todo.sort()
         assert all(r is not None for r in results)
         return results
@@ -444,7 +451,7 @@ class LedgerRouter:
             pause = serving.backoff_s(attempt, BACKOFF_FIRST_S, BACKOFF_MAX_S)
             if loop.time() + pause >= deadline:
                 raise RoutingError(grpc.StatusCode.UNAVAILABLE, f"GetAccountTransfers: {retry} for {timeout_s:.3f}s")
-            await asyncio.sleep(pause)
+            await self.maps.newer(shard_map.version, pause)
 
 
 def _no_copy(method: str, slot: int, owner: str, shard_map: ShardMap) -> RoutingError:

@@ -211,6 +211,30 @@ def test_a_refresh_never_waits_on_a_fetch_that_has_ended(cluster: LocalCluster) 
     assert asyncio.run(scenario()) >= 1
 
 
+def test_a_retry_pause_ends_when_the_router_has_a_newer_map(cluster: LocalCluster) -> None:
+    """The SDK's pause between retries (`newer`) ends as soon as the routers hold a newer map
+    (their WatchShardMap stream says so), and lasts its whole length when they do not: after
+    a failover, callers go on at once instead of up to a backoff later."""
+
+    async def scenario() -> tuple[int, int, float, int, float]:
+        async with await LedgerClient.connect(cluster.address) as ledger:
+            maps = ledger._maps
+            real = maps.current()
+            loop = asyncio.get_running_loop()
+            behind = ShardMap(real.version - 1, real.owners, real.epochs, dict(real.nodes))
+            maps._map = behind  # the SDK one version behind the routers
+            started = loop.time()
+            caught_up = await maps.newer(behind.version, 60)
+            took_s = loop.time() - started
+            started = loop.time()
+            same = await maps.newer(real.version, 0.3)
+            return real.version, same.version, loop.time() - started, caught_up.version, took_s
+
+    real, same, waited_s, caught_up, took_s = asyncio.run(scenario())
+    assert same == real and waited_s >= 0.29, (same, real, waited_s)  # nothing newer: the whole pause
+    assert caught_up == real and took_s < 30, (caught_up, real, took_s)  # pushed, not timed out
+
+
 def test_the_router_refuses_a_malformed_batch_before_any_node_applies_part(cluster: LocalCluster) -> None:
     with SyncLedgerClient(cluster.address) as ledger:
         tags = [fresh("m") for _ in range(6)]
