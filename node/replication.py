@@ -116,6 +116,11 @@ LEASE_MS_MIN, LEASE_MS_MAX = 100, 60_000  # a peer asking for more is refused (p
 CLOCK_AHEAD_MAX_NS = 600 * 10**9  # a primary's clock this far past ours is refused (a broken host)
 DRIFT = 0.1  # clocks of two hosts may run this much apart in rate over a lease
 CALL_TIMEOUT_S = 2.0
+# A follower that refused a lease within the last REFUSED_FRESH_S (its table a step behind
+# ours, as right after a failover: AssignSlots reaches the nodes one by one) is asked again
+# every REFUSED_RETRY_S rather than every lease/3: a promoted primary serves ~0.3 s sooner.
+REFUSED_RETRY_S = 0.02
+REFUSED_FRESH_S = 1.0
 REPLICATE_METHOD = "/yunkai.node.v1.Node/Replicate"
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
@@ -408,20 +413,26 @@ class Replicator:
 
     async def run(self) -> None:
         """Heartbeats: every lease/3, a call to each follower node asking again for the lease of
-        every slot it follows from us. Each follower's on its own: one that does not answer
-        delays no other's leases."""
+        every slot it follows from us (every REFUSED_RETRY_S while it has just refused one).
+        Each follower's on its own: one that does not answer delays no other's leases."""
         interval = self.lease_s / 3
         beating: dict[str, asyncio.Task[None]] = {}
+        pause = interval / 2
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval / 2):
+                    async with asyncio.timeout(pause):
                         await self._wake.wait()
                 self._wake.clear()
                 now = time.monotonic()
+                pause = interval / 2
                 for follower in self._slots.follower_nodes():
                     link = self._link(follower)
-                    if follower in beating or now - link.last_heartbeat < interval:
+                    every = interval
+                    if link.refused and now - min(link.refused.values()) < REFUSED_FRESH_S:
+                        every = min(interval, REFUSED_RETRY_S)
+                        pause = min(pause, REFUSED_RETRY_S)
+                    if follower in beating or now - link.last_heartbeat < every:
                         continue
                     link.last_heartbeat = now
                     task = asyncio.create_task(self._heartbeat(follower))
