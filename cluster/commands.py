@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -523,21 +524,8 @@ def _progress(job: cluster_pb2.Job) -> str:
     return f"moved {job.slots_moved}/{job.slots_planned} slots, {rate:.1f} slots/s, {eta}{aborted}    "
 
 
-def status_main(args: argparse.Namespace) -> int:
-    routers = _Routers(args.router, _operator_tls(args))
-    status: cluster_pb2.StatusResponse | None = None
-    failures = []
-    for _router in routers.addresses:
-        try:
-            status = routers.stub().Status(cluster_pb2.StatusRequest(), timeout=10)
-            break
-        except grpc.RpcError as error:
-            failures.append(f"{routers.current}: {error.code().name} {error.details()}")
-            routers.next()
-    routers.close()
-    if status is None:
-        print(f"yunkai cluster status: no router answered: {'; '.join(failures)}", file=sys.stderr)
-        return 1
+def status_record(status: cluster_pb2.StatusResponse) -> dict[str, Any]:
+    """The cluster's status as plain data (what `cluster status --json` prints)."""
     rows = [
         {
             "address": n.address,
@@ -575,26 +563,42 @@ def status_main(args: argparse.Namespace) -> int:
         }
         for j in status.jobs
     ]
+    return {
+        "map_version": status.map_version,
+        "slots_total": status.slots_total,
+        "cluster_id": status.cluster_id,
+        "controller_term": status.controller_term,
+        "leader": status.leader,
+        "slots_without_copy": list(status.slots_without_copy),
+        "replicas": status.replicas,
+        "slots_under_replicated": status.slots_under_replicated,
+        "nodes": rows,
+        "migrations": moves,
+        "jobs": jobs,
+        "books": books,
+    }
+
+
+def status_main(args: argparse.Namespace) -> int:
+    routers = _Routers(args.router, _operator_tls(args))
+    status: cluster_pb2.StatusResponse | None = None
+    failures = []
+    for _router in routers.addresses:
+        try:
+            status = routers.stub().Status(cluster_pb2.StatusRequest(), timeout=10)
+            break
+        except grpc.RpcError as error:
+            failures.append(f"{routers.current}: {error.code().name} {error.details()}")
+            routers.next()
+    routers.close()
+    if status is None:
+        print(f"yunkai cluster status: no router answered: {'; '.join(failures)}", file=sys.stderr)
+        return 1
+    record = status_record(status)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "map_version": status.map_version,
-                    "slots_total": status.slots_total,
-                    "cluster_id": status.cluster_id,
-                    "controller_term": status.controller_term,
-                    "leader": status.leader,
-                    "slots_without_copy": list(status.slots_without_copy),
-                    "replicas": status.replicas,
-                    "slots_under_replicated": status.slots_under_replicated,
-                    "nodes": rows,
-                    "migrations": moves,
-                    "jobs": jobs,
-                    "books": books,
-                }
-            )
-        )
+        print(json.dumps(record))
         return 0
+    rows, moves, jobs, books = record["nodes"], record["migrations"], record["jobs"], record["books"]
     controller = status.leader or "NONE (an election is under way, or the metastore is unreachable)"
     print(
         f"cluster {status.cluster_id or '?'}: map version {status.map_version}, {status.slots_total} slots,"
