@@ -545,7 +545,8 @@ def sweep(plan: Plan, p99_target_ms: float, probes_max: int, rate_max: float) ->
         probes.append({k: summary[k] for k in _HEADLINE} | {"holds": holds})
         print(
             f"  probe {number + 1}: {rate:,.0f}/s -> {summary['achieved_per_s']:,.0f}/s,"
-            f" p99 {_fmt(summary['p99_ms'])} ms, errors {summary['errors']}: {'holds' if holds else 'does not hold'}",
+            f" p99 {_fmt(summary['p99_ms'])} ms, errors {summary['errors']}: {'holds' if holds else 'does not hold'}"
+            + ("" if summary["driver_kept_up"] else f" (the driver fell behind: {summary['late_sends']:,} late sends)"),
             flush=True,
         )
         if holds:
@@ -591,7 +592,7 @@ def _run_peer(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
 
 # --- output ----------------------------------------------------------------------------------
 
-_HEADLINE = ("offered_per_s", "achieved_per_s", "p50_ms", "p99_ms", "p999_ms", "errors")
+_HEADLINE = ("offered_per_s", "achieved_per_s", "p50_ms", "p99_ms", "p999_ms", "errors", "late_sends", "driver_kept_up")
 
 
 def _headline(result: dict[str, Any]) -> float:
@@ -626,6 +627,12 @@ def _print_summary(args: argparse.Namespace, result: dict[str, Any]) -> None:
             f" achieved {figures['achieved_per_s']:,.0f}/s, errors {figures['errors']},"
             f" late sends {figures['late_sends']} ({args.procs} driver process{'es' if args.procs > 1 else ''})"
         )
+        if not figures.get("driver_kept_up", True):
+            print(
+                f"  the driver did not keep up: {figures['late_sends']:,} sends over {openloop.LATE_MS:g} ms late"
+                f" (issue lag p99 {figures['issue_lag_p99_ms']:.1f} ms); these latencies are partly the"
+                " load generator's (more --procs, or --batch-due, where cores allow)"
+            )
         print(f"  {'kind':<12} {'ops':>9} {'errors':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9}")
         rows = [*figures["by_kind"].items(), ("all", figures | {"ops": figures["ops"]})]
         for kind, k in rows:

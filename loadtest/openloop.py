@@ -6,7 +6,8 @@ task, whether or not earlier ones have answered: a slow answer delays nobody els
 Latency counts from the due time, not from the send, so a send the driver could not issue
 on time (its loop was busy) shows up in the latency instead of silently lowering the rate:
 that is what removes coordinated omission. Sends issued more than `LATE_MS` after their due
-time are also counted (`late_sends`).
+time are also counted (`late_sends`); a run whose driver sent more than LATE_SHARE_MAX of its
+operations late did not keep up (`driver_kept_up`): its latencies are partly the driver's.
 
 `Recorder` keeps HDR histograms (microseconds) per operation kind and per second of due
 time, counts per second of completion, and travels between processes as plain data
@@ -25,6 +26,9 @@ from hdrh.histogram import HdrHistogram
 
 LATENCY_US_MAX = 120_000_000  # two minutes: anything slower is recorded as this
 LATE_MS = 5.0  # a send issued later than this after its due time counts as late
+# A run's driver kept up when at most this share of its sends were late: above it, its
+# latencies include the load generator's own delay, and a result says so.
+LATE_SHARE_MAX = 0.01
 INFLIGHT_MAX_DEFAULT = 20_000  # operations of one driver awaiting answers (2 s of 10,000/s)
 SHED = "SHED_INFLIGHT_MAX"
 clock = time.monotonic  # CLOCK_MONOTONIC on Linux: one clock for every process of a run
@@ -114,6 +118,7 @@ class Recorder:
         for kind_histogram in self.by_kind.values():
             total.add(kind_histogram)
         ops = total.get_total_count()
+        sent = sum(self.sent_by_second.values())
         errors = sum(self.errors_by_kind.values())
         # The run lasts until its last answer: a system that falls behind answers after the
         # schedule ends, and its achieved rate is lower than the offered one.
@@ -148,6 +153,7 @@ class Recorder:
             "max_ms": total.get_max_value() / 1000 if ops else None,
             "late_sends": self.late_sends,
             "issue_lag_p99_ms": self.issue_lag.get_value_at_percentile(99) / 1000,
+            "driver_kept_up": self.late_sends <= LATE_SHARE_MAX * sent,
             "error_samples": self.error_samples,
             "by_kind": {
                 kind: {

@@ -11,6 +11,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,3 +140,22 @@ def test_open_loop_sheds_beyond_the_in_flight_limit_and_counts_it_as_errors() ->
     assert summary["by_kind"]["op"]["ops"] == 4
     assert summary["by_kind"]["shed"]["ops"] == summary["errors"] == 16
     assert summary["error_samples"][0] == f"shed: {openloop.SHED}"
+
+
+def test_a_run_whose_driver_sent_late_says_it_did_not_keep_up() -> None:
+    """A driver whose loop is busy sends late: the result says its latencies are partly its own."""
+
+    async def scenario(block_s: float) -> dict[str, object]:
+        async def operation(index: int) -> tuple[str, str | None]:
+            if index == 0:
+                time.sleep(block_s)  # the driver's own loop stalls: every later send is late
+            return "op", None
+
+        start = openloop.clock() + 0.01
+        recorder = await openloop.drive(operation, rate=1000, duration_s=0.1, start=start, worker=0, procs=1)
+        return recorder.summary(1000, 0.1)
+
+    stalled = asyncio.run(scenario(0.05))
+    assert stalled["late_sends"] >= 40 and stalled["driver_kept_up"] is False, stalled["late_sends"]
+    on_time = asyncio.run(scenario(0.0))
+    assert on_time["driver_kept_up"] is (on_time["late_sends"] <= 1), on_time["late_sends"]
