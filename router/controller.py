@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import secrets
 import time
@@ -67,6 +68,15 @@ log = logging.getLogger("yunkai.router.controller")
 
 RPC_TIMEOUT_S = 5.0
 DOWN_AFTER_S_DEFAULT = 1.5
+# A node whose port refuses connections (its host answers, its process is gone: a crash, a
+# kill -9, an OOM kill) is down after this long, not after down_after_s of silence: the
+# refusal is the host's word that nobody serves there. A node the network hides (a dead
+# host, a partition) gives no such word and is waited for down_after_s. Either way the
+# promoted follower serves only after the old primary's lease (node/replication.py), so
+# the detector decides how soon, never whether two nodes answer for a slot.
+REFUSED_DOWN_AFTER_S = 0.5
+# How gRPC core reports ECONNREFUSED ("... Failed to connect to remote host: Connection refused").
+_REFUSED = "Connection refused"
 RETRY_FAIL_OVER_S = 1.0  # a failover left unfinished (the map moved on meanwhile) is tried again this often
 TERM_ATTEMPTS_MAX = 5
 
@@ -78,6 +88,12 @@ class ControllerError(Exception):
 class NotLeading(ControllerError):
     """This router lost its controller lease while a change was under way: an election is
     on, so the caller may try again (routers answer UNAVAILABLE, like while none leads)."""
+
+
+class Health(enum.Enum):
+    SERVING = "serving"
+    SILENT = "silent"  # no answer in time, or not serving (starting, stopping, cut off)
+    REFUSED = "refused"  # the port refuses connections: no process serves there
 
 
 class NodeClients:
@@ -104,17 +120,19 @@ class NodeClients:
         except grpc.aio.AioRpcError:
             return None
 
-    async def healthy(self, address: str, timeout_s: float) -> bool:
-        """Whether the node answers a health check as SERVING within `timeout_s`."""
+    async def healthy(self, address: str, timeout_s: float) -> Health:
+        """Whether the node answers a health check as SERVING within `timeout_s` (SERVING),
+        its port refuses connections (REFUSED), or neither (SILENT)."""
         if address not in self._channels:
             self.stub(address)
         try:
             reply = await health_pb2_grpc.HealthStub(self._channels[address]).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout_s
             )
-        except grpc.aio.AioRpcError:
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.aio.AioRpcError as error:
+            refused = error.code() == grpc.StatusCode.UNAVAILABLE and _REFUSED in (error.details() or "")
+            return Health.REFUSED if refused else Health.SILENT
+        return Health.SERVING if reply.status == health_pb2.HealthCheckResponse.SERVING else Health.SILENT
 
     async def silent_followers(self, address: str, after_s: float, timeout_s: float) -> list[str]:
         """The follower nodes the node (as a primary) has heard nothing from for `after_s`."""
@@ -158,6 +176,7 @@ class Controller:
         self.replicas = replicas  # R for a new cluster (a stored map keeps its own)
         self.down_after_s = down_after_s
         self._last_seen: dict[str, float] = {}  # monotonic time each node last answered a health check
+        self._refused_since: dict[str, float] = {}  # nodes whose port refuses connections, since when
         self._failed_over_at = 0.0  # monotonic time of the last failover (retries are spaced)
         self.term = 0  # set on taking office
         self._node_versions: dict[str, int] = {}  # what each node said its table version is
@@ -519,20 +538,34 @@ class Controller:
                     await self.abort_move(party, move.id, move.slot)
 
     async def watch_health(self) -> None:
-        """Probe every node's health often; with replicas, one silent for down_after_s is down."""
+        """Probe every node's health often; with replicas, one silent for down_after_s is down,
+        and one that has refused connections for REFUSED_DOWN_AFTER_S (or down_after_s, if
+        shorter) is down sooner."""
         interval = min(0.25, self.down_after_s / 4)
+        refused_after_s = min(REFUSED_DOWN_AFTER_S, self.down_after_s)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(interval, refused_after_s / 4) if self._refused_since else interval)
             shard_map = self.current()
             watched = sorted(a for a, state in shard_map.nodes.items() if state not in (DOWN, LOST))
             answers = await asyncio.gather(*(self.nodes.healthy(a, interval * 2) for a in watched))
             now = time.monotonic()
-            for address, ok in zip(watched, answers, strict=True):
-                if ok or address not in self._last_seen:
+            for address, health in zip(watched, answers, strict=True):
+                if health is Health.SERVING or address not in self._last_seen:
                     self._last_seen[address] = now
+                if health is Health.REFUSED:
+                    self._refused_since.setdefault(address, now)
+                else:
+                    self._refused_since.pop(address, None)
+            for address in set(self._refused_since) - set(watched):
+                del self._refused_since[address]
             if shard_map.replicas <= 1:
                 continue
-            silent = [a for a in watched if now - self._last_seen[a] > self.down_after_s]
+            silent = [
+                a
+                for a in watched
+                if now - self._last_seen[a] > self.down_after_s
+                or now - self._refused_since.get(a, now) > refused_after_s
+            ]
             if silent:
                 await self.fail_over(dict.fromkeys(silent, DOWN))
                 self._failed_over_at = time.monotonic()
@@ -542,7 +575,7 @@ class Controller:
                 await self.fail_over({})
                 self._failed_over_at = time.monotonic()
                 continue
-            answering = [a for a, ok in zip(watched, answers, strict=True) if ok]
+            answering = [a for a, health in zip(watched, answers, strict=True) if health is Health.SERVING]
             reports = await asyncio.gather(
                 *(self.nodes.silent_followers(a, self.down_after_s, interval * 2) for a in answering)
             )

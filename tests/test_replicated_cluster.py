@@ -141,6 +141,32 @@ def test_two_disks_lost_one_after_the_other_under_load_lose_no_acknowledged_tran
         assert_clean(report, cluster)
 
 
+def test_a_node_whose_port_refuses_connections_fails_over_without_waiting_out_its_silence(tmp_path: Path) -> None:
+    """kill -9 leaves the host refusing the node's port: the controller fails the node over
+    after REFUSED_DOWN_AFTER_S, not after the minute of silence it is told to wait for a node
+    that merely stops answering (the zombie test below is that case)."""
+    cluster = LocalCluster(
+        str(tmp_path),
+        nodes=3,
+        port=0,
+        slots_total=S,
+        replicas=R,
+        router_args=["--node-down-after-ms", "60000"],
+        node_args=["--lease-ms", str(LEASE_MS)],
+    ).start()
+    try:
+        fully_replicated(cluster)
+        victim = cluster.nodes[0]
+        victim.kill()
+        after = wait_for(lambda m: m.nodes[victim.address] == DOWN, "the killed node marked down", cluster, 30)
+        assert all(victim.address not in after.members(slot) for slot in range(S)), after
+        with SyncLedgerClient(cluster.address, timeout_s=10) as sdk:
+            account = f"{{k{random.randrange(10**9)}}}:a"
+            assert sdk.create_accounts([Account(account, CNY, 1)])[0].ok  # its slots are served
+    finally:
+        cluster.stop()
+
+
 def test_a_zombie_primary_stopped_past_its_lease_acknowledges_nothing_and_serves_no_stale_read(
     tmp_path: Path,
 ) -> None:
