@@ -5,6 +5,7 @@ the gRPC calls, the Prometheus gauges and `yunkai scoring report|outcome`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
+from clients.scoring import ScoringClient
 from proto import inference_pb2 as pb, inference_pb2_grpc
 from scoring import datasets, monitor, registry
 from tests.conftest import channel
@@ -46,7 +48,7 @@ def infer(server: ScoringServer, rows: np.ndarray, version: str = "", call_id: s
 
 
 def monitored(server: ScoringServer, version: int) -> pb.VersionMonitor:
-    reply = server.stub.ModelMonitor(pb.ModelMonitorRequest(model_name=MODEL), timeout=10)
+    reply: pb.ModelMonitorResponse = server.stub.ModelMonitor(pb.ModelMonitorRequest(model_name=MODEL), timeout=10)
     [found] = [v for v in reply.versions if v.version == version]
     return found
 
@@ -201,6 +203,21 @@ def test_bad_outcomes_and_reports_are_refused_clearly_and_the_server_keeps_servi
         stub = inference_pb2_grpc.GRPCInferenceServiceStub(as_service)
         assert refused(stub.ModelMonitor, pb.ModelMonitorRequest()).code() == grpc.StatusCode.PERMISSION_DENIED
         assert len(stub.ModelInfer(raw_request(rows), timeout=5).raw_output_contents) == 1, "still serving"
+
+
+def test_a_service_scores_with_a_request_id_and_reports_outcomes_through_the_sdk(
+    server: ScoringServer, data: datasets.Dataset
+) -> None:
+    dicts = [dict(zip(data.feature_names, map(float, row), strict=True)) for row in data.features[:2]]
+
+    async def run() -> list[str]:
+        async with ScoringClient(server.address) as client:  # the `service` identity
+            await client.score(MODEL, dicts, request_id="loan-application-9")
+            return await client.record_outcomes(
+                MODEL, [("loan-application-9", 1, 0), ("loan-application-9", 1, 0), ("loan-application-10", 0, 1)]
+            )
+
+    assert asyncio.run(run()) == ["recorded", "exists", "unknown_score"]
 
 
 def test_a_version_trained_before_feature_bins_were_stored_still_measures_score_drift(
