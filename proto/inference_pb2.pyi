@@ -338,20 +338,6 @@ class RepositoryModelRollbackRequest(_message.Message):
     model_name: str
     def __init__(self, model_name: _Optional[str] = ...) -> None: ...
 
-class ModelRoles(_message.Message):
-    __slots__ = ("model_name", "champion", "challenger", "share", "previous")
-    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
-    CHAMPION_FIELD_NUMBER: _ClassVar[int]
-    CHALLENGER_FIELD_NUMBER: _ClassVar[int]
-    SHARE_FIELD_NUMBER: _ClassVar[int]
-    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
-    model_name: str
-    champion: int
-    challenger: int
-    share: float
-    previous: int
-    def __init__(self, model_name: _Optional[str] = ..., champion: _Optional[int] = ..., challenger: _Optional[int] = ..., share: _Optional[float] = ..., previous: _Optional[int] = ...) -> None: ...
-
 class ModelOutcomeRequest(_message.Message):
     __slots__ = ("model_name", "outcomes")
     class Outcome(_message.Message):
@@ -428,3 +414,17 @@ class ModelMonitorResponse(_message.Message):
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     versions: _containers.RepeatedCompositeFieldContainer[VersionMonitor]
     def __init__(self, versions: _Optional[_Iterable[_Union[VersionMonitor, _Mapping]]] = ...) -> None: ...
+
+class ModelRoles(_message.Message):
+    __slots__ = ("model_name", "champion", "challenger", "share", "previous")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    CHAMPION_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGER_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    champion: int
+    challenger: int
+    share: float
+    previous: int
+    def __init__(self, model_name: _Optional[str] = ..., champion: _Optional[int] = ..., challenger: _Optional[int] = ..., share: _Optional[float] = ..., previous: _Optional[int] = ...) -> None: ...

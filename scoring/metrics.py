@@ -7,6 +7,9 @@ Pure numpy functions; nothing here knows about CatBoost or ONNX.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -104,3 +107,30 @@ def psi(expected: npt.ArrayLike, actual: npt.ArrayLike, epsilon: float = PSI_EPS
     a = np.maximum(np.asarray(actual, dtype=np.float64), epsilon)
     result: npt.NDArray[np.float64] = np.sum((a - e) * np.log(a / e), axis=-1)
     return result
+
+
+def drift_reference(
+    feature_names: Sequence[str], train_x: npt.NDArray[np.floating], held_out_scores: npt.ArrayLike
+) -> dict[str, Any]:
+    """model.json's `drift_reference` (scoring/monitor.py measures drift in it): equal-count bins of
+    each feature over the training rows, and of the score over the held-out rows (the scores of
+    rows a model trained on are more confident than new rows' and would read as drift)."""
+
+    def column(values: npt.ArrayLike) -> dict[str, Any]:
+        edges = quantile_edges(values)
+        bins = np.searchsorted(edges, np.asarray(values, dtype=np.float64).ravel(), side="right")  # cut points <= v
+        fractions = np.bincount(bins, minlength=len(edges) + 1) / len(bins)
+        return {"edges": edges, "fractions": fractions.round(8).tolist()}
+
+    scores = np.asarray(held_out_scores, dtype=np.float64)
+    return {
+        "bins": DRIFT_BINS,
+        "binning": "equal-count bins: cut points are observed quantiles, equal ones merged; a value v falls in "
+        "bin i = the number of cut points <= v",
+        "features": {
+            "of": "training rows",
+            "rows": len(train_x),
+            "columns": [{"name": name} | column(train_x[:, i]) for i, name in enumerate(feature_names)],
+        },
+        "score": {"of": "held-out rows' ONNX probabilities", "rows": len(scores)} | column(scores),
+    }

@@ -5,7 +5,7 @@ What it owns, per model version (keyed by name and version: a version is immutab
 of the same version keeps its window):
 
   Reference    the bins drift is measured in, fixed at training (model.json `drift_reference`,
-               written by scoring/train.py): ten equal-count bins per feature over the training
+               metrics.drift_reference): ten equal-count bins per feature over the training
                rows, ten over the held-out rows' scores, and the reference's share of rows in each.
   DriftWindow  the bins of the last `rows_max` rows the version scored (a ring of bin indices, a
                column per feature and one for the score, and when each row was scored) with
@@ -132,33 +132,6 @@ class Reference:
         block = np.column_stack([features, scores]) if self.features else np.asarray(scores)[:, None]
         assert block.shape[1] == self.columns, f"{block.shape[1]} columns for a reference of {self.columns}"
         return metrics.bin_indices(block, self.edges, self.edge_counts).astype(np.uint8)
-
-
-def reference_record(
-    feature_names: Sequence[str], train_x: npt.NDArray[np.float32], held_out_scores: npt.ArrayLike
-) -> dict[str, Any]:
-    """model.json's `drift_reference`: equal-count bins of each feature over the training rows, and
-    of the score over the held-out rows (scores of the rows a model trained on are more confident
-    than those of new rows, so they would read as drift)."""
-
-    def column(values: npt.ArrayLike) -> dict[str, Any]:
-        edges = metrics.quantile_edges(values)
-        bins = np.searchsorted(edges, np.asarray(values, dtype=np.float64).ravel(), side="right")  # cut points <= v
-        fractions = np.bincount(bins, minlength=len(edges) + 1) / len(bins)
-        return {"edges": edges, "fractions": fractions.round(8).tolist()}
-
-    scores = np.asarray(held_out_scores, dtype=np.float64)
-    return {
-        "bins": metrics.DRIFT_BINS,
-        "binning": "equal-count bins: cut points are observed quantiles, equal ones merged; a value v falls in "
-        "bin i = the number of cut points <= v",
-        "features": {
-            "of": "training rows",
-            "rows": len(train_x),
-            "columns": [{"name": name} | column(train_x[:, i]) for i, name in enumerate(feature_names)],
-        },
-        "score": {"of": "held-out rows' ONNX probabilities", "rows": len(scores)} | column(scores),
-    }
 
 
 class DriftWindow:

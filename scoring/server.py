@@ -9,6 +9,13 @@ Checked calls to one version that arrive together share one onnxruntime run (sco
 Sessions run on the event loop: one intra-op thread each, and a single row scores in tens of
 microseconds, so a thread hop would cost more than it saves.
 
+Monitoring (scoring/monitor.py): every scored row, the challenger's in shadow included, enters its
+version's drift window, and the scores of a call that carries an `id` are kept for outcomes.
+`ModelOutcome` (yunkai extension, audited) joins labels to those scores; `ModelMonitor`
+(operators) reports windowed PSI per feature and on the score, and the AUC on outcomes; the same
+figures are Prometheus gauges, computed when scraped (yunkai_scoring_drift_*, _outcome_*), and
+absent until their minimum sample is there.
+
 Champion and challenger (scoring/champion.py): a call that names no version (or the champion's)
 is answered by the champion. When the model has a challenger, `share` of those calls are also
 queued for the challenger (Shadow): it scores the same rows after the answer has left, and its
@@ -16,13 +23,6 @@ scores are logged beside the champion's (a `shadow` JSON log line) and counted
 (yunkai_scoring_shadow_*); a challenger that fails, or a full queue, costs the caller nothing.
 `RepositoryModelDeploy|Promote|Rollback` (yunkai extensions, operators only, audited) change
 the roles: the record on disk first (registry.write_roles), then the served set in one swap.
-
-Monitoring (scoring/monitor.py): every scored row, the challenger's in shadow included, enters its
-version's drift window, and the scores of a call that carries an `id` are kept for outcomes.
-`ModelOutcome` (yunkai extension, audited) joins labels to those scores; `ModelMonitor`
-(operators) reports windowed PSI per feature and on the score, and the AUC on outcomes; the same
-figures are Prometheus gauges, computed when scraped (yunkai_scoring_drift_*, _outcome_*), and
-absent until their minimum sample is there.
 """
 
 from __future__ import annotations
@@ -47,8 +47,18 @@ from prometheus_client.registry import Collector
 
 import serving
 from proto import inference_pb2 as pb
-from scoring import champion, monitor, service
+from scoring import champion, service
 from scoring.batching import DELAY_S_MAX, ROWS_MAX_DEFAULT, Batcher
+from scoring.monitor import (
+    ID_CHARS_MAX,
+    OUTCOMES_PER_CALL_MAX,
+    WINDOW_ROWS_DEFAULT,
+    WINDOW_ROWS_MAX,
+    WINDOW_ROWS_MIN_DEFAULT,
+    Monitors,
+    Outcome,
+    Report,
+)
 from scoring.registry import Roles
 from scoring.service import InvalidInput, LoadFailed, ModelStore, ModelVersions, NotFound
 from serving import BadRequest, Context, parse_request
@@ -70,8 +80,8 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "INFO",
     "batch_delay_us": 0,
     "batch_rows_max": ROWS_MAX_DEFAULT,
-    "drift_window_rows": monitor.WINDOW_ROWS_DEFAULT,
-    "drift_rows_min": monitor.WINDOW_ROWS_MIN_DEFAULT,
+    "drift_window_rows": WINDOW_ROWS_DEFAULT,
+    "drift_rows_min": WINDOW_ROWS_MIN_DEFAULT,
 }
 
 _LATENCY_BUCKETS_S = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
@@ -113,10 +123,10 @@ outcomes_total = Counter(
     ["model", "result"],
 )
 OUTCOME_RESULTS = {
-    monitor.Outcome.RECORDED: pb.OUTCOME_RECORDED,
-    monitor.Outcome.EXISTS: pb.OUTCOME_EXISTS,
-    monitor.Outcome.UNKNOWN_SCORE: pb.OUTCOME_UNKNOWN_SCORE,
-    monitor.Outcome.CONFLICTS: pb.OUTCOME_CONFLICTS,
+    Outcome.RECORDED: pb.OUTCOME_RECORDED,
+    Outcome.EXISTS: pb.OUTCOME_EXISTS,
+    Outcome.UNKNOWN_SCORE: pb.OUTCOME_UNKNOWN_SCORE,
+    Outcome.CONFLICTS: pb.OUTCOME_CONFLICTS,
 }
 
 
@@ -133,13 +143,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drift-window-rows",
         type=int,
-        help=f"rows per model version that drift is measured over, the newest (default {monitor.WINDOW_ROWS_DEFAULT}, "
-        f"at most {monitor.WINDOW_ROWS_MAX})",
+        help=f"rows per model version that drift is measured over, the newest (default {WINDOW_ROWS_DEFAULT}, "
+        f"at most {WINDOW_ROWS_MAX})",
     )
     parser.add_argument(
         "--drift-rows-min",
         type=int,
-        help=f"rows the window needs before PSI is reported (default {monitor.WINDOW_ROWS_MIN_DEFAULT})",
+        help=f"rows the window needs before PSI is reported (default {WINDOW_ROWS_MIN_DEFAULT})",
     )
 
 
@@ -154,8 +164,8 @@ def _check(settings: dict[str, Any]) -> str | None:
     if not 0 <= delay_us <= DELAY_S_MAX * 1e6 or rows_max < 1:
         return f"--batch-delay-us must be 0 to {int(DELAY_S_MAX * 1e6)}, --batch-rows-max at least 1"
     window_rows, rows_min = int(settings["drift_window_rows"]), int(settings["drift_rows_min"])
-    if not 1 <= rows_min <= window_rows <= monitor.WINDOW_ROWS_MAX:
-        return f"need 1 <= --drift-rows-min <= --drift-window-rows <= {monitor.WINDOW_ROWS_MAX}"
+    if not 1 <= rows_min <= window_rows <= WINDOW_ROWS_MAX:
+        return f"need 1 <= --drift-rows-min <= --drift-window-rows <= {WINDOW_ROWS_MAX}"
     return None
 
 
@@ -179,7 +189,7 @@ async def _scoring(
     settings: dict[str, Any], store: ModelStore, server: grpc.aio.Server
 ) -> AsyncIterator[Mapping[str, object]]:
     batcher = Batcher(int(settings["batch_delay_us"]) / 1e6, int(settings["batch_rows_max"]), observe_batch)
-    monitors = monitor.Monitors(int(settings["drift_window_rows"]), int(settings["drift_rows_min"]))
+    monitors = Monitors(int(settings["drift_window_rows"]), int(settings["drift_rows_min"]))
     shadow = Shadow(monitors)
     server.add_generic_rpc_handlers([InferenceService(store, batcher, shadow, monitors).handler()])
     gauges = MonitorGauges(store, monitors)
@@ -214,7 +224,7 @@ class ShadowCall:
 class Shadow:
     """The challenger's runs, off the callers' path: one bounded queue, one worker task."""
 
-    def __init__(self, monitors: monitor.Monitors) -> None:
+    def __init__(self, monitors: Monitors) -> None:
         self.queue: asyncio.Queue[ShadowCall] = asyncio.Queue(SHADOW_QUEUE_MAX)
         self.draw = random.Random()
         self.monitors = monitors
@@ -283,7 +293,7 @@ def observe_batch(model: service.LoadedVersion, rows: int, waited_s: float, comp
 
 
 def observe(
-    monitors: monitor.Monitors,
+    monitors: Monitors,
     model: service.LoadedVersion,
     call_id: str,
     features: npt.NDArray[np.float32],
@@ -323,7 +333,7 @@ def decode_features(tensor: Any, raw: list[bytes] | None) -> npt.NDArray[np.floa
 class InferenceService:
     """inference.GRPCInferenceService over a ModelStore."""
 
-    def __init__(self, store: ModelStore, batcher: Batcher, shadow: Shadow, monitors: monitor.Monitors) -> None:
+    def __init__(self, store: ModelStore, batcher: Batcher, shadow: Shadow, monitors: Monitors) -> None:
         self.store = store
         self.batcher = batcher
         self.shadow = shadow
@@ -498,22 +508,22 @@ class InferenceService:
 def check_outcomes(request: pb.ModelOutcomeRequest) -> list[tuple[str, int, int]]:
     """The outcomes as (id, row, label); BadRequest naming the first malformed one."""
     count = len(request.outcomes)
-    if not 1 <= count <= monitor.OUTCOMES_PER_CALL_MAX:
-        raise BadRequest(f"{count} outcomes; a call takes 1 to {monitor.OUTCOMES_PER_CALL_MAX}")
+    if not 1 <= count <= OUTCOMES_PER_CALL_MAX:
+        raise BadRequest(f"{count} outcomes; a call takes 1 to {OUTCOMES_PER_CALL_MAX}")
     checked = []
     for index, outcome in enumerate(request.outcomes):
         where = f"outcomes[{index}] (id {outcome.id!r}, row {outcome.row})"
         if outcome.label not in (0, 1):
             raise BadRequest(f"{where}: label {outcome.label}; a label is 0 or 1 (1: the event the model predicts)")
-        if not 1 <= len(outcome.id) <= monitor.ID_CHARS_MAX:
-            raise BadRequest(f"{where}: the id of the scoring call must be 1 to {monitor.ID_CHARS_MAX} characters")
+        if not 1 <= len(outcome.id) <= ID_CHARS_MAX:
+            raise BadRequest(f"{where}: the id of the scoring call must be 1 to {ID_CHARS_MAX} characters")
         if not 0 <= outcome.row < service.ROWS_MAX:
             raise BadRequest(f"{where}: row must be 0 to {service.ROWS_MAX - 1}")
         checked.append((outcome.id, int(outcome.row), int(outcome.label)))
     return checked
 
 
-def reports(store: ModelStore, monitors: monitor.Monitors, names: list[str]) -> Iterator[tuple[monitor.Report, str]]:
+def reports(store: ModelStore, monitors: Monitors, names: list[str]) -> Iterator[tuple[Report, str]]:
     """Each loaded version of `names` (champion first) with its role."""
     for name in names:
         model = store.models.get(name)
@@ -526,7 +536,7 @@ def reports(store: ModelStore, monitors: monitor.Monitors, names: list[str]) -> 
             yield monitors.report(name, version, model.versions[version].reference), role
 
 
-def monitor_reply(report: monitor.Report, role: str) -> pb.VersionMonitor:
+def monitor_reply(report: Report, role: str) -> pb.VersionMonitor:
     reply = pb.VersionMonitor(
         model_name=report.name,
         version=report.version,
@@ -554,7 +564,7 @@ class MonitorGauges(Collector):
     """The monitors as Prometheus gauges, computed when scraped (on the metrics server's thread):
     nothing on the scoring path. A PSI or AUC below its minimum sample is absent, not 0."""
 
-    def __init__(self, store: ModelStore, monitors: monitor.Monitors) -> None:
+    def __init__(self, store: ModelStore, monitors: Monitors) -> None:
         self.store = store
         self.monitors = monitors
 

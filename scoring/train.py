@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from scoring import datasets, derived, metrics, monitor, parity, quality, recipes, registry
+from scoring import datasets, derived, metrics, parity, quality, recipes, registry
 
 TEST_FRACTION = 0.25
 SEED_DEFAULT = 7
@@ -125,8 +125,7 @@ def train_one(
         onnx_file = Path(scratch) / registry.MODEL_FILE
         export_onnx(fitted, data, name, version, onnx_file)
         session = parity.open_session(onnx_file)
-        served = parity.onnx_probabilities(session, parts.test_x)
-        result = parity.check_parity(scores, served, cutoff, tolerance)
+        result = parity.check_parity(scores, parity.onnx_probabilities(session, parts.test_x), cutoff, tolerance)
         gate = quality_gate(name, data, root, parts, session, auc_tolerance) if result.passed else None
         metadata = {
             "schema_version": registry.SCHEMA_VERSION,
@@ -153,7 +152,9 @@ def train_one(
             | {"test_fraction": TEST_FRACTION, "split_seed": seed},
             "training": recipe.to_json() | {"trees": fitted.trees, "seed": seed},
             "reference_histogram": metrics.score_histogram(scores) | {"of": "held-out CatBoost probabilities"},
-            "drift_reference": monitor.reference_record(data.feature_names, parts.train_x, served),
+            "drift_reference": metrics.drift_reference(
+                data.feature_names, parts.train_x, parity.onnx_probabilities(session, parts.test_x)
+            ),
             "parity": result.to_json(),
             "quality_gate": None if gate is None else gate.to_json(),
             "onnx": parity.describe_onnx(onnx_file),
