@@ -56,9 +56,13 @@ class ScoringClient:
             self.feature_names[key] = list(reply.feature_names)
         return self.feature_names[key]
 
-    async def score(self, model: str, rows: list[dict[str, float]], version: int | None = None) -> list[float]:
+    async def score(
+        self, model: str, rows: list[dict[str, float]], version: int | None = None, request_id: str = ""
+    ) -> list[float]:
         """Probabilities of the positive class, one per row. ValueError naming any missing or
-        unknown feature (nothing is sent); grpc.aio.AioRpcError for what the server refuses."""
+        unknown feature (nothing is sent); grpc.aio.AioRpcError for what the server refuses.
+        With a `request_id` (1-128 characters, unique to this call) the server keeps the scores
+        for `record_outcomes` to join, by (request_id, row)."""
         if not rows:
             return []
         names = await self.features_of(model, version)
@@ -77,6 +81,7 @@ class ScoringClient:
         request = pb.ModelInferRequest(
             model_name=model,
             model_version="" if version is None else str(version),
+            id=request_id,
             inputs=[
                 pb.ModelInferRequest.InferInputTensor(name=INPUT_NAME, datatype="FP32", shape=[len(rows), len(names)])
             ],
@@ -87,3 +92,16 @@ class ScoringClient:
         scores = list(struct.unpack(f"<{len(rows)}f", reply.raw_output_contents[0]))
         assert len(scores) == len(rows), f"{len(scores)} scores for {len(rows)} rows"
         return scores
+
+    async def record_outcomes(self, model: str, outcomes: list[tuple[str, int, int]]) -> list[str]:
+        """Outcomes of scored rows, each (request_id of the call that scored it, row, label: 1 the
+        event the model predicts happened, 0 it did not), at most 10,000 a call. One result per
+        outcome: "recorded", "exists" (the same label before), "unknown_score" (no kept score: never
+        scored with that id, or forgotten) or "conflicts" (another label before; kept).
+        grpc.aio.AioRpcError when the server refuses the call (unknown model, a label not 0 or 1)."""
+        request = pb.ModelOutcomeRequest(
+            model_name=model,
+            outcomes=[pb.ModelOutcomeRequest.Outcome(id=i, row=row, label=label) for i, row, label in outcomes],
+        )
+        reply = await self.stub.ModelOutcome(request, timeout=self.deadline_s)
+        return [pb.OutcomeResult.Name(r).lower().removeprefix("outcome_") for r in reply.results]

@@ -107,7 +107,7 @@ COMMANDS: tuple[Command | Group, ...] = (
     ),
     Group(
         "scoring",
-        help="credit scoring models: train them into a registry, serve them, deploy, promote and roll back",
+        help="credit scoring models: train them into a registry, serve them, deploy, promote and roll back, monitor",
         description="Scoring models (CatBoost exported to ONNX) and their registry.",
         dest="scoring_command",
         members=(
@@ -167,6 +167,27 @@ COMMANDS: tuple[Command | Group, ...] = (
                 module="scoring.lifecycle",
                 add="add_model_arguments",
                 run="rollback_main",
+            ),
+            Command(
+                "report",
+                help="show each served model version's drift (PSI) and its AUC on reported outcomes",
+                description="On a running `yunkai scoring serve`: per model version, the drift window, PSI of the "
+                "score and of each feature against the training reference (worst first; minor >= 0.1, MAJOR >= "
+                "0.25), and the AUC on reported outcomes, or how far each is from its minimum sample. --json for JSON.",
+                module="scoring.report",
+                add="add_report_arguments",
+                run="report_main",
+            ),
+            Command(
+                "outcome",
+                help="report outcomes (label 0 or 1) of rows scored by calls that carried an id",
+                description="On a running `yunkai scoring serve`: join each outcome to the score the server kept for "
+                "the row (call id, row) and count it towards the model's AUC. One outcome (ID LABEL [--row R]) or a "
+                'file of JSON lines ({"id": ..., "row": 0, "label": 1}). Exits 1 if any outcome has no kept score '
+                "or contradicts one recorded before.",
+                module="scoring.report",
+                add="add_outcome_arguments",
+                run="outcome_main",
             ),
         ),
     ),

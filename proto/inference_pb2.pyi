@@ -1,10 +1,24 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class OutcomeResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_RESULT_UNSPECIFIED: _ClassVar[OutcomeResult]
+    OUTCOME_RECORDED: _ClassVar[OutcomeResult]
+    OUTCOME_EXISTS: _ClassVar[OutcomeResult]
+    OUTCOME_UNKNOWN_SCORE: _ClassVar[OutcomeResult]
+    OUTCOME_CONFLICTS: _ClassVar[OutcomeResult]
+OUTCOME_RESULT_UNSPECIFIED: OutcomeResult
+OUTCOME_RECORDED: OutcomeResult
+OUTCOME_EXISTS: OutcomeResult
+OUTCOME_UNKNOWN_SCORE: OutcomeResult
+OUTCOME_CONFLICTS: OutcomeResult
 
 class ServerLiveRequest(_message.Message):
     __slots__ = ()
@@ -323,6 +337,83 @@ class RepositoryModelRollbackRequest(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     def __init__(self, model_name: _Optional[str] = ...) -> None: ...
+
+class ModelOutcomeRequest(_message.Message):
+    __slots__ = ("model_name", "outcomes")
+    class Outcome(_message.Message):
+        __slots__ = ("id", "row", "label")
+        ID_FIELD_NUMBER: _ClassVar[int]
+        ROW_FIELD_NUMBER: _ClassVar[int]
+        LABEL_FIELD_NUMBER: _ClassVar[int]
+        id: str
+        row: int
+        label: int
+        def __init__(self, id: _Optional[str] = ..., row: _Optional[int] = ..., label: _Optional[int] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    outcomes: _containers.RepeatedCompositeFieldContainer[ModelOutcomeRequest.Outcome]
+    def __init__(self, model_name: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[ModelOutcomeRequest.Outcome, _Mapping]]] = ...) -> None: ...
+
+class ModelOutcomeResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedScalarFieldContainer[OutcomeResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[OutcomeResult, str]]] = ...) -> None: ...
+
+class ModelMonitorRequest(_message.Message):
+    __slots__ = ("model_name",)
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    def __init__(self, model_name: _Optional[str] = ...) -> None: ...
+
+class FeatureDrift(_message.Message):
+    __slots__ = ("name", "psi")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    psi: float
+    def __init__(self, name: _Optional[str] = ..., psi: _Optional[float] = ...) -> None: ...
+
+class VersionMonitor(_message.Message):
+    __slots__ = ("model_name", "version", "role", "window_rows", "window_rows_max", "window_rows_min", "window_age_s", "features_binned", "score_psi", "features", "outcome_positives", "outcome_negatives", "outcome_class_min", "outcomes_max", "outcome_auc")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_ROWS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_ROWS_MAX_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_ROWS_MIN_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_BINNED_FIELD_NUMBER: _ClassVar[int]
+    SCORE_PSI_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_NEGATIVES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_CLASS_MIN_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_MAX_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_AUC_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: int
+    role: str
+    window_rows: int
+    window_rows_max: int
+    window_rows_min: int
+    window_age_s: float
+    features_binned: bool
+    score_psi: float
+    features: _containers.RepeatedCompositeFieldContainer[FeatureDrift]
+    outcome_positives: int
+    outcome_negatives: int
+    outcome_class_min: int
+    outcomes_max: int
+    outcome_auc: float
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., role: _Optional[str] = ..., window_rows: _Optional[int] = ..., window_rows_max: _Optional[int] = ..., window_rows_min: _Optional[int] = ..., window_age_s: _Optional[float] = ..., features_binned: _Optional[bool] = ..., score_psi: _Optional[float] = ..., features: _Optional[_Iterable[_Union[FeatureDrift, _Mapping]]] = ..., outcome_positives: _Optional[int] = ..., outcome_negatives: _Optional[int] = ..., outcome_class_min: _Optional[int] = ..., outcomes_max: _Optional[int] = ..., outcome_auc: _Optional[float] = ...) -> None: ...
+
+class ModelMonitorResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[VersionMonitor]
+    def __init__(self, versions: _Optional[_Iterable[_Union[VersionMonitor, _Mapping]]] = ...) -> None: ...
 
 class ModelRoles(_message.Message):
     __slots__ = ("model_name", "champion", "challenger", "share", "previous")

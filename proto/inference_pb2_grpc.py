@@ -94,6 +94,16 @@ class GRPCInferenceServiceStub:
                 request_serializer=proto_dot_inference__pb2.RepositoryModelRollbackRequest.SerializeToString,
                 response_deserializer=proto_dot_inference__pb2.ModelRoles.FromString,
                 _registered_method=True)
+        self.ModelOutcome = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelOutcome',
+                request_serializer=proto_dot_inference__pb2.ModelOutcomeRequest.SerializeToString,
+                response_deserializer=proto_dot_inference__pb2.ModelOutcomeResponse.FromString,
+                _registered_method=True)
+        self.ModelMonitor = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelMonitor',
+                request_serializer=proto_dot_inference__pb2.ModelMonitorRequest.SerializeToString,
+                response_deserializer=proto_dot_inference__pb2.ModelMonitorResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -173,6 +183,20 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelOutcome(self, request, context):
+        """yunkai extensions: monitoring (scoring/monitor.py). ModelOutcome joins outcomes to the scores
+        of earlier ModelInfer calls that carried an `id`; ModelMonitor reports drift and outcome AUC.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelMonitor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +259,16 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.RepositoryModelRollback,
                     request_deserializer=proto_dot_inference__pb2.RepositoryModelRollbackRequest.FromString,
                     response_serializer=proto_dot_inference__pb2.ModelRoles.SerializeToString,
+            ),
+            'ModelOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelOutcome,
+                    request_deserializer=proto_dot_inference__pb2.ModelOutcomeRequest.FromString,
+                    response_serializer=proto_dot_inference__pb2.ModelOutcomeResponse.SerializeToString,
+            ),
+            'ModelMonitor': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelMonitor,
+                    request_deserializer=proto_dot_inference__pb2.ModelMonitorRequest.FromString,
+                    response_serializer=proto_dot_inference__pb2.ModelMonitorResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -561,6 +595,60 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/RepositoryModelRollback',
             proto_dot_inference__pb2.RepositoryModelRollbackRequest.SerializeToString,
             proto_dot_inference__pb2.ModelRoles.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelOutcome',
+            proto_dot_inference__pb2.ModelOutcomeRequest.SerializeToString,
+            proto_dot_inference__pb2.ModelOutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelMonitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelMonitor',
+            proto_dot_inference__pb2.ModelMonitorRequest.SerializeToString,
+            proto_dot_inference__pb2.ModelMonitorResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -32,11 +35,16 @@ TIMEOUT_S = 60.0  # a deploy may load a version from disk and smoke-test it
 EXIT_REFUSED = 1
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """--scoring HOST:PORT and the TLS flags: what every operator command on a scoring server takes."""
     parser.add_argument(
         "--scoring", default=SCORING_DEFAULT, help=f"HOST:PORT of yunkai scoring serve (default {SCORING_DEFAULT})"
     )
     serving.add_tls_arguments(parser)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    add_scoring_arguments(parser)
     parser.add_argument("model", help="model name, e.g. credit_risk")
 
 
@@ -68,19 +76,35 @@ def rollback_main(args: argparse.Namespace) -> int:
     return _call(args, "RepositoryModelRollback", pb.RepositoryModelRollbackRequest(model_name=args.model))
 
 
-def _call(args: argparse.Namespace, method: str, request: Message) -> int:
-    async def run() -> pb.ModelRoles:
-        credentials = serving.client_credentials(serving.client_tls(args, "operator"))
-        async with serving.channel(args.scoring, credentials, []) as channel:
-            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
-            reply: pb.ModelRoles = await getattr(stub, method)(request, timeout=TIMEOUT_S)
-            return reply
+@contextlib.asynccontextmanager
+async def operator_stub(args: argparse.Namespace) -> AsyncIterator[Any]:
+    """A stub of the scoring server at --scoring, over mutual TLS as the operator (--tls-dir)."""
+    credentials = serving.client_credentials(serving.client_tls(args, "operator"))
+    async with serving.channel(args.scoring, credentials, []) as channel:
+        yield inference_pb2_grpc.GRPCInferenceServiceStub(channel)
 
+
+def call(args: argparse.Namespace, method: str, request: Message) -> Any:
+    """One call to the scoring server as the operator; grpc.aio.AioRpcError if it is refused."""
+
+    async def run() -> Any:
+        async with operator_stub(args) as stub:
+            return await getattr(stub, method)(request, timeout=TIMEOUT_S)
+
+    return asyncio.run(run())
+
+
+def refused(error: grpc.aio.AioRpcError) -> int:
+    """Print the server's reason for a refusal; the exit status."""
+    print(f"refused ({error.code().name}): {error.details()}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def _call(args: argparse.Namespace, method: str, request: Message) -> int:
     try:
-        roles = asyncio.run(run())
+        roles: pb.ModelRoles = call(args, method, request)
     except grpc.aio.AioRpcError as error:
-        print(f"refused ({error.code().name}): {error.details()}", file=sys.stderr)
-        return EXIT_REFUSED
+        return refused(error)
     print(json.dumps(roles_json(roles), sort_keys=True))
     return 0
 

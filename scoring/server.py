@@ -9,6 +9,13 @@ Checked calls to one version that arrive together share one onnxruntime run (sco
 Sessions run on the event loop: one intra-op thread each, and a single row scores in tens of
 microseconds, so a thread hop would cost more than it saves.
 
+Monitoring (scoring/monitor.py): every scored row, the challenger's in shadow included, enters its
+version's drift window, and the scores of a call that carries an `id` are kept for outcomes.
+`ModelOutcome` (yunkai extension, audited) joins labels to those scores; `ModelMonitor`
+(operators) reports windowed PSI per feature and on the score, and the AUC on outcomes; the same
+figures are Prometheus gauges, computed when scraped (yunkai_scoring_drift_*, _outcome_*), and
+absent until their minimum sample is there.
+
 Champion and challenger (scoring/champion.py): a call that names no version (or the champion's)
 is answered by the champion. When the model has a challenger, `share` of those calls are also
 queued for the challenger (Shadow): it scores the same rows after the answer has left, and its
@@ -25,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +41,24 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import Message
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 import serving
 from proto import inference_pb2 as pb
 from scoring import champion, service
 from scoring.batching import DELAY_S_MAX, ROWS_MAX_DEFAULT, Batcher
+from scoring.monitor import (
+    ID_CHARS_MAX,
+    OUTCOMES_PER_CALL_MAX,
+    WINDOW_ROWS_DEFAULT,
+    WINDOW_ROWS_MAX,
+    WINDOW_ROWS_MIN_DEFAULT,
+    Monitors,
+    Outcome,
+    Report,
+)
 from scoring.registry import Roles
 from scoring.service import InvalidInput, LoadFailed, ModelStore, ModelVersions, NotFound
 from serving import BadRequest, Context, parse_request
@@ -61,6 +80,8 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "INFO",
     "batch_delay_us": 0,
     "batch_rows_max": ROWS_MAX_DEFAULT,
+    "drift_window_rows": WINDOW_ROWS_DEFAULT,
+    "drift_rows_min": WINDOW_ROWS_MIN_DEFAULT,
 }
 
 _LATENCY_BUCKETS_S = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
@@ -96,7 +117,17 @@ shadow_difference = Histogram(
     ["model", "champion", "challenger"],
     buckets=_DIFFERENCE_BUCKETS,
 )
-drift_psi = Gauge("yunkai_scoring_drift_psi", "PSI of served scores vs the reference histogram", ["model", "version"])
+outcomes_total = Counter(
+    "yunkai_scoring_outcomes_total",
+    "Outcomes reported (result: recorded, exists, unknown_score, conflicts)",
+    ["model", "result"],
+)
+OUTCOME_RESULTS = {
+    Outcome.RECORDED: pb.OUTCOME_RECORDED,
+    Outcome.EXISTS: pb.OUTCOME_EXISTS,
+    Outcome.UNKNOWN_SCORE: pb.OUTCOME_UNKNOWN_SCORE,
+    Outcome.CONFLICTS: pb.OUTCOME_CONFLICTS,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +140,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 0: only calls that arrive together share a run)",
     )
     parser.add_argument("--batch-rows-max", type=int, help=f"most rows in one run (default {ROWS_MAX_DEFAULT})")
+    parser.add_argument(
+        "--drift-window-rows",
+        type=int,
+        help=f"rows per model version that drift is measured over, the newest (default {WINDOW_ROWS_DEFAULT}, "
+        f"at most {WINDOW_ROWS_MAX})",
+    )
+    parser.add_argument(
+        "--drift-rows-min",
+        type=int,
+        help=f"rows the window needs before PSI is reported (default {WINDOW_ROWS_MIN_DEFAULT})",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -121,6 +163,9 @@ def _check(settings: dict[str, Any]) -> str | None:
     delay_us, rows_max = int(settings["batch_delay_us"]), int(settings["batch_rows_max"])
     if not 0 <= delay_us <= DELAY_S_MAX * 1e6 or rows_max < 1:
         return f"--batch-delay-us must be 0 to {int(DELAY_S_MAX * 1e6)}, --batch-rows-max at least 1"
+    window_rows, rows_min = int(settings["drift_window_rows"]), int(settings["drift_rows_min"])
+    if not 1 <= rows_min <= window_rows <= WINDOW_ROWS_MAX:
+        return f"need 1 <= --drift-rows-min <= --drift-window-rows <= {WINDOW_ROWS_MAX}"
     return None
 
 
@@ -144,18 +189,26 @@ async def _scoring(
     settings: dict[str, Any], store: ModelStore, server: grpc.aio.Server
 ) -> AsyncIterator[Mapping[str, object]]:
     batcher = Batcher(int(settings["batch_delay_us"]) / 1e6, int(settings["batch_rows_max"]), observe_batch)
-    shadow = Shadow()
-    server.add_generic_rpc_handlers([InferenceService(store, batcher, shadow).handler()])
-    async with asyncio.TaskGroup() as tasks:
-        worker = tasks.create_task(shadow.run())
-        try:
-            yield {
-                "registry": str(store.root),
-                "models": {name: sorted(m.versions) for name, m in store.models.items()},
-                "champions": {name: m.roles.champion for name, m in store.models.items()},
-            }
-        finally:
-            worker.cancel()
+    monitors = Monitors(int(settings["drift_window_rows"]), int(settings["drift_rows_min"]))
+    shadow = Shadow(monitors)
+    server.add_generic_rpc_handlers([InferenceService(store, batcher, shadow, monitors).handler()])
+    gauges = MonitorGauges(store, monitors)
+    REGISTRY.register(gauges)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            worker = tasks.create_task(shadow.run())
+            try:
+                yield {
+                    "registry": str(store.root),
+                    "models": {name: sorted(m.versions) for name, m in store.models.items()},
+                    "champions": {name: m.roles.champion for name, m in store.models.items()},
+                    "drift_window_rows": monitors.rows_max,
+                    "drift_rows_min": monitors.rows_min,
+                }
+            finally:
+                worker.cancel()
+    finally:
+        REGISTRY.unregister(gauges)
 
 
 @dataclass(frozen=True)
@@ -171,9 +224,10 @@ class ShadowCall:
 class Shadow:
     """The challenger's runs, off the callers' path: one bounded queue, one worker task."""
 
-    def __init__(self) -> None:
+    def __init__(self, monitors: Monitors) -> None:
         self.queue: asyncio.Queue[ShadowCall] = asyncio.Queue(SHADOW_QUEUE_MAX)
         self.draw = random.Random()
+        self.monitors = monitors
 
     def offer(self, call: ShadowCall) -> None:
         """Queue `call` for its challenger, for `share` of calls; drop it (counted) if the queue is full."""
@@ -203,6 +257,7 @@ class Shadow:
             )
             return
         shadow_total.labels(*labels, "scored").inc()
+        observe(self.monitors, challenger, call.request_id, call.features, scores)
         difference = shadow_difference.labels(*labels)
         for value in np.abs(scores - call.scores).tolist():
             difference.observe(value)
@@ -235,7 +290,16 @@ def observe_batch(model: service.LoadedVersion, rows: int, waited_s: float, comp
     queue_latency_s.labels(model.name).observe(waited_s)
     compute_latency_s.labels(model.name).observe(compute_s)
     batch_rows.labels(model.name).observe(rows)
-    drift_psi.labels(model.name, str(model.version)).set(model.psi())
+
+
+def observe(
+    monitors: Monitors,
+    model: service.LoadedVersion,
+    call_id: str,
+    features: npt.NDArray[np.float32],
+    scores: npt.NDArray[np.float32],
+) -> None:
+    monitors.observe(model.name, model.version, model.reference, call_id, features, scores)
 
 
 def decode_features(tensor: Any, raw: list[bytes] | None) -> npt.NDArray[np.float32]:
@@ -269,10 +333,11 @@ def decode_features(tensor: Any, raw: list[bytes] | None) -> npt.NDArray[np.floa
 class InferenceService:
     """inference.GRPCInferenceService over a ModelStore."""
 
-    def __init__(self, store: ModelStore, batcher: Batcher, shadow: Shadow) -> None:
+    def __init__(self, store: ModelStore, batcher: Batcher, shadow: Shadow, monitors: Monitors) -> None:
         self.store = store
         self.batcher = batcher
         self.shadow = shadow
+        self.monitors = monitors
         self.reloading = asyncio.Lock()  # one load/unload at a time; inference never waits on it
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -289,6 +354,8 @@ class InferenceService:
             "RepositoryModelDeploy": self.repository_model_deploy,
             "RepositoryModelPromote": self.repository_model_promote,
             "RepositoryModelRollback": self.repository_model_rollback,
+            "ModelOutcome": self.model_outcome,
+            "ModelMonitor": self.model_monitor,
         }
         return serving.unary_service(INFERENCE_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)
 
@@ -342,6 +409,7 @@ class InferenceService:
         features = decode_features(request.inputs[0], raw)
         service.check_features(features, model)
         scores = await self.batcher.score(model, features)
+        observe(self.monitors, model, request.id, features, scores)
         if model is model_set.default:
             self.shadow.offer(ShadowCall(model_set, request.id, features, scores))
         output = pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype=DATATYPE, shape=[len(scores)])
@@ -377,6 +445,7 @@ class InferenceService:
                 log.warning("load failed", extra={"model": request.model_name, "error": str(error)})
                 raise
             self.store.install(request.model_name, loaded)
+            self.monitors.keep_only(request.model_name, loaded.versions)
         log.info("loaded", extra={"model": request.model_name, "versions": sorted(loaded.versions)})
         return pb.RepositoryModelLoadResponse()
 
@@ -384,6 +453,7 @@ class InferenceService:
         request = parse_request(pb.RepositoryModelUnloadRequest, data)
         async with self.reloading:
             self.store.unload(request.model_name)
+            self.monitors.keep_only(request.model_name, ())
         log.info("unloaded", extra={"model": request.model_name})
         return pb.RepositoryModelUnloadResponse()
 
@@ -413,3 +483,132 @@ class InferenceService:
             self.store.install(name, changed)
         log.info("roles changed", extra={"model": name, "before": str(before), "after": str(changed.roles)})
         return roles_reply(name, changed.roles)
+
+    async def model_outcome(self, data: bytes, context: Context) -> Message:
+        """Join each outcome to the kept scores of its row; one result per outcome, in order. A
+        malformed outcome (label not 0 or 1, no id) refuses the whole call and records nothing."""
+        request = parse_request(pb.ModelOutcomeRequest, data)
+        self.store.model(request.model_name)  # NotFound naming the models there are
+        outcomes = check_outcomes(request)
+        results = self.monitors.record(request.model_name, outcomes)
+        for result in results:
+            outcomes_total.labels(request.model_name, result.value).inc()
+        return pb.ModelOutcomeResponse(results=[OUTCOME_RESULTS[r] for r in results])
+
+    async def model_monitor(self, data: bytes, context: Context) -> Message:
+        request = parse_request(pb.ModelMonitorRequest, data)
+        names = [request.model_name] if request.model_name else sorted(self.store.models)
+        for name in names:
+            self.store.model(name)  # NotFound naming the models there are
+        return pb.ModelMonitorResponse(
+            versions=[monitor_reply(r, role) for r, role in reports(self.store, self.monitors, names)]
+        )
+
+
+def check_outcomes(request: pb.ModelOutcomeRequest) -> list[tuple[str, int, int]]:
+    """The outcomes as (id, row, label); BadRequest naming the first malformed one."""
+    count = len(request.outcomes)
+    if not 1 <= count <= OUTCOMES_PER_CALL_MAX:
+        raise BadRequest(f"{count} outcomes; a call takes 1 to {OUTCOMES_PER_CALL_MAX}")
+    checked = []
+    for index, outcome in enumerate(request.outcomes):
+        where = f"outcomes[{index}] (id {outcome.id!r}, row {outcome.row})"
+        if outcome.label not in (0, 1):
+            raise BadRequest(f"{where}: label {outcome.label}; a label is 0 or 1 (1: the event the model predicts)")
+        if not 1 <= len(outcome.id) <= ID_CHARS_MAX:
+            raise BadRequest(f"{where}: the id of the scoring call must be 1 to {ID_CHARS_MAX} characters")
+        if not 0 <= outcome.row < service.ROWS_MAX:
+            raise BadRequest(f"{where}: row must be 0 to {service.ROWS_MAX - 1}")
+        checked.append((outcome.id, int(outcome.row), int(outcome.label)))
+    return checked
+
+
+def reports(store: ModelStore, monitors: Monitors, names: list[str]) -> Iterator[tuple[Report, str]]:
+    """Each loaded version of `names` (champion first) with its role."""
+    for name in names:
+        model = store.models.get(name)
+        if model is None:
+            continue  # unloaded since the caller looked
+        roles = model.roles
+        order = sorted(model.versions, key=lambda v: (v != roles.champion, v != roles.challenger, -v))
+        for version in order:
+            role = "champion" if version == roles.champion else "challenger" if version == roles.challenger else ""
+            yield monitors.report(name, version, model.versions[version].reference), role
+
+
+def monitor_reply(report: Report, role: str) -> pb.VersionMonitor:
+    reply = pb.VersionMonitor(
+        model_name=report.name,
+        version=report.version,
+        role=role,
+        window_rows=report.window_rows,
+        window_rows_max=report.window_rows_max,
+        window_rows_min=report.window_rows_min,
+        features_binned=report.features_binned,
+        features=[pb.FeatureDrift(name=n, psi=p) for n, p in report.feature_psi.items()],
+        outcome_positives=report.positives,
+        outcome_negatives=report.negatives,
+        outcome_class_min=report.class_min,
+        outcomes_max=report.outcomes_max,
+    )
+    if report.window_age_s is not None:
+        reply.window_age_s = report.window_age_s
+    if report.score_psi is not None:
+        reply.score_psi = report.score_psi
+    if report.auc is not None:
+        reply.outcome_auc = report.auc
+    return reply
+
+
+class MonitorGauges(Collector):
+    """The monitors as Prometheus gauges, computed when scraped (on the metrics server's thread):
+    nothing on the scoring path. A PSI or AUC below its minimum sample is absent, not 0."""
+
+    def __init__(self, store: ModelStore, monitors: Monitors) -> None:
+        self.store = store
+        self.monitors = monitors
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return list(self._families().values())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = self._families()
+        for report, _ in reports(self.store, self.monitors, sorted(self.store.models)):
+            labels = [report.name, str(report.version)]
+            families["rows"].add_metric(labels, report.window_rows)
+            if report.score_psi is not None:
+                families["score"].add_metric(labels, report.score_psi)
+            for feature, value in report.feature_psi.items():
+                families["feature"].add_metric([*labels, feature], value)
+            families["outcomes"].add_metric([*labels, "1"], report.positives)
+            families["outcomes"].add_metric([*labels, "0"], report.negatives)
+            if report.auc is not None:
+                families["auc"].add_metric(labels, report.auc)
+        yield from families.values()
+
+    @staticmethod
+    def _families() -> dict[str, GaugeMetricFamily]:
+        version = ["model", "version"]
+        return {
+            "score": GaugeMetricFamily(
+                "yunkai_scoring_drift_psi",
+                "PSI of the scores in the drift window vs the held-out reference (absent below the minimum rows)",
+                labels=version,
+            ),
+            "feature": GaugeMetricFamily(
+                "yunkai_scoring_drift_feature_psi",
+                "PSI of a feature in the drift window vs the training rows (absent below the minimum rows)",
+                labels=[*version, "feature"],
+            ),
+            "rows": GaugeMetricFamily(
+                "yunkai_scoring_drift_window_rows", "Scored rows in the drift window", labels=version
+            ),
+            "auc": GaugeMetricFamily(
+                "yunkai_scoring_outcome_auc",
+                "AUC of the scores against reported outcomes (absent until each class has the minimum)",
+                labels=version,
+            ),
+            "outcomes": GaugeMetricFamily(
+                "yunkai_scoring_outcome_rows", "Outcomes the AUC is computed over, by label", labels=[*version, "label"]
+            ),
+        }

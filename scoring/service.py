@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,10 @@ import numpy as np
 import numpy.typing as npt
 
 from scoring import champion, parity, registry
+from scoring.monitor import Reference
 from scoring.registry import Roles
 
 ROWS_MAX = 65_536  # one request's rows: bounded so one caller cannot stall every other
-PSI_EPSILON = 1e-4  # floor of a bin's share, so an empty bin does not make PSI infinite
 
 
 class NotFound(Exception):
@@ -43,30 +43,13 @@ class LoadedVersion:
     version: int
     feature_names: list[str]
     rejects_non_finite: bool  # the schema's missing-value policy: NaN/inf are invalid input
-    reference_fractions: npt.NDArray[np.float64]
-    histogram_edges: npt.NDArray[np.float64]
+    reference: Reference  # the bins its drift is measured in (scoring/monitor.py)
     session: Any  # the graph without its ZipMap (parity.open_tensor_session)
     output: str
-    served_counts: npt.NDArray[np.float64] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.served_counts = np.zeros(len(self.reference_fractions), dtype=np.float64)
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Positive-class probabilities of checked features, and the drift histogram updated."""
-        scores = parity.tensor_probabilities(self.session, self.output, features)
-        counts, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=self.histogram_edges)
-        self.served_counts += counts
-        return scores
-
-    def psi(self) -> float:
-        """Population stability index of served scores against the reference histogram."""
-        total = self.served_counts.sum()
-        if total == 0:
-            return 0.0
-        actual = np.maximum(self.served_counts / total, PSI_EPSILON)
-        expected = np.maximum(self.reference_fractions, PSI_EPSILON)
-        return float(np.sum((actual - expected) * np.log(actual / expected)))
+        """Positive-class probabilities of checked features."""
+        return parity.tensor_probabilities(self.session, self.output, features)
 
 
 def load_version(root: Path, name: str, version: int) -> LoadedVersion:
@@ -75,7 +58,9 @@ def load_version(root: Path, name: str, version: int) -> LoadedVersion:
         metadata = registry.load_metadata(root, name, version)
         schema = metadata["input_schema"]
         names = [f["name"] for f in sorted(schema["features"], key=lambda f: f["index"])]
-        histogram = metadata["reference_histogram"]
+        reference = Reference.from_metadata(metadata)
+        if reference.features and list(reference.features) != names:
+            raise ValueError(f"drift_reference names features {list(reference.features)}, the schema {names}")
         path = registry.model_path(root, name, version)
         session, output = parity.open_tensor_session(path)
         loaded = LoadedVersion(
@@ -83,8 +68,7 @@ def load_version(root: Path, name: str, version: int) -> LoadedVersion:
             version=version,
             feature_names=names,
             rejects_non_finite=str(schema.get("missing_value_policy", "reject")).startswith("reject"),
-            reference_fractions=np.asarray(histogram["fractions"], dtype=np.float64),
-            histogram_edges=np.asarray(histogram["edges"], dtype=np.float64),
+            reference=reference,
             session=session,
             output=output,
         )

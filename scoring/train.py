@@ -152,6 +152,9 @@ def train_one(
             | {"test_fraction": TEST_FRACTION, "split_seed": seed},
             "training": recipe.to_json() | {"trees": fitted.trees, "seed": seed},
             "reference_histogram": metrics.score_histogram(scores) | {"of": "held-out CatBoost probabilities"},
+            "drift_reference": metrics.drift_reference(
+                data.feature_names, parts.train_x, parity.onnx_probabilities(session, parts.test_x)
+            ),
             "parity": result.to_json(),
             "quality_gate": None if gate is None else gate.to_json(),
             "onnx": parity.describe_onnx(onnx_file),

@@ -137,6 +137,10 @@ ALLOWED: dict[str, frozenset[str]] = {
             "RepositoryModelDeploy": frozenset({OPERATOR}),
             "RepositoryModelPromote": frozenset({OPERATOR}),
             "RepositoryModelRollback": frozenset({OPERATOR}),
+            # Outcomes come from whoever learns of repayments: the lending and risk servers, a
+            # service's job, an operator's file; the monitoring report is the operators'.
+            "ModelOutcome": frozenset({OPERATOR, LENDING, RISK, SERVICE}),
+            "ModelMonitor": frozenset({OPERATOR}),
         },
     ),
     **_service(
@@ -216,6 +220,7 @@ AUDITED: frozenset[str] = frozenset(
         "RepositoryModelDeploy",
         "RepositoryModelPromote",
         "RepositoryModelRollback",
+        "ModelOutcome",  # customers' repayment outcomes, and what a model's AUC is judged on
         # products
         "SaveDraft",
         "PublishProduct",

@@ -42,6 +42,11 @@ def test_trained_model_is_admitted_with_schema_metrics_and_parity(admitted: trai
     assert len(meta["training_data"]["sha256"]) == 64
     assert meta["training_data"]["rows"] + meta["metrics"]["test_rows"] == 4454
     assert abs(sum(meta["reference_histogram"]["fractions"]) - 1.0) < 1e-6
+    drift = meta["drift_reference"]
+    assert [c["name"] for c in drift["features"]["columns"]] == [f["name"] for f in schema["features"]]
+    for column in [*drift["features"]["columns"], drift["score"]]:
+        assert len(column["fractions"]) == len(column["edges"]) + 1 <= 10
+        assert column["edges"] == sorted(set(column["edges"])) and abs(sum(column["fractions"]) - 1.0) < 1e-6
     assert [o["name"] for o in meta["onnx"]["outputs"]] == ["label", "probabilities"]
     assert meta["onnx"]["nodes"] == ["TreeEnsembleClassifier", "ZipMap"]
     assert set(meta["versions"]) == {"catboost", "onnxruntime"}
