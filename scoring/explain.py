@@ -31,7 +31,7 @@ import json
 import math
 import tempfile
 from dataclasses import asdict, dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -70,19 +70,34 @@ class Explainer:
         """SHAP values [N, F] (log-odds) of finite rows of the trees' features; each row sums,
         with expected_margin, to the model's raw margin for it."""
         assert matrix.ndim == 2 and matrix.shape[1] == self.feature_count, matrix.shape
-        trees, depth = self.split_feature.shape
-        powers = (1 << np.arange(depth)).astype(np.int64)
-        tree_index = np.arange(trees)[None, :]
         result = np.zeros((len(matrix), self.feature_count), dtype=np.float64)
         for first in range(0, len(matrix), CHUNK_ROWS):
             rows = np.ascontiguousarray(matrix[first : first + CHUNK_ROWS], dtype=np.float32)
             bits = rows[:, self.split_feature] > self.split_border  # [n, T, D], as CatBoost and ONNX compare
-            leaves = bits.astype(np.int64) @ powers  # [n, T]
-            values = self.leaf_shap[tree_index, leaves]  # [n, T, D]
-            cells = np.arange(len(rows))[:, None, None] * self.feature_count + self.slot_feature[None, :, :]
+            leaves = bits.astype(np.int64) @ self._powers + self._tree_offsets  # [n, T]: rows of _leaf_rows
+            values = self._leaf_rows[leaves]  # [n, T, D]
+            cells = self._slots + (np.arange(len(rows)) * self.feature_count)[:, None]  # [n, T * D]
             summed = np.bincount(cells.ravel(), weights=values.ravel(), minlength=len(rows) * self.feature_count)
             result[first : first + len(rows)] = summed.reshape(len(rows), self.feature_count)
         return result
+
+    # Flat views, so that a lookup is one gather (a one-row call is dominated by numpy's per-call costs).
+    @cached_property
+    def _powers(self) -> npt.NDArray[np.int64]:
+        return (1 << np.arange(self.split_feature.shape[1])).astype(np.int64)
+
+    @cached_property
+    def _tree_offsets(self) -> npt.NDArray[np.int64]:
+        trees, leaves = self.leaf_shap.shape[:2]
+        return np.arange(0, trees * leaves, leaves, dtype=np.int64)
+
+    @cached_property
+    def _leaf_rows(self) -> npt.NDArray[np.float64]:
+        return self.leaf_shap.reshape(-1, self.leaf_shap.shape[2])
+
+    @cached_property
+    def _slots(self) -> npt.NDArray[np.int64]:
+        return self.slot_feature.astype(np.int64).ravel()[None, :]
 
     def save(self, path: Path) -> None:
         arrays = {name: getattr(self, name) for name in ARRAYS}

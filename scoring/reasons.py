@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ class Reasons:
     def __post_init__(self) -> None:
         assert len(self.raw_names) + len(self.derived) == self.explainer.feature_count
 
-    @property
+    @cached_property
     def feature_names(self) -> list[str]:
         return derived.names(self.derived, self.raw_names)
 
@@ -89,16 +89,13 @@ class Reasons:
         matrix = self._trees_input(rows)
         contributions = self.explainer.contributions(matrix)
         names = self.feature_names
+        # A stable sort of -|c| keeps equal contributions in feature order.
+        orders = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :count].tolist()
         answers = []
-        for row, values in zip(matrix, contributions, strict=True):
-            order = np.lexsort((np.arange(len(values)), -np.abs(values)))[:count]
-            chosen = [int(i) for i in order if values[i] != 0.0]
-            listed = tuple(
-                Reason(names[i], float(row[i]), float(values[i]), self.phrase(names[i], float(values[i])))
-                for i in chosen
-            )
-            others = float(values.sum() - values[chosen].sum())
-            answers.append(RowReasons(listed, others))
+        for row, values, order in zip(matrix.tolist(), contributions.tolist(), orders, strict=True):
+            chosen = [i for i in order if values[i] != 0.0]
+            listed = tuple(Reason(names[i], row[i], values[i], self.phrase(names[i], values[i])) for i in chosen)
+            answers.append(RowReasons(listed, sum(values) - sum(values[i] for i in chosen)))
         return answers
 
     def phrase(self, feature: str, contribution: float) -> str:
