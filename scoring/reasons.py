@@ -34,6 +34,7 @@ ROWS_MAX = 1_024  # rows one call may ask reasons for: they explain decisions, n
 PROBABILITY_TOLERANCE = 1e-5  # the parity gate's: how far sigmoid(margin) may be from the ONNX probability
 PHRASES_FILE = Path(__file__).with_name("reason_phrases.json")
 DIRECTIONS = ("raises", "lowers")
+CATEGORY = "{category}"  # in a phrase: the name of the row's category of the feature
 
 
 class NoReasons(Exception):
@@ -66,6 +67,7 @@ class Reasons:
     raw_names: list[str]  # what callers send
     derived: tuple[derived.Sum, ...]  # what the graph appends before the trees read the row
     phrases: dict[str, dict[str, str]]  # feature -> {"raises": ..., "lowers": ...}
+    categories: dict[str, dict[float, str]]  # categorical feature -> code -> the category's name
 
     def __post_init__(self) -> None:
         assert len(self.raw_names) + len(self.derived) == self.explainer.feature_count
@@ -94,12 +96,18 @@ class Reasons:
         answers = []
         for row, values, order in zip(matrix.tolist(), contributions.tolist(), orders, strict=True):
             chosen = [i for i in order if values[i] != 0.0]
-            listed = tuple(Reason(names[i], row[i], values[i], self.phrase(names[i], values[i])) for i in chosen)
+            listed = tuple(
+                Reason(names[i], row[i], values[i], self.phrase(names[i], row[i], values[i])) for i in chosen
+            )
             answers.append(RowReasons(listed, sum(values) - sum(values[i] for i in chosen)))
         return answers
 
-    def phrase(self, feature: str, contribution: float) -> str:
-        return self.phrases.get(feature, {}).get(DIRECTIONS[contribution < 0], feature)
+    def phrase(self, feature: str, value: float, contribution: float) -> str:
+        """The phrase for the feature and direction, naming the category where it says {category}."""
+        text = self.phrases.get(feature, {}).get(DIRECTIONS[contribution < 0], feature)
+        if CATEGORY in text:
+            text = text.replace(CATEGORY, self.categories.get(feature, {}).get(value, f"{value:g}"))
+        return text
 
     def _trees_input(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         return derived.append(rows, self.derived, self.raw_names)
@@ -159,7 +167,13 @@ def load(folder: Path, metadata: dict[str, Any]) -> Reasons | None:
     schema = metadata["input_schema"]
     raw_names = [f["name"] for f in sorted(schema["features"], key=lambda f: f["index"])]
     sums = tuple(derived.Sum(str(d["name"]), tuple(d["sum_of"])) for d in metadata.get("derived_features", []))
-    reasons = Reasons(explain.load(folder / section["file"]), raw_names, sums, dict(section["phrases"]))
+    categories = {
+        feature: {float(code): str(label) for label, code in encoding["codes"].items()}
+        | ({float(encoding["unknown"]): "unknown"} if "unknown" in encoding else {})
+        for feature, encoding in metadata.get("categorical_encoding", {}).items()
+        if "codes" in encoding
+    }
+    reasons = Reasons(explain.load(folder / section["file"]), raw_names, sums, dict(section["phrases"]), categories)
     if reasons.feature_names != section["features"]:
         raise ValueError(f"the SHAP tables describe {section['features']}, the model reads {reasons.feature_names}")
     if not math.isclose(reasons.expected_margin, float(section["expected_margin"]), rel_tol=0.0, abs_tol=1e-12):

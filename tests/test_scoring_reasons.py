@@ -100,6 +100,7 @@ def test_reasons_are_catboosts_shap_values_and_add_up_to_the_served_score(
     assert np.allclose(shap.sum(axis=1), raw, rtol=0, atol=1e-9)
     assert np.allclose(1 / (1 + np.exp(-raw)), served, rtol=0, atol=1e-5)
     phrases = json.loads(reasons.PHRASES_FILE.read_text())[MODEL]
+    names = {f: {code: name for name, code in e["codes"].items()} for f, e in data.encoding.items()}
     assert len(reply.reasons) == ROWS
     for row, values, contributions, margin, score, why in zip(
         held_out, shap[:, :width], shap, raw, served, reply.reasons, strict=True
@@ -108,14 +109,19 @@ def test_reasons_are_catboosts_shap_values_and_add_up_to_the_served_score(
         ranked = sorted(range(width), key=lambda j: (-abs(values[j]), j))[: reasons.REASONS_MAX]
         assert [r.feature for r in why.reasons] == [data.feature_names[j] for j in ranked if values[j] != 0]
         for reason, j in zip(why.reasons, ranked, strict=False):
-            assert abs(reason.contribution - values[j]) <= 1e-9 and reason.value == row[j]
+            assert abs(reason.contribution - values[j]) <= 1e-9
+            assert reason.HasField("value") and reason.value == row[j]
             up = reason.contribution > 0
             assert reason.direction == (pb.RAISES_SCORE if up else pb.LOWERS_SCORE)
-            assert reason.phrase == phrases[reason.feature]["raises" if up else "lowers"]
+            category = names.get(reason.feature, {}).get(int(row[j]), "unknown")
+            phrase = phrases[reason.feature]["raises" if up else "lowers"].replace("{category}", category)
+            assert reason.phrase == phrase
         assert abs(why.expected_margin - contributions[width]) <= 1e-9
         total = why.expected_margin + sum(r.contribution for r in why.reasons) + why.others_margin
         assert abs(total - margin) <= 1e-9 and abs(1 / (1 + np.exp(-total)) - score) <= 1e-5
     assert any(r.direction == pb.RAISES_SCORE for why in reply.reasons for r in why.reasons)
+    categories = {r.phrase for why in reply.reasons for r in why.reasons if r.feature == "Home"}
+    assert {"Type of residence (owner)", "Type of residence (rent)"} <= categories, categories
     assert {len(why.reasons) for why in reply.reasons} == {reasons.REASONS_MAX}
 
 
