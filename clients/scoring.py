@@ -3,6 +3,8 @@
 It learns each model's feature order from ModelMetadata (the `feature_names` extension), so
 callers name features instead of remembering column positions, and sends one binary
 (`raw_input_contents`) FP32 [N, F] tensor per call over the Open Inference Protocol v2.
+`score_with_reasons` also asks for the reasons behind each score (the `reasons_max` extension,
+scoring/reasons.py), for model versions whose metadata says they have them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class ScoringClient:
         self.channel = serving.channel(address, credentials, [])
         self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.deadline_s = deadline_s
-        self.feature_names: dict[tuple[str, str], list[str]] = {}
+        self.metadata: dict[tuple[str, str], pb.ModelMetadataResponse] = {}
 
     async def close(self) -> None:
         await self.channel.close()
@@ -46,15 +48,22 @@ class ScoringClient:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    async def features_of(self, model: str, version: int | None = None) -> list[str]:
-        """The model's feature names in column order (asked once per model and version)."""
+    async def metadata_of(self, model: str, version: int | None = None) -> pb.ModelMetadataResponse:
+        """The model's metadata (asked once per model and version: a version never changes)."""
         key = (model, "" if version is None else str(version))
-        if key not in self.feature_names:
-            reply = await self.stub.ModelMetadata(
+        if key not in self.metadata:
+            self.metadata[key] = await self.stub.ModelMetadata(
                 pb.ModelMetadataRequest(name=model, version=key[1]), timeout=self.deadline_s
             )
-            self.feature_names[key] = list(reply.feature_names)
-        return self.feature_names[key]
+        return self.metadata[key]
+
+    async def features_of(self, model: str, version: int | None = None) -> list[str]:
+        """The model's feature names in column order."""
+        return list((await self.metadata_of(model, version)).feature_names)
+
+    async def reasons_max_of(self, model: str, version: int | None = None) -> int:
+        """The most reasons per row the version gives (0: it was trained without reasons)."""
+        return int((await self.metadata_of(model, version)).reasons_max)
 
     async def score(
         self, model: str, rows: list[dict[str, float]], version: int | None = None, request_id: str = ""
@@ -65,6 +74,29 @@ class ScoringClient:
         for `record_outcomes` to join, by (request_id, row)."""
         if not rows:
             return []
+        reply = await self._infer(model, rows, version, 0, request_id)
+        return self._scores(reply, len(rows))
+
+    async def score_with_reasons(
+        self,
+        model: str,
+        rows: list[dict[str, float]],
+        version: int | None,
+        reasons_max: int,
+        request_id: str = "",
+    ) -> list[tuple[float, pb.RowReasons]]:
+        """Each row's probability and up to `reasons_max` reasons behind it (largest first), as
+        `score` (`request_id` too); the server refuses a version without reasons
+        (FAILED_PRECONDITION) and a reasons_max outside 1 to 10 (INVALID_ARGUMENT)."""
+        if not rows:
+            return []
+        reply = await self._infer(model, rows, version, reasons_max, request_id)
+        assert len(reply.reasons) == len(rows), f"{len(reply.reasons)} reasons for {len(rows)} rows"
+        return list(zip(self._scores(reply, len(rows)), reply.reasons, strict=True))
+
+    async def _infer(
+        self, model: str, rows: list[dict[str, float]], version: int | None, reasons_max: int, request_id: str
+    ) -> pb.ModelInferResponse:
         names = await self.features_of(model, version)
         expected = set(names)
         for index, row in enumerate(rows):
@@ -87,10 +119,15 @@ class ScoringClient:
             ],
             outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=OUTPUT_NAME)],
             raw_input_contents=[struct.pack(f"<{len(values)}f", *values)],
+            reasons_max=reasons_max,
         )
-        reply = await self.stub.ModelInfer(request, timeout=self.deadline_s)
-        scores = list(struct.unpack(f"<{len(rows)}f", reply.raw_output_contents[0]))
-        assert len(scores) == len(rows), f"{len(scores)} scores for {len(rows)} rows"
+        reply: pb.ModelInferResponse = await self.stub.ModelInfer(request, timeout=self.deadline_s)
+        return reply
+
+    @staticmethod
+    def _scores(reply: pb.ModelInferResponse, rows: int) -> list[float]:
+        scores = list(struct.unpack(f"<{rows}f", reply.raw_output_contents[0]))
+        assert len(scores) == rows, f"{len(scores)} scores for {rows} rows"
         return scores
 
     async def record_outcomes(self, model: str, outcomes: list[tuple[str, int, int]]) -> list[str]:

@@ -8,7 +8,9 @@ Issue 5's three measurements of a scoring server, over gRPC on loopback:
   3. Load time: RepositoryModelLoad of the model, `--loads` times (sessions built, a row
      test-scored, versions swapped in).
 Without `--server` it trains `--model` into a temporary registry and starts its own server.
-Requests use raw_input_contents, as tritonclient sends them.
+Requests use raw_input_contents, as tritonclient sends them. With `--reasons K` the one-row
+calls of part 1 also ask for K reasons per row (the `reasons_max` extension): run it with
+and without to see what reasons add to a call.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-rows", type=int, default=4096, help="rows per call, throughput part (default 4096)")
     parser.add_argument("--concurrency", type=int, default=2, help="callers, throughput part (default 2)")
     parser.add_argument("--loads", type=int, default=5, help="model reloads to time (default 5)")
+    parser.add_argument(
+        "--reasons", type=int, default=0, metavar="K", help="one-row calls also ask for K reasons, 1-10 (default 0)"
+    )
     parser.add_argument("--json", help="write the results here")
 
 
@@ -62,8 +67,9 @@ def main(args: argparse.Namespace) -> int:
         if server is not None:
             server.stop()
     report.record(args, result)
+    asked = f" with {args.reasons} reasons" if args.reasons else ""
     print(
-        f"{args.model}: one row at {result['offered_per_s']:,}/s: p50 {result['p50_ms']:.2f} ms, p99"
+        f"{args.model}: one row at {result['offered_per_s']:,}/s{asked}: p50 {result['p50_ms']:.2f} ms, p99"
         f" {result['p99_ms']:.2f} ms, p99.9 {result['p999_ms']:.2f} ms (from due: p99"
         f" {result['p99_from_due_ms']:.2f} ms), errors {result['errors']};"
         f" batched {result['rows_per_s']:,.0f} rows/s; load {result['load_ms_median']:.1f} ms (median)"
@@ -71,9 +77,11 @@ def main(args: argparse.Namespace) -> int:
     return 0 if result["errors"] == 0 else 1
 
 
-def _request(model: str, rows: np.ndarray) -> pb.ModelInferRequest:
+def _request(model: str, rows: np.ndarray, reasons_max: int = 0) -> pb.ModelInferRequest:
     tensor = pb.ModelInferRequest.InferInputTensor(name="features", datatype="FP32", shape=list(rows.shape))
-    return pb.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[rows.astype("<f4").tobytes()])
+    return pb.ModelInferRequest(
+        model_name=model, inputs=[tensor], raw_input_contents=[rows.astype("<f4").tobytes()], reasons_max=reasons_max
+    )
 
 
 async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
@@ -82,7 +90,7 @@ async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
         metadata = await stub.ModelMetadata(pb.ModelMetadataRequest(name=args.model), timeout=10)
         width = int(metadata.inputs[0].shape[-1])
         rng = np.random.default_rng(7)
-        one_row = [_request(args.model, rng.random((1, width), dtype=np.float32)) for _ in range(64)]
+        one_row = [_request(args.model, rng.random((1, width), dtype=np.float32), args.reasons) for _ in range(64)]
         batch = _request(args.model, rng.random((args.batch_rows, width), dtype=np.float32))
         for request in one_row[:50]:  # warm up the channel and the session
             await stub.ModelInfer(request, timeout=10)
@@ -145,6 +153,7 @@ async def _bench(args: argparse.Namespace, address: str) -> dict[str, object]:
     return {
         "model": args.model,
         "offered_per_s": args.rate,
+        "reasons_max": args.reasons,
         "achieved_per_s": calls / seconds,
         "calls": calls,
         "errors": errors,

@@ -14,11 +14,20 @@ class OutcomeResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_EXISTS: _ClassVar[OutcomeResult]
     OUTCOME_UNKNOWN_SCORE: _ClassVar[OutcomeResult]
     OUTCOME_CONFLICTS: _ClassVar[OutcomeResult]
+
+class ReasonDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REASON_DIRECTION_UNSPECIFIED: _ClassVar[ReasonDirection]
+    RAISES_SCORE: _ClassVar[ReasonDirection]
+    LOWERS_SCORE: _ClassVar[ReasonDirection]
 OUTCOME_RESULT_UNSPECIFIED: OutcomeResult
 OUTCOME_RECORDED: OutcomeResult
 OUTCOME_EXISTS: OutcomeResult
 OUTCOME_UNKNOWN_SCORE: OutcomeResult
 OUTCOME_CONFLICTS: OutcomeResult
+REASON_DIRECTION_UNSPECIFIED: ReasonDirection
+RAISES_SCORE: ReasonDirection
+LOWERS_SCORE: ReasonDirection
 
 class ServerLiveRequest(_message.Message):
     __slots__ = ()
@@ -77,7 +86,7 @@ class ModelMetadataRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ModelMetadataResponse(_message.Message):
-    __slots__ = ("name", "versions", "platform", "inputs", "outputs", "feature_names")
+    __slots__ = ("name", "versions", "platform", "inputs", "outputs", "feature_names", "reasons_max")
     class TensorMetadata(_message.Message):
         __slots__ = ("name", "datatype", "shape")
         NAME_FIELD_NUMBER: _ClassVar[int]
@@ -93,13 +102,15 @@ class ModelMetadataResponse(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    REASONS_MAX_FIELD_NUMBER: _ClassVar[int]
     name: str
     versions: _containers.RepeatedScalarFieldContainer[str]
     platform: str
     inputs: _containers.RepeatedCompositeFieldContainer[ModelMetadataResponse.TensorMetadata]
     outputs: _containers.RepeatedCompositeFieldContainer[ModelMetadataResponse.TensorMetadata]
     feature_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., platform: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[ModelMetadataResponse.TensorMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[ModelMetadataResponse.TensorMetadata, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    reasons_max: int
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., platform: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[ModelMetadataResponse.TensorMetadata, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[ModelMetadataResponse.TensorMetadata, _Mapping]]] = ..., feature_names: _Optional[_Iterable[str]] = ..., reasons_max: _Optional[int] = ...) -> None: ...
 
 class InferParameter(_message.Message):
     __slots__ = ("bool_param", "int64_param", "string_param", "double_param", "uint64_param")
@@ -136,7 +147,7 @@ class InferTensorContents(_message.Message):
     def __init__(self, bool_contents: _Optional[_Iterable[bool]] = ..., int_contents: _Optional[_Iterable[int]] = ..., int64_contents: _Optional[_Iterable[int]] = ..., uint_contents: _Optional[_Iterable[int]] = ..., uint64_contents: _Optional[_Iterable[int]] = ..., fp32_contents: _Optional[_Iterable[float]] = ..., fp64_contents: _Optional[_Iterable[float]] = ..., bytes_contents: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ModelInferRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "id", "parameters", "inputs", "outputs", "raw_input_contents")
+    __slots__ = ("model_name", "model_version", "id", "parameters", "inputs", "outputs", "raw_input_contents", "reasons_max")
     class InferInputTensor(_message.Message):
         __slots__ = ("name", "datatype", "shape", "parameters", "contents")
         class ParametersEntry(_message.Message):
@@ -185,6 +196,7 @@ class ModelInferRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     RAW_INPUT_CONTENTS_FIELD_NUMBER: _ClassVar[int]
+    REASONS_MAX_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     id: str
@@ -192,10 +204,11 @@ class ModelInferRequest(_message.Message):
     inputs: _containers.RepeatedCompositeFieldContainer[ModelInferRequest.InferInputTensor]
     outputs: _containers.RepeatedCompositeFieldContainer[ModelInferRequest.InferRequestedOutputTensor]
     raw_input_contents: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., id: _Optional[str] = ..., parameters: _Optional[_Mapping[str, InferParameter]] = ..., inputs: _Optional[_Iterable[_Union[ModelInferRequest.InferInputTensor, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[ModelInferRequest.InferRequestedOutputTensor, _Mapping]]] = ..., raw_input_contents: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    reasons_max: int
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., id: _Optional[str] = ..., parameters: _Optional[_Mapping[str, InferParameter]] = ..., inputs: _Optional[_Iterable[_Union[ModelInferRequest.InferInputTensor, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[ModelInferRequest.InferRequestedOutputTensor, _Mapping]]] = ..., raw_input_contents: _Optional[_Iterable[bytes]] = ..., reasons_max: _Optional[int] = ...) -> None: ...
 
 class ModelInferResponse(_message.Message):
-    __slots__ = ("model_name", "model_version", "id", "parameters", "outputs", "raw_output_contents")
+    __slots__ = ("model_name", "model_version", "id", "parameters", "outputs", "raw_output_contents", "reasons")
     class InferOutputTensor(_message.Message):
         __slots__ = ("name", "datatype", "shape", "parameters", "contents")
         class ParametersEntry(_message.Message):
@@ -229,13 +242,15 @@ class ModelInferResponse(_message.Message):
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     RAW_OUTPUT_CONTENTS_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     id: str
     parameters: _containers.MessageMap[str, InferParameter]
     outputs: _containers.RepeatedCompositeFieldContainer[ModelInferResponse.InferOutputTensor]
     raw_output_contents: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., id: _Optional[str] = ..., parameters: _Optional[_Mapping[str, InferParameter]] = ..., outputs: _Optional[_Iterable[_Union[ModelInferResponse.InferOutputTensor, _Mapping]]] = ..., raw_output_contents: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    reasons: _containers.RepeatedCompositeFieldContainer[RowReasons]
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., id: _Optional[str] = ..., parameters: _Optional[_Mapping[str, InferParameter]] = ..., outputs: _Optional[_Iterable[_Union[ModelInferResponse.InferOutputTensor, _Mapping]]] = ..., raw_output_contents: _Optional[_Iterable[bytes]] = ..., reasons: _Optional[_Iterable[_Union[RowReasons, _Mapping]]] = ...) -> None: ...
 
 class ModelRepositoryParameter(_message.Message):
     __slots__ = ("bool_param", "int64_param", "string_param", "bytes_param")
@@ -428,3 +443,27 @@ class ModelRoles(_message.Message):
     share: float
     previous: int
     def __init__(self, model_name: _Optional[str] = ..., champion: _Optional[int] = ..., challenger: _Optional[int] = ..., share: _Optional[float] = ..., previous: _Optional[int] = ...) -> None: ...
+
+class ScoreReason(_message.Message):
+    __slots__ = ("feature", "value", "contribution", "direction", "phrase")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    PHRASE_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    value: float
+    contribution: float
+    direction: ReasonDirection
+    phrase: str
+    def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ..., direction: _Optional[_Union[ReasonDirection, str]] = ..., phrase: _Optional[str] = ...) -> None: ...
+
+class RowReasons(_message.Message):
+    __slots__ = ("reasons", "expected_margin", "others_margin")
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    OTHERS_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    reasons: _containers.RepeatedCompositeFieldContainer[ScoreReason]
+    expected_margin: float
+    others_margin: float
+    def __init__(self, reasons: _Optional[_Iterable[_Union[ScoreReason, _Mapping]]] = ..., expected_margin: _Optional[float] = ..., others_margin: _Optional[float] = ...) -> None: ...

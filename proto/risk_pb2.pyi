@@ -13,10 +13,19 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     APPROVE: _ClassVar[Outcome]
     DECLINE: _ClassVar[Outcome]
     REFER: _ClassVar[Outcome]
+
+class ReasonDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REASON_DIRECTION_UNSPECIFIED: _ClassVar[ReasonDirection]
+    RAISES_SCORE: _ClassVar[ReasonDirection]
+    LOWERS_SCORE: _ClassVar[ReasonDirection]
 OUTCOME_UNSPECIFIED: Outcome
 APPROVE: Outcome
 DECLINE: Outcome
 REFER: Outcome
+REASON_DIRECTION_UNSPECIFIED: ReasonDirection
+RAISES_SCORE: ReasonDirection
+LOWERS_SCORE: ReasonDirection
 
 class DecideRequest(_message.Message):
     __slots__ = ("application_id", "product", "customer", "amount_requested_fen", "fields", "flow_version")
@@ -56,14 +65,20 @@ class ReplayRequest(_message.Message):
     def __init__(self, application_id: _Optional[str] = ..., rescore: _Optional[bool] = ...) -> None: ...
 
 class ModelScore(_message.Message):
-    __slots__ = ("model", "version", "score")
+    __slots__ = ("model", "version", "score", "reasons", "expected_margin", "others_margin")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    OTHERS_MARGIN_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     score: float
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+    reasons: _containers.RepeatedCompositeFieldContainer[ScoreReason]
+    expected_margin: float
+    others_margin: float
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[ScoreReason, _Mapping]]] = ..., expected_margin: _Optional[float] = ..., others_margin: _Optional[float] = ...) -> None: ...
 
 class Decision(_message.Message):
     __slots__ = ("application_id", "product", "customer", "flow_version", "flow_sha256", "outcome", "limit_fen", "price_bps", "reason_codes", "scores", "table_input_json", "decided_at_unix_ms", "credit_line_opened")
@@ -255,3 +270,17 @@ class Coverage(_message.Message):
     by_level: _containers.ScalarMap[str, int]
     max_age_days: float
     def __init__(self, borrowers: _Optional[int] = ..., assessed_current: _Optional[int] = ..., coverage: _Optional[float] = ..., by_level: _Optional[_Mapping[str, int]] = ..., max_age_days: _Optional[float] = ...) -> None: ...
+
+class ScoreReason(_message.Message):
+    __slots__ = ("feature", "value", "contribution", "direction", "phrase")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    PHRASE_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    value: float
+    contribution: float
+    direction: ReasonDirection
+    phrase: str
+    def __init__(self, feature: _Optional[str] = ..., value: _Optional[float] = ..., contribution: _Optional[float] = ..., direction: _Optional[_Union[ReasonDirection, str]] = ..., phrase: _Optional[str] = ...) -> None: ...

@@ -17,6 +17,11 @@ each stored assessment as a JSON line; a rerun with the same run id changes noth
 The applicant JSON holds `customer`, `amount_requested_fen` (an integer) and the flow's
 numeric fields by name; a field left out is missing data. Each command prints the decision
 as JSON; a refusal prints the server's reason (naming the bad field) on stderr and exits 1.
+`decide` and `get` also print, on stderr, the principal reasons a credit officer can give:
+for each score, up to four of its stored reasons that pushed toward the outcome (toward
+decline for a decline or a referral, toward approval for an approval), largest first. The
+flows' models score the bad outcome (default), so a reason that raised the score pushed
+toward decline.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ COVERAGE_PART = 100_000
 CHUNK_TIMEOUT_S_PER_BORROWER = 0.1
 EXIT_REFUSED = 1
 EXIT_BAD_ARGUMENTS = 2
+PRINCIPAL_REASONS_MAX = 4  # as adverse-action notices give them (e.g. US Regulation B: no more than four)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -174,6 +180,27 @@ def decide_request(product: str, applicant_json: str, application_id: str, flow_
     )
 
 
+def principal_reasons(decision: pb.Decision) -> list[str]:
+    """The lines that tell a credit officer why: per score, up to PRINCIPAL_REASONS_MAX of its
+    reasons that pushed toward the decision's outcome, largest first."""
+    outcome = pb.Outcome.Name(decision.outcome)
+    approved = decision.outcome == pb.APPROVE
+    toward, direction = ("approval", pb.LOWERS_SCORE) if approved else ("decline", pb.RAISES_SCORE)
+    lines = []
+    for score in decision.scores:
+        head = f"{outcome}: {score.model} v{score.version} scored {score.score:.4f}"
+        if not score.reasons:
+            lines.append(f"{head}; no reasons (the model version was trained without them)")
+            continue
+        chosen = [r for r in score.reasons if r.direction == direction][:PRINCIPAL_REASONS_MAX]
+        lines.append(f"{head}; principal reasons toward {toward}:" if chosen else f"{head}; none toward {toward}")
+        lines.extend(
+            f"  {n}. {r.phrase} ({r.feature} {r.value:g}, {r.contribution:+.3f} log-odds)"
+            for n, r in enumerate(chosen, 1)
+        )
+    return lines
+
+
 def _call(
     args: argparse.Namespace,
     method: str,
@@ -182,7 +209,8 @@ def _call(
     lines: str | None = None,
 ) -> int:
     """Call `method` and print the reply as JSON, or with `lines`, each item of that repeated
-    field as a JSON line; a refusal is printed on stderr (exit 1)."""
+    field as a JSON line; a refusal is printed on stderr (exit 1). A decision's principal
+    reasons follow on stderr."""
 
     async def run() -> Message:
         async with serving.channel(
@@ -198,6 +226,9 @@ def _call(
         return EXIT_REFUSED
     if lines is None:
         print(json_format.MessageToJson(reply, preserving_proto_field_name=True, indent=2))
+    if isinstance(reply, pb.Decision):
+        for line in principal_reasons(reply):
+            print(line, file=sys.stderr)
     for item in getattr(reply, lines) if lines else ():
         print(json.dumps(json_format.MessageToDict(item, preserving_proto_field_name=True), sort_keys=True))
     return 0

@@ -8,7 +8,9 @@ Decide, for one application (the flow's own protocol is in risk/flow.py):
   1. a stored decision under the application id answers a repeat of the same request (and a
      different request under that id is ALREADY_EXISTS); concurrent repeats wait for the first;
   2. check the application against the product's flow (INVALID_ARGUMENT naming a bad field);
-  3. score it on the scoring server with the models the flow pins, at their pinned versions;
+  3. score it on the scoring server with the models the flow pins, at their pinned versions,
+     with the reasons behind each score (the REASONS_ASKED largest SHAP contributions,
+     scoring/reasons.py; none from a model version trained without them, logged once);
   4. evaluate the flow's decision table;
   5. store the decision, fsync'd, before anything acts on it;
   6. with --router, an approval opens the credit line through lending/limits.py: the customer's
@@ -46,7 +48,7 @@ import serving
 from clients.ledger import LedgerClient, LedgerError, ResultCode
 from clients.scoring import ScoringClient
 from lending.limits import CUSTOMER_PATTERN, CreditLimits
-from proto import lending_pb2, lending_pb2_grpc, risk_pb2 as pb
+from proto import inference_pb2, lending_pb2, lending_pb2_grpc, risk_pb2 as pb
 from risk import behaviour, early_warning, flow
 from risk.assessments import AssessmentStore
 from risk.locks import KeyedLocks
@@ -64,6 +66,9 @@ YEAR_MIN, YEAR_MAX = 1970, 9998  # business dates, with room for a year's window
 APPLICATION_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,32}")
 CURRENCY_LEDGER_CNY = 156  # the ISO 4217 numeric code of the limit book credit lines are granted in
 OUTCOMES: dict[str, pb.Outcome] = {"approve": pb.APPROVE, "decline": pb.DECLINE, "refer": pb.REFER}
+# Reasons stored with each score: the scoring server's most (10). A credit officer gives the few
+# that pushed toward the outcome (`yunkai decide` prints four); the rest stay for the record.
+REASONS_ASKED = 10
 
 DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
@@ -213,6 +218,7 @@ class DecisionService:
         self.scoring = scoring
         self.limits = limits
         self.deciding = KeyedLocks()
+        self.unexplained: set[tuple[str, int]] = set()  # model versions without reasons, logged once each
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, serving.Handler] = {
@@ -241,8 +247,8 @@ class DecisionService:
         features = {pin.name: await self.scoring.features_of(pin.name, pin.version) for pin in chosen.models}
         prepared = flow.prepare(chosen, request.amount_requested_fen, dict(request.fields), features)
         pins = [pin for pin in chosen.models if pin.name in prepared.rows]
-        scored = await asyncio.gather(*(self.scoring.score(p.name, [prepared.rows[p.name]], p.version) for p in pins))
-        scores = {pin.name: result[0] for pin, result in zip(pins, scored, strict=True)}
+        scored = await asyncio.gather(*(self._score(p.name, p.version, prepared.rows[p.name]) for p in pins))
+        scores = {pin.name: result.score for pin, result in zip(pins, scored, strict=True)}
         table_input = flow.context(request.amount_requested_fen, prepared, scores)
         result = flow.evaluate(chosen, table_input)
         decision = pb.Decision(
@@ -255,7 +261,7 @@ class DecisionService:
             limit_fen=result.limit_fen,
             price_bps=result.price_bps,
             reason_codes=result.reasons,
-            scores=[pb.ModelScore(model=p.name, version=p.version, score=scores[p.name]) for p in pins],
+            scores=scored,
             table_input_json=json.dumps(table_input, sort_keys=True),
             decided_at_unix_ms=int(time.time() * 1000),
         )
@@ -274,6 +280,25 @@ class DecisionService:
         )
         await self._open_credit_line(decision)
         return decision
+
+    async def _score(self, model: str, version: int, row: dict[str, float]) -> pb.ModelScore:
+        """One row's score by a pinned model version, with the reasons behind it if it has them."""
+        count = min(REASONS_ASKED, await self.scoring.reasons_max_of(model, version))
+        if count == 0:
+            if (model, version) not in self.unexplained:
+                self.unexplained.add((model, version))
+                log.warning("scored without reasons: retrain the version", extra={"model": model, "version": version})
+            [score] = await self.scoring.score(model, [row], version)
+            return pb.ModelScore(model=model, version=version, score=score)
+        [(score, why)] = await self.scoring.score_with_reasons(model, [row], version, count)
+        return pb.ModelScore(
+            model=model,
+            version=version,
+            score=score,
+            reasons=[score_reason(reason) for reason in why.reasons],
+            expected_margin=why.expected_margin,
+            others_margin=why.others_margin,
+        )
 
     async def _open_credit_line(self, decision: pb.Decision) -> None:
         if self.limits is None or decision.outcome != pb.APPROVE or decision.credit_line_opened:
@@ -325,8 +350,8 @@ class DecisionService:
             application = table_input["application"]
             for stored in decision.scores:
                 names = await self.scoring.features_of(stored.model, stored.version)
-                [score] = await self.scoring.score(stored.model, [{n: application[n] for n in names}], stored.version)
-                reply.rescored.append(pb.ModelScore(model=stored.model, version=stored.version, score=score))
+                row = {n: application[n] for n in names}
+                reply.rescored.append(await self._score(stored.model, stored.version, row))
             reply.scores_identical = [s.score for s in reply.rescored] == [s.score for s in decision.scores]
         return reply
 
@@ -340,6 +365,17 @@ class DecisionService:
         if stored is None:
             raise NotFound(f"application_id: no decision for {application_id}")
         return stored
+
+
+def score_reason(reason: inference_pb2.ScoreReason) -> pb.ScoreReason:
+    """The scoring server's reason as the decision stores it."""
+    return pb.ScoreReason(
+        feature=reason.feature,
+        value=reason.value,
+        contribution=reason.contribution,
+        direction=inference_pb2.ReasonDirection.Name(reason.direction),  # the same names in both protos
+        phrase=reason.phrase,
+    )
 
 
 def _check_request(request: pb.DecideRequest) -> None:

@@ -1,4 +1,6 @@
-"""The model registry on disk: `DIR/<name>/<version>/{model.onnx, model.json}`.
+"""The model registry on disk: `DIR/<name>/<version>/{model.onnx, model.json}`, and for versions
+trained with reasons, `model.cbm` (the CatBoost model the ONNX graph was exported from) and
+`shap.npz` (its SHAP tables, scoring/explain.py).
 
 Versions are positive integers (as Triton-style repositories number them). A version is
 written into a temporary directory beside it and renamed into place, so readers never see a
@@ -19,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ from serving.files import private_dir
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "model.json"
+CATBOOST_FILE = "model.cbm"
+SHAP_FILE = "shap.npz"
 ROLES_FILE = "roles.json"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 SCHEMA_VERSION = 1
@@ -91,8 +96,11 @@ def model_path(root: Path, name: str, version: int | None = None) -> Path:
     return version_dir(root, name, version) / MODEL_FILE
 
 
-def write_version(root: Path, name: str, version: int, onnx_file: Path, metadata: dict[str, Any]) -> Path:
-    """Copy `onnx_file` and write `metadata` as a new version, atomically; refuse to overwrite."""
+def write_version(
+    root: Path, name: str, version: int, onnx_file: Path, metadata: dict[str, Any], extra_files: Sequence[Path] = ()
+) -> Path:
+    """Copy `onnx_file` (and `extra_files`, under their own names) and write `metadata` as a new
+    version, atomically; refuse to overwrite."""
     check_name(name)
     if version < 1:
         raise RegistryError(f"version must be a positive integer, not {version}")
@@ -105,8 +113,12 @@ def write_version(root: Path, name: str, version: int, onnx_file: Path, metadata
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=folder))
     try:
         shutil.copyfile(onnx_file, staging / MODEL_FILE)
+        extras = [staging / extra.name for extra in extra_files]
+        assert not {e.name for e in extras} & {MODEL_FILE, METADATA_FILE} and len(set(extras)) == len(extras), extras
+        for extra, copy in zip(extra_files, extras, strict=True):
+            shutil.copyfile(extra, copy)
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        for file in (staging / MODEL_FILE, staging / METADATA_FILE):
+        for file in (staging / MODEL_FILE, staging / METADATA_FILE, *extras):
             with file.open("rb") as handle:
                 os.fsync(handle.fileno())
         # rename(2) of a directory onto a missing name is atomic; it fails if another writer won.

@@ -23,6 +23,11 @@ scores are logged beside the champion's (a `shadow` JSON log line) and counted
 (yunkai_scoring_shadow_*); a challenger that fails, or a full queue, costs the caller nothing.
 `RepositoryModelDeploy|Promote|Rollback` (yunkai extensions, operators only, audited) change
 the roles: the record on disk first (registry.write_roles), then the served set in one swap.
+
+Reasons (scoring/reasons.py, a yunkai extension): a ModelInfer with `reasons_max` K (1 to 10)
+also gets each row's K largest SHAP contributions, phrased, in `reasons`; they are computed on
+the event loop from the version's SHAP tables after the batch answers (tens of microseconds a
+row), for the caller's rows only. Without it nothing is computed.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from prometheus_client.registry import Collector
 
 import serving
 from proto import inference_pb2 as pb
-from scoring import champion, service
+from scoring import champion, reasons, service
 from scoring.batching import DELAY_S_MAX, ROWS_MAX_DEFAULT, Batcher
 from scoring.monitor import (
     ID_CHARS_MAX,
@@ -91,9 +96,9 @@ SHADOW_QUEUE_MAX = 1024  # calls waiting for their challenger's run; past it a s
 SHADOW_ROWS_LOGGED_MAX = 256  # rows of one call whose scores go into its `shadow` log line
 # How each refusal is answered; anything else is a bug and fails the call loudly.
 REFUSALS: serving.Refusals = (
-    ((BadRequest, InvalidInput, champion.BadShare), grpc.StatusCode.INVALID_ARGUMENT),
+    ((BadRequest, InvalidInput, champion.BadShare, reasons.BadAsk), grpc.StatusCode.INVALID_ARGUMENT),
     ((NotFound, champion.UnknownVersion), grpc.StatusCode.NOT_FOUND),
-    ((LoadFailed, champion.Conflict), grpc.StatusCode.FAILED_PRECONDITION),
+    ((LoadFailed, champion.Conflict, reasons.NoReasons), grpc.StatusCode.FAILED_PRECONDITION),
 )
 requests_total = Counter("yunkai_scoring_requests_total", "Inference-protocol RPCs answered", ["method", "status"])
 request_latency_s = Histogram(
@@ -286,6 +291,23 @@ def roles_reply(name: str, roles: Roles) -> pb.ModelRoles:
     )
 
 
+def row_reasons_message(row: reasons.RowReasons, expected_margin: float) -> pb.RowReasons:
+    return pb.RowReasons(
+        reasons=[
+            pb.ScoreReason(
+                feature=reason.feature,
+                value=reason.value,
+                contribution=reason.contribution,
+                direction=pb.RAISES_SCORE if reason.contribution > 0 else pb.LOWERS_SCORE,
+                phrase=reason.phrase,
+            )
+            for reason in row.reasons
+        ],
+        expected_margin=expected_margin,
+        others_margin=row.others,
+    )
+
+
 def observe_batch(model: service.LoadedVersion, rows: int, waited_s: float, compute_s: float) -> None:
     queue_latency_s.labels(model.name).observe(waited_s)
     compute_latency_s.labels(model.name).observe(compute_s)
@@ -391,6 +413,7 @@ class InferenceService:
             inputs=[tensor(name=INPUT_NAME, datatype=DATATYPE, shape=[-1, len(model.feature_names)])],
             outputs=[tensor(name=OUTPUT_NAME, datatype=DATATYPE, shape=[-1])],
             feature_names=model.feature_names,
+            reasons_max=0 if model.reasons is None else reasons.REASONS_MAX,
         )
 
     async def model_infer(self, data: bytes, context: Context) -> Message:
@@ -408,6 +431,9 @@ class InferenceService:
             raise BadRequest(f"{len(raw)} raw_input_contents for 1 input")
         features = decode_features(request.inputs[0], raw)
         service.check_features(features, model)
+        explained = None
+        if request.reasons_max:
+            explained = reasons.ask(model.reasons, model.name, model.version, len(features), request.reasons_max)
         scores = await self.batcher.score(model, features)
         observe(self.monitors, model, request.id, features, scores)
         if model is model_set.default:
@@ -421,6 +447,9 @@ class InferenceService:
             reply.raw_output_contents.append(scores.astype("<f4").tobytes())
         else:
             reply.outputs[0].contents.fp32_contents.extend(scores.tolist())
+        if explained is not None:
+            rows = explained.top(features, request.reasons_max)
+            reply.reasons.extend(row_reasons_message(row, explained.expected_margin) for row in rows)
         return reply
 
     async def repository_index(self, data: bytes, context: Context) -> Message:

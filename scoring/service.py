@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from scoring import champion, parity, registry
+from scoring import champion, parity, reasons, registry
 from scoring.monitor import Reference
+from scoring.reasons import Reasons
 from scoring.registry import Roles
 
 ROWS_MAX = 65_536  # one request's rows: bounded so one caller cannot stall every other
@@ -46,6 +47,7 @@ class LoadedVersion:
     reference: Reference  # the bins its drift is measured in (scoring/monitor.py)
     session: Any  # the graph without its ZipMap (parity.open_tensor_session)
     output: str
+    reasons: Reasons | None = None  # None: trained without reasons (scoring/reasons.py)
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Positive-class probabilities of checked features."""
@@ -80,6 +82,10 @@ def load_version(root: Path, name: str, version: int) -> LoadedVersion:
         exported = parity.onnx_probabilities(parity.open_session(path), probe).astype(np.float32)
         if not np.array_equal(served, exported):
             raise ValueError("the graph without ZipMap disagrees with the exported graph")
+        # Reasons must explain the scores this graph serves, not only the CatBoost model's.
+        loaded.reasons = reasons.load(registry.version_dir(root, name, version), metadata)
+        if loaded.reasons is not None:
+            reasons.check_served(loaded.reasons, probe, served)
     except Exception as error:
         raise LoadFailed(f"cannot load {name} version {version}: {type(error).__name__}: {error}") from None
     return loaded

@@ -1,13 +1,15 @@
 """`yunkai scoring train`: train each scoring model with CatBoost by its recipe, export it to
-ONNX, run the parity and quality gates, and admit the models that pass to the registry with
+ONNX, run the parity, reasons and quality gates, and admit the models that pass to the registry with
 their model.json.
 
 Flow per model: load data -> split (held-out test rows) -> fit (scoring/recipes.py: early
 stopping on a validation split of the training rows, refit) -> metrics and KS cut-off -> ONNX
 export (with the recipe's derived features inside the graph) -> parity gate (ONNX vs CatBoost)
--> quality gate (scoring/quality.py: no worse than the champion on the same held-out rows) ->
-registry. A model that fails a gate is not written, and the command exits 1 naming it; the
-other models of the run are still trained and gated on their own.
+-> reasons gate (the SHAP tables of scoring/explain.py vs CatBoost's own SHAP values on the
+held-out rows) -> quality gate (scoring/quality.py: no worse than the champion on the same
+held-out rows) -> registry (the ONNX graph, model.json, the CatBoost model and its SHAP
+tables). A model that fails a gate is not written, and the command exits 1 naming it; the other
+models of the run are still trained and gated on their own.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from scoring import datasets, derived, metrics, parity, quality, recipes, registry
+from scoring import datasets, derived, explain, metrics, parity, quality, reasons, recipes, registry
 
 TEST_FRACTION = 0.25
 SEED_DEFAULT = 7
@@ -49,15 +51,18 @@ class Outcome:
     metadata: dict[str, Any]
     path: Path | None
     parity: parity.ParityResult
-    quality: quality.QualityResult | None  # None when the parity gate already refused the model
+    quality: quality.QualityResult | None  # None when the parity or the reasons gate already refused the model
     model: Any  # the fitted CatBoostClassifier, for callers that compare it with the ONNX file
     fitted: recipes.Fitted
+    explanation: explain.Check | None = None  # None when the parity gate already refused the model
 
     @property
     def reason(self) -> str:
         """Why the model was refused, or "ok"."""
         if not self.parity.passed:
             return f"parity gate: {self.parity.reason}"
+        if self.explanation is not None and not self.explanation.passed:
+            return f"reasons gate: {self.explanation.reason}"
         if self.quality is not None and not self.quality.passed:
             return f"quality gate: {self.quality.reason}"
         return "ok"
@@ -126,7 +131,10 @@ def train_one(
         export_onnx(fitted, data, name, version, onnx_file)
         session = parity.open_session(onnx_file)
         result = parity.check_parity(scores, parity.onnx_probabilities(session, parts.test_x), cutoff, tolerance)
-        gate = quality_gate(name, data, root, parts, session, auc_tolerance) if result.passed else None
+        explainer, explained = explain_model(fitted, data, parts) if result.passed else (None, None)
+        gate = None
+        if explained is not None and explained.passed:
+            gate = quality_gate(name, data, root, parts, session, auc_tolerance)
         metadata = {
             "schema_version": registry.SCHEMA_VERSION,
             "name": name,
@@ -157,13 +165,29 @@ def train_one(
             ),
             "parity": result.to_json(),
             "quality_gate": None if gate is None else gate.to_json(),
+            "reasons": None
+            if explainer is None or explained is None
+            else reasons.describe(name, explainer, explained, derived.names(recipe.derived, data.feature_names)),
             "onnx": parity.describe_onnx(onnx_file),
             "versions": {"catboost": catboost.__version__, "onnxruntime": onnxruntime.__version__},
         }
         if gate is None or not gate.passed:
-            return Outcome(name, False, metadata, None, result, gate, fitted.model, fitted)
-        path = registry.write_version(root, name, version, onnx_file, metadata)
-    return Outcome(name, True, metadata, path, result, gate, fitted.model, fitted)
+            return Outcome(name, False, metadata, None, result, gate, fitted.model, fitted, explained)
+        assert explainer is not None
+        extras = [Path(scratch) / registry.CATBOOST_FILE, Path(scratch) / registry.SHAP_FILE]
+        fitted.model.save_model(str(extras[0]))
+        explainer.save(extras[1])
+        path = registry.write_version(root, name, version, onnx_file, metadata, extras)
+    return Outcome(name, True, metadata, path, result, gate, fitted.model, fitted, explained)
+
+
+def explain_model(
+    fitted: recipes.Fitted, data: datasets.Dataset, parts: Split
+) -> tuple[explain.Explainer, explain.Check]:
+    """The model's SHAP tables, checked against CatBoost's own SHAP values on the held-out rows."""
+    matrix = derived.append(parts.test_x, fitted.recipe.derived, data.feature_names)
+    explainer = explain.from_catboost(fitted.model, matrix.shape[1])
+    return explainer, explain.check(explainer, fitted.model, matrix)
 
 
 def export_onnx(fitted: recipes.Fitted, data: datasets.Dataset, name: str, version: int, target: Path) -> None:
@@ -293,6 +317,13 @@ def main(args: argparse.Namespace) -> int:
             f"parity max|diff| {p.max_abs_diff:.2e} over {p.rows_compared} rows, {p.decision_flips} flips",
             flush=True,
         )
+        if outcome.explanation is not None:
+            e = outcome.explanation
+            print(
+                f"[{name}] reasons: SHAP tables vs CatBoost max|diff| {e.max_abs_diff:.2e}, "
+                f"sum vs raw margin {e.max_sum_error:.2e} over {e.rows_compared} rows",
+                flush=True,
+            )
         if q is not None and q.champion_auc is not None and q.candidate_auc is not None:
             print(
                 f"[{name}] quality gate: candidate AUC {q.candidate_auc:.4f}, champion v{q.champion_version} "

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -133,6 +135,36 @@ def test_a_declined_application_opens_nothing(
         views(cluster, application.customer)
 
 
+def test_a_decision_stores_the_reasons_behind_its_score(
+    risk: RiskProcess, scoring: ScoringProcess, applicants: dict[str, dict[str, float]]
+) -> None:
+    decisions = stub(risk)
+    declined = decisions.Decide(request(applicants["risky"]), timeout=30)
+    assert declined.outcome == pb.DECLINE
+    [score] = declined.scores
+    assert len(score.reasons) == 10
+
+    # The applicant's own SHAP contributions: the same the scoring server gives for this row,
+    # adding up (with the expected margin and the rest) to the log-odds of the stored score.
+    async def explain() -> list[tuple[float, Any]]:
+        async with ScoringClient(scoring.address) as client:
+            return await client.score_with_reasons("credit_risk", [applicants["risky"]], 1, 10)
+
+    [(probability, why)] = asyncio.run(explain())
+    assert probability == score.score
+    assert [(r.feature, r.contribution, r.phrase) for r in score.reasons] == [
+        (r.feature, r.contribution, r.phrase) for r in why.reasons
+    ]
+    margin = score.expected_margin + sum(r.contribution for r in score.reasons) + score.others_margin
+    assert abs(1 / (1 + math.exp(-margin)) - score.score) <= 1e-5
+    toward_decline = [r for r in score.reasons if r.direction == pb.RAISES_SCORE]
+    assert toward_decline and all(r.contribution > 0 for r in toward_decline)
+    assert margin > score.expected_margin, "a declined applicant's features raised the risk on balance"
+    assert all(r.value == applicants["risky"][r.feature] for r in score.reasons)
+    stored = decisions.GetDecision(pb.DecisionRef(application_id=declined.application_id), timeout=30)
+    assert stored == declined
+
+
 def test_missing_data_is_refused_or_referred_as_the_flow_says(
     risk: RiskProcess, applicants: dict[str, dict[str, float]]
 ) -> None:
@@ -163,6 +195,7 @@ def test_a_stored_decision_survives_a_restart_and_replays_exactly(
         for kind, amount in (("safe", 77_777_777), ("risky", AMOUNT_FEN))
     ]
     assert decided[0].reason_codes == ["LOW_DEFAULT_RISK", "LIMIT_CAPPED"]
+    assert all(len(decision.scores[0].reasons) == 10 for decision in decided)
     assert risk.stop() == 0, risk.log_tail()
     risk.start()
     decisions = stub(risk)
@@ -201,6 +234,30 @@ def test_yunkai_decide_prints_the_decision(risk: RiskProcess, applicants: dict[s
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)
     assert (printed["outcome"], printed["limit_fen"], printed["credit_line_opened"]) == ("APPROVE", "3000000", True)
+    assert len(printed["scores"][0]["reasons"]) == 10
+    assert "APPROVE: credit_risk v1 scored" in done.stderr and "principal reasons toward approval:" in done.stderr
+    assert "\n  1. " in done.stderr
+    risky = {"customer": "cliapplicant2", "amount_requested_fen": 3_000_000, **applicants["risky"]}
+    declined = subprocess.run(
+        [*command, "--applicant", json.dumps(risky), "--application-id", "cli-2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert declined.returncode == 0 and json.loads(declined.stdout)["outcome"] == "DECLINE", declined.stderr
+    got = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "risk", "get", "--risk", risk.address, "cli-2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert got.returncode == 0 and json.loads(got.stdout) == json.loads(declined.stdout), got.stderr
+    lines = got.stderr.splitlines()
+    assert lines[0].startswith("DECLINE: credit_risk v1 scored")
+    assert lines[0].endswith("; principal reasons toward decline:")
+    assert 1 <= len(lines[1:]) <= 4 and all(line.startswith(f"  {n}. ") for n, line in enumerate(lines[1:], 1))
     replayed = subprocess.run(
         [sys.executable, "-m", "cluster.cli", "risk", "replay", "--risk", risk.address, "cli-1"],
         cwd=ROOT,

@@ -27,7 +27,7 @@ def admitted(credit: datasets.Dataset, tmp_path_factory: pytest.TempPathFactory)
 
 def test_trained_model_is_admitted_with_schema_metrics_and_parity(admitted: train.Outcome) -> None:
     assert admitted.admitted and admitted.path is not None
-    assert sorted(p.name for p in admitted.path.iterdir()) == ["model.json", "model.onnx"]
+    assert sorted(p.name for p in admitted.path.iterdir()) == ["model.cbm", "model.json", "model.onnx", "shap.npz"]
     meta = json.loads((admitted.path / "model.json").read_text())
     schema = meta["input_schema"]
     assert schema["dtype"] == "float32"
