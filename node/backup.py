@@ -34,9 +34,10 @@ The protocol (messages of node.v1.Node; `B` is the backup's id)
                          configuration change advances its epoch. The views are kept for
                          ReadCut, at most CUT_TTL_S; a newer cut replaces an older one.
   ReleaseCreditLegs(B)   Ends the hold; answers whether it was still held (not lapsed).
-  ReadCut(B, slots)      Streams each slot's keys from its view; a slot with a previous
-                         digest and no seq to go by (no followers) is digested first and,
-                         when the digest is the previous one, sent as `unchanged` alone.
+  ReadCut(B, slots)      Streams each slot's keys from its view; a slot the previous backup
+                         has but whose seq says nothing (no followers, or never written) is
+                         digested first (a second view opened at the cut) and, when the
+                         digest is the previous one, sent as `unchanged` alone.
 
   The operator holds every primary's legs, and only once every hold is answered cuts every
   primary, then releases every hold, and keeps the round only if every release answers
@@ -107,7 +108,7 @@ class _Kept:
 
     version: node_pb2.SlotVersion
     items: Iterator[tuple[bytes, bytes]]
-    digest_items: Iterator[tuple[bytes, bytes]] | None  # a second view, digested first
+    digest_items: Iterator[tuple[bytes, bytes]] | None  # a second view, digested first (known before)
     previous_digest: int = 0
 
 
@@ -258,8 +259,9 @@ class Backups:
             if before is not None and _unchanged(before, version):
                 reply.unchanged.append(slot)
                 continue
+            # Known before: digested first, and sent only if it changed (an empty slot's digest is 0).
+            second = self._storage.slot_items(slot) if before is not None else None
             known = before.digest if before is not None else 0
-            second = self._storage.slot_items(slot) if known else None
             cut.slots[slot] = _Kept(version, self._storage.slot_items(slot), second, known)
         self._cut = cut  # a newer cut replaces an older one (its operator gave up, or restarted)
         log.info(
