@@ -85,7 +85,8 @@ ROUND_PAUSE_S = 0.5
 HOLD_MS_DEFAULT = 5000
 CALL_TIMEOUT_S = 30.0
 STREAM_TIMEOUT_S = 3600.0
-RESTORE_STREAMS_MAX = 8  # slot copies loaded at once
+RESTORE_STREAMS_MAX = 6  # RestoreSlot streams at once
+RESTORE_SLOTS_PER_STREAM = 64
 DRAIN_WAIT_S_DEFAULT = 120.0
 PROGRESS_EVERY_S = 0.5
 _CHANNEL_OPTIONS = [
@@ -443,8 +444,8 @@ def _failures(results: Mapping[str, object]) -> list[str]:
 class _Progress:
     """One line of progress every PROGRESS_EVERY_S on a terminal (every 5 s elsewhere)."""
 
-    def __init__(self, what: str, total: int, out: TextIO) -> None:
-        self.what, self.total, self.out = what, total, out
+    def __init__(self, what: str, total: int, out: TextIO, unit: str = "slots") -> None:
+        self.what, self.total, self.out, self.unit = what, total, out, unit
         self.done = self.skipped = self.bytes = 0
         self.started = time.monotonic()
         self._shown = 0.0
@@ -463,8 +464,8 @@ class _Progress:
         elapsed = max(1e-3, time.monotonic() - self.started)
         unchanged = f" ({self.skipped} unchanged)" if self.skipped else ""
         return (
-            f"{self.what} {self.done}/{self.total} slots{unchanged}, {self.bytes / 1e6:.1f} MB,"
-            f" {self.done / elapsed:.1f} slots/s, {self.bytes / 1e6 / elapsed:.1f} MB/s    "
+            f"{self.what} {self.done}/{self.total} {self.unit}{unchanged}, {self.bytes / 1e6:.1f} MB,"
+            f" {self.done / elapsed:.1f} {self.unit}/s, {self.bytes / 1e6 / elapsed:.1f} MB/s    "
         )
 
     def finish(self) -> float:
@@ -812,50 +813,68 @@ def _check_files(directory: str, manifest: Mapping[str, Any], out: TextIO) -> No
 async def _load(
     cluster: _Cluster, directory: str, manifest: Mapping[str, Any], shard_map: ShardMap, out: TextIO
 ) -> dict[str, set[int]]:
-    """Every slot into every copy the new cluster has of it; the slots loaded into each node."""
+    """Every slot into every copy the new cluster has of it; the slots loaded into each node.
+    A stream carries up to RESTORE_SLOTS_PER_STREAM slots to one node (one fsync, one audit
+    entry there), RESTORE_STREAMS_MAX streams at once."""
+    entries = {entry["slot"]: entry for entry in manifest["slots"]}
+    wanted: dict[str, list[int]] = {}
+    for slot in range(shard_map.slots_total):
+        for address in shard_map.members(slot):
+            wanted.setdefault(address, []).append(slot)
+    streams = [
+        (address, slots[start : start + RESTORE_SLOTS_PER_STREAM])
+        for address, slots in sorted(wanted.items())
+        for start in range(0, len(slots), RESTORE_SLOTS_PER_STREAM)
+    ]
+    streams.sort(key=lambda stream: stream[1][0])  # every node at once, lowest slots first
     slots_of: dict[str, set[int]] = {}
-    progress = _Progress("restored", shard_map.slots_total, out)
+    copies = sum(len(slots) for slots in wanted.values())
+    progress = _Progress("restored", copies, out, unit="slot copies")
     gate = asyncio.Semaphore(RESTORE_STREAMS_MAX)
 
-    async def one(entry: Mapping[str, Any], address: str) -> None:
+    async def one(address: str, slots: list[int]) -> None:
         async with gate:
-            chunks = _restore_chunks(os.path.join(directory, entry["file"]), entry, manifest["clock_ns"])
+            chunks = _restore_chunks(directory, [entries[slot] for slot in slots], manifest["clock_ns"])
             try:
                 await cluster.node(address).RestoreSlot(chunks, timeout=STREAM_TIMEOUT_S)
             except grpc.aio.AioRpcError as error:
-                raise Failed(f"slot {entry['slot']} into {address}: {error.code().name}: {error.details()}") from None
-        slots_of.setdefault(address, set()).add(entry["slot"])
-
-    async def slot(entry: Mapping[str, Any]) -> None:
-        async with asyncio.TaskGroup() as copies:
-            for address in shard_map.members(entry["slot"]):
-                copies.create_task(one(entry, address))
-        progress.step(entry["bytes"])
+                raise Failed(
+                    f"slots {slots[0]}..{slots[-1]} into {address}: {error.code().name}: {error.details()}"
+                ) from None
+        slots_of.setdefault(address, set()).update(slots)
+        for slot in slots:
+            progress.step(entries[slot]["bytes"])
 
     async with asyncio.TaskGroup() as tasks:
-        for entry in manifest["slots"]:
-            tasks.create_task(slot(entry))
+        for address, slots in streams:
+            tasks.create_task(one(address, slots))
     elapsed = progress.finish()
-    print(f"loaded {progress.bytes / 1e6:.1f} MB into {len(slots_of)} nodes in {elapsed:.1f} s", file=out)
+    print(
+        f"loaded {progress.bytes / 1e6:.1f} MB ({copies} slot copies) into {len(slots_of)} nodes in {elapsed:.1f} s",
+        file=out,
+    )
     return slots_of
 
 
-async def _restore_chunks(path: str, entry: Mapping[str, Any], clock_ns: int) -> AsyncIterator[node_pb2.RestoreChunk]:
-    slot = entry["slot"]
-    chunk = node_pb2.RestoreChunk(slot=slot)
-    size = 0
-    for key, value in read_slot_file(path, slot):
-        chunk.ops.add(key=key, value=value)
-        size += len(key) + len(value)
-        if len(chunk.ops) >= CHUNK_KEYS_MAX or size >= CHUNK_BYTES_MAX:
-            yield chunk
-            chunk = node_pb2.RestoreChunk(slot=slot)
-            size = 0
-    chunk.last = True
-    chunk.keys = entry["keys"]
-    chunk.digest = int(entry["digest"], 16)
-    chunk.clock_ns = clock_ns
-    yield chunk
+async def _restore_chunks(
+    directory: str, entries: Sequence[Mapping[str, Any]], clock_ns: int
+) -> AsyncIterator[node_pb2.RestoreChunk]:
+    for entry in entries:
+        slot = entry["slot"]
+        chunk = node_pb2.RestoreChunk(slot=slot)
+        size = 0
+        for key, value in read_slot_file(os.path.join(directory, entry["file"]), slot):
+            chunk.ops.add(key=key, value=value)
+            size += len(key) + len(value)
+            if len(chunk.ops) >= CHUNK_KEYS_MAX or size >= CHUNK_BYTES_MAX:
+                yield chunk
+                chunk = node_pb2.RestoreChunk(slot=slot)
+                size = 0
+        chunk.last = True
+        chunk.keys = entry["keys"]
+        chunk.digest = int(entry["digest"], 16)
+        chunk.clock_ns = clock_ns
+        yield chunk
 
 
 async def _drain(cluster: _Cluster, wait_s: float, out: TextIO) -> None:

@@ -51,14 +51,16 @@ The protocol (messages of node.v1.Node; `B` is the backup's id)
   trips); writes within a node, reads, and the legs' senders go on.
 
 Restore (into a new, empty cluster; the operator loads every slot before finishing any)
-  RestoreSlot(stream)    One slot into one of its copies here (primary or follower): refused
-                         unless this node leads or follows the slot and the slot's range is
-                         empty. Keys are checked to be the slot's and put as they come; the
-                         last chunk carries the key count, the digest they must add up to
-                         and the backup's ledger clock (raised here, durably, so nothing is
-                         stamped behind the restored history). A mismatch deletes what was
-                         written. The old cluster's replication (epoch, seq) key is not
-                         written: the slot's copies keep this cluster's own.
+  RestoreSlot(stream)    Slots into their copies here (primary or follower), one after
+                         another: each refused unless this node leads or follows it and its
+                         range is empty. Keys are checked to be the slot's and put as they
+                         come; a slot's last chunk carries the key count, the digest they
+                         must add up to and the backup's ledger clock (raised here, so
+                         nothing is stamped behind the restored history). The stream's end
+                         makes its slots and the clock durable with one fsync; a mismatch or
+                         a broken stream deletes what the stream wrote. The old cluster's
+                         replication (epoch, seq) key is not written: the slot's copies keep
+                         this cluster's own.
   FinishRestore(slots)   The restored slots this node leads are taken up as if moved in:
                          their books counted, outbox entries loaded (and re-driven: the
                          credit legs in flight at the cut complete) and pending expiries
@@ -95,7 +97,7 @@ BACKUP_ID_BYTES_MAX = 128
 HOLD_MS_MIN, HOLD_MS_MAX = 10, 30_000
 CUT_TTL_S = 900.0  # a cut's views pin RocksDB files and memtables: dropped after this
 SETTLE_WAIT_S = 2.0  # longest a cut waits for the slots' last batch to reach their followers
-RESTORES_MAX = 32  # RestoreSlot streams at once on one node
+RESTORING_SLOTS_MAX = 4096  # slots of unfinished RestoreSlot streams on one node
 
 
 class BackupError(Refused):
@@ -293,29 +295,40 @@ class Backups:
     # --- restore ----------------------------------------------------------------------------
 
     async def _restore_slot(self, chunks: AsyncIterator[bytes], context: Context) -> bytes:
-        slot: int | None = None
+        current: int | None = None  # the slot whose chunks are arriving
+        done: list[int] = []  # complete and checked, durable once the stream ends
+        written = 0
         try:
             async for raw in chunks:
                 chunk = parse_request(node_pb2.RestoreChunk, raw)
-                if slot is None:
-                    slot = self._begin_restore(chunk.slot)
-                elif chunk.slot != slot:
-                    raise BadRequest(f"slot: {chunk.slot}, in a stream restoring slot {slot}")
-                written = self._restore_chunk(slot, chunk)
-                if written is not None:
-                    return node_pb2.RestoreSlotResponse(keys=written).SerializeToString()
-            raise BadRequest("the stream ended without its last chunk")
+                if current is None:
+                    current = self._begin_restore(chunk.slot)
+                elif chunk.slot != current:
+                    raise BadRequest(f"slot: {chunk.slot} before the last chunk of slot {current}")
+                count = self._restore_chunk(current, chunk)
+                if count is not None:
+                    done.append(current)
+                    written += count
+                    current = None
+            if current is not None or not done:
+                raise BadRequest("the stream ended without a slot's last chunk")
+            # One fsync for the stream: everything written for its slots before it is durable too.
+            self._storage.put_now(keys.CLOCK, self._engine.clock.last.to_bytes(8, "big"))
+            self._storage.forget_accounts()
+            self._restored.update(done)
+            return node_pb2.RestoreSlotResponse(keys=written, slots=len(done)).SerializeToString()
         except BaseException as error:
-            if slot is not None:
+            for slot in [*done, *([] if current is None else [current])]:
                 self._undo_restore(slot)
             if not isinstance(error, Refused):
                 raise
-            log.info("restore refused", extra={"slot": slot, "status": error.code.name, "reason": str(error)})
+            log.info("restore refused", extra={"slot": current, "status": error.code.name, "reason": str(error)})
             await context.abort(error.code, str(error))
             raise  # abort raises; this line is for the type checker
         finally:
-            if slot is not None:
-                self._restoring.discard(slot)
+            self._restoring.difference_update(done)
+            if current is not None:
+                self._restoring.discard(current)
 
     def _begin_restore(self, slot: int) -> int:
         if slot >= self._slots.slots_total:
@@ -328,8 +341,8 @@ class Backups:
             )
         if slot in self._restoring:
             raise BackupError(f"slot {slot} is being restored here by another stream")
-        if len(self._restoring) >= RESTORES_MAX:
-            raise BackupError(f"{RESTORES_MAX} slots are being restored here already")
+        if len(self._restoring) >= RESTORING_SLOTS_MAX:
+            raise BackupError(f"{RESTORING_SLOTS_MAX} slots are being restored here already")
         if slot in self._restored or any(key != keys.seq_key(slot) for key, _value in self._storage.slot_items(slot)):
             raise BackupError(f"slot {slot} already holds data here: a restore goes into a new, empty cluster")
         self._restoring.add(slot)
@@ -337,8 +350,8 @@ class Backups:
         return slot
 
     def _restore_chunk(self, slot: int, chunk: node_pb2.RestoreChunk) -> int | None:
-        """Write one chunk (unsynced); on the last one check the totals and sync. The number of
-        keys written once the slot is complete, else None."""
+        """Write one chunk (unsynced: the stream's end syncs); on the last one check the totals.
+        The number of keys written once the slot is complete, else None."""
         begin, end = keys.slot_range(slot)
         seq_key = keys.seq_key(slot)
         digest, count, written = self._received[slot]
@@ -353,20 +366,15 @@ class Backups:
                 written += 1
         digest &= MASK
         self._received[slot] = (digest, count, written)
+        self._storage.write_unsynced(batch)
         if not chunk.last:
-            self._storage.write_unsynced(batch)
             return None
         if chunk.keys != count or chunk.digest != digest:
             raise BackupError(
                 f"slot {slot}: received {count} keys with digest {digest:016x}, the backup says {chunk.keys} keys"
                 f" with digest {chunk.digest:016x}"
             )
-        clock = self._engine.clock
-        clock.raise_to(chunk.clock_ns)
-        batch.put(keys.CLOCK, clock.last.to_bytes(8, "big"))
-        self._storage.write(batch)  # synced: everything written for the slot before it is durable too
-        self._storage.forget_accounts()
-        self._restored.add(slot)
+        self._engine.clock.raise_to(chunk.clock_ns)  # made durable with the stream's slots
         del self._received[slot]
         return written
 

@@ -485,10 +485,12 @@ class RestoreChunk(_message.Message):
     def __init__(self, slot: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[KeyOp, _Mapping]]] = ..., last: _Optional[bool] = ..., keys: _Optional[int] = ..., digest: _Optional[int] = ..., clock_ns: _Optional[int] = ...) -> None: ...
 
 class RestoreSlotResponse(_message.Message):
-    __slots__ = ("keys",)
+    __slots__ = ("keys", "slots")
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
     keys: int
-    def __init__(self, keys: _Optional[int] = ...) -> None: ...
+    slots: int
+    def __init__(self, keys: _Optional[int] = ..., slots: _Optional[int] = ...) -> None: ...
 
 class FinishRestoreRequest(_message.Message):
     __slots__ = ("slots",)

@@ -200,6 +200,25 @@ def test_a_second_backup_rewrites_only_the_slots_that_changed(source: LocalClust
     assert (directory / "manifests" / f"{first['backup_id']}.json").exists()
 
 
+def test_without_followers_an_unchanged_slot_is_digested_on_its_node_and_not_sent(tmp_path: Path) -> None:
+    single = LocalCluster(str(tmp_path / "single"), nodes=2, port=0, slots_total=S, replicas=1)
+    with _Running(single) as cluster:
+        directory = tmp_path / "backup"
+        assert backup(cluster.address, directory) == 0
+        assert backup(cluster.address, directory) == 0
+        assert manifest(directory)["totals"]["slots_written"] == 0  # type: ignore[index]
+        with channel(cluster.address) as to_router:
+            reply = ledger_pb2_grpc.LedgerStub(to_router).CreateAccounts(
+                pb.CreateAccountsRequest(accounts=[pb.Account(id="single", ledger=1, code=1)]), timeout=10
+            )
+            assert reply.results[0].code == pb.OK
+        assert backup(cluster.address, directory) == 0
+        last = manifest(directory)
+        written = [e["slot"] for e in last["slots"] if e["written_by"] == last["backup_id"]]  # type: ignore[attr-defined, index]
+        assert written == [slot_of("single", S)], written
+        assert not any(e["replicated"] for e in last["slots"])  # type: ignore[attr-defined, index]
+
+
 def test_a_damaged_backup_is_refused_naming_the_file_and_nothing_is_restored(
     source: LocalCluster, tmp_path: Path
 ) -> None:
