@@ -60,6 +60,7 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
@@ -89,6 +90,7 @@ RESTORE_STREAMS_MAX = 6  # RestoreSlot streams at once
 RESTORE_SLOTS_PER_STREAM = 64
 DRAIN_WAIT_S_DEFAULT = 120.0
 PROGRESS_EVERY_S = 0.5
+SYNC_THREADS = 32
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", serving.MESSAGE_BYTES_MAX),
     ("grpc.max_receive_message_length", serving.MESSAGE_BYTES_MAX),
@@ -246,7 +248,9 @@ class SlotWriter:
         self.digest = (self.digest + key_digest(key, value)) & MASK
 
     def finish(self, keys: int, digest: int) -> str:
-        """Check the node's count and digest, make the file durable under its name; its sha256."""
+        """Check the node's count and digest and give the file its name; its sha256. Not synced
+        here: `sync_files` syncs a backup's files together (one fsync each took 2.7 ms here,
+        4096 of them in parallel 0.3 ms each), before any manifest names them."""
         if (keys, digest) != (self.keys, self.digest):
             self.abandon()
             raise Failed(
@@ -254,8 +258,6 @@ class SlotWriter:
                 f" {keys} with {digest:016x}"
             )
         self._write(_U32.pack(_END) + _U64.pack(keys) + _U64.pack(digest))
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._temporary, self.path)
         return self._sha.hexdigest()
@@ -264,6 +266,21 @@ class SlotWriter:
         self._file.close()
         if os.path.exists(self._temporary):
             os.unlink(self._temporary)
+
+
+def sync_files(paths: Sequence[str], directory: str) -> None:
+    """fsync every file in `paths` (several at once: the disk merges them), then `directory`."""
+
+    def sync(path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(SYNC_THREADS) as pool:
+        list(pool.map(sync, paths))
+    _sync_directory(directory)
 
 
 def read_slot_file(path: str, slot: int) -> Iterator[tuple[bytes, bytes]]:
@@ -681,10 +698,12 @@ async def _read(
     async with asyncio.TaskGroup() as tasks:
         for address, slots in by_node.items():
             tasks.create_task(read_node(address, slots))
-    elapsed = progress.finish()
     missing = sorted(set(range(cut.shard_map.slots_total)) - set(entries))
     if missing:
         raise Failed(f"slots {missing[:10]} were not sent by their primaries")
+    written = [os.path.join(directory, e["file"]) for e in entries.values() if e["written_by"] == backup_id]
+    await asyncio.to_thread(sync_files, written, os.path.join(directory, "slots"))
+    elapsed = progress.finish()
     print(f"read {progress.bytes / 1e6:.1f} MB in {elapsed:.1f} s", file=out)
     return entries
 
