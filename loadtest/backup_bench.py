@@ -162,7 +162,12 @@ def run(args: argparse.Namespace, directory: str) -> dict[str, Any]:
     return {
         "command": "python -m loadtest.backup_bench "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "json"),
-        "machine": {"cpus": os.cpu_count(), "processor": _processor(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": _processor(),
+            "python": platform.python_version(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # what else ran on the machine
+        },
         "data": {"keys": totals["keys"], "mb": round(totals["bytes"] / 1e6, 2), "fill_s": round(fill_s, 1)},
         "load": {
             "offered_per_s": args.rate,
