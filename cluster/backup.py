@@ -89,6 +89,7 @@ STREAM_TIMEOUT_S = 3600.0
 RESTORE_STREAMS_MAX = 6  # RestoreSlot streams at once
 RESTORE_SLOTS_PER_STREAM = 64
 DRAIN_WAIT_S_DEFAULT = 120.0
+READY_WAIT_S = 60.0  # a new cluster's nodes learning their slots
 PROGRESS_EVERY_S = 0.5
 SYNC_THREADS = 32
 _CHANNEL_OPTIONS = [
@@ -786,6 +787,7 @@ async def restore(
     _check_files(directory, manifest, out)
     cluster = _Cluster(routers, tls)
     try:
+        await _wait_ready(cluster, READY_WAIT_S)
         shard_map = await cluster.shard_map()
         if shard_map.slots_total != manifest["slots_total"]:
             raise Failed(
@@ -894,6 +896,28 @@ async def _restore_chunks(
         chunk.digest = int(entry["digest"], 16)
         chunk.clock_ns = clock_ns
         yield chunk
+
+
+async def _wait_ready(cluster: _Cluster, wait_s: float) -> None:
+    """Wait until every node of the new cluster is reachable and leads the slots the map gives
+    it, with every copy in place (a cluster just started is still assigning them)."""
+    deadline = time.monotonic() + wait_s
+    why = "no router answered"
+    while True:
+        status = await cluster.status()
+        if status is not None:
+            behind = [n.address for n in status.nodes if not n.reachable or n.slots_owned != n.slots]
+            if not status.nodes:
+                why = "it has no nodes"
+            elif behind:
+                why = f"nodes {', '.join(behind)} do not lead the slots the map gives them yet"
+            elif status.slots_under_replicated or status.migrations:
+                why = "slots are still being copied or moved"
+            else:
+                return
+        if time.monotonic() >= deadline:
+            raise Failed(f"the new cluster is not ready after {wait_s:g} s: {why}")
+        await asyncio.sleep(0.5)
 
 
 async def _drain(cluster: _Cluster, wait_s: float, out: TextIO) -> None:
