@@ -80,6 +80,28 @@ COMMANDS: tuple[Command | Group, ...] = (
         run="",
     ),
     Command(
+        "backup",
+        help="back up every slot of a running cluster into a directory (online, consistent, incremental)",
+        description="Take a consistent backup of every slot while the cluster serves: every primary opens a view "
+        "of its slots at one cut (cross-node credit legs wait for a few round trips meanwhile), and the slots are "
+        "streamed into DIR with a manifest (the shard map, each slot's sequence, SHA-256 of each file). Every "
+        "transfer acknowledged before the backup point is in it. Into a DIR that holds a backup, only the slots "
+        "that changed are read and written.",
+        module="cluster.backup",
+        add="add_backup_arguments",
+        run="backup_main",
+    ),
+    Command(
+        "restore",
+        help="load a backup into a new, empty cluster",
+        description="Check every slot file of the backup in DIR against its manifest, load each slot into every "
+        "copy a new, empty cluster (same --slots-total) has of it, let each node take up the slots it leads and "
+        "re-drive the credit legs that were in flight at the cut, and wait until the books balance.",
+        module="cluster.backup",
+        add="add_restore_arguments",
+        run="restore_main",
+    ),
+    Command(
         "certs",
         help="make a development CA and the certificates of yunkai identities",
         description="Mutual TLS material: `init` makes a CA and a certificate per role (node, router, operator, "

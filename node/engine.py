@@ -289,6 +289,19 @@ class Engine:
             )
         return None
 
+    def adopt(self, slots: Sequence[int]) -> int:
+        """Slots led here whose ranges were written outside the committer (a restore:
+        node/backup.py), taken up as if moved in: their books counted, their outbox entries
+        loaded (the relay re-drives them) and their pending expiries. Returns the entries loaded."""
+        assert all(self.slots[slot].owned for slot in slots), slots
+        self.storage.forget_accounts()
+        self.books.count(slots)
+        before = len(self.relay)
+        self.relay.load(self.storage.outbox_entries(slots), moved_in=True)
+        self._load_expiries(slots)
+        self._wake.set()
+        return len(self.relay) - before
+
     def thaw(self, slot: int, migration_id: str) -> bool:
         """An aborted move: serve `slot` again. False if it is not frozen for that move."""
         if self.slots.frozen_for(slot) != migration_id:

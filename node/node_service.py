@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 import serving
 from node import metrics, outbox, state_machine as sm
+from node.backup import LegHold
 from node.engine import Engine, Overloaded
 from node.holding import fence_of, submit_holding
 from node.identity import Identity
@@ -47,9 +48,17 @@ class NodeService:
     """Handlers of yunkai.node.v1.Node over a node's engine, slot table and slot moves."""
 
     def __init__(
-        self, engine: Engine, slots: SlotTable, moves: SlotMoves, identity: Identity, replica: Replica, zone: str = ""
+        self,
+        engine: Engine,
+        slots: SlotTable,
+        moves: SlotMoves,
+        identity: Identity,
+        replica: Replica,
+        zone: str = "",
+        legs: LegHold | None = None,
     ) -> None:
         self.zone = zone
+        self.legs = legs or LegHold()  # a backup's hold on the legs this node receives (node/backup.py)
         self.engine = engine
         self.slots = slots
         self.moves = moves
@@ -139,7 +148,8 @@ class NodeService:
             submit.append((leg, slot, epoch))
             positions.append(index)
         if submit:
-            answers = await submit_holding(self.slots, self.engine.submit_credit_legs, submit, context)
+            async with self.legs.admit():  # waits while a backup's cut holds incoming legs
+                answers = await submit_holding(self.slots, self.engine.submit_credit_legs, submit, context)
             for position, result in zip(positions, answers, strict=True):
                 results[position] = result
         response = node_pb2.ApplyCreditLegsResponse()

@@ -19,6 +19,7 @@ import grpc
 
 import serving
 from node import keys
+from node.backup import Backups
 from node.changelog import ChangeLog
 from node.engine import Engine, Limits, load_clock
 from node.identity import Identity
@@ -159,10 +160,13 @@ async def _node(settings: dict[str, Any], server: grpc.aio.Server, port: int) ->
         engine = Engine(storage, slots, changelog, limits, peer_credentials=peers, replicator=replicator, clock=clock)
         moves = SlotMoves(engine, slots, storage, changelog, peers)
         in_flight_wait_s = int(settings["in_flight_wait_ms"]) / 1000
+        backups = Backups(engine, slots, storage, identity)
+        zone = str(settings["zone"] or "")
         server.add_generic_rpc_handlers(
             [
                 LedgerService(engine, slots, storage, in_flight_wait_s).handler(),
-                NodeService(engine, slots, moves, identity, replica, str(settings["zone"] or "")).handler(),
+                NodeService(engine, slots, moves, identity, replica, zone, backups.legs).handler(),
+                backups.handler(),
             ]
         )
         async with asyncio.TaskGroup() as tasks:

@@ -381,3 +381,127 @@ class SilentFollowersResponse(_message.Message):
     FOLLOWERS_FIELD_NUMBER: _ClassVar[int]
     followers: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, followers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HoldCreditLegsRequest(_message.Message):
+    __slots__ = ("backup_id", "hold_ms")
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    HOLD_MS_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    hold_ms: int
+    def __init__(self, backup_id: _Optional[str] = ..., hold_ms: _Optional[int] = ...) -> None: ...
+
+class HoldCreditLegsResponse(_message.Message):
+    __slots__ = ("waited_ms",)
+    WAITED_MS_FIELD_NUMBER: _ClassVar[int]
+    waited_ms: int
+    def __init__(self, waited_ms: _Optional[int] = ...) -> None: ...
+
+class SlotVersion(_message.Message):
+    __slots__ = ("slot", "epoch", "seq_epoch", "seq", "replicated", "digest")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQ_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REPLICATED_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    epoch: int
+    seq_epoch: int
+    seq: int
+    replicated: bool
+    digest: int
+    def __init__(self, slot: _Optional[int] = ..., epoch: _Optional[int] = ..., seq_epoch: _Optional[int] = ..., seq: _Optional[int] = ..., replicated: _Optional[bool] = ..., digest: _Optional[int] = ...) -> None: ...
+
+class CutSlotsRequest(_message.Message):
+    __slots__ = ("backup_id", "previous")
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    previous: _containers.RepeatedCompositeFieldContainer[SlotVersion]
+    def __init__(self, backup_id: _Optional[str] = ..., previous: _Optional[_Iterable[_Union[SlotVersion, _Mapping]]] = ...) -> None: ...
+
+class CutSlotsResponse(_message.Message):
+    __slots__ = ("slots", "unchanged", "clock_ns", "node_id")
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_NS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    slots: _containers.RepeatedCompositeFieldContainer[SlotVersion]
+    unchanged: _containers.RepeatedScalarFieldContainer[int]
+    clock_ns: int
+    node_id: str
+    def __init__(self, slots: _Optional[_Iterable[_Union[SlotVersion, _Mapping]]] = ..., unchanged: _Optional[_Iterable[int]] = ..., clock_ns: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseCreditLegsRequest(_message.Message):
+    __slots__ = ("backup_id",)
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    def __init__(self, backup_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseCreditLegsResponse(_message.Message):
+    __slots__ = ("was_held",)
+    WAS_HELD_FIELD_NUMBER: _ClassVar[int]
+    was_held: bool
+    def __init__(self, was_held: _Optional[bool] = ...) -> None: ...
+
+class ReadCutRequest(_message.Message):
+    __slots__ = ("backup_id", "slots")
+    BACKUP_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    backup_id: str
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, backup_id: _Optional[str] = ..., slots: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class BackupChunk(_message.Message):
+    __slots__ = ("slot", "ops", "last", "keys", "digest", "unchanged")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    ops: _containers.RepeatedCompositeFieldContainer[KeyOp]
+    last: bool
+    keys: int
+    digest: int
+    unchanged: bool
+    def __init__(self, slot: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[KeyOp, _Mapping]]] = ..., last: _Optional[bool] = ..., keys: _Optional[int] = ..., digest: _Optional[int] = ..., unchanged: _Optional[bool] = ...) -> None: ...
+
+class RestoreChunk(_message.Message):
+    __slots__ = ("slot", "ops", "last", "keys", "digest", "clock_ns")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_NS_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    ops: _containers.RepeatedCompositeFieldContainer[KeyOp]
+    last: bool
+    keys: int
+    digest: int
+    clock_ns: int
+    def __init__(self, slot: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[KeyOp, _Mapping]]] = ..., last: _Optional[bool] = ..., keys: _Optional[int] = ..., digest: _Optional[int] = ..., clock_ns: _Optional[int] = ...) -> None: ...
+
+class RestoreSlotResponse(_message.Message):
+    __slots__ = ("keys", "slots")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    keys: int
+    slots: int
+    def __init__(self, keys: _Optional[int] = ..., slots: _Optional[int] = ...) -> None: ...
+
+class FinishRestoreRequest(_message.Message):
+    __slots__ = ("slots",)
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    slots: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, slots: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class FinishRestoreResponse(_message.Message):
+    __slots__ = ("slots_led", "outbox_entries")
+    SLOTS_LED_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    slots_led: int
+    outbox_entries: int
+    def __init__(self, slots_led: _Optional[int] = ..., outbox_entries: _Optional[int] = ...) -> None: ...

@@ -84,6 +84,36 @@ class NodeStub:
                 request_serializer=proto_dot_node__pb2.SilentFollowersRequest.SerializeToString,
                 response_deserializer=proto_dot_node__pb2.SilentFollowersResponse.FromString,
                 _registered_method=True)
+        self.HoldCreditLegs = channel.unary_unary(
+                '/yunkai.node.v1.Node/HoldCreditLegs',
+                request_serializer=proto_dot_node__pb2.HoldCreditLegsRequest.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.HoldCreditLegsResponse.FromString,
+                _registered_method=True)
+        self.CutSlots = channel.unary_unary(
+                '/yunkai.node.v1.Node/CutSlots',
+                request_serializer=proto_dot_node__pb2.CutSlotsRequest.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.CutSlotsResponse.FromString,
+                _registered_method=True)
+        self.ReleaseCreditLegs = channel.unary_unary(
+                '/yunkai.node.v1.Node/ReleaseCreditLegs',
+                request_serializer=proto_dot_node__pb2.ReleaseCreditLegsRequest.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.ReleaseCreditLegsResponse.FromString,
+                _registered_method=True)
+        self.ReadCut = channel.unary_stream(
+                '/yunkai.node.v1.Node/ReadCut',
+                request_serializer=proto_dot_node__pb2.ReadCutRequest.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.BackupChunk.FromString,
+                _registered_method=True)
+        self.RestoreSlot = channel.stream_unary(
+                '/yunkai.node.v1.Node/RestoreSlot',
+                request_serializer=proto_dot_node__pb2.RestoreChunk.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.RestoreSlotResponse.FromString,
+                _registered_method=True)
+        self.FinishRestore = channel.unary_unary(
+                '/yunkai.node.v1.Node/FinishRestore',
+                request_serializer=proto_dot_node__pb2.FinishRestoreRequest.SerializeToString,
+                response_deserializer=proto_dot_node__pb2.FinishRestoreResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -153,6 +183,43 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HoldCreditLegs(self, request, context):
+        """Backups and restores (node/backup.py), operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CutSlots(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseCreditLegs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadCut(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreSlot(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishRestore(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +272,36 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.SilentFollowers,
                     request_deserializer=proto_dot_node__pb2.SilentFollowersRequest.FromString,
                     response_serializer=proto_dot_node__pb2.SilentFollowersResponse.SerializeToString,
+            ),
+            'HoldCreditLegs': grpc.unary_unary_rpc_method_handler(
+                    servicer.HoldCreditLegs,
+                    request_deserializer=proto_dot_node__pb2.HoldCreditLegsRequest.FromString,
+                    response_serializer=proto_dot_node__pb2.HoldCreditLegsResponse.SerializeToString,
+            ),
+            'CutSlots': grpc.unary_unary_rpc_method_handler(
+                    servicer.CutSlots,
+                    request_deserializer=proto_dot_node__pb2.CutSlotsRequest.FromString,
+                    response_serializer=proto_dot_node__pb2.CutSlotsResponse.SerializeToString,
+            ),
+            'ReleaseCreditLegs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseCreditLegs,
+                    request_deserializer=proto_dot_node__pb2.ReleaseCreditLegsRequest.FromString,
+                    response_serializer=proto_dot_node__pb2.ReleaseCreditLegsResponse.SerializeToString,
+            ),
+            'ReadCut': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadCut,
+                    request_deserializer=proto_dot_node__pb2.ReadCutRequest.FromString,
+                    response_serializer=proto_dot_node__pb2.BackupChunk.SerializeToString,
+            ),
+            'RestoreSlot': grpc.stream_unary_rpc_method_handler(
+                    servicer.RestoreSlot,
+                    request_deserializer=proto_dot_node__pb2.RestoreChunk.FromString,
+                    response_serializer=proto_dot_node__pb2.RestoreSlotResponse.SerializeToString,
+            ),
+            'FinishRestore': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishRestore,
+                    request_deserializer=proto_dot_node__pb2.FinishRestoreRequest.FromString,
+                    response_serializer=proto_dot_node__pb2.FinishRestoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -477,6 +574,168 @@ class Node:
             '/yunkai.node.v1.Node/SilentFollowers',
             proto_dot_node__pb2.SilentFollowersRequest.SerializeToString,
             proto_dot_node__pb2.SilentFollowersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HoldCreditLegs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.node.v1.Node/HoldCreditLegs',
+            proto_dot_node__pb2.HoldCreditLegsRequest.SerializeToString,
+            proto_dot_node__pb2.HoldCreditLegsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CutSlots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.node.v1.Node/CutSlots',
+            proto_dot_node__pb2.CutSlotsRequest.SerializeToString,
+            proto_dot_node__pb2.CutSlotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseCreditLegs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.node.v1.Node/ReleaseCreditLegs',
+            proto_dot_node__pb2.ReleaseCreditLegsRequest.SerializeToString,
+            proto_dot_node__pb2.ReleaseCreditLegsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadCut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/yunkai.node.v1.Node/ReadCut',
+            proto_dot_node__pb2.ReadCutRequest.SerializeToString,
+            proto_dot_node__pb2.BackupChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreSlot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/yunkai.node.v1.Node/RestoreSlot',
+            proto_dot_node__pb2.RestoreChunk.SerializeToString,
+            proto_dot_node__pb2.RestoreSlotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishRestore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.node.v1.Node/FinishRestore',
+            proto_dot_node__pb2.FinishRestoreRequest.SerializeToString,
+            proto_dot_node__pb2.FinishRestoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

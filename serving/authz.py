@@ -108,6 +108,13 @@ ALLOWED: dict[str, frozenset[str]] = {
             "ApplyCreditLegs": frozenset({NODE}),
             "ImportSlot": frozenset({NODE}),
             "Replicate": frozenset({NODE}),
+            # Backups and restores (node/backup.py): an operator's, never a service's.
+            "HoldCreditLegs": frozenset({OPERATOR}),
+            "CutSlots": frozenset({OPERATOR}),
+            "ReleaseCreditLegs": frozenset({OPERATOR}),
+            "ReadCut": frozenset({OPERATOR}),
+            "RestoreSlot": frozenset({OPERATOR}),
+            "FinishRestore": frozenset({OPERATOR}),
         },
     ),
     **_service(
@@ -210,6 +217,13 @@ AUDITED: frozenset[str] = frozenset(
         "AbortMove",
         "ImportSlot",
         "ApplyCreditLegs",
+        # backups read every slot; restores write them
+        "HoldCreditLegs",
+        "CutSlots",
+        "ReleaseCreditLegs",
+        "ReadCut",
+        "RestoreSlot",
+        "FinishRestore",
         # the cluster's shape
         "AddNode",
         "DrainNode",
@@ -388,9 +402,25 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
 
     def _server_stream(self, method: str, roles: frozenset[str], behavior: Any) -> Callable[..., Any]:
         streams_max = self.limits.streams_per_caller_max
+        audit = self.audit if method in AUDITED else None
 
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            who = await self._admit(method, roles, context)
+            who = await self._admit(method, roles, context, audit)
+            if audit is None:
+                async for reply in streamed(who, request, context):
+                    yield reply
+                return
+            # An audited stream (a backup's read of every slot) is recorded once, when it ends.
+            try:
+                async for reply in streamed(who, request, context):
+                    yield reply
+            except BaseException as error:
+                code, detail = _outcome(error, context)
+                await _audited(audit, context, who.uri, method, _ids(method, request), code, detail)
+                raise
+            await _audited(audit, context, who.uri, method, _ids(method, request), grpc.StatusCode.OK, "")
+
+        async def streamed(who: Identity, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             key = who.uri
             limited = self.secure and who.role not in self.limits.exempt_roles
             if limited and self._streams.get(key, 0) >= streams_max:

@@ -926,6 +926,9 @@ class ImportChannel:
     def stream_stream(self, *args: Any, **kwargs: Any) -> Callable[..., Any]:
         return self._unexpected
 
+    def unary_stream(self, *args: Any, **kwargs: Any) -> Callable[..., Any]:
+        return self._unexpected
+
     def _unexpected(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the exporter calls only ImportSlot")
 
