@@ -184,15 +184,16 @@ class NodeService:
         A request that does not parse, or is refused whole, ends the stream."""
         sender = authz.caller()
         uri = "" if sender is authz.ANONYMOUS else sender.uri
-        async for data in requests:
-            try:
-                reply = await self.replica.apply(parse_request(node_pb2.ReplicateRequest, data), uri)
-            except (BadRequest, ReplicaRefused) as error:
-                code = serving.refusal(error, REFUSALS)
-                assert code is not None
-                log.info("a replication request was refused", extra={"status": code.name, "reason": str(error)})
-                await context.abort(code, str(error))
-            yield reply.SerializeToString()
+        with serving.open_ended():  # the link stays open while the primary keeps it: a stop ends it
+            async for data in requests:
+                try:
+                    reply = await self.replica.apply(parse_request(node_pb2.ReplicateRequest, data), uri)
+                except (BadRequest, ReplicaRefused) as error:
+                    code = serving.refusal(error, REFUSALS)
+                    assert code is not None
+                    log.info("a replication request was refused", extra={"status": code.name, "reason": str(error)})
+                    await context.abort(code, str(error))
+                yield reply.SerializeToString()
 
     async def silent_followers(self, data: bytes, context: Context) -> Message:
         request = parse_request(node_pb2.SilentFollowersRequest, data)

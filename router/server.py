@@ -254,8 +254,9 @@ class ClusterService:
         except BadRequest as error:
             await context.abort(error.code, str(error))
             return
-        async for shard_map in self.control.view.watch(request.known_version):
-            yield shard_map.to_proto().SerializeToString()
+        with serving.open_ended():  # a watcher keeps its stream as long as it likes: a stop ends it
+            async for shard_map in self.control.view.watch(request.known_version):
+                yield shard_map.to_proto().SerializeToString()
 
     async def status(self, data: bytes, context: Context) -> Message:
         parse_request(cluster_pb2.StatusRequest, data)

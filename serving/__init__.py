@@ -17,7 +17,7 @@ The names callers use are re-exported here: `import serving; serving.unary_servi
 
 from serving.audit import AuditLog, AuditUnavailable
 from serving.authz import caller
-from serving.bootstrap import Serving, main, serve, start_metrics, stop_signal
+from serving.bootstrap import Serving, main, open_ended, serve, start_metrics, stop_signal
 from serving.config import add_common_arguments, resolve, setup_logging
 from serving.handlers import (
     BadRequest,
@@ -65,6 +65,7 @@ __all__ = [
     "client_tls",
     "main",
     "new_server",
+    "open_ended",
     "open_store",
     "parse_request",
     "refusal",

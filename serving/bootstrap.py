@@ -19,22 +19,27 @@ what, per-caller limits: serving/authz.py), registers gRPC health (and reflectio
 enters the app, starts Prometheus metrics (--metrics-port), reports SERVING (a
 JSON log line and one machine-readable stdout line, `{"event": "serving", "port": P}`, for
 the scripts and tests that start us), and waits for SIGTERM or SIGINT. Then it reports
-NOT_SERVING, stops accepting, lets in-flight calls finish (at most STOP_GRACE_S), and leaves
-the app, which finishes its own work (a node commits everything queued) and closes what it
-opened.
+NOT_SERVING, ends the streams that last as long as their peer keeps them open (handlers
+inside `open_ended()`: a primary's Replicate link, a client's WatchShardMap; their peers see
+the stream end and open another elsewhere or later), stops accepting, lets in-flight calls
+finish (at most STOP_GRACE_S), and leaves the app, which finishes its own work (a node
+commits everything queued) and closes what it opened. (Before open-ended streams were ended,
+a node of a replicated cluster took the whole grace, 10 s, to stop: its peers' links never
+finish by themselves.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -52,6 +57,8 @@ from serving.tls import TlsError, resolve_tls, warn_insecure
 from serving.transport import new_server, server_credentials
 
 STOP_GRACE_S = 10.0
+_open_ended: set[asyncio.Task[Any]] = set()  # handlers of this process's open-ended streams
+_ending = False  # the server is stopping: an open-ended stream that starts now ends at once
 
 Settings = dict[str, Any]
 App = Callable[[grpc.aio.Server, int], AbstractAsyncContextManager[Mapping[str, object]]]
@@ -190,15 +197,41 @@ class Serving:
         print(json.dumps({"event": "serving", "port": port}), flush=True)
 
     async def stop(self, log: logging.Logger) -> None:
-        """Report NOT_SERVING, stop accepting, and let in-flight RPCs finish (bounded)."""
+        """Report NOT_SERVING, end open-ended streams, stop accepting, and let in-flight RPCs
+        finish (bounded)."""
         log.info("stopping")
         await self.set_serving(False)
+        global _ending
+        _ending = True  # a peer whose stream ended opens another at once: that one ends too
+        for task in list(_open_ended):
+            task.cancel()
         await self.server.stop(grace=STOP_GRACE_S)
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
+
+
+@contextlib.contextmanager
+def open_ended() -> Iterator[None]:
+    """Around the body of a stream handler that lasts as long as its peer keeps the stream
+    open: the server's stop ends it, as if it had returned (the peer sees the stream end with
+    OK at once), instead of waiting out the grace. (A handler merely cancelled sends no
+    status: its peer waited for its own timeout, and the server's stop with it.)"""
+    task = asyncio.current_task()
+    assert task is not None, "open_ended() outside a task"
+    if _ending:
+        task.cancel()  # the server stops: at the handler's first wait
+    _open_ended.add(task)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not _ending:
+            raise  # cancelled for another reason: not ours to swallow
+        task.uncancel()
+    finally:
+        _open_ended.discard(task)
 
 
 def start_metrics(host: str, port: int | None) -> None:

@@ -21,6 +21,7 @@ from node import keys
 from node.keys import account_slot
 from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
 from serving import certs
+from serving.bootstrap import STOP_GRACE_S
 from serving.tls import TLS_DIR_ENV, Tls
 from tests.conftest import NodeHandle, fresh, start_node
 
@@ -205,3 +206,25 @@ def test_a_follower_takes_a_primarys_stream_only_from_the_certificate_its_table_
             assign(node, table(2, addresses[1], [], ids, down=[addresses[0]]), address)
         looked = wait_served(b, account)
         assert looked.code == pb.OK and looked.account.credits_posted == 11, looked
+
+
+def test_a_follower_stops_at_once_though_its_primary_keeps_the_stream_open(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A primary's link never ends by itself: the follower's stop ends it (the stream closes with
+    OK and the primary opens another elsewhere or later) instead of waiting out the server's
+    grace, which held every node of a replicated cluster for 10 s."""
+    with nodes(tmp_path_factory, 2) as (a, b):
+        addresses = [n.process.address for n in (a, b)]
+        ids = identities([a, b])
+        for node, address in zip((a, b), addresses, strict=True):
+            assign(node, table(1, addresses[0], addresses[1:], ids), address)
+        account = fresh("s")
+        assert wait_served(a, account).code == pb.ACCOUNT_NOT_FOUND  # a holds its lease
+        opened = pb.CreateAccountsRequest(accounts=[pb.Account(id=account, ledger=LEDGER, code=1)])
+        reply = a.ledger.CreateAccounts(opened, timeout=10)
+        assert reply.results[0].code == pb.OK  # acknowledged: the link to b is open
+        started = time.monotonic()
+        assert b.process.stop() == 0
+        stopped_s = time.monotonic() - started
+        assert stopped_s < STOP_GRACE_S / 2, f"the follower took {stopped_s:.1f}s to stop"
