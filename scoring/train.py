@@ -158,7 +158,8 @@ def train_one(
             },
             "training_data": fingerprint(parts.train_x, parts.train_y, data.source)
             | {"test_fraction": TEST_FRACTION, "split_seed": seed},
-            "training": recipe.to_json() | {"trees": fitted.trees, "seed": seed},
+            "training": recipe.to_json()
+            | {"trees": fitted.trees, "member_trees": list(fitted.member_trees), "seed": seed},
             "reference_histogram": metrics.score_histogram(scores) | {"of": "held-out CatBoost probabilities"},
             "drift_reference": metrics.drift_reference(
                 data.feature_names, parts.train_x, parity.onnx_probabilities(session, parts.test_x)
@@ -247,6 +248,12 @@ def quality_gate(
     )
 
 
+def _trees(fitted: recipes.Fitted) -> str:
+    if len(fitted.member_trees) < 2:
+        return str(fitted.trees)
+    return f"{fitted.trees} ({len(fitted.member_trees)} seeds averaged: {'+'.join(map(str, fitted.member_trees))})"
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -313,7 +320,7 @@ def main(args: argparse.Namespace) -> int:
         m, p, q = outcome.metadata["metrics"], outcome.parity, outcome.quality
         print(
             f"[{name}] AUC {m['auc']:.4f}  KS {m['ks']:.4f}  cut-off {outcome.metadata['cutoff']['value']:.4f}  "
-            f"trees {outcome.fitted.trees}  "
+            f"trees {_trees(outcome.fitted)}  "
             f"parity max|diff| {p.max_abs_diff:.2e} over {p.rows_compared} rows, {p.decision_flips} flips",
             flush=True,
         )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cluster import cli
-from scoring import datasets, parity, registry, train
+from scoring import datasets, parity, recipes, registry, train
 
 ITERATIONS = 40
 
@@ -50,6 +51,22 @@ def test_trained_model_is_admitted_with_schema_metrics_and_parity(admitted: trai
     assert [o["name"] for o in meta["onnx"]["outputs"]] == ["label", "probabilities"]
     assert meta["onnx"]["nodes"] == ["TreeEnsembleClassifier", "ZipMap"]
     assert set(meta["versions"]) == {"catboost", "onnxruntime"}
+    bag = recipes.RECIPES["credit_risk"].bag_seeds
+    assert meta["training"]["bag_seeds"] == bag and len(meta["training"]["member_trees"]) == bag
+    assert meta["training"]["trees"] == sum(meta["training"]["member_trees"])
+
+
+def test_a_bag_of_seeds_is_one_model_averaging_its_members_margins(credit: datasets.Dataset) -> None:
+    recipe = recipes.Recipe(depth=4, iterations_max=15, early_stopping_rounds=0, bag_seeds=3)
+    x, y = credit.features[:2000], credit.labels[:2000]
+    bag = recipes.fit(recipe, x, y, credit.feature_names, seed=7)
+    assert bag.member_trees == (15, 15, 15) and bag.trees == bag.model.tree_count_ == 45
+    members = [
+        recipes.fit(replace(recipe, bag_seeds=1), x, y, credit.feature_names, seed=7 + recipes.BAG_SEED_STRIDE * k)
+        for k in range(3)
+    ]
+    margins = [m.model.predict(x, prediction_type="RawFormulaVal") for m in members]
+    assert np.allclose(bag.model.predict(x, prediction_type="RawFormulaVal"), np.mean(margins, axis=0), atol=1e-9)
 
 
 def test_registry_onnx_scores_a_held_out_row_like_catboost(admitted: train.Outcome, credit: datasets.Dataset) -> None:
