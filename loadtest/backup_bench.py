@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 from clients.ledger import Account, LedgerError, SyncLedgerClient, Transfer
 from cluster import backup as backups
 from cluster.commands import LocalCluster
+from loadtest import report
 
 BATCH = 1000
 
@@ -162,12 +162,8 @@ def run(args: argparse.Namespace, directory: str) -> dict[str, Any]:
     return {
         "command": "python -m loadtest.backup_bench "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "json"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "processor": _processor(),
-            "python": platform.python_version(),
-            "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # what else ran on the machine
-        },
+        # with what else ran on the machine
+        "machine": report.machine() | {"load_average_1m_at_end": round(os.getloadavg()[0], 2)},
         "data": {"keys": totals["keys"], "mb": round(totals["bytes"] / 1e6, 2), "fill_s": round(fill_s, 1)},
         "load": {
             "offered_per_s": args.rate,
@@ -183,17 +179,6 @@ def run(args: argparse.Namespace, directory: str) -> dict[str, Any]:
             "copies": args.replicas,
         },
     }
-
-
-def _processor() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
