@@ -47,14 +47,16 @@ REPAIR_S_MAX = 120.0  # liveness only: how fast is measured by the benchmarks (d
 
 
 @contextmanager
-def replicated(tmp_path: Path, nodes: int = 3, **options: Any) -> Iterator[LocalCluster]:
+def replicated(
+    tmp_path: Path, nodes: int = 3, down_after_ms: int = DOWN_AFTER_MS, **options: Any
+) -> Iterator[LocalCluster]:
     cluster = LocalCluster(
         str(tmp_path),
         nodes=nodes,
         port=0,
         slots_total=S,
         replicas=R,
-        router_args=["--node-down-after-ms", str(DOWN_AFTER_MS)],
+        router_args=["--node-down-after-ms", str(down_after_ms)],
         node_args=["--lease-ms", str(LEASE_MS)],
         **options,
     ).start()
@@ -145,16 +147,7 @@ def test_a_node_whose_port_refuses_connections_fails_over_without_waiting_out_it
     """kill -9 leaves the host refusing the node's port: the controller fails the node over
     after REFUSED_DOWN_AFTER_S, not after the minute of silence it is told to wait for a node
     that merely stops answering (the zombie test below is that case)."""
-    cluster = LocalCluster(
-        str(tmp_path),
-        nodes=3,
-        port=0,
-        slots_total=S,
-        replicas=R,
-        router_args=["--node-down-after-ms", "60000"],
-        node_args=["--lease-ms", str(LEASE_MS)],
-    ).start()
-    try:
+    with replicated(tmp_path, down_after_ms=60_000) as cluster:
         fully_replicated(cluster)
         victim = cluster.nodes[0]
         victim.kill()
@@ -163,8 +156,6 @@ def test_a_node_whose_port_refuses_connections_fails_over_without_waiting_out_it
         with SyncLedgerClient(cluster.address, timeout_s=10) as sdk:
             account = f"{{k{random.randrange(10**9)}}}:a"
             assert sdk.create_accounts([Account(account, CNY, 1)])[0].ok  # its slots are served
-    finally:
-        cluster.stop()
 
 
 def test_a_zombie_primary_stopped_past_its_lease_acknowledges_nothing_and_serves_no_stale_read(
