@@ -191,6 +191,8 @@ class Serving:
         and showed up as the 30-40 ms p99.9 of a decision; docs/benchmarks.md)."""
         gc.collect()  # setup's own garbage is collected, not kept forever by the freeze
         gc.freeze()
+        global _ending
+        _ending = False  # one server a process (a test may start another after one stopped)
         await self.server.start()
         await self.set_serving(True)
         log.info("serving", extra={"port": port, **details})
