@@ -72,6 +72,7 @@ from node.keys import slot_range
 from node.slotmove import CHUNK_BYTES_MAX, CHUNK_KEYS_MAX
 from proto import cluster_pb2, cluster_pb2_grpc, node_pb2, node_pb2_grpc
 from router.shardmap import ShardMap
+from serving.files import fsync_path
 
 T = TypeVar("T")
 
@@ -272,16 +273,9 @@ class SlotWriter:
 def sync_files(paths: Sequence[str], directory: str) -> None:
     """fsync every file in `paths` (several at once: the disk merges them), then `directory`."""
 
-    def sync(path: str) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     with ThreadPoolExecutor(SYNC_THREADS) as pool:
-        list(pool.map(sync, paths))
-    _sync_directory(directory)
+        list(pool.map(fsync_path, paths))
+    fsync_path(directory)
 
 
 def read_slot_file(path: str, slot: int) -> Iterator[tuple[bytes, bytes]]:
@@ -373,15 +367,7 @@ def write_manifest(directory: str, manifest: dict[str, Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(path + ".partial", path)
-    _sync_directory(directory)
-
-
-def _sync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(directory)
 
 
 def _iso(ns: int) -> str:

@@ -35,7 +35,7 @@ from typing import Protocol
 from proto import cluster_pb2
 from router.etcd import PUT, Etcd
 from router.shardmap import ShardMap
-from serving.files import private_dir
+from serving.files import fsync_path, private_dir
 
 log = logging.getLogger("yunkai.router.metastore")
 
@@ -93,11 +93,7 @@ class LocalMetastore:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, self.path)
-            directory = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            fsync_path(self.directory)
             return True
 
     async def watch(self, known_version: int) -> AsyncIterator[ShardMap]:

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.files import private_dir
+from serving.files import fsync_path, private_dir
 
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "model.json"
@@ -126,7 +126,7 @@ def write_version(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_dir(folder)
+    fsync_path(folder)
     return target
 
 
@@ -179,12 +179,4 @@ def write_roles(root: Path, name: str, roles: Roles) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging)
         raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fsync_path(folder)

@@ -87,6 +87,7 @@ from typing import Any, BinaryIO, NamedTuple
 import grpc
 from prometheus_client import Histogram
 
+from serving.files import fsync_path
 from serving.handlers import Refused, StartupError
 
 GENESIS = "0" * 64
@@ -536,7 +537,7 @@ def _open(path: Path) -> tuple[int, int, int, str]:
         raise AuditOpenError(f"cannot open the audit log {path}: {error.strerror or error}") from error
     try:
         for name in made:  # so each new name survives a crash
-            _fsync_directory(name.parent)
+            fsync_path(name.parent)
         _check_and_lock(fd, path)
         size, seq, head = _continue(fd, path)
     except BaseException:
@@ -557,14 +558,6 @@ def _make_directories(directory: Path) -> list[Path]:
             os.mkdir(each, DIRECTORY_MODE)
             made.append(each)
     return made
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_and_lock(fd: int, path: Path) -> None:

@@ -1,4 +1,5 @@
-"""What a yunkai process writes to disk is its user's alone: directories 0700, files 0600.
+"""What a yunkai process writes to disk is its user's alone: directories 0700, files 0600;
+and `fsync_path`, the one way we make a file, or a directory's entries, durable by path.
 
 Ledger data, shard maps, loans and decisions are nobody else's business on a shared host.
 `private_files` sets the process umask (every file and directory created afterwards, by us or
@@ -35,3 +36,13 @@ def private_dir(path: str) -> None:
             os.chmod(path, DIR_MODE)
         except OSError:  # not ours (a mount point), or read-only: the operator decides who reads it
             log.warning("cannot make the data directory private", extra={"path": path, "mode": oct(mode)})
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync what `path` names: a file's data, or a directory's entries (after a create, a
+    rename or an unlink in it, so that the change itself survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
