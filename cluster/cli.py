@@ -273,8 +273,9 @@ COMMANDS: tuple[Command | Group, ...] = (
                 help="serve credit decisions over gRPC",
                 description="Serve yunkai.risk.v1.DecisionService: score each application with the models its "
                 "product's flow pins (on --scoring), evaluate the flow's decision table (zen-engine), store the "
-                "decision in --data-dir, and with --router open approved credit lines on the ledger; with --router "
-                "and --lending, also assess existing borrowers (BehaviourService).",
+                "decision in --data-dir, and with --lending open each approval's credit line in the lending service at "
+                "the decided limit and price; with --router and --lending, also assess existing borrowers "
+                "(BehaviourService).",
                 module="risk.server",
             ),
             Actions("risk.cli", "add_risk_actions"),

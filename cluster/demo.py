@@ -9,8 +9,8 @@
    early_warning and repayment_willingness models into a registry (CatBoost exported to
    ONNX), starts a scoring node, a lending server (with the sample product catalogue) and a
    risk server, then decides a credit application (scored, decided by the product's
-   decision table; when approved, the credit line is opened on the ledger; otherwise the
-   demo grants one as a banker would by hand), draws a loan, repays its first instalment
+   decision table; the approval opens the credit line in the lending service at the decided
+   limit and price), draws a loan on that line (at the decided price), repays its first instalment
    and assesses the borrower's behaviour from their repayment records. Each run uses a new
    customer, so the demo can be repeated on one data directory.
 Every process speaks mutual TLS with certificates made in DATA_DIR/tls (a development CA;
@@ -210,19 +210,11 @@ def _business_walk_through(lending: ServiceProcess, risk: ServiceProcess, tls: T
         print(
             f"decision on {application.application_id}: {rpb.Outcome.Name(decision.outcome)}, limit "
             f"{_fen(decision.limit_fen)} at {decision.price_bps / 100:.2f}% ({scores}; reasons "
-            f"{list(decision.reason_codes)}); credit line opened on the ledger: {decision.credit_line_opened}"
+            f"{list(decision.reason_codes)}); credit line {decision.credit_line_id or '-'} opened in the lending"
+            f" service: {decision.credit_line_opened}"
         )
-        limit = max(decision.limit_fen, 5_000_000)  # declined or referred: the bank grants a line by hand
-        loans.ApproveCreditLine(
-            lpb.ApproveCreditLineRequest(
-                customer=customer,
-                line_id=f"L{run}",
-                product_code=PRODUCT,
-                customer_limit=limit,
-                product_limit=limit,
-            ),
-            timeout=30,
-        )
+        if not decision.credit_line_opened:
+            raise SystemExit(f"the demo's applicant was not approved with a credit line: {decision}")
         loan = loans.Drawdown(
             lpb.DrawdownRequest(
                 customer=customer, loan_id=f"d{run}", product_code=PRODUCT, amount=3_000_000, date="2026-01-15"

@@ -1,6 +1,6 @@
 """`yunkai loan ...`, `yunkai eod run` and `yunkai gl report`: operator commands over gRPC to LoanService.
 
-    yunkai loan approve --customer C --line L --product P --customer-limit FEN --product-limit FEN
+    yunkai loan approve --customer C --line L --product P --customer-limit FEN --product-limit FEN [--rate BPS]
     yunkai loan draw --customer C --loan ID --product P --amount FEN --date D [--rate BPS] [--term M] [--day N]
     yunkai loan show ID [--json]           yunkai loan list --customer C [--json]
     yunkai loan repay ID --id R --amount FEN --date D
@@ -69,6 +69,9 @@ def add_loan_arguments(parser: argparse.ArgumentParser) -> None:
     approve.add_argument("--version", type=int, default=0, help="product version to pin (default: newest published)")
     approve.add_argument("--customer-limit", type=int, required=True, help="fen")
     approve.add_argument("--product-limit", type=int, required=True, help="fen")
+    approve.add_argument(
+        "--rate", type=int, default=0, help="the line's price: annual bps within the product's bounds (default: its)"
+    )
 
     draw = action("draw", "draw a loan down under the customer's credit line")
     draw.add_argument("--customer", required=True)
@@ -76,7 +79,9 @@ def add_loan_arguments(parser: argparse.ArgumentParser) -> None:
     draw.add_argument("--product", required=True)
     draw.add_argument("--amount", type=int, required=True, help="fen")
     draw.add_argument("--date", default=date.today().isoformat())
-    draw.add_argument("--rate", type=int, default=0, help="annual rate in bps, if the product lets a loan choose")
+    draw.add_argument(
+        "--rate", type=int, default=0, help="annual bps, if the product lets a loan choose (default: the line's price)"
+    )
     draw.add_argument("--term", type=int, default=0, help="months, if the product lets a loan choose")
     draw.add_argument("--day", type=int, default=0, help="repayment day of the month (default: the drawdown's)")
 
@@ -112,6 +117,7 @@ def loan_main(args: argparse.Namespace) -> int:
                         product_version=args.version,
                         customer_limit=args.customer_limit,
                         product_limit=args.product_limit,
+                        annual_rate_bps=args.rate,
                     ),
                     timeout=TIMEOUT_S,
                 )

@@ -5,6 +5,10 @@ server's RocksDB) and the I/O around lending/loans.py's decisions: every movemen
 is a ledger transfer through the SDK, with an id derived from the client's id (loan_id,
 repayment_id) or from loan id and business date, so any step can be retried and replays.
 
+A credit line (ApproveCreditLine, which the risk service calls for an approval) raises the
+customer's limits and carries the line's price; a drawdown takes that price unless it names
+its own rate within the product's bounds.
+
 Order of a drawdown: consume the limits (lending/limits.py, op `d.<loan>`), store the loan
 PENDING, open its accounts, move the principal (and charge the origination fee), store it
 ACTIVE. A repayment is stored with its allocation (done=false) before its transfers and
@@ -161,6 +165,7 @@ class LoanService:
                 f"product_limit: {request.product_limit} fen is outside {p.amount_min}..{p.amount_max}, "
                 f"the bounds of {p.code}"
             )
+        rate = rules.line_rate(p, request.annual_rate_bps)  # BadLoanRequest naming the field if out of bounds
         if request.customer_limit < request.product_limit:
             raise rules.BadLoanRequest(
                 f"customer_limit: {request.customer_limit} fen is below the product_limit {request.product_limit}"
@@ -201,9 +206,13 @@ class LoanService:
                 product_version=product.version,
                 customer_limit=request.customer_limit,
                 product_limit=request.product_limit,
+                annual_rate_bps=rate,
             )
             self.store.put_line(line)
-        log.info("credit line approved", extra={"customer": line.customer, "product": line.product_code})
+        log.info(
+            "credit line approved",
+            extra={"customer": line.customer, "product": line.product_code, "annual_rate_bps": line.annual_rate_bps},
+        )
         return line
 
     # --- drawdowns ------------------------------------------------------------------------
@@ -217,7 +226,8 @@ class LoanService:
                 f"product_code: customer {request.customer} has no credit line for {request.product_code!r}"
             )
         product = self._product(line.product_code, line.product_version)
-        loan = rules.new_loan(request, product)  # validates every field before anything changes
+        # Validates every field before anything changes; the line's price unless the request names a rate.
+        loan = rules.new_loan(request, product, line.annual_rate_bps)
         async with self._locks[request.customer]:
             stored = self.store.loans.get(request.loan_id)
             if stored is not None:

@@ -185,16 +185,23 @@ def _override(p: pb.ProductParameters, name: str, asked: int, default: int, low:
     return asked
 
 
-def new_loan(request: pb.DrawdownRequest, product: pb.Product) -> pb.Loan:
-    """The contract and schedule of a drawdown under `product` (its pinned version); BadLoanRequest if malformed."""
+def line_rate(p: pb.ProductParameters, asked: int) -> int:
+    """A credit line's price (annual bps): the product's for 0, else `asked` within its override bounds."""
+    return _override(p, "annual_rate_bps", asked, p.annual_rate_bps, p.annual_rate_bps_min, p.annual_rate_bps_max)
+
+
+def new_loan(request: pb.DrawdownRequest, product: pb.Product, line_rate_bps: int = 0) -> pb.Loan:
+    """The contract and schedule of a drawdown under `product` (its pinned version); BadLoanRequest if malformed.
+    Its rate: the request's (within the product's bounds), else the line's price, else the product's."""
     check_customer(request.customer)
     check_id("loan_id", request.loan_id)
     drawn = parse_date("date", request.date)
     p = product.parameters
     if not 1 <= request.amount <= p.amount_max:
         raise BadLoanRequest(f"amount: {request.amount} fen is outside 1..{p.amount_max}, the bounds of {p.code}")
+    default_rate = line_rate_bps or p.annual_rate_bps
     rate = _override(
-        p, "annual_rate_bps", request.annual_rate_bps, p.annual_rate_bps, p.annual_rate_bps_min, p.annual_rate_bps_max
+        p, "annual_rate_bps", request.annual_rate_bps, default_rate, p.annual_rate_bps_min, p.annual_rate_bps_max
     )
     term = _override(p, "term_months", request.term_months, p.term_months, p.term_months_min, p.term_months_max)
     if request.repayment_day > 31:

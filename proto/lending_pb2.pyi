@@ -177,36 +177,40 @@ class ListProductsResponse(_message.Message):
     def __init__(self, products: _Optional[_Iterable[_Union[Product, _Mapping]]] = ...) -> None: ...
 
 class ApproveCreditLineRequest(_message.Message):
-    __slots__ = ("customer", "line_id", "product_code", "product_version", "customer_limit", "product_limit")
+    __slots__ = ("customer", "line_id", "product_code", "product_version", "customer_limit", "product_limit", "annual_rate_bps")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     LINE_ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_LIMIT_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ANNUAL_RATE_BPS_FIELD_NUMBER: _ClassVar[int]
     customer: str
     line_id: str
     product_code: str
     product_version: int
     customer_limit: int
     product_limit: int
-    def __init__(self, customer: _Optional[str] = ..., line_id: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., customer_limit: _Optional[int] = ..., product_limit: _Optional[int] = ...) -> None: ...
+    annual_rate_bps: int
+    def __init__(self, customer: _Optional[str] = ..., line_id: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., customer_limit: _Optional[int] = ..., product_limit: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ...) -> None: ...
 
 class CreditLine(_message.Message):
-    __slots__ = ("customer", "line_id", "product_code", "product_version", "customer_limit", "product_limit")
+    __slots__ = ("customer", "line_id", "product_code", "product_version", "customer_limit", "product_limit", "annual_rate_bps")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     LINE_ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_LIMIT_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ANNUAL_RATE_BPS_FIELD_NUMBER: _ClassVar[int]
     customer: str
     line_id: str
     product_code: str
     product_version: int
     customer_limit: int
     product_limit: int
-    def __init__(self, customer: _Optional[str] = ..., line_id: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., customer_limit: _Optional[int] = ..., product_limit: _Optional[int] = ...) -> None: ...
+    annual_rate_bps: int
+    def __init__(self, customer: _Optional[str] = ..., line_id: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., customer_limit: _Optional[int] = ..., product_limit: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ...) -> None: ...
 
 class DrawdownRequest(_message.Message):
     __slots__ = ("customer", "loan_id", "product_code", "amount", "date", "annual_rate_bps", "term_months", "repayment_day")

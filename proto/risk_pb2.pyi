@@ -81,7 +81,7 @@ class ModelScore(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., score: _Optional[float] = ..., reasons: _Optional[_Iterable[_Union[ScoreReason, _Mapping]]] = ..., expected_margin: _Optional[float] = ..., others_margin: _Optional[float] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("application_id", "product", "customer", "flow_version", "flow_sha256", "outcome", "limit_fen", "price_bps", "reason_codes", "scores", "table_input_json", "decided_at_unix_ms", "credit_line_opened")
+    __slots__ = ("application_id", "product", "customer", "flow_version", "flow_sha256", "outcome", "limit_fen", "price_bps", "reason_codes", "scores", "table_input_json", "decided_at_unix_ms", "credit_line_opened", "credit_line_id")
     APPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class Decision(_message.Message):
     TABLE_INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     DECIDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     CREDIT_LINE_OPENED_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_LINE_ID_FIELD_NUMBER: _ClassVar[int]
     application_id: str
     product: str
     customer: str
@@ -108,7 +109,8 @@ class Decision(_message.Message):
     table_input_json: str
     decided_at_unix_ms: int
     credit_line_opened: bool
-    def __init__(self, application_id: _Optional[str] = ..., product: _Optional[str] = ..., customer: _Optional[str] = ..., flow_version: _Optional[int] = ..., flow_sha256: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., limit_fen: _Optional[int] = ..., price_bps: _Optional[int] = ..., reason_codes: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., table_input_json: _Optional[str] = ..., decided_at_unix_ms: _Optional[int] = ..., credit_line_opened: _Optional[bool] = ...) -> None: ...
+    credit_line_id: str
+    def __init__(self, application_id: _Optional[str] = ..., product: _Optional[str] = ..., customer: _Optional[str] = ..., flow_version: _Optional[int] = ..., flow_sha256: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., limit_fen: _Optional[int] = ..., price_bps: _Optional[int] = ..., reason_codes: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., table_input_json: _Optional[str] = ..., decided_at_unix_ms: _Optional[int] = ..., credit_line_opened: _Optional[bool] = ..., credit_line_id: _Optional[str] = ...) -> None: ...
 
 class ReplayResponse(_message.Message):
     __slots__ = ("stored", "outcome", "limit_fen", "price_bps", "reason_codes", "identical", "rescored", "scores_identical")

@@ -13,11 +13,15 @@ Decide, for one application (the flow's own protocol is in risk/flow.py):
      scoring/reasons.py; none from a model version trained without them, logged once);
   4. evaluate the flow's decision table;
   5. store the decision, fsync'd, before anything acts on it;
-  6. with --router, an approval opens the credit line through lending/limits.py: the customer's
-     limit accounts and the product's, then grants of the approved limit at both levels, under
-     operation ids derived from the application id, so a retry grants once; the stored
-     decision is then marked `credit_line_opened`. If the ledger fails meanwhile, the caller
-     gets UNAVAILABLE and repeats the same request, which finishes the opening.
+  6. with --lending, an approval opens the credit line in the lending service
+     (LoanService.ApproveCreditLine): the decided limit at the customer's and the product's
+     level and the decided price, under a line id derived from the application id
+     (`line_id_of`), so a retry opens it once; the stored decision is then marked
+     `credit_line_opened` with that id, and the customer's drawdowns take the line's price.
+     If the lending service does not answer meanwhile, the caller gets UNAVAILABLE and
+     repeats the same request, which finishes the opening; if it refuses the line (the
+     product is not published, or the flow decided outside the product's bounds: a policy
+     bug), FAILED_PRECONDITION with its reason, the decision stored as decided.
 Nothing but step 5 writes; a refused request changes nothing.
 
 It also serves yunkai.risk.v1.BehaviourService (BehaviourServiceHandler below): behavioural
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -45,7 +50,7 @@ from google.protobuf.message import Message
 from prometheus_client import Counter, Histogram
 
 import serving
-from clients.ledger import LedgerClient, LedgerError, ResultCode
+from clients.ledger import LedgerClient, LedgerError
 from clients.scoring import ScoringClient
 from lending.limits import CUSTOMER_PATTERN, CreditLimits
 from proto import inference_pb2, lending_pb2, lending_pb2_grpc, risk_pb2 as pb
@@ -100,10 +105,6 @@ class NotFound(Exception):
     """No decision under this application id."""
 
 
-class LedgerUnavailable(Exception):
-    """The decision is stored but its credit line could not be opened yet; repeat the request."""
-
-
 class NotConfigured(Exception):
     """The server was started without what this call needs (a flag names it)."""
 
@@ -121,9 +122,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serving.add_common_arguments(parser)
     parser.add_argument("--data-dir", help="directory of the decision log's RocksDB (required)")
     parser.add_argument("--scoring", help="HOST:PORT of `yunkai scoring serve` (required)")
-    parser.add_argument("--router", help="HOST:PORT of a ledger router: approvals open their credit lines there")
+    parser.add_argument("--router", help="HOST:PORT of a ledger router: behavioural assessments move limits there")
     parser.add_argument(
-        "--lending", help="HOST:PORT of `yunkai lending serve`: behavioural assessments read repayment records there"
+        "--lending",
+        help="HOST:PORT of `yunkai lending serve`: approvals open their credit lines there, and behavioural"
+        " assessments read repayment records there",
     )
     parser.add_argument("--flows-dir", help="folder of <product>/<version>.json flows (default: risk/flows)")
 
@@ -148,8 +151,8 @@ async def _serve(settings: dict[str, Any]) -> None:
 
 @contextlib.asynccontextmanager
 async def _risk(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIterator[Mapping[str, object]]:
-    """Decisions over the scoring server, credit lines on the ledger (--router), behavioural
-    assessments over the lending server's records (--router and --lending)."""
+    """Decisions over the scoring server, credit lines in the lending server (--lending),
+    behavioural assessments over the lending server's records (--router and --lending)."""
     store = DecisionStore(str(settings["data_dir"]))
     assessments = AssessmentStore(str(settings["data_dir"]))
     credentials_out = serving.client_credentials(settings["tls"])
@@ -163,7 +166,10 @@ async def _risk(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncItera
             )
         limits = CreditLimits(ledger, CURRENCY_LEDGER_CNY) if ledger else None
         flows = flow.Flows(Path(settings["flows_dir"])) if settings["flows_dir"] else flow.Flows()
-        service = DecisionService(store, flows, scoring, limits)
+        if lending is None:
+            log.warning("started without --lending: approvals are stored but open no credit line")
+        lines = lending_pb2_grpc.LoanServiceStub(lending) if lending is not None else None
+        service = DecisionService(store, flows, scoring, lines)
         job = None
         if limits is not None and lending is not None:
             job = behaviour.BehaviourJob(scoring, limits, loans_reader(lending), assessments, behaviour.load_policy())
@@ -189,8 +195,9 @@ REFUSALS: serving.Refusals = (
     ((BadRequest, flow.BadApplication), grpc.StatusCode.INVALID_ARGUMENT),
     ((NotFound, flow.FlowNotFound), grpc.StatusCode.NOT_FOUND),
     (Conflict, grpc.StatusCode.ALREADY_EXISTS),
-    # The scoring server or the ledger did not answer: nothing decided, or the opening to finish.
-    ((LedgerUnavailable, grpc.aio.AioRpcError), grpc.StatusCode.UNAVAILABLE),
+    # The scoring server or the lending server did not answer: nothing decided, or the opening to finish.
+    ((UpstreamUnavailable, grpc.aio.AioRpcError), grpc.StatusCode.UNAVAILABLE),
+    (UpstreamRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (flow.FlowError, grpc.StatusCode.INTERNAL),
 )
 
@@ -208,15 +215,20 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class DecisionService:
-    """yunkai.risk.v1.DecisionService over a decision store, the flows, a scoring client and the ledger."""
+    """yunkai.risk.v1.DecisionService over a decision store, the flows, a scoring client and the
+    lending service (credit lines)."""
 
     def __init__(
-        self, store: DecisionStore, flows: flow.Flows, scoring: ScoringClient, limits: CreditLimits | None
+        self,
+        store: DecisionStore,
+        flows: flow.Flows,
+        scoring: ScoringClient,
+        lending: lending_pb2_grpc.LoanServiceStub | None,
     ) -> None:
         self.store = store
         self.flows = flows
         self.scoring = scoring
-        self.limits = limits
+        self.lending = lending
         self.deciding = KeyedLocks()
         self.unexplained: set[tuple[str, int]] = set()  # model versions without reasons, logged once each
 
@@ -301,25 +313,34 @@ class DecisionService:
         )
 
     async def _open_credit_line(self, decision: pb.Decision) -> None:
-        if self.limits is None or decision.outcome != pb.APPROVE or decision.credit_line_opened:
+        """An approval's credit line in the lending service, at the decided limit and price (step 6)."""
+        if self.lending is None or decision.outcome != pb.APPROVE or decision.credit_line_opened:
             return
-        op = f"risk-{decision.application_id}"
+        line = lending_pb2.ApproveCreditLineRequest(
+            customer=decision.customer,
+            line_id=line_id_of(decision.application_id),
+            product_code=decision.product,
+            customer_limit=decision.limit_fen,
+            product_limit=decision.limit_fen,
+            annual_rate_bps=decision.price_bps,
+        )
         try:
-            opened = await self.limits.open(decision.customer, [decision.product])
-            refused = [r.code for r in opened if r.code not in (ResultCode.OK, ResultCode.EXISTS)]
-            if refused:
-                raise LedgerUnavailable(f"credit line: opening the limit accounts was refused: {refused[0].name}")
-            for product, suffix in ((None, ""), (decision.product, "-p")):
-                granted = await self.limits.raise_limit(decision.customer, product, decision.limit_fen, op + suffix)
-                if not granted.ok:
-                    raise LedgerUnavailable(f"credit line: the grant was refused: {granted.code.name}")
+            await self.lending.ApproveCreditLine(line, timeout=LENDING_TIMEOUT_S)
         except grpc.aio.AioRpcError as error:
-            raise LedgerUnavailable(f"credit line: the ledger did not answer: {error.code().name}") from None
-        except LedgerError as error:
-            raise LedgerUnavailable(f"credit line: the ledger did not answer: {error}") from None
-        self.store.mark_opened(decision)
+            said = f"{error.code().name}: {error.details()}"
+            if error.code() in RETRYABLE:
+                raise UpstreamUnavailable(f"credit line: the lending server did not answer: {said}") from None
+            log.error("credit line refused", extra={"application_id": decision.application_id, "reason": said})
+            raise UpstreamRefused(f"credit line: the lending server refused {line.line_id}: {said}") from None
+        self.store.mark_opened(decision, line.line_id)
         log.info(
-            "credit line opened", extra={"application_id": decision.application_id, "limit_fen": decision.limit_fen}
+            "credit line opened",
+            extra={
+                "application_id": decision.application_id,
+                "line_id": line.line_id,
+                "limit_fen": decision.limit_fen,
+                "price_bps": decision.price_bps,
+            },
         )
 
     async def get(self, data: bytes, context: Context) -> Message:
@@ -376,6 +397,13 @@ def score_reason(reason: inference_pb2.ScoreReason) -> pb.ScoreReason:
         direction=inference_pb2.ReasonDirection.Name(reason.direction),  # the same names in both protos
         phrase=reason.phrase,
     )
+
+
+def line_id_of(application_id: str) -> str:
+    """The credit line an approval opens: one per application, within the lending service's
+    line id (1-16 of A-Z a-z 0-9 _ -). "a" and 15 hex digits of the id's SHA-256: 60 bits,
+    so two applications of one customer and product collide with odds of about 2^-60."""
+    return "a" + hashlib.sha256(application_id.encode()).hexdigest()[:15]
 
 
 def _check_request(request: pb.DecideRequest) -> None:

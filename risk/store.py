@@ -82,6 +82,7 @@ class DecisionStore:
         finally:
             self._writer = None
 
-    def mark_opened(self, decision: pb.Decision) -> None:
+    def mark_opened(self, decision: pb.Decision, line_id: str) -> None:
         decision.credit_line_opened = True
+        decision.credit_line_id = line_id
         self._db.put(_key("d", decision.application_id), decision.SerializeToString(deterministic=True), self._sync)

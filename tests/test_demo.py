@@ -20,10 +20,14 @@ def test_the_demo_walks_through_the_ledger_and_the_lending_business_and_stops(tm
     out = done.stdout
     assert "transfers: ['OK', 'OK', 'OK', 'OK', 'EXCEEDS_CREDITS']" in out
     assert "replayed drawdown-1: EXISTS (no money moved twice)" in out
-    decision = re.search(r"decision on app\d+: (APPROVE|DECLINE|REFER), .*credit line opened on the ledger: (\w+)", out)
+    # The approval opens the credit line, and the loan is drawn on it at the decided price.
+    decision = re.search(
+        r"decision on app\d+: APPROVE, limit [\d,.]+ CNY at (\d+\.\d\d)% .*credit line (a[0-9a-f]{15}) opened in"
+        r" the lending service: True",
+        out,
+    )
     assert decision is not None, out
-    assert decision.group(2) == ("True" if decision.group(1) == "APPROVE" else "False")
-    assert re.search(r"loan d\d+: 30,000.00 CNY over 12 months", out), out
+    assert re.search(rf"loan d\d+: 30,000.00 CNY over 12 months at {re.escape(decision.group(1))}%", out), out
     assert re.search(r"repaid [\d,.]+ CNY on 2026-02-15", out), out
     assessed = re.search(
         r"behaviour as of 2026-02-20: (\w+) .*\"late_payments_12m\": 0.0, \"months_on_book\": 1.0", out

@@ -23,7 +23,8 @@ ALLOWED = {
     "scoring": {"proto", "serving", "scoring"},
     # Lending is the bank's business on top of the ledger: it calls the ledger through the SDK.
     "lending": {"proto", "serving", "clients", "lending"},
-    # Risk decides on top of lending: it scores through clients/, and opens credit lines with lending/limits.py.
+    # Risk decides on top of lending: it scores through clients/, opens credit lines in the lending service,
+    # and moves behavioural limits with lending/limits.py.
     "risk": {"proto", "serving", "clients", "lending", "risk"},
     # The front door and operator commands sit on top of every process. The benchmarks sit on
     # cluster/ (they start local clusters), so the `yunkai` command table names their modules

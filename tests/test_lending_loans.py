@@ -374,6 +374,31 @@ def test_a_bad_drawdown_is_refused_naming_the_field_and_leaves_nothing_behind(le
     assert lending.balance(f"{{c{customer}}}:limit") == -50_000_000  # nothing consumed
 
 
+def test_a_credit_lines_price_is_its_drawdowns_rate_within_the_products_bounds(lending: Lending) -> None:
+    customer = fresh("c").replace("-", "")
+    line = pb.ApproveCreditLineRequest(
+        customer=customer,
+        line_id=f"L{customer}",
+        product_code=lending.code,
+        customer_limit=20_000_000,
+        product_limit=10_000_000,
+        annual_rate_bps=1201,
+    )
+    with pytest.raises(grpc.RpcError) as caught:  # above the product's 12.00%: refused, nothing opened
+        lending.loans.ApproveCreditLine(line, timeout=30)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("annual_rate_bps: 1201 is outside 430..1200"), caught.value.details()
+    assert lending.ledger.lookup_accounts([f"{{c{customer}}}:limit"]) == [None]
+    line.annual_rate_bps = 555
+    assert lending.loans.ApproveCreditLine(line, timeout=30).annual_rate_bps == 555
+    assert lending.draw(customer, "atline", 1_000_000, "2026-01-05").annual_rate_bps == 555  # the line's price
+    named = lending.draw(customer, "named", 1_000_000, "2026-01-05", annual_rate_bps=900)
+    assert named.annual_rate_bps == 900  # a drawdown may name its own, within the product's bounds
+    # A line approved without a price carries the product's rate (7.20%), and so do its drawdowns.
+    plain = lending.customer()
+    assert lending.draw(plain, "plain", 1_000_000, "2026-01-05").annual_rate_bps == 720
+
+
 def test_refusals_by_the_limits_or_the_loan_state_are_clear_and_change_nothing(lending: Lending) -> None:
     customer = lending.customer(customer_limit=20_000_000, product_limit=10_000_000)
     with pytest.raises(grpc.RpcError) as caught:

@@ -1,4 +1,6 @@
-"""The SME-TAX-LOAN v1 decision table on fixtures: outcomes, boundaries, caps and missing data (no servers)."""
+"""The SME-TAX-LOAN decision tables on fixtures (no servers): v1's outcomes, boundaries, caps and
+missing data (kept for replaying its decisions), and v2, the newest, which decides within the
+product's bounds: every flow's approvals are checked against the catalogue's limits and rates."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from lending.products import SAMPLE_CATALOGUE, read_catalogue
 from risk import flow
 
 PRODUCT = "SME-TAX-LOAN"
@@ -34,7 +37,8 @@ def decide(table: flow.Flow, pd: float, amount_fen: int = 5_000_000, **fields: f
 
 def test_the_flow_pins_its_model_versions_and_is_the_newest(table: flow.Flow) -> None:
     assert table.models == (flow.ModelPin("credit_risk", 1),)
-    assert flow.Flows().get(PRODUCT).version == 1
+    assert flow.Flows().get(PRODUCT).version == 2
+    assert flow.Flows().get(PRODUCT).models == table.models
     assert len(table.sha256) == 64
 
 
@@ -137,3 +141,53 @@ def test_the_same_input_gives_the_same_output(table: flow.Flow) -> None:
     stored = json.dumps(flow.context(7_654_321, prepared, {"credit_risk": 0.123456789}), sort_keys=True)
     first = flow.evaluate(table, json.loads(stored))
     assert all(flow.evaluate(flow.Flows().get(PRODUCT, 1), json.loads(stored)) == first for _ in range(5))
+
+
+# --- v2: within the product's bounds ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def newest() -> flow.Flow:
+    return flow.Flows().get(PRODUCT)
+
+
+def test_v2_prices_from_the_products_lowest_rate_up_with_the_risk(newest: flow.Flow) -> None:
+    assert newest.version == 2
+    assert decide(newest, 0.0) == flow.Outcome("approve", 5_000_000, 430, ("LOW_DEFAULT_RISK",))
+    assert decide(newest, 0.05) == flow.Outcome("approve", 5_000_000, 580, ("LOW_DEFAULT_RISK",))
+    assert decide(newest, 0.2) == flow.Outcome("approve", 5_000_000, 1030, ("MEDIUM_DEFAULT_RISK",))
+    assert decide(newest, 0.2999).price_bps == 1180
+    assert decide(newest, 0.3).decision == "refer"
+    # v1 priced the same applicant at 21.00%, outside the product's 4.30-12.00%.
+    assert decide(flow.Flows().get(PRODUCT, 1), 0.2).price_bps == 2100
+
+
+def test_v2_refuses_a_request_below_the_products_smallest_amount(newest: flow.Flow) -> None:
+    with pytest.raises(flow.BadApplication, match=r"^amount_requested_fen: 999999 "):
+        flow.prepare(newest, 999_999, APPLICANT, MODELS)
+    assert decide(newest, 0.05, amount_fen=1_000_000).limit_fen == 1_000_000
+
+
+def test_every_products_newest_flow_approves_only_within_the_products_bounds() -> None:
+    """Over a grid of scores, amounts and adverse records: a limit within the product's
+    amount_min..amount_max and a price within its rate bounds, for each product with a flow."""
+    flows = flow.Flows()
+    products = {p.code: p for p in read_catalogue(SAMPLE_CATALOGUE)}
+    checked = 0
+    for code in sorted(products):
+        if not flows.versions(code):
+            continue
+        table = flows.get(code)
+        p = products[code]
+        amounts = sorted({table.amount_min_fen, p.amount_min, 5_000_000, 30_000_000, 100_000_000, table.amount_max_fen})
+        for amount in (a for a in amounts if table.amount_min_fen <= a <= table.amount_max_fen):
+            for records in (-1.0, 0.0, 1.0):
+                for step in range(1000):
+                    outcome = decide(table, step / 1000, amount_fen=amount, Records=records)
+                    if outcome.decision != "approve":
+                        continue
+                    checked += 1
+                    where = f"{code} v{table.version} at pd {step / 1000}, {amount} fen: {outcome}"
+                    assert p.amount_min <= outcome.limit_fen <= p.amount_max, where
+                    assert p.annual_rate_bps_min <= outcome.price_bps <= p.annual_rate_bps_max, where
+    assert checked > 1000  # the grid reached approvals of every flow

@@ -1,6 +1,7 @@
 """Credit decisions end to end, on real processes: a scoring server with a trained credit_risk model,
-a router and two ledger nodes, and `yunkai risk serve` deciding applications, storing them,
-opening approved credit lines on the ledger, and replaying stored decisions exactly."""
+a router and two ledger nodes, a lending server, and `yunkai risk serve` deciding applications,
+storing them, opening approved credit lines in the lending service (which a drawdown then uses,
+at the decided price), and replaying stored decisions exactly."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ import pytest
 from clients.ledger import LedgerClient
 from clients.scoring import ScoringClient
 from cluster.commands import LocalCluster
-from cluster.local import RiskProcess, ScoringProcess
+from cluster.local import LendingProcess, RiskProcess, ScoringProcess
 from lending.limits import BadLimitRequest, CreditLimits, LevelView
-from proto import risk_pb2 as pb, risk_pb2_grpc
+from lending.products import SAMPLE_CATALOGUE, read_catalogue
+from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as pb, risk_pb2_grpc
+from risk.server import line_id_of
 from scoring import datasets, train
 from tests.conftest import aio_channel, channel, fresh
 
@@ -46,11 +49,24 @@ def scoring(tmp_path_factory: pytest.TempPathFactory, credit_data: datasets.Data
 
 
 @pytest.fixture(scope="module")
+def lending(tmp_path_factory: pytest.TempPathFactory, cluster: LocalCluster) -> Iterator[LendingProcess]:
+    """A lending server with the catalogue's SME-TAX-LOAN published (4.30-12.00% a year)."""
+    server = LendingProcess(str(tmp_path_factory.mktemp("lending")), ["--router", cluster.address]).start()
+    products = lending_pb2_grpc.ProductServiceStub(channel(server.address, "operator"))
+    [parameters] = [p for p in read_catalogue(SAMPLE_CATALOGUE) if p.code == PRODUCT]
+    draft = products.SaveDraft(lpb.SaveDraftRequest(parameters=parameters), timeout=10)
+    products.PublishProduct(lpb.ProductRef(code=draft.code, version=draft.version), timeout=10)
+    yield server
+    assert server.stop() == 0, server.log_tail()
+
+
+@pytest.fixture(scope="module")
 def risk(
-    tmp_path_factory: pytest.TempPathFactory, scoring: ScoringProcess, cluster: LocalCluster
+    tmp_path_factory: pytest.TempPathFactory, scoring: ScoringProcess, cluster: LocalCluster, lending: LendingProcess
 ) -> Iterator[RiskProcess]:
     server = RiskProcess(
-        str(tmp_path_factory.mktemp("risk")), ["--scoring", scoring.address, "--router", cluster.address]
+        str(tmp_path_factory.mktemp("risk")),
+        ["--scoring", scoring.address, "--router", cluster.address, "--lending", lending.address],
     ).start()
     yield server
     assert server.stop() == 0, server.log_tail()
@@ -58,7 +74,7 @@ def risk(
 
 @pytest.fixture(scope="module")
 def applicants(scoring: ScoringProcess, credit_data: datasets.Dataset) -> dict[str, dict[str, float]]:
-    """The real applicants the model finds safest and riskiest."""
+    """The real applicants the model finds safest and riskiest, and one of medium risk."""
     rows = [dict(zip(credit_data.feature_names, map(float, row), strict=True)) for row in credit_data.features[:400]]
 
     async def score() -> list[float]:
@@ -68,7 +84,8 @@ def applicants(scoring: ScoringProcess, credit_data: datasets.Dataset) -> dict[s
     scores = asyncio.run(score())
     ranked = sorted(range(len(rows)), key=scores.__getitem__)
     assert scores[ranked[0]] < 0.1 and scores[ranked[-1]] >= 0.5, (scores[ranked[0]], scores[ranked[-1]])
-    return {"safe": rows[ranked[0]], "risky": rows[ranked[-1]]}
+    medium = next(i for i in ranked if 0.12 <= scores[i] < 0.24)
+    return {"safe": rows[ranked[0]], "risky": rows[ranked[-1]], "medium": rows[medium]}
 
 
 def stub(risk: RiskProcess) -> risk_pb2_grpc.DecisionServiceStub:
@@ -94,22 +111,37 @@ def views(cluster: LocalCluster, customer: str) -> tuple[LevelView, LevelView]:
     return asyncio.run(look())
 
 
-def test_an_approved_application_opens_its_credit_line_once(
-    risk: RiskProcess, cluster: LocalCluster, applicants: dict[str, dict[str, float]]
+def test_an_approved_application_opens_its_credit_line_once_and_draws_at_the_decided_price(
+    risk: RiskProcess, cluster: LocalCluster, lending: LendingProcess, applicants: dict[str, dict[str, float]]
 ) -> None:
     decisions = stub(risk)
     application = request(applicants["safe"])
     decision = decisions.Decide(application, timeout=30)
     assert decision.outcome == pb.APPROVE
     assert decision.limit_fen == AMOUNT_FEN and decision.reason_codes == ["LOW_DEFAULT_RISK"]
-    assert 600 <= decision.price_bps < 1000
+    assert 430 <= decision.price_bps < 730  # the product's lowest rate plus a low risk's premium
     assert [(s.model, s.version) for s in decision.scores] == [("credit_risk", 1)]
-    assert decision.flow_version == 1 and decision.credit_line_opened
+    assert decision.flow_version == 2 and decision.credit_line_opened
+    assert decision.credit_line_id == line_id_of(application.application_id)
     opened = LevelView(AMOUNT_FEN, 0, 0, AMOUNT_FEN, False)
     assert views(cluster, application.customer) == (opened, opened)
     # The same application again: the stored decision, and the line is not granted twice.
     assert decisions.Decide(application, timeout=30) == decision
     assert views(cluster, application.customer) == (opened, opened)
+    # The customer draws on that line at the decided price, without naming a rate.
+    loans = lending_pb2_grpc.LoanServiceStub(channel(lending.address, "operator"))
+    drawn = loans.Drawdown(
+        lpb.DrawdownRequest(
+            customer=application.customer,
+            loan_id=fresh("d").replace("-", "")[:16],
+            product_code=PRODUCT,
+            amount=2_000_000,
+            date="2026-01-15",
+        ),
+        timeout=30,
+    )
+    assert (drawn.status, drawn.annual_rate_bps, drawn.principal) == (lpb.ACTIVE, decision.price_bps, 2_000_000)
+    assert views(cluster, application.customer)[1] == LevelView(AMOUNT_FEN, 2_000_000, 0, AMOUNT_FEN - 2_000_000, False)
     # Another request under a used application id is refused, and changes nothing.
     other = pb.DecideRequest()
     other.CopyFrom(application)
@@ -118,6 +150,28 @@ def test_an_approved_application_opens_its_credit_line_once(
         decisions.Decide(other, timeout=30)
     assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS
     assert decisions.GetDecision(pb.DecisionRef(application_id=application.application_id), timeout=30) == decision
+
+
+def test_a_line_the_lending_service_refuses_is_named_and_the_decision_kept(
+    risk: RiskProcess, cluster: LocalCluster, applicants: dict[str, dict[str, float]]
+) -> None:
+    """Flow v1 priced a medium risk above the product's 12.00%: the lending service refuses
+    that line (FAILED_PRECONDITION naming the rate), the approval stays stored, nothing opens."""
+    application = request(applicants["medium"])
+    application.flow_version = 1
+    with pytest.raises(grpc.RpcError) as refused:
+        stub(risk).Decide(application, timeout=30)
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "annual_rate_bps" in refused.value.details() and "430..1200" in refused.value.details()
+    stored = stub(risk).GetDecision(pb.DecisionRef(application_id=application.application_id), timeout=30)
+    assert stored.outcome == pb.APPROVE and stored.price_bps > 1200 and not stored.credit_line_opened
+    with pytest.raises(BadLimitRequest, match="has no limit accounts"):
+        views(cluster, application.customer)
+    # The same applicant under the newest flow: priced within the bounds, and the line opens.
+    again = request(applicants["medium"])
+    decision = stub(risk).Decide(again, timeout=30)
+    assert decision.reason_codes == ["MEDIUM_DEFAULT_RISK"] and 880 <= decision.price_bps <= 1180
+    assert decision.credit_line_opened
 
 
 def test_a_declined_application_opens_nothing(
@@ -173,7 +227,7 @@ def test_missing_data_is_refused_or_referred_as_the_flow_says(
     with pytest.raises(grpc.RpcError) as refused:
         decisions.Decide(request(without_age), timeout=30)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert refused.value.details() == "Age: missing, and SME-TAX-LOAN v1 requires it"
+    assert refused.value.details() == "Age: missing, and SME-TAX-LOAN v2 requires it"
     with pytest.raises(grpc.RpcError) as out_of_range:
         decisions.Decide(request(applicants["safe"] | {"Age": 150.0}), timeout=30)
     assert out_of_range.value.code() is grpc.StatusCode.INVALID_ARGUMENT
