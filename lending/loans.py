@@ -186,7 +186,10 @@ def _override(p: pb.ProductParameters, name: str, asked: int, default: int, low:
 
 
 def line_rate(p: pb.ProductParameters, asked: int) -> int:
-    """A credit line's price (annual bps): the product's for 0, else `asked` within its override bounds."""
+    """A credit line's price (annual bps): the product's for 0 (or asked exactly), else `asked`
+    within its override bounds."""
+    if asked == p.annual_rate_bps:
+        return asked
     return _override(p, "annual_rate_bps", asked, p.annual_rate_bps, p.annual_rate_bps_min, p.annual_rate_bps_max)
 
 

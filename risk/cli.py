@@ -78,6 +78,24 @@ def add_risk_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser
         if name == "replay":
             sub.add_argument("--rescore", action="store_true", help="also score the application again and compare")
         sub.set_defaults(run=get_main if name == "get" else replay_main)
+    text = "write a decision flow for each product of a catalogue that has none (or whose terms changed)"
+    derive = actions.add_parser(
+        "derive-flows",
+        help=text,
+        description=f"{text}: risk/derive.py's template over the product's amounts and rate bounds, as the next "
+        "version of its flow; hand-written flows are left alone. --check writes nothing and exits 1 if anything "
+        "is missing or stale.",
+    )
+    derive.add_argument("--catalogue", type=Path, help="products TOML (default: the sample catalogue)")
+    derive.add_argument("--flows-dir", type=Path, help="flows folder (default: risk/flows)")
+    derive.add_argument("--check", action="store_true", help="write nothing; exit 1 if a flow is missing or stale")
+    derive.set_defaults(run=derive_main)
+
+
+def derive_main(args: argparse.Namespace) -> int:
+    from risk import derive  # zen-engine and the catalogue reader: only for this command
+
+    return derive.main(args)
 
 
 def add_behaviour_actions(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,6 +1,8 @@
-"""The SME-TAX-LOAN decision tables on fixtures (no servers): v1's outcomes, boundaries, caps and
-missing data (kept for replaying its decisions), and v2, the newest, which decides within the
-product's bounds: every flow's approvals are checked against the catalogue's limits and rates."""
+"""Decision tables on fixtures (no servers): SME-TAX-LOAN v1's outcomes, boundaries, caps and
+missing data (kept for replaying its decisions); v2, the newest, which decides within the
+product's bounds; and the flows derived for every other product of the catalogue
+(risk/derive.py): all there, up to date, and approving only within their product's limits
+and rates."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from lending.loans import BadLoanRequest, line_rate
 from lending.products import SAMPLE_CATALOGUE, read_catalogue
-from risk import flow
+from proto import lending_pb2
+from risk import derive, flow
 
 PRODUCT = "SME-TAX-LOAN"
 CREDIT_RISK_FEATURES = [
@@ -170,7 +174,8 @@ def test_v2_refuses_a_request_below_the_products_smallest_amount(newest: flow.Fl
 
 def test_every_products_newest_flow_approves_only_within_the_products_bounds() -> None:
     """Over a grid of scores, amounts and adverse records: a limit within the product's
-    amount_min..amount_max and a price within its rate bounds, for each product with a flow."""
+    amount_min..amount_max and a price the lending service takes for a credit line of it
+    (within its rate bounds; a fixed-rate product's one rate), for each product with a flow."""
     flows = flow.Flows()
     products = {p.code: p for p in read_catalogue(SAMPLE_CATALOGUE)}
     checked = 0
@@ -181,13 +186,62 @@ def test_every_products_newest_flow_approves_only_within_the_products_bounds() -
         p = products[code]
         amounts = sorted({table.amount_min_fen, p.amount_min, 5_000_000, 30_000_000, 100_000_000, table.amount_max_fen})
         for amount in (a for a in amounts if table.amount_min_fen <= a <= table.amount_max_fen):
-            for records in (-1.0, 0.0, 1.0):
-                for step in range(1000):
+            for records in (0.0, 1.0):
+                for step in (*range(0, 1000, 13), 99, 100, 249, 250, 299):
                     outcome = decide(table, step / 1000, amount_fen=amount, Records=records)
                     if outcome.decision != "approve":
                         continue
                     checked += 1
                     where = f"{code} v{table.version} at pd {step / 1000}, {amount} fen: {outcome}"
                     assert p.amount_min <= outcome.limit_fen <= p.amount_max, where
-                    assert p.annual_rate_bps_min <= outcome.price_bps <= p.annual_rate_bps_max, where
-    assert checked > 1000  # the grid reached approvals of every flow
+                    assert line_rate(p, outcome.price_bps) == outcome.price_bps, where  # lending takes it
+    assert checked > 22 * 100  # the grid reached approvals of every product's flow
+
+
+def catalogue() -> dict[str, lending_pb2.ProductParameters]:
+    return {p.code: p for p in read_catalogue(SAMPLE_CATALOGUE)}
+
+
+def test_every_product_of_the_catalogue_has_its_flow_and_none_is_stale() -> None:
+    products = catalogue()
+    assert len(products) == 22
+    assert all(flow.Flows().versions(code) for code in products), "a product without a flow"
+    assert derive.plan(list(products.values()), flow.FLOWS_DIR) == []  # `yunkai risk derive-flows --check`
+
+
+def test_a_derived_flow_follows_its_products_bounds() -> None:
+    table = flow.Flows().get("SME-GREEN")  # 100,000-10,000,000 CNY, 3.30-6.50%
+    assert (table.amount_min_fen, table.amount_max_fen) == (10_000_000, 1_000_000_000)
+    assert decide(table, 0.0, amount_fen=10_000_000) == flow.Outcome("approve", 10_000_000, 330, ("LOW_DEFAULT_RISK",))
+    assert decide(table, 0.0999, amount_fen=300_000_000) == flow.Outcome(
+        "approve", 166_666_666, 458, ("LOW_DEFAULT_RISK", "LIMIT_CAPPED")
+    )
+    assert decide(table, 0.2, amount_fen=50_000_000).price_bps == 554  # 458 + (0.2 - 0.1) x 5 x 192
+    assert decide(table, 0.2999, amount_fen=50_000_000).price_bps == 650
+    assert decide(table, 0.1, amount_fen=400_000_000).reasons == ("AMOUNT_ABOVE_AUTOMATIC_AUTHORITY",)
+    assert decide(table, 0.35, amount_fen=50_000_000).decision == "refer"
+    with pytest.raises(flow.BadApplication, match=r"^amount_requested_fen: "):
+        flow.prepare(table, 9_999_999, APPLICANT, MODELS)
+    # A fixed-rate product: every approval at its one rate.
+    fixed = flow.Flows().get("SME-STARTUP-GUAR")
+    assert {decide(fixed, pd, amount_fen=2_000_000).price_bps for pd in (0.0, 0.05, 0.15, 0.29)} == {345}
+    with pytest.raises(BadLoanRequest, match="does not let a loan choose"):
+        line_rate(catalogue()["SME-STARTUP-GUAR"], 346)
+
+
+def test_changed_terms_make_a_new_flow_version_and_hand_written_flows_stay(tmp_path: Path) -> None:
+    products = catalogue()
+    green, tax = products["SME-GREEN"], products["SME-TAX-LOAN"]
+    for code in ("SME-GREEN", "SME-TAX-LOAN"):
+        (tmp_path / code).mkdir()
+        for source in (flow.FLOWS_DIR / code).glob("*.json"):
+            (tmp_path / code / source.name).write_text(source.read_text())
+    assert derive.plan([green, tax], tmp_path) == []
+    green.annual_rate_bps_max = 700
+    tax.annual_rate_bps_max = 1300  # hand-written: its author's to follow, never overwritten
+    [(path, text, why)] = derive.plan([green, tax], tmp_path)
+    assert path == tmp_path / "SME-GREEN" / "2.json" and why == "SME-GREEN's terms changed since v1"
+    path.write_text(text)
+    newer = flow.Flows(tmp_path).get("SME-GREEN")
+    assert newer.version == 2 and decide(newer, 0.2999, amount_fen=50_000_000).price_bps == 700
+    assert derive.plan([green, tax], tmp_path) == []

@@ -50,12 +50,12 @@ def scoring(tmp_path_factory: pytest.TempPathFactory, credit_data: datasets.Data
 
 @pytest.fixture(scope="module")
 def lending(tmp_path_factory: pytest.TempPathFactory, cluster: LocalCluster) -> Iterator[LendingProcess]:
-    """A lending server with the catalogue's SME-TAX-LOAN published (4.30-12.00% a year)."""
+    """A lending server with the whole sample catalogue published (SME-TAX-LOAN: 4.30-12.00% a year)."""
     server = LendingProcess(str(tmp_path_factory.mktemp("lending")), ["--router", cluster.address]).start()
     products = lending_pb2_grpc.ProductServiceStub(channel(server.address, "operator"))
-    [parameters] = [p for p in read_catalogue(SAMPLE_CATALOGUE) if p.code == PRODUCT]
-    draft = products.SaveDraft(lpb.SaveDraftRequest(parameters=parameters), timeout=10)
-    products.PublishProduct(lpb.ProductRef(code=draft.code, version=draft.version), timeout=10)
+    for parameters in read_catalogue(SAMPLE_CATALOGUE):
+        draft = products.SaveDraft(lpb.SaveDraftRequest(parameters=parameters), timeout=10)
+        products.PublishProduct(lpb.ProductRef(code=draft.code, version=draft.version), timeout=10)
     yield server
     assert server.stop() == 0, server.log_tail()
 
@@ -150,6 +150,38 @@ def test_an_approved_application_opens_its_credit_line_once_and_draws_at_the_dec
         decisions.Decide(other, timeout=30)
     assert refused.value.code() is grpc.StatusCode.ALREADY_EXISTS
     assert decisions.GetDecision(pb.DecisionRef(application_id=application.application_id), timeout=30) == decision
+
+
+def test_every_product_decides_real_applicants_and_opens_lines_within_its_bounds(
+    risk: RiskProcess, lending: LendingProcess, applicants: dict[str, dict[str, float]]
+) -> None:
+    """The catalogue's 22 products, each with its flow (hand-written or derived): the credit
+    data's safest applicant is approved and its line opened at a price the product allows, the
+    medium one too (dearer), the riskiest declined."""
+    loans = lending_pb2_grpc.LoanServiceStub(channel(lending.address, "operator"))
+    for p in read_catalogue(SAMPLE_CATALOGUE):
+        amount = 2 * p.amount_min
+        decided = {}
+        for kind in ("safe", "medium", "risky"):
+            application = request(applicants[kind], amount)
+            application.product = p.code
+            decided[kind] = stub(risk).Decide(application, timeout=30)
+        safe, medium, risky = decided["safe"], decided["medium"], decided["risky"]
+        assert (safe.outcome, safe.limit_fen, safe.credit_line_opened) == (pb.APPROVE, amount, True), p.code
+        assert (medium.outcome, medium.credit_line_opened) == (pb.APPROVE, True), p.code
+        assert safe.price_bps <= medium.price_bps, p.code
+        assert (risky.outcome, risky.credit_line_opened) == (pb.DECLINE, False), p.code
+        drawn = loans.Drawdown(
+            lpb.DrawdownRequest(
+                customer=safe.customer,
+                loan_id=fresh("d").replace("-", "")[:16],
+                product_code=p.code,
+                amount=p.amount_min,
+                date="2026-01-15",
+            ),
+            timeout=30,
+        )
+        assert (drawn.status, drawn.annual_rate_bps) == (lpb.ACTIVE, safe.price_bps), p.code
 
 
 def test_a_line_the_lending_service_refuses_is_named_and_the_decision_kept(
