@@ -195,10 +195,22 @@ class Assessment(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., customer: _Optional[str] = ..., date: _Optional[str] = ..., action: _Optional[str] = ..., amount_fen: _Optional[int] = ..., warning_level: _Optional[str] = ..., reason_codes: _Optional[_Iterable[str]] = ..., applied: _Optional[str] = ..., policy_version: _Optional[int] = ..., policy_sha256: _Optional[str] = ..., scores: _Optional[_Iterable[_Union[ModelScore, _Mapping]]] = ..., features: _Optional[_Mapping[str, float]] = ..., record_json: _Optional[str] = ...) -> None: ...
 
 class AssessResponse(_message.Message):
-    __slots__ = ("assessments",)
+    __slots__ = ("assessments", "not_assessed")
     ASSESSMENTS_FIELD_NUMBER: _ClassVar[int]
+    NOT_ASSESSED_FIELD_NUMBER: _ClassVar[int]
     assessments: _containers.RepeatedCompositeFieldContainer[Assessment]
-    def __init__(self, assessments: _Optional[_Iterable[_Union[Assessment, _Mapping]]] = ...) -> None: ...
+    not_assessed: _containers.RepeatedCompositeFieldContainer[NotAssessed]
+    def __init__(self, assessments: _Optional[_Iterable[_Union[Assessment, _Mapping]]] = ..., not_assessed: _Optional[_Iterable[_Union[NotAssessed, _Mapping]]] = ...) -> None: ...
+
+class NotAssessed(_message.Message):
+    __slots__ = ("customer", "reason", "no_credit_line")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NO_CREDIT_LINE_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    reason: str
+    no_credit_line: bool
+    def __init__(self, customer: _Optional[str] = ..., reason: _Optional[str] = ..., no_credit_line: _Optional[bool] = ...) -> None: ...
 
 class ListFollowUpsRequest(_message.Message):
     __slots__ = ("kind",)

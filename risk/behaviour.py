@@ -11,7 +11,11 @@ the profile may not carry a repayment feature (the records are the only source o
 Protocol of a run, per borrower (the policy is the JDM table `risk/flows/BEHAVIOUR/<v>.json`,
 evaluated by zen-engine, with the models it pins). One run at a time per customer (a lock
 per customer, taken in order); the whole request is checked and read before anything is
-written, so a refused request changes nothing:
+written, so a refused request (malformed, or an upstream that did not answer) changes
+nothing. One borrower's own problem fails nobody else: a customer without a credit line (not
+a borrower: nothing to assess) or whose profile lacks a feature a model needs is answered
+`NotAssessed` with the reason, nothing stored for them (a later call of the same run, with
+the profile mended, assesses them), and the others are assessed:
 
 1. If the run already assessed this borrower, its stored assessment is used as it is (no new
    scores, no new reading of the ledger): a rerun re-applies the same action, which the ledger
@@ -82,6 +86,15 @@ class PolicyError(RuntimeError):
 class Borrower:
     customer: str
     profile: dict[str, float]  # features from outside the ledger, by the models' names
+
+
+@dataclass(frozen=True)
+class NotAssessed:
+    """A borrower the call left alone, and why (naming the field)."""
+
+    customer: str
+    reason: str
+    no_credit_line: bool  # not a borrower: there was nothing to assess
 
 
 @dataclass(frozen=True)
@@ -175,15 +188,20 @@ class BehaviourJob:
         self.policy = policy
         self.locks = KeyedLocks()
 
-    async def run(self, run_id: str, as_of: date, borrowers: Sequence[Borrower]) -> list[dict[str, Any]]:
-        """Assess and act on each borrower once per run; the records, in the borrowers' order."""
+    async def run(
+        self, run_id: str, as_of: date, borrowers: Sequence[Borrower]
+    ) -> tuple[list[dict[str, Any]], list[NotAssessed]]:
+        """Assess and act on each borrower once per run: the records of those assessed, and
+        those not assessed with why, each in the borrowers' order."""
         check(run_id, borrowers)
         async with AsyncExitStack() as held:
             for customer in sorted(b.customer for b in borrowers):  # in order: two calls never deadlock
                 await held.enter_async_context(self.locks.hold(customer))
             return await self._run(run_id, as_of, borrowers)
 
-    async def _run(self, run_id: str, as_of: date, borrowers: Sequence[Borrower]) -> list[dict[str, Any]]:
+    async def _run(
+        self, run_id: str, as_of: date, borrowers: Sequence[Borrower]
+    ) -> tuple[list[dict[str, Any]], list[NotAssessed]]:
         day = as_of.isoformat()
         run = self.store.get(f"r/{run_id}")
         if run is not None and run["date"] != day:
@@ -199,23 +217,40 @@ class BehaviourJob:
                     )
                 records[borrower.customer] = stored
         new = [b for b in borrowers if b.customer not in records]
-        # Read and decide everything first: a refusal (a missing feature, no credit line, a
-        # policy error) changes nothing, and the other reads of the call are cancelled.
+        # Read and decide everything first: a refusal (an upstream that does not answer, a policy
+        # error) changes nothing, and the other reads of the call are cancelled.
         reading = asyncio.Semaphore(READS_IN_FLIGHT_MAX)
 
         async def loans_of(customer: str) -> Sequence[lending_pb2.Loan]:
             async with reading:
                 return await self.loans_of(customer)
 
-        async def view(customer: str) -> LevelView:
+        async def view(customer: str) -> LevelView | None:
             async with reading:
                 return await self._view(customer)
 
+        skipped: dict[str, NotAssessed] = {}
+        lines: dict[str, LevelView] = {}
+        for borrower, line in zip(new, await _all(view(b.customer) for b in new), strict=True):
+            if line is None:
+                reason = f"customer: {borrower.customer} has no credit line"
+                skipped[borrower.customer] = NotAssessed(borrower.customer, reason, no_credit_line=True)
+            else:
+                lines[borrower.customer] = line
+        new = [b for b in new if b.customer in lines]
         histories = await _all(loans_of(b.customer) for b in new)
-        derived = [repayment.features(loans, as_of) for loans in histories]
-        features = [b.profile | d for b, d in zip(new, derived, strict=True)]
+        derived_all = [repayment.features(history, as_of) for history in histories]
+        everything = [(b, d, b.profile | d) for b, d in zip(new, derived_all, strict=True)]
+        for borrower, _, row in everything:
+            missing = await self._missing(row)
+            if missing:
+                reason = f"{missing[1]}: missing from {borrower.customer}'s profile (model {missing[0]})"
+                skipped[borrower.customer] = NotAssessed(borrower.customer, reason, no_credit_line=False)
+        kept = [each for each in everything if each[0].customer not in skipped]
+        new = [b for b, _, _ in kept]
+        derived, features = [d for _, d, _ in kept], [row for _, _, row in kept]
+        views = [lines[b.customer] for b in new]
         scores = await self._score(new, features)
-        views = await _all(view(b.customer) for b in new)
         assessed: dict[str, dict[str, Any]] = {f"r/{run_id}": {"run_id": run_id, "date": day}}
         for borrower, used, from_records, borrower_scores, view_of in zip(
             new, features, derived, scores, views, strict=True
@@ -236,7 +271,7 @@ class BehaviourJob:
                 "assessed_at_unix_ms": early_warning.now_ms(),
             }
         await self.store.write(assessed)  # why, before acting: one fsync'd batch
-        ordered = [records[b.customer] for b in borrowers]
+        ordered = [records[b.customer] for b in borrowers if b.customer in records]
         outcomes = await asyncio.gather(*(self._apply(record) for record in ordered), return_exceptions=True)
         done: dict[str, dict[str, Any]] = {}
         for record, outcome in zip(ordered, outcomes, strict=True):
@@ -249,13 +284,22 @@ class BehaviourJob:
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         if failed:  # the ledger did not answer: a repeat of the call applies the rest
             raise next((o for o in failed if not isinstance(o, asyncio.CancelledError)), failed[0])
-        return ordered
+        return ordered, [skipped[b.customer] for b in borrowers if b.customer in skipped]
 
-    async def _view(self, customer: str) -> LevelView:
+    async def _view(self, customer: str) -> LevelView | None:
+        """The customer's limit, or None without a credit line (no limit accounts)."""
         try:
             return await self.limits.view(customer)
         except BadLimitRequest:
-            raise BadBorrower(f"customer: {customer} has no credit line") from None
+            return None
+
+    async def _missing(self, row: dict[str, float]) -> tuple[str, str] | None:
+        """(model, feature) of the first feature a pinned model needs that `row` lacks, or None."""
+        for name, version in self.policy.models:
+            missing = [n for n in await self.scoring.features_of(name, version) if n not in row]
+            if missing:
+                return name, missing[0]
+        return None
 
     async def _score(self, borrowers: list[Borrower], features: list[dict[str, float]]) -> list[dict[str, float]]:
         if not borrowers:
@@ -263,10 +307,6 @@ class BehaviourJob:
         per_model = []
         for name, version in self.policy.models:
             names = await self.scoring.features_of(name, version)
-            for borrower, row in zip(borrowers, features, strict=True):
-                missing = [n for n in names if n not in row]
-                if missing:
-                    raise BadBorrower(f"{missing[0]}: missing from {borrower.customer}'s profile (model {name})")
             per_model.append(await self.scoring.score(name, [{n: row[n] for n in names} for row in features], version))
         return [
             {name: per_model[m][i] for m, (name, _) in enumerate(self.policy.models)} for i in range(len(borrowers))

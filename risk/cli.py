@@ -52,6 +52,12 @@ COVERAGE_PART = 100_000
 CHUNK_TIMEOUT_S_PER_BORROWER = 0.1
 EXIT_REFUSED = 1
 EXIT_BAD_ARGUMENTS = 2
+EXIT_PARTIAL = 3  # a batch job that could not do all it should have: the summary says what
+CHUNK_ATTEMPTS = 3
+CHUNK_RETRY_PAUSE_S = 1.0
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+WHOLE_RUN_REFUSALS = (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION)
+DONE_ANSWERS = ("OK", "SUPERSEDED")  # an action taken (or replayed), or made moot by a newer run
 PRINCIPAL_REASONS_MAX = 4  # as adverse-action notices give them (e.g. US Regulation B: no more than four)
 
 
@@ -107,7 +113,11 @@ def add_behaviour_actions(actions: argparse._SubParsersAction[argparse.ArgumentP
         description="Behavioural limit management: the risk server scores each borrower of --profiles "
         "(early_warning, repayment_willingness) from their profile and their repayment records as of --date, "
         "evaluates the behaviour policy table, records why and applies the action to the customer's limit on "
-        "the ledger. A rerun with the same --run-id changes nothing.",
+        "the ledger. A rerun with the same --run-id changes nothing. Each borrower's outcome is printed (the "
+        "assessment on stdout; why one was not assessed, on stderr), then what the job did and could not do. "
+        f"Exit 0 when every borrower with a credit line was assessed and every action taken, {EXIT_PARTIAL} "
+        f"when not (run it again with the same --run-id to finish), {EXIT_REFUSED} when the server refused the "
+        f"run, {EXIT_BAD_ARGUMENTS} for bad arguments or profiles.",
     )
     _common(job)
     job.add_argument("--run-id", required=True, help="the run's id, 1-16 of A-Z a-z 0-9 . _ -")
@@ -263,6 +273,11 @@ def decide_main(args: argparse.Namespace) -> int:
 
 
 def behaviour_main(args: argparse.Namespace) -> int:
+    """The batch job: the book in chunks; each borrower's outcome on its own line (assessed: the
+    record on stdout; not assessed: why, on stderr), progress and a summary on stderr. A chunk
+    the server does not answer is tried CHUNK_ATTEMPTS times, then its borrowers are counted not
+    assessed and the job goes on. Exit 0 when every borrower with a credit line was assessed
+    and every action taken; EXIT_PARTIAL when something it should have done was not done."""
     try:
         if not 1 <= args.chunk <= 1_000:
             raise ValueError(f"--chunk: {args.chunk} is not 1 to 1,000")
@@ -270,6 +285,7 @@ def behaviour_main(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
+    tally = JobTally()
 
     async def run() -> None:
         async with serving.channel(
@@ -280,9 +296,27 @@ def behaviour_main(args: argparse.Namespace) -> int:
             for first in range(0, len(borrowers), args.chunk):
                 chunk = borrowers[first : first + args.chunk]
                 request = pb.AssessRequest(run_id=args.run_id, date=args.date, borrowers=chunk)
-                reply = await stub.Assess(request, timeout=TIMEOUT_S + CHUNK_TIMEOUT_S_PER_BORROWER * len(chunk))
+                timeout = TIMEOUT_S + CHUNK_TIMEOUT_S_PER_BORROWER * len(chunk)
+                for attempt in range(1, CHUNK_ATTEMPTS + 1):
+                    try:
+                        reply = await stub.Assess(request, timeout=timeout)
+                        break
+                    except grpc.aio.AioRpcError as error:
+                        if error.code() not in RETRIED or attempt == CHUNK_ATTEMPTS:
+                            if error.code() in WHOLE_RUN_REFUSALS:
+                                raise  # every chunk would be refused alike: the run's settings are wrong
+                            said = f"{error.code().name}: {error.details()}"
+                            reply = pb.AssessResponse(
+                                not_assessed=[pb.NotAssessed(customer=b.customer, reason=said) for b in chunk]
+                            )
+                            break
+                        await asyncio.sleep(CHUNK_RETRY_PAUSE_S * attempt)
                 for assessment in reply.assessments:
                     print(assessment.record_json, flush=True)
+                for left in reply.not_assessed:
+                    kind = "not a borrower" if left.no_credit_line else "not assessed"
+                    print(f"{kind}: {left.customer}: {left.reason}", file=sys.stderr, flush=True)
+                tally.add(reply)
                 done = first + len(chunk)
                 rate = done / max(time.monotonic() - started, 1e-9)
                 print(f"assessed {done:,}/{len(borrowers):,} borrowers ({rate:,.0f}/s)", file=sys.stderr, flush=True)
@@ -291,8 +325,44 @@ def behaviour_main(args: argparse.Namespace) -> int:
         asyncio.run(run())
     except grpc.aio.AioRpcError as error:
         print(f"refused ({error.code().name}): {error.details()}", file=sys.stderr)
+        print(tally.summary(), file=sys.stderr)
         return EXIT_REFUSED
-    return 0
+    print(tally.summary(), file=sys.stderr)
+    return EXIT_PARTIAL if tally.undone() else 0
+
+
+class JobTally:
+    """What a batch job did, and what it could not do."""
+
+    def __init__(self) -> None:
+        self.actions: dict[tuple[str, str], int] = {}  # (action, the ledger's answer) -> borrowers
+        self.no_credit_line = 0
+        self.not_assessed = 0
+
+    def add(self, reply: pb.AssessResponse) -> None:
+        for assessment in reply.assessments:
+            key = (assessment.action, assessment.applied)
+            self.actions[key] = self.actions.get(key, 0) + 1
+        for left in reply.not_assessed:
+            if left.no_credit_line:
+                self.no_credit_line += 1
+            else:
+                self.not_assessed += 1
+
+    def refused_actions(self) -> int:
+        return sum(n for (_, applied), n in self.actions.items() if applied not in DONE_ANSWERS)
+
+    def undone(self) -> int:
+        return self.not_assessed + self.refused_actions()
+
+    def summary(self) -> str:
+        assessed = sum(self.actions.values())
+        parts = [f"{action} {n:,} ({applied})" for (action, applied), n in sorted(self.actions.items())]
+        return (
+            f"done: {assessed:,} assessed ({', '.join(parts) or 'none'}); {self.no_credit_line:,} without a credit"
+            f" line (nothing to assess); {self.not_assessed:,} not assessed; {self.refused_actions():,} actions"
+            " the ledger refused"
+        )
 
 
 def followups_main(args: argparse.Namespace) -> int:

@@ -461,15 +461,20 @@ class BehaviourServiceHandler:
             raise BadRequest(f"date: {request.date} is not between {YEAR_MIN} and {YEAR_MAX}")
         borrowers = [behaviour.Borrower(b.customer, dict(b.profile)) for b in request.borrowers]
         try:
-            records = await self.job.run(request.run_id, as_of, borrowers)
+            records, left = await self.job.run(request.run_id, as_of, borrowers)
         except (grpc.aio.AioRpcError, LedgerError) as error:
             code = error.code if isinstance(error, LedgerError) else error.code()
             said = str(error) if isinstance(error, LedgerError) else f"{code.name}: {error.details()}"
             if code in RETRYABLE:
                 raise UpstreamUnavailable(f"the scoring server, the ledger or the lending server: {said}") from None
             raise UpstreamRefused(f"the scoring server, the ledger or the lending server refused: {said}") from None
-        log.info("assessed", extra={"run_id": request.run_id, "borrowers": len(records)})
-        return pb.AssessResponse(assessments=[assessment_message(record) for record in records])
+        log.info("assessed", extra={"run_id": request.run_id, "borrowers": len(records), "not_assessed": len(left)})
+        return pb.AssessResponse(
+            assessments=[assessment_message(record) for record in records],
+            not_assessed=[
+                pb.NotAssessed(customer=n.customer, reason=n.reason, no_credit_line=n.no_credit_line) for n in left
+            ],
+        )
 
     async def list_follow_ups(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.ListFollowUpsRequest, data)

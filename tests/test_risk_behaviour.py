@@ -294,8 +294,6 @@ def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
         ("x1", "0001-01-15", [(customer, good)], "date: 0001-01-15 is not between"),
         ("x1", "2026-02-20", [(customer, good), (customer, good)], "customer: a borrower appears twice"),
         ("x1", "2026-02-20", [(customer, good | {"late_payments_12m": 0.0})], "late_payments_12m: read from"),
-        ("x1", "2026-02-20", [(customer, {k: v for k, v in good.items() if k != "AGE"})], "AGE: missing"),
-        ("x1", "2026-02-20", [(customer, good), ("nobody1", good)], "customer: nobody1 has no credit line"),
         ("x1", "2026-02-20", [], "borrowers: 0 in one call"),
     ]
     with channel(risk.address, "operator") as to_risk:
@@ -324,6 +322,50 @@ def test_bad_requests_are_refused_naming_the_field_and_change_nothing(
     assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS, refused.value.details()
     assert "run_id: x1 is a run as of 2026-02-21, not 2026-02-22" in str(refused.value.details())
     assert assess(risk, "x1", "2026-02-21", (other, good))[0]["customer"] == other
+
+
+def test_one_borrowers_problem_fails_nobody_else_and_the_job_says_what_it_did(
+    tmp_path: Path, risk: RiskProcess, lending: Lending, profiles: dict[str, dict[str, float]]
+) -> None:
+    good, ageless = lending.customer(), lending.customer()
+    without_age = {k: v for k, v in profiles["model"].items() if k != "AGE"}
+    book = [(good, profiles["model"]), ("nobody1", profiles["model"]), (ageless, without_age)]
+    with channel(risk.address, "operator") as to_risk:
+        stub = risk_pb2_grpc.BehaviourServiceStub(to_risk)
+        request = pb.AssessRequest(
+            run_id="p1", date="2026-02-20", borrowers=[pb.Borrower(customer=c, profile=p) for c, p in book]
+        )
+        reply = stub.Assess(request, timeout=60)
+        assert [a.customer for a in reply.assessments] == [good]
+        assert [(n.customer, n.reason, n.no_credit_line) for n in reply.not_assessed] == [
+            ("nobody1", "customer: nobody1 has no credit line", True),
+            (ageless, f"AGE: missing from {ageless}'s profile (model repayment_willingness)", False),
+        ]
+        # Nothing was stored for the borrower left alone: the same run assesses them once mended.
+        mended = pb.AssessRequest(
+            run_id="p1", date="2026-02-20", borrowers=[pb.Borrower(customer=ageless, profile=profiles["model"])]
+        )
+        again = stub.Assess(mended, timeout=60)
+        assert [a.customer for a in again.assessments] == [ageless] and not again.not_assessed
+    # The batch job: every borrower's outcome, a summary, and exit 3 while one was not assessed.
+    path = tmp_path / "book.jsonl"
+    job = [sys.executable, "-m", "cluster.cli", "risk", "behaviour", "--risk", risk.address, "--date", "2026-02-20"]
+    job += ["--profiles", str(path), "--chunk", "2"]
+    other = lending.customer()
+    path.write_text("".join(json.dumps({"customer": c, **p}) + "\n" for c, p in [*book[:2], (other, without_age)]))
+    done = subprocess.run([*job, "--run-id", "p2"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert [json.loads(line)["customer"] for line in done.stdout.splitlines()] == [good]
+    assert "not a borrower: nobody1: customer: nobody1 has no credit line" in done.stderr
+    assert f"not assessed: {other}: AGE: missing from {other}'s profile" in done.stderr
+    assert "done: 1 assessed (" in done.stderr and "1 without a credit line (nothing to assess); 1 not assessed;" in (
+        done.stderr
+    )
+    # Mended, the same run finishes: those assessed before are answered from the run's record.
+    path.write_text("".join(json.dumps({"customer": c, **profiles["model"]}) + "\n" for c in (good, "nobody1", other)))
+    done = subprocess.run([*job, "--run-id", "p2"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "done: 2 assessed (" in done.stderr and "; 0 not assessed; 0 actions the ledger refused" in done.stderr
 
 
 def test_bench_behaviour_assesses_a_book_twice_and_writes_json(tmp_path: Path) -> None:
