@@ -299,6 +299,14 @@ COMMANDS: tuple[Command | Group, ...] = (
         run="",
     ),
     Command(
+        "report",
+        help="the book's business measures: approval rate, drawdown pass rate, book by bucket, early warning",
+        description="Ask the lending and risk servers for their counts and print the approval rate per product, "
+        "the drawdown pass rate per business date, the book by status and overdue bucket, and early-warning "
+        "coverage (cluster/business.py says where each number comes from).",
+        module="cluster.business",
+    ),
+    Command(
         "demo",
         help="start a local cluster and walk through the ledger with the SDK",
         description="Start a router and 3 nodes on loopback, open accounts, move money (within a node and "

@@ -25,6 +25,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date
 
+from prometheus_client import Counter
+from rocksdict import WriteBatch
+
 import serving
 from clients.ledger import Account, AccountFlags, LedgerClient, Result, ResultCode, Transfer, TransferState
 from lending import loans as rules
@@ -32,6 +35,12 @@ from lending.allocation import allocate
 from lending.limits import CreditLimits
 from lending.products import ProductStore, ledger_of
 from proto import lending_pb2 as pb
+
+drawdowns_total = Counter(
+    "yunkai_lending_drawdowns_total",
+    "Drawdowns asked, by product and outcome (passed, refused_no_line, refused_by_limits): the pass rate's counts",
+    ["product", "outcome"],
+)
 
 log = logging.getLogger("yunkai.lending")
 
@@ -64,6 +73,7 @@ class LoanStore:
         self.by_customer: defaultdict[str, set[str]] = defaultdict(set)  # customer -> loan ids
         self.lines: dict[tuple[str, str], pb.CreditLine] = {}
         self.checkpoints: set[tuple[str, int]] = set()
+        self.tallies: dict[str, pb.DrawdownTally] = {}  # business date -> drawdowns asked that day
         for key, value in self._db.items():
             assert isinstance(key, bytes), key  # raw mode: keys are bytes
             kind, _, name = key.decode().partition("/")
@@ -76,6 +86,10 @@ class LoanStore:
                 line = pb.CreditLine.FromString(value)
                 assert name == f"{line.customer}/{line.product_code}", key
                 self.lines[(line.customer, line.product_code)] = line
+            elif kind == "tally":
+                tally = pb.DrawdownTally.FromString(value)
+                assert tally.date == name, key
+                self.tallies[name] = tally
             else:
                 assert kind == "eod", key
                 day, _, slot = name.partition("/")
@@ -98,6 +112,29 @@ class LoanStore:
             self.by_customer[removed.customer].discard(loan_id)
             if not self.by_customer[removed.customer]:
                 del self.by_customer[removed.customer]
+
+    def count_drawdown(self, day: str, outcome: str, product: str, loan: pb.Loan | None = None) -> None:
+        """Count a drawdown asked on `day` (`outcome`: a DrawdownTally field: passed,
+        refused_no_line or refused_by_limits), with the loan it made, in one fsync'd write."""
+        tally = pb.DrawdownTally(date=day)
+        if day in self.tallies:
+            tally.CopyFrom(self.tallies[day])
+        tally.asked += 1
+        setattr(tally, outcome, getattr(tally, outcome) + 1)
+        assert tally.asked == tally.passed + tally.refused_no_line + tally.refused_by_limits, tally
+        batch = WriteBatch(raw_mode=True)
+        batch.put(f"tally/{day}".encode(), tally.SerializeToString())
+        stored = None
+        if loan is not None:
+            stored = pb.Loan()
+            stored.CopyFrom(loan)
+            batch.put(f"loan/{loan.loan_id}".encode(), stored.SerializeToString())
+        self._db.write(batch, self._sync)
+        self.tallies[day] = tally
+        if stored is not None:
+            self.loans[stored.loan_id] = stored
+            self.by_customer[stored.customer].add(stored.loan_id)
+        drawdowns_total.labels(product, outcome).inc()
 
     def put_line(self, line: pb.CreditLine) -> None:
         self._db.put(f"line/{line.customer}/{line.product_code}".encode(), line.SerializeToString(), self._sync)
@@ -220,8 +257,12 @@ class LoanService:
     async def drawdown(self, request: pb.DrawdownRequest) -> pb.Loan:
         rules.check_customer(request.customer)
         rules.check_id("loan_id", request.loan_id)
+        day = rules.parse_date("date", request.date).isoformat()  # a well-formed ask counts on its business date
         line = self.store.lines.get((request.customer, request.product_code))
         if line is None:
+            # The metric's product label only ever names a product of the catalogue (no caller's text).
+            known = request.product_code if request.product_code in set(self.products.codes()) else "(unknown)"
+            self.store.count_drawdown(day, "refused_no_line", known)
             raise rules.LoanRefused(
                 f"product_code: customer {request.customer} has no credit line for {request.product_code!r}"
             )
@@ -243,11 +284,14 @@ class LoanService:
             if not outcome.ok:
                 if stored is not None:
                     self.store.delete_loan(loan.loan_id)
+                self.store.count_drawdown(loan.drawdown_date, "refused_by_limits", loan.product_code)
                 raise rules.LoanRefused(f"amount: the credit limits refuse {loan.principal} fen: {outcome.code.name}")
             self.store.put_loan(loan)  # PENDING: the limit is consumed, the money not yet moved
             await self._move_principal(loan, ledger_of(product.parameters.currency))
             loan.status = pb.ACTIVE
-            self.store.put_loan(loan)
+            self.store.count_drawdown(
+                loan.drawdown_date, "passed", loan.product_code, loan
+            )  # ACTIVE and counted: one write
         log.info("drawdown", extra={"loan": loan.loan_id, "customer": loan.customer, "amount": loan.principal})
         return loan
 
@@ -543,4 +587,37 @@ class LoanService:
             )
         report.total_debit = sum(line.debit for line in report.lines)
         report.total_credit = sum(line.credit for line in report.lines)
+        return report
+
+    # --- the book, as the business reads it ---------------------------------------------
+
+    def book_report(self, include_customers: bool) -> pb.BookReport:
+        """Lines, loans by status and open loans by overdue bucket per product, and the drawdowns
+        asked per business date (`yunkai report`); from the store, no ledger read."""
+        books: dict[str, pb.ProductBook] = {}
+
+        def book_of(code: str, version: int) -> pb.ProductBook:
+            if code not in books:
+                currency = self._product(code, version).parameters.currency
+                books[code] = pb.ProductBook(product_code=code, currency=currency)
+            return books[code]
+
+        for (_customer, code), line in self.store.lines.items():
+            book = book_of(code, line.product_version)
+            book.credit_lines += 1
+            book.limits_granted += line.product_limit
+        for loan in self.store.loans.values():
+            book = book_of(loan.product_code, loan.product_version)
+            status = pb.LoanStatus.Name(loan.status)
+            book.loans[status] = book.loans.get(status, 0) + 1
+            if loan.status in (pb.ACTIVE, pb.OVERDUE):
+                book.open_by_bucket[loan.bucket] = book.open_by_bucket.get(loan.bucket, 0) + 1
+                outstanding = book.outstanding_by_bucket.get(loan.bucket, 0)
+                book.outstanding_by_bucket[loan.bucket] = outstanding + loan.principal_outstanding
+        report = pb.BookReport(
+            products=[books[code] for code in sorted(books)],
+            drawdowns=[self.store.tallies[day] for day in sorted(self.store.tallies)],
+        )
+        if include_customers:
+            report.customers.extend(sorted({customer for customer, _code in self.store.lines}))
         return report

@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 import serving
 from clients.ledger import LedgerClient, LedgerError
@@ -92,6 +94,7 @@ async def _lending(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
     store = ProductStore(str(settings["data_dir"]))
     loans: LoanStore | None = None
     ledger: LedgerClient | None = None
+    book: BookCollector | None = None
     try:
         server.add_generic_rpc_handlers([ProductService(store).handler()])
         if settings["router"]:
@@ -101,13 +104,43 @@ async def _lending(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
             )
             service = LoanService(loans, store, ledger, int(settings["slots_total"]))
             server.add_generic_rpc_handlers([loan_handler(service)])
+            book = BookCollector(service)
+            REGISTRY.register(book)
         yield {"data_dir": settings["data_dir"], "products": len(list(store.codes()))}
     finally:
+        if book is not None:
+            REGISTRY.unregister(book)
         if ledger is not None:
             await ledger.close()
         if loans is not None:
             loans.close()
         store.close()
+
+
+class BookCollector(Collector):
+    """The book as gauges, computed at each scrape from the loan store (no ledger read):
+    yunkai_lending_credit_lines{product}, yunkai_lending_loans{product,status} and
+    yunkai_lending_outstanding{product,bucket} (open loans' principal, minor units)."""
+
+    def __init__(self, service: LoanService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        report = self.service.book_report(include_customers=False)
+        lines = GaugeMetricFamily("yunkai_lending_credit_lines", "Credit lines held", labels=["product"])
+        loans = GaugeMetricFamily("yunkai_lending_loans", "Loans by status", labels=["product", "status"])
+        outstanding = GaugeMetricFamily(
+            "yunkai_lending_outstanding",
+            "Open loans' principal outstanding by overdue bucket",
+            labels=["product", "bucket"],
+        )
+        for book in report.products:
+            lines.add_metric([book.product_code], book.credit_lines)
+            for status, count in sorted(book.loans.items()):
+                loans.add_metric([book.product_code, status], count)
+            for bucket, amount in sorted(book.outstanding_by_bucket.items()):
+                outstanding.add_metric([book.product_code, bucket], amount)
+        yield from (lines, loans, outstanding)
 
 
 class ProductService:
@@ -200,6 +233,9 @@ def loan_handler(service: LoanService) -> grpc.GenericRpcHandler:
         parse_request(pb.GlReportRequest, data)
         return await service.gl_report()
 
+    async def book_report(data: bytes, context: Context) -> Message:
+        return service.book_report(parse_request(pb.BookReportRequest, data).include_customers)
+
     methods: dict[str, serving.Handler] = {
         "ApproveCreditLine": approve,
         "Drawdown": drawdown,
@@ -211,5 +247,6 @@ def loan_handler(service: LoanService) -> grpc.GenericRpcHandler:
         "PlanEod": plan_eod,
         "RunEodSlot": run_eod_slot,
         "GetGlReport": gl_report,
+        "GetBookReport": book_report,
     }
     return serving.unary_service(LOAN_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)

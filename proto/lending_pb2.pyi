@@ -449,3 +449,72 @@ class GlReport(_message.Message):
     total_credit: int
     accounts: int
     def __init__(self, lines: _Optional[_Iterable[_Union[GlLine, _Mapping]]] = ..., total_debit: _Optional[int] = ..., total_credit: _Optional[int] = ..., accounts: _Optional[int] = ...) -> None: ...
+
+class BookReportRequest(_message.Message):
+    __slots__ = ("include_customers",)
+    INCLUDE_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    include_customers: bool
+    def __init__(self, include_customers: _Optional[bool] = ...) -> None: ...
+
+class ProductBook(_message.Message):
+    __slots__ = ("product_code", "currency", "credit_lines", "limits_granted", "loans", "open_by_bucket", "outstanding_by_bucket")
+    class LoansEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class OpenByBucketEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class OutstandingByBucketEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_LINES_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_GRANTED_FIELD_NUMBER: _ClassVar[int]
+    LOANS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_BY_BUCKET_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_BY_BUCKET_FIELD_NUMBER: _ClassVar[int]
+    product_code: str
+    currency: str
+    credit_lines: int
+    limits_granted: int
+    loans: _containers.ScalarMap[str, int]
+    open_by_bucket: _containers.ScalarMap[str, int]
+    outstanding_by_bucket: _containers.ScalarMap[str, int]
+    def __init__(self, product_code: _Optional[str] = ..., currency: _Optional[str] = ..., credit_lines: _Optional[int] = ..., limits_granted: _Optional[int] = ..., loans: _Optional[_Mapping[str, int]] = ..., open_by_bucket: _Optional[_Mapping[str, int]] = ..., outstanding_by_bucket: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class DrawdownTally(_message.Message):
+    __slots__ = ("date", "asked", "passed", "refused_no_line", "refused_by_limits")
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    ASKED_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_NO_LINE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_BY_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    asked: int
+    passed: int
+    refused_no_line: int
+    refused_by_limits: int
+    def __init__(self, date: _Optional[str] = ..., asked: _Optional[int] = ..., passed: _Optional[int] = ..., refused_no_line: _Optional[int] = ..., refused_by_limits: _Optional[int] = ...) -> None: ...
+
+class BookReport(_message.Message):
+    __slots__ = ("products", "drawdowns", "customers")
+    PRODUCTS_FIELD_NUMBER: _ClassVar[int]
+    DRAWDOWNS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    products: _containers.RepeatedCompositeFieldContainer[ProductBook]
+    drawdowns: _containers.RepeatedCompositeFieldContainer[DrawdownTally]
+    customers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, products: _Optional[_Iterable[_Union[ProductBook, _Mapping]]] = ..., drawdowns: _Optional[_Iterable[_Union[DrawdownTally, _Mapping]]] = ..., customers: _Optional[_Iterable[str]] = ...) -> None: ...

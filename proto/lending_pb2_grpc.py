@@ -334,6 +334,11 @@ class LoanServiceStub:
                 request_serializer=proto_dot_lending__pb2.GlReportRequest.SerializeToString,
                 response_deserializer=proto_dot_lending__pb2.GlReport.FromString,
                 _registered_method=True)
+        self.GetBookReport = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/GetBookReport',
+                request_serializer=proto_dot_lending__pb2.BookReportRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.BookReport.FromString,
+                _registered_method=True)
 
 
 class LoanServiceServicer:
@@ -406,6 +411,13 @@ class LoanServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBookReport(self, request, context):
+        """The book per product and the drawdown pass rate's counts (what `yunkai report` shows).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LoanServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -458,6 +470,11 @@ def add_LoanServiceServicer_to_server(servicer, server):
                     servicer.GetGlReport,
                     request_deserializer=proto_dot_lending__pb2.GlReportRequest.FromString,
                     response_serializer=proto_dot_lending__pb2.GlReport.SerializeToString,
+            ),
+            'GetBookReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBookReport,
+                    request_deserializer=proto_dot_lending__pb2.BookReportRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.BookReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -730,6 +747,33 @@ class LoanService:
             '/yunkai.lending.v1.LoanService/GetGlReport',
             proto_dot_lending__pb2.GlReportRequest.SerializeToString,
             proto_dot_lending__pb2.GlReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBookReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/GetBookReport',
+            proto_dot_lending__pb2.BookReportRequest.SerializeToString,
+            proto_dot_lending__pb2.BookReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,6 +27,38 @@ REASON_DIRECTION_UNSPECIFIED: ReasonDirection
 RAISES_SCORE: ReasonDirection
 LOWERS_SCORE: ReasonDirection
 
+class DecisionReportRequest(_message.Message):
+    __slots__ = ("date_from", "date_to")
+    DATE_FROM_FIELD_NUMBER: _ClassVar[int]
+    DATE_TO_FIELD_NUMBER: _ClassVar[int]
+    date_from: str
+    date_to: str
+    def __init__(self, date_from: _Optional[str] = ..., date_to: _Optional[str] = ...) -> None: ...
+
+class ProductDecisions(_message.Message):
+    __slots__ = ("product", "decided", "approved", "declined", "referred", "lines_opened", "limits_approved")
+    PRODUCT_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
+    DECLINED_FIELD_NUMBER: _ClassVar[int]
+    REFERRED_FIELD_NUMBER: _ClassVar[int]
+    LINES_OPENED_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_APPROVED_FIELD_NUMBER: _ClassVar[int]
+    product: str
+    decided: int
+    approved: int
+    declined: int
+    referred: int
+    lines_opened: int
+    limits_approved: int
+    def __init__(self, product: _Optional[str] = ..., decided: _Optional[int] = ..., approved: _Optional[int] = ..., declined: _Optional[int] = ..., referred: _Optional[int] = ..., lines_opened: _Optional[int] = ..., limits_approved: _Optional[int] = ...) -> None: ...
+
+class DecisionReport(_message.Message):
+    __slots__ = ("products",)
+    PRODUCTS_FIELD_NUMBER: _ClassVar[int]
+    products: _containers.RepeatedCompositeFieldContainer[ProductDecisions]
+    def __init__(self, products: _Optional[_Iterable[_Union[ProductDecisions, _Mapping]]] = ...) -> None: ...
+
 class DecideRequest(_message.Message):
     __slots__ = ("application_id", "product", "customer", "amount_requested_fen", "fields", "flow_version")
     class FieldsEntry(_message.Message):

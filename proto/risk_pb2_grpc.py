@@ -49,6 +49,11 @@ class DecisionServiceStub:
                 request_serializer=proto_dot_risk__pb2.ReplayRequest.SerializeToString,
                 response_deserializer=proto_dot_risk__pb2.ReplayResponse.FromString,
                 _registered_method=True)
+        self.GetDecisionReport = channel.unary_unary(
+                '/yunkai.risk.v1.DecisionService/GetDecisionReport',
+                request_serializer=proto_dot_risk__pb2.DecisionReportRequest.SerializeToString,
+                response_deserializer=proto_dot_risk__pb2.DecisionReport.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -74,6 +79,13 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDecisionReport(self, request, context):
+        """Decisions counted per product and outcome (`yunkai report`: the approval rate).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +103,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.ReplayDecision,
                     request_deserializer=proto_dot_risk__pb2.ReplayRequest.FromString,
                     response_serializer=proto_dot_risk__pb2.ReplayResponse.SerializeToString,
+            ),
+            'GetDecisionReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDecisionReport,
+                    request_deserializer=proto_dot_risk__pb2.DecisionReportRequest.FromString,
+                    response_serializer=proto_dot_risk__pb2.DecisionReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +191,33 @@ class DecisionService:
             '/yunkai.risk.v1.DecisionService/ReplayDecision',
             proto_dot_risk__pb2.ReplayRequest.SerializeToString,
             proto_dot_risk__pb2.ReplayResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDecisionReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.risk.v1.DecisionService/GetDecisionReport',
+            proto_dot_risk__pb2.DecisionReportRequest.SerializeToString,
+            proto_dot_risk__pb2.DecisionReport.FromString,
             options,
             channel_credentials,
             insecure,

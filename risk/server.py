@@ -237,6 +237,7 @@ class DecisionService:
             "Decide": self.decide,
             "GetDecision": self.get,
             "ReplayDecision": self.replay,
+            "GetDecisionReport": self.report,
         }
         return serving.unary_service(DECISION_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)
 
@@ -346,6 +347,15 @@ class DecisionService:
     async def get(self, data: bytes, context: Context) -> Message:
         return self._stored(data)[1]
 
+    async def report(self, data: bytes, context: Context) -> Message:
+        ask = parse_request(pb.DecisionReportRequest, data)
+        for field in ("date_from", "date_to"):
+            value = getattr(ask, field)
+            if value and not (DATE_PATTERN.fullmatch(value) and _is_date(value)):
+                raise BadRequest(f"{field}: {value!r} is not a YYYY-MM-DD date")
+        products = await asyncio.to_thread(self.store.report, ask.date_from, ask.date_to)  # a scan: off the loop
+        return pb.DecisionReport(products=products)
+
     async def replay(self, data: bytes, context: Context) -> Message:
         ask = parse_request(pb.ReplayRequest, data)
         _, decision = self._lookup(ask.application_id)
@@ -397,6 +407,14 @@ def score_reason(reason: inference_pb2.ScoreReason) -> pb.ScoreReason:
         direction=inference_pb2.ReasonDirection.Name(reason.direction),  # the same names in both protos
         phrase=reason.phrase,
     )
+
+
+def _is_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def line_id_of(application_id: str) -> str:

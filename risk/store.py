@@ -16,6 +16,7 @@ in one batch.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from rocksdict import WriteBatch
 
@@ -86,3 +87,28 @@ class DecisionStore:
         decision.credit_line_opened = True
         decision.credit_line_id = line_id
         self._db.put(_key("d", decision.application_id), decision.SerializeToString(deterministic=True), self._sync)
+
+    def report(self, date_from: str, date_to: str) -> list[pb.ProductDecisions]:
+        """Decisions counted per product and outcome, decided between the two UTC dates
+        (YYYY-MM-DD, inclusive; "" for no bound). A scan of the log: call it off the event loop."""
+        counts: dict[str, pb.ProductDecisions] = {}
+        for key, value in self._db.items(from_key=b"d/"):
+            assert isinstance(key, bytes), key
+            if not key.startswith(b"d/"):
+                break
+            decision = pb.Decision.FromString(value)
+            day = datetime.fromtimestamp(decision.decided_at_unix_ms / 1000, UTC).date().isoformat()
+            if (date_from and day < date_from) or (date_to and day > date_to):
+                continue
+            counted = counts.setdefault(decision.product, pb.ProductDecisions(product=decision.product))
+            counted.decided += 1
+            if decision.outcome == pb.APPROVE:
+                counted.approved += 1
+                counted.limits_approved += decision.limit_fen
+                counted.lines_opened += decision.credit_line_opened
+            elif decision.outcome == pb.DECLINE:
+                counted.declined += 1
+            else:
+                assert decision.outcome == pb.REFER, decision.outcome
+                counted.referred += 1
+        return [counts[product] for product in sorted(counts)]

@@ -173,6 +173,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "GetLoan": frozenset({SERVICE, OPERATOR, RISK}),
             "ListLoans": frozenset({SERVICE, OPERATOR, RISK}),
             "GetGlReport": frozenset({OPERATOR}),
+            "GetBookReport": frozenset({OPERATOR}),
         },
     ),
     **_service(
@@ -182,6 +183,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             # A decision holds the applicant's personal data: only who decides and who reviews.
             "GetDecision": frozenset({SERVICE, OPERATOR}),
             "ReplayDecision": frozenset({OPERATOR}),
+            "GetDecisionReport": frozenset({OPERATOR}),
         },
     ),
     **_service(
@@ -248,6 +250,7 @@ AUDITED: frozenset[str] = frozenset(
         "PlanEod",
         "RunEodSlot",
         # loans and follow-ups: customers' data
+        "GetBookReport",  # with include_customers, every borrower's id
         "GetLoan",
         "ListLoans",
         "ListFollowUps",

@@ -397,3 +397,76 @@ def test_bench_risk_offers_decisions_and_writes_json(risk: RiskProcess, tmp_path
     assert (result["ops"], result["errors"], sum(result["outcomes"].values())) == (20, 0, 20)
     assert sum(second["achieved_per_s"] for second in result["per_second"]) == 20
     assert result["command"].startswith("yunkai bench-risk") and result["decisions_per_s"] > 0
+
+
+def test_yunkai_report_counts_decisions_drawdowns_and_the_book(
+    risk: RiskProcess, lending: LendingProcess, applicants: dict[str, dict[str, float]]
+) -> None:
+    """The measures move by exactly what happened: two approvals and a decline of one product,
+    a drawdown that passes, one the limits refuse and one without a credit line."""
+    product, day = "SME-GREEN", "2026-03-02"
+    command = [sys.executable, "-m", "cluster.cli", "report", "--lending", lending.address, "--risk", risk.address]
+
+    def report() -> dict[str, Any]:
+        done = subprocess.run([*command, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        measures: dict[str, Any] = json.loads(done.stdout)
+        return measures
+
+    def of(rows: list[dict[str, Any]], key: str, value: str) -> dict[str, Any]:
+        return next((row for row in rows if row[key] == value), {})
+
+    before = report()
+    approved = []
+    for kind in ("safe", "medium", "risky"):
+        application = request(applicants[kind], 20_000_000)
+        application.product = product
+        decision = stub(risk).Decide(application, timeout=30)
+        if decision.outcome == pb.APPROVE:
+            approved.append(decision)
+    assert len(approved) == 2
+    loans = lending_pb2_grpc.LoanServiceStub(channel(lending.address, "operator"))
+
+    def draw(customer: str, amount: int) -> grpc.StatusCode:
+        ask = lpb.DrawdownRequest(
+            customer=customer,
+            loan_id=fresh("r").replace("-", ""),
+            product_code=product,
+            amount=amount,
+            date=day,
+        )
+        try:
+            loans.Drawdown(ask, timeout=30)
+        except grpc.RpcError as refused:
+            return refused.code()  # type: ignore[no-any-return]
+        return grpc.StatusCode.OK
+
+    assert draw(approved[0].customer, 10_000_000) is grpc.StatusCode.OK
+    assert draw(approved[1].customer, approved[1].limit_fen + 1) is grpc.StatusCode.FAILED_PRECONDITION
+    assert draw("nolinecustomer1", 10_000_000) is grpc.StatusCode.FAILED_PRECONDITION
+    after = report()
+
+    def delta(rows: str, key: str, value: str, field: str) -> int:
+        new, old = of(after[rows], key, value).get(field, 0), of(before[rows], key, value).get(field, 0)
+        return int(new) - int(old)
+
+    moved = {f: delta("decisions", "product", product, f) for f in ("decided", "approved", "declined", "lines_opened")}
+    assert moved == {"decided": 3, "approved": 2, "declined": 1, "lines_opened": 2}
+    assert of(after["decisions"], "product", product)["approval_rate"] == pytest.approx(
+        int(of(after["decisions"], "product", product)["approved"])
+        / int(of(after["decisions"], "product", product)["decided"])
+    )
+    drawn = {f: delta("drawdowns", "date", day, f) for f in ("asked", "passed", "refused_by_limits", "refused_no_line")}
+    assert drawn == {"asked": 3, "passed": 1, "refused_by_limits": 1, "refused_no_line": 1}
+    assert after["drawdown_pass_rate"] == pytest.approx(after["drawdowns_passed"] / after["drawdowns_asked"])
+    book = of(after["book"], "product_code", product)
+    assert (
+        int(book["loans"]["ACTIVE"])
+        - int(of(before["book"], "product_code", product).get("loans", {}).get("ACTIVE", 0))
+        == 1
+    )
+    assert int(book["credit_lines"]) >= 2 and int(book["open_by_bucket"]["M0"]) >= 1
+    assert after["early_warning"]["borrowers"] >= before["early_warning"]["borrowers"] + 2
+    text = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0, text.stderr
+    assert "drawdowns:" in text.stdout and "pass rate" in text.stdout and product in text.stdout
