@@ -1,5 +1,5 @@
-"""`yunkai cluster up | status | add-node | drain-node | rebalance`: run a local cluster,
-look at any cluster, and grow or shrink it online.
+"""`yunkai cluster up | status | add-node | drain-node | rebalance | step-down | resume`: run a
+local cluster, look at any cluster, grow or shrink it online, and restart a node as planned.
 
 `up` starts a router on --port P and N ledger nodes on P+1 .. P+N, all on loopback, each
 with its own directory under --data-dir, and keeps them in the foreground until Ctrl-C
@@ -17,7 +17,8 @@ serves) and show its progress until it is done; with --no-wait they return once 
 started. --router takes several routers (HOST:PORT,HOST:PORT): each command goes to the
 first that answers, and carries on through the next when one stops answering (a job
 survives a change of controller). They work against nodes on any host: a node is named by
-the address the cluster reaches it at.
+the address the cluster reaches it at. `step-down` and `resume` bracket a planned restart
+of one node (docs/operations.md, "A rolling upgrade").
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,6 +44,7 @@ from serving.tls import INSECURE_ENV, TLS_DIR_ENV
 
 PROGRESS_EVERY_S = 0.5
 JOB_UNSEEN_S = 10.0
+Reply = TypeVar("Reply")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,8 +126,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _job_arguments(rebalance, node=False)
     rebalance.set_defaults(run=rebalance_main)
 
+    step_down = actions.add_parser(
+        "step-down",
+        help="before a planned restart: hand the node's slots to other members and leave every configuration",
+        description="Each slot the node leads gets a new primary (the follower holding the most of it; its writes "
+        "pause for about a lease), the node leaves every slot's configuration (its slots keep R - 1 copies) and "
+        "no copy is made onto it until `cluster resume`. Then stop the node, upgrade it, start it, and resume "
+        "it (docs/operations.md, 'A rolling upgrade'). Needs replicas; refused while a job runs or when a slot "
+        "it leads has no other live copy.",
+    )
+    _job_arguments(step_down, node=True, waits=False)
+    step_down.set_defaults(run=step_down_main)
 
-def _job_arguments(parser: argparse.ArgumentParser, node: bool) -> None:
+    resume = actions.add_parser(
+        "resume",
+        help="after a planned restart: make the node a copy target again and wait until R copies are back",
+        description="The stepped-down node is active again; repair copies slots onto it to restore R copies. "
+        "Shows the repair's progress and exits 0 once no slot is under-replicated (--no-wait: at once).",
+    )
+    _job_arguments(resume, node=True)
+    resume.add_argument(
+        "--wait-repair-s", type=float, default=3600.0, help="how long to wait for R copies (default 3600)"
+    )
+    resume.set_defaults(run=resume_main)
+
+
+def _job_arguments(parser: argparse.ArgumentParser, node: bool, waits: bool = True) -> None:
     parser.add_argument(
         "--router",
         default="127.0.0.1:7000",
@@ -140,7 +166,8 @@ def _job_arguments(parser: argparse.ArgumentParser, node: bool) -> None:
     )
     if node:
         parser.add_argument("--address", required=True, help="HOST:PORT of the node, as the cluster reaches it")
-    parser.add_argument("--no-wait", action="store_true", help="return once the job has started")
+    if waits:
+        parser.add_argument("--no-wait", action="store_true", help="return once the job has started")
     serving.add_tls_arguments(parser)
 
 
@@ -394,6 +421,68 @@ def add_node_main(args: argparse.Namespace) -> int:
     return _run_job(args, "add-node", lambda stub: stub.AddNode(cluster_pb2.AddNodeRequest(address=args.address)))
 
 
+def step_down_main(args: argparse.Namespace) -> int:
+    routers = _Routers(args.router, _operator_tls(args))
+    try:
+        request = cluster_pb2.StepDownRequest(address=args.address)
+        reply = _call_controller(routers, "step-down", lambda s: s.StepDown(request), args.wait_controller_s)
+        if reply is None:
+            return 1
+        print(
+            f"{args.address} stepped down: {reply.handed_over} slots handed to other members, left {reply.left}"
+            f" it followed; stop it, restart it, then `yunkai cluster resume --address {args.address}`"
+        )
+        return 0
+    finally:
+        routers.close()
+
+
+def resume_main(args: argparse.Namespace) -> int:
+    routers = _Routers(args.router, _operator_tls(args))
+    try:
+        request = cluster_pb2.ResumeRequest(address=args.address)
+        reply = _call_controller(routers, "resume", lambda s: s.Resume(request), args.wait_controller_s)
+        if reply is None:
+            return 1
+        state = cluster_pb2.NodeState.Name(reply.state).removeprefix("NODE_")
+        print(f"{args.address} is {state}", flush=True)
+        if args.no_wait:
+            return 0
+        return _wait_replicated(routers, args.wait_repair_s)
+    finally:
+        routers.close()
+
+
+def _wait_replicated(routers: _Routers, wait_s: float) -> int:
+    """Until no slot is under-replicated and no job runs, showing repair's progress."""
+    deadline = time.monotonic() + wait_s
+    shown = ""
+    while True:
+        try:
+            status = routers.stub().Status(cluster_pb2.StatusRequest(), timeout=10)
+        except grpc.RpcError as error:
+            if time.monotonic() >= deadline:
+                print(f"yunkai cluster resume: {error.code().name}: {error.details()}", file=sys.stderr)
+                return 1
+            routers.next()
+            time.sleep(1.0)
+            continue
+        running = [job for job in status.jobs if job.state == cluster_pb2.JOB_RUNNING]
+        line = f"under-replicated slots: {status.slots_under_replicated}" + "".join(
+            f"; {job.kind} {job.slots_moved}/{job.slots_planned} copies" for job in running
+        )
+        if line != shown:
+            print(line, flush=True)
+            shown = line
+        if not status.slots_under_replicated and not running:
+            print("every slot has its R copies")
+            return 0
+        if time.monotonic() >= deadline:
+            print(f"yunkai cluster resume: still under-replicated after {wait_s:.0f} s", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+
+
 def drain_node_main(args: argparse.Namespace) -> int:
     return _run_job(args, "drain-node", lambda stub: stub.DrainNode(cluster_pb2.DrainNodeRequest(address=args.address)))
 
@@ -450,12 +539,20 @@ def _run_job(args: argparse.Namespace, name: str, start: object) -> int:
 def _start_job(routers: _Routers, name: str, start: object, wait_s: float) -> cluster_pb2.Job | None:
     """Start the job on whichever router answers; while no router is the controller (an
     election), try again for up to `wait_s`. The same request twice starts one job."""
+    return _call_controller(routers, name, start, wait_s)  # type: ignore[arg-type]
+
+
+def _call_controller(
+    routers: _Routers, name: str, call: Callable[[cluster_pb2_grpc.ClusterStub], Reply], wait_s: float
+) -> Reply | None:
+    """A call the controller answers, made through whichever router answers; while no router
+    is the controller (an election), tried again for up to `wait_s`. None (said on stderr)
+    if it was refused."""
     deadline = time.monotonic() + wait_s
     waited = False
     while True:
         try:
-            job: cluster_pb2.Job = start(routers.stub())  # type: ignore[operator]
-            return job
+            return call(routers.stub())
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
                 print(f"yunkai cluster {name}: {error.code().name}: {error.details()}", file=sys.stderr)

@@ -16,6 +16,7 @@ class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_DRAINING: _ClassVar[NodeState]
     NODE_LOST: _ClassVar[NodeState]
     NODE_DOWN: _ClassVar[NodeState]
+    NODE_STEPPED_DOWN: _ClassVar[NodeState]
 
 class BooksState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -37,6 +38,7 @@ NODE_JOINING: NodeState
 NODE_DRAINING: NodeState
 NODE_LOST: NodeState
 NODE_DOWN: NodeState
+NODE_STEPPED_DOWN: NodeState
 BOOKS_STATE_UNSPECIFIED: BooksState
 BOOKS_BALANCED: BooksState
 BOOKS_IN_FLIGHT: BooksState
@@ -234,3 +236,29 @@ class DrainNodeRequest(_message.Message):
 class RebalanceRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class StepDownRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class StepDownResponse(_message.Message):
+    __slots__ = ("handed_over", "left")
+    HANDED_OVER_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    handed_over: int
+    left: int
+    def __init__(self, handed_over: _Optional[int] = ..., left: _Optional[int] = ...) -> None: ...
+
+class ResumeRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class ResumeResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: NodeState
+    def __init__(self, state: _Optional[_Union[NodeState, str]] = ...) -> None: ...

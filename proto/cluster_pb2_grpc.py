@@ -64,6 +64,16 @@ class ClusterStub:
                 request_serializer=proto_dot_cluster__pb2.RebalanceRequest.SerializeToString,
                 response_deserializer=proto_dot_cluster__pb2.Job.FromString,
                 _registered_method=True)
+        self.StepDown = channel.unary_unary(
+                '/yunkai.cluster.v1.Cluster/StepDown',
+                request_serializer=proto_dot_cluster__pb2.StepDownRequest.SerializeToString,
+                response_deserializer=proto_dot_cluster__pb2.StepDownResponse.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/yunkai.cluster.v1.Cluster/Resume',
+                request_serializer=proto_dot_cluster__pb2.ResumeRequest.SerializeToString,
+                response_deserializer=proto_dot_cluster__pb2.ResumeResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -106,6 +116,19 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StepDown(self, request, context):
+        """A planned restart: step the node down, restart it, resume it (docs/operations.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +161,16 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.Rebalance,
                     request_deserializer=proto_dot_cluster__pb2.RebalanceRequest.FromString,
                     response_serializer=proto_dot_cluster__pb2.Job.SerializeToString,
+            ),
+            'StepDown': grpc.unary_unary_rpc_method_handler(
+                    servicer.StepDown,
+                    request_deserializer=proto_dot_cluster__pb2.StepDownRequest.FromString,
+                    response_serializer=proto_dot_cluster__pb2.StepDownResponse.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=proto_dot_cluster__pb2.ResumeRequest.FromString,
+                    response_serializer=proto_dot_cluster__pb2.ResumeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -302,6 +335,60 @@ class Cluster:
             '/yunkai.cluster.v1.Cluster/Rebalance',
             proto_dot_cluster__pb2.RebalanceRequest.SerializeToString,
             proto_dot_cluster__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StepDown(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.cluster.v1.Cluster/StepDown',
+            proto_dot_cluster__pb2.StepDownRequest.SerializeToString,
+            proto_dot_cluster__pb2.StepDownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.cluster.v1.Cluster/Resume',
+            proto_dot_cluster__pb2.ResumeRequest.SerializeToString,
+            proto_dot_cluster__pb2.ResumeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,13 +56,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import serving
-from proto import node_pb2, node_pb2_grpc
+from proto import cluster_pb2, node_pb2, node_pb2_grpc
 from router import metrics, placement, replicas
 from router.leadership import Leadership
 from router.mapview import MapView
 from router.metastore import Metastore
 from router.routing import CHANNEL_OPTIONS
-from router.shardmap import ACTIVE, DOWN, LOST, ShardMap
+from router.shardmap import ACTIVE, DOWN, LOST, STEPPED_DOWN, ShardMap
 
 log = logging.getLogger("yunkai.router.controller")
 
@@ -537,6 +537,71 @@ class Controller:
                 for party in {move.source, move.target} - gone:
                     await self.abort_move(party, move.id, move.slot)
 
+    async def step_down(self, address: str) -> tuple[int, int]:
+        """A planned restart's first step (replicas only): in one map change, each slot `address`
+        leads goes to its follower holding the most of it (as a failover would, so the new
+        primary serves once the node's lease has lapsed), the node leaves every configuration,
+        and it is marked STEPPED_DOWN: no copy is made onto it until `resume`. Returns (slots
+        handed over, slots left). Refused while a job runs, and when a slot it leads has no
+        other live copy. A node already stepped down: (0, 0)."""
+        shard_map = self.current()
+        state = shard_map.nodes.get(address)
+        if state is None:
+            raise ControllerError(f"{address} is not in the cluster (nodes: {', '.join(sorted(shard_map.nodes))})")
+        if state == STEPPED_DOWN:
+            return 0, 0
+        if shard_map.replicas <= 1:
+            raise ControllerError(
+                "step-down needs replicas: this cluster keeps one copy of each slot, so the node's slots would"
+                " go unserved (drain-node moves them away)"
+            )
+        if state != ACTIVE:
+            raise ControllerError(f"{address} is {_state_name(state)}: only an active node steps down")
+        running = shard_map.running_job()
+        if running is not None or shard_map.migrations:
+            what = f"job {running.id} ({running.kind})" if running is not None else "a slot move"
+            raise ControllerError(f"{what} is running: step down once it is done (cluster status shows it)")
+        configs = {slot: shard_map.config(slot) for slot in range(shard_map.slots_total)}
+        configs = {slot: c for slot, c in configs.items() if address in replicas.members(c)}
+        led = {slot: c for slot, c in configs.items() if c[0] == address}
+        copies = await self._copies(shard_map, led)
+        changes = replicas.fail_over(configs, {address}, copies)
+        alone = sorted(slot for slot in led if slot not in changes)
+        if alone:
+            raise ControllerError(
+                f"slot {alone[0]} ({len(alone)} in all) has no other live copy: stepping {address} down would"
+                " leave it unserved (wait for repair: cluster status shows under-replicated slots)"
+            )
+        log.warning(
+            "stepping a node down", extra={"node": address, "led": len(led), "followed": len(configs) - len(led)}
+        )
+        new_map = await self.change(
+            lambda m: m.failed_over({address: STEPPED_DOWN}, _still(changes, shard_map, m), []),
+            changed=sorted(changes),
+            first=sorted({a for c in changes.values() for a in replicas.members(c)}),
+        )
+        still = new_map.slots_with(address)
+        if still:
+            raise ControllerError(
+                f"the map moved on meanwhile; {address} is still in {len(still)} slots: step down again"
+            )
+        return len(led), len(configs) - len(led)
+
+    async def resume(self, address: str) -> int:
+        """A stepped-down node is ACTIVE again (a copy target: repair restores R onto it); the
+        node's state after the call. A node down meanwhile stays DOWN until it is back."""
+        shard_map = self.current()
+        state = shard_map.nodes.get(address)
+        if state is None:
+            raise ControllerError(f"{address} is not in the cluster (nodes: {', '.join(sorted(shard_map.nodes))})")
+        if state in (ACTIVE, DOWN):
+            return state
+        if state != STEPPED_DOWN:
+            raise ControllerError(f"{address} is {_state_name(state)}, not stepped down")
+        log.warning("a stepped-down node resumes", extra={"node": address})
+        await self.change(lambda m: _set_node(m, address, state=ACTIVE), changed=[])
+        return ACTIVE
+
     async def watch_health(self) -> None:
         """Probe every node's health often; with replicas, one silent for down_after_s is down,
         and one that has refused connections for REFUSED_DOWN_AFTER_S (or down_after_s, if
@@ -662,6 +727,10 @@ def _still(
     """The changes whose slot is still at the epoch they were planned on (the map may have moved
     on while the plan awaited the nodes' answers: those slots are planned again later)."""
     return {slot: c for slot, c in changes.items() if current.epochs[slot] == planned_on.epochs[slot]}
+
+
+def _state_name(state: int) -> str:
+    return cluster_pb2.NodeState.Name(state).removeprefix("NODE_")
 
 
 def _set_node(

@@ -56,7 +56,7 @@ from proto import cluster_pb2, node_pb2
 from router import metrics, placement, replicas
 from router.controller import Controller, ControllerError
 from router.replicas import Change
-from router.shardmap import ACTIVE, DOWN, DRAINING, JOINING, LOST, Migration, ShardMap
+from router.shardmap import ACTIVE, DOWN, DRAINING, JOINING, LOST, STEPPED_DOWN, Migration, ShardMap
 
 log = logging.getLogger("yunkai.router.migration")
 
@@ -297,11 +297,16 @@ class Mover:
             elif job.kind == "drain-node":
                 after = placement.remove_node(owners, job.node)
             else:
-                active = sorted(a for a, state in shard_map.nodes.items() if state not in (DRAINING, LOST, DOWN))
+                active = sorted(
+                    a for a, state in shard_map.nodes.items() if state not in (DRAINING, LOST, DOWN, STEPPED_DOWN)
+                )
                 after = placement.rebalance(owners, active)
             return [Change(slot, target, source) for slot, source, target in placement.moves(owners, after)]
         configs = [shard_map.config(slot) for slot in range(shard_map.slots_total)]
-        live = sorted(a for a, state in shard_map.nodes.items() if a not in dead and state != DRAINING)
+        # A node stepped down for a restart takes no copy until it is resumed.
+        live = sorted(
+            a for a, state in shard_map.nodes.items() if a not in dead and state not in (DRAINING, STEPPED_DOWN)
+        )
         if job.kind == "add-node":
             return replicas.add(configs, job.node, shard_map.replicas, shard_map.zones)
         if job.kind == "drain-node":

@@ -31,7 +31,7 @@ import serving
 from proto import cluster_pb2, cluster_pb2_grpc, contract, ledger_pb2 as pb
 from router import metrics, workers
 from router.control import ControlPlane
-from router.controller import DOWN_AFTER_S_DEFAULT, ControllerError, NodeClients, NotLeading
+from router.controller import DOWN_AFTER_S_DEFAULT, Controller, ControllerError, NodeClients, NotLeading
 from router.etcd import Etcd, EtcdUnavailable, parse_endpoints
 from router.leadership import TTL_S_DEFAULT, EtcdLeadership, Leadership, LocalLeadership
 from router.metastore import EtcdMetastore, LocalMetastore, Metastore
@@ -238,6 +238,8 @@ class ClusterService:
             "AddNode": self.add_node,
             "DrainNode": self.drain_node,
             "Rebalance": self.rebalance,
+            "StepDown": self.step_down,
+            "Resume": self.resume,
         }
         streams = {"WatchShardMap": grpc.unary_stream_rpc_method_handler(self.watch_shard_map)}
         return serving.unary_service(
@@ -285,6 +287,28 @@ class ClusterService:
             return await self._forward("Rebalance", request, context)
         job: Job = await mover.rebalance()
         return job.to_proto()
+
+    async def step_down(self, data: bytes, context: Context) -> Message:
+        request = parse_request(cluster_pb2.StepDownRequest, data)
+        controller = self._controller()
+        if controller is None:
+            return await self._forward("StepDown", request, context)
+        handed_over, left = await controller.step_down(_address(request.address))
+        return cluster_pb2.StepDownResponse(handed_over=handed_over, left=left)
+
+    async def resume(self, data: bytes, context: Context) -> Message:
+        request = parse_request(cluster_pb2.ResumeRequest, data)
+        controller = self._controller()
+        if controller is None:
+            return await self._forward("Resume", request, context)
+        state = await controller.resume(_address(request.address))
+        return cluster_pb2.ResumeResponse(state=state)  # type: ignore[arg-type]
+
+    def _controller(self) -> Controller | None:
+        """This router's controller if it leads now."""
+        if self.control.controller is not None and self.control.leadership.leading():
+            return self.control.controller
+        return None
 
     def _mover(self) -> Mover | None:
         """This router's job runner if it is the controller now."""

@@ -29,6 +29,7 @@ JOINING = cluster_pb2.NODE_JOINING
 DRAINING = cluster_pb2.NODE_DRAINING
 LOST = cluster_pb2.NODE_LOST
 DOWN = cluster_pb2.NODE_DOWN
+STEPPED_DOWN = cluster_pb2.NODE_STEPPED_DOWN
 JOBS_KEPT = 20
 
 Config = tuple[str, tuple[str, ...]]  # a slot's configuration: (primary, followers)

@@ -127,6 +127,9 @@ ALLOWED: dict[str, frozenset[str]] = {
             "AddNode": frozenset({OPERATOR, ROUTER}),
             "DrainNode": frozenset({OPERATOR, ROUTER}),
             "Rebalance": frozenset({OPERATOR, ROUTER}),
+            # A planned restart's steps (a router forwards them to the controller, as the jobs).
+            "StepDown": frozenset({OPERATOR, ROUTER}),
+            "Resume": frozenset({OPERATOR, ROUTER}),
         },
     ),
     **_service(
@@ -230,6 +233,8 @@ AUDITED: frozenset[str] = frozenset(
         "AddNode",
         "DrainNode",
         "Rebalance",
+        "StepDown",
+        "Resume",
         # models
         "RepositoryModelLoad",
         "RepositoryModelUnload",

@@ -89,17 +89,20 @@ def fully_replicated(cluster: LocalCluster) -> ShardMap:
     )
 
 
-def bank_run(cluster: LocalCluster, seed: int, sdk: SyncLedgerClient) -> BankRun:
+def bank_run(cluster: LocalCluster, seed: int, sdk: SyncLedgerClient, sdk_only: bool = False) -> BankRun:
+    """The bank test's callers: two through the router with its retries and two through the SDK
+    (`sdk_only`: four through the SDK, which follows every router of the cluster)."""
     accounts = dataclasses.replace(
         cluster_accounts(fetch_shard_map(cluster.address), 8, 12, 5_000, bank_per_node=False), slots_move=True
     )
-    transports: list[Transport] = [Stub(cluster.address, retries_inside=True) for _ in range(2)]
-    transports += [Sdk(sdk, "sdk"), Sdk(sdk, "sdk")]
+    transports: list[Transport] = [Sdk(sdk, "sdk") for _ in range(2)]
+    transports += [Sdk(sdk, "sdk") if sdk_only else Stub(cluster.address, retries_inside=True) for _ in range(2)]
+    watcher: Transport = Sdk(sdk, "sdk") if sdk_only else Stub(cluster.address, retries_inside=True)
     return BankRun(
         address=cluster.address,
         accounts=accounts,
         transports=transports,
-        watchers=[Stub(cluster.address, retries_inside=True), Sdk(sdk, "sdk")],
+        watchers=[watcher, Sdk(sdk, "sdk")],
         seed=seed,
         load=Load(batch_events_max=20, same_slot_share=0.3, cross_node_share=0.3, give_up_s=150.0),
         quiescence_wait_s_max=60.0,
@@ -231,3 +234,61 @@ def test_a_node_killed_while_add_node_moves_slots_and_cross_node_transfers_fly(t
         final = fully_replicated(cluster)
         assert fourth.address in final.nodes and final.slots_with(fourth.address), final.nodes
         assert_clean(report, cluster)
+
+
+def test_a_rolling_restart_of_every_node_and_router_under_load_gives_no_client_an_error(tmp_path: Path) -> None:
+    """docs/operations.md's rolling upgrade, done to every process under load: each node is
+    stepped down (its slots handed to other members), stopped with SIGTERM, started again,
+    resumed and repaired to R copies; then each router is restarted. The clients (the SDK, given
+    both routers) get an answer for every transfer they send, and nothing is lost or doubled."""
+    seed = random.randrange(1 << 32)
+    with replicated(tmp_path, routers=2) as cluster:
+        fully_replicated(cluster)
+        notes: list[str] = []
+
+        def operator(call: str, request: Any) -> Any:
+            with channel(cluster.address, "operator") as to_router:
+                return getattr(cluster_pb2_grpc.ClusterStub(to_router), call)(request, timeout=30)
+
+        with pytest.raises(grpc.RpcError) as refused:
+            operator("StepDown", cluster_pb2.StepDownRequest(address="127.0.0.1:1"))
+        assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        assert "127.0.0.1:1 is not in the cluster" in str(refused.value.details())
+
+        def roll(rng: random.Random) -> None:
+            time.sleep(rng.uniform(0.5, 1.0))
+            for node in list(cluster.nodes):
+                led = fetch_shard_map(cluster.address).owners.count(node.address)
+                stepped = operator("StepDown", cluster_pb2.StepDownRequest(address=node.address))
+                assert stepped.handed_over == led, (stepped, led)
+                after = fetch_shard_map(cluster.address)
+                assert not after.slots_with(node.address) and after.nodes[node.address] == cluster_pb2.NODE_STEPPED_DOWN
+                again = operator("StepDown", cluster_pb2.StepDownRequest(address=node.address))
+                assert (again.handed_over, again.left) == (0, 0)  # already stepped down: nothing more
+                assert node.stop() == 0, node.log_tail()
+                node.start()
+                resumed = operator("Resume", cluster_pb2.ResumeRequest(address=node.address))
+                assert resumed.state in (cluster_pb2.NODE_ACTIVE, cluster_pb2.NODE_DOWN), resumed
+                fully_replicated(cluster)
+                wait_for(lambda m: m.running_job() is None, "the repair job done", cluster)
+                notes.append(f"node {node.address}: {stepped.handed_over} slots handed over, restarted, repaired")
+            for router in cluster.routers:
+                assert router.stop() == 0, router.log_tail()
+                router.start()
+                notes.append(f"router {router.address} restarted")
+            fully_replicated(cluster)
+
+        with SyncLedgerClient(cluster.addresses, timeout_s=10) as sdk:
+            run = bank_run(cluster, seed, sdk, sdk_only=True)
+            run.chaos = roll
+            report = run.run()
+        assert len(notes) == len(cluster.nodes) + len(cluster.routers), notes
+        assert_clean(report, cluster)
+        unanswered = [
+            (s.transfer.id, e) for s in report.sent.values() for e in s.events if not isinstance(e, pb.EventResult)
+        ]
+        assert not unanswered, unanswered[:10]
+        wrong = [(s.transfer.id, e.code) for s in report.sent.values() for e in s.acks() if e.code == pb.WRONG_SLOT]
+        assert not wrong, wrong[:10]
+        final = fully_replicated(cluster)
+        assert all(len(final.members(slot)) == R for slot in range(S)), final

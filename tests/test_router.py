@@ -98,6 +98,24 @@ def test_the_router_seeds_a_balanced_map_and_reports_status(cluster: LocalCluste
     assert {n["address"] for n in json.loads(printed.stdout)["nodes"]} == {n.address for n in cluster.nodes}
 
 
+def test_step_down_needs_replicas_and_says_so_through_the_cli(cluster: LocalCluster) -> None:
+    node = cluster.nodes[0].address
+    done = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "cluster", "step-down", "--router", cluster.address, "--address", node],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "FAILED_PRECONDITION: step-down needs replicas" in done.stderr, done.stderr
+    with channel(cluster.address, "operator") as to_router:
+        stub = cluster_pb2_grpc.ClusterStub(to_router)
+        assert stub.Resume(cluster_pb2.ResumeRequest(address=node), timeout=10).state == cluster_pb2.NODE_ACTIVE
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.StepDown(cluster_pb2.StepDownRequest(address="no-port"), timeout=10)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == "address: 'no-port' is not HOST:PORT"
+
+
 @pytest.mark.parametrize("via_router", [False, True])
 def test_the_sdk_opens_accounts_moves_money_and_reads_history(cluster: LocalCluster, via_router: bool) -> None:
     async def scenario() -> None:
