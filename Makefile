@@ -22,10 +22,12 @@ test: $(STAMP) services lint typecheck
 	$(BIN)/python -m pytest -q
 
 # The servers some tests start throwaway copies of: etcd (the control plane) and PostgreSQL
-# (the benchmark's peer). Debian packages, installed once (the scripts are quick after).
+# (the benchmark's peer); and promtool, which checks the alert rules. Debian packages,
+# installed once (the scripts are quick after).
 services:
 	bash cluster/install-etcd.sh
 	bash cluster/install-postgres.sh
+	bash cluster/install-prometheus.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

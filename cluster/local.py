@@ -128,7 +128,7 @@ class LendingProcess(ServiceProcess):
 
 
 class RiskProcess(ServiceProcess):
-    """A `yunkai risk serve` (give it `--scoring HOST:PORT`, and `--router HOST:PORT` to open credit lines)."""
+    """A `yunkai risk serve` (give it `--scoring HOST:PORT`, and `--lending HOST:PORT` to open credit lines)."""
 
     kind = "risk"
     subcommand = ("risk", "serve")

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from proto import cluster_pb2
 from router import metrics
 from router.shardmap import ShardMap
 
@@ -44,6 +46,7 @@ class MapView:
             return False
         self._map = shard_map
         metrics.map_version.set(shard_map.version)
+        _export(shard_map)
         self._ready.set()
         async with self._changed:
             self._changed.notify_all()
@@ -77,3 +80,13 @@ class MapView:
 
     def _newer_than(self, version: int) -> bool:
         return self.current().version > version
+
+
+def _export(shard_map: ShardMap) -> None:
+    """The map's health as gauges (router/metrics.py): nodes by state, slots short of copies."""
+    counts = Counter(shard_map.nodes.values())
+    for state in cluster_pb2.NodeState.values():
+        if state:
+            metrics.nodes.labels(state=cluster_pb2.NodeState.Name(state).removeprefix("NODE_")).set(counts[state])
+    metrics.slots_under_replicated.set(len(shard_map.under_replicated()))
+    metrics.slots_without_copy.set(len(shard_map.without_copy()))

@@ -31,3 +31,11 @@ map_swap_s = Histogram(
 )
 controller_term = Gauge("yunkai_router_controller_term", "The controller term while this router leads (0: following)")
 leading = Gauge("yunkai_router_leading", "1 while this router process is the cluster's controller")
+# From the shard map this router routes with (every router exports them: alert on max()).
+nodes = Gauge("yunkai_router_nodes", "Nodes in the shard map, by state (ACTIVE, DOWN, LOST, ...)", ["state"])
+slots_under_replicated = Gauge(
+    "yunkai_router_slots_under_replicated", "Slots with fewer than R live copies (repair restores them)"
+)
+slots_without_copy = Gauge(
+    "yunkai_router_slots_without_copy", "Slots with no live copy: their members are all down or lost (unserved)"
+)

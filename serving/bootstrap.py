@@ -47,13 +47,13 @@ import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection as grpc_reflection
-from prometheus_client import start_http_server
+from prometheus_client import Gauge, start_http_server
 
 from serving.audit import AuditLog
 from serving.authz import CallerLimits, Gate
 from serving.config import check_common, resolve, setup_logging
 from serving.handlers import StartupError
-from serving.tls import TlsError, resolve_tls, warn_insecure
+from serving.tls import TlsError, not_after, resolve_tls, warn_insecure
 from serving.transport import new_server, server_credentials
 
 STOP_GRACE_S = 10.0
@@ -62,6 +62,12 @@ _ending = False  # the server is stopping: an open-ended stream that starts now 
 
 Settings = dict[str, Any]
 App = Callable[[grpc.aio.Server, int], AbstractAsyncContextManager[Mapping[str, object]]]
+
+certificate_expiry = Gauge(
+    "yunkai_tls_certificate_expiry_timestamp_seconds",
+    "When the certificate this process presents (own) and the CA it trusts (ca) expire, Unix seconds",
+    ["certificate"],
+)
 
 
 def main(
@@ -108,6 +114,9 @@ async def serve(
         raise StartupError(str(error)) from None
     if tls is None:
         warn_insecure(f"yunkai {role}")
+    else:
+        certificate_expiry.labels(certificate="own").set(not_after(tls.cert))
+        certificate_expiry.labels(certificate="ca").set(not_after(tls.ca))
     settings["tls"] = tls
     limits = CallerLimits(
         calls_per_s=float(settings["caller_calls_per_s"]),

@@ -129,6 +129,13 @@ class Tls:
         )
 
 
+def not_after(pem: bytes) -> float:
+    """When a certificate (the first of a PEM chain) expires, Unix seconds."""
+    from cryptography import x509  # loaded only by the processes that read a certificate
+
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc.timestamp()
+
+
 def certificate_identity(pem: bytes) -> Identity | None:
     """The yunkai identity a certificate (the first of a PEM chain) proves: its one
     spiffe://yunkai/ URI SAN, or None without exactly one well-formed one."""
