@@ -6,7 +6,9 @@
     yunkai loan repay ID --id R --amount FEN --date D
     yunkai loan payoff ID --id R --date D  yunkai loan write-off ID --date D
     yunkai eod run --lending HOST:PORT [--date D]     # slot by slot, with progress; resumable
-    yunkai gl report --lending HOST:PORT [--json]     # the trial balance
+    yunkai gl report --lending HOST:PORT [--as-of DATE] [--json]   # the trial balance, now or as of a date
+    yunkai gl journal --lending HOST:PORT [--from D] [--to D]       # the dated journal
+    yunkai gl provision --date D / yunkai gl close --date D         # loan-loss allowance; close a period
 
 Each prints what the server answered as JSON (tables for eod and gl); a refusal prints the
 server's reason (which names the field) on stderr and exits 1.
@@ -197,20 +199,91 @@ def add_gl_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="gl_action", required=True, metavar="ACTION")
     report = actions.add_parser(
         "report",
-        help="the general ledger and trial balance, aggregated from the ledger's balances",
-        description="Read the balances of every customer, loan and clearing account the lending server knows "
-        "and map them to the GL codes of each product's mapping; debits equal credits.",
+        help="the general ledger's trial balance: now, or as of a business date",
+        description="Without --as-of: read the balances of every customer, loan, clearing and provisioning "
+        "account the lending server knows and map them to each product's GL codes. With --as-of DATE: the "
+        "trial balance of the dated journal's entries through that business date (read from the ledger's "
+        "history, lending/journal.py), with the stored close if that date was closed. Debits equal credits.",
     )
     _server_arguments(report)
+    report.add_argument("--as-of", default="", help="business date YYYY-MM-DD (default: the balances now)")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report.set_defaults(run=gl_main)
+    entries = actions.add_parser(
+        "journal",
+        help="the dated journal: debits and credits per business date and GL code",
+        description="Every transfer of the lending server's accounts, booked on its business date (in its "
+        "user_data) by GL code, aggregated per day.",
+    )
+    _server_arguments(entries)
+    entries.add_argument("--from", dest="date_from", default="", help="first business date (default: the first)")
+    entries.add_argument("--to", dest="date_to", default="", help="last business date (default: the last)")
+    entries.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    entries.set_defaults(run=journal_main)
+    close = actions.add_parser(
+        "close",
+        help="close the books of a business date: store its trial balance",
+        description="Store the trial balance as of --date; no earlier date can be closed after it (provision "
+        "first: `yunkai gl provision`). A later `gl report --as-of` that date shows the stored close beside "
+        "what the journal says now.",
+    )
+    _server_arguments(close)
+    close.add_argument("--date", required=True, help="business date YYYY-MM-DD")
+    close.set_defaults(run=close_main)
+    provision = actions.add_parser(
+        "provision",
+        help="set each product's loan-loss allowance to its expected credit loss (IFRS 9 stages)",
+        description="From the open loans' overdue buckets: stage 1 (up to 30 days past due), stage 2 (31-90), "
+        "stage 3 (over 90); each product's allowance becomes its principal outstanding times the stage's "
+        "loss rate, by one transfer dated --date. Running it again changes nothing unless the book did.",
+    )
+    _server_arguments(provision)
+    provision.add_argument("--date", required=True, help="business date YYYY-MM-DD")
+    provision.set_defaults(run=provision_main)
+
+
+def journal_main(args: argparse.Namespace) -> int:
+    channel, stub = _stub(args)
+    with channel:
+        try:
+            reply = stub.GetJournal(pb.JournalRequest(date_from=args.date_from, date_to=args.date_to), timeout=60)
+        except grpc.RpcError as error:
+            return _refused("gl journal", error)
+    if args.json:
+        _print(reply)
+        return 0
+    for e in reply.entries:
+        print(f"{e.date}  {e.gl_code:<10} {e.name:<40} {e.debit / 100:>18,.2f} {e.credit / 100:>18,.2f}")
+    return 0
+
+
+def close_main(args: argparse.Namespace) -> int:
+    channel, stub = _stub(args)
+    with channel:
+        try:
+            closed = stub.ClosePeriod(pb.ClosePeriodRequest(date=args.date), timeout=60)
+        except grpc.RpcError as error:
+            return _refused("gl close", error)
+    _print(closed)
+    return 0
+
+
+def provision_main(args: argparse.Namespace) -> int:
+    channel, stub = _stub(args)
+    with channel:
+        try:
+            reply = stub.Provision(pb.ProvisionRequest(date=args.date), timeout=60)
+        except grpc.RpcError as error:
+            return _refused("gl provision", error)
+    _print(reply)
+    return 0
 
 
 def gl_main(args: argparse.Namespace) -> int:
     channel, stub = _stub(args)
     with channel:
         try:
-            report = stub.GetGlReport(pb.GlReportRequest(), timeout=TIMEOUT_S)
+            report = stub.GetGlReport(pb.GlReportRequest(as_of=args.as_of), timeout=60)
         except grpc.RpcError as error:
             return _refused("gl report", error)
     if args.json:

@@ -62,6 +62,7 @@ class Code:
     PENALTY_INCOME = 6012
     FEE_INCOME = 6021
     LOSS = 1304
+    IMPAIRMENT = 6702
     # transfers
     DRAWDOWN = 3101
     REPAY_FEES = 3102
@@ -73,6 +74,7 @@ class Code:
     CHARGE_FEE = 3113
     TRUE_UP = 3114
     WRITE_OFF = 3121
+    PROVISION = 3131
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,8 +230,17 @@ def loan_handler(service: LoanService) -> grpc.GenericRpcHandler:
         return await service.run_eod_slot(parse_request(pb.EodSlotRequest, data))
 
     async def gl_report(data: bytes, context: Context) -> Message:
-        parse_request(pb.GlReportRequest, data)
-        return await service.gl_report()
+        return await service.gl_report(parse_request(pb.GlReportRequest, data).as_of)
+
+    async def journal(data: bytes, context: Context) -> Message:
+        request = parse_request(pb.JournalRequest, data)
+        return await service.journal_entries(request.date_from, request.date_to)
+
+    async def close_period(data: bytes, context: Context) -> Message:
+        return await service.close_period(parse_request(pb.ClosePeriodRequest, data).date)
+
+    async def provision(data: bytes, context: Context) -> Message:
+        return await service.provision(parse_request(pb.ProvisionRequest, data).date)
 
     async def book_report(data: bytes, context: Context) -> Message:
         return service.book_report(parse_request(pb.BookReportRequest, data).include_customers)
@@ -248,5 +257,8 @@ def loan_handler(service: LoanService) -> grpc.GenericRpcHandler:
         "RunEodSlot": run_eod_slot,
         "GetGlReport": gl_report,
         "GetBookReport": book_report,
+        "GetJournal": journal,
+        "ClosePeriod": close_period,
+        "Provision": provision,
     }
     return serving.unary_service(LOAN_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)

@@ -435,20 +435,104 @@ class GlLine(_message.Message):
     def __init__(self, gl_code: _Optional[str] = ..., name: _Optional[str] = ..., debit: _Optional[int] = ..., credit: _Optional[int] = ...) -> None: ...
 
 class GlReportRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("as_of",)
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    as_of: str
+    def __init__(self, as_of: _Optional[str] = ...) -> None: ...
 
 class GlReport(_message.Message):
-    __slots__ = ("lines", "total_debit", "total_credit", "accounts")
+    __slots__ = ("lines", "total_debit", "total_credit", "accounts", "as_of", "closed", "closed_lines")
     LINES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_DEBIT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_CREDIT_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_LINES_FIELD_NUMBER: _ClassVar[int]
     lines: _containers.RepeatedCompositeFieldContainer[GlLine]
     total_debit: int
     total_credit: int
     accounts: int
-    def __init__(self, lines: _Optional[_Iterable[_Union[GlLine, _Mapping]]] = ..., total_debit: _Optional[int] = ..., total_credit: _Optional[int] = ..., accounts: _Optional[int] = ...) -> None: ...
+    as_of: str
+    closed: bool
+    closed_lines: _containers.RepeatedCompositeFieldContainer[GlLine]
+    def __init__(self, lines: _Optional[_Iterable[_Union[GlLine, _Mapping]]] = ..., total_debit: _Optional[int] = ..., total_credit: _Optional[int] = ..., accounts: _Optional[int] = ..., as_of: _Optional[str] = ..., closed: _Optional[bool] = ..., closed_lines: _Optional[_Iterable[_Union[GlLine, _Mapping]]] = ...) -> None: ...
+
+class JournalEntry(_message.Message):
+    __slots__ = ("date", "gl_code", "name", "debit", "credit")
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    GL_CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEBIT_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    gl_code: str
+    name: str
+    debit: int
+    credit: int
+    def __init__(self, date: _Optional[str] = ..., gl_code: _Optional[str] = ..., name: _Optional[str] = ..., debit: _Optional[int] = ..., credit: _Optional[int] = ...) -> None: ...
+
+class JournalRequest(_message.Message):
+    __slots__ = ("date_from", "date_to")
+    DATE_FROM_FIELD_NUMBER: _ClassVar[int]
+    DATE_TO_FIELD_NUMBER: _ClassVar[int]
+    date_from: str
+    date_to: str
+    def __init__(self, date_from: _Optional[str] = ..., date_to: _Optional[str] = ...) -> None: ...
+
+class JournalResponse(_message.Message):
+    __slots__ = ("entries", "accounts")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[JournalEntry]
+    accounts: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[JournalEntry, _Mapping]]] = ..., accounts: _Optional[int] = ...) -> None: ...
+
+class ClosePeriodRequest(_message.Message):
+    __slots__ = ("date",)
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    def __init__(self, date: _Optional[str] = ...) -> None: ...
+
+class PeriodClose(_message.Message):
+    __slots__ = ("date", "trial_balance", "closed_at_unix_ms")
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_BALANCE_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    trial_balance: GlReport
+    closed_at_unix_ms: int
+    def __init__(self, date: _Optional[str] = ..., trial_balance: _Optional[_Union[GlReport, _Mapping]] = ..., closed_at_unix_ms: _Optional[int] = ...) -> None: ...
+
+class ProvisionRequest(_message.Message):
+    __slots__ = ("date",)
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    def __init__(self, date: _Optional[str] = ...) -> None: ...
+
+class ProductProvision(_message.Message):
+    __slots__ = ("product_code", "stage1_outstanding", "stage2_outstanding", "stage3_outstanding", "allowance", "posted")
+    PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
+    STAGE1_OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    STAGE2_OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    STAGE3_OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    ALLOWANCE_FIELD_NUMBER: _ClassVar[int]
+    POSTED_FIELD_NUMBER: _ClassVar[int]
+    product_code: str
+    stage1_outstanding: int
+    stage2_outstanding: int
+    stage3_outstanding: int
+    allowance: int
+    posted: int
+    def __init__(self, product_code: _Optional[str] = ..., stage1_outstanding: _Optional[int] = ..., stage2_outstanding: _Optional[int] = ..., stage3_outstanding: _Optional[int] = ..., allowance: _Optional[int] = ..., posted: _Optional[int] = ...) -> None: ...
+
+class ProvisionResponse(_message.Message):
+    __slots__ = ("date", "products")
+    DATE_FIELD_NUMBER: _ClassVar[int]
+    PRODUCTS_FIELD_NUMBER: _ClassVar[int]
+    date: str
+    products: _containers.RepeatedCompositeFieldContainer[ProductProvision]
+    def __init__(self, date: _Optional[str] = ..., products: _Optional[_Iterable[_Union[ProductProvision, _Mapping]]] = ...) -> None: ...
 
 class BookReportRequest(_message.Message):
     __slots__ = ("include_customers",)

@@ -339,6 +339,21 @@ class LoanServiceStub:
                 request_serializer=proto_dot_lending__pb2.BookReportRequest.SerializeToString,
                 response_deserializer=proto_dot_lending__pb2.BookReport.FromString,
                 _registered_method=True)
+        self.GetJournal = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/GetJournal',
+                request_serializer=proto_dot_lending__pb2.JournalRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.JournalResponse.FromString,
+                _registered_method=True)
+        self.ClosePeriod = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/ClosePeriod',
+                request_serializer=proto_dot_lending__pb2.ClosePeriodRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.PeriodClose.FromString,
+                _registered_method=True)
+        self.Provision = channel.unary_unary(
+                '/yunkai.lending.v1.LoanService/Provision',
+                request_serializer=proto_dot_lending__pb2.ProvisionRequest.SerializeToString,
+                response_deserializer=proto_dot_lending__pb2.ProvisionResponse.FromString,
+                _registered_method=True)
 
 
 class LoanServiceServicer:
@@ -418,6 +433,25 @@ class LoanServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJournal(self, request, context):
+        """The dated journal, a period's close, and loan-loss provisioning (accounting off the transaction path).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClosePeriod(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Provision(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LoanServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -475,6 +509,21 @@ def add_LoanServiceServicer_to_server(servicer, server):
                     servicer.GetBookReport,
                     request_deserializer=proto_dot_lending__pb2.BookReportRequest.FromString,
                     response_serializer=proto_dot_lending__pb2.BookReport.SerializeToString,
+            ),
+            'GetJournal': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJournal,
+                    request_deserializer=proto_dot_lending__pb2.JournalRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.JournalResponse.SerializeToString,
+            ),
+            'ClosePeriod': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClosePeriod,
+                    request_deserializer=proto_dot_lending__pb2.ClosePeriodRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.PeriodClose.SerializeToString,
+            ),
+            'Provision': grpc.unary_unary_rpc_method_handler(
+                    servicer.Provision,
+                    request_deserializer=proto_dot_lending__pb2.ProvisionRequest.FromString,
+                    response_serializer=proto_dot_lending__pb2.ProvisionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -774,6 +823,87 @@ class LoanService:
             '/yunkai.lending.v1.LoanService/GetBookReport',
             proto_dot_lending__pb2.BookReportRequest.SerializeToString,
             proto_dot_lending__pb2.BookReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJournal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/GetJournal',
+            proto_dot_lending__pb2.JournalRequest.SerializeToString,
+            proto_dot_lending__pb2.JournalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClosePeriod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/ClosePeriod',
+            proto_dot_lending__pb2.ClosePeriodRequest.SerializeToString,
+            proto_dot_lending__pb2.PeriodClose.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Provision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.lending.v1.LoanService/Provision',
+            proto_dot_lending__pb2.ProvisionRequest.SerializeToString,
+            proto_dot_lending__pb2.ProvisionResponse.FromString,
             options,
             channel_credentials,
             insecure,

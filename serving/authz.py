@@ -177,6 +177,9 @@ ALLOWED: dict[str, frozenset[str]] = {
             "ListLoans": frozenset({SERVICE, OPERATOR, RISK}),
             "GetGlReport": frozenset({OPERATOR}),
             "GetBookReport": frozenset({OPERATOR}),
+            "GetJournal": frozenset({OPERATOR}),
+            "ClosePeriod": frozenset({OPERATOR}),
+            "Provision": frozenset({OPERATOR}),
         },
     ),
     **_service(
@@ -254,6 +257,8 @@ AUDITED: frozenset[str] = frozenset(
         "WriteOff",
         "PlanEod",
         "RunEodSlot",
+        "ClosePeriod",
+        "Provision",
         # loans and follow-ups: customers' data
         "GetBookReport",  # with include_customers, every borrower's id
         "GetLoan",

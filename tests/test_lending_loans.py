@@ -19,6 +19,7 @@ from clients.ledger import Account, ResultCode, SyncLedgerClient, Transfer
 from cluster.commands import LocalCluster
 from cluster.local import LendingProcess
 from lending import schedule as sched
+from lending.loan_service import stage_of
 from lending.loans import Accounts, slot_of_customer
 from lending.products import SAMPLE_CATALOGUE, read_catalogue
 from proto import lending_pb2 as pb, lending_pb2_grpc
@@ -458,3 +459,83 @@ def test_end_of_day_resumes_after_a_restart_from_its_checkpoints(lending: Lendin
         names = Accounts(loan.customer, loan.loan_id, loan.product_code)
         assert lending.balance(names.interest) == loan.interest_accrued > 0
     assert len({loan.interest_accrued for loan in loans}) == 1
+
+
+def test_the_dated_journal_closes_periods_and_provisions_losses_by_stage(lending: Lending) -> None:
+    """Transfers carry their business date; the trial balance as of any date balances and counts
+    only what was dated by then; a closed period keeps its stored trial balance; provisioning
+    sets the allowance to the stage-weighted loss, once per change of the book."""
+    customer = lending.customer()
+    loan = lending.draw(customer, "dated", 6_000_000, "2026-01-05", term_months=3)
+    first = loan.schedule[0]
+    lending.fund(customer, 10_000_000)  # no business date: booked on its ledger timestamp's day (today)
+    lending.repay("dated", "feb", first.principal + first.interest + first.fees, "2026-02-05")
+
+    def report(as_of: str) -> pb.GlReport:
+        return lending.loans.GetGlReport(pb.GlReportRequest(as_of=as_of), timeout=60)
+
+    def line(r: pb.GlReport, code: str) -> tuple[int, int]:
+        found = [(x.debit, x.credit) for x in r.lines if x.gl_code == code]
+        return found[0] if found else (0, 0)
+
+    loans_gl = lending.product.parameters.gl.loan_principal
+    january, february = report("2026-01-31"), report("2026-02-28")
+    for r in (january, february):
+        assert r.total_debit == r.total_credit > 0 and not r.closed
+    assert line(january, loans_gl) == (6_000_000, 0)  # drawn, not yet repaid
+    assert line(february, loans_gl) == (6_000_000 - first.principal, 0)
+    assert line(report("2026-01-04"), loans_gl) == (0, 0)  # before the drawdown
+    # Through every date, the journal says what the balances say now.
+    everything, now = report("9999-12-31"), lending.loans.GetGlReport(pb.GlReportRequest(), timeout=60)
+    assert [(x.gl_code, x.debit, x.credit) for x in everything.lines if x.debit or x.credit] == [
+        (x.gl_code, x.debit, x.credit) for x in now.lines if x.debit or x.credit
+    ]
+    journal = lending.loans.GetJournal(pb.JournalRequest(date_from="2026-01-05", date_to="2026-01-05"), timeout=60)
+    assert {(e.gl_code, e.debit) for e in journal.entries if e.debit} >= {(loans_gl, 6_000_000)}
+    assert {e.date for e in journal.entries} == {"2026-01-05"}
+
+    # Closing January stores its trial balance; an earlier date cannot be closed after it.
+    closed = lending.loans.ClosePeriod(pb.ClosePeriodRequest(date="2026-01-31"), timeout=60)
+    assert list(closed.trial_balance.lines) == list(january.lines)
+    with pytest.raises(grpc.RpcError) as refused:
+        lending.loans.ClosePeriod(pb.ClosePeriodRequest(date="2026-01-15"), timeout=60)
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details() == "date: 2026-01-15 is not after the last closed period, 2026-01-31"
+    # A drawdown dated into the closed month after its close: the report shows both.
+    lending.draw(customer, "backdated", 1_000_000, "2026-01-20", term_months=3)
+    reopened = report("2026-01-31")
+    assert reopened.closed and list(reopened.closed_lines) == list(january.lines)
+    assert line(reopened, loans_gl) == (7_000_000, 0) and line(january, loans_gl) == (6_000_000, 0)
+
+    def expected_allowance() -> int:
+        rates = {1: 100, 2: 1_500, 3: 6_000}
+        book = [lending.loan(name) for name in ("dated", "backdated")]
+        return sum(
+            loan.principal_outstanding * rates[stage_of(loan.bucket)] // 10_000
+            for loan in book
+            if loan.status in (pb.ACTIVE, pb.OVERDUE)
+        )
+
+    # Provisioning: both loans are 90+ days past due by June (stage 3).
+    lending.eod("2026-06-10")
+    late, other = lending.loan("dated"), lending.loan("backdated")
+    assert (late.bucket, other.bucket) == ("M4", "M4")
+    provisioned = lending.loans.Provision(pb.ProvisionRequest(date="2026-06-10"), timeout=60)
+    [product] = provisioned.products
+    assert product.stage3_outstanding == late.principal_outstanding + other.principal_outstanding
+    assert product.stage1_outstanding == product.stage2_outstanding == 0
+    assert product.allowance == product.posted == expected_allowance() > 0
+    again = lending.loans.Provision(pb.ProvisionRequest(date="2026-06-10"), timeout=60)
+    assert [(p.allowance, p.posted) for p in again.products] == [(product.allowance, 0)]
+    allowance_gl = lending.product.parameters.gl.loss_allowance
+    may = report("2026-06-10")
+    assert may.total_debit == may.total_credit
+    assert line(may, "6702") == (product.allowance, 0)  # the impairment expense
+    assert line(report("2026-06-09"), "6702") == (0, 0)
+    assert line(may, allowance_gl)[1] >= product.allowance
+    # Paid off, the first loan leaves the book: its part of the allowance is released.
+    lending.fund(customer, 20_000_000)
+    assert lending.payoff("dated", "off", "2026-06-11").loan.status == pb.PAID_OFF
+    released = lending.loans.Provision(pb.ProvisionRequest(date="2026-06-11"), timeout=60).products[0]
+    assert released.allowance == expected_allowance()
+    assert released.posted == released.allowance - product.allowance < 0
