@@ -130,15 +130,19 @@ class ScoringClient:
         assert len(scores) == rows, f"{len(scores)} scores for {rows} rows"
         return scores
 
-    async def record_outcomes(self, model: str, outcomes: list[tuple[str, int, int]]) -> list[str]:
+    async def record_outcomes(
+        self, model: str, outcomes: list[tuple[str, int, int]], kept: list[tuple[int, float]] | None = None
+    ) -> list[str]:
         """Outcomes of scored rows, each (request_id of the call that scored it, row, label: 1 the
-        event the model predicts happened, 0 it did not), at most 10,000 a call. One result per
+        event the model predicts happened, 0 it did not), at most 10,000 a call; with `kept`, the
+        (version, score) the caller stored for each (used if the server keeps none). One result per
         outcome: "recorded", "exists" (the same label before), "unknown_score" (no kept score: never
         scored with that id, or forgotten) or "conflicts" (another label before; kept).
         grpc.aio.AioRpcError when the server refuses the call (unknown model, a label not 0 or 1)."""
-        request = pb.ModelOutcomeRequest(
-            model_name=model,
-            outcomes=[pb.ModelOutcomeRequest.Outcome(id=i, row=row, label=label) for i, row, label in outcomes],
-        )
+        request = pb.ModelOutcomeRequest(model_name=model)
+        for index, (call_id, row, label) in enumerate(outcomes):
+            outcome = request.outcomes.add(id=call_id, row=row, label=label)
+            if kept is not None:
+                outcome.version, outcome.score = kept[index]
         reply = await self.stub.ModelOutcome(request, timeout=self.deadline_s)
         return [pb.OutcomeResult.Name(r).lower().removeprefix("outcome_") for r in reply.results]

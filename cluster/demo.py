@@ -161,9 +161,12 @@ def _start_business(cluster: LocalCluster, port: int) -> list[ServiceProcess]:
             assert outcome.admitted, outcome
     offset = (lambda n: port + n) if port else (lambda n: 0)
     scoring = ScoringProcess(str(registry), ["--log-level", "WARNING", *cluster.identity_args("scoring")])
+    # With fixed ports the lending server knows where risk will be: its end of day tells it
+    # loans' outcomes (repaid, defaulted) for the models that scored them.
+    tell_risk = ["--risk", f"127.0.0.1:{port + 400}"] if port else []
     lending = LendingProcess(
         os.path.join(data_dir, "lending"),
-        ["--router", router, "--log-level", "WARNING", *cluster.identity_args("lending")],
+        ["--router", router, "--log-level", "WARNING", *tell_risk, *cluster.identity_args("lending")],
     )
     risk = RiskProcess(
         os.path.join(data_dir, "risk"), ["--router", router, "--log-level", "WARNING", *cluster.identity_args("risk")]

@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import date
 
+import grpc
 from prometheus_client import Counter
 from rocksdict import WriteBatch
 
@@ -36,7 +37,7 @@ from lending import journal, loans as rules
 from lending.allocation import allocate
 from lending.limits import CreditLimits
 from lending.products import ProductStore, ledger_of
-from proto import lending_pb2 as pb
+from proto import lending_pb2 as pb, risk_pb2, risk_pb2_grpc
 
 drawdowns_total = Counter(
     "yunkai_lending_drawdowns_total",
@@ -46,6 +47,7 @@ drawdowns_total = Counter(
 
 log = logging.getLogger("yunkai.lending")
 
+OUTCOME_TIMEOUT_S = 10.0
 LOOKUP_BATCH_MAX = 1_000  # accounts per LookupAccounts call of the GL report (the node takes 8,192 events)
 # GL codes of the balances no product maps (chart of accounts of the Chinese enterprise
 # accounting standards, 企业会计准则应用指南 附录: 2011 吸收存款, 3001 清算资金往来, 1221 其他应收款).
@@ -174,11 +176,19 @@ class LoanStore:
 class LoanService:
     """The operations of yunkai.lending.v1.LoanService over a LoanStore, the product store and the ledger."""
 
-    def __init__(self, store: LoanStore, products: ProductStore, ledger: LedgerClient, slots_total: int) -> None:
+    def __init__(
+        self,
+        store: LoanStore,
+        products: ProductStore,
+        ledger: LedgerClient,
+        slots_total: int,
+        risk: risk_pb2_grpc.DecisionServiceStub | None = None,
+    ) -> None:
         self.store = store
         self.products = products
         self.ledger = ledger
         self.slots_total = slots_total
+        self.risk = risk  # where loans' outcomes are told (lending serve --risk)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def _limits(self, currency: str) -> CreditLimits:
@@ -265,6 +275,7 @@ class LoanService:
                 customer_limit=request.customer_limit,
                 product_limit=request.product_limit,
                 annual_rate_bps=rate,
+                application_id=request.application_id,
             )
             self.store.put_line(line)
         log.info(
@@ -528,7 +539,14 @@ class LoanService:
 
     def plan_eod(self, request: pb.EodSlotsRequest) -> pb.EodPlan:
         day = rules.parse_date("date", request.date).isoformat()
-        slots = sorted({self.slot_of_loan(loan) for loan in self.store.loans.values() if loan.status in rules.OPEN})
+        # Open loans, and closed ones whose outcome the risk server has not been told yet.
+        slots = sorted(
+            {
+                self.slot_of_loan(loan)
+                for loan in self.store.loans.values()
+                if loan.status in rules.OPEN or (self.risk is not None and not loan.outcome_reported)
+            }
+        )
         done = sorted({slot for d, slot in self.store.checkpoints if d == day})
         return pb.EodPlan(date=day, slots=sorted(set(slots) | set(done)), slots_done=done)
 
@@ -565,9 +583,40 @@ class LoanService:
                 await self._transfer(transfers, stamp)
                 self.store.put_loan(loan)
                 result.transfers += len(transfers)
+        result.outcomes_reported = await self._report_outcomes(ids)
         self.store.put_checkpoint(stamp, request.slot)
         log.info("end of day", extra={"date": stamp, "slot": request.slot, "loans": result.loans})
         return result
+
+    async def _report_outcomes(self, loan_ids: Sequence[str]) -> int:
+        """Tell the risk server (--risk) what became of each loan whose outcome is now known and
+        not yet told (`outcome_of`), for the application its credit line was approved for; the
+        models that scored the application count it (issue 21's outcome monitoring). A risk
+        server that does not answer is asked again at the next end of day."""
+        if self.risk is None:
+            return 0
+        told = 0
+        for loan_id in loan_ids:
+            loan = self.store.loans[loan_id]
+            label = outcome_of(loan)
+            line = self.store.lines.get((loan.customer, loan.product_code))
+            if label is None or loan.outcome_reported or line is None or not line.application_id:
+                continue
+            request = risk_pb2.OutcomeRequest(application_id=line.application_id, label=label)
+            try:
+                await self.risk.RecordOutcome(request, timeout=OUTCOME_TIMEOUT_S)
+            except grpc.aio.AioRpcError as error:
+                said = {"loan": loan_id, "application_id": line.application_id, "reason": error.details()}
+                if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    log.warning("the risk server did not take a loan's outcome; tried again tomorrow", extra=said)
+                    continue
+                log.error("the risk server refused a loan's outcome; not told again", extra=said)
+            async with self._locks[loan.customer]:
+                stored = self.store.loan(loan_id)
+                stored.outcome_reported = True
+                self.store.put_loan(stored)
+            told += 1
+        return told
 
     # --- the general ledger ---------------------------------------------------------------
 
@@ -743,3 +792,13 @@ def stage_of(bucket: str) -> int:
     """IFRS 9 stage of an overdue bucket: M0-M1 1, M2-M3 2, M4 and beyond 3 (see STAGE_LOSS_BPS)."""
     months = int(bucket.removeprefix("M"))
     return 1 if months <= 1 else 2 if months <= 3 else 3
+
+
+def outcome_of(loan: pb.Loan) -> int | None:
+    """What a loan says of its application: 0 repaid, 1 defaulted (written off, or 90 days past
+    due: stage 3, the IFRS 9 presumption of default), None while it is still running."""
+    if loan.status == pb.PAID_OFF:
+        return 0
+    if loan.status == pb.WRITTEN_OFF or (loan.status == pb.OVERDUE and stage_of(loan.bucket) == 3):
+        return 1
+    return None

@@ -29,7 +29,7 @@ from clients.ledger import LedgerClient, LedgerError
 from lending.loan_service import LedgerFailed, LoanService, LoanStore
 from lending.loans import SLOTS_TOTAL_DEFAULT, BadLoanRequest, LoanNotFound, LoanRefused
 from lending.products import InvalidProduct, LifecycleRefused, ProductNotFound, ProductStore, StoreFull
-from proto import lending_pb2 as pb
+from proto import lending_pb2 as pb, risk_pb2_grpc
 from serving import BadRequest, Context, parse_request
 
 log = logging.getLogger("yunkai.lending")
@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "metrics_port": None,
     "log_level": "INFO",
     "router": None,
+    "risk": None,
     "slots_total": SLOTS_TOTAL_DEFAULT,
 }
 
@@ -64,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     serving.add_common_arguments(parser)
     parser.add_argument("--data-dir", help="directory of the product catalogue's and loans' RocksDB (required)")
     parser.add_argument("--router", help="HOST:PORT of the ledger's router: serve LoanService over the ledger")
+    parser.add_argument(
+        "--risk", help="HOST:PORT of `yunkai risk serve`: end of day tells it each loan's outcome (repaid, defaulted)"
+    )
     parser.add_argument(
         "--slots-total",
         type=int,
@@ -95,6 +99,7 @@ async def _lending(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
     loans: LoanStore | None = None
     ledger: LedgerClient | None = None
     book: BookCollector | None = None
+    to_risk: grpc.aio.Channel | None = None
     try:
         server.add_generic_rpc_handlers([ProductService(store).handler()])
         if settings["router"]:
@@ -102,7 +107,10 @@ async def _lending(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
             ledger = await LedgerClient.connect(
                 str(settings["router"]), tls=settings["tls"], insecure=settings["tls"] is None
             )
-            service = LoanService(loans, store, ledger, int(settings["slots_total"]))
+            if settings["risk"]:
+                to_risk = serving.channel(str(settings["risk"]), serving.client_credentials(settings["tls"]), [])
+            risk = risk_pb2_grpc.DecisionServiceStub(to_risk) if to_risk is not None else None
+            service = LoanService(loans, store, ledger, int(settings["slots_total"]), risk)
             server.add_generic_rpc_handlers([loan_handler(service)])
             book = BookCollector(service)
             REGISTRY.register(book)
@@ -110,6 +118,8 @@ async def _lending(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
     finally:
         if book is not None:
             REGISTRY.unregister(book)
+        if to_risk is not None:
+            await to_risk.close()
         if ledger is not None:
             await ledger.close()
         if loans is not None:

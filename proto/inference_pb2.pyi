@@ -356,14 +356,18 @@ class RepositoryModelRollbackRequest(_message.Message):
 class ModelOutcomeRequest(_message.Message):
     __slots__ = ("model_name", "outcomes")
     class Outcome(_message.Message):
-        __slots__ = ("id", "row", "label")
+        __slots__ = ("id", "row", "label", "version", "score")
         ID_FIELD_NUMBER: _ClassVar[int]
         ROW_FIELD_NUMBER: _ClassVar[int]
         LABEL_FIELD_NUMBER: _ClassVar[int]
+        VERSION_FIELD_NUMBER: _ClassVar[int]
+        SCORE_FIELD_NUMBER: _ClassVar[int]
         id: str
         row: int
         label: int
-        def __init__(self, id: _Optional[str] = ..., row: _Optional[int] = ..., label: _Optional[int] = ...) -> None: ...
+        version: int
+        score: float
+        def __init__(self, id: _Optional[str] = ..., row: _Optional[int] = ..., label: _Optional[int] = ..., version: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     model_name: str

@@ -177,7 +177,7 @@ class ListProductsResponse(_message.Message):
     def __init__(self, products: _Optional[_Iterable[_Union[Product, _Mapping]]] = ...) -> None: ...
 
 class ApproveCreditLineRequest(_message.Message):
-    __slots__ = ("customer", "line_id", "product_code", "product_version", "customer_limit", "product_limit", "annual_rate_bps")
+    __slots__ = ("customer", "line_id", "product_code", "product_version", "customer_limit", "product_limit", "annual_rate_bps", "application_id")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     LINE_ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +185,7 @@ class ApproveCreditLineRequest(_message.Message):
     CUSTOMER_LIMIT_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     ANNUAL_RATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    APPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
     customer: str
     line_id: str
     product_code: str
@@ -192,10 +193,11 @@ class ApproveCreditLineRequest(_message.Message):
     customer_limit: int
     product_limit: int
     annual_rate_bps: int
-    def __init__(self, customer: _Optional[str] = ..., line_id: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., customer_limit: _Optional[int] = ..., product_limit: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ...) -> None: ...
+    application_id: str
+    def __init__(self, customer: _Optional[str] = ..., line_id: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., customer_limit: _Optional[int] = ..., product_limit: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ..., application_id: _Optional[str] = ...) -> None: ...
 
 class CreditLine(_message.Message):
-    __slots__ = ("customer", "line_id", "product_code", "product_version", "customer_limit", "product_limit", "annual_rate_bps")
+    __slots__ = ("customer", "line_id", "product_code", "product_version", "customer_limit", "product_limit", "annual_rate_bps", "application_id")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     LINE_ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -203,6 +205,7 @@ class CreditLine(_message.Message):
     CUSTOMER_LIMIT_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_LIMIT_FIELD_NUMBER: _ClassVar[int]
     ANNUAL_RATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    APPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
     customer: str
     line_id: str
     product_code: str
@@ -210,7 +213,8 @@ class CreditLine(_message.Message):
     customer_limit: int
     product_limit: int
     annual_rate_bps: int
-    def __init__(self, customer: _Optional[str] = ..., line_id: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., customer_limit: _Optional[int] = ..., product_limit: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ...) -> None: ...
+    application_id: str
+    def __init__(self, customer: _Optional[str] = ..., line_id: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., customer_limit: _Optional[int] = ..., product_limit: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ..., application_id: _Optional[str] = ...) -> None: ...
 
 class DrawdownRequest(_message.Message):
     __slots__ = ("customer", "loan_id", "product_code", "amount", "date", "annual_rate_bps", "term_months", "repayment_day")
@@ -285,7 +289,7 @@ class Repayment(_message.Message):
     def __init__(self, repayment_id: _Optional[str] = ..., date: _Optional[str] = ..., amount: _Optional[int] = ..., fees: _Optional[int] = ..., penalty: _Optional[int] = ..., interest: _Optional[int] = ..., principal: _Optional[int] = ..., unapplied: _Optional[int] = ..., payoff: _Optional[bool] = ..., done: _Optional[bool] = ..., fee_charged: _Optional[int] = ...) -> None: ...
 
 class Loan(_message.Message):
-    __slots__ = ("loan_id", "customer", "product_code", "product_version", "principal", "annual_rate_bps", "term_months", "repayment_method", "day_count", "grace_days", "penalty_rate_bps", "drawdown_date", "repayment_day", "status", "schedule", "repayments", "principal_outstanding", "interest_accrued", "penalty_charged", "bucket", "days_past_due", "last_eod_date", "closed_date", "written_off", "fees")
+    __slots__ = ("loan_id", "customer", "product_code", "product_version", "principal", "annual_rate_bps", "term_months", "repayment_method", "day_count", "grace_days", "penalty_rate_bps", "drawdown_date", "repayment_day", "status", "schedule", "repayments", "principal_outstanding", "interest_accrued", "penalty_charged", "bucket", "days_past_due", "last_eod_date", "closed_date", "written_off", "fees", "outcome_reported")
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -311,6 +315,7 @@ class Loan(_message.Message):
     CLOSED_DATE_FIELD_NUMBER: _ClassVar[int]
     WRITTEN_OFF_FIELD_NUMBER: _ClassVar[int]
     FEES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_REPORTED_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
     customer: str
     product_code: str
@@ -336,7 +341,8 @@ class Loan(_message.Message):
     closed_date: str
     written_off: int
     fees: _containers.RepeatedCompositeFieldContainer[Fee]
-    def __init__(self, loan_id: _Optional[str] = ..., customer: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., principal: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ..., term_months: _Optional[int] = ..., repayment_method: _Optional[_Union[RepaymentMethod, str]] = ..., day_count: _Optional[_Union[DayCount, str]] = ..., grace_days: _Optional[int] = ..., penalty_rate_bps: _Optional[int] = ..., drawdown_date: _Optional[str] = ..., repayment_day: _Optional[int] = ..., status: _Optional[_Union[LoanStatus, str]] = ..., schedule: _Optional[_Iterable[_Union[Instalment, _Mapping]]] = ..., repayments: _Optional[_Iterable[_Union[Repayment, _Mapping]]] = ..., principal_outstanding: _Optional[int] = ..., interest_accrued: _Optional[int] = ..., penalty_charged: _Optional[int] = ..., bucket: _Optional[str] = ..., days_past_due: _Optional[int] = ..., last_eod_date: _Optional[str] = ..., closed_date: _Optional[str] = ..., written_off: _Optional[int] = ..., fees: _Optional[_Iterable[_Union[Fee, _Mapping]]] = ...) -> None: ...
+    outcome_reported: bool
+    def __init__(self, loan_id: _Optional[str] = ..., customer: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., principal: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ..., term_months: _Optional[int] = ..., repayment_method: _Optional[_Union[RepaymentMethod, str]] = ..., day_count: _Optional[_Union[DayCount, str]] = ..., grace_days: _Optional[int] = ..., penalty_rate_bps: _Optional[int] = ..., drawdown_date: _Optional[str] = ..., repayment_day: _Optional[int] = ..., status: _Optional[_Union[LoanStatus, str]] = ..., schedule: _Optional[_Iterable[_Union[Instalment, _Mapping]]] = ..., repayments: _Optional[_Iterable[_Union[Repayment, _Mapping]]] = ..., principal_outstanding: _Optional[int] = ..., interest_accrued: _Optional[int] = ..., penalty_charged: _Optional[int] = ..., bucket: _Optional[str] = ..., days_past_due: _Optional[int] = ..., last_eod_date: _Optional[str] = ..., closed_date: _Optional[str] = ..., written_off: _Optional[int] = ..., fees: _Optional[_Iterable[_Union[Fee, _Mapping]]] = ..., outcome_reported: _Optional[bool] = ...) -> None: ...
 
 class LoanRef(_message.Message):
     __slots__ = ("loan_id",)
@@ -409,18 +415,20 @@ class EodSlotRequest(_message.Message):
     def __init__(self, date: _Optional[str] = ..., slot: _Optional[int] = ...) -> None: ...
 
 class EodSlotResult(_message.Message):
-    __slots__ = ("date", "slot", "loans", "transfers", "already_done")
+    __slots__ = ("date", "slot", "loans", "transfers", "already_done", "outcomes_reported")
     DATE_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
     LOANS_FIELD_NUMBER: _ClassVar[int]
     TRANSFERS_FIELD_NUMBER: _ClassVar[int]
     ALREADY_DONE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_REPORTED_FIELD_NUMBER: _ClassVar[int]
     date: str
     slot: int
     loans: int
     transfers: int
     already_done: bool
-    def __init__(self, date: _Optional[str] = ..., slot: _Optional[int] = ..., loans: _Optional[int] = ..., transfers: _Optional[int] = ..., already_done: _Optional[bool] = ...) -> None: ...
+    outcomes_reported: int
+    def __init__(self, date: _Optional[str] = ..., slot: _Optional[int] = ..., loans: _Optional[int] = ..., transfers: _Optional[int] = ..., already_done: _Optional[bool] = ..., outcomes_reported: _Optional[int] = ...) -> None: ...
 
 class GlLine(_message.Message):
     __slots__ = ("gl_code", "name", "debit", "credit")

@@ -27,6 +27,20 @@ REASON_DIRECTION_UNSPECIFIED: ReasonDirection
 RAISES_SCORE: ReasonDirection
 LOWERS_SCORE: ReasonDirection
 
+class OutcomeRequest(_message.Message):
+    __slots__ = ("application_id", "label")
+    APPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    application_id: str
+    label: int
+    def __init__(self, application_id: _Optional[str] = ..., label: _Optional[int] = ...) -> None: ...
+
+class OutcomeReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, results: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class DecisionReportRequest(_message.Message):
     __slots__ = ("date_from", "date_to")
     DATE_FROM_FIELD_NUMBER: _ClassVar[int]

@@ -54,6 +54,11 @@ class DecisionServiceStub:
                 request_serializer=proto_dot_risk__pb2.DecisionReportRequest.SerializeToString,
                 response_deserializer=proto_dot_risk__pb2.DecisionReport.FromString,
                 _registered_method=True)
+        self.RecordOutcome = channel.unary_unary(
+                '/yunkai.risk.v1.DecisionService/RecordOutcome',
+                request_serializer=proto_dot_risk__pb2.OutcomeRequest.SerializeToString,
+                response_deserializer=proto_dot_risk__pb2.OutcomeReply.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -86,6 +91,14 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordOutcome(self, request, context):
+        """What became of an approved application's loan (the lending server reports it at end of
+        day): each model that scored the application is told, with the score stored here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +121,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.GetDecisionReport,
                     request_deserializer=proto_dot_risk__pb2.DecisionReportRequest.FromString,
                     response_serializer=proto_dot_risk__pb2.DecisionReport.SerializeToString,
+            ),
+            'RecordOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcome,
+                    request_deserializer=proto_dot_risk__pb2.OutcomeRequest.FromString,
+                    response_serializer=proto_dot_risk__pb2.OutcomeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +236,33 @@ class DecisionService:
             '/yunkai.risk.v1.DecisionService/GetDecisionReport',
             proto_dot_risk__pb2.DecisionReportRequest.SerializeToString,
             proto_dot_risk__pb2.DecisionReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.risk.v1.DecisionService/RecordOutcome',
+            proto_dot_risk__pb2.OutcomeRequest.SerializeToString,
+            proto_dot_risk__pb2.OutcomeReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -238,6 +238,7 @@ class DecisionService:
             "GetDecision": self.get,
             "ReplayDecision": self.replay,
             "GetDecisionReport": self.report,
+            "RecordOutcome": self.record_outcome,
         }
         return serving.unary_service(DECISION_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)
 
@@ -260,7 +261,9 @@ class DecisionService:
         features = {pin.name: await self.scoring.features_of(pin.name, pin.version) for pin in chosen.models}
         prepared = flow.prepare(chosen, request.amount_requested_fen, dict(request.fields), features)
         pins = [pin for pin in chosen.models if pin.name in prepared.rows]
-        scored = await asyncio.gather(*(self._score(p.name, p.version, prepared.rows[p.name]) for p in pins))
+        scored = await asyncio.gather(
+            *(self._score(p.name, p.version, prepared.rows[p.name], request.application_id) for p in pins)
+        )
         scores = {pin.name: result.score for pin, result in zip(pins, scored, strict=True)}
         table_input = flow.context(request.amount_requested_fen, prepared, scores)
         result = flow.evaluate(chosen, table_input)
@@ -294,16 +297,18 @@ class DecisionService:
         await self._open_credit_line(decision)
         return decision
 
-    async def _score(self, model: str, version: int, row: dict[str, float]) -> pb.ModelScore:
-        """One row's score by a pinned model version, with the reasons behind it if it has them."""
+    async def _score(self, model: str, version: int, row: dict[str, float], application_id: str = "") -> pb.ModelScore:
+        """One row's score by a pinned model version, with the reasons behind it if it has them;
+        under the application's id (none for a replay's rescoring), so that the scoring server
+        keeps it for the application's outcome to join (RecordOutcome)."""
         count = min(REASONS_ASKED, await self.scoring.reasons_max_of(model, version))
         if count == 0:
             if (model, version) not in self.unexplained:
                 self.unexplained.add((model, version))
                 log.warning("scored without reasons: retrain the version", extra={"model": model, "version": version})
-            [score] = await self.scoring.score(model, [row], version)
+            [score] = await self.scoring.score(model, [row], version, request_id=application_id)
             return pb.ModelScore(model=model, version=version, score=score)
-        [(score, why)] = await self.scoring.score_with_reasons(model, [row], version, count)
+        [(score, why)] = await self.scoring.score_with_reasons(model, [row], version, count, request_id=application_id)
         return pb.ModelScore(
             model=model,
             version=version,
@@ -324,6 +329,7 @@ class DecisionService:
             customer_limit=decision.limit_fen,
             product_limit=decision.limit_fen,
             annual_rate_bps=decision.price_bps,
+            application_id=decision.application_id,
         )
         try:
             await self.lending.ApproveCreditLine(line, timeout=LENDING_TIMEOUT_S)
@@ -346,6 +352,30 @@ class DecisionService:
 
     async def get(self, data: bytes, context: Context) -> Message:
         return self._stored(data)[1]
+
+    async def record_outcome(self, data: bytes, context: Context) -> Message:
+        """Tell each model that scored an application what became of it, with the score stored
+        in its decision (joined even if the scoring server no longer keeps the row's own)."""
+        ask = parse_request(pb.OutcomeRequest, data)
+        if ask.label not in (0, 1):
+            raise BadRequest(f"label: {ask.label}; 1 for a default, 0 for a repaid loan")
+        _, decision = self._lookup(ask.application_id)
+        if decision.outcome != pb.APPROVE:
+            raise Conflict(f"application_id: {ask.application_id} was not approved: no loan has an outcome")
+        reply = pb.OutcomeReply()
+        for score in decision.scores:
+            try:
+                [result] = await self.scoring.record_outcomes(
+                    score.model, [(ask.application_id, 0, ask.label)], kept=[(score.version, score.score)]
+                )
+            except grpc.aio.AioRpcError as error:
+                said = f"{error.code().name}: {error.details()}"
+                if error.code() in RETRYABLE:
+                    raise UpstreamUnavailable(f"the scoring server did not answer: {said}") from None
+                raise UpstreamRefused(f"the scoring server refused the outcome: {said}") from None
+            reply.results.append(result)
+        log.info("outcome recorded", extra={"application_id": ask.application_id, "label": ask.label})
+        return reply
 
     async def report(self, data: bytes, context: Context) -> Message:
         ask = parse_request(pb.DecisionReportRequest, data)

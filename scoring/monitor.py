@@ -46,7 +46,7 @@ import enum
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,6 +211,13 @@ class OutcomeBook:
         while len(self.kept) > self.kept_max:
             self.kept.popitem(last=False)
 
+    def keep_given(self, key: tuple[str, int], score: float) -> None:
+        """A score the caller kept for `key`, kept here unless this book holds the row's own."""
+        if key not in self.kept:
+            self.kept[key] = (score, _NO_LABEL)
+            while len(self.kept) > self.kept_max:
+                self.kept.popitem(last=False)
+
     def check(self, key: tuple[str, int], label: int) -> Outcome:
         """What recording `label` for `key` would do (nothing changed)."""
         held = self.kept.get(key)
@@ -343,19 +350,28 @@ class Monitors:
         scores: npt.NDArray[np.float32],
     ) -> None:
         """Rows a version scored: into its drift window, and kept for outcomes when the call has an id."""
-        monitor = self.versions.get((name, version))
-        if monitor is None:
-            monitor = VersionMonitor(name, version, reference, self.rows_max, self.rows_min)
-            self.versions = {**self.versions, (name, version): monitor}  # replaced whole: readers on other threads
+        monitor = self._monitor(name, version, reference)
         with monitor.lock:
             monitor.add(features, scores, self.clock())
             if 1 <= len(call_id) <= ID_CHARS_MAX:
                 monitor.book.keep(call_id, scores)
 
-    def record(self, name: str, outcomes: Sequence[tuple[str, int, int]]) -> list[Outcome]:
+    def record(
+        self,
+        name: str,
+        outcomes: Sequence[tuple[str, int, int]],
+        given: Mapping[int, tuple[int, float, Reference]] | None = None,
+    ) -> list[Outcome]:
         """Join each (call id, row, label) to the score of every version of `name` that kept one.
-        Per outcome: CONFLICTS if any version holds another label (nothing recorded), else
-        RECORDED where a version can take it, else EXISTS, else UNKNOWN_SCORE."""
+        `given[i]`: (version, score, its reference) the caller kept for outcome i, taken where that
+        version keeps no score for the row. Per outcome: CONFLICTS if any version holds another
+        label (nothing recorded), else RECORDED where a version can take it, else EXISTS, else
+        UNKNOWN_SCORE."""
+        for index, (version, score, reference) in (given or {}).items():
+            call_id, row, _label = outcomes[index]
+            monitor = self._monitor(name, version, reference)
+            with monitor.lock:
+                monitor.book.keep_given((call_id, row), score)
         monitors = [m for (model, _), m in self.versions.items() if model == name]
         results = []
         for call_id, row, label in outcomes:
@@ -375,6 +391,13 @@ class Monitors:
                         monitor.book.record(key, label)
             results.append(next((o for o in (Outcome.RECORDED, Outcome.EXISTS) if o in found), Outcome.UNKNOWN_SCORE))
         return results
+
+    def _monitor(self, name: str, version: int, reference: Reference) -> VersionMonitor:
+        monitor = self.versions.get((name, version))
+        if monitor is None:
+            monitor = VersionMonitor(name, version, reference, self.rows_max, self.rows_min)
+            self.versions = {**self.versions, (name, version): monitor}  # replaced whole: readers on other threads
+        return monitor
 
     def keep_only(self, name: str, versions: Iterable[int]) -> None:
         """Forget the monitors of `name`'s versions no longer loaded (all of them for an unloaded model)."""

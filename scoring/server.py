@@ -517,9 +517,20 @@ class InferenceService:
         """Join each outcome to the kept scores of its row; one result per outcome, in order. A
         malformed outcome (label not 0 or 1, no id) refuses the whole call and records nothing."""
         request = parse_request(pb.ModelOutcomeRequest, data)
-        self.store.model(request.model_name)  # NotFound naming the models there are
+        model = self.store.model(request.model_name)  # NotFound naming the models there are
         outcomes = check_outcomes(request)
-        results = self.monitors.record(request.model_name, outcomes)
+        given = {}
+        for index, outcome in enumerate(request.outcomes):
+            if outcome.version or outcome.HasField("score"):
+                where = f"outcomes[{index}] (id {outcome.id!r}, row {outcome.row})"
+                if not (outcome.version and outcome.HasField("score")):
+                    raise BadRequest(f"{where}: a kept score needs both version and score")
+                if outcome.version not in model.versions:
+                    raise BadRequest(f"{where}: version {outcome.version} of {request.model_name} is not loaded")
+                if not 0.0 <= outcome.score <= 1.0:
+                    raise BadRequest(f"{where}: score {outcome.score} is not a probability")
+                given[index] = (outcome.version, outcome.score, model.versions[outcome.version].reference)
+        results = self.monitors.record(request.model_name, outcomes, given)
         for result in results:
             outcomes_total.labels(request.model_name, result.value).inc()
         return pb.ModelOutcomeResponse(results=[OUTCOME_RESULTS[r] for r in results])

@@ -190,6 +190,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "GetDecision": frozenset({SERVICE, OPERATOR}),
             "ReplayDecision": frozenset({OPERATOR}),
             "GetDecisionReport": frozenset({OPERATOR}),
+            "RecordOutcome": frozenset({LENDING, OPERATOR}),
         },
     ),
     **_service(
@@ -268,6 +269,7 @@ AUDITED: frozenset[str] = frozenset(
         "Decide",
         "GetDecision",
         "ReplayDecision",
+        "RecordOutcome",
         "Assess",
         "RecordFollowUpOutcome",
     }

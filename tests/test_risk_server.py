@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,13 +18,14 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.ledger import LedgerClient
+from clients.ledger import LedgerClient, Transfer
 from clients.scoring import ScoringClient
 from cluster.commands import LocalCluster
 from cluster.local import LendingProcess, RiskProcess, ScoringProcess
 from lending.limits import BadLimitRequest, CreditLimits, LevelView
+from lending.loans import Accounts
 from lending.products import SAMPLE_CATALOGUE, read_catalogue
-from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as pb, risk_pb2_grpc
+from proto import inference_pb2, inference_pb2_grpc, lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as pb, risk_pb2_grpc
 from risk.server import line_id_of
 from scoring import datasets, train
 from tests.conftest import aio_channel, channel, fresh
@@ -49,9 +51,21 @@ def scoring(tmp_path_factory: pytest.TempPathFactory, credit_data: datasets.Data
 
 
 @pytest.fixture(scope="module")
-def lending(tmp_path_factory: pytest.TempPathFactory, cluster: LocalCluster) -> Iterator[LendingProcess]:
+def risk_port() -> int:
+    """The risk server's port, known before it starts: the lending server tells it loans' outcomes."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def lending(
+    tmp_path_factory: pytest.TempPathFactory, cluster: LocalCluster, risk_port: int
+) -> Iterator[LendingProcess]:
     """A lending server with the whole sample catalogue published (SME-TAX-LOAN: 4.30-12.00% a year)."""
-    server = LendingProcess(str(tmp_path_factory.mktemp("lending")), ["--router", cluster.address]).start()
+    server = LendingProcess(
+        str(tmp_path_factory.mktemp("lending")), ["--router", cluster.address, "--risk", f"127.0.0.1:{risk_port}"]
+    ).start()
     products = lending_pb2_grpc.ProductServiceStub(channel(server.address, "operator"))
     for parameters in read_catalogue(SAMPLE_CATALOGUE):
         draft = products.SaveDraft(lpb.SaveDraftRequest(parameters=parameters), timeout=10)
@@ -62,12 +76,18 @@ def lending(tmp_path_factory: pytest.TempPathFactory, cluster: LocalCluster) -> 
 
 @pytest.fixture(scope="module")
 def risk(
-    tmp_path_factory: pytest.TempPathFactory, scoring: ScoringProcess, cluster: LocalCluster, lending: LendingProcess
+    tmp_path_factory: pytest.TempPathFactory,
+    scoring: ScoringProcess,
+    cluster: LocalCluster,
+    lending: LendingProcess,
+    risk_port: int,
 ) -> Iterator[RiskProcess]:
     server = RiskProcess(
         str(tmp_path_factory.mktemp("risk")),
         ["--scoring", scoring.address, "--router", cluster.address, "--lending", lending.address],
-    ).start()
+    )
+    server.port = risk_port
+    server.start()
     yield server
     assert server.stop() == 0, server.log_tail()
 
@@ -470,3 +490,59 @@ def test_yunkai_report_counts_decisions_drawdowns_and_the_book(
     text = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert text.returncode == 0, text.stderr
     assert "drawdowns:" in text.stdout and "pass rate" in text.stdout and product in text.stdout
+
+
+def test_loans_outcomes_reach_the_models_that_scored_their_applications(
+    risk: RiskProcess,
+    lending: LendingProcess,
+    scoring: ScoringProcess,
+    cluster: LocalCluster,
+    applicants: dict[str, dict[str, float]],
+) -> None:
+    """End of day tells the risk server what became of each loan (repaid: 0; 90 days past due: 1)
+    for the application its line was approved for, once; credit_risk's outcome book counts them."""
+    loans = lending_pb2_grpc.LoanServiceStub(channel(lending.address, "operator"))
+    to_scoring = inference_pb2_grpc.GRPCInferenceServiceStub(channel(scoring.address, "operator"))
+
+    def outcomes() -> tuple[int, int]:
+        reply = to_scoring.ModelMonitor(inference_pb2.ModelMonitorRequest(model_name="credit_risk"), timeout=10)
+        [version] = [v for v in reply.versions if v.version == 1]
+        return version.outcome_positives, version.outcome_negatives
+
+    def eod(day: str) -> int:
+        plan = loans.PlanEod(lpb.EodSlotsRequest(date=day), timeout=30)
+        done = [loans.RunEodSlot(lpb.EodSlotRequest(date=day, slot=s), timeout=60) for s in plan.slots]
+        return sum(r.outcomes_reported for r in done)
+
+    before = outcomes()
+    decided = {}
+    for kind in ("safe", "medium"):
+        decision = stub(risk).Decide(request(applicants[kind]), timeout=30)
+        assert decision.credit_line_opened, decision
+        loan_id = fresh("o").replace("-", "")[:16]
+        drawn = loans.Drawdown(
+            lpb.DrawdownRequest(
+                customer=decision.customer, loan_id=loan_id, product_code=PRODUCT, amount=2_000_000, date="2027-01-15"
+            ),
+            timeout=30,
+        )
+        decided[kind] = (decision, drawn)
+    # The safe one pays off early (funded from outside the loan); the medium one never pays.
+    safe, safe_loan = decided["safe"]
+    names = Accounts(safe.customer, "-", PRODUCT)
+
+    async def fund() -> None:
+        async with await LedgerClient.connect(cluster.address) as ledger:
+            [funded] = await ledger.create_transfers(
+                [Transfer(fresh("fund"), names.settle, names.deposit, 1_000_000, CNY, 1)]
+            )
+            assert funded.ok, funded
+
+    asyncio.run(fund())
+    paid = loans.PayOff(lpb.RepayRequest(loan_id=safe_loan.loan_id, repayment_id="off", date="2027-01-20"), timeout=30)
+    assert paid.loan.status == lpb.PAID_OFF
+    assert eod("2027-01-20") == 1
+    assert outcomes() == (before[0], before[1] + 1)
+    assert eod("2027-05-20") == 1  # the medium one is 94 days past due: a default
+    assert outcomes() == (before[0] + 1, before[1] + 1)
+    assert eod("2027-05-21") == 0  # each loan is told once

@@ -232,3 +232,27 @@ def test_a_version_trained_before_feature_bins_were_stored_still_measures_score_
     window.add(rows, np.full(len(rows), 0.99, dtype=np.float32), np.zeros(len(rows)))
     psi = window.psi()
     assert psi is not None and psi.shape == (1,) and psi[0] > 0.25, "every score in one bin: a major shift"
+
+
+def test_an_outcome_with_the_score_its_caller_kept_joins_without_a_kept_score(server: ScoringServer) -> None:
+    """A decision stores its scores: an outcome months later carries (version, score), which
+    counts where the server keeps no score for the row (it restarted, or the row is old)."""
+    outcome, request = pb.ModelOutcomeRequest.Outcome, pb.ModelOutcomeRequest
+    call = server.stub.ModelOutcome
+    before = monitored(server, 2)
+    kept = outcome(id="stored-decision-1", row=0, label=1, version=2, score=0.83)
+    assert list(call(request(model_name=MODEL, outcomes=[kept]), timeout=10).results) == [pb.OUTCOME_RECORDED]
+    assert list(call(request(model_name=MODEL, outcomes=[kept]), timeout=10).results) == [pb.OUTCOME_EXISTS]
+    after = monitored(server, 2)
+    assert (after.outcome_positives, after.outcome_negatives) == (
+        before.outcome_positives + 1,
+        before.outcome_negatives,
+    )
+    for bad, said in (
+        (outcome(id="stored-decision-2", label=0, version=2), "needs both version and score"),
+        (outcome(id="stored-decision-2", label=0, version=9, score=0.5), "version 9 of"),
+        (outcome(id="stored-decision-2", label=0, version=2, score=1.5), "is not a probability"),
+    ):
+        error = refused(call, request(model_name=MODEL, outcomes=[bad]))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and said in (error.details() or ""), error.details()
+    assert monitored(server, 2).outcome_positives == after.outcome_positives  # nothing of the refused calls counted
