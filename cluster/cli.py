@@ -314,6 +314,14 @@ COMMANDS: tuple[Command | Group, ...] = (
         module="cluster.demo",
     ),
     Command(
+        "bench-lending",
+        help="measure the lending journey: decide, draw, repay, open loop, through every service",
+        description="Start a cluster, a scoring node, a lending server and a risk server; offer --rate business "
+        "operations per second as journeys of a new customer each (decide, draw on the credit line the approval "
+        "opened, repay the first instalment); print each step's latency and the rate achieved.",
+        module="loadtest.lending_bench",
+    ),
+    Command(
         "bench-node",
         help="measure one node: durable transfers/s and account lookups/s",
         description="Closed-loop saturation benchmark of one node with batched async callers; "

@@ -83,6 +83,18 @@ def test_bench_write_offers_the_rate_and_writes_json_per_second_and_a_plot(tmp_p
     assert "achieved" in ran.stdout and "p99" in ran.stdout  # the summary table
 
 
+def test_bench_lending_runs_whole_journeys_through_every_service_and_writes_json(tmp_path: Path) -> None:
+    output = tmp_path / "lending.json"
+    args = ["--rate", "30", "--duration", "2", "--nodes", "2", "--replicas", "1", "--json", str(output)]
+    ran = yunkai("bench-lending", *args, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    result = json.loads(output.read_text())
+    assert result["errors"] == 0 and result["journeys"] == 20  # 30 operations/s: a journey of 3 every 0.1 s
+    assert {step: by["ops"] for step, by in result["by_step"].items()} == {"decide": 20, "draw": 20, "repay": 20}
+    assert result["command"].startswith("yunkai bench-lending") and result["lending_processes"] == 1
+    assert "lending journeys: offered 30 operations/s" in ran.stdout
+
+
 @pytest.mark.skipif(postgres_peer.binaries() is None, reason="no PostgreSQL server (cluster/install-postgres.sh)")
 def test_bench_runs_the_same_transfers_on_a_postgresql_peer(cluster: LocalCluster, tmp_path: Path) -> None:
     output = tmp_path / "peer.json"
