@@ -22,12 +22,13 @@ test: $(STAMP) services lint typecheck
 	$(BIN)/python -m pytest -q
 
 # The servers some tests start throwaway copies of: etcd (the control plane) and PostgreSQL
-# (the benchmark's peer); and promtool, which checks the alert rules. Debian packages,
-# installed once (the scripts are quick after).
+# (the benchmark's peer); promtool, which checks the alert rules; Chromium, the browser the
+# console's test drives. Debian packages, installed once (the scripts are quick after).
 services:
 	bash cluster/install-etcd.sh
 	bash cluster/install-postgres.sh
 	bash cluster/install-prometheus.sh
+	bash cluster/install-chromium.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

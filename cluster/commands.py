@@ -60,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--port", type=int, default=7000, help="router port; nodes take the next ones (default 7000)")
     up.add_argument("--metrics", action="store_true", help="serve Prometheus metrics on port+100 and up")
     up.add_argument(
+        "--console",
+        action="store_true",
+        help="the first router serves the operator console on port+443 (HTTPS, operators' certificates only)",
+    )
+    up.add_argument(
         "--replicas",
         type=int,
         help="copies of each slot, on different nodes (default: min(3, --nodes)); 1 keeps one copy (development)",
@@ -149,6 +154,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--wait-repair-s", type=float, default=3600.0, help="how long to wait for R copies (default 3600)"
     )
     resume.set_defaults(run=resume_main)
+
+
+def _without_console(args: Sequence[str]) -> list[str]:
+    """Router flags without the console's port: one router of a local cluster serves it."""
+    kept: list[str] = []
+    skip = False
+    for word in args:
+        if skip:
+            skip = False
+        elif word == "--console-port":
+            skip = True
+        else:
+            kept.append(word)
+    return kept
 
 
 def _job_arguments(parser: argparse.ArgumentParser, node: bool, waits: bool = True) -> None:
@@ -276,7 +295,7 @@ class LocalCluster:
         """Router `index` (0-based), not started: its directory, flags and port."""
         extra = ["--nodes", ",".join(n.address for n in self.nodes), "--log-level", "WARNING", *self.sizing]
         extra += self.identity_args("router" if index == 0 else f"router-{index + 1}")
-        extra += self.router_args
+        extra += self.router_args if index == 0 else _without_console(self.router_args)
         if self.etcd is not None:
             extra += ["--metastore", self.etcd.url]
         if self.metrics:
@@ -350,6 +369,7 @@ def up_main(args: argparse.Namespace) -> int:
         replicas=copies,
         tls_dir=args.tls_dir,
         insecure=args.insecure,
+        router_args=["--console-port", str(args.port + 443)] if args.console else [],
     )
     routers = "a router" if args.routers == 1 else f"{args.routers} routers, an etcd"
     print(

@@ -22,7 +22,8 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import Message
@@ -41,6 +42,9 @@ from router.slots import SLOTS_TOTAL_DEFAULT
 from serving import BadRequest, Context, Refused, parse_request
 from serving.authz import forwarded_metadata
 from serving.tls import etcd_credentials
+
+if TYPE_CHECKING:
+    from router.console import Console
 
 log = logging.getLogger("yunkai.router")
 
@@ -67,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "replicas": 1,
     "node_down_after_ms": int(DOWN_AFTER_S_DEFAULT * 1000),
     "worker": None,  # set by the supervisor of --workers N in each worker it starts
+    "console_port": None,
 }
 
 
@@ -115,6 +120,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--move-concurrency",
         type=int,
         help=f"slots moved at once by add-node, drain-node and rebalance (default {CONCURRENCY_DEFAULT})",
+    )
+    parser.add_argument(
+        "--console-port",
+        type=int,
+        help="serve the operator console (a web page, HTTPS with mutual TLS, operators only) on this port",
     )
 
 
@@ -362,6 +372,23 @@ async def _serve(settings: dict[str, Any]) -> None:
     )
 
 
+async def _console(settings: dict[str, Any], control: ControlPlane) -> tuple[Console, str] | None:
+    """The operator console (router/console.py), when --console-port asks for it: it and its
+    address. Of a router's --workers, the first serves it."""
+    if settings["console_port"] is None or settings["worker"] not in (None, 0):
+        return None
+    if settings["tls"] is None:
+        log.warning("--insecure: no operator console (it admits operators by their certificates)")
+        return None
+    from router.console import Console  # aiohttp: only in a router that serves the console
+
+    audit = settings["audit_log"] or Path(str(settings["data_dir"] or ".")) / "audit.log"
+    console = Console(control.status, Path(str(audit)))
+    host = str(settings["host"])
+    port = await console.start(host, int(settings["console_port"]), settings["tls"])
+    return console, f"https://{host}:{port}/"
+
+
 def _admin_address(settings: dict[str, Any], server: grpc.aio.Server, port: int) -> str:
     """Where other routers reach this one with forwarded admin calls: its port, or for a
     worker (whose port is shared) a private port of its own."""
@@ -430,13 +457,17 @@ async def _router(settings: dict[str, Any], server: grpc.aio.Server, port: int) 
                 error = plane.exception()
                 raise serving.StartupError(str(error) if error else "the control plane stopped") from error
             shard_map = control.view.current()
+            console = await _console(settings, control)
             yield {
                 "map_version": shard_map.version,
                 "nodes": sorted(shard_map.nodes),
                 "metastore": str(settings["metastore"] or settings["data_dir"]),
                 "admin": admin_address,
                 "worker": settings["worker"],
+                "console": console[1] if console else None,
             }
+            if console:
+                await console[0].stop()
             plane.cancel()
     finally:
         await router.close()

@@ -44,6 +44,7 @@ ROUTER_SERVER_SIDE = {
     "router.mapview",
     "router.migration",
     "router.workers",
+    "router.console",
 }
 
 
