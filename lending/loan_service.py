@@ -48,6 +48,9 @@ drawdowns_total = Counter(
 log = logging.getLogger("yunkai.lending")
 
 OUTCOME_TIMEOUT_S = 10.0
+# The risk server's answers that will never change for a loan (no such decision, not approved,
+# malformed): the loan is marked told. Any other refusal is tried again the next end of day.
+OUTCOME_NEVER_TAKEN = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS)
 LOOKUP_BATCH_MAX = 1_000  # accounts per LookupAccounts call of the GL report (the node takes 8,192 events)
 # GL codes of the balances no product maps (chart of accounts of the Chinese enterprise
 # accounting standards, 企业会计准则应用指南 附录: 2011 吸收存款, 3001 清算资金往来, 1221 其他应收款).
@@ -190,6 +193,9 @@ class LoanService:
         self.slots_total = slots_total
         self.risk = risk  # where loans' outcomes are told (lending serve --risk)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # One close, and one provisioning, at a time: each reads, decides and writes across awaits.
+        self._closing = asyncio.Lock()
+        self._provisioning = asyncio.Lock()
 
     def _limits(self, currency: str) -> CreditLimits:
         return CreditLimits(self.ledger, ledger_of(currency))
@@ -301,6 +307,7 @@ class LoanService:
         product = self._product(line.product_code, line.product_version)
         # Validates every field before anything changes; the line's price unless the request names a rate.
         loan = rules.new_loan(request, product, line.annual_rate_bps)
+        loan.application_id = line.application_id  # its outcome goes to that application's models
         async with self._locks[request.customer]:
             stored = self.store.loans.get(request.loan_id)
             if stored is not None:
@@ -544,7 +551,8 @@ class LoanService:
             {
                 self.slot_of_loan(loan)
                 for loan in self.store.loans.values()
-                if loan.status in rules.OPEN or (self.risk is not None and not loan.outcome_reported)
+                if loan.status in rules.OPEN
+                or (self.risk is not None and outcome_of(loan) is not None and to_tell(loan))
             }
         )
         done = sorted({slot for d, slot in self.store.checkpoints if d == day})
@@ -599,15 +607,14 @@ class LoanService:
         for loan_id in loan_ids:
             loan = self.store.loans[loan_id]
             label = outcome_of(loan)
-            line = self.store.lines.get((loan.customer, loan.product_code))
-            if label is None or loan.outcome_reported or line is None or not line.application_id:
+            if label is None or not to_tell(loan):
                 continue
-            request = risk_pb2.OutcomeRequest(application_id=line.application_id, label=label)
+            request = risk_pb2.OutcomeRequest(application_id=loan.application_id, label=label)
             try:
                 await self.risk.RecordOutcome(request, timeout=OUTCOME_TIMEOUT_S)
             except grpc.aio.AioRpcError as error:
-                said = {"loan": loan_id, "application_id": line.application_id, "reason": error.details()}
-                if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                said = {"loan": loan_id, "application_id": loan.application_id, "reason": error.details()}
+                if error.code() not in OUTCOME_NEVER_TAKEN:  # down, busy, a certificate to mend: tomorrow
                     log.warning("the risk server did not take a loan's outcome; tried again tomorrow", extra=said)
                     continue
                 log.error("the risk server refused a loan's outcome; not told again", extra=said)
@@ -693,11 +700,12 @@ class LoanService:
                 books[code] = pb.ProductBook(product_code=code, currency=currency)
             return books[code]
 
-        for (_customer, code), line in self.store.lines.items():
+        # Copies: Prometheus calls this from its own thread while the loop changes the store.
+        for (_customer, code), line in list(self.store.lines.items()):
             book = book_of(code, line.product_version)
             book.credit_lines += 1
             book.limits_granted += line.product_limit
-        for loan in self.store.loans.values():
+        for loan in list(self.store.loans.values()):
             book = book_of(loan.product_code, loan.product_version)
             status = pb.LoanStatus.Name(loan.status)
             book.loans[status] = book.loans.get(status, 0) + 1
@@ -707,10 +715,10 @@ class LoanService:
                 book.outstanding_by_bucket[loan.bucket] = outstanding + loan.principal_outstanding
         report = pb.BookReport(
             products=[books[code] for code in sorted(books)],
-            drawdowns=[self.store.tallies[day] for day in sorted(self.store.tallies)],
+            drawdowns=[tally for _day, tally in sorted(list(self.store.tallies.items()))],
         )
         if include_customers:
-            report.customers.extend(sorted({customer for customer, _code in self.store.lines}))
+            report.customers.extend(sorted({customer for customer, _code in list(self.store.lines)}))
         return report
 
     # --- accounting: the journal, a period's close, loan-loss provisioning -----------------
@@ -726,20 +734,28 @@ class LoanService:
     async def close_period(self, day_text: str) -> pb.PeriodClose:
         """Store the trial balance as of a business date; no earlier date may be closed after it."""
         day = rules.parse_date("date", day_text).isoformat()
-        last = max(self.store.closes, default="")
-        if day <= last:
-            raise rules.LoanRefused(f"date: {day} is not after the last closed period, {last}")
-        report = await self.gl_report(day)
-        closed = pb.PeriodClose(date=day, trial_balance=report, closed_at_unix_ms=int(time.time() * 1000))
-        self.store.put_close(closed)
+        async with self._closing:  # one close at a time: the order check holds across the journal read
+            last = max(self.store.closes, default="")
+            if day <= last:
+                raise rules.LoanRefused(f"date: {day} is not after the last closed period, {last}")
+            report = await self.gl_report(day)
+            closed = pb.PeriodClose(date=day, trial_balance=report, closed_at_unix_ms=int(time.time() * 1000))
+            self.store.put_close(closed)
         log.info("period closed", extra={"date": day, "total": report.total_debit})
         return closed
 
     async def provision(self, day_text: str) -> pb.ProvisionResponse:
         """Set each product's loan-loss allowance to its open loans' expected credit loss on a
         business date: one transfer between the product's impairment and allowance accounts,
-        dated that day, for the difference (see STAGE_LOSS_BPS)."""
+        dated that day, for the difference (see STAGE_LOSS_BPS). One provisioning at a time (it
+        reads the allowance, then moves the difference); the transfer's id names the allowance
+        account's total movement so far, which only grows: a retry of the same step is a replay,
+        and a later step never reuses an id."""
         day = rules.parse_date("date", day_text).isoformat()
+        async with self._provisioning:
+            return await self._provision(day)
+
+    async def _provision(self, day: str) -> pb.ProvisionResponse:
         outstanding: dict[tuple[str, int], list[int]] = {}  # (product, version) -> by stage
         for loan in self.store.loans.values():
             if loan.status in (pb.ACTIVE, pb.OVERDUE):
@@ -763,12 +779,12 @@ class LoanService:
             [held] = await self.ledger.lookup_accounts([allowance])
             assert held is not None, allowance
             before = held.credits_posted - held.debits_posted
+            moved_so_far = held.credits_posted + held.debits_posted
             delta = target - before
             if delta:
                 debit, credit = (impairment, allowance) if delta > 0 else (allowance, impairment)
-                await self._transfer(
-                    [Transfer(f"prov:{day}:{before}", debit, credit, abs(delta), book, rules.Code.PROVISION)], day
-                )
+                step = Transfer(f"prov:{moved_so_far}", debit, credit, abs(delta), book, rules.Code.PROVISION)
+                await self._transfer([step], day)
             reply.products.append(
                 pb.ProductProvision(
                     product_code=code,
@@ -792,6 +808,11 @@ def stage_of(bucket: str) -> int:
     """IFRS 9 stage of an overdue bucket: M0-M1 1, M2-M3 2, M4 and beyond 3 (see STAGE_LOSS_BPS)."""
     months = int(bucket.removeprefix("M"))
     return 1 if months <= 1 else 2 if months <= 3 else 3
+
+
+def to_tell(loan: pb.Loan) -> bool:
+    """Whether the risk server is still to be told this loan's outcome (it has an application)."""
+    return bool(loan.application_id) and not loan.outcome_reported
 
 
 def outcome_of(loan: pb.Loan) -> int | None:

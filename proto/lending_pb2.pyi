@@ -289,7 +289,7 @@ class Repayment(_message.Message):
     def __init__(self, repayment_id: _Optional[str] = ..., date: _Optional[str] = ..., amount: _Optional[int] = ..., fees: _Optional[int] = ..., penalty: _Optional[int] = ..., interest: _Optional[int] = ..., principal: _Optional[int] = ..., unapplied: _Optional[int] = ..., payoff: _Optional[bool] = ..., done: _Optional[bool] = ..., fee_charged: _Optional[int] = ...) -> None: ...
 
 class Loan(_message.Message):
-    __slots__ = ("loan_id", "customer", "product_code", "product_version", "principal", "annual_rate_bps", "term_months", "repayment_method", "day_count", "grace_days", "penalty_rate_bps", "drawdown_date", "repayment_day", "status", "schedule", "repayments", "principal_outstanding", "interest_accrued", "penalty_charged", "bucket", "days_past_due", "last_eod_date", "closed_date", "written_off", "fees", "outcome_reported")
+    __slots__ = ("loan_id", "customer", "product_code", "product_version", "principal", "annual_rate_bps", "term_months", "repayment_method", "day_count", "grace_days", "penalty_rate_bps", "drawdown_date", "repayment_day", "status", "schedule", "repayments", "principal_outstanding", "interest_accrued", "penalty_charged", "bucket", "days_past_due", "last_eod_date", "closed_date", "written_off", "fees", "outcome_reported", "application_id")
     LOAN_ID_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -316,6 +316,7 @@ class Loan(_message.Message):
     WRITTEN_OFF_FIELD_NUMBER: _ClassVar[int]
     FEES_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_REPORTED_FIELD_NUMBER: _ClassVar[int]
+    APPLICATION_ID_FIELD_NUMBER: _ClassVar[int]
     loan_id: str
     customer: str
     product_code: str
@@ -342,7 +343,8 @@ class Loan(_message.Message):
     written_off: int
     fees: _containers.RepeatedCompositeFieldContainer[Fee]
     outcome_reported: bool
-    def __init__(self, loan_id: _Optional[str] = ..., customer: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., principal: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ..., term_months: _Optional[int] = ..., repayment_method: _Optional[_Union[RepaymentMethod, str]] = ..., day_count: _Optional[_Union[DayCount, str]] = ..., grace_days: _Optional[int] = ..., penalty_rate_bps: _Optional[int] = ..., drawdown_date: _Optional[str] = ..., repayment_day: _Optional[int] = ..., status: _Optional[_Union[LoanStatus, str]] = ..., schedule: _Optional[_Iterable[_Union[Instalment, _Mapping]]] = ..., repayments: _Optional[_Iterable[_Union[Repayment, _Mapping]]] = ..., principal_outstanding: _Optional[int] = ..., interest_accrued: _Optional[int] = ..., penalty_charged: _Optional[int] = ..., bucket: _Optional[str] = ..., days_past_due: _Optional[int] = ..., last_eod_date: _Optional[str] = ..., closed_date: _Optional[str] = ..., written_off: _Optional[int] = ..., fees: _Optional[_Iterable[_Union[Fee, _Mapping]]] = ..., outcome_reported: _Optional[bool] = ...) -> None: ...
+    application_id: str
+    def __init__(self, loan_id: _Optional[str] = ..., customer: _Optional[str] = ..., product_code: _Optional[str] = ..., product_version: _Optional[int] = ..., principal: _Optional[int] = ..., annual_rate_bps: _Optional[int] = ..., term_months: _Optional[int] = ..., repayment_method: _Optional[_Union[RepaymentMethod, str]] = ..., day_count: _Optional[_Union[DayCount, str]] = ..., grace_days: _Optional[int] = ..., penalty_rate_bps: _Optional[int] = ..., drawdown_date: _Optional[str] = ..., repayment_day: _Optional[int] = ..., status: _Optional[_Union[LoanStatus, str]] = ..., schedule: _Optional[_Iterable[_Union[Instalment, _Mapping]]] = ..., repayments: _Optional[_Iterable[_Union[Repayment, _Mapping]]] = ..., principal_outstanding: _Optional[int] = ..., interest_accrued: _Optional[int] = ..., penalty_charged: _Optional[int] = ..., bucket: _Optional[str] = ..., days_past_due: _Optional[int] = ..., last_eod_date: _Optional[str] = ..., closed_date: _Optional[str] = ..., written_off: _Optional[int] = ..., fees: _Optional[_Iterable[_Union[Fee, _Mapping]]] = ..., outcome_reported: _Optional[bool] = ..., application_id: _Optional[str] = ...) -> None: ...
 
 class LoanRef(_message.Message):
     __slots__ = ("loan_id",)

@@ -33,7 +33,7 @@ from google.protobuf import json_format
 
 from proto import cluster_pb2
 from router import metrics
-from serving.tls import Identity, Tls
+from serving.tls import SPIFFE_PREFIX, Identity, Tls
 
 log = logging.getLogger("yunkai.router.console")
 
@@ -112,17 +112,17 @@ def audit_tail(path: Path, count: int = AUDIT_EVENTS) -> list[dict[str, Any]]:
 
 
 def operator_of(request: web.Request) -> Identity | None:
-    """The operator the client certificate names, or None."""
+    """The operator the client certificate names, or None: as for gRPC calls
+    (serving/tls.py certificate_identity), exactly one spiffe://yunkai/ URI, an operator's."""
     transport = request.transport
     peer = transport.get_extra_info("peercert") if transport is not None else None
     if not peer:
         return None
-    for kind, value in peer.get("subjectAltName", ()):
-        if kind == "URI":
-            identity = Identity.parse(value)
-            if identity is not None and identity.role == "operator":
-                return identity
-    return None
+    uris = [
+        value for kind, value in peer.get("subjectAltName", ()) if kind == "URI" and value.startswith(SPIFFE_PREFIX)
+    ]
+    identity = Identity.parse(uris[0]) if len(uris) == 1 else None
+    return identity if identity is not None and identity.role == "operator" else None
 
 
 @web.middleware

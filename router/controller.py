@@ -548,14 +548,14 @@ class Controller:
         state = shard_map.nodes.get(address)
         if state is None:
             raise ControllerError(f"{address} is not in the cluster (nodes: {', '.join(sorted(shard_map.nodes))})")
-        if state == STEPPED_DOWN:
-            return 0, 0
+        if state == STEPPED_DOWN and not shard_map.slots_with(address):
+            return 0, 0  # done before: it is in no configuration
         if shard_map.replicas <= 1:
             raise ControllerError(
                 "step-down needs replicas: this cluster keeps one copy of each slot, so the node's slots would"
                 " go unserved (drain-node moves them away)"
             )
-        if state != ACTIVE:
+        if state not in (ACTIVE, STEPPED_DOWN):  # STEPPED_DOWN here: a step-down the map cut short
             raise ControllerError(f"{address} is {_state_name(state)}: only an active node steps down")
         running = shard_map.running_job()
         if running is not None or shard_map.migrations:

@@ -525,11 +525,10 @@ class InferenceService:
                 where = f"outcomes[{index}] (id {outcome.id!r}, row {outcome.row})"
                 if not (outcome.version and outcome.HasField("score")):
                     raise BadRequest(f"{where}: a kept score needs both version and score")
-                if outcome.version not in model.versions:
-                    raise BadRequest(f"{where}: version {outcome.version} of {request.model_name} is not loaded")
                 if not 0.0 <= outcome.score <= 1.0:
                     raise BadRequest(f"{where}: score {outcome.score} is not a probability")
-                given[index] = (outcome.version, outcome.score, model.versions[outcome.version].reference)
+                if outcome.version in model.versions:  # a version unloaded since: its outcome counts nowhere
+                    given[index] = (outcome.version, outcome.score, model.versions[outcome.version].reference)
         results = self.monitors.record(request.model_name, outcomes, given)
         for result in results:
             outcomes_total.labels(request.model_name, result.value).inc()

@@ -250,9 +250,11 @@ def test_an_outcome_with_the_score_its_caller_kept_joins_without_a_kept_score(se
     )
     for bad, said in (
         (outcome(id="stored-decision-2", label=0, version=2), "needs both version and score"),
-        (outcome(id="stored-decision-2", label=0, version=9, score=0.5), "version 9 of"),
         (outcome(id="stored-decision-2", label=0, version=2, score=1.5), "is not a probability"),
     ):
         error = refused(call, request(model_name=MODEL, outcomes=[bad]))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and said in (error.details() or ""), error.details()
     assert monitored(server, 2).outcome_positives == after.outcome_positives  # nothing of the refused calls counted
+    # A version no longer loaded (loans outlive model versions): the outcome counts nowhere, no refusal.
+    gone = outcome(id="stored-decision-3", label=1, version=9, score=0.5)
+    assert list(call(request(model_name=MODEL, outcomes=[gone]), timeout=10).results) == [pb.OUTCOME_UNKNOWN_SCORE]
