@@ -134,6 +134,22 @@ class RiskProcess(ServiceProcess):
     subcommand = ("risk", "serve")
 
 
+def start_business(
+    router: str, registry: str, work_dir: str, started: list[ServiceProcess]
+) -> tuple[ScoringProcess, LendingProcess, RiskProcess]:
+    """A scoring node over `registry`, a lending server over the ledger at `router` and a risk
+    server over both, started in that order under `work_dir` (quiet logs); each is appended to
+    `started` as it starts, for the caller to stop in reverse."""
+    scoring = ScoringProcess(registry, ["--log-level", "WARNING"]).start()
+    started.append(scoring)
+    lending = LendingProcess(os.path.join(work_dir, "lending"), ["--router", router, "--log-level", "WARNING"])
+    started.append(lending.start())
+    upstream = ["--scoring", scoring.address, "--router", router, "--lending", lending.address]
+    risk = RiskProcess(os.path.join(work_dir, "risk"), [*upstream, "--log-level", "WARNING"])
+    started.append(risk.start())
+    return scoring, lending, risk
+
+
 class RouterProcess(ServiceProcess):
     """A `yunkai router` (give it `--nodes ...` in extra_args for a new cluster)."""
 

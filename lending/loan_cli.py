@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from datetime import date
+from typing import TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -27,6 +29,8 @@ from google.protobuf.message import Message
 
 import serving
 from proto import lending_pb2 as pb, lending_pb2_grpc
+
+M = TypeVar("M", bound=Message)
 
 SERVER_DEFAULT = "127.0.0.1:7300"
 TIMEOUT_S = 30.0
@@ -242,13 +246,25 @@ def add_gl_arguments(parser: argparse.ArgumentParser) -> None:
     provision.set_defaults(run=provision_main)
 
 
-def journal_main(args: argparse.Namespace) -> int:
+GL_TIMEOUT_S = 60.0  # a journal read goes through every mapped account's history
+
+
+def _ask(args: argparse.Namespace, command: str, call: Callable[[lending_pb2_grpc.LoanServiceStub], M]) -> M | None:
+    """One call on the lending server; None (the refusal printed) if it was refused."""
     channel, stub = _stub(args)
     with channel:
         try:
-            reply = stub.GetJournal(pb.JournalRequest(date_from=args.date_from, date_to=args.date_to), timeout=60)
+            return call(stub)
         except grpc.RpcError as error:
-            return _refused("gl journal", error)
+            _refused(command, error)
+            return None
+
+
+def journal_main(args: argparse.Namespace) -> int:
+    asked = pb.JournalRequest(date_from=args.date_from, date_to=args.date_to)
+    reply = _ask(args, "gl journal", lambda stub: stub.GetJournal(asked, timeout=GL_TIMEOUT_S))
+    if reply is None:
+        return 1
     if args.json:
         _print(reply)
         return 0
@@ -258,34 +274,28 @@ def journal_main(args: argparse.Namespace) -> int:
 
 
 def close_main(args: argparse.Namespace) -> int:
-    channel, stub = _stub(args)
-    with channel:
-        try:
-            closed = stub.ClosePeriod(pb.ClosePeriodRequest(date=args.date), timeout=60)
-        except grpc.RpcError as error:
-            return _refused("gl close", error)
+    asked = pb.ClosePeriodRequest(date=args.date)
+    closed = _ask(args, "gl close", lambda stub: stub.ClosePeriod(asked, timeout=GL_TIMEOUT_S))
+    if closed is None:
+        return 1
     _print(closed)
     return 0
 
 
 def provision_main(args: argparse.Namespace) -> int:
-    channel, stub = _stub(args)
-    with channel:
-        try:
-            reply = stub.Provision(pb.ProvisionRequest(date=args.date), timeout=60)
-        except grpc.RpcError as error:
-            return _refused("gl provision", error)
+    asked = pb.ProvisionRequest(date=args.date)
+    reply = _ask(args, "gl provision", lambda stub: stub.Provision(asked, timeout=GL_TIMEOUT_S))
+    if reply is None:
+        return 1
     _print(reply)
     return 0
 
 
 def gl_main(args: argparse.Namespace) -> int:
-    channel, stub = _stub(args)
-    with channel:
-        try:
-            report = stub.GetGlReport(pb.GlReportRequest(as_of=args.as_of), timeout=60)
-        except grpc.RpcError as error:
-            return _refused("gl report", error)
+    asked = pb.GlReportRequest(as_of=args.as_of)
+    report = _ask(args, "gl report", lambda stub: stub.GetGlReport(asked, timeout=GL_TIMEOUT_S))
+    if report is None:
+        return 1
     if args.json:
         _print(report)
         return 0

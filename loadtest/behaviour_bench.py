@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.commands import LocalCluster
-from cluster.local import LendingProcess, RiskProcess, ScoringProcess, ServiceProcess
+from cluster.local import ServiceProcess, start_business
 from loadtest import identities, report
 from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb, risk_pb2_grpc
 from serving.transport import role_channel
@@ -63,15 +63,7 @@ def main(args: argparse.Namespace) -> int:
     started: list[ServiceProcess] = []
     try:
         cluster.start()
-        scoring = ScoringProcess(registry, ["--log-level", "WARNING"]).start()
-        started.append(scoring)
-        lending = LendingProcess(
-            os.path.join(work, "lending"), ["--router", cluster.address, "--log-level", "WARNING"]
-        ).start()
-        started.append(lending)
-        upstream = ["--scoring", scoring.address, "--router", cluster.address, "--lending", lending.address]
-        risk = RiskProcess(os.path.join(work, "risk"), [*upstream, "--log-level", "WARNING"]).start()
-        started.append(risk)
+        _, lending, risk = start_business(cluster.address, registry, work, started)
         result = asyncio.run(_bench(args, lending.address, risk.address, profiles))
     finally:
         for process in reversed(started):
