@@ -21,7 +21,7 @@ import enum
 import functools
 import logging
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -77,6 +77,9 @@ class ResultCode(enum.IntEnum):
     ACCOUNT_ALREADY_FROZEN = 30
     ACCOUNT_NOT_FROZEN = 31
     ACCOUNT_HAS_PENDING_TRANSFERS = 32
+    RECORD_NOT_FOUND = 33
+    RECORD_VERSION_MISMATCH = 34
+    NOT_IN_COMMIT_SLOT = 35
 
 
 class TransferState(enum.IntEnum):
@@ -270,6 +273,52 @@ class Result:
 
 
 @dataclass(slots=True, frozen=True)
+class Record:
+    """A slot-local record (node/records.py): a service's own value kept in the slot of `key`."""
+
+    kind: str
+    key: str
+    value: bytes
+    # Set by the ledger:
+    version: int = 0
+    timestamp: int = 0
+    updated_by: str = ""
+
+    @staticmethod
+    def from_proto(r: pb.Record) -> Record:
+        return Record(r.kind, r.key, r.value, r.version, r.timestamp, r.updated_by)
+
+
+@dataclass(slots=True, frozen=True)
+class Write:
+    """Store `value` as record (kind, key) if its version is `expected_version` (0: absent)."""
+
+    kind: str
+    key: str
+    value: bytes
+    expected_version: int = 0
+
+    def to_proto(self) -> pb.RecordWrite:
+        return pb.RecordWrite(
+            record=pb.Record(kind=self.kind, key=self.key, value=self.value), expected_version=self.expected_version
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class Commit:
+    """Writes and transfers in one slot, applied all together or not at all."""
+
+    writes: Sequence[Write]
+    transfers: Sequence[Transfer] = ()
+
+    def to_proto(self) -> pb.Commit:
+        return pb.Commit(writes=[w.to_proto() for w in self.writes], transfers=[t.to_proto() for t in self.transfers])
+
+
+SCAN_SLOTS_PER_CALL = 512  # slots asked per ScanRecords round (the routing core splits them by node)
+
+
+@dataclass(slots=True, frozen=True)
 class HistoryPage:
     transfers: list[Transfer]
     next_cursor: int  # 0: no more pages
@@ -342,6 +391,10 @@ class RouterMapSource:
 
     def current(self) -> ShardMap:
         assert self._map is not None, "fetch() first"
+        return self._map
+
+    def known(self) -> ShardMap | None:
+        """The map fetched last, if any (a via-router client fetches none until asked)."""
         return self._map
 
     async def fetch(self) -> ShardMap:
@@ -524,6 +577,56 @@ class LedgerClient:
         if reply.code != pb.OK:
             raise LedgerError(grpc.StatusCode.NOT_FOUND, f"{account_id}: {pb.ResultCode.Name(reply.code)}")
         return HistoryPage([Transfer.from_proto(t) for t in reply.transfers], reply.next_cursor)
+
+    # --- slot-local records -------------------------------------------------------------------
+
+    async def commit_records(self, commits: Sequence[Commit], timeout_s: float | None = None) -> list[Result]:
+        """Each commit's outcome: OK, or why nothing of it was applied (node/records.py)."""
+        results = await self._batched(contract.COMMIT_RECORDS, [c.to_proto() for c in commits], timeout_s)
+        return [Result.from_proto(r) for r in results]
+
+    async def lookup_records(
+        self, keys: Sequence[tuple[str, str]], timeout_s: float | None = None
+    ) -> list[Record | None]:
+        """Records by (kind, key), in order; None where there is none."""
+        events = [pb.RecordKey(kind=kind, key=key) for kind, key in keys]
+        results = await self._batched(contract.LOOKUP_RECORDS, events, timeout_s)
+        for (kind, key), r in zip(keys, results, strict=True):
+            if r.code not in (pb.OK, pb.RECORD_NOT_FOUND):
+                raise LedgerError(grpc.StatusCode.INVALID_ARGUMENT, f"{kind} {key!r}: {pb.ResultCode.Name(r.code)}")
+        return [Record.from_proto(r.record) if r.code == pb.OK else None for r in results]
+
+    async def slots_total(self) -> int:
+        """The cluster's slot count (S), from the shard map."""
+        known = self._maps.known()
+        return (known if known is not None else await self._maps.fetch()).slots_total
+
+    async def scan_records(
+        self, kind: str, slots: Sequence[int] | None = None, prefix: str = "", timeout_s: float | None = None
+    ) -> AsyncIterator[list[Record]]:
+        """Every record of `kind` (whose key starts with `prefix`) in `slots` (all the cluster's
+        by default), a round of pages at a time; each slot's in key order. Records written
+        meanwhile may or may not appear."""
+        if slots is None:
+            slots = range(await self.slots_total())
+        todo = [pb.RecordScan(slot=slot, kind=kind, limit=contract.SCAN_LIMIT_MAX, prefix=prefix) for slot in slots]
+        while todo:
+            asked, todo = todo[:SCAN_SLOTS_PER_CALL], todo[SCAN_SLOTS_PER_CALL:]
+            pages = await self._batched(contract.SCAN_RECORDS, asked, timeout_s)
+            found: list[Record] = []
+            for scan, page in zip(asked, pages, strict=True):
+                found.extend(Record.from_proto(r) for r in page.records)
+                if page.more:
+                    todo.append(
+                        pb.RecordScan(
+                            slot=scan.slot,
+                            kind=kind,
+                            after=page.next_after or scan.after,
+                            limit=scan.limit,
+                            prefix=prefix,
+                        )
+                    )
+            yield found
 
     # --- plumbing ---------------------------------------------------------------------------
 

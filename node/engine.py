@@ -51,7 +51,7 @@ import grpc
 from rocksdict import WriteBatch
 
 import serving
-from node import keys, metrics, outbox, state_machine as sm
+from node import keys, metrics, outbox, records, state_machine as sm
 from node.books import Books
 from node.changelog import ChangeLog, Op
 from node.clock import Clock
@@ -172,6 +172,10 @@ class Engine:
 
     def submit_changes(self, events: Sequence[tuple[pb.AccountChange, int, int]]) -> asyncio.Future[list[sm.Result]]:
         return self._submit(sm.apply_change, events)
+
+    def submit_commits(self, events: Sequence[tuple[pb.Commit, int, int]]) -> asyncio.Future[list[sm.Result]]:
+        """Slot-local record commits (node/records.py), past `records.check`."""
+        return self._submit(self._apply_commit, events)
 
     def submit_credit_legs(
         self, events: Sequence[tuple[node_pb2.CreditLeg, int, int]]
@@ -521,6 +525,11 @@ class Engine:
             assert after is not None, t  # a transfer record is never deleted
             outbox.journal_local_resolution(overlay, after, t.id)
         return result
+
+    def _apply_commit(self, overlay: Overlay, commit: pb.Commit, timestamp: int) -> sm.Result:
+        slot = account_slot(commit.writes[0].record.key, self.slots_total)
+        timestamps = [timestamp, *(self.clock.next() for _ in commit.transfers)]
+        return records.apply(overlay, commit, slot, timestamps)
 
     def _apply_credit_leg(self, overlay: Overlay, leg: node_pb2.CreditLeg, timestamp: int) -> sm.Result:
         """C (node/outbox.py) with what this node's table says of the leg's debit slot now: it is

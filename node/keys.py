@@ -13,6 +13,7 @@ slot (which is why a cluster has at most 0xFFFF slots: slot 0xFFFF's prefix woul
     <slot> B <debit> 00 <subject> 00 <kind:1>      outbox entry (debit slot), node.v1.CreditLeg
     <slot> L <debit> 00 <transfer_id> 00 <kind:1>  applied credit leg (credit slot), node.v1.AppliedLeg
     <slot> S                                       the slot's replication epoch and sequence (8 BE each)
+    <slot> R <kind> 00 <key>                       a slot-local record, ledger.v1.Record (node/records.py)
     FF FF clock                                    the last ledger timestamp (8 BE)
     FF FF slots_total                              S, fixed for the data directory's life (4 BE)
     FF FF slots                                    the whole slot table, node.v1.GetSlotsResponse
@@ -49,6 +50,7 @@ EXPIRY = b"X"
 OUTBOX = b"B"
 APPLIED_LEG = b"L"
 SEQ = b"S"
+RECORD = b"R"
 
 CLOCK = NODE_META + b"clock"
 REPLICATING = NODE_META + b"replicating"  # the last replicated cycle's entries (node/replication.py)
@@ -193,6 +195,15 @@ def applied_leg_key(slot: int, debit_account_id: str, transfer_id: str, kind: in
         + b"\x00"
         + kind.to_bytes(1, "big")
     )
+
+
+def record_prefix(slot: int, kind: str) -> bytes:
+    """Where a slot's records of one kind begin (kinds never contain 00)."""
+    return slot.to_bytes(SLOT_BYTES, "big") + RECORD + kind.encode() + b"\x00"
+
+
+def record_key(slot: int, kind: str, key: str) -> bytes:
+    return record_prefix(slot, kind) + key.encode()
 
 
 def seq_key(slot: int) -> bytes:

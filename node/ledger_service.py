@@ -23,7 +23,7 @@ import grpc
 from google.protobuf.message import Message
 
 import serving
-from node import metrics, outbox, state_machine as sm
+from node import keys, metrics, outbox, records, state_machine as sm
 from node.engine import Engine, Overloaded
 from node.holding import HOLD_S_MAX, Submit, fence_of, hold_reads, submit_holding, wait_budget_s
 from node.keys import account_slot
@@ -36,6 +36,9 @@ from serving.authz import ANONYMOUS, caller
 log = logging.getLogger("yunkai.node.ledger")
 
 IN_FLIGHT_WAIT_S_DEFAULT = 3.0
+# What one ScanRecords reply carries of records' values at most (its pages then say `more`):
+# far under a message's limit, whatever the pages asked.
+SCAN_REPLY_BYTES_MAX = 4 * 1024 * 1024
 
 E = TypeVar("E")
 
@@ -73,6 +76,9 @@ class LedgerService:
             contract.LOOKUP_ACCOUNTS.name: self.lookup_accounts,
             contract.LOOKUP_TRANSFERS.name: self.lookup_transfers,
             contract.GET_ACCOUNT_TRANSFERS.name: self.get_account_transfers,
+            contract.COMMIT_RECORDS.name: self.commit_records,
+            contract.LOOKUP_RECORDS.name: self.lookup_records,
+            contract.SCAN_RECORDS.name: self.scan_records,
         }
         assert set(methods) == {m.name for m in contract.LEDGER_METHODS}, methods
         refusals: serving.Refusals = ((Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),)
@@ -225,7 +231,10 @@ class LedgerService:
         awaits its followers wait for them (nobody reads a write that may not survive)."""
         if self.slots.held_count() or self.engine.replicating():
             total = self.slots_total
-            read_slots = {account_slot(a, total) for a in account_ids if sm.id_valid(a)}
+            await self._hold_slots({account_slot(a, total) for a in account_ids if sm.id_valid(a)}, context)
+
+    async def _hold_slots(self, read_slots: set[int], context: Context) -> None:
+        if self.slots.held_count() or self.engine.replicating():
             await hold_reads(self.slots, read_slots, context)
             if self.engine.replicating():
                 await self.engine.settled(read_slots, wait_budget_s(context, HOLD_S_MAX))
@@ -305,13 +314,120 @@ class LedgerService:
         response.next_cursor = next_cursor
         return response
 
+    # --- slot-local records (node/records.py) ---------------------------------------------
+
+    async def commit_records(self, data: bytes, context: Context) -> Message:
+        method = contract.COMMIT_RECORDS
+        request = parse_request(pb.CommitRecordsRequest, data)
+        commits = request.commits
+        self._check_batch("commits", len(commits))
+        for index, commit in enumerate(commits):
+            reason = contract.malformed_commit(commit)
+            if reason is not None:
+                raise BadRequest(f"commits[{index}].{reason}")
+        fence = fence_of(request.fence)
+        uri = _caller_uri()
+        results: list[sm.Result | None] = [None] * len(commits)
+        submit: list[tuple[pb.Commit, int, int]] = []
+        positions: list[int] = []
+        for index, commit in enumerate(commits):
+            for write in commit.writes:
+                write.record.updated_by = uri
+            for transfer in commit.transfers:
+                transfer.created_by = uri
+            slot, refused = records.check(commit, self.slots_total)
+            if refused is not None:
+                results[index] = refused
+                continue
+            epoch = self._fenced_epoch(slot, fence, "commits", index)
+            if not self.slots.serves(slot, epoch):
+                results[index] = sm.Result(pb.WRONG_SLOT)
+                continue
+            submit.append((commit, slot, epoch))
+            positions.append(index)
+        metrics.request_events.labels(method.name).observe(len(commits))
+        if submit:
+            answers = await submit_holding(self.slots, self.engine.submit_commits, submit, context)
+            for position, result in zip(positions, answers, strict=True):
+                results[position] = result
+        done = [r for r in results if r is not None]
+        assert len(done) == len(commits), results
+        response = pb.CommitRecordsResponse()
+        self._fill(method.name, response.results, commits, method.key_of, done)
+        return response
+
+    async def lookup_records(self, data: bytes, context: Context) -> Message:
+        request = parse_request(pb.LookupRecordsRequest, data)
+        self._check_batch("keys", len(request.keys))
+        fence = fence_of(request.fence)
+        await self._hold_reads([k.key for k in request.keys], context)
+        response = pb.LookupRecordsResponse()
+        total = self.slots_total
+        for index, wanted in enumerate(request.keys):
+            result = response.results.add()
+            if not sm.id_valid(wanted.key) or not contract.kind_valid(wanted.kind):
+                result.code = pb.ID_INVALID
+                continue
+            if not self._readable(wanted.key, fence, "keys", index):
+                result.code = pb.WRONG_SLOT
+                result.redirect.CopyFrom(self._redirect(wanted.key))
+                continue
+            raw = self.storage.get(keys.record_key(account_slot(wanted.key, total), wanted.kind, wanted.key))
+            if raw is None:
+                result.code = pb.RECORD_NOT_FOUND
+            else:
+                result.code = pb.OK
+                result.record.MergeFromString(raw)
+        metrics.request_events.labels(contract.LOOKUP_RECORDS.name).observe(len(request.keys))
+        return response
+
+    async def scan_records(self, data: bytes, context: Context) -> Message:
+        request = parse_request(pb.ScanRecordsRequest, data)
+        self._check_batch("scans", len(request.scans))
+        for index, scan in enumerate(request.scans):
+            reason = contract.malformed_scan(scan, self.slots_total)
+            if reason is not None:
+                raise BadRequest(f"scans[{index}].{reason}")
+        fence = fence_of(request.fence)
+        await self._hold_slots({scan.slot for scan in request.scans}, context)
+        response = pb.ScanRecordsResponse()
+        spent = 0
+        for index, scan in enumerate(request.scans):
+            page = response.results.add()
+            epoch = self._fenced_epoch(scan.slot, fence, "scans", index)
+            if not self.slots.readable(scan.slot, epoch) or self.engine.awaiting_followers(scan.slot):
+                page.code = pb.WRONG_SLOT
+                page.redirect.CopyFrom(self.slots.redirect(scan.slot))
+                continue
+            page.code = pb.OK
+            kind = keys.record_prefix(scan.slot, scan.kind)
+            prefix = kind + scan.prefix.encode()
+            begin = max(prefix, kind + scan.after.encode() + b"\x00") if scan.after else prefix
+            limit = scan.limit or contract.SCAN_LIMIT_DEFAULT
+            for key, raw in self.storage.items(begin, kind[:-1] + b"\x01"):
+                if not key.startswith(prefix):
+                    break
+                if len(page.records) == limit or (spent and spent + len(raw) > SCAN_REPLY_BYTES_MAX):
+                    page.more = True
+                    break
+                page.records.add().MergeFromString(raw)
+                spent += len(raw)
+            if page.records:
+                page.next_after = page.records[-1].key  # else, with more: ask again from `after`
+        metrics.request_events.labels(contract.SCAN_RECORDS.name).observe(len(request.scans))
+        return response
+
+
+def _caller_uri() -> str:
+    who = caller()
+    return "" if who is ANONYMOUS else who.uri
+
 
 def _stamp(events: Sequence[Any]) -> None:
     """Each event made by the current caller carries who it is (the gate authenticated it, or
     the router that forwarded it named it: serving/authz.py); whatever a caller wrote there is
     replaced. Replays compare only their inputs (node/state_machine.py), so a retry by another
     identity still answers EXISTS."""
-    who = caller()
-    uri = "" if who is ANONYMOUS else who.uri
+    uri = _caller_uri()
     for event in events:
         event.created_by = uri

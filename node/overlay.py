@@ -40,6 +40,7 @@ class Overlay:
         self.outbox: dict[bytes, node_pb2.CreditLeg | None] = {}  # None: deleted
         self.applied_legs: dict[bytes, node_pb2.AppliedLeg] = {}
         self.settled: list[pb.Transfer] = []
+        self.records: dict[bytes, bytes] = {}  # node/records.py: key -> ledger.v1.Record
         self.across = 0  # what the cycle's cross-node transitions moved (node/books.py's position)
         # (slot, debits, credits) by which write_batch found each account written moved: node/books.py
         self.moved: list[tuple[int, int, int]] = []
@@ -140,6 +141,14 @@ class Overlay:
         slot = account_slot(leg.credit_account_id, self._slots_total)
         self.applied_legs[keys.applied_leg_key(slot, leg.debit_account_id, leg.transfer_id, leg.kind)] = applied
 
+    def get_record(self, key: bytes) -> bytes | None:
+        """A slot-local record as this cycle left it (node/records.py), serialized."""
+        written = self.records.get(key)
+        return written if written is not None else self._storage.get(key)
+
+    def put_record(self, key: bytes, value: bytes) -> None:
+        self.records[key] = value
+
     def transfer_settled(self, transfer: pb.Transfer) -> None:
         self.settled.append(transfer)
 
@@ -148,7 +157,13 @@ class Overlay:
 
     def empty(self) -> bool:
         return not (
-            self.dirty_accounts or self.creations or self.transfers or self.changes or self.outbox or self.applied_legs
+            self.dirty_accounts
+            or self.creations
+            or self.transfers
+            or self.changes
+            or self.outbox
+            or self.applied_legs
+            or self.records
         )
 
     def write_batch(
@@ -198,6 +213,8 @@ class Overlay:
                 put(key, leg.SerializeToString())
         for key, applied in self.applied_legs.items():
             put(key, applied.SerializeToString())
+        for key, record in self.records.items():
+            put(key, record)
         batch.put(keys.CLOCK, clock_last.to_bytes(8, "big"))
         return batch, published
 

@@ -191,6 +191,8 @@ class LedgerMethod(Generic[E]):
     key_of: Callable[[E], str]
     malformed: Callable[[E], str | None] | None
     writes: bool
+    # An event that names its slot itself (a scan of one slot): (event, slots_total) -> slot.
+    slot_named: Callable[[E, int], int] | None = None
 
     def events(self, request: Any) -> Any:
         """The request's repeated field of events."""
@@ -264,5 +266,116 @@ GET_ACCOUNT_TRANSFERS = LedgerMethod[pb.GetAccountTransfersRequest](
     None,
     writes=False,
 )
-BATCHED = (CREATE_ACCOUNTS, CREATE_TRANSFERS, CHANGE_ACCOUNTS, LOOKUP_ACCOUNTS, LOOKUP_TRANSFERS)
+
+
+# --- slot-local records (node/records.py) ------------------------------------------------------
+
+RECORD_VALUE_BYTES_MAX = 65_536
+COMMIT_WRITES_MAX = 64
+COMMIT_TRANSFERS_MAX = 64
+SCAN_LIMIT_MAX = 1_000
+SCAN_LIMIT_DEFAULT = 100
+_KIND_RE = re.compile(r"[a-z0-9_-]{1,32}")
+
+
+def kind_valid(kind: str) -> bool:
+    """1-32 characters of [a-z0-9_-]: a record's kind."""
+    return _KIND_RE.fullmatch(kind) is not None
+
+
+def malformed_commit(c: pb.Commit) -> str | None:
+    """Why a commit is not a well-formed request (naming the field), or None. Ids are checked
+    by the node (ID_INVALID names the field), as for transfers."""
+    if not 1 <= len(c.writes) <= COMMIT_WRITES_MAX:
+        return f"writes: {len(c.writes)} writes; a commit has 1 to {COMMIT_WRITES_MAX}"
+    if len(c.transfers) > COMMIT_TRANSFERS_MAX:
+        return f"transfers: {len(c.transfers)} transfers; a commit has at most {COMMIT_TRANSFERS_MAX}"
+    seen: set[tuple[str, str]] = set()
+    for index, write in enumerate(c.writes):
+        record = write.record
+        if not kind_valid(record.kind):
+            return f"writes[{index}].record.kind: {record.kind[:40]!r} is not 1-32 of [a-z0-9_-]"
+        if len(record.value) > RECORD_VALUE_BYTES_MAX:
+            return f"writes[{index}].record.value: {len(record.value)} bytes, more than {RECORD_VALUE_BYTES_MAX}"
+        for name in ("version", "timestamp"):
+            if getattr(record, name):
+                return f"writes[{index}].record.{name}: set by the ledger, not the caller"
+        if (record.kind, record.key) in seen:
+            return f"writes[{index}]: the commit writes {record.kind} {record.key[:64]!r} twice"
+        seen.add((record.kind, record.key))
+    for index, transfer in enumerate(c.transfers):
+        reason = malformed_transfer(transfer)
+        if reason is not None:
+            return f"transfers[{index}].{reason}"
+        if transfer.timeout_s:
+            return f"transfers[{index}].timeout_s: a commit's pending transfers do not expire"
+        if not transfer.credit_account_id:
+            return f"transfers[{index}].credit_account_id: a commit's transfers name both accounts"
+    return None
+
+
+def malformed_scan(s: pb.RecordScan, slots_total: int) -> str | None:
+    if s.slot >= slots_total:
+        return f"slot: {s.slot} is outside 0..{slots_total - 1}"
+    if not kind_valid(s.kind):
+        return f"kind: {s.kind[:40]!r} is not 1-32 of [a-z0-9_-]"
+    if s.limit > SCAN_LIMIT_MAX:
+        return f"limit: {s.limit} is outside 0..{SCAN_LIMIT_MAX} (0 means {SCAN_LIMIT_DEFAULT})"
+    if s.after and not id_valid(s.after):
+        return "after: not a record key (1-64 of [A-Za-z0-9._:{}-])"
+    if s.prefix and not id_valid(s.prefix):
+        return "prefix: not the start of a record key (1-64 of [A-Za-z0-9._:{}-])"
+    return None
+
+
+def _commit_key(c: pb.Commit) -> str:
+    return c.writes[0].record.key if c.writes else ""
+
+
+def _record_key(k: pb.RecordKey) -> str:
+    return k.key
+
+
+def _scan_key(s: pb.RecordScan) -> str:
+    return ""
+
+
+def _scan_slot(s: pb.RecordScan, slots_total: int) -> int:
+    return s.slot
+
+
+COMMIT_RECORDS = LedgerMethod[pb.Commit](
+    "CommitRecords",
+    pb.CommitRecordsRequest,
+    pb.CommitRecordsResponse,
+    "commits",
+    _commit_key,
+    malformed_commit,
+    writes=True,
+)
+LOOKUP_RECORDS = LedgerMethod[pb.RecordKey](
+    "LookupRecords", pb.LookupRecordsRequest, pb.LookupRecordsResponse, "keys", _record_key, None, writes=False
+)
+# Malformed scans (a slot out of range) are refused by the server that knows the slot count.
+SCAN_RECORDS = LedgerMethod[pb.RecordScan](
+    "ScanRecords",
+    pb.ScanRecordsRequest,
+    pb.ScanRecordsResponse,
+    "scans",
+    _scan_key,
+    None,
+    writes=False,
+    slot_named=_scan_slot,
+)
+
+BATCHED = (
+    CREATE_ACCOUNTS,
+    CREATE_TRANSFERS,
+    CHANGE_ACCOUNTS,
+    LOOKUP_ACCOUNTS,
+    LOOKUP_TRANSFERS,
+    COMMIT_RECORDS,
+    LOOKUP_RECORDS,
+    SCAN_RECORDS,
+)
 LEDGER_METHODS = (*BATCHED, GET_ACCOUNT_TRANSFERS)

@@ -81,6 +81,9 @@ class ResultCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACCOUNT_ALREADY_FROZEN: _ClassVar[ResultCode]
     ACCOUNT_NOT_FROZEN: _ClassVar[ResultCode]
     ACCOUNT_HAS_PENDING_TRANSFERS: _ClassVar[ResultCode]
+    RECORD_NOT_FOUND: _ClassVar[ResultCode]
+    RECORD_VERSION_MISMATCH: _ClassVar[ResultCode]
+    NOT_IN_COMMIT_SLOT: _ClassVar[ResultCode]
 ACCOUNT_STATUS_UNSPECIFIED: AccountStatus
 ACTIVE: AccountStatus
 FROZEN: AccountStatus
@@ -138,6 +141,9 @@ ACCOUNT_CLOSED: ResultCode
 ACCOUNT_ALREADY_FROZEN: ResultCode
 ACCOUNT_NOT_FROZEN: ResultCode
 ACCOUNT_HAS_PENDING_TRANSFERS: ResultCode
+RECORD_NOT_FOUND: ResultCode
+RECORD_VERSION_MISMATCH: ResultCode
+NOT_IN_COMMIT_SLOT: ResultCode
 
 class Account(_message.Message):
     __slots__ = ("id", "ledger", "code", "flags", "debits_posted", "credits_posted", "debits_pending", "credits_pending", "overdraft_limit", "status", "user_data", "timestamp", "created_by")
@@ -378,3 +384,123 @@ class ChangeAccountsResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[EventResult]
     def __init__(self, results: _Optional[_Iterable[_Union[EventResult, _Mapping]]] = ...) -> None: ...
+
+class Record(_message.Message):
+    __slots__ = ("kind", "key", "value", "version", "timestamp", "updated_by")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    key: str
+    value: bytes
+    version: int
+    timestamp: int
+    updated_by: str
+    def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ..., timestamp: _Optional[int] = ..., updated_by: _Optional[str] = ...) -> None: ...
+
+class RecordWrite(_message.Message):
+    __slots__ = ("record", "expected_version")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    record: Record
+    expected_version: int
+    def __init__(self, record: _Optional[_Union[Record, _Mapping]] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class Commit(_message.Message):
+    __slots__ = ("writes", "transfers")
+    WRITES_FIELD_NUMBER: _ClassVar[int]
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    writes: _containers.RepeatedCompositeFieldContainer[RecordWrite]
+    transfers: _containers.RepeatedCompositeFieldContainer[Transfer]
+    def __init__(self, writes: _Optional[_Iterable[_Union[RecordWrite, _Mapping]]] = ..., transfers: _Optional[_Iterable[_Union[Transfer, _Mapping]]] = ...) -> None: ...
+
+class CommitRecordsRequest(_message.Message):
+    __slots__ = ("commits", "fence")
+    COMMITS_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    commits: _containers.RepeatedCompositeFieldContainer[Commit]
+    fence: Fence
+    def __init__(self, commits: _Optional[_Iterable[_Union[Commit, _Mapping]]] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ...) -> None: ...
+
+class CommitRecordsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[EventResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[EventResult, _Mapping]]] = ...) -> None: ...
+
+class RecordKey(_message.Message):
+    __slots__ = ("kind", "key")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    key: str
+    def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
+
+class LookupRecordsRequest(_message.Message):
+    __slots__ = ("keys", "fence")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[RecordKey]
+    fence: Fence
+    def __init__(self, keys: _Optional[_Iterable[_Union[RecordKey, _Mapping]]] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ...) -> None: ...
+
+class RecordResult(_message.Message):
+    __slots__ = ("code", "record", "redirect")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_FIELD_NUMBER: _ClassVar[int]
+    code: ResultCode
+    record: Record
+    redirect: SlotRedirect
+    def __init__(self, code: _Optional[_Union[ResultCode, str]] = ..., record: _Optional[_Union[Record, _Mapping]] = ..., redirect: _Optional[_Union[SlotRedirect, _Mapping]] = ...) -> None: ...
+
+class LookupRecordsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[RecordResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[RecordResult, _Mapping]]] = ...) -> None: ...
+
+class RecordScan(_message.Message):
+    __slots__ = ("slot", "kind", "after", "limit", "prefix")
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    slot: int
+    kind: str
+    after: str
+    limit: int
+    prefix: str
+    def __init__(self, slot: _Optional[int] = ..., kind: _Optional[str] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ..., prefix: _Optional[str] = ...) -> None: ...
+
+class ScanRecordsRequest(_message.Message):
+    __slots__ = ("scans", "fence")
+    SCANS_FIELD_NUMBER: _ClassVar[int]
+    FENCE_FIELD_NUMBER: _ClassVar[int]
+    scans: _containers.RepeatedCompositeFieldContainer[RecordScan]
+    fence: Fence
+    def __init__(self, scans: _Optional[_Iterable[_Union[RecordScan, _Mapping]]] = ..., fence: _Optional[_Union[Fence, _Mapping]] = ...) -> None: ...
+
+class RecordPage(_message.Message):
+    __slots__ = ("code", "records", "more", "next_after", "redirect")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_FIELD_NUMBER: _ClassVar[int]
+    code: ResultCode
+    records: _containers.RepeatedCompositeFieldContainer[Record]
+    more: bool
+    next_after: str
+    redirect: SlotRedirect
+    def __init__(self, code: _Optional[_Union[ResultCode, str]] = ..., records: _Optional[_Iterable[_Union[Record, _Mapping]]] = ..., more: _Optional[bool] = ..., next_after: _Optional[str] = ..., redirect: _Optional[_Union[SlotRedirect, _Mapping]] = ...) -> None: ...
+
+class ScanRecordsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[RecordPage]
+    def __init__(self, results: _Optional[_Iterable[_Union[RecordPage, _Mapping]]] = ...) -> None: ...

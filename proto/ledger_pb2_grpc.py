@@ -64,6 +64,21 @@ class LedgerStub:
                 request_serializer=proto_dot_ledger__pb2.ChangeAccountsRequest.SerializeToString,
                 response_deserializer=proto_dot_ledger__pb2.ChangeAccountsResponse.FromString,
                 _registered_method=True)
+        self.CommitRecords = channel.unary_unary(
+                '/yunkai.ledger.v1.Ledger/CommitRecords',
+                request_serializer=proto_dot_ledger__pb2.CommitRecordsRequest.SerializeToString,
+                response_deserializer=proto_dot_ledger__pb2.CommitRecordsResponse.FromString,
+                _registered_method=True)
+        self.LookupRecords = channel.unary_unary(
+                '/yunkai.ledger.v1.Ledger/LookupRecords',
+                request_serializer=proto_dot_ledger__pb2.LookupRecordsRequest.SerializeToString,
+                response_deserializer=proto_dot_ledger__pb2.LookupRecordsResponse.FromString,
+                _registered_method=True)
+        self.ScanRecords = channel.unary_unary(
+                '/yunkai.ledger.v1.Ledger/ScanRecords',
+                request_serializer=proto_dot_ledger__pb2.ScanRecordsRequest.SerializeToString,
+                response_deserializer=proto_dot_ledger__pb2.ScanRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class LedgerServicer:
@@ -105,6 +120,24 @@ class LedgerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CommitRecords(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LookupRecords(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScanRecords(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +170,21 @@ def add_LedgerServicer_to_server(servicer, server):
                     servicer.ChangeAccounts,
                     request_deserializer=proto_dot_ledger__pb2.ChangeAccountsRequest.FromString,
                     response_serializer=proto_dot_ledger__pb2.ChangeAccountsResponse.SerializeToString,
+            ),
+            'CommitRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitRecords,
+                    request_deserializer=proto_dot_ledger__pb2.CommitRecordsRequest.FromString,
+                    response_serializer=proto_dot_ledger__pb2.CommitRecordsResponse.SerializeToString,
+            ),
+            'LookupRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupRecords,
+                    request_deserializer=proto_dot_ledger__pb2.LookupRecordsRequest.FromString,
+                    response_serializer=proto_dot_ledger__pb2.LookupRecordsResponse.SerializeToString,
+            ),
+            'ScanRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScanRecords,
+                    request_deserializer=proto_dot_ledger__pb2.ScanRecordsRequest.FromString,
+                    response_serializer=proto_dot_ledger__pb2.ScanRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +349,87 @@ class Ledger:
             '/yunkai.ledger.v1.Ledger/ChangeAccounts',
             proto_dot_ledger__pb2.ChangeAccountsRequest.SerializeToString,
             proto_dot_ledger__pb2.ChangeAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.ledger.v1.Ledger/CommitRecords',
+            proto_dot_ledger__pb2.CommitRecordsRequest.SerializeToString,
+            proto_dot_ledger__pb2.CommitRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LookupRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.ledger.v1.Ledger/LookupRecords',
+            proto_dot_ledger__pb2.LookupRecordsRequest.SerializeToString,
+            proto_dot_ledger__pb2.LookupRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScanRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.ledger.v1.Ledger/ScanRecords',
+            proto_dot_ledger__pb2.ScanRecordsRequest.SerializeToString,
+            proto_dot_ledger__pb2.ScanRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

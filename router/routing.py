@@ -342,9 +342,18 @@ class LedgerRouter:
             shard_map = self.maps.current()
             groups: dict[str, tuple[list[int], list[E], dict[int, int]]] = {}
             total = shard_map.slots_total
+            named = method.slot_named
             for index in todo:
                 event = events[index]
-                slot = slot_of(method.key_of(event), total)
+                if named is None:
+                    slot = slot_of(method.key_of(event), total)
+                else:
+                    slot = named(event, total)
+                    if slot >= total:
+                        raise RoutingError(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"{method.field}[{index}].slot: {slot} is outside 0..{total - 1}",
+                        )
                 owner = shard_map.owners[slot]
                 if shard_map.nodes[owner] in _GONE:
                     raise _no_copy(method.name, slot, owner, shard_map)

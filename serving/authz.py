@@ -69,6 +69,10 @@ SCORING, LENDING, RISK, SERVICE, PARTNER = "scoring", "lending", "risk", "servic
 EVERYONE = frozenset({NODE, ROUTER, OPERATOR, SCORING, LENDING, RISK, SERVICE, PARTNER})
 _LEDGER_WRITERS = frozenset({SERVICE, LENDING, RISK, ROUTER})
 _LEDGER_READERS = _LEDGER_WRITERS | {OPERATOR}
+# Slot-local records are the business services' own (node/records.py): lending and risk write
+# and read them, a router forwards them, an operator reads them.
+_RECORD_WRITERS = frozenset({LENDING, RISK, ROUTER})
+_RECORD_READERS = _RECORD_WRITERS | {OPERATOR}
 _MAP_READERS = frozenset({SERVICE, LENDING, RISK, ROUTER, OPERATOR, NODE})
 _CONTROLLER = frozenset({ROUTER})
 _MODEL_USERS = frozenset({RISK, SERVICE, LENDING, OPERATOR})
@@ -93,6 +97,9 @@ ALLOWED: dict[str, frozenset[str]] = {
             "LookupAccounts": _LEDGER_READERS,
             "LookupTransfers": _LEDGER_READERS,
             "GetAccountTransfers": _LEDGER_READERS,
+            "CommitRecords": _RECORD_WRITERS,
+            "LookupRecords": _RECORD_READERS,
+            "ScanRecords": _RECORD_READERS,
         },
     ),
     **_service(
@@ -218,6 +225,7 @@ AUDITED: frozenset[str] = frozenset(
         "CreateAccounts",
         "CreateTransfers",
         "ChangeAccounts",
+        "CommitRecords",
         # a node's slots, moves and the money other nodes send it
         "AssignSlots",
         "PrepareImport",
