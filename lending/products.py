@@ -12,10 +12,10 @@ answers that version and changes nothing, so a catalogue can be loaded again. Pu
 or retiring twice answers the version unchanged, so callers may retry; publishing a
 retired version or retiring a draft is refused.
 
-`validate` is pure and names every bad parameter. `ProductStore` keeps every version in
-its own RocksDB (rocksdict), each change one synchronous (fsync'd) write: the catalogue
-is small and changes rarely, so a write per change costs nothing, and RocksDB is what
-the rest of yunkai already trusts with durability.
+`validate` is pure and names every bad parameter. `ProductStore` keeps every version as a
+record of the book on the ledger nodes (lending/book.py), where it is replicated like the
+loans that pin it: the catalogue is small and changes rarely, and every lending process that
+serves the book reads the same one.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from __future__ import annotations
 import re
 import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format
 
-import serving
+from lending.book import CONFLICT_RETRIES, Book, Conflict, Put
 from lending.schedule import ANNUAL_RATE_BPS_MAX, PRINCIPAL_MAX, TERM_MONTHS_MAX
 from proto import lending_pb2 as pb
 
@@ -63,6 +63,10 @@ class LifecycleRefused(RuntimeError):
 
 class StoreFull(RuntimeError):
     pass
+
+
+class CatalogueDamaged(RuntimeError):
+    """A product record is not where its key says: never written so by this module."""
 
 
 def validate(p: pb.ProductParameters) -> list[str]:
@@ -169,92 +173,154 @@ def read_catalogue(path: Path) -> list[pb.ProductParameters]:
 
 # --- the store ---------------------------------------------------------------------------
 
-
-def _key(code: str, version: int) -> bytes:
-    return b"product/" + code.encode() + b"/" + version.to_bytes(4, "big")
+CATALOGUE_TAG = "{catalogue}"  # every version's record is in this tag's slot: the catalogue is one scan
+CATALOGUE_FRESH_S = 2.0  # how stale the cached catalogue may be for reports (decisions read the record)
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class ProductStore:
-    """Every version of every product, durable in a RocksDB directory of its own.
+def _key(code: str, version: int) -> str:
+    return f"{CATALOGUE_TAG}:{code}:{version:05d}"
 
-    Methods are synchronous and each makes at most one write, so on one event loop they
-    are atomic with respect to each other.
+
+class ProductStore:
+    """Every version of every product, as the book's records on the ledger (lending/book.py's
+    kind "product", all in the catalogue's slot): replicated with it, one catalogue for every
+    lending process that serves the book.
+
+    A change reads the catalogue as stored, decides, and commits the version's record naming
+    the record version it read; a change that lost a race to another process is decided again.
+    Reads for decisions (`fetch`) read the one record; reports and listings use the catalogue
+    as read at most CATALOGUE_FRESH_S ago (`get`, after `refresh`).
     """
 
-    def __init__(self, data_dir: str) -> None:
-        self._db, self._sync = serving.open_store(data_dir, "products")
-        # code -> versions in order (index v-1 is version v): the whole catalogue is small.
-        self._versions: dict[str, list[pb.Product]] = {}
-        count = 0
-        for key, value in self._db.items():
-            product = pb.Product.FromString(value)
-            assert key == _key(product.code, product.version), key  # the record is where its key says
-            versions = self._versions.setdefault(product.code, [])
-            assert product.version == len(versions) + 1, (product.code, product.version)
-            versions.append(product)
-            count += 1
-        self._count = count
+    def __init__(self, book: Book) -> None:
+        self._book = book
+        self._versions: dict[str, list[pb.Product]] = {}  # code -> versions in order (index v-1 is v)
+        self._records: dict[tuple[str, int], int] = {}  # (code, version) -> its record's version
+        self._read_at = -CATALOGUE_FRESH_S
 
-    def close(self) -> None:
-        self._db.close()
+    async def load(self) -> None:
+        """Read the whole catalogue as stored now."""
+        versions: dict[str, list[pb.Product]] = {}
+        records: dict[tuple[str, int], int] = {}
+        slot = await self._book.slot_of(CATALOGUE_TAG)
+        async for page in self._book.scan("product", [slot], f"{CATALOGUE_TAG}:"):
+            for record in page:
+                product = pb.Product.FromString(record.value)
+                if record.key != _key(product.code, product.version):
+                    raise CatalogueDamaged(f"product record {record.key} holds {product.code} v{product.version}")
+                versions.setdefault(product.code, []).append(product)
+                records[(product.code, product.version)] = record.version
+        for code, found in versions.items():
+            found.sort(key=lambda p: p.version)
+            if [p.version for p in found] != list(range(1, len(found) + 1)):
+                raise CatalogueDamaged(f"product {code}: versions {[p.version for p in found]} are not 1..n")
+        self._versions, self._records = versions, records
+        self._read_at = time.monotonic()
 
-    def _write(self, product: pb.Product) -> pb.Product:
-        self._db.put(_key(product.code, product.version), product.SerializeToString(), self._sync)
-        versions = self._versions.setdefault(product.code, [])
-        if product.version > len(versions):
-            versions.append(product)
-            self._count += 1
+    async def refresh(self) -> None:
+        """`load` if the catalogue was read more than CATALOGUE_FRESH_S ago."""
+        if time.monotonic() - self._read_at > CATALOGUE_FRESH_S:
+            await self.load()
+
+    async def fetch(self, code: str, version: int) -> pb.Product:
+        """One version as stored now (a retirement in another process is seen at once)."""
+        if version == 0:
+            await self.load()
+            return self.get(code, 0)
+        [record] = await self._book.read([("product", _key(code, version))])
+        if record is None:
+            await self.load()  # says which versions there are
+            return self.get(code, version)
+        product = pb.Product.FromString(record.value)
+        versions = self._versions.setdefault(code, [])
+        if version <= len(versions):
+            versions[version - 1] = product
         else:
-            versions[product.version - 1] = product
+            await self.load()
+        self._records[(code, version)] = record.version
         return product
 
-    def save_draft(self, parameters: pb.ProductParameters) -> pb.Product:
+    async def have(self, code: str, version: int) -> None:
+        """Make sure `get(code, version)` answers (a version another process saved since the
+        last read is fetched); ProductNotFound if the catalogue has no such version."""
+        versions = self._versions.get(code, [])
+        if not 1 <= version <= len(versions):
+            await self.fetch(code, version)
+
+    async def _write(self, product: pb.Product) -> pb.Product:
+        """Store a version, naming the record version it was decided on (Conflict if it moved)."""
+        seen = self._records.get((product.code, product.version), 0)
+        await self._book.commit([Put("product", _key(product.code, product.version), product, seen)])
+        self._read_at = -CATALOGUE_FRESH_S  # read again before the next report
+        return product
+
+    async def _decided(self, decide: Callable[[], Awaitable[pb.Product]]) -> pb.Product:
+        for _ in range(CONFLICT_RETRIES):
+            await self.load()
+            try:
+                return await decide()
+            except Conflict:
+                continue
+        raise LifecycleRefused("the catalogue kept changing under this change (other lending servers); retry")
+
+    async def save_draft(self, parameters: pb.ProductParameters) -> pb.Product:
         check(parameters)
-        versions = self._versions.get(parameters.code, [])
-        newest = versions[-1] if versions else None
-        if newest is not None and newest.state != pb.RETIRED and newest.parameters == parameters:
-            return newest  # nothing new to save: loading a catalogue twice changes nothing
-        if newest is not None and newest.state == pb.DRAFT:
-            version = newest.version
-        else:
-            if self._count >= VERSIONS_MAX:
-                raise StoreFull(f"the store holds {VERSIONS_MAX} product versions, its limit")
-            version = len(versions) + 1
-        return self._write(
-            pb.Product(code=parameters.code, version=version, state=pb.DRAFT, parameters=parameters, saved_ms=_now_ms())
-        )
 
-    def publish(self, code: str, version: int) -> pb.Product:
-        product = self.get(code, version)
-        if product.state == pb.PUBLISHED:
-            return product
-        if product.state == pb.RETIRED:
-            raise LifecycleRefused(f"{code} version {version} is retired: it cannot be published again")
-        check(product.parameters)  # the rules may have tightened since it was saved
-        published = pb.Product()
-        published.CopyFrom(product)
-        published.state = pb.PUBLISHED
-        published.published_ms = _now_ms()
-        return self._write(published)
+        async def decide() -> pb.Product:
+            versions = self._versions.get(parameters.code, [])
+            newest = versions[-1] if versions else None
+            if newest is not None and newest.state != pb.RETIRED and newest.parameters == parameters:
+                return newest  # nothing new to save: loading a catalogue twice changes nothing
+            if newest is not None and newest.state == pb.DRAFT:
+                version = newest.version
+            else:
+                if sum(len(v) for v in self._versions.values()) >= VERSIONS_MAX:
+                    raise StoreFull(f"the catalogue holds {VERSIONS_MAX} product versions, its limit")
+                version = len(versions) + 1
+            draft = pb.Product(
+                code=parameters.code, version=version, state=pb.DRAFT, parameters=parameters, saved_ms=_now_ms()
+            )
+            return await self._write(draft)
 
-    def retire(self, code: str, version: int) -> pb.Product:
-        product = self.get(code, version)
-        if product.state == pb.RETIRED:
-            return product
-        if product.state == pb.DRAFT:
-            raise LifecycleRefused(f"{code} version {version} is a draft: only a published version is retired")
-        retired = pb.Product()
-        retired.CopyFrom(product)
-        retired.state = pb.RETIRED
-        retired.retired_ms = _now_ms()
-        return self._write(retired)
+        return await self._decided(decide)
+
+    async def publish(self, code: str, version: int) -> pb.Product:
+        async def decide() -> pb.Product:
+            product = self.get(code, version)
+            if product.state == pb.PUBLISHED:
+                return product
+            if product.state == pb.RETIRED:
+                raise LifecycleRefused(f"{code} version {version} is retired: it cannot be published again")
+            check(product.parameters)  # the rules may have tightened since it was saved
+            published = pb.Product()
+            published.CopyFrom(product)
+            published.state = pb.PUBLISHED
+            published.published_ms = _now_ms()
+            return await self._write(published)
+
+        return await self._decided(decide)
+
+    async def retire(self, code: str, version: int) -> pb.Product:
+        async def decide() -> pb.Product:
+            product = self.get(code, version)
+            if product.state == pb.RETIRED:
+                return product
+            if product.state == pb.DRAFT:
+                raise LifecycleRefused(f"{code} version {version} is a draft: only a published version is retired")
+            retired = pb.Product()
+            retired.CopyFrom(product)
+            retired.state = pb.RETIRED
+            retired.retired_ms = _now_ms()
+            return await self._write(retired)
+
+        return await self._decided(decide)
 
     def get(self, code: str, version: int = 0) -> pb.Product:
-        """One version; version 0 is the newest published one (what new loans use)."""
+        """One version as last read; version 0 is the newest published one (what new loans use)."""
         versions = self._versions.get(code)
         if not versions:
             raise ProductNotFound(f"code: no product {code!r}")

@@ -1,7 +1,9 @@
-"""The lending process: `yunkai lending serve --data-dir D --port P [--router HOST:PORT]`.
+"""The lending process: `yunkai lending serve --router HOST:PORT --data-dir D --port P [--book NAME]`.
 
-Serves yunkai.lending.v1.ProductService (the product factory) and, given the ledger's
-router, yunkai.lending.v1.LoanService (lending/loan_service.py) over gRPC with the shared
+Serves yunkai.lending.v1.ProductService (the product factory) and yunkai.lending.v1.LoanService
+(lending/loan_service.py) over the ledger behind the router, whose nodes keep the book: its
+catalogue, loans and credit lines (lending/book.py). The process keeps nothing but its audit
+log, so any number of them serve one book (and a lost host loses no loan). Over gRPC with the shared
 plumbing of proto/serving.py: settings from flags, YUNKAI_LENDING_* and `[lending]` in a
 TOML file; JSON logs; health and reflection; graceful stop on SIGTERM. Bad parameters are
 answered INVALID_ARGUMENT naming them, unknown products NOT_FOUND, lifecycle steps not
@@ -13,6 +15,7 @@ NOT_FOUND), and UNAVAILABLE when the ledger could not finish a step: retry with 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -26,8 +29,9 @@ from prometheus_client.registry import Collector
 
 import serving
 from clients.ledger import LedgerClient, LedgerError
-from lending.loan_service import LedgerFailed, LoanService, LoanStore
-from lending.loans import SLOTS_TOTAL_DEFAULT, BadLoanRequest, LoanNotFound, LoanRefused
+from lending.book import BOOK_DEFAULT, Book
+from lending.loan_service import Contended, LedgerFailed, LoanService
+from lending.loans import BOOK_PATTERN, BadLoanRequest, LoanNotFound, LoanRefused
 from lending.products import InvalidProduct, LifecycleRefused, ProductNotFound, ProductStore, StoreFull
 from proto import lending_pb2 as pb, risk_pb2_grpc
 from serving import BadRequest, Context, parse_request
@@ -45,8 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "log_level": "INFO",
     "router": None,
     "risk": None,
-    "slots_total": SLOTS_TOTAL_DEFAULT,
+    "book": BOOK_DEFAULT,
 }
+BOOK_REFRESH_S = 15.0  # how often the book's gauges are counted again (a scan of every slot's records)
 
 # How each refusal is answered; anything else is a bug and crashes the call loudly.
 REFUSALS: serving.Refusals = (
@@ -55,6 +60,7 @@ REFUSALS: serving.Refusals = (
     ((LifecycleRefused, LoanRefused), grpc.StatusCode.FAILED_PRECONDITION),
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ((LedgerFailed, LedgerError), grpc.StatusCode.UNAVAILABLE),
+    (Contended, grpc.StatusCode.ABORTED),
 )
 
 requests_total = Counter("yunkai_lending_requests_total", "Lending RPCs answered", ["method", "status"])
@@ -63,15 +69,18 @@ request_latency_s = Histogram("yunkai_lending_request_latency_seconds", "RPC lat
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     serving.add_common_arguments(parser)
-    parser.add_argument("--data-dir", help="directory of the product catalogue's and loans' RocksDB (required)")
-    parser.add_argument("--router", help="HOST:PORT of the ledger's router: serve LoanService over the ledger")
+    parser.add_argument("--data-dir", help="the server's own directory: its audit log (required)")
+    parser.add_argument(
+        "--router",
+        help="HOST:PORT of the ledger's router (required): the ledger's nodes keep the book and its product"
+        " catalogue (lending/book.py); any number of lending servers may serve one book",
+    )
     parser.add_argument(
         "--risk", help="HOST:PORT of `yunkai risk serve`: end of day tells it each loan's outcome (repaid, defaulted)"
     )
     parser.add_argument(
-        "--slots-total",
-        type=int,
-        help=f"the ledger's slot count, which end of day partitions loans by (default {SLOTS_TOTAL_DEFAULT})",
+        "--book",
+        help=f"the book's name: its records are apart from other books' on the same ledger (default {BOOK_DEFAULT})",
     )
 
 
@@ -82,11 +91,15 @@ def main(args: argparse.Namespace) -> int:
 def _check(settings: dict[str, Any]) -> str | None:
     if not settings["data_dir"]:
         return "--data-dir is required (or YUNKAI_LENDING_DATA_DIR, or data_dir in [lending])"
+    if not settings["router"]:
+        return "--router is required (or YUNKAI_LENDING_ROUTER): the book and its catalogue live on the ledger"
+    if not BOOK_PATTERN.fullmatch(str(settings["book"])):
+        return f"--book {settings['book']!r}: a book's name is 1-16 of a-z, 0-9"
     return None
 
 
 async def _serve(settings: dict[str, Any]) -> None:
-    services = [PRODUCT_SERVICE] + ([LOAN_SERVICE] if settings["router"] else [])
+    services = [PRODUCT_SERVICE, LOAN_SERVICE]
     await serving.serve(
         settings, role="lending", services=services, app=lambda server, port: _lending(settings, server), log=log
     )
@@ -95,48 +108,55 @@ async def _serve(settings: dict[str, Any]) -> None:
 @contextlib.asynccontextmanager
 async def _lending(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIterator[Mapping[str, object]]:
     """The product factory, and with --router the loans over the ledger."""
-    store = ProductStore(str(settings["data_dir"]))
-    loans: LoanStore | None = None
-    ledger: LedgerClient | None = None
-    book: BookCollector | None = None
+    ledger = await LedgerClient.connect(str(settings["router"]), tls=settings["tls"], insecure=settings["tls"] is None)
+    gauges: BookCollector | None = None
+    counting: asyncio.Task[None] | None = None
     to_risk: grpc.aio.Channel | None = None
     try:
+        book = Book(ledger, str(settings["book"]))
+        store = ProductStore(book)
+        await store.load()
         server.add_generic_rpc_handlers([ProductService(store).handler()])
-        if settings["router"]:
-            loans = LoanStore(str(settings["data_dir"]))
-            ledger = await LedgerClient.connect(
-                str(settings["router"]), tls=settings["tls"], insecure=settings["tls"] is None
-            )
-            if settings["risk"]:
-                to_risk = serving.channel(str(settings["risk"]), serving.client_credentials(settings["tls"]), [])
-            risk = risk_pb2_grpc.DecisionServiceStub(to_risk) if to_risk is not None else None
-            service = LoanService(loans, store, ledger, int(settings["slots_total"]), risk)
-            server.add_generic_rpc_handlers([loan_handler(service)])
-            book = BookCollector(service)
-            REGISTRY.register(book)
-        yield {"data_dir": settings["data_dir"], "products": len(list(store.codes()))}
+        if settings["risk"]:
+            to_risk = serving.channel(str(settings["risk"]), serving.client_credentials(settings["tls"]), [])
+        risk = risk_pb2_grpc.DecisionServiceStub(to_risk) if to_risk is not None else None
+        service = LoanService(book, store, ledger, risk)
+        server.add_generic_rpc_handlers([loan_handler(service)])
+        gauges = BookCollector()
+        REGISTRY.register(gauges)
+        counting = asyncio.create_task(gauges.count(service))
+        yield {"data_dir": settings["data_dir"], "products": len(list(store.codes())), "book": settings["book"]}
     finally:
-        if book is not None:
-            REGISTRY.unregister(book)
+        if counting is not None:
+            counting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await counting
+        if gauges is not None:
+            REGISTRY.unregister(gauges)
         if to_risk is not None:
             await to_risk.close()
-        if ledger is not None:
-            await ledger.close()
-        if loans is not None:
-            loans.close()
-        store.close()
+        await ledger.close()
 
 
 class BookCollector(Collector):
-    """The book as gauges, computed at each scrape from the loan store (no ledger read):
-    yunkai_lending_credit_lines{product}, yunkai_lending_loans{product,status} and
-    yunkai_lending_outstanding{product,bucket} (open loans' principal, minor units)."""
+    """The book as gauges, counted from the book's records every BOOK_REFRESH_S on the server's
+    loop (a scrape reads the last count: a scan of every slot per scrape would be the ledger's
+    load, not the book's): yunkai_lending_credit_lines{product}, yunkai_lending_loans{product,
+    status} and yunkai_lending_outstanding{product,bucket} (open loans' principal, minor units)."""
 
-    def __init__(self, service: LoanService) -> None:
-        self.service = service
+    def __init__(self) -> None:
+        self.report = pb.BookReport()
+
+    async def count(self, service: LoanService) -> None:
+        while True:
+            try:
+                self.report = await service.book_report(include_customers=False)
+            except (LedgerError, LedgerFailed) as error:
+                log.warning("the book's gauges were not counted; tried again later", extra={"reason": str(error)})
+            await asyncio.sleep(BOOK_REFRESH_S)
 
     def collect(self) -> Iterator[Metric]:
-        report = self.service.book_report(include_customers=False)
+        report = self.report
         lines = GaugeMetricFamily("yunkai_lending_credit_lines", "Credit lines held", labels=["product"])
         loans = GaugeMetricFamily("yunkai_lending_loans", "Loans by status", labels=["product", "status"])
         outstanding = GaugeMetricFamily(
@@ -173,28 +193,29 @@ class ProductService:
         request = parse_request(pb.SaveDraftRequest, data)
         if not request.HasField("parameters"):
             raise BadRequest("parameters: missing")
-        product = self.store.save_draft(request.parameters)
+        product = await self.store.save_draft(request.parameters)
         log.info("draft saved", extra={"code": product.code, "version": product.version})
         return product
 
     async def publish(self, data: bytes, context: Context) -> Message:
         ref = _ref(data, version_required=True)
-        product = self.store.publish(ref.code, ref.version)
+        product = await self.store.publish(ref.code, ref.version)
         log.info("published", extra={"code": product.code, "version": product.version})
         return product
 
     async def retire(self, data: bytes, context: Context) -> Message:
         ref = _ref(data, version_required=True)
-        product = self.store.retire(ref.code, ref.version)
+        product = await self.store.retire(ref.code, ref.version)
         log.info("retired", extra={"code": product.code, "version": product.version})
         return product
 
     async def get(self, data: bytes, context: Context) -> Message:
         ref = _ref(data, version_required=False)
-        return self.store.get(ref.code, ref.version)
+        return await self.store.fetch(ref.code, ref.version)
 
     async def list(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.ListProductsRequest, data)
+        await self.store.load()
         products = self.store.list(request.include_drafts, request.include_retired)
         return pb.ListProductsResponse(products=products)
 
@@ -219,10 +240,10 @@ def loan_handler(service: LoanService) -> grpc.GenericRpcHandler:
         return await service.drawdown(parse_request(pb.DrawdownRequest, data))
 
     async def get(data: bytes, context: Context) -> Message:
-        return service.get(parse_request(pb.LoanRef, data).loan_id)
+        return await service.get(parse_request(pb.LoanRef, data).loan_id)
 
     async def list_loans(data: bytes, context: Context) -> Message:
-        return pb.ListLoansResponse(loans=service.list(parse_request(pb.ListLoansRequest, data).customer))
+        return pb.ListLoansResponse(loans=await service.loans_of(parse_request(pb.ListLoansRequest, data).customer))
 
     async def repay(data: bytes, context: Context) -> Message:
         return await service.repay(parse_request(pb.RepayRequest, data), payoff=False)
@@ -234,7 +255,7 @@ def loan_handler(service: LoanService) -> grpc.GenericRpcHandler:
         return await service.write_off(parse_request(pb.WriteOffRequest, data))
 
     async def plan_eod(data: bytes, context: Context) -> Message:
-        return service.plan_eod(parse_request(pb.EodSlotsRequest, data))
+        return await service.plan_eod(parse_request(pb.EodSlotsRequest, data))
 
     async def run_eod_slot(data: bytes, context: Context) -> Message:
         return await service.run_eod_slot(parse_request(pb.EodSlotRequest, data))
@@ -253,7 +274,7 @@ def loan_handler(service: LoanService) -> grpc.GenericRpcHandler:
         return await service.provision(parse_request(pb.ProvisionRequest, data).date)
 
     async def book_report(data: bytes, context: Context) -> Message:
-        return service.book_report(parse_request(pb.BookReportRequest, data).include_customers)
+        return await service.book_report(parse_request(pb.BookReportRequest, data).include_customers)
 
     methods: dict[str, serving.Handler] = {
         "ApproveCreditLine": approve,

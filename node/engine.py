@@ -99,6 +99,7 @@ class _Command(Generic[E]):
     future: asyncio.Future[list[sm.Result]]
     outbox_reserved: int = 0  # outbox entries its events may add (counted against the bound)
     meta_puts: Sequence[tuple[bytes, bytes]] = ()  # node metadata written in the same batch
+    weight: int = 0  # events it counts as against the queue and a cycle's bounds (a commit: 1 + its transfers)
 
 
 class Engine:
@@ -174,8 +175,10 @@ class Engine:
         return self._submit(sm.apply_change, events)
 
     def submit_commits(self, events: Sequence[tuple[pb.Commit, int, int]]) -> asyncio.Future[list[sm.Result]]:
-        """Slot-local record commits (node/records.py), past `records.check`."""
-        return self._submit(self._apply_commit, events)
+        """Slot-local record commits (node/records.py), past `records.check`; each weighs as
+        much as the events it applies."""
+        weight = sum(1 + len(commit.transfers) for commit, _slot, _epoch in events)
+        return self._submit(self._apply_commit, events, weight=weight)
 
     def submit_credit_legs(
         self, events: Sequence[tuple[node_pb2.CreditLeg, int, int]]
@@ -217,19 +220,21 @@ class Engine:
         outbox_reserved: int = 0,
         bounded: bool = True,
         meta_puts: Sequence[tuple[bytes, bytes]] = (),
+        weight: int = 0,
     ) -> asyncio.Future[list[sm.Result]]:
         if self._stopping:
             raise Overloaded("the node is shutting down")
-        if bounded and self._queued_events + len(events) > self.limits.queue_events_max:
+        weight = weight or len(events)
+        if bounded and self._queued_events + weight > self.limits.queue_events_max:
             raise Overloaded(
                 f"{self._queued_events} events are queued for commit and the limit is"
                 f" {self.limits.queue_events_max}; retry with backoff"
             )
         future: asyncio.Future[list[sm.Result]] = asyncio.get_running_loop().create_future()
-        command: _Command[E] = _Command(apply, events, future, outbox_reserved, meta_puts)
+        command: _Command[E] = _Command(apply, events, future, outbox_reserved, meta_puts, weight)
         self._mailbox.append(command)  # type: ignore[arg-type]  # the mailbox holds every kind of event
         self._outbox_reserved += outbox_reserved
-        self._queued_events += len(events)
+        self._queued_events += weight
         metrics.queue_events.set(self._queued_events)
         self._wake.set()
         return future
@@ -364,7 +369,7 @@ class Engine:
             while self._mailbox and taken < self.limits.commit_events_max:
                 command = self._mailbox.popleft()
                 commands.append(command)
-                taken += len(command.events)
+                taken += command.weight
             if self._mailbox:
                 self._wake.set()  # more than one cycle's worth is waiting
             overlay = Overlay(self.storage)

@@ -272,7 +272,7 @@ GET_ACCOUNT_TRANSFERS = LedgerMethod[pb.GetAccountTransfersRequest](
 
 RECORD_VALUE_BYTES_MAX = 65_536
 COMMIT_WRITES_MAX = 64
-COMMIT_TRANSFERS_MAX = 64
+COMMIT_TRANSFERS_MAX = 1_024  # a loan's end of day catching up a year: 3 postings a day
 SCAN_LIMIT_MAX = 1_000
 SCAN_LIMIT_DEFAULT = 100
 _KIND_RE = re.compile(r"[a-z0-9_-]{1,32}")

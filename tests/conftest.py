@@ -64,6 +64,11 @@ def fresh(prefix: str) -> str:
     return f"{prefix}-{next(_ids)}"
 
 
+def fresh_book() -> str:
+    """A lending book's name no other test uses (`lending serve --book`: its records are its own)."""
+    return f"t{next(_ids)}"
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A router and two ledger nodes for one test module (a module may define its own)."""

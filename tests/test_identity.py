@@ -45,7 +45,7 @@ from serving import certs
 from serving.audit import AuditLog
 from serving.authz import ALLOWED, RETRY_AFTER_METADATA, Gate
 from serving.tls import TLS_DIR_ENV, TlsError
-from tests.conftest import channel, fresh, tls
+from tests.conftest import channel, fresh, fresh_book, tls
 
 CNY = 156
 
@@ -207,8 +207,8 @@ def test_a_rogue_node_cannot_be_added_but_by_an_operator(cluster: LocalCluster) 
     assert "127.0.0.1:1" not in {n.address for n in after.nodes}
 
 
-def test_only_an_operator_publishes_a_product(tmp_path: Path) -> None:
-    lending = LendingProcess(str(tmp_path / "lending")).start()
+def test_only_an_operator_publishes_a_product(tmp_path: Path, cluster: LocalCluster) -> None:
+    lending = LendingProcess(str(tmp_path / "lending"), ["--router", cluster.address, "--book", fresh_book()]).start()
     try:
         with channel(lending.address, "service") as as_service:
             products = lending_pb2_grpc.ProductServiceStub(as_service)

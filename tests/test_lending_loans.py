@@ -1,8 +1,8 @@
 """Loans end to end: a router and two ledger nodes, and `yunkai lending serve --router` as real processes.
 
-Each test has a lending server of its own (its own store and end-of-day checkpoints) on the
-shared cluster, and customers of its own, so the business dates one test runs never advance
-another test's loans.
+Each test has a lending server and a book of its own (`--book`: its loans, lines and
+end-of-day checkpoints are apart on the shared cluster), and customers of its own, so the
+business dates one test runs never advance another test's loans.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from lending.loans import Accounts, slot_of_customer
 from lending.products import SAMPLE_CATALOGUE, read_catalogue
 from proto import lending_pb2 as pb, lending_pb2_grpc
 from router.slots import SLOTS_TOTAL_DEFAULT, slot_of
-from tests.conftest import channel, fresh
+from tests.conftest import channel, fresh, fresh_book
 
 CNY = 156
 FUNDING_CODE = 3201  # a payment arriving from the rails: settle -> deposit
@@ -141,7 +141,9 @@ class Lending:
 def lending(
     cluster: LocalCluster, ledger: SyncLedgerClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Lending]:
-    process = LendingProcess(str(tmp_path_factory.mktemp("lending")), ["--router", cluster.address])
+    process = LendingProcess(
+        str(tmp_path_factory.mktemp("lending")), ["--router", cluster.address, "--book", fresh_book()]
+    )
     handle = Lending(process.start(), ledger)
     yield handle
     handle.close()

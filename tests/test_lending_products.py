@@ -1,12 +1,14 @@
 """The product factory: validation naming the parameter, the lifecycle, durability, the CLI.
 
-The server runs as a real `yunkai lending serve` process on loopback in a temporary directory.
+The server runs as a real `yunkai lending serve` process on loopback over a real router and
+two ledger nodes (the catalogue is a book's records on them), each test's book its own.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -16,10 +18,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cluster.commands import LocalCluster
 from cluster.local import LendingProcess
 from lending.products import SAMPLE_CATALOGUE, read_catalogue, validate
 from proto import lending_pb2 as pb, lending_pb2_grpc
-from tests.conftest import channel, fresh
+from tests.conftest import channel, fresh, fresh_book
 
 
 def sample(code: str = "SME-TAX-LOAN") -> pb.ProductParameters:
@@ -111,9 +114,14 @@ class Lending:
         return list(self.products.ListProducts(request, timeout=10).products)
 
 
+def serve(directory: str, cluster: LocalCluster, book: str) -> LendingProcess:
+    """A lending server of `book` over the module's cluster (its catalogue is the book's records)."""
+    return LendingProcess(directory, ["--router", cluster.address, "--book", book])
+
+
 @pytest.fixture(scope="module")
-def lending(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lending]:
-    handle = Lending(LendingProcess(str(tmp_path_factory.mktemp("lending"))).start())
+def lending(tmp_path_factory: pytest.TempPathFactory, cluster: LocalCluster) -> Iterator[Lending]:
+    handle = Lending(serve(str(tmp_path_factory.mktemp("lending")), cluster, fresh_book()).start())
     yield handle
     handle.close()
     assert handle.process.stop() == 0, handle.process.log_tail()
@@ -194,42 +202,62 @@ def test_bad_parameters_are_refused_by_name_and_leave_nothing_behind(lending: Le
     assert [p for p in lending.all() if p.code == name] == []
 
 
-def test_products_survive_a_restart_and_a_kill_9(tmp_path: Path) -> None:
-    process = LendingProcess(str(tmp_path / "lending")).start()
-    handle = Lending(process)
+def test_the_catalogue_survives_a_kill_9_and_the_servers_disk_and_is_one_for_two_servers(
+    tmp_path: Path, cluster: LocalCluster
+) -> None:
+    book = fresh_book()
+    process = serve(str(tmp_path / "lending"), cluster, book).start()
+    other = serve(str(tmp_path / "other"), cluster, book).start()
+    handle, second = Lending(process), Lending(other)
     try:
         name = code()
         stub = handle.products
         stub.SaveDraft(pb.SaveDraftRequest(parameters=changed(sample(), code=name)), timeout=10)
         stub.PublishProduct(pb.ProductRef(code=name, version=1), timeout=10)
-        stub.SaveDraft(pb.SaveDraftRequest(parameters=changed(sample(), code=name, grace_days=1)), timeout=10)
+        # The second server of the book sees what the first saved, and changes it.
+        second.products.SaveDraft(
+            pb.SaveDraftRequest(parameters=changed(sample(), code=name, grace_days=1)), timeout=10
+        )
         before = handle.all()
-        assert process.stop() == 0
-        process.start()
+        assert [(p.version, p.state) for p in before] == [(1, pb.PUBLISHED), (2, pb.DRAFT)]
+        assert second.all() == before
+        process.kill()  # acknowledged means committed on the ledger's replicas
+        shutil.rmtree(tmp_path / "lending")  # and the server's own disk is gone
+        process = serve(str(tmp_path / "lending"), cluster, book).start()
         handle.close()
         handle = Lending(process)
         assert handle.all() == before
         stub = handle.products
         stub.PublishProduct(pb.ProductRef(code=name, version=2), timeout=10)
-        retired = stub.RetireProduct(pb.ProductRef(code=name, version=1), timeout=10)
-        process.kill()  # acknowledged means written with sync: nothing is lost
-        process.start()
-        handle.close()
-        handle = Lending(process)
+        retired = second.products.RetireProduct(pb.ProductRef(code=name, version=1), timeout=10)
         after = handle.all()
         assert [(p.version, p.state) for p in after] == [(1, pb.RETIRED), (2, pb.PUBLISHED)]
         assert after[0] == retired
+        # Another book on the same ledger has a catalogue of its own.
+        elsewhere = serve(str(tmp_path / "elsewhere"), cluster, fresh_book()).start()
+        try:
+            with channel(elsewhere.address, "operator") as to_elsewhere:
+                listed = lending_pb2_grpc.ProductServiceStub(to_elsewhere).ListProducts(
+                    pb.ListProductsRequest(include_drafts=True, include_retired=True), timeout=10
+                )
+                assert [p for p in listed.products if p.code == name] == []
+        finally:
+            assert elsewhere.stop() == 0
     finally:
         handle.close()
+        second.close()
         process.stop()
+        other.stop()
 
 
 def yunkai(*words: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "cluster.cli", *words], capture_output=True, text=True, timeout=60)
 
 
-def test_the_cli_loads_the_sample_catalogue_once_and_names_bad_parameters(tmp_path: Path) -> None:
-    process = LendingProcess(str(tmp_path / "lending")).start()
+def test_the_cli_loads_the_sample_catalogue_once_and_names_bad_parameters(
+    tmp_path: Path, cluster: LocalCluster
+) -> None:
+    process = serve(str(tmp_path / "lending"), cluster, fresh_book()).start()
     server = ["--server", process.address]
     try:
         for _ in range(2):  # loading it twice changes nothing
