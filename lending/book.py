@@ -23,51 +23,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
 
-from google.protobuf.message import Message
-
-from clients.ledger import Commit, LedgerClient, Record, ResultCode, Transfer, Write, slot_of
+from clients.ledger import LedgerClient
+from clients.records import Conflict, Put, Records
 from lending import loans as rules
 from proto import lending_pb2 as pb
 
-M = TypeVar("M", bound=Message)
 BOOK_DEFAULT = "book"
 CONFLICT_RETRIES = 5  # decisions taken again after losing a race to another lending process
 GL_TAG = "{gl}"
 EOD_TAG = "{eod}"
-
-
-class Conflict(RuntimeError):
-    """Another writer changed a record between this one's read and its commit."""
-
-
-class CommitFailed(RuntimeError):
-    """The ledger refused a commit's transfer: nothing of the commit was applied."""
-
-    def __init__(self, code: ResultCode, field: str) -> None:
-        super().__init__(f"{field}: {code.name}")
-        self.code = code
-        self.field = field
-
-
-@dataclass(frozen=True)
-class Held:
-    """A record as read: its message and the version a write must name."""
-
-    value: Message
-    version: int
-
-
-@dataclass(frozen=True)
-class Put:
-    """One record to write in a commit (`version`: the one read, 0 if there was none)."""
-
-    kind: str
-    key: str
-    value: Message | bytes
-    version: int
 
 
 def loan_key(customer: str, loan_id: str) -> str:
@@ -82,32 +47,15 @@ def ask_key(customer: str, loan_id: str) -> str:
     return f"{{c{customer}}}:ask:{loan_id}"
 
 
-class Book:
-    """The book's records over the ledger SDK."""
+class Book(Records):
+    """The lending book's records over the ledger SDK."""
 
     def __init__(self, ledger: LedgerClient, name: str = BOOK_DEFAULT) -> None:
         if not rules.BOOK_PATTERN.fullmatch(name):
             raise rules.BadLoanRequest(f"book: {name!r} is not 1-16 of a-z, 0-9")
-        self.ledger = ledger
-        self.name = name
-
-    def kind(self, kind: str) -> str:
-        return f"{self.name}-{kind}"
+        super().__init__(ledger, name)
 
     # --- reads -----------------------------------------------------------------------------
-
-    async def read(self, wanted: Sequence[tuple[str, str]]) -> list[Record | None]:
-        """Records by (kind, key) of this book, in order."""
-        return await self.ledger.lookup_records([(self.kind(kind), key) for kind, key in wanted])
-
-    async def scan(
-        self, kind: str, slots: Sequence[int] | None = None, prefix: str = ""
-    ) -> AsyncIterator[list[Record]]:
-        async for page in self.ledger.scan_records(self.kind(kind), slots, prefix):
-            yield page
-
-    async def slot_of(self, key: str) -> int:
-        return slot_of(key, await self.ledger.slots_total())
 
     async def loan(self, loan_id: str) -> tuple[pb.Loan, int]:
         """The loan and its version; LoanNotFound if the book has none of that id."""
@@ -173,25 +121,6 @@ class Book:
         return {int(r.key[len(prefix) :]) async for page in self.scan("eod", [slot], prefix) for r in page}
 
     # --- writes ----------------------------------------------------------------------------
-
-    async def commit(self, puts: Sequence[Put], transfers: Sequence[Transfer] = ()) -> None:
-        """Write the records and make the transfers, all of it or none (one slot): Conflict if a
-        record moved on since it was read, CommitFailed if the ledger refused a transfer."""
-        writes = [
-            Write(
-                self.kind(p.kind),
-                p.key,
-                p.value if isinstance(p.value, bytes) else p.value.SerializeToString(),
-                p.version,
-            )
-            for p in puts
-        ]
-        [result] = await self.ledger.commit_records([Commit(writes, transfers)])
-        if result.code is ResultCode.OK:
-            return
-        if result.code is ResultCode.RECORD_VERSION_MISMATCH:
-            raise Conflict(f"{result.field} changed since it was read")
-        raise CommitFailed(result.code, result.field)
 
     async def claim_loan_id(self, loan_id: str, customer: str) -> None:
         """Make the loan id this customer's (a retry finds it so); LoanRefused if it is another's."""

@@ -40,9 +40,10 @@ import grpc
 from prometheus_client import Counter
 
 from clients.ledger import Account, AccountFlags, LedgerClient, ResultCode, Transfer
+from clients.records import CommitFailed, Conflict, Put
 from lending import journal, loans as rules
 from lending.allocation import allocate
-from lending.book import CONFLICT_RETRIES, GL_TAG, Book, CommitFailed, Conflict, Put, ask_key, line_key, loan_key
+from lending.book import CONFLICT_RETRIES, GL_TAG, Book, ask_key, line_key, loan_key
 from lending.limits import CreditLimits
 from lending.products import ProductStore, ledger_of
 from proto import lending_pb2 as pb, risk_pb2, risk_pb2_grpc

@@ -29,7 +29,8 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from lending.book import CONFLICT_RETRIES, Book, Conflict, Put
+from clients.records import Conflict, Put
+from lending.book import CONFLICT_RETRIES, Book
 from lending.schedule import ANNUAL_RATE_BPS_MAX, PRINCIPAL_MAX, TERM_MONTHS_MAX
 from proto import lending_pb2 as pb
 

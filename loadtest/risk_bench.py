@@ -7,8 +7,10 @@ Issue 8's benchmark, on loopback:
      call is a new application (a new id), so each is scored on the scoring server, evaluated
      by the SME-TAX-LOAN table and fsync'd to the decision log.
   2. Throughput: `--concurrency` callers sending Decide back to back for 5 s.
-Without `--risk` it trains credit_risk into a temporary registry, starts `yunkai scoring serve`
-and `yunkai risk serve` (without a ledger: opening credit lines is the ledger's benchmark).
+Without `--risk` it trains credit_risk into a temporary registry, starts a one-node ledger (the
+decision log's records live there, replicated as they would be in a cluster), `yunkai scoring
+serve` and `yunkai risk serve` (without a lending server: opening credit lines is the lending
+benchmark's, `yunkai bench-lending`).
 Applicants are the first rows of the credit_risk training data, so the outcomes are a real mix.
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 import grpc
 import uvloop
 
+from cluster.commands import LocalCluster
 from cluster.local import RiskProcess, ScoringProcess
 from loadtest import openloop, report
 from proto import risk_pb2 as pb, risk_pb2_grpc
@@ -51,9 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     processes: list[RiskProcess | ScoringProcess] = []
     address = args.risk
+    cluster: LocalCluster | None = None
     try:
         if address is None:
             work = tempfile.mkdtemp(prefix="yunkai-bench-risk-")
+            cluster = LocalCluster(os.path.join(work, "cluster"), nodes=1, port=0).start()
+            cluster.export_identity()
             registry = os.path.join(work, "models")
             print(f"training credit_risk into {registry} ...", flush=True)
             subprocess.run(
@@ -73,13 +79,18 @@ def main(args: argparse.Namespace) -> int:
             )
             scoring = ScoringProcess(registry, ["--log-level", "WARNING"]).start()
             processes.append(scoring)
-            risk = RiskProcess(os.path.join(work, "risk"), ["--scoring", scoring.address, "--log-level", "WARNING"])
+            risk = RiskProcess(
+                os.path.join(work, "risk"),
+                ["--scoring", scoring.address, "--router", cluster.address, "--log-level", "WARNING"],
+            )
             processes.append(risk.start())
             address = risk.address
         result = uvloop.run(_bench(args, address))
     finally:
         for process in reversed(processes):
             process.stop()
+        if cluster is not None:
+            cluster.stop()
     report.record(args, result)
     per_second: list[dict[str, Any]] = result["per_second"]  # type: ignore[assignment]
     worst = max(per_second, key=lambda second: second["p99_ms"] or 0.0)

@@ -1,82 +1,122 @@
-"""The behavioural side's durable records, in one RocksDB (rocksdict) under --data-dir, as JSON.
+"""The behavioural side's durable records, on the ledger's nodes as slot-local records, as JSON.
 
-Keys: `r/<run>` a run (its business date); `a/<run>/<customer>` an assessment (what the
-behaviour job decided and why, and the ledger's answer); `w/<customer>` the customer's
-current warning level (their latest assessment); `t/<run>/<customer>` a follow-up task (a
-call or a visit) and its outcome. Run ids and customers have no '/', so keys never collide.
-Every write is fsync'd, and records are checked after they are read (the key says whose
-they are).
+Keys, as callers name them, and where each lives (node/records.py, via clients/records.py):
 
-Batches (`write`) and long scans (`run`) go to the store's own worker thread, so the event
-loop keeps serving decisions meanwhile; a batch, once started, finishes even if its caller
-is cancelled (the caller waits for it, so a lock it holds covers the write), and `close`
-waits for the worker before closing the database.
+    r/<run>             a run (its business date)              kind run,    key run:<run>
+    a/<run>/<customer>  an assessment (what the behaviour job  kind assess, key {c<customer>}:<run>
+                        decided and why, the ledger's answer)
+    w/<customer>        the customer's current warning level   kind level,  key {c<customer>}:w
+                        (their latest assessment)
+    t/<run>/<customer>  a follow-up task (a call or a visit)   kind task,   key {c<customer>}:<run>
+                        and its outcome
+
+A customer's records live in the slot of their accounts (hash tag {c<customer>}), so they
+are replicated and moved with them, and no risk server keeps any. Run ids and customers have
+no '/', so keys never collide. Every record read carries the version it was read at
+(`VERSION`, not stored); a write names it, so a write that another risk server's write
+overtook meanwhile is refused (`Conflict`: decide again) instead of overwriting it. Records
+are checked after they are read (the key says whose they are).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
-from rocksdict import WriteBatch
+from clients.records import Conflict, Put, Records
 
-import serving
+VERSION = "_version"  # in a record read: the version a write of it names (never stored)
+READ_BATCH_MAX = 1_000  # keys per LookupRecords call
 
-T = TypeVar("T")
+
+class AssessmentsDamaged(RuntimeError):
+    """A stored record is not where its key says."""
+
+
+def place(key: str) -> tuple[str, str]:
+    """(kind, record key) of a caller's key; ValueError for a key of no known shape."""
+    parts = key.split("/")
+    match parts:
+        case ["r", run]:
+            return "run", f"run:{run}"
+        case ["a", run, customer]:
+            return "assess", f"{{c{customer}}}:{run}"
+        case ["w", customer]:
+            return "level", f"{{c{customer}}}:w"
+        case ["t", run, customer]:
+            return "task", f"{{c{customer}}}:{run}"
+    raise ValueError(f"{key!r} is not a key of the assessments' store")
 
 
 class AssessmentStore:
-    """JSON records by key, for one process and one event loop."""
+    """JSON records by key, over a set of records on the ledger."""
 
-    def __init__(self, data_dir: str) -> None:
-        self._db, self._sync = serving.open_store(data_dir, "behaviour")
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="assessments")
+    def __init__(self, records: Records) -> None:
+        self._records = records
 
-    def close(self) -> None:
-        self._worker.shutdown(wait=True)  # nothing in flight writes to a closed database
-        self._db.close()
+    async def get(self, key: str) -> dict[str, Any] | None:
+        [found] = await self.get_many([key])
+        return found
 
-    async def run(self, work: Callable[..., T], *args: Any) -> T:
-        """`work(*args)` in the store's worker thread; it finishes even if the caller is cancelled."""
-        running = asyncio.get_running_loop().run_in_executor(self._worker, work, *args)
-        try:
-            return await asyncio.shield(running)
-        except asyncio.CancelledError:
-            await running  # the caller's locks must outlive the write
-            raise
+    async def get_many(self, keys: Sequence[str]) -> list[dict[str, Any] | None]:
+        """The records by key, in order (None where there is none)."""
+        found: list[dict[str, Any] | None] = []
+        for start in range(0, len(keys), READ_BATCH_MAX):
+            chunk = keys[start : start + READ_BATCH_MAX]
+            read = await self._records.read([place(key) for key in chunk])
+            for key, record in zip(chunk, read, strict=True):
+                found.append(None if record is None else _loaded(key, record.value, record.version))
+        return found
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        raw: bytes | None = self._db.get(key.encode())
-        if raw is None:
-            return None
-        record: dict[str, Any] = json.loads(raw)
-        assert record["key"] == key, (record["key"], key)
-        return record
-
-    def put(self, key: str, record: dict[str, Any]) -> None:
-        record["key"] = key
-        self._db.put(key.encode(), json.dumps(record, sort_keys=True).encode(), self._sync)
+    async def put(self, key: str, record: dict[str, Any]) -> None:
+        await self.write({key: record})
 
     async def write(self, records: dict[str, dict[str, Any]]) -> None:
-        """Store records by key in one fsync'd batch, in the worker thread."""
-        if not records:
-            return
-        batch = WriteBatch(raw_mode=True)
+        """Store records by key, each naming the version it was read at (0: new); one commit
+        per slot, concurrently. Conflict if one was changed meanwhile: the others may stand."""
+        by_slot: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         for key, record in records.items():
-            record["key"] = key
-            batch.put(key.encode(), json.dumps(record, sort_keys=True).encode())
-        await self.run(self._db.write, batch, self._sync)
+            slot = await self._records.slot_of(place(key)[1])
+            by_slot.setdefault(slot, []).append((key, record))
 
-    def scan(self, prefix: str) -> Iterator[dict[str, Any]]:
-        """Records whose key starts with `prefix`, in key order."""
-        start = prefix.encode()
-        for key, value in self._db.items(from_key=start):
-            assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
-            if not key.startswith(start):
-                return
-            record: dict[str, Any] = json.loads(value)
-            assert record["key"] == key.decode(), key
-            yield record
+        async def commit(group: list[tuple[str, dict[str, Any]]]) -> None:
+            puts = []
+            for key, record in group:
+                record["key"] = key
+                stored = as_stored(record)
+                kind, record_key = place(key)
+                puts.append(Put(kind, record_key, json.dumps(stored, sort_keys=True).encode(), record.get(VERSION, 0)))
+            await self._records.commit(puts)
+            for _key, record in group:
+                record[VERSION] = record.get(VERSION, 0) + 1
+
+        outcomes = await asyncio.gather(*(commit(group) for group in by_slot.values()), return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            raise next((o for o in failed if isinstance(o, Conflict)), failed[0])
+
+    async def scan(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        """Every record of one kind: "t/" (the follow-ups) or "a/" (the assessments)."""
+        kinds = {"t/": ("task", "t"), "a/": ("assess", "a")}
+        if prefix not in kinds:
+            raise ValueError(f"{prefix!r}: only t/ and a/ are scanned")
+        kind, letter = kinds[prefix]
+        async for page in self._records.scan(kind):
+            for record in page:
+                customer, _, run = record.key.partition("}:")
+                yield _loaded(f"{letter}/{run}/{customer.removeprefix('{c')}", record.value, record.version)
+
+
+def as_stored(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as it is stored and shown: without the version it was read at."""
+    return {name: value for name, value in record.items() if name != VERSION}
+
+
+def _loaded(key: str, value: bytes, version: int) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads(value)
+    if record.get("key") != key:
+        raise AssessmentsDamaged(f"the record under {key} says it is {record.get('key')!r}")
+    record[VERSION] = version
+    return record

@@ -203,12 +203,12 @@ class BehaviourJob:
         self, run_id: str, as_of: date, borrowers: Sequence[Borrower]
     ) -> tuple[list[dict[str, Any]], list[NotAssessed]]:
         day = as_of.isoformat()
-        run = self.store.get(f"r/{run_id}")
+        run = await self.store.get(f"r/{run_id}")
         if run is not None and run["date"] != day:
             raise RunConflict(f"run_id: {run_id} is a run as of {run['date']}, not {day}")
         records: dict[str, dict[str, Any]] = {}
-        for borrower in borrowers:
-            stored = self.store.get(f"a/{run_id}/{borrower.customer}")
+        found = await self.store.get_many([f"a/{run_id}/{b.customer}" for b in borrowers])
+        for borrower, stored in zip(borrowers, found, strict=True):
             if stored is not None:
                 # Records written before runs kept their date (the file-fed job) have none.
                 if stored.get("date", day) != day:
@@ -251,7 +251,9 @@ class BehaviourJob:
         derived, features = [d for _, d, _ in kept], [row for _, _, row in kept]
         views = [lines[b.customer] for b in new]
         scores = await self._score(new, features)
-        assessed: dict[str, dict[str, Any]] = {f"r/{run_id}": {"run_id": run_id, "date": day}}
+        assessed: dict[str, dict[str, Any]] = {}
+        if run is None:
+            assessed[f"r/{run_id}"] = {"run_id": run_id, "date": day}
         for borrower, used, from_records, borrower_scores, view_of in zip(
             new, features, derived, scores, views, strict=True
         ):
@@ -279,7 +281,7 @@ class BehaviourJob:
                 record["applied"] = outcome if isinstance(outcome, str) else outcome.code.name
                 done[f"a/{run_id}/{record['customer']}"] = record
                 if record["applied"] != SUPERSEDED:  # a superseded assessment is history, not the level
-                    done |= early_warning.updates(self.store, record)
+                    done |= await early_warning.updates(self.store, record)
         await self.store.write(done)
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         if failed:  # the ledger did not answer: a repeat of the call applies the rest
@@ -318,7 +320,7 @@ class BehaviourJob:
         run resumed late must not act against what a newer run decided."""
         customer, action, amount = record["customer"], record["action"], record["amount_fen"]
         if record["applied"] != "OK":
-            current = self.store.get(f"w/{customer}")
+            current = await self.store.get(f"w/{customer}")
             if (
                 current is not None
                 and current["run_id"] != record["run_id"]

@@ -20,10 +20,11 @@ import re
 import time
 from typing import Any
 
-from risk.assessments import AssessmentStore
+from risk.assessments import VERSION, AssessmentStore
 
 KINDS = {"amber": "call", "red": "visit"}
 OUTCOME_PATTERN = re.compile(r"[a-z][a-z_]{0,31}")
+TASK_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,16}/[A-Za-z0-9]{1,20}")  # <run id>/<customer>
 NOTE_CHARS_MAX = 500
 MAX_AGE_DAYS_DEFAULT = 30
 DAY_MS = 86_400_000
@@ -45,15 +46,17 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def updates(store: AssessmentStore, assessment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+async def updates(store: AssessmentStore, assessment: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The writes that make `assessment` the customer's current level (if newer) and open its
     follow-up (once): key -> record, for the caller to store (with the assessment)."""
     customer, run_id = assessment["customer"], assessment["run_id"]
     writes: dict[str, dict[str, Any]] = {}
     level_key = f"w/{customer}"
-    current = store.get(level_key)
+    task_key = f"t/{run_id}/{customer}"
+    current, task = await store.get_many([level_key, task_key])
     if current is None or current["assessed_at_unix_ms"] <= assessment["assessed_at_unix_ms"]:
         writes[level_key] = {
+            **({VERSION: current[VERSION]} if current is not None else {}),
             "customer": customer,
             "level": assessment["warning_level"],
             "reasons": assessment["reasons"],
@@ -61,8 +64,7 @@ def updates(store: AssessmentStore, assessment: dict[str, Any]) -> dict[str, dic
             "assessed_at_unix_ms": assessment["assessed_at_unix_ms"],
         }
     kind = KINDS.get(assessment["warning_level"])
-    task_key = f"t/{run_id}/{customer}"
-    if kind is not None and store.get(task_key) is None:
+    if kind is not None and task is None:
         writes[task_key] = {
             "task": f"{run_id}/{customer}",
             "customer": customer,
@@ -77,19 +79,19 @@ def updates(store: AssessmentStore, assessment: dict[str, Any]) -> dict[str, dic
     return writes
 
 
-def open_tasks(store: AssessmentStore, kind: str | None = None) -> list[dict[str, Any]]:
+async def open_tasks(store: AssessmentStore, kind: str | None = None) -> list[dict[str, Any]]:
     """Open follow-ups, visits (red) before calls (amber), oldest first."""
-    tasks = [t for t in store.scan("t/") if t["outcome"] is None and (kind is None or t["kind"] == kind)]
+    tasks = [t async for t in store.scan("t/") if t["outcome"] is None and (kind is None or t["kind"] == kind)]
     return sorted(tasks, key=lambda t: (t["kind"] != "visit", t["opened_at_unix_ms"], t["task"]))
 
 
-def record_outcome(store: AssessmentStore, task: str, outcome: str, note: str = "") -> dict[str, Any]:
+async def record_outcome(store: AssessmentStore, task: str, outcome: str, note: str = "") -> dict[str, Any]:
     """Close a follow-up with what was found; final once recorded."""
     if not OUTCOME_PATTERN.fullmatch(outcome):
         raise FollowUpRefused(f"outcome: {outcome!r} is not a lower_case code of up to 32 characters")
     if len(note) > NOTE_CHARS_MAX:
         raise FollowUpRefused(f"note: longer than {NOTE_CHARS_MAX} characters")
-    record = store.get(f"t/{task}")
+    record = await store.get(f"t/{task}") if TASK_PATTERN.fullmatch(task) else None
     if record is None:
         raise TaskNotFound(f"task: no follow-up {task!r}")
     if record["outcome"] is not None:
@@ -97,16 +99,15 @@ def record_outcome(store: AssessmentStore, task: str, outcome: str, note: str = 
             return record  # a repeat
         raise OutcomeFinal(f"task: {task} already has the outcome {record['outcome']!r}")
     record.update(outcome=outcome, note=note, closed_at_unix_ms=now_ms())
-    store.put(f"t/{task}", record)
+    await store.put(f"t/{task}", record)  # Conflict if another server closed it meanwhile: ask again
     return record
 
 
-def coverage(store: AssessmentStore, customers: list[str], as_of_ms: int, max_age_ms: int) -> dict[str, Any]:
+async def coverage(store: AssessmentStore, customers: list[str], as_of_ms: int, max_age_ms: int) -> dict[str, Any]:
     """Share of `customers` with a current assessment (younger than max_age_ms at as_of_ms)."""
     by_level = {"green": 0, "amber": 0, "red": 0}
     current = 0
-    for customer in customers:
-        level = store.get(f"w/{customer}")
+    for level in await store.get_many([f"w/{customer}" for customer in customers]):
         if level is not None and as_of_ms - level["assessed_at_unix_ms"] < max_age_ms:
             current += 1
             by_level[level["level"]] += 1

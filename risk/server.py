@@ -1,4 +1,4 @@
-"""The risk process: `yunkai risk serve --data-dir D --port P --scoring HOST:PORT [--router HOST:PORT]`.
+"""The risk process: `yunkai risk serve --router HOST:PORT --scoring HOST:PORT --data-dir D --port P`.
 
 Serves yunkai.risk.v1.DecisionService with the shared plumbing of proto/serving.py (settings
 from flags, YUNKAI_RISK_* and `[risk]` in a TOML file; JSON logs; health and reflection;
@@ -12,7 +12,9 @@ Decide, for one application (the flow's own protocol is in risk/flow.py):
      with the reasons behind each score (the REASONS_ASKED largest SHAP contributions,
      scoring/reasons.py; none from a model version trained without them, logged once);
   4. evaluate the flow's decision table;
-  5. store the decision, fsync'd, before anything acts on it;
+  5. store the decision on the ledger's nodes (risk/store.py: replicated, in the slot of its
+     application id) before anything acts on it; of two risk servers deciding one application
+     at once, the second finds the first's decision and answers it as a repeat;
   6. with --lending, an approval opens the credit line in the lending service
      (LoanService.ApproveCreditLine): the decided limit at the customer's and the product's
      level and the decided price, under a line id derived from the application id
@@ -27,7 +29,8 @@ Nothing but step 5 writes; a refused request changes nothing.
 It also serves yunkai.risk.v1.BehaviourService (BehaviourServiceHandler below): behavioural
 assessments (risk/behaviour.py has their protocol; they need --router for the limits and
 --lending for the borrowers' repayment records) and early warning's follow-ups and coverage
-(risk/early_warning.py), over the assessments' RocksDB in the same --data-dir.
+(risk/early_warning.py), over the assessments' records on the ledger (risk/assessments.py).
+The process keeps nothing but its audit log: several serve one book.
 """
 
 from __future__ import annotations
@@ -51,11 +54,12 @@ from prometheus_client import Counter, Histogram
 
 import serving
 from clients.ledger import LedgerClient, LedgerError
+from clients.records import NAME_PATTERN, Conflict as RecordConflict, Records
 from clients.scoring import ScoringClient
 from lending.limits import CUSTOMER_PATTERN, CreditLimits
 from proto import inference_pb2, lending_pb2, lending_pb2_grpc, risk_pb2 as pb
 from risk import behaviour, early_warning, flow
-from risk.assessments import AssessmentStore
+from risk.assessments import AssessmentStore, as_stored
 from risk.locks import KeyedLocks
 from risk.store import DecisionStore
 from serving import BadRequest, Context, parse_request
@@ -85,6 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "flows_dir": None,
     "metrics_port": None,
     "log_level": "INFO",
+    "book": "book",
 }
 
 requests_total = Counter("yunkai_risk_requests_total", "Risk RPCs answered", ["method", "status"])
@@ -120,9 +125,18 @@ class UpstreamRefused(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     serving.add_common_arguments(parser)
-    parser.add_argument("--data-dir", help="directory of the decision log's RocksDB (required)")
+    parser.add_argument("--data-dir", help="the server's own directory: its audit log (required)")
     parser.add_argument("--scoring", help="HOST:PORT of `yunkai scoring serve` (required)")
-    parser.add_argument("--router", help="HOST:PORT of a ledger router: behavioural assessments move limits there")
+    parser.add_argument(
+        "--router",
+        help="HOST:PORT of the ledger's router (required): its nodes keep the decision log and the behavioural"
+        " records; behavioural assessments move limits there",
+    )
+    parser.add_argument(
+        "--book",
+        help="the book whose decisions and assessments these are: kept apart from other books' on the ledger"
+        " (default book, as `lending serve --book`)",
+    )
     parser.add_argument(
         "--lending",
         help="HOST:PORT of `yunkai lending serve`: approvals open their credit lines there, and behavioural"
@@ -136,9 +150,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _check(settings: dict[str, Any]) -> str | None:
-    for name in ("data_dir", "scoring"):
+    for name in ("data_dir", "scoring", "router"):
         if not settings[name]:
             return f"--{name.replace('_', '-')} is required (or YUNKAI_RISK_{name.upper()})"
+    if not NAME_PATTERN.fullmatch(str(settings["book"])):
+        return f"--book {settings['book']!r}: a book's name is 1-16 of a-z, 0-9"
     return None
 
 
@@ -153,36 +169,30 @@ async def _serve(settings: dict[str, Any]) -> None:
 async def _risk(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIterator[Mapping[str, object]]:
     """Decisions over the scoring server, credit lines in the lending server (--lending),
     behavioural assessments over the lending server's records (--router and --lending)."""
-    store = DecisionStore(str(settings["data_dir"]))
-    assessments = AssessmentStore(str(settings["data_dir"]))
     credentials_out = serving.client_credentials(settings["tls"])
+    ledger = await LedgerClient.connect(str(settings["router"]), tls=settings["tls"], insecure=settings["tls"] is None)
     scoring = ScoringClient(str(settings["scoring"]), credentials=credentials_out, insecure=settings["tls"] is None)
-    ledger = None
     lending = serving.channel(str(settings["lending"]), credentials_out, []) if settings["lending"] else None
     try:
-        if settings["router"]:
-            ledger = await LedgerClient.connect(
-                str(settings["router"]), tls=settings["tls"], insecure=settings["tls"] is None
-            )
-        limits = CreditLimits(ledger, CURRENCY_LEDGER_CNY) if ledger else None
+        records = Records(ledger, str(settings["book"]))
+        store = DecisionStore(records)
+        assessments = AssessmentStore(records)
+        limits = CreditLimits(ledger, CURRENCY_LEDGER_CNY)
         flows = flow.Flows(Path(settings["flows_dir"])) if settings["flows_dir"] else flow.Flows()
         if lending is None:
             log.warning("started without --lending: approvals are stored but open no credit line")
         lines = lending_pb2_grpc.LoanServiceStub(lending) if lending is not None else None
         service = DecisionService(store, flows, scoring, lines)
         job = None
-        if limits is not None and lending is not None:
+        if lending is not None:
             job = behaviour.BehaviourJob(scoring, limits, loans_reader(lending), assessments, behaviour.load_policy())
         server.add_generic_rpc_handlers([service.handler(), BehaviourServiceHandler(assessments, job).handler()])
         yield {"data_dir": settings["data_dir"], "scoring": settings["scoring"], "router": settings["router"]}
     finally:
         await scoring.close()
-        if ledger is not None:
-            await ledger.close()
+        await ledger.close()
         if lending is not None:
             await lending.close()
-        assessments.close()
-        store.close()
 
 
 def outcome_of(result: flow.Outcome) -> pb.Outcome:
@@ -250,13 +260,9 @@ class DecisionService:
             return await self._decide(request)
 
     async def _decide(self, request: pb.DecideRequest) -> pb.Decision:
-        stored = self.store.get(request.application_id)
+        stored = await self.store.get(request.application_id)
         if stored is not None:
-            stored_request, decision = stored
-            if stored_request != request:
-                raise Conflict(f"application_id: {request.application_id} was decided for another request")
-            await self._open_credit_line(decision)
-            return decision
+            return await self._repeat(request, *stored)
         chosen = self.flows.get(request.product, request.flow_version or None)
         features = {pin.name: await self.scoring.features_of(pin.name, pin.version) for pin in chosen.models}
         prepared = flow.prepare(chosen, request.amount_requested_fen, dict(request.fields), features)
@@ -281,7 +287,12 @@ class DecisionService:
             table_input_json=json.dumps(table_input, sort_keys=True),
             decided_at_unix_ms=int(time.time() * 1000),
         )
-        await self.store.put(request, decision)
+        try:
+            await self.store.put(request, decision)
+        except RecordConflict:  # another risk server decided it meanwhile: its decision stands
+            stored = await self.store.get(request.application_id)
+            assert stored is not None, request.application_id  # a decision is never deleted
+            return await self._repeat(request, *stored)
         decisions_total.labels(chosen.product, result.decision).inc()
         log.info(
             "decided",
@@ -294,6 +305,13 @@ class DecisionService:
                 "reasons": list(result.reasons),
             },
         )
+        await self._open_credit_line(decision)
+        return decision
+
+    async def _repeat(self, request: pb.DecideRequest, stored: pb.DecideRequest, decision: pb.Decision) -> pb.Decision:
+        """A request for an application already decided: the stored decision, if it is the same request."""
+        if stored != request:
+            raise Conflict(f"application_id: {request.application_id} was decided for another request")
         await self._open_credit_line(decision)
         return decision
 
@@ -339,7 +357,7 @@ class DecisionService:
                 raise UpstreamUnavailable(f"credit line: the lending server did not answer: {said}") from None
             log.error("credit line refused", extra={"application_id": decision.application_id, "reason": said})
             raise UpstreamRefused(f"credit line: the lending server refused {line.line_id}: {said}") from None
-        self.store.mark_opened(decision, line.line_id)
+        await self.store.mark_opened(decision, line.line_id)
         log.info(
             "credit line opened",
             extra={
@@ -351,7 +369,7 @@ class DecisionService:
         )
 
     async def get(self, data: bytes, context: Context) -> Message:
-        return self._stored(data)[1]
+        return (await self._stored(data))[1]
 
     async def record_outcome(self, data: bytes, context: Context) -> Message:
         """Tell each model that scored an application what became of it, with the score stored
@@ -359,7 +377,7 @@ class DecisionService:
         ask = parse_request(pb.OutcomeRequest, data)
         if ask.label not in (0, 1):
             raise BadRequest(f"label: {ask.label}; 1 for a default, 0 for a repaid loan")
-        _, decision = self._lookup(ask.application_id)
+        _, decision = await self._lookup(ask.application_id)
         if decision.outcome != pb.APPROVE:
             raise Conflict(f"application_id: {ask.application_id} was not approved: no loan has an outcome")
         reply = pb.OutcomeReply()
@@ -383,12 +401,12 @@ class DecisionService:
             value = getattr(ask, field)
             if value and not (DATE_PATTERN.fullmatch(value) and _is_date(value)):
                 raise BadRequest(f"{field}: {value!r} is not a YYYY-MM-DD date")
-        products = await asyncio.to_thread(self.store.report, ask.date_from, ask.date_to)  # a scan: off the loop
+        products = await self.store.report(ask.date_from, ask.date_to)
         return pb.DecisionReport(products=products)
 
     async def replay(self, data: bytes, context: Context) -> Message:
         ask = parse_request(pb.ReplayRequest, data)
-        _, decision = self._lookup(ask.application_id)
+        _, decision = await self._lookup(ask.application_id)
         chosen = self.flows.get(decision.product, decision.flow_version)
         if chosen.sha256 != decision.flow_sha256:
             raise flow.FlowError(
@@ -416,13 +434,13 @@ class DecisionService:
             reply.scores_identical = [s.score for s in reply.rescored] == [s.score for s in decision.scores]
         return reply
 
-    def _stored(self, data: bytes) -> tuple[pb.DecideRequest, pb.Decision]:
-        return self._lookup(parse_request(pb.DecisionRef, data).application_id)
+    async def _stored(self, data: bytes) -> tuple[pb.DecideRequest, pb.Decision]:
+        return await self._lookup(parse_request(pb.DecisionRef, data).application_id)
 
-    def _lookup(self, application_id: str) -> tuple[pb.DecideRequest, pb.Decision]:
+    async def _lookup(self, application_id: str) -> tuple[pb.DecideRequest, pb.Decision]:
         if not APPLICATION_ID_PATTERN.fullmatch(application_id):
             raise BadRequest(f"application_id: {application_id!r} is not 1-32 of A-Z a-z 0-9 . _ -")
-        stored = self.store.get(application_id)
+        stored = await self.store.get(application_id)
         if stored is None:
             raise NotFound(f"application_id: no decision for {application_id}")
         return stored
@@ -528,12 +546,12 @@ class BehaviourServiceHandler:
         request = parse_request(pb.ListFollowUpsRequest, data)
         if request.kind not in ("", *early_warning.KINDS.values()):
             raise BadRequest(f"kind: {request.kind!r} is not call, visit or empty")
-        tasks = early_warning.open_tasks(self.store, request.kind or None)
+        tasks = await early_warning.open_tasks(self.store, request.kind or None)
         return pb.ListFollowUpsResponse(follow_ups=[follow_up_message(task) for task in tasks])
 
     async def record_outcome(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.FollowUpOutcome, data)
-        task = early_warning.record_outcome(self.store, request.task, request.outcome, request.note)
+        task = await early_warning.record_outcome(self.store, request.task, request.outcome, request.note)
         return follow_up_message(task)
 
     async def coverage(self, data: bytes, context: Context) -> Message:
@@ -546,12 +564,8 @@ class BehaviourServiceHandler:
         bad = next((c for c in request.customers if not CUSTOMER_PATTERN.fullmatch(c)), None)
         if bad is not None:
             raise BadRequest(f"customers: {bad!r} is not 1-20 letters and digits")
-        found = await self.store.run(  # up to 200,000 reads: off the event loop that serves decisions
-            early_warning.coverage,
-            self.store,
-            list(request.customers),
-            early_warning.now_ms(),
-            int(days * early_warning.DAY_MS),
+        found = await early_warning.coverage(  # up to 200,000 reads, a thousand a call
+            self.store, list(request.customers), early_warning.now_ms(), int(days * early_warning.DAY_MS)
         )
         return pb.Coverage(
             borrowers=found["borrowers"],
@@ -580,7 +594,7 @@ def assessment_message(record: dict[str, Any]) -> pb.Assessment:
             for name, score in record["input"]["scores"].items()
         ],
         features=record.get("features", {}),
-        record_json=json.dumps(record, sort_keys=True),
+        record_json=json.dumps(as_stored(record), sort_keys=True),
     )
 
 

@@ -1,114 +1,103 @@
-"""The decision log: every decision, durably, with what it was decided on (RocksDB via rocksdict).
+"""The decision log: every decision, durably, with what it was decided on, on the ledger's nodes.
 
-Keys (raw bytes): `d/<application_id>` -> the Decision (inputs, model versions and scores,
-flow version and hash, outputs); `r/<application_id>` -> the DecideRequest it answered, so a
-repeated request can be told from a different one under the same id. Both go in one
-fsync'd batch before the caller is answered; a decision is rewritten only to mark its credit
-line opened. Records are checked after they are read (the key says whose they are).
+Each decision is two slot-local records (node/records.py, through clients/records.py) under
+the key `app:<application_id>`, in that key's slot: kind "decision", the Decision (inputs,
+model versions and scores, flow version and hash, outputs), and kind "request", the
+DecideRequest it answered, so a repeated request can be told from a different one under the
+same id. Both are one commit, replicated to the slot's followers before the caller is
+answered; a decision is rewritten only to mark its credit line opened. Records are checked
+after they are read (the key says whose they are).
 
-Group commit: `put` queues the decision and waits; one writer at a time takes everything
-queued, writes it as one batch with one fsync in a worker thread (so the event loop keeps
-serving while the disk syncs), and answers every waiter. Under load, one fsync carries many
-decisions; alone, a decision waits for its own fsync only. At most DECISIONS_PER_BATCH_MAX go
-in one batch.
+No risk server holds the log: several serve one (each decision's commit names version 0,
+so of two servers deciding one application at once, the second finds the first's decision
+and answers as for a repeat). Concurrent decisions share the nodes' group commits (the SDK
+coalesces commits to one node into one request).
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
-from rocksdict import WriteBatch
-
-import serving
+from clients.records import Conflict, Put, Records
 from proto import risk_pb2 as pb
 
-DECISIONS_PER_BATCH_MAX = 512
+
+class DecisionLogDamaged(RuntimeError):
+    """A stored record is not where its key says, or half of a decision is missing."""
 
 
-def _key(kind: str, application_id: str) -> bytes:
-    return f"{kind}/{application_id}".encode()
+def _key(application_id: str) -> str:
+    return f"app:{application_id}"
 
 
 class DecisionStore:
-    """Stored decisions by application id. Synchronous: one event loop calls it, one write at a time."""
+    """Stored decisions by application id, over a set of records on the ledger."""
 
-    def __init__(self, data_dir: str) -> None:
-        self._db, self._sync = serving.open_store(data_dir, "decisions")
-        self._queued: list[tuple[pb.DecideRequest, pb.Decision, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+    def __init__(self, records: Records) -> None:
+        self._records = records
 
-    def close(self) -> None:
-        self._db.close()
+    async def get(self, application_id: str) -> tuple[pb.DecideRequest, pb.Decision] | None:
+        held = await self._get(application_id)
+        return None if held is None else (held[0], held[1])
 
-    def get(self, application_id: str) -> tuple[pb.DecideRequest, pb.Decision] | None:
-        decision_bytes: bytes | None = self._db.get(_key("d", application_id))
-        if decision_bytes is None:
+    async def _get(self, application_id: str) -> tuple[pb.DecideRequest, pb.Decision, int] | None:
+        key = _key(application_id)
+        decision_record, request_record = await self._records.read([("decision", key), ("request", key)])
+        if decision_record is None:
             return None
-        decision = pb.Decision.FromString(decision_bytes)
-        request_bytes = self._db.get(_key("r", application_id))
-        assert request_bytes is not None, f"decision {application_id} has no request"
-        request = pb.DecideRequest.FromString(request_bytes)
-        assert decision.application_id == request.application_id == application_id, application_id
-        return request, decision
+        if request_record is None:
+            raise DecisionLogDamaged(f"decision {application_id} has no request")
+        decision = pb.Decision.FromString(decision_record.value)
+        request = pb.DecideRequest.FromString(request_record.value)
+        if not decision.application_id == request.application_id == application_id:
+            raise DecisionLogDamaged(f"the records under {key} are of {decision.application_id}")
+        return request, decision, decision_record.version
 
     async def put(self, request: pb.DecideRequest, decision: pb.Decision) -> None:
-        """Store a decision durably (returns once it is fsync'd; raises what the write raised)."""
+        """Store a new decision durably; Conflict if the application was decided meanwhile."""
         assert request.application_id == decision.application_id
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queued.append((request, decision, done))
-        if self._writer is None:
-            # The writer outlives no waiter: it ends when the queue is empty, and hands any
-            # failure to every decision it was writing (each waiter raises it).
-            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
-        await asyncio.shield(done)  # a cancelled caller must not cancel the others' write
+        key = _key(decision.application_id)
+        await self._records.commit([Put("decision", key, decision, 0), Put("request", key, request, 0)])
 
-    async def _write_queued(self) -> None:
-        try:
-            while self._queued:
-                taken = self._queued[:DECISIONS_PER_BATCH_MAX]
-                del self._queued[:DECISIONS_PER_BATCH_MAX]
-                batch = WriteBatch(raw_mode=True)
-                for request, decision, _ in taken:
-                    batch.put(_key("r", request.application_id), request.SerializeToString(deterministic=True))
-                    batch.put(_key("d", decision.application_id), decision.SerializeToString(deterministic=True))
-                try:
-                    await asyncio.to_thread(self._db.write, batch, self._sync)
-                except Exception as error:
-                    for _, _, done in taken:
-                        done.set_exception(error)
-                    continue
-                for _, _, done in taken:
-                    done.set_result(None)
-        finally:
-            self._writer = None
-
-    def mark_opened(self, decision: pb.Decision, line_id: str) -> None:
+    async def mark_opened(self, decision: pb.Decision, line_id: str) -> None:
+        """Record that the decision's credit line is open (`decision` is changed to say so)."""
+        for _ in range(3):
+            held = await self._get(decision.application_id)
+            if held is None:
+                raise DecisionLogDamaged(f"decision {decision.application_id} is not stored")
+            _request, stored, version = held
+            if stored.credit_line_opened:
+                break
+            stored.credit_line_opened = True
+            stored.credit_line_id = line_id
+            try:
+                await self._records.commit([Put("decision", _key(decision.application_id), stored, version)])
+                break
+            except Conflict:
+                continue  # another risk server marked or changed it: read again
+        else:
+            raise Conflict(f"decision {decision.application_id} kept changing under its marking; retry")
         decision.credit_line_opened = True
         decision.credit_line_id = line_id
-        self._db.put(_key("d", decision.application_id), decision.SerializeToString(deterministic=True), self._sync)
 
-    def report(self, date_from: str, date_to: str) -> list[pb.ProductDecisions]:
+    async def report(self, date_from: str, date_to: str) -> list[pb.ProductDecisions]:
         """Decisions counted per product and outcome, decided between the two UTC dates
-        (YYYY-MM-DD, inclusive; "" for no bound). A scan of the log: call it off the event loop."""
+        (YYYY-MM-DD, inclusive; "" for no bound): a scan of every slot's decisions."""
         counts: dict[str, pb.ProductDecisions] = {}
-        for key, value in self._db.items(from_key=b"d/"):
-            assert isinstance(key, bytes), key
-            if not key.startswith(b"d/"):
-                break
-            decision = pb.Decision.FromString(value)
-            day = datetime.fromtimestamp(decision.decided_at_unix_ms / 1000, UTC).date().isoformat()
-            if (date_from and day < date_from) or (date_to and day > date_to):
-                continue
-            counted = counts.setdefault(decision.product, pb.ProductDecisions(product=decision.product))
-            counted.decided += 1
-            if decision.outcome == pb.APPROVE:
-                counted.approved += 1
-                counted.limits_approved += decision.limit_fen
-                counted.lines_opened += decision.credit_line_opened
-            elif decision.outcome == pb.DECLINE:
-                counted.declined += 1
-            else:
-                assert decision.outcome == pb.REFER, decision.outcome
-                counted.referred += 1
+        async for page in self._records.scan("decision"):
+            for record in page:
+                decision = pb.Decision.FromString(record.value)
+                day = datetime.fromtimestamp(decision.decided_at_unix_ms / 1000, UTC).date().isoformat()
+                if (date_from and day < date_from) or (date_to and day > date_to):
+                    continue
+                counted = counts.setdefault(decision.product, pb.ProductDecisions(product=decision.product))
+                counted.decided += 1
+                if decision.outcome == pb.APPROVE:
+                    counted.approved += 1
+                    counted.limits_approved += decision.limit_fen
+                    counted.lines_opened += decision.credit_line_opened
+                elif decision.outcome == pb.DECLINE:
+                    counted.declined += 1
+                else:
+                    counted.referred += 1
         return [counts[product] for product in sorted(counts)]

@@ -31,7 +31,6 @@ from serving.handlers import (
     unary_service,
 )
 from serving.retry import backoff_s
-from serving.store import open_store
 from serving.tls import Identity, Tls, TlsError, add_tls_arguments, client_tls, resolve_tls
 from serving.transport import (
     MESSAGE_BYTES_MAX,
@@ -66,7 +65,6 @@ __all__ = [
     "main",
     "new_server",
     "open_ended",
-    "open_store",
     "parse_request",
     "refusal",
     "resolve",

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from clients.ledger import LedgerClient
+from clients.records import Records
 from clients.scoring import ScoringClient
 from cluster.commands import LocalCluster
 from cluster.local import LendingProcess, RiskProcess, ScoringProcess
@@ -234,12 +235,16 @@ def test_a_borrower_who_stops_paying_is_frozen_and_unfrozen_after_a_year_on_time
     # A crash between r1's two batches would have left its freeze stored but not applied
     # (kill -9 of the risk server, as if): resumed after r2, it must not freeze him again.
     risk.kill()
-    store = AssessmentStore(risk.data_dir)
-    stored = store.get(f"a/r1/{customer}")
-    assert stored is not None
-    stored["applied"] = None
-    store.put(f"a/r1/{customer}", stored)
-    store.close()
+
+    async def unapply() -> None:  # what r1 had stored before its second batch
+        async with await LedgerClient.connect(cluster.address, tls_name="risk") as ledger:
+            store = AssessmentStore(Records(ledger, "book"))
+            stored = await store.get(f"a/r1/{customer}")
+            assert stored is not None
+            stored["applied"] = None
+            await store.put(f"a/r1/{customer}", stored)
+
+    asyncio.run(unapply())
     risk.start()
     [resumed] = assess(risk, "r1", "2026-07-20", borrower)
     assert (resumed["action"], resumed["applied"]) == ("freeze", "SUPERSEDED")

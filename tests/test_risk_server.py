@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import shutil
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -293,8 +295,13 @@ def test_missing_data_is_refused_or_referred_as_the_flow_says(
     )
 
 
-def test_a_stored_decision_survives_a_restart_and_replays_exactly(
-    risk: RiskProcess, applicants: dict[str, dict[str, float]]
+def test_a_stored_decision_survives_a_lost_risk_host_and_every_server_of_the_book_replays_it(
+    risk: RiskProcess,
+    scoring: ScoringProcess,
+    cluster: LocalCluster,
+    lending: LendingProcess,
+    applicants: dict[str, dict[str, float]],
+    tmp_path: Path,
 ) -> None:
     decided = [
         stub(risk).Decide(request(applicants[kind], amount), timeout=30)
@@ -302,9 +309,30 @@ def test_a_stored_decision_survives_a_restart_and_replays_exactly(
     ]
     assert decided[0].reason_codes == ["LOW_DEFAULT_RISK", "LIMIT_CAPPED"]
     assert all(len(decision.scores[0].reasons) == 10 for decision in decided)
-    assert risk.stop() == 0, risk.log_tail()
-    risk.start()
-    decisions = stub(risk)
+    second = RiskProcess(
+        str(tmp_path / "second"),
+        ["--scoring", scoring.address, "--router", cluster.address, "--lending", lending.address],
+    ).start()
+    try:
+        # One application sent to both servers at once: decided once (the decision log is the
+        # book's records on the ledger), both answer the same decision.
+        same = request(applicants["safe"])
+        with ThreadPoolExecutor(2) as both:
+            answers = list(both.map(lambda server: stub(server).Decide(same, timeout=30), (risk, second)))
+        assert answers[0] == answers[1] and answers[0].credit_line_opened
+        decided.append(answers[0])
+        # The first server's host is lost with its disk: nothing of the log was on it.
+        risk.kill()
+        shutil.rmtree(risk.data_dir)
+        risk.start()
+        for server in (risk, second):
+            check_replays(stub(server), decided)
+    finally:
+        assert second.stop() == 0, second.log_tail()
+
+
+def check_replays(decisions: risk_pb2_grpc.DecisionServiceStub, decided: list[pb.Decision]) -> None:
+    """Each decision is stored as it was answered and replays exactly, rescored too."""
     for decision in decided:
         ref = pb.DecisionRef(application_id=decision.application_id)
         assert decisions.GetDecision(ref, timeout=30) == decision
