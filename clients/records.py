@@ -5,6 +5,8 @@ of their kinds, `<name>-<kind>`, so that sets on one ledger never meet; reads, s
 commits go through the ledger SDK. A commit names the version each record was read at: one
 that another writer changed meanwhile raises `Conflict` and nothing of it is applied; one
 whose transfer the ledger refused raises `CommitFailed`, and nothing of it is applied either.
+A commit whose first attempt was applied but unanswered (and sent again by the routing core)
+is recognised as applied, not as a conflict (`Records._applied`).
 """
 
 from __future__ import annotations
@@ -84,5 +86,19 @@ class Records:
         if result.code is ResultCode.OK:
             return
         if result.code is ResultCode.RECORD_VERSION_MISMATCH:
+            if await self._applied(writes):
+                return
             raise Conflict(f"{result.field} changed since it was read")
         raise CommitFailed(result.code, result.field)
+
+    async def _applied(self, writes: Sequence[Write]) -> bool:
+        """Whether a commit refused for its versions had in fact been applied: the router (or
+        the SDK) sends a commit again when a node's answer was lost or WRONG_SLOT said the
+        outcome was the new primary's to tell; its first attempt then stands as written, every
+        record one version past what was read and holding exactly this commit's value (its
+        transfers, idempotent by id, went with it)."""
+        stored = await self.ledger.lookup_records([(w.kind, w.key) for w in writes])
+        return all(
+            found is not None and found.version == w.expected_version + 1 and found.value == w.value
+            for w, found in zip(writes, stored, strict=True)
+        )

@@ -27,19 +27,20 @@ also run one at a time (a lock per customer), so they do not race each other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import date
+from datetime import date, timedelta
 from typing import TypeVar
 
 import grpc
 from prometheus_client import Counter
 
-from clients.ledger import Account, AccountFlags, LedgerClient, ResultCode, Transfer
+from clients.ledger import Account, AccountFlags, LedgerClient, LedgerError, ResultCode, Transfer
 from clients.records import CommitFailed, Conflict, Put
 from lending import journal, loans as rules
 from lending.allocation import allocate
@@ -74,6 +75,9 @@ IMPAIRMENT_GL = ("6702", "Credit impairment losses")  # 信用减值损失 (CAS 
 # 5.5.11's 30-day presumption; lifetime losses), stage 3 (over 90 days: credit-impaired, B5.5.37's
 # 90-day presumption of default). The rates are this sample bank's parameters, not a standard's.
 STAGE_LOSS_BPS = (100, 1_500, 6_000)
+# Days of one loan's end of day committed at once: each day makes at most three transfers
+# (interest, penalty, a late fee), so a commit stays within what one carries.
+EOD_DAYS_PER_COMMIT = COMMIT_TRANSFERS_MAX // 3
 
 
 class LedgerFailed(RuntimeError):
@@ -125,15 +129,11 @@ class LoanService:
     async def _commit_loan(
         self, loan: pb.Loan, version: int, transfers: Sequence[Transfer] = (), day: str = "", *more: Put
     ) -> None:
-        """Store the loan (read at `version`) with its transfers dated `day`, both or neither.
-        Beyond what one commit carries (a long end-of-day catch-up), the first transfers are
-        made before: their ids derive from the loan's unchanged state, so a retry replays them."""
+        """Store the loan (read at `version`) with its transfers dated `day`, both or neither."""
+        assert len(transfers) <= COMMIT_TRANSFERS_MAX, (loan.loan_id, len(transfers))  # see EOD_DAYS_PER_COMMIT
         puts = [Put("loan", loan_key(loan.customer, loan.loan_id), loan, version), *more]
-        ahead = max(0, len(transfers) - COMMIT_TRANSFERS_MAX)
-        if ahead:
-            await self._transfer(transfers[:ahead], day)
         try:
-            await self.book.commit(puts, dated(transfers[ahead:], day))
+            await self.book.commit(puts, dated(transfers, day))
         except CommitFailed as refused:
             raise LedgerFailed(f"loan {loan.loan_id}: the ledger refused {refused}") from None
 
@@ -248,34 +248,53 @@ class LoanService:
             await self.book.claim_loan_id(loan.loan_id, loan.customer)
 
             async def draw() -> pb.Loan:
+                drawn, version = loan, 0
                 stored = await self.book.loan_of(loan.customer, loan.loan_id)
                 if stored is not None:
                     different = rules.same_drawdown(stored[0], request)
                     if different:
                         raise rules.LoanRefused(f"{different}: loan {request.loan_id} exists with another {different}")
-                    return stored[0]  # a replay: the loan as it stands
-                outcome = await self._limits(product.parameters.currency).consume(
-                    loan.customer, loan.product_code, loan.principal, f"d.{loan.loan_id}"
-                )
-                if not outcome.ok:
-                    await self.book.count_ask(loan.customer, loan.loan_id, loan.drawdown_date, "refused_by_limits")
-                    drawdowns_total.labels(loan.product_code, "refused_by_limits").inc()
-                    raise rules.LoanRefused(
-                        f"amount: the credit limits refuse {loan.principal} fen: {outcome.code.name}"
-                    )
-                await self._open_loan_accounts(loan, ledger_of(product.parameters.currency))
-                [asked] = await self.book.read([("ask", ask_key(loan.customer, loan.loan_id))])
-                tally = pb.DrawdownTally(date=loan.drawdown_date, asked=1, passed=1)
-                ask = Put("ask", ask_key(loan.customer, loan.loan_id), tally, asked.version if asked else 0)
-                loan.status = pb.ACTIVE
-                # The loan, its principal and its origination fee: one commit.
-                await self._commit_loan(loan, 0, self._principal(loan), loan.drawdown_date, ask)
-                drawdowns_total.labels(loan.product_code, "passed").inc()
-                return loan
+                    if stored[0].status != pb.PENDING:
+                        return stored[0]  # a replay: the loan as it stands
+                    drawn, version = stored  # an attempt the ledger refused: finish it as it was stored
+                return await self._draw(drawn, version, product)
 
             loan = await self._again(f"loan {loan.loan_id}", draw)
         log.info("drawdown", extra={"loan": loan.loan_id, "customer": loan.customer, "amount": loan.principal})
         return loan
+
+    async def _draw(self, loan: pb.Loan, version: int, product: pb.Product) -> pb.Loan:
+        """Consume the limits, open the loan's accounts, and commit it ACTIVE with its principal
+        (and origination fee) transfers. If the ledger refuses that commit (the deposit frozen,
+        say), the loan is stored PENDING, its limits consumed, so that it shows and a repeat of
+        the drawdown finishes it."""
+        outcome = await self._limits(product.parameters.currency).consume(
+            loan.customer, loan.product_code, loan.principal, f"d.{loan.loan_id}"
+        )
+        if not outcome.ok:
+            await self.book.count_ask(loan.customer, loan.loan_id, loan.drawdown_date, "refused_by_limits")
+            drawdowns_total.labels(loan.product_code, "refused_by_limits").inc()
+            raise rules.LoanRefused(f"amount: the credit limits refuse {loan.principal} fen: {outcome.code.name}")
+        await self._open_loan_accounts(loan, ledger_of(product.parameters.currency))
+        [asked] = await self.book.read([("ask", ask_key(loan.customer, loan.loan_id))])
+        tally = pb.DrawdownTally(date=loan.drawdown_date, asked=1, passed=1)
+        ask = Put("ask", ask_key(loan.customer, loan.loan_id), tally, asked.version if asked else 0)
+        active = pb.Loan()
+        active.CopyFrom(loan)
+        active.status = pb.ACTIVE
+        try:
+            # The loan, its principal and its origination fee: one commit.
+            await self._commit_loan(active, version, self._principal(active), loan.drawdown_date, ask)
+        except LedgerFailed:
+            if version == 0:
+                pending = pb.Loan()
+                pending.CopyFrom(loan)
+                pending.status = pb.PENDING
+                with contextlib.suppress(Conflict, LedgerFailed, LedgerError):
+                    await self._commit_loan(pending, 0)
+            raise
+        drawdowns_total.labels(loan.product_code, "passed").inc()
+        return active
 
     async def _open_loan_accounts(self, loan: pb.Loan, book: int) -> None:
         names = rules.accounts_of(loan)
@@ -515,26 +534,44 @@ class LoanService:
         for loan in found:
             if loan.status not in rules.OPEN:
                 continue
-            async with self._locks[loan.customer]:
-                moved = await self._again(f"loan {loan.loan_id}", functools.partial(self._end_of_day, loan, day))
-            if moved is not None:
-                result.loans += 1
+            done, counted = False, False
+            while not done:  # a long catch-up commits EOD_DAYS_PER_COMMIT days at a time
+                async with self._locks[loan.customer]:
+                    step = await self._again(f"loan {loan.loan_id}", functools.partial(self._end_of_day, loan, day))
+                if step is None:
+                    break
+                moved, done = step
                 result.transfers += moved
+                if not counted:
+                    result.loans += 1
+                    counted = True
         result.outcomes_reported = await self._report_outcomes(found)
         await self.book.put_checkpoint(stamp, request.slot)
         log.info("end of day", extra={"date": stamp, "slot": request.slot, "loans": result.loans})
         return result
 
-    async def _end_of_day(self, seen: pb.Loan, day: date) -> int | None:
-        """One loan's day: its accruals and charges committed with the loan; the transfers made
-        (None: no longer open)."""
+    async def _end_of_day(self, seen: pb.Loan, day: date) -> tuple[int, bool] | None:
+        """A loan's days up to `day`, at most EOD_DAYS_PER_COMMIT of them: their accruals and
+        charges committed with the loan. The transfers made and whether it reached `day` (None:
+        the loan is no longer open)."""
         held = await self.book.loan_of(seen.customer, seen.loan_id)
         assert held is not None, seen.loan_id  # a loan record is never deleted
         loan, version = held
         if loan.status not in rules.OPEN:
             return None
         await self.products.have(loan.product_code, loan.product_version)
-        postings = rules.end_of_day(loan, day)
+        if loan.last_eod_date:
+            first = date.fromisoformat(loan.last_eod_date) + timedelta(days=1)
+        else:
+            first = date.fromisoformat(loan.drawdown_date)
+        if (day - first).days >= rules.EOD_CATCH_UP_DAYS_MAX:  # the whole catch-up, not one commit's part
+            raise rules.LoanRefused(
+                f"date: {loan.loan_id} would catch up more than {rules.EOD_CATCH_UP_DAYS_MAX} days; run earlier dates"
+            )
+        if day < first:
+            return 0, True  # done already (by another process, or a repeated call)
+        through = min(day, first + timedelta(days=EOD_DAYS_PER_COMMIT - 1))
+        postings = rules.end_of_day(loan, through)
         names, book = rules.accounts_of(loan), self._book(loan)
         receivables = {"int": names.interest, "pen": names.penalty, "fee": names.fees}
         codes = {"int": rules.Code.ACCRUE_INTEREST, "pen": rules.Code.CHARGE_PENALTY, "fee": rules.Code.CHARGE_FEE}
@@ -543,7 +580,7 @@ class LoanService:
             for p in postings
         ]
         await self._commit_loan(loan, version, transfers, day.isoformat())
-        return len(transfers)
+        return len(transfers), through == day
 
     async def _report_outcomes(self, found: Sequence[pb.Loan]) -> int:
         """Tell the risk server (--risk) what became of each loan whose outcome is now known and

@@ -35,7 +35,6 @@ CUSTOMER_PATTERN = re.compile(r"[A-Za-z0-9]{1,20}")  # the same as lending/limit
 BOOK_PATTERN = re.compile(r"[a-z0-9]{1,16}")  # a book's name (lending/book.py: record kinds are "<book>-<kind>")
 EOD_CATCH_UP_DAYS_MAX = 400  # one end of day never processes more than this many days of one loan
 OPEN = (pb.ACTIVE, pb.OVERDUE)
-SLOTS_TOTAL_DEFAULT = 4096  # DESIGN section 3: S is fixed when a cluster is created, 4096 by default
 
 
 class BadLoanRequest(ValueError):

@@ -14,13 +14,16 @@ one after another. A step's latency counts from when it could start: the journey
 for decide, the previous step's answer for the others. Applicants are the credit data's rows
 the model approves (scored once before the run), so every journey runs its three steps.
 It reports each step's p50/p99, the business operations per second achieved, and whether the
-driver kept up. One lending process serves the book: two need the lending store moved into
-the ledger's slots (issue 18, item 3), not built yet.
+driver kept up. With `--lending-servers N` and `--risk-servers M`, N lending and M risk
+processes serve the one book (its records are on the ledger: lending/book.py, risk/store.py);
+journey i goes to lending server i mod N and risk server i mod M (each risk server opens
+credit lines through its own lending server).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import shutil
@@ -33,7 +36,7 @@ import grpc
 import uvloop
 
 from cluster.commands import LocalCluster
-from cluster.local import ServiceProcess, start_business
+from cluster.local import LendingProcess, RiskProcess, ServiceProcess, start_business
 from loadtest import identities, openloop, report
 from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb, risk_pb2_grpc
 from serving.transport import role_channel
@@ -52,12 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of offered load (default 10)")
     parser.add_argument("--nodes", type=int, default=3, help="ledger nodes (default 3)")
     parser.add_argument("--replicas", type=int, default=3, help="copies of each slot (default 3)")
+    parser.add_argument("--lending-servers", type=int, default=1, help="lending processes serving the book (default 1)")
+    parser.add_argument("--risk-servers", type=int, default=1, help="risk processes serving the book (default 1)")
     parser.add_argument("--json", help="write the results here")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.rate <= 0 or args.duration <= 0 or not 1 <= args.replicas <= args.nodes:
         print("yunkai bench-lending: --rate and --duration must be positive, --replicas 1 to --nodes")
+        return 2
+    if not (1 <= args.lending_servers <= 16 and 1 <= args.risk_servers <= 16):
+        print("yunkai bench-lending: --lending-servers and --risk-servers must be 1 to 16")
         return 2
     from scoring import datasets, train  # heavy (catboost, pandas): only here
 
@@ -74,10 +82,28 @@ def main(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         scoring, lending, risk = start_business(cluster.address, registry, work, started)
+        lendings, risks = [lending.address], [risk.address]
+        quiet = ["--log-level", "WARNING"]
+        for index in range(1, args.lending_servers):
+            more = LendingProcess(os.path.join(work, f"lending-{index}"), ["--router", cluster.address, *quiet])
+            started.append(more.start())
+            lendings.append(more.address)
+        for index in range(1, args.risk_servers):
+            upstream = [
+                "--scoring",
+                scoring.address,
+                "--router",
+                cluster.address,
+                "--lending",
+                lendings[index % len(lendings)],
+            ]
+            more_risk = RiskProcess(os.path.join(work, f"risk-{index}"), [*upstream, *quiet])
+            started.append(more_risk.start())
+            risks.append(more_risk.address)
         del data
         gc.collect()
         gc.freeze()  # the training data is not garbage: keep the driver's collections short
-        result = uvloop.run(_bench(args, lending.address, risk.address, scoring.address, applicants))
+        result = uvloop.run(_bench(args, lendings, risks, scoring.address, applicants))
     finally:
         for process in reversed(started):
             process.stop()
@@ -86,7 +112,8 @@ def main(args: argparse.Namespace) -> int:
     result |= {
         "nodes": args.nodes,
         "replicas": args.replicas,
-        "lending_processes": 1,
+        "lending_processes": args.lending_servers,
+        "risk_processes": args.risk_servers,
         "load_average_at_start": [round(x, 2) for x in load_average],
     }
     report.record(args, result)
@@ -112,11 +139,11 @@ async def _approved(scoring: str, applicants: list[dict[str, float]]) -> list[di
 
 
 async def _bench(
-    args: argparse.Namespace, lending: str, risk: str, scoring: str, applicants: list[dict[str, float]]
+    args: argparse.Namespace, lendings: list[str], risks: list[str], scoring: str, applicants: list[dict[str, float]]
 ) -> dict[str, Any]:
     from lending.products import SAMPLE_CATALOGUE, read_catalogue
 
-    async with role_channel(lending, "operator") as as_operator:  # the product, as the bank publishes it
+    async with role_channel(lendings[0], "operator") as as_operator:  # the product, as the bank publishes it
         products = lending_pb2_grpc.ProductServiceStub(as_operator)
         [parameters] = [p for p in read_catalogue(SAMPLE_CATALOGUE) if p.code == PRODUCT]
         draft = await products.SaveDraft(lpb.SaveDraftRequest(parameters=parameters), timeout=10)
@@ -126,11 +153,15 @@ async def _bench(
     steps = openloop.Recorder()
     start = openloop.clock() + START_MARGIN_S
     journeys = args.rate / len(STEPS)
-    async with role_channel(risk, "service") as to_risk, role_channel(lending, "service") as to_lending:
-        decisions = risk_pb2_grpc.DecisionServiceStub(to_risk)
-        loans = lending_pb2_grpc.LoanServiceStub(to_lending)
+    async with contextlib.AsyncExitStack() as channels:
+        to_risks = [await channels.enter_async_context(role_channel(a, "service")) for a in risks]
+        to_lendings = [await channels.enter_async_context(role_channel(a, "service")) for a in lendings]
+        all_decisions = [risk_pb2_grpc.DecisionServiceStub(c) for c in to_risks]
+        all_loans = [lending_pb2_grpc.LoanServiceStub(c) for c in to_lendings]
 
         async def journey(index: int) -> tuple[str, str | None]:
+            decisions = all_decisions[index % len(all_decisions)]
+            loans = all_loans[index % len(all_loans)]
             customer = f"j{run}x{index}"
             ask = rpb.DecideRequest(
                 application_id=f"a{run}-{index}",

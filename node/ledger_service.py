@@ -325,6 +325,12 @@ class LedgerService:
             reason = contract.malformed_commit(commit)
             if reason is not None:
                 raise BadRequest(f"commits[{index}].{reason}")
+        weight = sum(1 + len(commit.transfers) for commit in commits)
+        if weight > self.engine.limits.queue_events_max:  # never queued: it would be refused as busy forever
+            raise BadRequest(
+                f"commits: {len(commits)} commits weigh {weight} events (one each and one per transfer), more"
+                f" than this node queues ({self.engine.limits.queue_events_max}); send fewer at once"
+            )
         fence = fence_of(request.fence)
         uri = _caller_uri()
         results: list[sm.Result | None] = [None] * len(commits)

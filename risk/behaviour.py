@@ -62,6 +62,10 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,16}")
 ACTIONS = ("freeze", "unfreeze", "raise", "lower", "warn", "none")
 LEVELS = ("green", "amber", "red")
 BORROWERS_PER_CALL_MAX = 1_000  # one Assess call; the batch job sends its book in chunks
+# An assessment stores the profile it used (a record of at most 64 KiB on the ledger): 256
+# fields of up to 64 characters fit several times over.
+PROFILE_FIELDS_MAX = 256
+PROFILE_NAME_CHARS_MAX = 64
 READS_IN_FLIGHT_MAX = 32  # loan histories (and limits) asked for at once, per call
 SUPERSEDED = "SUPERSEDED"  # `applied` of an action a newer assessment made moot before it took effect
 
@@ -156,7 +160,13 @@ def check(run_id: str, borrowers: Sequence[Borrower]) -> None:
     for borrower in borrowers:
         if not CUSTOMER_PATTERN.fullmatch(borrower.customer):
             raise BadBorrower(f"customer: {borrower.customer!r} is not 1-20 letters and digits")
+        if len(borrower.profile) > PROFILE_FIELDS_MAX:
+            raise BadBorrower(
+                f"profile: {len(borrower.profile)} fields for {borrower.customer}, more than {PROFILE_FIELDS_MAX}"
+            )
         for name, value in borrower.profile.items():
+            if len(name) > PROFILE_NAME_CHARS_MAX:
+                raise BadBorrower(f"profile: a field name of {len(name)} characters (customer {borrower.customer})")
             if name in repayment.FEATURES:
                 raise BadBorrower(
                     f"{name}: read from {borrower.customer}'s repayment records, not given in the profile"
@@ -272,7 +282,10 @@ class BehaviourJob:
                 "applied": None,
                 "assessed_at_unix_ms": early_warning.now_ms(),
             }
-        await self.store.write(assessed)  # why, before acting: one fsync'd batch
+        # Why, before acting: stored durably, one commit per slot (a Conflict, another risk server
+        # assessing the same customers at once, leaves this call to be repeated; a repeat reuses
+        # what was stored and applies each action once, by its op id).
+        await self.store.write(assessed)
         ordered = [records[b.customer] for b in borrowers if b.customer in records]
         outcomes = await asyncio.gather(*(self._apply(record) for record in ordered), return_exceptions=True)
         done: dict[str, dict[str, Any]] = {}

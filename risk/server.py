@@ -54,7 +54,7 @@ from prometheus_client import Counter, Histogram
 
 import serving
 from clients.ledger import LedgerClient, LedgerError
-from clients.records import NAME_PATTERN, Conflict as RecordConflict, Records
+from clients.records import NAME_PATTERN, CommitFailed, Conflict as RecordConflict, Records
 from clients.scoring import ScoringClient
 from lending.limits import CUSTOMER_PATTERN, CreditLimits
 from proto import inference_pb2, lending_pb2, lending_pb2_grpc, risk_pb2 as pb
@@ -201,6 +201,13 @@ def outcome_of(result: flow.Outcome) -> pb.Outcome:
 
 # How each refusal is answered; anything else is a bug and fails the call loudly. A flow that
 # breaks its own rules (a fractional limit, an approval without one) is INTERNAL, logged as an error.
+# The decision log and the behavioural records are on the ledger (risk/store.py, risk/assessments.py):
+# a ledger that did not answer, or refused a commit, is a call to repeat; another risk server that
+# changed the same record meanwhile (RecordConflict) is a call to repeat on what is stored now.
+LOG_ON_LEDGER: serving.Refusals = (
+    ((LedgerError, CommitFailed), grpc.StatusCode.UNAVAILABLE),
+    (RecordConflict, grpc.StatusCode.ABORTED),
+)
 REFUSALS: serving.Refusals = (
     ((BadRequest, flow.BadApplication), grpc.StatusCode.INVALID_ARGUMENT),
     ((NotFound, flow.FlowNotFound), grpc.StatusCode.NOT_FOUND),
@@ -209,6 +216,7 @@ REFUSALS: serving.Refusals = (
     ((UpstreamUnavailable, grpc.aio.AioRpcError), grpc.StatusCode.UNAVAILABLE),
     (UpstreamRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (flow.FlowError, grpc.StatusCode.INTERNAL),
+    *LOG_ON_LEDGER,
 )
 
 BEHAVIOUR_REFUSALS: serving.Refusals = (
@@ -220,8 +228,12 @@ BEHAVIOUR_REFUSALS: serving.Refusals = (
     # The scoring server, the ledger or the lending server did not answer: repeat the call.
     (UpstreamUnavailable, grpc.StatusCode.UNAVAILABLE),
     (behaviour.PolicyError, grpc.StatusCode.INTERNAL),
+    *LOG_ON_LEDGER,
 )
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# An application is stored twice (the request, and its fields again in the decision's table
+# input) in records of at most contract.RECORD_VALUE_BYTES_MAX: a quarter each leaves room.
+APPLICATION_BYTES_MAX = 16_384
 
 
 class DecisionService:
@@ -481,6 +493,9 @@ def _check_request(request: pb.DecideRequest) -> None:
         raise BadRequest(f"customer: {request.customer!r} is not 1-20 letters and digits")
     if request.amount_requested_fen <= 0:
         raise BadRequest(f"amount_requested_fen: {request.amount_requested_fen} must be positive")
+    size = request.ByteSize()
+    if size > APPLICATION_BYTES_MAX:  # it is stored with its decision, a record of at most 64 KiB
+        raise BadRequest(f"fields: the application is {size:,} bytes, more than {APPLICATION_BYTES_MAX:,}")
 
 
 def loans_reader(channel: grpc.aio.Channel) -> behaviour.LoansOf:

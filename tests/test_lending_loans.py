@@ -10,16 +10,16 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 
 import grpc
 import pytest
 
-from clients.ledger import Account, ResultCode, SyncLedgerClient, Transfer
+from clients.ledger import Account, AccountChange, ChangeKind, ResultCode, SyncLedgerClient, Transfer
 from cluster.commands import LocalCluster
 from cluster.local import LendingProcess
 from lending import schedule as sched
-from lending.loan_service import stage_of
+from lending.loan_service import EOD_DAYS_PER_COMMIT, stage_of
 from lending.loans import Accounts, slot_of_customer
 from lending.products import SAMPLE_CATALOGUE, read_catalogue
 from proto import lending_pb2 as pb, lending_pb2_grpc
@@ -541,3 +541,44 @@ def test_the_dated_journal_closes_periods_and_provisions_losses_by_stage(lending
     released = lending.loans.Provision(pb.ProvisionRequest(date="2026-06-11"), timeout=60).products[0]
     assert released.allowance == expected_allowance()
     assert released.posted == released.allowance - product.allowance < 0
+
+
+def test_a_long_catch_up_commits_in_parts_and_a_longer_one_is_refused(lending: Lending) -> None:
+    customer = lending.customer()
+    lending.draw(customer, "long1", 1_000_000, "2026-01-15")
+    day = (date(2026, 1, 15) + timedelta(days=380)).isoformat()  # more days than one commit carries
+    assert EOD_DAYS_PER_COMMIT < 380
+    moved = sum(r.transfers for r in lending.eod(day))
+    after = lending.loan("long1")
+    assert after.last_eod_date == day and after.status == pb.OVERDUE
+    names = Accounts(customer, "long1", lending.code)
+    # The record and the money agree across the parts: every accrual and charge counted once.
+    assert lending.balance(names.interest) == after.interest_accrued - sum(r.interest for r in after.repayments)
+    assert lending.balance(names.penalty) == after.penalty_charged
+    assert moved > 381  # an interest accrual every day, and penalties once overdue
+    assert lending.eod(day)[0].already_done  # the day is checkpointed once its parts are all in
+    other = lending.customer()
+    lending.draw(other, "long2", 1_000_000, "2026-01-15")
+    with pytest.raises(grpc.RpcError) as refused:
+        lending.eod((date(2026, 1, 15) + timedelta(days=401)).isoformat())
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "would catch up more than 400 days" in str(refused.value.details())
+
+
+def test_a_drawdown_the_ledger_refuses_shows_pending_and_a_repeat_finishes_it(lending: Lending) -> None:
+    customer = lending.customer()
+    deposit = Accounts(customer, "-", lending.code).deposit
+    [frozen] = lending.ledger.change_accounts([AccountChange(fresh("fz"), deposit, ChangeKind.FREEZE)])
+    assert frozen.code is ResultCode.OK
+    with pytest.raises(grpc.RpcError) as refused:
+        lending.draw(customer, "held1", 2_000_000, "2026-01-15")
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "CREDIT_ACCOUNT_FROZEN" in str(refused.value.details())
+    pending = lending.loan("held1")
+    assert pending.status == pb.PENDING  # its limits consumed, nothing moved: it shows
+    assert lending.balance(Accounts(customer, "held1", lending.code).principal) == 0
+    [thawed] = lending.ledger.change_accounts([AccountChange(fresh("th"), deposit, ChangeKind.UNFREEZE)])
+    assert thawed.code is ResultCode.OK
+    done = lending.draw(customer, "held1", 2_000_000, "2026-01-15")
+    assert done.status == pb.ACTIVE and lending.loan("held1") == done
+    assert lending.balance(Accounts(customer, "held1", lending.code).principal) == 2_000_000

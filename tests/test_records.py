@@ -20,6 +20,7 @@ from clients.ledger import (
     Transfer,
     Write,
 )
+from clients.records import CommitFailed, Conflict, Put, Records
 from cluster.commands import LocalCluster
 from proto import ledger_pb2 as pb, ledger_pb2_grpc
 from router.slots import slot_of
@@ -271,3 +272,45 @@ def test_only_the_business_services_write_records(cluster: LocalCluster) -> None
             assert await ledger.lookup_records([("loan", "{c1}:L1")]) == [None]  # operators read
 
     run(scenario())
+
+
+def test_a_commit_sent_again_after_it_was_applied_is_recognised_not_refused(cluster: LocalCluster) -> None:
+    """The routing core sends a commit again when a node's answer was lost (or WRONG_SLOT left
+    its outcome to the new primary): clients/records.py reads the records back and takes a first
+    attempt that stands as written for this commit's own."""
+
+    async def scenario() -> None:
+        async with await connect(cluster) as ledger:
+            tag = await customer(ledger, funded=1_000)
+            records = Records(ledger, "rt")
+            pay = Transfer(f"p-{tag}", f"{tag}:deposit", f"{tag}:loan", 300, CNY, 2)
+            once = [Put("loan", f"{tag}:L1", b"paid", 0)]
+            await records.commit(once, [pay])
+            await records.commit(once, [pay])  # as if the first answer were lost: applied once, answered OK
+            [deposit] = await ledger.lookup_accounts([f"{tag}:deposit"])
+            assert deposit is not None and deposit.balance == 700
+            with pytest.raises(Conflict):  # another writer's value at that version is a conflict
+                await records.commit([Put("loan", f"{tag}:L1", b"other", 0)])
+            with pytest.raises(CommitFailed) as failed:
+                big = Transfer(f"b-{tag}", f"{tag}:deposit", f"{tag}:loan", 5_000, CNY, 2)
+                await records.commit([Put("loan", f"{tag}:L2", b"x", 0)], [big])
+            assert (failed.value.code, failed.value.field) == (ResultCode.EXCEEDS_CREDITS, "transfers[0]")
+
+    run(scenario())
+
+
+def test_commits_weighing_more_than_a_node_queues_are_refused_not_left_busy(cluster: LocalCluster) -> None:
+    transfers = [
+        pb.Transfer(id=f"t{i}", debit_account_id="{w}:a", credit_account_id="{w}:b", amount=1, ledger=1, code=1)
+        for i in range(1_024)
+    ]
+    commits = [
+        pb.Commit(writes=[pb.RecordWrite(record=pb.Record(kind="w", key=f"{{w}}:{n}"))], transfers=transfers)
+        for n in range(65)
+    ]
+    with channel(cluster.address, "lending") as to_router:
+        stub = ledger_pb2_grpc.LedgerStub(to_router)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.CommitRecords(pb.CommitRecordsRequest(commits=commits), timeout=30)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "65 commits weigh 66625 events" in str(refused.value.details())
