@@ -13,7 +13,9 @@ its own rate within the product's bounds.
 
 Order of a drawdown: claim the loan id for the customer, consume the limits
 (lending/limits.py, op `d.<loan>`), open the loan's accounts, then commit the ACTIVE loan
-with its principal and origination fee transfers. A repayment commits the loan with the
+with its principal and origination fee transfers (a commit the ledger refuses, a frozen
+deposit say, leaves the loan stored PENDING: a repeat finishes it). End of day commits each
+loan with its accruals and charges, EOD_DAYS_PER_COMMIT days at a time. A repayment commits the loan with the
 repayment (done=false) and its transfers, then restores the limits and marks it done: a
 retry with the same repayment_id finishes what a crash left.
 
