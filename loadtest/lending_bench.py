@@ -55,17 +55,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of offered load (default 10)")
     parser.add_argument("--nodes", type=int, default=3, help="ledger nodes (default 3)")
     parser.add_argument("--replicas", type=int, default=3, help="copies of each slot (default 3)")
-    parser.add_argument("--lending-servers", type=int, default=1, help="lending processes serving the book (default 1)")
+    parser.add_argument(
+        "--lending-servers",
+        default="1",
+        help="lending processes serving the book (default 1); a list (1,2) runs each in turn, the same load",
+    )
     parser.add_argument("--risk-servers", type=int, default=1, help="risk processes serving the book (default 1)")
     parser.add_argument("--json", help="write the results here")
 
 
 def main(args: argparse.Namespace) -> int:
+    try:
+        counts = [int(n) for n in str(args.lending_servers).split(",")]
+    except ValueError:
+        counts = []
     if args.rate <= 0 or args.duration <= 0 or not 1 <= args.replicas <= args.nodes:
         print("yunkai bench-lending: --rate and --duration must be positive, --replicas 1 to --nodes")
         return 2
-    if not (1 <= args.lending_servers <= 16 and 1 <= args.risk_servers <= 16):
-        print("yunkai bench-lending: --lending-servers and --risk-servers must be 1 to 16")
+    if not counts or not all(1 <= n <= 16 for n in counts) or not 1 <= args.risk_servers <= 16:
+        print("yunkai bench-lending: --lending-servers is 1 to 16 (or a list: 1,2), --risk-servers 1 to 16")
         return 2
     from scoring import datasets, train  # heavy (catboost, pandas): only here
 
@@ -75,8 +83,38 @@ def main(args: argparse.Namespace) -> int:
     data = datasets.credit_risk()
     assert train.train_one("credit_risk", data, Path(registry), 1).admitted
     applicants = [dict(zip(data.feature_names, map(float, row), strict=True)) for row in data.features]
-    load_average = os.getloadavg()
+    del data
+    gc.collect()
+    gc.freeze()  # the training data is not garbage: keep the driver's collections short
     identities.prepare(work)
+    runs: list[dict[str, Any]] = []
+    try:
+        for count in counts:  # each on a cluster of its own, one after another, the same offered load
+            runs.append(_run(args, count, os.path.join(work, f"run-{len(runs)}"), registry, applicants))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result: dict[str, Any] = runs[0] if len(runs) == 1 else {"runs": runs}
+    report.record(args, result)
+    for run in runs:
+        steps = ", ".join(
+            f"{step} p50 {k['p50_ms']:.1f} ms p99 {k['p99_ms']:.1f} ms" for step, k in run["by_step"].items()
+        )
+        verdict = "kept up" if run["driver_kept_up"] else f"did not keep up ({run['late_sends']} late sends)"
+        print(
+            f"lending journeys, {run['lending_processes']} lending and {run['risk_processes']} risk processes:"
+            f" offered {run['offered_per_s']:,.0f} operations/s for {args.duration:g} s, achieved"
+            f" {run['achieved_per_s']:,.0f}/s, errors {run['errors']} {run['error_samples']}; {steps};"
+            f" journeys p99 {run['journey_p99_ms']:.1f} ms; the driver {verdict}"
+        )
+    return 0 if all(run["errors"] == 0 for run in runs) else 1
+
+
+def _run(
+    args: argparse.Namespace, lending_servers: int, work: str, registry: str, applicants: list[dict[str, float]]
+) -> dict[str, Any]:
+    """One configuration: a cluster, the business services (`lending_servers` lending
+    processes, --risk-servers risk processes), the offered load; its result."""
+    load_average = os.getloadavg()
     cluster = LocalCluster(os.path.join(work, "cluster"), nodes=args.nodes, port=0, replicas=args.replicas)
     started: list[ServiceProcess] = []
     try:
@@ -84,49 +122,28 @@ def main(args: argparse.Namespace) -> int:
         scoring, lending, risk = start_business(cluster.address, registry, work, started)
         lendings, risks = [lending.address], [risk.address]
         quiet = ["--log-level", "WARNING"]
-        for index in range(1, args.lending_servers):
+        for index in range(1, lending_servers):
             more = LendingProcess(os.path.join(work, f"lending-{index}"), ["--router", cluster.address, *quiet])
             started.append(more.start())
             lendings.append(more.address)
         for index in range(1, args.risk_servers):
-            upstream = [
-                "--scoring",
-                scoring.address,
-                "--router",
-                cluster.address,
-                "--lending",
-                lendings[index % len(lendings)],
-            ]
+            upstream = ["--scoring", scoring.address, "--router", cluster.address]
+            upstream += ["--lending", lendings[index % len(lendings)]]
             more_risk = RiskProcess(os.path.join(work, f"risk-{index}"), [*upstream, *quiet])
             started.append(more_risk.start())
             risks.append(more_risk.address)
-        del data
-        gc.collect()
-        gc.freeze()  # the training data is not garbage: keep the driver's collections short
         result = uvloop.run(_bench(args, lendings, risks, scoring.address, applicants))
     finally:
         for process in reversed(started):
             process.stop()
         cluster.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    result |= {
+    return result | {
         "nodes": args.nodes,
         "replicas": args.replicas,
-        "lending_processes": args.lending_servers,
+        "lending_processes": lending_servers,
         "risk_processes": args.risk_servers,
         "load_average_at_start": [round(x, 2) for x in load_average],
     }
-    report.record(args, result)
-    steps = ", ".join(
-        f"{step} p50 {k['p50_ms']:.1f} ms p99 {k['p99_ms']:.1f} ms" for step, k in result["by_step"].items()
-    )
-    verdict = "kept up" if result["driver_kept_up"] else f"did not keep up ({result['late_sends']} late sends)"
-    print(
-        f"lending journeys: offered {result['offered_per_s']:,.0f} operations/s for {args.duration:g} s, achieved "
-        f"{result['achieved_per_s']:,.0f}/s, errors {result['errors']} {result['error_samples']}; {steps};"
-        f" journeys p99 {result['journey_p99_ms']:.1f} ms; the driver {verdict}"
-    )
-    return 0 if result["errors"] == 0 else 1
 
 
 async def _approved(scoring: str, applicants: list[dict[str, float]]) -> list[dict[str, float]]:

@@ -85,14 +85,16 @@ def test_bench_write_offers_the_rate_and_writes_json_per_second_and_a_plot(tmp_p
 
 def test_bench_lending_runs_whole_journeys_through_every_service_and_writes_json(tmp_path: Path) -> None:
     output = tmp_path / "lending.json"
-    args = ["--rate", "30", "--duration", "2", "--nodes", "2", "--replicas", "1", "--json", str(output)]
-    ran = yunkai("bench-lending", *args, cwd=tmp_path)
+    args = ["--rate", "30", "--duration", "1", "--nodes", "2", "--replicas", "1", "--json", str(output)]
+    ran = yunkai("bench-lending", *args, "--lending-servers", "1,2", cwd=tmp_path)  # one, then two, serving the book
     assert ran.returncode == 0, ran.stdout + ran.stderr
     result = json.loads(output.read_text())
-    assert result["errors"] == 0 and result["journeys"] == 20  # 30 operations/s: a journey of 3 every 0.1 s
-    assert {step: by["ops"] for step, by in result["by_step"].items()} == {"decide": 20, "draw": 20, "repay": 20}
-    assert result["command"].startswith("yunkai bench-lending") and result["lending_processes"] == 1
-    assert "lending journeys: offered 30 operations/s" in ran.stdout
+    assert result["command"].startswith("yunkai bench-lending")
+    assert [run["lending_processes"] for run in result["runs"]] == [1, 2]
+    for run in result["runs"]:
+        assert run["errors"] == 0 and run["journeys"] == 10  # 30 operations/s: a journey of 3 every 0.1 s
+        assert {step: by["ops"] for step, by in run["by_step"].items()} == {"decide": 10, "draw": 10, "repay": 10}
+    assert "lending journeys, 2 lending and 1 risk processes: offered 30 operations/s" in ran.stdout
 
 
 @pytest.mark.skipif(postgres_peer.binaries() is None, reason="no PostgreSQL server (cluster/install-postgres.sh)")
