@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "risk": None,
     "book": BOOK_DEFAULT,
 }
-BOOK_REFRESH_S = 15.0  # how often the book's gauges are counted again (a scan of every slot's records)
+BOOK_REFRESH_S = 60.0  # how often the book's gauges are counted again: a scan of every slot's loans and lines
 
 # How each refusal is answered; anything else is a bug and crashes the call loudly.
 REFUSALS: serving.Refusals = (
