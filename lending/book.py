@@ -30,6 +30,7 @@ from lending import loans as rules
 from proto import lending_pb2 as pb
 
 BOOK_DEFAULT = "book"
+OWNERS_KEPT = 200_000  # loan ids whose customer a process keeps (past it, forgotten all at once)
 CONFLICT_RETRIES = 5  # decisions taken again after losing a race to another lending process
 GL_TAG = "{gl}"
 EOD_TAG = "{eod}"
@@ -54,14 +55,29 @@ class Book(Records):
         if not rules.BOOK_PATTERN.fullmatch(name):
             raise rules.BadLoanRequest(f"book: {name!r} is not 1-16 of a-z, 0-9")
         super().__init__(ledger, name)
+        self._owners: dict[str, str] = {}  # loan id -> customer, as claimed (never changes)
 
     # --- reads -----------------------------------------------------------------------------
 
+    async def customer_of(self, loan_id: str) -> str | None:
+        """Whose loan id it is (None: nobody's). An id never changes hands once claimed, so the
+        answer is kept (a bounded number of them) and the next ask costs no read."""
+        known = self._owners.get(loan_id)
+        if known is None:
+            [owner] = await self.read([("loanid", f"loan:{loan_id}")])
+            if owner is None:
+                return None
+            known = owner.value.decode()
+            if len(self._owners) >= OWNERS_KEPT:
+                self._owners.clear()
+            self._owners[loan_id] = known
+        return known
+
     async def loan(self, loan_id: str) -> tuple[pb.Loan, int]:
         """The loan and its version; LoanNotFound if the book has none of that id."""
-        [owner] = await self.read([("loanid", f"loan:{loan_id}")])
-        if owner is not None:
-            held = await self.loan_of(owner.value.decode(), loan_id)
+        customer = await self.customer_of(loan_id)
+        if customer is not None:
+            held = await self.loan_of(customer, loan_id)
             if held is not None:
                 return held
         raise rules.LoanNotFound(f"loan_id: no loan {loan_id!r}")
@@ -125,12 +141,15 @@ class Book(Records):
     async def claim_loan_id(self, loan_id: str, customer: str) -> None:
         """Make the loan id this customer's (a retry finds it so); LoanRefused if it is another's."""
         key = f"loan:{loan_id}"
+        if self._owners.get(loan_id) == customer:
+            return
         try:
             await self.commit([Put("loanid", key, customer.encode(), 0)])
         except Conflict:
             [owner] = await self.read([("loanid", key)])
             if owner is None or owner.value.decode() != customer:
                 raise rules.LoanRefused(f"loan_id: {loan_id} is another customer's loan") from None
+        self._owners[loan_id] = customer
 
     async def count_ask(self, customer: str, loan_id: str, day: str, outcome: str) -> None:
         """Record a drawdown ask's latest outcome (a DrawdownTally field); a race is harmless

@@ -184,12 +184,37 @@ class CreditLimits:
 
     async def raise_limit(self, customer: str, product: str | None, amount: int, op: str) -> Outcome:
         """Grant `amount` more limit at one level (the first grant is a raise from zero)."""
+        [result] = await self.ledger.create_transfers([self.raise_transfer(customer, product, amount, op)])
+        return OK if _settled(result) else Outcome(result.code)
+
+    # The transfers of an operation, for a caller that commits them with its own records in one
+    # commit of the customer's slot (lending/loan_service.py; node/records.py): all of them
+    # or none, so a consumption needs no two phases there.
+
+    def raise_transfer(self, customer: str, product: str | None, amount: int, op: str) -> Transfer:
         _check_names(customer, op, product)
         _check_amount(amount)
         level = Level(customer, product)
-        transfer = Transfer(f"{op}:raise", level.source, level.limit, amount, self.book, Code.GRANT)
-        [result] = await self.ledger.create_transfers([transfer])
-        return OK if _settled(result) else Outcome(result.code)
+        return Transfer(f"{op}:raise", level.source, level.limit, amount, self.book, Code.GRANT)
+
+    def consume_transfers(self, customer: str, product: str, amount: int, op: str) -> list[Transfer]:
+        """limit -> drawn at the customer's level and the product's; the limit accounts' flag
+        refuses either past what is available (EXCEEDS_CREDITS), a freeze on a drawn account
+        refuses it too (CREDIT_ACCOUNT_FROZEN)."""
+        _check_names(customer, op, product)
+        _check_amount(amount)
+        return [
+            Transfer(f"{op}:{tag}", level.limit, level.drawn, amount, self.book, Code.CONSUME)
+            for tag, level in (("c", Level(customer, None)), ("p", Level(customer, product)))
+        ]
+
+    def restore_transfers(self, customer: str, product: str, amount: int, op: str) -> list[Transfer]:
+        _check_names(customer, op, product)
+        _check_amount(amount)
+        return [
+            Transfer(f"{op}:{tag}", level.repaid, level.limit, amount, self.book, Code.RESTORE)
+            for tag, level in (("c", Level(customer, None)), ("p", Level(customer, product)))
+        ]
 
     async def lower_limit(self, customer: str, product: str | None, amount: int, op: str) -> Outcome:
         """Take `amount` of limit away at one level; refused (EXCEEDS_CREDITS) beyond what is available."""
@@ -264,17 +289,20 @@ class CreditLimits:
 
     async def restore(self, customer: str, product: str, amount: int, op: str) -> Outcome:
         """Give `amount` back to the customer's limit and the product's sub-limit (a repayment of principal)."""
-        _check_names(customer, op, product)
-        _check_amount(amount)
-        transfers = [
-            Transfer(f"{op}:{tag}", level.repaid, level.limit, amount, self.book, Code.RESTORE)
-            for tag, level in (("c", Level(customer, None)), ("p", Level(customer, product)))
-        ]
-        results = await self.ledger.create_transfers(transfers)
+        results = await self.ledger.create_transfers(self.restore_transfers(customer, product, amount, op))
         refusal = next((r.code for r in results if not _settled(r)), None)
         return OK if refusal is None else Outcome(refusal)
 
     # --- reading ------------------------------------------------------------------------
+
+    async def views(self, customer: str, product: str) -> tuple[LevelView, LevelView]:
+        """`view` of the customer's level and the product's, in one read."""
+        _check_names(customer, product=product)
+        levels = [Level(customer, None), Level(customer, product)]
+        found = await self.ledger.lookup_accounts([a for lv in levels for a in (lv.limit, lv.drawn, lv.repaid)])
+        if any(account is None for account in found):
+            raise BadLimitRequest(f"customer: {customer} has no limit accounts for {product}")
+        return _view(*found[:3]), _view(*found[3:])  # type: ignore[arg-type]
 
     async def view(self, customer: str, product: str | None = None) -> LevelView:
         """Granted, used, reserved and available limit of one level, and whether it is frozen."""
@@ -285,7 +313,11 @@ class CreditLimits:
             raise BadLimitRequest(
                 f"customer: {customer} has no limit accounts" + (f" for {product}" if product else "")
             )
-        used = drawn.credits_posted - repaid.debits_posted
-        available = limit.credits_posted - limit.debits_posted - limit.debits_pending
-        granted = available + limit.debits_pending + used
-        return LevelView(granted, used, limit.debits_pending, available, drawn.status is AccountStatus.FROZEN)
+        return _view(limit, drawn, repaid)
+
+
+def _view(limit: Account, drawn: Account, repaid: Account) -> LevelView:
+    used = drawn.credits_posted - repaid.debits_posted
+    available = limit.credits_posted - limit.debits_posted - limit.debits_pending
+    granted = available + limit.debits_pending + used
+    return LevelView(granted, used, limit.debits_pending, available, drawn.status is AccountStatus.FROZEN)

@@ -11,13 +11,18 @@ A credit line (ApproveCreditLine, which the risk service calls for an approval) 
 customer's limits and carries the line's price; a drawdown takes that price unless it names
 its own rate within the product's bounds.
 
-Order of a drawdown: claim the loan id for the customer, consume the limits
-(lending/limits.py, op `d.<loan>`), open the loan's accounts, then commit the ACTIVE loan
-with its principal and origination fee transfers (a commit the ledger refuses, a frozen
-deposit say, leaves the loan stored PENDING: a repeat finishes it). End of day commits each
-loan with its accruals and charges, EOD_DAYS_PER_COMMIT days at a time. A repayment commits the loan with the
-repayment (done=false) and its transfers, then restores the limits and marks it done: a
-retry with the same repayment_id finishes what a crash left.
+Each change is one commit in the customer's slot, the limits too (the limit accounts are
+under the customer's hash tag: lending/limits.py's *_transfers):
+  - a credit line: the line record with the raises of both limit levels;
+  - a drawdown (after claiming the loan id for the customer and opening the loan's accounts):
+    the ACTIVE loan and its ask with the limits consumed at both levels, the principal into
+    the deposit and the origination fee; a refusal of any of them (the limits, a frozen
+    deposit) applies none of them;
+  - a repayment: the loan with the repayment, its transfers (fee, penalty, interest,
+    principal, the interest trued up at payoff) and the limits its principal frees;
+  - end of day: the loan with its accruals and charges, EOD_DAYS_PER_COMMIT days at a time;
+  - a write-off: the loan with its write-off transfers.
+A retry with the same ids finds its change made (the record says so) and moves nothing.
 
 Several lending processes may serve one book. Each change reads the records it changes and
 names their versions when it commits; one that lost a race (`Conflict`: another process
@@ -29,7 +34,6 @@ also run one at a time (a lock per customer), so they do not race each other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -37,12 +41,12 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, timedelta
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 from prometheus_client import Counter
 
-from clients.ledger import Account, AccountFlags, LedgerClient, LedgerError, ResultCode, Transfer
+from clients.ledger import Account, AccountFlags, LedgerClient, ResultCode, Transfer
 from clients.records import CommitFailed, Conflict, Put
 from lending import journal, loans as rules
 from lending.allocation import allocate
@@ -176,33 +180,25 @@ class LoanService:
             )
         async with self._locks[request.customer]:
             limits = self._limits(p.currency)
-            results = await limits.open(request.customer, [p.code])
-            if any(r.code not in (ResultCode.OK, ResultCode.EXISTS) for r in results):
-                raise LedgerFailed(f"limit accounts of {request.customer}: {[r.code.name for r in results]}")
             book = ledger_of(p.currency)
             names = rules.Accounts(request.customer, "-", p.code)
-            await self._open(
-                [
-                    Account(names.deposit, book, rules.Code.DEPOSIT, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
-                    Account(names.settle, book, rules.Code.SETTLE),
-                    Account(names.clearing("int"), book, rules.Code.INTEREST_INCOME),
-                    Account(names.clearing("pen"), book, rules.Code.PENALTY_INCOME),
-                    Account(names.clearing("fee"), book, rules.Code.FEE_INCOME),
-                    Account(names.clearing("loss"), book, rules.Code.LOSS),
-                ]
+            results, _ = await asyncio.gather(
+                limits.open(request.customer, [p.code]),
+                self._open(
+                    [
+                        Account(
+                            names.deposit, book, rules.Code.DEPOSIT, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+                        ),
+                        Account(names.settle, book, rules.Code.SETTLE),
+                        Account(names.clearing("int"), book, rules.Code.INTEREST_INCOME),
+                        Account(names.clearing("pen"), book, rules.Code.PENALTY_INCOME),
+                        Account(names.clearing("fee"), book, rules.Code.FEE_INCOME),
+                        Account(names.clearing("loss"), book, rules.Code.LOSS),
+                    ]
+                ),
             )
-            # A line raises the limits up to what it grants (a replay finds them there and raises nothing).
-            for level, target, tag in (
-                (None, request.customer_limit, "c"),
-                (p.code, request.product_limit, "p"),
-            ):
-                granted = (await limits.view(request.customer, level)).granted
-                if target > granted:
-                    outcome = await limits.raise_limit(
-                        request.customer, level, target - granted, f"g.{request.line_id}.{tag}"
-                    )
-                    if not outcome.ok:
-                        raise rules.LoanRefused(f"line_id: the limit was not raised: {outcome.code.name}")
+            if any(r.code not in (ResultCode.OK, ResultCode.EXISTS) for r in results):
+                raise LedgerFailed(f"limit accounts of {request.customer}: {[r.code.name for r in results]}")
             line = pb.CreditLine(
                 customer=request.customer,
                 line_id=request.line_id,
@@ -215,9 +211,28 @@ class LoanService:
             )
 
             async def store() -> None:
-                held = await self.book.line(line.customer, line.product_code)
+                """The line, with the raises that bring both limit levels up to what it grants
+                (a replay finds them there and raises nothing): one commit."""
+                held, customer_level, product_level = await asyncio.gather(
+                    self.book.line(line.customer, line.product_code),
+                    limits.view(request.customer, None),
+                    limits.view(request.customer, p.code),
+                )
+                if held is not None and held[0] == line:
+                    return  # a replay
+                raises = [
+                    limits.raise_transfer(request.customer, level, target - view.granted, f"g.{request.line_id}.{tag}")
+                    for level, target, tag, view in (
+                        (None, request.customer_limit, "c", customer_level),
+                        (p.code, request.product_limit, "p", product_level),
+                    )
+                    if target > view.granted
+                ]
                 key = line_key(line.customer, line.product_code)
-                await self.book.commit([Put("line", key, line, held[1] if held is not None else 0)])
+                try:
+                    await self.book.commit([Put("line", key, line, held[1] if held is not None else 0)], raises)
+                except CommitFailed as refused:
+                    raise rules.LoanRefused(f"line_id: the limit was not raised: {refused}") from None
 
             await self._again(f"credit line of {line.customer} for {line.product_code}", store)
         log.info(
@@ -232,71 +247,85 @@ class LoanService:
         rules.check_customer(request.customer)
         rules.check_id("loan_id", request.loan_id)
         day = rules.parse_date("date", request.date).isoformat()  # a well-formed ask counts on its business date
-        held_line = await self.book.line(request.customer, request.product_code)
-        if held_line is None:
+        customer, loan_id = request.customer, request.loan_id
+        # The line, the loan and its ask are all in the customer's slot: one read.
+        wanted = [
+            ("line", line_key(customer, request.product_code)),
+            ("loan", loan_key(customer, loan_id)),
+            ("ask", ask_key(customer, loan_id)),
+        ]
+        line_record, *first_read = await self.book.read(wanted)
+        if line_record is None:
             # The metric's product label only ever names a product of the catalogue (no caller's text).
             known = request.product_code if request.product_code in set(self.products.codes()) else "(unknown)"
-            await self.book.count_ask(request.customer, request.loan_id, day, "refused_no_line")
+            await self.book.count_ask(customer, loan_id, day, "refused_no_line")
             drawdowns_total.labels(known, "refused_no_line").inc()
             raise rules.LoanRefused(
-                f"product_code: customer {request.customer} has no credit line for {request.product_code!r}"
+                f"product_code: customer {customer} has no credit line for {request.product_code!r}"
             )
-        line = held_line[0]
-        product = await self.products.fetch(line.product_code, line.product_version)
+        line = pb.CreditLine.FromString(line_record.value)
+        await self.products.have(line.product_code, line.product_version)  # published: its terms never change
+        product = self._product(line.product_code, line.product_version)
         # Validates every field before anything changes; the line's price unless the request names a rate.
         loan = rules.new_loan(request, product, line.annual_rate_bps)
         loan.application_id = line.application_id  # its outcome goes to that application's models
-        async with self._locks[request.customer]:
-            await self.book.claim_loan_id(loan.loan_id, loan.customer)
+        reads = [first_read]  # the first attempt decides on the read above; a retry reads again
 
-            async def draw() -> pb.Loan:
-                drawn, version = loan, 0
-                stored = await self.book.loan_of(loan.customer, loan.loan_id)
-                if stored is not None:
-                    different = rules.same_drawdown(stored[0], request)
-                    if different:
-                        raise rules.LoanRefused(f"{different}: loan {request.loan_id} exists with another {different}")
-                    if stored[0].status != pb.PENDING:
-                        return stored[0]  # a replay: the loan as it stands
-                    drawn, version = stored  # an attempt the ledger refused: finish it as it was stored
-                return await self._draw(drawn, version, product)
+        async def draw() -> pb.Loan:
+            stored, asked = reads.pop() if reads else await self.book.read(wanted[1:])
+            if stored is not None:
+                held = pb.Loan.FromString(stored.value)
+                different = rules.same_drawdown(held, request)
+                if different:
+                    raise rules.LoanRefused(f"{different}: loan {loan_id} exists with another {different}")
+                return held  # a replay: the loan as it stands
+            limits = self._limits(product.parameters.currency)
+            _, views = await asyncio.gather(
+                self.book.claim_loan_id(loan_id, customer), limits.views(customer, loan.product_code)
+            )
+            # Refused by the limits as they stand: nothing is opened or written (the commit refuses a race).
+            for view in views:
+                if view.frozen or view.available < loan.principal:
+                    code = ResultCode.CREDIT_ACCOUNT_FROZEN if view.frozen else ResultCode.EXCEEDS_CREDITS
+                    await self._refused_by_limits(loan, code)
+            return await self._draw(loan, product, asked.version if asked is not None else 0)
 
-            loan = await self._again(f"loan {loan.loan_id}", draw)
+        async with self._locks[customer]:
+            loan = await self._again(f"loan {loan_id}", draw)
         log.info("drawdown", extra={"loan": loan.loan_id, "customer": loan.customer, "amount": loan.principal})
         return loan
 
-    async def _draw(self, loan: pb.Loan, version: int, product: pb.Product) -> pb.Loan:
-        """Consume the limits, open the loan's accounts, and commit it ACTIVE with its principal
-        (and origination fee) transfers. If the ledger refuses that commit (the deposit frozen,
-        say), the loan is stored PENDING, its limits consumed, so that it shows and a repeat of
-        the drawdown finishes it."""
-        outcome = await self._limits(product.parameters.currency).consume(
-            loan.customer, loan.product_code, loan.principal, f"d.{loan.loan_id}"
-        )
-        if not outcome.ok:
-            await self.book.count_ask(loan.customer, loan.loan_id, loan.drawdown_date, "refused_by_limits")
-            drawdowns_total.labels(loan.product_code, "refused_by_limits").inc()
-            raise rules.LoanRefused(f"amount: the credit limits refuse {loan.principal} fen: {outcome.code.name}")
-        await self._open_loan_accounts(loan, ledger_of(product.parameters.currency))
-        [asked] = await self.book.read([("ask", ask_key(loan.customer, loan.loan_id))])
-        tally = pb.DrawdownTally(date=loan.drawdown_date, asked=1, passed=1)
-        ask = Put("ask", ask_key(loan.customer, loan.loan_id), tally, asked.version if asked else 0)
+    async def _draw(self, loan: pb.Loan, product: pb.Product, ask_version: int) -> pb.Loan:
+        """One commit: the ACTIVE loan, its ask, and its transfers: the limits consumed at both
+        levels (lending/limits.py), the principal into the deposit and the origination fee. A
+        refusal of a limit transfer is the limits' refusal; of the others, the ledger's (a frozen
+        deposit, say); either way nothing of it is applied."""
+        currency = product.parameters.currency
+        await self._open_loan_accounts(loan, ledger_of(currency))
         active = pb.Loan()
         active.CopyFrom(loan)
         active.status = pb.ACTIVE
+        consume = self._limits(currency).consume_transfers(
+            loan.customer, loan.product_code, loan.principal, f"d.{loan.loan_id}"
+        )
+        tally = pb.DrawdownTally(date=loan.drawdown_date, asked=1, passed=1)
+        puts = [
+            Put("loan", loan_key(loan.customer, loan.loan_id), active, 0),
+            Put("ask", ask_key(loan.customer, loan.loan_id), tally, ask_version),
+        ]
         try:
-            # The loan, its principal and its origination fee: one commit.
-            await self._commit_loan(active, version, self._principal(active), loan.drawdown_date, ask)
-        except LedgerFailed:
-            if version == 0:
-                pending = pb.Loan()
-                pending.CopyFrom(loan)
-                pending.status = pb.PENDING
-                with contextlib.suppress(Conflict, LedgerFailed, LedgerError):
-                    await self._commit_loan(pending, 0)
-            raise
+            await self.book.commit(puts, [*consume, *dated(self._principal(active), loan.drawdown_date)])
+        except CommitFailed as refused:
+            if refused.field.startswith(("transfers[0]", "transfers[1]")):
+                await self._refused_by_limits(loan, refused.code)
+            raise rules.LoanRefused(f"the ledger refuses the drawdown's {refused}") from None
         drawdowns_total.labels(loan.product_code, "passed").inc()
         return active
+
+    async def _refused_by_limits(self, loan: pb.Loan, code: ResultCode) -> NoReturn:
+        await self.book.count_ask(loan.customer, loan.loan_id, loan.drawdown_date, "refused_by_limits")
+        drawdowns_total.labels(loan.product_code, "refused_by_limits").inc()
+        raise rules.LoanRefused(f"amount: the credit limits refuse {loan.principal} fen: {code.name}")
 
     async def _open_loan_accounts(self, loan: pb.Loan, book: int) -> None:
         names = rules.accounts_of(loan)
@@ -339,9 +368,11 @@ class LoanService:
         on = rules.parse_date("date", request.date)
         if not payoff and request.amount <= 0:
             raise rules.BadLoanRequest(f"amount: {request.amount} fen must be positive")
-        loan, _version = await self.book.loan(request.loan_id)  # LoanNotFound: NOT_FOUND
-        async with self._locks[loan.customer]:
-            return await self._again(f"loan {loan.loan_id}", lambda: self._repay(request, payoff, on))
+        customer = await self.book.customer_of(request.loan_id)
+        if customer is None:
+            raise rules.LoanNotFound(f"loan_id: no loan {request.loan_id!r}")
+        async with self._locks[customer]:
+            return await self._again(f"loan {request.loan_id}", lambda: self._repay(request, payoff, on))
 
     async def _repay(self, request: pb.RepayRequest, payoff: bool, on: date) -> pb.RepayResponse:
         loan, version = await self.book.loan(request.loan_id)
@@ -354,12 +385,7 @@ class LoanService:
                 or (not payoff and previous.amount != request.amount)
             ):
                 raise rules.LoanRefused(f"repayment_id: {request.repayment_id} was a different repayment")
-            if not previous.done:
-                loan = await self._finish(loan, version, previous.repayment_id)
             return pb.RepayResponse(repayment=_repayment(loan, previous.repayment_id), loan=loan)
-        for unfinished in [r.repayment_id for r in loan.repayments if not r.done]:
-            loan = await self._finish(loan, version, unfinished)  # a crash left it half made: finish it first
-            loan, version = await self.book.loan(request.loan_id)
         if loan.status not in rules.OPEN:
             raise rules.LoanRefused(f"loan_id: {loan.loan_id} is {pb.LoanStatus.Name(loan.status)}")
         if on < date.fromisoformat(loan.drawdown_date):
@@ -398,7 +424,12 @@ class LoanService:
         else:
             rules.classify(loan, on)
         transfers = self._repayment_transfers(loan, repayment)
-        repayment.done = not repayment.principal  # else done once the limits are restored
+        if repayment.principal:  # the principal repaid frees the limits, in the same commit
+            currency = self._product(loan.product_code, loan.product_version).parameters.currency
+            transfers += self._limits(currency).restore_transfers(
+                loan.customer, loan.product_code, repayment.principal, f"r.{loan.loan_id}.{repayment.repayment_id}"
+            )
+        repayment.done = True
         loan.repayments.append(repayment)
         try:
             await self._commit_loan(loan, version, transfers, repayment.date)
@@ -410,8 +441,6 @@ class LoanService:
                     f"amount: the deposit {names.deposit} holds {held} fen, {applied} are due"
                 ) from None
             raise
-        if not repayment.done:
-            loan = await self._finish(loan, version + 1, repayment.repayment_id)
         return pb.RepayResponse(repayment=_repayment(loan, repayment.repayment_id), loan=loan)
 
     def _repayment_transfers(self, loan: pb.Loan, repayment: pb.Repayment) -> list[Transfer]:
@@ -452,21 +481,6 @@ class LoanService:
                 transfers.append(Transfer(f"{loan.loan_id}:t", debit, credit, abs(delta), book, rules.Code.TRUE_UP))
                 loan.interest_accrued += delta
         return transfers
-
-    async def _finish(self, loan: pb.Loan, version: int, repayment_id: str) -> pb.Loan:
-        """Restore the limits a committed repayment's principal frees, then mark it done."""
-        repayment = _repayment(loan, repayment_id)
-        currency = self._product(loan.product_code, loan.product_version).parameters.currency
-        outcome = await self._limits(currency).restore(
-            loan.customer, loan.product_code, repayment.principal, f"r.{loan.loan_id}.{repayment_id}"
-        )
-        if not outcome.ok:
-            raise LedgerFailed(f"restoring the limits of {loan.loan_id}: {outcome.code.name}")
-        done = pb.Loan()
-        done.CopyFrom(loan)
-        _repayment(done, repayment_id).done = True
-        await self._commit_loan(done, version)
-        return done
 
     # --- write-off ------------------------------------------------------------------------
 

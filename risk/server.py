@@ -317,7 +317,7 @@ class DecisionService:
                 "reasons": list(result.reasons),
             },
         )
-        await self._open_credit_line(decision)
+        await self._open_credit_line(decision, stored_version=1)
         return decision
 
     async def _repeat(self, request: pb.DecideRequest, stored: pb.DecideRequest, decision: pb.Decision) -> pb.Decision:
@@ -348,7 +348,7 @@ class DecisionService:
             others_margin=why.others_margin,
         )
 
-    async def _open_credit_line(self, decision: pb.Decision) -> None:
+    async def _open_credit_line(self, decision: pb.Decision, stored_version: int = 0) -> None:
         """An approval's credit line in the lending service, at the decided limit and price (step 6)."""
         if self.lending is None or decision.outcome != pb.APPROVE or decision.credit_line_opened:
             return
@@ -369,7 +369,7 @@ class DecisionService:
                 raise UpstreamUnavailable(f"credit line: the lending server did not answer: {said}") from None
             log.error("credit line refused", extra={"application_id": decision.application_id, "reason": said})
             raise UpstreamRefused(f"credit line: the lending server refused {line.line_id}: {said}") from None
-        await self.store.mark_opened(decision, line.line_id)
+        await self.store.mark_opened(decision, line.line_id, stored_version)
         log.info(
             "credit line opened",
             extra={

@@ -59,13 +59,19 @@ class DecisionStore:
         key = _key(decision.application_id)
         await self._records.commit([Put("decision", key, decision, 0), Put("request", key, request, 0)])
 
-    async def mark_opened(self, decision: pb.Decision, line_id: str) -> None:
-        """Record that the decision's credit line is open (`decision` is changed to say so)."""
-        for _ in range(3):
-            held = await self._get(decision.application_id)
-            if held is None:
-                raise DecisionLogDamaged(f"decision {decision.application_id} is not stored")
-            _request, stored, version = held
+    async def mark_opened(self, decision: pb.Decision, line_id: str, version: int = 0) -> None:
+        """Record that the decision's credit line is open (`decision` is changed to say so);
+        `version`: the stored decision's, if the caller knows it is `decision` (it just stored
+        it), which saves reading it first."""
+        for attempt in range(3):
+            if attempt == 0 and version:
+                stored = pb.Decision()
+                stored.CopyFrom(decision)
+            else:
+                held = await self._get(decision.application_id)
+                if held is None:
+                    raise DecisionLogDamaged(f"decision {decision.application_id} is not stored")
+                _request, stored, version = held
             if stored.credit_line_opened:
                 break
             stored.credit_line_opened = True

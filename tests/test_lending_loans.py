@@ -565,20 +565,24 @@ def test_a_long_catch_up_commits_in_parts_and_a_longer_one_is_refused(lending: L
     assert "would catch up more than 400 days" in str(refused.value.details())
 
 
-def test_a_drawdown_the_ledger_refuses_shows_pending_and_a_repeat_finishes_it(lending: Lending) -> None:
+def test_a_drawdown_the_ledger_refuses_applies_nothing_and_a_repeat_makes_it(lending: Lending) -> None:
     customer = lending.customer()
     deposit = Accounts(customer, "-", lending.code).deposit
     [frozen] = lending.ledger.change_accounts([AccountChange(fresh("fz"), deposit, ChangeKind.FREEZE)])
     assert frozen.code is ResultCode.OK
     with pytest.raises(grpc.RpcError) as refused:
         lending.draw(customer, "held1", 2_000_000, "2026-01-15")
-    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "CREDIT_ACCOUNT_FROZEN" in str(refused.value.details())
-    pending = lending.loan("held1")
-    assert pending.status == pb.PENDING  # its limits consumed, nothing moved: it shows
-    assert lending.balance(Accounts(customer, "held1", lending.code).principal) == 0
+    # One commit, refused whole: no loan, no limit consumed, no money moved.
+    with pytest.raises(grpc.RpcError) as missing:
+        lending.loan("held1")
+    assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+    drawn = f"{{c{customer}}}:limit:drawn"
+    assert lending.ledger.lookup_accounts([drawn])[0].credits_posted == 0  # type: ignore[union-attr]
     [thawed] = lending.ledger.change_accounts([AccountChange(fresh("th"), deposit, ChangeKind.UNFREEZE)])
     assert thawed.code is ResultCode.OK
     done = lending.draw(customer, "held1", 2_000_000, "2026-01-15")
     assert done.status == pb.ACTIVE and lending.loan("held1") == done
     assert lending.balance(Accounts(customer, "held1", lending.code).principal) == 2_000_000
+    assert lending.ledger.lookup_accounts([drawn])[0].credits_posted == 2_000_000  # type: ignore[union-attr]
