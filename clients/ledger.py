@@ -80,6 +80,7 @@ class ResultCode(enum.IntEnum):
     RECORD_NOT_FOUND = 33
     RECORD_VERSION_MISMATCH = 34
     NOT_IN_COMMIT_SLOT = 35
+    RECORD_OF_ANOTHER_ROLE = 36
 
 
 class TransferState(enum.IntEnum):

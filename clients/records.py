@@ -35,6 +35,10 @@ class CommitFailed(RuntimeError):
         self.field = field
 
 
+class OtherRolesRecord(CommitFailed):
+    """A record callers of another role wrote (node/records.py): this caller may not change it."""
+
+
 @dataclass(frozen=True)
 class Put:
     """One record to write in a commit (`version`: the one read, 0 if there was none)."""
@@ -89,6 +93,8 @@ class Records:
             if await self._applied(writes):
                 return
             raise Conflict(f"{result.field} changed since it was read")
+        if result.code is ResultCode.RECORD_OF_ANOTHER_ROLE:
+            raise OtherRolesRecord(result.code, result.field)
         raise CommitFailed(result.code, result.field)
 
     async def _applied(self, writes: Sequence[Write]) -> bool:

@@ -47,7 +47,7 @@ import grpc
 from prometheus_client import Counter
 
 from clients.ledger import Account, AccountFlags, LedgerClient, ResultCode, Transfer
-from clients.records import CommitFailed, Conflict, Put
+from clients.records import CommitFailed, Conflict, OtherRolesRecord, Put
 from lending import journal, loans as rules
 from lending.allocation import allocate
 from lending.book import CONFLICT_RETRIES, GL_TAG, Book, ask_key, line_key, loan_key
@@ -140,6 +140,8 @@ class LoanService:
         puts = [Put("loan", loan_key(loan.customer, loan.loan_id), loan, version), *more]
         try:
             await self.book.commit(puts, dated(transfers, day))
+        except OtherRolesRecord:
+            raise  # a caller of another role wrote it: PERMISSION_DENIED
         except CommitFailed as refused:
             raise LedgerFailed(f"loan {loan.loan_id}: the ledger refused {refused}") from None
 
@@ -231,6 +233,8 @@ class LoanService:
                 key = line_key(line.customer, line.product_code)
                 try:
                     await self.book.commit([Put("line", key, line, held[1] if held is not None else 0)], raises)
+                except OtherRolesRecord:
+                    raise  # a caller of another role wrote it: PERMISSION_DENIED
                 except CommitFailed as refused:
                     raise rules.LoanRefused(f"line_id: the limit was not raised: {refused}") from None
 
@@ -315,6 +319,8 @@ class LoanService:
         ]
         try:
             await self.book.commit(puts, [*consume, *dated(self._principal(active), loan.drawdown_date)])
+        except OtherRolesRecord:
+            raise  # a caller of another role wrote it: PERMISSION_DENIED
         except CommitFailed as refused:
             if refused.field.startswith(("transfers[0]", "transfers[1]")):
                 await self._refused_by_limits(loan, refused.code)

@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector
 
 import serving
 from clients.ledger import LedgerClient, LedgerError
-from clients.records import CommitFailed, Conflict
+from clients.records import CommitFailed, Conflict, OtherRolesRecord
 from lending.book import BOOK_DEFAULT, Book
 from lending.loan_service import Contended, LedgerFailed, LoanService
 from lending.loans import BOOK_PATTERN, BadLoanRequest, LoanNotFound, LoanRefused
@@ -60,6 +60,7 @@ REFUSALS: serving.Refusals = (
     ((ProductNotFound, LoanNotFound), grpc.StatusCode.NOT_FOUND),
     ((LifecycleRefused, LoanRefused), grpc.StatusCode.FAILED_PRECONDITION),
     (StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (OtherRolesRecord, grpc.StatusCode.PERMISSION_DENIED),
     ((LedgerFailed, LedgerError, CommitFailed), grpc.StatusCode.UNAVAILABLE),
     # Other lending servers changed the same records meanwhile: repeat the call.
     ((Contended, Conflict), grpc.StatusCode.ABORTED),

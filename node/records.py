@@ -13,7 +13,9 @@ Protocol (CommitRecords; one `Commit` is one event of the group commit):
      the field). The request's shape was checked by proto/contract.py's malformed_commit.
   2. In the committer, in the cycle's order (`apply`): each write's expected_version is the
      stored record's version now, 0 meaning "absent" (else RECORD_VERSION_MISMATCH naming
-     writes[i]); then the transfers are applied, in order, to a scratch copy of the cycle's
+     writes[i]), and a record that exists was last written by a caller of the writer's role
+     (else RECORD_OF_ANOTHER_ROLE: lending's records are lending's, risk's are risk's, whatever
+     their kinds say); then the transfers are applied, in order, to a scratch copy of the cycle's
      state (`_Scratch`), each with its own timestamp; if one answers anything but OK or
      EXISTS, that is the commit's answer (field transfers[i]) and nothing of the commit is
      applied: the scratch is dropped, no rejection is journaled. Otherwise the same
@@ -73,6 +75,8 @@ def apply(overlay: Overlay, commit: pb.Commit, slot: int, timestamps: Sequence[i
         record = pb.Record.FromString(raw) if raw is not None else None
         if (record.version if record is not None else 0) != write.expected_version:
             return sm.Result(pb.RECORD_VERSION_MISMATCH, f"writes[{index}]")
+        if record is not None and role_of(record.updated_by) != role_of(write.record.updated_by):
+            return sm.Result(pb.RECORD_OF_ANOTHER_ROLE, f"writes[{index}]")
         stored.append(record)
     if commit.transfers:
         scratch = _Scratch(overlay)
@@ -92,6 +96,12 @@ def apply(overlay: Overlay, commit: pb.Commit, slot: int, timestamps: Sequence[i
         record.timestamp = at
         overlay.put_record(keys.record_key(slot, record.kind, record.key), record.SerializeToString())
     return sm.Result(pb.OK, timestamp=at)
+
+
+def role_of(identity: str) -> str:
+    """The role of an identity as records are stamped with it (spiffe://yunkai/<role>/<name>;
+    "" under --insecure, where every caller is the same nobody)."""
+    return identity.removeprefix("spiffe://yunkai/").partition("/")[0]
 
 
 def _copy(transfer: pb.Transfer) -> pb.Transfer:

@@ -84,6 +84,7 @@ class ResultCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RECORD_NOT_FOUND: _ClassVar[ResultCode]
     RECORD_VERSION_MISMATCH: _ClassVar[ResultCode]
     NOT_IN_COMMIT_SLOT: _ClassVar[ResultCode]
+    RECORD_OF_ANOTHER_ROLE: _ClassVar[ResultCode]
 ACCOUNT_STATUS_UNSPECIFIED: AccountStatus
 ACTIVE: AccountStatus
 FROZEN: AccountStatus
@@ -144,6 +145,7 @@ ACCOUNT_HAS_PENDING_TRANSFERS: ResultCode
 RECORD_NOT_FOUND: ResultCode
 RECORD_VERSION_MISMATCH: ResultCode
 NOT_IN_COMMIT_SLOT: ResultCode
+RECORD_OF_ANOTHER_ROLE: ResultCode
 
 class Account(_message.Message):
     __slots__ = ("id", "ledger", "code", "flags", "debits_posted", "credits_posted", "debits_pending", "credits_pending", "overdraft_limit", "status", "user_data", "timestamp", "created_by")

@@ -54,7 +54,7 @@ from prometheus_client import Counter, Histogram
 
 import serving
 from clients.ledger import LedgerClient, LedgerError
-from clients.records import NAME_PATTERN, CommitFailed, Conflict as RecordConflict, Records
+from clients.records import NAME_PATTERN, CommitFailed, Conflict as RecordConflict, OtherRolesRecord, Records
 from clients.scoring import ScoringClient
 from lending.limits import CUSTOMER_PATTERN, CreditLimits
 from proto import inference_pb2, lending_pb2, lending_pb2_grpc, risk_pb2 as pb
@@ -205,6 +205,7 @@ def outcome_of(result: flow.Outcome) -> pb.Outcome:
 # a ledger that did not answer, or refused a commit, is a call to repeat; another risk server that
 # changed the same record meanwhile (RecordConflict) is a call to repeat on what is stored now.
 LOG_ON_LEDGER: serving.Refusals = (
+    (OtherRolesRecord, grpc.StatusCode.PERMISSION_DENIED),
     ((LedgerError, CommitFailed), grpc.StatusCode.UNAVAILABLE),
     (RecordConflict, grpc.StatusCode.ABORTED),
 )

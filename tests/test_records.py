@@ -20,7 +20,7 @@ from clients.ledger import (
     Transfer,
     Write,
 )
-from clients.records import CommitFailed, Conflict, Put, Records
+from clients.records import CommitFailed, Conflict, OtherRolesRecord, Put, Records
 from cluster.commands import LocalCluster
 from proto import ledger_pb2 as pb, ledger_pb2_grpc
 from router.slots import slot_of
@@ -314,3 +314,29 @@ def test_commits_weighing_more_than_a_node_queues_are_refused_not_left_busy(clus
             stub.CommitRecords(pb.CommitRecordsRequest(commits=commits), timeout=30)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "65 commits weigh 66625 events" in str(refused.value.details())
+
+
+def test_a_record_is_changed_only_by_callers_of_the_role_that_wrote_it(cluster: LocalCluster) -> None:
+    """Lending's records are lending's and risk's are risk's, whatever their kinds say: a caller
+    of another role that names the right version is still refused, and nothing changes."""
+
+    async def scenario() -> None:
+        async with (
+            await connect(cluster) as as_lending,
+            await LedgerClient.connect(cluster.address, tls_name="risk") as as_risk,
+        ):
+            key = "{" + fresh("own") + "}:L1"
+            lending, risk = Records(as_lending, "own"), Records(as_risk, "own")
+            await lending.commit([Put("loan", key, b"lent", 0)])
+            [refused] = await as_risk.commit_records([Commit([Write("own-loan", key, b"taken", 1)])])
+            assert (refused.code, refused.field) == (ResultCode.RECORD_OF_ANOTHER_ROLE, "writes[0]")
+            with pytest.raises(OtherRolesRecord):
+                await risk.commit([Put("loan", key, b"taken", 1)])
+            [record] = await as_lending.lookup_records([("own-loan", key)])
+            assert record is not None and (record.value, record.version) == (b"lent", 1)
+            await lending.commit([Put("loan", key, b"repaid", 1)])  # its own role still writes it
+            await risk.commit([Put("decision", key, b"approve", 0)])  # a record risk makes is risk's
+            with pytest.raises(OtherRolesRecord):
+                await lending.commit([Put("decision", key, b"decline", 1)])
+
+    run(scenario())
