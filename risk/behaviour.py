@@ -25,10 +25,11 @@ the profile mended, assesses them), and the others are assessed:
    score the borrower with the pinned models, read the customer's limit from the ledger
    (granted, used, available, frozen), evaluate the table -> action (freeze, unfreeze, raise,
    lower, warn, none), amount in fen, warning level, reason codes; store the call's new
-   assessments (why, on what, by which flow) in one fsync'd batch before acting.
+   assessments (why, on what, by which flow) on the ledger before acting (risk/assessments.py:
+   one commit per slot, replicated).
 3. Apply the actions through lending/limits.py under the operation ids `bh-<run>-<customer>`
    (so a repeat is a replay, never a second action), and store the ledger's answers with
-   them, with step 4's level and follow-up, in one more batch.
+   them, with step 4's level and follow-up, the same way.
    `warn` and `none` change nothing on the ledger; the assessment and level are the record.
 4. Hand the assessment to early warning (risk/early_warning.py): the customer's current
    level, and a follow-up call (amber) or visit (red), once per run.
