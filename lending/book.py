@@ -25,7 +25,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 from clients.ledger import LedgerClient
-from clients.records import Conflict, Put, Records
+from clients.records import NAME_PATTERN, Conflict, Put, Records
 from lending import loans as rules
 from proto import lending_pb2 as pb
 
@@ -52,7 +52,7 @@ class Book(Records):
     """The lending book's records over the ledger SDK."""
 
     def __init__(self, ledger: LedgerClient, name: str = BOOK_DEFAULT) -> None:
-        if not rules.BOOK_PATTERN.fullmatch(name):
+        if not NAME_PATTERN.fullmatch(name):
             raise rules.BadLoanRequest(f"book: {name!r} is not 1-16 of a-z, 0-9")
         super().__init__(ledger, name)
         self._owners: dict[str, str] = {}  # loan id -> customer, as claimed (never changes)

@@ -32,7 +32,6 @@ from proto import lending_pb2 as pb
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,16}")
 CUSTOMER_PATTERN = re.compile(r"[A-Za-z0-9]{1,20}")  # the same as lending/limits.py: the hash tag {c<customer>}
-BOOK_PATTERN = re.compile(r"[a-z0-9]{1,16}")  # a book's name (lending/book.py: record kinds are "<book>-<kind>")
 EOD_CATCH_UP_DAYS_MAX = 400  # one end of day never processes more than this many days of one loan
 OPEN = (pb.ACTIVE, pb.OVERDUE)
 

@@ -29,10 +29,10 @@ from prometheus_client.registry import Collector
 
 import serving
 from clients.ledger import LedgerClient, LedgerError
-from clients.records import CommitFailed, Conflict, OtherRolesRecord
+from clients.records import NAME_PATTERN, CommitFailed, Conflict, OtherRolesRecord
 from lending.book import BOOK_DEFAULT, Book
 from lending.loan_service import Contended, LedgerFailed, LoanService
-from lending.loans import BOOK_PATTERN, BadLoanRequest, LoanNotFound, LoanRefused
+from lending.loans import BadLoanRequest, LoanNotFound, LoanRefused
 from lending.products import InvalidProduct, LifecycleRefused, ProductNotFound, ProductStore, StoreFull
 from proto import lending_pb2 as pb, risk_pb2_grpc
 from serving import BadRequest, Context, parse_request
@@ -96,7 +96,7 @@ def _check(settings: dict[str, Any]) -> str | None:
         return "--data-dir is required (or YUNKAI_LENDING_DATA_DIR, or data_dir in [lending])"
     if not settings["router"]:
         return "--router is required (or YUNKAI_LENDING_ROUTER): the book and its catalogue live on the ledger"
-    if not BOOK_PATTERN.fullmatch(str(settings["book"])):
+    if not NAME_PATTERN.fullmatch(str(settings["book"])):
         return f"--book {settings['book']!r}: a book's name is 1-16 of a-z, 0-9"
     return None
 

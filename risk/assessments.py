@@ -97,16 +97,12 @@ class AssessmentStore:
         if failed:
             raise next((o for o in failed if isinstance(o, Conflict)), failed[0])
 
-    async def scan(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
-        """Every record of one kind: "t/" (the follow-ups) or "a/" (the assessments)."""
-        kinds = {"t/": ("task", "t"), "a/": ("assess", "a")}
-        if prefix not in kinds:
-            raise ValueError(f"{prefix!r}: only t/ and a/ are scanned")
-        kind, letter = kinds[prefix]
-        async for page in self._records.scan(kind):
+    async def tasks(self) -> AsyncIterator[dict[str, Any]]:
+        """Every follow-up (t/<run>/<customer>), from every slot."""
+        async for page in self._records.scan("task"):
             for record in page:
                 customer, _, run = record.key.partition("}:")
-                yield _loaded(f"{letter}/{run}/{customer.removeprefix('{c')}", record.value, record.version)
+                yield _loaded(f"t/{run}/{customer.removeprefix('{c')}", record.value, record.version)
 
 
 def as_stored(record: dict[str, Any]) -> dict[str, Any]:

@@ -81,7 +81,7 @@ async def updates(store: AssessmentStore, assessment: dict[str, Any]) -> dict[st
 
 async def open_tasks(store: AssessmentStore, kind: str | None = None) -> list[dict[str, Any]]:
     """Open follow-ups, visits (red) before calls (amber), oldest first."""
-    tasks = [t async for t in store.scan("t/") if t["outcome"] is None and (kind is None or t["kind"] == kind)]
+    tasks = [t async for t in store.tasks() if t["outcome"] is None and (kind is None or t["kind"] == kind)]
     return sorted(tasks, key=lambda t: (t["kind"] != "visit", t["opened_at_unix_ms"], t["task"]))
 
 
