@@ -6,10 +6,12 @@ each is part of one durable group-commit batch. node/relay.py carries the legs b
 nodes; node/service.py answers callers.
 
 Terms
-  cross-node   An event is cross-node when the slot of its credit account (for a post or
-               void: the pending transfer's credit account) is not owned by this node when
-               the committer applies it. Everything else, cross-slot or not, is applied in
-               one batch by node/state_machine.py, as before.
+  cross-node   An event is cross-node when its debit slot and the slot of its credit
+               account (for a post or void: the pending transfer's) may not be written in
+               one batch when the committer applies it (node/slots.py `same_batch`): the
+               credit slot is not written here now, or the two slots differ and either has
+               followers (then this node may be its own credit node). Everything else is
+               applied in one batch by node/state_machine.py.
   debit node   Owns the debit account's slot: it takes the transfer, keeps its record and
                owns the outbox entry. It alone decides the transfer's state.
   credit node  Owns the credit account's slot, by the debit node's slot table.

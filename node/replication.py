@@ -32,10 +32,12 @@ The primary (node/engine.py's committer and Replicator below)
   2. A slot whose configuration no longer makes this node its primary while the cycle waits
      (the controller failed it over) fails: its events are answered WRONG_SLOT (their outcome
      is the new primary's to tell: a retry there answers EXISTS if the batch reached it).
-  3. Events that span two slots in one batch need both slots to have the same followers (a
-     follower applies a call all or nothing, so it then holds both halves or neither); any
-     other cross-slot transfer goes through the outbox (node/outbox.py), which is correct
-     across any two configurations. `SlotTable.same_batch` decides.
+  3. No event spans two slots with followers in one batch: every transfer between two
+     replicated slots goes through the outbox (node/outbox.py), which is correct across any
+     two configurations. Sharing followers is not enough: the controller changes each slot's
+     configuration on its own (one failed over, the other kept), and 2 would then keep one
+     half of the event and lose the other (a retry credited twice, or the credit was lost).
+     `SlotTable.same_batch` decides.
   4. Lease: the primary serves a slot with followers only while every one of them has
      acknowledged a call (a batch or an empty heartbeat, sent every lease/3 when idle) sent
      within the last lease (timed from the send). Past that it answers WRONG_SLOT.

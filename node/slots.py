@@ -315,12 +315,16 @@ class SlotTable:
 
     def same_batch(self, a: int, b: int) -> bool:
         """Whether one event may write slots `a` and `b` in one batch of this node: both are
-        written here now, with the same followers (a follower applies a replication call all or
-        nothing, so it then holds both halves of the event or neither; node/replication.py)."""
+        written here now, and neither has followers. Two replicated slots never share an event,
+        even with the same followers: their configurations change apart (the controller fails
+        one over and keeps the other: a silent follower, a plan cut short by `_still`), and the
+        event would then keep one half and lose the other (tests/test_replication.py). Between
+        them it goes through the outbox (node/outbox.py), which holds across any two
+        configurations."""
         slots = self._slots
         if a == b:
             return slots[a].local
-        return slots[a].local and slots[b].local and slots[a].followers == slots[b].followers
+        return slots[a].local and slots[b].local and not slots[a].followers and not slots[b].followers
 
     def follower_nodes(self) -> frozenset[str]:
         """The nodes that follow some slot this node is primary of."""
