@@ -23,19 +23,21 @@ test: $(STAMP) services lint typecheck
 
 # The servers some tests start throwaway copies of: etcd (the control plane) and PostgreSQL
 # (the benchmark's peer); promtool, which checks the alert rules; Chromium, the browser the
-# console's test drives. Debian packages, installed once (the scripts are quick after).
+# console's test drives; Redis, where gateway processes sharing a port count quotas. Debian
+# packages, installed once (the scripts are quick after).
 services:
 	bash cluster/install-etcd.sh
 	bash cluster/install-postgres.sh
 	bash cluster/install-prometheus.sh
 	bash cluster/install-chromium.sh
+	bash cluster/install-redis.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy proto serving node router clients scoring lending risk cluster loadtest
+	$(BIN)/mypy proto serving node router clients scoring lending risk gateway cluster loadtest
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. proto/*.proto

@@ -290,6 +290,30 @@ COMMANDS: tuple[Command | Group, ...] = (
             ),
         ),
     ),
+    Group(
+        "gateway",
+        help="run the partner gateway (the open platform)",
+        description="The open platform: `serve` runs the partners' HTTPS/JSON API (OAuth2 client credentials, "
+        "scopes, quotas, idempotency keys) and the operators' partner registry over gRPC.",
+        dest="gateway_command",
+        members=(
+            Command(
+                "serve",
+                help="serve the partners' HTTPS API and the partner registry",
+                description="Serve the partners' HTTPS/JSON API on --http-port (several processes may share it: "
+                "SO_REUSEPORT, quotas counted in --quota-store) and yunkai.gateway.v1.Partners over gRPC on --port; "
+                "partners' calls go to risk, lending and the ledger with the gateway's own identity.",
+                module="gateway.server",
+            ),
+        ),
+    ),
+    Command(
+        "partner",
+        help="register partners, add apps, rotate secrets, revoke",
+        description="The open platform's registry, over gRPC to `yunkai gateway serve`.",
+        module="gateway.cli",
+        run="",
+    ),
     Command(
         "decide",
         help="decide a credit application",

@@ -7,6 +7,7 @@ its port without racing for a free one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -132,6 +133,65 @@ class RiskProcess(ServiceProcess):
 
     kind = "risk"
     subcommand = ("risk", "serve")
+
+
+class GatewayProcess(ServiceProcess):
+    """A `yunkai gateway serve` (give it --router, --risk and --lending); the partners' HTTP(S)
+    API on `http_port` (several processes may share one), the partner registry on its --port."""
+
+    kind = "gateway"
+    subcommand = ("gateway", "serve")
+
+    def __init__(
+        self, data_dir: str, http_port: int, extra_args: Sequence[str] = (), log_path: str | None = None
+    ) -> None:
+        super().__init__(data_dir, ["--http-port", str(http_port), *extra_args], log_path)
+        self.http_port = http_port
+
+    @property
+    def http_address(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+
+class RedisProcess:
+    """A throwaway redis-server on a loopback port (Debian's redis-server; cluster/install-redis.sh),
+    keeping nothing on disk: the partner gateway's quota counters."""
+
+    def __init__(self, work_dir: str) -> None:
+        self.work_dir = work_dir
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"async+redis://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> Self:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError("redis-server is not installed: run `bash cluster/install-redis.sh` (make services)")
+        os.makedirs(self.work_dir, exist_ok=True)
+        self.port = self.port or _free_port()
+        arguments = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        log = open(os.path.join(self.work_dir, "redis.log"), "ab")  # noqa: SIM115 (handed to the child)
+        self.process = subprocess.Popen(
+            [executable, *arguments, "--dir", self.work_dir], stdout=log, stderr=log, cwd=self.work_dir
+        )
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
+                probe.sendall(b"PING\r\n")
+                if probe.recv(16).startswith(b"+PONG"):
+                    return self
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}: see {self.work_dir}/redis.log")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
 
 
 def start_business(

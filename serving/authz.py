@@ -66,14 +66,15 @@ ANONYMOUS = Identity("service", "anonymous")
 
 NODE, ROUTER, OPERATOR = "node", "router", "operator"
 SCORING, LENDING, RISK, SERVICE, PARTNER = "scoring", "lending", "risk", "service", "partner"
-EVERYONE = frozenset({NODE, ROUTER, OPERATOR, SCORING, LENDING, RISK, SERVICE, PARTNER})
-_LEDGER_WRITERS = frozenset({SERVICE, LENDING, RISK, ROUTER})
+GATEWAY = "gateway"
+EVERYONE = frozenset({NODE, ROUTER, OPERATOR, SCORING, LENDING, RISK, SERVICE, PARTNER, GATEWAY})
+_LEDGER_WRITERS = frozenset({SERVICE, LENDING, RISK, ROUTER, GATEWAY})
 _LEDGER_READERS = _LEDGER_WRITERS | {OPERATOR}
-# Slot-local records are the business services' own (node/records.py): lending and risk write
-# and read them, a router forwards them, an operator reads them.
-_RECORD_WRITERS = frozenset({LENDING, RISK, ROUTER})
+# Slot-local records are the business services' own (node/records.py): lending, risk and the
+# partner gateway write and read them, a router forwards them, an operator reads them.
+_RECORD_WRITERS = frozenset({LENDING, RISK, GATEWAY, ROUTER})
 _RECORD_READERS = _RECORD_WRITERS | {OPERATOR}
-_MAP_READERS = frozenset({SERVICE, LENDING, RISK, ROUTER, OPERATOR, NODE})
+_MAP_READERS = frozenset({SERVICE, LENDING, RISK, GATEWAY, ROUTER, OPERATOR, NODE})
 _CONTROLLER = frozenset({ROUTER})
 _MODEL_USERS = frozenset({RISK, SERVICE, LENDING, OPERATOR})
 
@@ -84,9 +85,11 @@ def _service(name: str, methods: Mapping[str, frozenset[str]]) -> dict[str, froz
 
 # method -> the roles allowed to call it. Who is behind each role: node and router are the
 # cluster's own processes (a router is also the controller); operator is a person or script
-# running `yunkai cluster|product|loan|eod|risk ...`; service is an internal application
-# using the SDK; lending, risk and scoring are those servers calling others; partner is the
-# open platform's gateway's callers, who never reach these services directly.
+# running `yunkai cluster|product|loan|eod|risk|partner ...`; service is an internal
+# application using the SDK; lending, risk and scoring are those servers calling others;
+# gateway is the open platform's partner gateway (gateway/), which calls the journey's
+# methods for partners; partner names the gateway's own callers, who never reach these
+# services directly.
 ALLOWED: dict[str, frozenset[str]] = {
     **_service(
         "yunkai.ledger.v1.Ledger",
@@ -174,13 +177,13 @@ ALLOWED: dict[str, frozenset[str]] = {
         "yunkai.lending.v1.LoanService",
         {
             "ApproveCreditLine": frozenset({RISK, OPERATOR}),
-            "Drawdown": frozenset({SERVICE, OPERATOR}),
-            "Repay": frozenset({SERVICE, OPERATOR}),
+            "Drawdown": frozenset({SERVICE, OPERATOR, GATEWAY}),
+            "Repay": frozenset({SERVICE, OPERATOR, GATEWAY}),
             "PayOff": frozenset({SERVICE, OPERATOR}),
             "WriteOff": frozenset({OPERATOR}),
             "PlanEod": frozenset({OPERATOR}),
             "RunEodSlot": frozenset({OPERATOR}),
-            "GetLoan": frozenset({SERVICE, OPERATOR, RISK}),
+            "GetLoan": frozenset({SERVICE, OPERATOR, RISK, GATEWAY}),
             "ListLoans": frozenset({SERVICE, OPERATOR, RISK}),
             "GetGlReport": frozenset({OPERATOR}),
             "GetBookReport": frozenset({OPERATOR}),
@@ -192,9 +195,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     **_service(
         "yunkai.risk.v1.DecisionService",
         {
-            "Decide": frozenset({SERVICE, OPERATOR}),
+            "Decide": frozenset({SERVICE, OPERATOR, GATEWAY}),
             # A decision holds the applicant's personal data: only who decides and who reviews.
-            "GetDecision": frozenset({SERVICE, OPERATOR}),
+            "GetDecision": frozenset({SERVICE, OPERATOR, GATEWAY}),
             "ReplayDecision": frozenset({OPERATOR}),
             "GetDecisionReport": frozenset({OPERATOR}),
             "RecordOutcome": frozenset({LENDING, OPERATOR}),
@@ -207,6 +210,16 @@ ALLOWED: dict[str, frozenset[str]] = {
             "ListFollowUps": frozenset({OPERATOR, SERVICE}),
             "RecordFollowUpOutcome": frozenset({OPERATOR, SERVICE}),
             "GetCoverage": frozenset({OPERATOR}),
+        },
+    ),
+    **_service(
+        "yunkai.gateway.v1.Partners",
+        {
+            "RegisterPartner": frozenset({OPERATOR}),
+            "ListPartners": frozenset({OPERATOR}),
+            "AddApp": frozenset({OPERATOR}),
+            "RotateSecret": frozenset({OPERATOR}),
+            "Revoke": frozenset({OPERATOR}),
         },
     ),
     **_service("grpc.health.v1.Health", {"Check": EVERYONE, "Watch": EVERYONE, "List": EVERYONE}),
@@ -254,6 +267,11 @@ AUDITED: frozenset[str] = frozenset(
         "RepositoryModelPromote",
         "RepositoryModelRollback",
         "ModelOutcome",  # customers' repayment outcomes, and what a model's AUC is judged on
+        # the open platform's partners, their apps and secrets
+        "RegisterPartner",
+        "AddApp",
+        "RotateSecret",
+        "Revoke",
         # products
         "SaveDraft",
         "PublishProduct",

@@ -38,10 +38,10 @@ from proto.contract import CREATED_BY_LENGTH_MAX
 TLS_DIR_ENV = "YUNKAI_TLS_DIR"
 INSECURE_ENV = "YUNKAI_INSECURE"
 SPIFFE_PREFIX = "spiffe://yunkai/"
-ROLES = ("node", "router", "operator", "scoring", "lending", "risk", "service", "partner")
+ROLES = ("node", "router", "operator", "scoring", "lending", "risk", "service", "partner", "gateway")
 # The roles that serve: their certificates name the hosts they are reached at. The others
 # only call, and their certificates cannot stand in for a server's.
-SERVER_ROLES = ("node", "router", "scoring", "lending", "risk")
+SERVER_ROLES = ("node", "router", "scoring", "lending", "risk", "gateway")
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 NAME_LENGTH_MAX = 63
 # Every identity fits the field the ledger stamps it in (proto/contract.py sizes events with it).

@@ -25,6 +25,9 @@ from proto import ledger_pb2 as pb, ledger_pb2_grpc, node_pb2_grpc
 from serving import certs
 from serving.tls import INSECURE_ENV, TLS_DIR_ENV, Tls
 
+# The business servers (scoring, lending, risk) as fixtures any test module may ask for.
+pytest_plugins = ("tests.business",)
+
 _session_tls: list[str] = []
 
 

@@ -225,9 +225,9 @@ def test_the_table_names_every_method_of_every_service_and_nothing_else() -> Non
     from grpc_health.v1 import health_pb2
     from grpc_reflection.v1alpha import reflection_pb2
 
-    from proto import inference_pb2, risk_pb2
+    from proto import gateway_pb2, inference_pb2, risk_pb2
 
-    modules = [pb, node_pb2, cluster_pb2, lending_pb2, risk_pb2, inference_pb2, health_pb2, reflection_pb2]
+    modules = [pb, node_pb2, cluster_pb2, lending_pb2, risk_pb2, inference_pb2, gateway_pb2, health_pb2, reflection_pb2]
     served = {
         f"/{service.full_name}/{method.name}"
         for module in modules

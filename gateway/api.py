@@ -1,0 +1,875 @@
+"""The partners' HTTPS/JSON API (FastAPI): tokens, the journey's routes, and what every call goes through.
+
+Every route under /v1 belongs to one API group (its scope, gateway/registry.py SCOPES) and
+runs, in order: the bearer token (401), the scope (403), the registry's word on the app
+(401 if revoked or its secret rotated), the quotas (429), for a POST the Idempotency-Key
+(400, 409, 422, or the stored answer), then the handler; the answer is audited. Bad input
+is 400 naming the field (FastAPI's validation, answered in this API's error shape), and
+changes nothing. Errors are `{"error": CODE, "message": TEXT}`.
+
+yunkai's services answer in gRPC; `_call` maps their refusals: INVALID_ARGUMENT 400,
+NOT_FOUND 404, FAILED_PRECONDITION and ALREADY_EXISTS 409, anything else 503 (retry with
+the same Idempotency-Key: the ids below make every step apply once).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import grpc
+from fastapi import Depends, FastAPI, Form, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clients.ledger import Account, AccountFlags, LedgerClient, LedgerError, ResultCode, Transfer
+from clients.records import Conflict, Put, Records
+from gateway import docs
+from gateway.idempotency import (
+    KEY as IDEMPOTENCY_KEY,
+    Answer,
+    Busy,
+    Claimed,
+    Idempotency,
+    Mismatch,
+    Replay,
+    request_sha256,
+)
+from gateway.quotas import Quotas, QuotaStoreDown
+from gateway.registry import SCOPES, Client, Registry, partner_tag
+from gateway.tokens import InvalidToken, Tokens
+from lending.loans import Accounts, Code
+from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb, risk_pb2_grpc
+from serving.audit import AuditLog, AuditUnavailable
+
+log = logging.getLogger("yunkai.gateway")
+T = TypeVar("T")
+
+API_VERSION = "1.0.0"
+LEDGER = 156  # the partners' books are in CNY (ISO 4217 156), as the catalogue's products
+CALL_TIMEOUT_S = 30.0
+DOCUMENT_BYTES_MAX = 32 * 1024
+DOCUMENTS_MAX = 4
+STATEMENT_LIMIT_MAX = 200
+# A partner's ids, before the gateway puts its partner id in front (gateway/__init__.py).
+CUSTOMER_REF = r"^[A-Za-z0-9]{1,16}$"
+APPLICATION_REF = r"^[A-Za-z0-9._-]{1,27}$"
+LOAN_REF = r"^[A-Za-z0-9_-]{1,12}$"
+REPAYMENT_REF = r"^[A-Za-z0-9_-]{1,16}$"
+DATE = r"^\d{4}-\d{2}-\d{2}$"
+# What each HTTP status is in the audit log's gRPC vocabulary (serving/audit.py).
+_AUDIT_STATUS = {
+    200: grpc.StatusCode.OK,
+    201: grpc.StatusCode.OK,
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,
+    422: grpc.StatusCode.ALREADY_EXISTS,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+class ApiError(Exception):
+    """An answer other than success: its status, code and message (and headers)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+# --- the models: what partners send and get (they make /openapi.json) --------------------------
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+
+
+class TokenBody(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+    scope: str
+
+
+class CustomerIn(BaseModel):
+    customer_ref: str = Field(pattern=CUSTOMER_REF, description="the partner's id of the customer")
+    name: str = Field(min_length=1, max_length=64)
+
+
+class CustomerOut(BaseModel):
+    customer_ref: str
+    name: str
+    onboarded_unix_ms: int
+    deposit_balance_fen: int = Field(description="what the customer's deposit account holds, in fen")
+
+
+class DocumentIn(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    content_base64: str = Field(max_length=DOCUMENT_BYTES_MAX * 4 // 3 + 4)
+
+
+class DocumentOut(BaseModel):
+    name: str
+    sha256: str
+    bytes: int
+
+
+class ApplicationIn(BaseModel):
+    application_ref: str = Field(pattern=APPLICATION_REF)
+    customer_ref: str = Field(pattern=CUSTOMER_REF)
+    product: str = Field(min_length=1, max_length=32, description="a product code, e.g. SME-TAX-LOAN")
+    amount_requested_fen: int = Field(gt=0, le=10**12)
+    fields: dict[str, float] = Field(default_factory=dict, description="the application's data, by field name")
+    documents: list[DocumentIn] = Field(default_factory=list, max_length=DOCUMENTS_MAX)
+
+
+class DecisionOut(BaseModel):
+    application_ref: str
+    customer_ref: str
+    product: str
+    outcome: str = Field(description="APPROVE, DECLINE or REFER")
+    limit_fen: int
+    price_bps: int
+    reason_codes: list[str]
+    credit_line_opened: bool
+    documents: list[DocumentOut]
+
+
+class AgreementIn(BaseModel):
+    customer_ref: str = Field(pattern=CUSTOMER_REF)
+    document_base64: str = Field(min_length=1, max_length=DOCUMENT_BYTES_MAX * 4 // 3 + 4)
+
+
+class AgreementOut(BaseModel):
+    loan_ref: str
+    customer_ref: str
+    sha256: str
+    signed_unix_ms: int
+
+
+class DrawdownIn(BaseModel):
+    loan_ref: str = Field(pattern=LOAN_REF)
+    customer_ref: str = Field(pattern=CUSTOMER_REF)
+    product: str = Field(min_length=1, max_length=32)
+    amount_fen: int = Field(gt=0, le=10**12)
+    date: str = Field(pattern=DATE, description="the business date of the drawdown")
+    annual_rate_bps: int = Field(default=0, ge=0, le=100_000, description="0: the credit line's price")
+    term_months: int = Field(default=0, ge=0, le=600, description="0: the product's term")
+
+
+class InstalmentOut(BaseModel):
+    number: int
+    due: str
+    principal_fen: int
+    interest_fen: int
+    fees_fen: int
+    paid_fen: int
+
+
+class LoanOut(BaseModel):
+    loan_ref: str
+    customer_ref: str
+    product: str
+    status: str
+    principal_fen: int
+    principal_outstanding_fen: int
+    annual_rate_bps: int
+    term_months: int
+    drawdown_date: str
+    agreement_sha256: str
+    schedule: list[InstalmentOut]
+
+
+class RepaymentIn(BaseModel):
+    repayment_ref: str = Field(pattern=REPAYMENT_REF)
+    amount_fen: int = Field(gt=0, le=10**12)
+    date: str = Field(pattern=DATE)
+
+
+class RepaymentOut(BaseModel):
+    loan_ref: str
+    repayment_ref: str
+    amount_fen: int
+    principal_fen: int
+    interest_fen: int
+    fees_fen: int
+    penalty_fen: int
+    loan_status: str
+    principal_outstanding_fen: int
+
+
+class MovementOut(BaseModel):
+    id: str
+    amount_fen: int
+    direction: str = Field(description="in (credited to the deposit) or out")
+    timestamp_unix_ns: int
+
+
+class StatementOut(BaseModel):
+    customer_ref: str
+    deposit_balance_fen: int
+    movements: list[MovementOut]
+
+
+# --- the gateway's parts, and what every call goes through ------------------------------------
+
+
+@dataclass
+class Gateway:
+    """What the routes use: the registry, tokens, quotas and idempotency, yunkai's services."""
+
+    ledger: LedgerClient
+    registry: Registry
+    tokens: Tokens
+    quotas: Quotas
+    risk: risk_pb2_grpc.DecisionServiceStub
+    loans: lending_pb2_grpc.LoanServiceStub
+    audit: AuditLog | None = None
+
+    def __post_init__(self) -> None:
+        self.records: Records = self.registry.records
+        self.idempotency = Idempotency(self.records)
+        self._collecting: set[str] = set()  # partners whose collection account is open
+
+
+@dataclass(frozen=True)
+class Caller:
+    client: Client
+
+    @property
+    def partner(self) -> str:
+        return self.client.partner_id
+
+    def customer(self, ref: str) -> str:
+        return f"{self.partner}{ref}"
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "invalid_token", "an Authorization: Bearer <token> header is required", _challenge(""))
+    return token.strip()
+
+
+def _challenge(error: str, description: str = "", scope: str = "") -> dict[str, str]:
+    """RFC 6750 section 3's WWW-Authenticate header."""
+    parts = ['Bearer realm="yunkai"']
+    if error:
+        parts.append(f'error="{error}"')
+    if description:
+        parts.append('error_description="{}"'.format(description.replace('"', "'")))
+    if scope:
+        parts.append(f'scope="{scope}"')
+    return {"WWW-Authenticate": ", ".join(parts)}
+
+
+def _caller(scope: str) -> Callable[[Request], Awaitable[Caller]]:
+    assert scope in SCOPES, scope
+
+    async def authorize(request: Request) -> Caller:
+        gateway: Gateway = request.app.state.gateway
+        try:
+            claims = gateway.tokens.check(_bearer(request))
+        except InvalidToken as error:
+            raise ApiError(401, "invalid_token", str(error), _challenge("invalid_token", str(error))) from None
+        if scope not in claims.scopes:
+            message = f"this route needs the scope {scope!r}; the token has {sorted(claims.scopes)}"
+            raise ApiError(403, "insufficient_scope", message, _challenge("insufficient_scope", message, scope))
+        client = await gateway.registry.client(claims.client_id)
+        if client is None or client.revoked or client.secret_version != claims.secret_version:
+            message = "the app is revoked, or its secret was rotated since this token was issued"
+            raise ApiError(401, "invalid_token", message, _challenge("invalid_token", message))
+        request.state.caller = f"partner:{client.partner_id}/app:{client.client_id}"
+        try:
+            over = await gateway.quotas.take(client)
+        except QuotaStoreDown as error:
+            log.error("quota store down: calls refused", extra={"reason": str(error)})
+            raise ApiError(503, "unavailable", "quotas cannot be counted now; retry later") from None
+        if over is not None:
+            window, wait_s = over
+            what = f"{client.rate_per_s} calls a second" if window == "rate" else f"{client.daily_quota} calls a day"
+            raise ApiError(429, "rate_limited", f"over the app's {what}", {"Retry-After": str(wait_s)})
+        return Caller(client)
+
+    return authorize
+
+
+# What the routes ask for, by API group (module-level: FastAPI resolves the annotations here).
+CustomersCaller = Annotated[Caller, Depends(_caller("customers"))]
+StatementsCaller = Annotated[Caller, Depends(_caller("statements"))]
+ApplicationsCaller = Annotated[Caller, Depends(_caller("applications"))]
+LoansCaller = Annotated[Caller, Depends(_caller("loans"))]
+RepaymentsCaller = Annotated[Caller, Depends(_caller("repayments"))]
+CustomerRef = Annotated[str, Path(pattern=CUSTOMER_REF)]
+LoanRef = Annotated[str, Path(pattern=LOAN_REF)]
+
+
+async def _call(call: Awaitable[T]) -> T:
+    """A call to one of yunkai's services, its refusals as this API's errors."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        code, details = error.code(), error.details() or ""
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise ApiError(400, "invalid_request", details) from None
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise ApiError(404, "not_found", details) from None
+        if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS):
+            raise ApiError(409, "refused", details) from None
+        log.warning("a service did not answer", extra={"code": code.name, "details": details})
+        raise ApiError(503, "unavailable", "a service behind the gateway did not answer; retry") from None
+    except LedgerError as error:
+        raise ApiError(503, "unavailable", f"the ledger did not answer; retry ({error})") from None
+
+
+def _decode(text: str, field: str) -> bytes:
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_request", f"{field}: not base64") from None
+    if len(data) > DOCUMENT_BYTES_MAX:
+        raise ApiError(400, "invalid_request", f"{field}: {len(data)} bytes, at most {DOCUMENT_BYTES_MAX}")
+    return data
+
+
+def _json(model: BaseModel, status: int = 200) -> Response:
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
+def _error(error: ApiError) -> JSONResponse:
+    body = ErrorBody(error=error.code, message=error.message).model_dump()
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+async def _once(request: Request, caller: Caller, key: str | None, run: Callable[[], Awaitable[Response]]) -> Response:
+    """A POST under its Idempotency-Key (gateway/idempotency.py)."""
+    if key is None or not IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(400, "invalid_request", "Idempotency-Key: a header of 1-64 of A-Z a-z 0-9 . _ : - is required")
+    gateway: Gateway = request.app.state.gateway
+    digest = request_sha256(request.method, request.url.path, await request.body())
+    outcome = await _call(gateway.idempotency.claim(caller.client.client_id, key, digest))
+    if isinstance(outcome, Mismatch):
+        raise ApiError(422, "idempotency_key_reused", f"Idempotency-Key {key} was used for another request")
+    if isinstance(outcome, Busy):
+        message = f"a request with Idempotency-Key {key} is still running"
+        raise ApiError(409, "in_progress", message, {"Retry-After": str(outcome.retry_after_s)})
+    if isinstance(outcome, Replay):
+        return Response(
+            outcome.answer.body,
+            status_code=outcome.answer.status,
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
+    assert isinstance(outcome, Claimed)
+    try:
+        response = await run()
+    except ApiError as error:
+        response = _error(error)
+    except BaseException:
+        # A bug, or the call cancelled: the key stays claimed, and a retry after CLAIM_HELD_S
+        # runs the call again (as after a gateway that died).
+        raise
+    await _call(gateway.idempotency.answer(outcome, Answer(response.status_code, bytes(response.body))))
+    return response
+
+
+# --- the application ---------------------------------------------------------------------------
+
+
+def build(gateway: Gateway) -> FastAPI:
+    """The API over `gateway`."""
+    api = FastAPI(
+        title="yunkai open platform",
+        version=API_VERSION,
+        description="The lending journey for partners: onboard customers, apply for credit, sign, draw down,"
+        " repay, read balances and statements. OAuth2 client credentials at /oauth/token; every POST takes an"
+        " Idempotency-Key.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    api.state.gateway = gateway
+    _errors(api)
+    _audit(api)
+    _token_route(api)
+    _customer_routes(api)
+    _application_routes(api)
+    _loan_routes(api)
+
+    @api.get("/docs", include_in_schema=False)
+    async def read_docs() -> HTMLResponse:
+        return HTMLResponse(docs.page(api.openapi()))
+
+    return api
+
+
+def _errors(api: FastAPI) -> None:
+    @api.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return _error(error)
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5]]
+        return _error(ApiError(400, "invalid_request", "; ".join(problems)))
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "invalid_request")
+        return _error(ApiError(error.status_code, code, str(error.detail)))
+
+
+def _audit(api: FastAPI) -> None:
+    @api.middleware("http")
+    async def audited(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        gateway: Gateway = request.app.state.gateway
+        if gateway.audit is None or not request.url.path.startswith(("/v1/", "/oauth/")):
+            return response
+        route = request.scope.get("route")
+        path = getattr(route, "path", request.url.path)
+        ids = [str(v) for v in request.path_params.values()]
+        status = _AUDIT_STATUS.get(response.status_code, grpc.StatusCode.INTERNAL)
+        caller = getattr(request.state, "caller", "")
+        try:
+            await gateway.audit.record(caller, f"{request.method} {path}", ids, status, f"HTTP {response.status_code}")
+        except AuditUnavailable as error:
+            log.error("audit log unavailable: call answered 503", extra={"reason": str(error)})
+            return _error(ApiError(503, "unavailable", "the call could not be audited; retry"))
+        return response
+
+
+def _token_route(api: FastAPI) -> None:
+    @api.post(
+        "/oauth/token", response_model=TokenBody, responses={400: {"model": ErrorBody}, 401: {"model": ErrorBody}}
+    )
+    async def token(
+        request: Request,
+        grant_type: Annotated[str, Form()],
+        scope: Annotated[str, Form()] = "",
+        client_id: Annotated[str, Form()] = "",
+        client_secret: Annotated[str, Form()] = "",
+    ) -> Response:
+        """OAuth2 client credentials (RFC 6749 section 4.4): the client id and secret by HTTP Basic or
+        as form fields; `scope`, if given, a space-separated subset of the app's scopes."""
+        gateway: Gateway = request.app.state.gateway
+        if grant_type != "client_credentials":
+            raise ApiError(400, "unsupported_grant_type", "grant_type: only client_credentials")
+        basic = _basic(request)
+        if basic is not None:
+            client_id, client_secret = basic
+        client = await _call(gateway.registry.authenticate(client_id, client_secret)) if client_id else None
+        if client is None or client.revoked:
+            raise ApiError(401, "invalid_client", "unknown client, wrong secret, or revoked", _basic_challenge())
+        request.state.caller = f"partner:{client.partner_id}/app:{client.client_id}"
+        wanted = tuple(scope.split()) if scope else client.scopes
+        if set(wanted) - set(client.scopes):
+            raise ApiError(400, "invalid_scope", f"scope: the app has {list(client.scopes)}")
+        issued = gateway.tokens.issue(client, wanted)
+        body = TokenBody(access_token=issued, expires_in=gateway.tokens.ttl_s, scope=" ".join(wanted))
+        return Response(body.model_dump_json(), media_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def _basic(request: Request) -> tuple[str, str] | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        client_id, _, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, ValueError):
+        message = "Authorization: Basic credentials not decodable"
+        raise ApiError(401, "invalid_client", message, _basic_challenge()) from None
+    return client_id, secret
+
+
+def _basic_challenge() -> dict[str, str]:
+    return {"WWW-Authenticate": 'Basic realm="yunkai"'}
+
+
+# --- customers and statements --------------------------------------------------------------------
+
+
+def _customer_key(customer: str) -> str:
+    return f"{{c{customer}}}:gw"
+
+
+async def _customer(gateway: Gateway, caller: Caller, ref: str) -> dict[str, Any]:
+    [found] = await _call(gateway.records.read([("customer", _customer_key(caller.customer(ref)))]))
+    if found is None:
+        raise ApiError(404, "not_found", f"customer {ref}: not onboarded")
+    stored: dict[str, Any] = json.loads(found.value)
+    return stored
+
+
+async def _deposit_balance(gateway: Gateway, customer: str) -> int:
+    [deposit] = await _call(gateway.ledger.lookup_accounts([Accounts(customer, "", "").deposit]))
+    return 0 if deposit is None else deposit.credits_posted - deposit.debits_posted
+
+
+def _customer_routes(api: FastAPI) -> None:
+
+    @api.post("/v1/customers", status_code=201, response_model=CustomerOut, responses=_ERRORS, tags=["customers"])
+    async def onboard(
+        request: Request,
+        body: CustomerIn,
+        caller: CustomersCaller,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Onboard a customer: its deposit account is opened on the ledger."""
+
+        async def run() -> Response:
+            gateway: Gateway = request.app.state.gateway
+            customer = caller.customer(body.customer_ref)
+            deposit = Account(
+                Accounts(customer, "", "").deposit, LEDGER, Code.DEPOSIT, AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+            )
+            [opened] = await _call(gateway.ledger.create_accounts([deposit]))
+            if opened.code not in (ResultCode.OK, ResultCode.EXISTS):
+                raise ApiError(409, "refused", f"the deposit account was not opened: {opened.code.name}")
+            onboarded_ms = int(time.time() * 1000)
+            stored = {"ref": body.customer_ref, "name": body.name, "onboarded_unix_ms": onboarded_ms}
+            try:
+                await _call(
+                    gateway.records.commit([Put("customer", _customer_key(customer), json.dumps(stored).encode(), 0)])
+                )
+            except Conflict:
+                raise ApiError(409, "exists", f"customer {body.customer_ref} is onboarded already") from None
+            out = CustomerOut(
+                customer_ref=body.customer_ref,
+                name=body.name,
+                onboarded_unix_ms=onboarded_ms,
+                deposit_balance_fen=await _deposit_balance(gateway, customer),
+            )
+            return _json(out, 201)
+
+        return await _once(request, caller, idempotency_key, run)
+
+    @api.get("/v1/customers/{customer_ref}", response_model=CustomerOut, responses=_ERRORS, tags=["customers"])
+    async def read_customer(request: Request, customer_ref: CustomerRef, caller: CustomersCaller) -> Response:
+        gateway: Gateway = request.app.state.gateway
+        stored = await _customer(gateway, caller, customer_ref)
+        balance = await _deposit_balance(gateway, caller.customer(customer_ref))
+        out = CustomerOut(
+            customer_ref=customer_ref,
+            name=stored["name"],
+            onboarded_unix_ms=stored["onboarded_unix_ms"],
+            deposit_balance_fen=balance,
+        )
+        return _json(out)
+
+    @api.get(
+        "/v1/customers/{customer_ref}/statement", response_model=StatementOut, responses=_ERRORS, tags=["statements"]
+    )
+    async def statement(
+        request: Request,
+        customer_ref: CustomerRef,
+        caller: StatementsCaller,
+        limit: Annotated[int, Query(ge=1, le=STATEMENT_LIMIT_MAX)] = 50,
+    ) -> Response:
+        """The deposit account's movements, newest first."""
+        gateway: Gateway = request.app.state.gateway
+        await _customer(gateway, caller, customer_ref)
+        deposit = Accounts(caller.customer(customer_ref), "", "").deposit
+        page = await _call(gateway.ledger.get_account_transfers(deposit, limit=limit, newest_first=True))
+        movements = [
+            MovementOut(
+                id=t.id,
+                amount_fen=t.amount,
+                direction="in" if t.credit_account_id == deposit else "out",
+                timestamp_unix_ns=t.timestamp,
+            )
+            for t in page.transfers
+        ]
+        balance = await _deposit_balance(gateway, caller.customer(customer_ref))
+        return _json(StatementOut(customer_ref=customer_ref, deposit_balance_fen=balance, movements=movements))
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 422, 429, 503)
+}
+
+
+# --- applications -------------------------------------------------------------------------------
+
+
+def _application_key(application_id: str) -> str:
+    return f"{{a{application_id}}}:app"
+
+
+def _decision(decision: rpb.Decision, ref: str, customer_ref: str, documents: list[DocumentOut]) -> DecisionOut:
+    return DecisionOut(
+        application_ref=ref,
+        customer_ref=customer_ref,
+        product=decision.product,
+        outcome=rpb.Outcome.Name(decision.outcome),
+        limit_fen=decision.limit_fen,
+        price_bps=decision.price_bps,
+        reason_codes=list(decision.reason_codes),
+        credit_line_opened=decision.credit_line_opened,
+        documents=documents,
+    )
+
+
+def _application_routes(api: FastAPI) -> None:
+
+    @api.post("/v1/applications", status_code=201, response_model=DecisionOut, responses=_ERRORS, tags=["applications"])
+    async def apply(
+        request: Request,
+        body: ApplicationIn,
+        caller: ApplicationsCaller,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Apply for credit: the documents are kept (each one's SHA-256 is answered), the application is
+        decided, and an approval opens the customer's credit line at the decided limit and price."""
+
+        async def run() -> Response:
+            gateway: Gateway = request.app.state.gateway
+            await _customer(gateway, caller, body.customer_ref)
+            application_id = f"{caller.partner}-{body.application_ref}"
+            documents, puts = [], []
+            for index, document in enumerate(body.documents):
+                data = _decode(document.content_base64, f"documents[{index}].content_base64")
+                digest = hashlib.sha256(data).hexdigest()
+                documents.append(DocumentOut(name=document.name, sha256=digest, bytes=len(data)))
+                puts.append(Put("doc", f"{{a{application_id}}}:doc:{index}", data, 0))
+            kept = {"customer_ref": body.customer_ref, "documents": [d.model_dump() for d in documents]}
+            puts.append(Put("application", _application_key(application_id), json.dumps(kept).encode(), 0))
+            try:
+                await _call(gateway.records.commit(puts))
+            except Conflict:
+                raise ApiError(409, "exists", f"application {body.application_ref} exists already") from None
+            decided = await _call(
+                gateway.risk.Decide(
+                    rpb.DecideRequest(
+                        application_id=application_id,
+                        product=body.product,
+                        customer=caller.customer(body.customer_ref),
+                        amount_requested_fen=body.amount_requested_fen,
+                        fields=body.fields,
+                    ),
+                    timeout=CALL_TIMEOUT_S,
+                )
+            )
+            return _json(_decision(decided, body.application_ref, body.customer_ref, documents), 201)
+
+        return await _once(request, caller, idempotency_key, run)
+
+    @api.get("/v1/applications/{application_ref}", response_model=DecisionOut, responses=_ERRORS, tags=["applications"])
+    async def read_application(
+        request: Request,
+        application_ref: Annotated[str, Path(pattern=APPLICATION_REF)],
+        caller: ApplicationsCaller,
+    ) -> Response:
+        gateway: Gateway = request.app.state.gateway
+        application_id = f"{caller.partner}-{application_ref}"
+        [found] = await _call(gateway.records.read([("application", _application_key(application_id))]))
+        if found is None:
+            raise ApiError(404, "not_found", f"application {application_ref}: none")
+        kept = json.loads(found.value)
+        decided = await _call(
+            gateway.risk.GetDecision(rpb.DecisionRef(application_id=application_id), timeout=CALL_TIMEOUT_S)
+        )
+        documents = [DocumentOut(**d) for d in kept["documents"]]
+        return _json(_decision(decided, application_ref, kept["customer_ref"], documents))
+
+
+# --- loans: agreement, drawdown, repayment --------------------------------------------------------
+
+
+def _agreement_key(loan_id: str) -> str:
+    return f"{{l{loan_id}}}:agreement"
+
+
+def _loan(loan: lpb.Loan, caller: Caller, ref: str, agreement: str) -> LoanOut:
+    return LoanOut(
+        loan_ref=ref,
+        customer_ref=loan.customer.removeprefix(caller.partner),
+        product=loan.product_code,
+        status=lpb.LoanStatus.Name(loan.status),
+        principal_fen=loan.principal,
+        principal_outstanding_fen=loan.principal_outstanding,
+        annual_rate_bps=loan.annual_rate_bps,
+        term_months=loan.term_months,
+        drawdown_date=loan.drawdown_date,
+        agreement_sha256=agreement,
+        schedule=[
+            InstalmentOut(
+                number=i.number,
+                due=i.due,
+                principal_fen=i.principal,
+                interest_fen=i.interest,
+                fees_fen=i.fees,
+                paid_fen=i.paid_principal + i.paid_interest + i.paid_fees + i.paid_penalty,
+            )
+            for i in loan.schedule
+        ],
+    )
+
+
+async def _agreement(gateway: Gateway, loan_id: str) -> dict[str, Any] | None:
+    [found] = await _call(gateway.records.read([("agreement", _agreement_key(loan_id))]))
+    return None if found is None else dict(json.loads(found.value))
+
+
+async def _get_loan(gateway: Gateway, loan_id: str, ref: str) -> lpb.Loan:
+    try:
+        loan: lpb.Loan = await gateway.loans.GetLoan(lpb.LoanRef(loan_id=loan_id), timeout=CALL_TIMEOUT_S)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            raise ApiError(404, "not_found", f"loan {ref}: none") from None
+        raise
+    return loan
+
+
+def _loan_routes(api: FastAPI) -> None:
+
+    @api.put("/v1/loans/{loan_ref}/agreement", response_model=AgreementOut, responses=_ERRORS, tags=["loans"])
+    async def sign(request: Request, loan_ref: LoanRef, body: AgreementIn, caller: LoansCaller) -> Response:
+        """The customer's signed loan agreement for the loan about to be drawn: its SHA-256 is kept with the
+        loan. The same document again answers the same; another one is refused (409)."""
+        gateway: Gateway = request.app.state.gateway
+        await _customer(gateway, caller, body.customer_ref)
+        data = _decode(body.document_base64, "document_base64")
+        loan_id = f"{caller.partner}{loan_ref}"
+        digest = hashlib.sha256(data).hexdigest()
+        kept = await _agreement(gateway, loan_id)
+        if kept is None:
+            kept = {"customer_ref": body.customer_ref, "sha256": digest, "signed_unix_ms": int(time.time() * 1000)}
+            try:
+                await _call(
+                    gateway.records.commit(
+                        [
+                            Put("agreement", _agreement_key(loan_id), json.dumps(kept).encode(), 0),
+                            Put("agreementdoc", f"{{l{loan_id}}}:agreement:doc", data, 0),
+                        ]
+                    )
+                )
+            except Conflict:
+                kept = await _agreement(gateway, loan_id)
+                assert kept is not None  # a record is never deleted
+        if (kept["sha256"], kept["customer_ref"]) != (digest, body.customer_ref):
+            raise ApiError(409, "refused", f"loan {loan_ref} has another signed agreement ({kept['sha256'][:12]}...)")
+        return _json(AgreementOut(loan_ref=loan_ref, **kept))
+
+    @api.post("/v1/loans", status_code=201, response_model=LoanOut, responses=_ERRORS, tags=["loans"])
+    async def draw(
+        request: Request,
+        body: DrawdownIn,
+        caller: LoansCaller,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """Draw down on the customer's credit line, once its agreement is signed; the principal goes to the
+        customer's deposit."""
+
+        async def run() -> Response:
+            gateway: Gateway = request.app.state.gateway
+            loan_id = f"{caller.partner}{body.loan_ref}"
+            kept = await _agreement(gateway, loan_id)
+            if kept is None or kept["customer_ref"] != body.customer_ref:
+                raise ApiError(409, "refused", f"loan {body.loan_ref}: the customer has not signed its agreement")
+            loan = await _call(
+                gateway.loans.Drawdown(
+                    lpb.DrawdownRequest(
+                        customer=caller.customer(body.customer_ref),
+                        loan_id=loan_id,
+                        product_code=body.product,
+                        amount=body.amount_fen,
+                        date=body.date,
+                        annual_rate_bps=body.annual_rate_bps,
+                        term_months=body.term_months,
+                    ),
+                    timeout=CALL_TIMEOUT_S,
+                )
+            )
+            return _json(_loan(loan, caller, body.loan_ref, kept["sha256"]), 201)
+
+        return await _once(request, caller, idempotency_key, run)
+
+    @api.get("/v1/loans/{loan_ref}", response_model=LoanOut, responses=_ERRORS, tags=["loans"])
+    async def read_loan(request: Request, loan_ref: LoanRef, caller: LoansCaller) -> Response:
+        gateway: Gateway = request.app.state.gateway
+        loan_id = f"{caller.partner}{loan_ref}"
+        loan = await _call(_get_loan(gateway, loan_id, loan_ref))
+        kept = await _agreement(gateway, loan_id)
+        return _json(_loan(loan, caller, loan_ref, "" if kept is None else kept["sha256"]))
+
+    @api.post(
+        "/v1/loans/{loan_ref}/repayments",
+        status_code=201,
+        response_model=RepaymentOut,
+        responses=_ERRORS,
+        tags=["repayments"],
+    )
+    async def repay(
+        request: Request,
+        loan_ref: LoanRef,
+        body: RepaymentIn,
+        caller: RepaymentsCaller,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        """A repayment the partner collected: the amount moves from the partner's collection account to the
+        customer's deposit, and repays the loan from there. If nothing is due, the amount stays in the deposit
+        (409)."""
+
+        async def run() -> Response:
+            gateway: Gateway = request.app.state.gateway
+            loan_id = f"{caller.partner}{loan_ref}"
+            loan = await _call(_get_loan(gateway, loan_id, loan_ref))
+            collection = await _collection_account(gateway, caller.partner)
+            deposit = Accounts(loan.customer, "", "").deposit
+            funding = Transfer(
+                f"{loan_id}:{body.repayment_ref}:in", collection, deposit, body.amount_fen, LEDGER, Code.DEPOSIT
+            )
+            [moved] = await _call(gateway.ledger.create_transfers([funding]))
+            if moved.code not in (ResultCode.OK, ResultCode.EXISTS):
+                raise ApiError(409, "refused", f"the collected amount was not moved: {moved.code.name}")
+            paid = await _call(
+                gateway.loans.Repay(
+                    lpb.RepayRequest(
+                        loan_id=loan_id, repayment_id=body.repayment_ref, amount=body.amount_fen, date=body.date
+                    ),
+                    timeout=CALL_TIMEOUT_S,
+                )
+            )
+            out = RepaymentOut(
+                loan_ref=loan_ref,
+                repayment_ref=body.repayment_ref,
+                amount_fen=paid.repayment.amount,
+                principal_fen=paid.repayment.principal,
+                interest_fen=paid.repayment.interest,
+                fees_fen=paid.repayment.fees,
+                penalty_fen=paid.repayment.penalty,
+                loan_status=lpb.LoanStatus.Name(paid.loan.status),
+                principal_outstanding_fen=paid.loan.principal_outstanding,
+            )
+            return _json(out, 201)
+
+        return await _once(request, caller, idempotency_key, run)
+
+
+async def _collection_account(gateway: Gateway, partner: str) -> str:
+    """The partner's collection account (what it collected from customers and owes the bank), opened once."""
+    account_id = f"{partner_tag(partner)}:collect"
+    if partner not in gateway._collecting:
+        [opened] = await _call(gateway.ledger.create_accounts([Account(account_id, LEDGER, Code.DEPOSIT)]))
+        if opened.code not in (ResultCode.OK, ResultCode.EXISTS):
+            raise ApiError(503, "unavailable", f"the partner's collection account: {opened.code.name}")
+        gateway._collecting.add(partner)
+    return account_id

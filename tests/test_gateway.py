@@ -1,0 +1,286 @@
+"""The open platform on real processes: partners run the lending journey over HTTPS.
+
+A router and two ledger nodes, a scoring server with a trained credit_risk model, lending and
+risk, a Redis, and two `yunkai gateway serve` processes sharing one HTTPS port. Partners are
+registered with the `yunkai partner` CLI; their apps call through clients/partner.py (httpx)
+and raw HTTP, never the gateway's internals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from clients.partner import ROUTES, PartnerApiError, PartnerClient
+from cluster.commands import LocalCluster
+from cluster.local import GatewayProcess, LendingProcess, RedisProcess, RiskProcess, _free_port
+from serving.tls import TLS_DIR_ENV
+from tests.conftest import fresh
+
+pytestmark = pytest.mark.timeout(300)
+
+PRODUCT = "SME-TAX-LOAN"
+ALL_SCOPES = "customers,applications,loans,repayments,statements"
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    server = RedisProcess(str(tmp_path_factory.mktemp("redis"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateways(
+    tmp_path_factory: pytest.TempPathFactory,
+    cluster: LocalCluster,
+    risk: RiskProcess,
+    lending: LendingProcess,
+    redis: RedisProcess,
+) -> Iterator[list[GatewayProcess]]:
+    """Two gateway processes on one HTTPS port, one token key, quotas counted in Redis."""
+    key = str(tmp_path_factory.mktemp("gateway-key") / "token.key")
+    port = _free_port()
+    upstream = ["--router", cluster.address, "--risk", risk.address, "--lending", lending.address]
+    shared = [*upstream, "--token-key", key, "--quota-store", redis.url]
+    started = [GatewayProcess(str(tmp_path_factory.mktemp(f"gateway{i}")), port, shared).start() for i in range(2)]
+    yield started
+    for process in started:
+        assert process.stop() == 0, process.log_tail()
+
+
+def base_url(gateways: list[GatewayProcess]) -> str:
+    return f"https://{gateways[0].http_address}"
+
+
+def ca() -> str:
+    return os.path.join(os.environ[TLS_DIR_ENV], "ca.pem")
+
+
+def trusted() -> ssl.SSLContext:
+    """What a partner's HTTP client trusts: the bank's CA (here the test session's)."""
+    return ssl.create_default_context(cafile=ca())
+
+
+def partner_cli(gateway: GatewayProcess, *words: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "cluster.cli", "partner", *words[:1], "--gateway", gateway.address, *words[1:]]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def new_app(gateway: GatewayProcess, partner: str, scopes: str = ALL_SCOPES, *extra: str) -> tuple[str, str]:
+    """An app of `partner` (registered first if it is not): (client id, secret), by the CLI."""
+    registered = partner_cli(gateway, "register", partner, "--name", f"Partner {partner}")
+    assert registered.returncode == 0 or "ALREADY_EXISTS" in registered.stderr, registered.stderr
+    app = fresh("a").replace("-", "")
+    added = partner_cli(gateway, "add-app", partner, app, "--scopes", scopes, *extra)
+    assert added.returncode == 0, added.stderr
+    client_id = re.search(r"client_id\s+(\S+)", added.stdout)
+    secret = re.search(r"client_secret\s+(\S+)", added.stdout)
+    assert client_id and secret, added.stdout
+    return client_id.group(1), secret.group(1)
+
+
+def partner(gateways: list[GatewayProcess], partner_id: str, scopes: str = ALL_SCOPES) -> PartnerClient:
+    client_id, secret = new_app(gateways[0], partner_id, scopes)
+    return PartnerClient(base_url(gateways), client_id, secret, verify=trusted())
+
+
+def test_a_partner_runs_the_whole_journey_over_https(
+    gateways: list[GatewayProcess], applicants: dict[str, dict[str, float]]
+) -> None:
+    """Onboard, apply with a document (approved: a credit line), sign, draw, repay, read the
+    statement: each step through the partner client, the ids the partner's own."""
+    customer, application, loan = fresh("c").replace("-", ""), fresh("app"), fresh("l").replace("-", "")
+    with partner(gateways, "acme") as acme:
+        onboarded = acme.onboard_customer(customer, "Tianjin Widgets Ltd")
+        assert (onboarded["customer_ref"], onboarded["deposit_balance_fen"]) == (customer, 0)
+        tax_return = b"2025 tax return of Tianjin Widgets Ltd"
+        decision = acme.apply(application, customer, PRODUCT, 5_000_000, applicants["safe"], {"tax.pdf": tax_return})
+        assert decision["outcome"] == "APPROVE" and decision["credit_line_opened"], decision
+        assert decision["documents"] == [
+            {"name": "tax.pdf", "sha256": hashlib.sha256(tax_return).hexdigest(), "bytes": len(tax_return)}
+        ]
+        assert acme.application(application) == decision
+        with pytest.raises(PartnerApiError) as unsigned:
+            acme.draw(loan, customer, PRODUCT, 2_000_000, "2026-01-15")
+        assert unsigned.value.status == 409 and "agreement" in unsigned.value.message
+        contract = b"loan agreement, signed by the customer"
+        signed = acme.sign_agreement(loan, customer, contract)
+        assert signed["sha256"] == hashlib.sha256(contract).hexdigest()
+        drawn = acme.draw(loan, customer, PRODUCT, 2_000_000, "2026-01-15")
+        assert (drawn["status"], drawn["principal_fen"], drawn["annual_rate_bps"]) == (
+            "ACTIVE",
+            2_000_000,
+            decision["price_bps"],
+        )
+        assert drawn["agreement_sha256"] == signed["sha256"] and acme.loan(loan) == drawn
+        first = drawn["schedule"][0]
+        due = first["principal_fen"] + first["interest_fen"] + first["fees_fen"]
+        paid = acme.repay(loan, "r1", due, first["due"])
+        assert paid["amount_fen"] == due and paid["principal_outstanding_fen"] == 2_000_000 - first["principal_fen"]
+        assert acme.repay(loan, "r1", due, first["due"]) == paid  # the same repayment again: applied once
+        statement = acme.statement(customer)
+        assert statement["deposit_balance_fen"] == acme.customer(customer)["deposit_balance_fen"]
+        ins = sum(m["amount_fen"] for m in statement["movements"] if m["direction"] == "in")
+        outs = sum(m["amount_fen"] for m in statement["movements"] if m["direction"] == "out")
+        assert ins - outs == statement["deposit_balance_fen"] and ins == 2_000_000 + due
+
+
+def test_a_partner_sees_only_what_it_onboarded(
+    gateways: list[GatewayProcess], applicants: dict[str, dict[str, float]]
+) -> None:
+    customer, application = fresh("c").replace("-", ""), fresh("app")
+    with partner(gateways, "bank") as mine, partner(gateways, "zeta") as other:
+        mine.onboard_customer(customer, "Mine")
+        mine.apply(application, customer, PRODUCT, 1_000_000, applicants["safe"])
+        for call in (
+            lambda: other.customer(customer),
+            lambda: other.statement(customer),
+            lambda: other.application(application),
+            lambda: other.apply(fresh("app"), customer, PRODUCT, 1_000_000, applicants["safe"]),
+        ):
+            with pytest.raises(PartnerApiError) as hidden:
+                call()
+            assert hidden.value.status == 404, hidden.value  # not 403: nobody learns it exists
+        # The other partner may use the same refs for its own customer: a different one.
+        assert other.onboard_customer(customer, "Theirs")["name"] == "Theirs"
+        assert mine.customer(customer)["name"] == "Mine"
+
+
+def test_tokens_are_refused_when_missing_forged_expired_out_of_scope_rotated_or_revoked(
+    gateways: list[GatewayProcess], tmp_path: Path
+) -> None:
+    url = base_url(gateways)
+    client_id, secret = new_app(gateways[0], "acme", "customers,statements")
+    with httpx.Client(base_url=url, verify=trusted()) as http:
+
+        def token(*, scope: str = "", auth: tuple[str, str] = (client_id, secret)) -> httpx.Response:
+            form = {"grant_type": "client_credentials", **({"scope": scope} if scope else {})}
+            return http.post("/oauth/token", data=form, auth=auth)
+
+        def read(bearer: str) -> httpx.Response:
+            return http.get("/v1/customers/nobody", headers={"Authorization": f"Bearer {bearer}"})
+
+        assert http.get("/v1/customers/nobody").status_code == 401
+        assert token(auth=(client_id, "wrong")).json()["error"] == "invalid_client"
+        assert token(scope="loans").json()["error"] == "invalid_scope"
+        good = token().json()["access_token"]
+        assert read(good).status_code == 404  # through every check: the customer is unknown
+        forged = jwt.encode(jwt.decode(good, options={"verify_signature": False}), b"k" * 32, algorithm="HS256")
+        refused = read(forged)
+        assert refused.status_code == 401 and 'error="invalid_token"' in refused.headers["www-authenticate"]
+        claims = jwt.decode(good, options={"verify_signature": False}) | {"exp": int(time.time()) - 60}
+        expired = jwt.encode(claims, _token_key(gateways), algorithm="HS256")
+        assert "expired" in read(expired).json()["message"]
+        narrow = token(scope="statements").json()["access_token"]
+        out_of_scope = read(narrow)
+        assert out_of_scope.status_code == 403 and out_of_scope.json()["error"] == "insufficient_scope"
+        # A rotated secret ends the old secret and its tokens (within the registry's refresh).
+        rotated = partner_cli(gateways[0], "rotate-secret", client_id)
+        assert rotated.returncode == 0, rotated.stderr
+        fresh_secret = re.search(r"client_secret\s+(\S+)", rotated.stdout)
+        assert fresh_secret is not None
+        assert token().status_code == 401
+        assert _eventually(lambda: read(good).status_code == 401)
+        renewed = token(auth=(client_id, fresh_secret.group(1))).json()["access_token"]
+        assert read(renewed).status_code == 404
+        revoked = partner_cli(gateways[0], "revoke", client_id)
+        assert revoked.returncode == 0 and "1 apps revoked" in revoked.stdout, revoked
+        assert _eventually(lambda: read(renewed).status_code == 401)
+        assert token(auth=(client_id, fresh_secret.group(1))).status_code == 401
+
+
+def _token_key(gateways: list[GatewayProcess]) -> bytes:
+    arguments = gateways[0].extra_args
+    return Path(arguments[arguments.index("--token-key") + 1]).read_bytes()
+
+
+def _eventually(check: object, timeout_s: float = 10.0) -> bool:
+    assert callable(check)
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_a_post_runs_once_per_idempotency_key_and_bad_input_changes_nothing(gateways: list[GatewayProcess]) -> None:
+    client_id, secret = new_app(gateways[0], "acme")
+    with PartnerClient(base_url(gateways), client_id, secret, verify=trusted()) as acme:
+        headers = {"Authorization": f"Bearer {acme.token()}"}
+    customer = fresh("c").replace("-", "")
+    body = {"customer_ref": customer, "name": "Once Ltd"}
+    with httpx.Client(base_url=base_url(gateways), verify=trusted(), headers=headers) as http:
+        missing = http.post("/v1/customers", json=body)
+        assert missing.status_code == 400 and "Idempotency-Key" in missing.json()["message"]
+        bad = http.post(
+            "/v1/customers", json={"customer_ref": "no spaces!", "name": ""}, headers={"Idempotency-Key": "k0"}
+        )
+        assert bad.status_code == 400 and "customer_ref" in bad.json()["message"], bad.json()
+        assert http.get(f"/v1/customers/{customer}").status_code == 404  # nothing was onboarded
+        first = http.post("/v1/customers", json=body, headers={"Idempotency-Key": f"k-{customer}"})
+        again = http.post("/v1/customers", json=body, headers={"Idempotency-Key": f"k-{customer}"})
+        assert first.status_code == again.status_code == 201
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+        other = dict(body, name="Another Ltd")
+        reused = http.post("/v1/customers", json=other, headers={"Idempotency-Key": f"k-{customer}"})
+        assert reused.status_code == 422 and reused.json()["error"] == "idempotency_key_reused"
+        twice = http.post("/v1/customers", json=body, headers={"Idempotency-Key": f"k2-{customer}"})
+        assert twice.status_code == 409 and twice.json()["error"] == "exists"
+        assert http.get(f"/v1/customers/{customer}").json()["name"] == "Once Ltd"
+        broken = http.post(
+            "/v1/customers",
+            content=b"{not json",
+            headers={"Idempotency-Key": "k-broken", "Content-Type": "application/json"},
+        )
+        assert broken.status_code == 400
+
+
+def test_an_apps_daily_quota_holds_across_two_gateway_processes_on_one_port(gateways: list[GatewayProcess]) -> None:
+    """Each call on a new connection (the kernel spreads them over both processes): the seventh
+    of a quota of six is refused 429 with Retry-After, whichever process takes it."""
+    client_id, secret = new_app(gateways[0], "acme", "customers", "--daily-quota", "6")
+    with PartnerClient(base_url(gateways), client_id, secret, verify=trusted()) as app:
+        bearer = app.token()  # the token endpoint is not counted
+    before = [_audited(g) for g in gateways]
+    answers = []
+    for _ in range(9):
+        with httpx.Client(base_url=base_url(gateways), verify=trusted()) as http:  # a new connection each time
+            answers.append(http.get("/v1/customers/nobody", headers={"Authorization": f"Bearer {bearer}"}))
+    assert [a.status_code for a in answers] == [404] * 6 + [429] * 3
+    assert all(int(a.headers["retry-after"]) > 0 for a in answers[6:])
+    served = [_audited(g) - b for g, b in zip(gateways, before, strict=True)]
+    assert sum(served) == 9 and min(served) > 0, served  # both processes counted into one quota
+
+
+def _audited(gateway: GatewayProcess) -> int:
+    path = Path(gateway.data_dir) / "partners-audit.log"
+    return sum(1 for line in path.read_text().splitlines() if "/v1/customers/{customer_ref}" in line)
+
+
+def test_the_openapi_document_describes_every_route_the_partner_client_calls(gateways: list[GatewayProcess]) -> None:
+    with httpx.Client(base_url=base_url(gateways), verify=trusted()) as http:
+        document = http.get("/openapi.json").json()
+        page = http.get("/docs")
+    assert document["openapi"].startswith("3.")
+    described = {(method, path) for path, operations in document["paths"].items() for method in operations}
+    assert set(ROUTES) <= described, set(ROUTES) - described
+    assert page.status_code == 200 and "Onboarding in five steps" in page.text
+    for _method, path in ROUTES:
+        assert f"<code>{path}</code>" in page.text, path
+    schema = document["components"]["schemas"]["DrawdownIn"]
+    assert set(schema["required"]) >= {"loan_ref", "customer_ref", "product", "amount_fen", "date"}
+    assert json.dumps(schema)  # a plain JSON document
