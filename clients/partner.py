@@ -11,6 +11,8 @@ against the gateway's /openapi.json.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import ssl
 import time
 from collections.abc import Mapping
@@ -29,7 +31,9 @@ ROUTES = (
     ("post", "/v1/loans"),
     ("get", "/v1/loans/{loan_ref}"),
     ("post", "/v1/loans/{loan_ref}/repayments"),
+    ("get", "/v1/events"),
 )
+SIGNATURE_TOLERANCE_S = 300  # a webhook signed longer ago than this is refused (a replay)
 TIMEOUT_S = 30.0
 RETRIES = 4
 RENEW_BEFORE_S = 30  # a token this close to its expiry is renewed first
@@ -166,6 +170,10 @@ class PartnerClient:
         key = idempotency_key or f"repayment.{loan_ref}.{repayment_ref}"
         return self._call("post", f"/v1/loans/{loan_ref}/repayments", body, key)
 
+    def events(self, limit: int = 50) -> dict[str, Any]:
+        """The partner's latest events with their delivery to this app's webhook (the delivery log)."""
+        return self._call("get", "/v1/events", params={"limit": limit})
+
     # --- the wire ------------------------------------------------------------------------------
 
     def _call(
@@ -193,6 +201,25 @@ class PartnerClient:
                 continue
             return _checked(reply)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def verify_signature(
+    signing_secret_hex: str,
+    header: str,
+    body: bytes,
+    now_s: float | None = None,
+    tolerance_s: int = SIGNATURE_TOLERANCE_S,
+) -> bool:
+    """Whether a webhook's `Yunkai-Signature` header (t=<unix s>,v1=<hex>) signs `body` with the
+    app's signing secret, within `tolerance_s` of now (gateway/webhooks.py)."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        timestamp = int(fields["t"])
+        expected = hmac.new(bytes.fromhex(signing_secret_hex), b"%d." % timestamp + body, hashlib.sha256).hexdigest()
+    except (KeyError, ValueError):
+        return False
+    fresh = abs((time.time() if now_s is None else now_s) - timestamp) <= tolerance_s
+    return fresh and hmac.compare_digest(expected, fields.get("v1", ""))
 
 
 def _checked(reply: httpx.Response) -> dict[str, Any]:

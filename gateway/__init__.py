@@ -65,6 +65,16 @@ The journey (gateway/api.py; every route in /openapi.json, each in one API group
                 from the partner's collection account to the customer's deposit, then repays
                 the loan from it (both idempotent by the repayment's id).
   statements    GET /v1/customers/{ref}/statement: the deposit's movements, newest first.
+  events        GET /v1/events: the partner's latest events with their delivery to this app's
+                webhook (the delivery log).
 Every call is audited (the partner, app, route, ids named and outcome), in the process's
 audit log (serving/audit.py).
+
+Webhooks (gateway/webhooks.py, gateway/watcher.py): decision, drawdown and repayment events
+  when the route succeeds; overdue, freeze and unfreeze when a process's watcher sees a
+  partner's loan change bucket or a customer's credit line frozen or unfrozen. Each event is
+  recorded once (its id derives from what happened) and POSTed to every app of the partner
+  with a webhook URL (`yunkai partner webhook`), signed `Yunkai-Signature: t=..,v1=..`
+  (HMAC-SHA256 of "<t>.<body>" with the app's signing secret), retried with backoff until
+  delivered or ATTEMPTS_MAX, one process at a time (a lease in the event's record).
 """

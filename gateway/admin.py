@@ -15,6 +15,7 @@ from prometheus_client import Counter, Histogram
 import serving
 from clients.ledger import LedgerError
 from clients.records import CommitFailed, Conflict
+from gateway import webhooks
 from gateway.registry import AlreadyExists, BadRegistration, NotFound, Registry
 from proto import gateway_pb2 as pb
 from serving import Context, parse_request
@@ -36,7 +37,7 @@ requests_total = Counter(
 request_latency_s = Histogram("yunkai_gateway_admin_latency_seconds", "Partner registry call latency", ["method"])
 
 
-def handler(registry: Registry) -> grpc.GenericRpcHandler:
+def handler(registry: Registry, token_key: bytes) -> grpc.GenericRpcHandler:
     async def register(data: bytes, context: Context) -> Message:
         request = parse_request(pb.RegisterPartnerRequest, data)
         partner = await registry.register(request.partner_id, request.name)
@@ -63,11 +64,19 @@ def handler(registry: Registry) -> grpc.GenericRpcHandler:
         log.warning("revoked", extra={"id": identifier, "apps": revoked})
         return pb.RevokeResponse(apps_revoked=revoked)
 
+    async def set_webhook(data: bytes, context: Context) -> Message:
+        request = parse_request(pb.SetWebhookRequest, data)
+        app = await registry.set_webhook(request.client_id, request.url)
+        log.info("webhook set", extra={"client_id": app.client_id, "url": app.webhook_url})
+        secret = webhooks.secret_of(token_key, app.client_id, app.webhook_version)
+        return pb.WebhookSecret(app=app, signing_secret=secret.hex())
+
     methods: dict[str, serving.Handler] = {
         "RegisterPartner": register,
         "ListPartners": list_partners,
         "AddApp": add_app,
         "RotateSecret": rotate,
         "Revoke": revoke,
+        "SetWebhook": set_webhook,
     }
     return serving.unary_service(PARTNERS_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)

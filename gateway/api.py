@@ -47,6 +47,8 @@ from gateway.idempotency import (
 from gateway.quotas import Quotas, QuotaStoreDown
 from gateway.registry import SCOPES, Client, Registry, partner_tag
 from gateway.tokens import InvalidToken, Tokens
+from gateway.watcher import watch_customer, watch_loan
+from gateway.webhooks import LOG_LIMIT_MAX, Webhooks
 from lending.loans import Accounts, Code
 from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb, risk_pb2_grpc
 from serving.audit import AuditLog, AuditUnavailable
@@ -227,6 +229,26 @@ class StatementOut(BaseModel):
     movements: list[MovementOut]
 
 
+class DeliveryOut(BaseModel):
+    state: str = Field(description="pending, delivered or failed")
+    attempts: int
+    last: str = Field(description="the last attempt's answer: 2xx, HTTP <status> or why there was none")
+    next_ms: int
+    url: str
+
+
+class EventOut(BaseModel):
+    id: str
+    type: str = Field(description="decision, drawdown, repayment, overdue, freeze or unfreeze")
+    created_unix_ms: int
+    data: dict[str, Any]
+    delivery: DeliveryOut | None = Field(description="to this app's webhook; none if it had none then")
+
+
+class EventsOut(BaseModel):
+    events: list[EventOut]
+
+
 # --- the gateway's parts, and what every call goes through ------------------------------------
 
 
@@ -240,6 +262,7 @@ class Gateway:
     quotas: Quotas
     risk: risk_pb2_grpc.DecisionServiceStub
     loans: lending_pb2_grpc.LoanServiceStub
+    webhooks: Webhooks
     audit: AuditLog | None = None
 
     def __post_init__(self) -> None:
@@ -314,6 +337,7 @@ def _caller(scope: str) -> Callable[[Request], Awaitable[Caller]]:
 # What the routes ask for, by API group (module-level: FastAPI resolves the annotations here).
 CustomersCaller = Annotated[Caller, Depends(_caller("customers"))]
 StatementsCaller = Annotated[Caller, Depends(_caller("statements"))]
+EventsCaller = Annotated[Caller, Depends(_caller("events"))]
 ApplicationsCaller = Annotated[Caller, Depends(_caller("applications"))]
 LoansCaller = Annotated[Caller, Depends(_caller("loans"))]
 RepaymentsCaller = Annotated[Caller, Depends(_caller("repayments"))]
@@ -411,6 +435,7 @@ def build(gateway: Gateway) -> FastAPI:
     _customer_routes(api)
     _application_routes(api)
     _loan_routes(api)
+    _event_routes(api)
 
     @api.get("/docs", include_in_schema=False)
     async def read_docs() -> HTMLResponse:
@@ -551,6 +576,7 @@ def _customer_routes(api: FastAPI) -> None:
                 )
             except Conflict:
                 raise ApiError(409, "exists", f"customer {body.customer_ref} is onboarded already") from None
+            await _call(watch_customer(gateway.records, caller.partner, customer))
             out = CustomerOut(
                 customer_ref=body.customer_ref,
                 name=body.name,
@@ -667,7 +693,10 @@ def _application_routes(api: FastAPI) -> None:
                     timeout=CALL_TIMEOUT_S,
                 )
             )
-            return _json(_decision(decided, body.application_ref, body.customer_ref, documents), 201)
+            out = _decision(decided, body.application_ref, body.customer_ref, documents)
+            told = out.model_dump(include={"application_ref", "customer_ref", "product", "outcome", "limit_fen"})
+            await _call(gateway.webhooks.emit(caller.partner, "decision", f"decision.{application_id}", told))
+            return _json(out, 201)
 
         return await _once(request, caller, idempotency_key, run)
 
@@ -798,7 +827,11 @@ def _loan_routes(api: FastAPI) -> None:
                     timeout=CALL_TIMEOUT_S,
                 )
             )
-            return _json(_loan(loan, caller, body.loan_ref, kept["sha256"]), 201)
+            out = _loan(loan, caller, body.loan_ref, kept["sha256"])
+            await _call(watch_loan(gateway.records, caller.partner, loan_id, loan.customer))
+            data = out.model_dump(include={"loan_ref", "customer_ref", "product", "principal_fen", "drawdown_date"})
+            await _call(gateway.webhooks.emit(caller.partner, "drawdown", f"drawdown.{loan_id}", data))
+            return _json(out, 201)
 
         return await _once(request, caller, idempotency_key, run)
 
@@ -859,9 +892,24 @@ def _loan_routes(api: FastAPI) -> None:
                 loan_status=lpb.LoanStatus.Name(paid.loan.status),
                 principal_outstanding_fen=paid.loan.principal_outstanding,
             )
+            event_id = f"repayment.{loan_id}.{body.repayment_ref}"
+            data = out.model_dump(include={"loan_ref", "repayment_ref", "amount_fen", "loan_status"})
+            await _call(gateway.webhooks.emit(caller.partner, "repayment", event_id, data))
             return _json(out, 201)
 
         return await _once(request, caller, idempotency_key, run)
+
+
+def _event_routes(api: FastAPI) -> None:
+    @api.get("/v1/events", response_model=EventsOut, responses=_ERRORS, tags=["events"])
+    async def events(
+        request: Request, caller: EventsCaller, limit: Annotated[int, Query(ge=1, le=LOG_LIMIT_MAX)] = 50
+    ) -> Response:
+        """The partner's latest events, newest first, each with its delivery to this app's webhook (attempts,
+        the last answer, delivered or failed): the delivery log."""
+        gateway: Gateway = request.app.state.gateway
+        found = await _call(gateway.webhooks.log(caller.partner, caller.client.client_id, limit))
+        return _json(EventsOut(events=[EventOut(**e) for e in found]))
 
 
 async def _collection_account(gateway: Gateway, partner: str) -> str:

@@ -4,10 +4,12 @@
     yunkai partner add-app ID APP --scopes customers,applications,... [--rate-per-s N] [--daily-quota N]
     yunkai partner rotate-secret CLIENT_ID
     yunkai partner revoke ID|CLIENT_ID
+    yunkai partner webhook CLIENT_ID --url https://...
     yunkai partner list [--json]
 
-add-app and rotate-secret print the client secret once (it is kept only as a hash). A refusal
-prints the gateway's reason (which names what is wrong) on stderr and exits 1.
+add-app and rotate-secret print the client secret once (it is kept only as a hash), webhook the
+signing secret once. A refusal prints the gateway's reason (which names what is wrong) on stderr
+and exits 1.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rotate.add_argument("client_id", help="<partner>.<app>")
     revoke = action("revoke", "revoke an app, or a partner and all its apps", _revoke)
     revoke.add_argument("id", help="a partner id or a client id")
+    hook = action(
+        "webhook", "send an app's partner's events to a URL, with a new signing secret (shown once)", _webhook
+    )
+    hook.add_argument("client_id", help="<partner>.<app>")
+    hook.add_argument("--url", required=True, help='https:// URL the events are POSTed to ("" stops them)')
     listing = action("list", "list partners and their apps", _list)
     listing.add_argument("--json", action="store_true", help="print JSON")
 
@@ -111,6 +118,15 @@ def _revoke(args: argparse.Namespace) -> int:
     if not isinstance(reply, pb.RevokeResponse):
         return 1
     print(f"{args.id} revoked ({reply.apps_revoked} apps revoked now)")
+    return 0
+
+
+def _webhook(args: argparse.Namespace) -> int:
+    reply = _call(args, "SetWebhook", pb.SetWebhookRequest(client_id=args.client_id, url=args.url))
+    if not isinstance(reply, pb.WebhookSecret):
+        return 1
+    print(f"webhook       {reply.app.webhook_url or '(none)'}")
+    print(f"signing_secret {reply.signing_secret}   (shown once: keep it now)")
     return 0
 
 

@@ -24,11 +24,12 @@ RECORDS = "gw"  # the gateway's set of records on the ledger (clients/records.py
 PARTNER_ID = re.compile(r"[a-z0-9]{4}")
 APP_NAME = re.compile(r"[a-z0-9]{1,16}")
 NAME_CHARS_MAX = 64
-SCOPES = ("customers", "applications", "loans", "repayments", "statements")
+SCOPES = ("customers", "applications", "loans", "repayments", "statements", "events")
 RATE_PER_S_DEFAULT = 100
 DAILY_QUOTA_DEFAULT = 1_000_000
 RATE_PER_S_MAX = 100_000
 REGISTRY_FRESH_S = 2.0
+URL_CHARS_MAX = 512
 # scrypt's cost: N = 2^14, r = 8, p = 1 (RFC 7914 section 2's interactive-login figures).
 _SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
 _CACHED_MAX = 100_000
@@ -61,6 +62,8 @@ class Client:
     daily_quota: int
     secret_version: int
     revoked: bool  # the app or its partner
+    webhook_url: str = ""
+    webhook_version: int = 0
 
 
 def partner_tag(partner_id: str) -> str:
@@ -172,6 +175,21 @@ class Registry:
         self._cache.pop(client_id, None)
         return pb.AppCredentials(app=app, client_secret=secret)
 
+    async def set_webhook(self, client_id: str, url: str) -> pb.App:
+        """Where the app's webhooks go ("" none), its signing secret's version one more."""
+        loopback = url.startswith(("http://127.0.0.1:", "http://localhost:"))  # a sandbox's own receiver
+        if (url and not (url.startswith("https://") or loopback)) or len(url) > URL_CHARS_MAX:
+            raise BadRegistration(f"url {url[:60]!r}: an https:// URL of at most {URL_CHARS_MAX} characters")
+        stored, version = await self._stored(client_id)
+        if stored.app.revoked:
+            raise BadRegistration(f"app {client_id} is revoked")
+        stored.app.webhook_url = url
+        stored.app.webhook_version += 1
+        partner_id, name = client_id.split(".")
+        await self.records.commit([Put("app", _app_key(partner_id, name), stored, version)])
+        self._cache.pop(client_id, None)
+        return stored.app
+
     async def revoke(self, identifier: str) -> int:
         """Revoke an app (a client id) or a partner and every app of it; the apps revoked now."""
         if split_client_id(identifier) is not None:
@@ -257,4 +275,6 @@ def _client(app: pb.App, partner: pb.Partner) -> Client:
         daily_quota=app.daily_quota,
         secret_version=app.secret_version,
         revoked=app.revoked or partner.revoked,
+        webhook_url=app.webhook_url,
+        webhook_version=app.webhook_version,
     )

@@ -25,10 +25,12 @@ import uvicorn
 import serving
 from clients.ledger import LedgerClient
 from gateway import admin
-from gateway.api import Gateway, build
+from gateway.api import LEDGER, Gateway, build
 from gateway.quotas import QUOTA_STORE_DEFAULT, Quotas, QuotaStoreDown
 from gateway.registry import Registry
 from gateway.tokens import Tokens, load_key
+from gateway.watcher import Watcher
+from gateway.webhooks import WATCH_EVERY_S_DEFAULT, Webhooks
 from proto import lending_pb2_grpc, risk_pb2_grpc
 from serving import AuditLog, StartupError
 from serving.bootstrap import STOP_GRACE_S
@@ -48,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "lending": None,
     "token_key": None,
     "quota_store": QUOTA_STORE_DEFAULT,
+    "watch_every_s": WATCH_EVERY_S_DEFAULT,
 }
 HTTP_BACKLOG = 2048
 PARTNERS_AUDIT_LOG = "partners-audit.log"
@@ -69,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quota-store",
         help="where apps' calls are counted: async+redis://HOST:PORT, shared by the processes of one port;"
         f" memory:// counts in this process only (default {QUOTA_STORE_DEFAULT})",
+    )
+    parser.add_argument(
+        "--watch-every-s",
+        type=float,
+        help="how often partners' loans and credit lines are looked at for overdue, freeze and unfreeze events"
+        f" (default {WATCH_EVERY_S_DEFAULT:g})",
     )
 
 
@@ -134,7 +143,10 @@ async def _gateway(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
     to_risk = serving.channel(str(settings["risk"]), credentials, [])
     to_lending = serving.channel(str(settings["lending"]), credentials, [])
     registry = Registry(ledger)
-    server.add_generic_rpc_handlers([admin.handler(registry)])
+    server.add_generic_rpc_handlers([admin.handler(registry, key)])
+    webhooks = Webhooks(registry, key)
+    loans = lending_pb2_grpc.LoanServiceStub(to_lending)
+    watcher = Watcher(webhooks, ledger, loans, LEDGER, float(settings["watch_every_s"]))
     # The partners' calls have their own audit log (the admin calls are in the server's audit.log).
     audit = AuditLog(os.path.join(data_dir, PARTNERS_AUDIT_LOG))
     gateway = Gateway(
@@ -144,7 +156,8 @@ async def _gateway(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
         tokens=Tokens(key),
         quotas=quotas,
         risk=risk_pb2_grpc.DecisionServiceStub(to_risk),
-        loans=lending_pb2_grpc.LoanServiceStub(to_lending),
+        loans=loans,
+        webhooks=webhooks,
     )
     sock = listen(str(settings["host"]), int(settings["http_port"]))
     http_port = sock.getsockname()[1]
@@ -159,6 +172,7 @@ async def _gateway(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
     )
     http = _HttpServer(config)
     serving_http = asyncio.create_task(http.serve(sockets=[sock]))
+    background = [asyncio.create_task(webhooks.run()), asyncio.create_task(watcher.run())]
     try:
         while not http.started:
             if serving_http.done():
@@ -167,11 +181,15 @@ async def _gateway(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
             await asyncio.sleep(0.01)
         yield {"http_port": http_port, "https": tls is not None, "quota_store": quotas.uri}
     finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         http.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await serving_http
         sock.close()
         await audit.aclose()
+        await webhooks.aclose()
         await to_risk.close()
         await to_lending.close()
         await ledger.close()

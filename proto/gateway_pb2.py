@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/gateway.proto\x12\x11yunkai.gateway.v1\":\n\x16RegisterPartnerRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"~\n\x07Partner\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x12\x1a\n\x12registered_unix_ms\x18\x04 \x01(\x03\x12$\n\x04\x61pps\x18\x05 \x03(\x0b\x32\x16.yunkai.gateway.v1.App\"z\n\x03\x41pp\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x12\n\nrate_per_s\x18\x03 \x01(\r\x12\x13\n\x0b\x64\x61ily_quota\x18\x04 \x01(\r\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12\x16\n\x0esecret_version\x18\x06 \x01(\r\"\x15\n\x13ListPartnersRequest\"D\n\x14ListPartnersResponse\x12,\n\x08partners\x18\x01 \x03(\x0b\x32\x1a.yunkai.gateway.v1.Partner\"i\n\rAddAppRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x12\n\nrate_per_s\x18\x04 \x01(\r\x12\x13\n\x0b\x64\x61ily_quota\x18\x05 \x01(\r\"\x1b\n\x06\x41ppRef\x12\x11\n\tclient_id\x18\x01 \x01(\t\"L\n\x0e\x41ppCredentials\x12#\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x16.yunkai.gateway.v1.App\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"\x1b\n\rRevokeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"&\n\x0eRevokeResponse\x12\x14\n\x0c\x61pps_revoked\x18\x01 \x01(\r\"\\\n\tStoredApp\x12#\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x16.yunkai.gateway.v1.App\x12\x13\n\x0bsecret_salt\x18\x02 \x01(\x0c\x12\x15\n\rsecret_scrypt\x18\x03 \x01(\x0c\x32\xb1\x03\n\x08Partners\x12X\n\x0fRegisterPartner\x12).yunkai.gateway.v1.RegisterPartnerRequest\x1a\x1a.yunkai.gateway.v1.Partner\x12_\n\x0cListPartners\x12&.yunkai.gateway.v1.ListPartnersRequest\x1a\'.yunkai.gateway.v1.ListPartnersResponse\x12M\n\x06\x41\x64\x64\x41pp\x12 .yunkai.gateway.v1.AddAppRequest\x1a!.yunkai.gateway.v1.AppCredentials\x12L\n\x0cRotateSecret\x12\x19.yunkai.gateway.v1.AppRef\x1a!.yunkai.gateway.v1.AppCredentials\x12M\n\x06Revoke\x12 .yunkai.gateway.v1.RevokeRequest\x1a!.yunkai.gateway.v1.RevokeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/gateway.proto\x12\x11yunkai.gateway.v1\":\n\x16RegisterPartnerRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"~\n\x07Partner\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x12\x1a\n\x12registered_unix_ms\x18\x04 \x01(\x03\x12$\n\x04\x61pps\x18\x05 \x03(\x0b\x32\x16.yunkai.gateway.v1.App\"\xa8\x01\n\x03\x41pp\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0e\n\x06scopes\x18\x02 \x03(\t\x12\x12\n\nrate_per_s\x18\x03 \x01(\r\x12\x13\n\x0b\x64\x61ily_quota\x18\x04 \x01(\r\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12\x16\n\x0esecret_version\x18\x06 \x01(\r\x12\x13\n\x0bwebhook_url\x18\x07 \x01(\t\x12\x17\n\x0fwebhook_version\x18\x08 \x01(\r\"\x15\n\x13ListPartnersRequest\"D\n\x14ListPartnersResponse\x12,\n\x08partners\x18\x01 \x03(\x0b\x32\x1a.yunkai.gateway.v1.Partner\"i\n\rAddAppRequest\x12\x12\n\npartner_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\x12\x12\n\nrate_per_s\x18\x04 \x01(\r\x12\x13\n\x0b\x64\x61ily_quota\x18\x05 \x01(\r\"\x1b\n\x06\x41ppRef\x12\x11\n\tclient_id\x18\x01 \x01(\t\"L\n\x0e\x41ppCredentials\x12#\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x16.yunkai.gateway.v1.App\x12\x15\n\rclient_secret\x18\x02 \x01(\t\"3\n\x11SetWebhookRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\"L\n\rWebhookSecret\x12#\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x16.yunkai.gateway.v1.App\x12\x16\n\x0esigning_secret\x18\x02 \x01(\t\"\x1b\n\rRevokeRequest\x12\n\n\x02id\x18\x01 \x01(\t\"&\n\x0eRevokeResponse\x12\x14\n\x0c\x61pps_revoked\x18\x01 \x01(\r\"\\\n\tStoredApp\x12#\n\x03\x61pp\x18\x01 \x01(\x0b\x32\x16.yunkai.gateway.v1.App\x12\x13\n\x0bsecret_salt\x18\x02 \x01(\x0c\x12\x15\n\rsecret_scrypt\x18\x03 \x01(\x0c\x32\x87\x04\n\x08Partners\x12X\n\x0fRegisterPartner\x12).yunkai.gateway.v1.RegisterPartnerRequest\x1a\x1a.yunkai.gateway.v1.Partner\x12_\n\x0cListPartners\x12&.yunkai.gateway.v1.ListPartnersRequest\x1a\'.yunkai.gateway.v1.ListPartnersResponse\x12M\n\x06\x41\x64\x64\x41pp\x12 .yunkai.gateway.v1.AddAppRequest\x1a!.yunkai.gateway.v1.AppCredentials\x12L\n\x0cRotateSecret\x12\x19.yunkai.gateway.v1.AppRef\x1a!.yunkai.gateway.v1.AppCredentials\x12M\n\x06Revoke\x12 .yunkai.gateway.v1.RevokeRequest\x1a!.yunkai.gateway.v1.RevokeResponse\x12T\n\nSetWebhook\x12$.yunkai.gateway.v1.SetWebhookRequest\x1a .yunkai.gateway.v1.WebhookSecretb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +35,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERPARTNERREQUEST']._serialized_end=100
   _globals['_PARTNER']._serialized_start=102
   _globals['_PARTNER']._serialized_end=228
-  _globals['_APP']._serialized_start=230
-  _globals['_APP']._serialized_end=352
-  _globals['_LISTPARTNERSREQUEST']._serialized_start=354
-  _globals['_LISTPARTNERSREQUEST']._serialized_end=375
-  _globals['_LISTPARTNERSRESPONSE']._serialized_start=377
-  _globals['_LISTPARTNERSRESPONSE']._serialized_end=445
-  _globals['_ADDAPPREQUEST']._serialized_start=447
-  _globals['_ADDAPPREQUEST']._serialized_end=552
-  _globals['_APPREF']._serialized_start=554
-  _globals['_APPREF']._serialized_end=581
-  _globals['_APPCREDENTIALS']._serialized_start=583
-  _globals['_APPCREDENTIALS']._serialized_end=659
-  _globals['_REVOKEREQUEST']._serialized_start=661
-  _globals['_REVOKEREQUEST']._serialized_end=688
-  _globals['_REVOKERESPONSE']._serialized_start=690
-  _globals['_REVOKERESPONSE']._serialized_end=728
-  _globals['_STOREDAPP']._serialized_start=730
-  _globals['_STOREDAPP']._serialized_end=822
-  _globals['_PARTNERS']._serialized_start=825
-  _globals['_PARTNERS']._serialized_end=1258
+  _globals['_APP']._serialized_start=231
+  _globals['_APP']._serialized_end=399
+  _globals['_LISTPARTNERSREQUEST']._serialized_start=401
+  _globals['_LISTPARTNERSREQUEST']._serialized_end=422
+  _globals['_LISTPARTNERSRESPONSE']._serialized_start=424
+  _globals['_LISTPARTNERSRESPONSE']._serialized_end=492
+  _globals['_ADDAPPREQUEST']._serialized_start=494
+  _globals['_ADDAPPREQUEST']._serialized_end=599
+  _globals['_APPREF']._serialized_start=601
+  _globals['_APPREF']._serialized_end=628
+  _globals['_APPCREDENTIALS']._serialized_start=630
+  _globals['_APPCREDENTIALS']._serialized_end=706
+  _globals['_SETWEBHOOKREQUEST']._serialized_start=708
+  _globals['_SETWEBHOOKREQUEST']._serialized_end=759
+  _globals['_WEBHOOKSECRET']._serialized_start=761
+  _globals['_WEBHOOKSECRET']._serialized_end=837
+  _globals['_REVOKEREQUEST']._serialized_start=839
+  _globals['_REVOKEREQUEST']._serialized_end=866
+  _globals['_REVOKERESPONSE']._serialized_start=868
+  _globals['_REVOKERESPONSE']._serialized_end=906
+  _globals['_STOREDAPP']._serialized_start=908
+  _globals['_STOREDAPP']._serialized_end=1000
+  _globals['_PARTNERS']._serialized_start=1003
+  _globals['_PARTNERS']._serialized_end=1522
 # @@protoc_insertion_point(module_scope)

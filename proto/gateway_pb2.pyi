@@ -29,20 +29,24 @@ class Partner(_message.Message):
     def __init__(self, partner_id: _Optional[str] = ..., name: _Optional[str] = ..., revoked: _Optional[bool] = ..., registered_unix_ms: _Optional[int] = ..., apps: _Optional[_Iterable[_Union[App, _Mapping]]] = ...) -> None: ...
 
 class App(_message.Message):
-    __slots__ = ("client_id", "scopes", "rate_per_s", "daily_quota", "revoked", "secret_version")
+    __slots__ = ("client_id", "scopes", "rate_per_s", "daily_quota", "revoked", "secret_version", "webhook_url", "webhook_version")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     RATE_PER_S_FIELD_NUMBER: _ClassVar[int]
     DAILY_QUOTA_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     SECRET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_VERSION_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     scopes: _containers.RepeatedScalarFieldContainer[str]
     rate_per_s: int
     daily_quota: int
     revoked: bool
     secret_version: int
-    def __init__(self, client_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., rate_per_s: _Optional[int] = ..., daily_quota: _Optional[int] = ..., revoked: _Optional[bool] = ..., secret_version: _Optional[int] = ...) -> None: ...
+    webhook_url: str
+    webhook_version: int
+    def __init__(self, client_id: _Optional[str] = ..., scopes: _Optional[_Iterable[str]] = ..., rate_per_s: _Optional[int] = ..., daily_quota: _Optional[int] = ..., revoked: _Optional[bool] = ..., secret_version: _Optional[int] = ..., webhook_url: _Optional[str] = ..., webhook_version: _Optional[int] = ...) -> None: ...
 
 class ListPartnersRequest(_message.Message):
     __slots__ = ()
@@ -81,6 +85,22 @@ class AppCredentials(_message.Message):
     app: App
     client_secret: str
     def __init__(self, app: _Optional[_Union[App, _Mapping]] = ..., client_secret: _Optional[str] = ...) -> None: ...
+
+class SetWebhookRequest(_message.Message):
+    __slots__ = ("client_id", "url")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    url: str
+    def __init__(self, client_id: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+
+class WebhookSecret(_message.Message):
+    __slots__ = ("app", "signing_secret")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_SECRET_FIELD_NUMBER: _ClassVar[int]
+    app: App
+    signing_secret: str
+    def __init__(self, app: _Optional[_Union[App, _Mapping]] = ..., signing_secret: _Optional[str] = ...) -> None: ...
 
 class RevokeRequest(_message.Message):
     __slots__ = ("id",)

@@ -59,6 +59,11 @@ class PartnersStub:
                 request_serializer=proto_dot_gateway__pb2.RevokeRequest.SerializeToString,
                 response_deserializer=proto_dot_gateway__pb2.RevokeResponse.FromString,
                 _registered_method=True)
+        self.SetWebhook = channel.unary_unary(
+                '/yunkai.gateway.v1.Partners/SetWebhook',
+                request_serializer=proto_dot_gateway__pb2.SetWebhookRequest.SerializeToString,
+                response_deserializer=proto_dot_gateway__pb2.WebhookSecret.FromString,
+                _registered_method=True)
 
 
 class PartnersServicer:
@@ -100,6 +105,14 @@ class PartnersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetWebhook(self, request, context):
+        """Where an app's webhooks go (an https:// URL; "" stops them), with a new signing secret
+        (shown once; the old one stops signing at once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PartnersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +140,11 @@ def add_PartnersServicer_to_server(servicer, server):
                     servicer.Revoke,
                     request_deserializer=proto_dot_gateway__pb2.RevokeRequest.FromString,
                     response_serializer=proto_dot_gateway__pb2.RevokeResponse.SerializeToString,
+            ),
+            'SetWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWebhook,
+                    request_deserializer=proto_dot_gateway__pb2.SetWebhookRequest.FromString,
+                    response_serializer=proto_dot_gateway__pb2.WebhookSecret.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +282,33 @@ class Partners:
             '/yunkai.gateway.v1.Partners/Revoke',
             proto_dot_gateway__pb2.RevokeRequest.SerializeToString,
             proto_dot_gateway__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/yunkai.gateway.v1.Partners/SetWebhook',
+            proto_dot_gateway__pb2.SetWebhookRequest.SerializeToString,
+            proto_dot_gateway__pb2.WebhookSecret.FromString,
             options,
             channel_credentials,
             insecure,

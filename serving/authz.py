@@ -220,6 +220,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "AddApp": frozenset({OPERATOR}),
             "RotateSecret": frozenset({OPERATOR}),
             "Revoke": frozenset({OPERATOR}),
+            "SetWebhook": frozenset({OPERATOR}),
         },
     ),
     **_service("grpc.health.v1.Health", {"Check": EVERYONE, "Watch": EVERYONE, "List": EVERYONE}),
@@ -272,6 +273,7 @@ AUDITED: frozenset[str] = frozenset(
         "AddApp",
         "RotateSecret",
         "Revoke",
+        "SetWebhook",
         # products
         "SaveDraft",
         "PublishProduct",

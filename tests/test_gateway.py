@@ -8,6 +8,7 @@ and raw HTTP, never the gateway's internals.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -15,24 +16,31 @@ import re
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import date, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
 import pytest
 
-from clients.partner import ROUTES, PartnerApiError, PartnerClient
+from clients.ledger import LedgerClient, ResultCode
+from clients.partner import ROUTES, PartnerApiError, PartnerClient, verify_signature
 from cluster.commands import LocalCluster
 from cluster.local import GatewayProcess, LendingProcess, RedisProcess, RiskProcess, _free_port
+from lending.limits import CreditLimits
+from proto import lending_pb2 as lpb, lending_pb2_grpc
 from serving.tls import TLS_DIR_ENV
-from tests.conftest import fresh
+from tests.conftest import channel, fresh
 
 pytestmark = pytest.mark.timeout(300)
 
 PRODUCT = "SME-TAX-LOAN"
-ALL_SCOPES = "customers,applications,loans,repayments,statements"
+ALL_SCOPES = "customers,applications,loans,repayments,statements,events"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +62,7 @@ def gateways(
     key = str(tmp_path_factory.mktemp("gateway-key") / "token.key")
     port = _free_port()
     upstream = ["--router", cluster.address, "--risk", risk.address, "--lending", lending.address]
-    shared = [*upstream, "--token-key", key, "--quota-store", redis.url]
+    shared = [*upstream, "--token-key", key, "--quota-store", redis.url, "--watch-every-s", "1"]
     started = [GatewayProcess(str(tmp_path_factory.mktemp(f"gateway{i}")), port, shared).start() for i in range(2)]
     yield started
     for process in started:
@@ -284,3 +292,96 @@ def test_the_openapi_document_describes_every_route_the_partner_client_calls(gat
     schema = document["components"]["schemas"]["DrawdownIn"]
     assert set(schema["required"]) >= {"loan_ref", "customer_ref", "product", "amount_fen", "date"}
     assert json.dumps(schema)  # a plain JSON document
+
+
+class Receiver:
+    """A partner's webhook endpoint on loopback: it answers 500 to each event's first delivery
+    (so the gateway retries), then 200, and keeps what it was sent."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, bytes]] = []  # (Yunkai-Signature, body)
+        self._refused: set[str] = set()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                event_id = json.loads(body)["id"]
+                first = event_id not in receiver._refused
+                receiver._refused.add(event_id)
+                if not first:
+                    receiver.received.append((self.headers.get("Yunkai-Signature", ""), body))
+                self.send_response(500 if first else 200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def events(self, event_type: str) -> list[dict[str, Any]]:
+        return [e for e in (json.loads(body) for _s, body in list(self.received)) if e["type"] == event_type]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_signed_webhooks_tell_a_partner_of_decisions_drawdowns_freezes_and_overdue_loans(
+    gateways: list[GatewayProcess],
+    applicants: dict[str, dict[str, float]],
+    lending: LendingProcess,
+    cluster: LocalCluster,
+) -> None:
+    """Each event is delivered after a refused first attempt, signed with the app's signing
+    secret; the delivery log shows both attempts; overdue and freeze events come from the
+    watcher, which no partner call starts."""
+    receiver = Receiver()
+    client_id, secret = new_app(gateways[0], "hook")
+    hooked = partner_cli(gateways[0], "webhook", client_id, "--url", receiver.url)
+    assert hooked.returncode == 0, hooked.stderr
+    found = re.search(r"signing_secret\s+([0-9a-f]+)", hooked.stdout)
+    assert found is not None, hooked.stdout
+    signing_secret = found.group(1)
+    customer, loan = fresh("c").replace("-", ""), fresh("l").replace("-", "")
+    try:
+        with PartnerClient(base_url(gateways), client_id, secret, verify=trusted()) as app:
+            app.onboard_customer(customer, "Hooked Ltd")
+            app.apply(fresh("app"), customer, PRODUCT, 3_000_000, applicants["safe"])
+            app.sign_agreement(loan, customer, b"signed")
+            drawn = app.draw(loan, customer, PRODUCT, 1_000_000, "2026-01-15")
+            assert _eventually(lambda: receiver.events("drawdown"), 20)
+            # The bank freezes the customer's line (as risk's behaviour job does).
+            asyncio.run(_freeze(cluster, f"hook{customer}"))
+            assert _eventually(lambda: receiver.events("freeze"), 20)
+            # End of day well past the first instalment's due date: the loan is overdue.
+            late = (date.fromisoformat(drawn["schedule"][0]["due"]) + timedelta(days=40)).isoformat()
+            loans = lending_pb2_grpc.LoanServiceStub(channel(lending.address, "operator"))
+            plan = loans.PlanEod(lpb.EodSlotsRequest(date=late), timeout=30)
+            for slot in plan.slots:
+                loans.RunEodSlot(lpb.EodSlotRequest(date=late, slot=slot), timeout=60)
+            assert _eventually(lambda: receiver.events("overdue"), 20)
+            [overdue] = receiver.events("overdue")
+            assert overdue["data"]["loan_ref"] == loan and overdue["data"]["days_past_due"] > 0
+            logged = {e["type"]: e for e in app.events()["events"]}
+        assert {"decision", "drawdown", "freeze", "overdue"} <= set(logged), logged
+        for event in logged.values():
+            assert event["delivery"]["state"] == "delivered" and event["delivery"]["attempts"] == 2, event
+        for header, body in receiver.received:
+            assert verify_signature(signing_secret, header, body), header
+            assert not verify_signature(signing_secret, header, body + b" "), "a changed body must not verify"
+        assert len({json.loads(b)["id"] for _h, b in receiver.received}) == len(receiver.received)  # each once
+    finally:
+        receiver.close()
+
+
+async def _freeze(cluster: LocalCluster, customer: str) -> None:
+    async with await LedgerClient.connect(cluster.address) as ledger:
+        outcome = await CreditLimits(ledger, 156).freeze(customer, None, "bankfreeze1")
+        assert outcome.code is ResultCode.OK, outcome

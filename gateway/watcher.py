@@ -1,0 +1,136 @@
+"""Events nobody calls the gateway for: a partner's loans going overdue, its customers' credit lines frozen or unfrozen.
+
+The gateway keeps, in each partner's slot, a record of every loan it drew for the partner
+(`{p<pid>}:loan:<loan id>`: the customer, the overdue bucket last seen, whether it is closed)
+and of every customer it onboarded (`{p<pid>}:cust:<customer>`: frozen or not as last seen,
+and how many times that changed). Every WATCH_EVERY_S a process reads each open loan from the
+lending service and each customer's credit line from the ledger (lending/limits.py), and on a
+change emits the event (gateway/webhooks.py: once, by its id, whichever processes see it) and
+then records what it saw (a commit of the version it read: a process that lost the race to
+another leaves it be).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import grpc
+
+from clients.ledger import LedgerClient, LedgerError
+from clients.records import Conflict, Put, Records
+from gateway.registry import partner_tag
+from gateway.webhooks import Webhooks
+from lending.limits import BadLimitRequest, CreditLimits
+from proto import lending_pb2 as lpb, lending_pb2_grpc
+
+log = logging.getLogger("yunkai.gateway.watcher")
+
+CLOSED = (lpb.PAID_OFF, lpb.WRITTEN_OFF)
+CALL_TIMEOUT_S = 10.0
+
+
+def loan_key(partner_id: str, loan_id: str) -> str:
+    return f"{partner_tag(partner_id)}:loan:{loan_id}"
+
+
+def customer_key(partner_id: str, customer: str) -> str:
+    return f"{partner_tag(partner_id)}:cust:{customer}"
+
+
+async def watch_loan(records: Records, partner_id: str, loan_id: str, customer: str) -> None:
+    """Start watching a loan just drawn (a drawdown retried finds it watched: nothing more)."""
+    seen = {"customer": customer, "bucket": "", "closed": False}
+    with contextlib.suppress(Conflict):  # watched already
+        await records.commit([Put("ploan", loan_key(partner_id, loan_id), json.dumps(seen).encode(), 0)])
+
+
+async def watch_customer(records: Records, partner_id: str, customer: str) -> None:
+    seen = {"frozen": False, "changes": 0}
+    with contextlib.suppress(Conflict):  # watched already
+        await records.commit([Put("pcust", customer_key(partner_id, customer), json.dumps(seen).encode(), 0)])
+
+
+class Watcher:
+    def __init__(
+        self,
+        webhooks: Webhooks,
+        ledger: LedgerClient,
+        loans: lending_pb2_grpc.LoanServiceStub,
+        ledger_id: int,
+        every_s: float,
+    ) -> None:
+        self.webhooks = webhooks
+        self.records = webhooks.records
+        self.limits = CreditLimits(ledger, ledger_id)
+        self.loans = loans
+        self.every_s = every_s
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.watch_once()
+            except (LedgerError, grpc.aio.AioRpcError) as error:
+                log.warning("watching partners' loans and lines failed; next round", extra={"reason": repr(error)})
+            except Exception:
+                log.exception("watching partners' loans and lines failed (a bug); next round")
+
+    async def watch_once(self) -> int:
+        """One look at every partner's loans and customers; the events emitted."""
+        emitted = 0
+        for partner_id in await self.webhooks.partner_ids():
+            slot = await self.records.slot_of(partner_tag(partner_id))
+            for kind, what, look in (("ploan", "loan", self._loan), ("pcust", "cust", self._customer)):
+                async for page in self.records.scan(kind, [slot], prefix=f"{partner_tag(partner_id)}:{what}:"):
+                    for record in page:
+                        try:
+                            emitted += await look(partner_id, record.key, record.version, json.loads(record.value))
+                        except (LedgerError, grpc.aio.AioRpcError) as error:  # this one next round; the others now
+                            log.warning("not watched this round", extra={"key": record.key, "reason": repr(error)})
+        return emitted
+
+    async def _loan(self, partner_id: str, key: str, version: int, seen: dict[str, Any]) -> int:
+        if seen["closed"]:
+            return 0
+        loan_id = key.rsplit(":", 1)[1]
+        loan = await self.loans.GetLoan(lpb.LoanRef(loan_id=loan_id), timeout=CALL_TIMEOUT_S)
+        emitted = 0
+        if loan.days_past_due > 0 and loan.bucket != seen["bucket"]:
+            data = {
+                "loan_ref": loan_id.removeprefix(partner_id),
+                "customer_ref": loan.customer.removeprefix(partner_id),
+                "bucket": loan.bucket,
+                "days_past_due": loan.days_past_due,
+                "principal_outstanding_fen": loan.principal_outstanding,
+                "as_of": loan.last_eod_date,
+            }
+            emitted += await self.webhooks.emit(partner_id, "overdue", f"overdue.{loan_id}.{loan.bucket}", data)
+        changed = {**seen, "bucket": loan.bucket if loan.days_past_due > 0 else "", "closed": loan.status in CLOSED}
+        if changed != seen:
+            await _record(self.records, "ploan", key, changed, version)
+        return emitted
+
+    async def _customer(self, partner_id: str, key: str, version: int, seen: dict[str, Any]) -> int:
+        customer = key.rsplit(":", 1)[1]
+        try:
+            view = await self.limits.view(customer)
+        except BadLimitRequest:
+            return 0  # no credit line yet: nothing to freeze
+
+        if view.frozen == seen["frozen"]:
+            return 0
+        changes = seen["changes"] + 1
+        kind = "freeze" if view.frozen else "unfreeze"
+        data = {"customer_ref": customer.removeprefix(partner_id), "granted_fen": view.granted}
+        emitted = await self.webhooks.emit(partner_id, kind, f"{kind}.{customer}.{changes}", data)
+        await _record(self.records, "pcust", key, {"frozen": view.frozen, "changes": changes}, version)
+        return int(emitted)
+
+
+async def _record(records: Records, kind: str, key: str, value: dict[str, Any], version: int) -> None:
+    with contextlib.suppress(Conflict):  # another process saw the same and recorded it first
+        await records.commit([Put(kind, key, json.dumps(value).encode(), version)])
