@@ -32,6 +32,7 @@ ROUTES = (
     ("get", "/v1/loans/{loan_ref}"),
     ("post", "/v1/loans/{loan_ref}/repayments"),
     ("get", "/v1/events"),
+    ("post", "/v1/h5/sessions"),
 )
 SIGNATURE_TOLERANCE_S = 300  # a webhook signed longer ago than this is refused (a replay)
 TIMEOUT_S = 30.0
@@ -169,6 +170,25 @@ class PartnerClient:
         body = {"repayment_ref": repayment_ref, "amount_fen": amount_fen, "date": date}
         key = idempotency_key or f"repayment.{loan_ref}.{repayment_ref}"
         return self._call("post", f"/v1/loans/{loan_ref}/repayments", body, key)
+
+    def h5_session(
+        self,
+        customer_ref: str,
+        product: str,
+        fields: Mapping[str, float],
+        brand_name: str,
+        brand_colour: str = "#1a5fb4",
+    ) -> dict[str, Any]:
+        """A session on the hosted pages for one customer: {"url": ..., "expires_in": ...}; the URL is
+        relative to the gateway (open base_url + url in the customer's browser)."""
+        body = {
+            "customer_ref": customer_ref,
+            "product": product,
+            "fields": dict(fields),
+            "brand_name": brand_name,
+            "brand_colour": brand_colour,
+        }
+        return self._call("post", "/v1/h5/sessions", body, f"h5.{customer_ref}.{time.time_ns()}")
 
     def events(self, limit: int = 50) -> dict[str, Any]:
         """The partner's latest events with their delivery to this app's webhook (the delivery log)."""

@@ -65,6 +65,9 @@ The journey (gateway/api.py; every route in /openapi.json, each in one API group
                 from the partner's collection account to the customer's deposit, then repays
                 the loan from it (both idempotent by the repayment's id).
   statements    GET /v1/customers/{ref}/statement: the deposit's movements, newest first.
+  hosted pages  POST /v1/h5/sessions (scope applications): a session for one onboarded customer
+                on the HTML5 journey (gateway/h5.py), in the partner's brand, whose token
+                reaches that customer alone (another's is 404) and only applications and loans.
   events        GET /v1/events: the partner's latest events with their delivery to this app's
                 webhook (the delivery log).
 Every call is audited (the partner, app, route, ids named and outcome), in the process's

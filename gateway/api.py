@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clients.ledger import Account, AccountFlags, LedgerClient, LedgerError, ResultCode, Transfer
 from clients.records import Conflict, Put, Records
-from gateway import docs
+from gateway import docs, h5
 from gateway.idempotency import (
     KEY as IDEMPOTENCY_KEY,
     Answer,
@@ -274,13 +274,20 @@ class Gateway:
 @dataclass(frozen=True)
 class Caller:
     client: Client
+    only_customer: str = ""  # a customer's session (the hosted pages): that customer alone
 
     @property
     def partner(self) -> str:
         return self.client.partner_id
 
     def customer(self, ref: str) -> str:
+        """yunkai's id of the partner's customer `ref` (404 in a session of another customer)."""
+        self.check_customer(ref)
         return f"{self.partner}{ref}"
+
+    def check_customer(self, ref: str) -> None:
+        if self.only_customer and ref != self.only_customer:
+            raise ApiError(404, "not_found", f"customer {ref}: not onboarded")
 
 
 def _bearer(request: Request) -> str:
@@ -329,7 +336,7 @@ def _caller(scope: str) -> Callable[[Request], Awaitable[Caller]]:
             window, wait_s = over
             what = f"{client.rate_per_s} calls a second" if window == "rate" else f"{client.daily_quota} calls a day"
             raise ApiError(429, "rate_limited", f"over the app's {what}", {"Retry-After": str(wait_s)})
-        return Caller(client)
+        return Caller(client, claims.customer_ref)
 
     return authorize
 
@@ -436,6 +443,7 @@ def build(gateway: Gateway) -> FastAPI:
     _application_routes(api)
     _loan_routes(api)
     _event_routes(api)
+    _h5_routes(api)
 
     @api.get("/docs", include_in_schema=False)
     async def read_docs() -> HTMLResponse:
@@ -712,6 +720,7 @@ def _application_routes(api: FastAPI) -> None:
         if found is None:
             raise ApiError(404, "not_found", f"application {application_ref}: none")
         kept = json.loads(found.value)
+        caller.check_customer(kept["customer_ref"])
         decided = await _call(
             gateway.risk.GetDecision(rpb.DecisionRef(application_id=application_id), timeout=CALL_TIMEOUT_S)
         )
@@ -840,6 +849,7 @@ def _loan_routes(api: FastAPI) -> None:
         gateway: Gateway = request.app.state.gateway
         loan_id = f"{caller.partner}{loan_ref}"
         loan = await _call(_get_loan(gateway, loan_id, loan_ref))
+        caller.check_customer(loan.customer.removeprefix(caller.partner))
         kept = await _agreement(gateway, loan_id)
         return _json(_loan(loan, caller, loan_ref, "" if kept is None else kept["sha256"]))
 
@@ -865,6 +875,7 @@ def _loan_routes(api: FastAPI) -> None:
             gateway: Gateway = request.app.state.gateway
             loan_id = f"{caller.partner}{loan_ref}"
             loan = await _call(_get_loan(gateway, loan_id, loan_ref))
+            caller.check_customer(loan.customer.removeprefix(caller.partner))
             collection = await _collection_account(gateway, caller.partner)
             deposit = Accounts(loan.customer, "", "").deposit
             funding = Transfer(
@@ -898,6 +909,37 @@ def _loan_routes(api: FastAPI) -> None:
             return _json(out, 201)
 
         return await _once(request, caller, idempotency_key, run)
+
+
+def _h5_routes(api: FastAPI) -> None:
+    @api.post(
+        "/v1/h5/sessions", status_code=201, response_model=h5.SessionOut, responses=_ERRORS, tags=["applications"]
+    )
+    async def open_session(request: Request, body: h5.SessionIn, caller: ApplicationsCaller) -> Response:
+        """A customer's session on the hosted HTML5 pages (gateway/h5.py): the page's URL, to open in the
+        customer's browser or a WebView. The page applies, shows the decision, signs and draws for that
+        customer alone, in the partner's brand."""
+        gateway: Gateway = request.app.state.gateway
+        await _customer(gateway, caller, body.customer_ref)
+        page = {
+            "product": body.product,
+            "fields": body.fields,
+            "brand": {"name": body.brand_name, "colour": body.brand_colour},
+            "amount_max_fen": body.amount_max_fen,
+        }
+        token = gateway.tokens.issue_session(
+            caller.client, body.customer_ref, h5.SESSION_SCOPES, page, h5.SESSION_TTL_S
+        )
+        return _json(h5.SessionOut(url=f"/h5/journey#session={token}", expires_in=h5.SESSION_TTL_S), 201)
+
+    @api.get("/h5/journey", include_in_schema=False)
+    async def journey() -> HTMLResponse:
+        headers = {
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+            "Content-Security-Policy": h5.CONTENT_SECURITY_POLICY,
+        }
+        return HTMLResponse(h5.PAGE, headers=headers)
 
 
 def _event_routes(api: FastAPI) -> None:

@@ -15,6 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jwt
 
@@ -37,6 +38,7 @@ class Claims:
     partner_id: str
     scopes: frozenset[str]
     secret_version: int
+    customer_ref: str = ""  # a customer's session (the HTML5 pages): only this customer's data
 
 
 def load_key(path: str) -> bytes:
@@ -82,6 +84,27 @@ class Tokens:
         }
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
+    def issue_session(
+        self, client: Client, customer_ref: str, scopes: tuple[str, ...], page: dict[str, Any], ttl_s: int
+    ) -> str:
+        """A customer's session token for the hosted pages: the app's, narrowed to one customer
+        and `scopes`, carrying what the page shows (`page`: the partner's brand, the product, the
+        application data the partner filled in)."""
+        now = int(time.time())
+        claims = {
+            "iss": ISSUER,
+            "sub": client.client_id,
+            "partner": client.partner_id,
+            "scope": " ".join(scopes),
+            "sv": client.secret_version,
+            "cus": customer_ref,
+            "page": page,
+            "iat": now,
+            "exp": now + ttl_s,
+            "jti": secrets.token_hex(8),
+        }
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM)
+
     def check(self, token: str) -> Claims:
         try:
             claims = jwt.decode(
@@ -101,4 +124,7 @@ class Tokens:
             raise InvalidToken("the token lacks its app, partner or scope")
         if not isinstance(fields[3], int):
             raise InvalidToken("the token lacks its secret version")
-        return Claims(fields[0], fields[1], frozenset(fields[2].split()), fields[3])
+        customer = claims.get("cus", "")
+        if not isinstance(customer, str):
+            raise InvalidToken("the token's customer is not a string")
+        return Claims(fields[0], fields[1], frozenset(fields[2].split()), fields[3], customer)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -385,3 +386,60 @@ async def _freeze(cluster: LocalCluster, customer: str) -> None:
     async with await LedgerClient.connect(cluster.address) as ledger:
         outcome = await CreditLimits(ledger, 156).freeze(customer, None, "bankfreeze1")
         assert outcome.code is ResultCode.OK, outcome
+
+
+ARTIFACTS = Path(os.environ.get("YUNKAI_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def test_a_customer_applies_signs_and_draws_on_the_hosted_pages_in_a_real_browser(
+    gateways: list[GatewayProcess], applicants: dict[str, dict[str, float]]
+) -> None:
+    """The partner opens a session for its customer; in Chromium (a phone's viewport) the
+    customer applies, sees the approval, signs the agreement and draws, in the partner's brand;
+    screenshots of each step are kept in test-artifacts/. The session reaches no other customer."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "no chromium: run cluster/install-chromium.sh (make services)"
+    customer, other = fresh("c").replace("-", ""), fresh("c").replace("-", "")
+    with partner(gateways, "shop") as shop:
+        shop.onboard_customer(customer, "Page Ltd")
+        shop.onboard_customer(other, "Someone Else Ltd")
+        session = shop.h5_session(customer, PRODUCT, applicants["safe"], "Shop Finance", "#2e7d32")
+        token = session["url"].split("#session=", 1)[1]
+        with httpx.Client(base_url=base_url(gateways), verify=trusted()) as http:
+            as_session = {"Authorization": f"Bearer {token}", "Idempotency-Key": "elsewhere"}
+            elsewhere = {"customer_ref": other, "document_base64": "c2lnbmVk"}
+            assert http.put("/v1/loans/x1/agreement", json=elsewhere, headers=as_session).status_code == 404
+            assert http.get(f"/v1/customers/{customer}", headers=as_session).status_code == 403  # not its scope
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                context = browser.new_context(ignore_https_errors=True, viewport={"width": 390, "height": 844})
+                page = context.new_page()
+                page.goto(base_url(gateways) + session["url"])
+                assert "Shop Finance" in page.inner_text("#brand")
+                page.screenshot(path=str(ARTIFACTS / "h5-1-apply.png"))
+                page.fill("#amount", "30000")
+                page.click("#apply-button")
+                page.wait_for_selector("#decision.on", timeout=30_000)
+                assert page.inner_text("#outcome") == "Approved", page.inner_text("#error")
+                page.screenshot(path=str(ARTIFACTS / "h5-2-decision.png"))
+                page.click("#to-sign")
+                page.fill("#signer", "Li Wei")
+                page.fill("#draw-amount", "20000")
+                page.screenshot(path=str(ARTIFACTS / "h5-3-sign.png"))
+                page.click("#sign-button")
+                page.wait_for_selector("#done.on", timeout=30_000)
+                page.screenshot(path=str(ARTIFACTS / "h5-4-loan.png"))
+                detail = page.inner_text("#loan-detail")
+            finally:
+                browser.close()
+        found = re.match(r"Loan (\S+):", detail)
+        assert found is not None, detail
+        loan = shop.loan(found.group(1))
+        assert (loan["customer_ref"], loan["principal_fen"], loan["status"]) == (customer, 2_000_000, "ACTIVE")
+        assert len(loan["agreement_sha256"]) == 64 and loan["agreement_sha256"][:12] in detail
+    for step in ("1-apply", "2-decision", "3-sign", "4-loan"):
+        assert (ARTIFACTS / f"h5-{step}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
