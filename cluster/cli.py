@@ -346,6 +346,14 @@ COMMANDS: tuple[Command | Group, ...] = (
         module="loadtest.lending_bench",
     ),
     Command(
+        "bench-gateway",
+        help="measure the open platform: Locust HTTP users run the partner journey through the gateway",
+        description="Start a cluster, scoring, lending, risk, Redis and --gateways gateway processes on one HTTPS "
+        "port; run Locust users (loadtest/gateway_locustfile.py) offering each --rate calls a second of the partner "
+        "journey mix; print each rate's p50/p99 per call and the highest rate that held --p99-target-ms.",
+        module="loadtest.gateway_bench",
+    ),
+    Command(
         "bench-node",
         help="measure one node: durable transfers/s and account lookups/s",
         description="Closed-loop saturation benchmark of one node with batched async callers; "

@@ -9,6 +9,7 @@ and raw HTTP, never the gateway's internals.
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
 import json
 import os
@@ -443,3 +444,30 @@ def test_a_customer_applies_signs_and_draws_on_the_hosted_pages_in_a_real_browse
         assert len(loan["agreement_sha256"]) == 64 and loan["agreement_sha256"][:12] in detail
     for step in ("1-apply", "2-decision", "3-sign", "4-loan"):
         assert (ARTIFACTS / f"h5-{step}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_locust_partner_users_run_the_journey_mix_through_the_gateway_without_failures(
+    gateways: list[GatewayProcess], applicants: dict[str, dict[str, float]], tmp_path: Path
+) -> None:
+    """loadtest/gateway_locustfile.py, briefly (what `yunkai bench-gateway` runs at length):
+    every kind of call is made, and none fails."""
+    client_id, secret = new_app(gateways[0], "load")
+    approved = tmp_path / "approved.json"
+    approved.write_text(json.dumps([applicants["safe"]]))
+    env = {
+        **os.environ,
+        "YUNKAI_BENCH_APP": f"{client_id}:{secret}",
+        "YUNKAI_BENCH_APPLICANTS": str(approved),
+        "YUNKAI_BENCH_RATE_PER_USER": "8",
+    }
+    locust = Path(sys.executable).parent / "locust"
+    locustfile = Path(__file__).resolve().parent.parent / "loadtest" / "gateway_locustfile.py"
+    command = [str(locust), "--headless", "-f", str(locustfile), "-u", "3", "-r", "3", "-t", "6s"]
+    command += ["--host", base_url(gateways), "--csv", str(tmp_path / "run"), "--only-summary"]
+    ran = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    with open(tmp_path / "run_stats.csv") as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    failures = (tmp_path / "run_failures.csv").read_text()
+    assert rows["Aggregated"]["Failure Count"] == "0", failures + ran.stderr[-2000:]
+    made = {name for name, row in rows.items() if int(row["Request Count"]) > 0}
+    assert {"token", "onboard", "apply", "agreement", "drawdown", "customer"} <= made, made
