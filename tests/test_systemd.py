@@ -27,7 +27,7 @@ def exec_start(unit: Path) -> list[str]:
 
 def test_there_is_a_unit_for_every_process_kind() -> None:
     assert {unit.stem for unit in UNITS} == {
-        f"yunkai-{kind}" for kind in ("etcd", "node", "router", "scoring", "lending", "risk")
+        f"yunkai-{kind}" for kind in ("etcd", "node", "router", "scoring", "lending", "risk", "gateway")
     }
 
 
