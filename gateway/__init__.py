@@ -33,12 +33,14 @@ Tokens (gateway/tokens.py): OAuth2 client credentials (RFC 6749 section 4.4)
   revoked), 403 `insufficient_scope`; at the token endpoint 401 `invalid_client`, 400
   `unsupported_grant_type` / `invalid_scope` (RFC 6749 section 5.2).
 
-Quotas (gateway/quotas.py): per app, a rate a second and a quota a UTC day, counted with the
+Quotas (gateway/quotas.py): per app, a rate a second and a quota a day (24 hours from the
+  window's first call), and token requests per client id and address, counted with the
   `limits` library in a store every process of the port shares (Redis; a single process may
   count in memory). A call over either gets 429 with Retry-After (seconds, rounded up). A
   quota store that does not answer fails the call 503: quotas are not silently dropped.
 
-Safe retries (gateway/idempotency.py): every POST carries an Idempotency-Key (1-64 of
+Safe retries (gateway/idempotency.py): every POST that changes something (all but the hosted
+  pages' sessions, which only sign a token) carries an Idempotency-Key (1-64 of
   A-Z a-z 0-9 . _ : -); missing or malformed: 400. Per app and key, a record holds the SHA-256
   of the request (method, path, body) and, once answered, the status and body:
     1. no record: claim it (a commit expecting none), run the call, store the answer;

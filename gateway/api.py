@@ -20,8 +20,9 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Annotated, Any, TypeVar
 
 import grpc
@@ -32,7 +33,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clients.ledger import Account, AccountFlags, LedgerClient, LedgerError, ResultCode, Transfer
-from clients.records import Conflict, Put, Records
+from clients.records import CommitFailed, Conflict, Put, Records
 from gateway import docs, h5
 from gateway.idempotency import (
     KEY as IDEMPOTENCY_KEY,
@@ -47,9 +48,10 @@ from gateway.idempotency import (
 from gateway.quotas import Quotas, QuotaStoreDown
 from gateway.registry import SCOPES, Client, Registry, partner_tag
 from gateway.tokens import InvalidToken, Tokens
-from gateway.watcher import watch_customer, watch_loan
+from gateway.watcher import loan_key, watch_customer, watch_loan
 from gateway.webhooks import LOG_LIMIT_MAX, Webhooks
-from lending.loans import Accounts, Code
+from lending.allocation import allocate
+from lending.loans import Accounts, Code, dues_on
 from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb, risk_pb2_grpc
 from serving.audit import AuditLog, AuditUnavailable
 
@@ -264,6 +266,9 @@ class Gateway:
     loans: lending_pb2_grpc.LoanServiceStub
     webhooks: Webhooks
     audit: AuditLog | None = None
+    # Who the ledger says opened the accounts this gateway opens (its identity's prefix; with
+    # --insecure, the anonymous caller's): an account another channel opened is not a partner's.
+    opened_by: str = "spiffe://yunkai/gateway/"
 
     def __post_init__(self) -> None:
         self.records: Records = self.registry.records
@@ -275,6 +280,7 @@ class Gateway:
 class Caller:
     client: Client
     only_customer: str = ""  # a customer's session (the hosted pages): that customer alone
+    page: Mapping[str, Any] | None = None  # the session's product, data and amount bound
 
     @property
     def partner(self) -> str:
@@ -326,6 +332,9 @@ def _caller(scope: str) -> Callable[[Request], Awaitable[Caller]]:
         if client is None or client.revoked or client.secret_version != claims.secret_version:
             message = "the app is revoked, or its secret was rotated since this token was issued"
             raise ApiError(401, "invalid_token", message, _challenge("invalid_token", message))
+        if not claims.scopes <= set(client.scopes):  # a token never holds more than its app does now
+            message = "the token names scopes its app does not have"
+            raise ApiError(401, "invalid_token", message, _challenge("invalid_token", message))
         request.state.caller = f"partner:{client.partner_id}/app:{client.client_id}"
         try:
             over = await gateway.quotas.take(client)
@@ -336,7 +345,7 @@ def _caller(scope: str) -> Callable[[Request], Awaitable[Caller]]:
             window, wait_s = over
             what = f"{client.rate_per_s} calls a second" if window == "rate" else f"{client.daily_quota} calls a day"
             raise ApiError(429, "rate_limited", f"over the app's {what}", {"Retry-After": str(wait_s)})
-        return Caller(client, claims.customer_ref)
+        return Caller(client, claims.customer_ref, claims.page)
 
     return authorize
 
@@ -366,7 +375,7 @@ async def _call(call: Awaitable[T]) -> T:
             raise ApiError(409, "refused", details) from None
         log.warning("a service did not answer", extra={"code": code.name, "details": details})
         raise ApiError(503, "unavailable", "a service behind the gateway did not answer; retry") from None
-    except LedgerError as error:
+    except (LedgerError, CommitFailed) as error:
         raise ApiError(503, "unavailable", f"the ledger did not answer; retry ({error})") from None
 
 
@@ -395,7 +404,7 @@ async def _once(request: Request, caller: Caller, key: str | None, run: Callable
         raise ApiError(400, "invalid_request", "Idempotency-Key: a header of 1-64 of A-Z a-z 0-9 . _ : - is required")
     gateway: Gateway = request.app.state.gateway
     digest = request_sha256(request.method, request.url.path, await request.body())
-    outcome = await _call(gateway.idempotency.claim(caller.client.client_id, key, digest))
+    outcome = await _call(gateway.idempotency.claim(caller.client.client_id, caller.only_customer, key, digest))
     if isinstance(outcome, Mismatch):
         raise ApiError(422, "idempotency_key_reused", f"Idempotency-Key {key} was used for another request")
     if isinstance(outcome, Busy):
@@ -409,6 +418,7 @@ async def _once(request: Request, caller: Caller, key: str | None, run: Callable
             headers={"Idempotent-Replayed": "true"},
         )
     assert isinstance(outcome, Claimed)
+    request.state.claim = outcome.key  # what a rerun of this request finds in the records it made
     try:
         response = await run()
     except ApiError as error:
@@ -507,6 +517,13 @@ def _token_route(api: FastAPI) -> None:
         basic = _basic(request)
         if basic is not None:
             client_id, client_secret = basic
+        address = request.client.host if request.client is not None else ""
+        try:
+            wait_s = await gateway.quotas.take_token_attempt(client_id, address)
+        except QuotaStoreDown:
+            raise ApiError(503, "unavailable", "token requests cannot be counted now; retry later") from None
+        if wait_s is not None:
+            raise ApiError(429, "rate_limited", "too many token requests", {"Retry-After": str(wait_s)})
         client = await _call(gateway.registry.authenticate(client_id, client_secret)) if client_id else None
         if client is None or client.revoked:
             raise ApiError(401, "invalid_client", "unknown client, wrong secret, or revoked", _basic_challenge())
@@ -573,17 +590,28 @@ def _customer_routes(api: FastAPI) -> None:
             deposit = Account(
                 Accounts(customer, "", "").deposit, LEDGER, Code.DEPOSIT, AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
             )
-            [opened] = await _call(gateway.ledger.create_accounts([deposit]))
-            if opened.code not in (ResultCode.OK, ResultCode.EXISTS):
-                raise ApiError(409, "refused", f"the deposit account was not opened: {opened.code.name}")
-            onboarded_ms = int(time.time() * 1000)
-            stored = {"ref": body.customer_ref, "name": body.name, "onboarded_unix_ms": onboarded_ms}
+            [existing] = await _call(gateway.ledger.lookup_accounts([deposit.id]))
+            if existing is not None and not existing.created_by.startswith(gateway.opened_by):
+                # yunkai's id of the partner's customer was taken by another channel: not the partner's.
+                raise ApiError(409, "exists", f"customer {body.customer_ref}: that id cannot be used; choose another")
+            stored = {
+                "ref": body.customer_ref,
+                "name": body.name,
+                "onboarded_unix_ms": int(time.time() * 1000),
+                "by": request.state.claim,
+            }
             try:
                 await _call(
                     gateway.records.commit([Put("customer", _customer_key(customer), json.dumps(stored).encode(), 0)])
                 )
             except Conflict:
-                raise ApiError(409, "exists", f"customer {body.customer_ref} is onboarded already") from None
+                stored = await _customer(gateway, caller, body.customer_ref)
+                if stored.get("by") != request.state.claim:  # not this request's own earlier attempt
+                    raise ApiError(409, "exists", f"customer {body.customer_ref} is onboarded already") from None
+            onboarded_ms = int(stored["onboarded_unix_ms"])
+            [opened] = await _call(gateway.ledger.create_accounts([deposit]))
+            if opened.code not in (ResultCode.OK, ResultCode.EXISTS):
+                raise ApiError(409, "refused", f"the deposit account was not opened: {opened.code.name}")
             await _call(watch_customer(gateway.records, caller.partner, customer))
             out = CustomerOut(
                 customer_ref=body.customer_ref,
@@ -676,6 +704,11 @@ def _application_routes(api: FastAPI) -> None:
         async def run() -> Response:
             gateway: Gateway = request.app.state.gateway
             await _customer(gateway, caller, body.customer_ref)
+            if caller.page is not None:  # a customer's session: the partner's data, not the browser's
+                if body.product != caller.page.get("product") or body.fields != caller.page.get("fields", {}):
+                    raise ApiError(400, "invalid_request", "product, fields: a session applies with its own")
+                if body.amount_requested_fen > int(caller.page.get("amount_max_fen", 0)):
+                    raise ApiError(400, "invalid_request", "amount_requested_fen: over the session's bound")
             application_id = f"{caller.partner}-{body.application_ref}"
             documents, puts = [], []
             for index, document in enumerate(body.documents):
@@ -683,12 +716,18 @@ def _application_routes(api: FastAPI) -> None:
                 digest = hashlib.sha256(data).hexdigest()
                 documents.append(DocumentOut(name=document.name, sha256=digest, bytes=len(data)))
                 puts.append(Put("doc", f"{{a{application_id}}}:doc:{index}", data, 0))
-            kept = {"customer_ref": body.customer_ref, "documents": [d.model_dump() for d in documents]}
+            kept = {
+                "customer_ref": body.customer_ref,
+                "documents": [d.model_dump() for d in documents],
+                "by": request.state.claim,
+            }
             puts.append(Put("application", _application_key(application_id), json.dumps(kept).encode(), 0))
             try:
                 await _call(gateway.records.commit(puts))
             except Conflict:
-                raise ApiError(409, "exists", f"application {body.application_ref} exists already") from None
+                [found] = await _call(gateway.records.read([("application", _application_key(application_id))]))
+                if found is None or json.loads(found.value).get("by") != request.state.claim:
+                    raise ApiError(409, "exists", f"application {body.application_ref} exists already") from None
             decided = await _call(
                 gateway.risk.Decide(
                     rpb.DecideRequest(
@@ -766,7 +805,12 @@ async def _agreement(gateway: Gateway, loan_id: str) -> dict[str, Any] | None:
     return None if found is None else dict(json.loads(found.value))
 
 
-async def _get_loan(gateway: Gateway, loan_id: str, ref: str) -> lpb.Loan:
+async def _get_loan(gateway: Gateway, loan_id: str, ref: str, partner_id: str) -> lpb.Loan:
+    """A loan this gateway drew for the partner (its record in the partner's slot says so: a loan
+    of another channel under the same id is not the partner's), else 404."""
+    [drawn] = await gateway.records.read([("ploan", loan_key(partner_id, loan_id))])
+    if drawn is None:
+        raise ApiError(404, "not_found", f"loan {ref}: none")
     try:
         loan: lpb.Loan = await gateway.loans.GetLoan(lpb.LoanRef(loan_id=loan_id), timeout=CALL_TIMEOUT_S)
     except grpc.aio.AioRpcError as error:
@@ -819,6 +863,8 @@ def _loan_routes(api: FastAPI) -> None:
         async def run() -> Response:
             gateway: Gateway = request.app.state.gateway
             loan_id = f"{caller.partner}{body.loan_ref}"
+            if caller.page is not None and (body.annual_rate_bps or body.term_months):
+                raise ApiError(400, "invalid_request", "annual_rate_bps, term_months: a session takes the line's")
             kept = await _agreement(gateway, loan_id)
             if kept is None or kept["customer_ref"] != body.customer_ref:
                 raise ApiError(409, "refused", f"loan {body.loan_ref}: the customer has not signed its agreement")
@@ -848,7 +894,7 @@ def _loan_routes(api: FastAPI) -> None:
     async def read_loan(request: Request, loan_ref: LoanRef, caller: LoansCaller) -> Response:
         gateway: Gateway = request.app.state.gateway
         loan_id = f"{caller.partner}{loan_ref}"
-        loan = await _call(_get_loan(gateway, loan_id, loan_ref))
+        loan = await _call(_get_loan(gateway, loan_id, loan_ref, caller.partner))
         caller.check_customer(loan.customer.removeprefix(caller.partner))
         kept = await _agreement(gateway, loan_id)
         return _json(_loan(loan, caller, loan_ref, "" if kept is None else kept["sha256"]))
@@ -874,8 +920,9 @@ def _loan_routes(api: FastAPI) -> None:
         async def run() -> Response:
             gateway: Gateway = request.app.state.gateway
             loan_id = f"{caller.partner}{loan_ref}"
-            loan = await _call(_get_loan(gateway, loan_id, loan_ref))
+            loan = await _call(_get_loan(gateway, loan_id, loan_ref, caller.partner))
             caller.check_customer(loan.customer.removeprefix(caller.partner))
+            _repayable(loan, loan_ref, body)  # before any money moves: a refusal moves none
             collection = await _collection_account(gateway, caller.partner)
             deposit = Accounts(loan.customer, "", "").deposit
             funding = Transfer(
@@ -920,16 +967,17 @@ def _h5_routes(api: FastAPI) -> None:
         customer's browser or a WebView. The page applies, shows the decision, signs and draws for that
         customer alone, in the partner's brand."""
         gateway: Gateway = request.app.state.gateway
+        if caller.only_customer:
+            raise ApiError(403, "insufficient_scope", "a customer's session cannot open sessions")
         await _customer(gateway, caller, body.customer_ref)
+        scopes = tuple(scope for scope in h5.SESSION_SCOPES if scope in caller.client.scopes)
         page = {
             "product": body.product,
             "fields": body.fields,
             "brand": {"name": body.brand_name, "colour": body.brand_colour},
             "amount_max_fen": body.amount_max_fen,
         }
-        token = gateway.tokens.issue_session(
-            caller.client, body.customer_ref, h5.SESSION_SCOPES, page, h5.SESSION_TTL_S
-        )
+        token = gateway.tokens.issue_session(caller.client, body.customer_ref, scopes, page, h5.SESSION_TTL_S)
         return _json(h5.SessionOut(url=f"/h5/journey#session={token}", expires_in=h5.SESSION_TTL_S), 201)
 
     @api.get("/h5/journey", include_in_schema=False)
@@ -952,6 +1000,23 @@ def _event_routes(api: FastAPI) -> None:
         gateway: Gateway = request.app.state.gateway
         found = await _call(gateway.webhooks.log(caller.partner, caller.client.client_id, limit))
         return _json(EventsOut(events=[EventOut(**e) for e in found]))
+
+
+def _repayable(loan: lpb.Loan, ref: str, body: RepaymentIn) -> None:
+    """What lending would refuse of this repayment, refused first (409 or 400), so that the
+    collected amount moves into the deposit only for a repayment that will apply: the loan
+    open, the date on or after its drawdown, something of it due then (lending/loans.py)."""
+    if loan.status not in (lpb.ACTIVE, lpb.OVERDUE):
+        raise ApiError(409, "refused", f"loan {ref} is {lpb.LoanStatus.Name(loan.status)}: nothing to repay")
+    try:
+        on = date.fromisoformat(body.date)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"date {body.date!r}: not a date") from None
+    if on < date.fromisoformat(loan.drawdown_date):
+        raise ApiError(409, "refused", f"date {body.date}: before loan {ref} was drawn ({loan.drawdown_date})")
+    _paid, unapplied = allocate(body.amount_fen, dues_on(loan, on))
+    if unapplied == body.amount_fen:
+        raise ApiError(409, "refused", f"date {body.date}: nothing of loan {ref} is due then")
 
 
 async def _collection_account(gateway: Gateway, partner: str) -> str:

@@ -1,23 +1,30 @@
 """Idempotency-Key records: a POST's stored answer, per app and key (the protocol is in
 gateway/__init__.py, "Safe retries").
 
-One record a key, `idem:<client id>:<key>` (spread over the slots by its hash), holding the
-request's SHA-256, when it was claimed and, once answered, the status and body. Claiming is a
-commit expecting no record; answering, a commit of the claimed version.
+One record a key, `idem:<SHA-256 of the client id, the session's customer and the key>` (so
+it is short whatever the key, spread over the slots, and a customer's session never meets its
+app's keys or another session's), holding the request's SHA-256, when it was claimed and, once
+answered, the status and body. Claiming is a commit expecting no record; answering, a commit
+of the claimed version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass
 
 from clients.records import Conflict, Put, Records
 
+log = logging.getLogger("yunkai.gateway")
+
 KEY = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-CLAIM_HELD_S = 30.0  # a claim not answered for this long (its gateway died) may be taken again
+# A claim not answered for this long (its gateway died) may be taken again: longer than a POST's
+# calls downstream can take together (a decision, its commits, the event: each CALL_TIMEOUT_S at most).
+CLAIM_HELD_S = 150.0
 BODY_BYTES_MAX = 48 * 1024  # an answer kept (the record holds 64 KiB)
 
 
@@ -64,8 +71,11 @@ class Idempotency:
     def __init__(self, records: Records) -> None:
         self.records = records
 
-    async def claim(self, client_id: str, key: str, digest: str) -> Claimed | Replay | Mismatch | Busy:
-        record_key = f"idem:{client_id}:{key}"
+    async def claim(
+        self, client_id: str, session_customer: str, key: str, digest: str
+    ) -> Claimed | Replay | Mismatch | Busy:
+        named = hashlib.sha256(f"{client_id}\0{session_customer}\0{key}".encode()).hexdigest()[:40]
+        record_key = f"idem:{named}"
         for _attempt in range(3):
             [found] = await self.records.read([("idem", record_key)])
             now_ms = int(time.time() * 1000)
@@ -95,15 +105,19 @@ class Idempotency:
         the call again: what it lacked may be there by then). A body too large to keep is not
         kept: the key stays claimed, and a retry after CLAIM_HELD_S runs the call again."""
         if not 200 <= answer.status < 300:
-            released = {"sha256": "", "claimed_ms": 0, "status": 0, "body": ""}
-            await self.records.commit([Put("idem", claimed.key, json.dumps(released).encode(), claimed.version)])
+            stored = {"sha256": "", "claimed_ms": 0, "status": 0, "body": ""}  # released
+        elif len(answer.body) > BODY_BYTES_MAX:
             return
-        if len(answer.body) > BODY_BYTES_MAX:
-            return
-        stored = {
-            "sha256": claimed.request_sha256,
-            "claimed_ms": claimed.claimed_ms,
-            "status": answer.status,
-            "body": answer.body.decode(),
-        }
-        await self.records.commit([Put("idem", claimed.key, json.dumps(stored).encode(), claimed.version)])
+        else:
+            stored = {
+                "sha256": claimed.request_sha256,
+                "claimed_ms": claimed.claimed_ms,
+                "status": answer.status,
+                "body": answer.body.decode(),
+            }
+        try:
+            await self.records.commit([Put("idem", claimed.key, json.dumps(stored).encode(), claimed.version)])
+        except Conflict:
+            # The claim was taken again meanwhile (this call outran CLAIM_HELD_S): the other
+            # run answers for the key. This call's own answer still stands (the same ids below).
+            log.warning("an idempotency claim was taken over before its answer", extra={"key": claimed.key})

@@ -32,7 +32,8 @@ from gateway.tokens import Tokens, load_key
 from gateway.watcher import Watcher
 from gateway.webhooks import WATCH_EVERY_S_DEFAULT, Webhooks
 from proto import lending_pb2_grpc, risk_pb2_grpc
-from serving import AuditLog, StartupError
+from serving import AuditLog, Identity, StartupError
+from serving.authz import ANONYMOUS, GATEWAY
 from serving.bootstrap import STOP_GRACE_S
 from serving.files import private_dir
 
@@ -158,6 +159,7 @@ async def _gateway(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
         risk=risk_pb2_grpc.DecisionServiceStub(to_risk),
         loans=loans,
         webhooks=webhooks,
+        opened_by=Identity(GATEWAY, "").uri if tls is not None else ANONYMOUS.uri,
     )
     sock = listen(str(settings["host"]), int(settings["http_port"]))
     http_port = sock.getsockname()[1]

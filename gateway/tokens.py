@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ class Claims:
     scopes: frozenset[str]
     secret_version: int
     customer_ref: str = ""  # a customer's session (the HTML5 pages): only this customer's data
+    page: Mapping[str, Any] | None = None  # a session's page: the product and data it applies with
 
 
 def load_key(path: str) -> bytes:
@@ -124,7 +126,7 @@ class Tokens:
             raise InvalidToken("the token lacks its app, partner or scope")
         if not isinstance(fields[3], int):
             raise InvalidToken("the token lacks its secret version")
-        customer = claims.get("cus", "")
-        if not isinstance(customer, str):
-            raise InvalidToken("the token's customer is not a string")
-        return Claims(fields[0], fields[1], frozenset(fields[2].split()), fields[3], customer)
+        customer, page = claims.get("cus", ""), claims.get("page")
+        if not isinstance(customer, str) or (customer and not isinstance(page, dict)):
+            raise InvalidToken("the token's customer session is malformed")
+        return Claims(fields[0], fields[1], frozenset(fields[2].split()), fields[3], customer, page)

@@ -1,13 +1,14 @@
 """Events nobody calls the gateway for: a partner's loans going overdue, its customers' credit lines frozen or unfrozen.
 
 The gateway keeps, in each partner's slot, a record of every loan it drew for the partner
-(`{p<pid>}:loan:<loan id>`: the customer, the overdue bucket last seen, whether it is closed)
+(`{p<pid>}:loan:<loan id>`: the customer, the overdue bucket last seen and the overdue episode,
+whether it is closed)
 and of every customer it onboarded (`{p<pid>}:cust:<customer>`: frozen or not as last seen,
 and how many times that changed). Every WATCH_EVERY_S a process reads each open loan from the
 lending service and each customer's credit line from the ledger (lending/limits.py), and on a
-change emits the event (gateway/webhooks.py: once, by its id, whichever processes see it) and
-then records what it saw (a commit of the version it read: a process that lost the race to
-another leaves it be).
+change emits the event (gateway/webhooks.py: once, by its id, whichever processes see it) in
+one commit with the record of what it saw (of the version it read: a process that lost the race
+to another leaves it be, and nothing is emitted without being recorded, or the reverse).
 """
 
 from __future__ import annotations
@@ -94,12 +95,24 @@ class Watcher:
         return emitted
 
     async def _loan(self, partner_id: str, key: str, version: int, seen: dict[str, Any]) -> int:
+        """A loan's overdue episodes: each time it falls overdue (episode + 1) and each bucket it
+        reaches in an episode is one event; the record of what was seen changes in its commit."""
         if seen["closed"]:
             return 0
         loan_id = key.rsplit(":", 1)[1]
         loan = await self.loans.GetLoan(lpb.LoanRef(loan_id=loan_id), timeout=CALL_TIMEOUT_S)
-        emitted = 0
-        if loan.days_past_due > 0 and loan.bucket != seen["bucket"]:
+        overdue = loan.days_past_due > 0
+        episode = seen.get("episode", 0) + (1 if overdue and not seen["bucket"] else 0)
+        changed = {
+            **seen,
+            "bucket": loan.bucket if overdue else "",
+            "episode": episode,
+            "closed": loan.status in CLOSED,
+        }
+        if changed == seen:
+            return 0
+        update = Put("ploan", key, json.dumps(changed).encode(), version)
+        if overdue and loan.bucket != seen["bucket"]:
             data = {
                 "loan_ref": loan_id.removeprefix(partner_id),
                 "customer_ref": loan.customer.removeprefix(partner_id),
@@ -108,29 +121,28 @@ class Watcher:
                 "principal_outstanding_fen": loan.principal_outstanding,
                 "as_of": loan.last_eod_date,
             }
-            emitted += await self.webhooks.emit(partner_id, "overdue", f"overdue.{loan_id}.{loan.bucket}", data)
-        changed = {**seen, "bucket": loan.bucket if loan.days_past_due > 0 else "", "closed": loan.status in CLOSED}
-        if changed != seen:
-            await _record(self.records, "ploan", key, changed, version)
-        return emitted
+            event_id = f"overdue.{loan_id}.{episode}.{loan.bucket}"
+            return int(await self.webhooks.emit(partner_id, "overdue", event_id, data, also=[update]))
+        await _record(self.records, update)
+        return 0
 
     async def _customer(self, partner_id: str, key: str, version: int, seen: dict[str, Any]) -> int:
+        """A customer's credit line frozen or unfrozen: one event a change, with the record of
+        what was seen in its commit."""
         customer = key.rsplit(":", 1)[1]
         try:
             view = await self.limits.view(customer)
         except BadLimitRequest:
             return 0  # no credit line yet: nothing to freeze
-
         if view.frozen == seen["frozen"]:
             return 0
         changes = seen["changes"] + 1
         kind = "freeze" if view.frozen else "unfreeze"
         data = {"customer_ref": customer.removeprefix(partner_id), "granted_fen": view.granted}
-        emitted = await self.webhooks.emit(partner_id, kind, f"{kind}.{customer}.{changes}", data)
-        await _record(self.records, "pcust", key, {"frozen": view.frozen, "changes": changes}, version)
-        return int(emitted)
+        update = Put("pcust", key, json.dumps({"frozen": view.frozen, "changes": changes}).encode(), version)
+        return int(await self.webhooks.emit(partner_id, kind, f"{kind}.{customer}.{changes}", data, also=[update]))
 
 
-async def _record(records: Records, kind: str, key: str, value: dict[str, Any], version: int) -> None:
+async def _record(records: Records, update: Put) -> None:
     with contextlib.suppress(Conflict):  # another process saw the same and recorded it first
-        await records.commit([Put(kind, key, json.dumps(value).encode(), version)])
+        await records.commit([update])

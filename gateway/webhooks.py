@@ -1,7 +1,7 @@
 """Signed webhooks: a partner's events, delivered to each of its apps' URLs, retried, and logged.
 
 Events (EVENT_TYPES) are the gateway's records in the partner's slot, one per event, keyed by
-when they happened: `{p<pid>}:ev:<created ms, 13 digits>:<event id>`. The event id derives
+when they happened: `{p<pid>}:ev:<created ms, 13 digits>:<hash of the event id>`. The event id derives
 from what happened (`drawdown.<loan>`, `overdue.<loan>.<bucket>`, ...), so an event is
 emitted once however many processes see it (the record is committed expecting none).
 
@@ -35,7 +35,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -57,6 +57,7 @@ WATCH_EVERY_S_DEFAULT = 60.0
 PARTNERS_FRESH_S = 10.0
 REPLAY_WINDOW_S = 24 * 3600  # at start, events this old are still delivered
 LOG_LIMIT_MAX = 200
+CURSOR_MARGIN_S = 60.0
 
 
 def secret_of(token_key: bytes, client_id: str, version: int) -> bytes:
@@ -69,7 +70,12 @@ def signature(secret: bytes, timestamp: int, body: bytes) -> str:
 
 
 def _key(partner_id: str, created_ms: int, event_id: str) -> str:
-    return f"{_prefix(partner_id)}{created_ms:013d}:{event_id}"
+    return f"{_prefix(partner_id)}{created_ms:013d}:{_digest(event_id)}"
+
+
+def _digest(event_id: str) -> str:
+    """A short name of an event id in record keys (ids can be longer than a key may be)."""
+    return hashlib.sha256(event_id.encode()).hexdigest()[:24]
 
 
 def _prefix(partner_id: str) -> str:
@@ -90,8 +96,16 @@ class Webhooks:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def emit(self, partner_id: str, event_type: str, event_id: str, data: Mapping[str, Any]) -> bool:
-        """Record an event for delivery; False if it was emitted before (its id is taken)."""
+    async def emit(
+        self,
+        partner_id: str,
+        event_type: str,
+        event_id: str,
+        data: Mapping[str, Any],
+        also: Sequence[Put] = (),
+    ) -> bool:
+        """Record an event for delivery, with `also` (records of the partner's slot) in the same
+        commit; False if it was emitted before (its id is taken) or `also` changed meanwhile."""
         assert event_type in EVENT_TYPES, event_type
         apps = [s.app for s, _v in await self.registry.apps(partner_id)]
         now_ms = int(time.time() * 1000)
@@ -107,12 +121,13 @@ class Webhooks:
             },
             "lease_until_ms": 0,
         }
-        marker = f"{partner_tag(partner_id)}:evid:{event_id}"
+        marker = f"{partner_tag(partner_id)}:evid:{_digest(event_id)}"
         try:
             await self.records.commit(
                 [
                     Put("evid", marker, _key(partner_id, now_ms, event_id).encode(), 0),
                     Put("event", _key(partner_id, now_ms, event_id), json.dumps(record).encode(), 0),
+                    *also,
                 ]
             )
         except Conflict:
@@ -173,12 +188,17 @@ class Webhooks:
                 if due and event["lease_until_ms"] <= now_ms:
                     attempted += await self._deliver(record.key, record.version, event)
                 last = record.key
-        self._after[partner_id] = oldest_open or last
+        # Never past CURSOR_MARGIN_S ago: an event committed late with an earlier time (a slow
+        # emit, another host's clock) is still found.
+        margin = _key(partner_id, int((time.time() - CURSOR_MARGIN_S) * 1000), "")
+        self._after[partner_id] = min(oldest_open or last, margin)
         return attempted
 
     async def _deliver(self, key: str, version: int, event: dict[str, Any]) -> int:
         now_ms = int(time.time() * 1000)
-        event["lease_until_ms"] = now_ms + int(LEASE_S * 1000)
+        # Long enough for every attempt of this round, one after another, to run out its timeout.
+        lease_s = LEASE_S + (DELIVERY_TIMEOUT_S + 1) * len(event["deliveries"])
+        event["lease_until_ms"] = now_ms + int(lease_s * 1000)
         try:
             await self.records.commit([Put("event", key, json.dumps(event).encode(), version)])
         except Conflict:
@@ -190,7 +210,7 @@ class Webhooks:
                 continue
             attempted += 1
             delivery["attempts"] += 1
-            outcome = await self._post(client_id, delivery["url"], body)
+            outcome = await self._post(client_id, body)
             if outcome is None:
                 delivery["state"], delivery["last"], delivery["delivered_ms"] = (
                     "delivered",
@@ -205,14 +225,21 @@ class Webhooks:
                     backoff_s = min(BACKOFF_S_MAX, BACKOFF_S_MIN * 2 ** (delivery["attempts"] - 1))
                     delivery["next_ms"] = int(time.time() * 1000 + backoff_s * 1000)
         event["lease_until_ms"] = 0
-        await self.records.commit([Put("event", key, json.dumps(event).encode(), version + 1)])
+        try:
+            await self.records.commit([Put("event", key, json.dumps(event).encode(), version + 1)])
+        except Conflict:  # our lease ran out and another process took the event: its record stands
+            log.warning("a webhook lease ran out before its attempts were recorded", extra={"event": event["id"]})
         return attempted
 
-    async def _post(self, client_id: str, url: str, body: bytes) -> str | None:
-        """One attempt: None if the receiver took it (2xx), else what went wrong."""
+    async def _post(self, client_id: str, body: bytes) -> str | None:
+        """One attempt, to the app's webhook URL now: None if the receiver took it (2xx), else
+        what went wrong."""
         app = await self.registry.client(client_id)
         if app is None or app.revoked:
             return "the app is revoked"
+        if not app.webhook_url:
+            return "the app has no webhook URL now"
+        url = app.webhook_url
         secret = secret_of(self._token_key, client_id, app.webhook_version)
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature(secret, int(time.time()), body)}
         try:

@@ -68,7 +68,7 @@ NODE, ROUTER, OPERATOR = "node", "router", "operator"
 SCORING, LENDING, RISK, SERVICE, PARTNER = "scoring", "lending", "risk", "service", "partner"
 GATEWAY = "gateway"
 EVERYONE = frozenset({NODE, ROUTER, OPERATOR, SCORING, LENDING, RISK, SERVICE, PARTNER, GATEWAY})
-_LEDGER_WRITERS = frozenset({SERVICE, LENDING, RISK, ROUTER, GATEWAY})
+_LEDGER_WRITERS = frozenset({SERVICE, LENDING, RISK, ROUTER})
 _LEDGER_READERS = _LEDGER_WRITERS | {OPERATOR}
 # Slot-local records are the business services' own (node/records.py): lending, risk and the
 # partner gateway write and read them, a router forwards them, an operator reads them.
@@ -94,12 +94,15 @@ ALLOWED: dict[str, frozenset[str]] = {
     **_service(
         "yunkai.ledger.v1.Ledger",
         {
-            "CreateAccounts": _LEDGER_WRITERS,
-            "CreateTransfers": _LEDGER_WRITERS,
+            # The partner gateway, facing the internet, gets only what the journey uses: opening a
+            # customer's deposit, moving what a partner collected into it, reading balances and
+            # statements (no account changes, no transfer lookups).
+            "CreateAccounts": _LEDGER_WRITERS | {GATEWAY},
+            "CreateTransfers": _LEDGER_WRITERS | {GATEWAY},
             "ChangeAccounts": _LEDGER_WRITERS,
-            "LookupAccounts": _LEDGER_READERS,
+            "LookupAccounts": _LEDGER_READERS | {GATEWAY},
             "LookupTransfers": _LEDGER_READERS,
-            "GetAccountTransfers": _LEDGER_READERS,
+            "GetAccountTransfers": _LEDGER_READERS | {GATEWAY},
             "CommitRecords": _RECORD_WRITERS,
             "LookupRecords": _RECORD_READERS,
             "ScanRecords": _RECORD_READERS,

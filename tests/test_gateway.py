@@ -30,11 +30,12 @@ import httpx
 import jwt
 import pytest
 
-from clients.ledger import LedgerClient, ResultCode
+from clients.ledger import Account, LedgerClient, ResultCode
 from clients.partner import ROUTES, PartnerApiError, PartnerClient, verify_signature
 from cluster.commands import LocalCluster
 from cluster.local import GatewayProcess, LendingProcess, RedisProcess, RiskProcess, _free_port
 from lending.limits import CreditLimits
+from lending.loans import Accounts
 from proto import lending_pb2 as lpb, lending_pb2_grpc
 from serving.tls import TLS_DIR_ENV
 from tests.conftest import channel, fresh
@@ -138,6 +139,10 @@ def test_a_partner_runs_the_whole_journey_over_https(
         assert drawn["agreement_sha256"] == signed["sha256"] and acme.loan(loan) == drawn
         first = drawn["schedule"][0]
         due = first["principal_fen"] + first["interest_fen"] + first["fees_fen"]
+        with pytest.raises(PartnerApiError) as early:  # refused before any collected money moves
+            acme.repay(loan, "r0", due, "2025-12-31")
+        assert early.value.status == 409 and "before" in early.value.message
+        assert acme.customer(customer)["deposit_balance_fen"] == 2_000_000
         paid = acme.repay(loan, "r1", due, first["due"])
         assert paid["amount_fen"] == due and paid["principal_outstanding_fen"] == 2_000_000 - first["principal_fen"]
         assert acme.repay(loan, "r1", due, first["due"]) == paid  # the same repayment again: applied once
@@ -227,7 +232,9 @@ def _eventually(check: object, timeout_s: float = 10.0) -> bool:
     return True
 
 
-def test_a_post_runs_once_per_idempotency_key_and_bad_input_changes_nothing(gateways: list[GatewayProcess]) -> None:
+def test_a_post_runs_once_per_idempotency_key_and_bad_input_changes_nothing(
+    gateways: list[GatewayProcess], cluster: LocalCluster
+) -> None:
     client_id, secret = new_app(gateways[0], "acme")
     with PartnerClient(base_url(gateways), client_id, secret, verify=trusted()) as acme:
         headers = {"Authorization": f"Bearer {acme.token()}"}
@@ -249,7 +256,14 @@ def test_a_post_runs_once_per_idempotency_key_and_bad_input_changes_nothing(gate
         reused = http.post("/v1/customers", json=other, headers={"Idempotency-Key": f"k-{customer}"})
         assert reused.status_code == 422 and reused.json()["error"] == "idempotency_key_reused"
         twice = http.post("/v1/customers", json=body, headers={"Idempotency-Key": f"k2-{customer}"})
-        assert twice.status_code == 409 and twice.json()["error"] == "exists"
+        assert twice.status_code == 409 and "onboarded already" in twice.json()["message"]
+        # yunkai's id of a partner's customer already opened by another channel is not the partner's.
+        taken = fresh("c").replace("-", "")
+        asyncio.run(_open_elsewhere(cluster.address, f"acme{taken}"))
+        elsewhere = {"customer_ref": taken, "name": "Not Yours Ltd"}
+        refused = http.post("/v1/customers", json=elsewhere, headers={"Idempotency-Key": f"k-{taken}"})
+        assert refused.status_code == 409 and "cannot be used" in refused.json()["message"], refused.json()
+        assert http.get(f"/v1/customers/{taken}").status_code == 404
         assert http.get(f"/v1/customers/{customer}").json()["name"] == "Once Ltd"
         broken = http.post(
             "/v1/customers",
@@ -383,6 +397,13 @@ def test_signed_webhooks_tell_a_partner_of_decisions_drawdowns_freezes_and_overd
         receiver.close()
 
 
+async def _open_elsewhere(router: str, customer: str) -> None:
+    """A customer's deposit opened by another channel (an internal service), not the gateway."""
+    async with await LedgerClient.connect(router) as ledger:
+        [opened] = await ledger.create_accounts([Account(Accounts(customer, "", "").deposit, 156, 2011)])
+        assert opened.code is ResultCode.OK, opened
+
+
 async def _freeze(cluster: LocalCluster, customer: str) -> None:
     async with await LedgerClient.connect(cluster.address) as ledger:
         outcome = await CreditLimits(ledger, 156).freeze(customer, None, "bankfreeze1")
@@ -471,3 +492,35 @@ def test_the_locust_partner_users_run_the_journey_mix_through_the_gateway_withou
     assert rows["Aggregated"]["Failure Count"] == "0", failures + ran.stderr[-2000:]
     made = {name for name, row in rows.items() if int(row["Request Count"]) > 0}
     assert {"token", "onboard", "apply", "agreement", "drawdown", "customer"} <= made, made
+
+
+def test_a_customers_session_holds_no_more_than_its_app_and_applies_only_with_the_partners_data(
+    gateways: list[GatewayProcess], applicants: dict[str, dict[str, float]]
+) -> None:
+    customer = fresh("c").replace("-", "")
+    client_id, secret = new_app(gateways[0], "shop", "customers,applications")  # no loans
+    with PartnerClient(base_url(gateways), client_id, secret, verify=trusted()) as shop:
+        shop.onboard_customer(customer, "Narrow Ltd")
+        session = shop.h5_session(customer, PRODUCT, applicants["safe"], "Shop")
+    token = session["url"].split("#session=", 1)[1]
+    assert jwt.decode(token, options={"verify_signature": False})["scope"] == "applications"
+    as_session = {"Authorization": f"Bearer {token}"}
+    application = {
+        "application_ref": "s1",
+        "customer_ref": customer,
+        "product": PRODUCT,
+        "amount_requested_fen": 1_000_000,
+        "fields": applicants["safe"],
+    }
+    with httpx.Client(base_url=base_url(gateways), verify=trusted(), headers=as_session) as http:
+        signed = http.put("/v1/loans/s1/agreement", json={"customer_ref": customer, "document_base64": "eA=="})
+        assert signed.status_code == 403  # the app has no loans scope: neither has its session
+        again = {"customer_ref": customer, "product": PRODUCT, "brand_name": "Mine"}
+        assert http.post("/v1/h5/sessions", json=again).status_code == 403  # a session opens no other
+        richer = dict(application, fields=dict(applicants["safe"], Income=10_000.0))
+        refused = http.post("/v1/applications", json=richer, headers={"Idempotency-Key": "s1"})
+        assert refused.status_code == 400 and "fields" in refused.json()["message"]
+        larger = dict(application, amount_requested_fen=10**11)
+        assert http.post("/v1/applications", json=larger, headers={"Idempotency-Key": "s2"}).status_code == 400
+        decided = http.post("/v1/applications", json=application, headers={"Idempotency-Key": "s3"})
+        assert decided.status_code == 201 and decided.json()["outcome"] == "APPROVE", decided.json()
