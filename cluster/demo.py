@@ -13,6 +13,10 @@
    limit and price), draws a loan on that line (at the decided price), repays its first instalment
    and assesses the borrower's behaviour from their repayment records. Each run uses a new
    customer, so the demo can be repeated on one data directory.
+3. The open platform (with the business): a partner gateway; a partner "demo" and an app are
+   registered, and the app runs the journey over HTTPS (onboard, apply, sign, draw, repay).
+   The gateway keeps serving as a sandbox: the app's test credentials, the docs page and a
+   customer's hosted-pages link are printed at the end.
 Every process speaks mutual TLS with certificates made in DATA_DIR/tls (a development CA;
 --insecure for plaintext). Everything keeps serving for you to call until Ctrl-C (unless --exit).
 """
@@ -21,11 +25,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
 
 from clients.ledger import (
     Account,
@@ -34,9 +42,17 @@ from clients.ledger import (
     Transfer,
     TransferFlags,
 )
+from clients.partner import PartnerClient
 from cluster.commands import LocalCluster
-from cluster.local import LendingProcess, RiskProcess, ScoringProcess, ServiceProcess
-from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb, risk_pb2_grpc
+from cluster.local import GatewayProcess, LendingProcess, RiskProcess, ScoringProcess, ServiceProcess, _free_port
+from proto import (
+    gateway_pb2 as gpb,
+    gateway_pb2_grpc,
+    lending_pb2 as lpb,
+    lending_pb2_grpc,
+    risk_pb2 as rpb,
+    risk_pb2_grpc,
+)
 from serving.tls import Tls
 from serving.transport import sync_channel
 
@@ -86,9 +102,13 @@ def main(args: argparse.Namespace) -> int:
             print(f"every process speaks mutual TLS; identities in {cluster.tls_dir}\n")
         asyncio.run(_walk_through(cluster.address, cluster.tls("service")))
         customer = ""
+        sandbox: Sandbox | None = None
         if not args.ledger_only:
             services = _start_business(cluster, args.port)
             customer = _business_walk_through(services[1], services[2], cluster.tls("operator"))
+            gateway = _start_gateway(cluster, services[1], services[2], args.port)
+            services.append(gateway)
+            sandbox = _partner_walk_through(gateway, cluster)
         if args.exit:
             return 0
         print(f"\nEverything keeps serving; the router is {cluster.address}. Ctrl-C stops it.")
@@ -98,6 +118,12 @@ def main(args: argparse.Namespace) -> int:
         if services:
             print(f"     yunkai loan list --lending {services[1].address} --customer {customer}")
             print(f"     yunkai risk followups --risk {services[2].address}")
+        if sandbox is not None:
+            print(
+                f"\nThe open platform's sandbox: {sandbox.url} (docs at {sandbox.url}/docs), partner credentials"
+                f"\n  client_id {sandbox.client_id}\n  client_secret {sandbox.secret}"
+                f"\n  a customer's hosted pages: {sandbox.url}{sandbox.h5_url[:60]}..."
+            )
         running = [p for p in [cluster.router, *cluster.nodes, *services] if p is not None]
         while True:
             stopped = [p for p in running if p.process is None or p.process.poll() is not None]
@@ -185,6 +211,63 @@ def _start_business(cluster: LocalCluster, port: int) -> list[ServiceProcess]:
         raise
     print(f"scoring on {scoring.address}, lending on {lending.address}, risk on {risk.address}\n")
     return started
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """The demo's partner: where the gateway answers and the app's test credentials."""
+
+    url: str
+    client_id: str
+    secret: str
+    h5_url: str
+
+
+def _start_gateway(cluster: LocalCluster, lending: ServiceProcess, risk: ServiceProcess, port: int) -> GatewayProcess:
+    """The partner gateway: its registry on port + 500, partners' HTTPS on port + 1443 (8443 by default)."""
+    upstream = ["--router", cluster.address, "--risk", risk.address, "--lending", lending.address]
+    http_port = port + 1443 if port else _free_port()
+    gateway = GatewayProcess(
+        os.path.join(cluster.data_dir, "gateway"),
+        http_port,
+        [*upstream, "--log-level", "WARNING", *cluster.identity_args("gateway")],
+    )
+    gateway.port = port + 500 if port else 0
+    gateway.start()
+    scheme = "https" if cluster.tls_dir is not None else "http"
+    print(f"\npartner gateway: {scheme}://{gateway.http_address} (partners' HTTPS API), registry on {gateway.address}")
+    return gateway
+
+
+def _partner_walk_through(gateway: GatewayProcess, cluster: LocalCluster) -> Sandbox:
+    """A partner's app runs the journey over HTTPS: onboard, apply, sign, draw, repay."""
+    run = str(time.time_ns())[-9:]
+    with sync_channel(gateway.address, cluster.tls("operator")) as to_registry:
+        partners = gateway_pb2_grpc.PartnersStub(to_registry)
+        with contextlib.suppress(grpc.RpcError):  # registered by an earlier run on this data directory
+            partners.RegisterPartner(gpb.RegisterPartnerRequest(partner_id="demo", name="Demo Partner"), timeout=30)
+        scopes = ["customers", "applications", "loans", "repayments", "statements", "events"]
+        app = partners.AddApp(gpb.AddAppRequest(partner_id="demo", app=f"a{run}", scopes=scopes), timeout=30)
+    scheme = "https" if cluster.tls_dir is not None else "http"
+    url = f"{scheme}://{gateway.http_address}"
+    verify: str | bool = os.path.join(cluster.tls_dir, "ca.pem") if cluster.tls_dir is not None else False
+    customer, loan = f"p{run}", f"l{run}"
+    with PartnerClient(url, app.app.client_id, app.client_secret, verify=verify) as partner:
+        partner.onboard_customer(customer, "Demo Trading Co")
+        decision = partner.apply(f"a{run}", customer, PRODUCT, 5_000_000, APPLICANT, {"tax.pdf": b"tax return"})
+        print(f"partner {app.app.client_id}: customer {customer} onboarded; application {decision['outcome']}")
+        signed = partner.sign_agreement(loan, customer, b"loan agreement, signed")
+        drawn = partner.draw(loan, customer, PRODUCT, 1_000_000, "2026-01-15")
+        first = drawn["schedule"][0]
+        due = first["principal_fen"] + first["interest_fen"] + first["fees_fen"]
+        paid = partner.repay(loan, "r1", due, first["due"])
+        deposit = partner.customer(customer)["deposit_balance_fen"]
+        print(
+            f"partner loan {loan}: {_fen(drawn['principal_fen'])} drawn (agreement {signed['sha256'][:12]}...),"
+            f" {_fen(paid['amount_fen'])} repaid over HTTPS; deposit {_fen(deposit)}"
+        )
+        h5 = partner.h5_session(customer, PRODUCT, APPLICANT, "Demo Partner")
+    return Sandbox(url, app.app.client_id, app.client_secret, h5["url"])
 
 
 def _business_walk_through(lending: ServiceProcess, risk: ServiceProcess, tls: Tls | None) -> str:

@@ -1,5 +1,6 @@
 """`make run`'s demo, whole: the ledger walk-through, then models trained, scoring, lending and
-risk started, an application decided, a loan drawn and repaid, and the borrower assessed."""
+risk started, an application decided, a loan drawn and repaid, the borrower assessed, and a
+partner's app running the journey through the gateway over HTTPS."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ def test_the_demo_walks_through_the_ledger_and_the_lending_business_and_stops(tm
         r"behaviour as of 2026-02-20: (\w+) .*\"late_payments_12m\": 0.0, \"months_on_book\": 1.0", out
     )
     assert assessed is not None and assessed.group(1) in ("raise", "none", "warn"), out
+    # The open platform: a partner's app runs the journey over HTTPS, and the sandbox is printed.
+    assert re.search(r"partner demo\.a\d+: customer p\d+ onboarded; application APPROVE", out), out
+    drawn = r"partner loan l\d+: 10,000.00 CNY drawn \(agreement [0-9a-f]{12}\.\.\.\), [\d,.]+ CNY repaid"
+    assert re.search(drawn, out), out
     # Everything stopped: no process of the demo is left holding its data directory.
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftover.stdout == "", leftover.stdout
