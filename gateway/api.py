@@ -328,14 +328,15 @@ def _caller(scope: str) -> Callable[[Request], Awaitable[Caller]]:
         if scope not in claims.scopes:
             message = f"this route needs the scope {scope!r}; the token has {sorted(claims.scopes)}"
             raise ApiError(403, "insufficient_scope", message, _challenge("insufficient_scope", message, scope))
-        client = await gateway.registry.client(claims.client_id)
+        client = await _call(gateway.registry.client(claims.client_id))
         if client is None or client.revoked or client.secret_version != claims.secret_version:
             message = "the app is revoked, or its secret was rotated since this token was issued"
             raise ApiError(401, "invalid_token", message, _challenge("invalid_token", message))
         if not claims.scopes <= set(client.scopes):  # a token never holds more than its app does now
             message = "the token names scopes its app does not have"
             raise ApiError(401, "invalid_token", message, _challenge("invalid_token", message))
-        request.state.caller = f"partner:{client.partner_id}/app:{client.client_id}"
+        session = f"/customer:{claims.customer_ref}" if claims.customer_ref else ""
+        request.state.caller = f"partner:{client.partner_id}/app:{client.client_id}{session}"
         try:
             over = await gateway.quotas.take(client)
         except QuotaStoreDown as error:
