@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     revoke = action("revoke", "revoke an app, or a partner and all its apps", _revoke)
     revoke.add_argument("id", help="a partner id or a client id")
     hook = action(
-        "webhook", "send an app's partner's events to a URL, with a new signing secret (shown once)", _webhook
+        "webhook", "send the partner's events to an app's URL, with a new signing secret (shown once)", _webhook
     )
     hook.add_argument("client_id", help="<partner>.<app>")
     hook.add_argument("--url", required=True, help='https:// URL the events are POSTed to ("" stops them)')

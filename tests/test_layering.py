@@ -11,7 +11,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"proto", "serving", "node", "router", "scoring", "clients", "cluster", "loadtest", "lending", "risk"}
+PACKAGES = {
+    "proto", "serving", "node", "router", "scoring", "clients", "cluster", "loadtest", "lending", "risk", "gateway",
+}  # fmt: skip
 # What each package may import among ours.
 ALLOWED = {
     "proto": {"proto"},
@@ -26,6 +28,9 @@ ALLOWED = {
     # Risk decides on top of lending: it scores through clients/, opens credit lines in the lending service,
     # and moves behavioural limits with lending/limits.py.
     "risk": {"proto", "serving", "clients", "lending", "risk"},
+    # The partner gateway calls every service for partners: through clients/ (the ledger, its
+    # records) and gRPC stubs; it uses lending's account names and rules, never its server.
+    "gateway": {"proto", "serving", "clients", "lending", "gateway"},
     # The front door and operator commands sit on top of every process. The benchmarks sit on
     # cluster/ (they start local clusters), so the `yunkai` command table names their modules
     # as strings, imported only when one runs.
@@ -157,6 +162,17 @@ def _path_back(graph: dict[str, set[str]], start: str, component: set[str]) -> l
                     following.append(target)
         frontier = following
     raise AssertionError(f"{start} is in a component it cannot get back to: {sorted(component)}")
+
+
+def test_every_package_is_layered_here_and_installed_with_yunkai() -> None:
+    """A package missing from pyproject.toml's list is missing from an installed yunkai (its
+    console script then cannot import it, though tests run from the tree do)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file() and p.name != "tests"}
+    assert found == PACKAGES, found ^ PACKAGES
+    assert found <= listed, found - listed
 
 
 def test_every_package_imports_only_the_layers_below_it() -> None:
