@@ -24,7 +24,8 @@ emitted once however many processes see it (the record is committed expecting no
              dedups by the event id.
   secret     An app's signing secret is HMAC-SHA256(token key, "webhook:<client id>:<version>"):
              every gateway process of the deployment derives it, none stores it, and
-             SetWebhook's new version retires the old one.
+             SetWebhook's new version retires the old one (a new token key changes
+             every app's: docs/operations.md).
 """
 
 from __future__ import annotations
