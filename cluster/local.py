@@ -90,6 +90,13 @@ class ServiceProcess:
             try:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
+                # It did not stop: its stacks into its log first (every task's, every thread's:
+                # serving/bootstrap.py), for whoever finds out why.
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.send_signal(signal.SIGUSR2)
+                    time.sleep(0.5)
+                    self.process.send_signal(signal.SIGUSR1)
+                    time.sleep(0.5)
                 self.process.kill()
                 self.process.wait()
         self._release()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import gc
 import json
 import logging
@@ -81,6 +82,7 @@ def main(
 ) -> int:
     """Resolve settings, refuse bad ones (exit 2 with `yunkai <command>: <why>`), set up logs,
     and run `serve` on uvloop until it returns (exit 0) or raises StartupError (exit 2)."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung process's threads, on demand
     settings = resolve(args, section, defaults)
     problem = check_common(settings) or (check(settings) if check is not None else None)
     if problem is not None:
@@ -251,9 +253,22 @@ def start_metrics(host: str, port: int | None) -> None:
 
 
 def stop_signal() -> asyncio.Event:
-    """An event set on SIGTERM or SIGINT."""
+    """An event set on SIGTERM or SIGINT (and SIGUSR2 logs every task's stack: `_dump_tasks`)."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
     return stopping
+
+
+def _dump_tasks() -> None:
+    """Every asyncio task's stack on stderr (the process's log): what a stop that hangs waits
+    for. SIGUSR1 dumps every thread's Python stack instead (faulthandler: even when the event
+    loop itself is stuck). cluster/local.py sends both to a process that does not stop in time."""
+    tasks = asyncio.all_tasks()
+    print(f"--- {len(tasks)} asyncio tasks (SIGUSR2) ---", file=sys.stderr, flush=True)
+    for task in tasks:
+        print(f"{task!r}", file=sys.stderr)
+        task.print_stack(limit=12, file=sys.stderr)
+    sys.stderr.flush()
