@@ -370,7 +370,11 @@ class LedgerRouter:
             ]
             remaining = deadline - loop.time()
             try:
-                outcomes = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), remaining)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation that
+                # arrives as the gather completes (the caller then runs on, cancelled: a lending
+                # server's stop waited out its book count's 60 s sleep; fixed in 3.12, gh-86296).
+                async with asyncio.timeout(remaining):
+                    outcomes = await asyncio.gather(*futures, return_exceptions=True)
             except TimeoutError:
                 raise RoutingError(
                     grpc.StatusCode.DEADLINE_EXCEEDED, f"{method.name}: no answer within {timeout_s:.3f}s"
