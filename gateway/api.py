@@ -421,14 +421,12 @@ async def _once(request: Request, caller: Caller, key: str | None, run: Callable
         )
     assert isinstance(outcome, Claimed)
     request.state.claim = outcome.key  # what a rerun of this request finds in the records it made
+    # Anything but an ApiError (a bug, the call cancelled) leaves the key claimed: a retry after
+    # CLAIM_HELD_S runs the call again, as after a gateway that died.
     try:
         response = await run()
     except ApiError as error:
         response = _error(error)
-    except BaseException:
-        # A bug, or the call cancelled: the key stays claimed, and a retry after CLAIM_HELD_S
-        # runs the call again (as after a gateway that died).
-        raise
     await _call(gateway.idempotency.answer(outcome, Answer(response.status_code, bytes(response.body))))
     return response
 
