@@ -698,8 +698,10 @@ class Controller:
     async def run(self) -> None:
         """Reconcile nodes with the map until cancelled (the caller publishes once first)."""
         while True:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation (gh-86296)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reconcile_now.wait(), self.reconcile_interval_s)
+                async with asyncio.timeout(self.reconcile_interval_s):
+                    await self._reconcile_now.wait()
             self._reconcile_now.clear()
             await self.reconcile_once()
 

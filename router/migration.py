@@ -195,8 +195,9 @@ class Mover:
         """Run queued jobs, one at a time, until cancelled (the controller's supervisor owns it).
         When idle, with replicas, start a repair job for slots with fewer than R live copies."""
         while True:
-            try:
-                job = await asyncio.wait_for(self._queue.get(), REPAIR_CHECK_S)
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation (gh-86296)
+                async with asyncio.timeout(REPAIR_CHECK_S):
+                    job = await self._queue.get()
             except TimeoutError:
                 await self._repair_if_needed()
                 continue
