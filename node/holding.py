@@ -9,10 +9,9 @@ owner took. The hot path pays one comparison: nothing is frozen.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
-
-import grpc
+from typing import Protocol, TypeVar
 
 from node import state_machine as sm
 from node.slots import SlotTable
@@ -29,7 +28,23 @@ E = TypeVar("E")
 Submit = Callable[[Sequence[tuple[E, int, int]]], Awaitable[list[sm.Result]]]
 
 
-def wait_budget_s(context: grpc.aio.ServicerContext, longest_s: float) -> float:
+class Deadline(Protocol):
+    """What a wait needs of its caller: how long it may still take (a gRPC call's context is one)."""
+
+    def time_remaining(self) -> float | None: ...
+
+
+class Within:
+    """The deadline of a call a node makes to itself, without gRPC (node/relay.py's own legs)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._until = time.monotonic() + seconds
+
+    def time_remaining(self) -> float:
+        return max(0.0, self._until - time.monotonic())
+
+
+def wait_budget_s(context: Deadline, longest_s: float) -> float:
     """How long a handler may wait for something and still answer within the caller's deadline."""
     remaining: float | None = context.time_remaining()
     if remaining is None:
@@ -48,7 +63,7 @@ def fence_of(fence: pb.Fence) -> dict[int, int] | None:
 
 
 async def submit_holding(
-    slots: SlotTable, submit: Submit[E], queued: Sequence[tuple[E, int, int]], context: grpc.aio.ServicerContext
+    slots: SlotTable, submit: Submit[E], queued: Sequence[tuple[E, int, int]], context: Deadline
 ) -> list[sm.Result]:
     """Submit `queued` (event, slot, epoch), holding the events of frozen slots until their move ends."""
     if not slots.held_count():  # the hot path: no move is freezing anything
@@ -78,7 +93,7 @@ async def submit_holding(
     return done
 
 
-async def hold_reads(slots: SlotTable, read_slots: set[int], context: grpc.aio.ServicerContext) -> None:
+async def hold_reads(slots: SlotTable, read_slots: set[int], context: Deadline) -> None:
     """Reads of a frozen slot wait for its move to end, as writes do: once the move commits,
     its target may take writes that this node would not see. (Still frozen after the wait:
     the reader answers WRONG_SLOT.)"""

@@ -12,6 +12,7 @@ move calls are node/slotmove.py's protocol. GetSlots also carries the node's tri
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -22,7 +23,7 @@ import serving
 from node import metrics, outbox, state_machine as sm
 from node.backup import LegHold
 from node.engine import Engine, Overloaded
-from node.holding import fence_of, submit_holding
+from node.holding import Deadline, Within, fence_of, submit_holding
 from node.identity import Identity
 from node.keys import account_slot
 from node.replication import Replica, ReplicaRefused
@@ -34,6 +35,8 @@ from serving import BadRequest, Context, Refused, authz, parse_request
 log = logging.getLogger("yunkai.node.internal")
 
 NODE_SERVICE = "yunkai.node.v1.Node"
+APPLY_CREDIT_LEGS = f"/{NODE_SERVICE}/ApplyCreditLegs"
+IN_PROCESS = "in-process"  # the audit detail of a call a node made to itself without gRPC
 
 REFUSALS: serving.Refusals = (
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -56,8 +59,10 @@ class NodeService:
         replica: Replica,
         zone: str = "",
         legs: LegHold | None = None,
+        audit_own: authz.AuditOwn | None = None,
     ) -> None:
         self.zone = zone
+        self.audit_own = audit_own or authz.audit_nothing  # the gate's entry for a call to itself
         self.legs = legs or LegHold()  # a backup's hold on the legs this node receives (node/backup.py)
         self.engine = engine
         self.slots = slots
@@ -115,6 +120,32 @@ class NodeService:
 
     async def apply_credit_legs(self, data: bytes, context: Context) -> Message:
         request = parse_request(node_pb2.ApplyCreditLegsRequest, data)
+        sender = authz.caller()
+        uri = None if sender is authz.ANONYMOUS else sender.uri
+        return await self._apply_legs(request, uri, context, context.peer())
+
+    async def apply_own_legs(self, request: node_pb2.ApplyCreditLegsRequest) -> node_pb2.ApplyCreditLegsResponse:
+        """Legs this node sends to itself (its debit slot and the credit slot both led here, but
+        not writable in one batch: node/slots.py `same_batch`), without gRPC (node/relay.py):
+        checked and applied as ApplyCreditLegs would, sender included (this node's identity
+        must still be the debit slot's primary by its table), within the relay's call deadline,
+        and audited as the gate audits the call, its detail saying it was made in-process."""
+        deadline = Within(self.engine.relay.limits.rpc_timeout_s)
+        sender = self.slots.spiffe_id or None  # under --insecure the network path checks no sender either
+        try:
+            response = await self._apply_legs(request, sender, deadline, "this node")
+        except BaseException as error:
+            status = serving.refusal(error, REFUSALS) or grpc.StatusCode.UNKNOWN
+            if isinstance(error, asyncio.CancelledError):  # the relay's deadline passed
+                status = grpc.StatusCode.CANCELLED
+            await self.audit_own(APPLY_CREDIT_LEGS, request, status, f"{IN_PROCESS}: {error}")
+            raise
+        await self.audit_own(APPLY_CREDIT_LEGS, request, grpc.StatusCode.OK, IN_PROCESS)
+        return response
+
+    async def _apply_legs(
+        self, request: node_pb2.ApplyCreditLegsRequest, sender: str | None, deadline: Deadline, peer: str
+    ) -> node_pb2.ApplyCreditLegsResponse:
         legs = request.legs
         limit = self.engine.limits.batch_events_max
         if not legs:
@@ -128,7 +159,6 @@ class NodeService:
             reason = outbox.malformed_leg(leg)
             if reason is not None:
                 raise BadRequest(f"legs[{index}].{reason}")
-        sender = authz.caller()
         slots: list[int] = []
         submit: list[tuple[node_pb2.CreditLeg, int, int]] = []
         positions: list[int] = []
@@ -142,14 +172,14 @@ class NodeService:
             if not self.slots.serves(slot, epoch):
                 results[index] = sm.Result(pb.WRONG_SLOT)
                 continue
-            if sender is not authz.ANONYMOUS and not self._sent_by_debit_primary(leg, sender.uri):
+            if sender is not None and not self._sent_by_debit_primary(leg, sender):
                 results[index] = sm.Result(pb.DEBIT_ACCOUNT_NOT_FOUND, outbox.SENDER_FIELD)
                 continue
             submit.append((leg, slot, epoch))
             positions.append(index)
         if submit:
             async with self.legs.admit():  # waits while a backup's cut holds incoming legs
-                answers = await submit_holding(self.slots, self.engine.submit_credit_legs, submit, context)
+                answers = await submit_holding(self.slots, self.engine.submit_credit_legs, submit, deadline)
             for position, result in zip(positions, answers, strict=True):
                 results[position] = result
         response = node_pb2.ApplyCreditLegsResponse()
@@ -161,12 +191,7 @@ class NodeService:
             elif r.code in outbox.PROTOCOL_REFUSALS:
                 log.warning(
                     "a credit leg that breaks the outbox protocol was refused",
-                    extra={
-                        "code": pb.ResultCode.Name(r.code),
-                        "field": r.field,
-                        "leg": str(leg)[:500],
-                        "peer": context.peer(),
-                    },
+                    extra={"code": pb.ResultCode.Name(r.code), "field": r.field, "leg": str(leg)[:500], "peer": peer},
                 )
         metrics.request_events.labels("ApplyCreditLegs").observe(len(legs))
         return response

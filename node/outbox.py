@@ -10,7 +10,8 @@ Terms
                account (for a post or void: the pending transfer's) may not be written in
                one batch when the committer applies it (node/slots.py `same_batch`): the
                credit slot is not written here now, or the two slots differ and either has
-               followers (then this node may be its own credit node). Everything else is
+               followers (then this node may be its own credit node: node/relay.py hands
+               such a leg to its own ApplyCreditLegs in-process). Everything else is
                applied in one batch by node/state_machine.py.
   debit node   Owns the debit account's slot: it takes the transfer, keeps its record and
                owns the outbox entry. It alone decides the transfer's state.

@@ -17,6 +17,12 @@ The protocol is node/outbox.py's; this is its I/O. Delivery rules:
     its next cycle and applies each result (outbox.apply_leg_result): the transfer settles
     and the entry is deleted in one batch; the entry leaves memory once that batch is
     durable, and callers waiting for the transfer are woken then.
+  * A leg whose credit slot this node leads itself (the two slots are not writable in one
+    batch: node/slots.py `same_batch`, when they have followers) is not sent over gRPC to
+    this node's own address: it goes to `deliver_own`'s function (node/node_service.py
+    `apply_own_legs`), which checks, applies and audits it as ApplyCreditLegs would, under the
+    same deadline, with the same results, failures and retries. The owner is still read from
+    the table (or a redirect) at each attempt: a leg of a slot that moved goes over the network.
 Channels to other nodes use the node's own certificate (mutual TLS, serving/tls.py) when it has
 them, else plaintext.
 """
@@ -32,7 +38,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -58,6 +64,7 @@ _CHANNEL_OPTIONS = [
 _WARN_EVERY_S = 10.0
 
 RouteFn = Callable[[int], tuple[int, str]]
+OwnLegs = Callable[[node_pb2.ApplyCreditLegsRequest], Awaitable[node_pb2.ApplyCreditLegsResponse]]
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,11 @@ class Relay:
         self._wake = asyncio.Event()
         self._warned_at: dict[str, float] = {}
         self._rng = random.Random()
+        self._own: tuple[Callable[[], str], OwnLegs] | None = None
+
+    def deliver_own(self, address: Callable[[], str], apply: OwnLegs) -> None:
+        """Legs for the owner `address()` (this node) go to `apply`, not over gRPC (see the module)."""
+        self._own = (address, apply)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -296,11 +308,12 @@ class Relay:
             self._stubs[owner] = pair
         return pair[1]
 
-    def _warn(self, about: str, message: str, legs: int) -> None:
+    def _warn(self, about: str, message: str, legs: int, error: BaseException | None = None) -> None:
         now = time.monotonic()
         if now - self._warned_at.get(about, -_WARN_EVERY_S) >= _WARN_EVERY_S:
             self._warned_at[about] = now
-            log.warning("credit legs not delivered", extra={"to": about, "reason": message, "legs": legs})
+            extra = {"to": about, "reason": message, "legs": legs}
+            log.warning("credit legs not delivered", extra=extra, exc_info=error)
 
     async def _send(self, owner: str, group: _Group) -> None:
         request = node_pb2.ApplyCreditLegsRequest(
@@ -309,11 +322,28 @@ class Relay:
         started = time.perf_counter()
         reply: node_pb2.ApplyCreditLegsResponse | None = None
         failure = ""
+        own = self._own is not None and owner == self._own[0]()
         try:
-            reply = await self._stub(owner).ApplyCreditLegs(request, timeout=self.limits.rpc_timeout_s)
+            if own:
+                assert self._own is not None
+                async with asyncio.timeout(self.limits.rpc_timeout_s):
+                    reply = await self._own[1](request)
+            else:
+                reply = await self._stub(owner).ApplyCreditLegs(request, timeout=self.limits.rpc_timeout_s)
         except grpc.aio.AioRpcError as error:
             failure = error.code().name
             self._warn(owner, f"{failure}: {error.details()}", len(group.entries))
+        except Exception as error:  # this node's own legs: what a handler would have answered as an error
+            if not own:
+                raise
+            expected = isinstance(error, (TimeoutError, serving.Refused)) or type(error).__name__ == "Overloaded"
+            if isinstance(error, TimeoutError):
+                failure = "DEADLINE_EXCEEDED"
+            elif isinstance(error, serving.Refused):
+                failure = error.code.name
+            else:
+                failure = type(error).__name__  # Overloaded (its queue is full), or a bug: logged with its stack
+            self._warn(owner, f"its own legs: {failure}: {error}", len(group.entries), None if expected else error)
         finally:
             self._in_flight -= len(group.entries)
             self._wake.set()

@@ -40,6 +40,7 @@ from node.storage import Storage
 from proto import contract
 from proto.contract import LEDGER_SERVICE
 from router.slots import SLOTS_TOTAL_DEFAULT, SLOTS_TOTAL_MAX
+from serving import authz
 
 log = logging.getLogger("yunkai.node")
 DEFAULTS: dict[str, Any] = {
@@ -162,10 +163,14 @@ async def _node(settings: dict[str, Any], server: grpc.aio.Server, port: int) ->
         in_flight_wait_s = int(settings["in_flight_wait_ms"]) / 1000
         backups = Backups(engine, slots, storage, identity)
         zone = str(settings["zone"] or "")
+        gate: authz.Gate | None = settings.get("gate")
+        audit_own = gate.auditing_own(slots.spiffe_id or authz.ANONYMOUS.uri) if gate is not None else None
+        node_service = NodeService(engine, slots, moves, identity, replica, zone, backups.legs, audit_own)
+        engine.relay.deliver_own(lambda: slots.self_address, node_service.apply_own_legs)
         server.add_generic_rpc_handlers(
             [
                 LedgerService(engine, slots, storage, in_flight_wait_s).handler(),
-                NodeService(engine, slots, moves, identity, replica, zone, backups.legs).handler(),
+                node_service.handler(),
                 backups.handler(),
             ]
         )

@@ -348,6 +348,15 @@ class _Bucket:
         return (1.0 - self.tokens) / rate
 
 
+# The entry the gate would write for a call this process makes to itself without the network
+# (a node applying its own credit legs, node/relay.py): (method, request, status, detail).
+AuditOwn = Callable[[str, message.Message, grpc.StatusCode, str], Awaitable[None]]
+
+
+async def audit_nothing(method: str, request: message.Message, status: grpc.StatusCode, detail: str) -> None:
+    """An AuditOwn for a process without an audit log (tests that build a service by hand)."""
+
+
 class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type stubs
     """Authentication, authorization and per-caller limits for every call (see the module)."""
 
@@ -366,6 +375,17 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
         self._refusals: dict[tuple[str, str], tuple[float, int]] = {}
         self._streams: dict[str, int] = {}
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def auditing_own(self, caller_uri: str) -> AuditOwn:
+        """Audit calls this process makes to itself as `caller_uri` (its own identity), as the
+        gate audits a call that came over the network: an audited method only, the same entry;
+        AuditUnavailable (the log cannot take it) fails the call as UNAVAILABLE fails a remote one."""
+
+        async def record(method: str, request: message.Message, status: grpc.StatusCode, detail: str) -> None:
+            if self.audit is not None and method in AUDITED:
+                await self.audit.record(caller_uri, method, _ids(method, request), status, detail)
+
+        return record
 
     async def intercept_service(
         self,

@@ -16,7 +16,7 @@
 --insecure, logged), listens on --host/--port with mutual TLS behind the gate (who may call
 what, per-caller limits: serving/authz.py), registers gRPC health (and reflection, only with
 --reflection), puts the TLS material in `settings["tls"]` for the app's outgoing calls,
-enters the app, starts Prometheus metrics (--metrics-port), reports SERVING (a
+puts the gate in `settings["gate"]`, enters the app, starts Prometheus metrics (--metrics-port), reports SERVING (a
 JSON log line and one machine-readable stdout line, `{"event": "serving", "port": P}`, for
 the scripts and tests that start us), and waits for SIGTERM or SIGINT. Then it reports
 NOT_SERVING, ends the streams that last as long as their peer keeps them open (handlers
@@ -127,6 +127,7 @@ async def serve(
         deadline_s_max=float(settings["deadline_s_max"]),
     )
     gate = Gate(secure=tls is not None, limits=limits)
+    settings["gate"] = gate  # for an app's calls to itself, which it audits as the gate would (Gate.auditing_own)
     audit: AuditLog | None = None
     try:
         server = new_server(reuse_port, [gate])

@@ -9,10 +9,12 @@ stream only from the certificate the table names for it.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 import pytest
@@ -243,6 +245,39 @@ def split_table(
             entry.owner, followers = changed[entry.slot]
             entry.followers[:] = followers
     return request
+
+
+def test_a_leg_whose_credit_slot_the_debit_node_leads_is_applied_in_process_and_audited(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Between two replicated slots one node leads, the transfer goes through the outbox, but its
+    leg is not sent over gRPC to the node's own address: the relay hands it to the node's own
+    ApplyCreditLegs in-process (node/relay.py), with the same checks and result, and the audit
+    log has the entry the gate would have written, by the node's own identity, marked in-process."""
+    with nodes(tmp_path_factory, 2) as (a, b):
+        addresses = [a.process.address, b.process.address]
+        ids = identities([a, b])
+        config = table(1, addresses[0], [addresses[1]], ids)
+        assign(a, config, addresses[0])
+        assign(b, config, addresses[1])
+        debit = fresh("d")
+        credit = next(i for i in (fresh("k") for _ in range(100)) if account_slot(i, S) != account_slot(debit, S))
+        assert wait_served(a, debit).code == pb.ACCOUNT_NOT_FOUND  # a holds its lease
+        assert a.accounts(*(pb.Account(id=i, ledger=LEDGER, code=1) for i in (debit, credit))) == [pb.OK, pb.OK]
+        t = pb.Transfer(id=fresh("t"), debit_account_id=debit, credit_account_id=credit, amount=99, ledger=LEDGER,
+                        code=1)  # fmt: skip
+        [answer] = a.transfers(t)
+        assert answer.code == pb.OK, answer
+        assert a.account(debit).debits_posted == 99
+        assert a.account(credit).credits_posted == 99
+        [again] = a.transfers(t)
+        assert again.code == pb.EXISTS, again  # settled once
+        entries = [json.loads(line) for line in Path(a.process.data_dir, "audit.log").read_bytes().splitlines()]
+        legs = [e for e in entries if e["method"].endswith("/ApplyCreditLegs")]
+        assert len(legs) == 1, legs
+        assert legs[0]["caller"] == ids[addresses[0]], legs
+        assert legs[0]["status"] == "OK" and legs[0]["detail"] == "in-process", legs
+        assert f"{debit}/{t.id}" in legs[0]["ids"], legs
 
 
 @pytest.mark.parametrize("failed_over", ["debit", "credit"])
