@@ -14,6 +14,7 @@ the same Idempotency-Key: the ids below make every step apply once).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -643,15 +644,20 @@ def _customer_routes(api: FastAPI) -> None:
                 if stored.get("by") != request.state.claim:  # not this request's own earlier attempt
                     raise ApiError(409, "exists", f"customer {body.customer_ref} is onboarded already") from None
             onboarded_ms = int(stored["onboarded_unix_ms"])
-            [opened] = await _call(gateway.ledger.create_accounts([deposit]))
+            # Two commits in two slots, each safe to repeat: together, not one after the other.
+            [opened], _watched = await _call(
+                asyncio.gather(
+                    gateway.ledger.create_accounts([deposit]), watch_customer(gateway.records, caller.partner, customer)
+                )
+            )
             if opened.code not in (ResultCode.OK, ResultCode.EXISTS):
                 raise ApiError(409, "refused", f"the deposit account was not opened: {opened.code.name}")
-            await _call(watch_customer(gateway.records, caller.partner, customer))
             out = CustomerOut(
                 customer_ref=body.customer_ref,
                 name=body.name,
                 onboarded_unix_ms=onboarded_ms,
-                deposit_balance_fen=await _deposit_balance(gateway, customer),
+                # Opened by this call: nothing has moved yet. Opened before (a rerun): as it is now.
+                deposit_balance_fen=0 if opened.code == ResultCode.OK else await _deposit_balance(gateway, customer),
             )
             return _json(out, 201)
 
@@ -917,9 +923,13 @@ def _loan_routes(api: FastAPI) -> None:
                 )
             )
             out = _loan(loan, caller, body.loan_ref, kept["sha256"])
-            await _call(watch_loan(gateway.records, caller.partner, loan_id, loan.customer))
             data = out.model_dump(include={"loan_ref", "customer_ref", "product", "principal_fen", "drawdown_date"})
-            await _call(gateway.webhooks.emit(caller.partner, "drawdown", f"drawdown.{loan_id}", data))
+            await _call(  # two commits, each safe to repeat: together
+                asyncio.gather(
+                    watch_loan(gateway.records, caller.partner, loan_id, loan.customer),
+                    gateway.webhooks.emit(caller.partner, "drawdown", f"drawdown.{loan_id}", data),
+                )
+            )
             return _json(out, 201)
 
         return await _once(request, caller, idempotency_key, run)

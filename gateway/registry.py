@@ -4,7 +4,8 @@ A partner's record and its apps' records sit in one slot, the partner's (`{p<pid
 partner with its apps is one read and its list one scan of one slot. Client secrets are
 kept as scrypt hashes (RFC 7914's parameters below: 16 MiB and ~40 ms a check here), and
 checked with a constant-time comparison. Each process caches what it read for
-REGISTRY_FRESH_S: a revocation or rotation reaches every process within that.
+REGISTRY_FRESH_S (an app, and a partner's apps for its events' deliveries): a revocation, a
+rotation or a new webhook reaches every process within that.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clients.ledger import LedgerClient
@@ -97,6 +99,7 @@ class Registry:
     def __init__(self, ledger: LedgerClient) -> None:
         self.records = Records(ledger, RECORDS)
         self._cache: dict[str, tuple[float, Client | None]] = {}
+        self._apps: dict[str, tuple[float, Sequence[pb.App]]] = {}  # partner id -> its apps, when read
 
     # --- the operators' side (gateway/admin.py) ------------------------------------------
 
@@ -161,6 +164,7 @@ class Registry:
             await self.records.commit([Put("app", _app_key(partner.partner_id, request.app), stored, 0)])
         except Conflict:
             raise AlreadyExists(f"app {app.client_id} exists already (rotate-secret gives it a new secret)") from None
+        self._apps.pop(partner.partner_id, None)
         return pb.AppCredentials(app=app, client_secret=secret)
 
     async def rotate(self, client_id: str) -> pb.AppCredentials:
@@ -174,6 +178,7 @@ class Registry:
         partner_id, name = client_id.split(".")
         await self.records.commit([Put("app", _app_key(partner_id, name), fresh, version)])
         self._cache.pop(client_id, None)
+        self._apps.pop(partner_id, None)
         return pb.AppCredentials(app=app, client_secret=secret)
 
     async def set_webhook(self, client_id: str, url: str) -> pb.App:
@@ -189,6 +194,7 @@ class Registry:
         partner_id, name = client_id.split(".")
         await self.records.commit([Put("app", _app_key(partner_id, name), stored, version)])
         self._cache.pop(client_id, None)
+        self._apps.pop(partner_id, None)
         return stored.app
 
     async def revoke(self, identifier: str) -> int:
@@ -211,6 +217,7 @@ class Registry:
             await self.records.commit([Put("app", _app_key(partner_id, name), stored, version)])
             revoked += 1
         self._cache.clear()
+        self._apps.clear()
         return revoked
 
     async def _stored(self, client_id: str) -> tuple[pb.StoredApp, int]:
@@ -240,6 +247,19 @@ class Registry:
         if app_record is None or partner_record is None or not hmac.compare_digest(hashed, stored.secret_scrypt):
             return None
         return _client(stored.app, pb.Partner.FromString(partner_record.value))
+
+    async def apps_fresh(self, partner_id: str) -> Sequence[pb.App]:
+        """The partner's apps as the registry held them at most REGISTRY_FRESH_S ago (an event's
+        deliveries: gateway/webhooks.py), without a scan of its slot on every write."""
+        now = time.monotonic()
+        cached = self._apps.get(partner_id)
+        if cached is not None and now - cached[0] < REGISTRY_FRESH_S:
+            return cached[1]
+        apps = [stored.app for stored, _version in await self.apps(partner_id)]
+        if len(self._apps) >= _CACHED_MAX:
+            self._apps.clear()
+        self._apps[partner_id] = (now, apps)
+        return apps
 
     async def client(self, client_id: str) -> Client | None:
         """The app as the registry held it at most REGISTRY_FRESH_S ago (None: unknown)."""

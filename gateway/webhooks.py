@@ -108,7 +108,7 @@ class Webhooks:
         """Record an event for delivery, with `also` (records of the partner's slot) in the same
         commit; False if it was emitted before (its id is taken) or `also` changed meanwhile."""
         assert event_type in EVENT_TYPES, event_type
-        apps = [s.app for s, _v in await self.registry.apps(partner_id)]
+        apps = await self.registry.apps_fresh(partner_id)  # within REGISTRY_FRESH_S of a new webhook
         now_ms = int(time.time() * 1000)
         record = {
             "id": event_id,
