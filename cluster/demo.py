@@ -44,7 +44,7 @@ from clients.ledger import (
 )
 from clients.partner import PartnerClient
 from cluster.commands import LocalCluster
-from cluster.local import GatewayProcess, LendingProcess, RiskProcess, ScoringProcess, ServiceProcess, _free_port
+from cluster.local import GatewayProcess, LendingProcess, RiskProcess, ScoringProcess, ServiceProcess, free_port
 from proto import (
     gateway_pb2 as gpb,
     gateway_pb2_grpc,
@@ -226,7 +226,7 @@ class Sandbox:
 def _start_gateway(cluster: LocalCluster, lending: ServiceProcess, risk: ServiceProcess, port: int) -> GatewayProcess:
     """The partner gateway: its registry on port + 500, partners' HTTPS on port + 1443 (8443 by default)."""
     upstream = ["--router", cluster.address, "--risk", risk.address, "--lending", lending.address]
-    http_port = port + 1443 if port else _free_port()
+    http_port = port + 1443 if port else free_port()
     gateway = GatewayProcess(
         os.path.join(cluster.data_dir, "gateway"),
         http_port,

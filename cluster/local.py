@@ -178,7 +178,7 @@ class RedisProcess:
         if executable is None:
             raise RuntimeError("redis-server is not installed: run `bash cluster/install-redis.sh` (make services)")
         os.makedirs(self.work_dir, exist_ok=True)
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         arguments = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         log = open(os.path.join(self.work_dir, "redis.log"), "ab")  # noqa: SIM115 (handed to the child)
         self.process = subprocess.Popen(
@@ -251,7 +251,7 @@ class EtcdProcess:
         if binary is None:
             raise ProcessFailed("etcd is not installed: run cluster/install-etcd.sh (Debian's etcd-server)")
         if not self.client_port:
-            self.client_port, self.peer_port = _free_port(), _free_port()
+            self.client_port, self.peer_port = free_port(), free_port()
         scheme = "http" if self.tls_dir is None else "https"
         client, peer = f"{scheme}://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{self.peer_port}"
         command = [
@@ -312,7 +312,9 @@ class EtcdProcess:
         return self.process.returncode
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback now (for a process about to listen on it: the scripts'
+    and tests' local services that take no --port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 
 from cluster.commands import LocalCluster
-from cluster.local import GatewayProcess, RedisProcess, ServiceProcess, _free_port, start_business
+from cluster.local import GatewayProcess, RedisProcess, ServiceProcess, free_port, start_business
 from loadtest import identities, report
 from proto import gateway_pb2 as gpb, gateway_pb2_grpc, lending_pb2 as lpb, lending_pb2_grpc
 from serving.transport import sync_role_channel
@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
         applicants_file = os.path.join(work, "approved.json")
         Path(applicants_file).write_text(json.dumps(approved))
         redis.start()
-        port = _free_port()
+        port = free_port()
         upstream = ["--router", cluster.address, "--risk", risk.address, "--lending", lending.address]
         shared = [*upstream, "--token-key", os.path.join(work, "token.key"), "--quota-store", redis.url]
         gateways = [

@@ -23,11 +23,11 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from typing import Any
 
+from cluster.local import free_port
 from loadtest.workloads import Chooser, Plan, deposit, loan
 
 SCHEMA = """
@@ -53,7 +53,7 @@ class PostgresServer:
         self.bin_dir = bin_dir
         self.directory = tempfile.mkdtemp(prefix="yunkai-bench-pg-")
         self.data_dir = os.path.join(self.directory, "data")
-        self.port = _free_port()
+        self.port = free_port()
         self.user: str | None = None
         if os.geteuid() == 0:  # initdb and postgres refuse root
             self.user = "postgres"
@@ -91,12 +91,6 @@ class PostgresServer:
             self._run("pg_ctl", "-D", self.data_dir, "-m", "fast", "-w", "stop")
             self.started = False
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def create_ledger(conninfo: str, run: str, customers: int) -> None:

@@ -33,7 +33,7 @@ import pytest
 from clients.ledger import Account, LedgerClient, ResultCode
 from clients.partner import ROUTES, PartnerApiError, PartnerClient, verify_signature
 from cluster.commands import LocalCluster
-from cluster.local import GatewayProcess, LendingProcess, RedisProcess, RiskProcess, _free_port
+from cluster.local import GatewayProcess, LendingProcess, RedisProcess, RiskProcess, free_port
 from lending.limits import CreditLimits
 from lending.loans import Accounts
 from proto import lending_pb2 as lpb, lending_pb2_grpc
@@ -63,7 +63,7 @@ def gateways(
 ) -> Iterator[list[GatewayProcess]]:
     """Two gateway processes on one HTTPS port, one token key, quotas counted in Redis."""
     key = str(tmp_path_factory.mktemp("gateway-key") / "token.key")
-    port = _free_port()
+    port = free_port()
     upstream = ["--router", cluster.address, "--risk", risk.address, "--lending", lending.address]
     shared = [*upstream, "--token-key", key, "--quota-store", redis.url, "--watch-every-s", "1"]
     started = [GatewayProcess(str(tmp_path_factory.mktemp(f"gateway{i}")), port, shared).start() for i in range(2)]
