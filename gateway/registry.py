@@ -234,19 +234,13 @@ class Registry:
     async def authenticate(self, client_id: str, secret: str) -> Client | None:
         """The app whose id and secret these are (revoked or not), or None: no such app, or
         the secret is not its current one."""
-        split = split_client_id(client_id)
-        app_record = partner_record = None
-        if split is not None:
-            [app_record, partner_record] = await self.records.read(
-                [("app", _app_key(*split)), ("partner", _partner_key(split[0]))]
-            )
-        stored = pb.StoredApp.FromString(app_record.value) if app_record is not None else _NOBODY
+        stored, partner = await self._app_and_partner(client_id)
         # scrypt off the event loop (~40 ms of a core), and for an unknown client id too, so the
         # answer's time does not tell whether the id exists.
-        hashed = await asyncio.to_thread(_hash, secret, stored.secret_salt)
-        if app_record is None or partner_record is None or not hmac.compare_digest(hashed, stored.secret_scrypt):
+        hashed = await asyncio.to_thread(_hash, secret, (stored or _NOBODY).secret_salt)
+        if stored is None or partner is None or not hmac.compare_digest(hashed, stored.secret_scrypt):
             return None
-        return _client(stored.app, pb.Partner.FromString(partner_record.value))
+        return _client(stored.app, partner)
 
     async def apps_fresh(self, partner_id: str) -> Sequence[pb.App]:
         """The partner's apps as the registry held them at most REGISTRY_FRESH_S ago (an event's
@@ -267,19 +261,25 @@ class Registry:
         cached = self._cache.get(client_id)
         if cached is not None and now - cached[0] < REGISTRY_FRESH_S:
             return cached[1]
-        split = split_client_id(client_id)
-        client: Client | None = None
-        if split is not None:
-            [app_record, partner_record] = await self.records.read(
-                [("app", _app_key(*split)), ("partner", _partner_key(split[0]))]
-            )
-            if app_record is not None and partner_record is not None:
-                stored = pb.StoredApp.FromString(app_record.value)
-                client = _client(stored.app, pb.Partner.FromString(partner_record.value))
+        stored, partner = await self._app_and_partner(client_id)
+        client = _client(stored.app, partner) if stored is not None and partner is not None else None
         if len(self._cache) >= _CACHED_MAX:
             self._cache.clear()
         self._cache[client_id] = (now, client)
         return client
+
+    async def _app_and_partner(self, client_id: str) -> tuple[pb.StoredApp | None, pb.Partner | None]:
+        """The app's record and its partner's, in one read (None where there is none)."""
+        split = split_client_id(client_id)
+        if split is None:
+            return None, None
+        [app_record, partner_record] = await self.records.read(
+            [("app", _app_key(*split)), ("partner", _partner_key(split[0]))]
+        )
+        return (
+            None if app_record is None else pb.StoredApp.FromString(app_record.value),
+            None if partner_record is None else pb.Partner.FromString(partner_record.value),
+        )
 
 
 _NOBODY = pb.StoredApp(secret_salt=b"\0" * 16, secret_scrypt=b"")  # compared against when no app has the id
