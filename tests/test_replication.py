@@ -138,11 +138,7 @@ def test_a_follower_refuses_a_deposed_primary_which_then_stops_serving(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     with nodes(tmp_path_factory, 2) as (a, b):
-        addresses = [a.process.address, b.process.address]
-        ids = identities([a, b])
-        first = table(1, addresses[0], [addresses[1]], ids)
-        assign(a, first, addresses[0])
-        assign(b, first, addresses[1])
+        addresses, ids = led_by_first(a, b)
         account = fresh("z")
         assert wait_served(a, account).code == pb.ACCOUNT_NOT_FOUND  # a holds its lease
         assert a.accounts(pb.Account(id=account, ledger=LEDGER, code=1)) == [pb.OK]
@@ -247,6 +243,27 @@ def split_table(
     return request
 
 
+def led_by_first(a: NodeHandle, b: NodeHandle) -> tuple[list[str], dict[str, str]]:
+    """Every slot led by `a` with `b` its follower, at epoch 1: (addresses, identities)."""
+    addresses = [a.process.address, b.process.address]
+    ids = identities([a, b])
+    config = table(1, addresses[0], [addresses[1]], ids)
+    assign(a, config, addresses[0])
+    assign(b, config, addresses[1])
+    return addresses, ids
+
+
+def two_slots_led_by_first(a: NodeHandle, b: NodeHandle) -> tuple[list[str], dict[str, str], str, str]:
+    """`led_by_first`, and two accounts opened on `a` in two different slots: (addresses,
+    identities, debit id, credit id)."""
+    addresses, ids = led_by_first(a, b)
+    debit = fresh("d")
+    credit = next(i for i in (fresh("k") for _ in range(100)) if account_slot(i, S) != account_slot(debit, S))
+    assert wait_served(a, debit).code == pb.ACCOUNT_NOT_FOUND  # a holds its lease
+    assert a.accounts(*(pb.Account(id=i, ledger=LEDGER, code=1) for i in (debit, credit))) == [pb.OK, pb.OK]
+    return addresses, ids, debit, credit
+
+
 def test_a_leg_whose_credit_slot_the_debit_node_leads_is_applied_in_process_and_audited(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -255,15 +272,7 @@ def test_a_leg_whose_credit_slot_the_debit_node_leads_is_applied_in_process_and_
     ApplyCreditLegs in-process (node/relay.py), with the same checks and result, and the audit
     log has the entry the gate would have written, by the node's own identity, marked in-process."""
     with nodes(tmp_path_factory, 2) as (a, b):
-        addresses = [a.process.address, b.process.address]
-        ids = identities([a, b])
-        config = table(1, addresses[0], [addresses[1]], ids)
-        assign(a, config, addresses[0])
-        assign(b, config, addresses[1])
-        debit = fresh("d")
-        credit = next(i for i in (fresh("k") for _ in range(100)) if account_slot(i, S) != account_slot(debit, S))
-        assert wait_served(a, debit).code == pb.ACCOUNT_NOT_FOUND  # a holds its lease
-        assert a.accounts(*(pb.Account(id=i, ledger=LEDGER, code=1) for i in (debit, credit))) == [pb.OK, pb.OK]
+        addresses, ids, debit, credit = two_slots_led_by_first(a, b)
         t = pb.Transfer(id=fresh("t"), debit_account_id=debit, credit_account_id=credit, amount=99, ledger=LEDGER,
                         code=1)  # fmt: skip
         [answer] = a.transfers(t)
@@ -291,15 +300,7 @@ def test_a_transfer_between_two_slots_is_not_doubled_or_lost_when_only_one_of_th
     failed over). Between replicated slots it goes through the outbox, which holds across any
     two configurations."""
     with nodes(tmp_path_factory, 2) as (a, b):
-        addresses = [a.process.address, b.process.address]
-        ids = identities([a, b])
-        first = table(1, addresses[0], [addresses[1]], ids)
-        assign(a, first, addresses[0])
-        assign(b, first, addresses[1])
-        debit = fresh("d")
-        credit = next(i for i in (fresh("k") for _ in range(100)) if account_slot(i, S) != account_slot(debit, S))
-        assert wait_served(a, debit).code == pb.ACCOUNT_NOT_FOUND  # a holds its lease
-        assert a.accounts(*(pb.Account(id=i, ledger=LEDGER, code=1) for i in (debit, credit))) == [pb.OK, pb.OK]
+        addresses, ids, debit, credit = two_slots_led_by_first(a, b)
         moved, kept = (debit, credit) if failed_over == "debit" else (credit, debit)
         # The controller hands `moved`'s slot to b (a cut off from it) and keeps `kept`'s on a,
         # without b; it tells b first.
