@@ -31,6 +31,7 @@ from node.slotmove import MoveError, SlotMoves
 from node.slots import SlotTable
 from proto import ledger_pb2 as pb, node_pb2
 from serving import BadRequest, Context, Refused, authz, parse_request
+from serving.audit import AuditUnavailable
 
 log = logging.getLogger("yunkai.node.internal")
 
@@ -129,18 +130,25 @@ class NodeService:
         not writable in one batch: node/slots.py `same_batch`), without gRPC (node/relay.py):
         checked and applied as ApplyCreditLegs would, sender included (this node's identity
         must still be the debit slot's primary by its table), within the relay's call deadline,
-        and audited as the gate audits the call, its detail saying it was made in-process."""
+        and audited as the gate audits the call, its detail saying it was made in-process. What a
+        gRPC caller would see as a status (a full queue, an audit log that cannot take the entry)
+        is raised as Refused with that status, so the relay counts and retries it alike."""
         deadline = Within(self.engine.relay.limits.rpc_timeout_s)
         sender = self.slots.spiffe_id or None  # under --insecure the network path checks no sender either
         try:
-            response = await self._apply_legs(request, sender, deadline, "this node")
-        except BaseException as error:
-            status = serving.refusal(error, REFUSALS) or grpc.StatusCode.UNKNOWN
-            if isinstance(error, asyncio.CancelledError):  # the relay's deadline passed
-                status = grpc.StatusCode.CANCELLED
-            await self.audit_own(APPLY_CREDIT_LEGS, request, status, f"{IN_PROCESS}: {error}")
-            raise
-        await self.audit_own(APPLY_CREDIT_LEGS, request, grpc.StatusCode.OK, IN_PROCESS)
+            try:
+                response = await self._apply_legs(request, sender, deadline, "this node")
+            except BaseException as error:
+                status = serving.refusal(error, REFUSALS) or grpc.StatusCode.UNKNOWN
+                if isinstance(error, asyncio.CancelledError):  # the relay's deadline passed
+                    status = grpc.StatusCode.CANCELLED
+                await self.audit_own(APPLY_CREDIT_LEGS, request, status, f"{IN_PROCESS}: {error}")
+                raise
+            await self.audit_own(APPLY_CREDIT_LEGS, request, grpc.StatusCode.OK, IN_PROCESS)
+        except Overloaded as error:
+            raise Refused(str(error), grpc.StatusCode.RESOURCE_EXHAUSTED) from error
+        except AuditUnavailable as error:  # as the gate answers a call it cannot audit
+            raise Refused(str(error), grpc.StatusCode.UNAVAILABLE) from error
         return response
 
     async def _apply_legs(

@@ -21,8 +21,10 @@ The protocol is node/outbox.py's; this is its I/O. Delivery rules:
     batch: node/slots.py `same_batch`, when they have followers) is not sent over gRPC to
     this node's own address: it goes to `deliver_own`'s function (node/node_service.py
     `apply_own_legs`), which checks, applies and audits it as ApplyCreditLegs would, under the
-    same deadline, with the same results, failures and retries. The owner is still read from
-    the table (or a redirect) at each attempt: a leg of a slot that moved goes over the network.
+    same deadline, with the same results, failures and retries (counted by the relay's own
+    metrics, legs sent and failed, not by the gRPC server's request metrics, which they never
+    reach). The owner is still read from the table (or a redirect) at each attempt: a leg of a
+    slot that moved goes over the network.
 Channels to other nodes use the node's own certificate (mutual TLS, serving/tls.py) when it has
 them, else plaintext.
 """
@@ -336,13 +338,15 @@ class Relay:
         except Exception as error:  # this node's own legs: what a handler would have answered as an error
             if not own:
                 raise
-            expected = isinstance(error, (TimeoutError, serving.Refused)) or type(error).__name__ == "Overloaded"
+            # A refusal carries the status the gRPC path would have answered (node_service.py
+            # apply_own_legs); anything else is a bug, logged with its stack.
+            expected = isinstance(error, (TimeoutError, serving.Refused))
             if isinstance(error, TimeoutError):
                 failure = "DEADLINE_EXCEEDED"
             elif isinstance(error, serving.Refused):
                 failure = error.code.name
             else:
-                failure = type(error).__name__  # Overloaded (its queue is full), or a bug: logged with its stack
+                failure = type(error).__name__
             self._warn(owner, f"its own legs: {failure}: {error}", len(group.entries), None if expected else error)
         finally:
             self._in_flight -= len(group.entries)
