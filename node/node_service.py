@@ -136,20 +136,24 @@ class NodeService:
         deadline = Within(self.engine.relay.limits.rpc_timeout_s)
         sender = self.slots.spiffe_id or None  # under --insecure the network path checks no sender either
         try:
-            try:
-                response = await self._apply_legs(request, sender, deadline, "this node")
-            except BaseException as error:
-                status = serving.refusal(error, REFUSALS) or grpc.StatusCode.UNKNOWN
-                if isinstance(error, asyncio.CancelledError):  # the relay's deadline passed
-                    status = grpc.StatusCode.CANCELLED
-                await self.audit_own(APPLY_CREDIT_LEGS, request, status, f"{IN_PROCESS}: {error}")
-                raise
-            await self.audit_own(APPLY_CREDIT_LEGS, request, grpc.StatusCode.OK, IN_PROCESS)
+            response = await self._apply_legs(request, sender, deadline, "this node")
         except Overloaded as error:
+            await self._audit_own(request, grpc.StatusCode.RESOURCE_EXHAUSTED, f"{IN_PROCESS}: {error}")
             raise Refused(str(error), grpc.StatusCode.RESOURCE_EXHAUSTED) from error
+        except BaseException as error:
+            status = serving.refusal(error, REFUSALS) or grpc.StatusCode.UNKNOWN
+            if isinstance(error, asyncio.CancelledError):  # the relay's deadline passed
+                status = grpc.StatusCode.CANCELLED
+            await self._audit_own(request, status, f"{IN_PROCESS}: {error}")
+            raise
+        await self._audit_own(request, grpc.StatusCode.OK, IN_PROCESS)
+        return response
+
+    async def _audit_own(self, request: node_pb2.ApplyCreditLegsRequest, status: grpc.StatusCode, detail: str) -> None:
+        try:
+            await self.audit_own(APPLY_CREDIT_LEGS, request, status, detail)
         except AuditUnavailable as error:  # as the gate answers a call it cannot audit
             raise Refused(str(error), grpc.StatusCode.UNAVAILABLE) from error
-        return response
 
     async def _apply_legs(
         self, request: node_pb2.ApplyCreditLegsRequest, sender: str | None, deadline: Deadline, peer: str
