@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from clients.ledger import LedgerClient
 from clients.records import Conflict, Put, Records
@@ -36,6 +37,7 @@ URL_CHARS_MAX = 512
 # scrypt's cost: N = 2^14, r = 8, p = 1 (RFC 7914 section 2's interactive-login figures).
 _SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
 _CACHED_MAX = 100_000
+V = TypeVar("V")
 
 
 class RegistryError(Exception):
@@ -93,13 +95,40 @@ def _hash(secret: str, salt: bytes) -> bytes:
     return hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)
 
 
+class _Fresh(Generic[V]):
+    """What this process read at most REGISTRY_FRESH_S ago, by key (at most _CACHED_MAX keys)."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[float, V]] = {}
+
+    def get(self, key: str) -> tuple[V] | None:
+        """(the value,) if it was read recently enough, else None."""
+        held = self._held.get(key)
+        if held is None or time.monotonic() - held[0] >= REGISTRY_FRESH_S:
+            return None
+        return (held[1],)
+
+    def put(self, key: str, value: V, read_at: float) -> None:
+        """Keep `value`, as of `read_at` (time.monotonic() before the read: never fresher than it is)."""
+        if len(self._held) >= _CACHED_MAX:
+            self._held.clear()
+        self._held[key] = (read_at, value)
+
+    def forget(self, key: str | None = None) -> None:
+        """Forget `key` (everything without one): this process changed it."""
+        if key is None:
+            self._held.clear()
+        else:
+            self._held.pop(key, None)
+
+
 class Registry:
     """Partners and apps over the ledger's records."""
 
     def __init__(self, ledger: LedgerClient) -> None:
         self.records = Records(ledger, RECORDS)
-        self._cache: dict[str, tuple[float, Client | None]] = {}
-        self._apps: dict[str, tuple[float, Sequence[pb.App]]] = {}  # partner id -> its apps, when read
+        self._clients: _Fresh[Client | None] = _Fresh()  # client id -> its app (None: no such app)
+        self._apps: _Fresh[Sequence[pb.App]] = _Fresh()  # partner id -> its apps
 
     # --- the operators' side (gateway/admin.py) ------------------------------------------
 
@@ -164,7 +193,7 @@ class Registry:
             await self.records.commit([Put("app", _app_key(partner.partner_id, request.app), stored, 0)])
         except Conflict:
             raise AlreadyExists(f"app {app.client_id} exists already (rotate-secret gives it a new secret)") from None
-        self._apps.pop(partner.partner_id, None)
+        self._apps.forget(partner.partner_id)
         return pb.AppCredentials(app=app, client_secret=secret)
 
     async def rotate(self, client_id: str) -> pb.AppCredentials:
@@ -177,8 +206,8 @@ class Registry:
         secret, fresh = _with_secret(app)
         partner_id, name = client_id.split(".")
         await self.records.commit([Put("app", _app_key(partner_id, name), fresh, version)])
-        self._cache.pop(client_id, None)
-        self._apps.pop(partner_id, None)
+        self._clients.forget(client_id)
+        self._apps.forget(partner_id)
         return pb.AppCredentials(app=app, client_secret=secret)
 
     async def set_webhook(self, client_id: str, url: str) -> pb.App:
@@ -193,8 +222,8 @@ class Registry:
         stored.app.webhook_version += 1
         partner_id, name = client_id.split(".")
         await self.records.commit([Put("app", _app_key(partner_id, name), stored, version)])
-        self._cache.pop(client_id, None)
-        self._apps.pop(partner_id, None)
+        self._clients.forget(client_id)
+        self._apps.forget(partner_id)
         return stored.app
 
     async def revoke(self, identifier: str) -> int:
@@ -216,8 +245,8 @@ class Registry:
             partner_id, name = stored.app.client_id.split(".")
             await self.records.commit([Put("app", _app_key(partner_id, name), stored, version)])
             revoked += 1
-        self._cache.clear()
-        self._apps.clear()
+        self._clients.forget()
+        self._apps.forget()
         return revoked
 
     async def _stored(self, client_id: str) -> tuple[pb.StoredApp, int]:
@@ -245,27 +274,23 @@ class Registry:
     async def apps_fresh(self, partner_id: str) -> Sequence[pb.App]:
         """The partner's apps as the registry held them at most REGISTRY_FRESH_S ago (an event's
         deliveries: gateway/webhooks.py), without a scan of its slot on every write."""
-        now = time.monotonic()
+        read_at = time.monotonic()
         cached = self._apps.get(partner_id)
-        if cached is not None and now - cached[0] < REGISTRY_FRESH_S:
-            return cached[1]
+        if cached is not None:
+            return cached[0]
         apps = [stored.app for stored, _version in await self.apps(partner_id)]
-        if len(self._apps) >= _CACHED_MAX:
-            self._apps.clear()
-        self._apps[partner_id] = (now, apps)
+        self._apps.put(partner_id, apps, read_at)
         return apps
 
     async def client(self, client_id: str) -> Client | None:
         """The app as the registry held it at most REGISTRY_FRESH_S ago (None: unknown)."""
-        now = time.monotonic()
-        cached = self._cache.get(client_id)
-        if cached is not None and now - cached[0] < REGISTRY_FRESH_S:
-            return cached[1]
+        read_at = time.monotonic()
+        cached = self._clients.get(client_id)
+        if cached is not None:
+            return cached[0]
         stored, partner = await self._app_and_partner(client_id)
         client = _client(stored.app, partner) if stored is not None and partner is not None else None
-        if len(self._cache) >= _CACHED_MAX:
-            self._cache.clear()
-        self._cache[client_id] = (now, client)
+        self._clients.put(client_id, client, read_at)
         return client
 
     async def _app_and_partner(self, client_id: str) -> tuple[pb.StoredApp | None, pb.Partner | None]:
