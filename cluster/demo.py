@@ -45,6 +45,7 @@ from clients.ledger import (
 from clients.partner import PartnerClient
 from cluster.commands import LocalCluster
 from cluster.local import GatewayProcess, LendingProcess, RiskProcess, ScoringProcess, ServiceProcess, free_port
+from gateway.registry import SCOPES
 from proto import (
     gateway_pb2 as gpb,
     gateway_pb2_grpc,
@@ -234,9 +235,12 @@ def _start_gateway(cluster: LocalCluster, lending: ServiceProcess, risk: Service
     )
     gateway.port = port + 500 if port else 0
     gateway.start()
-    scheme = "https" if cluster.tls_dir is not None else "http"
-    print(f"\npartner gateway: {scheme}://{gateway.http_address} (partners' HTTPS API), registry on {gateway.address}")
+    print(f"\npartner gateway: {_gateway_url(cluster, gateway)} (partners' HTTPS API), registry on {gateway.address}")
     return gateway
+
+
+def _gateway_url(cluster: LocalCluster, gateway: GatewayProcess) -> str:
+    return f"{'https' if cluster.tls_dir is not None else 'http'}://{gateway.http_address}"
 
 
 def _partner_walk_through(gateway: GatewayProcess, cluster: LocalCluster) -> Sandbox:
@@ -246,10 +250,8 @@ def _partner_walk_through(gateway: GatewayProcess, cluster: LocalCluster) -> San
         partners = gateway_pb2_grpc.PartnersStub(to_registry)
         with contextlib.suppress(grpc.RpcError):  # registered by an earlier run on this data directory
             partners.RegisterPartner(gpb.RegisterPartnerRequest(partner_id="demo", name="Demo Partner"), timeout=30)
-        scopes = ["customers", "applications", "loans", "repayments", "statements", "events"]
-        app = partners.AddApp(gpb.AddAppRequest(partner_id="demo", app=f"a{run}", scopes=scopes), timeout=30)
-    scheme = "https" if cluster.tls_dir is not None else "http"
-    url = f"{scheme}://{gateway.http_address}"
+        app = partners.AddApp(gpb.AddAppRequest(partner_id="demo", app=f"a{run}", scopes=SCOPES), timeout=30)
+    url = _gateway_url(cluster, gateway)
     verify: str | bool = os.path.join(cluster.tls_dir, "ca.pem") if cluster.tls_dir is not None else False
     customer, loan = f"p{run}", f"l{run}"
     with PartnerClient(url, app.app.client_id, app.client_secret, verify=verify) as partner:
