@@ -15,17 +15,17 @@
 `serve` finds the process's identity (--tls-dir, serving/tls.py; plaintext only with
 --insecure, logged), listens on --host/--port with mutual TLS behind the gate (who may call
 what, per-caller limits: serving/authz.py), registers gRPC health (and reflection, only with
---reflection), puts the TLS material in `settings["tls"]` for the app's outgoing calls,
-puts the gate in `settings["gate"]`, enters the app, starts Prometheus metrics (--metrics-port), reports SERVING (a
-JSON log line and one machine-readable stdout line, `{"event": "serving", "port": P}`, for
-the scripts and tests that start us), and waits for SIGTERM or SIGINT. Then it reports
-NOT_SERVING, ends the streams that last as long as their peer keeps them open (handlers
-inside `open_ended()`: a primary's Replicate link, a client's WatchShardMap; their peers see
-the stream end and open another elsewhere or later), stops accepting, lets in-flight calls
-finish (at most STOP_GRACE_S), and leaves the app, which finishes its own work (a node
-commits everything queued) and closes what it opened. (Before open-ended streams were ended,
-a node of a replicated cluster took the whole grace, 10 s, to stop: its peers' links never
-finish by themselves.)
+--reflection), puts the TLS material in `settings["tls"]` for the app's outgoing calls and the
+gate in `settings["gate"]` (for calls the app makes to itself), enters the app, starts
+Prometheus metrics (--metrics-port), reports SERVING (a JSON log line and one machine-readable
+stdout line, `{"event": "serving", "port": P}`, for the scripts and tests that start us), and
+waits for SIGTERM or SIGINT. Then it reports NOT_SERVING, ends the streams that last as long
+as their peer keeps them open (handlers inside `open_ended()`: a primary's Replicate link, a
+client's WatchShardMap; their peers see the stream end and open another elsewhere or later),
+stops accepting, lets in-flight calls finish (at most STOP_GRACE_S), and leaves the app, which
+finishes its own work (a node commits everything queued) and closes what it opened. (Before
+open-ended streams were ended, a node of a replicated cluster took the whole grace, 10 s, to
+stop: its peers' links never finish by themselves.)
 """
 
 from __future__ import annotations
