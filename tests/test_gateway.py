@@ -385,7 +385,14 @@ def test_signed_webhooks_tell_a_partner_of_decisions_drawdowns_freezes_and_overd
             assert _eventually(lambda: receiver.events("overdue"), 20)
             [overdue] = receiver.events("overdue")
             assert overdue["data"]["loan_ref"] == loan and overdue["data"]["days_past_due"] > 0
-            logged = {e["type"]: e for e in app.events()["events"]}
+
+            def log() -> dict[str, dict[str, Any]]:
+                return {e["type"]: e for e in app.events()["events"]}
+
+            # The receiver has an event once its second delivery arrives; the gateway records it
+            # delivered once that delivery's 200 is back: the log catches up a moment later.
+            _eventually(lambda: all(e["delivery"]["state"] == "delivered" for e in log().values()), 20)
+            logged = log()
         assert {"decision", "drawdown", "freeze", "overdue"} <= set(logged), logged
         for event in logged.values():
             assert event["delivery"]["state"] == "delivered" and event["delivery"]["attempts"] == 2, event
