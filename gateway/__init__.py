@@ -43,11 +43,13 @@ Safe retries (gateway/idempotency.py): every POST that changes something (all bu
   pages' sessions, which only sign a token) carries an Idempotency-Key (1-64 of
   A-Z a-z 0-9 . _ : -); missing or malformed: 400. Per app and key, a record holds the SHA-256
   of the request (method, path, body) and, once answered, the status and body:
-    1. no record: claim it (a commit expecting none), run the call, store the answer;
+    1. no record: claim it (a commit expecting none, made before any read), run the call,
+       answer, and store the answer while the caller is answered;
     2. a record with another request hash: 422, nothing runs;
     3. a record with the answer: that answer again, with `Idempotent-Replayed: true`;
-    4. a record claimed but not answered (a retry racing the first call, or a gateway that
-       died in between): 409 for CLAIM_HELD_S, then the call runs again. That is safe because
+    4. a record claimed but not answered (a retry racing the first call or its stored answer,
+       or a gateway that died in between): wait up to ANSWER_WAIT_S for the answer (3), then
+       409 until CLAIM_HELD_S, then the call runs again. That is safe because
        every downstream id derives from the partner's ids (a drawdown's loan id, a repayment's
        id, the funding transfer's id), which yunkai's services apply once.
   Only successes (2xx) are stored. A refusal or failure (4xx, 5xx) releases the key, so a

@@ -401,13 +401,28 @@ def _error(error: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
-async def _once(request: Request, caller: Caller, key: str | None, run: Callable[[], Awaitable[Response]]) -> Response:
-    """A POST under its Idempotency-Key (gateway/idempotency.py)."""
+async def _once(
+    request: Request,
+    caller: Caller,
+    key: str | None,
+    run: Callable[[T], Awaitable[Response]],
+    ahead: Callable[[], Awaitable[T]],
+) -> Response:
+    """A POST under its Idempotency-Key (gateway/idempotency.py): `ahead()`, the call's first reads
+    (nothing that changes anything), runs beside the claim; `run` gets what they found once the
+    key is this call's. A read's refusal (an ApiError) is the call's answer, as if `run` raised it."""
     if key is None or not IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(400, "invalid_request", "Idempotency-Key: a header of 1-64 of A-Z a-z 0-9 . _ : - is required")
     gateway: Gateway = request.app.state.gateway
     digest = request_sha256(request.method, request.url.path, await request.body())
-    outcome = await _call(gateway.idempotency.claim(caller.client.client_id, caller.only_customer, key, digest))
+    read = asyncio.ensure_future(ahead())
+    try:
+        outcome = await _call(gateway.idempotency.claim(caller.client.client_id, caller.only_customer, key, digest))
+    except BaseException:
+        _discard(read)
+        raise
+    if not isinstance(outcome, Claimed):
+        _discard(read)
     if isinstance(outcome, Mismatch):
         raise ApiError(422, "idempotency_key_reused", f"Idempotency-Key {key} was used for another request")
     if isinstance(outcome, Busy):
@@ -425,11 +440,32 @@ async def _once(request: Request, caller: Caller, key: str | None, run: Callable
     # Anything but an ApiError (a bug, the call cancelled) leaves the key claimed: a retry after
     # CLAIM_HELD_S runs the call again, as after a gateway that died.
     try:
-        response = await run()
+        response = await run(await read)
     except ApiError as error:
         response = _error(error)
-    await _call(gateway.idempotency.answer(outcome, Answer(response.status_code, bytes(response.body))))
+    # Stored while the caller is answered: what it is answered for is durable already, and a
+    # replay meanwhile waits for the stored answer (gateway/idempotency.py).
+    gateway.idempotency.answer_soon(outcome, Answer(response.status_code, bytes(response.body)))
     return response
+
+
+async def _all(*calls: Awaitable[Any]) -> list[Any]:
+    """The calls' results, the calls made at once. If any raised, the first of them *in this
+    order* is raised: a check listed first (is this the partner's customer?) is answered before
+    what the reads after it found (an account that does not exist)."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+def _discard(read: asyncio.Future[Any]) -> None:
+    """A read made ahead whose result is not wanted: stopped, and what it raised not reported."""
+    if not read.done():
+        read.cancel()
+    elif not read.cancelled():
+        read.exception()
 
 
 # --- the application ---------------------------------------------------------------------------
@@ -619,13 +655,14 @@ def _customer_routes(api: FastAPI) -> None:
     ) -> Response:
         """Onboard a customer: its deposit account is opened on the ledger."""
 
-        async def run() -> Response:
-            gateway: Gateway = request.app.state.gateway
-            customer = caller.customer(body.customer_ref)
-            deposit = Account(
-                Accounts(customer, "", "").deposit, LEDGER, Code.DEPOSIT, AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
-            )
-            [existing] = await _call(gateway.ledger.lookup_accounts([deposit.id]))
+        gateway: Gateway = request.app.state.gateway
+        customer = caller.customer(body.customer_ref)
+        deposit = Account(
+            Accounts(customer, "", "").deposit, LEDGER, Code.DEPOSIT, AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+        )
+
+        async def run(found: list[Account | None]) -> Response:
+            [existing] = found
             if existing is not None and not existing.created_by.startswith(gateway.opened_by):
                 # yunkai's id of the partner's customer was taken by another channel: not the partner's.
                 raise ApiError(409, "exists", f"customer {body.customer_ref}: that id cannot be used; choose another")
@@ -661,13 +698,17 @@ def _customer_routes(api: FastAPI) -> None:
             )
             return _json(out, 201)
 
-        return await _once(request, caller, idempotency_key, run)
+        return await _once(
+            request, caller, idempotency_key, run, lambda: _call(gateway.ledger.lookup_accounts([deposit.id]))
+        )
 
     @api.get("/v1/customers/{customer_ref}", response_model=CustomerOut, responses=_ERRORS, tags=["customers"])
     async def read_customer(request: Request, customer_ref: CustomerRef, caller: CustomersCaller) -> Response:
         gateway: Gateway = request.app.state.gateway
-        stored = await _customer(gateway, caller, customer_ref)
-        balance = await _deposit_balance(gateway, caller.customer(customer_ref))
+        # Both at once: the balance is answered only if the customer is the partner's.
+        stored, balance = await _all(
+            _customer(gateway, caller, customer_ref), _deposit_balance(gateway, caller.customer(customer_ref))
+        )
         out = CustomerOut(
             customer_ref=customer_ref,
             name=stored["name"],
@@ -687,9 +728,13 @@ def _customer_routes(api: FastAPI) -> None:
     ) -> Response:
         """The deposit account's movements, newest first."""
         gateway: Gateway = request.app.state.gateway
-        await _customer(gateway, caller, customer_ref)
         deposit = Accounts(caller.customer(customer_ref), "", "").deposit
-        page = await _call(gateway.ledger.get_account_transfers(deposit, limit=limit, newest_first=True))
+        # All three at once: the movements and balance are answered only if the customer is the partner's.
+        _stored, page, balance = await _all(
+            _customer(gateway, caller, customer_ref),
+            _call(gateway.ledger.get_account_transfers(deposit, limit=limit, newest_first=True)),
+            _deposit_balance(gateway, caller.customer(customer_ref)),
+        )
         movements = [
             MovementOut(
                 id=t.id,
@@ -699,7 +744,6 @@ def _customer_routes(api: FastAPI) -> None:
             )
             for t in page.transfers
         ]
-        balance = await _deposit_balance(gateway, caller.customer(customer_ref))
         return _json(StatementOut(customer_ref=customer_ref, deposit_balance_fen=balance, movements=movements))
 
 
@@ -741,9 +785,9 @@ def _application_routes(api: FastAPI) -> None:
         """Apply for credit: the documents are kept (each one's SHA-256 is answered), the application is
         decided, and an approval opens the customer's credit line at the decided limit and price."""
 
-        async def run() -> Response:
-            gateway: Gateway = request.app.state.gateway
-            await _customer(gateway, caller, body.customer_ref)
+        gateway: Gateway = request.app.state.gateway
+
+        async def run(_customer_found: dict[str, Any]) -> Response:
             if caller.page is not None:  # a customer's session: the partner's data, not the browser's
                 if body.product != caller.page.get("product") or body.fields != caller.page.get("fields", {}):
                     raise ApiError(400, "invalid_request", "product, fields: a session applies with its own")
@@ -785,7 +829,7 @@ def _application_routes(api: FastAPI) -> None:
             await _call(gateway.webhooks.emit(caller.partner, "decision", f"decision.{application_id}", told))
             return _json(out, 201)
 
-        return await _once(request, caller, idempotency_key, run)
+        return await _once(request, caller, idempotency_key, run, lambda: _customer(gateway, caller, body.customer_ref))
 
     @api.get("/v1/applications/{application_ref}", response_model=DecisionOut, responses=_ERRORS, tags=["applications"])
     async def read_application(
@@ -848,15 +892,28 @@ async def _agreement(gateway: Gateway, loan_id: str) -> dict[str, Any] | None:
 async def _get_loan(gateway: Gateway, loan_id: str, ref: str, partner_id: str) -> lpb.Loan:
     """A loan this gateway drew for the partner (its record in the partner's slot says so: a loan
     of another channel under the same id is not the partner's), else 404."""
-    [drawn] = await gateway.records.read([("ploan", loan_key(partner_id, loan_id))])
-    if drawn is None:
+
+    async def get() -> lpb.Loan | None:
+        try:
+            loan: lpb.Loan = await gateway.loans.GetLoan(lpb.LoanRef(loan_id=loan_id), timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return loan
+
+    # Both at once; the loan is answered only if the partner's record says the partner drew it.
+    drawn, loan = await asyncio.gather(
+        gateway.records.read([("ploan", loan_key(partner_id, loan_id))]), get(), return_exceptions=True
+    )
+    if isinstance(drawn, BaseException):
+        raise drawn
+    if drawn[0] is None:
         raise ApiError(404, "not_found", f"loan {ref}: none")
-    try:
-        loan: lpb.Loan = await gateway.loans.GetLoan(lpb.LoanRef(loan_id=loan_id), timeout=CALL_TIMEOUT_S)
-    except grpc.aio.AioRpcError as error:
-        if error.code() == grpc.StatusCode.NOT_FOUND:
-            raise ApiError(404, "not_found", f"loan {ref}: none") from None
-        raise
+    if isinstance(loan, BaseException):
+        raise loan
+    if loan is None:
+        raise ApiError(404, "not_found", f"loan {ref}: none")
     return loan
 
 
@@ -867,11 +924,10 @@ def _loan_routes(api: FastAPI) -> None:
         """The customer's signed loan agreement for the loan about to be drawn: its SHA-256 is kept with the
         loan. The same document again answers the same; another one is refused (409)."""
         gateway: Gateway = request.app.state.gateway
-        await _customer(gateway, caller, body.customer_ref)
         data = _decode(body.document_base64, "document_base64")
         loan_id = f"{caller.partner}{loan_ref}"
         digest = hashlib.sha256(data).hexdigest()
-        kept = await _agreement(gateway, loan_id)
+        _stored, kept = await _all(_customer(gateway, caller, body.customer_ref), _agreement(gateway, loan_id))
         if kept is None:
             kept = {"customer_ref": body.customer_ref, "sha256": digest, "signed_unix_ms": int(time.time() * 1000)}
             try:
@@ -900,12 +956,12 @@ def _loan_routes(api: FastAPI) -> None:
         """Draw down on the customer's credit line, once its agreement is signed; the principal goes to the
         customer's deposit."""
 
-        async def run() -> Response:
-            gateway: Gateway = request.app.state.gateway
-            loan_id = f"{caller.partner}{body.loan_ref}"
+        gateway: Gateway = request.app.state.gateway
+        loan_id = f"{caller.partner}{body.loan_ref}"
+
+        async def run(kept: dict[str, Any] | None) -> Response:
             if caller.page is not None and (body.annual_rate_bps or body.term_months):
                 raise ApiError(400, "invalid_request", "annual_rate_bps, term_months: a session takes the line's")
-            kept = await _agreement(gateway, loan_id)
             if kept is None or kept["customer_ref"] != body.customer_ref:
                 raise ApiError(409, "refused", f"loan {body.loan_ref}: the customer has not signed its agreement")
             loan = await _call(
@@ -932,15 +988,16 @@ def _loan_routes(api: FastAPI) -> None:
             )
             return _json(out, 201)
 
-        return await _once(request, caller, idempotency_key, run)
+        return await _once(request, caller, idempotency_key, run, lambda: _agreement(gateway, loan_id))
 
     @api.get("/v1/loans/{loan_ref}", response_model=LoanOut, responses=_ERRORS, tags=["loans"])
     async def read_loan(request: Request, loan_ref: LoanRef, caller: LoansCaller) -> Response:
         gateway: Gateway = request.app.state.gateway
         loan_id = f"{caller.partner}{loan_ref}"
-        loan = await _call(_get_loan(gateway, loan_id, loan_ref, caller.partner))
+        loan, kept = await _all(
+            _call(_get_loan(gateway, loan_id, loan_ref, caller.partner)), _agreement(gateway, loan_id)
+        )
         caller.check_customer(loan.customer.removeprefix(caller.partner))
-        kept = await _agreement(gateway, loan_id)
         return _json(_loan(loan, caller, loan_ref, "" if kept is None else kept["sha256"]))
 
     @api.post(
@@ -961,10 +1018,10 @@ def _loan_routes(api: FastAPI) -> None:
         customer's deposit, and repays the loan from there. If nothing is due, the amount stays in the deposit
         (409)."""
 
-        async def run() -> Response:
-            gateway: Gateway = request.app.state.gateway
-            loan_id = f"{caller.partner}{loan_ref}"
-            loan = await _call(_get_loan(gateway, loan_id, loan_ref, caller.partner))
+        gateway: Gateway = request.app.state.gateway
+        loan_id = f"{caller.partner}{loan_ref}"
+
+        async def run(loan: lpb.Loan) -> Response:
             caller.check_customer(loan.customer.removeprefix(caller.partner))
             _repayable(loan, loan_ref, body)  # before any money moves: a refusal moves none
             collection = await _collection_account(gateway, caller.partner)
@@ -999,7 +1056,9 @@ def _loan_routes(api: FastAPI) -> None:
             await _call(gateway.webhooks.emit(caller.partner, "repayment", event_id, data))
             return _json(out, 201)
 
-        return await _once(request, caller, idempotency_key, run)
+        return await _once(
+            request, caller, idempotency_key, run, lambda: _call(_get_loan(gateway, loan_id, loan_ref, caller.partner))
+        )
 
 
 def _h5_routes(api: FastAPI) -> None:

@@ -189,6 +189,7 @@ async def _gateway(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
         http.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await serving_http
+        await gateway.idempotency.drain(STOP_GRACE_S)  # answers sent, their records still being stored
         sock.close()
         await audit.aclose()
         await webhooks.aclose()

@@ -32,8 +32,10 @@ import pytest
 
 from clients.ledger import Account, LedgerClient, ResultCode
 from clients.partner import ROUTES, PartnerApiError, PartnerClient, verify_signature
+from clients.records import Records
 from cluster.commands import LocalCluster
 from cluster.local import GatewayProcess, LendingProcess, RedisProcess, RiskProcess, free_port
+from gateway.idempotency import ANSWER_WAIT_S, Answer, Busy, Claimed, Idempotency, Mismatch, Replay
 from lending.limits import CreditLimits
 from lending.loans import Accounts
 from proto import lending_pb2 as lpb, lending_pb2_grpc
@@ -271,6 +273,39 @@ def test_a_post_runs_once_per_idempotency_key_and_bad_input_changes_nothing(
             headers={"Idempotency-Key": "k-broken", "Content-Type": "application/json"},
         )
         assert broken.status_code == 400
+
+
+def test_an_idempotency_key_is_claimed_once_and_a_replay_right_after_the_answer_gets_it(cluster: LocalCluster) -> None:
+    """The protocol under the routes (gateway/idempotency.py), on the ledger's records: the
+    answer is stored after the caller has it, and a replay made meanwhile waits for it."""
+    asyncio.run(_idempotency_protocol(cluster.address))
+
+
+async def _idempotency_protocol(router: str) -> None:
+    async with await LedgerClient.connect(router, tls_name="gateway") as ledger:  # records are the gateway's
+        keys = Idempotency(Records(ledger, "idemtest"))
+        app, key = fresh("app"), fresh("k")
+        first = await keys.claim(app, "", key, "sha-1")
+        assert isinstance(first, Claimed) and first.version == 1, first
+        started = time.monotonic()
+        running = await keys.claim(app, "", key, "sha-1")  # not answered: waits, then Busy
+        assert isinstance(running, Busy) and running.retry_after_s > 100, running
+        assert time.monotonic() - started >= ANSWER_WAIT_S
+        assert isinstance(await keys.claim(app, "", key, "sha-2"), Mismatch)
+        keys.answer_soon(first, Answer(201, b'{"n": 1}'))
+        replay = await keys.claim(app, "", key, "sha-1")  # at once: finds the answer being stored
+        assert replay == Replay(Answer(201, b'{"n": 1}')), replay
+        # A refusal releases the key: the next request, whatever its body, claims it again.
+        other = fresh("k")
+        refused = await keys.claim(app, "", other, "sha-1")
+        assert isinstance(refused, Claimed), refused
+        keys.answer_soon(refused, Answer(409, b"{}"))
+        await keys.drain(10.0)
+        again = await keys.claim(app, "", other, "sha-3")
+        assert isinstance(again, Claimed) and again.version == refused.version + 2, (
+            refused,
+            again,
+        )  # released, claimed
 
 
 def test_an_apps_daily_quota_holds_across_two_gateway_processes_on_one_port(gateways: list[GatewayProcess]) -> None:
