@@ -705,10 +705,9 @@ def _customer_routes(api: FastAPI) -> None:
     @api.get("/v1/customers/{customer_ref}", response_model=CustomerOut, responses=_ERRORS, tags=["customers"])
     async def read_customer(request: Request, customer_ref: CustomerRef, caller: CustomersCaller) -> Response:
         gateway: Gateway = request.app.state.gateway
+        customer = caller.customer(customer_ref)  # 404 in another customer's session, before any read
         # Both at once: the balance is answered only if the customer is the partner's.
-        stored, balance = await _all(
-            _customer(gateway, caller, customer_ref), _deposit_balance(gateway, caller.customer(customer_ref))
-        )
+        stored, balance = await _all(_customer(gateway, caller, customer_ref), _deposit_balance(gateway, customer))
         out = CustomerOut(
             customer_ref=customer_ref,
             name=stored["name"],
@@ -728,12 +727,13 @@ def _customer_routes(api: FastAPI) -> None:
     ) -> Response:
         """The deposit account's movements, newest first."""
         gateway: Gateway = request.app.state.gateway
-        deposit = Accounts(caller.customer(customer_ref), "", "").deposit
+        customer = caller.customer(customer_ref)  # 404 in another customer's session, before any read
+        deposit = Accounts(customer, "", "").deposit
         # All three at once: the movements and balance are answered only if the customer is the partner's.
         _stored, page, balance = await _all(
             _customer(gateway, caller, customer_ref),
             _call(gateway.ledger.get_account_transfers(deposit, limit=limit, newest_first=True)),
-            _deposit_balance(gateway, caller.customer(customer_ref)),
+            _deposit_balance(gateway, customer),
         )
         movements = [
             MovementOut(

@@ -12,7 +12,7 @@ POST) takes one round trip; only when that commit finds a record is it read and 
 Answering is a commit of the claimed version, made *after* the answer is sent (`answer_soon`):
 what the caller was answered for is durable by then (the call's own commits downstream), and
 the stored answer serves replays only. A replay that finds the claim still unanswered and
-younger than ANSWER_WAIT_S waits for the answer (reading again every ANSWER_POLL_S) before it
+younger than ANSWER_WAIT_S waits for the answer (reading again after ANSWER_POLL_S) before it
 is told Busy, so a retry made right after an answer gets that answer. If the process dies
 before the answer is stored, the key stays claimed: a retry gets Busy until CLAIM_HELD_S, then
 runs the call again, which is safe for the reason a dead gateway's claim is (gateway/__init__.py).
@@ -44,7 +44,7 @@ CLAIM_HELD_S = 150.0
 BODY_BYTES_MAX = 48 * 1024  # an answer kept (the record holds 64 KiB)
 # A replay of a call answered a moment ago waits this long for its stored answer (one commit).
 ANSWER_WAIT_S = 2.0
-ANSWER_POLL_S = 0.02
+ANSWER_POLL_S = (0.01, 0.2)  # the first pause between reads, doubled up to the second
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class Idempotency:
         record_key = f"idem:{named}"
         version = 0  # a new key: claimed without a read first
         waited_until = time.monotonic() + ANSWER_WAIT_S
+        pause, pause_max = ANSWER_POLL_S
         for _attempt in range(3):
             now_ms = int(time.time() * 1000)
             claim = {"sha256": digest, "claimed_ms": now_ms, "status": 0, "body": ""}
@@ -127,7 +128,8 @@ class Idempotency:
                     break
                 if time.monotonic() >= waited_until:
                     return Busy(max(1, int(CLAIM_HELD_S - held_s)))
-                await asyncio.sleep(ANSWER_POLL_S)  # answered a moment ago, or still running
+                await asyncio.sleep(pause)  # answered a moment ago, or still running
+                pause = min(2 * pause, pause_max)
         return Busy(1)
 
     async def answer(self, claimed: Claimed, answer: Answer) -> None:
