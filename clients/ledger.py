@@ -603,14 +603,22 @@ class LedgerClient:
         return (known if known is not None else await self._maps.fetch()).slots_total
 
     async def scan_records(
-        self, kind: str, slots: Sequence[int] | None = None, prefix: str = "", timeout_s: float | None = None
+        self,
+        kind: str,
+        slots: Sequence[int] | None = None,
+        prefix: str = "",
+        timeout_s: float | None = None,
+        after: str = "",
     ) -> AsyncIterator[list[Record]]:
-        """Every record of `kind` (whose key starts with `prefix`) in `slots` (all the cluster's
-        by default), a round of pages at a time; each slot's in key order. Records written
-        meanwhile may or may not appear."""
+        """Every record of `kind` (whose key starts with `prefix`, and sorts after `after` if
+        given) in `slots` (all the cluster's by default), a round of pages at a time; each
+        slot's in key order. Records written meanwhile may or may not appear."""
         if slots is None:
             slots = range(await self.slots_total())
-        todo = [pb.RecordScan(slot=slot, kind=kind, limit=contract.SCAN_LIMIT_MAX, prefix=prefix) for slot in slots]
+        todo = [
+            pb.RecordScan(slot=slot, kind=kind, limit=contract.SCAN_LIMIT_MAX, prefix=prefix, after=after)
+            for slot in slots
+        ]
         while todo:
             asked, todo = todo[:SCAN_SLOTS_PER_CALL], todo[SCAN_SLOTS_PER_CALL:]
             pages = await self._batched(contract.SCAN_RECORDS, asked, timeout_s)

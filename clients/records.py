@@ -66,10 +66,11 @@ class Records:
         return await self.ledger.lookup_records([(self.kind(kind), key) for kind, key in wanted])
 
     async def scan(
-        self, kind: str, slots: Sequence[int] | None = None, prefix: str = ""
+        self, kind: str, slots: Sequence[int] | None = None, prefix: str = "", after: str = ""
     ) -> AsyncIterator[list[Record]]:
-        """Every record of `kind` whose key starts with `prefix`, in `slots` (all by default)."""
-        async for page in self.ledger.scan_records(self.kind(kind), slots, prefix):
+        """Every record of `kind` whose key starts with `prefix` (and sorts after `after`, if
+        given), in `slots` (all by default)."""
+        async for page in self.ledger.scan_records(self.kind(kind), slots, prefix, after=after):
             yield page
 
     async def slot_of(self, key: str) -> int:

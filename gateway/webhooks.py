@@ -177,7 +177,9 @@ class Webhooks:
         oldest_open, last = "", after
         attempted = 0
         now_ms = int(time.time() * 1000)
-        async for page in self.records.scan("event", [slot], prefix=prefix):
+        # From the cursor on, not the partner's whole history: the node starts past `after[:-1]`
+        # (every key from `after` on sorts after it), and the few keys between are skipped here.
+        async for page in self.records.scan("event", [slot], prefix=prefix, after=after[:-1]):
             for record in page:
                 if record.key < after:
                     continue

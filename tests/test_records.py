@@ -252,6 +252,13 @@ def test_a_scan_pages_through_every_slot(cluster: LocalCluster) -> None:
                     pb.ScanRecordsRequest(scans=[pb.RecordScan(slot=slot, kind=kind, prefix=tag)]), timeout=10
                 )
                 assert [r.key for r in mine.results[0].records] == [keys[0], f"{tag}:z"]
+                # The SDK's scan from a key on (the webhook dispatcher's cursor), within a prefix.
+                later = [r.key async for page in ledger.scan_records(kind, [slot], tag, after=keys[0]) for r in page]
+                assert later == [f"{tag}:z"]
+                assert [r.key async for page in ledger.scan_records(kind, [slot], tag, after=tag) for r in page] == [
+                    keys[0],
+                    f"{tag}:z",
+                ]
                 with pytest.raises(grpc.RpcError) as refused:
                     stub.ScanRecords(
                         pb.ScanRecordsRequest(scans=[pb.RecordScan(slot=slots_total, kind=kind)]), timeout=10
