@@ -443,9 +443,15 @@ async def _once(
         response = await run(await read)
     except ApiError as error:
         response = _error(error)
-    # Stored while the caller is answered: what it is answered for is durable already, and a
-    # replay meanwhile waits for the stored answer (gateway/idempotency.py).
-    gateway.idempotency.answer_soon(outcome, Answer(response.status_code, bytes(response.body)))
+    answer = Answer(response.status_code, bytes(response.body))
+    if 200 <= response.status_code < 300:
+        # Stored while the caller is answered: what it is answered for is durable already, and
+        # a replay meanwhile waits for the stored answer (gateway/idempotency.py).
+        gateway.idempotency.answer_soon(outcome, answer)
+    else:
+        # The key is released before the refusal is answered: a retry, with its body mended or
+        # not, runs again at once (it would meet the unanswered claim otherwise: 422 or a wait).
+        await _call(gateway.idempotency.answer(outcome, answer))
     return response
 
 
@@ -994,10 +1000,17 @@ def _loan_routes(api: FastAPI) -> None:
     async def read_loan(request: Request, loan_ref: LoanRef, caller: LoansCaller) -> Response:
         gateway: Gateway = request.app.state.gateway
         loan_id = f"{caller.partner}{loan_ref}"
-        loan, kept = await _all(
-            _call(_get_loan(gateway, loan_id, loan_ref, caller.partner)), _agreement(gateway, loan_id)
+        got, kept = await asyncio.gather(
+            _call(_get_loan(gateway, loan_id, loan_ref, caller.partner)),
+            _agreement(gateway, loan_id),
+            return_exceptions=True,
         )
-        caller.check_customer(loan.customer.removeprefix(caller.partner))
+        if isinstance(got, BaseException):
+            raise got
+        loan = got
+        caller.check_customer(loan.customer.removeprefix(caller.partner))  # before the agreement's own error
+        if isinstance(kept, BaseException):
+            raise kept
         return _json(_loan(loan, caller, loan_ref, "" if kept is None else kept["sha256"]))
 
     @api.post(

@@ -11,9 +11,10 @@ POST) takes one round trip; only when that commit finds a record is it read and 
 
 Answering is a commit of the claimed version, made *after* the answer is sent (`answer_soon`):
 what the caller was answered for is durable by then (the call's own commits downstream), and
-the stored answer serves replays only. A replay that finds the claim still unanswered and
-younger than ANSWER_WAIT_S waits for the answer (reading again after ANSWER_POLL_S) before it
-is told Busy, so a retry made right after an answer gets that answer. If the process dies
+the stored answer serves replays only. A replay that finds the claim still unanswered waits
+up to ANSWER_WAIT_S for the answer (reading again after ANSWER_POLL_S) before it is told Busy,
+so a retry made right after an answer gets that answer. A refusal (not 2xx) releases the key
+before it is answered (gateway/api.py `_once`), so a retry with a mended body runs at once. If the process dies
 before the answer is stored, the key stays claimed: a retry gets Busy until CLAIM_HELD_S, then
 runs the call again, which is safe for the reason a dead gateway's claim is (gateway/__init__.py).
 """
@@ -27,6 +28,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -101,7 +103,9 @@ class Idempotency:
         pause, pause_max = ANSWER_POLL_S
         for _attempt in range(3):
             now_ms = int(time.time() * 1000)
-            claim = {"sha256": digest, "claimed_ms": now_ms, "status": 0, "body": ""}
+            # The nonce: two claims of the same request in the same millisecond differ, so the
+            # loser's commit is never taken for its own (clients/records.py reads a conflict back).
+            claim = {"sha256": digest, "claimed_ms": now_ms, "status": 0, "body": "", "nonce": secrets.token_hex(8)}
             try:
                 await self.records.commit([Put("idem", record_key, json.dumps(claim).encode(), version)])
             except Conflict:
