@@ -58,6 +58,7 @@ WATCH_EVERY_S_DEFAULT = 60.0
 PARTNERS_FRESH_S = 10.0
 REPLAY_WINDOW_S = 24 * 3600  # at start, events this old are still delivered
 LOG_LIMIT_MAX = 200
+LOG_WINDOWS_S: tuple[float | None, ...] = (3600.0, 86400.0, 30 * 86400.0, None)  # None: the whole history
 CURSOR_MARGIN_S = 60.0
 
 
@@ -70,7 +71,7 @@ def signature(secret: bytes, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-def _key(partner_id: str, created_ms: int, event_id: str) -> str:
+def event_key(partner_id: str, created_ms: int, event_id: str) -> str:
     return f"{_prefix(partner_id)}{created_ms:013d}:{_digest(event_id)}"
 
 
@@ -126,8 +127,8 @@ class Webhooks:
         try:
             await self.records.commit(
                 [
-                    Put("evid", marker, _key(partner_id, now_ms, event_id).encode(), 0),
-                    Put("event", _key(partner_id, now_ms, event_id), json.dumps(record).encode(), 0),
+                    Put("evid", marker, event_key(partner_id, now_ms, event_id).encode(), 0),
+                    Put("event", event_key(partner_id, now_ms, event_id), json.dumps(record).encode(), 0),
                     *also,
                 ]
             )
@@ -136,13 +137,21 @@ class Webhooks:
         return True
 
     async def log(self, partner_id: str, client_id: str, limit: int) -> list[dict[str, Any]]:
-        """The partner's latest events, newest first, with this app's deliveries."""
+        """The partner's latest events, newest first, with this app's deliveries. Read from the
+        last LOG_WINDOWS_S[0] on, then from further back only if that held fewer than `limit`
+        (events are keyed by when they happened: the newest `limit` are all in any window that
+        holds `limit`), so a busy partner's history is not read whole on every call."""
         slot = await self.records.slot_of(partner_tag(partner_id))
-        found: list[dict[str, Any]] = []
-        async for page in self.records.scan("event", [slot], prefix=_prefix(partner_id)):
-            found += [json.loads(r.value) for r in page]
+        prefix = _prefix(partner_id)
+        now_ms = int(time.time() * 1000)
+        found: list[bytes] = []
+        for window_s in LOG_WINDOWS_S:
+            after = "" if window_s is None else f"{prefix}{now_ms - int(window_s * 1000):013d}"
+            found = [r.value async for page in self.records.scan("event", [slot], prefix, after) for r in page]
+            if len(found) >= limit:
+                break
         events = []
-        for event in reversed(found[-limit:]):
+        for event in map(json.loads, reversed(found[-limit:])):
             delivery = event["deliveries"].get(client_id)
             events.append({**{k: event[k] for k in ("id", "type", "created_unix_ms", "data")}, "delivery": delivery})
         return events
@@ -173,7 +182,7 @@ class Webhooks:
     async def _dispatch_partner(self, partner_id: str) -> int:
         slot = await self.records.slot_of(partner_tag(partner_id))
         prefix = _prefix(partner_id)
-        after = self._after.get(partner_id) or _key(partner_id, int((time.time() - REPLAY_WINDOW_S) * 1000), "")
+        after = self._after.get(partner_id) or event_key(partner_id, int((time.time() - REPLAY_WINDOW_S) * 1000), "")
         oldest_open, last = "", after
         attempted = 0
         now_ms = int(time.time() * 1000)
@@ -193,7 +202,7 @@ class Webhooks:
                 last = record.key
         # Never past CURSOR_MARGIN_S ago: an event committed late with an earlier time (a slow
         # emit, another host's clock) is still found.
-        margin = _key(partner_id, int((time.time() - CURSOR_MARGIN_S) * 1000), "")
+        margin = event_key(partner_id, int((time.time() - CURSOR_MARGIN_S) * 1000), "")
         self._after[partner_id] = min(oldest_open or last, margin)
         return attempted
 

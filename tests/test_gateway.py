@@ -32,10 +32,12 @@ import pytest
 
 from clients.ledger import Account, LedgerClient, ResultCode
 from clients.partner import ROUTES, PartnerApiError, PartnerClient, verify_signature
-from clients.records import Records
+from clients.records import Put, Records
 from cluster.commands import LocalCluster
 from cluster.local import GatewayProcess, LendingProcess, RedisProcess, RiskProcess, free_port
 from gateway.idempotency import ANSWER_WAIT_S, Answer, Busy, Claimed, Idempotency, Mismatch, Replay
+from gateway.registry import Registry
+from gateway.webhooks import Webhooks, event_key
 from lending.limits import CreditLimits
 from lending.loans import Accounts
 from proto import lending_pb2 as lpb, lending_pb2_grpc
@@ -309,6 +311,31 @@ async def _idempotency_protocol(router: str) -> None:
             refused,
             again,
         )  # released, claimed
+
+
+def test_the_event_log_reads_recent_windows_first_and_reaches_back_as_far_as_it_must(cluster: LocalCluster) -> None:
+    """GET /v1/events (Webhooks.log) reads the last hour first and older windows only while it
+    holds fewer than asked: events an hour, days and months old still come, newest first."""
+    asyncio.run(_event_log(cluster.address))
+
+
+async def _event_log(router: str) -> None:
+    async with await LedgerClient.connect(router, tls_name="gateway") as ledger:
+        webhooks = Webhooks(Registry(ledger), b"k" * 32)
+        try:
+            partner = fresh("p").replace("-", "")[-4:]
+            now_ms = int(time.time() * 1000)
+            ages_s = [5, 2 * 3600, 3 * 86400, 60 * 86400]  # one in each of LOG_WINDOWS_S
+            for n, age_s in enumerate(ages_s):
+                created = now_ms - age_s * 1000
+                event = {"id": f"e{n}", "type": "drawdown", "created_unix_ms": created, "data": {}, "deliveries": {}}
+                key = event_key(partner, created, f"e{n}")
+                await webhooks.records.commit([Put("event", key, json.dumps(event).encode(), 0)])
+            for limit in range(1, 6):
+                logged = await webhooks.log(partner, "app", limit)
+                assert [e["id"] for e in logged] == [f"e{n}" for n in range(min(limit, 4))], (limit, logged)
+        finally:
+            await webhooks.aclose()
 
 
 def test_an_apps_daily_quota_holds_across_two_gateway_processes_on_one_port(gateways: list[GatewayProcess]) -> None:
