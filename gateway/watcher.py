@@ -17,11 +17,12 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from clients.ledger import LedgerClient, LedgerError
+from clients.ledger import LedgerClient, LedgerError, Record
 from clients.records import Conflict, Put, Records
 from gateway.registry import partner_tag
 from gateway.webhooks import Webhooks
@@ -30,8 +31,11 @@ from proto import lending_pb2 as lpb, lending_pb2_grpc
 
 log = logging.getLogger("yunkai.gateway.watcher")
 
+_Look = Callable[[str, str, int, dict[str, Any]], Awaitable[int]]  # partner, key, version, what was seen
+
 CLOSED = (lpb.PAID_OFF, lpb.WRITTEN_OFF)
 CALL_TIMEOUT_S = 10.0
+LOOKS_AT_ONCE_MAX = 32
 
 
 def loan_key(partner_id: str, loan_id: str) -> str:
@@ -81,18 +85,29 @@ class Watcher:
                 log.exception("watching partners' loans and lines failed (a bug); next round")
 
     async def watch_once(self) -> int:
-        """One look at every partner's loans and customers; the events emitted."""
+        """One look at every partner's loans and customers; the events emitted. The records of
+        a page are looked at concurrently (at most LOOKS_AT_ONCE_MAX calls out at a time): a
+        round over 2,000 loans took 11-13 s one after another and 2.9-4.7 s so (a scratch
+        timing on loopback, 2 cores shared with a test run). At that pace a round over 100,000
+        loans still outlasts WATCH_EVERY_S: a bank-sized book needs lending to say which loans
+        changed at its end of day rather than the watcher asking each one."""
         emitted = 0
+        at_once = asyncio.Semaphore(LOOKS_AT_ONCE_MAX)
         for partner_id in await self.webhooks.partner_ids():
             slot = await self.records.slot_of(partner_tag(partner_id))
             for kind, what, look in (("ploan", "loan", self._loan), ("pcust", "cust", self._customer)):
                 async for page in self.records.scan(kind, [slot], prefix=f"{partner_tag(partner_id)}:{what}:"):
-                    for record in page:
-                        try:
-                            emitted += await look(partner_id, record.key, record.version, json.loads(record.value))
-                        except (LedgerError, grpc.aio.AioRpcError) as error:  # this one next round; the others now
-                            log.warning("not watched this round", extra={"key": record.key, "reason": repr(error)})
+                    looks = (self._look(at_once, look, partner_id, record) for record in page)
+                    emitted += sum(await asyncio.gather(*looks))
         return emitted
+
+    async def _look(self, at_once: asyncio.Semaphore, look: _Look, partner_id: str, record: Record) -> int:
+        async with at_once:
+            try:
+                return await look(partner_id, record.key, record.version, json.loads(record.value))
+            except (LedgerError, grpc.aio.AioRpcError) as error:  # this one next round; the others now
+                log.warning("not watched this round", extra={"key": record.key, "reason": repr(error)})
+                return 0
 
     async def _loan(self, partner_id: str, key: str, version: int, seen: dict[str, Any]) -> int:
         """A loan's overdue episodes: each time it falls overdue (episode + 1) and each bucket it
