@@ -9,6 +9,15 @@ lending service and each customer's credit line from the ledger (lending/limits.
 change emits the event (gateway/webhooks.py: once, by its id, whichever processes see it) in
 one commit with the record of what it saw (of the version it read: a process that lost the race
 to another leaves it be, and nothing is emitted without being recorded, or the reverse).
+
+One process a round per partner: before looking at a partner's loans and customers, a watcher
+takes the partner's round lease (`{p<pid>}:watch`: which watcher holds it, until when), one
+commit of the version it read. It takes a lease that is free, lapsed or its own (renewing it)
+for WATCH_EVERY_S; a lease another watcher holds, or a commit that lost the race, skips the
+partner this round. So the gateway processes of one deployment do not each ask lending about
+every loan, and when the holder dies another takes over within a round or two. The lease only
+saves work: two watchers at once (hosts' clocks apart, a round longer than its lease) emit
+nothing twice, by the event ids and the versions above.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -73,6 +84,7 @@ class Watcher:
         self.limits = CreditLimits(ledger, ledger_id)
         self.loans = loans
         self.every_s = every_s
+        self.name = secrets.token_hex(8)  # this watcher, in the round leases it holds
 
     async def run(self) -> None:
         while True:
@@ -94,12 +106,31 @@ class Watcher:
         emitted = 0
         at_once = asyncio.Semaphore(LOOKS_AT_ONCE_MAX)
         for partner_id in await self.webhooks.partner_ids():
+            if not await self.take_round(partner_id):
+                continue  # another process watches this partner this round
             slot = await self.records.slot_of(partner_tag(partner_id))
             for kind, what, look in (("ploan", "loan", self._loan), ("pcust", "cust", self._customer)):
                 async for page in self.records.scan(kind, [slot], prefix=f"{partner_tag(partner_id)}:{what}:"):
                     looks = (self._look(at_once, look, partner_id, record) for record in page)
                     emitted += sum(await asyncio.gather(*looks))
         return emitted
+
+    async def take_round(self, partner_id: str) -> bool:
+        """Take (or renew) the partner's round lease for `every_s`: False if another watcher
+        holds it, or took it first (see the module)."""
+        key = f"{partner_tag(partner_id)}:watch"
+        [held] = await self.records.read([("watch", key)])
+        now_ms = int(time.time() * 1000)
+        if held is not None:
+            lease = json.loads(held.value)
+            if lease["by"] != self.name and lease["until_ms"] > now_ms:
+                return False
+        lease = {"by": self.name, "until_ms": now_ms + int(self.every_s * 1000)}
+        try:
+            await self.records.commit([Put("watch", key, json.dumps(lease).encode(), held.version if held else 0)])
+        except Conflict:
+            return False  # another watcher took it meanwhile
+        return True
 
     async def _look(self, at_once: asyncio.Semaphore, look: _Look, partner_id: str, record: Record) -> int:
         async with at_once:

@@ -35,14 +35,16 @@ from clients.partner import ROUTES, PartnerApiError, PartnerClient, verify_signa
 from clients.records import Put, Records
 from cluster.commands import LocalCluster
 from cluster.local import GatewayProcess, LendingProcess, RedisProcess, RiskProcess, free_port
+from gateway.api import LEDGER
 from gateway.idempotency import ANSWER_WAIT_S, Answer, Busy, Claimed, Idempotency, Mismatch, Replay
 from gateway.registry import Registry
+from gateway.watcher import Watcher
 from gateway.webhooks import Webhooks, event_key
 from lending.limits import CreditLimits
 from lending.loans import Accounts
 from proto import lending_pb2 as lpb, lending_pb2_grpc
 from serving.tls import TLS_DIR_ENV
-from tests.conftest import channel, fresh
+from tests.conftest import aio_channel, channel, fresh
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -335,6 +337,35 @@ async def _event_log(router: str) -> None:
                 logged = await webhooks.log(partner, "app", limit)
                 assert [e["id"] for e in logged] == [f"e{n}" for n in range(min(limit, 4))], (limit, logged)
         finally:
+            await webhooks.aclose()
+
+
+def test_one_watcher_a_round_takes_a_partners_loans_and_another_takes_over_when_its_lease_lapses(
+    cluster: LocalCluster, lending: LendingProcess
+) -> None:
+    """The round lease (gateway/watcher.py): of two gateway processes' watchers one looks at a
+    partner's loans in a round; it renews its lease, and the other takes the partner once the
+    holder's lease has lapsed (the holder gone)."""
+    asyncio.run(_round_lease(cluster.address, lending.address))
+
+
+async def _round_lease(router: str, lending: str) -> None:
+    async with await LedgerClient.connect(router, tls_name="gateway") as ledger:
+        webhooks = Webhooks(Registry(ledger), b"k" * 32)
+        loans = aio_channel(lending, "gateway")
+        try:
+            stub = lending_pb2_grpc.LoanServiceStub(loans)
+            first, second = (Watcher(webhooks, ledger, stub, LEDGER, every_s=1.0) for _ in range(2))
+            partner = "wlse"  # a partner id no other test here uses
+            assert await first.take_round(partner)
+            assert not await second.take_round(partner)  # held by the first
+            assert await first.take_round(partner)  # renewed
+            assert not await second.take_round(partner)
+            await asyncio.sleep(1.2)  # the first stops renewing: its lease lapses
+            assert await second.take_round(partner)
+            assert not await first.take_round(partner)
+        finally:
+            await loans.close()
             await webhooks.aclose()
 
 
