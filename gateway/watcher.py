@@ -12,12 +12,14 @@ to another leaves it be, and nothing is emitted without being recorded, or the r
 
 One process a round per partner: before looking at a partner's loans and customers, a watcher
 takes the partner's round lease (`{p<pid>}:watch`: which watcher holds it, until when), one
-commit of the version it read. It takes a lease that is free, lapsed or its own (renewing it)
-for WATCH_EVERY_S; a lease another watcher holds, or a commit that lost the race, skips the
-partner this round. So the gateway processes of one deployment do not each ask lending about
-every loan, and when the holder dies another takes over within a round or two. The lease only
-saves work: two watchers at once (hosts' clocks apart, a round longer than its lease) emit
-nothing twice, by the event ids and the versions above.
+commit of the version it read. It takes a lease that is free, lapsed, unreadable or its own
+(renewing it), for two rounds' sleep and its last round's length, so the holder comes back
+before its lease lapses and keeps the partner; a lease another watcher holds, or a commit that
+lost the race, skips the partner this round. So the gateway processes of one deployment do not
+each ask lending about every loan, and when the holder dies another takes over within
+2 x WATCH_EVERY_S and a round. The lease only saves work: two watchers at once (hosts' clocks
+apart, a round far longer than the last) emit nothing twice, by the event ids and the versions
+above.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class Watcher:
         self.loans = loans
         self.every_s = every_s
         self.name = secrets.token_hex(8)  # this watcher, in the round leases it holds
+        self.round_s = 0.0  # how long the last round took
+        self.looked = 0  # records looked at, all rounds
 
     async def run(self) -> None:
         while True:
@@ -103,29 +107,37 @@ class Watcher:
         timing on loopback, 2 cores shared with a test run). At that pace a round over 100,000
         loans still outlasts WATCH_EVERY_S: a bank-sized book needs lending to say which loans
         changed at its end of day rather than the watcher asking each one."""
-        emitted = 0
+        started = time.monotonic()
         at_once = asyncio.Semaphore(LOOKS_AT_ONCE_MAX)
+        emitted = 0
         for partner_id in await self.webhooks.partner_ids():
-            if not await self.take_round(partner_id):
-                continue  # another process watches this partner this round
-            slot = await self.records.slot_of(partner_tag(partner_id))
-            for kind, what, look in (("ploan", "loan", self._loan), ("pcust", "cust", self._customer)):
-                async for page in self.records.scan(kind, [slot], prefix=f"{partner_tag(partner_id)}:{what}:"):
-                    looks = (self._look(at_once, look, partner_id, record) for record in page)
-                    emitted += sum(await asyncio.gather(*looks))
+            emitted += await self.watch_partner(partner_id, at_once)
+        self.round_s = time.monotonic() - started
+        return emitted
+
+    async def watch_partner(self, partner_id: str, at_once: asyncio.Semaphore | None = None) -> int:
+        """One look at a partner's loans and customers if this watcher takes the partner's round
+        lease (else nothing: another one watches it); the events emitted."""
+        if not await self.take_round(partner_id):
+            return 0
+        at_once = at_once or asyncio.Semaphore(LOOKS_AT_ONCE_MAX)
+        emitted = 0
+        slot = await self.records.slot_of(partner_tag(partner_id))
+        for kind, what, look in (("ploan", "loan", self._loan), ("pcust", "cust", self._customer)):
+            async for page in self.records.scan(kind, [slot], prefix=f"{partner_tag(partner_id)}:{what}:"):
+                looks = (self._look(at_once, look, partner_id, record) for record in page)
+                emitted += sum(await asyncio.gather(*looks))
         return emitted
 
     async def take_round(self, partner_id: str) -> bool:
-        """Take (or renew) the partner's round lease for `every_s`: False if another watcher
-        holds it, or took it first (see the module)."""
+        """Take (or renew) the partner's round lease: False if another watcher holds it, or
+        took it first (see the module)."""
         key = f"{partner_tag(partner_id)}:watch"
         [held] = await self.records.read([("watch", key)])
         now_ms = int(time.time() * 1000)
-        if held is not None:
-            lease = json.loads(held.value)
-            if lease["by"] != self.name and lease["until_ms"] > now_ms:
-                return False
-        lease = {"by": self.name, "until_ms": now_ms + int(self.every_s * 1000)}
+        if held is not None and _holder(held.value, now_ms) not in ("", self.name):
+            return False
+        lease = {"by": self.name, "until_ms": now_ms + int((2 * self.every_s + self.round_s) * 1000)}
         try:
             await self.records.commit([Put("watch", key, json.dumps(lease).encode(), held.version if held else 0)])
         except Conflict:
@@ -139,6 +151,11 @@ class Watcher:
             except (LedgerError, grpc.aio.AioRpcError) as error:  # this one next round; the others now
                 log.warning("not watched this round", extra={"key": record.key, "reason": repr(error)})
                 return 0
+            except Exception:  # a bug, or a record it cannot read: the rest of the page goes on
+                log.exception("not watched this round (a bug)", extra={"key": record.key})
+                return 0
+            finally:
+                self.looked += 1
 
     async def _loan(self, partner_id: str, key: str, version: int, seen: dict[str, Any]) -> int:
         """A loan's overdue episodes: each time it falls overdue (episode + 1) and each bucket it
@@ -187,6 +204,17 @@ class Watcher:
         data = {"customer_ref": customer.removeprefix(partner_id), "granted_fen": view.granted}
         update = Put("pcust", key, json.dumps({"frozen": view.frozen, "changes": changes}).encode(), version)
         return int(await self.webhooks.emit(partner_id, kind, f"{kind}.{customer}.{changes}", data, also=[update]))
+
+
+def _holder(value: bytes, now_ms: int) -> str:
+    """Who holds a round lease now ("" if it has lapsed, or cannot be read: another version's,
+    or broken, which the next take overwrites)."""
+    try:
+        lease = json.loads(value)
+        by, until_ms = lease["by"], lease["until_ms"]
+    except (ValueError, TypeError, KeyError):
+        return ""
+    return by if isinstance(by, str) and isinstance(until_ms, int) and until_ms > now_ms else ""
 
 
 async def _record(records: Records, update: Put) -> None:

@@ -37,8 +37,8 @@ from cluster.commands import LocalCluster
 from cluster.local import GatewayProcess, LendingProcess, RedisProcess, RiskProcess, free_port
 from gateway.api import LEDGER
 from gateway.idempotency import ANSWER_WAIT_S, Answer, Busy, Claimed, Idempotency, Mismatch, Replay
-from gateway.registry import Registry
-from gateway.watcher import Watcher
+from gateway.registry import Registry, partner_tag
+from gateway.watcher import Watcher, loan_key
 from gateway.webhooks import Webhooks, event_key
 from lending.limits import CreditLimits
 from lending.loans import Accounts
@@ -333,9 +333,20 @@ async def _event_log(router: str) -> None:
                 event = {"id": f"e{n}", "type": "drawdown", "created_unix_ms": created, "data": {}, "deliveries": {}}
                 key = event_key(partner, created, f"e{n}")
                 await webhooks.records.commit([Put("event", key, json.dumps(event).encode(), 0)])
+            records, scans = webhooks.records, []
+            scan = records.scan
+
+            def counted(kind: str, slots: Any = None, prefix: str = "", after: str = "") -> Any:
+                scans.append(after)
+                return scan(kind, slots, prefix, after)
+
+            records.scan = counted  # type: ignore[method-assign]  # the real scan, counted
             for limit in range(1, 6):
+                scans.clear()
                 logged = await webhooks.log(partner, "app", limit)
                 assert [e["id"] for e in logged] == [f"e{n}" for n in range(min(limit, 4))], (limit, logged)
+                # The hour holds one, the day two, the month three: each more asks one window further back.
+                assert len(scans) == min(limit, 4) and (scans[-1] == "") == (limit >= 4), (limit, scans)
         finally:
             await webhooks.aclose()
 
@@ -345,7 +356,7 @@ def test_one_watcher_a_round_takes_a_partners_loans_and_another_takes_over_when_
 ) -> None:
     """The round lease (gateway/watcher.py): of two gateway processes' watchers one looks at a
     partner's loans in a round; it renews its lease, and the other takes the partner once the
-    holder's lease has lapsed (the holder gone)."""
+    holder's lease has lapsed (the holder gone). A lease it cannot read is taken too."""
     asyncio.run(_round_lease(cluster.address, lending.address))
 
 
@@ -357,13 +368,25 @@ async def _round_lease(router: str, lending: str) -> None:
             stub = lending_pb2_grpc.LoanServiceStub(loans)
             first, second = (Watcher(webhooks, ledger, stub, LEDGER, every_s=1.0) for _ in range(2))
             partner = "wlse"  # a partner id no other test here uses
-            assert await first.take_round(partner)
-            assert not await second.take_round(partner)  # held by the first
-            assert await first.take_round(partner)  # renewed
-            assert not await second.take_round(partner)
-            await asyncio.sleep(1.2)  # the first stops renewing: its lease lapses
-            assert await second.take_round(partner)
-            assert not await first.take_round(partner)
+            seen = {"customer": f"{partner}c1", "bucket": "", "closed": False}
+            await webhooks.records.commit(
+                [Put("ploan", loan_key(partner, f"{partner}L1"), json.dumps(seen).encode(), 0)]
+            )
+            await first.watch_partner(partner)  # looks (lending has no such loan: logged, next round)
+            assert (first.looked, second.looked) == (1, 0)
+            await second.watch_partner(partner)  # held by the first: not looked at
+            assert (first.looked, second.looked) == (1, 0)
+            await first.watch_partner(partner)  # renewed
+            await second.watch_partner(partner)
+            assert (first.looked, second.looked) == (2, 0)
+            await asyncio.sleep(2.3)  # the first stops renewing: its lease (2 x every_s) lapses
+            await second.watch_partner(partner)
+            await first.watch_partner(partner)
+            assert (first.looked, second.looked) == (2, 1)
+            [held] = await webhooks.records.read([("watch", f"{partner_tag(partner)}:watch")])
+            assert held is not None
+            await webhooks.records.commit([Put("watch", held.key, b'{"holder": "v9"}', held.version)])
+            assert await first.take_round(partner)  # unreadable: taken, not a round lost
         finally:
             await loans.close()
             await webhooks.aclose()
