@@ -83,6 +83,7 @@ from rocksdict import WriteBatch
 import serving
 from node import keys, metrics
 from node.changelog import MASK, key_digest
+from node.clock import too_far_ahead
 from node.engine import Engine
 from node.identity import Identity
 from node.slotmove import CHUNK_BYTES_MAX, CHUNK_KEYS_MAX
@@ -374,6 +375,8 @@ class Backups:
                 f"slot {slot}: received {count} keys with digest {digest:016x}, the backup says {chunk.keys} keys"
                 f" with digest {chunk.digest:016x}"
             )
+        if ahead := too_far_ahead(chunk.clock_ns):
+            raise BadRequest(f"slot {slot}'s last chunk: {ahead}")
         self._engine.clock.raise_to(chunk.clock_ns)  # made durable with the stream's slots
         del self._received[slot]
         return written

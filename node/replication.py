@@ -78,7 +78,7 @@ The follower (Replica below, behind Node.Replicate)
     otherwise all entries are written in one WriteBatch, durably (its fsync shared with
     the node's other writes of the moment: node/storage.py `write_soon`), then acknowledged.
   * A call is refused whole when it comes from a node the table marks down, asks for a lease
-    outside LEASE_MS_MIN..MAX, or carries a clock more than CLOCK_AHEAD_MAX_NS past this host's.
+    outside LEASE_MS_MIN..MAX, or carries a clock more than node/clock.py CLOCK_AHEAD_MAX_NS past this host's.
     A refused call ends the stream with FAILED_PRECONDITION.
   * Promoted (AssignSlots names it primary of a slot it followed): it serves the slot only
     after lease x (1 + DRIFT) has passed since it last acknowledged the old primary, by when
@@ -106,7 +106,7 @@ from rocksdict import WriteBatch
 import serving
 from node import keys, metrics
 from node.changelog import Op
-from node.clock import Clock
+from node.clock import Clock, too_far_ahead
 from node.slots import SlotTable
 from node.storage import Storage
 from proto import node_pb2
@@ -115,7 +115,6 @@ log = logging.getLogger("yunkai.node.replication")
 
 LEASE_MS_DEFAULT = 1000
 LEASE_MS_MIN, LEASE_MS_MAX = 100, 60_000  # a peer asking for more is refused (promotions would wait it out)
-CLOCK_AHEAD_MAX_NS = 600 * 10**9  # a primary's clock this far past ours is refused (a broken host)
 DRIFT = 0.1  # clocks of two hosts may run this much apart in rate over a lease
 CALL_TIMEOUT_S = 2.0
 # A follower that refused a lease within the last REFUSED_FRESH_S (its table a step behind
@@ -564,13 +563,18 @@ class Replica:
             return f"the caller is {sender}, but this node's table has {request.primary} as {known or 'no identity'}"
         if request.lease_ms and not LEASE_MS_MIN <= request.lease_ms <= LEASE_MS_MAX:
             return f"lease_ms {request.lease_ms} is not {LEASE_MS_MIN} to {LEASE_MS_MAX}"
-        if request.clock_ns > time.time_ns() + CLOCK_AHEAD_MAX_NS:
-            return f"clock_ns {request.clock_ns} is more than {CLOCK_AHEAD_MAX_NS // 10**9} s past this host's clock"
+        if ahead := too_far_ahead(request.clock_ns):
+            return ahead
         if len(request.lease_slots) != len(request.lease_epochs):
             return f"{len(request.lease_slots)} lease_slots but {len(request.lease_epochs)} lease_epochs"
         total = self._slots.slots_total
         if any(slot >= total for slot in request.lease_slots):
             return f"lease_slots: a slot not below slots_total {total}"
+        named = [entry.slot for entry in request.entries]
+        if len(set(named)) != len(named):
+            # Each would pass the checks against the copy as it stands, and two batches would be
+            # written under one (epoch, seq): a copy unlike its primary's.
+            return "entries: a slot named twice in one call"
         return ""
 
     def _refusal(self, request: node_pb2.ReplicateRequest, entry: node_pb2.ReplicaEntry) -> str:
@@ -585,6 +589,8 @@ class Replica:
             return f"slot {entry.slot}: epoch {entry.epoch} is newer than this node's {slot.epoch}; not yet told"
         if entry.seq > slot.seq + 1:
             return f"slot {entry.slot}: seq {entry.seq} after {slot.seq} (a gap)"
+        if entry.epoch < slot.seq_epoch:
+            return f"slot {entry.slot}: epoch {entry.epoch} is older than this copy's last batch's {slot.seq_epoch}"
         if entry.seq <= slot.seq and (entry.seq, entry.epoch) != (slot.seq, slot.seq_epoch):
             # Not the batch this node wrote last (a resend would be): the histories differ. A
             # copy that took an old primary's last batch after a new one took over (KIP-101).

@@ -41,7 +41,7 @@ from tests.bank import (
     fetch_shard_map,
     lookup_transfers,
 )
-from tests.conftest import channel
+from tests.conftest import NodeHandle, channel
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -279,3 +279,34 @@ def test_only_an_operator_may_back_up_and_every_backup_call_is_audited(source: L
             "CutSlots",
             "ReleaseCreditLegs",
         ), (method, methods)
+
+
+def test_a_restore_whose_clock_is_far_past_this_hosts_is_refused_and_the_node_stamps_on_from_its_own(
+    tmp_path: Path,
+) -> None:
+    """A backup's last chunk carries the ledger clock its slot was written under. One far past
+    this host's (a forged or broken backup) would pin every later timestamp there, past what
+    history keys hold: refused by name, nothing restored, and the node goes on serving."""
+    target = LocalCluster(str(tmp_path / "target"), nodes=1, port=0, slots_total=S).start()
+    try:
+        node = NodeHandle(target.nodes[0])
+        with channel(node.process.address, "operator") as operator:
+            restore = node_pb2_grpc.NodeStub(operator).RestoreSlot
+            ahead = node_pb2.RestoreChunk(slot=5, last=True, keys=0, digest=0, clock_ns=2**63)
+            with pytest.raises(grpc.RpcError) as refused:
+                restore(iter([ahead]), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+            assert "clock_ns" in str(refused.value.details()), refused.value.details()
+        assert node.accounts(pb.Account(id="clk-a", ledger=1, code=1), pb.Account(id="clk-b", ledger=1, code=1)) == [
+            pb.OK,
+            pb.OK,
+        ]
+        [moved] = node.transfers(
+            pb.Transfer(id="t1", debit_account_id="clk-a", credit_account_id="clk-b", amount=7, ledger=1, code=1)
+        )
+        assert moved.code == pb.OK, moved
+        stamped = node.transfer("clk-a", "t1").transfer.timestamp
+        assert 0 < stamped < time.time_ns() + 60 * 10**9, stamped
+        node.channel.close()
+    finally:
+        target.stop()

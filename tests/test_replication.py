@@ -192,6 +192,20 @@ def test_a_follower_takes_a_primarys_stream_only_from_the_certificate_its_table_
                 list(node_pb2_grpc.NodeStub(to_follower).Replicate(iter([forged]), timeout=10))
             assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, name
             assert f"spiffe://yunkai/node/{name}" in (caught.value.details() or ""), caught.value.details()
+        # The primary's own certificate does not make any entry good: one slot named twice in a
+        # call (both would pass against the copy as it stands: two batches under one seq) is
+        # refused whole; an entry at an epoch older than the copy's last batch is refused.
+        credentials = Tls.load(os.environ[TLS_DIR_ENV], names[0]).channel_credentials()
+        twice = node_pb2.ReplicateRequest(primary=addresses[0], lease_ms=LEASE_MS, entries=[entry, entry])
+        older = node_pb2.ReplicaEntry(slot=slot, epoch=0, seq=copy.seq + 1, ops=entry.ops)
+        with grpc.secure_channel(addresses[1], credentials) as to_follower:
+            with pytest.raises(grpc.RpcError) as caught:
+                list(node_pb2_grpc.NodeStub(to_follower).Replicate(iter([twice]), timeout=10))
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value
+            assert "named twice" in (caught.value.details() or ""), caught.value.details()
+            request = node_pb2.ReplicateRequest(primary=addresses[0], lease_ms=LEASE_MS, entries=[older])
+            [reply] = list(node_pb2_grpc.NodeStub(to_follower).Replicate(iter([request]), timeout=10))
+            assert not reply.results[0].ok and "older" in reply.results[0].refusal, reply
         after = b.admin.GetSlots(node_pb2.GetSlotsRequest(), timeout=5).slots[slot]
         assert (after.seq_epoch, after.seq) == (copy.seq_epoch, copy.seq)
         paid = pb.Transfer(id=fresh("t"), debit_account_id=other, credit_account_id=account, amount=11,
