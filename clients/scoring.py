@@ -21,6 +21,12 @@ INPUT_NAME = "features"
 OUTPUT_NAME = "probability"
 
 
+class BadScoringReply(Exception):
+    """A reply no scoring server should send (a broken or mismatched one): scores that are not
+    probabilities, too few or too many of them, a value an enum does not have. Nothing is to
+    be decided on it; callers answer as for a server that did not answer."""
+
+
 class ScoringClient:
     def __init__(
         self,
@@ -91,7 +97,11 @@ class ScoringClient:
         if not rows:
             return []
         reply = await self._infer(model, rows, version, reasons_max, request_id)
-        assert len(reply.reasons) == len(rows), f"{len(reply.reasons)} reasons for {len(rows)} rows"
+        if len(reply.reasons) != len(rows):
+            raise BadScoringReply(f"model {model!r}: {len(reply.reasons)} rows of reasons for {len(rows)} rows")
+        directions = pb.ReasonDirection.values()
+        if any(r.direction not in directions for row in reply.reasons for r in row.reasons):
+            raise BadScoringReply(f"model {model!r}: a reason's direction is none of {sorted(directions)}")
         return list(zip(self._scores(reply, len(rows)), reply.reasons, strict=True))
 
     async def _infer(
@@ -126,8 +136,15 @@ class ScoringClient:
 
     @staticmethod
     def _scores(reply: pb.ModelInferResponse, rows: int) -> list[float]:
-        scores = list(struct.unpack(f"<{rows}f", reply.raw_output_contents[0]))
-        assert len(scores) == rows, f"{len(scores)} scores for {rows} rows"
+        """The reply's probabilities, checked: one FP32 a row, each in [0, 1] (BadScoringReply)."""
+        outputs = reply.raw_output_contents
+        if len(outputs) != 1 or len(outputs[0]) != 4 * rows:
+            sizes = [len(o) for o in outputs]
+            raise BadScoringReply(f"{rows} rows want one output of {4 * rows} bytes, the reply has {sizes}")
+        scores = list(struct.unpack(f"<{rows}f", outputs[0]))
+        bad = [(row, score) for row, score in enumerate(scores) if not 0.0 <= score <= 1.0]  # NaN too
+        if bad:
+            raise BadScoringReply(f"row {bad[0][0]}'s score {bad[0][1]!r} is not a probability")
         return scores
 
     async def record_outcomes(
@@ -145,4 +162,7 @@ class ScoringClient:
             if kept is not None:
                 outcome.version, outcome.score = kept[index]
         reply = await self.stub.ModelOutcome(request, timeout=self.deadline_s)
+        known = pb.OutcomeResult.values()
+        if len(reply.results) != len(outcomes) or any(r not in known for r in reply.results):
+            raise BadScoringReply(f"{len(reply.results)} results for {len(outcomes)} outcomes, or one none of {known}")
         return [pb.OutcomeResult.Name(r).lower().removeprefix("outcome_") for r in reply.results]

@@ -55,7 +55,7 @@ from prometheus_client import Counter, Histogram
 import serving
 from clients.ledger import LedgerClient, LedgerError
 from clients.records import NAME_PATTERN, CommitFailed, Conflict as RecordConflict, OtherRolesRecord, Records
-from clients.scoring import ScoringClient
+from clients.scoring import BadScoringReply, ScoringClient
 from lending.limits import CUSTOMER_PATTERN, CreditLimits
 from proto import inference_pb2, lending_pb2, lending_pb2_grpc, risk_pb2 as pb
 from risk import behaviour, early_warning, flow
@@ -213,8 +213,9 @@ REFUSALS: serving.Refusals = (
     ((BadRequest, flow.BadApplication), grpc.StatusCode.INVALID_ARGUMENT),
     ((NotFound, flow.FlowNotFound), grpc.StatusCode.NOT_FOUND),
     (Conflict, grpc.StatusCode.ALREADY_EXISTS),
-    # The scoring server or the lending server did not answer: nothing decided, or the opening to finish.
-    ((UpstreamUnavailable, grpc.aio.AioRpcError), grpc.StatusCode.UNAVAILABLE),
+    # The scoring server or the lending server did not answer (or answered what no scoring server
+    # should): nothing decided, or the opening to finish.
+    ((UpstreamUnavailable, grpc.aio.AioRpcError, BadScoringReply), grpc.StatusCode.UNAVAILABLE),
     (UpstreamRefused, grpc.StatusCode.FAILED_PRECONDITION),
     (flow.FlowError, grpc.StatusCode.INTERNAL),
     *LOG_ON_LEDGER,
@@ -226,8 +227,9 @@ BEHAVIOUR_REFUSALS: serving.Refusals = (
     ((BadRequest, behaviour.BadBorrower, early_warning.FollowUpRefused), grpc.StatusCode.INVALID_ARGUMENT),
     (behaviour.RunConflict, grpc.StatusCode.ALREADY_EXISTS),
     ((NotConfigured, UpstreamRefused), grpc.StatusCode.FAILED_PRECONDITION),
-    # The scoring server, the ledger or the lending server did not answer: repeat the call.
-    (UpstreamUnavailable, grpc.StatusCode.UNAVAILABLE),
+    # The scoring server, the ledger or the lending server did not answer (or the scoring server
+    # answered what it should not): repeat the call.
+    ((UpstreamUnavailable, BadScoringReply), grpc.StatusCode.UNAVAILABLE),
     (behaviour.PolicyError, grpc.StatusCode.INTERNAL),
     *LOG_ON_LEDGER,
 )

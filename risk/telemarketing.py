@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import serving
-from clients.scoring import ScoringClient
+from clients.scoring import BadScoringReply, ScoringClient
 
 MODEL = "marketing_response"
 PROSPECTS_MAX = 1_000_000
@@ -157,6 +157,9 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except BadScoringReply as error:  # the allocation's asserts hold for what the client checked
+        print(f"error: the scoring server at {args.scoring}: {error}", file=sys.stderr)
+        return 1
     prospects = [Prospect(i, p, c) for i, p, c in zip(ids, probabilities, labels, strict=True)]
     plan = allocate(prospects, agents)
     report: dict[str, Any] = {

@@ -504,6 +504,9 @@ class Controller:
         for move in table.moves:
             if move.migration_id in active:
                 continue
+            if move.slot >= shard_map.slots_total:  # a node's reply: input, checked
+                log.warning("a node reports a move of a slot past the map", extra={"node": address, "slot": move.slot})
+                continue
             source_side = move.role in (node_pb2.EXPORTING, node_pb2.FROZEN)
             still_source = shard_map.owners[move.slot] == address
             if source_side == still_source:  # a source that still owns it, or a target that does not

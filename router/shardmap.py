@@ -23,6 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from proto import cluster_pb2
+from router.slots import SLOTS_TOTAL_MAX
 
 ACTIVE = cluster_pb2.NODE_ACTIVE
 JOINING = cluster_pb2.NODE_JOINING
@@ -309,8 +310,12 @@ class ShardMap:
 
 def _problem(m: ShardMap | SimpleNamespace) -> str | None:
     """Which of a map's invariants does not hold, or None."""
+    if not 0 < len(m.owners) <= SLOTS_TOTAL_MAX:
+        return f"1 to {SLOTS_TOTAL_MAX} slots, not {len(m.owners)}"
     if len(m.owners) != len(m.epochs):
         return "one owner and one epoch per slot"
+    if any(state not in cluster_pb2.NodeState.values() for state in m.nodes.values()):
+        return "every node in a known state"
     if not all(owner in m.nodes for owner in set(m.owners)):
         return "every owner is a known node"
     if not set(m.ids) <= set(m.nodes) or not set(m.zones) <= set(m.nodes) or not set(m.spiffe_ids) <= set(m.nodes):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cluster.local import EtcdProcess
+from proto import cluster_pb2
 from router import placement
 from router.etcd import Etcd
 from router.metastore import EtcdMetastore, LocalMetastore, Metastore
@@ -190,3 +191,21 @@ def test_a_watcher_sees_every_newer_map_a_swap_stores(store_factory: Callable[[]
         await reader.close()
 
     asyncio.run(scenario())
+
+
+def test_a_shard_map_from_another_process_with_no_slots_or_an_unknown_node_state_is_refused() -> None:
+    """A map arrives from etcd or a router's WatchShardMap: input, checked. No slots would divide
+    every routed key by zero; a state this version does not know would fail its naming later."""
+    good = ShardMap.initial(placement.place(S, nodes(3)), {}, "cluster-1").to_proto()
+    assert ShardMap.from_proto(good).slots_total == S
+    empty = cluster_pb2.ShardMap()
+    empty.CopyFrom(good)
+    del empty.slot_owner[:], empty.slot_epoch[:]
+    empty.slots_total = 0
+    with pytest.raises(ValueError, match="1 to 65535 slots, not 0"):
+        ShardMap.from_proto(empty)
+    unknown = cluster_pb2.ShardMap()
+    unknown.CopyFrom(good)
+    unknown.nodes[0].state = 99  # type: ignore[assignment]  # a newer version's state, say
+    with pytest.raises(ValueError, match="known state"):
+        ShardMap.from_proto(unknown)

@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import pytest
 
-from clients.scoring import ScoringClient
+from clients.scoring import BadScoringReply, ScoringClient
 from cluster.local import _await_serving
 from proto import inference_pb2 as pb, inference_pb2_grpc
 from scoring import datasets, parity, registry, train
@@ -359,3 +359,22 @@ def test_raw_request_packing_matches_the_wire_layout() -> None:
     # Little-endian FP32, row-major: what Triton's clients put in raw_input_contents.
     rows = np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)
     assert raw_request(rows).raw_input_contents[0] == struct.pack("<4f", 1.0, 2.0, 3.0, 4.0)
+
+
+def test_a_reply_no_scoring_server_should_send_is_refused_by_the_client_not_decided_on() -> None:
+    """The client checks what a scoring server answers (a peer's reply is input): one FP32 a
+    row, each a probability. A score below 0 would pass every cut-off a flow has ("pd < 0.1")
+    and approve; a short tensor would index past its end."""
+    good = pb.ModelInferResponse(raw_output_contents=[struct.pack("<2f", 0.25, 1.0)])
+    assert ScoringClient._scores(good, 2) == [0.25, 1.0]
+    for floats, rows, named in (
+        ((-0.01,), 1, "not a probability"),
+        ((float("nan"),), 1, "not a probability"),
+        ((1.5, 0.2), 2, "row 0"),
+        ((0.3,), 2, "want one output of 8 bytes"),
+    ):
+        reply = pb.ModelInferResponse(raw_output_contents=[struct.pack(f"<{len(floats)}f", *floats)])
+        with pytest.raises(BadScoringReply, match=named):
+            ScoringClient._scores(reply, rows)
+    with pytest.raises(BadScoringReply, match="the reply has \\[\\]"):
+        ScoringClient._scores(pb.ModelInferResponse(), 1)
