@@ -382,6 +382,15 @@ async def _call(call: Awaitable[T]) -> T:
         raise ApiError(503, "unavailable", f"the ledger did not answer; retry ({error})") from None
 
 
+def _name(enum: Any, value: int) -> str:
+    """An enum value's name in a risk or lending reply; a value this gateway does not know (a
+    newer server's, during an upgrade) is UNKNOWN_<n>, not an error after the call has acted."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return f"UNKNOWN_{value}"
+
+
 def _decode(text: str, field: str) -> bytes:
     try:
         data = base64.b64decode(text, validate=True)
@@ -770,7 +779,7 @@ def _decision(decision: rpb.Decision, ref: str, customer_ref: str, documents: li
         application_ref=ref,
         customer_ref=customer_ref,
         product=decision.product,
-        outcome=rpb.Outcome.Name(decision.outcome),
+        outcome=_name(rpb.Outcome, decision.outcome),
         limit_fen=decision.limit_fen,
         price_bps=decision.price_bps,
         reason_codes=list(decision.reason_codes),
@@ -869,7 +878,7 @@ def _loan(loan: lpb.Loan, caller: Caller, ref: str, agreement: str) -> LoanOut:
         loan_ref=ref,
         customer_ref=loan.customer.removeprefix(caller.partner),
         product=loan.product_code,
-        status=lpb.LoanStatus.Name(loan.status),
+        status=_name(lpb.LoanStatus, loan.status),
         principal_fen=loan.principal,
         principal_outstanding_fen=loan.principal_outstanding,
         annual_rate_bps=loan.annual_rate_bps,
@@ -1061,7 +1070,7 @@ def _loan_routes(api: FastAPI) -> None:
                 interest_fen=paid.repayment.interest,
                 fees_fen=paid.repayment.fees,
                 penalty_fen=paid.repayment.penalty,
-                loan_status=lpb.LoanStatus.Name(paid.loan.status),
+                loan_status=_name(lpb.LoanStatus, paid.loan.status),
                 principal_outstanding_fen=paid.loan.principal_outstanding,
             )
             event_id = f"repayment.{loan_id}.{body.repayment_ref}"
@@ -1123,7 +1132,7 @@ def _repayable(loan: lpb.Loan, ref: str, body: RepaymentIn) -> None:
     collected amount moves into the deposit only for a repayment that will apply: the loan
     open, the date on or after its drawdown, something of it due then (lending/loans.py)."""
     if loan.status not in (lpb.ACTIVE, lpb.OVERDUE):
-        raise ApiError(409, "refused", f"loan {ref} is {lpb.LoanStatus.Name(loan.status)}: nothing to repay")
+        raise ApiError(409, "refused", f"loan {ref} is {_name(lpb.LoanStatus, loan.status)}: nothing to repay")
     try:
         on = date.fromisoformat(body.date)
     except ValueError:

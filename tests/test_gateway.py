@@ -35,7 +35,7 @@ from clients.partner import ROUTES, PartnerApiError, PartnerClient, verify_signa
 from clients.records import Put, Records
 from cluster.commands import LocalCluster
 from cluster.local import GatewayProcess, LendingProcess, RedisProcess, RiskProcess, free_port
-from gateway.api import LEDGER
+from gateway.api import LEDGER, _name
 from gateway.idempotency import ANSWER_WAIT_S, Answer, Busy, Claimed, Idempotency, Mismatch, Replay
 from gateway.registry import Registry, partner_tag
 from gateway.watcher import Watcher, loan_key
@@ -650,3 +650,9 @@ def test_a_customers_session_holds_no_more_than_its_app_and_applies_only_with_th
         assert http.post("/v1/applications", json=larger, headers={"Idempotency-Key": "s2"}).status_code == 400
         decided = http.post("/v1/applications", json=application, headers={"Idempotency-Key": "s3"})
         assert decided.status_code == 201 and decided.json()["outcome"] == "APPROVE", decided.json()
+
+
+def test_a_status_a_newer_server_sends_is_named_not_a_500_after_the_call_has_acted() -> None:
+    """Risk's and lending's enums in the gateway's answers (gateway/api.py `_name`)."""
+    assert _name(lpb.LoanStatus, lpb.ACTIVE) == "ACTIVE"
+    assert _name(lpb.LoanStatus, 99) == "UNKNOWN_99"
