@@ -577,6 +577,13 @@ class Engine:
             pending = overlay.get_transfer(debit_id, transfer_id)
             if pending is None:
                 continue
+            deadline = sm.expires_at(pending)
+            if deadline != _at:
+                # A key that does not name its pending's deadline (one moved in from a peer):
+                # taken at the pending's own deadline, if it has one.
+                if deadline:
+                    held.append((deadline, slot, debit_id, transfer_id))
+                continue
             credit_slot = account_slot(pending.credit_account_id, total)
             if same_batch(slot, credit_slot) and not outbox.crossing(overlay, pending):
                 done = sm.expire_pending(overlay, pending, self.clock.next())

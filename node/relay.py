@@ -64,6 +64,10 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
 _WARN_EVERY_S = 10.0
+# A route learned from a credit node's redirect (WRONG_SLOT, the slot's newer owner) is used
+# for this long unless the table catches up first: a redirect is a peer's word, and one naming
+# an epoch far ahead (a broken or forged one) must not pin the slot's legs for good.
+_LEARNED_FRESH_S = 10.0
 
 RouteFn = Callable[[int], tuple[int, str]]
 OwnLegs = Callable[[node_pb2.ApplyCreditLegsRequest], Awaitable[node_pb2.ApplyCreditLegsResponse]]
@@ -128,7 +132,7 @@ class Relay:
         self._ready: deque[_Entry] = deque()
         self._backoff: list[tuple[float, int, _Entry]] = []  # heap of (due, tie-break, entry)
         self._tie = itertools.count()
-        self._learned: dict[int, tuple[int, str]] = {}  # slot -> (epoch, owner) from redirects
+        self._learned: dict[int, tuple[int, str, float]] = {}  # slot -> (epoch, owner, when) from redirects
         self._stubs: dict[str, tuple[grpc.aio.Channel, node_pb2_grpc.NodeStub]] = {}
         self._waiters: dict[tuple[str, str], list[asyncio.Future[pb.Transfer]]] = {}
         self._in_flight = 0
@@ -150,8 +154,9 @@ class Relay:
         """Every outbox entry of some slots, checked against its transfers: the node's slots
         at startup (our own disk: a mismatch is our bug), and slots that moved onto this node
         (a peer's data: a mismatch is logged and the entry left alone)."""
+        held: dict[str, int] = {}  # debit account -> what its loaded legs hold of its debits_pending
         for key, leg in entries:
-            problem = _loaded_problem(self._storage, key, leg)
+            problem = _loaded_problem(self._storage, key, leg, held)
             if problem is not None:
                 assert moved_in, problem
                 log.error("outbox entry of a moved-in slot not loaded", extra={"problem": problem})
@@ -287,13 +292,16 @@ class Relay:
     def _owner_of(self, slot: int) -> tuple[int, str]:
         epoch, owner = self._route(slot)
         learned = self._learned.get(slot)
-        if learned is not None and learned[0] > epoch:
-            return learned
+        if learned is not None:
+            learned_epoch, learned_owner, when = learned
+            if learned_epoch > epoch and time.monotonic() - when < _LEARNED_FRESH_S:
+                return learned_epoch, learned_owner
+            del self._learned[slot]  # the table caught up, or the redirect is stale
         return epoch, owner
 
     def _learn(self, slot: int, redirect: pb.SlotRedirect) -> None:
         if redirect.slot == slot and redirect.owner and redirect.epoch > self._owner_of(slot)[0]:
-            self._learned[slot] = (redirect.epoch, redirect.owner)
+            self._learned[slot] = (redirect.epoch, redirect.owner, time.monotonic())
 
     def _retry(self, entry: _Entry, now: float) -> None:
         entry.attempts += 1
@@ -418,9 +426,11 @@ class _Group:
         self.epochs.append(epoch)
 
 
-def _loaded_problem(storage: Storage, key: bytes, leg: node_pb2.CreditLeg) -> str | None:
-    """Why an entry read back does not pair with its key and the transfers it was written with
-    (node/outbox.py's invariants), or None."""
+def _loaded_problem(storage: Storage, key: bytes, leg: node_pb2.CreditLeg, held: dict[str, int]) -> str | None:
+    """Why an entry read back does not pair with its key, its debit account and the transfers it
+    was written with (what node/outbox.py's apply_leg_result asserts when its result comes), or
+    None. `held` sums, per debit account, what the legs loaded so far hold of its debits_pending:
+    together they may not hold more than it has (each result takes its part back)."""
     slot = account_slot(leg.debit_account_id, storage.slots_total)
     if key != keys.outbox_key(slot, leg.debit_account_id, subject_of(leg), leg.kind):
         return f"key {key!r} does not name leg {leg}"
@@ -434,8 +444,23 @@ def _loaded_problem(storage: Storage, key: bytes, leg: node_pb2.CreditLeg) -> st
         return None
     if transfer.state != pb.TRANSFER_IN_FLIGHT:
         return f"leg {leg} of a transfer that is not in flight: {transfer}"
+    entry = storage.account_entry(leg.debit_account_id)
+    if entry is None:
+        return f"no debit account for leg {leg}"
+    holds = leg.amount
     if leg.kind == node_pb2.LEG_POST:
         pending = storage.transfer(leg.debit_account_id, leg.pending_id)
         if pending is None or pending.state != pb.TRANSFER_PENDING:
             return f"a POST of a pending that is not pending: {leg} {pending}"
+        if pending.amount != leg.reserved:
+            return f"a POST reserving {leg.reserved} of a pending of {pending.amount}: {leg}"
+        if (leg.event.id, leg.event.timestamp, leg.event.amount) != (transfer.id, transfer.timestamp, leg.amount):
+            return f"a POST whose event is not its transfer: {leg} {transfer}"
+        holds = pending.amount
+    elif leg.amount != transfer.amount:
+        return f"leg {leg} of {leg.amount} for a transfer of {transfer.amount}"
+    total = held.get(leg.debit_account_id, 0) + holds
+    if total > entry[0].debits_pending:
+        return f"legs holding {total} of {leg.debit_account_id}'s debits_pending {entry[0].debits_pending}"
+    held[leg.debit_account_id] = total
     return None

@@ -1179,3 +1179,54 @@ MOVE_SETTINGS = settings(
 
 TestAMovedSlotArrivesWholeThroughALogThatReordersAndDuplicates = SlotMoveMachine.TestCase
 TestAMovedSlotArrivesWholeThroughALogThatReordersAndDuplicates.settings = MOVE_SETTINGS
+
+
+def test_a_redirect_naming_an_epoch_far_ahead_routes_a_slots_legs_only_for_a_while(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A credit node's WRONG_SLOT redirect teaches the relay the slot's newer owner (node/relay.py
+    `_learn`); it is a peer's word, so a redirect naming an epoch far past the table's (broken or
+    forged) routes the slot's legs elsewhere only until it is stale, then the table's owner again."""
+    import node.relay as relay_module
+
+    node = Node("debit", str(tmp_path / "debit"), {slot: "debit" for slot in range(SLOTS_TOTAL)})
+    try:
+        monkeypatch.setattr(relay_module, "_LEARNED_FRESH_S", 0.2)
+        table = node.relay._owner_of(3)
+        node.relay._learn(3, pb.SlotRedirect(slot=3, owner="elsewhere", epoch=2**63))
+        assert node.relay._owner_of(3) == (2**63, "elsewhere")
+        time.sleep(0.3)
+        assert node.relay._owner_of(3) == table
+    finally:
+        node.storage.close()
+
+
+def test_a_moved_in_outbox_entry_its_account_cannot_settle_is_left_alone_not_asserted(tmp_path: Any) -> None:
+    """Outbox entries of a slot that moved in are a peer's data (node/relay.py `load`): one whose
+    amount is not its transfer's, or legs holding more than the debit account has pending, would
+    trip apply_leg_result's asserts when the credit node answers; such an entry is logged and not
+    loaded, and one that pairs is loaded."""
+    node = Node("debit", str(tmp_path / "debit"), {slot: "debit" for slot in range(SLOTS_TOTAL)})
+    try:
+        debit, slot = "acct-m", account_slot("acct-m", SLOTS_TOTAL)
+        node.storage.put_now(
+            keys.account_key(slot, debit), pb.Account(id=debit, ledger=1, code=1, debits_pending=10).SerializeToString()
+        )
+
+        def in_flight(transfer_id: str, amount: int, leg_amount: int) -> tuple[bytes, node_pb2.CreditLeg]:
+            transfer = pb.Transfer(
+                id=transfer_id, debit_account_id=debit, credit_account_id="acct-c", amount=amount, ledger=1, code=1,
+                state=pb.TRANSFER_IN_FLIGHT, timestamp=1,
+            )  # fmt: skip
+            node.storage.put_now(keys.transfer_key(slot, debit, transfer_id), transfer.SerializeToString())
+            leg = node_pb2.CreditLeg(
+                kind=node_pb2.LEG_CREDIT, debit_account_id=debit, transfer_id=transfer_id, credit_account_id="acct-c",
+                amount=leg_amount, event=transfer,
+            )  # fmt: skip
+            return keys.outbox_key(slot, debit, outbox.subject_of(leg), leg.kind), leg
+
+        fits, mismatched, too_much = in_flight("t-fits", 6, 6), in_flight("t-odd", 3, 4), in_flight("t-more", 5, 5)
+        node.relay.load([fits, mismatched, too_much], moved_in=True)
+        assert set(node.relay.legs()) == {fits[0]}  # 6 of 10 held; 4 is not 3; 6 + 5 > 10
+    finally:
+        node.storage.close()
