@@ -50,6 +50,7 @@ asyncio loops.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import os
 import random
@@ -1228,5 +1229,38 @@ def test_a_moved_in_outbox_entry_its_account_cannot_settle_is_left_alone_not_ass
         fits, mismatched, too_much = in_flight("t-fits", 6, 6), in_flight("t-odd", 3, 4), in_flight("t-more", 5, 5)
         node.relay.load([fits, mismatched, too_much], moved_in=True)
         assert set(node.relay.legs()) == {fits[0]}  # 6 of 10 held; 4 is not 3; 6 + 5 > 10
+    finally:
+        node.storage.close()
+
+
+def test_an_expiry_key_earlier_than_its_pendings_deadline_expires_it_at_the_deadline_not_before(
+    tmp_path: Any,
+) -> None:
+    """A slot's expiry keys come with it when it moves in (a peer's data): a key naming a time
+    before its pending's deadline would have the committer release the reservation early (an
+    assert stopped the node instead). It is taken at the pending's own deadline."""
+    node = Node("debit", str(tmp_path / "debit"), {slot: "debit" for slot in range(SLOTS_TOTAL)})
+    try:
+        node.mailbox = [pb.Account(id=i, ledger=1, code=1) for i in ("acct-e", "acct-f")]
+        node.commit()
+        pending = pb.Transfer(
+            id="p-early", debit_account_id="acct-e", credit_account_id="acct-f", amount=5, ledger=1, code=1,
+            flags=sm.PENDING, timeout_s=1,
+        )  # fmt: skip
+        node.mailbox = [pending]
+        [(_, result)] = node.commit()
+        assert result.code == pb.OK, result
+        stored = node.storage.transfer("acct-e", "p-early")
+        assert stored is not None
+        deadline = sm.expires_at(stored)
+        slot = account_slot("acct-e", SLOTS_TOTAL)
+        heapq.heappush(node.engine._expiries, (deadline - 10**9, slot, "acct-e", "p-early"))  # as if loaded
+        node.commit()
+        still = node.storage.transfer("acct-e", "p-early")
+        assert still is not None and still.state == pb.TRANSFER_PENDING, still
+        time.sleep(max(0.0, (deadline - time.time_ns()) / 1e9) + 0.05)
+        node.commit()
+        expired = node.storage.transfer("acct-e", "p-early")
+        assert expired is not None and expired.state == pb.TRANSFER_EXPIRED, expired
     finally:
         node.storage.close()
