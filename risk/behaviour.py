@@ -250,8 +250,15 @@ class BehaviourJob:
                 lines[borrower.customer] = line
         new = [b for b in new if b.customer in lines]
         histories = await _all(loans_of(b.customer) for b in new)
-        derived_all = [repayment.features(history, as_of) for history in histories]
-        everything = [(b, d, b.profile | d) for b, d in zip(new, derived_all, strict=True)]
+        everything = []
+        for borrower, history in zip(new, histories, strict=True):
+            try:
+                derived_one = repayment.features(history, as_of)
+            except ValueError as error:  # lending's loans do not add up (a bad date too): this borrower only
+                reason = f"loans: {borrower.customer}'s from the lending server: {error}"
+                skipped[borrower.customer] = NotAssessed(borrower.customer, reason, no_credit_line=False)
+                continue
+            everything.append((borrower, derived_one, borrower.profile | derived_one))
         for borrower, _, row in everything:
             missing = await self._missing(row)
             if missing:

@@ -44,6 +44,11 @@ WINDOW_DAYS = 365
 FEN_PER_THOUSAND_YUAN = 100_000
 
 
+class BadHistory(ValueError):
+    """A loan from the lending server that does not add up (a repayment of more than its
+    schedule owed, a date that does not parse): its borrower is not assessed on it."""
+
+
 @dataclass(frozen=True)
 class Instalment:
     """One instalment's facts as of the date: when it fell due, its grace, when it was paid."""
@@ -73,7 +78,12 @@ def instalments_of(loan: pb.Loan, as_of: date) -> list[Instalment]:
                 share = min(amount, left[instalment.number][part])
                 left[instalment.number][part] -= share
                 amount -= share
-            assert amount == 0, (loan.loan_id, repayment.repayment_id, part, amount)
+            if amount:
+                what = ("interest", "principal")[part]
+                raise BadHistory(
+                    f"loan {loan.loan_id}: repayment {repayment.repayment_id} pays {amount} fen more {what} than its"
+                    " schedule owed"
+                )
         for instalment in due:
             if instalment.number not in paid_on and left[instalment.number] == [0, 0]:
                 paid_on[instalment.number] = on

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from datetime import date
 
+import pytest
+
 from proto import lending_pb2 as pb
-from risk.repayment import features
+from risk.repayment import BadHistory, features
 
 # Four monthly instalments of 100 principal + 10 interest, due on the 10th, 3 grace days.
 DUES = ("2026-02-10", "2026-03-10", "2026-04-10", "2026-05-10")
@@ -119,3 +121,16 @@ def test_the_window_is_twelve_months_and_pending_loans_do_not_count() -> None:
     pending.status = pb.PENDING
     assert features([pending], date(2026, 12, 1))["late_payments_12m"] == 0.0
     assert features([], date(2026, 12, 1))["months_on_book"] == 0.0
+
+
+def test_loans_from_lending_that_do_not_add_up_are_refused_by_name_not_asserted() -> None:
+    """The loans come from the lending server's reply: a repayment of more than its schedule owed,
+    or a date that does not parse, is a BadHistory naming the loan (its borrower is reported not
+    assessed by the behaviour job), not an assert that fails the whole call."""
+    overpaid = loan(("2026-02-10", 10, 250))  # 250 of principal against 100 due by then
+    with pytest.raises(BadHistory, match="loan l1: repayment r0 pays 150 fen more principal"):
+        features([overpaid], date(2026, 3, 20))
+    garbled = loan(("2026-02-10", 10, 100))
+    garbled.repayments[0].date = "10/02/2026"
+    with pytest.raises(ValueError):
+        features([garbled], date(2026, 3, 20))
