@@ -223,7 +223,8 @@ class Controller:
                 log.info("took office", extra={"term": self.term, "map_version": elected.version})
                 return elected
             reloaded = await self.metastore.load()
-            assert reloaded is not None
+            if reloaded is None:  # the store's word: someone deleted the map meanwhile
+                raise ControllerError("the shard map was deleted from the metastore while taking office")
             await self.view.offer(reloaded)
         raise ControllerError("the shard map kept changing while taking office (another controller?)")
 
@@ -241,7 +242,8 @@ class Controller:
             log.info("seeded a new shard map", extra={"nodes": self.seed_nodes, "slots": self.slots_total})
             return seeded
         stored = await self.metastore.load()
-        assert stored is not None
+        if stored is None:  # the store's word: another seeded it, then someone deleted it
+            raise ControllerError("the shard map another router seeded was deleted from the metastore meanwhile")
         return stored
 
     async def _check_seed_nodes(self) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
