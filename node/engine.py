@@ -585,7 +585,12 @@ class Engine:
                     held.append((deadline, slot, debit_id, transfer_id))
                 continue
             credit_slot = account_slot(pending.credit_account_id, total)
-            if same_batch(slot, credit_slot) and not outbox.crossing(overlay, pending):
+            local = same_batch(slot, credit_slot) and not outbox.crossing(overlay, pending)
+            unpaired = _unexpirable(overlay, pending, local)
+            if unpaired:  # a moved-in pending its accounts cannot release: left for an operator
+                log.error("a pending not expired", extra={"transfer": transfer_id, "problem": unpaired})
+                continue
+            if local:
                 done = sm.expire_pending(overlay, pending, self.clock.next())
                 if done and credit_slot != slot:
                     outbox.journal_local_resolution(overlay, pending, pending.id)
@@ -600,6 +605,22 @@ class Engine:
         for expiry in self.storage.pending_expiries(slots):
             heapq.heappush(self._expiries, expiry)
         metrics.pending_expiries.set(len(self._expiries))
+
+
+def _unexpirable(overlay: Overlay, pending: pb.Transfer, local: bool) -> str:
+    """Why a pending's accounts cannot take its expiry ("" if they can): what the expiry asserts
+    of them (node/state_machine.py, node/outbox.py). Always "" for our own writes; a slot that
+    moved in or was restored brings a peer's."""
+    if pending.state != pb.TRANSFER_PENDING:
+        return ""  # nothing to release: the expiry is a no-op
+    debit = overlay.get_account(pending.debit_account_id)
+    if debit is None or debit.debits_pending < pending.amount:
+        return f"the debit account does not hold its {pending.amount} pending"
+    if local:
+        credit = overlay.get_account(pending.credit_account_id)
+        if credit is None or credit.credits_pending < pending.amount:
+            return f"the credit account does not hold its {pending.amount} pending"
+    return ""
 
 
 def load_clock(storage: Storage) -> Clock:

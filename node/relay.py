@@ -49,7 +49,7 @@ import grpc
 import serving
 from node import keys, metrics, state_machine as sm
 from node.keys import account_slot
-from node.outbox import LEG_OUTCOMES_OF, SENDER_FIELD, subject_of
+from node.outbox import LEG_OUTCOMES_OF, SENDER_FIELD, malformed_leg, subject_of
 from node.storage import Storage
 from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
 
@@ -152,14 +152,16 @@ class Relay:
 
     def load(self, entries: Iterable[tuple[bytes, node_pb2.CreditLeg]], moved_in: bool = False) -> None:
         """Every outbox entry of some slots, checked against its transfers: the node's slots
-        at startup (our own disk: a mismatch is our bug), and slots that moved onto this node
-        (a peer's data: a mismatch is logged and the entry left alone)."""
+        at startup, and slots that moved onto this node. An entry that does not pair with them
+        is logged and left alone (its transfer stays in flight: an operator's to look at), not
+        asserted: a disk holds what moves and restores brought from peers as well as our own
+        writes, and a node that stopped at every start over one entry would serve nothing."""
         held: dict[str, int] = {}  # debit account -> what its loaded legs hold of its debits_pending
         for key, leg in entries:
             problem = _loaded_problem(self._storage, key, leg, held)
             if problem is not None:
-                assert moved_in, problem
-                log.error("outbox entry of a moved-in slot not loaded", extra={"problem": problem})
+                where = "of a slot that moved in" if moved_in else "at startup"
+                log.error(f"outbox entry {where} not loaded", extra={"problem": problem})
                 continue
             self._add(key, leg)
         metrics.outbox_entries.set(len(self._entries))
@@ -431,6 +433,9 @@ def _loaded_problem(storage: Storage, key: bytes, leg: node_pb2.CreditLeg, held:
     was written with (what node/outbox.py's apply_leg_result asserts when its result comes), or
     None. `held` sums, per debit account, what the legs loaded so far hold of its debits_pending:
     together they may not hold more than it has (each result takes its part back)."""
+    malformed = malformed_leg(leg)  # as a credit node would refuse it, every time it is sent
+    if malformed is not None:
+        return f"leg {leg}: {malformed}"
     slot = account_slot(leg.debit_account_id, storage.slots_total)
     if key != keys.outbox_key(slot, leg.debit_account_id, subject_of(leg), leg.kind):
         return f"key {key!r} does not name leg {leg}"
@@ -459,8 +464,11 @@ def _loaded_problem(storage: Storage, key: bytes, leg: node_pb2.CreditLeg, held:
         holds = pending.amount
     elif leg.amount != transfer.amount:
         return f"leg {leg} of {leg.amount} for a transfer of {transfer.amount}"
+    debit = entry[0]
     total = held.get(leg.debit_account_id, 0) + holds
-    if total > entry[0].debits_pending:
-        return f"legs holding {total} of {leg.debit_account_id}'s debits_pending {entry[0].debits_pending}"
+    if total > debit.debits_pending:
+        return f"legs holding {total} of {leg.debit_account_id}'s debits_pending {debit.debits_pending}"
+    if debit.debits_posted + debit.debits_pending > sm.INT64_MAX:  # a credit settled would overflow
+        return f"{leg.debit_account_id}'s debits posted and pending add up past int64"
     held[leg.debit_account_id] = total
     return None

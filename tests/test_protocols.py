@@ -231,8 +231,11 @@ class Node:
         error = self.engine.assign_slots(node_pb2.AssignSlotsRequest(map_version=1, self_address=name, slots=table))
         assert error is None, error
         # After a restart, as Engine.__init__ does for its own relay: every durable entry, checked
-        # against its transfer (a mismatch asserts: our own disk).
-        self.relay.load(self.storage.outbox_entries(self.slots.owned()))
+        # against its transfer. The relay logs and leaves alone one that does not pair (a disk
+        # holds what peers brought too); here every entry is our own, so every one must load.
+        entries = list(self.storage.outbox_entries(self.slots.owned()))
+        self.relay.load(entries)
+        assert set(self.relay.legs()) == {key for key, _leg in entries}, "an entry of our own did not load"
         self.mailbox: list[Event] = []
 
     def commit(self) -> list[tuple[Event, sm.Result]]:
@@ -1222,13 +1225,14 @@ def test_a_moved_in_outbox_entry_its_account_cannot_settle_is_left_alone_not_ass
             node.storage.put_now(keys.transfer_key(slot, debit, transfer_id), transfer.SerializeToString())
             leg = node_pb2.CreditLeg(
                 kind=node_pb2.LEG_CREDIT, debit_account_id=debit, transfer_id=transfer_id, credit_account_id="acct-c",
-                amount=leg_amount, event=transfer,
+                amount=leg_amount, ledger=1, event=transfer,
             )  # fmt: skip
             return keys.outbox_key(slot, debit, outbox.subject_of(leg), leg.kind), leg
 
         fits, mismatched, too_much = in_flight("t-fits", 6, 6), in_flight("t-odd", 3, 4), in_flight("t-more", 5, 5)
-        node.relay.load([fits, mismatched, too_much], moved_in=True)
-        assert set(node.relay.legs()) == {fits[0]}  # 6 of 10 held; 4 is not 3; 6 + 5 > 10
+        negative = in_flight("t-neg", -3, -3)  # would make room for another leg's hold
+        node.relay.load([negative, fits, mismatched, too_much], moved_in=True)
+        assert set(node.relay.legs()) == {fits[0]}  # -3 is no amount; 6 of 10 held; 4 is not 3; 6 + 5 > 10
     finally:
         node.storage.close()
 
@@ -1243,11 +1247,14 @@ def test_an_expiry_key_earlier_than_its_pendings_deadline_expires_it_at_the_dead
     try:
         node.mailbox = [pb.Account(id=i, ledger=1, code=1) for i in ("acct-e", "acct-f")]
         node.commit()
-        pending = pb.Transfer(
-            id="p-early", debit_account_id="acct-e", credit_account_id="acct-f", amount=5, ledger=1, code=1,
-            flags=sm.PENDING, timeout_s=1,
-        )  # fmt: skip
-        node.mailbox = [pending]
+
+        def pending_of(transfer_id: str) -> pb.Transfer:
+            return pb.Transfer(
+                id=transfer_id, debit_account_id="acct-e", credit_account_id="acct-f", amount=5, ledger=1, code=1,
+                flags=sm.PENDING, timeout_s=1,
+            )  # fmt: skip
+
+        node.mailbox = [pending_of("p-early")]
         [(_, result)] = node.commit()
         assert result.code == pb.OK, result
         stored = node.storage.transfer("acct-e", "p-early")
@@ -1262,5 +1269,24 @@ def test_an_expiry_key_earlier_than_its_pendings_deadline_expires_it_at_the_dead
         node.commit()
         expired = node.storage.transfer("acct-e", "p-early")
         assert expired is not None and expired.state == pb.TRANSFER_EXPIRED, expired
+        # A pending whose debit account does not hold its amount (a peer's data) is not expired
+        # (the release would drive the account's pending negative): logged, and the node commits on.
+        node.mailbox = [pending_of("p-unheld")]
+        node.commit()
+        debit_key = keys.account_key(account_slot("acct-e", SLOTS_TOTAL), "acct-e")
+        emptied = node.storage.account_entry("acct-e")
+        assert emptied is not None
+        unheld = pb.Account()
+        unheld.CopyFrom(emptied[0])
+        unheld.debits_pending = 0
+        node.storage.put_now(debit_key, unheld.SerializeToString())
+        node.storage.forget_accounts()
+        time.sleep(1.1)
+        node.commit()
+        kept = node.storage.transfer("acct-e", "p-unheld")
+        assert kept is not None and kept.state == pb.TRANSFER_PENDING, kept
+        node.mailbox = [pb.Account(id="acct-g", ledger=1, code=1)]
+        [(_, opened)] = node.commit()
+        assert opened.code == pb.OK, opened
     finally:
         node.storage.close()
