@@ -97,12 +97,7 @@ class ScoringClient:
         if not rows:
             return []
         reply = await self._infer(model, rows, version, reasons_max, request_id)
-        if len(reply.reasons) != len(rows):
-            raise BadScoringReply(f"model {model!r}: {len(reply.reasons)} rows of reasons for {len(rows)} rows")
-        directions = pb.ReasonDirection.values()
-        if any(r.direction not in directions for row in reply.reasons for r in row.reasons):
-            raise BadScoringReply(f"model {model!r}: a reason's direction is none of {sorted(directions)}")
-        return list(zip(self._scores(reply, len(rows)), reply.reasons, strict=True))
+        return list(zip(self._scores(reply, len(rows)), self._reasons(reply, len(rows)), strict=True))
 
     async def _infer(
         self, model: str, rows: list[dict[str, float]], version: int | None, reasons_max: int, request_id: str
@@ -147,6 +142,24 @@ class ScoringClient:
             raise BadScoringReply(f"row {bad[0][0]}'s score {bad[0][1]!r} is not a probability")
         return scores
 
+    @staticmethod
+    def _reasons(reply: pb.ModelInferResponse, rows: int) -> list[pb.RowReasons]:
+        """The reply's reasons, checked: one RowReasons a row, each direction a known one."""
+        if len(reply.reasons) != rows:
+            raise BadScoringReply(f"{len(reply.reasons)} rows of reasons for {rows} rows")
+        directions = pb.ReasonDirection.values()
+        if any(r.direction not in directions for row in reply.reasons for r in row.reasons):
+            raise BadScoringReply(f"a reason's direction is none of {sorted(directions)}")
+        return list(reply.reasons)
+
+    @staticmethod
+    def _outcomes(reply: pb.ModelOutcomeResponse, count: int) -> list[str]:
+        """The reply's results, checked: one a sent outcome, each a known one."""
+        known = pb.OutcomeResult.values()
+        if len(reply.results) != count or any(r not in known for r in reply.results):
+            raise BadScoringReply(f"{len(reply.results)} results for {count} outcomes, or one none of {known}")
+        return [pb.OutcomeResult.Name(r).lower().removeprefix("outcome_") for r in reply.results]
+
     async def record_outcomes(
         self, model: str, outcomes: list[tuple[str, int, int]], kept: list[tuple[int, float]] | None = None
     ) -> list[str]:
@@ -162,7 +175,4 @@ class ScoringClient:
             if kept is not None:
                 outcome.version, outcome.score = kept[index]
         reply = await self.stub.ModelOutcome(request, timeout=self.deadline_s)
-        known = pb.OutcomeResult.values()
-        if len(reply.results) != len(outcomes) or any(r not in known for r in reply.results):
-            raise BadScoringReply(f"{len(reply.results)} results for {len(outcomes)} outcomes, or one none of {known}")
-        return [pb.OutcomeResult.Name(r).lower().removeprefix("outcome_") for r in reply.results]
+        return self._outcomes(reply, len(outcomes))

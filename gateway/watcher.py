@@ -16,10 +16,10 @@ commit of the version it read. It takes a lease that is free, lapsed, unreadable
 (renewing it), for two rounds' sleep and its last round's length, so the holder comes back
 before its lease lapses and keeps the partner; a lease another watcher holds, or a commit that
 lost the race, skips the partner this round. So the gateway processes of one deployment do not
-each ask lending about every loan, and when the holder dies another takes over within
-2 x WATCH_EVERY_S and a round. The lease only saves work: two watchers at once (hosts' clocks
-apart, a round far longer than the last) emit nothing twice, by the event ids and the versions
-above.
+each ask lending about every loan; when the holder dies its lease lapses within
+2 x WATCH_EVERY_S and a round, and another process takes the partner at its next round.
+The lease only saves work: two watchers at once (hosts' clocks apart, a round far longer
+than the last) emit nothing twice, by the event ids and the versions above.
 """
 
 from __future__ import annotations

@@ -580,15 +580,17 @@ class Engine:
             deadline = sm.expires_at(pending)
             if deadline != _at:
                 # A key that does not name its pending's deadline (one moved in from a peer):
-                # taken at the pending's own deadline, if it has one.
-                if deadline:
-                    held.append((deadline, slot, debit_id, transfer_id))
+                # replaced by the pending's own, if it still has one to come.
+                overlay.pending_expiry_clear(pending, _at)
+                if deadline and pending.state == pb.TRANSFER_PENDING:
+                    overlay.pending_expiry_set(pending, deadline)
                 continue
             credit_slot = account_slot(pending.credit_account_id, total)
             local = same_batch(slot, credit_slot) and not outbox.crossing(overlay, pending)
             unpaired = _unexpirable(overlay, pending, local)
-            if unpaired:  # a moved-in pending its accounts cannot release: left for an operator
+            if unpaired:  # a moved-in pending its accounts cannot release: left alone, counted
                 log.error("a pending not expired", extra={"transfer": transfer_id, "problem": unpaired})
+                metrics.pendings_not_expired.inc()
                 continue
             if local:
                 done = sm.expire_pending(overlay, pending, self.clock.next())

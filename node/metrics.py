@@ -21,6 +21,14 @@ queue_events = Gauge("yunkai_node_queue_events", "Events waiting for the next gr
 slots_owned = Gauge("yunkai_node_slots_owned", "Slots this node owns")
 pending_expiries = Gauge("yunkai_node_pending_expiries", "Pending transfers with a timeout, not yet resolved")
 outbox_entries = Gauge("yunkai_node_outbox_entries", "Credit legs in this node's outbox, not yet answered")
+# Data a move, a restore or a disk brought that cannot be settled as it stands: left alone (its
+# transfer stays in flight, its pending unexpired) for an operator (docs/operations.md).
+outbox_entries_not_loaded = Counter(
+    "yunkai_node_outbox_entries_not_loaded_total", "Outbox entries that do not pair with their transfers, left alone"
+)
+pendings_not_expired = Counter(
+    "yunkai_node_pendings_not_expired_total", "Pending transfers due to expire whose accounts do not hold them"
+)
 books_fen = Gauge(
     "yunkai_node_books_fen",
     "This node's trial balance over the slots it leads, pending included (node/books.py): debits, credits,"

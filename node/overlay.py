@@ -164,6 +164,8 @@ class Overlay:
             or self.outbox
             or self.applied_legs
             or self.records
+            or self.expiry_set
+            or self.expiry_clear
         )
 
     def write_batch(

@@ -4,7 +4,9 @@ The protocol is node/outbox.py's; this is its I/O. Delivery rules:
   * Only durable entries are sent. The engine hands the relay each batch's new outbox
     entries after the batch is written, and every entry of its slots at startup, so a leg
     is re-driven after any restart (kill -9 included) and never sent for a debit that the
-    disk does not have.
+    disk does not have. An entry that does not pair with its transfers (`load`: only data a
+    move or a restore brought, or a damaged disk) is left alone and counted
+    (yunkai_node_outbox_entries_not_loaded_total): its transfer stays in flight.
   * A leg goes to the owner of its credit account's slot in this node's slot table (every
     node learns every slot's owner through AssignSlots), or in a WRONG_SLOT redirect that
     names a newer epoch than the table's, fenced with that epoch.
@@ -160,8 +162,8 @@ class Relay:
         for key, leg in entries:
             problem = _loaded_problem(self._storage, key, leg, held)
             if problem is not None:
-                where = "of a slot that moved in" if moved_in else "at startup"
-                log.error(f"outbox entry {where} not loaded", extra={"problem": problem})
+                log.error("outbox entry not loaded", extra={"problem": problem, "moved_in": moved_in})
+                metrics.outbox_entries_not_loaded.inc()
                 continue
             self._add(key, leg)
         metrics.outbox_entries.set(len(self._entries))

@@ -78,7 +78,8 @@ The follower (Replica below, behind Node.Replicate)
     otherwise all entries are written in one WriteBatch, durably (its fsync shared with
     the node's other writes of the moment: node/storage.py `write_soon`), then acknowledged.
   * A call is refused whole when it comes from a node the table marks down, asks for a lease
-    outside LEASE_MS_MIN..MAX, or carries a clock more than node/clock.py CLOCK_AHEAD_MAX_NS past this host's.
+    outside LEASE_MS_MIN..MAX, carries a clock more than node/clock.py CLOCK_AHEAD_MAX_NS past
+    this host's, or names one slot in two entries.
     A refused call ends the stream with FAILED_PRECONDITION.
   * Promoted (AssignSlots names it primary of a slot it followed): it serves the slot only
     after lease x (1 + DRIFT) has passed since it last acknowledged the old primary, by when

@@ -254,7 +254,7 @@ class BehaviourJob:
         for borrower, history in zip(new, histories, strict=True):
             try:
                 derived_one = repayment.features(history, as_of)
-            except ValueError as error:  # lending's loans do not add up (a bad date too): this borrower only
+            except repayment.BadHistory as error:  # lending's loans do not add up: this borrower only
                 reason = f"loans: {borrower.customer}'s from the lending server: {error}"
                 skipped[borrower.customer] = NotAssessed(borrower.customer, reason, no_credit_line=False)
                 continue

@@ -49,6 +49,13 @@ class BadHistory(ValueError):
     schedule owed, a date that does not parse): its borrower is not assessed on it."""
 
 
+def _date(loan: pb.Loan, text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise BadHistory(f"loan {loan.loan_id}: date {text[:20]!r} is not YYYY-MM-DD") from None
+
+
 @dataclass(frozen=True)
 class Instalment:
     """One instalment's facts as of the date: when it fell due, its grace, when it was paid."""
@@ -61,18 +68,18 @@ class Instalment:
 
 def instalments_of(loan: pb.Loan, as_of: date) -> list[Instalment]:
     """The loan's instalments due on or before `as_of`, with the day each was paid (replayed)."""
-    if loan.status == pb.PENDING or date.fromisoformat(loan.drawdown_date) > as_of:
+    if loan.status == pb.PENDING or _date(loan, loan.drawdown_date) > as_of:
         return []
-    closed = date.fromisoformat(loan.closed_date) if loan.status in (pb.PAID_OFF, pb.WRITTEN_OFF) else None
+    closed = _date(loan, loan.closed_date) if loan.status in (pb.PAID_OFF, pb.WRITTEN_OFF) else None
     schedule = sorted(loan.schedule, key=lambda i: (i.due, i.number))
     # Principal and interest each instalment owes, taken down as repayments are replayed.
     left = {i.number: [i.interest, i.principal] for i in schedule}
-    paid_on = {i.number: date.fromisoformat(i.due) for i in schedule if i.interest == i.principal == 0}
+    paid_on = {i.number: _date(loan, i.due) for i in schedule if i.interest == i.principal == 0}
     for repayment in loan.repayments:
-        on = date.fromisoformat(repayment.date)
+        on = _date(loan, repayment.date)
         if on > as_of:
             continue
-        due = [i for i in schedule if repayment.payoff or date.fromisoformat(i.due) <= on]
+        due = [i for i in schedule if repayment.payoff or _date(loan, i.due) <= on]
         for part, amount in ((0, repayment.interest), (1, repayment.principal)):
             for instalment in due:
                 share = min(amount, left[instalment.number][part])
@@ -89,7 +96,7 @@ def instalments_of(loan: pb.Loan, as_of: date) -> list[Instalment]:
                 paid_on[instalment.number] = on
     facts = []
     for i in schedule:
-        due_day = date.fromisoformat(i.due)
+        due_day = _date(loan, i.due)
         if due_day > as_of or (closed is not None and due_day > closed):
             continue
         facts.append(Instalment(due_day, loan.grace_days, i.principal + i.interest, paid_on.get(i.number)))
@@ -103,7 +110,7 @@ def late(instalment: Instalment, as_of: date) -> bool:
 
 def features(loans: Sequence[pb.Loan], as_of: date) -> dict[str, float]:
     """The repayment features (FEATURES) of a customer's loans as of a business date."""
-    drawn = [date.fromisoformat(loan.drawdown_date) for loan in loans if loan.status != pb.PENDING]
+    drawn = [_date(loan, loan.drawdown_date) for loan in loans if loan.status != pb.PENDING]
     drawn = [day for day in drawn if day <= as_of]
     facts = [fact for loan in loans for fact in instalments_of(loan, as_of)]
     year_ago = as_of - timedelta(days=WINDOW_DAYS)

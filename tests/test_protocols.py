@@ -1231,8 +1231,25 @@ def test_a_moved_in_outbox_entry_its_account_cannot_settle_is_left_alone_not_ass
 
         fits, mismatched, too_much = in_flight("t-fits", 6, 6), in_flight("t-odd", 3, 4), in_flight("t-more", 5, 5)
         negative = in_flight("t-neg", -3, -3)  # would make room for another leg's hold
-        node.relay.load([negative, fits, mismatched, too_much], moved_in=True)
-        assert set(node.relay.legs()) == {fits[0]}  # -3 is no amount; 6 of 10 held; 4 is not 3; 6 + 5 > 10
+        # A POST whose reservation is not its pending's amount (4 of a pending of 2).
+        held = pb.Transfer(
+            id="p-held", debit_account_id=debit, credit_account_id="acct-c", amount=2, ledger=1, code=1,
+            flags=sm.PENDING, state=pb.TRANSFER_PENDING, timestamp=1,
+        )  # fmt: skip
+        node.storage.put_now(keys.transfer_key(slot, debit, "p-held"), held.SerializeToString())
+        post = pb.Transfer(
+            id="t-post", debit_account_id=debit, credit_account_id="acct-c", amount=2, ledger=1, code=1,
+            flags=sm.POST_PENDING, pending_id="p-held", state=pb.TRANSFER_IN_FLIGHT, timestamp=2,
+        )  # fmt: skip
+        node.storage.put_now(keys.transfer_key(slot, debit, "t-post"), post.SerializeToString())
+        post_leg = node_pb2.CreditLeg(
+            kind=node_pb2.LEG_POST, debit_account_id=debit, transfer_id="t-post", credit_account_id="acct-c",
+            amount=2, reserved=4, pending_id="p-held", ledger=1, event=post,
+        )  # fmt: skip
+        posted = (keys.outbox_key(slot, debit, outbox.subject_of(post_leg), post_leg.kind), post_leg)
+        node.relay.load([negative, fits, mismatched, too_much, posted], moved_in=True)
+        # -3 is no amount; 6 of 10 held; 4 is not 3; 6 + 5 > 10; 4 reserved of a pending of 2
+        assert set(node.relay.legs()) == {fits[0]}
     finally:
         node.storage.close()
 

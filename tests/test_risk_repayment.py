@@ -132,5 +132,5 @@ def test_loans_from_lending_that_do_not_add_up_are_refused_by_name_not_asserted(
         features([overpaid], date(2026, 3, 20))
     garbled = loan(("2026-02-10", 10, 100))
     garbled.repayments[0].date = "10/02/2026"
-    with pytest.raises(ValueError):
+    with pytest.raises(BadHistory, match="loan l1: date '10/02/2026'"):
         features([garbled], date(2026, 3, 20))

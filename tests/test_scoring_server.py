@@ -378,3 +378,15 @@ def test_a_reply_no_scoring_server_should_send_is_refused_by_the_client_not_deci
             ScoringClient._scores(reply, rows)
     with pytest.raises(BadScoringReply, match="the reply has \\[\\]"):
         ScoringClient._scores(pb.ModelInferResponse(), 1)
+    reasons = pb.ModelInferResponse(reasons=[pb.RowReasons()])
+    assert len(ScoringClient._reasons(reasons, 1)) == 1
+    with pytest.raises(BadScoringReply, match="1 rows of reasons for 2 rows"):
+        ScoringClient._reasons(reasons, 2)
+    reasons.reasons[0].reasons.add(direction=99)  # type: ignore[arg-type]  # a value no version has
+    with pytest.raises(BadScoringReply, match="direction"):
+        ScoringClient._reasons(reasons, 1)
+    recorded = pb.ModelOutcomeResponse(results=[pb.OUTCOME_RECORDED])
+    assert ScoringClient._outcomes(recorded, 1) == ["recorded"]
+    for count, results in ((2, [pb.OUTCOME_RECORDED]), (1, [77])):
+        with pytest.raises(BadScoringReply, match="results for"):
+            ScoringClient._outcomes(pb.ModelOutcomeResponse(results=results), count)  # type: ignore[arg-type]
