@@ -908,27 +908,23 @@ async def _get_loan(gateway: Gateway, loan_id: str, ref: str, partner_id: str) -
     """A loan this gateway drew for the partner (its record in the partner's slot says so: a loan
     of another channel under the same id is not the partner's), else 404."""
 
-    async def get() -> lpb.Loan | None:
+    async def drawn() -> None:
+        [record] = await gateway.records.read([("ploan", loan_key(partner_id, loan_id))])
+        if record is None:
+            raise ApiError(404, "not_found", f"loan {ref}: none")
+
+    async def get() -> lpb.Loan:
         try:
             loan: lpb.Loan = await gateway.loans.GetLoan(lpb.LoanRef(loan_id=loan_id), timeout=CALL_TIMEOUT_S)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
+                raise ApiError(404, "not_found", f"loan {ref}: none") from None
             raise
         return loan
 
     # Both at once; the loan is answered only if the partner's record says the partner drew it.
-    drawn, loan = await asyncio.gather(
-        gateway.records.read([("ploan", loan_key(partner_id, loan_id))]), get(), return_exceptions=True
-    )
-    if isinstance(drawn, BaseException):
-        raise drawn
-    if drawn[0] is None:
-        raise ApiError(404, "not_found", f"loan {ref}: none")
-    if isinstance(loan, BaseException):
-        raise loan
-    if loan is None:
-        raise ApiError(404, "not_found", f"loan {ref}: none")
+    loan: lpb.Loan
+    _drawn, loan = await _all(drawn(), get())
     return loan
 
 
@@ -1009,17 +1005,13 @@ def _loan_routes(api: FastAPI) -> None:
     async def read_loan(request: Request, loan_ref: LoanRef, caller: LoansCaller) -> Response:
         gateway: Gateway = request.app.state.gateway
         loan_id = f"{caller.partner}{loan_ref}"
-        got, kept = await asyncio.gather(
-            _call(_get_loan(gateway, loan_id, loan_ref, caller.partner)),
-            _agreement(gateway, loan_id),
-            return_exceptions=True,
-        )
-        if isinstance(got, BaseException):
-            raise got
-        loan = got
-        caller.check_customer(loan.customer.removeprefix(caller.partner))  # before the agreement's own error
-        if isinstance(kept, BaseException):
-            raise kept
+
+        async def checked() -> lpb.Loan:
+            loan = await _call(_get_loan(gateway, loan_id, loan_ref, caller.partner))
+            caller.check_customer(loan.customer.removeprefix(caller.partner))  # before the agreement's own error
+            return loan
+
+        loan, kept = await _all(checked(), _agreement(gateway, loan_id))
         return _json(_loan(loan, caller, loan_ref, "" if kept is None else kept["sha256"]))
 
     @api.post(
