@@ -81,6 +81,7 @@ class ResultCode(enum.IntEnum):
     RECORD_VERSION_MISMATCH = 34
     NOT_IN_COMMIT_SLOT = 35
     RECORD_OF_ANOTHER_ROLE = 36
+    STORED_DATA_INCONSISTENT = 37  # the node's data for the event does not add up: nothing changed
 
 
 class TransferState(enum.IntEnum):

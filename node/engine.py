@@ -516,6 +516,19 @@ class Engine:
             if t.flags & sm.PENDING and result.code == pb.OK and credit_slot != debit_slot:
                 outbox.journal_local_reserve(overlay, t, timestamp)
             return result
+        result = self._resolve(overlay, t, timestamp)
+        if result.code == pb.STORED_DATA_INCONSISTENT:
+            log.error(
+                "a post or void refused: its pending transfer does not add up",
+                extra={"debit": t.debit_account_id, "transfer": t.id, "pending": t.pending_id},
+            )
+            metrics.events_on_inconsistent_data.inc()
+        return result
+
+    def _resolve(self, overlay: Overlay, t: pb.Transfer, timestamp: int) -> sm.Result:
+        """A post or void: by the state machine where the pending's credit account is written
+        in this batch, else through the outbox."""
+        total, same_batch = self.slots_total, self.slots.same_batch
         pending = overlay.get_transfer(t.debit_account_id, t.pending_id)
         if pending is None:
             return sm.apply_transfer(overlay, t, timestamp)
@@ -610,19 +623,11 @@ class Engine:
 
 
 def _unexpirable(overlay: Overlay, pending: pb.Transfer, local: bool) -> str:
-    """Why a pending's accounts cannot take its expiry ("" if they can): what the expiry asserts
-    of them (node/state_machine.py, node/outbox.py). Always "" for our own writes; a slot that
-    moved in or was restored brings a peer's."""
+    """Why a pending's accounts cannot take its expiry ("" if they can): node/state_machine.py
+    `unheld`, for a pending still to release (the expiry of any other is a no-op)."""
     if pending.state != pb.TRANSFER_PENDING:
-        return ""  # nothing to release: the expiry is a no-op
-    debit = overlay.get_account(pending.debit_account_id)
-    if debit is None or debit.debits_pending < pending.amount:
-        return f"the debit account does not hold its {pending.amount} pending"
-    if local:
-        credit = overlay.get_account(pending.credit_account_id)
-        if credit is None or credit.credits_pending < pending.amount:
-            return f"the credit account does not hold its {pending.amount} pending"
-    return ""
+        return ""
+    return sm.unheld(overlay, pending, local)
 
 
 def load_clock(storage: Storage) -> Clock:

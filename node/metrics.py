@@ -26,6 +26,10 @@ outbox_entries = Gauge("yunkai_node_outbox_entries", "Credit legs in this node's
 outbox_entries_not_loaded = Counter(
     "yunkai_node_outbox_entries_not_loaded_total", "Outbox entries that do not pair with their transfers, left alone"
 )
+events_on_inconsistent_data = Counter(
+    "yunkai_node_events_on_inconsistent_data_total",
+    "Posts and voids refused STORED_DATA_INCONSISTENT: their pending's stored data does not add up",
+)
 pendings_not_expired = Counter(
     "yunkai_node_pendings_not_expired_total", "Pending transfers due to expire whose accounts do not hold them"
 )

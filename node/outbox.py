@@ -318,13 +318,15 @@ def resolve_pending(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Re
         if stored.state == pb.TRANSFER_IN_FLIGHT:
             # A post in flight is stored as sent; a replay compares with it resolved.
             entry = store.get_outbox(stored.debit_account_id, stored.pending_id, node_pb2.LEG_POST)
-            assert entry is not None and entry.transfer_id == stored.id, (stored, entry)
+            if entry is None or entry.transfer_id != stored.id:
+                # Our own writes keep the two together; a moved-in or restored slot may not.
+                return sm.Result(pb.STORED_DATA_INCONSISTENT, "id")
             stored = _copy(entry.event)
             stored.state = pb.TRANSFER_IN_FLIGHT
         return sm.replay_transfer(store, stored, t)
     pending = store.get_transfer(t.debit_account_id, t.pending_id)
     claimed = pending is not None and store.get_outbox(t.debit_account_id, t.pending_id, node_pb2.LEG_POST) is not None
-    refused = sm.resolution_refused(store, t, pending, timestamp, expire_pending, claimed)
+    refused = sm.resolution_refused(store, t, pending, timestamp, expire_pending, claimed, local=False)
     if refused is not None:
         return refused
     assert pending is not None and pending.state == pb.TRANSFER_PENDING, pending

@@ -32,7 +32,9 @@ is the result:
      PENDING_TRANSFER_ALREADY_POSTED (also while a cross-node post of it is in flight),
      PENDING_TRANSFER_ALREADY_VOIDED, PENDING_TRANSFER_EXPIRED (already expired, or
      overdue: then it expires now), EXCEEDS_PENDING_TRANSFER_AMOUNT (a post, or a void,
-     of more than the pending amount)
+     of more than the pending amount); STORED_DATA_INCONSISTENT, not journaled, before the
+     overdue check: the pending's accounts do not hold its amount, or its state is not one
+     this version knows (`unheld`: never our own writes; data a move or a restore brought)
   8. DEBIT_ACCOUNT_NOT_FOUND, CREDIT_ACCOUNT_NOT_FOUND
   9. ACCOUNTS_MUST_HAVE_SAME_LEDGER  the two accounts' ledgers differ, or the transfer's
                                      ledger is not theirs
@@ -380,10 +382,12 @@ def resolution_refused(
     timestamp: int,
     expire: Callable[[S, pb.Transfer, int], bool],
     claimed: bool = False,
+    local: bool = True,
 ) -> Result | None:
     """Step 7 for a post/void `t` of `pending` (journaled when it fails), or None when
     `t` may resolve it. An overdue pending is expired with `expire` first. `claimed`:
-    a cross-node post of it is in flight (node/outbox.py)."""
+    a cross-node post of it is in flight (node/outbox.py). `local`: its credit account is
+    written in the same batch (`unheld`)."""
     if pending is None or not pending.flags & PENDING or pending.state in (pb.TRANSFER_REJECTED, pb.TRANSFER_IN_FLIGHT):
         return reject(store, t, pb.PENDING_TRANSFER_NOT_FOUND, timestamp)
     for name in ("credit_account_id", "ledger", "code"):
@@ -399,7 +403,9 @@ def resolution_refused(
         return reject(store, t, pb.PENDING_TRANSFER_ALREADY_VOIDED, timestamp)
     if pending.state == pb.TRANSFER_EXPIRED:
         return reject(store, t, pb.PENDING_TRANSFER_EXPIRED, timestamp)
-    assert pending.state == pb.TRANSFER_PENDING, pending
+    if pending.state != pb.TRANSFER_PENDING or unheld(store, pending, local):
+        # Not journaled: the caller's request is not what is wrong, and nothing changes.
+        return Result(pb.STORED_DATA_INCONSISTENT, "pending_id")
     deadline = expires_at(pending)
     if deadline and timestamp >= deadline:
         expired = expire(store, pending, timestamp)
@@ -447,6 +453,24 @@ def _resolve_pending(store: Store, t: pb.Transfer, timestamp: int) -> Result:
     if deadline:
         store.pending_expiry_clear(pending, deadline)
     return Result(pb.OK, "", timestamp, record.state)
+
+
+def unheld(store: Store, pending: pb.Transfer, local: bool = True) -> str:
+    """Why the accounts of a PENDING transfer do not hold its reservation ("" when they do):
+    what resolving or expiring it asserts of them. Always "" for a node's own writes; a slot
+    that moved in or was restored brings a peer's. `local`: its credit account is written in
+    the same batch (else only the debit's half is here: node/outbox.py)."""
+    amount = pending.amount
+    if amount <= 0:
+        return f"its amount {amount} is not positive"
+    debit = store.get_account(pending.debit_account_id)
+    if debit is None or debit.debits_pending < amount:
+        return f"the debit account does not hold its {amount} pending"
+    if local:
+        credit = store.get_account(pending.credit_account_id)
+        if credit is None or credit.credits_pending < amount:
+            return f"the credit account does not hold its {amount} pending"
+    return ""
 
 
 def expire_pending(store: Store, pending: pb.Transfer, timestamp: int) -> bool:

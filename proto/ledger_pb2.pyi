@@ -85,6 +85,7 @@ class ResultCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RECORD_VERSION_MISMATCH: _ClassVar[ResultCode]
     NOT_IN_COMMIT_SLOT: _ClassVar[ResultCode]
     RECORD_OF_ANOTHER_ROLE: _ClassVar[ResultCode]
+    STORED_DATA_INCONSISTENT: _ClassVar[ResultCode]
 ACCOUNT_STATUS_UNSPECIFIED: AccountStatus
 ACTIVE: AccountStatus
 FROZEN: AccountStatus
@@ -146,6 +147,7 @@ RECORD_NOT_FOUND: ResultCode
 RECORD_VERSION_MISMATCH: ResultCode
 NOT_IN_COMMIT_SLOT: ResultCode
 RECORD_OF_ANOTHER_ROLE: ResultCode
+STORED_DATA_INCONSISTENT: ResultCode
 
 class Account(_message.Message):
     __slots__ = ("id", "ledger", "code", "flags", "debits_posted", "credits_posted", "debits_pending", "credits_pending", "overdraft_limit", "status", "user_data", "timestamp", "created_by")
