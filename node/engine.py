@@ -518,11 +518,7 @@ class Engine:
             return result
         result = self._resolve(overlay, t, timestamp)
         if result.code == pb.STORED_DATA_INCONSISTENT:
-            log.error(
-                "a post or void refused: its pending transfer does not add up",
-                extra={"debit": t.debit_account_id, "transfer": t.id, "pending": t.pending_id},
-            )
-            metrics.events_on_inconsistent_data.inc()
+            _refused_inconsistent(overlay, t)
         return result
 
     def _resolve(self, overlay: Overlay, t: pb.Transfer, timestamp: int) -> sm.Result:
@@ -534,7 +530,7 @@ class Engine:
             return sm.apply_transfer(overlay, t, timestamp)
         debit_slot = account_slot(t.debit_account_id, total)
         credit_slot = account_slot(pending.credit_account_id, total)
-        if not same_batch(debit_slot, credit_slot) or outbox.crossing(overlay, pending):
+        if not same_batch(debit_slot, credit_slot) or outbox.crossing(overlay, pending) or _in_flight(overlay, t):
             return outbox.resolve_pending(overlay, t, timestamp)
         was_pending = pending.state == pb.TRANSFER_PENDING
         result = sm.apply_transfer(overlay, t, timestamp)
@@ -547,7 +543,10 @@ class Engine:
     def _apply_commit(self, overlay: Overlay, commit: pb.Commit, timestamp: int) -> sm.Result:
         slot = account_slot(commit.writes[0].record.key, self.slots_total)
         timestamps = [timestamp, *(self.clock.next() for _ in commit.transfers)]
-        return records.apply(overlay, commit, slot, timestamps)
+        result = records.apply(overlay, commit, slot, timestamps)
+        if result.code == pb.STORED_DATA_INCONSISTENT:  # field: "transfers[<index>]...", the post or void refused
+            _refused_inconsistent(overlay, commit.transfers[int(result.field[len("transfers[") :].split("]")[0])])
+        return result
 
     def _apply_credit_leg(self, overlay: Overlay, leg: node_pb2.CreditLeg, timestamp: int) -> sm.Result:
         """C (node/outbox.py) with what this node's table says of the leg's debit slot now: it is
@@ -620,6 +619,31 @@ class Engine:
         for expiry in self.storage.pending_expiries(slots):
             heapq.heappush(self._expiries, expiry)
         metrics.pending_expiries.set(len(self._expiries))
+
+
+def _in_flight(overlay: Overlay, t: pb.Transfer) -> bool:
+    """Whether `t` is the replay of a post already in flight (only node/outbox.py makes those,
+    and only it finds the outbox entry that answers the replay)."""
+    stored = overlay.get_transfer(t.debit_account_id, t.id)
+    return stored is not None and stored.state == pb.TRANSFER_IN_FLIGHT
+
+
+def _refused_inconsistent(overlay: Overlay, t: pb.Transfer) -> None:
+    """Log and count a post or void refused STORED_DATA_INCONSISTENT, saying what does not add up."""
+    pending = overlay.get_transfer(t.debit_account_id, t.pending_id)
+    if _in_flight(overlay, t):
+        problem = "a post in flight without its outbox entry"
+    elif pending is None:
+        problem = "its pending is not there"
+    elif pending.state != pb.TRANSFER_PENDING:
+        problem = f"its pending's state {pending.state} is not one this version knows"
+    else:  # the debit's half first: the only half where the credit account is on another node
+        problem = sm.unheld(overlay, pending, local=True)
+    log.error(
+        "a post or void refused: its pending transfer does not add up",
+        extra={"debit": t.debit_account_id, "transfer": t.id, "pending": t.pending_id, "problem": problem},
+    )
+    metrics.events_on_inconsistent_data.inc()
 
 
 def _unexpirable(overlay: Overlay, pending: pb.Transfer, local: bool) -> str:

@@ -14,6 +14,8 @@ idempotency keys, a request that fails *stateless* validation (an invalid id, a 
 amount, ...) stores nothing: the same input fails the same way by construction. A
 *stateful* failure (an account missing, frozen, a limit exceeded, ...) is journaled as a
 REJECTED record, so a retry after the world changed still answers the original failure.
+One exception: STORED_DATA_INCONSISTENT (the node's own data for the event does not add up)
+is not journaled, since the request is not what is wrong: a retry once it is mended passes.
 
 Order of precedence for CreateTransfers, checked top to bottom; the first that applies
 is the result:
@@ -32,9 +34,10 @@ is the result:
      PENDING_TRANSFER_ALREADY_POSTED (also while a cross-node post of it is in flight),
      PENDING_TRANSFER_ALREADY_VOIDED, PENDING_TRANSFER_EXPIRED (already expired, or
      overdue: then it expires now), EXCEEDS_PENDING_TRANSFER_AMOUNT (a post, or a void,
-     of more than the pending amount); STORED_DATA_INCONSISTENT, not journaled, before the
-     overdue check: the pending's accounts do not hold its amount, or its state is not one
-     this version knows (`unheld`: never our own writes; data a move or a restore brought)
+     of more than the pending amount). Between "already expired" and "overdue":
+     STORED_DATA_INCONSISTENT, not journaled: the pending's accounts do not hold its amount,
+     or a post of it would pass 2^63 - 1, or its state is not one this version knows
+     (`unheld`: never our own writes; data a move or a restore brought)
   8. DEBIT_ACCOUNT_NOT_FOUND, CREDIT_ACCOUNT_NOT_FOUND
   9. ACCOUNTS_MUST_HAVE_SAME_LEDGER  the two accounts' ledgers differ, or the transfer's
                                      ledger is not theirs
@@ -258,7 +261,8 @@ def rejection_field(store: Store, rejected: pb.Transfer) -> str:
         return "ledger"
     if rejected.result == pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS:
         pending = store.get_transfer(rejected.debit_account_id, rejected.pending_id)
-        assert pending is not None, rejected  # found before this check; never deleted
+        if pending is None:  # found when it was refused, never deleted: a moved-in slot without it
+            return ""
         for name in ("credit_account_id", "ledger", "code"):
             value = getattr(rejected, name)
             if value and value != getattr(pending, name):
@@ -466,10 +470,14 @@ def unheld(store: Store, pending: pb.Transfer, local: bool = True) -> str:
     debit = store.get_account(pending.debit_account_id)
     if debit is None or debit.debits_pending < amount:
         return f"the debit account does not hold its {amount} pending"
+    if debit.debits_posted > INT64_MAX - amount:
+        return f"the debit account's debits_posted {debit.debits_posted} would pass 2^63 - 1"
     if local:
         credit = store.get_account(pending.credit_account_id)
         if credit is None or credit.credits_pending < amount:
             return f"the credit account does not hold its {amount} pending"
+        if credit.credits_posted > INT64_MAX - amount:
+            return f"the credit account's credits_posted {credit.credits_posted} would pass 2^63 - 1"
     return ""
 
 

@@ -1370,8 +1370,13 @@ def test_a_post_or_void_of_a_pending_its_accounts_do_not_hold_is_refused_not_ass
         damage(credit, credits_pending=4)
         assert resolve("post-2", "p1", sm.POST_PENDING).code == pb.STORED_DATA_INCONSISTENT
         unchanged("p1")
-        # Both mended: the post goes through.
+        # Both mended, but a post would take the debit account's posted past 2^63 - 1.
         damage(credit, credits_pending=5)
+        damage(debit, debits_posted=sm.INT64_MAX - 1)
+        assert resolve("post-8", "p1", sm.POST_PENDING).code == pb.STORED_DATA_INCONSISTENT
+        unchanged("p1")
+        # Mended: the post goes through.
+        damage(debit, debits_posted=0)
         assert resolve("post-3", "p1", sm.POST_PENDING).code == pb.OK
 
         # A state this version does not know.
@@ -1384,28 +1389,63 @@ def test_a_post_or_void_of_a_pending_its_accounts_do_not_hold_is_refused_not_ass
         node.storage.put_now(keys.transfer_key(slot, debit, "p2"), odd.SerializeToString())
         assert resolve("void-2", "p2", sm.VOID_PENDING).code == pb.STORED_DATA_INCONSISTENT
 
-        # A pending whose credit account is on another node (node/outbox.py's resolve_pending).
-        node.storage.put_now(
-            keys.transfer_key(slot, debit, "p3"),
-            pb.Transfer(
-                id="p3", debit_account_id=debit, credit_account_id=remote, amount=7, ledger=1, code=1,
-                flags=sm.PENDING, state=pb.TRANSFER_PENDING, timestamp=1,
-            ).SerializeToString(),
-        )  # fmt: skip
+        # Pendings whose credit account is on another node (node/outbox.py's resolve_pending):
+        # only the debit's half is here, and only it is asked for.
+        def remote_pending(transfer_id: str, amount: int) -> None:
+            node.storage.put_now(
+                keys.transfer_key(slot, debit, transfer_id),
+                pb.Transfer(
+                    id=transfer_id, debit_account_id=debit, credit_account_id=remote, amount=amount, ledger=1,
+                    code=1, flags=sm.PENDING, state=pb.TRANSFER_PENDING, timestamp=1,
+                ).SerializeToString(),
+            )  # fmt: skip
+
+        remote_pending("p3", 7)
+        remote_pending("p4", 2)
         assert resolve("post-4", "p3", sm.POST_PENDING).code == pb.STORED_DATA_INCONSISTENT  # debit holds 2, not 7
         unchanged("p3")
-        # The replay of a post in flight whose outbox entry is not there.
-        node.storage.put_now(
-            keys.transfer_key(slot, debit, "post-5"),
-            pb.Transfer(
-                id="post-5", debit_account_id=debit, pending_id="p3", flags=sm.POST_PENDING,
-                state=pb.TRANSFER_IN_FLIGHT, timestamp=2,
-            ).SerializeToString(),
-        )  # fmt: skip
-        result = resolve("post-5", "p3", sm.POST_PENDING)
-        assert (result.code, result.field) == (pb.STORED_DATA_INCONSISTENT, "id"), result
+        sent = resolve("post-6", "p4", sm.POST_PENDING)
+        assert sent.code == pb.IN_FLIGHT, sent  # held by the debit: its post leg goes to the credit node
+        # The replay of a post in flight whose outbox entry is not there, through the outbox and
+        # where the pending's credit account is here (a stored post in flight is the outbox's alone).
+        node.mailbox = [pending("p5", 1)]
+        assert node.commit()[0][1].code == pb.OK
+        for post_id, pending_id in (("post-5", "p3"), ("post-7", "p5")):
+            node.storage.put_now(
+                keys.transfer_key(slot, debit, post_id),
+                pb.Transfer(
+                    id=post_id, debit_account_id=debit, pending_id=pending_id, flags=sm.POST_PENDING,
+                    state=pb.TRANSFER_IN_FLIGHT, timestamp=2,
+                ).SerializeToString(),
+            )  # fmt: skip
+            result = resolve(post_id, pending_id, sm.POST_PENDING)
+            assert (result.code, result.field) == (pb.STORED_DATA_INCONSISTENT, "id"), (post_id, result)
+        # A post or void in a CommitRecords commit: the commit is refused whole, and counted.
+        damage(debit, debits_pending=0)
+        void = pb.Transfer(
+            id="void-3", debit_account_id=debit, credit_account_id=credit, pending_id="p5", flags=sm.VOID_PENDING
+        )
+        commit = pb.Commit(
+            writes=[pb.RecordWrite(record=pb.Record(kind="note", key=debit, value=b"x"))], transfers=[void]
+        )
+        overlay = Overlay(node.storage)
+        refused = node.engine._apply_commit(overlay, commit, node.engine.clock.next())
+        assert (refused.code, refused.field) == (pb.STORED_DATA_INCONSISTENT, "transfers[0].pending_id"), refused
+        assert overlay.empty()
 
-        assert metrics.events_on_inconsistent_data._value.get() - refused_before == 6
+        assert metrics.events_on_inconsistent_data._value.get() - refused_before == 9
+        # A journaled refusal naming another ledger than its pending's, replayed after the pending
+        # went missing: answered as first (the field it named is no longer known), not asserted.
+        other_ledger = pb.Transfer(
+            id="void-4", debit_account_id=debit, pending_id="p5", ledger=9, flags=sm.VOID_PENDING
+        )
+        node.mailbox = [other_ledger]
+        [(_, first)] = node.commit()
+        assert (first.code, first.field) == (pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, "ledger"), first
+        node.storage.delete_now(keys.transfer_key(slot, debit, "p5"))
+        node.mailbox = [other_ledger]
+        [(_, replayed)] = node.commit()
+        assert replayed.code == pb.PENDING_TRANSFER_HAS_DIFFERENT_FIELDS, replayed
         node.mailbox = [pb.Account(id="acct-s", ledger=1, code=1)]
         assert node.commit()[0][1].code == pb.OK  # the node commits on
     finally:

@@ -1,4 +1,5 @@
-"""Every result code of the ledger, each provoked on a real node over gRPC."""
+"""Every result code of the ledger a client's request can provoke, each on a real node over gRPC.
+(STORED_DATA_INCONSISTENT needs a node's data damaged first: tests/test_protocols.py.)"""
 
 from __future__ import annotations
 

@@ -874,6 +874,14 @@ class LedgerMachine(RuleBasedStateMachine):
             assert sum(a.debits_pending for a in accounts) == sum(a.credits_pending for a in accounts), ledger
 
     @invariant()
+    def every_pending_is_held_by_its_accounts(self) -> None:
+        # What a post, a void or an expiry asks of our own data (sm.unheld): its refusal,
+        # STORED_DATA_INCONSISTENT, is only ever for data a move or a restore brought.
+        for t in self.store.transfers.values():
+            if t.state == pb.TRANSFER_PENDING:
+                assert sm.unheld(self.store, t) == "", t
+
+    @invariant()
     def no_balance_is_negative_or_past_int64(self) -> None:
         for a in self.store.accounts.values():
             for value in (a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending):
