@@ -29,6 +29,7 @@ import pytest
 
 from cluster.cli import main as yunkai
 from cluster.commands import LocalCluster
+from node.changelog import MASK, key_digest
 from proto import ledger_pb2 as pb, ledger_pb2_grpc, node_pb2, node_pb2_grpc
 from router.slots import slot_of
 from tests.bank import (
@@ -307,6 +308,40 @@ def test_a_restore_whose_clock_is_far_past_this_hosts_is_refused_and_the_node_st
         assert moved.code == pb.OK, moved
         stamped = node.transfer("clk-a", "t1").transfer.timestamp
         assert 0 < stamped < time.time_ns() + 60 * 10**9, stamped
+        node.channel.close()
+    finally:
+        target.stop()
+
+
+def test_a_restored_account_no_write_of_ours_could_leave_is_refused_and_nothing_is_restored(tmp_path: Path) -> None:
+    """An account in a backup with a negative balance (a forged or broken file whose digest was
+    made to match) would stop the committer at the first transfer touching it: the restore is
+    refused naming it, nothing of the slot is written, and the node serves the slot empty."""
+    target = LocalCluster(str(tmp_path / "target"), nodes=1, port=0, slots_total=S).start()
+    try:
+        node = NodeHandle(target.nodes[0])
+        account_id = next(f"neg-{n}" for n in range(10_000) if slot_of(f"neg-{n}", S) == 5)
+        key = (5).to_bytes(2, "big") + b"A" + account_id.encode()
+        negative = pb.Account(id=account_id, ledger=1, code=1, debits_posted=-10)
+        value = negative.SerializeToString()
+        chunk = node_pb2.RestoreChunk(
+            slot=5, ops=[node_pb2.KeyOp(key=key, value=value)], last=True, keys=1, digest=key_digest(key, value) & MASK
+        )  # its count and digest add up: only the account is wrong
+        with channel(node.process.address, "operator") as operator:
+            with pytest.raises(grpc.RpcError) as refused:
+                node_pb2_grpc.NodeStub(operator).RestoreSlot(iter([chunk]), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+            assert "negative balance" in str(refused.value.details()), refused.value.details()
+        assert node.accounts(
+            pb.Account(id=account_id, ledger=1, code=1), pb.Account(id="neg-other", ledger=1, code=1)
+        ) == [
+            pb.OK,
+            pb.OK,
+        ]  # the account was not restored: it is created afresh
+        [moved] = node.transfers(
+            pb.Transfer(id="t1", debit_account_id=account_id, credit_account_id="neg-other", amount=3, ledger=1, code=1)
+        )
+        assert moved.code == pb.OK, moved
         node.channel.close()
     finally:
         target.stop()

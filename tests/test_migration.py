@@ -254,16 +254,17 @@ def test_stream_messages_of_an_aborted_move_are_refused_and_change_nothing(
             refused = stream("old", planted)
             assert isinstance(refused, grpc.RpcError) and "superseded" in str(refused.details())
             # ...and left nothing: the new stream's digest counts only its own key.
-            mine = account_key(slot, "mine")
+            mine_id = next(f"mine-{n}" for n in range(100_000) if slot_of(f"mine-{n}", SMALL_SLOTS) == slot)
+            mine, account = account_key(slot, mine_id), pb.Account(id=mine_id, ledger=1, code=1).SerializeToString()
             staged = stream(
                 "new",
-                chunk("new", ops=[node_pb2.KeyOp(key=mine, value=b"1")]),
-                chunk("new", last=True, digest=key_digest(mine, b"1")),
+                chunk("new", ops=[node_pb2.KeyOp(key=mine, value=account)]),
+                chunk("new", last=True, digest=key_digest(mine, account)),
             )
             assert isinstance(staged, node_pb2.ImportSlotResponse), staged
             assert staged.keys == 1
             # One stream per move: a replay of the whole stream is refused too.
-            replay = stream("new", chunk("new", last=True, digest=key_digest(mine, b"1")))
+            replay = stream("new", chunk("new", last=True, digest=key_digest(mine, account)))
             assert isinstance(replay, grpc.RpcError) and "already had its stream" in str(replay.details())
             assert node.AbortMove(
                 node_pb2.AbortMoveRequest(migration_id="new", slot=slot, controller_term=term)

@@ -1450,3 +1450,40 @@ def test_a_post_or_void_of_a_pending_its_accounts_do_not_hold_is_refused_not_ass
         assert node.commit()[0][1].code == pb.OK  # the node commits on
     finally:
         node.storage.close()
+
+
+def test_a_moved_in_account_no_write_of_ours_could_leave_is_refused_at_the_import(tmp_path: Any) -> None:
+    """An account a move brings with a negative balance, or posted and pending past 2^63 - 1,
+    or under another account's key would stop the committer at the first transfer touching it
+    (every write of an account asserts its balances): the chunk is refused (the move fails and
+    is aborted) and nothing of it is staged; an account as our writes leave it is taken."""
+    target = Node("target", str(tmp_path / "target"), dict.fromkeys(range(SLOTS_TOTAL), "source"))
+    moves = SlotMoves(target.engine, target.slots, target.storage, target.changelog)
+    try:
+        account_id = "acct-mv"
+        slot = account_slot(account_id, SLOTS_TOTAL)
+        key = keys.account_key(slot, account_id)
+        moves.prepare_import("m1", slot, "source")
+        record = target.slots.staged(slot)
+        assert record is not None
+
+        def chunk(value: bytes, at: bytes = key) -> node_pb2.SlotChunk:
+            return node_pb2.SlotChunk(migration_id="m1", slot=slot, seq=0, ops=[node_pb2.KeyOp(key=at, value=value)])
+
+        other = next(f"acct-o{n}" for n in itertools.count() if account_slot(f"acct-o{n}", SLOTS_TOTAL) != slot)
+        refused = {
+            "negative": pb.Account(id=account_id, ledger=1, code=1, credits_posted=-1),
+            "past int64": pb.Account(id=account_id, ledger=1, code=1, debits_posted=sm.INT64_MAX, debits_pending=1),
+            "another id": pb.Account(id=other, ledger=1, code=1),
+        }
+        for name, account in refused.items():
+            with pytest.raises(MoveError, match=f"slot {slot}: account"):
+                moves._apply_chunk(record, chunk(account.SerializeToString()))
+            assert target.storage.get(key) is None, name
+        with pytest.raises(MoveError, match="does not parse"):
+            moves._apply_chunk(record, chunk(b"\xff\xff\xff"))
+        fine = pb.Account(id=account_id, ledger=1, code=1, debits_posted=sm.INT64_MAX - 5, debits_pending=5)
+        assert moves._apply_chunk(record, chunk(fine.SerializeToString())) == 1
+        assert target.storage.get(key) == fine.SerializeToString()
+    finally:
+        target.storage.close()
