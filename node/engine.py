@@ -511,7 +511,10 @@ class Engine:
             debit_slot = account_slot(t.debit_account_id, total)
             credit_slot = account_slot(t.credit_account_id, total)
             if not same_batch(debit_slot, credit_slot):
-                return outbox.accept_transfer(overlay, t, timestamp)
+                accepted = outbox.accept_transfer(overlay, t, timestamp)
+                if accepted.code == pb.STORED_DATA_INCONSISTENT:
+                    _refused_inconsistent(overlay, t)
+                return accepted
             result = sm.apply_transfer(overlay, t, timestamp)
             if t.flags & sm.PENDING and result.code == pb.OK and credit_slot != debit_slot:
                 outbox.journal_local_reserve(overlay, t, timestamp)
@@ -629,29 +632,32 @@ def _in_flight(overlay: Overlay, t: pb.Transfer) -> bool:
 
 
 def _refused_inconsistent(overlay: Overlay, t: pb.Transfer) -> None:
-    """Log and count a post or void refused STORED_DATA_INCONSISTENT, saying what does not add up."""
-    pending = overlay.get_transfer(t.debit_account_id, t.pending_id)
-    if _in_flight(overlay, t):
+    """Log and count a transfer refused STORED_DATA_INCONSISTENT, saying what does not add up."""
+    pending = overlay.get_transfer(t.debit_account_id, t.pending_id) if t.pending_id else None
+    if not t.flags & _RESOLVES:
+        problem = "an outbox entry without its transfer is at its key"
+    elif _in_flight(overlay, t):
         problem = "a post in flight without its outbox entry"
     elif pending is None:
         problem = "its pending is not there"
     elif pending.state != pb.TRANSFER_PENDING:
         problem = f"its pending's state {pending.state} is not one this version knows"
     else:  # the debit's half first: the only half where the credit account is on another node
-        problem = sm.unheld(overlay, pending, local=True)
+        problem = outbox.inconsistent(overlay, pending) or sm.unheld(overlay, pending)
     log.error(
-        "a post or void refused: its pending transfer does not add up",
+        "a transfer refused: the stored data it needs does not add up",
         extra={"debit": t.debit_account_id, "transfer": t.id, "pending": t.pending_id, "problem": problem},
     )
     metrics.events_on_inconsistent_data.inc()
 
 
 def _unexpirable(overlay: Overlay, pending: pb.Transfer, local: bool) -> str:
-    """Why a pending's accounts cannot take its expiry ("" if they can): node/state_machine.py
-    `unheld`, for a pending still to release (the expiry of any other is a no-op)."""
+    """Why a pending's stored data cannot take its expiry ("" if it can): node/state_machine.py
+    `unheld`, or node/outbox.py `inconsistent` where its credit account is on another node, for
+    a pending still to release (the expiry of any other is a no-op)."""
     if pending.state != pb.TRANSFER_PENDING:
         return ""
-    return sm.unheld(overlay, pending, local)
+    return sm.unheld(overlay, pending) if local else outbox.inconsistent(overlay, pending)
 
 
 def load_clock(storage: Storage) -> Clock:

@@ -28,7 +28,7 @@ outbox_entries_not_loaded = Counter(
 )
 events_on_inconsistent_data = Counter(
     "yunkai_node_events_on_inconsistent_data_total",
-    "Posts and voids refused STORED_DATA_INCONSISTENT: their pending's stored data does not add up",
+    "Transfers refused STORED_DATA_INCONSISTENT: the stored data they need does not add up",
 )
 pendings_not_expired = Counter(
     "yunkai_node_pendings_not_expired_total", "Pending transfers due to expire whose accounts do not hold them"

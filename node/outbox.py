@@ -270,6 +270,11 @@ def accept_transfer(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Re
     stored = store.get_transfer(t.debit_account_id, t.id)
     if stored is not None:
         return sm.replay_transfer(store, stored, t)
+    kind = node_pb2.LEG_RESERVE if t.flags & sm.PENDING else node_pb2.LEG_CREDIT
+    if store.get_outbox(t.debit_account_id, t.id, kind) is not None:
+        # An entry without its transfer: left alone by the relay (data a move or a restore
+        # brought). Writing over it would send a second leg.
+        return sm.Result(pb.STORED_DATA_INCONSISTENT, "id")
     debit = store.get_account(t.debit_account_id)
     if debit is None:
         return sm.reject(store, t, pb.DEBIT_ACCOUNT_NOT_FOUND, timestamp)
@@ -294,7 +299,7 @@ def accept_transfer(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Re
     event = _copy(record)
     event.state = pb.TRANSFER_PENDING if pending else pb.TRANSFER_POSTED
     leg = node_pb2.CreditLeg(
-        kind=node_pb2.LEG_RESERVE if pending else node_pb2.LEG_CREDIT,
+        kind=kind,
         debit_account_id=t.debit_account_id,
         transfer_id=t.id,
         credit_account_id=t.credit_account_id,
@@ -326,7 +331,7 @@ def resolve_pending(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Re
         return sm.replay_transfer(store, stored, t)
     pending = store.get_transfer(t.debit_account_id, t.pending_id)
     claimed = pending is not None and store.get_outbox(t.debit_account_id, t.pending_id, node_pb2.LEG_POST) is not None
-    refused = sm.resolution_refused(store, t, pending, timestamp, expire_pending, claimed, local=False)
+    refused = sm.resolution_refused(store, t, pending, timestamp, expire_pending, claimed, inconsistent)
     if refused is not None:
         return refused
     assert pending is not None and pending.state == pb.TRANSFER_PENDING, pending
@@ -426,6 +431,20 @@ def crossing(store: OutboxStore, pending: pb.Transfer) -> bool:
         pending.credit_account_id, pending.debit_account_id, pending.id, node_pb2.LEG_RESERVE
     )
     return reserve is not None and bool(reserve.resolved_by)
+
+
+def inconsistent(store: OutboxStore, pending: pb.Transfer) -> str:
+    """Why a PENDING pending whose credit account is on another node cannot be posted, voided
+    or expired as its stored data stands ("" if it can): its debit account does not hold it
+    (`sm.unheld`), or an entry that releases it is in the outbox already (only data a move or a
+    restore brought: the relay leaves an entry that does not pair alone, and one written over it
+    would be a second release)."""
+    unheld = sm.unheld(store, pending, local=False)
+    if unheld:
+        return unheld
+    if store.get_outbox(pending.debit_account_id, pending.id, node_pb2.LEG_RELEASE) is not None:
+        return "an outbox entry releasing it is there already"
+    return ""
 
 
 def expire_pending(store: OutboxStore, pending: pb.Transfer, timestamp: int) -> bool:

@@ -386,12 +386,13 @@ def resolution_refused(
     timestamp: int,
     expire: Callable[[S, pb.Transfer, int], bool],
     claimed: bool = False,
-    local: bool = True,
+    inconsistent: Callable[[S, pb.Transfer], str] | None = None,
 ) -> Result | None:
     """Step 7 for a post/void `t` of `pending` (journaled when it fails), or None when
     `t` may resolve it. An overdue pending is expired with `expire` first. `claimed`:
-    a cross-node post of it is in flight (node/outbox.py). `local`: its credit account is
-    written in the same batch (`unheld`)."""
+    a cross-node post of it is in flight (node/outbox.py). `inconsistent`: why a PENDING
+    pending's stored data does not add up, "" if it does (default: `unheld`, its credit
+    account written in the same batch)."""
     if pending is None or not pending.flags & PENDING or pending.state in (pb.TRANSFER_REJECTED, pb.TRANSFER_IN_FLIGHT):
         return reject(store, t, pb.PENDING_TRANSFER_NOT_FOUND, timestamp)
     for name in ("credit_account_id", "ledger", "code"):
@@ -407,7 +408,7 @@ def resolution_refused(
         return reject(store, t, pb.PENDING_TRANSFER_ALREADY_VOIDED, timestamp)
     if pending.state == pb.TRANSFER_EXPIRED:
         return reject(store, t, pb.PENDING_TRANSFER_EXPIRED, timestamp)
-    if pending.state != pb.TRANSFER_PENDING or unheld(store, pending, local):
+    if pending.state != pb.TRANSFER_PENDING or (inconsistent or unheld)(store, pending):
         # Not journaled: the caller's request is not what is wrong, and nothing changes.
         return Result(pb.STORED_DATA_INCONSISTENT, "pending_id")
     deadline = expires_at(pending)

@@ -1487,3 +1487,61 @@ def test_a_moved_in_account_no_write_of_ours_could_leave_is_refused_at_the_impor
         assert target.storage.get(key) == fine.SerializeToString()
     finally:
         target.storage.close()
+
+
+def test_an_outbox_entry_left_alone_is_never_written_over(tmp_path: Any) -> None:
+    """The relay leaves alone an outbox entry that does not pair with its transfer (a peer's
+    data). A client's new transfer whose leg would take that entry's key, or a void (or the
+    expiry) of a pending that such an entry already releases, tripped put_outbox's assert and
+    stopped the node; each is refused STORED_DATA_INCONSISTENT (the expiry left alone and
+    counted), nothing changes, and the node commits on."""
+    debit = "acct-p"
+    slot = account_slot(debit, SLOTS_TOTAL)
+    remote = next(f"acct-r{n}" for n in itertools.count() if account_slot(f"acct-r{n}", SLOTS_TOTAL) != slot)
+    owners = {s: "debit" for s in range(SLOTS_TOTAL)}
+    owners[account_slot(remote, SLOTS_TOTAL)] = "credit"
+    node = Node("debit", str(tmp_path / "debit"), owners)
+    refused_before = metrics.events_on_inconsistent_data._value.get()
+    unexpired_before = metrics.pendings_not_expired._value.get()
+    try:
+        held = pb.Account(id=debit, ledger=1, code=1, credits_posted=100, debits_pending=3)
+        node.storage.put_now(keys.account_key(slot, debit), held.SerializeToString())
+        orphan = node_pb2.CreditLeg(
+            kind=node_pb2.LEG_CREDIT, debit_account_id=debit, transfer_id="t-orphan", credit_account_id=remote,
+            amount=1, ledger=1,
+        )  # fmt: skip
+        node.storage.put_now(keys.outbox_key(slot, debit, "t-orphan", node_pb2.LEG_CREDIT), orphan.SerializeToString())
+        new = pb.Transfer(id="t-orphan", debit_account_id=debit, credit_account_id=remote, amount=1, ledger=1, code=1)
+        node.mailbox = [new]
+        [(_, result)] = node.commit()
+        assert (result.code, result.field) == (pb.STORED_DATA_INCONSISTENT, "id"), result
+        assert node.storage.transfer(debit, "t-orphan") is None
+        assert node.account(debit) == held
+
+        # A pending on another node, long overdue, whose release is in the outbox already.
+        pending = pb.Transfer(
+            id="p7", debit_account_id=debit, credit_account_id=remote, amount=3, ledger=1, code=1, flags=sm.PENDING,
+            timeout_s=1, state=pb.TRANSFER_PENDING, timestamp=1,
+        )  # fmt: skip
+        node.storage.put_now(keys.transfer_key(slot, debit, "p7"), pending.SerializeToString())
+        release = node_pb2.CreditLeg(
+            kind=node_pb2.LEG_RELEASE, debit_account_id=debit, transfer_id="v-old", credit_account_id=remote,
+            amount=3, ledger=1, reserved=3, pending_id="p7",
+        )  # fmt: skip
+        node.storage.put_now(keys.outbox_key(slot, debit, "p7", node_pb2.LEG_RELEASE), release.SerializeToString())
+        node.mailbox = [pb.Transfer(id="v-new", debit_account_id=debit, pending_id="p7", flags=sm.VOID_PENDING)]
+        [(_, voided)] = node.commit()
+        assert (voided.code, voided.field) == (pb.STORED_DATA_INCONSISTENT, "pending_id"), voided
+        # The expiry sweep finds it due, and leaves it.
+        node.storage.put_now(keys.expiry_key(slot, sm.expires_at(pending), debit, "p7"), b"")
+        node.engine._load_expiries([slot])
+        node.commit()
+        kept = node.storage.transfer(debit, "p7")
+        assert kept is not None and kept.state == pb.TRANSFER_PENDING, kept
+        assert node.account(debit) == held
+        assert metrics.events_on_inconsistent_data._value.get() - refused_before == 2
+        assert metrics.pendings_not_expired._value.get() - unexpired_before == 1
+        node.mailbox = [pb.Account(id="acct-z", ledger=1, code=1)]
+        assert node.commit()[0][1].code == pb.OK  # the node commits on
+    finally:
+        node.storage.close()
