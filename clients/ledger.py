@@ -24,7 +24,7 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -42,8 +42,23 @@ TIMEOUT_DEFAULT_S = 10.0
 _ROUTER_AWAY = frozenset((grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED))
 
 
+class _Open(enum.IntEnum):
+    """An enum of proto/ledger.proto, open as proto3's enums are: a value this version does not
+    know (a newer server's, during a rolling upgrade) is UNKNOWN_<n>, not a ValueError raised
+    after the call has acted."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Self | None:
+        if not isinstance(value, int):
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = f"UNKNOWN_{value}"
+        member._value_ = value
+        return member
+
+
 # The enums mirror proto/ledger.proto value for value (tests/test_router.py checks that they do).
-class ResultCode(enum.IntEnum):
+class ResultCode(_Open):
     RESULT_CODE_UNSPECIFIED = 0
     OK = 1
     EXISTS = 2
@@ -84,7 +99,7 @@ class ResultCode(enum.IntEnum):
     STORED_DATA_INCONSISTENT = 37  # the node's data for the event does not add up: nothing changed
 
 
-class TransferState(enum.IntEnum):
+class TransferState(_Open):
     STATE_UNSPECIFIED = 0
     POSTED = 1
     PENDING = 2
@@ -94,14 +109,14 @@ class TransferState(enum.IntEnum):
     EXPIRED = 6
 
 
-class AccountStatus(enum.IntEnum):
+class AccountStatus(_Open):
     ACCOUNT_STATUS_UNSPECIFIED = 0
     ACTIVE = 1
     FROZEN = 2
     CLOSED = 3
 
 
-class ChangeKind(enum.IntEnum):
+class ChangeKind(_Open):
     CHANGE_KIND_UNSPECIFIED = 0
     FREEZE = 1
     UNFREEZE = 2

@@ -19,6 +19,7 @@ from clients.ledger import (
     AccountStatus,
     ChangeKind,
     LedgerClient,
+    Result,
     ResultCode,
     SyncLedgerClient,
     Transfer,
@@ -52,6 +53,17 @@ def test_sdk_enums_mirror_the_proto() -> None:
     assert {f"TRANSFER_{s.name}": s.value for s in TransferState} == dict(pb.TransferState.items())
     assert {s.name: s.value for s in AccountStatus} == dict(pb.AccountStatus.items())
     assert {k.name: k.value for k in ChangeKind} == dict(pb.ChangeKind.items())
+
+
+def test_a_value_a_newer_server_sends_is_unknown_not_an_error() -> None:
+    """A rolling upgrade: a node newer than this SDK answers a result code it does not know (as
+    STORED_DATA_INCONSISTENT was to the last version). It reads as UNKNOWN_<n>, after the call
+    acted, instead of raising ValueError in the caller."""
+    newer = pb.EventResult(code=200, state=77)
+    result = Result.from_proto(newer)
+    assert (result.code.name, int(result.code), result.ok) == ("UNKNOWN_200", 200, False)
+    assert (result.state.name, int(result.state)) == ("UNKNOWN_77", 77)
+    assert ResultCode(1) is ResultCode.OK and len(ResultCode) == len(pb.ResultCode.items())
 
 
 def test_a_lone_call_goes_at_once_and_calls_behind_one_in_flight_go_together() -> None:
