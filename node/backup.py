@@ -54,7 +54,7 @@ Restore (into a new, empty cluster; the operator loads every slot before finishi
   RestoreSlot(stream)    Slots into their copies here (primary or follower), one after
                          another: each refused unless this node leads or follows it and its
                          range is empty. Keys are checked to be the slot's (accounts as a
-                         move checks them: node/slotmove.py `account_problem`) and put as they
+                         move checks them: node/peerdata.py) and put as they
                          come; a slot's last chunk carries the key count, the digest they
                          must add up to and the backup's ledger clock (raised here, so
                          nothing is stamped behind the restored history). The stream's end
@@ -87,7 +87,8 @@ from node.changelog import MASK, key_digest
 from node.clock import too_far_ahead
 from node.engine import Engine
 from node.identity import Identity
-from node.slotmove import CHUNK_BYTES_MAX, CHUNK_KEYS_MAX, account_problem
+from node.peerdata import stored_problem
+from node.slotmove import CHUNK_BYTES_MAX, CHUNK_KEYS_MAX
 from node.slots import SlotTable
 from node.storage import Storage
 from proto import node_pb2
@@ -362,7 +363,7 @@ class Backups:
         for index, op in enumerate(chunk.ops):
             if op.deleted or not begin <= op.key < end:
                 raise BadRequest(f"ops[{index}]: not a put of a key of slot {slot}")
-            if problem := account_problem(op.key, op.value, total):
+            if problem := stored_problem(op.key, op.value, total):
                 raise BadRequest(f"ops[{index}]: {problem}")
             digest += key_digest(op.key, op.value)
             count += 1

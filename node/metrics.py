@@ -31,7 +31,9 @@ events_on_inconsistent_data = Counter(
     "Transfers refused STORED_DATA_INCONSISTENT: the stored data they need does not add up",
 )
 pendings_not_expired = Counter(
-    "yunkai_node_pendings_not_expired_total", "Pending transfers due to expire whose accounts do not hold them"
+    "yunkai_node_pendings_not_expired_total",
+    "Pending transfers due to expire whose stored data does not add up (their accounts do not hold them, or a release"
+    " of them is in the outbox already)",
 )
 books_fen = Gauge(
     "yunkai_node_books_fen",

@@ -46,7 +46,10 @@ States of a cross-node transfer on the debit node, and what moves them
 
 Transitions ("debit" is the debit account, "credit" the credit account)
   A1 accept T or P (debit node, CreateTransfers). After the stateless checks and the
-     replay check (a stored IN_FLIGHT transfer answers IN_FLIGHT), checked in order and
+     replay check (a stored IN_FLIGHT transfer answers IN_FLIGHT), STORED_DATA_INCONSISTENT,
+     not journaled, if an outbox entry of any kind is at T's id already (one the relay left
+     alone: only data a move or a restore brought; a new leg would be a second one). Then,
+     checked in order and
      journaled REJECTED like any stateful failure: DEBIT_ACCOUNT_NOT_FOUND,
      ACCOUNTS_MUST_HAVE_SAME_LEDGER (the transfer's ledger is not the debit's),
      DEBIT_ACCOUNT_CLOSED, DEBIT_ACCOUNT_FROZEN, OVERFLOW, EXCEEDS_CREDITS (counting the
@@ -58,9 +61,12 @@ Transitions ("debit" is the debit account, "credit" the credit account)
      event is R resolved (the pending's accounts, ledger, code, the amount posted). No
      balance moves yet. Answer IN_FLIGHT. A replay of R is compared with R resolved, as
      for a post on one node.
-  A3 void V of P (debit node). Step 7 as for A2. Then: debit.debits_pending -= P.amount;
+  A3 void V of P (debit node). Step 7 as for A2, where a PENDING P is refused
+     STORED_DATA_INCONSISTENT if its debit does not hold it or a RELEASE of it is in the
+     outbox already (`inconsistent`). Then: debit.debits_pending -= P.amount;
      P VOIDED; V POSTED; debit history; outbox entry RELEASE. Answer OK.
-  A4 expiry of P (the expiry sweep, or a post/void finding P overdue), unless claimed:
+  A4 expiry of P (the expiry sweep, or a post/void finding P overdue), unless claimed or
+     `inconsistent` (the sweep leaves it, logged and counted):
      debit.debits_pending -= P.amount; P EXPIRED; debit history (the expiry event);
      outbox entry RELEASE (transfer_id P).
   C  apply a leg (credit node, ApplyCreditLegs). A leg that is not well formed
@@ -242,6 +248,9 @@ class LegResult(NamedTuple):
     code: sm.Code
 
 
+_LEG_KINDS = (node_pb2.LEG_CREDIT, node_pb2.LEG_RESERVE, node_pb2.LEG_POST, node_pb2.LEG_RELEASE)
+
+
 def subject_of(leg: node_pb2.CreditLeg) -> str:
     """The transfer whose outbox entry the leg is: T for CREDIT, the pending for the rest."""
     return leg.pending_id or leg.transfer_id
@@ -270,11 +279,11 @@ def accept_transfer(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Re
     stored = store.get_transfer(t.debit_account_id, t.id)
     if stored is not None:
         return sm.replay_transfer(store, stored, t)
-    kind = node_pb2.LEG_RESERVE if t.flags & sm.PENDING else node_pb2.LEG_CREDIT
-    if store.get_outbox(t.debit_account_id, t.id, kind) is not None:
+    if any(store.get_outbox(t.debit_account_id, t.id, kind) is not None for kind in _LEG_KINDS):
         # An entry without its transfer: left alone by the relay (data a move or a restore
-        # brought). Writing over it would send a second leg.
+        # brought). A new leg of T would be a second one of its id.
         return sm.Result(pb.STORED_DATA_INCONSISTENT, "id")
+    kind = node_pb2.LEG_RESERVE if t.flags & sm.PENDING else node_pb2.LEG_CREDIT
     debit = store.get_account(t.debit_account_id)
     if debit is None:
         return sm.reject(store, t, pb.DEBIT_ACCOUNT_NOT_FOUND, timestamp)

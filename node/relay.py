@@ -466,6 +466,10 @@ def _loaded_problem(storage: Storage, key: bytes, leg: node_pb2.CreditLeg, held:
         holds = pending.amount
     elif leg.amount != transfer.amount:
         return f"leg {leg} of {leg.amount} for a transfer of {transfer.amount}"
+    else:
+        sent = node_pb2.LEG_RESERVE if transfer.flags & sm.PENDING else node_pb2.LEG_CREDIT
+        if (leg.kind, leg.credit_account_id, leg.ledger) != (sent, transfer.credit_account_id, transfer.ledger):
+            return f"leg {leg} is not the one transfer {transfer.id!r} sends"
     debit = entry[0]
     total = held.get(leg.debit_account_id, 0) + holds
     if total > debit.debits_pending:

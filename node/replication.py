@@ -79,7 +79,9 @@ The follower (Replica below, behind Node.Replicate)
     the node's other writes of the moment: node/storage.py `write_soon`), then acknowledged.
   * A call is refused whole when it comes from a node the table marks down, asks for a lease
     outside LEASE_MS_MIN..MAX, carries a clock more than node/clock.py CLOCK_AHEAD_MAX_NS past
-    this host's, or names one slot in two entries.
+    this host's, or names one slot in two entries. An entry whose ops hold a record no write of
+    ours could have left (node/peerdata.py: one that does not parse, sits under another's key,
+    an account with a negative balance, ...) is refused: promoted, the copy would stop at it.
     A refused call ends the stream with FAILED_PRECONDITION.
   * Promoted (AssignSlots names it primary of a slot it followed): it serves the slot only
     after lease x (1 + DRIFT) has passed since it last acknowledged the old primary, by when
@@ -108,6 +110,7 @@ import serving
 from node import keys, metrics
 from node.changelog import Op
 from node.clock import Clock, too_far_ahead
+from node.peerdata import stored_problem
 from node.slots import SlotTable
 from node.storage import Storage
 from proto import node_pb2
@@ -602,6 +605,10 @@ class Replica:
         begin, end = keys.slot_range(entry.slot)
         if any(not begin <= op.key < end for op in entry.ops):
             return f"slot {entry.slot}: an entry names a key outside the slot"
+        total = self._slots.slots_total
+        for op in entry.ops:
+            if not op.deleted and (problem := stored_problem(op.key, op.value, total)):
+                return f"slot {entry.slot}: {problem}"
         return ""
 
 

@@ -28,9 +28,9 @@ Messages (node.v1.Node), each carrying the migration id
                             applied seq is skipped, a gap fails the stream). One stream per
                             migration id; a chunk naming another id than B's staged one
                             (an aborted or superseded move) is refused and changes nothing,
-                            and so is one with a key outside s or an account no write of
-                            ours could have left (`account_problem`: a negative balance,
-                            posted and pending past 2^63 - 1, an id its key does not name).
+                            and so is one with a key outside s or a record no write of ours
+                            could have left (node/peerdata.py: one that does not parse or
+                            sits under another's key, a negative balance, ...).
   FreezeSlot(id, s)         A: mark s frozen and record FROZEN(id) durably; wait until
                             every command queued before that is committed (a barrier in the
                             committer's mailbox); ship the remaining log entries and a last
@@ -71,17 +71,16 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf.message import DecodeError
 from rocksdict import WriteBatch
 
 import serving
 from node import keys, metrics
 from node.changelog import MASK, ChangeLog, Followed, Op, digest_change, key_digest
 from node.engine import Engine
+from node.peerdata import stored_problem
 from node.slots import SERVING, SlotTable
-from node.state_machine import INT64_MAX
 from node.storage import Storage
-from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
+from proto import node_pb2, node_pb2_grpc
 
 log = logging.getLogger("yunkai.node.slotmove")
 
@@ -94,29 +93,6 @@ _CHANNEL_OPTIONS = [
 ]
 # A chunk's keys and values with their framing must fit one message.
 assert CHUNK_BYTES_MAX * 2 <= serving.MESSAGE_BYTES_MAX
-
-
-def account_problem(key: bytes, value: bytes, slots_total: int) -> str:
-    """Why an account a peer sends (a move's chunk, a restore's) cannot be taken ("" if it can,
-    or if `key` is no account's): every write of an account asserts that its balances are not
-    negative and that posted and pending together stay within 2^63 - 1 (node/overlay.py,
-    node/state_machine.py), so one brought in otherwise would stop the committer at the first
-    transfer that touches it. Our own accounts always pass."""
-    if key[keys.SLOT_BYTES : keys.SLOT_BYTES + 1] != keys.ACCOUNT:
-        return ""
-    try:
-        account = pb.Account.FromString(value)
-    except DecodeError:
-        return "an account that does not parse"
-    if keys.account_key_of(account.id, slots_total) != key:
-        return f"account {account.id!r} is not the account its key names"
-    debits = (account.debits_posted, account.debits_pending)
-    credits = (account.credits_posted, account.credits_pending)
-    if min(*debits, *credits) < 0:
-        return f"account {account.id!r} has a negative balance"
-    if sum(debits) > INT64_MAX or sum(credits) > INT64_MAX:
-        return f"account {account.id!r}: posted and pending together pass 2^63 - 1"
-    return ""
 
 
 class MoveError(Exception):
@@ -226,7 +202,7 @@ class SlotMoves:
             raise MoveError(f"slot {record.slot}: a chunk names a key outside the slot")
         total = self._storage.slots_total
         for op in chunk.ops:
-            if not op.deleted and (problem := account_problem(op.key, op.value, total)):
+            if not op.deleted and (problem := stored_problem(op.key, op.value, total)):
                 raise MoveError(f"slot {record.slot}: {problem}")
         batch = WriteBatch(raw_mode=True)
         if chunk.seq == 0:

@@ -37,7 +37,8 @@ is the result:
      of more than the pending amount). Between "already expired" and "overdue":
      STORED_DATA_INCONSISTENT, not journaled: the pending's accounts do not hold its amount,
      or a post of it would pass 2^63 - 1, or its state is not one this version knows
-     (`unheld`: never our own writes; data a move or a restore brought)
+     (`unheld`: never our own writes; data a move or a restore brought; node/outbox.py
+     adds its own for cross-node transfers: A1, A3)
   8. DEBIT_ACCOUNT_NOT_FOUND, CREDIT_ACCOUNT_NOT_FOUND
   9. ACCOUNTS_MUST_HAVE_SAME_LEDGER  the two accounts' ledgers differ, or the transfer's
                                      ledger is not theirs

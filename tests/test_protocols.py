@@ -54,6 +54,7 @@ import heapq
 import itertools
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -1452,11 +1453,13 @@ def test_a_post_or_void_of_a_pending_its_accounts_do_not_hold_is_refused_not_ass
         node.storage.close()
 
 
-def test_a_moved_in_account_no_write_of_ours_could_leave_is_refused_at_the_import(tmp_path: Any) -> None:
-    """An account a move brings with a negative balance, or posted and pending past 2^63 - 1,
-    or under another account's key would stop the committer at the first transfer touching it
-    (every write of an account asserts its balances): the chunk is refused (the move fails and
-    is aborted) and nothing of it is staged; an account as our writes leave it is taken."""
+def test_a_moved_in_record_no_write_of_ours_could_leave_is_refused_at_the_import(tmp_path: Any) -> None:
+    """A record a move brings that the committer or the relay would trip on when it reads it
+    back (an account with a negative balance or past 2^63 - 1 stops the first transfer touching
+    it; one that does not parse, or sits under another record's key, stops the read that finds
+    it; a pending whose deadline does not fit an expiry key stops its expiry): the chunk is
+    refused (the move fails and is aborted) and nothing of it is staged; records as our writes
+    leave them are taken."""
     target = Node("target", str(tmp_path / "target"), dict.fromkeys(range(SLOTS_TOTAL), "source"))
     moves = SlotMoves(target.engine, target.slots, target.storage, target.changelog)
     try:
@@ -1471,20 +1474,64 @@ def test_a_moved_in_account_no_write_of_ours_could_leave_is_refused_at_the_impor
             return node_pb2.SlotChunk(migration_id="m1", slot=slot, seq=0, ops=[node_pb2.KeyOp(key=at, value=value)])
 
         other = next(f"acct-o{n}" for n in itertools.count() if account_slot(f"acct-o{n}", SLOTS_TOTAL) != slot)
-        refused = {
-            "negative": pb.Account(id=account_id, ledger=1, code=1, credits_posted=-1),
-            "past int64": pb.Account(id=account_id, ledger=1, code=1, debits_posted=sm.INT64_MAX, debits_pending=1),
-            "another id": pb.Account(id=other, ledger=1, code=1),
+        transfer_key = keys.transfer_key(slot, account_id, "t1")
+        outbox_key = keys.outbox_key(slot, account_id, "t1", node_pb2.LEG_CREDIT)
+
+        def transfer(**fields: Any) -> bytes:
+            return pb.Transfer(
+                debit_account_id=account_id, id="t1", amount=1, ledger=1, code=1, **fields
+            ).SerializeToString()
+
+        refused: dict[str, tuple[bytes, bytes, str]] = {
+            "negative": (
+                key,
+                pb.Account(id=account_id, ledger=1, code=1, credits_posted=-1).SerializeToString(),
+                "negative",
+            ),
+            "past int64": (
+                key,
+                pb.Account(
+                    id=account_id, ledger=1, code=1, debits_posted=sm.INT64_MAX, debits_pending=1
+                ).SerializeToString(),
+                "2^63",
+            ),
+            "another account's key": (key, pb.Account(id=other, ledger=1, code=1).SerializeToString(), "its key names"),
+            "an account's bytes": (key, b"\xff\xff\xff", "does not parse"),
+            "another transfer's key": (keys.transfer_key(slot, account_id, "t2"), transfer(), "its key names"),
+            "a deadline past 2^64": (
+                transfer_key,
+                transfer(flags=sm.PENDING, timeout_s=2**32 - 1, timestamp=2**64 - 1),
+                "deadline",
+            ),
+            "a history entry's bytes": (
+                keys.history_prefix(slot, account_id) + bytes(8),
+                b"\xff\xff",
+                "does not parse",
+            ),
+            "another entry's outbox key": (
+                keys.outbox_key(slot, account_id, "t2", node_pb2.LEG_CREDIT),
+                node_pb2.CreditLeg(
+                    kind=node_pb2.LEG_CREDIT, debit_account_id=account_id, transfer_id="t1"
+                ).SerializeToString(),
+                "its key names",
+            ),
+            "an expiry key": (keys.expiry_prefix(slot) + b"\x01", b"", "does not parse"),
         }
-        for name, account in refused.items():
-            with pytest.raises(MoveError, match=f"slot {slot}: account"):
-                moves._apply_chunk(record, chunk(account.SerializeToString()))
-            assert target.storage.get(key) is None, name
-        with pytest.raises(MoveError, match="does not parse"):
-            moves._apply_chunk(record, chunk(b"\xff\xff\xff"))
-        fine = pb.Account(id=account_id, ledger=1, code=1, debits_posted=sm.INT64_MAX - 5, debits_pending=5)
-        assert moves._apply_chunk(record, chunk(fine.SerializeToString())) == 1
-        assert target.storage.get(key) == fine.SerializeToString()
+        for name, (at, value, why) in refused.items():
+            with pytest.raises(MoveError, match=f"slot {slot}: .*{re.escape(why)}"):
+                moves._apply_chunk(record, chunk(value, at))
+            assert target.storage.get(at) is None, name
+        fine = {
+            key: pb.Account(id=account_id, ledger=1, code=1, debits_posted=sm.INT64_MAX - 5, debits_pending=5),
+            transfer_key: pb.Transfer(
+                debit_account_id=account_id, id="t1", credit_account_id=other, amount=1, ledger=1, code=1,
+                flags=sm.PENDING, timeout_s=2**32 - 1, timestamp=time.time_ns(),
+            ),
+            outbox_key: node_pb2.CreditLeg(kind=node_pb2.LEG_CREDIT, debit_account_id=account_id, transfer_id="t1"),
+        }  # fmt: skip
+        for at, message in fine.items():
+            assert moves._apply_chunk(record, chunk(message.SerializeToString(), at)) == 1
+            assert target.storage.get(at) == message.SerializeToString()
     finally:
         target.storage.close()
 
@@ -1517,6 +1564,31 @@ def test_an_outbox_entry_left_alone_is_never_written_over(tmp_path: Any) -> None
         assert (result.code, result.field) == (pb.STORED_DATA_INCONSISTENT, "id"), result
         assert node.storage.transfer(debit, "t-orphan") is None
         assert node.account(debit) == held
+        # An entry of the other kind at the id: a pending left alone, then a plain transfer.
+        reserve = node_pb2.CreditLeg(
+            kind=node_pb2.LEG_RESERVE, debit_account_id=debit, transfer_id="t-other", credit_account_id=remote,
+            amount=1, ledger=1,
+            event=pb.Transfer(
+                id="t-other", debit_account_id=debit, credit_account_id=remote, amount=1, ledger=1, code=1,
+                flags=sm.PENDING, state=pb.TRANSFER_PENDING, timestamp=1,
+            ),
+        )  # fmt: skip
+        assert outbox.malformed_leg(reserve) is None  # well formed: only its transfer says it is not T's
+        node.storage.put_now(keys.outbox_key(slot, debit, "t-other", node_pb2.LEG_RESERVE), reserve.SerializeToString())
+        node.mailbox = [
+            pb.Transfer(id="t-other", debit_account_id=debit, credit_account_id=remote, amount=1, ledger=1, code=1)
+        ]
+        [(_, other_kind)] = node.commit()
+        assert (other_kind.code, other_kind.field) == (pb.STORED_DATA_INCONSISTENT, "id"), other_kind
+        # Were such a transfer in flight, the relay would not load the entry of the wrong kind.
+        in_flight = pb.Transfer(
+            id="t-other", debit_account_id=debit, credit_account_id=remote, amount=1, ledger=1, code=1,
+            state=pb.TRANSFER_IN_FLIGHT, timestamp=1,
+        )  # fmt: skip
+        node.storage.put_now(keys.transfer_key(slot, debit, "t-other"), in_flight.SerializeToString())
+        before = set(node.relay.legs())
+        node.relay.load([(keys.outbox_key(slot, debit, "t-other", node_pb2.LEG_RESERVE), reserve)], moved_in=True)
+        assert set(node.relay.legs()) == before  # a RESERVE for a transfer that is not pending
 
         # A pending on another node, long overdue, whose release is in the outbox already.
         pending = pb.Transfer(
@@ -1539,7 +1611,7 @@ def test_an_outbox_entry_left_alone_is_never_written_over(tmp_path: Any) -> None
         kept = node.storage.transfer(debit, "p7")
         assert kept is not None and kept.state == pb.TRANSFER_PENDING, kept
         assert node.account(debit) == held
-        assert metrics.events_on_inconsistent_data._value.get() - refused_before == 2
+        assert metrics.events_on_inconsistent_data._value.get() - refused_before == 3
         assert metrics.pendings_not_expired._value.get() - unexpired_before == 1
         node.mailbox = [pb.Account(id="acct-z", ledger=1, code=1)]
         assert node.commit()[0][1].code == pb.OK  # the node commits on

@@ -166,7 +166,8 @@ def test_a_follower_takes_a_primarys_stream_only_from_the_certificate_its_table_
     """Another node of the cluster, or a node certificate no table names, cannot write a slot's
     copies by naming its primary: the stream is refused whole, the copy does not move, and the
     real primary's next write still reaches it (were the forged entry taken, that write's seq
-    would be taken for a resend and skipped)."""
+    would be taken for a resend and skipped). Entries the primary's own certificate sends are
+    checked too: a slot twice in a call, an older epoch, a record no write of ours leaves."""
     names = [fresh("node-r") for _ in range(3)]
     with nodes(tmp_path_factory, 3, names) as (a, b, c):
         addresses = [n.process.address for n in (a, b, c)]
@@ -206,6 +207,14 @@ def test_a_follower_takes_a_primarys_stream_only_from_the_certificate_its_table_
             request = node_pb2.ReplicateRequest(primary=addresses[0], lease_ms=LEASE_MS, entries=[older])
             [reply] = list(node_pb2_grpc.NodeStub(to_follower).Replicate(iter([request]), timeout=10))
             assert not reply.results[0].ok and "older" in reply.results[0].refusal, reply
+            # ...and an entry in order holding an account no write of ours leaves (promoted, the
+            # copy would stop at the first transfer touching it) is refused (node/peerdata.py).
+            negative = pb.Account(id=account, ledger=LEDGER, code=1, debits_posted=-1)
+            bad = node_pb2.ReplicaEntry(slot=slot, epoch=1, seq=copy.seq + 1)
+            bad.ops.add(key=keys.account_key(slot, account), value=negative.SerializeToString())
+            request = node_pb2.ReplicateRequest(primary=addresses[0], lease_ms=LEASE_MS, entries=[bad])
+            [reply] = list(node_pb2_grpc.NodeStub(to_follower).Replicate(iter([request]), timeout=10))
+            assert not reply.results[0].ok and "negative balance" in reply.results[0].refusal, reply
         after = b.admin.GetSlots(node_pb2.GetSlotsRequest(), timeout=5).slots[slot]
         assert (after.seq_epoch, after.seq) == (copy.seq_epoch, copy.seq)
         paid = pb.Transfer(id=fresh("t"), debit_account_id=other, credit_account_id=account, amount=11,

@@ -1,0 +1,80 @@
+"""What a peer sends to be kept as it is (a slot move's chunks, a restore's, a replicated entry's
+ops), checked before it is written: the committer, the relay and the readers take back what is
+on disk as our own writes and assert what those always are, so a record that is not would stop
+the node at the first call or start that reads it. Our own writes always pass."""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError
+
+from node import keys
+from node.state_machine import INT64_MAX, expires_at
+from proto import ledger_pb2 as pb, node_pb2
+
+
+def stored_problem(key: bytes, value: bytes, slots_total: int) -> str:
+    """Why a key and value a peer sends (a move's chunk, a restore's) cannot be taken ("" if they
+    can): the committer and the relay read them back as our own writes and assert what those
+    always are, so one that is not would stop the node at the first call or start that reads it.
+    Checked: each record parses as its kind's message and sits under the key its own ids make
+    (a record under another's key is resolved against one account and written under another);
+    an account's balances are not negative and posted and pending together stay within
+    2^63 - 1 (every write of it asserts so: node/overlay.py); a pending's deadline fits an
+    expiry key; an expiry key parses. Kinds this version does not read are taken as they come.
+    Our own writes always pass."""
+    slot = keys.slot_of_key(key)
+    if slot is None or len(key) <= keys.SLOT_BYTES:
+        return ""  # not a slot's record (the range check is the caller's)
+    kind = key[keys.SLOT_BYTES : keys.SLOT_BYTES + 1]
+    try:
+        if kind in (keys.ACCOUNT, keys.CREATION):
+            account = pb.Account.FromString(value)
+            named = keys.account_key_of(account.id, slots_total)
+            if kind == keys.CREATION:
+                named = keys.creation_key(keys.account_slot(account.id, slots_total), account.id)
+            if named != key:
+                return f"account {account.id!r} is not the one its key names"
+            if kind == keys.CREATION:
+                return ""
+            debits = (account.debits_posted, account.debits_pending)
+            credits = (account.credits_posted, account.credits_pending)
+            if min(*debits, *credits) < 0:
+                return f"account {account.id!r} has a negative balance"
+            if sum(debits) > INT64_MAX or sum(credits) > INT64_MAX:
+                return f"account {account.id!r}: posted and pending together pass 2^63 - 1"
+        elif kind == keys.TRANSFER:
+            transfer = pb.Transfer.FromString(value)
+            debit = transfer.debit_account_id
+            if keys.transfer_key(keys.account_slot(debit, slots_total), debit, transfer.id) != key:
+                return f"transfer {transfer.id!r} of {debit!r} is not the one its key names"
+            if expires_at(transfer) >= 1 << 64:
+                return f"transfer {transfer.id!r}: its deadline does not fit an expiry key"
+        elif kind == keys.HISTORY:
+            pb.Transfer.FromString(value)
+        elif kind == keys.CHANGE:
+            change = pb.AccountChange.FromString(value)
+            owner = change.account_id
+            if keys.change_key(keys.account_slot(owner, slots_total), owner, change.id) != key:
+                return f"account change {change.id!r} of {owner!r} is not the one its key names"
+        elif kind == keys.OUTBOX:
+            leg = node_pb2.CreditLeg.FromString(value)
+            debit = leg.debit_account_id
+            named = keys.outbox_key(
+                keys.account_slot(debit, slots_total), debit, leg.pending_id or leg.transfer_id, leg.kind
+            )
+            if named != key:
+                return f"outbox entry {leg.transfer_id!r} of {debit!r} is not the one its key names"
+        elif kind == keys.APPLIED_LEG:
+            node_pb2.AppliedLeg.FromString(value)
+        elif kind == keys.RECORD:
+            pb.Record.FromString(value)
+        elif kind == keys.EXPIRY:
+            prefix = keys.expiry_prefix(slot)
+            if len(key) <= len(prefix) + 8 or b"\x00" not in key[len(prefix) + 8 :]:
+                return "an expiry key that does not parse"
+            keys.parse_expiry(prefix, key)
+        elif kind == keys.SEQ and len(value) != 16:
+            return "a replication seq that is not 16 bytes"
+    except (DecodeError, UnicodeDecodeError, ValueError, OverflowError) as error:
+        return f"a {kind.decode(errors='replace')!r} record that does not parse ({type(error).__name__})"
+    return ""
