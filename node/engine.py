@@ -570,6 +570,15 @@ class Engine:
                 self.relay.discard(result)  # the slot moved away: its new owner drives the entry
             elif slot.frozen:
                 self._held_results.append(result)  # settles after the move: here if it aborts
+            elif problem := outbox.unsettleable(overlay, result.leg):
+                # A peer's data: left alone on disk (the next start does not load it either), counted.
+                leg = result.leg
+                log.error(
+                    "a leg's result left unsettled",
+                    extra={"debit": leg.debit_account_id, "transfer": leg.transfer_id, "problem": problem},
+                )
+                metrics.outbox_entries_not_loaded.inc()
+                self.relay.discard(result)
             else:
                 outbox.apply_leg_result(overlay, outbox.LegResult(result.leg, result.code), self.clock.next())
                 applied += 1

@@ -24,7 +24,8 @@ outbox_entries = Gauge("yunkai_node_outbox_entries", "Credit legs in this node's
 # Data a move, a restore or a disk brought that cannot be settled as it stands: left alone (its
 # transfer stays in flight, its pending unexpired) for an operator (docs/operations.md).
 outbox_entries_not_loaded = Counter(
-    "yunkai_node_outbox_entries_not_loaded_total", "Outbox entries that do not pair with their transfers, left alone"
+    "yunkai_node_outbox_entries_not_loaded_total",
+    "Outbox entries left alone: they do not pair with their transfers (at load), or their result could not settle",
 )
 events_on_inconsistent_data = Counter(
     "yunkai_node_events_on_inconsistent_data_total",

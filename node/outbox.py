@@ -492,6 +492,21 @@ def _release(pending: pb.Transfer, event: pb.Transfer) -> node_pb2.CreditLeg:
     )
 
 
+def unsettleable(store: OutboxStore, leg: node_pb2.CreditLeg) -> str:
+    """Why a leg's final result cannot settle as the stored data stands now ("" if it can): its
+    debit account no longer holds what the leg holds. The relay loads an entry only if the legs'
+    holds fit the account (node/relay.py `_loaded_problem`), but a peer's account may hold one
+    claim's worth for two, a pending's and a leg's, each checked alone: the other was resolved
+    first. Never our own data (an account's debits_pending is every claim on it, summed)."""
+    if leg.kind == node_pb2.LEG_RELEASE:
+        return ""
+    debit = store.get_account(leg.debit_account_id)
+    holds = leg.reserved if leg.kind == node_pb2.LEG_POST else leg.amount
+    if debit is None or debit.debits_pending < holds:
+        return f"the debit account no longer holds the {holds} the leg holds"
+    return ""
+
+
 def apply_leg_result(store: OutboxStore, result: LegResult, timestamp: int) -> sm.Result:
     """R: settle the transfer a leg belongs to, and delete its outbox entry."""
     leg, code = result

@@ -16,7 +16,9 @@ The protocol is node/outbox.py's; this is its I/O. Delivery rules:
     again after a jittered exponential backoff. That is always safe: the credit node
     applies a leg once and answers every replay with the stored result.
   * A final result is queued for the committer (node/engine.py), which takes the queue at
-    its next cycle and applies each result (outbox.apply_leg_result): the transfer settles
+    its next cycle and applies each result (outbox.apply_leg_result; one whose debit account
+    no longer holds what the leg holds, only a peer's data, is left alone and counted like an
+    entry not loaded: `outbox.unsettleable`): the transfer settles
     and the entry is deleted in one batch; the entry leaves memory once that batch is
     durable, and callers waiting for the transfer are woken then.
   * A leg whose credit slot this node leads itself (the two slots are not writable in one

@@ -1617,3 +1617,63 @@ def test_an_outbox_entry_left_alone_is_never_written_over(tmp_path: Any) -> None
         assert node.commit()[0][1].code == pb.OK  # the node commits on
     finally:
         node.storage.close()
+
+
+def test_a_legs_result_its_debit_account_no_longer_holds_is_left_alone_not_asserted(tmp_path: Any) -> None:
+    """A peer's account may hold one claim's worth for two: an in-flight leg and a pending of 10
+    each with debits_pending 10 pass every check alone (the relay's load, the void's). The void
+    goes first and releases the 10; the leg's result then found nothing to take it back from
+    and tripped apply_leg_result's assert. It is left alone (the transfer stays in flight),
+    counted, and the node commits on."""
+    debit, credit = "acct-p", "acct-q"
+    here = {account_slot(debit, SLOTS_TOTAL), account_slot(credit, SLOTS_TOTAL)}
+    remote = next(f"acct-r{n}" for n in itertools.count() if account_slot(f"acct-r{n}", SLOTS_TOTAL) not in here)
+    owners = {s: "debit" for s in range(SLOTS_TOTAL)}
+    owners[account_slot(remote, SLOTS_TOTAL)] = "credit"
+    node = Node("debit", str(tmp_path / "debit"), owners)
+    left_before = metrics.outbox_entries_not_loaded._value.get()
+    try:
+        slot, credit_slot = account_slot(debit, SLOTS_TOTAL), account_slot(credit, SLOTS_TOTAL)
+        accounts = {
+            keys.account_key(slot, debit): pb.Account(id=debit, ledger=1, code=1, credits_posted=50, debits_pending=10),
+            keys.account_key(credit_slot, credit): pb.Account(id=credit, ledger=1, code=1, credits_pending=10),
+        }
+        for key, account in accounts.items():
+            node.storage.put_now(key, account.SerializeToString())
+        sent = pb.Transfer(
+            id="t-leg", debit_account_id=debit, credit_account_id=remote, amount=10, ledger=1, code=1,
+            state=pb.TRANSFER_IN_FLIGHT, timestamp=1,
+        )  # fmt: skip
+        node.storage.put_now(keys.transfer_key(slot, debit, "t-leg"), sent.SerializeToString())
+        event = pb.Transfer()
+        event.CopyFrom(sent)
+        event.state = pb.TRANSFER_POSTED
+        leg = node_pb2.CreditLeg(
+            kind=node_pb2.LEG_CREDIT, debit_account_id=debit, transfer_id="t-leg", credit_account_id=remote,
+            amount=10, ledger=1, event=event,
+        )  # fmt: skip
+        leg_key = keys.outbox_key(slot, debit, "t-leg", node_pb2.LEG_CREDIT)
+        node.storage.put_now(leg_key, leg.SerializeToString())
+        pending = pb.Transfer(
+            id="p-both", debit_account_id=debit, credit_account_id=credit, amount=10, ledger=1, code=1,
+            flags=sm.PENDING, state=pb.TRANSFER_PENDING, timestamp=1,
+        )  # fmt: skip
+        node.storage.put_now(keys.transfer_key(slot, debit, "p-both"), pending.SerializeToString())
+        node.storage.forget_accounts()
+        node.relay.load([(leg_key, leg)], moved_in=True)
+        assert set(node.relay.legs()) == {leg_key}  # 10 of 10 held: it fits alone
+
+        node.mailbox = [pb.Transfer(id="v-both", debit_account_id=debit, pending_id="p-both", flags=sm.VOID_PENDING)]
+        [(_, voided)] = node.commit()
+        assert voided.code == pb.OK, voided  # 10 of 10 held: it fits alone too
+        [entry] = node.relay.undelivered()
+        node.relay.answered(entry, pb.OK)
+        node.commit()
+        kept = node.storage.transfer(debit, "t-leg")
+        assert kept is not None and kept.state == pb.TRANSFER_IN_FLIGHT, kept
+        assert node.outbox() == {leg_key: leg}  # left on disk
+        assert metrics.outbox_entries_not_loaded._value.get() - left_before == 1
+        node.mailbox = [pb.Account(id="acct-z", ledger=1, code=1)]
+        assert node.commit()[0][1].code == pb.OK  # the node commits on
+    finally:
+        node.storage.close()
