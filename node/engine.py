@@ -571,7 +571,9 @@ class Engine:
             elif slot.frozen:
                 self._held_results.append(result)  # settles after the move: here if it aborts
             elif problem := outbox.unsettleable(overlay, result.leg):
-                # A peer's data: left alone on disk (the next start does not load it either), counted.
+                # A peer's data: counted, and left alone by this process only. Its entry stays on
+                # disk, and a start or a move-in loads it again if the legs then fit the account
+                # (node/relay.py `_loaded_problem` counts the legs, not the local pendings).
                 leg = result.leg
                 log.error(
                     "a leg's result left unsettled",

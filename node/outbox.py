@@ -497,7 +497,9 @@ def unsettleable(store: OutboxStore, leg: node_pb2.CreditLeg) -> str:
     debit account no longer holds what the leg holds. The relay loads an entry only if the legs'
     holds fit the account (node/relay.py `_loaded_problem`), but a peer's account may hold one
     claim's worth for two, a pending's and a leg's, each checked alone: the other was resolved
-    first. Never our own data (an account's debits_pending is every claim on it, summed)."""
+    first. Never our own data (an account's debits_pending is every claim on it, summed). One leg
+    at a time: once another claim has added to the account, a bad leg passes and settles from
+    that claim's hold (what only a check of the whole account at move-in would catch)."""
     if leg.kind == node_pb2.LEG_RELEASE:
         return ""
     debit = store.get_account(leg.debit_account_id)

@@ -13,9 +13,10 @@ from proto import ledger_pb2 as pb, node_pb2
 
 
 def stored_problem(key: bytes, value: bytes, slots_total: int) -> str:
-    """Why a key and value a peer sends (a move's chunk, a restore's) cannot be taken ("" if they
-    can): the committer and the relay read them back as our own writes and assert what those
-    always are, so one that is not would stop the node at the first call or start that reads it.
+    """Why a key and value a peer sends (a move's chunk, a restore's, a replicated entry's op)
+    cannot be taken ("" if they can): the committer and the relay read them back as our own
+    writes and assert what those always are, so one that is not would stop the node at the
+    first call or start that reads it.
     Checked: each record parses as its kind's message and sits under the key its own ids make
     (a record under another's key is resolved against one account and written under another);
     an account's balances are not negative and posted and pending together stay within
