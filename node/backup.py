@@ -53,9 +53,10 @@ The protocol (messages of node.v1.Node; `B` is the backup's id)
 Restore (into a new, empty cluster; the operator loads every slot before finishing any)
   RestoreSlot(stream)    Slots into their copies here (primary or follower), one after
                          another: each refused unless this node leads or follows it and its
-                         range is empty. Keys are checked to be the slot's (accounts as a
-                         move checks them: node/peerdata.py) and put as they
-                         come; a slot's last chunk carries the key count, the digest they
+                         range is empty. Keys are checked to be the slot's, and records as a
+                         move checks them (node/peerdata.py), and put as they come; once a
+                         slot is whole, each account's debits_pending against its pendings
+                         and transfers in flight. A slot's last chunk carries the key count, the digest they
                          must add up to and the backup's ledger clock (raised here, so
                          nothing is stamped behind the restored history). The stream's end
                          makes its slots and the clock durable with one fsync; a mismatch or
@@ -87,7 +88,7 @@ from node.changelog import MASK, key_digest
 from node.clock import too_far_ahead
 from node.engine import Engine
 from node.identity import Identity
-from node.peerdata import stored_problem
+from node.peerdata import held_problem, stored_problem
 from node.slotmove import CHUNK_BYTES_MAX, CHUNK_KEYS_MAX
 from node.slots import SlotTable
 from node.storage import Storage
@@ -382,6 +383,8 @@ class Backups:
             )
         if ahead := too_far_ahead(chunk.clock_ns):
             raise BadRequest(f"slot {slot}'s last chunk: {ahead}")
+        if problem := held_problem(self._storage.slot_items(slot)):
+            raise BadRequest(f"slot {slot}: {problem}")
         self._engine.clock.raise_to(chunk.clock_ns)  # made durable with the stream's slots
         del self._received[slot]
         return written

@@ -5,11 +5,15 @@ the node at the first call or start that reads it. Our own writes always pass.""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from google.protobuf.message import DecodeError
 
 from node import keys
-from node.state_machine import INT64_MAX, expires_at
+from node.state_machine import INT64_MAX, POST_PENDING, VOID_PENDING, expires_at
 from proto import ledger_pb2 as pb, node_pb2
+
+RESOLVES = POST_PENDING | VOID_PENDING
 
 
 def stored_problem(key: bytes, value: bytes, slots_total: int) -> str:
@@ -78,4 +82,36 @@ def stored_problem(key: bytes, value: bytes, slots_total: int) -> str:
             return "a replication seq that is not 16 bytes"
     except (DecodeError, UnicodeDecodeError, ValueError, OverflowError) as error:
         return f"a {kind.decode(errors='replace')!r} record that does not parse ({type(error).__name__})"
+    return ""
+
+
+def held_problem(items: Iterable[tuple[bytes, bytes]]) -> str:
+    """Why a whole slot's accounts do not hold what its transfers claim ("" if they do): each
+    account's debits_pending must be exactly the amounts of its pending transfers and of its
+    transfers in flight to other nodes (plain or pending, not a post or void: a post in flight
+    claims its pending's hold). That is what every claim on it adds up to in our own writes
+    (tests/test_protocols.py checks it over the outbox protocol); one claim checked alone lets a
+    peer's account hold one claim's worth for two. `items`: the slot's records, every one of
+    which passed `stored_problem`."""
+    pending: dict[str, int] = {}
+    held: dict[str, int] = {}
+    for key, value in items:
+        kind = key[keys.SLOT_BYTES : keys.SLOT_BYTES + 1]
+        if kind == keys.ACCOUNT:
+            account = pb.Account.FromString(value)
+            pending[account.id] = account.debits_pending
+        elif kind == keys.TRANSFER:
+            transfer = pb.Transfer.FromString(value)
+            state = transfer.state
+            if state == pb.TRANSFER_PENDING or (state == pb.TRANSFER_IN_FLIGHT and not transfer.flags & RESOLVES):
+                debit = transfer.debit_account_id
+                held[debit] = held.get(debit, 0) + transfer.amount
+    for account_id in sorted(pending.keys() | held.keys()):
+        if account_id not in pending:
+            return f"transfers of {account_id!r} hold {held[account_id]} of an account that is not there"
+        if pending[account_id] != held.get(account_id, 0):
+            return (
+                f"account {account_id!r} has debits_pending {pending[account_id]}, its pending transfers and"
+                f" transfers in flight hold {held.get(account_id, 0)}"
+            )
     return ""

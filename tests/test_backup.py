@@ -315,7 +315,8 @@ def test_a_restore_whose_clock_is_far_past_this_hosts_is_refused_and_the_node_st
 
 def test_a_restored_account_no_write_of_ours_could_leave_is_refused_and_nothing_is_restored(tmp_path: Path) -> None:
     """An account in a backup with a negative balance (a forged or broken file whose digest was
-    made to match) would stop the committer at the first transfer touching it: the restore is
+    made to match) would stop the committer at the first transfer touching it, and one whose
+    pending no transfer claims would let a later claim's hold settle another: the restore is
     refused naming it, nothing of the slot is written, and the node serves the slot empty."""
     target = LocalCluster(str(tmp_path / "target"), nodes=1, port=0, slots_total=S).start()
     try:
@@ -332,6 +333,21 @@ def test_a_restored_account_no_write_of_ours_could_leave_is_refused_and_nothing_
                 node_pb2_grpc.NodeStub(operator).RestoreSlot(iter([chunk]), timeout=30)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
             assert "negative balance" in str(refused.value.details()), refused.value.details()
+            # Each record well formed, but the account's pending is held by no transfer of the
+            # slot (a pending or a transfer in flight): checked once the slot is whole.
+            unclaimed = pb.Account(id=account_id, ledger=1, code=1, credits_posted=20, debits_pending=5)
+            value = unclaimed.SerializeToString()
+            whole = node_pb2.RestoreChunk(
+                slot=5,
+                ops=[node_pb2.KeyOp(key=key, value=value)],
+                last=True,
+                keys=1,
+                digest=key_digest(key, value) & MASK,
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                node_pb2_grpc.NodeStub(operator).RestoreSlot(iter([whole]), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+            assert "debits_pending 5" in str(refused.value.details()), refused.value.details()
         assert node.accounts(
             pb.Account(id=account_id, ledger=1, code=1), pb.Account(id="neg-other", ledger=1, code=1)
         ) == [
