@@ -636,10 +636,10 @@ class Engine:
 
 
 def _in_flight(overlay: Overlay, t: pb.Transfer) -> bool:
-    """Whether `t` is the replay of a post already in flight (only node/outbox.py makes those,
-    and only it finds the outbox entry that answers the replay)."""
+    """Whether `t`'s id is a post already in flight (only node/outbox.py makes those, and only
+    it finds the outbox entry that answers the replay)."""
     stored = overlay.get_transfer(t.debit_account_id, t.id)
-    return stored is not None and stored.state == pb.TRANSFER_IN_FLIGHT
+    return stored is not None and stored.state == pb.TRANSFER_IN_FLIGHT and bool(stored.flags & sm.POST_PENDING)
 
 
 def _refused_inconsistent(overlay: Overlay, t: pb.Transfer) -> None:

@@ -329,8 +329,9 @@ def resolve_pending(store: OutboxStore, t: pb.Transfer, timestamp: int) -> sm.Re
     assert t.flags & (sm.POST_PENDING | sm.VOID_PENDING), t
     stored = store.get_transfer(t.debit_account_id, t.id)
     if stored is not None:
-        if stored.state == pb.TRANSFER_IN_FLIGHT:
-            # A post in flight is stored as sent; a replay compares with it resolved.
+        if stored.state == pb.TRANSFER_IN_FLIGHT and stored.flags & sm.POST_PENDING:
+            # A post in flight is stored as sent; a replay compares with it resolved. (A plain
+            # or pending transfer in flight at the id is compared as it is: another transfer.)
             entry = store.get_outbox(stored.debit_account_id, stored.pending_id, node_pb2.LEG_POST)
             if entry is None or entry.transfer_id != stored.id:
                 # Our own writes keep the two together; a moved-in or restored slot may not.

@@ -1677,3 +1677,43 @@ def test_a_legs_result_its_debit_account_no_longer_holds_is_left_alone_not_asser
         assert node.commit()[0][1].code == pb.OK  # the node commits on
     finally:
         node.storage.close()
+
+
+def test_a_post_whose_id_is_a_transfer_in_flight_is_answered_as_a_replay_not_refused(tmp_path: Any) -> None:
+    """A post or void whose id is taken by a plain transfer still in flight to another node is
+    another transfer at that key: EXISTS_WITH_DIFFERENT_FIELDS, as anywhere else. The outbox
+    took any transfer in flight at a post's id for a post in flight and asserted its POST entry
+    (a client's call stopped the node), and then for a moment took it for damaged data."""
+    debit, credit = "acct-p", "acct-q"
+    here = {account_slot(debit, SLOTS_TOTAL), account_slot(credit, SLOTS_TOTAL)}
+    remote = next(f"acct-r{n}" for n in itertools.count() if account_slot(f"acct-r{n}", SLOTS_TOTAL) not in here)
+    owners = {s: "debit" for s in range(SLOTS_TOTAL)}
+    owners[account_slot(remote, SLOTS_TOTAL)] = "credit"
+    node = Node("debit", str(tmp_path / "debit"), owners)
+    refused_before = metrics.events_on_inconsistent_data._value.get()
+    try:
+        node.mailbox = [pb.Account(id=i, ledger=1, code=1) for i in (debit, credit)]
+        node.commit()
+        node.mailbox = [
+            pb.Transfer(id="x", debit_account_id=debit, credit_account_id=remote, amount=2, ledger=1, code=1),
+            pb.Transfer(
+                id="p-here", debit_account_id=debit, credit_account_id=credit, amount=3, ledger=1, code=1,
+                flags=sm.PENDING,
+            ),
+        ]  # fmt: skip
+        assert [result.code for _, result in node.commit()] == [pb.IN_FLIGHT, pb.OK]
+        slot = account_slot(debit, SLOTS_TOTAL)
+        there = pb.Transfer(
+            id="p-there", debit_account_id=debit, credit_account_id=remote, amount=1, ledger=1, code=1,
+            flags=sm.PENDING, state=pb.TRANSFER_PENDING, timestamp=1,
+        )  # fmt: skip
+        node.storage.put_now(keys.transfer_key(slot, debit, "p-there"), there.SerializeToString())
+        for pending_id in ("p-here", "p-there"):  # its credit account here, and on the other node
+            node.mailbox = [pb.Transfer(id="x", debit_account_id=debit, pending_id=pending_id, flags=sm.POST_PENDING)]
+            [(_, result)] = node.commit()
+            assert result.code == pb.EXISTS_WITH_DIFFERENT_FIELDS, (pending_id, result)
+        assert metrics.events_on_inconsistent_data._value.get() == refused_before
+        kept = node.storage.transfer(debit, "p-here")
+        assert kept is not None and kept.state == pb.TRANSFER_PENDING, kept
+    finally:
+        node.storage.close()
