@@ -34,9 +34,10 @@ def stored_problem(key: bytes, value: bytes, slots_total: int) -> str:
     try:
         if kind in (keys.ACCOUNT, keys.CREATION):
             account = pb.Account.FromString(value)
-            named = keys.account_key_of(account.id, slots_total)
             if kind == keys.CREATION:
                 named = keys.creation_key(keys.account_slot(account.id, slots_total), account.id)
+            else:
+                named = keys.account_key_of(account.id, slots_total)
             if named != key:
                 return f"account {account.id!r} is not the one its key names"
             if kind == keys.CREATION:

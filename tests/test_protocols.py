@@ -1310,6 +1310,17 @@ def test_an_expiry_key_earlier_than_its_pendings_deadline_expires_it_at_the_dead
         node.storage.close()
 
 
+def debit_node_and_remote(tmp_path: Any) -> tuple[Node, str]:
+    """Node "debit", leading every slot but one, which "credit" leads, and an account id in that
+    slot (apart from acct-p's and acct-q's): a transfer or pending from acct-p to it goes
+    through the outbox."""
+    here = {account_slot(account_id, SLOTS_TOTAL) for account_id in ("acct-p", "acct-q")}
+    remote = next(f"acct-r{n}" for n in itertools.count() if account_slot(f"acct-r{n}", SLOTS_TOTAL) not in here)
+    owners = dict.fromkeys(range(SLOTS_TOTAL), "debit")
+    owners[account_slot(remote, SLOTS_TOTAL)] = "credit"
+    return Node("debit", str(tmp_path / "debit"), owners), remote
+
+
 def test_a_post_or_void_of_a_pending_its_accounts_do_not_hold_is_refused_not_asserted(tmp_path: Any) -> None:
     """A slot that moved in or was restored is a peer's data: a pending whose accounts do not
     hold its amount, or in a state this version does not know, tripped the resolution's asserts
@@ -1318,10 +1329,6 @@ def test_a_post_or_void_of_a_pending_its_accounts_do_not_hold_is_refused_not_ass
     the same where the pending's credit account is on another node (node/outbox.py), and for
     the replay of a post in flight whose outbox entry is missing."""
     debit, credit = "acct-p", "acct-q"
-    here = {account_slot(debit, SLOTS_TOTAL), account_slot(credit, SLOTS_TOTAL)}
-    remote = next(f"acct-r{n}" for n in itertools.count() if account_slot(f"acct-r{n}", SLOTS_TOTAL) not in here)
-    owners = {slot: "debit" for slot in range(SLOTS_TOTAL)}
-    owners[account_slot(remote, SLOTS_TOTAL)] = "credit"  # the one slot another node leads
 
     def pending(transfer_id: str, amount: int) -> pb.Transfer:
         return pb.Transfer(
@@ -1329,7 +1336,7 @@ def test_a_post_or_void_of_a_pending_its_accounts_do_not_hold_is_refused_not_ass
             flags=sm.PENDING,
         )  # fmt: skip
 
-    node = Node("debit", str(tmp_path / "debit"), owners)
+    node, remote = debit_node_and_remote(tmp_path)
     refused_before = metrics.events_on_inconsistent_data._value.get()
     try:
         node.mailbox = [pb.Account(id=i, ledger=1, code=1) for i in (debit, credit)]
@@ -1544,10 +1551,7 @@ def test_an_outbox_entry_left_alone_is_never_written_over(tmp_path: Any) -> None
     counted), nothing changes, and the node commits on."""
     debit = "acct-p"
     slot = account_slot(debit, SLOTS_TOTAL)
-    remote = next(f"acct-r{n}" for n in itertools.count() if account_slot(f"acct-r{n}", SLOTS_TOTAL) != slot)
-    owners = {s: "debit" for s in range(SLOTS_TOTAL)}
-    owners[account_slot(remote, SLOTS_TOTAL)] = "credit"
-    node = Node("debit", str(tmp_path / "debit"), owners)
+    node, remote = debit_node_and_remote(tmp_path)
     refused_before = metrics.events_on_inconsistent_data._value.get()
     unexpired_before = metrics.pendings_not_expired._value.get()
     try:
@@ -1626,11 +1630,7 @@ def test_a_legs_result_its_debit_account_no_longer_holds_is_left_alone_not_asser
     and tripped apply_leg_result's assert. It is left alone (the transfer stays in flight),
     counted, and the node commits on."""
     debit, credit = "acct-p", "acct-q"
-    here = {account_slot(debit, SLOTS_TOTAL), account_slot(credit, SLOTS_TOTAL)}
-    remote = next(f"acct-r{n}" for n in itertools.count() if account_slot(f"acct-r{n}", SLOTS_TOTAL) not in here)
-    owners = {s: "debit" for s in range(SLOTS_TOTAL)}
-    owners[account_slot(remote, SLOTS_TOTAL)] = "credit"
-    node = Node("debit", str(tmp_path / "debit"), owners)
+    node, remote = debit_node_and_remote(tmp_path)
     left_before = metrics.outbox_entries_not_loaded._value.get()
     try:
         slot, credit_slot = account_slot(debit, SLOTS_TOTAL), account_slot(credit, SLOTS_TOTAL)
@@ -1685,11 +1685,7 @@ def test_a_post_whose_id_is_a_transfer_in_flight_is_answered_as_a_replay_not_ref
     took any transfer in flight at a post's id for a post in flight and asserted its POST entry
     (a client's call stopped the node), and then for a moment took it for damaged data."""
     debit, credit = "acct-p", "acct-q"
-    here = {account_slot(debit, SLOTS_TOTAL), account_slot(credit, SLOTS_TOTAL)}
-    remote = next(f"acct-r{n}" for n in itertools.count() if account_slot(f"acct-r{n}", SLOTS_TOTAL) not in here)
-    owners = {s: "debit" for s in range(SLOTS_TOTAL)}
-    owners[account_slot(remote, SLOTS_TOTAL)] = "credit"
-    node = Node("debit", str(tmp_path / "debit"), owners)
+    node, remote = debit_node_and_remote(tmp_path)
     refused_before = metrics.events_on_inconsistent_data._value.get()
     try:
         node.mailbox = [pb.Account(id=i, ledger=1, code=1) for i in (debit, credit)]
