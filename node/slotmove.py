@@ -334,8 +334,9 @@ class SlotMoves:
             await export.call.write(chunk)
         except grpc.aio.AioRpcError as error:
             raise MoveError(f"slot {export.slot}: the stream to {export.target} failed: {error.details()}") from error
-        except asyncio.InvalidStateError as error:
-            raise MoveError(f"slot {export.slot}: the stream to {export.target} ended early") from error
+        except asyncio.InvalidStateError as error:  # the target ended the call: say what it answered
+            ended = await _ending(export.call)
+            raise MoveError(f"slot {export.slot}: the stream to {export.target} ended early{ended}") from error
 
     async def freeze(self, migration_id: str, slot: int) -> node_pb2.FreezeSlotResponse:
         self._check_slot(slot)
@@ -425,3 +426,14 @@ class SlotMoves:
             self._stop_export(export)
         for channel in self._channels.values():
             await channel.close()
+
+
+async def _ending(call: grpc.aio.StreamUnaryCall[node_pb2.SlotChunk, node_pb2.ImportSlotResponse]) -> str:
+    """How a call the target ended was answered (its refusal, for the controller to pass on),
+    or "" if that is not known within a second."""
+    try:
+        async with asyncio.timeout(1.0):
+            code, details = await call.code(), await call.details()
+    except (TimeoutError, grpc.RpcError):
+        return ""
+    return f": the target answered {code.name}: {details}"

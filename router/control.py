@@ -32,7 +32,7 @@ from router.controller import DOWN_AFTER_S_DEFAULT, Controller, ControllerError,
 from router.leadership import Leadership
 from router.mapview import MapView
 from router.metastore import Metastore
-from router.migration import Mover
+from router.migration import REPAIR_RETRY_S_DEFAULT, Mover
 from router.shardmap import DOWN, LOST
 
 log = logging.getLogger("yunkai.router.control")
@@ -55,6 +55,7 @@ class ControlPlane:
         move_concurrency: int,
         replicas: int = 1,
         down_after_s: float = DOWN_AFTER_S_DEFAULT,
+        repair_retry_s: float = REPAIR_RETRY_S_DEFAULT,
     ) -> None:
         self.metastore = metastore
         self.leadership = leadership
@@ -64,6 +65,7 @@ class ControlPlane:
         self.move_concurrency = move_concurrency
         self.replicas = replicas
         self.down_after_s = down_after_s
+        self.repair_retry_s = repair_retry_s
         self.view = MapView()
         self.view.on_stale = self._stale
         self.controller: Controller | None = None  # while this router leads
@@ -124,7 +126,7 @@ class ControlPlane:
         self._taking_office = False
         self.ready.set()
         await controller.recover_moves()
-        mover = Mover(controller, self.move_concurrency)
+        mover = Mover(controller, self.move_concurrency, self.repair_retry_s)
         mover.resume()
         self.controller, self.mover = controller, mover
         metrics.leading.set(1)

@@ -33,6 +33,10 @@ controller_term = Gauge("yunkai_router_controller_term", "The controller term wh
 leading = Gauge("yunkai_router_leading", "1 while this router process is the cluster's controller")
 # From the shard map this router routes with (every router exports them: alert on max()).
 nodes = Gauge("yunkai_router_nodes", "Nodes in the shard map, by state (ACTIVE, DOWN, LOST, ...)", ["state"])
+slots_set_aside = Gauge(
+    "yunkai_router_slots_set_aside",
+    "Slots a job gave up copying after repeated failures (its error names them); repair waits before trying again",
+)
 slots_under_replicated = Gauge(
     "yunkai_router_slots_under_replicated", "Slots with fewer than R live copies (repair restores them)"
 )

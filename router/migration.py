@@ -22,7 +22,13 @@ A wave moves up to `concurrency` slots, each from its owner A to its target B:
      WRONG_SLOT naming B, which serves; a primary that stays thaws and replicates to B too.
   5. Abort. For each move that failed: AbortMove to A (unfreeze) and B (drop the staged
      range), only after step 4 recorded it. A node that misses it is told by reconcile.
-A failed move is tried again in a later wave with a new id, at most `attempts_max` times.
+A failed move is tried again in a later wave with a new id, at most ATTEMPTS_MAX times; then
+its slot is set aside: the job goes on with every other slot and fails at its end naming the
+slots it set aside and why (one slot's problem, a copy its target refuses, never holds up the
+rest). Repair plans a slot it set aside again only after a back-off (`repair_retry_s`,
+doubling with each job that gave up on it, at most REPAIR_RETRY_S_MAX), so a slot that cannot
+be copied neither restarts a repair every REPAIR_CHECK_S nor keeps operators' jobs waiting;
+the back-off is this controller's alone (a new controller tries at once).
 Each slot's freeze pause (from step 3 until its source and target have the commit; the
 other nodes get it right after) is recorded for the job's report.
 
@@ -63,6 +69,9 @@ log = logging.getLogger("yunkai.router.migration")
 CONCURRENCY_DEFAULT = 4  # measured: 8 moves ~20% more slots/s at a longer write pause per slot
 REPAIR_CHECK_S = 2.0  # how often an idle controller looks for slots with fewer than R copies
 ATTEMPTS_MAX = 5
+REPAIR_RETRY_S_DEFAULT = 30.0  # a slot a repair set aside waits this long, doubled for each such repair
+REPAIR_RETRY_S_MAX = 900.0
+SET_ASIDE_NAMED_MAX = 5  # slots named in a job's error; the rest are counted
 COPY_TIMEOUT_S = 120.0
 FREEZE_TIMEOUT_S = 10.0
 PREPARE_TIMEOUT_S = 10.0
@@ -124,13 +133,31 @@ class Job:
         )
 
 
+@dataclass
+class SetAside:
+    """A slot a job gave up on: how many jobs did, until when repair leaves it (monotonic
+    seconds), and the last refusal."""
+
+    jobs: int
+    until: float
+    why: str
+
+
 class Mover:
     """Runs operator jobs against the controller's map, one job at a time."""
 
-    def __init__(self, controller: Controller, concurrency: int = CONCURRENCY_DEFAULT) -> None:
-        assert concurrency >= 1
+    def __init__(
+        self,
+        controller: Controller,
+        concurrency: int = CONCURRENCY_DEFAULT,
+        repair_retry_s: float = REPAIR_RETRY_S_DEFAULT,
+    ) -> None:
+        assert concurrency >= 1 and repair_retry_s > 0
         self.controller = controller
         self.concurrency = concurrency
+        self.repair_retry_s = repair_retry_s
+        self.set_aside: dict[int, SetAside] = {}  # slot -> its back-off
+        self._why: dict[int, str] = {}  # slot -> why its last copy failed
         self._job: Job | None = None  # the job running here
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._pause_at = os.environ.get(PAUSE_AT_ENV, "")
@@ -205,11 +232,17 @@ class Mover:
 
     async def _repair_if_needed(self) -> None:
         shard_map = self.controller.current()
-        if shard_map.replicas <= 1 or shard_map.running_job() is not None or not shard_map.under_replicated():
+        if shard_map.replicas <= 1 or shard_map.running_job() is not None:
             return
-        if not self._plan(Job(id="", kind="repair", node="")):
-            return  # nowhere to copy to (too few live nodes): status shows the slots under-replicated
-        log.warning("repairing", extra={"under_replicated": len(shard_map.under_replicated())})
+        under = shard_map.under_replicated()
+        for slot in set(self.set_aside) - set(under):
+            del self.set_aside[slot]  # whole again (its node came back): a later loss starts afresh
+        metrics.slots_set_aside.set(len(self.set_aside))
+        if not under or not self._plan(Job(id="", kind="repair", node="")):
+            # Nothing to do, nowhere to copy to (too few live nodes), or only slots set aside
+            # and still waiting: status shows them under-replicated and the job that gave up.
+            return
+        log.warning("repairing", extra={"under_replicated": len(under), "set_aside": len(self.set_aside)})
         await self._start("repair", "")
 
     async def _check_joining(self, address: str) -> node_pb2.GetSlotsResponse:
@@ -312,10 +345,17 @@ class Mover:
             return replicas.add(configs, job.node, shard_map.replicas, shard_map.zones)
         if job.kind == "drain-node":
             return replicas.drain(configs, job.node, [a for a in live if a != job.node], shard_map.zones)
-        return replicas.repair(configs, live, shard_map.replicas, shard_map.zones, dead)  # rebalance, repair
+        plan = replicas.repair(configs, live, shard_map.replicas, shard_map.zones, dead)  # rebalance, repair
+        if job.kind == "repair":
+            now = time.monotonic()
+            plan = [c for c in plan if c.slot not in self.set_aside or self.set_aside[c.slot].until <= now]
+        return plan
 
     async def _move_all(self, job: Job, plan: list[Change]) -> None:
+        """Every change of `plan`, wave by wave; a change that fails ATTEMPTS_MAX times is set
+        aside and the rest go on; then the job fails naming what it set aside."""
         attempts: dict[int, int] = {}
+        given_up: list[Change] = []
         todo = list(plan)
         while todo:
             wave = _one_per_slot(todo, self.concurrency)  # a slot takes one move at a time
@@ -323,11 +363,38 @@ class Mover:
             failed = await self._wave(job, wave)
             for change in failed:
                 attempts[change.slot] = attempts.get(change.slot, 0) + 1
-                if attempts[change.slot] >= ATTEMPTS_MAX:
-                    raise ControllerError(
-                        f"slot {change.slot} could not be copied to {change.target} in {ATTEMPTS_MAX} attempts"
-                    )
-                todo.append(change)
+                if attempts[change.slot] < ATTEMPTS_MAX:
+                    todo.append(change)
+                else:
+                    given_up.append(change)
+        if given_up:
+            raise ControllerError(self._give_up(job, given_up))
+
+    def _give_up(self, job: Job, given_up: Sequence[Change]) -> str:
+        """Set `given_up`'s slots aside (repair waits before it plans them again) and say why,
+        naming the first few."""
+        now = time.monotonic()
+        waits: list[float] = []
+        for change in given_up:
+            earlier = self.set_aside.get(change.slot)
+            jobs = 1 if earlier is None else earlier.jobs + 1
+            wait_s = min(REPAIR_RETRY_S_MAX, self.repair_retry_s * 2 ** (jobs - 1))
+            waits.append(wait_s)
+            self.set_aside[change.slot] = SetAside(jobs, now + wait_s, self._why.get(change.slot, ""))
+        metrics.slots_set_aside.set(len(self.set_aside))
+        named = "; ".join(
+            f"slot {c.slot} to {c.target}" + (f" ({self._why[c.slot]})" if self._why.get(c.slot) else "")
+            for c in given_up[:SET_ASIDE_NAMED_MAX]
+        )
+        more = f"; and {len(given_up) - SET_ASIDE_NAMED_MAX} more" if len(given_up) > SET_ASIDE_NAMED_MAX else ""
+        log.error(
+            "slots set aside",
+            extra={"job": job.id, "slots": sorted(c.slot for c in given_up), "retry_s": min(waits)},
+        )
+        return (
+            f"{len(given_up)} slot copies failed {ATTEMPTS_MAX} times each and were set aside, the rest done:"
+            f" {named}{more}; repair tries them again in {min(waits):.0f} s or more"
+        )
 
     async def _wave(self, job: Job, wave: Sequence[Change]) -> list[Change]:
         """Make up to `concurrency` copies; returns the changes that failed (aborted)."""
@@ -442,6 +509,7 @@ class Mover:
     async def _copy(self, move: Migration) -> bool:
         controller = self.controller
         term = controller.term
+        self._why.pop(move.slot, None)
         try:
             await controller.stub(move.target).PrepareImport(
                 node_pb2.PrepareImportRequest(
@@ -458,6 +526,7 @@ class Mover:
             return True
         except grpc.aio.AioRpcError as error:
             log.warning("slot copy failed", extra={"slot": move.slot, "id": move.id, "error": error.details()})
+            self._why[move.slot] = f"copy: {error.code().name}: {error.details()}"
             return False
 
     async def _freeze(self, move: Migration, frozen_at: dict[str, float]) -> bool:
@@ -470,6 +539,7 @@ class Mover:
             return True
         except grpc.aio.AioRpcError as error:
             log.warning("slot freeze failed", extra={"slot": move.slot, "id": move.id, "error": error.details()})
+            self._why[move.slot] = f"freeze: {error.code().name}: {error.details()}"
             return False
 
     async def _swap(

@@ -36,7 +36,7 @@ from router.controller import DOWN_AFTER_S_DEFAULT, Controller, ControllerError,
 from router.etcd import Etcd, EtcdUnavailable, parse_endpoints
 from router.leadership import TTL_S_DEFAULT, EtcdLeadership, Leadership, LocalLeadership
 from router.metastore import EtcdMetastore, LocalMetastore, Metastore
-from router.migration import CONCURRENCY_DEFAULT, Job, Mover
+from router.migration import CONCURRENCY_DEFAULT, REPAIR_RETRY_S_DEFAULT, Job, Mover
 from router.routing import LedgerRouter
 from router.slots import SLOTS_TOTAL_DEFAULT
 from serving import BadRequest, Context, Refused, parse_request
@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "slots_total": SLOTS_TOTAL_DEFAULT,
     "batch_events_max": contract.BATCH_EVENTS_MAX_DEFAULT,
     "move_concurrency": CONCURRENCY_DEFAULT,
+    "repair_retry_s": REPAIR_RETRY_S_DEFAULT,
     "metastore": "",
     "lease_ttl": TTL_S_DEFAULT,
     "advertise": None,
@@ -122,6 +123,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"slots moved at once by add-node, drain-node and rebalance (default {CONCURRENCY_DEFAULT})",
     )
     parser.add_argument(
+        "--repair-retry-s",
+        type=float,
+        help="with replicas: a slot whose copy failed repeatedly is set aside, and repair tries it again after"
+        f" this many seconds, doubled for each repair that gave up on it (default {REPAIR_RETRY_S_DEFAULT:.0f})",
+    )
+    parser.add_argument(
         "--console-port",
         type=int,
         help="serve the operator console (a web page, HTTPS with mutual TLS, operators only) on this port",
@@ -169,6 +176,8 @@ def _check(settings: dict[str, Any]) -> str | None:
         return "--node-down-after-ms must be at least 200"
     if int(settings["move_concurrency"]) < 1:
         return "--move-concurrency must be at least 1"
+    if not float(settings["repair_retry_s"]) > 0:
+        return "--repair-retry-s must be above 0"
     batch_max = serving.MESSAGE_BYTES_MAX // contract.EVENT_BYTES_MAX
     if not 0 < int(settings["batch_events_max"]) <= batch_max:
         return f"--batch-events-max must be 1 to {batch_max} (a batch of the largest events must fit one message)"
@@ -427,6 +436,7 @@ def _control_plane(settings: dict[str, Any], admin_address: str, peers: grpc.Cha
         int(settings["move_concurrency"]),
         replicas=int(settings["replicas"]),
         down_after_s=int(settings["node_down_after_ms"]) / 1000,
+        repair_retry_s=float(settings["repair_retry_s"]),
     )
 
 

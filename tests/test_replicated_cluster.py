@@ -9,27 +9,33 @@ flagged account goes negative. Scenarios:
     for a second node;
   * a zombie primary: SIGSTOP past its lease, its slots fail over, SIGCONT: it acknowledges
     nothing and serves no stale read;
-  * a node killed while an add-node moves slots and cross-node transfers are in flight.
+  * a node killed while an add-node moves slots and cross-node transfers are in flight;
+  * a slot whose copies repair cannot make (its stored data refused by the target) is set
+    aside: the rest are repaired, and repair tries it again only after a growing back-off.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
 import random
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from rocksdict import Options, Rdict
 
 from clients.ledger import Account, SyncLedgerClient, Transfer
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess
+from node import keys
 from proto import cluster_pb2, cluster_pb2_grpc, ledger_pb2 as pb, ledger_pb2_grpc
 from router.shardmap import DOWN, ShardMap
 from router.slots import slot_of
@@ -48,7 +54,11 @@ REPAIR_S_MAX = 120.0  # liveness only: how fast is measured by the benchmarks (d
 
 @contextmanager
 def replicated(
-    tmp_path: Path, nodes: int = 3, down_after_ms: int = DOWN_AFTER_MS, **options: Any
+    tmp_path: Path,
+    nodes: int = 3,
+    down_after_ms: int = DOWN_AFTER_MS,
+    router_args: Sequence[str] = (),
+    **options: Any,
 ) -> Iterator[LocalCluster]:
     cluster = LocalCluster(
         str(tmp_path),
@@ -56,7 +66,7 @@ def replicated(
         port=0,
         slots_total=S,
         replicas=R,
-        router_args=["--node-down-after-ms", str(down_after_ms)],
+        router_args=["--node-down-after-ms", str(down_after_ms), *router_args],
         node_args=["--lease-ms", str(LEASE_MS)],
         **options,
     ).start()
@@ -292,3 +302,58 @@ def test_a_rolling_restart_of_every_node_and_router_under_load_gives_no_client_a
         assert not wrong, wrong[:10]
         final = fully_replicated(cluster)
         assert all(len(final.members(slot)) == R for slot in range(S)), final
+
+
+def test_a_slot_repair_cannot_copy_is_set_aside_while_the_rest_are_repaired_and_retried_after_a_back_off(
+    tmp_path: Path,
+) -> None:
+    """Four nodes, R = 3. Every live copy of one slot holds a history entry that does not parse
+    (written into the nodes' RocksDB while the cluster was stopped, as a bad disk or a bug might
+    leave it); then a node holding that slot is killed. The target refuses the slot's copy
+    (node/peerdata.py), so the repair job gives up on that slot after its attempts, copies
+    every other slot, and fails naming the slot and the refusal. Repair then waits its back-off
+    before it plans the slot again (--repair-retry-s, doubled each time), instead of restarting
+    a job every two seconds that would keep operators' jobs waiting."""
+    retry_s = 5.0
+    with replicated(tmp_path, nodes=4, router_args=["--repair-retry-s", str(retry_s)]) as cluster:
+        before = fully_replicated(cluster)
+        lost = cluster.nodes[3]
+        bad = next(s for s in range(S) if lost.address in before.members(s) and before.owners[s] != lost.address)
+        account = next(f"a{n}" for n in itertools.count() if keys.account_slot(f"a{n}", S) == bad)
+        for router in cluster.routers:
+            assert router.stop() == 0, router.log_tail()
+        for node in cluster.nodes:
+            assert node.stop() == 0, node.log_tail()
+        for node in cluster.nodes:
+            if node is not lost and node.address in before.members(bad):
+                db = Rdict(os.path.join(node.data_dir, "rocksdb"), Options(raw_mode=True))
+                db[keys.history_prefix(bad, account) + bytes(8)] = b"\xff\xff"
+                db.close()
+        for node in cluster.nodes:
+            node.start()
+        for router in cluster.routers:
+            router.start()
+        fully_replicated(cluster)
+
+        lost.kill()
+
+        def repairs(shard_map: ShardMap) -> list[cluster_pb2.Job]:
+            return [j for j in shard_map.jobs if j.kind == "repair" and j.state == cluster_pb2.JOB_FAILED]
+
+        first_failed = wait_for(lambda m: len(repairs(m)) >= 1, "a repair that gives up on the slot", cluster)
+        [first] = repairs(first_failed)
+        assert f"slot {bad} to " in first.error and "set aside" in first.error, first.error
+        assert "does not parse" in first.error, first.error  # the target's refusal, passed on
+        assert first.slots_moved == first.slots_planned - 1, first
+        assert first_failed.under_replicated() == [bad], first_failed.under_replicated()
+        assert first_failed.nodes[lost.address] == DOWN
+
+        later = wait_for(lambda m: len(repairs(m)) >= 3, "two more tries of the slot", cluster)
+        jobs = repairs(later)
+        assert all(f"slot {bad} to " in j.error for j in jobs), [j.error for j in jobs]
+        # Each try starts only after the back-off (counted from when the job before gave up,
+        # a moment before it recorded its end): 5 s, then 10 s. Without it a repair restarted
+        # every REPAIR_CHECK_S (2 s).
+        gaps = [b.started_unix_s - a.finished_unix_s for a, b in itertools.pairwise(jobs)]
+        assert gaps[0] >= retry_s - 0.5 and gaps[1] >= 2 * retry_s - 0.5, gaps
+        assert later.under_replicated() == [bad]
