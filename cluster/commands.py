@@ -476,9 +476,8 @@ def resume_main(args: argparse.Namespace) -> int:
 def _wait_replicated(routers: _Routers, wait_s: float) -> int:
     """Until no slot is under-replicated and no job runs, showing repair's progress."""
     deadline = time.monotonic() + wait_s
-    since = time.time()
     shown = ""
-    told: set[str] = set()  # repair jobs that failed while this waited, already shown
+    told: set[str] | None = None  # failed jobs already shown, or failed before this waited
     while True:
         try:
             status = routers.stub().Status(cluster_pb2.StatusRequest(), timeout=10)
@@ -496,10 +495,12 @@ def _wait_replicated(routers: _Routers, wait_s: float) -> int:
         if line != shown:
             print(line, flush=True)
             shown = line
-        for job in status.jobs:
-            if job.state == cluster_pb2.JOB_FAILED and job.finished_unix_s >= since and job.id not in told:
-                told.add(job.id)
-                print(f"{job.kind} {job.id} failed: {job.error}", flush=True)
+        failed = {job.id: job for job in status.jobs if job.state == cluster_pb2.JOB_FAILED}
+        if told is None:
+            told = set(failed)
+        for job_id in failed.keys() - told:
+            told.add(job_id)
+            print(f"{failed[job_id].kind} {job_id} failed: {failed[job_id].error}", flush=True)
         if not status.slots_under_replicated and not running:
             print("every slot has its R copies")
             return 0

@@ -436,4 +436,6 @@ async def _ending(call: grpc.aio.StreamUnaryCall[node_pb2.SlotChunk, node_pb2.Im
             code, details = await call.code(), await call.details()
     except (TimeoutError, grpc.RpcError):
         return ""
+    if code == grpc.StatusCode.CANCELLED:
+        return ""  # this side gave the move up (an abort): nothing the target said
     return f": the target answered {code.name}: {details}"

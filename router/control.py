@@ -100,6 +100,7 @@ class ControlPlane:
                     self.controller = self.mover = None
                     metrics.leading.set(0)
                     metrics.controller_term.set(0)
+                    metrics.slots_set_aside.set(0)  # the back-offs were this controller's
                 with contextlib.suppress(Exception):
                     await self.leadership.resign()
                 await asyncio.sleep(RECAMPAIGN_PAUSE_S)

@@ -23,12 +23,13 @@ A wave moves up to `concurrency` slots, each from its owner A to its target B:
   5. Abort. For each move that failed: AbortMove to A (unfreeze) and B (drop the staged
      range), only after step 4 recorded it. A node that misses it is told by reconcile.
 A failed move is tried again in a later wave with a new id, at most ATTEMPTS_MAX times; then
-its slot is set aside: the job goes on with every other slot and fails at its end naming the
-slots it set aside and why (one slot's problem, a copy its target refuses, never holds up the
-rest). Repair plans a slot it set aside again only after a back-off (`repair_retry_s`,
-doubling with each job that gave up on it, at most REPAIR_RETRY_S_MAX), so a slot that cannot
-be copied neither restarts a repair every REPAIR_CHECK_S nor keeps operators' jobs waiting;
-the back-off is this controller's alone (a new controller tries at once).
+the job gives it up and goes on with every other copy, and fails at its end naming the copies
+it gave up and why (one slot's problem, a copy its target refuses, never holds up the rest;
+an operator runs add-node, drain-node or rebalance again to retry them). A repair also sets
+their slots aside: it plans them again only after a back-off (`repair_retry_s`, doubling with
+each repair that gave up on the slot, at most REPAIR_RETRY_S_MAX), so a slot that cannot be
+copied neither restarts a repair every REPAIR_CHECK_S nor keeps operators' jobs waiting; the
+back-off is this controller's alone (a new controller tries at once).
 Each slot's freeze pause (from step 3 until its source and target have the commit; the
 other nodes get it right after) is recorded for the job's report.
 
@@ -156,8 +157,9 @@ class Mover:
         self.controller = controller
         self.concurrency = concurrency
         self.repair_retry_s = repair_retry_s
-        self.set_aside: dict[int, SetAside] = {}  # slot -> its back-off
-        self._why: dict[int, str] = {}  # slot -> why its last copy failed
+        self.set_aside: dict[int, SetAside] = {}  # slot -> its back-off (repair's)
+        self._why: dict[tuple[int, str], str] = {}  # (slot, target) -> why its last copy there failed
+        metrics.slots_set_aside.set(0)
         self._job: Job | None = None  # the job running here
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._pause_at = os.environ.get(PAUSE_AT_ENV, "")
@@ -354,7 +356,7 @@ class Mover:
     async def _move_all(self, job: Job, plan: list[Change]) -> None:
         """Every change of `plan`, wave by wave; a change that fails ATTEMPTS_MAX times is set
         aside and the rest go on; then the job fails naming what it set aside."""
-        attempts: dict[int, int] = {}
+        attempts: dict[tuple[int, str], int] = {}
         given_up: list[Change] = []
         todo = list(plan)
         while todo:
@@ -362,8 +364,8 @@ class Mover:
             todo = [change for change in todo if change not in wave]
             failed = await self._wave(job, wave)
             for change in failed:
-                attempts[change.slot] = attempts.get(change.slot, 0) + 1
-                if attempts[change.slot] < ATTEMPTS_MAX:
+                tried = attempts[(change.slot, change.target)] = attempts.get((change.slot, change.target), 0) + 1
+                if tried < ATTEMPTS_MAX:
                     todo.append(change)
                 else:
                     given_up.append(change)
@@ -371,30 +373,31 @@ class Mover:
             raise ControllerError(self._give_up(job, given_up))
 
     def _give_up(self, job: Job, given_up: Sequence[Change]) -> str:
-        """Set `given_up`'s slots aside (repair waits before it plans them again) and say why,
-        naming the first few."""
-        now = time.monotonic()
-        waits: list[float] = []
-        for change in given_up:
-            earlier = self.set_aside.get(change.slot)
-            jobs = 1 if earlier is None else earlier.jobs + 1
-            wait_s = min(REPAIR_RETRY_S_MAX, self.repair_retry_s * 2 ** (jobs - 1))
-            waits.append(wait_s)
-            self.set_aside[change.slot] = SetAside(jobs, now + wait_s, self._why.get(change.slot, ""))
-        metrics.slots_set_aside.set(len(self.set_aside))
+        """Why the job fails, naming the first few copies it gave up; a repair also sets their
+        slots aside (it plans them again only after their back-off)."""
         named = "; ".join(
-            f"slot {c.slot} to {c.target}" + (f" ({self._why[c.slot]})" if self._why.get(c.slot) else "")
+            f"slot {c.slot} to {c.target}" + (f" ({why})" if (why := self._why.get((c.slot, c.target))) else "")
             for c in given_up[:SET_ASIDE_NAMED_MAX]
         )
         more = f"; and {len(given_up) - SET_ASIDE_NAMED_MAX} more" if len(given_up) > SET_ASIDE_NAMED_MAX else ""
-        log.error(
-            "slots set aside",
-            extra={"job": job.id, "slots": sorted(c.slot for c in given_up), "retry_s": min(waits)},
-        )
-        return (
-            f"{len(given_up)} slot copies failed {ATTEMPTS_MAX} times each and were set aside, the rest done:"
-            f" {named}{more}; repair tries them again in {min(waits):.0f} s or more"
-        )
+        failed = f"{len(given_up)} slot copies failed {ATTEMPTS_MAX} times each, the rest are done: {named}{more}"
+        slots = sorted({c.slot for c in given_up})
+        if job.kind != "repair":
+            log.error("slot copies given up", extra={"job": job.id, "slots": slots})
+            return f"{failed}; run the job again to retry them"
+        now = time.monotonic()
+        waits: list[float] = []
+        for slot in slots:
+            earlier = self.set_aside.get(slot)
+            jobs = 1 if earlier is None else earlier.jobs + 1
+            wait_s = min(REPAIR_RETRY_S_MAX, self.repair_retry_s * 2 ** (jobs - 1))
+            waits.append(wait_s)
+            reasons = (self._why.get((c.slot, c.target), "") for c in given_up if c.slot == slot)
+            why = next((reason for reason in reasons if reason), "")
+            self.set_aside[slot] = SetAside(jobs, now + wait_s, why)
+        metrics.slots_set_aside.set(len(self.set_aside))
+        log.error("slots set aside", extra={"job": job.id, "slots": slots, "retry_s": min(waits)})
+        return f"{failed}; set aside: repair tries them again in {min(waits):.0f} s or more"
 
     async def _wave(self, job: Job, wave: Sequence[Change]) -> list[Change]:
         """Make up to `concurrency` copies; returns the changes that failed (aborted)."""
@@ -509,7 +512,7 @@ class Mover:
     async def _copy(self, move: Migration) -> bool:
         controller = self.controller
         term = controller.term
-        self._why.pop(move.slot, None)
+        self._why.pop((move.slot, move.target), None)
         try:
             await controller.stub(move.target).PrepareImport(
                 node_pb2.PrepareImportRequest(
@@ -526,7 +529,7 @@ class Mover:
             return True
         except grpc.aio.AioRpcError as error:
             log.warning("slot copy failed", extra={"slot": move.slot, "id": move.id, "error": error.details()})
-            self._why[move.slot] = f"copy: {error.code().name}: {error.details()}"
+            self._why[(move.slot, move.target)] = f"copy: {error.code().name}: {error.details()}"
             return False
 
     async def _freeze(self, move: Migration, frozen_at: dict[str, float]) -> bool:
@@ -539,7 +542,7 @@ class Mover:
             return True
         except grpc.aio.AioRpcError as error:
             log.warning("slot freeze failed", extra={"slot": move.slot, "id": move.id, "error": error.details()})
-            self._why[move.slot] = f"freeze: {error.code().name}: {error.details()}"
+            self._why[(move.slot, move.target)] = f"freeze: {error.code().name}: {error.details()}"
             return False
 
     async def _swap(

@@ -17,6 +17,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,9 @@ from pathlib import Path
 import pytest
 from hypothesis import assume, example, given, settings, strategies as st
 
-from router import placement, replicas
-from router.migration import _one_per_slot
+from router import metrics, placement, replicas
+from router.controller import Controller
+from router.migration import Job, Mover, _one_per_slot
 from router.replicas import Change, Config, Copy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -646,3 +648,30 @@ def test_the_same_inputs_give_the_same_plans_in_another_process() -> None:
             env={**os.environ, "PYTHONHASHSEED": seed},
         ).stdout
         assert there == here.getvalue()
+
+
+def test_copies_given_up_set_their_slots_aside_once_each_for_repair_and_name_each_copys_own_refusal() -> None:
+    """A repair that gives up copies sets their slots aside, one back-off per slot however many
+    copies of it failed (a slot missing two copies), doubling with each repair that gave up on
+    it up to REPAIR_RETRY_S_MAX (900 s); each copy is named with its own target's refusal. An operator's
+    job sets nothing aside (repair would not retry a slot that is not under-replicated) and
+    says to run it again."""
+    mover = Mover(Controller.__new__(Controller), repair_retry_s=30.0)  # no controller needed here
+    given_up = [Change(7, "n4", ""), Change(7, "n5", ""), Change(9, "n4", "")]
+    mover._why[(7, "n4")] = "copy: INVALID_ARGUMENT: from n4"
+    mover._why[(7, "n5")] = "freeze: FAILED_PRECONDITION: from n5"
+    error = mover._give_up(Job(id="j1", kind="repair", node=""), given_up)
+    named = "slot 7 to n4 (copy: INVALID_ARGUMENT: from n4); slot 7 to n5 (freeze: FAILED_PRECONDITION: from n5)"
+    assert named in error, error
+    assert "set aside: repair tries them again in 30 s" in error, error
+    assert {slot: entry.jobs for slot, entry in mover.set_aside.items()} == {7: 1, 9: 1}
+    assert metrics.slots_set_aside._value.get() == 2
+    waits = []
+    for _ in range(7):
+        mover._give_up(Job(id="j", kind="repair", node=""), [Change(7, "n4", "")])
+        waits.append(round(mover.set_aside[7].until - time.monotonic()))
+    assert waits == [60, 120, 240, 480, 900, 900, 900], waits
+    assert mover.set_aside[7].jobs == 8 and mover.set_aside[9].jobs == 1
+    operator = Mover(Controller.__new__(Controller))
+    error = operator._give_up(Job(id="j2", kind="add-node", node="n6"), [Change(3, "n6", "n1")])
+    assert error.endswith("run the job again to retry them") and not operator.set_aside, error
