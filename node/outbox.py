@@ -500,7 +500,8 @@ def unsettleable(store: OutboxStore, leg: node_pb2.CreditLeg) -> str:
     claim's worth for two, a pending's and a leg's, each checked alone: the other was resolved
     first. Never our own data (an account's debits_pending is every claim on it, summed). One leg
     at a time: once another claim has added to the account, a bad leg passes and settles from
-    that claim's hold (what only a check of the whole account at move-in would catch)."""
+    that claim's hold; a moved-in or restored slot is checked whole against that
+    (node/peerdata.py `HeldTally`, `held_problem`), so this is for what a damaged disk leaves."""
     if leg.kind == node_pb2.LEG_RELEASE:
         return ""
     debit = store.get_account(leg.debit_account_id)

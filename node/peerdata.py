@@ -94,25 +94,70 @@ def held_problem(items: Iterable[tuple[bytes, bytes]]) -> str:
     (tests/test_protocols.py checks it over the outbox protocol); one claim checked alone lets a
     peer's account hold one claim's worth for two. `items`: the slot's records, every one of
     which passed `stored_problem`."""
-    pending: dict[str, int] = {}
-    held: dict[str, int] = {}
+    tally = HeldTally()
     for key, value in items:
+        tally.change(key, None, value)
+    return tally.problem()
+
+
+class HeldTally:
+    """`held_problem` kept up to date as a slot's records arrive one change at a time (a move's
+    import: its snapshot, then the source's log entries, each overwriting or deleting what is
+    staged), so that the check when the last chunk is in costs nothing inside the move's write
+    freeze: each change moves one account's two sums, and the accounts whose sums differ are
+    kept as a set. Every value passed in passed `stored_problem`."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, int] = {}  # account id -> its debits_pending
+        self._held: dict[str, int] = {}  # account id -> what its transfers claim
+        self._off: set[str] = set()  # accounts whose two sums differ (or claims without an account)
+
+    def change(self, key: bytes, old: bytes | None, new: bytes | None) -> None:
+        """The record at `key` went from `old` to `new` (None: absent)."""
         kind = key[keys.SLOT_BYTES : keys.SLOT_BYTES + 1]
         if kind == keys.ACCOUNT:
-            account = pb.Account.FromString(value)
-            pending[account.id] = account.debits_pending
+            account = pb.Account.FromString(new if new is not None else old or b"")
+            if new is None:
+                self._pending.pop(account.id, None)
+            else:
+                self._pending[account.id] = account.debits_pending
+            self._check(account.id)
         elif kind == keys.TRANSFER:
-            transfer = pb.Transfer.FromString(value)
-            state = transfer.state
-            if state == pb.TRANSFER_PENDING or (state == pb.TRANSFER_IN_FLIGHT and not transfer.flags & RESOLVES):
-                debit = transfer.debit_account_id
-                held[debit] = held.get(debit, 0) + transfer.amount
-    for account_id in sorted(pending.keys() | held.keys()):
-        if account_id not in pending:
-            return f"transfers of {account_id!r} hold {held[account_id]} of an account that is not there"
-        if pending[account_id] != held.get(account_id, 0):
-            return (
-                f"account {account_id!r} has debits_pending {pending[account_id]}, its pending transfers and"
-                f" transfers in flight hold {held.get(account_id, 0)}"
-            )
-    return ""
+            for value, sign in ((old, -1), (new, 1)):
+                if value is not None:
+                    transfer = pb.Transfer.FromString(value)
+                    if claim := _claim(transfer):
+                        debit = transfer.debit_account_id
+                        self._held[debit] = self._held.get(debit, 0) + sign * claim
+                        self._check(debit)
+
+    def _check(self, account_id: str) -> None:
+        pending, held = self._pending.get(account_id), self._held.get(account_id, 0)
+        if held == 0:
+            self._held.pop(account_id, None)
+        if pending == held or (pending is None and held == 0):
+            self._off.discard(account_id)
+        else:
+            self._off.add(account_id)
+
+    def problem(self) -> str:
+        """Why the records as they stand do not hold what they claim ("" if they do), naming
+        the first account in order."""
+        if not self._off:
+            return ""
+        account_id = min(self._off)
+        held = self._held.get(account_id, 0)
+        if account_id not in self._pending:
+            return f"transfers of {account_id!r} hold {held} of an account that is not there"
+        return (
+            f"account {account_id!r} has debits_pending {self._pending[account_id]}, its pending transfers and"
+            f" transfers in flight hold {held}"
+        )
+
+
+def _claim(transfer: pb.Transfer) -> int:
+    """What a stored transfer holds of its debit account's debits_pending."""
+    state = transfer.state
+    if state == pb.TRANSFER_PENDING or (state == pb.TRANSFER_IN_FLIGHT and not transfer.flags & RESOLVES):
+        return transfer.amount
+    return 0

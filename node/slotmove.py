@@ -34,9 +34,12 @@ Messages (node.v1.Node), each carrying the migration id
   FreezeSlot(id, s)         A: mark s frozen and record FROZEN(id) durably; wait until
                             every command queued before that is committed (a barrier in the
                             committer's mailbox); ship the remaining log entries and a last
-                            chunk with the seq and digest. B checks the digest, records
-                            IMPORTED(id) with sync=True (which makes everything it staged
-                            durable), and answers; A compares the digests and answers.
+                            chunk with the seq and digest. B checks the digest and that
+                            the staged accounts hold exactly what their transfers claim
+                            (node/peerdata.py HeldTally, kept up chunk by chunk so the
+                            check costs nothing here), records IMPORTED(id) with sync=True
+                            (which makes everything it staged durable), and answers; A
+                            compares the digests and answers.
   AbortMove(id, s)          Either side forgets the move: B deletes the range and the
                             record; A stops following s and, if frozen for id, unfreezes.
                             Sent by the controller only after the abort is recorded.
@@ -67,7 +70,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -77,7 +80,7 @@ import serving
 from node import keys, metrics
 from node.changelog import MASK, ChangeLog, Followed, Op, digest_change, key_digest
 from node.engine import Engine
-from node.peerdata import stored_problem
+from node.peerdata import HeldTally, held_problem, stored_problem
 from node.slots import SERVING, SlotTable
 from node.storage import Storage
 from proto import node_pb2, node_pb2_grpc
@@ -135,6 +138,9 @@ class SlotMoves:
         # Migration ids whose ImportSlot stream has begun: one stream per id. Staging found
         # after a restart had its stream already (a new stream needs a new id).
         self._streamed = {record.migration_id for record in slots.move_records() if record.role != node_pb2.FROZEN}
+        # slot -> (migration id, what its staged accounts hold and their transfers claim), kept up
+        # as chunks arrive (node/peerdata.py HeldTally): checked when the last one is in.
+        self._tallies: dict[int, tuple[str, HeldTally]] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.stopping = False  # the node is shutting down: no stream writes any more
 
@@ -166,6 +172,7 @@ class SlotMoves:
         self._storage.write(batch)
         self._slots.stage(record)
         self._streamed.discard(migration_id)  # a new staging takes a new stream
+        self._tallies[slot] = (migration_id, HeldTally())
         log.debug("import prepared", extra={"slot": slot, "migration_id": migration_id, "source": source})
 
     async def import_slot(self, chunks: AsyncIterator[node_pb2.SlotChunk]) -> node_pb2.ImportSlotResponse:
@@ -204,6 +211,7 @@ class SlotMoves:
         for op in chunk.ops:
             if not op.deleted and (problem := stored_problem(op.key, op.value, total)):
                 raise MoveError(f"slot {record.slot}: {problem}")
+        tally = self._tally(record)
         batch = WriteBatch(raw_mode=True)
         if chunk.seq == 0:
             if record.last_seq:
@@ -214,6 +222,8 @@ class SlotMoves:
                     raise MoveError(f"slot {record.slot}: a snapshot chunk with a delete")
                 batch.put(op.key, op.value)
                 digest += key_digest(op.key, op.value)
+                if tally is not None:
+                    tally.change(op.key, None, op.value)
             record.digest = digest & MASK
             self._storage.write_unsynced(batch)
             return len(chunk.ops)
@@ -222,6 +232,8 @@ class SlotMoves:
         if chunk.seq != record.last_seq + 1:
             raise MoveError(f"slot {record.slot}: log entry {chunk.seq} after {record.last_seq} (a gap)")
         ops: list[Op] = [(op.key, None if op.deleted else op.value) for op in chunk.ops]
+        if tally is not None:
+            _tally_log_entry(tally, ops, self._storage.get)
         record.digest = (record.digest + digest_change(ops, self._storage.get)) & MASK
         for key, value in ops:
             if value is None:
@@ -240,6 +252,12 @@ class SlotMoves:
                 f"slot {record.slot}: staged seq {record.last_seq} digest {record.digest:016x}, the source has"
                 f" seq {chunk.seq} digest {chunk.digest:016x}: the copies differ"
             )
+        tally = self._tally(record)
+        # A staging this process did not see from its start has no tally: read the slot whole.
+        problem = tally.problem() if tally is not None else held_problem(self._storage.slot_items(record.slot))
+        if problem:
+            raise MoveError(f"slot {record.slot}: {problem}")
+        self._tallies.pop(record.slot, None)
         imported = node_pb2.SlotMove()
         imported.CopyFrom(record)
         imported.role = node_pb2.IMPORTED
@@ -256,6 +274,10 @@ class SlotMoves:
             extra={"slot": record.slot, "migration_id": record.migration_id, "seq": record.last_seq},
         )
         return node_pb2.ImportSlotResponse(last_seq=record.last_seq, digest=record.digest, keys=snapshot_keys)
+
+    def _tally(self, record: node_pb2.SlotMove) -> HeldTally | None:
+        kept = self._tallies.get(record.slot)
+        return kept[1] if kept is not None and kept[0] == record.migration_id else None
 
     # --- source ---------------------------------------------------------------------------
 
@@ -405,6 +427,7 @@ class SlotMoves:
             batch.delete(keys.move_key(slot))
             self._storage.write(batch)
             self._slots.drop_staging(slot)
+            self._tallies.pop(slot, None)
             active = True
         if active:
             log.info("move aborted", extra={"slot": slot, "migration_id": migration_id})
@@ -439,3 +462,14 @@ async def _ending(call: grpc.aio.StreamUnaryCall[node_pb2.SlotChunk, node_pb2.Im
     if code == grpc.StatusCode.CANCELLED:
         return ""  # this side gave the move up (an abort): nothing the target said
     return f": the target answered {code.name}: {details}"
+
+
+def _tally_log_entry(tally: HeldTally, ops: Sequence[Op], get: Callable[[bytes], bytes | None]) -> None:
+    """A log entry's changes to the staged accounts and transfers, into `tally` (each op's old
+    value is what is staged, or what an earlier op of the same entry left)."""
+    seen: dict[bytes, bytes | None] = {}
+    for key, value in ops:
+        if key[keys.SLOT_BYTES : keys.SLOT_BYTES + 1] in (keys.ACCOUNT, keys.TRANSFER):
+            old = seen[key] if key in seen else get(key)
+            tally.change(key, old, value)
+            seen[key] = value

@@ -75,7 +75,16 @@ from hypothesis.stateful import (
     rule,
 )
 
-from node import clock as clock_module, engine as engine_module, keys, metrics, outbox, slotmove, state_machine as sm
+from node import (
+    clock as clock_module,
+    engine as engine_module,
+    keys,
+    metrics,
+    outbox,
+    peerdata,
+    slotmove,
+    state_machine as sm,
+)
 from node.changelog import MASK, ChangeLog, Followed, key_digest, range_digest
 from node.engine import Engine, Limits
 from node.keys import account_slot
@@ -1539,6 +1548,91 @@ def test_a_moved_in_record_no_write_of_ours_could_leave_is_refused_at_the_import
         for at, message in fine.items():
             assert moves._apply_chunk(record, chunk(message.SerializeToString(), at)) == 1
             assert target.storage.get(at) == message.SerializeToString()
+    finally:
+        target.storage.close()
+
+
+def test_a_moved_in_slot_whose_accounts_do_not_hold_what_their_transfers_claim_is_refused_at_its_last_chunk(
+    tmp_path: Any,
+) -> None:
+    """Each record of a move may pass its own checks while the slot as a whole does not add up:
+    an account's debits_pending must be exactly what its pending transfers and its transfers in
+    flight (not a post or void in flight) claim, or a leg settles from another claim's hold. The
+    target keeps the two sums per account up to date as the snapshot and the log entries arrive
+    (node/peerdata.py HeldTally) and refuses the move at the last chunk, naming the account;
+    a log entry that makes the slot add up again is taken."""
+    target = Node("target", str(tmp_path / "target"), dict.fromkeys(range(SLOTS_TOTAL), "source"))
+    moves = SlotMoves(target.engine, target.slots, target.storage, target.changelog)
+    try:
+        owner = "acct-hold"
+        slot = account_slot(owner, SLOTS_TOTAL)
+        stranger = next(f"acct-s{n}" for n in itertools.count() if account_slot(f"acct-s{n}", SLOTS_TOTAL) == slot)
+        moves.prepare_import("m1", slot, "source")
+        record = target.slots.staged(slot)
+        assert record is not None
+
+        def account(account_id: str, pending: int) -> tuple[bytes, bytes]:
+            message = pb.Account(id=account_id, ledger=1, code=1, debits_pending=pending)
+            return keys.account_key(slot, account_id), message.SerializeToString()
+
+        def transfer(
+            debit: str, transfer_id: str, amount: int, state: pb.TransferState, flags: int = 0
+        ) -> tuple[bytes, bytes]:
+            message = pb.Transfer(
+                id=transfer_id, debit_account_id=debit, credit_account_id="acct-far", amount=amount, ledger=1,
+                code=1, state=state, flags=flags, timestamp=1,
+            )  # fmt: skip
+            return keys.transfer_key(slot, debit, transfer_id), message.SerializeToString()
+
+        def apply(seq: int, *ops: tuple[bytes, bytes | None]) -> None:
+            chunk = node_pb2.SlotChunk(migration_id="m1", slot=slot, seq=seq)
+            for key, value in ops:
+                chunk.ops.add(key=key, deleted=True) if value is None else chunk.ops.add(key=key, value=value)
+            moves._apply_chunk(record, chunk)
+
+        def refusal() -> str:
+            """What the last chunk is answered, if the import refuses it (else it goes on to the
+            committer, which this test does not run)."""
+            last = node_pb2.SlotChunk(migration_id="m1", slot=slot, seq=record.last_seq, digest=record.digest)
+            last.last = True
+            with pytest.raises(MoveError) as refused:
+                run_to_end(moves._finish_import(record, last, 0))
+            return str(refused.value)
+
+        def adds_up() -> bool:
+            tally = moves._tally(record)
+            assert tally is not None
+            return tally.problem() == "" and peerdata.held_problem(target.storage.slot_items(slot)) == ""
+
+        # The snapshot: 5 held, a pending of 3 and a transfer in flight of 2 claim it; a post in
+        # flight (it claims its pending's hold) and a posted transfer claim nothing more.
+        apply(
+            0,
+            account(owner, 5),
+            transfer(owner, "p1", 3, pb.TRANSFER_PENDING),
+            transfer(owner, "f1", 2, pb.TRANSFER_IN_FLIGHT),
+            transfer(owner, "post-p1", 3, pb.TRANSFER_IN_FLIGHT, sm.POST_PENDING),
+            transfer(owner, "t0", 7, pb.TRANSFER_POSTED),
+        )
+        assert adds_up()
+        # The transfer in flight settles, but the account still holds its 2.
+        apply(1, transfer(owner, "f1", 2, pb.TRANSFER_POSTED))
+        refused = refusal()
+        assert f"slot {slot}: account {owner!r} has debits_pending 5" in refused and "hold 3" in refused, refused
+        # The next entry releases it (as our own commit writes both in one batch): it adds up.
+        apply(2, account(owner, 3), transfer(owner, "f1", 2, pb.TRANSFER_POSTED))
+        assert adds_up()
+        # A pending of an account the slot does not have.
+        apply(3, transfer(stranger, "p9", 4, pb.TRANSFER_PENDING))
+        assert f"transfers of {stranger!r} hold 4 of an account that is not there" in refusal()
+        # Deleted again (a log entry's delete), the slot adds up.
+        apply(4, (keys.transfer_key(slot, stranger, "p9"), None))
+        assert adds_up()
+        # A staging without its tally (this process did not see it begin) is read whole instead.
+        apply(5, account(owner, 4))
+        tallied = refusal()
+        del moves._tallies[slot]
+        assert refusal() == tallied and f"account {owner!r} has debits_pending 4" in tallied, tallied
     finally:
         target.storage.close()
 
