@@ -354,8 +354,8 @@ class Mover:
         return plan
 
     async def _move_all(self, job: Job, plan: list[Change]) -> None:
-        """Every change of `plan`, wave by wave; a change that fails ATTEMPTS_MAX times is set
-        aside and the rest go on; then the job fails naming what it set aside."""
+        """Every change of `plan`, wave by wave; a change that fails ATTEMPTS_MAX times is given
+        up and the rest go on; then the job fails naming what it gave up (`_give_up`)."""
         attempts: dict[tuple[int, str], int] = {}
         given_up: list[Change] = []
         todo = list(plan)
