@@ -38,12 +38,20 @@ def key_digest(key: bytes, value: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(len(key).to_bytes(2, "big") + key + value, digest_size=8).digest(), "big")
 
 
-def digest_change(ops: Iterable[Op], old_value: Callable[[bytes], bytes | None]) -> int:
-    """How applying `ops` in order changes a range's digest, given each key's value before."""
+def digest_change(
+    ops: Iterable[Op],
+    old_value: Callable[[bytes], bytes | None],
+    on_change: Callable[[bytes, bytes | None, bytes | None], None] | None = None,
+) -> int:
+    """How applying `ops` in order changes a range's digest, given each key's value before;
+    `on_change(key, before, after)` is told each op with the value it replaces (a move's
+    HeldTally), from the same reads."""
     change = 0
     seen: dict[bytes, bytes | None] = {}
     for key, value in ops:
         before = seen[key] if key in seen else old_value(key)
+        if on_change is not None:
+            on_change(key, before, value)
         if before is not None:
             change -= key_digest(key, before)
         if value is not None:

@@ -70,7 +70,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -232,9 +232,8 @@ class SlotMoves:
         if chunk.seq != record.last_seq + 1:
             raise MoveError(f"slot {record.slot}: log entry {chunk.seq} after {record.last_seq} (a gap)")
         ops: list[Op] = [(op.key, None if op.deleted else op.value) for op in chunk.ops]
-        if tally is not None:
-            _tally_log_entry(tally, ops, self._storage.get)
-        record.digest = (record.digest + digest_change(ops, self._storage.get)) & MASK
+        changed = digest_change(ops, self._storage.get, tally.change if tally is not None else None)
+        record.digest = (record.digest + changed) & MASK
         for key, value in ops:
             if value is None:
                 batch.delete(key)
@@ -462,14 +461,3 @@ async def _ending(call: grpc.aio.StreamUnaryCall[node_pb2.SlotChunk, node_pb2.Im
     if code == grpc.StatusCode.CANCELLED:
         return ""  # this side gave the move up (an abort): nothing the target said
     return f": the target answered {code.name}: {details}"
-
-
-def _tally_log_entry(tally: HeldTally, ops: Sequence[Op], get: Callable[[bytes], bytes | None]) -> None:
-    """A log entry's changes to the staged accounts and transfers, into `tally` (each op's old
-    value is what is staged, or what an earlier op of the same entry left)."""
-    seen: dict[bytes, bytes | None] = {}
-    for key, value in ops:
-        if key[keys.SLOT_BYTES : keys.SLOT_BYTES + 1] in (keys.ACCOUNT, keys.TRANSFER):
-            old = seen[key] if key in seen else get(key)
-            tally.change(key, old, value)
-            seen[key] = value
