@@ -40,11 +40,12 @@ server logged that choice when it started).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -473,20 +474,22 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             who = await self._admit(method, roles, context, audit)
             if audit is None:
-                async for reply in streamed(who, request, context):
-                    yield reply
+                async with contextlib.aclosing(streamed(who, request, context)) as replies:
+                    async for reply in replies:
+                        yield reply
                 return
             # An audited stream (a backup's read of every slot) is recorded once, when it ends.
             try:
-                async for reply in streamed(who, request, context):
-                    yield reply
+                async with contextlib.aclosing(streamed(who, request, context)) as replies:
+                    async for reply in replies:
+                        yield reply
             except BaseException as error:
                 code, detail = _outcome(error, context)
                 await _audited(audit, context, who.uri, method, _ids(method, request), code, detail)
                 raise
             await _audited(audit, context, who.uri, method, _ids(method, request), grpc.StatusCode.OK, "")
 
-        async def streamed(who: Identity, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def streamed(who: Identity, request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
             key = who.uri
             limited = self.secure and who.role not in self.limits.exempt_roles
             if limited and self._streams.get(key, 0) >= streams_max:
@@ -504,12 +507,17 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
                 else:
                     await behavior(request, context)
             finally:
-                CALLER.reset(token)
                 left = self._streams[key] - 1
                 if left:
                     self._streams[key] = left
                 else:
                     del self._streams[key]
+                # A stream whose caller went away mid-send is left suspended by gRPC and closed
+                # later by the event loop's generator finalizer, in another context: there is
+                # nothing of ours to undo there, and raising would skip nothing now but log an
+                # error ("Task exception was never retrieved") for every such stream.
+                with contextlib.suppress(ValueError):
+                    CALLER.reset(token)
 
         return checked
 
