@@ -45,6 +45,7 @@ Protocol (DESIGN sections 3 and 6a; router/leadership.py decides who leads):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import logging
@@ -75,6 +76,11 @@ DOWN_AFTER_S_DEFAULT = 1.5
 # promoted follower serves only after the old primary's lease (node/replication.py), so
 # the detector decides how soon, never whether two nodes answer for a slot.
 REFUSED_DOWN_AFTER_S = 0.5
+# A node that has lately answered slowly is given longer (watch_health, "Allow"): twice its
+# longest recent gap between replies, within down_after_s x SLOW_ALLOWANCE_MAX.
+SLOW_WINDOW_S = 30.0
+SLOW_ALLOWANCE_FACTOR = 2.0
+SLOW_ALLOWANCE_MAX = 4.0
 # How gRPC core reports ECONNREFUSED ("... Failed to connect to remote host: Connection refused").
 _REFUSED = "Connection refused"
 RETRY_FAIL_OVER_S = 1.0  # a failover left unfinished (the map moved on meanwhile) is tried again this often
@@ -178,6 +184,8 @@ class Controller:
         self._last_seen: dict[str, float] = {}  # monotonic time each node last answered a health check
         self._refused_since: dict[str, float] = {}  # nodes whose port refuses connections, since when
         self._failed_over_at = 0.0  # monotonic time of the last failover (retries are spaced)
+        self._holding = False  # most nodes silent at once: failover held (logged once per episode)
+        self._gaps: dict[str, collections.deque[tuple[float, float]]] = {}  # (when, gap) between replies
         self.term = 0  # set on taking office
         self._node_versions: dict[str, int] = {}  # what each node said its table version is
         self._node_errors: dict[str, str] = {}
@@ -621,9 +629,24 @@ class Controller:
             late reply as silence: an overloaded cluster failed over healthy nodes, one
             after another, and fell to one copy.) A node newly watched has down_after_s of
             grace from when its prober starts.
+          * Allow. A node's allowed silence is down_after_s, or twice the longest gap between
+            its replies in the last SLOW_WINDOW_S if longer, at most down_after_s x
+            SLOW_ALLOWANCE_MAX: a node that has been answering every second or so under load
+            is not down after 1.5 s without a word, while an idle node that stops is. The
+            accrual failure detectors (Hayashibara et al., 2004; Cassandra, Akka) rest on the
+            same idea: judge silence against the node's own recent pace. Checks are given the
+            longest allowance to answer. Followers' silence (SilentFollowers) is judged
+            against the longest allowance of any node, since their calls wait on both ends.
           * Judge. Every `interval` (faster while a port refuses), unless this router's own
             loop woke more than `interval` late: then it was the one stalled, replies that
             came meanwhile may not be read yet, and it judges next round instead.
+          * Hold. When more than half of the watched nodes are silent at once, none of the
+            silent ones is failed over: from here a cut-off router and a cluster-wide stall
+            (every node overloaded) look alike, and failing most nodes over would leave slots
+            without a live copy for nothing (seen: two of three overloaded nodes failed over
+            in one change, then the third). Kubernetes' node controller stops evicting from a
+            zone mostly unhealthy for the same reason. A port that refuses connections is the
+            host's own word and is acted on regardless.
         """
         interval = min(0.25, self.down_after_s / 4)
         refused_after_s = min(REFUSED_DOWN_AFTER_S, self.down_after_s)
@@ -645,12 +668,20 @@ class Controller:
                 now = time.monotonic()
                 if shard_map.replicas <= 1 or now - woke_due > interval:
                     continue
-                silent = [
-                    a
-                    for a in watched
-                    if now - self._last_seen[a] > self.down_after_s
-                    or now - self._refused_since.get(a, now) > refused_after_s
-                ]
+                refused = [a for a in watched if now - self._refused_since.get(a, now) > refused_after_s]
+                quiet = [a for a in watched if a not in refused and now - self._last_seen[a] > self._allowed(a, now)]
+                if len(quiet) * 2 > len(watched):
+                    if not self._holding:
+                        log.error(
+                            "most nodes are silent at once: failing none of them over (this router may be the"
+                            " one cut off, or every node is overloaded); nodes refusing connections still are",
+                            extra={"silent": quiet, "watched": len(watched)},
+                        )
+                    self._holding = True
+                    quiet = []
+                else:
+                    self._holding = False
+                silent = refused + quiet
                 if silent:
                     await self.fail_over(dict.fromkeys(silent, DOWN))
                     self._failed_over_at = time.monotonic()
@@ -663,8 +694,9 @@ class Controller:
                 answering = [
                     a for a in watched if a not in self._refused_since and now - self._last_seen[a] <= interval * 2
                 ]
+                after_s = max((self._allowed(a, now) for a in watched), default=self.down_after_s)
                 reports = await asyncio.gather(
-                    *(self.nodes.silent_followers(a, self.down_after_s, interval * 2) for a in answering)
+                    *(self.nodes.silent_followers(a, after_s, interval * 2) for a in answering)
                 )
                 pairs = {(p, f) for p, quiet in zip(answering, reports, strict=True) for f in quiet if f in answering}
                 if pairs:
@@ -688,14 +720,26 @@ class Controller:
 
     async def _check(self, address: str) -> None:
         sent = time.monotonic()
-        health = await self.nodes.healthy(address, self.down_after_s)
+        health = await self.nodes.healthy(address, self.down_after_s * SLOW_ALLOWANCE_MAX)
         if health is Health.SERVING:
-            self._last_seen[address] = max(self._last_seen.get(address, 0.0), time.monotonic())
+            now = time.monotonic()
+            previous = self._last_seen.get(address, now)
+            self._last_seen[address] = max(previous, now)
+            if now - previous > self.down_after_s / SLOW_ALLOWANCE_FACTOR / 2:
+                self._gaps.setdefault(address, collections.deque()).append((now, now - previous))
         if health is Health.REFUSED:
             self._refused_since.setdefault(address, sent)
         elif sent >= self._refused_since.get(address, sent):
             # Asked after the refusals began and not refused: newer word than theirs.
             self._refused_since.pop(address, None)
+
+    def _allowed(self, address: str, now: float) -> float:
+        """How long the node may be silent before it is down (watch_health, "Allow")."""
+        gaps = self._gaps.get(address)
+        while gaps and now - gaps[0][0] > SLOW_WINDOW_S:
+            gaps.popleft()
+        recent = max((gap for _when, gap in gaps), default=0.0) if gaps else 0.0
+        return min(self.down_after_s * SLOW_ALLOWANCE_MAX, max(self.down_after_s, SLOW_ALLOWANCE_FACTOR * recent))
 
     async def drop_followers(self, pairs: set[tuple[str, str]]) -> None:
         """Primaries told us followers have not acknowledged them for the bound while both still

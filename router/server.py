@@ -112,7 +112,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--node-down-after-ms",
         type=int,
         help="with replicas: a node that answers no health check this long is down, and its slots fail over"
-        f" (default {int(DOWN_AFTER_S_DEFAULT * 1000)})",
+        f" (default {int(DOWN_AFTER_S_DEFAULT * 1000)}; a node answering slowly of late gets twice its longest"
+        " recent gap, up to 4x this)",
     )
     parser.add_argument("--nodes", help="HOST:PORT,... of the ledger nodes; seeds a new shard map")
     parser.add_argument("--slots-total", type=int, help=f"S for a new cluster (default {SLOTS_TOTAL_DEFAULT})")
