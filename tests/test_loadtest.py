@@ -156,6 +156,32 @@ def test_open_loop_sheds_beyond_the_in_flight_limit_and_counts_it_as_errors() ->
     assert summary["error_samples"][0] == f"shed: {openloop.SHED}"
 
 
+def test_open_loop_never_asks_its_loop_for_a_wait_shorter_than_a_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Operations due 0.2 ms apart go out in bursts a tick apart: the driver does not wake per
+    operation. (uvloop rounds a wait under 0.5 ms to 0, so waiting `due - now` made the driver
+    spin through a whole core between sends.) Every operation is still sent and answered."""
+    waits: list[float] = []
+    sleep = asyncio.sleep
+
+    async def recorded(delay: float) -> None:
+        waits.append(delay)
+        await sleep(delay)
+
+    monkeypatch.setattr(openloop.asyncio, "sleep", recorded)
+
+    async def operation(index: int) -> tuple[str, str | None]:
+        return "op", None
+
+    rate, duration_s = 5000, 0.3
+    recorder = asyncio.run(
+        openloop.drive(operation, rate=rate, duration_s=duration_s, start=openloop.clock(), worker=0, procs=1)
+    )
+    assert recorder.summary(rate, duration_s)["ops"] == int(rate * duration_s)
+    assert waits and min(waits) >= openloop.TICK_S
+    # One wait per tick at most (not one per operation: 1,500 here).
+    assert len(waits) <= duration_s / openloop.TICK_S + 1
+
+
 def test_a_run_whose_driver_sent_late_says_it_did_not_keep_up() -> None:
     """A driver whose loop is busy sends late: the result says its latencies are partly its own."""
 
