@@ -20,8 +20,11 @@ emitted once however many processes see it (the record is committed expecting no
              delivery log (GET /v1/events).
   lease      A process about to deliver an event commits its lease on it first (the record's
              version): one process delivers each attempt; a process that dies holding it
-             leaves it to another after LEASE_S. Delivery is at least once: a receiver
-             dedups by the event id.
+             leaves it to another after LEASE_S. Each lease carries a token of its own: the
+             SDK takes a commit refused for its versions as its own when the record holds
+             exactly what it wrote (a first attempt applied but unanswered), so two processes
+             leasing one event in the same millisecond wrote the same bytes and both
+             delivered. Delivery is at least once: a receiver dedups by the event id.
   secret     An app's signing secret is HMAC-SHA256(token key, "webhook:<client id>:<version>"):
              every gateway process of the deployment derives it, none stores it, and
              SetWebhook's new version retires the old one (a new token key changes
@@ -35,6 +38,7 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -211,6 +215,7 @@ class Webhooks:
         # Long enough for every attempt of this round, one after another, to run out its timeout.
         lease_s = LEASE_S + (DELIVERY_TIMEOUT_S + 1) * len(event["deliveries"])
         event["lease_until_ms"] = now_ms + int(lease_s * 1000)
+        event["lease_token"] = secrets.token_hex(8)  # this lease's bytes are no other process's
         try:
             await self.records.commit([Put("event", key, json.dumps(event).encode(), version)])
         except Conflict:

@@ -35,6 +35,7 @@ from clients.partner import ROUTES, PartnerApiError, PartnerClient, verify_signa
 from clients.records import Put, Records
 from cluster.commands import LocalCluster
 from cluster.local import GatewayProcess, LendingProcess, RedisProcess, RiskProcess, free_port
+from gateway import webhooks as webhooks_module
 from gateway.api import LEDGER, _name
 from gateway.idempotency import ANSWER_WAIT_S, Answer, Busy, Claimed, Idempotency, Mismatch, Replay
 from gateway.registry import Registry, partner_tag
@@ -349,6 +350,51 @@ async def _event_log(router: str) -> None:
                 assert len(scans) == min(limit, 4) and (scans[-1] == "") == (limit >= 4), (limit, scans)
         finally:
             await webhooks.aclose()
+
+
+def test_two_processes_leasing_one_event_in_the_same_millisecond_deliver_it_once(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gateway processes' dispatchers take one due delivery at once, their clocks on the same
+    millisecond (as two processes' rounds can be): one leases it and posts, the other is refused
+    its lease. Their lease records were byte for byte alike before each carried a token, and the
+    SDK took the loser's refused commit for its own first attempt: both posted."""
+    clock = time.time()
+    monkeypatch.setattr(webhooks_module, "time", type("FrozenTime", (), {"time": staticmethod(lambda: clock)}))
+    asyncio.run(_same_millisecond(cluster.address))
+
+
+async def _same_millisecond(router: str) -> None:
+    async with await LedgerClient.connect(router, tls_name="gateway") as ledger:
+        first, second = Webhooks(Registry(ledger), b"k" * 32), Webhooks(Registry(ledger), b"k" * 32)
+        posts: list[str] = []
+
+        async def post(client_id: str, body: bytes) -> str | None:
+            posts.append(client_id)
+            await asyncio.sleep(0.2)  # both leases are decided while the first posts
+            return None
+
+        try:
+            for webhooks in (first, second):
+                webhooks._post = post  # type: ignore[method-assign]  # the receiver, counted
+            partner, created = "smms", int(time.time() * 1000)  # a partner id no other test here uses
+            pending = {"attempts": 0, "state": "pending", "next_ms": 0, "last": "", "url": "http://x/"}
+            record = {"id": "e1", "type": "drawdown", "created_unix_ms": created, "data": {}}
+            record |= {"deliveries": {"app1": pending}, "lease_until_ms": 0}
+            key = event_key(partner, created, "e1")
+            await first.records.commit([Put("event", key, json.dumps(record).encode(), 0)])
+            [read] = await first.records.read([("event", key)])
+            assert read is not None
+            attempted = await asyncio.gather(
+                first._deliver(key, read.version, json.loads(read.value)),
+                second._deliver(key, read.version, json.loads(read.value)),
+            )
+            assert posts == ["app1"] and sorted(attempted) == [0, 1], (posts, attempted)
+            [after] = await first.records.read([("event", key)])
+            assert after is not None and json.loads(after.value)["deliveries"]["app1"]["state"] == "delivered"
+        finally:
+            await first.aclose()
+            await second.aclose()
 
 
 def test_one_watcher_a_round_takes_a_partners_loans_and_another_takes_over_when_its_lease_lapses(
