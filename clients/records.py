@@ -6,7 +6,10 @@ commits go through the ledger SDK. A commit names the version each record was re
 that another writer changed meanwhile raises `Conflict` and nothing of it is applied; one
 whose transfer the ledger refused raises `CommitFailed`, and nothing of it is applied either.
 A commit whose first attempt was applied but unanswered (and sent again by the routing core)
-is recognised as applied, not as a conflict (`Records._applied`).
+is recognised as applied, not as a conflict (`Records._applied`): by its bytes, so a writer
+whose outcome depends on having been the one that wrote (a lease, a claim) must write bytes
+no rival can (a token of its own: gateway/idempotency.py's claims, gateway/webhooks.py's
+leases); two rivals writing the same bytes would both be told they won.
 """
 
 from __future__ import annotations
