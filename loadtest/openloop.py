@@ -1,8 +1,8 @@
 """The open-loop driver of `yunkai bench`: sends at a fixed rate, whatever the answers do.
 
 Operation i of a run is due at `start + i / rate`. A driver process owns every `procs`-th
-operation (i = worker, worker + procs, ...) and issues each one at its due time, as its own
-task, whether or not earlier ones have answered: a slow answer delays nobody else's send.
+operation (i = worker, worker + procs, ...) and issues each one at its due time (within a
+tick, `TICK_S`), as its own task, whether or not earlier ones have answered: a slow answer delays nobody else's send.
 Latency counts from the due time, not from the send, so a send the driver could not issue
 on time (its loop was busy) shows up in the latency instead of silently lowering the rate:
 that is what removes coordinated omission. Sends issued more than `LATE_MS` after their due
