@@ -2,7 +2,8 @@
 
 Operation i of a run is due at `start + i / rate`. A driver process owns every `procs`-th
 operation (i = worker, worker + procs, ...) and issues each one at its due time (within a
-tick, `TICK_S`), as its own task, whether or not earlier ones have answered: a slow answer delays nobody else's send.
+tick, `TICK_S`), as its own task, whether or not earlier ones have answered: a slow answer
+delays nobody else's send.
 Latency counts from the due time, not from the send, so a send the driver could not issue
 on time (its loop was busy) shows up in the latency instead of silently lowering the rate:
 that is what removes coordinated omission. Sends issued more than `LATE_MS` after their due
@@ -211,8 +212,8 @@ async def drive(
     """Issue this driver's share of `rate * duration_s` operations on schedule from `start`
     (a `clock()` value), wait for every answer, and return what was recorded.
 
-    With `group`, the operations that are due when the loop wakes (every `TICK_S` at most
-    under load) go out together through `group`, the way the SDK's coalescer would merge
+    With `group`, the operations that are due when the loop wakes (its wake-ups are at
+    least `TICK_S` apart) go out together through `group`, the way the SDK's coalescer would merge
     those callers' calls anyway, without one task and one SDK call per operation; each
     operation's latency still counts from its own due time.
 
