@@ -14,8 +14,11 @@ mixes), merges their HDR histograms and prints a summary table. `--json` writes 
 `scale` starts with 2 nodes; at the middle of the run it starts a third (`yunkai node
 --join`) and runs `yunkai cluster add-node`, marking both moments. `--sweep` looks for the
 highest rate whose p99 holds `--p99-target-ms` (doubling, then bisecting, with runs of
-`--duration`). `--peer postgres` runs the same write load against a PostgreSQL ledger
-(postgres_peer.py) and reports yunkai's rate as a ratio to it.
+`--duration`); when the bench started the cluster, each probe runs on a new one (opened like
+the first), so that no probe starts behind on what an earlier one left (measured: R = 1 at
+12,000/s, p99 143 ms on a new cluster and 424 ms as a probe after 16,000/s on one cluster).
+`--peer postgres` runs the same write load against a PostgreSQL ledger (postgres_peer.py)
+and reports yunkai's rate as a ratio to it.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from serving.transport import sync_role_channel
 READY_TIMEOUT_S = 120.0
 START_MARGIN_S = 0.5  # between telling the drivers the start time and the first due operation
 SWEEP_SLACK = 0.95  # a probe holds when it achieves this share of its offered rate
-SETTLE_S = 1.0  # between sweep probes, for queues to drain and compactions to calm
+SETTLE_S = 1.0  # between sweep probes on a --router cluster, for queues to drain and compactions to calm
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,6 +169,7 @@ def main(args: argparse.Namespace) -> int:
         )
         if router is not None:
             uvloop.run(_open_accounts(plan))
+        fresh = _fresh_clusters(directory, args, started) if cluster is not None else None
         scale: _Scale | _Loss | None = None
         if args.scenario == "scale":
             scale = _Scale(router, os.path.join(directory, "node-3"))
@@ -180,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
             "customers": args.customers,
             "load_average_at_start": [round(x, 2) for x in load_average],
             "cross_slot": args.cross_slot if args.scenario == "write" else None,
-        } | _measure(args, plan, scale)
+        } | _measure(args, plan, scale, fresh)
         if args.peer:
             result["peer"] = _run_peer(args, plan)
             if "achieved_per_s" in result["peer"]:
@@ -505,7 +509,33 @@ def move_summary(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _measure(args: argparse.Namespace, plan: Plan, scale: _Scale | _Loss | None) -> dict[str, Any]:
+def _fresh_clusters(directory: str, args: argparse.Namespace, started: list[Any]) -> Callable[[Plan], Plan]:
+    """What gives a sweep's next probe a cluster of its own: the bench's cluster is stopped
+    and deleted, a new one started like it, the customers' accounts opened on it."""
+    made = 0
+
+    def fresh(plan: Plan) -> Plan:
+        nonlocal made
+        old = next(process for process in started if isinstance(process, LocalCluster))
+        old.stop()
+        started.remove(old)
+        shutil.rmtree(old.data_dir, ignore_errors=True)
+        made += 1
+        cluster = LocalCluster(os.path.join(directory, f"cluster-{made}"), args.nodes, port=0, replicas=args.replicas)
+        started.append(cluster)
+        renewed = dataclasses.replace(plan, router=cluster.start().address)
+        uvloop.run(_open_accounts(renewed))
+        return renewed
+
+    return fresh
+
+
+def _measure(
+    args: argparse.Namespace,
+    plan: Plan,
+    scale: _Scale | _Loss | None,
+    fresh: Callable[[Plan], Plan] | None = None,
+) -> dict[str, Any]:
     if not args.sweep:
         on_start = None
         if scale is not None:
@@ -523,13 +553,20 @@ def _measure(args: argparse.Namespace, plan: Plan, scale: _Scale | _Loss | None)
     if scale is not None:
         print("yunkai bench: --sweep ignores the scale event (it needs one long run)", file=sys.stderr)
         scale.finish()
-    return sweep(plan, args.p99_target_ms, args.sweep_probes, args.rate_max)
+    return sweep(plan, args.p99_target_ms, args.sweep_probes, args.rate_max, fresh)
 
 
-def sweep(plan: Plan, p99_target_ms: float, probes_max: int, rate_max: float) -> dict[str, Any]:
+def sweep(
+    plan: Plan,
+    p99_target_ms: float,
+    probes_max: int,
+    rate_max: float,
+    fresh: Callable[[Plan], Plan] | None = None,
+) -> dict[str, Any]:
     """Double the rate while it holds, then bisect: the highest rate whose p99 holds the target,
     with no errors and SWEEP_SLACK of the offered rate achieved. Returns that run's summary
-    with the probes in "sweep"."""
+    with the probes in "sweep". With `fresh`, every probe after the first runs on the plan it
+    gives (a new cluster); without, probes share the cluster, SETTLE_S apart."""
     probes: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     low, high, rate = 0.0, None, plan.rate
@@ -542,7 +579,7 @@ def sweep(plan: Plan, p99_target_ms: float, probes_max: int, rate_max: float) ->
             and summary["p99_ms"] <= p99_target_ms
             and summary["achieved_per_s"] >= SWEEP_SLACK * rate
         )
-        probes.append({k: summary[k] for k in _HEADLINE} | {"holds": holds})
+        probes.append({k: summary[k] for k in _HEADLINE} | {"holds": holds, "router": plan.router})
         print(
             f"  probe {number + 1}: {rate:,.0f}/s -> {summary['achieved_per_s']:,.0f}/s,"
             f" p99 {_fmt(summary['p99_ms'])} ms, errors {summary['errors']}: {'holds' if holds else 'does not hold'}"
@@ -561,7 +598,10 @@ def sweep(plan: Plan, p99_target_ms: float, probes_max: int, rate_max: float) ->
             if high - low <= max(1.0, 0.05 * high):
                 break
             rate = float(round((low + high) / 2))
-        time.sleep(SETTLE_S)
+        if fresh is not None and number + 1 < probes_max:
+            plan = fresh(plan)
+        else:
+            time.sleep(SETTLE_S)
     result = dict(best if best is not None else summary)
     result["events"] = []
     result["sweep"] = {"p99_target_ms": p99_target_ms, "best_rate_per_s": low or None, "probes": probes}

@@ -83,6 +83,19 @@ def test_bench_write_offers_the_rate_and_writes_json_per_second_and_a_plot(tmp_p
     assert "achieved" in ran.stdout and "p99" in ran.stdout  # the summary table
 
 
+def test_a_sweep_runs_each_probe_on_a_cluster_of_its_own(tmp_path: Path) -> None:
+    """A probe never starts behind on what the one before it left: the bench's cluster is
+    started anew for each (a --router cluster is shared: it cannot be)."""
+    output = tmp_path / "sweep.json"
+    args = ["--scenario", "write", "--sweep", "--sweep-probes", "3", "--rate", "50", "--duration", "1"]
+    ran = yunkai("bench", *args, "--p99-target-ms", "10000", "--customers", "20", "--json", str(output), cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    probes = json.loads(output.read_text())["sweep"]["probes"]
+    assert [p["offered_per_s"] for p in probes] == [50, 100, 200] and all(p["holds"] for p in probes), probes
+    assert all(p["errors"] == 0 for p in probes), probes
+    assert len({p["router"] for p in probes}) == 3, probes  # three clusters, one after another
+
+
 def test_bench_lending_runs_whole_journeys_through_every_service_and_writes_json(tmp_path: Path) -> None:
     output = tmp_path / "lending.json"
     args = ["--rate", "30", "--duration", "1", "--nodes", "2", "--replicas", "1", "--json", str(output)]
