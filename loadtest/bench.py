@@ -143,9 +143,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         router = args.router
         if router is None and kinds - {"score"}:
-            cluster = LocalCluster(os.path.join(directory, "cluster"), args.nodes, port=0, replicas=args.replicas)
-            started.append(cluster)
-            router = cluster.start().address
+            cluster = _start_cluster(os.path.join(directory, "cluster"), args, started)
+            router = cluster.address
         scoring = args.scoring
         if scoring is None and kinds & {"score", "application"}:
             scoring = _start_scoring(directory, started)
@@ -509,6 +508,13 @@ def move_summary(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _start_cluster(data_dir: str, args: argparse.Namespace, started: list[Any]) -> LocalCluster:
+    """The bench's own cluster (`--nodes`, `--replicas`), started, in `started` for the end."""
+    cluster = LocalCluster(data_dir, args.nodes, port=0, replicas=args.replicas)
+    started.append(cluster)
+    return cluster.start()
+
+
 def _fresh_clusters(directory: str, args: argparse.Namespace, started: list[Any]) -> Callable[[Plan], Plan]:
     """What gives a sweep's next probe a cluster of its own: the bench's cluster is stopped
     and deleted, a new one started like it, the customers' accounts opened on it."""
@@ -521,9 +527,8 @@ def _fresh_clusters(directory: str, args: argparse.Namespace, started: list[Any]
         started.remove(old)
         shutil.rmtree(old.data_dir, ignore_errors=True)
         made += 1
-        cluster = LocalCluster(os.path.join(directory, f"cluster-{made}"), args.nodes, port=0, replicas=args.replicas)
-        started.append(cluster)
-        renewed = dataclasses.replace(plan, router=cluster.start().address)
+        cluster = _start_cluster(os.path.join(directory, f"cluster-{made}"), args, started)
+        renewed = dataclasses.replace(plan, router=cluster.address)
         uvloop.run(_open_accounts(renewed))
         return renewed
 
