@@ -110,7 +110,7 @@ import serving
 from node import keys, metrics
 from node.changelog import Op
 from node.clock import Clock, too_far_ahead
-from node.peerdata import stored_problem
+from node.peerdata import ops_problem
 from node.slots import SlotTable
 from node.storage import Storage
 from proto import node_pb2
@@ -602,13 +602,8 @@ class Replica:
                 f"slot {entry.slot}: this copy is at ({slot.seq_epoch}, {slot.seq}), the entry ({entry.epoch},"
                 f" {entry.seq}): diverged"
             )
-        begin, end = keys.slot_range(entry.slot)
-        if any(not begin <= op.key < end for op in entry.ops):
-            return f"slot {entry.slot}: an entry names a key outside the slot"
-        total = self._slots.slots_total
-        for op in entry.ops:
-            if not op.deleted and (problem := stored_problem(op.key, op.value, total)):
-                return f"slot {entry.slot}: {problem}"
+        if problem := ops_problem(entry.slot, entry.ops, self._slots.slots_total):
+            return f"slot {entry.slot}: {problem}"
         return ""
 
 

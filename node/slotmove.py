@@ -80,7 +80,7 @@ import serving
 from node import keys, metrics
 from node.changelog import MASK, ChangeLog, Followed, Op, digest_change, key_digest
 from node.engine import Engine
-from node.peerdata import HeldTally, held_problem, stored_problem
+from node.peerdata import HeldTally, held_problem, ops_problem
 from node.slots import SERVING, SlotTable
 from node.storage import Storage
 from proto import node_pb2, node_pb2_grpc
@@ -204,13 +204,8 @@ class SlotMoves:
     def _apply_chunk(self, record: node_pb2.SlotMove, chunk: node_pb2.SlotChunk) -> int:
         """Stage one chunk (unsynced: the IMPORTED record's synced write makes it durable);
         the number of snapshot keys it held."""
-        begin, end = keys.slot_range(record.slot)
-        if any(not begin <= op.key < end for op in chunk.ops):
-            raise MoveError(f"slot {record.slot}: a chunk names a key outside the slot")
-        total = self._storage.slots_total
-        for op in chunk.ops:
-            if not op.deleted and (problem := stored_problem(op.key, op.value, total)):
-                raise MoveError(f"slot {record.slot}: {problem}")
+        if problem := ops_problem(record.slot, chunk.ops, self._storage.slots_total):
+            raise MoveError(f"slot {record.slot}: {problem}")
         tally = self._tally(record)
         batch = WriteBatch(raw_mode=True)
         if chunk.seq == 0:

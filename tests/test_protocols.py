@@ -1552,6 +1552,60 @@ def test_a_moved_in_record_no_write_of_ours_could_leave_is_refused_at_the_import
         target.storage.close()
 
 
+def test_a_peers_ops_are_refused_record_by_record_and_a_history_entry_is_parsed_unless_its_transfer_passed() -> None:
+    """`peerdata.ops_problem` (a follower's check of every write it copies, and a move's of each
+    chunk) refuses what `stored_problem` refuses record by record and a key outside the slot,
+    and takes what our writes leave. It parses a history entry only if its bytes are not those
+    of a transfer already taken in the same ops, so garbage under a history key is refused
+    wherever it stands, and a history entry holding a transfer's bytes is taken without one."""
+    account_id = "acct-ops"
+    slot = account_slot(account_id, SLOTS_TOTAL)
+    other_slot = (slot + 1) % SLOTS_TOTAL
+    account = pb.Account(id=account_id, ledger=1, code=1, debits_posted=5).SerializeToString()
+    transfer = pb.Transfer(debit_account_id=account_id, id="t1", amount=5, ledger=1, code=1).SerializeToString()
+    history = keys.history_prefix(slot, account_id)
+
+    def put(key: bytes, value: bytes) -> node_pb2.KeyOp:
+        return node_pb2.KeyOp(key=key, value=value)
+
+    taken = [
+        put(keys.account_key(slot, account_id), account),
+        put(keys.creation_key(slot, account_id), account),
+        put(keys.transfer_key(slot, account_id, "t1"), transfer),
+        put(history + bytes(7) + b"\x01", transfer),
+        put(history + bytes(7) + b"\x02", transfer),
+        node_pb2.KeyOp(key=keys.transfer_key(slot, account_id, "gone"), deleted=True),
+        put(keys.seq_key(slot), bytes(16)),
+    ]
+    assert peerdata.ops_problem(slot, taken, SLOTS_TOTAL) == ""
+    negative = pb.Account(id=account_id, ledger=1, code=1, credits_posted=-1).SerializeToString()
+    refused: dict[str, tuple[list[node_pb2.KeyOp], str]] = {
+        "garbage under a history key after a transfer": (
+            [put(keys.transfer_key(slot, account_id, "t1"), transfer), put(history + bytes(8), b"\xff\xff")],
+            "does not parse",
+        ),
+        "garbage under a history key alone": ([put(history + bytes(8), b"\xff\xff")], "does not parse"),
+        "a transfer's bytes under another transfer's key": (
+            [put(keys.transfer_key(slot, account_id, "t2"), transfer)],
+            "its key names",
+        ),
+        "a negative account after good records": (
+            [*taken, put(keys.account_key(slot, account_id), negative)],
+            "negative",
+        ),
+        "a key of another slot": ([put(keys.account_key(other_slot, account_id), account)], "outside the slot"),
+        "a deletion of another slot's key": (
+            [node_pb2.KeyOp(key=keys.account_key(other_slot, account_id), deleted=True)],
+            "outside the slot",
+        ),
+    }
+    for name, (ops, why) in refused.items():
+        problem = peerdata.ops_problem(slot, ops, SLOTS_TOTAL)
+        assert why in problem, (name, problem)
+        singles = [peerdata.stored_problem(op.key, op.value, SLOTS_TOTAL) for op in ops if not op.deleted]
+        assert why == "outside the slot" or problem in singles, (name, problem, singles)
+
+
 def test_a_moved_in_slot_whose_accounts_do_not_hold_what_their_transfers_claim_is_refused_at_its_last_chunk(
     tmp_path: Any,
 ) -> None:
