@@ -14,6 +14,15 @@ that fsync, before anything else can run: what it records (a slot's seq) is neve
 ahead of the data, nor applied after a later table change. Nothing reads a batch still
 waiting: they are writes to slots this node follows, and whatever reads those (a promotion)
 calls `flush()` first.
+
+RocksDB's background threads (memtable flushes, compactions) run at the lowest CPU priority
+(`yield_background_cpu`). At R = 3 every node holds the same bytes, so all of them flush at
+the same moment; at the normal priority those flushes took the two cores from the event loops
+and each one was a second of p99 spikes (docs/benchmarks.md, "What a follower's checks and
+RocksDB's flushes cost R = 3"). This is what RocksDB's own `Env::LowerThreadPoolCPUPriority`
+is for (its wiki, "Thread Pool"); rocksdict does not expose it, so the threads, named
+"rocksdb:<pool><n>" by RocksDB, are reniced on Linux. They still run whenever a core is free,
+and a flush starved for long stalls writes (RocksDB's write stall) rather than losing any.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 
@@ -30,6 +40,31 @@ from node import keys
 from node.keys import account_key_of, account_slot, history_prefix_of
 from proto import contract, ledger_pb2 as pb, node_pb2
 from serving.files import private_dir
+
+log = logging.getLogger("yunkai.node.storage")
+
+BACKGROUND_NICE = 19  # the lowest CPU priority: background work runs on what serving leaves
+
+
+def yield_background_cpu(nice: int = BACKGROUND_NICE) -> int:
+    """Give this process's RocksDB background threads the CPU priority `nice` (see the module);
+    the number of threads changed. Linux only (elsewhere, or if /proc cannot be read: 0)."""
+    changed = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/comm", encoding="ascii", errors="replace") as comm:
+                if not comm.read().startswith("rocksdb:"):
+                    continue
+            if os.getpriority(os.PRIO_PROCESS, int(task)) != nice:
+                os.setpriority(os.PRIO_PROCESS, int(task), nice)  # a thread's id: Linux's per-thread nice
+                changed += 1
+        except OSError as error:  # the thread ended meanwhile, or this kernel refuses
+            log.debug("a RocksDB thread's priority left as it was", extra={"thread": task, "error": str(error)})
+    return changed
 
 
 class Storage:
@@ -54,6 +89,7 @@ class Storage:
         options.set_memtable_prefix_bloom_ratio(0.1)
         options.set_memtable_whole_key_filtering(True)
         self.db = Rdict(os.path.join(data_dir, "rocksdb"), options)
+        yield_background_cpu()  # its threads start with the first database a process opens
         self.slots_total = slots_total
         self._sync = WriteOptions()
         self._sync.sync = True

@@ -9,7 +9,9 @@ Real RocksDB in a temporary directory; the fsyncs are RocksDB's own count ("Cumu
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +100,31 @@ def test_a_failed_write_reaches_every_writer_waiting_on_it(tmp_path: Path) -> No
         return [type(error).__name__ for error in await asyncio.gather(*waiting, return_exceptions=True)]
 
     assert asyncio.run(main()) == ["DbClosedError", "DbClosedError"]
+
+
+def test_rocksdbs_background_threads_run_at_the_lowest_cpu_priority_and_serving_threads_keep_theirs(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """Flushes and compactions yield the CPU to the event loop (node/storage.py): once a store
+    is open, every RocksDB thread of the process ("rocksdb:low0", "rocksdb:high0", ...) has nice
+    19, and the thread that opened it keeps its own. A second store changes nothing more."""
+
+    def priorities() -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {}
+        for task in os.listdir("/proc/self/task"):
+            name = Path(f"/proc/self/task/{task}/comm").read_text().strip()
+            found.setdefault(name, []).append(os.getpriority(os.PRIO_PROCESS, int(task)))
+        return found
+
+    background = {name: nices for name, nices in priorities().items() if name.startswith("rocksdb:")}
+    assert background, priorities()  # RocksDB starts its pools when the first store opens
+    assert all(nice == 19 for nices in background.values() for nice in nices), background
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert own < 19, own
+    second = Storage(str(tmp_path / "second"), SLOTS)
+    try:
+        after = {name: nices for name, nices in priorities().items() if name.startswith("rocksdb:")}
+        assert all(nice == 19 for nices in after.values() for nice in nices), after
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    finally:
+        second.close()
