@@ -323,13 +323,20 @@ class Write:
 
 @dataclass(slots=True, frozen=True)
 class Commit:
-    """Writes and transfers in one slot, applied all together or not at all."""
+    """Writes and transfers in one slot, applied all together or not at all, with the accounts
+    they need opened first (one already there with the same fields is used; with other
+    fields, it refuses the commit: EXISTS_WITH_DIFFERENT_FIELDS)."""
 
     writes: Sequence[Write]
     transfers: Sequence[Transfer] = ()
+    accounts: Sequence[Account] = ()
 
     def to_proto(self) -> pb.Commit:
-        return pb.Commit(writes=[w.to_proto() for w in self.writes], transfers=[t.to_proto() for t in self.transfers])
+        return pb.Commit(
+            writes=[w.to_proto() for w in self.writes],
+            transfers=[t.to_proto() for t in self.transfers],
+            accounts=[a.to_proto() for a in self.accounts],
+        )
 
 
 SCAN_SLOTS_PER_CALL = 512  # slots asked per ScanRecords round (the routing core splits them by node)

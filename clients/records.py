@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-from clients.ledger import Commit, LedgerClient, Record, ResultCode, Transfer, Write, slot_of
+from clients.ledger import Account, Commit, LedgerClient, Record, ResultCode, Transfer, Write, slot_of
 
 NAME_PATTERN = re.compile(r"[a-z0-9]{1,16}")  # a set's name: kinds are "<name>-<kind>", at most 32 characters
 
@@ -30,7 +30,7 @@ class Conflict(RuntimeError):
 
 
 class CommitFailed(RuntimeError):
-    """The ledger refused a commit's transfer: nothing of the commit was applied."""
+    """The ledger refused a commit's transfer or account (`field` names it): nothing of the commit was applied."""
 
     def __init__(self, code: ResultCode, field: str) -> None:
         super().__init__(f"{field}: {code.name}")
@@ -79,8 +79,11 @@ class Records:
     async def slot_of(self, key: str) -> int:
         return slot_of(key, await self.ledger.slots_total())
 
-    async def commit(self, puts: Sequence[Put], transfers: Sequence[Transfer] = ()) -> None:
-        """Write the records and make the transfers (all in one slot), all of it or none."""
+    async def commit(
+        self, puts: Sequence[Put], transfers: Sequence[Transfer] = (), accounts: Sequence[Account] = ()
+    ) -> None:
+        """Write the records and make the transfers (all in one slot), all of it or none; the
+        accounts they need are opened with them (one already there must have the same fields)."""
         writes = [
             Write(
                 self.kind(p.kind),
@@ -90,7 +93,7 @@ class Records:
             )
             for p in puts
         ]
-        [result] = await self.ledger.commit_records([Commit(writes, transfers)])
+        [result] = await self.ledger.commit_records([Commit(writes, transfers, accounts)])
         if result.code is ResultCode.OK:
             return
         if result.code is ResultCode.RECORD_VERSION_MISMATCH:

@@ -177,7 +177,7 @@ class Engine:
     def submit_commits(self, events: Sequence[tuple[pb.Commit, int, int]]) -> asyncio.Future[list[sm.Result]]:
         """Slot-local record commits (node/records.py), past `records.check`; each weighs as
         much as the events it applies."""
-        weight = sum(1 + len(commit.transfers) for commit, _slot, _epoch in events)
+        weight = sum(1 + len(commit.accounts) + len(commit.transfers) for commit, _slot, _epoch in events)
         return self._submit(self._apply_commit, events, weight=weight)
 
     def submit_credit_legs(
@@ -545,7 +545,7 @@ class Engine:
 
     def _apply_commit(self, overlay: Overlay, commit: pb.Commit, timestamp: int) -> sm.Result:
         slot = account_slot(commit.writes[0].record.key, self.slots_total)
-        timestamps = [timestamp, *(self.clock.next() for _ in commit.transfers)]
+        timestamps = [timestamp, *(self.clock.next() for _ in range(len(commit.accounts) + len(commit.transfers)))]
         result = records.apply(overlay, commit, slot, timestamps)
         if result.code == pb.STORED_DATA_INCONSISTENT:  # field: "transfers[<index>]...", the post or void refused
             _refused_inconsistent(overlay, commit.transfers[int(result.field[len("transfers[") :].split("]")[0])])

@@ -325,10 +325,10 @@ class LedgerService:
             reason = contract.malformed_commit(commit)
             if reason is not None:
                 raise BadRequest(f"commits[{index}].{reason}")
-        weight = sum(1 + len(commit.transfers) for commit in commits)
+        weight = sum(1 + len(commit.accounts) + len(commit.transfers) for commit in commits)
         if weight > self.engine.limits.queue_events_max:  # never queued: it would be refused as busy forever
             raise BadRequest(
-                f"commits: {len(commits)} commits weigh {weight} events (one each and one per transfer), more"
+                f"commits: {len(commits)} commits weigh {weight} events (one each, one per account and transfer), more"
                 f" than this node queues ({self.engine.limits.queue_events_max}); send fewer at once"
             )
         fence = fence_of(request.fence)
@@ -341,6 +341,8 @@ class LedgerService:
                 write.record.updated_by = uri
             for transfer in commit.transfers:
                 transfer.created_by = uri
+            for account in commit.accounts:
+                account.created_by = uri
             slot, refused = records.check(commit, self.slots_total)
             if refused is not None:
                 results[index] = refused

@@ -7,19 +7,23 @@ The ledger does not read a record's value; it keeps it, versions it, and commits
 
 Protocol (CommitRecords; one `Commit` is one event of the group commit):
 
-  1. Stateless checks, answered before the engine (`check`): every write's key and every
-     transfer's ids are valid ids (ID_INVALID naming the field); every key and both accounts
-     of every transfer are in the slot of the first write's key (NOT_IN_COMMIT_SLOT naming
-     the field). The request's shape was checked by proto/contract.py's malformed_commit.
+  1. Stateless checks, answered before the engine (`check`): every write's key, every
+     account's creation (node/state_machine.py's validate_account) and every transfer's ids
+     are valid (ID_INVALID, LEDGER_MUST_NOT_BE_ZERO, ... naming the field); every key, every
+     account and both accounts of every transfer are in the slot of the first write's key
+     (NOT_IN_COMMIT_SLOT naming the field). The request's shape was checked by
+     proto/contract.py's malformed_commit.
   2. In the committer, in the cycle's order (`apply`): each write's expected_version is the
      stored record's version now, 0 meaning "absent" (else RECORD_VERSION_MISMATCH naming
      writes[i]), and a record that exists was last written by a caller of the writer's role
      (else RECORD_OF_ANOTHER_ROLE: lending's records are lending's, risk's are risk's, whatever
-     their kinds say); then the transfers are applied, in order, to a scratch copy of the cycle's
-     state (`_Scratch`), each with its own timestamp; if one answers anything but OK or
-     EXISTS, that is the commit's answer (field transfers[i]) and nothing of the commit is
-     applied: the scratch is dropped, no rejection is journaled. Otherwise the same
-     transfers are applied for real, with the same timestamps (the state machine is
+     their kinds say); then the accounts are opened and the transfers applied, in order, to a
+     scratch copy of the cycle's state (`_Scratch`), each with its own timestamp: an account
+     missing is created, one there already with the same fields is used as it is (EXISTS);
+     if an account or a transfer answers anything but OK or EXISTS, that is the commit's
+     answer (field accounts[i].<field> or transfers[i]) and nothing of the commit is applied:
+     the scratch is dropped, no rejection is journaled, no account is opened. Otherwise the same accounts
+     and transfers are applied for real, with the same timestamps (the state machine is
      deterministic: the same state and inputs give the same outcomes), and each record is
      stored with version + 1, the commit's timestamp and the caller's identity.
   3. The cycle's WriteBatch carries the records with the transfers (node/overlay.py): one
@@ -55,6 +59,12 @@ def check(commit: pb.Commit, slots_total: int) -> tuple[int, sm.Result | None]:
             return slot, sm.Result(pb.ID_INVALID, f"writes[{index}].record.key")
         if account_slot(key, slots_total) != slot:
             return slot, sm.Result(pb.NOT_IN_COMMIT_SLOT, f"writes[{index}].record.key")
+    for index, account in enumerate(commit.accounts):
+        invalid = sm.validate_account(account)
+        if invalid is not None:
+            return slot, sm.Result(invalid.code, f"accounts[{index}].{invalid.field}" if invalid.field else "")
+        if account_slot(account.id, slots_total) != slot:
+            return slot, sm.Result(pb.NOT_IN_COMMIT_SLOT, f"accounts[{index}].id")
     for index, transfer in enumerate(commit.transfers):
         invalid = sm.validate_transfer(transfer)
         if invalid is not None:
@@ -66,9 +76,10 @@ def check(commit: pb.Commit, slots_total: int) -> tuple[int, sm.Result | None]:
 
 
 def apply(overlay: Overlay, commit: pb.Commit, slot: int, timestamps: Sequence[int]) -> sm.Result:
-    """Step 2 of the protocol; `timestamps`: one per transfer and one for the records, unique
-    and increasing (the ledger clock's next values)."""
-    assert len(timestamps) == len(commit.transfers) + 1, (len(timestamps), len(commit.transfers))
+    """Step 2 of the protocol; `timestamps`: one per account, one per transfer and one for the
+    records, unique and increasing (the ledger clock's next values)."""
+    opened = len(commit.accounts)
+    assert len(timestamps) == opened + len(commit.transfers) + 1, (len(timestamps), opened, len(commit.transfers))
     stored: list[pb.Record | None] = []
     for index, write in enumerate(commit.writes):
         raw = overlay.get_record(keys.record_key(slot, write.record.kind, write.record.key))
@@ -78,16 +89,24 @@ def apply(overlay: Overlay, commit: pb.Commit, slot: int, timestamps: Sequence[i
         if record is not None and role_of(record.updated_by) != role_of(write.record.updated_by):
             return sm.Result(pb.RECORD_OF_ANOTHER_ROLE, f"writes[{index}]")
         stored.append(record)
-    if commit.transfers:
+    if commit.transfers or commit.accounts:
         scratch = _Scratch(overlay)
-        for index, (transfer, at) in enumerate(zip(commit.transfers, timestamps, strict=False)):
+        for index, (account, at) in enumerate(zip(commit.accounts, timestamps, strict=False)):
+            result = sm.apply_account(scratch, account, at)
+            if result.code not in _SETTLED:  # EXISTS_WITH_DIFFERENT_FIELDS
+                return sm.Result(result.code, f"accounts[{index}].{result.field}")
+        moves = timestamps[opened:]
+        for index, (transfer, at) in enumerate(zip(commit.transfers, moves, strict=False)):
             result = sm.apply_transfer(scratch, _copy(transfer), at)
             if result.code not in _SETTLED:
                 return sm.Result(result.code, f"transfers[{index}]" + (f".{result.field}" if result.field else ""))
-        for transfer, at in zip(commit.transfers, timestamps, strict=False):
-            result = sm.apply_transfer(overlay, transfer, at)
-            # Step 2's determinism: the scratch run said this transfer passes.
-            assert result.code in _SETTLED, (result, transfer)
+    for account, at in zip(commit.accounts, timestamps, strict=False):
+        result = sm.apply_account(overlay, account, at)
+        assert result.code in _SETTLED, (result, account)  # as the scratch run said
+    for transfer, at in zip(commit.transfers, timestamps[opened:], strict=False):
+        result = sm.apply_transfer(overlay, transfer, at)
+        # Step 2's determinism: the scratch run said this transfer passes.
+        assert result.code in _SETTLED, (result, transfer)
     at = timestamps[-1]
     for write, before in zip(commit.writes, stored, strict=True):
         record = pb.Record()

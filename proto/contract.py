@@ -273,6 +273,7 @@ GET_ACCOUNT_TRANSFERS = LedgerMethod[pb.GetAccountTransfersRequest](
 RECORD_VALUE_BYTES_MAX = 65_536
 COMMIT_WRITES_MAX = 64
 COMMIT_TRANSFERS_MAX = 1_024  # a loan's end of day catching up a year: 3 postings a day
+COMMIT_ACCOUNTS_MAX = 64  # a credit line opens 13 (its limit and customer accounts)
 SCAN_LIMIT_MAX = 1_000
 SCAN_LIMIT_DEFAULT = 100
 _KIND_RE = re.compile(r"[a-z0-9_-]{1,32}")
@@ -290,6 +291,8 @@ def malformed_commit(c: pb.Commit) -> str | None:
         return f"writes: {len(c.writes)} writes; a commit has 1 to {COMMIT_WRITES_MAX}"
     if len(c.transfers) > COMMIT_TRANSFERS_MAX:
         return f"transfers: {len(c.transfers)} transfers; a commit has at most {COMMIT_TRANSFERS_MAX}"
+    if len(c.accounts) > COMMIT_ACCOUNTS_MAX:
+        return f"accounts: {len(c.accounts)} accounts; a commit opens at most {COMMIT_ACCOUNTS_MAX}"
     seen: set[tuple[str, str]] = set()
     for index, write in enumerate(c.writes):
         record = write.record
@@ -303,6 +306,10 @@ def malformed_commit(c: pb.Commit) -> str | None:
         if (record.kind, record.key) in seen:
             return f"writes[{index}]: the commit writes {record.kind} {record.key[:64]!r} twice"
         seen.add((record.kind, record.key))
+    for index, account in enumerate(c.accounts):
+        reason = malformed_account(account)
+        if reason is not None:
+            return f"accounts[{index}].{reason}"
     for index, transfer in enumerate(c.transfers):
         reason = malformed_transfer(transfer)
         if reason is not None:

@@ -414,12 +414,14 @@ class RecordWrite(_message.Message):
     def __init__(self, record: _Optional[_Union[Record, _Mapping]] = ..., expected_version: _Optional[int] = ...) -> None: ...
 
 class Commit(_message.Message):
-    __slots__ = ("writes", "transfers")
+    __slots__ = ("writes", "transfers", "accounts")
     WRITES_FIELD_NUMBER: _ClassVar[int]
     TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     writes: _containers.RepeatedCompositeFieldContainer[RecordWrite]
     transfers: _containers.RepeatedCompositeFieldContainer[Transfer]
-    def __init__(self, writes: _Optional[_Iterable[_Union[RecordWrite, _Mapping]]] = ..., transfers: _Optional[_Iterable[_Union[Transfer, _Mapping]]] = ...) -> None: ...
+    accounts: _containers.RepeatedCompositeFieldContainer[Account]
+    def __init__(self, writes: _Optional[_Iterable[_Union[RecordWrite, _Mapping]]] = ..., transfers: _Optional[_Iterable[_Union[Transfer, _Mapping]]] = ..., accounts: _Optional[_Iterable[_Union[Account, _Mapping]]] = ...) -> None: ...
 
 class CommitRecordsRequest(_message.Message):
     __slots__ = ("commits", "fence")

@@ -136,6 +136,50 @@ def test_a_stale_version_or_a_failing_transfer_applies_nothing(cluster: LocalClu
     run(scenario())
 
 
+def test_a_commit_opens_the_accounts_it_names_with_its_money_and_a_refused_one_opens_none(
+    cluster: LocalCluster,
+) -> None:
+    async def scenario() -> None:
+        async with await connect(cluster) as ledger:
+            tag = await customer(ledger, funded=1_000)  # its deposit and loan are there already
+            fee = Account(f"{tag}:fee", CNY, 1221)
+            income = Account(f"{tag}:income", CNY, 6051)
+            deposit_again = Account(f"{tag}:deposit", CNY, 2001, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
+            charge = Transfer(f"f-{tag}", f"{tag}:fee", f"{tag}:income", 300, CNY, 3)
+            pay = Transfer(f"pf-{tag}", f"{tag}:deposit", f"{tag}:fee", 300, CNY, 4)
+            # The deposit named with other flags: refused whole, nothing opened, nothing moved.
+            loose = Account(f"{tag}:deposit", CNY, 2001)
+            [refused] = await ledger.commit_records(
+                [Commit([Write("loan", f"{tag}:L1", b"charged")], [charge, pay], [fee, income, loose])]
+            )
+            assert (refused.code, refused.field) == (ResultCode.EXISTS_WITH_DIFFERENT_FIELDS, "accounts[2].flags")
+            assert await ledger.lookup_accounts([fee.id, income.id]) == [None, None]
+            # The same with the deposit as it is: the accounts open, the money moves.
+            [result] = await ledger.commit_records(
+                [Commit([Write("loan", f"{tag}:L1", b"charged")], [charge, pay], [fee, income, deposit_again])]
+            )
+            assert result.code is ResultCode.OK, result
+            fee_held, income_held, deposit = await ledger.lookup_accounts([fee.id, income.id, f"{tag}:deposit"])
+            assert fee_held is not None and income_held is not None and deposit is not None
+            assert (fee_held.code, fee_held.debits_posted, fee_held.credits_posted) == (1221, 300, 300)
+            assert income_held.balance == 300 and deposit.balance == 700
+            assert fee_held.created_by == "spiffe://yunkai/lending/lending"
+            assert fee_held.timestamp < income_held.timestamp < result.timestamp
+            # A commit whose transfer is refused opens none of its accounts.
+            late = Account(f"{tag}:late", CNY, 1222)
+            too_much = Transfer(f"t-{tag}", f"{tag}:deposit", f"{tag}:late", 5_000, CNY, 4)
+            [refused] = await ledger.commit_records([Commit([Write("loan", f"{tag}:L2", b"x")], [too_much], [late])])
+            assert (refused.code, refused.field) == (ResultCode.EXCEEDS_CREDITS, "transfers[0]")
+            assert await ledger.lookup_accounts([late.id]) == [None]
+            # A commit of records and accounts alone opens them.
+            [opened] = await ledger.commit_records([Commit([Write("loan", f"{tag}:L3", b"y")], [], [late])])
+            assert opened.code is ResultCode.OK, opened
+            [late_held] = await ledger.lookup_accounts([late.id])
+            assert late_held is not None and late_held.code == 1222
+
+    run(scenario())
+
+
 def test_everything_a_commit_touches_is_in_its_slot(cluster: LocalCluster) -> None:
     async def scenario() -> None:
         async with await connect(cluster) as ledger:
@@ -146,15 +190,20 @@ def test_everything_a_commit_touches_is_in_its_slot(cluster: LocalCluster) -> No
                     Commit([Write("loan", f"{tag}:L1", b"v")], [across]),
                     Commit([Write("loan", f"{tag}:L2", b"v"), Write("loan", f"{other}:L2", b"v")]),
                     Commit([Write("loan", f"{tag}:bad id", b"v")]),
+                    Commit([Write("loan", f"{tag}:L3", b"v")], [], [Account(f"{other}:fee", CNY, 1221)]),
+                    Commit([Write("loan", f"{tag}:L4", b"v")], [], [Account(f"{tag}:fee", 0, 1221)]),
                 ]
             )
             assert [(r.code, r.field) for r in results] == [
                 (ResultCode.NOT_IN_COMMIT_SLOT, "transfers[0].credit_account_id"),
                 (ResultCode.NOT_IN_COMMIT_SLOT, "writes[1].record.key"),
                 (ResultCode.ID_INVALID, "writes[0].record.key"),
+                (ResultCode.NOT_IN_COMMIT_SLOT, "accounts[0].id"),
+                (ResultCode.LEDGER_MUST_NOT_BE_ZERO, ""),
             ]
             found = await ledger.lookup_records([("loan", f"{tag}:L1"), ("loan", f"{tag}:L2"), ("loan", f"{other}:L2")])
             assert found == [None, None, None]
+            assert await ledger.lookup_accounts([f"{other}:fee", f"{tag}:fee"]) == [None, None]
             [deposit] = await ledger.lookup_accounts([f"{tag}:deposit"])
             assert deposit is not None and deposit.balance == 100
 
@@ -189,6 +238,20 @@ def test_everything_a_commit_touches_is_in_its_slot(cluster: LocalCluster) -> No
                 writes=[pb.RecordWrite(record=pb.Record(kind="loan", key="{c1}:L"))] * 2,
             ),
             "commits[0].writes[1]: the commit writes loan '{c1}:L' twice",
+        ),
+        (
+            pb.Commit(
+                writes=[pb.RecordWrite(record=pb.Record(kind="loan", key="{c1}:L"))],
+                accounts=[pb.Account(id="{c1}:a", ledger=1, code=1, credits_posted=5)],
+            ),
+            "commits[0].accounts[0].credits_posted: a new account starts at zero; balances change only by transfers",
+        ),
+        (
+            pb.Commit(
+                writes=[pb.RecordWrite(record=pb.Record(kind="loan", key="{c1}:L"))],
+                accounts=[pb.Account(id=f"{{c1}}:a{i}", ledger=1, code=1) for i in range(65)],
+            ),
+            "commits[0].accounts: 65 accounts; a commit opens at most 64",
         ),
     ],
 )
