@@ -167,8 +167,8 @@ class CreditLimits:
 
     # --- accounts and grants ------------------------------------------------------------
 
-    async def open(self, customer: str, products: Sequence[str] = ()) -> list[Result]:
-        """Create the customer's limit accounts and those of `products` (EXISTS when they are there)."""
+    def accounts(self, customer: str, products: Sequence[str] = ()) -> list[Account]:
+        """The customer's limit accounts and those of `products`, to open (all in its slot)."""
         _check_names(customer)
         for product in products:
             _check_names(customer, product=product)
@@ -180,7 +180,11 @@ class CreditLimits:
                 Account(level.drawn, self.book, Code.DRAWN),
                 Account(level.repaid, self.book, Code.REPAID),
             ]
-        return await self.ledger.create_accounts(accounts)
+        return accounts
+
+    async def open(self, customer: str, products: Sequence[str] = ()) -> list[Result]:
+        """Create the customer's limit accounts and those of `products` (EXISTS when they are there)."""
+        return await self.ledger.create_accounts(self.accounts(customer, products))
 
     async def raise_limit(self, customer: str, product: str | None, amount: int, op: str) -> Outcome:
         """Grant `amount` more limit at one level (the first grant is a raise from zero)."""
@@ -303,6 +307,21 @@ class CreditLimits:
         if any(account is None for account in found):
             raise BadLimitRequest(f"customer: {customer} has no limit accounts for {product}")
         return _view(*found[:3]), _view(*found[3:])  # type: ignore[arg-type]
+
+    async def granted(self, customer: str, product: str) -> tuple[int, int]:
+        """The limit granted at the customer's level and the product's, in one read (`view`'s
+        granted); an account not open yet counts as empty (a customer's first credit line
+        opens them, in the commit that raises them)."""
+        _check_names(customer, product=product)
+        levels = [Level(customer, None), Level(customer, product)]
+        found = await self.ledger.lookup_accounts([a for lv in levels for a in (lv.limit, lv.drawn, lv.repaid)])
+        granted = [
+            (limit.credits_posted - limit.debits_posted if limit is not None else 0)
+            + (drawn.credits_posted if drawn is not None else 0)
+            - (repaid.debits_posted if repaid is not None else 0)
+            for limit, drawn, repaid in (found[:3], found[3:])
+        ]
+        return granted[0], granted[1]
 
     async def view(self, customer: str, product: str | None = None) -> LevelView:
         """Granted, used, reserved and available limit of one level, and whether it is frozen."""

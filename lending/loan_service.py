@@ -184,23 +184,17 @@ class LoanService:
             limits = self._limits(p.currency)
             book = ledger_of(p.currency)
             names = rules.Accounts(request.customer, "-", p.code)
-            results, _ = await asyncio.gather(
-                limits.open(request.customer, [p.code]),
-                self._open(
-                    [
-                        Account(
-                            names.deposit, book, rules.Code.DEPOSIT, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
-                        ),
-                        Account(names.settle, book, rules.Code.SETTLE),
-                        Account(names.clearing("int"), book, rules.Code.INTEREST_INCOME),
-                        Account(names.clearing("pen"), book, rules.Code.PENALTY_INCOME),
-                        Account(names.clearing("fee"), book, rules.Code.FEE_INCOME),
-                        Account(names.clearing("loss"), book, rules.Code.LOSS),
-                    ]
-                ),
-            )
-            if any(r.code not in (ResultCode.OK, ResultCode.EXISTS) for r in results):
-                raise LedgerFailed(f"limit accounts of {request.customer}: {[r.code.name for r in results]}")
+            # The limit accounts must be exactly these; the customer's own are used as they
+            # stand when another service opened them otherwise (a deposit, say).
+            limit_accounts = limits.accounts(request.customer, [p.code])
+            own_accounts = [
+                Account(names.deposit, book, rules.Code.DEPOSIT, flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
+                Account(names.settle, book, rules.Code.SETTLE),
+                Account(names.clearing("int"), book, rules.Code.INTEREST_INCOME),
+                Account(names.clearing("pen"), book, rules.Code.PENALTY_INCOME),
+                Account(names.clearing("fee"), book, rules.Code.FEE_INCOME),
+                Account(names.clearing("loss"), book, rules.Code.LOSS),
+            ]
             line = pb.CreditLine(
                 customer=request.customer,
                 line_id=request.line_id,
@@ -213,30 +207,39 @@ class LoanService:
             )
 
             async def store() -> None:
-                """The line, with the raises that bring both limit levels up to what it grants
-                (a replay finds them there and raises nothing): one commit."""
-                held, customer_level, product_level = await asyncio.gather(
-                    self.book.line(line.customer, line.product_code),
-                    limits.view(request.customer, None),
-                    limits.view(request.customer, p.code),
+                """The line, with the accounts it needs and the raises that bring both limit
+                levels up to what it grants (a replay finds them there and raises nothing): one
+                commit."""
+                held, granted = await asyncio.gather(
+                    self.book.line(line.customer, line.product_code), limits.granted(request.customer, p.code)
                 )
                 if held is not None and held[0] == line:
                     return  # a replay
                 raises = [
-                    limits.raise_transfer(request.customer, level, target - view.granted, f"g.{request.line_id}.{tag}")
-                    for level, target, tag, view in (
-                        (None, request.customer_limit, "c", customer_level),
-                        (p.code, request.product_limit, "p", product_level),
+                    limits.raise_transfer(request.customer, level, target - now, f"g.{request.line_id}.{tag}")
+                    for level, target, tag, now in (
+                        (None, request.customer_limit, "c", granted[0]),
+                        (p.code, request.product_limit, "p", granted[1]),
                     )
-                    if target > view.granted
+                    if target > now
                 ]
-                key = line_key(line.customer, line.product_code)
-                try:
-                    await self.book.commit([Put("line", key, line, held[1] if held is not None else 0)], raises)
-                except OtherRolesRecord:
-                    raise  # a caller of another role wrote it: PERMISSION_DENIED
-                except CommitFailed as refused:
-                    raise rules.LoanRefused(f"line_id: the limit was not raised: {refused}") from None
+                put = Put("line", line_key(line.customer, line.product_code), line, held[1] if held is not None else 0)
+                accounts = [*limit_accounts, *own_accounts]
+                while True:
+                    try:
+                        await self.book.commit([put], raises, accounts)
+                        return
+                    except OtherRolesRecord:
+                        raise  # a caller of another role wrote it: PERMISSION_DENIED
+                    except CommitFailed as refused:
+                        index = _account_index(refused)
+                        if index is None:
+                            raise rules.LoanRefused(f"line_id: the limit was not raised: {refused}") from None
+                        if index < len(limit_accounts):  # no limit can be kept on it: an operator's matter
+                            raise rules.LoanRefused(
+                                f"customer: the limit accounts of {request.customer} were opened otherwise: {refused}"
+                            ) from None
+                        del accounts[index]  # the customer's own, opened otherwise: used as it stands
 
             await self._again(f"credit line of {line.customer} for {line.product_code}", store)
         log.info(
@@ -305,7 +308,6 @@ class LoanService:
         refusal of a limit transfer is the limits' refusal; of the others, the ledger's (a frozen
         deposit, say); either way nothing of it is applied."""
         currency = product.parameters.currency
-        await self._open_loan_accounts(loan, ledger_of(currency))
         active = pb.Loan()
         active.CopyFrom(loan)
         active.status = pb.ACTIVE
@@ -318,7 +320,11 @@ class LoanService:
             Put("ask", ask_key(loan.customer, loan.loan_id), tally, ask_version),
         ]
         try:
-            await self.book.commit(puts, [*consume, *dated(self._principal(active), loan.drawdown_date)])
+            await self.book.commit(
+                puts,
+                [*consume, *dated(self._principal(active), loan.drawdown_date)],
+                self._loan_accounts(loan, ledger_of(currency)),
+            )
         except OtherRolesRecord:
             raise  # a caller of another role wrote it: PERMISSION_DENIED
         except CommitFailed as refused:
@@ -333,16 +339,14 @@ class LoanService:
         drawdowns_total.labels(loan.product_code, "refused_by_limits").inc()
         raise rules.LoanRefused(f"amount: the credit limits refuse {loan.principal} fen: {code.name}")
 
-    async def _open_loan_accounts(self, loan: pb.Loan, book: int) -> None:
+    def _loan_accounts(self, loan: pb.Loan, book: int) -> list[Account]:
         names = rules.accounts_of(loan)
-        await self._open(
-            [
-                Account(names.principal, book, rules.Code.LOAN),
-                Account(names.interest, book, rules.Code.INTEREST_RECEIVABLE),
-                Account(names.penalty, book, rules.Code.PENALTY_RECEIVABLE),
-                Account(names.fees, book, rules.Code.FEE_RECEIVABLE),
-            ]
-        )
+        return [
+            Account(names.principal, book, rules.Code.LOAN),
+            Account(names.interest, book, rules.Code.INTEREST_RECEIVABLE),
+            Account(names.penalty, book, rules.Code.PENALTY_RECEIVABLE),
+            Account(names.fees, book, rules.Code.FEE_RECEIVABLE),
+        ]
 
     def _principal(self, loan: pb.Loan) -> list[Transfer]:
         names, book = rules.accounts_of(loan), self._book(loan)
@@ -407,10 +411,6 @@ class LoanService:
         if applied == 0:
             raise rules.LoanRefused(f"date: nothing of {loan.loan_id} is due on {on}")
         names = rules.accounts_of(loan)
-        [deposit] = await self.ledger.lookup_accounts([names.deposit])
-        available = 0 if deposit is None else deposit.balance - deposit.debits_pending
-        if available < applied:
-            raise rules.LoanRefused(f"amount: the deposit {names.deposit} holds {available} fen, {applied} are due")
         repayment = pb.Repayment(
             repayment_id=request.repayment_id,
             date=on.isoformat(),
@@ -439,10 +439,10 @@ class LoanService:
         loan.repayments.append(repayment)
         try:
             await self._commit_loan(loan, version, transfers, repayment.date)
-        except LedgerFailed:
+        except LedgerFailed:  # refused whole: most likely the deposit holds too little (read only then)
             [deposit] = await self.ledger.lookup_accounts([names.deposit])
             held = 0 if deposit is None else deposit.balance - deposit.debits_pending
-            if held < applied:  # the deposit was spent meanwhile: nothing was applied
+            if held < applied:
                 raise rules.LoanRefused(
                     f"amount: the deposit {names.deposit} holds {held} fen, {applied} are due"
                 ) from None
@@ -825,6 +825,14 @@ class LoanService:
             )
         log.info("provisioned", extra={"date": day, "products": len(reply.products)})
         return reply
+
+
+def _account_index(refused: CommitFailed) -> int | None:
+    """The index of the account a commit was refused for (EXISTS_WITH_DIFFERENT_FIELDS naming
+    accounts[i].<field>), or None when something else refused it."""
+    if refused.code is not ResultCode.EXISTS_WITH_DIFFERENT_FIELDS or not refused.field.startswith("accounts["):
+        return None
+    return int(refused.field[len("accounts[") :].partition("]")[0])
 
 
 def dated(transfers: Sequence[Transfer], day: str) -> list[Transfer]:

@@ -133,6 +133,8 @@ def test_raising_and_lowering_is_journaled_and_never_takes_away_what_is_drawn(cl
         assert (await limits.raise_limit(customer, "SME-A", 5_000, "up-1")).ok  # a replay
         assert await limits.view(customer) == LevelView(6_000, 6_000, 0, 0, False)
         assert await limits.view(customer, "SME-A") == LevelView(15_000, 6_000, 0, 9_000, False)
+        assert await limits.granted(customer, "SME-A") == (6_000, 15_000)  # the views' in one read
+        assert await limits.granted(customer, "SME-B") == (6_000, 0)  # a level not open yet
         page = await limits.ledger.get_account_transfers(Level(customer, None).limit)
         ids = [t.id for t in page.transfers]
         assert ids[0] == f"grant-{customer}:raise" and "cut-2:lower" in ids and "draw:c" in ids

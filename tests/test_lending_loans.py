@@ -19,6 +19,7 @@ from clients.ledger import Account, AccountChange, ChangeKind, ResultCode, SyncL
 from cluster.commands import LocalCluster
 from cluster.local import LendingProcess
 from lending import schedule as sched
+from lending.limits import LIMIT_LEDGER_BASE
 from lending.loan_service import EOD_DAYS_PER_COMMIT, stage_of
 from lending.loans import Accounts, slot_of_customer
 from lending.products import SAMPLE_CATALOGUE, read_catalogue
@@ -27,6 +28,7 @@ from router.slots import SLOTS_TOTAL_DEFAULT, slot_of
 from tests.conftest import channel, fresh, fresh_book
 
 CNY = 156
+LIMIT_CNY = LIMIT_LEDGER_BASE + CNY  # the limit book of CNY (lending/limits.py)
 FUNDING_CODE = 3201  # a payment arriving from the rails: settle -> deposit
 
 
@@ -402,6 +404,40 @@ def test_a_credit_lines_price_is_its_drawdowns_rate_within_the_products_bounds(l
     assert lending.draw(plain, "plain", 1_000_000, "2026-01-05").annual_rate_bps == 720
 
 
+def test_a_credit_line_uses_a_deposit_opened_otherwise_and_refuses_limit_accounts_opened_otherwise(
+    lending: Lending,
+) -> None:
+    # Another service opened this customer's deposit without the overdraft flag: the line's
+    # commit uses it as it stands and opens the rest with the line.
+    customer = fresh("c").replace("-", "")
+    deposit = Accounts(customer, "-", lending.code).deposit
+    [opened] = lending.ledger.create_accounts([Account(deposit, CNY, 2001)])
+    assert opened.code is ResultCode.OK
+    customer_limit = f"{{c{customer}}}:limit"
+    line = pb.ApproveCreditLineRequest(
+        customer=customer,
+        line_id=f"L{customer}",
+        product_code=lending.code,
+        customer_limit=9_000_000,
+        product_limit=9_000_000,
+    )
+    assert lending.loans.ApproveCreditLine(line, timeout=30).customer_limit == 9_000_000
+    [held, limit] = lending.ledger.lookup_accounts([deposit, customer_limit])
+    assert held is not None and held.flags == 0  # not changed
+    assert limit is not None and limit.balance == 9_000_000 and limit.code != 0
+    assert lending.draw(customer, "odd", 1_000_000, "2026-01-05").status == pb.ACTIVE
+    # A limit account opened otherwise (no flag keeping it from going below zero) is not used.
+    other = fresh("c").replace("-", "")
+    [loose] = lending.ledger.create_accounts([Account(f"{{c{other}}}:limit", LIMIT_CNY, 2)])
+    assert loose.code is ResultCode.OK
+    line.customer, line.line_id = other, f"L{other}"
+    with pytest.raises(grpc.RpcError) as refused:
+        lending.loans.ApproveCreditLine(line, timeout=30)
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert str(refused.value.details()).startswith(f"customer: the limit accounts of {other} were opened otherwise")
+    assert lending.ledger.lookup_accounts([Accounts(other, "-", lending.code).deposit]) == [None]
+
+
 def test_refusals_by_the_limits_or_the_loan_state_are_clear_and_change_nothing(lending: Lending) -> None:
     customer = lending.customer(customer_limit=20_000_000, product_limit=10_000_000)
     with pytest.raises(grpc.RpcError) as caught:
@@ -580,6 +616,7 @@ def test_a_drawdown_the_ledger_refuses_applies_nothing_and_a_repeat_makes_it(len
     assert missing.value.code() is grpc.StatusCode.NOT_FOUND
     drawn = f"{{c{customer}}}:limit:drawn"
     assert lending.ledger.lookup_accounts([drawn])[0].credits_posted == 0  # type: ignore[union-attr]
+    assert lending.ledger.lookup_accounts([Accounts(customer, "held1", lending.code).principal]) == [None]
     [thawed] = lending.ledger.change_accounts([AccountChange(fresh("th"), deposit, ChangeKind.UNFREEZE)])
     assert thawed.code is ResultCode.OK
     done = lending.draw(customer, "held1", 2_000_000, "2026-01-15")
