@@ -194,7 +194,8 @@ class ProductStore:
     A change reads the catalogue as stored, decides, and commits the version's record naming
     the record version it read; a change that lost a race to another process is decided again.
     Reads for decisions (`fetch`) read the one record; reports and listings use the catalogue
-    as read at most CATALOGUE_FRESH_S ago (`get`, after `refresh`).
+    as read at most CATALOGUE_FRESH_S ago (`get`, after `refresh`), and so does `fetch` to
+    learn which version is the newest published.
     """
 
     def __init__(self, book: Book) -> None:
@@ -228,10 +229,20 @@ class ProductStore:
             await self.load()
 
     async def fetch(self, code: str, version: int) -> pb.Product:
-        """One version as stored now (a retirement in another process is seen at once)."""
+        """One version as stored now (a retirement in another process is seen at once).
+        Version 0, the newest published one: which version that is comes from the catalogue
+        as read at most CATALOGUE_FRESH_S ago (a version another process published since is
+        seen after that), and that version's record is then read as stored now."""
         if version == 0:
-            await self.load()
-            return self.get(code, 0)
+            await self.refresh()
+            if not any(p.state == pb.PUBLISHED for p in self._versions.get(code, ())):
+                await self.load()  # none known yet: perhaps published since
+                return self.get(code, 0)
+            product = await self.fetch(code, self.get(code, 0).version)
+            if product.state != pb.PUBLISHED:  # retired since: which is the newest now?
+                await self.load()
+                return self.get(code, 0)
+            return product
         [record] = await self._book.read([("product", _key(code, version))])
         if record is None:
             await self.load()  # says which versions there are

@@ -233,6 +233,19 @@ def test_the_catalogue_survives_a_kill_9_and_the_servers_disk_and_is_one_for_two
         after = handle.all()
         assert [(p.version, p.state) for p in after] == [(1, pb.RETIRED), (2, pb.PUBLISHED)]
         assert after[0] == retired
+        # Which version is the newest published comes from the catalogue as read at most
+        # CATALOGUE_FRESH_S ago, that version's record as stored now: one the other server
+        # retired meanwhile is seen at once, and the newest found instead.
+        fresh_name = code()
+        stub.SaveDraft(pb.SaveDraftRequest(parameters=changed(sample(), code=fresh_name)), timeout=10)
+        stub.PublishProduct(pb.ProductRef(code=fresh_name, version=1), timeout=10)
+        assert stub.GetProduct(pb.ProductRef(code=fresh_name), timeout=10).version == 1
+        changed_there = changed(sample(), code=fresh_name, grace_days=2)
+        second.products.SaveDraft(pb.SaveDraftRequest(parameters=changed_there), timeout=10)
+        second.products.PublishProduct(pb.ProductRef(code=fresh_name, version=2), timeout=10)
+        second.products.RetireProduct(pb.ProductRef(code=fresh_name, version=1), timeout=10)
+        newest = stub.GetProduct(pb.ProductRef(code=fresh_name), timeout=10)
+        assert (newest.version, newest.state) == (2, pb.PUBLISHED)
         # Another book on the same ledger has a catalogue of its own.
         elsewhere = serve(str(tmp_path / "elsewhere"), cluster, fresh_book()).start()
         try:
