@@ -281,12 +281,17 @@ class ShardMap:
         addresses = [n.address for n in message.nodes]
         if len(message.slot_owner) != message.slots_total or len(message.slot_epoch) != message.slots_total:
             raise ValueError(f"shard map v{message.version}: slot arrays do not have {message.slots_total} entries")
-        if any(i >= len(addresses) for i in message.slot_owner):
+        if max(message.slot_owner, default=0) >= len(addresses):
             raise ValueError(f"shard map v{message.version}: a slot names an owner index past the node list")
         if message.slot_followers and len(message.slot_followers) != message.slots_total:
             raise ValueError(f"shard map v{message.version}: followers of {len(message.slot_followers)} slots")
-        if any(i >= len(addresses) for slot in message.slot_followers for i in slot.nodes):
+        # Slots share a few dozen configurations: each distinct one is checked and built once
+        # (every client parses every version of a map of thousands of slots).
+        indexed = [tuple(slot.nodes) for slot in message.slot_followers]
+        configs = set(indexed)
+        if any(i >= len(addresses) for config in configs for i in config):
             raise ValueError(f"shard map v{message.version}: a slot names a follower index past the node list")
+        built = {config: tuple(addresses[i] for i in config) for config in configs}
         fields = dict(
             version=message.version,
             owners=tuple(addresses[i] for i in message.slot_owner),
@@ -297,7 +302,7 @@ class ShardMap:
             term=message.controller_term,
             cluster_id=message.cluster_id,
             jobs=tuple(message.jobs),
-            followers=tuple(tuple(addresses[i] for i in slot.nodes) for slot in message.slot_followers),
+            followers=tuple(built[config] for config in indexed),
             replicas=max(1, message.replicas),
             zones={n.address: n.zone for n in message.nodes if n.zone},
             spiffe_ids={n.address: n.spiffe_id for n in message.nodes if n.spiffe_id},
@@ -316,7 +321,7 @@ def _problem(m: ShardMap | SimpleNamespace) -> str | None:
         return "one owner and one epoch per slot"
     if any(state not in cluster_pb2.NodeState.values() for state in m.nodes.values()):
         return "every node in a known state"
-    if not all(owner in m.nodes for owner in set(m.owners)):
+    if not set(m.owners) <= m.nodes.keys():
         return "every owner is a known node"
     if not set(m.ids) <= set(m.nodes) or not set(m.zones) <= set(m.nodes) or not set(m.spiffe_ids) <= set(m.nodes):
         return "ids, zones and identities only of known nodes"
@@ -330,11 +335,17 @@ def _problem(m: ShardMap | SimpleNamespace) -> str | None:
     if m.followers:
         if len(m.followers) != len(m.owners):
             return "followers for every slot, or for none"
-        for slot, following in enumerate(m.followers):
-            if len(set(following)) != len(following) or m.owners[slot] in following:
+        # Each distinct configuration checked once (a map of thousands of slots holds a few
+        # dozen): every client parses every version of the map.
+        configs = list(zip(m.owners, m.followers, strict=True))
+        distinct = set(configs)
+        twice = {c for c in distinct if len(set(c[1])) != len(c[1]) or c[0] in c[1]}
+        unknown = {c for c in distinct if not m.nodes.keys() >= set(c[1])}
+        if twice or unknown:
+            slot = next(i for i, c in enumerate(configs) if c in twice or c in unknown)
+            if configs[slot] in twice:
                 return f"slot {slot}: a node twice in its configuration"
-            if not all(f in m.nodes for f in following):
-                return f"slot {slot}: a follower that is not a known node"
+            return f"slot {slot}: a follower that is not a known node"
     if m.replicas < 1:
         return "at least one copy of each slot"
     return None

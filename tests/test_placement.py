@@ -209,3 +209,24 @@ def test_a_shard_map_from_another_process_with_no_slots_or_an_unknown_node_state
     unknown.nodes[0].state = 99  # type: ignore[assignment]  # a newer version's state, say
     with pytest.raises(ValueError, match="known state"):
         ShardMap.from_proto(unknown)
+
+
+def test_a_replicated_shard_map_is_read_back_as_written_and_a_bad_configuration_is_named_by_slot() -> None:
+    members = nodes(3)
+    owners = tuple(placement.place(S, members))
+    followers = tuple(tuple(n for n in members if n != owner) for owner in owners)
+    written = ShardMap(1, owners, (1,) * S, dict.fromkeys(members, 1), followers=followers, replicas=3)
+    assert ShardMap.from_proto(written.to_proto()) == written
+    index = {address: i for i, address in enumerate(sorted(members))}
+    twice = written.to_proto()
+    twice.slot_followers[7].nodes[0] = index[owners[7]]  # the primary as its own follower
+    with pytest.raises(ValueError, match="slot 7: a node twice in its configuration"):
+        ShardMap.from_proto(twice)
+    past = written.to_proto()
+    past.slot_followers[9].nodes[1] = 3
+    with pytest.raises(ValueError, match="a follower index past the node list"):
+        ShardMap.from_proto(past)
+    owner_past = written.to_proto()
+    owner_past.slot_owner[2] = 5
+    with pytest.raises(ValueError, match="an owner index past the node list"):
+        ShardMap.from_proto(owner_past)
