@@ -22,10 +22,11 @@ Protocol (CommitRecords; one `Commit` is one event of the group commit):
      missing is created, one there already with the same fields is used as it is (EXISTS);
      if an account or a transfer answers anything but OK or EXISTS, that is the commit's
      answer (field accounts[i].<field> or transfers[i]) and nothing of the commit is applied:
-     the scratch is dropped, no rejection is journaled, no account is opened. Otherwise the same accounts
-     and transfers are applied for real, with the same timestamps (the state machine is
-     deterministic: the same state and inputs give the same outcomes), and each record is
-     stored with version + 1, the commit's timestamp and the caller's identity.
+     the scratch is dropped, no rejection is journaled, no account is opened. Otherwise the
+     same accounts and transfers are applied for real, with the same timestamps (the state
+     machine is deterministic: the same state and inputs give the same outcomes), and each
+     record is stored with version + 1, the commit's timestamp and the caller's identity.
+     The accounts' timestamps come first, then the transfers', then the records'.
   3. The cycle's WriteBatch carries the records with the transfers (node/overlay.py): one
      fsync, one replication entry, one answer after both. A record is never deleted: a
      service marks one closed in its value.
