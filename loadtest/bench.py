@@ -685,6 +685,11 @@ def _print_summary(args: argparse.Namespace, result: dict[str, Any]) -> None:
                 f"  {kind:<12} {k['ops']:>9,} {k['errors']:>7} {_fmt(k['p50_ms']):>8} {_fmt(k['p99_ms']):>8}"
                 f" {_fmt(k['p999_ms']):>9}"
             )
+        if figures.get("from_send_p50_ms") is not None:
+            print(
+                f"  from the send, the driver's own lag left out: p50 {_fmt(figures['from_send_p50_ms'])} ms,"
+                f" p99 {_fmt(figures['from_send_p99_ms'])} ms (issue lag p50 {figures['issue_lag_p50_ms']:.2f} ms)"
+            )
         if "sweep" in figures:
             best = figures["sweep"]["best_rate_per_s"]
             target = figures["sweep"]["p99_target_ms"]

@@ -81,6 +81,9 @@ def test_bench_write_offers_the_rate_and_writes_json_per_second_and_a_plot(tmp_p
     assert set(result["by_kind"]) == {"drawdown", "repayment"}
     assert (tmp_path / "write.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "achieved" in ran.stdout and "p99" in ran.stdout  # the summary table
+    # The system's own share: from the send, never above the latency from the due time.
+    assert 0 < result["from_send_p50_ms"] <= result["p50_ms"] and result["from_send_p99_ms"] <= result["p99_ms"]
+    assert "from the send" in ran.stdout
 
 
 def test_a_sweep_runs_each_probe_on_a_cluster_of_its_own(tmp_path: Path) -> None:
@@ -193,6 +196,38 @@ def test_open_loop_never_asks_its_loop_for_a_wait_shorter_than_a_tick(monkeypatc
     assert waits and min(waits) >= openloop.TICK_S
     # One wait per tick at most (not one per operation: 1,500 here).
     assert len(waits) <= duration_s / openloop.TICK_S + 1
+
+
+def test_latency_from_the_send_leaves_the_drivers_own_lag_out() -> None:
+    """Sends a little after their due time (the loop's tick): the headline latency counts from
+    the due time, the system's share from the send."""
+
+    async def scenario() -> dict[str, object]:
+        async def operation(index: int) -> tuple[str, str | None]:
+            await asyncio.sleep(0.004)
+            return "op", None
+
+        start = openloop.clock() + 0.01
+        recorder = await openloop.drive(operation, rate=500, duration_s=0.4, start=start, worker=0, procs=1)
+        return recorder.summary(500, 0.4)
+
+    summary = asyncio.run(scenario())
+    assert summary["ops"] == 200
+    assert 4.0 <= summary["from_send_p50_ms"] <= summary["p50_ms"]  # type: ignore[operator]
+    assert summary["issue_lag_p50_ms"] >= 0  # type: ignore[operator]
+    # Recorded sends (no timers): 3 ms late, answered 1 ms after the send.
+    recorder = openloop.Recorder()
+    for index in range(100):
+        due = index / 1000
+        recorder.sent(due, 0.003)
+        recorder.done("op", due, due + 0.004, None, sent_s=due + 0.003)
+    figures = recorder.summary(1000, 0.1)
+    assert figures["from_send_p50_ms"] == pytest.approx(1.0, abs=0.01)
+    assert figures["p50_ms"] == pytest.approx(4.0, abs=0.01)
+    assert figures["issue_lag_p50_ms"] == pytest.approx(3.0, abs=0.01)
+    merged = openloop.Recorder()
+    merged.merge(recorder.encode())
+    assert merged.summary(1000, 0.1)["from_send_p50_ms"] == figures["from_send_p50_ms"]
 
 
 def test_a_run_whose_driver_sent_late_says_it_did_not_keep_up() -> None:
