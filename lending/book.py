@@ -11,6 +11,9 @@ Kinds are the book's name (`--book`), a dash, and one of these:
     loan    {c<customer>}:loan:<loan_id>   lending.v1.Loan, in the customer's slot
     loanid  loan:<loan_id>                 the customer the loan id belongs to (ids are the book's)
     line    {c<customer>}:line:<product>   lending.v1.CreditLine
+    limits  {c<customer>}:limits           the line id that last raised the customer's limits
+                                           (its version guards "raise to what the line grants",
+                                           a read then a write, against another process's)
     ask     {c<customer>}:ask:<loan_id>    lending.v1.DrawdownTally of one drawdown asked: its
                                            latest outcome (a retry of the same loan id counts once)
     close   {gl}:close:<date>              lending.v1.PeriodClose
@@ -42,6 +45,10 @@ def loan_key(customer: str, loan_id: str) -> str:
 
 def line_key(customer: str, product: str) -> str:
     return f"{{c{customer}}}:line:{product}"
+
+
+def limits_key(customer: str) -> str:
+    return f"{{c{customer}}}:limits"
 
 
 def ask_key(customer: str, loan_id: str) -> str:
@@ -100,6 +107,13 @@ class Book(Records):
     async def line(self, customer: str, product: str) -> tuple[pb.CreditLine, int] | None:
         [record] = await self.read([("line", line_key(customer, product))])
         return None if record is None else (pb.CreditLine.FromString(record.value), record.version)
+
+    async def line_and_limits(self, customer: str, product: str) -> tuple[tuple[pb.CreditLine, int] | None, int]:
+        """The line (and its version) with the version of the customer's limits guard (0:
+        none yet), in one read."""
+        line, guard = await self.read([("line", line_key(customer, product)), ("limits", limits_key(customer))])
+        held = None if line is None else (pb.CreditLine.FromString(line.value), line.version)
+        return held, guard.version if guard is not None else 0
 
     async def lines(self) -> AsyncIterator[pb.CreditLine]:
         async for page in self.scan("line"):

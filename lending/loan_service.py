@@ -50,7 +50,7 @@ from clients.ledger import Account, AccountFlags, LedgerClient, ResultCode, Tran
 from clients.records import CommitFailed, Conflict, OtherRolesRecord, Put
 from lending import journal, loans as rules
 from lending.allocation import allocate
-from lending.book import CONFLICT_RETRIES, GL_TAG, Book, ask_key, line_key, loan_key
+from lending.book import CONFLICT_RETRIES, GL_TAG, Book, ask_key, limits_key, line_key, loan_key
 from lending.limits import CreditLimits
 from lending.products import ProductStore, ledger_of
 from proto import lending_pb2 as pb, risk_pb2, risk_pb2_grpc
@@ -209,9 +209,13 @@ class LoanService:
             async def store() -> None:
                 """The line, with the accounts it needs and the raises that bring both limit
                 levels up to what it grants (a replay finds them there and raises nothing): one
-                commit."""
-                held, granted = await asyncio.gather(
-                    self.book.line(line.customer, line.product_code), limits.granted(request.customer, p.code)
+                commit. The raises are decided on the limits as read, so the commit also writes
+                the customer's limits guard at the version read with them: another process's
+                line for the same customer (another product) committed meanwhile makes this one
+                a Conflict, decided again on the limits it raised, not raised twice."""
+                (held, guard), granted = await asyncio.gather(
+                    self.book.line_and_limits(line.customer, line.product_code),
+                    limits.granted(request.customer, p.code),
                 )
                 if held is not None and held[0] == line:
                     return  # a replay
@@ -223,11 +227,14 @@ class LoanService:
                     )
                     if target > now
                 ]
-                put = Put("line", line_key(line.customer, line.product_code), line, held[1] if held is not None else 0)
+                puts = [
+                    Put("line", line_key(line.customer, line.product_code), line, held[1] if held is not None else 0),
+                    Put("limits", limits_key(line.customer), line.line_id.encode(), guard),
+                ]
                 accounts = [*limit_accounts, *own_accounts]
                 while True:
                     try:
-                        await self.book.commit([put], raises, accounts)
+                        await self.book.commit(puts, raises, accounts)
                         return
                     except OtherRolesRecord:
                         raise  # a caller of another role wrote it: PERMISSION_DENIED

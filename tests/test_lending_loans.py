@@ -438,6 +438,45 @@ def test_a_credit_line_uses_a_deposit_opened_otherwise_and_refuses_limit_account
     assert lending.ledger.lookup_accounts([Accounts(other, "-", lending.code).deposit]) == [None]
 
 
+def test_two_lending_processes_opening_lines_of_one_customer_at_once_raise_its_limit_once(
+    cluster: LocalCluster, ledger: SyncLedgerClient, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A line raises the customer's limit to what it grants, decided on the limits as read:
+    two processes deciding at once for two products of one customer must not both raise it."""
+    book = fresh_book()
+    processes = [
+        LendingProcess(str(tmp_path_factory.mktemp("lending")), ["--router", cluster.address, "--book", book])
+        for _ in range(2)
+    ]
+    handles = [Lending(process.start(), ledger) for process in processes]  # each publishes a product
+    try:
+        customers = [fresh("c").replace("-", "") for _ in range(12)]
+        for customer in customers:
+            asks = [
+                handle.loans.ApproveCreditLine.future(
+                    pb.ApproveCreditLineRequest(
+                        customer=customer,
+                        line_id=f"L{index}{customer}",
+                        product_code=handle.code,
+                        customer_limit=8_000_000,
+                        product_limit=5_000_000,
+                    ),
+                    timeout=30,
+                )
+                for index, handle in enumerate(handles)
+            ]
+            assert [ask.result().customer_limit for ask in asks] == [8_000_000, 8_000_000]
+        for customer in customers:
+            assert handles[0].balance(f"{{c{customer}}}:limit") == -8_000_000, customer  # raised once
+            for handle in handles:
+                assert handle.balance(f"{{c{customer}}}:limit:{handle.code}") == -5_000_000
+    finally:
+        for handle in handles:
+            handle.close()
+        for process in processes:
+            assert process.stop() == 0, process.log_tail()
+
+
 def test_refusals_by_the_limits_or_the_loan_state_are_clear_and_change_nothing(lending: Lending) -> None:
     customer = lending.customer(customer_limit=20_000_000, product_limit=10_000_000)
     with pytest.raises(grpc.RpcError) as caught:
