@@ -210,13 +210,13 @@ class LoanService:
                 """The line, with the accounts it needs and the raises that bring both limit
                 levels up to what it grants (a replay finds them there and raises nothing): one
                 commit. The raises are decided on the limits as read, so the commit also writes
-                the customer's limits guard at the version read with them: another process's
-                line for the same customer (another product) committed meanwhile makes this one
-                a Conflict, decided again on the limits it raised, not raised twice."""
-                (held, guard), granted = await asyncio.gather(
-                    self.book.line_and_limits(line.customer, line.product_code),
-                    limits.granted(request.customer, p.code),
-                )
+                the customer's limits guard at the version read before them: another process's
+                line for the same customer (another product) committed since makes this one a
+                Conflict, decided again on the limits it raised, not raised twice. The guard is
+                read first, the limits after its answer (read together, the limits could be
+                read before another line's commit and the guard after it)."""
+                held, guard = await self.book.line_and_limits(line.customer, line.product_code)
+                granted = await limits.granted(request.customer, p.code)
                 if held is not None and held[0] == line:
                     return  # a replay
                 raises = [
