@@ -216,9 +216,9 @@ class LoanService:
                 read first, the limits after its answer (read together, the limits could be
                 read before another line's commit and the guard after it)."""
                 held, guard = await self.book.line_and_limits(line.customer, line.product_code)
-                granted = await limits.granted(request.customer, p.code)
                 if held is not None and held[0] == line:
                     return  # a replay
+                granted = await limits.granted(request.customer, p.code)
                 raises = [
                     limits.raise_transfer(request.customer, level, target - now, f"g.{request.line_id}.{tag}")
                     for level, target, tag, now in (

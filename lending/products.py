@@ -235,10 +235,12 @@ class ProductStore:
         seen after that), and that version's record is then read as stored now."""
         if version == 0:
             await self.refresh()
-            if not any(p.state == pb.PUBLISHED for p in self._versions.get(code, ())):
-                await self.load()  # none known yet: perhaps published since
+            try:
+                newest = self.get(code, 0)
+            except ProductNotFound:  # none known yet: perhaps published since
+                await self.load()
                 return self.get(code, 0)
-            product = await self.fetch(code, self.get(code, 0).version)
+            product = await self.fetch(code, newest.version)
             if product.state != pb.PUBLISHED:  # retired since: which is the newest now?
                 await self.load()
                 return self.get(code, 0)

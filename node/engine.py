@@ -99,7 +99,7 @@ class _Command(Generic[E]):
     future: asyncio.Future[list[sm.Result]]
     outbox_reserved: int = 0  # outbox entries its events may add (counted against the bound)
     meta_puts: Sequence[tuple[bytes, bytes]] = ()  # node metadata written in the same batch
-    weight: int = 0  # events it counts as against the queue and a cycle's bounds (a commit: 1 + its transfers)
+    weight: int = 0  # events it counts as against the queue and a cycle's bounds (a commit: records.weight)
 
 
 class Engine:
@@ -177,7 +177,7 @@ class Engine:
     def submit_commits(self, events: Sequence[tuple[pb.Commit, int, int]]) -> asyncio.Future[list[sm.Result]]:
         """Slot-local record commits (node/records.py), past `records.check`; each weighs as
         much as the events it applies."""
-        weight = sum(1 + len(commit.accounts) + len(commit.transfers) for commit, _slot, _epoch in events)
+        weight = sum(records.weight(commit) for commit, _slot, _epoch in events)
         return self._submit(self._apply_commit, events, weight=weight)
 
     def submit_credit_legs(

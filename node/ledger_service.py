@@ -325,7 +325,7 @@ class LedgerService:
             reason = contract.malformed_commit(commit)
             if reason is not None:
                 raise BadRequest(f"commits[{index}].{reason}")
-        weight = sum(1 + len(commit.accounts) + len(commit.transfers) for commit in commits)
+        weight = sum(records.weight(commit) for commit in commits)
         if weight > self.engine.limits.queue_events_max:  # never queued: it would be refused as busy forever
             raise BadRequest(
                 f"commits: {len(commits)} commits weigh {weight} events (one each, one per account and transfer), more"

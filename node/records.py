@@ -48,6 +48,12 @@ from proto import ledger_pb2 as pb
 _SETTLED = frozenset((pb.OK, pb.EXISTS))
 
 
+def weight(commit: pb.Commit) -> int:
+    """The events a commit counts as against a node's queue and a cycle's bounds: one, and one
+    per account it opens and per transfer it makes."""
+    return 1 + len(commit.accounts) + len(commit.transfers)
+
+
 def check(commit: pb.Commit, slots_total: int) -> tuple[int, sm.Result | None]:
     """The commit's slot, and its stateless refusal (None: it goes to the committer)."""
     first = commit.writes[0].record.key
