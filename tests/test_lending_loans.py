@@ -39,6 +39,20 @@ def ledger(cluster: LocalCluster) -> Iterator[SyncLedgerClient]:
     client.close()
 
 
+def line_request(
+    customer: str, product: str, customer_limit: int, product_limit: int, line_id: str = "", rate_bps: int = 0
+) -> pb.ApproveCreditLineRequest:
+    """A credit line of `customer` for `product` (line id L<customer> unless given)."""
+    return pb.ApproveCreditLineRequest(
+        customer=customer,
+        line_id=line_id or f"L{customer}",
+        product_code=product,
+        customer_limit=customer_limit,
+        product_limit=product_limit,
+        annual_rate_bps=rate_bps,
+    )
+
+
 class Lending:
     """A lending server with LoanService over the cluster, and blocking stubs."""
 
@@ -71,14 +85,7 @@ class Lending:
     ) -> str:
         customer = fresh("c").replace("-", "")
         self.loans.ApproveCreditLine(
-            pb.ApproveCreditLineRequest(
-                customer=customer,
-                line_id=f"L{customer}",
-                product_code=product or self.code,
-                customer_limit=customer_limit,
-                product_limit=product_limit,
-            ),
-            timeout=30,
+            line_request(customer, product or self.code, customer_limit, product_limit), timeout=30
         )
         return customer
 
@@ -381,14 +388,7 @@ def test_a_bad_drawdown_is_refused_naming_the_field_and_leaves_nothing_behind(le
 
 def test_a_credit_lines_price_is_its_drawdowns_rate_within_the_products_bounds(lending: Lending) -> None:
     customer = fresh("c").replace("-", "")
-    line = pb.ApproveCreditLineRequest(
-        customer=customer,
-        line_id=f"L{customer}",
-        product_code=lending.code,
-        customer_limit=20_000_000,
-        product_limit=10_000_000,
-        annual_rate_bps=1201,
-    )
+    line = line_request(customer, lending.code, 20_000_000, 10_000_000, rate_bps=1201)
     with pytest.raises(grpc.RpcError) as caught:  # above the product's 12.00%: refused, nothing opened
         lending.loans.ApproveCreditLine(line, timeout=30)
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -414,13 +414,7 @@ def test_a_credit_line_uses_a_deposit_opened_otherwise_and_refuses_limit_account
     [opened] = lending.ledger.create_accounts([Account(deposit, CNY, 2001)])
     assert opened.code is ResultCode.OK
     customer_limit = f"{{c{customer}}}:limit"
-    line = pb.ApproveCreditLineRequest(
-        customer=customer,
-        line_id=f"L{customer}",
-        product_code=lending.code,
-        customer_limit=9_000_000,
-        product_limit=9_000_000,
-    )
+    line = line_request(customer, lending.code, 9_000_000, 9_000_000)
     assert lending.loans.ApproveCreditLine(line, timeout=30).customer_limit == 9_000_000
     [held, limit] = lending.ledger.lookup_accounts([deposit, customer_limit])
     assert held is not None and held.flags == 0  # not changed
@@ -454,14 +448,7 @@ def test_two_lending_processes_opening_lines_of_one_customer_at_once_raise_its_l
         for customer in customers:
             asks = [
                 handle.loans.ApproveCreditLine.future(
-                    pb.ApproveCreditLineRequest(
-                        customer=customer,
-                        line_id=f"L{index}{customer}",
-                        product_code=handle.code,
-                        customer_limit=8_000_000,
-                        product_limit=5_000_000,
-                    ),
-                    timeout=30,
+                    line_request(customer, handle.code, 8_000_000, 5_000_000, line_id=f"L{index}{customer}"), timeout=30
                 )
                 for index, handle in enumerate(handles)
             ]
