@@ -214,7 +214,6 @@ def test_latency_from_the_send_leaves_the_drivers_own_lag_out() -> None:
     summary = asyncio.run(scenario())
     assert summary["ops"] == 200
     assert 4.0 <= summary["from_send_p50_ms"] <= summary["p50_ms"]  # type: ignore[operator]
-    assert summary["issue_lag_p50_ms"] >= 0  # type: ignore[operator]
     # Recorded sends (no timers): 3 ms late, answered 1 ms after the send.
     recorder = openloop.Recorder()
     for index in range(100):
