@@ -83,7 +83,13 @@ class LedgerService:
         assert set(methods) == {m.name for m in contract.LEDGER_METHODS}, methods
         refusals: serving.Refusals = ((Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),)
         return serving.unary_service(
-            contract.LEDGER_SERVICE, methods, refusals, metrics.requests_total, metrics.request_latency_s, log
+            contract.LEDGER_SERVICE,
+            methods,
+            refusals,
+            metrics.requests_total,
+            metrics.request_latency_s,
+            log,
+            sessions=True,
         )
 
     # --- checks ---------------------------------------------------------------------------

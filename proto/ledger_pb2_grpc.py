@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from proto import ledger_pb2 as proto_dot_ledger__pb2
+from proto import session_pb2 as proto_dot_session__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -79,6 +80,11 @@ class LedgerStub:
                 request_serializer=proto_dot_ledger__pb2.ScanRecordsRequest.SerializeToString,
                 response_deserializer=proto_dot_ledger__pb2.ScanRecordsResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/yunkai.ledger.v1.Ledger/Session',
+                request_serializer=proto_dot_session__pb2.Call.SerializeToString,
+                response_deserializer=proto_dot_session__pb2.Answer.FromString,
+                _registered_method=True)
 
 
 class LedgerServicer:
@@ -138,6 +144,13 @@ class LedgerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Any of the methods above, many at once on one stream (proto/session.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +198,11 @@ def add_LedgerServicer_to_server(servicer, server):
                     servicer.ScanRecords,
                     request_deserializer=proto_dot_ledger__pb2.ScanRecordsRequest.FromString,
                     response_serializer=proto_dot_ledger__pb2.ScanRecordsResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=proto_dot_session__pb2.Call.FromString,
+                    response_serializer=proto_dot_session__pb2.Answer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +448,33 @@ class Ledger:
             '/yunkai.ledger.v1.Ledger/ScanRecords',
             proto_dot_ledger__pb2.ScanRecordsRequest.SerializeToString,
             proto_dot_ledger__pb2.ScanRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/yunkai.ledger.v1.Ledger/Session',
+            proto_dot_session__pb2.Call.SerializeToString,
+            proto_dot_session__pb2.Answer.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,8 @@
   authz       who may call what (one table), enforced with per-caller limits by one interceptor
   transport   credentials, outgoing channels, message and connection limits
   retry       the one jittered exponential backoff
+  streams     open-ended streams, ended when the server stops
+  session     many unary calls of one service on one stream (both ends)
   store       an application server's own small RocksDB
   files       what a process writes is its user's: directories 0700, files 0600
   audit       the audit log: one hash-chained, fsync'd line per call, and its verifier
@@ -17,7 +19,7 @@ The names callers use are re-exported here: `import serving; serving.unary_servi
 
 from serving.audit import AuditLog, AuditUnavailable
 from serving.authz import caller
-from serving.bootstrap import Serving, main, open_ended, serve, start_metrics, stop_signal
+from serving.bootstrap import Serving, main, serve, start_metrics, stop_signal
 from serving.config import add_common_arguments, resolve, setup_logging
 from serving.handlers import (
     BadRequest,
@@ -31,6 +33,7 @@ from serving.handlers import (
     unary_service,
 )
 from serving.retry import backoff_s
+from serving.streams import open_ended
 from serving.tls import Identity, Tls, TlsError, add_tls_arguments, client_tls, resolve_tls
 from serving.transport import (
     MESSAGE_BYTES_MAX,

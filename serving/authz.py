@@ -54,6 +54,7 @@ from google.protobuf import descriptor_pool, message, message_factory
 from prometheus_client import Counter
 
 from serving.audit import IDS_LISTED_MAX, AuditLog, AuditUnavailable
+from serving.session import SESSION_NAME, Unary, answer_calls
 from serving.tls import Identity
 
 log = logging.getLogger("yunkai.authz")
@@ -62,6 +63,8 @@ CALLER_METADATA = "yunkai-caller"
 _REFUSALS_AUDITED_EVERY_S = 1.0
 _REFUSALS_TRACKED_MAX = 65_536  # (caller, method) pairs remembered; past it, forgotten all at once
 _CALLERS_TRACKED_MAX = 65_536  # callers' buckets kept; past it, every bucket starts full again
+_SESSION_SUFFIX = f"/{SESSION_NAME}"
+_SESSION_METHODS_KEPT = 64  # a session's method lookups remembered (a caller may name any method)
 RETRY_AFTER_METADATA = "retry-after-ms"
 ANONYMOUS = Identity("service", "anonymous")
 
@@ -107,6 +110,8 @@ ALLOWED: dict[str, frozenset[str]] = {
             "CommitRecords": _RECORD_WRITERS,
             "LookupRecords": _RECORD_READERS,
             "ScanRecords": _RECORD_READERS,
+            # Many of the above on one stream (serving/session.py): each call is checked as itself.
+            "Session": _LEDGER_READERS | _RECORD_READERS | {GATEWAY},
         },
     ),
     **_service(
@@ -397,12 +402,52 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
         if handler is None:
             return handler
         method = str(handler_call_details.method)
+        if handler.stream_stream is not None and method.endswith(_SESSION_SUFFIX):
+            return self._session(method, continuation, handler_call_details)
+        return self._wrapped_handler(method, handler)
+
+    def _wrapped_handler(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
         wrapped = self._wrap(method, handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+    def _session(
+        self,
+        method: str,
+        continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """A session of the service (serving/session.py): the stream is admitted as any
+        stream is, and each of its calls is the service's unary method behind this gate."""
+        service = method[1:].rpartition("/")[0]
+        prefix = f"/{service}/"
+        # The server finds a method's handler by details of the type it made for the stream
+        # (grpc's own class, which it checks): the same type, naming the call's method.
+        make_details, metadata = type(details), details.invocation_metadata
+
+        async def behavior(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            found: dict[str, Unary | None] = {}
+
+            async def lookup(inner: str) -> Unary | None:
+                if inner in found:
+                    return found[inner]
+                unary: Unary | None = None
+                if inner.startswith(prefix) and inner != method:
+                    handler = await continuation(make_details(inner, metadata))
+                    if handler is not None and handler.unary_unary is not None:
+                        unary = _raw(self._wrapped_handler(inner, handler))
+                if len(found) < _SESSION_METHODS_KEPT:
+                    found[inner] = unary
+                return unary
+
+            async for answer in answer_calls(requests, context, service, lookup):
+                yield answer
+
+        roles = self.allowed.get(method, frozenset())
+        return grpc.stream_stream_rpc_method_handler(self._server_stream(method, roles, behavior))
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         roles = self.allowed.get(method, frozenset())
@@ -588,6 +633,20 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
             else:
                 self._refusals[key] = (last, unaudited + 1)
         await context.abort(code, why)
+
+
+def _raw(handler: grpc.RpcMethodHandler) -> Unary:
+    """A unary handler taking and giving bytes, as a session carries them."""
+    behavior = handler.unary_unary
+    deserialize, serialize = handler.request_deserializer, handler.response_serializer
+    if deserialize is None and serialize is None:
+        return behavior  # type: ignore[no-any-return]  # our services' handlers take and give bytes
+
+    async def unary(request: bytes, context: Any) -> bytes:
+        reply = await behavior(deserialize(request) if deserialize else request, context)
+        return serialize(reply) if serialize else reply  # type: ignore[no-any-return]
+
+    return unary
 
 
 async def _audited(

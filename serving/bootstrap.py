@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import faulthandler
 import gc
 import json
@@ -40,7 +39,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -54,12 +53,11 @@ from serving.audit import AuditLog
 from serving.authz import CallerLimits, Gate
 from serving.config import check_common, resolve, setup_logging
 from serving.handlers import StartupError
+from serving.streams import end_all, serving_again
 from serving.tls import TlsError, not_after, resolve_tls, warn_insecure
 from serving.transport import new_server, server_credentials
 
 STOP_GRACE_S = 10.0
-_open_ended: set[asyncio.Task[Any]] = set()  # handlers of this process's open-ended streams
-_ending = False  # the server is stopping: an open-ended stream that starts now ends at once
 
 Settings = dict[str, Any]
 App = Callable[[grpc.aio.Server, int], AbstractAsyncContextManager[Mapping[str, object]]]
@@ -203,8 +201,7 @@ class Serving:
         and showed up as the 30-40 ms p99.9 of a decision; docs/benchmarks.md)."""
         gc.collect()  # setup's own garbage is collected, not kept forever by the freeze
         gc.freeze()
-        global _ending
-        _ending = False  # one server a process (a test may start another after one stopped)
+        serving_again()
         await self.server.start()
         await self.set_serving(True)
         log.info("serving", extra={"port": port, **details})
@@ -215,37 +212,13 @@ class Serving:
         finish (bounded)."""
         log.info("stopping")
         await self.set_serving(False)
-        global _ending
-        _ending = True  # a peer whose stream ended opens another at once: that one ends too
-        for task in list(_open_ended):
-            task.cancel()
+        end_all()
         await self.server.stop(grace=STOP_GRACE_S)
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
-
-
-@contextlib.contextmanager
-def open_ended() -> Iterator[None]:
-    """Around the body of a stream handler that lasts as long as its peer keeps the stream
-    open: the server's stop ends it, as if it had returned (the peer sees the stream end with
-    OK at once), instead of waiting out the grace. (A handler merely cancelled sends no
-    status: its peer waited for its own timeout, and the server's stop with it.)"""
-    task = asyncio.current_task()
-    assert task is not None, "open_ended() outside a task"
-    if _ending:
-        task.cancel()  # the server stops: at the handler's first wait
-    _open_ended.add(task)
-    try:
-        yield
-    except asyncio.CancelledError:
-        if not _ending:
-            raise  # cancelled for another reason: not ours to swallow
-        task.uncancel()
-    finally:
-        _open_ended.discard(task)
 
 
 def start_metrics(host: str, port: int | None) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TypeAlias, TypeVar
 
 import grpc
@@ -105,9 +105,12 @@ def unary_service(
     request_latency_s: Histogram,
     log: logging.Logger,
     streams: Mapping[str, grpc.RpcMethodHandler] | None = None,
+    sessions: bool = False,
 ) -> grpc.GenericRpcHandler:
     """A service of unary `methods` behind the one wrapper, plus `streams` (handlers of its
-    streaming methods, which answer their own refusals with `refusal`)."""
+    streaming methods, which answer their own refusals with `refusal`), plus with `sessions`
+    its method `Session` (serving/session.py: the gate runs each of its calls as the unary
+    call it carries; a server without the gate runs them as they come)."""
     logged = _RefusalLog(log)
 
     def wrap(name: str, fn: Handler) -> Callable[[bytes, Context], Awaitable[bytes]]:
@@ -131,8 +134,22 @@ def unary_service(
 
         return handle
 
-    handlers = {name: grpc.unary_unary_rpc_method_handler(wrap(name, fn)) for name, fn in methods.items()}
+    wrapped = {name: wrap(name, fn) for name, fn in methods.items()}
+    handlers = {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in wrapped.items()}
     overlap = set(handlers) & set(streams or {})
     assert not overlap, overlap
     handlers.update(streams or {})
+    if sessions:
+        from serving.session import SESSION_NAME, Unary, answer_calls  # a server's, not every caller's
+
+        assert SESSION_NAME not in handlers, service
+        by_method = {f"/{service}/{name}": fn for name, fn in wrapped.items()}
+
+        async def lookup(method: str) -> Unary | None:
+            return by_method.get(method)
+
+        def calls(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+            return answer_calls(requests, context, service, lookup)
+
+        handlers[SESSION_NAME] = grpc.stream_stream_rpc_method_handler(calls)
     return grpc.method_handlers_generic_handler(service, handlers)

@@ -1,0 +1,336 @@
+"""Sessions: many unary calls of one service on one gRPC stream, both ends of it.
+
+Why. On this 2-core VM a unary call costs each end about twice what a message on an open
+stream does (a scratch ping-pong, grpcio 1.85 with TLS and uvloop, 3,000 exchanges 2 ms
+apart: unary 1.29 ms p50 and 0.72 / 0.79 ms of CPU on the caller / server per call; a
+stream's message and its answer 0.41 ms p50 and 0.34 / 0.26 ms; back to back 0.67 against
+0.31 ms): a call opens an HTTP/2 stream, runs the server's interceptor and its handler
+task, and ends the stream with trailers, each a completion the poller thread hands to the
+event loop. A node answering a caller's writes and reads one call each spends most of its
+CPU there (docs/benchmarks.md, issue 17).
+
+Protocol (proto/session.proto)
+  A service that offers sessions has `Session(stream Call) returns (stream Answer)`. A caller
+  opens one stream per server and caller identity (a router forwarding for several callers
+  opens one per caller: the stream's metadata names it, serving/authz.py) and sends Calls,
+  each naming one unary method of the same service, its serialized request, an id unique
+  among the stream's unanswered calls, and its timeout. The server answers each Call with an
+  Answer of the same id, in any order: code 0 with the reply, or a gRPC status code with its
+  detail and trailing metadata.
+  * Each call is checked and audited exactly as the same unary call would be (the gate,
+    serving/authz.py): the stream's caller must be allowed the method, each call takes a token
+    of the caller's rate, each audited call gets its own entry, and the server's longest
+    deadline applies. Opening the stream needs a role allowed some method of the service.
+  * A Call naming no unary method of the service (or `Session` itself) is answered
+    UNIMPLEMENTED; the stream goes on. Bytes that are not a Call, or an id already open, end
+    the stream with INVALID_ARGUMENT (the caller is broken: its open calls are answered
+    first, unless it went away).
+  * A server works on at most CALLS_OPEN_MAX calls of one stream at once and reads no more
+    until one is answered (HTTP/2's flow control then holds the caller back).
+  * The stream's end cancels the server's open calls, as a unary call's end does; the
+    server's stop stops reading and ends the stream once the open calls are answered. The
+    caller fails every call left unanswered when its stream ends with UNAVAILABLE, which says
+    nothing of the call's outcome: a write is retried with the same ids, as after a broken
+    connection.
+  * A server that does not offer sessions (an older one, during a rolling upgrade) answers the
+    stream UNIMPLEMENTED before any Answer: the caller then makes unary calls to it
+    (`Session.supported` turns False, and `call` raises Unsupported for the calls it held).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from prometheus_client import Counter
+
+from proto import session_pb2 as pb
+from serving.streams import open_ended
+
+log = logging.getLogger("yunkai.session")
+calls_total = Counter("yunkai_session_calls_total", "Calls answered on sessions (server), by method", ["method"])
+
+CALLS_OPEN_MAX = 1024
+SESSION_NAME = "Session"
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+Metadata = Sequence[tuple[str, str]]
+# A unary method behind the gate: (request bytes, the call's context) -> reply bytes.
+Unary = Callable[[bytes, Any], Awaitable[bytes]]
+# The service's unary method by its full name, None if it has none by that name.
+Lookup = Callable[[str], Awaitable[Unary | None]]
+
+
+def session_method(service: str) -> str:
+    """The full name of `service`'s session method ("yunkai.ledger.v1.Ledger" -> ...)."""
+    return f"/{service}/{SESSION_NAME}"
+
+
+# --- the server's end --------------------------------------------------------------------
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class CallContext:
+    """What a unary handler reads of its call, for one call of a session: the stream's
+    identity and metadata, the call's own deadline, status and trailing metadata."""
+
+    __slots__ = ("_auth", "_code", "_deadline", "_details", "_stream", "trailing")
+
+    def __init__(self, stream: grpc.aio.ServicerContext, auth: Any, deadline: float | None) -> None:
+        self._stream, self._auth, self._deadline = stream, auth, deadline
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+        self.trailing: tuple[tuple[str, str], ...] = ()
+
+    def auth_context(self) -> Any:
+        return self._auth
+
+    def invocation_metadata(self) -> Any:
+        return self._stream.invocation_metadata()
+
+    def peer(self) -> str:
+        return str(self._stream.peer())
+
+    def time_remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - asyncio.get_running_loop().time())
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Metadata = ()) -> None:
+        self._code, self._details = code, details
+        if trailing_metadata:
+            self.trailing = tuple(trailing_metadata)
+        raise _Aborted(code, details)
+
+    def set_trailing_metadata(self, metadata: Metadata) -> None:
+        self.trailing = tuple(metadata)
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+class _StreamBroken(Exception):
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+async def answer_calls(
+    requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext, service: str, lookup: Lookup
+) -> AsyncIterator[bytes]:
+    """The server's end of one session: each Call read from `requests` run by the unary
+    method `lookup` finds, its Answer yielded when it ends (see the module's docstring)."""
+    loop = asyncio.get_running_loop()
+    auth = context.auth_context()
+    answers: asyncio.Queue[bytes | _StreamBroken | None] = asyncio.Queue()
+    room = asyncio.Semaphore(CALLS_OPEN_MAX)
+    open_ids: set[int] = set()
+    working: set[asyncio.Task[None]] = set()
+    reading = True
+
+    async def run(call: pb.Call) -> None:
+        answer = pb.Answer(id=call.id)
+        deadline = loop.time() + call.timeout_ms / 1000 if call.timeout_ms else None
+        inner = CallContext(context, auth, deadline)
+        unary: Unary | None = None
+        try:
+            unary = await lookup(call.method)  # unknown names are counted as one label, not each
+            if unary is None:
+                answer.code = grpc.StatusCode.UNIMPLEMENTED.value[0]
+                answer.detail = f"{call.method or '(no method)'}: not a unary method of {service}"
+            else:
+                timeout = asyncio.timeout_at(deadline)
+                try:
+                    async with timeout:
+                        answer.reply = await unary(call.request, inner)
+                except TimeoutError:
+                    if not timeout.expired():
+                        raise
+                    answer.code = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+                    answer.detail = "Deadline Exceeded"
+        except _Aborted as aborted:
+            answer.code, answer.detail = aborted.code.value[0], aborted.details
+            answer.trailing.extend(pb.Pair(key=k, value=v) for k, v in inner.trailing)
+        except Exception:  # a bug in the handler: answered as gRPC answers one, and logged
+            log.exception("session call failed", extra={"method": call.method})
+            answer.code, answer.detail = grpc.StatusCode.UNKNOWN.value[0], "Unexpected error in the handler"
+        finally:
+            open_ids.discard(call.id)
+        calls_total.labels(call.method if unary is not None else "unknown").inc()
+        answers.put_nowait(answer.SerializeToString())
+
+    def ended(task: asyncio.Task[None]) -> None:
+        working.discard(task)
+        if not reading and not working:
+            answers.put_nowait(None)
+
+    async def read() -> None:
+        nonlocal reading
+        try:
+            with open_ended():  # the server's stop stops the reading; the open calls are answered
+                async for data in requests:
+                    try:
+                        call = pb.Call.FromString(data)
+                    except DecodeError as error:
+                        raise _StreamBroken(f"a session message is not a Call: {error}") from None
+                    if call.id in open_ids:
+                        raise _StreamBroken(f"call id {call.id} is already open on this session")
+                    await room.acquire()
+                    open_ids.add(call.id)
+                    task = loop.create_task(run(call))
+                    working.add(task)
+                    task.add_done_callback(ended)
+        except _StreamBroken as broken:
+            answers.put_nowait(broken)
+        finally:
+            reading = False
+            if not working:
+                answers.put_nowait(None)
+
+    reader = loop.create_task(read())
+    broken: _StreamBroken | None = None
+    try:
+        while (answer := await answers.get()) is not None:
+            if isinstance(answer, _StreamBroken):
+                broken = broken or answer
+                continue
+            yield answer
+            room.release()  # once sent: a caller that reads no answers gets no more calls read
+    finally:
+        reader.cancel()
+        for task in list(working):
+            task.cancel()
+    if broken is not None:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, broken.why)
+
+
+# --- the caller's end --------------------------------------------------------------------
+
+
+class Unsupported(Exception):
+    """The server offers no sessions: make the call as a unary call."""
+
+
+def rpc_error(code: grpc.StatusCode, details: str, trailing: Metadata = ()) -> grpc.aio.AioRpcError:
+    """The error a unary call answered `code` would have raised."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
+
+
+class Session:
+    """The caller's end of one session with one server (see the module's docstring).
+
+    `call` sends one call and returns its reply bytes, or raises grpc.aio.AioRpcError as the
+    unary call would have (UNAVAILABLE when the stream ended before its answer), or
+    Unsupported. The stream opens with the first call and again after it ends; one task
+    writes each stream's calls in turn (a caller's deadline never cuts a write short, which
+    would end the stream for every caller on it)."""
+
+    def __init__(self, channel: grpc.aio.Channel, service: str, metadata: Metadata = ()) -> None:
+        self._open = channel.stream_stream(session_method(service))
+        self._metadata = tuple(metadata) or None
+        self.supported = True
+        self._outbox: asyncio.Queue[bytes] | None = None  # the open stream's calls to write
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: dict[int, asyncio.Future[pb.Answer]] = {}
+        self._ids = itertools.count(1)
+        self._answered = False  # the server has answered a call: it offers sessions
+        self._closed = False
+        self._stream: Any = None
+
+    def idle(self) -> bool:
+        return not self._waiting
+
+    async def call(self, method: str, request: bytes, timeout_s: float) -> bytes:
+        if not self.supported:
+            raise Unsupported(method)
+        if self._closed:
+            raise rpc_error(grpc.StatusCode.CANCELLED, "the session is closed")
+        call_id = next(self._ids)
+        waiting: asyncio.Future[pb.Answer] = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = waiting
+        timeout_ms = max(1, math.ceil(timeout_s * 1000))
+        (self._outbox or self._start()).put_nowait(
+            pb.Call(id=call_id, method=method, request=request, timeout_ms=timeout_ms).SerializeToString()
+        )
+        try:
+            async with asyncio.timeout(timeout_s):
+                answer = await waiting
+        except TimeoutError:
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        finally:
+            self._waiting.pop(call_id, None)
+        if answer.code == 0:
+            return answer.reply
+        code = _CODES.get(answer.code, grpc.StatusCode.UNKNOWN)
+        raise rpc_error(code, answer.detail, [(p.key, p.value) for p in answer.trailing])
+
+    def _start(self) -> asyncio.Queue[bytes]:
+        outbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self._outbox, self._stream = outbox, self._open(metadata=self._metadata)
+        loop = asyncio.get_running_loop()
+        writer = loop.create_task(self._write(self._stream, outbox))
+        for task in (writer, loop.create_task(self._read(self._stream, outbox, writer))):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return outbox
+
+    async def _write(self, stream: Any, outbox: asyncio.Queue[bytes]) -> None:
+        try:
+            while True:
+                await stream.write(await outbox.get())
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as error:
+            # The stream ended under the write: its reader fails what was open.
+            log.debug("session write failed", extra={"error": str(error)})
+
+    async def _read(self, stream: Any, outbox: asyncio.Queue[bytes], writer: asyncio.Task[None]) -> None:
+        code, details = grpc.StatusCode.UNAVAILABLE, "the session ended"
+        try:
+            async for data in stream:
+                answer = pb.Answer.FromString(data)
+                self._answered = True
+                waiting = self._waiting.get(answer.id)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(answer)
+            code, details = await stream.code(), str(await stream.details() or "")
+        except grpc.aio.AioRpcError as error:
+            code, details = error.code(), str(error.details() or "")
+        except DecodeError as error:
+            stream.cancel()
+            details = f"the server sent an answer that does not parse: {error}"
+        finally:
+            if self._outbox is outbox:
+                self._outbox = self._stream = None
+            writer.cancel()
+        if code is grpc.StatusCode.UNIMPLEMENTED and not self._answered:
+            self.supported = False
+            failure: BaseException = Unsupported(details)
+        else:
+            # Whatever the stream ended with, it is not the calls' own answer.
+            failure = rpc_error(grpc.StatusCode.UNAVAILABLE, f"the session ended ({code.name}: {details})")
+        for waiting in list(self._waiting.values()):
+            if not waiting.done():
+                waiting.set_exception(failure)
+
+    def abandon(self) -> None:
+        """Close the stream now, failing what is open (UNAVAILABLE); `close` waits for it."""
+        self._closed = True
+        if self._stream is not None:
+            self._stream.cancel()
+
+    async def close(self) -> None:
+        self.abandon()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
