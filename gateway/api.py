@@ -54,8 +54,9 @@ from gateway.watcher import loan_key, watch_customer, watch_loan
 from gateway.webhooks import LOG_LIMIT_MAX, Webhooks
 from lending.allocation import allocate
 from lending.loans import Accounts, Code, dues_on
-from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb, risk_pb2_grpc
+from proto import lending_pb2 as lpb, risk_pb2 as rpb
 from serving.audit import AuditLog, AuditUnavailable
+from serving.session import SessionStub
 
 log = logging.getLogger("yunkai.gateway")
 T = TypeVar("T")
@@ -264,8 +265,8 @@ class Gateway:
     registry: Registry
     tokens: Tokens
     quotas: Quotas
-    risk: risk_pb2_grpc.DecisionServiceStub
-    loans: lending_pb2_grpc.LoanServiceStub
+    risk: SessionStub
+    loans: SessionStub
     webhooks: Webhooks
     audit: AuditLog | None = None
     # Who the ledger says opened the accounts this gateway opens (its identity's prefix; with

@@ -31,7 +31,7 @@ from gateway.registry import Registry
 from gateway.tokens import Tokens, load_key
 from gateway.watcher import Watcher
 from gateway.webhooks import WATCH_EVERY_S_DEFAULT, Webhooks
-from proto import lending_pb2_grpc, risk_pb2_grpc
+from proto import lending_pb2, risk_pb2
 from serving import AuditLog, Identity, StartupError
 from serving.authz import ANONYMOUS, GATEWAY
 from serving.bootstrap import STOP_GRACE_S
@@ -146,7 +146,7 @@ async def _gateway(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
     registry = Registry(ledger)
     server.add_generic_rpc_handlers([admin.handler(registry, key)])
     webhooks = Webhooks(registry, key)
-    loans = lending_pb2_grpc.LoanServiceStub(to_lending)
+    loans = serving.SessionStub(to_lending, lending_pb2.DESCRIPTOR.services_by_name["LoanService"].full_name)
     watcher = Watcher(webhooks, ledger, loans, LEDGER, float(settings["watch_every_s"]))
     # The partners' calls have their own audit log (the admin calls are in the server's audit.log).
     audit = AuditLog(os.path.join(data_dir, PARTNERS_AUDIT_LOG))
@@ -156,7 +156,7 @@ async def _gateway(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
         registry=registry,
         tokens=Tokens(key),
         quotas=quotas,
-        risk=risk_pb2_grpc.DecisionServiceStub(to_risk),
+        risk=serving.SessionStub(to_risk, risk_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name),
         loans=loans,
         webhooks=webhooks,
         opened_by=Identity(GATEWAY, "").uri if tls is not None else ANONYMOUS.uri,

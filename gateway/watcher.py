@@ -40,7 +40,8 @@ from clients.records import Conflict, Put, Records
 from gateway.registry import partner_tag
 from gateway.webhooks import Webhooks
 from lending.limits import BadLimitRequest, CreditLimits
-from proto import lending_pb2 as lpb, lending_pb2_grpc
+from proto import lending_pb2 as lpb
+from serving.session import SessionStub
 
 log = logging.getLogger("yunkai.gateway.watcher")
 
@@ -77,7 +78,7 @@ class Watcher:
         self,
         webhooks: Webhooks,
         ledger: LedgerClient,
-        loans: lending_pb2_grpc.LoanServiceStub,
+        loans: SessionStub,
         ledger_id: int,
         every_s: float,
     ) -> None:

@@ -53,8 +53,9 @@ from lending.allocation import allocate
 from lending.book import CONFLICT_RETRIES, GL_TAG, Book, ask_key, limits_key, line_key, loan_key
 from lending.limits import CreditLimits
 from lending.products import ProductStore, ledger_of
-from proto import lending_pb2 as pb, risk_pb2, risk_pb2_grpc
+from proto import lending_pb2 as pb, risk_pb2
 from proto.contract import COMMIT_TRANSFERS_MAX
+from serving.session import SessionStub
 
 drawdowns_total = Counter(
     "yunkai_lending_drawdowns_total",
@@ -102,7 +103,7 @@ class LoanService:
         book: Book,
         products: ProductStore,
         ledger: LedgerClient,
-        risk: risk_pb2_grpc.DecisionServiceStub | None = None,
+        risk: SessionStub | None = None,
     ) -> None:
         self.book = book
         self.products = products

@@ -34,13 +34,14 @@ from lending.book import BOOK_DEFAULT, Book
 from lending.loan_service import Contended, LedgerFailed, LoanService
 from lending.loans import BadLoanRequest, LoanNotFound, LoanRefused
 from lending.products import InvalidProduct, LifecycleRefused, ProductNotFound, ProductStore, StoreFull
-from proto import lending_pb2 as pb, risk_pb2_grpc
+from proto import lending_pb2 as pb, risk_pb2
 from serving import BadRequest, Context, parse_request
 
 log = logging.getLogger("yunkai.lending")
 
 PRODUCT_SERVICE = "yunkai.lending.v1.ProductService"
 LOAN_SERVICE = "yunkai.lending.v1.LoanService"
+DECISION_SERVICE = risk_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name
 
 DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
@@ -122,7 +123,7 @@ async def _lending(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncIt
         server.add_generic_rpc_handlers([ProductService(store).handler()])
         if settings["risk"]:
             to_risk = serving.channel(str(settings["risk"]), serving.client_credentials(settings["tls"]), [])
-        risk = risk_pb2_grpc.DecisionServiceStub(to_risk) if to_risk is not None else None
+        risk = serving.SessionStub(to_risk, DECISION_SERVICE) if to_risk is not None else None
         service = LoanService(book, store, ledger, risk)
         server.add_generic_rpc_handlers([loan_handler(service)])
         gauges = BookCollector()
@@ -295,4 +296,4 @@ def loan_handler(service: LoanService) -> grpc.GenericRpcHandler:
         "ClosePeriod": close_period,
         "Provision": provision,
     }
-    return serving.unary_service(LOAN_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)
+    return serving.unary_service(LOAN_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log, sessions=True)

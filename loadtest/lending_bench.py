@@ -38,7 +38,8 @@ import uvloop
 from cluster.commands import LocalCluster
 from cluster.local import LendingProcess, RiskProcess, ServiceProcess, start_business
 from loadtest import identities, openloop, report
-from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb, risk_pb2_grpc
+from proto import lending_pb2 as lpb, lending_pb2_grpc, risk_pb2 as rpb
+from serving.session import SessionStub
 from serving.transport import role_channel
 
 PRODUCT = "SME-TAX-LOAN"
@@ -173,8 +174,9 @@ async def _bench(
     async with contextlib.AsyncExitStack() as channels:
         to_risks = [await channels.enter_async_context(role_channel(a, "service")) for a in risks]
         to_lendings = [await channels.enter_async_context(role_channel(a, "service")) for a in lendings]
-        all_decisions = [risk_pb2_grpc.DecisionServiceStub(c) for c in to_risks]
-        all_loans = [lending_pb2_grpc.LoanServiceStub(c) for c in to_lendings]
+        # As an internal service calls them: on sessions (serving/session.py).
+        all_decisions = [SessionStub(c, rpb.DESCRIPTOR.services_by_name["DecisionService"].full_name) for c in to_risks]
+        all_loans = [SessionStub(c, lpb.DESCRIPTOR.services_by_name["LoanService"].full_name) for c in to_lendings]
 
         async def journey(index: int) -> tuple[str, str | None]:
             decisions = all_decisions[index % len(all_decisions)]

@@ -87,7 +87,14 @@ class NodeService:
             "Replicate": grpc.stream_stream_rpc_method_handler(self.replicate),
         }
         return serving.unary_service(
-            NODE_SERVICE, methods, REFUSALS, metrics.requests_total, metrics.request_latency_s, log, streams
+            NODE_SERVICE,
+            methods,
+            REFUSALS,
+            metrics.requests_total,
+            metrics.request_latency_s,
+            log,
+            streams,
+            sessions=True,
         )
 
     # --- the slot table -------------------------------------------------------------------

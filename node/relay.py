@@ -55,8 +55,9 @@ from node import keys, metrics, state_machine as sm
 from node.keys import account_slot
 from node.outbox import LEG_OUTCOMES_OF, SENDER_FIELD, malformed_leg, subject_of
 from node.storage import Storage
-from proto import ledger_pb2 as pb, node_pb2, node_pb2_grpc
+from proto import ledger_pb2 as pb, node_pb2
 
+_NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
 log = logging.getLogger("yunkai.node.relay")
 
 # Reconnect quickly to a node that comes back: gRPC's default backoff grows to 120 s.
@@ -137,7 +138,7 @@ class Relay:
         self._backoff: list[tuple[float, int, _Entry]] = []  # heap of (due, tie-break, entry)
         self._tie = itertools.count()
         self._learned: dict[int, tuple[int, str, float]] = {}  # slot -> (epoch, owner, when) from redirects
-        self._stubs: dict[str, tuple[grpc.aio.Channel, node_pb2_grpc.NodeStub]] = {}
+        self._stubs: dict[str, tuple[grpc.aio.Channel, serving.SessionStub]] = {}
         self._waiters: dict[tuple[str, str], list[asyncio.Future[pb.Transfer]]] = {}
         self._in_flight = 0
         self._wake = asyncio.Event()
@@ -261,7 +262,8 @@ class Relay:
         finally:
             stubs = list(self._stubs.values())
             self._stubs.clear()
-            for channel, _stub in stubs:
+            for channel, stub in stubs:
+                await stub.close()
                 await channel.close()
 
     def _dispatch(self, sends: asyncio.TaskGroup) -> None:
@@ -316,11 +318,11 @@ class Relay:
         entry.state = _BACKOFF
         heapq.heappush(self._backoff, (now + pause, next(self._tie), entry))
 
-    def _stub(self, owner: str) -> node_pb2_grpc.NodeStub:
+    def _stub(self, owner: str) -> serving.SessionStub:
         pair = self._stubs.get(owner)
         if pair is None:
             channel = serving.channel(owner, self._credentials, _CHANNEL_OPTIONS)
-            pair = (channel, node_pb2_grpc.NodeStub(channel))
+            pair = (channel, serving.SessionStub(channel, _NODE_SERVICE))  # legs on one stream per owner
             self._stubs[owner] = pair
         return pair[1]
 

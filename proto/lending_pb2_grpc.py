@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from proto import lending_pb2 as proto_dot_lending__pb2
+from proto import session_pb2 as proto_dot_session__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -354,6 +355,11 @@ class LoanServiceStub:
                 request_serializer=proto_dot_lending__pb2.ProvisionRequest.SerializeToString,
                 response_deserializer=proto_dot_lending__pb2.ProvisionResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/yunkai.lending.v1.LoanService/Session',
+                request_serializer=proto_dot_session__pb2.Call.SerializeToString,
+                response_deserializer=proto_dot_session__pb2.Answer.FromString,
+                _registered_method=True)
 
 
 class LoanServiceServicer:
@@ -452,6 +458,13 @@ class LoanServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Any of the unary methods above, many at once on one stream (proto/session.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LoanServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -524,6 +537,11 @@ def add_LoanServiceServicer_to_server(servicer, server):
                     servicer.Provision,
                     request_deserializer=proto_dot_lending__pb2.ProvisionRequest.FromString,
                     response_serializer=proto_dot_lending__pb2.ProvisionResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=proto_dot_session__pb2.Call.FromString,
+                    response_serializer=proto_dot_session__pb2.Answer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -904,6 +922,33 @@ class LoanService:
             '/yunkai.lending.v1.LoanService/Provision',
             proto_dot_lending__pb2.ProvisionRequest.SerializeToString,
             proto_dot_lending__pb2.ProvisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/yunkai.lending.v1.LoanService/Session',
+            proto_dot_session__pb2.Call.SerializeToString,
+            proto_dot_session__pb2.Answer.FromString,
             options,
             channel_credentials,
             insecure,

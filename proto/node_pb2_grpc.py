@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from proto import node_pb2 as proto_dot_node__pb2
+from proto import session_pb2 as proto_dot_session__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -114,6 +115,11 @@ class NodeStub:
                 request_serializer=proto_dot_node__pb2.FinishRestoreRequest.SerializeToString,
                 response_deserializer=proto_dot_node__pb2.FinishRestoreResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/yunkai.node.v1.Node/Session',
+                request_serializer=proto_dot_session__pb2.Call.SerializeToString,
+                response_deserializer=proto_dot_session__pb2.Answer.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -220,6 +226,13 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Any of the unary methods above, many at once on one stream (proto/session.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -302,6 +315,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.FinishRestore,
                     request_deserializer=proto_dot_node__pb2.FinishRestoreRequest.FromString,
                     response_serializer=proto_dot_node__pb2.FinishRestoreResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=proto_dot_session__pb2.Call.FromString,
+                    response_serializer=proto_dot_session__pb2.Answer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -736,6 +754,33 @@ class Node:
             '/yunkai.node.v1.Node/FinishRestore',
             proto_dot_node__pb2.FinishRestoreRequest.SerializeToString,
             proto_dot_node__pb2.FinishRestoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/yunkai.node.v1.Node/Session',
+            proto_dot_session__pb2.Call.SerializeToString,
+            proto_dot_session__pb2.Answer.FromString,
             options,
             channel_credentials,
             insecure,

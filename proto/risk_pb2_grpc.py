@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from proto import risk_pb2 as proto_dot_risk__pb2
+from proto import session_pb2 as proto_dot_session__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -59,6 +60,11 @@ class DecisionServiceStub:
                 request_serializer=proto_dot_risk__pb2.OutcomeRequest.SerializeToString,
                 response_deserializer=proto_dot_risk__pb2.OutcomeReply.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/yunkai.risk.v1.DecisionService/Session',
+                request_serializer=proto_dot_session__pb2.Call.SerializeToString,
+                response_deserializer=proto_dot_session__pb2.Answer.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -99,6 +105,13 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Any of the unary methods above, many at once on one stream (proto/session.proto).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +139,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.RecordOutcome,
                     request_deserializer=proto_dot_risk__pb2.OutcomeRequest.FromString,
                     response_serializer=proto_dot_risk__pb2.OutcomeReply.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=proto_dot_session__pb2.Call.FromString,
+                    response_serializer=proto_dot_session__pb2.Answer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +281,33 @@ class DecisionService:
             '/yunkai.risk.v1.DecisionService/RecordOutcome',
             proto_dot_risk__pb2.OutcomeRequest.SerializeToString,
             proto_dot_risk__pb2.OutcomeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/yunkai.risk.v1.DecisionService/Session',
+            proto_dot_session__pb2.Call.SerializeToString,
+            proto_dot_session__pb2.Answer.FromString,
             options,
             channel_credentials,
             insecure,

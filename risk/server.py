@@ -67,6 +67,7 @@ from serving import BadRequest, Context, parse_request
 log = logging.getLogger("yunkai.risk")
 
 DECISION_SERVICE = "yunkai.risk.v1.DecisionService"
+LOAN_SERVICE = lending_pb2.DESCRIPTOR.services_by_name["LoanService"].full_name
 BEHAVIOUR_SERVICE = "yunkai.risk.v1.BehaviourService"
 LENDING_TIMEOUT_S = 10.0
 CUSTOMERS_PER_COVERAGE_MAX = 200_000  # ~4.4 MB of ids: well inside a message; the CLI sends a book in parts
@@ -181,7 +182,7 @@ async def _risk(settings: dict[str, Any], server: grpc.aio.Server) -> AsyncItera
         flows = flow.Flows(Path(settings["flows_dir"])) if settings["flows_dir"] else flow.Flows()
         if lending is None:
             log.warning("started without --lending: approvals are stored but open no credit line")
-        lines = lending_pb2_grpc.LoanServiceStub(lending) if lending is not None else None
+        lines = serving.SessionStub(lending, LOAN_SERVICE) if lending is not None else None
         service = DecisionService(store, flows, scoring, lines)
         job = None
         if lending is not None:
@@ -248,7 +249,7 @@ class DecisionService:
         store: DecisionStore,
         flows: flow.Flows,
         scoring: ScoringClient,
-        lending: lending_pb2_grpc.LoanServiceStub | None,
+        lending: serving.SessionStub | None,
     ) -> None:
         self.store = store
         self.flows = flows
@@ -265,7 +266,9 @@ class DecisionService:
             "GetDecisionReport": self.report,
             "RecordOutcome": self.record_outcome,
         }
-        return serving.unary_service(DECISION_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log)
+        return serving.unary_service(
+            DECISION_SERVICE, methods, REFUSALS, requests_total, request_latency_s, log, sessions=True
+        )
 
     async def decide(self, data: bytes, context: Context) -> Message:
         request = parse_request(pb.DecideRequest, data)

@@ -33,6 +33,7 @@ from serving.handlers import (
     unary_service,
 )
 from serving.retry import backoff_s
+from serving.session import SessionStub
 from serving.streams import open_ended
 from serving.tls import Identity, Tls, TlsError, add_tls_arguments, client_tls, resolve_tls
 from serving.transport import (
@@ -55,6 +56,7 @@ __all__ = [
     "Refusals",
     "Refused",
     "Serving",
+    "SessionStub",
     "StartupError",
     "Tls",
     "TlsError",

@@ -83,8 +83,13 @@ _CONTROLLER = frozenset({ROUTER})
 _MODEL_USERS = frozenset({RISK, SERVICE, LENDING, OPERATOR})
 
 
-def _service(name: str, methods: Mapping[str, frozenset[str]]) -> dict[str, frozenset[str]]:
-    return {f"/{name}/{method}": roles for method, roles in methods.items()}
+def _service(name: str, methods: Mapping[str, frozenset[str]], sessions: bool = False) -> dict[str, frozenset[str]]:
+    """The service's methods; with `sessions`, its Session method too (serving/session.py),
+    open to every role allowed some method of it (each call on it is checked as itself)."""
+    table = {f"/{name}/{method}": roles for method, roles in methods.items()}
+    if sessions:
+        table[f"/{name}/{SESSION_NAME}"] = frozenset().union(*methods.values())
+    return table
 
 
 # method -> the roles allowed to call it. Who is behind each role: node and router are the
@@ -110,9 +115,8 @@ ALLOWED: dict[str, frozenset[str]] = {
             "CommitRecords": _RECORD_WRITERS,
             "LookupRecords": _RECORD_READERS,
             "ScanRecords": _RECORD_READERS,
-            # Many of the above on one stream (serving/session.py): each call is checked as itself.
-            "Session": _LEDGER_READERS | _RECORD_READERS | {GATEWAY},
         },
+        sessions=True,
     ),
     **_service(
         "yunkai.node.v1.Node",
@@ -135,6 +139,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "RestoreSlot": frozenset({OPERATOR}),
             "FinishRestore": frozenset({OPERATOR}),
         },
+        sessions=True,
     ),
     **_service(
         "yunkai.cluster.v1.Cluster",
@@ -200,6 +205,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "ClosePeriod": frozenset({OPERATOR}),
             "Provision": frozenset({OPERATOR}),
         },
+        sessions=True,
     ),
     **_service(
         "yunkai.risk.v1.DecisionService",
@@ -211,6 +217,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "GetDecisionReport": frozenset({OPERATOR}),
             "RecordOutcome": frozenset({LENDING, OPERATOR}),
         },
+        sessions=True,
     ),
     **_service(
         "yunkai.risk.v1.BehaviourService",

@@ -35,6 +35,8 @@ Protocol (proto/session.proto)
   * A server that does not offer sessions (an older one, during a rolling upgrade) answers the
     stream UNIMPLEMENTED before any Answer: the caller then makes unary calls to it
     (`Session.supported` turns False, and `call` raises Unsupported for the calls it held).
+    A stream the gate refuses before any Answer (UNAUTHENTICATED, PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED) refuses every call it held with that status: none of them ran.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
 from prometheus_client import Counter
 
 from proto import session_pb2 as pb
@@ -57,8 +60,12 @@ log = logging.getLogger("yunkai.session")
 calls_total = Counter("yunkai_session_calls_total", "Calls answered on sessions (server), by method", ["method"])
 
 CALLS_OPEN_MAX = 1024
+SESSIONS_KEPT = 64  # a stub's sessions (one per metadata) before idle ones are closed
 SESSION_NAME = "Session"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+_REFUSED_WHOLE = frozenset(
+    (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+)
 
 Metadata = Sequence[tuple[str, str]]
 # A unary method behind the gate: (request bytes, the call's context) -> reply bytes.
@@ -254,7 +261,7 @@ class Session:
     def idle(self) -> bool:
         return not self._waiting
 
-    async def call(self, method: str, request: bytes, timeout_s: float) -> bytes:
+    async def call(self, method: str, request: bytes, timeout_s: float | None) -> bytes:
         if not self.supported:
             raise Unsupported(method)
         if self._closed:
@@ -262,7 +269,7 @@ class Session:
         call_id = next(self._ids)
         waiting: asyncio.Future[pb.Answer] = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = waiting
-        timeout_ms = max(1, math.ceil(timeout_s * 1000))
+        timeout_ms = 0 if timeout_s is None else max(1, math.ceil(timeout_s * 1000))
         (self._outbox or self._start()).put_nowait(
             pb.Call(id=call_id, method=method, request=request, timeout_ms=timeout_ms).SerializeToString()
         )
@@ -297,17 +304,18 @@ class Session:
             log.debug("session write failed", extra={"error": str(error)})
 
     async def _read(self, stream: Any, outbox: asyncio.Queue[bytes], writer: asyncio.Task[None]) -> None:
-        code, details = grpc.StatusCode.UNAVAILABLE, "the session ended"
+        code, details, trailing = grpc.StatusCode.UNAVAILABLE, "the session ended", ()
+        answered_here = False
         try:
             async for data in stream:
                 answer = pb.Answer.FromString(data)
-                self._answered = True
+                self._answered = answered_here = True
                 waiting = self._waiting.get(answer.id)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(answer)
             code, details = await stream.code(), str(await stream.details() or "")
         except grpc.aio.AioRpcError as error:
-            code, details = error.code(), str(error.details() or "")
+            code, details, trailing = error.code(), str(error.details() or ""), tuple(error.trailing_metadata() or ())
         except DecodeError as error:
             stream.cancel()
             details = f"the server sent an answer that does not parse: {error}"
@@ -315,9 +323,14 @@ class Session:
             if self._outbox is outbox:
                 self._outbox = self._stream = None
             writer.cancel()
+        failure: BaseException
         if code is grpc.StatusCode.UNIMPLEMENTED and not self._answered:
             self.supported = False
-            failure: BaseException = Unsupported(details)
+            failure = Unsupported(details)
+        elif code in _REFUSED_WHOLE and not answered_here:
+            # The gate refused the stream (no identity, a role allowed no method of the
+            # service, over the caller's rate): no call ran, and each is refused alike.
+            failure = rpc_error(code, details, trailing)
         else:
             # Whatever the stream ended with, it is not the calls' own answer.
             failure = rpc_error(grpc.StatusCode.UNAVAILABLE, f"the session ended ({code.name}: {details})")
@@ -334,3 +347,64 @@ class Session:
     async def close(self) -> None:
         self.abandon()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class SessionStub:
+    """A stub of `service` (its full name, "yunkai.lending.v1.LoanService") whose unary
+    methods travel on sessions: `await stub.Method(request, timeout=..., metadata=...)` as
+    with the generated stub, one session per distinct metadata. A call goes unary where the
+    server offers no sessions, or where it asks for more than a timeout and metadata."""
+
+    def __init__(self, channel: grpc.aio.Channel, service: str) -> None:
+        found = descriptor_pool.Default().FindServiceByName(service)
+        self._replies = {
+            m.name: message_factory.GetMessageClass(m.output_type)
+            for m in found.methods
+            if not m.client_streaming and not m.server_streaming
+        }
+        self._channel, self._service = channel, service
+        self._offered = SESSION_NAME in found.methods_by_name  # by this version of the protocol
+        self._sessions: dict[Metadata, Session] = {}
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        reply_type = self._replies.get(name)
+        if reply_type is None:
+            raise AttributeError(f"{self._service} has no unary method {name}")
+        full = f"/{self._service}/{name}"
+        unary = self._channel.unary_unary(
+            full, request_serializer=_serialize, response_deserializer=reply_type.FromString
+        )
+
+        async def call(
+            request: Message, timeout: float | None = None, metadata: Metadata | None = None, **rest: Any
+        ) -> Any:
+            if self._offered and not rest:
+                session = self._session(tuple(metadata or ()))
+                if session.supported:
+                    try:
+                        return reply_type.FromString(await session.call(full, request.SerializeToString(), timeout))
+                    except Unsupported:
+                        pass  # an older server: unary, as every later call
+            return await unary(request, timeout=timeout, metadata=metadata, **rest)
+
+        setattr(self, name, call)  # found once
+        return call
+
+    def _session(self, metadata: Metadata) -> Session:
+        found = self._sessions.get(metadata)
+        if found is None:
+            if len(self._sessions) >= SESSIONS_KEPT:  # callers come and go: their streams too
+                for idle in [k for k, s in self._sessions.items() if s.idle()]:
+                    self._sessions.pop(idle).abandon()
+            found = self._sessions[metadata] = Session(self._channel, self._service, metadata)
+        return found
+
+    async def close(self) -> None:
+        """Close its sessions (the channel is the caller's)."""
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()

@@ -17,9 +17,9 @@ import pytest
 from clients.ledger import Account, LedgerClient, ResultCode, Transfer
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess
-from proto import contract, ledger_pb2 as pb, session_pb2
+from proto import contract, ledger_pb2 as pb, node_pb2, session_pb2
 from serving.authz import RETRY_AFTER_METADATA
-from serving.session import Session, Unsupported, session_method
+from serving.session import Session, SessionStub, Unsupported, session_method
 from tests.conftest import aio_channel, channel, fresh
 from tests.test_monitoring import free_port_block
 
@@ -214,5 +214,35 @@ def test_the_sdk_sends_on_sessions_and_a_server_without_them_is_called_unary(clu
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert session.supported
             await session.close()
+
+    asyncio.run(run())
+
+
+def test_a_stub_on_sessions_answers_as_the_generated_one_refusals_included(cluster: LocalCluster) -> None:
+    node_service = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
+    get_slots = f"/{node_service}/GetSlots"
+
+    async def run() -> None:
+        node = _node(cluster)
+        before = _session_calls(cluster, get_slots)
+        async with aio_channel(node.address, "router") as as_router:
+            stub = SessionStub(as_router, node_service)
+            table = await stub.GetSlots(node_pb2.GetSlotsRequest(summary=True), timeout=5)
+            assert table.node_id
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # the router may open one, not call this
+                await stub.ApplyCreditLegs(node_pb2.ApplyCreditLegsRequest(), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(AttributeError):
+                stub.Replicate  # a streaming method is not a stub's call  # noqa: B018
+            await stub.close()
+        assert _session_calls(cluster, get_slots) == before + 1
+        # A service may call no method of the Node service: the stream is refused, and so is
+        # each call it carried, as PERMISSION_DENIED (not a retryable UNAVAILABLE).
+        async with aio_channel(node.address, "service") as as_service:
+            stub = SessionStub(as_service, node_service)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.GetSlots(node_pb2.GetSlotsRequest(summary=True), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            await stub.close()
 
     asyncio.run(run())
