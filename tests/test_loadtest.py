@@ -113,6 +113,24 @@ def test_bench_lending_runs_whole_journeys_through_every_service_and_writes_json
     assert "lending journeys, 2 lending and 1 risk processes: offered 30 operations/s" in ran.stdout
 
 
+def test_session_bench_measures_both_ways_on_a_real_node(tmp_path: Path) -> None:
+    output = tmp_path / "session.json"
+    ran = subprocess.run(
+        [sys.executable, "-m", "loadtest.session_bench", "--calls", "20", "--rounds", "1", "--json", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    rounds = json.loads(output.read_text())["rounds"]
+    for way in ("unary", "session"):
+        [measured] = rounds[way]
+        assert 0 < measured["p50_ms"] <= measured["p99_ms"]
+        assert {"node_cpu_us_per_call", "caller_cpu_us_per_call"} <= measured.keys()  # 10 ms ticks: 0 for 20 calls
+    assert "round 1 session" in ran.stdout
+
+
 @pytest.mark.skipif(postgres_peer.binaries() is None, reason="no PostgreSQL server (cluster/install-postgres.sh)")
 def test_bench_runs_the_same_transfers_on_a_postgresql_peer(cluster: LocalCluster, tmp_path: Path) -> None:
     output = tmp_path / "peer.json"
