@@ -54,7 +54,7 @@ from google.protobuf import descriptor_pool, message, message_factory
 from prometheus_client import Counter
 
 from serving.audit import IDS_LISTED_MAX, AuditLog, AuditUnavailable
-from serving.session import SESSION_NAME, Unary, answer_calls
+from serving.session import RETRY_AFTER_METADATA, SESSION_NAME, Unary, answer_calls
 from serving.tls import Identity
 
 log = logging.getLogger("yunkai.authz")
@@ -65,7 +65,6 @@ _REFUSALS_TRACKED_MAX = 65_536  # (caller, method) pairs remembered; past it, fo
 _CALLERS_TRACKED_MAX = 65_536  # callers' buckets kept; past it, every bucket starts full again
 _SESSION_SUFFIX = f"/{SESSION_NAME}"
 _SESSION_METHODS_KEPT = 64  # a session's method lookups remembered (a caller may name any method)
-RETRY_AFTER_METADATA = "retry-after-ms"
 ANONYMOUS = Identity("service", "anonymous")
 
 NODE, ROUTER, OPERATOR = "node", "router", "operator"

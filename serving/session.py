@@ -36,7 +36,9 @@ Protocol (proto/session.proto)
     stream UNIMPLEMENTED before any Answer: the caller then makes unary calls to it
     (`Session.supported` turns False, and `call` raises Unsupported for the calls it held).
     A stream the gate refuses before any Answer (UNAUTHENTICATED, PERMISSION_DENIED,
-    RESOURCE_EXHAUSTED) refuses every call it held with that status: none of them ran.
+    RESOURCE_EXHAUSTED over the caller's rate) refuses every call it held with that status:
+    none of them ran. Refused for the caller's open streams there (RESOURCE_EXHAUSTED without
+    a retry-after), its calls go unary.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ calls_total = Counter("yunkai_session_calls_total", "Calls answered on sessions 
 CALLS_OPEN_MAX = 1024
 SESSIONS_KEPT = 64  # a stub's sessions (one per metadata) before idle ones are closed
 SESSION_NAME = "Session"
+RETRY_AFTER_METADATA = "retry-after-ms"  # the gate's hint on a call over its caller's rate (serving/authz.py)
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _REFUSED_WHOLE = frozenset(
     (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -232,6 +235,10 @@ class Unsupported(Exception):
     """The server offers no sessions: make the call as a unary call."""
 
 
+def _retry_after(trailing: Metadata) -> bool:
+    return any(key == RETRY_AFTER_METADATA for key, _ in trailing)
+
+
 def rpc_error(code: grpc.StatusCode, details: str, trailing: Metadata = ()) -> grpc.aio.AioRpcError:
     """The error a unary call answered `code` would have raised."""
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
@@ -326,6 +333,10 @@ class Session:
         failure: BaseException
         if code is grpc.StatusCode.UNIMPLEMENTED and not self._answered:
             self.supported = False
+            failure = Unsupported(details)
+        elif code is grpc.StatusCode.RESOURCE_EXHAUSTED and not answered_here and not _retry_after(trailing):
+            # The gate's cap on one caller's open streams there, not its rate (which says when
+            # to retry): these calls go unary, and a later call tries a session again.
             failure = Unsupported(details)
         elif code in _REFUSED_WHOLE and not answered_here:
             # The gate refused the stream (no identity, a role allowed no method of the

@@ -246,3 +246,28 @@ def test_a_stub_on_sessions_answers_as_the_generated_one_refusals_included(clust
             await stub.close()
 
     asyncio.run(run())
+
+
+def test_a_caller_at_its_stream_cap_has_its_calls_made_unary(tmp_path: Path) -> None:
+    node = NodeProcess(str(tmp_path / "n"), ["--caller-streams-max", "1"]).start()
+    lookup = pb.LookupAccountsRequest(ids=["nobody"])
+
+    async def run() -> None:
+        async with aio_channel(node.address, "service") as first, aio_channel(node.address, "service") as second:
+            holding = Session(first, contract.LEDGER_SERVICE)
+            await holding.call(LOOKUP_ACCOUNTS, lookup.SerializeToString(), 5)  # its stream is the one allowed
+            capped = Session(second, contract.LEDGER_SERVICE)
+            with pytest.raises(Unsupported):
+                await capped.call(LOOKUP_ACCOUNTS, lookup.SerializeToString(), 5)
+            assert capped.supported  # a later call tries a session again
+            stub = SessionStub(second, contract.LEDGER_SERVICE)
+            reply = await stub.LookupAccounts(lookup, timeout=5)  # answered, unary
+            assert len(reply.results) == 1
+            for each in (holding, capped):
+                await each.close()
+            await stub.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        node.stop()
