@@ -64,7 +64,7 @@ from router import metrics
 from router.shardmap import DOWN, LOST, ShardMap
 from router.slots import SLOTS_TOTAL_MAX, slot_of
 from serving.authz import Metadata, forwarded_metadata
-from serving.session import Session, Unsupported
+from serving.session import SESSIONS_KEPT, Session, Unsupported
 
 E = TypeVar("E")
 
@@ -292,7 +292,7 @@ class LedgerRouter:
         key = (address, on_behalf)
         found = self._sessions.get(key)
         if found is None:
-            if len(self._sessions) >= COALESCERS_KEPT:  # callers come and go: their streams too
+            if len(self._sessions) >= SESSIONS_KEPT:  # callers come and go: their streams too
                 for idle in [k for k, s in self._sessions.items() if s.idle()]:
                     self._sessions.pop(idle).abandon()
             self.stub(address)

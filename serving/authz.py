@@ -54,7 +54,7 @@ from google.protobuf import descriptor_pool, message, message_factory
 from prometheus_client import Counter
 
 from serving.audit import IDS_LISTED_MAX, AuditLog, AuditUnavailable
-from serving.session import RETRY_AFTER_METADATA, SESSION_NAME, Unary, answer_calls
+from serving.session import SESSION_NAME, STREAMS_CAP_METADATA, Unary, answer_calls
 from serving.tls import Identity
 
 log = logging.getLogger("yunkai.authz")
@@ -65,6 +65,7 @@ _REFUSALS_TRACKED_MAX = 65_536  # (caller, method) pairs remembered; past it, fo
 _CALLERS_TRACKED_MAX = 65_536  # callers' buckets kept; past it, every bucket starts full again
 _SESSION_SUFFIX = f"/{SESSION_NAME}"
 _SESSION_METHODS_KEPT = 64  # a session's method lookups remembered (a caller may name any method)
+RETRY_AFTER_METADATA = "retry-after-ms"
 ANONYMOUS = Identity("service", "anonymous")
 
 NODE, ROUTER, OPERATOR = "node", "router", "operator"
@@ -453,7 +454,9 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
                 yield answer
 
         roles = self.allowed.get(method, frozenset())
-        return grpc.stream_stream_rpc_method_handler(self._server_stream(method, roles, behavior))
+        return grpc.stream_stream_rpc_method_handler(
+            self._server_stream(method, roles, behavior, refusals_audited=True)
+        )
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         roles = self.allowed.get(method, frozenset())
@@ -518,12 +521,17 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
 
         return checked
 
-    def _server_stream(self, method: str, roles: frozenset[str], behavior: Any) -> Callable[..., Any]:
+    def _server_stream(
+        self, method: str, roles: frozenset[str], behavior: Any, refusals_audited: bool = False
+    ) -> Callable[..., Any]:
+        """`refusals_audited`: the gate's refusals of the stream are audited even though the
+        stream is not (a session's: each of its calls is)."""
         streams_max = self.limits.streams_per_caller_max
         audit = self.audit if method in AUDITED else None
+        admit_audit = self.audit if refusals_audited else audit
 
         async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            who = await self._admit(method, roles, context, audit)
+            who = await self._admit(method, roles, context, admit_audit)
             if audit is None:
                 async with contextlib.aclosing(streamed(who, request, context)) as replies:
                     async for reply in replies:
@@ -545,6 +553,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
             limited = self.secure and who.role not in self.limits.exempt_roles
             if limited and self._streams.get(key, 0) >= streams_max:
                 REFUSED.labels(method, grpc.StatusCode.RESOURCE_EXHAUSTED.name).inc()
+                context.set_trailing_metadata(((STREAMS_CAP_METADATA, str(streams_max)),))
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{key} has {streams_max} streams open here already: close one first",

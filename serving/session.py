@@ -14,9 +14,11 @@ Protocol (proto/session.proto)
   opens one stream per server and caller identity (a router forwarding for several callers
   opens one per caller: the stream's metadata names it, serving/authz.py) and sends Calls,
   each naming one unary method of the same service, its serialized request, an id unique
-  among the stream's unanswered calls, and its timeout. The server answers each Call with an
-  Answer of the same id, in any order: code 0 with the reply, or a gRPC status code with its
-  detail and trailing metadata.
+  among the stream's unanswered calls, and its timeout: what is left of the caller's deadline
+  when the Call is written (a Call whose caller gave up is not written), which the server
+  counts from when it reads it. The server answers each Call with an Answer of the same id,
+  in any order: code 0 with the reply, or a gRPC status code with its detail and trailing
+  metadata. A caller cannot cancel one call: given up, its answer is dropped when it comes.
   * Each call is checked and audited exactly as the same unary call would be (the gate,
     serving/authz.py): the stream's caller must be allowed the method, each call takes a token
     of the caller's rate, each audited call gets its own entry, and the server's longest
@@ -25,20 +27,24 @@ Protocol (proto/session.proto)
     UNIMPLEMENTED; the stream goes on. Bytes that are not a Call, or an id already open, end
     the stream with INVALID_ARGUMENT (the caller is broken: its open calls are answered
     first, unless it went away).
-  * A server works on at most CALLS_OPEN_MAX calls of one stream at once and reads no more
-    until one is answered (HTTP/2's flow control then holds the caller back).
+  * A server holds at most CALLS_OPEN_MAX calls of one stream at once, from reading a Call to
+    sending its Answer, and reads no more until one is sent (HTTP/2's flow control then holds
+    the caller back, and a caller that reads no answers gets no more calls read).
   * The stream's end cancels the server's open calls, as a unary call's end does; the
-    server's stop stops reading and ends the stream once the open calls are answered. The
-    caller fails every call left unanswered when its stream ends with UNAVAILABLE, which says
-    nothing of the call's outcome: a write is retried with the same ids, as after a broken
-    connection.
+    server's stop stops reading and ends the stream once the open calls are answered; a
+    caller that half-closes the stream (a retired stream: Session retires one after
+    STREAM_AGE_S_MAX, within the server's connection age) has its open calls answered, then
+    the stream ends OK. The caller fails every call left unanswered when its stream ends
+    with UNAVAILABLE, which says nothing of the call's outcome: a write is retried with the
+    same ids, as after a broken connection.
   * A server that does not offer sessions (an older one, during a rolling upgrade) answers the
-    stream UNIMPLEMENTED before any Answer: the caller then makes unary calls to it
-    (`Session.supported` turns False, and `call` raises Unsupported for the calls it held).
-    A stream the gate refuses before any Answer (UNAUTHENTICATED, PERMISSION_DENIED,
-    RESOURCE_EXHAUSTED over the caller's rate) refuses every call it held with that status:
-    none of them ran. Refused for the caller's open streams there (RESOURCE_EXHAUSTED without
-    a retry-after), its calls go unary.
+    stream UNIMPLEMENTED before any Answer: the caller then makes unary calls to it for
+    UNSUPPORTED_RETRY_S (`Session.supported` is False, and `call` raises Unsupported for the
+    calls it held). A stream the gate refuses before any Answer (UNAUTHENTICATED,
+    PERMISSION_DENIED, RESOURCE_EXHAUSTED over the caller's rate) refuses every call it held
+    with that status: none of them ran; such refusals are audited as the session's. Refused
+    for the caller's open streams there (RESOURCE_EXHAUSTED with STREAMS_CAP_METADATA), its
+    calls go unary.
 """
 
 from __future__ import annotations
@@ -47,8 +53,9 @@ import asyncio
 import itertools
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from google.protobuf import descriptor_pool, message_factory
@@ -61,10 +68,15 @@ from serving.streams import open_ended
 log = logging.getLogger("yunkai.session")
 calls_total = Counter("yunkai_session_calls_total", "Calls answered on sessions (server), by method", ["method"])
 
-CALLS_OPEN_MAX = 1024
-SESSIONS_KEPT = 64  # a stub's sessions (one per metadata) before idle ones are closed
+# As many as a connection's unary calls (serving/transport.py STREAMS_PER_CONNECTION_MAX): what
+# a caller that reads no answers can make a server hold.
+CALLS_OPEN_MAX = 256
+SESSIONS_KEPT = 64  # sessions a stub or a router keeps (one per metadata) before idle ones are closed
+STREAM_AGE_S_MAX = 600.0  # servers end a connection an hour after it opened, with 15 minutes' grace
+UNSUPPORTED_RETRY_S = 60.0
+TIMEOUT_MS_MAX = 2**32 - 1
+STREAMS_CAP_METADATA = "yunkai-streams-max"  # on the gate's refusal of a stream over the caller's cap
 SESSION_NAME = "Session"
-RETRY_AFTER_METADATA = "retry-after-ms"  # the gate's hint on a call over its caller's rate (serving/authz.py)
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _REFUSED_WHOLE = frozenset(
     (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -175,6 +187,11 @@ async def answer_calls(
         except _Aborted as aborted:
             answer.code, answer.detail = aborted.code.value[0], aborted.details
             answer.trailing.extend(pb.Pair(key=k, value=v) for k, v in inner.trailing)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the session ends: nobody to answer
+            answer.code, answer.detail = grpc.StatusCode.CANCELLED.value[0], "the call was cancelled"
         except Exception:  # a bug in the handler: answered as gRPC answers one, and logged
             log.exception("session call failed", extra={"method": call.method})
             answer.code, answer.detail = grpc.StatusCode.UNKNOWN.value[0], "Unexpected error in the handler"
@@ -235,13 +252,29 @@ class Unsupported(Exception):
     """The server offers no sessions: make the call as a unary call."""
 
 
-def _retry_after(trailing: Metadata) -> bool:
-    return any(key == RETRY_AFTER_METADATA for key, _ in trailing)
+def rpc_error(code: grpc.StatusCode, details: str, trailing: Metadata = ()) -> Exception:
+    """The error (grpc.aio.AioRpcError) a unary call answered `code` would have raised."""
+    error: Exception = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
+    return error
 
 
-def rpc_error(code: grpc.StatusCode, details: str, trailing: Metadata = ()) -> grpc.aio.AioRpcError:
-    """The error a unary call answered `code` would have raised."""
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
+class _Queued(NamedTuple):
+    id: int
+    method: str
+    request: bytes
+    deadline: float | None  # the caller's, in the loop's time
+
+
+class _Stream:
+    """One stream of a session: the gRPC call, what is to be written on it, the ids it carries."""
+
+    __slots__ = ("answered", "call", "ids", "opened", "outbox")
+
+    def __init__(self, call: Any, opened: float) -> None:
+        self.call, self.opened = call, opened
+        self.outbox: asyncio.Queue[_Queued | None] = asyncio.Queue()  # None: write no more
+        self.ids: set[int] = set()
+        self.answered = False
 
 
 class Session:
@@ -249,21 +282,30 @@ class Session:
 
     `call` sends one call and returns its reply bytes, or raises grpc.aio.AioRpcError as the
     unary call would have (UNAVAILABLE when the stream ended before its answer), or
-    Unsupported. The stream opens with the first call and again after it ends; one task
-    writes each stream's calls in turn (a caller's deadline never cuts a write short, which
-    would end the stream for every caller on it)."""
+    Unsupported. The stream opens with the first call and again after it ends, and is
+    retired after STREAM_AGE_S_MAX (its calls answered, it ends; later calls take a new one),
+    well within the server's connection age (serving/transport.py) after which gRPC would
+    cut it. One task writes each stream's calls in turn, each with what is left of its
+    caller's deadline (one whose caller gave up is not sent): a caller's deadline never cuts
+    a write short, which would end the stream for every caller on it."""
 
     def __init__(self, channel: grpc.aio.Channel, service: str, metadata: Metadata = ()) -> None:
         self._open = channel.stream_stream(session_method(service))
         self._metadata = tuple(metadata) or None
-        self.supported = True
-        self._outbox: asyncio.Queue[bytes] | None = None  # the open stream's calls to write
+        self._current: _Stream | None = None
+        self._streams: set[_Stream] = set()  # the current one, and retired ones still answering
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting: dict[int, asyncio.Future[pb.Answer]] = {}
         self._ids = itertools.count(1)
         self._answered = False  # the server has answered a call: it offers sessions
+        self._unsupported_until = -math.inf  # time.monotonic(): unary calls until then
         self._closed = False
-        self._stream: Any = None
+
+    @property
+    def supported(self) -> bool:
+        """Whether calls go on the session (False for UNSUPPORTED_RETRY_S after the server said
+        it offers none: an older server, which an upgrade may replace)."""
+        return time.monotonic() >= self._unsupported_until
 
     def idle(self) -> bool:
         return not self._waiting
@@ -273,13 +315,19 @@ class Session:
             raise Unsupported(method)
         if self._closed:
             raise rpc_error(grpc.StatusCode.CANCELLED, "the session is closed")
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        stream = self._current
+        if stream is not None and now - stream.opened > STREAM_AGE_S_MAX:
+            self._current = None
+            stream.outbox.put_nowait(None)  # retired: it ends once its calls are answered
+            stream = None
+        stream = stream or self._start(now)
         call_id = next(self._ids)
-        waiting: asyncio.Future[pb.Answer] = asyncio.get_running_loop().create_future()
+        waiting: asyncio.Future[pb.Answer] = loop.create_future()
         self._waiting[call_id] = waiting
-        timeout_ms = 0 if timeout_s is None else max(1, math.ceil(timeout_s * 1000))
-        (self._outbox or self._start()).put_nowait(
-            pb.Call(id=call_id, method=method, request=request, timeout_ms=timeout_ms).SerializeToString()
-        )
+        stream.ids.add(call_id)
+        stream.outbox.put_nowait(_Queued(call_id, method, request, None if timeout_s is None else now + timeout_s))
         try:
             async with asyncio.timeout(timeout_s):
                 answer = await waiting
@@ -287,73 +335,93 @@ class Session:
             raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         finally:
             self._waiting.pop(call_id, None)
+            stream.ids.discard(call_id)
         if answer.code == 0:
             return answer.reply
         code = _CODES.get(answer.code, grpc.StatusCode.UNKNOWN)
         raise rpc_error(code, answer.detail, [(p.key, p.value) for p in answer.trailing])
 
-    def _start(self) -> asyncio.Queue[bytes]:
-        outbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self._outbox, self._stream = outbox, self._open(metadata=self._metadata)
+    def _start(self, now: float) -> _Stream:
+        stream = _Stream(self._open(metadata=self._metadata), now)
+        self._current = stream
+        self._streams.add(stream)
         loop = asyncio.get_running_loop()
-        writer = loop.create_task(self._write(self._stream, outbox))
-        for task in (writer, loop.create_task(self._read(self._stream, outbox, writer))):
+        writer = loop.create_task(self._write(stream))
+        for task in (writer, loop.create_task(self._read(stream, writer))):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return outbox
+        return stream
 
-    async def _write(self, stream: Any, outbox: asyncio.Queue[bytes]) -> None:
+    async def _write(self, stream: _Stream) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                await stream.write(await outbox.get())
+            while (queued := await stream.outbox.get()) is not None:
+                if queued.id not in self._waiting:
+                    continue  # its caller gave up (or was failed): not sent
+                timeout_ms = 0
+                if queued.deadline is not None:
+                    left_s = queued.deadline - loop.time()
+                    if left_s <= 0:
+                        continue  # the caller's own timeout answers it
+                    timeout_ms = min(TIMEOUT_MS_MAX, max(1, math.ceil(left_s * 1000)))
+                call = pb.Call(id=queued.id, method=queued.method, request=queued.request, timeout_ms=timeout_ms)
+                await stream.call.write(call.SerializeToString())
+            await stream.call.done_writing()  # retired: the server answers what it read, then ends
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as error:
             # The stream ended under the write: its reader fails what was open.
             log.debug("session write failed", extra={"error": str(error)})
 
-    async def _read(self, stream: Any, outbox: asyncio.Queue[bytes], writer: asyncio.Task[None]) -> None:
+    async def _read(self, stream: _Stream, writer: asyncio.Task[None]) -> None:
         code, details, trailing = grpc.StatusCode.UNAVAILABLE, "the session ended", ()
-        answered_here = False
         try:
-            async for data in stream:
+            async for data in stream.call:
                 answer = pb.Answer.FromString(data)
-                self._answered = answered_here = True
+                self._answered = stream.answered = True
                 waiting = self._waiting.get(answer.id)
                 if waiting is not None and not waiting.done():
                     waiting.set_result(answer)
-            code, details = await stream.code(), str(await stream.details() or "")
+            code, details = await stream.call.code(), str(await stream.call.details() or "")
         except grpc.aio.AioRpcError as error:
             code, details, trailing = error.code(), str(error.details() or ""), tuple(error.trailing_metadata() or ())
         except DecodeError as error:
-            stream.cancel()
+            stream.call.cancel()
             details = f"the server sent an answer that does not parse: {error}"
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            code, details = grpc.StatusCode.CANCELLED, "the session was closed"  # its call, cancelled here
         finally:
-            if self._outbox is outbox:
-                self._outbox = self._stream = None
+            if self._current is stream:
+                self._current = None
+            self._streams.discard(stream)
             writer.cancel()
-        failure: BaseException
-        if code is grpc.StatusCode.UNIMPLEMENTED and not self._answered:
-            self.supported = False
-            failure = Unsupported(details)
-        elif code is grpc.StatusCode.RESOURCE_EXHAUSTED and not answered_here and not _retry_after(trailing):
-            # The gate's cap on one caller's open streams there, not its rate (which says when
-            # to retry): these calls go unary, and a later call tries a session again.
-            failure = Unsupported(details)
-        elif code in _REFUSED_WHOLE and not answered_here:
-            # The gate refused the stream (no identity, a role allowed no method of the
-            # service, over the caller's rate): no call ran, and each is refused alike.
-            failure = rpc_error(code, details, trailing)
-        else:
-            # Whatever the stream ended with, it is not the calls' own answer.
-            failure = rpc_error(grpc.StatusCode.UNAVAILABLE, f"the session ended ({code.name}: {details})")
-        for waiting in list(self._waiting.values()):
-            if not waiting.done():
+        failure = self._failure(stream, code, details, trailing)
+        for call_id in list(stream.ids):
+            waiting = self._waiting.get(call_id)
+            if waiting is not None and not waiting.done():
                 waiting.set_exception(failure)
 
+    def _failure(self, stream: _Stream, code: grpc.StatusCode, details: str, trailing: Metadata) -> BaseException:
+        """What the calls left open on `stream` are failed with, now that it ended with `code`."""
+        if code is grpc.StatusCode.UNIMPLEMENTED and not self._answered:
+            self._unsupported_until = time.monotonic() + UNSUPPORTED_RETRY_S
+            return Unsupported(details)
+        if not stream.answered and code in _REFUSED_WHOLE:
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED and any(k == STREAMS_CAP_METADATA for k, _ in trailing):
+                # The gate's cap on this caller's open streams there: these calls go unary.
+                return Unsupported(details)
+            # The gate refused the stream (no identity, a role allowed no method of the
+            # service, over the caller's rate): no call ran, and each is refused alike.
+            return rpc_error(code, details, trailing)
+        # Whatever the stream ended with, it is not the calls' own answer.
+        return rpc_error(grpc.StatusCode.UNAVAILABLE, f"the session ended ({code.name}: {details})")
+
     def abandon(self) -> None:
-        """Close the stream now, failing what is open (UNAVAILABLE); `close` waits for it."""
+        """Close the streams now, failing what is open (UNAVAILABLE); `close` waits for it."""
         self._closed = True
-        if self._stream is not None:
-            self._stream.cancel()
+        for stream in list(self._streams):
+            stream.call.cancel()
 
     async def close(self) -> None:
         self.abandon()

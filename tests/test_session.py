@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from clients.ledger import Account, LedgerClient, ResultCode, Transfer
 from cluster.commands import LocalCluster
 from cluster.local import NodeProcess
 from proto import contract, ledger_pb2 as pb, node_pb2, session_pb2
+from serving import session as session_module
 from serving.authz import RETRY_AFTER_METADATA
 from serving.session import Session, SessionStub, Unsupported, session_method
 from tests.conftest import aio_channel, channel, fresh
@@ -157,6 +159,8 @@ def test_each_call_is_checked_as_itself_and_audited(cluster: LocalCluster) -> No
     entries = [json.loads(line) for line in (Path(node.data_dir) / "audit.log").read_text().splitlines()]
     refused = [e for e in entries if e["method"] == CREATE_TRANSFERS and e["status"] == "PERMISSION_DENIED"]
     assert refused and refused[-1]["caller"] == "spiffe://yunkai/operator/operator"
+    shut_out = [e for e in entries if e["method"] == SESSION and e["status"] == "PERMISSION_DENIED"]
+    assert shut_out and shut_out[-1]["caller"] == "spiffe://yunkai/partner/partner"  # the stream's refusal
     opened = [e for e in entries if e["method"] == CREATE_ACCOUNTS and e["status"] == "OK"]
     assert any(f"{bank}" in e["ids"] for e in opened), opened[-3:]
 
@@ -266,6 +270,40 @@ def test_a_caller_at_its_stream_cap_has_its_calls_made_unary(tmp_path: Path) -> 
             for each in (holding, capped):
                 await each.close()
             await stub.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        node.stop()
+
+
+def test_streams_are_retired_in_turn_and_a_closed_session_fails_what_it_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two streams a caller at most: a retired stream that did not end would shut the third out.
+    node = NodeProcess(str(tmp_path / "n"), ["--caller-streams-max", "2"]).start()
+    lookup = pb.LookupAccountsRequest(ids=["nobody"]).SerializeToString()
+    monkeypatch.setattr(session_module, "STREAM_AGE_S_MAX", 0.0)  # every call retires the stream before it
+
+    async def run() -> None:
+        async with aio_channel(node.address, "service") as to_node:
+            session = Session(to_node, contract.LEDGER_SERVICE)
+            for _ in range(5):
+                await session.call(LOOKUP_ACCOUNTS, lookup, 10)  # Unsupported if shut out
+                await asyncio.sleep(0.2)
+            # A node that stops answering (SIGSTOP): closing the session fails the call it holds
+            # at once, UNAVAILABLE, rather than leaving it to its own deadline.
+            assert node.process is not None
+            node.process.send_signal(signal.SIGSTOP)
+            try:
+                held = asyncio.ensure_future(session.call(LOOKUP_ACCOUNTS, lookup, 120))
+                await asyncio.sleep(0.3)
+                await session.close()
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    await held
+                assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            finally:
+                node.process.send_signal(signal.SIGCONT)
 
     try:
         asyncio.run(run())
