@@ -19,8 +19,8 @@ Used by the router's server and by the SDK alike (DESIGN section 3). For each ca
      request, and one caller's events for one node beyond `batch_events_max` are refused
      INVALID_ARGUMENT before anything is sent.
      Each request travels on the node's session for that caller identity (one stream,
-     serving/session.py: a message costs the node less than a call), or as a unary call to a
-     node that offers none.
+     serving/session.py's SessionStub: a message costs the node less than a call), or as a
+     unary call to a node that offers none.
   3. Split: the node answers one result per event, in order; each caller gets its own. A
      merged request the node refuses whole as malformed (INVALID_ARGUMENT, so none of it was
      applied: a limit or a check this process does not share) is sent again caller by
@@ -58,13 +58,13 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 import serving
-from proto import contract, ledger_pb2 as pb, ledger_pb2_grpc
+from proto import contract, ledger_pb2 as pb
 from proto.contract import LedgerMethod
 from router import metrics
 from router.shardmap import DOWN, LOST, ShardMap
 from router.slots import SLOTS_TOTAL_MAX, slot_of
 from serving.authz import Metadata, forwarded_metadata
-from serving.session import SESSIONS_KEPT, Session, Unsupported
+from serving.session import SessionStub
 
 E = TypeVar("E")
 
@@ -260,12 +260,10 @@ class LedgerRouter:
         inflight_max: int = 4,
         rpc_timeout_s: float = ATTEMPT_TIMEOUT_S,
         credentials: grpc.ChannelCredentials | None = None,
-        sessions: bool = True,
     ) -> None:
         """`events_max`: the most events merged into one request to a node, and never more
         than `batch_events_max`, the most a node takes in one request (its --batch-events-max;
-        the default is the nodes' default). `sessions`: calls to a node travel on one stream
-        (serving/session.py) rather than as a call each."""
+        the default is the nodes' default)."""
         assert events_max > 0 and batch_events_max > 0, (events_max, batch_events_max)
         self.maps = maps
         self._events_max = min(events_max, batch_events_max)
@@ -275,29 +273,17 @@ class LedgerRouter:
         self._rpc_timeout_s = rpc_timeout_s
         self._credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[str, ledger_pb2_grpc.LedgerStub] = {}
-        self._sessions: dict[tuple[str, Metadata], Session] = {}
+        self._stubs: dict[str, SessionStub] = {}
         self._coalescers: dict[tuple[str, str, Metadata], Coalescer] = {}
-        self.sessions = sessions
 
-    def stub(self, address: str) -> ledger_pb2_grpc.LedgerStub:
+    def stub(self, address: str) -> SessionStub:
+        """The node's Ledger calls, on its sessions (one per caller identity)."""
         stub = self._stubs.get(address)
         if stub is None:
             channel = serving.channel(address, self._credentials, CHANNEL_OPTIONS)
             self._channels[address] = channel
-            stub = self._stubs[address] = ledger_pb2_grpc.LedgerStub(channel)
+            stub = self._stubs[address] = SessionStub(channel, contract.LEDGER_SERVICE)
         return stub
-
-    def _session(self, address: str, on_behalf: Metadata) -> Session:
-        key = (address, on_behalf)
-        found = self._sessions.get(key)
-        if found is None:
-            if len(self._sessions) >= SESSIONS_KEPT:  # callers come and go: their streams too
-                for idle in [k for k, s in self._sessions.items() if s.idle()]:
-                    self._sessions.pop(idle).abandon()
-            self.stub(address)
-            found = self._sessions[key] = Session(self._channels[address], contract.LEDGER_SERVICE, on_behalf)
-        return found
 
     def _coalescer(self, address: str, method: LedgerMethod[Any], on_behalf: Metadata) -> Coalescer:
         key = (address, method.name, on_behalf)
@@ -305,7 +291,6 @@ class LedgerRouter:
         if coalescer is None:
             call = getattr(self.stub(address), method.name)
             timeout_s = self._rpc_timeout_s
-            full_name = f"/{contract.LEDGER_SERVICE}/{method.name}"
 
             batch_events = metrics.node_batch_events.labels(method.name)
 
@@ -314,13 +299,6 @@ class LedgerRouter:
                 request = method.request(
                     **{method.field: events}, fence=pb.Fence(slots=list(fence), epochs=list(fence.values()))
                 )
-                session = self._session(address, on_behalf) if self.sessions else None
-                if session is not None and session.supported:
-                    try:
-                        data = await session.call(full_name, request.SerializeToString(), timeout_s)
-                        return method.response.FromString(data).results  # type: ignore[attr-defined,no-any-return]
-                    except Unsupported:
-                        pass  # a node without sessions (an older one): the unary call
                 reply = await call(request, timeout=timeout_s, metadata=on_behalf or None)
                 return reply.results  # type: ignore[no-any-return]  # every batched response has results
 
@@ -333,8 +311,8 @@ class LedgerRouter:
     async def close(self) -> None:
         for coalescer in self._coalescers.values():
             await coalescer.close()
-        for session in self._sessions.values():
-            await session.close()
+        for stub in self._stubs.values():
+            await stub.close()
         for channel in self._channels.values():
             await channel.close()
 

@@ -444,8 +444,8 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
                 unary: Unary | None = None
                 if inner.startswith(prefix) and inner != method:
                     handler = await continuation(make_details(inner, metadata))
-                    if handler is not None and handler.unary_unary is not None:
-                        unary = _raw(self._wrapped_handler(inner, handler))
+                    if handler is not None and handler.unary_unary is not None and _takes_bytes(handler):
+                        unary = self._wrapped_handler(inner, handler).unary_unary
                 if len(found) < _SESSION_METHODS_KEPT:
                     found[inner] = unary
                 return unary
@@ -650,18 +650,9 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no typ
         await context.abort(code, why)
 
 
-def _raw(handler: grpc.RpcMethodHandler) -> Unary:
-    """A unary handler taking and giving bytes, as a session carries them."""
-    behavior = handler.unary_unary
-    deserialize, serialize = handler.request_deserializer, handler.response_serializer
-    if deserialize is None and serialize is None:
-        return behavior  # type: ignore[no-any-return]  # our services' handlers take and give bytes
-
-    async def unary(request: bytes, context: Any) -> bytes:
-        reply = await behavior(deserialize(request) if deserialize else request, context)
-        return serialize(reply) if serialize else reply  # type: ignore[no-any-return]
-
-    return unary
+def _takes_bytes(handler: grpc.RpcMethodHandler) -> bool:
+    """A handler a session can carry: it takes and gives bytes (serving/handlers.py's do)."""
+    return handler.request_deserializer is None and handler.response_serializer is None
 
 
 async def _audited(

@@ -109,8 +109,9 @@ def unary_service(
 ) -> grpc.GenericRpcHandler:
     """A service of unary `methods` behind the one wrapper, plus `streams` (handlers of its
     streaming methods, which answer their own refusals with `refusal`), plus with `sessions`
-    its method `Session` (serving/session.py: the gate runs each of its calls as the unary
-    call it carries; a server without the gate runs them as they come)."""
+    its method `Session` (serving/session.py), which the gate serves, each of its calls as the
+    unary call it carries; a server without the gate answers it UNIMPLEMENTED (callers then
+    call unary)."""
     logged = _RefusalLog(log)
 
     def wrap(name: str, fn: Handler) -> Callable[[bytes, Context], Awaitable[bytes]]:
@@ -134,22 +135,17 @@ def unary_service(
 
         return handle
 
-    wrapped = {name: wrap(name, fn) for name, fn in methods.items()}
-    handlers = {name: grpc.unary_unary_rpc_method_handler(fn) for name, fn in wrapped.items()}
+    handlers = {name: grpc.unary_unary_rpc_method_handler(wrap(name, fn)) for name, fn in methods.items()}
     overlap = set(handlers) & set(streams or {})
     assert not overlap, overlap
     handlers.update(streams or {})
     if sessions:
-        from serving.session import SESSION_NAME, Unary, answer_calls  # a server's, not every caller's
+        from serving.session import SESSION_NAME  # a server's, not every caller's
 
         assert SESSION_NAME not in handlers, service
-        by_method = {f"/{service}/{name}": fn for name, fn in wrapped.items()}
 
-        async def lookup(method: str) -> Unary | None:
-            return by_method.get(method)
+        async def without_gate(requests: AsyncIterator[bytes], context: Context) -> None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "sessions are served behind the gate (serving/authz.py)")
 
-        def calls(requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
-            return answer_calls(requests, context, service, lookup)
-
-        handlers[SESSION_NAME] = grpc.stream_stream_rpc_method_handler(calls)
+        handlers[SESSION_NAME] = grpc.stream_stream_rpc_method_handler(without_gate)
     return grpc.method_handlers_generic_handler(service, handlers)
