@@ -25,7 +25,10 @@ A wave moves up to `concurrency` slots, each from its owner A to its target B:
 A failed move is tried again in a later wave with a new id, at most ATTEMPTS_MAX times; then
 the job gives it up and goes on with every other copy, and fails at its end naming the copies
 it gave up and why (one slot's problem, a copy its target refuses, never holds up the rest;
-an operator runs add-node, drain-node or rebalance again to retry them). A repair also sets
+an operator runs add-node, drain-node or rebalance again to retry them). A drain-node whose
+plan is done while its node still holds copies (a failover meanwhile changed the configurations
+it was planned from) plans again, at most DRAIN_ROUNDS_MAX times, then fails saying so: a node
+leaves the map only once it is a member of no slot. A repair also sets
 their slots aside: it plans them again only after a back-off (`repair_retry_s`, doubling with
 each repair that gave up on the slot, at most REPAIR_RETRY_S_MAX), so a slot that cannot be
 copied neither restarts a repair every REPAIR_CHECK_S nor keeps operators' jobs waiting; the
@@ -70,6 +73,7 @@ log = logging.getLogger("yunkai.router.migration")
 CONCURRENCY_DEFAULT = 4  # measured: 8 moves ~20% more slots/s at a longer write pause per slot
 REPAIR_CHECK_S = 2.0  # how often an idle controller looks for slots with fewer than R copies
 ATTEMPTS_MAX = 5
+DRAIN_ROUNDS_MAX = 3  # plans made again for what a drained node still holds (a failover meanwhile)
 REPAIR_RETRY_S_DEFAULT = 30.0  # a slot a repair set aside waits this long, doubled for each such repair
 REPAIR_RETRY_S_MAX = 900.0
 SET_ASIDE_NAMED_MAX = 5  # slots named in a job's error; the rest are counted
@@ -312,6 +316,8 @@ class Mover:
         job.planned = job.moved + len(plan)
         log.info("job planned", extra={"job": job.id, "kind": job.kind, "node": job.node, "slots": len(plan)})
         await self._move_all(job, plan)
+        if job.kind == "drain-node":
+            await self._drain_rest(job)
         if job.kind == "add-node":
             await self._swap(job, lambda m: m.with_node(job.node, ACTIVE), changed=[])
         elif job.kind == "drain-node":
@@ -320,6 +326,28 @@ class Mover:
             for node, state in sorted(controller.current().nodes.items()):
                 if state == JOINING:
                     await self._swap(job, functools.partial(_activate, node), changed=[])
+
+    async def _drain_rest(self, job: Job) -> None:
+        """Move the copies a drained node still holds once its plan is done: a failover while it
+        drained (another node died) changes configurations the plan was made from, and can
+        leave it a member of slots the plan did not name. Planned again up to DRAIN_ROUNDS_MAX
+        times; the job then fails saying so (run it again), rather than remove a member."""
+        for _round in range(DRAIN_ROUNDS_MAX):
+            if not self.controller.current().slots_with(job.node):
+                return
+            plan = self._plan(job)
+            if not plan:
+                break
+            job.planned = job.moved + len(plan)
+            log.warning("drain planned again", extra={"job": job.id, "node": job.node, "slots": len(plan)})
+            await self._move_all(job, plan)
+        left = self.controller.current().slots_with(job.node)
+        if left:
+            raise ControllerError(
+                f"{job.node} still holds copies of {len(left)} slots (first: {left[:SET_ASIDE_NAMED_MAX]}) after"
+                f" {DRAIN_ROUNDS_MAX} more rounds of moves, with too few live nodes to take them or"
+                " configurations changing under it (a failover); run drain-node again"
+            )
 
     def _plan(self, job: Job) -> list[Change]:
         """The copies the job makes: with one copy per slot, primaries placed by balanced
