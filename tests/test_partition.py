@@ -8,6 +8,9 @@ and the test's callers stay on this host and reach the nodes through the bridge.
     inside its namespace (tests/partition_prober.py) keeps reading and writing straight at
     it: no read it sends after the new primary acknowledged a write may succeed (the lease),
     and every write it got acknowledged must be in the ledger once the cut heals;
+  * cuts drawn at random under the bank test's load, one after another, each healed and
+    repaired before the next: a node cut off whole or from the other nodes only, for shorter
+    and longer than its lease and the down bound, sometimes killed while cut off;
   * a node cut off from the other nodes only, under the bank test's load (tests/bank.py):
     the router still reaches every node, so nobody is down; the primaries report the node
     silent (Node.SilentFollowers) and the controller drops it from their slots, so writes go
@@ -39,16 +42,19 @@ from router.shardmap import DOWN
 from router.slots import slot_of
 from serving import certs
 from tests.bank import fetch_shard_map
-from tests.conftest import tls
+from tests.conftest import LONG, tls
 from tests.test_replicated_cluster import (
+    CHAOS_LONG_S,
     CNY,
     DOWN_AFTER_MS,
+    FAULTS_SHORT,
     LEASE_MS,
     R,
     S,
     assert_clean,
     bank_run,
     fully_replicated,
+    job_done,
     wait_for,
 )
 
@@ -284,6 +290,58 @@ def test_a_node_cut_off_from_the_other_nodes_only_is_dropped_from_their_slots_an
             run.chaos = cut_between_nodes
             report = run.run()
             assert notes and notes[-1] == "repaired", notes
+            final = fully_replicated(cluster)
+            assert all(len(final.members(slot)) == R for slot in range(S)), final
+            assert_clean(report, cluster)
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.timeout(300 + (2 * CHAOS_LONG_S if LONG else 0))
+def test_cuts_drawn_at_random_one_after_another_lose_no_acknowledged_transfer(tmp_path: Path, switch: Switch) -> None:
+    """FAULTS_SHORT cuts in the suite, CHAOS_LONG_S of them with YUNKAI_LONG_TESTS=1 (the seed,
+    printed first, draws the same ones again)."""
+    seed = random.randrange(1 << 32)
+    print(f"seed {seed}", flush=True)
+    chaos_s = CHAOS_LONG_S if LONG else 0.0
+    cluster = partitioned(tmp_path, switch)
+    cluster.start()
+    notes: list[str] = []
+    try:
+        with SyncLedgerClient(cluster.address, timeout_s=10) as sdk:
+
+            def cuts(rng: random.Random) -> None:
+                started = time.monotonic()
+                while len(notes) < FAULTS_SHORT or time.monotonic() - started < chaos_s:
+                    time.sleep(rng.uniform(0.2, 1.5))
+                    i = rng.randrange(len(cluster.nodes))
+                    node = cluster.nodes[i]
+                    kind = rng.choice(("cut off", "cut off from the nodes", "cut off and killed"))
+                    held_s = rng.uniform(0.2, 4.0)  # the lease is 0.6 s, the down bound 1.2 s
+                    if kind == "cut off from the nodes":
+                        switch.isolate_from_nodes(i)
+                    else:
+                        switch.cut(i)
+                    try:
+                        time.sleep(held_s)
+                        if kind == "cut off and killed":
+                            node.kill()
+                    finally:
+                        if kind == "cut off from the nodes":
+                            switch.rejoin_nodes(i)
+                        else:
+                            switch.heal(i)
+                    if kind == "cut off and killed":
+                        node.start()
+                    notes.append(f"{node.address} {kind} for {held_s:.1f}s")
+                    fully_replicated(cluster)
+                    job_done(cluster)
+                    print(f"{time.monotonic() - started:6.1f}s {notes[-1]}: healed, repaired", flush=True)
+
+            run = bank_run(cluster, seed, sdk, give_up_s=chaos_s + 150.0)
+            run.chaos = cuts
+            report = run.run()
+            assert len(notes) >= FAULTS_SHORT, notes
             final = fully_replicated(cluster)
             assert all(len(final.members(slot)) == R for slot in range(S)), final
             assert_clean(report, cluster)

@@ -10,6 +10,10 @@ flagged account goes negative. Scenarios:
   * a zombie primary: SIGSTOP past its lease, its slots fail over, SIGCONT: it acknowledges
     nothing and serves no stale read;
   * a node killed while an add-node moves slots and cross-node transfers are in flight;
+  * faults one after another, drawn at random (kill -9 with or without the disk, SIGSTOP,
+    SIGTERM, a router killed, two nodes killed, add-node and drain-node with a node killed
+    while slots move), each repaired before the next: four in the suite, ten minutes of them
+    with YUNKAI_LONG_TESTS=1;
   * a slot whose copies repair cannot make (its stored data refused by the target) is set
     aside: the rest are repaired, and repair tries it again only after a growing back-off.
 """
@@ -43,7 +47,7 @@ from router.controller import DOWN_AFTER_S_DEFAULT
 from router.shardmap import DOWN, ShardMap
 from router.slots import SLOTS_TOTAL_DEFAULT, slot_of
 from tests.bank import BankRun, Load, Report, Sdk, Stub, Transport, cluster_accounts, fetch_shard_map
-from tests.conftest import channel
+from tests.conftest import LONG, channel
 
 pytestmark = pytest.mark.timeout(360)
 
@@ -103,7 +107,15 @@ def fully_replicated(cluster: LocalCluster) -> ShardMap:
     )
 
 
-def bank_run(cluster: LocalCluster, seed: int, sdk: SyncLedgerClient, sdk_only: bool = False) -> BankRun:
+def repaired(cluster: LocalCluster) -> ShardMap:
+    """R copies of every slot and no move under way, whatever state the nodes are in (one may be
+    left draining by a drain-node that failed)."""
+    return wait_for(lambda m: not m.under_replicated() and not m.migrations, "repair to R copies", cluster)
+
+
+def bank_run(
+    cluster: LocalCluster, seed: int, sdk: SyncLedgerClient, sdk_only: bool = False, give_up_s: float = 150.0
+) -> BankRun:
     """The bank test's callers: two through the router with its retries and two through the SDK
     (`sdk_only`: four through the SDK, which follows every router of the cluster)."""
     accounts = dataclasses.replace(
@@ -118,7 +130,7 @@ def bank_run(cluster: LocalCluster, seed: int, sdk: SyncLedgerClient, sdk_only: 
         transports=transports,
         watchers=[watcher, Sdk(sdk, "sdk")],
         seed=seed,
-        load=Load(batch_events_max=20, same_slot_share=0.3, cross_node_share=0.3, give_up_s=150.0),
+        load=Load(batch_events_max=20, same_slot_share=0.3, cross_node_share=0.3, give_up_s=give_up_s),
         quiescence_wait_s_max=60.0,
     )
 
@@ -167,6 +179,146 @@ def test_two_disks_lost_one_after_the_other_under_load_lose_no_acknowledged_tran
         run.chaos = two_losses
         report = run.run()
         assert len(notes) == 2, notes
+        final = fully_replicated(cluster)
+        assert all(len(final.members(slot)) == R for slot in range(S)), final
+        assert_clean(report, cluster)
+
+
+FAULTS_SHORT = 4  # faults in the suite's version
+CHAOS_LONG_S = 600.0  # how long YUNKAI_LONG_TESTS=1 goes on drawing them
+NODES_MAX = 5  # the random faults grow the cluster up to this, and shrink it down to three
+
+
+def operator_call(cluster: LocalCluster, call: str, request: Any, wait_s: float = 60.0) -> Any:
+    """A controller's call, as `yunkai cluster` makes it: through either router, tried again
+    while no router is the controller (an election after a router was killed)."""
+    deadline = time.monotonic() + wait_s
+    for address in itertools.cycle(cluster.addresses.split(",")):
+        with channel(address, "operator") as to_router:
+            try:
+                return getattr(cluster_pb2_grpc.ClusterStub(to_router), call)(request, timeout=30)
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                    raise
+        time.sleep(0.5)
+
+
+def job_done(cluster: LocalCluster) -> ShardMap:
+    return wait_for(lambda m: m.running_job() is None, "the job done", cluster)
+
+
+def random_fault(cluster: LocalCluster, rng: random.Random) -> str:
+    """One fault, drawn at random, done and undone; says what it was. Adding a node or draining
+    one may meet a node killed while its slots move."""
+    kinds = ["kill", "disk", "stop", "term", "router", "two"]
+    kinds += ["grow"] if len(cluster.nodes) < NODES_MAX else []
+    kinds += ["shrink"] if len(cluster.nodes) > R else []
+    kind = rng.choice(kinds)
+    node = rng.choice(cluster.nodes)
+    if kind in ("grow", "shrink"):
+        return change_nodes(cluster, rng, kind)
+    if kind == "kill":
+        node.kill()
+        down_s = rng.uniform(0.0, 2.0)
+        time.sleep(down_s)
+        node.start()
+        return f"kill -9 {node.address}, back with its disk after {down_s:.1f}s"
+    if kind == "disk":
+        lose_disk(cluster, node)
+        return f"kill -9 {node.address}, its disk lost, back empty"
+    if kind == "stop":
+        assert node.process is not None
+        stopped_s = rng.uniform(0.2, 3.0)  # within and past the lease (0.6 s) and the down bound (1.2 s)
+        node.process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(stopped_s)
+        finally:
+            node.process.send_signal(signal.SIGCONT)
+        return f"SIGSTOP {node.address} for {stopped_s:.1f}s"
+    if kind == "term":
+        assert node.stop() == 0, node.log_tail()
+        node.start()
+        return f"SIGTERM {node.address}, restarted"
+    if kind == "router":
+        router = rng.choice(cluster.routers)
+        router.kill()
+        time.sleep(rng.uniform(0.0, 1.0))
+        router.start()
+        return f"kill -9 router {router.address}, restarted"
+    first, second = rng.sample(cluster.nodes, 2)
+    first.kill()
+    time.sleep(rng.uniform(0.0, 1.0))
+    second.kill()  # one copy of every slot left, on the third node
+    time.sleep(rng.uniform(0.0, 1.0))
+    first.start()
+    second.start()
+    return f"kill -9 {first.address} then {second.address}, both back with their disks"
+
+
+def change_nodes(cluster: LocalCluster, rng: random.Random, kind: str) -> str:
+    """add-node of a new node, or drain-node of one (then stopped); half the time another node
+    is killed (and back with its disk) once the job has recorded a move."""
+    if kind == "grow":
+        name = next(
+            f"node-{i}" for i in itertools.count(1) if not os.path.exists(os.path.join(cluster.data_dir, f"node-{i}"))
+        )
+        node = cluster.new_node(name)
+        node.start()
+        cluster.nodes.append(node)
+        operator_call(cluster, "AddNode", cluster_pb2.AddNodeRequest(address=node.address))
+        what = f"add-node {node.address}"
+    else:
+        node = rng.choice(cluster.nodes)
+        operator_call(cluster, "DrainNode", cluster_pb2.DrainNodeRequest(address=node.address))
+        what = f"drain-node {node.address}"
+    if rng.random() < 0.5:
+        moving = wait_for(lambda m: bool(m.migrations) or m.running_job() is None, "a move recorded", cluster, 60)
+        if moving.migrations:
+            victim = rng.choice([n for n in cluster.nodes if n is not node])
+            victim.kill()
+            time.sleep(rng.uniform(0.2, 1.5))
+            victim.start()
+            what += f", kill -9 {victim.address} while it moved slots"
+    if kind == "shrink":
+        for _attempt in range(3):  # a job a killed node failed is run again, as an operator would
+            after = job_done(cluster)
+            if node.address not in after.nodes:
+                break
+            repaired(cluster)
+            job_done(cluster)
+            operator_call(cluster, "DrainNode", cluster_pb2.DrainNodeRequest(address=node.address))
+        else:
+            raise AssertionError(f"{node.address} still in the map after three drains: {after.jobs}")
+        assert node.stop() == 0, node.log_tail()
+        cluster.nodes.remove(node)
+    return what
+
+
+@pytest.mark.timeout(360 + (2 * CHAOS_LONG_S if LONG else 0))
+def test_faults_drawn_at_random_one_after_another_lose_no_acknowledged_transfer(tmp_path: Path) -> None:
+    """Faults drawn at random under the bank test, each repaired to R copies before the next:
+    FAULTS_SHORT of them in the suite, CHAOS_LONG_S of them with YUNKAI_LONG_TESTS=1. The seed
+    (printed with the report) draws the same faults again."""
+    seed = random.randrange(1 << 32)
+    print(f"seed {seed}", flush=True)
+    chaos_s = CHAOS_LONG_S if LONG else 0.0
+    with replicated(tmp_path, routers=2) as cluster, SyncLedgerClient(cluster.addresses, timeout_s=10) as sdk:
+        fully_replicated(cluster)
+        notes: list[str] = []
+
+        def faults(rng: random.Random) -> None:
+            started = time.monotonic()
+            while len(notes) < FAULTS_SHORT or time.monotonic() - started < chaos_s:
+                time.sleep(rng.uniform(0.2, 1.5))
+                notes.append(random_fault(cluster, rng))
+                fully_replicated(cluster)
+                job_done(cluster)
+                print(f"{time.monotonic() - started:6.1f}s {notes[-1]}: repaired", flush=True)
+
+        run = bank_run(cluster, seed, sdk, sdk_only=True, give_up_s=chaos_s + 150.0)
+        run.chaos = faults
+        report = run.run()
+        assert len(notes) >= FAULTS_SHORT, notes
         final = fully_replicated(cluster)
         assert all(len(final.members(slot)) == R for slot in range(S)), final
         assert_clean(report, cluster)
