@@ -11,9 +11,9 @@ flagged account goes negative. Scenarios:
     nothing and serves no stale read;
   * a node killed while an add-node moves slots and cross-node transfers are in flight;
   * faults one after another, drawn at random (kill -9 with or without the disk, SIGSTOP,
-    SIGTERM, a router killed, two nodes killed, add-node and drain-node with a node killed
-    while slots move), each repaired before the next: four in the suite, ten minutes of them
-    with YUNKAI_LONG_TESTS=1;
+    SIGTERM, a router killed, two nodes killed, one of them losing its disk, add-node and
+    drain-node with a node killed while slots move), each repaired before the next: four in
+    the suite, ten minutes of them with YUNKAI_LONG_TESTS=1;
   * a slot whose copies repair cannot make (its stored data refused by the target) is set
     aside: the rest are repaired, and repair tries it again only after a growing back-off.
 """
@@ -210,7 +210,7 @@ def job_done(cluster: LocalCluster) -> ShardMap:
 def random_fault(cluster: LocalCluster, rng: random.Random) -> str:
     """One fault, drawn at random, done and undone; says what it was. Adding a node or draining
     one may meet a node killed while its slots move."""
-    kinds = ["kill", "disk", "stop", "term", "router", "two"]
+    kinds = ["kill", "disk", "stop", "term", "router", "two", "two, one disk"]
     kinds += ["grow"] if len(cluster.nodes) < NODES_MAX else []
     kinds += ["shrink"] if len(cluster.nodes) > R else []
     kind = rng.choice(kinds)
@@ -247,11 +247,15 @@ def random_fault(cluster: LocalCluster, rng: random.Random) -> str:
         return f"kill -9 router {router.address}, restarted"
     first, second = rng.sample(cluster.nodes, 2)
     first.kill()
+    if kind == "two, one disk":
+        shutil.rmtree(first.data_dir)
     time.sleep(rng.uniform(0.0, 1.0))
-    second.kill()  # one copy of every slot left, on the third node
+    second.kill()  # with three nodes, one copy of every slot left, on the third
     time.sleep(rng.uniform(0.0, 1.0))
     first.start()
     second.start()
+    if kind == "two, one disk":
+        return f"kill -9 {first.address}, its disk lost, then {second.address}; both back, the first empty"
     return f"kill -9 {first.address} then {second.address}, both back with their disks"
 
 
