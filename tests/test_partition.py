@@ -47,14 +47,14 @@ from tests.test_replicated_cluster import (
     CHAOS_LONG_S,
     CNY,
     DOWN_AFTER_MS,
-    FAULTS_SHORT,
     LEASE_MS,
     R,
     S,
     assert_clean,
+    assert_whole,
     bank_run,
     fully_replicated,
-    job_done,
+    one_after_another,
     wait_for,
 )
 
@@ -310,40 +310,30 @@ def test_cuts_drawn_at_random_one_after_another_lose_no_acknowledged_transfer(tm
     try:
         with SyncLedgerClient(cluster.address, timeout_s=10) as sdk:
 
-            def cuts(rng: random.Random) -> None:
-                started = time.monotonic()
-                while len(notes) < FAULTS_SHORT or time.monotonic() - started < chaos_s:
-                    time.sleep(rng.uniform(0.2, 1.5))
-                    i = rng.randrange(len(cluster.nodes))
-                    node = cluster.nodes[i]
-                    kind = rng.choice(("cut off", "cut off from the nodes", "cut off and killed"))
-                    held_s = rng.uniform(0.2, 4.0)  # the lease is 0.6 s, the down bound 1.2 s
-                    if kind == "cut off from the nodes":
-                        switch.isolate_from_nodes(i)
-                    else:
-                        switch.cut(i)
-                    try:
-                        time.sleep(held_s)
-                        if kind == "cut off and killed":
-                            node.kill()
-                    finally:
-                        if kind == "cut off from the nodes":
-                            switch.rejoin_nodes(i)
-                        else:
-                            switch.heal(i)
+            def cut(rng: random.Random) -> str:
+                i = rng.randrange(len(cluster.nodes))
+                node = cluster.nodes[i]
+                kind = rng.choice(("cut off", "cut off from the nodes", "cut off and killed"))
+                held_s = rng.uniform(0.2, 4.0)  # the lease is 0.6 s, the down bound 1.2 s
+                if kind == "cut off from the nodes":
+                    switch.isolate_from_nodes(i)
+                else:
+                    switch.cut(i)
+                try:
+                    time.sleep(held_s)
                     if kind == "cut off and killed":
-                        node.start()
-                    notes.append(f"{node.address} {kind} for {held_s:.1f}s")
-                    fully_replicated(cluster)
-                    job_done(cluster)
-                    print(f"{time.monotonic() - started:6.1f}s {notes[-1]}: healed, repaired", flush=True)
+                        node.kill()
+                finally:
+                    if kind == "cut off from the nodes":
+                        switch.rejoin_nodes(i)
+                    else:
+                        switch.heal(i)
+                if kind == "cut off and killed":
+                    node.start()
+                return f"{node.address} {kind} for {held_s:.1f}s, healed"
 
             run = bank_run(cluster, seed, sdk, give_up_s=chaos_s + 150.0)
-            run.chaos = cuts
-            report = run.run()
-            assert len(notes) >= FAULTS_SHORT, notes
-            final = fully_replicated(cluster)
-            assert all(len(final.members(slot)) == R for slot in range(S)), final
-            assert_clean(report, cluster)
+            run.chaos = one_after_another(cluster, cut, chaos_s, notes)
+            assert_whole(run.run(), cluster, notes)
     finally:
         cluster.stop()

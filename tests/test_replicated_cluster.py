@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,33 @@ def change_nodes(cluster: LocalCluster, rng: random.Random, kind: str) -> str:
     return what
 
 
+def one_after_another(
+    cluster: LocalCluster, fault: Callable[[random.Random], str], chaos_s: float, notes: list[str]
+) -> Callable[[random.Random], None]:
+    """A bank run's chaos: `fault` again and again, each repaired to R copies (its job done)
+    before the next; FAULTS_SHORT of them, and more until `chaos_s` has passed. Each one's
+    note goes to `notes`."""
+
+    def faults(rng: random.Random) -> None:
+        started = time.monotonic()
+        while len(notes) < FAULTS_SHORT or time.monotonic() - started < chaos_s:
+            time.sleep(rng.uniform(0.2, 1.5))
+            notes.append(fault(rng))
+            fully_replicated(cluster)
+            job_done(cluster)
+            print(f"{time.monotonic() - started:6.1f}s {notes[-1]}: repaired", flush=True)
+
+    return faults
+
+
+def assert_whole(report: Report, cluster: LocalCluster, notes: list[str]) -> None:
+    """After `one_after_another`: every fault done, R copies of every slot, the bank's checks clean."""
+    assert len(notes) >= FAULTS_SHORT, notes
+    final = fully_replicated(cluster)
+    assert all(len(final.members(slot)) == R for slot in range(S)), final
+    assert_clean(report, cluster)
+
+
 @pytest.mark.timeout(360 + (2 * CHAOS_LONG_S if LONG else 0))
 def test_faults_drawn_at_random_one_after_another_lose_no_acknowledged_transfer(tmp_path: Path) -> None:
     """Faults drawn at random under the bank test, each repaired to R copies before the next:
@@ -309,23 +336,9 @@ def test_faults_drawn_at_random_one_after_another_lose_no_acknowledged_transfer(
     with replicated(tmp_path, routers=2) as cluster, SyncLedgerClient(cluster.addresses, timeout_s=10) as sdk:
         fully_replicated(cluster)
         notes: list[str] = []
-
-        def faults(rng: random.Random) -> None:
-            started = time.monotonic()
-            while len(notes) < FAULTS_SHORT or time.monotonic() - started < chaos_s:
-                time.sleep(rng.uniform(0.2, 1.5))
-                notes.append(random_fault(cluster, rng))
-                fully_replicated(cluster)
-                job_done(cluster)
-                print(f"{time.monotonic() - started:6.1f}s {notes[-1]}: repaired", flush=True)
-
         run = bank_run(cluster, seed, sdk, sdk_only=True, give_up_s=chaos_s + 150.0)
-        run.chaos = faults
-        report = run.run()
-        assert len(notes) >= FAULTS_SHORT, notes
-        final = fully_replicated(cluster)
-        assert all(len(final.members(slot)) == R for slot in range(S)), final
-        assert_clean(report, cluster)
+        run.chaos = one_after_another(cluster, lambda rng: random_fault(cluster, rng), chaos_s, notes)
+        assert_whole(run.run(), cluster, notes)
 
 
 def test_a_node_whose_port_refuses_connections_fails_over_without_waiting_out_its_silence(tmp_path: Path) -> None:
