@@ -332,12 +332,10 @@ class Mover:
         drained (another node died) changes configurations the plan was made from, and can
         leave it a member of slots the plan did not name. Planned again up to DRAIN_ROUNDS_MAX
         times; the job then fails saying so (run it again), rather than remove a member."""
-        for _round in range(DRAIN_ROUNDS_MAX):
-            if not self.controller.current().slots_with(job.node):
-                return
-            plan = self._plan(job)
-            if not plan:
-                break
+        rounds = 0
+        while rounds < DRAIN_ROUNDS_MAX and self.controller.current().slots_with(job.node):
+            plan = self._plan(job)  # raises if a copy has nowhere to go
+            rounds += 1
             job.planned = job.moved + len(plan)
             log.warning("drain planned again", extra={"job": job.id, "node": job.node, "slots": len(plan)})
             await self._move_all(job, plan)
@@ -345,8 +343,8 @@ class Mover:
         if left:
             raise ControllerError(
                 f"{job.node} still holds copies of {len(left)} slots (first: {left[:SET_ASIDE_NAMED_MAX]}) after"
-                f" {DRAIN_ROUNDS_MAX} more rounds of moves, with too few live nodes to take them or"
-                " configurations changing under it (a failover); run drain-node again"
+                f" {rounds} more rounds of moves: configurations kept changing under it (failovers); run"
+                " drain-node again"
             )
 
     def _plan(self, job: Job) -> list[Change]:

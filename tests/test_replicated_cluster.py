@@ -574,3 +574,19 @@ def test_a_slot_repair_cannot_copy_is_set_aside_while_the_rest_are_repaired_and_
         gaps = [b.started_unix_s - a.finished_unix_s for a, b in itertools.pairwise(jobs)]
         assert gaps[0] >= retry_s - 0.5 and gaps[1] >= 2 * retry_s - 0.5, gaps
         assert later.under_replicated() == [bad]
+
+
+def test_a_drain_that_would_leave_fewer_nodes_than_copies_fails_saying_so_and_keeps_every_copy(tmp_path: Path) -> None:
+    """Three nodes, R = 3: a drained node's copies have nowhere to go. The job fails saying so,
+    the node keeps its copies (it leaves no slot), and writes go on."""
+    with replicated(tmp_path) as cluster, SyncLedgerClient(cluster.address, timeout_s=10) as sdk:
+        fully_replicated(cluster)
+        drained = cluster.nodes[0]
+        operator_call(cluster, "DrainNode", cluster_pb2.DrainNodeRequest(address=drained.address))
+        after = job_done(cluster)
+        [job] = [j for j in after.jobs if j.kind == "drain-node"]
+        assert job.state == cluster_pb2.JOB_FAILED, job
+        assert "has nowhere to go" in job.error, job
+        assert drained.address in after.nodes
+        assert all(len(after.members(slot)) == R for slot in range(S)), after
+        assert sdk.create_accounts([Account("after-the-drain", CNY, 1)])[0].ok
