@@ -36,7 +36,8 @@ back-off is this controller's alone (a new controller tries at once).
 Each slot's freeze pause (from step 3 until its source and target have the commit; the
 other nodes get it right after) is recorded for the job's report.
 
-Jobs run one at a time, in the controller's router. Each job's record (kind, node, state,
+Jobs run one at a time, in the controller's router (whether one runs is checked inside the
+swap that records a new one: JobRunning). Each job's record (kind, node, state,
 progress) lives in the shard map and rides the swaps that make its progress, so every
 router's Status shows it, and a new controller (after a restart, or another router's
 election) aborts the moves that were in flight (router/controller.py) and resumes the
@@ -83,6 +84,14 @@ PREPARE_TIMEOUT_S = 10.0
 NODE_REACH_S = 10.0
 PAUSE_AT_ENV = "YUNKAI_MOVE_PAUSE_AT"
 PAUSE_S_ENV = "YUNKAI_MOVE_PAUSE_S"
+
+
+class JobRunning(ControllerError):
+    """A job is running: another is not started (an operator waits for it and asks again)."""
+
+    def __init__(self, job: cluster_pb2.Job) -> None:
+        super().__init__(f"job {job.id} ({job.kind} {job.node}) is still running; wait for it")
+        self.job = job
 
 
 @dataclass
@@ -204,23 +213,30 @@ class Mover:
         return await self._start("rebalance", "")
 
     async def _start(self, kind: str, node: str, node_id: str = "", spiffe_id: str = "") -> Job:
-        running = self.controller.current().running_job()
-        if running is not None:
-            if (running.kind, running.node) == (kind, node):
-                return Job.from_proto(running)  # the same request again: report the job already running
-            raise ControllerError(f"job {running.id} ({running.kind} {running.node}) is still running; wait for it")
+        """Record a new job and queue it; the same request as the running job reports that one.
+        Whether a job runs is decided inside the swap that records the new one: a repair the
+        idle loop starts while an operator's call awaits its turn (or the other way round)
+        would otherwise make two running jobs (JobRunning instead)."""
         job = Job(id=uuid.uuid4().hex[:8], kind=kind, node=node)
-        if kind == "add-node":
-            # A new node enters the map (with its id) in the swap that records the job; one
-            # already there (an add-node run again) keeps its state.
-            await self.controller.change(
-                lambda m: m.with_node(node, m.nodes.get(node, JOINING), node_id, spiffe_id=spiffe_id).with_job(
-                    job.to_proto()
-                ),
-                changed=None,
-            )
-        else:
-            await self.controller.change(lambda m: m.next_version().with_job(job.to_proto()), changed=[])
+
+        def record(m: ShardMap) -> ShardMap:
+            running = m.running_job()
+            if running is not None:
+                raise JobRunning(running)
+            if kind == "add-node":
+                # A new node enters the map (with its id) in the swap that records the job; one
+                # already there (an add-node run again) keeps its state.
+                m = m.with_node(node, m.nodes.get(node, JOINING), node_id, spiffe_id=spiffe_id)
+            else:
+                m = m.next_version()
+            return m.with_job(job.to_proto())
+
+        try:
+            await self.controller.change(record, changed=None if kind == "add-node" else [])
+        except JobRunning as refused:
+            if (refused.job.kind, refused.job.node) == (kind, node):
+                return Job.from_proto(refused.job)  # the same request again: report the job already running
+            raise
         self._queue.put_nowait(job)
         return job
 
@@ -249,7 +265,8 @@ class Mover:
             # and still waiting: status shows them under-replicated and the job that gave up.
             return
         log.warning("repairing", extra={"under_replicated": len(under), "set_aside": len(self.set_aside)})
-        await self._start("repair", "")
+        with contextlib.suppress(JobRunning):  # an operator's job was recorded first: repair waits for it
+            await self._start("repair", "")
 
     async def _check_joining(self, address: str) -> node_pb2.GetSlotsResponse:
         """The table of the node to add (its id, its certificate's identity), after checking it may join."""

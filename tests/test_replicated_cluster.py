@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -191,15 +192,20 @@ NODES_MAX = 5  # the random faults grow the cluster up to this, and shrink it do
 
 def operator_call(cluster: LocalCluster, call: str, request: Any, wait_s: float = 60.0) -> Any:
     """A controller's call, as `yunkai cluster` makes it: through either router, tried again
-    while no router is the controller (an election after a router was killed)."""
+    while no router is the controller (an election after a router was killed) or another job
+    runs (a repair started meanwhile)."""
     deadline = time.monotonic() + wait_s
     for address in itertools.cycle(cluster.addresses.split(",")):
         with channel(address, "operator") as to_router:
             try:
                 return getattr(cluster_pb2_grpc.ClusterStub(to_router), call)(request, timeout=30)
             except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                refused = error.code() == grpc.StatusCode.FAILED_PRECONDITION
+                running = refused and "still running" in str(error.details())
+                if not (error.code() == grpc.StatusCode.UNAVAILABLE or running) or time.monotonic() >= deadline:
                     raise
+                if running:  # a repair the controller started meanwhile: wait for it, as an operator would
+                    job_done(cluster)
         time.sleep(0.5)
 
 
@@ -590,3 +596,47 @@ def test_a_drain_that_would_leave_fewer_nodes_than_copies_fails_saying_so_and_ke
         assert drained.address in after.nodes
         assert all(len(after.members(slot)) == R for slot in range(S)), after
         assert sdk.create_accounts([Account("after-the-drain", CNY, 1)])[0].ok
+
+
+def test_two_jobs_asked_for_at_once_never_run_together(tmp_path: Path) -> None:
+    """Two operators' calls that reach the controller together: one job is recorded, the other
+    call is told a job is running (or, asking for the same job, gets it). The check once ran
+    before the swap, outside it, and the second call's swap tripped the map's invariant (one
+    job at a time): the caller got UNKNOWN and an AssertionError, as the random faults found
+    when a repair started while an operator's drain-node waited its turn."""
+    with replicated(tmp_path, routers=2) as cluster:  # etcd: its compare-and-swap awaits the network
+        fully_replicated(cluster)
+        requests = [
+            ("Rebalance", cluster_pb2.RebalanceRequest()),
+            ("DrainNode", cluster_pb2.DrainNodeRequest(address=cluster.nodes[0].address)),
+        ]
+        for round_ in range(10):
+            pair = [requests[0], requests[round_ % 2]]  # different jobs, then the same one twice
+            barrier = threading.Barrier(len(pair))
+            answers: list[Any] = [None] * len(pair)
+
+            def ask(i: int, call: str, request: Any, barrier: threading.Barrier, answers: list[Any]) -> None:
+                with channel(cluster.address, "operator") as to_router:
+                    stub = cluster_pb2_grpc.ClusterStub(to_router)
+                    barrier.wait()
+                    try:
+                        answers[i] = getattr(stub, call)(request, timeout=30)
+                    except grpc.RpcError as error:
+                        answers[i] = error
+
+            threads = [threading.Thread(target=ask, args=(i, *r, barrier, answers)) for i, r in enumerate(pair)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            for answer in answers:
+                if isinstance(answer, grpc.RpcError):
+                    assert answer.code() == grpc.StatusCode.FAILED_PRECONDITION, answer
+                    assert "still running" in str(answer.details()), answer
+                else:
+                    assert isinstance(answer, cluster_pb2.Job), answer
+            if round_ % 2 == 0:  # the same request twice: one job, reported to both
+                ids = {a.id for a in answers if isinstance(a, cluster_pb2.Job)}
+                assert len(ids) == 1, answers
+            job_done(cluster)
+        assert fetch_shard_map(cluster.address).running_job() is None
